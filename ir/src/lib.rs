@@ -11,10 +11,12 @@
 
 pub mod error;
 pub mod graph;
+pub mod interp;
 pub mod op;
 pub mod shape;
 pub mod stats;
 pub mod tensor;
+pub mod text;
 pub mod types;
 pub mod verify;
 
@@ -24,3 +26,13 @@ pub use op::{Attr, BinaryOp, Float, Op, PadMode, PoolKind, ReduceKind, UnaryOp};
 pub use tensor::{Tensor, TensorData, WeightStore};
 pub use types::{DType, TensorType};
 pub use verify::{verify, verify_weights};
+
+/// A graph together with the values of its weights: what frontends produce
+/// and what the interpreter and backends consume.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// the dataflow graph
+    pub graph: Graph,
+    /// values for the graph's declared weights
+    pub weights: WeightStore,
+}

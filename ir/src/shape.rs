@@ -144,7 +144,7 @@ fn conv2d(
     }
     let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
     let (o, cg, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
-    if c % groups != 0 || o % groups != 0 {
+    if !c.is_multiple_of(groups) || !o.is_multiple_of(groups) {
         return Err(format!(
             "conv2d: {c} input and {o} output channels must both be divisible by groups={groups}"
         ));
@@ -297,7 +297,7 @@ fn group_norm(inputs: &[TensorType], groups: usize) -> Result<TensorType, String
         return Err(format!("group_norm: input must have rank >= 2, got {x}"));
     }
     let c = x.shape[1];
-    if groups == 0 || c % groups != 0 {
+    if groups == 0 || !c.is_multiple_of(groups) {
         return Err(format!(
             "group_norm: {c} channels not divisible by groups={groups}"
         ));

@@ -1,0 +1,3 @@
+//! kiln-backends: Cranelift code generation (JIT and AOT) and its runtime.
+//!
+//! SKELETON: the JIT work replaces this file.

@@ -1,0 +1,3 @@
+//! `GraphBuilder`: builds primitive-op graphs in the style of model code.
+//!
+//! SKELETON: the model-zoo work replaces this file.
