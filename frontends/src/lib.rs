@@ -5,6 +5,7 @@
 
 pub mod builder;
 pub mod error;
+pub mod init;
 pub mod npy;
 pub mod onnx;
 pub mod safetensors;
