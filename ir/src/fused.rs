@@ -308,7 +308,7 @@ impl Emitter for TypeEmitter {
     type V = TensorType;
     fn op(&mut self, op: Op, args: &[TensorType]) -> Result<TensorType, IrError> {
         let name = op.name();
-        let mut out = shape::infer(&op, args).map_err(|msg| IrError::Graph(msg))?;
+        let mut out = shape::infer(&op, args).map_err(IrError::Graph)?;
         match out.len() {
             1 => Ok(out.remove(0)),
             n => Err(IrError::Graph(format!("{name} gives {n} results"))),

@@ -1,0 +1,196 @@
+//! Mobile-Former's two bridges (models/mobile-former.md §2.3, §2.8).
+//!
+//! Mobile→Former: tokens attend over the flattened feature map with no key
+//! or value projection on the map side, the result is gated by
+//! `2·hsig(z Wa + ba)`, projected, added to the tokens and layer-normed —
+//! about 25 primitive ops become one `fused_m2f`.
+//!
+//! Former→Mobile: every pixel's per-head feature slice attends over the
+//! projected tokens and the result is added back to the map — `fused_f2m`.
+//!
+//! Both match through layout views, so the flattening and head split may be
+//! spelled with any reshapes and transposes. The attention must be the
+//! bridge's own: the queries, gate and residual must all read the same
+//! tokens (`z`), and for F2M the queries and the residual the same map.
+
+use egg::Id;
+use kiln_ir::op::{BinaryOp, Float, Op};
+use kiln_ir::{Act, FusedOp};
+
+use super::attention::{head_split, merged_from, scaled_products, softmax_times};
+use super::view::{View, is_view};
+use super::{
+    Found, R, Recipe, Rw, binary, biased_linears, hard_sigmoids, ops, rule, scaled_by, ty,
+};
+use crate::lang::{KGraph, KNode};
+
+/// The bridge rules.
+pub fn rules() -> Vec<Rw> {
+    vec![
+        rule(
+            "bridge-mobile-to-former",
+            |op| matches!(op, Op::LayerNorm { .. }),
+            m2f,
+        ),
+        rule(
+            "bridge-former-to-mobile",
+            |op| *op == Op::Binary(BinaryOp::Add),
+            f2m,
+        ),
+    ]
+}
+
+/// `x [N,C,H,W]` reshaped per head: `[N,h,C/h,H·W]` (then `perm`).
+fn map_heads(eg: &KGraph, x: Id, h: usize, perm: Option<&[usize]>) -> Option<View> {
+    let s = &ty(eg, x).shape;
+    if s.len() != 4 || h == 0 || !s[1].is_multiple_of(h) {
+        return None;
+    }
+    let v = View::contiguous(x, s).reshape(&[s[0], h, s[1] / h, s[2] * s[3]])?;
+    match perm {
+        Some(p) => v.transpose(p),
+        None => Some(v),
+    }
+}
+
+/// The 4-D map classes `x` (with head count) of which class `id` is the
+/// per-head reshape (then `perm`).
+fn map_bases(eg: &KGraph, id: Id, h: usize, perm: Option<&[usize]>) -> Vec<Id> {
+    super::view::views(eg, id, super::view::DEPTH)
+        .into_iter()
+        .map(|v| v.base)
+        .filter(|&b| map_heads(eg, b, h, perm).is_some_and(|w| is_view(eg, id, &w)))
+        .collect()
+}
+
+/// `(og, wo, bo, z)` for `z + (og @ wo + bo)` in both spellings: a plain
+/// add, or a residual linear epilogue.
+fn projected_residuals(eg: &KGraph, r: Id) -> Vec<(Id, Id, Id, Id)> {
+    let mut out = Vec::new();
+    for (z, p) in binary(eg, r, BinaryOp::Add) {
+        for (og, wo, bo) in biased_linears(eg, p) {
+            out.push((og, wo, bo, z));
+        }
+    }
+    for (op, a) in ops(eg, r, |op| {
+        matches!(
+            op,
+            Op::Fused(FusedOp::Linear {
+                bias: true,
+                act: Act::None,
+                residual: true
+            })
+        )
+    }) {
+        let _ = op;
+        out.push((a[0], a[1], a[2], a[3]));
+    }
+    out
+}
+
+fn m2f(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let Some(&Op::LayerNorm { axis, eps }) = n.as_op() else {
+        return vec![];
+    };
+    if ty(eg, c).rank() != 3 || axis != 2 || n.args.len() != 3 {
+        return vec![];
+    }
+    let (gamma, beta) = (n.args[1], n.args[2]);
+    let mut out = Vec::new();
+    for (og, wo, bo, z) in projected_residuals(eg, n.args[0]) {
+        for (o, g) in binary(eg, og, BinaryOp::Mul) {
+            // gate: 2·hsig(z Wa + ba)
+            let gates: Vec<(Id, Id)> = scaled_by(eg, g, 2.0)
+                .into_iter()
+                .flat_map(|h| hard_sigmoids(eg, h))
+                .flat_map(|a| biased_linears(eg, a))
+                .filter(|&(x, _, _)| x == z)
+                .map(|(_, w, b)| (w, b))
+                .collect();
+            if gates.is_empty() {
+                continue;
+            }
+            for oh in merged_from(eg, o, &[0, 2, 1, 3]) {
+                for (s, xv) in softmax_times(eg, oh, 3) {
+                    for (qh, xk, scale) in scaled_products(eg, s) {
+                        for (q, h) in head_split(eg, qh, &[0, 2, 1, 3]) {
+                            let Some((_, wq, bq)) =
+                                biased_linears(eg, q).into_iter().find(|l| l.0 == z)
+                            else {
+                                continue;
+                            };
+                            for x in map_bases(eg, xk, h, None) {
+                                if !map_bases(eg, xv, h, Some(&[0, 1, 3, 2])).contains(&x) {
+                                    continue;
+                                }
+                                for &(wa, ba) in &gates {
+                                    let f = FusedOp::M2fBridge {
+                                        heads: h,
+                                        scale: Float(scale),
+                                        eps,
+                                    };
+                                    let args: Vec<R> =
+                                        [x, z, wq, bq, wa, ba, wo, bo, gamma, beta]
+                                            .into_iter()
+                                            .map(R::Old)
+                                            .collect();
+                                    let mut r = Recipe::new();
+                                    let y = r.fused(f, &args);
+                                    out.push((r, y));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn f2m(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    if ty(eg, c).rank() != 4 {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for (y, o) in binary(eg, c, BinaryOp::Add) {
+        if ty(eg, y) != ty(eg, c) || ty(eg, o) != ty(eg, c) {
+            continue;
+        }
+        for oh in merged_from(eg, o, &[0, 1, 3, 2]) {
+            for (s, vh) in softmax_times(eg, oh, 3) {
+                for (yq, kt, scale) in scaled_products(eg, s) {
+                    for (k, h) in head_split(eg, kt, &[0, 2, 3, 1]) {
+                        if !map_bases(eg, yq, h, Some(&[0, 1, 3, 2])).contains(&eg.find(y)) {
+                            continue;
+                        }
+                        for (v, hv) in head_split(eg, vh, &[0, 2, 1, 3]) {
+                            if hv != h {
+                                continue;
+                            }
+                            for (z, wk, bk) in biased_linears(eg, k) {
+                                for (z2, wv, bv) in biased_linears(eg, v) {
+                                    if z2 != z {
+                                        continue;
+                                    }
+                                    let f = FusedOp::F2mBridge {
+                                        heads: h,
+                                        scale: Float(scale),
+                                    };
+                                    let args: Vec<R> = [y, z, wk, bk, wv, bv]
+                                        .into_iter()
+                                        .map(R::Old)
+                                        .collect();
+                                    let mut r = Recipe::new();
+                                    let yy = r.fused(f, &args);
+                                    out.push((r, yy));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
