@@ -175,10 +175,7 @@ mod tests {
         let b = Tensor::from_f32([3], vec![10.0, 20.0, 30.0]).unwrap();
         let c = eval_weight_op(&Op::Binary(BinaryOp::Add), &[&a, &b]).unwrap();
         assert_eq!(c.shape(), [2, 3]);
-        assert_eq!(
-            c.as_f32().unwrap(),
-            [11.0, 21.0, 31.0, 12.0, 22.0, 32.0]
-        );
+        assert_eq!(c.as_f32().unwrap(), [11.0, 21.0, 31.0, 12.0, 22.0, 32.0]);
         let t = Tensor::from_f32([2, 3], vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
         let tt = eval_weight_op(&Op::Transpose { perm: vec![1, 0] }, &[&t]).unwrap();
         assert_eq!(tt.shape(), [3, 2]);

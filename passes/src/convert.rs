@@ -87,7 +87,13 @@ pub fn load(model: &Model) -> Result<Loaded, PassError> {
                         head: Head::Proj(o),
                         args: vec![t],
                     });
-                    ids.insert(Value { node: id, output: o }, c);
+                    ids.insert(
+                        Value {
+                            node: id,
+                            output: o,
+                        },
+                        c,
+                    );
                     values.push((out.name.clone(), c, rank));
                 }
             }
@@ -138,7 +144,12 @@ pub fn rebuild(l: &Loaded, choice: &HashMap<Id, KNode>) -> Result<Model, PassErr
         rank_of.entry(find(*id)).or_insert(*rank);
     }
     // Needed classes, reachable from the outputs and inputs through choices.
-    let roots: Vec<Id> = l.outputs.iter().chain(&l.inputs).map(|&i| find(i)).collect();
+    let roots: Vec<Id> = l
+        .outputs
+        .iter()
+        .chain(&l.inputs)
+        .map(|&i| find(i))
+        .collect();
     let mut needed: BTreeSet<Id> = BTreeSet::new();
     let mut stack = roots.clone();
     while let Some(c) = stack.pop() {

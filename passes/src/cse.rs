@@ -20,7 +20,10 @@ pub fn cse(g: &mut Graph) -> Result<usize, IrError> {
             Some(&first) => {
                 for o in 0..g.node(id).outputs.len() {
                     g.replace_all_uses(
-                        Value { node: id, output: o },
+                        Value {
+                            node: id,
+                            output: o,
+                        },
                         Value {
                             node: first,
                             output: o,

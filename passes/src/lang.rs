@@ -201,8 +201,7 @@ impl Analysis<KNode> for KAnalysis {
             Head::Weight(name, _) => eg.analysis.scalars.get(name).copied(),
             Head::Const(c) => Some(c.0),
             Head::Op(op) if types.len() == 1 && types[0].numel() == 1 => {
-                let args: Vec<Option<f32>> =
-                    node.args.iter().map(|a| eg[*a].data.scalar).collect();
+                let args: Vec<Option<f32>> = node.args.iter().map(|a| eg[*a].data.scalar).collect();
                 fold_scalar(op, &args)
             }
             _ => None,

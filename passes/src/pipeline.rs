@@ -245,7 +245,12 @@ pub fn optimize(model: &Model, opts: &OptOptions) -> Result<(Model, OptReport), 
     let saturate_time = t0.elapsed();
 
     let t1 = Instant::now();
-    let roots: Vec<_> = loaded.outputs.iter().chain(&loaded.inputs).copied().collect();
+    let roots: Vec<_> = loaded
+        .outputs
+        .iter()
+        .chain(&loaded.inputs)
+        .copied()
+        .collect();
     let ex = extract::extract(&loaded.egraph, &roots, &opts.cost)?;
     let mut out = convert::rebuild(&loaded, &ex.choice)?;
     let extract_time = t1.elapsed();

@@ -11,7 +11,7 @@ use egg::Id;
 use kiln_ir::op::{BinaryOp, Float, Op, ReduceKind, UnaryOp};
 
 use super::{
-    Found, R, Recipe, Rw, binary, hard_sigmoids, is_scalar, konst, ops, rule, scaled_by, scalar,
+    Found, R, Recipe, Rw, binary, hard_sigmoids, is_scalar, konst, ops, rule, scalar, scaled_by,
     ty, unary,
 };
 use crate::lang::{KGraph, KNode};

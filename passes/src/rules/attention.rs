@@ -16,7 +16,7 @@ use egg::Id;
 use kiln_ir::FusedOp;
 use kiln_ir::op::{Float, Op};
 
-use super::view::{View, is_view, views, DEPTH};
+use super::view::{DEPTH, View, is_view, views};
 use super::{Found, R, Recipe, Rw, biased_linears, ops, rule, ty, with_scale};
 use crate::lang::{KGraph, KNode};
 

@@ -20,7 +20,7 @@ use kiln_ir::{Act, FusedOp};
 use super::attention::{head_split, merged_from, scaled_products, softmax_times};
 use super::view::{View, is_view};
 use super::{
-    Found, R, Recipe, Rw, binary, biased_linears, hard_sigmoids, ops, rule, scaled_by, ty,
+    Found, R, Recipe, Rw, biased_linears, binary, hard_sigmoids, ops, rule, scaled_by, ty,
 };
 use crate::lang::{KGraph, KNode};
 
@@ -129,11 +129,10 @@ fn m2f(eg: &KGraph, c: Id, n: &KNode) -> Found {
                                         scale: Float(scale),
                                         eps,
                                     };
-                                    let args: Vec<R> =
-                                        [x, z, wq, bq, wa, ba, wo, bo, gamma, beta]
-                                            .into_iter()
-                                            .map(R::Old)
-                                            .collect();
+                                    let args: Vec<R> = [x, z, wq, bq, wa, ba, wo, bo, gamma, beta]
+                                        .into_iter()
+                                        .map(R::Old)
+                                        .collect();
                                     let mut r = Recipe::new();
                                     let y = r.fused(f, &args);
                                     out.push((r, y));
@@ -177,10 +176,8 @@ fn f2m(eg: &KGraph, c: Id, _n: &KNode) -> Found {
                                         heads: h,
                                         scale: Float(scale),
                                     };
-                                    let args: Vec<R> = [y, z, wk, bk, wv, bv]
-                                        .into_iter()
-                                        .map(R::Old)
-                                        .collect();
+                                    let args: Vec<R> =
+                                        [y, z, wk, bk, wv, bv].into_iter().map(R::Old).collect();
                                     let mut r = Recipe::new();
                                     let yy = r.fused(f, &args);
                                     out.push((r, yy));

@@ -19,12 +19,7 @@ use crate::lang::{Head, KGraph, KNode};
 pub fn rules() -> Vec<Rw> {
     vec![rule(
         "sep-attn-mobilevitv2",
-        |op| {
-            matches!(
-                op,
-                Op::Conv2d { .. } | Op::Fused(FusedOp::Conv { .. })
-            )
-        },
+        |op| matches!(op, Op::Conv2d { .. } | Op::Fused(FusedOp::Conv { .. })),
         sep_attn,
     )]
 }
@@ -132,10 +127,7 @@ fn sep_attn(eg: &KGraph, c: Id, n: &KNode) -> Found {
                         for (u, wqkv, bqkv) in pointwise_convs(eg, qkv) {
                             let mut r = Recipe::new();
                             let f = FusedOp::SepAttention { patch: None };
-                            let yy = r.fused(
-                                f,
-                                &[u, wqkv, bqkv, wo, bo].map(R::Old),
-                            );
+                            let yy = r.fused(f, &[u, wqkv, bqkv, wo, bo].map(R::Old));
                             out.push((r, yy));
                         }
                     }

@@ -13,7 +13,9 @@ use kiln_ir::op::{BinaryOp, Float, Op, ReduceKind, UnaryOp};
 
 use super::attention::{merged_from, softmax_times};
 use super::view::{DEPTH, View, views};
-use super::{Found, R, Recipe, Rw, binary, biased_linears, is_scalar, konst, ops, rule, scalar, ty, unary};
+use super::{
+    Found, R, Recipe, Rw, biased_linears, binary, is_scalar, konst, ops, rule, scalar, ty, unary,
+};
 use crate::lang::{KGraph, KNode};
 
 /// The cross-feature-attention rules.
@@ -87,7 +89,10 @@ fn times_transposed(eg: &KGraph, id: Id) -> Vec<(Id, Id)> {
         for v in views(eg, m[1], DEPTH) {
             let bs = &ty(eg, v.base).shape;
             if bs.len() == 4
-                && View::contiguous(v.base, bs).transpose(&[0, 1, 3, 2]).as_ref() == Some(&v)
+                && View::contiguous(v.base, bs)
+                    .transpose(&[0, 1, 3, 2])
+                    .as_ref()
+                    == Some(&v)
             {
                 out.push((m[0], v.base));
             }
