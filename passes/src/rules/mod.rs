@@ -400,24 +400,3 @@ pub fn hard_sigmoids(eg: &KGraph, id: Id) -> Vec<Id> {
         .map(|(_, a)| a[0])
         .collect()
 }
-
-#[cfg(test)]
-pub(crate) mod testing {
-    //! Helpers for rule tests: saturate a small graph with some rules.
-    use super::*;
-    use crate::convert;
-    use kiln_ir::Model;
-
-    /// Loads `model`, runs `rules` to saturation (small limits) and returns
-    /// the e-graph with the output classes.
-    pub fn saturate(model: &Model, rules: &[Rw]) -> (KGraph, Vec<Id>) {
-        let l = convert::load(model).expect("loads");
-        let runner = egg::Runner::default()
-            .with_egraph(l.egraph)
-            .with_iter_limit(20)
-            .with_node_limit(100_000)
-            .run(rules);
-        let outs = l.outputs.iter().map(|&o| runner.egraph.find(o)).collect();
-        (runner.egraph, outs)
-    }
-}

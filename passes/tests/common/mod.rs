@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod eval;
+pub mod mf;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,99 @@
+//! A whole stride-1 Mobile-Former block (models/mobile-former.md §2.10),
+//! built as the spec spells it: both bridges, the Former's attention and
+//! layer-norms, BN folding, the dynamic-ReLU inverted residual.
+
+mod common;
+
+use common::mf::{block_s1, f2m, hsig, layer_norm, m2f, merge_heads, split_heads};
+use common::{B, assert_same_function, histogram};
+use kiln_ir::Model;
+use kiln_ir::op::{BinaryOp, Op};
+use kiln_passes::{OptOptions, optimize};
+
+fn count(m: &Model, op: &str) -> usize {
+    histogram(m).get(op).copied().unwrap_or(0)
+}
+
+fn block() -> Model {
+    let mut b = B::new("mf_block");
+    let x = b.input("x", &[1, 8, 4, 4]);
+    let z = b.input("z", &[1, 3, 16]);
+    let (x2, z2) = block_s1(&mut b, x, z, 2);
+    b.finish(&[x2, z2])
+}
+
+#[test]
+fn every_part_of_a_block_fuses() {
+    let m = block();
+    let (o, r) = optimize(&m, &OptOptions::default()).unwrap();
+    assert_same_function(&m, &o);
+    // Expected from the block's structure (§2.10): one bridge each way, one
+    // Former attention, the Former's two layer-norms (the bridge's is inside
+    // fused_m2f), three BNs all folded, one pw-dw-pw chain with residual.
+    assert_eq!(count(&o, "fused_m2f"), 1);
+    assert_eq!(count(&o, "fused_f2m"), 1);
+    assert_eq!(count(&o, "fused_mha"), 1);
+    assert_eq!(count(&o, "layer_norm"), 2);
+    assert_eq!(count(&o, "batch_norm"), 0);
+    assert_eq!(count(&o, "fused_conv_chain"), 1);
+    assert_eq!(count(&o, "softmax"), 0);
+    assert!(r.cost_after < r.cost_before);
+}
+
+#[test]
+fn m2f_with_a_gate_from_other_tokens_does_not_fuse() {
+    // The spec's bridge (common::mf::m2f) with one change: the gate's
+    // linear reads other tokens than the queries and the residual.
+    let mut b = B::new("m2f_bad_gate");
+    let x = b.input("x", &[1, 8, 4, 4]);
+    let z = b.input("z", &[1, 3, 16]);
+    let other = b.input("other", &[1, 3, 16]);
+    let q = b.linear(z, 8);
+    let qh = split_heads(&mut b, q, 2);
+    let xh = b.reshape(x, &[1, 2, 4, 16]);
+    let s = b.op(Op::MatMul, &[qh, xh]);
+    let a = b.op(Op::Softmax { axis: 3 }, &[s]);
+    let xv = b.transpose(xh, &[0, 1, 3, 2]);
+    let o = b.op(Op::MatMul, &[a, xv]);
+    let o = merge_heads(&mut b, o);
+    let g = b.linear(other, 8);
+    let g = hsig(&mut b, g);
+    let two = b.scalar(2.0);
+    let g = b.bin(BinaryOp::Mul, g, two);
+    let og = b.bin(BinaryOp::Mul, o, g);
+    let p = b.linear(og, 16);
+    let r = b.bin(BinaryOp::Add, z, p);
+    let y = layer_norm(&mut b, r);
+    let m = b.finish(&[y]);
+    let (o, _) = optimize(&m, &OptOptions::default()).unwrap();
+    assert_same_function(&m, &o);
+    assert_eq!(count(&o, "fused_m2f"), 0);
+    // the same graph with the gate reading `z` does fuse
+    let mut b = B::new("m2f_good");
+    let x = b.input("x", &[1, 8, 4, 4]);
+    let z = b.input("z", &[1, 3, 16]);
+    let y = m2f(&mut b, x, z);
+    let m = b.finish(&[y]);
+    let (o, _) = optimize(&m, &OptOptions::default()).unwrap();
+    assert_same_function(&m, &o);
+    assert_eq!(count(&o, "fused_m2f"), 1);
+}
+
+#[test]
+fn f2m_whose_queries_read_another_map_does_not_fuse() {
+    let mut b = B::new("f2m_bad");
+    let y = b.input("y", &[1, 8, 4, 4]);
+    let y2 = b.input("y2", &[1, 8, 4, 4]);
+    let z = b.input("z", &[1, 3, 16]);
+    // the spec's bridge reads y for both queries and residual...
+    let good = f2m(&mut b, y, z);
+    // ...this one adds the attention result of y to another map y2
+    let out = {
+        let ops = b.g.operands(good.node);
+        b.bin(BinaryOp::Add, y2, ops[1])
+    };
+    let m = b.finish(&[out]);
+    let (o, _) = optimize(&m, &OptOptions::default()).unwrap();
+    assert_same_function(&m, &o);
+    assert_eq!(count(&o, "fused_f2m"), 0);
+}
