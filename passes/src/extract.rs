@@ -67,7 +67,7 @@ pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extractio
     let index: HashMap<Id, usize> = class_ids.iter().enumerate().map(|(i, &c)| (c, i)).collect();
     let words = class_ids.len().div_ceil(64);
     // Flatten every e-node: (class index, node, child class indices, cost).
-    let mut nodes: Vec<(usize, KNode, Vec<usize>, f64)> = Vec::new();
+    let mut nodes: Vec<FlatNode> = Vec::new();
     for (ci, &c) in class_ids.iter().enumerate() {
         for n in &eg[c].nodes {
             let kids: Vec<usize> = n.args.iter().map(|a| index[&eg.find(*a)]).collect();
@@ -152,31 +152,106 @@ pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extractio
             }
         }
     }
-    let mut choice = HashMap::new();
-    for (ci, b) in best.iter().enumerate() {
-        if let Some(b) = b {
-            choice.insert(class_ids[ci], nodes[b.node].1.clone());
+    let mut pick: Vec<Option<usize>> = best.iter().map(|b| b.as_ref().map(|b| b.node)).collect();
+    let root_idx = roots
+        .iter()
+        .map(|r| {
+            index
+                .get(&eg.find(*r))
+                .copied()
+                .ok_or_else(|| PassError::Internal("root class missing".into()))
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    let mut cost = dag_cost(&nodes, &pick, &root_idx).ok_or_else(|| {
+        PassError::Internal("the greedy choice has no acyclic extraction for the roots".into())
+    })?;
+    // Each class's greedy choice is best for that class alone; a fusion that
+    // recomputes an intermediate another root needs anyway looks cheap to
+    // it. Revisit the choices with the whole DAG's cost (all roots at once).
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); class_ids.len()];
+    for (ni, n) in nodes.iter().enumerate() {
+        by_class[n.0].push(ni);
+    }
+    for _round in 0..4 {
+        let mut improved = false;
+        for c in used_classes(&nodes, &pick, &root_idx) {
+            let current = pick[c];
+            for &alt in &by_class[c] {
+                if Some(alt) == current || nodes[alt].2.iter().any(|&k| pick[k].is_none()) {
+                    continue;
+                }
+                pick[c] = Some(alt);
+                match dag_cost(&nodes, &pick, &root_idx) {
+                    Some(t) if t < cost - 1e-9 * cost.abs().max(1.0) => {
+                        cost = t;
+                        improved = true;
+                        break;
+                    }
+                    _ => pick[c] = current,
+                }
+            }
+        }
+        if !improved {
+            break;
         }
     }
-    // The real cost of the chosen DAG: each needed class once.
-    let mut seen = vec![false; class_ids.len()];
-    let mut stack: Vec<usize> = Vec::new();
-    for r in roots {
-        let c = *index
-            .get(&eg.find(*r))
-            .ok_or_else(|| PassError::Internal("root class missing".into()))?;
-        stack.push(c);
+    let mut choice = HashMap::new();
+    for (ci, p) in pick.iter().enumerate() {
+        if let Some(p) = p {
+            choice.insert(class_ids[ci], nodes[*p].1.clone());
+        }
     }
-    let mut cost = 0.0;
+    Ok(Extraction { choice, cost })
+}
+
+type FlatNode = (usize, KNode, Vec<usize>, f64);
+
+/// The classes the current choice needs for the roots, sorted.
+fn used_classes(nodes: &[FlatNode], pick: &[Option<usize>], roots: &[usize]) -> Vec<usize> {
+    let mut seen = vec![false; pick.len()];
+    let mut stack = roots.to_vec();
+    let mut out = Vec::new();
     while let Some(c) = stack.pop() {
         if std::mem::replace(&mut seen[c], true) {
             continue;
         }
-        let b = best[c].as_ref().ok_or_else(|| {
-            PassError::Internal(format!("class {} has no extractable e-node", class_ids[c]))
-        })?;
-        cost += nodes[b.node].3;
-        stack.extend(nodes[b.node].2.iter().copied());
+        out.push(c);
+        if let Some(n) = pick[c] {
+            stack.extend(nodes[n].2.iter().copied());
+        }
     }
-    Ok(Extraction { choice, cost })
+    out.sort_unstable();
+    out
+}
+
+/// The cost of the DAG the choice needs (each class once), or `None` when
+/// it is cyclic or incomplete.
+fn dag_cost(nodes: &[FlatNode], pick: &[Option<usize>], roots: &[usize]) -> Option<f64> {
+    // 0 = unvisited, 1 = on the stack, 2 = done
+    let mut state = vec![0u8; pick.len()];
+    let mut total = 0.0;
+    let mut stack: Vec<(usize, bool)> = roots.iter().map(|&r| (r, false)).collect();
+    while let Some((c, leaving)) = stack.pop() {
+        if leaving {
+            state[c] = 2;
+            continue;
+        }
+        match state[c] {
+            2 => continue,
+            1 => return None,
+            _ => {}
+        }
+        let n = pick[c]?;
+        state[c] = 1;
+        total += nodes[n].3;
+        stack.push((c, true));
+        for &k in &nodes[n].2 {
+            match state[k] {
+                1 => return None,
+                2 => {}
+                _ => stack.push((k, false)),
+            }
+        }
+    }
+    Some(total)
 }
