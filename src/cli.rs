@@ -49,6 +49,7 @@ impl ModelArgs {
         LoadOptions {
             weights: self.weights.clone(),
             seed: self.seed,
+            graph_only: false,
         }
     }
 }
@@ -137,7 +138,12 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
 }
 
 fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options())?;
+    // The report needs no weight values; given ones are still checked.
+    let opts = LoadOptions {
+        graph_only: true,
+        ..args.options()
+    };
+    let model = load_model(&args.model, &opts)?;
     let report = info::report(&model.graph);
     let text = if json {
         info::render_json(&report)

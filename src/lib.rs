@@ -15,6 +15,7 @@
 //! let model = load_model("examples/conv_norm_attention.kir", &LoadOptions {
 //!     weights: Some("examples/conv_norm_attention.safetensors".into()),
 //!     seed: 0,
+//!     graph_only: false,
 //! })?;
 //! let x = random_input(model.graph.value_type(kiln::ir::Value::of(model.graph.inputs()[0])), 0);
 //! let y = run_model(&model, &[x], Backend::Interp)?;

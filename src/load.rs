@@ -17,6 +17,10 @@ pub struct LoadOptions {
     /// Seed of the deterministic initialisation, used when `weights` is
     /// `None` for `.kir` files and zoo models.
     pub seed: u64,
+    /// Only the graph is needed (`kiln info`): a `.kir` file without
+    /// `weights` gets no seeded values and an empty store. Weights that are
+    /// given are still loaded and checked against the graph.
+    pub graph_only: bool,
 }
 
 /// What a `MODEL` argument names.
@@ -68,7 +72,8 @@ fn zoo_names() -> String {
 /// `opts.weights` or [`init::seeded_weights`]), an `.onnx` path (imported,
 /// weights from the file) or a zoo name (built with seeded weights). With
 /// `opts.weights`, the safetensors file supplies every weight in all three
-/// cases. The result is verified, and its weights cover the graph.
+/// cases. The result is verified, and its weights cover the graph (unless
+/// `opts.graph_only` left them out).
 pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
     let mut model = match ModelSpec::parse(spec)? {
         ModelSpec::Kir(path) => {
@@ -77,10 +82,11 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
                 source,
             })?;
             let graph = text::parse(&src).map_err(|source| KilnError::Kir { path, source })?;
-            let weights = match opts.weights {
-                // Loaded below, once for every kind of model.
-                Some(_) => WeightStore::new(),
-                None => init::seeded_weights(&graph, opts.seed),
+            let weights = if opts.weights.is_some() || opts.graph_only {
+                // Loaded below, once for every kind of model, or not needed.
+                WeightStore::new()
+            } else {
+                init::seeded_weights(&graph, opts.seed)
             };
             Model { graph, weights }
         }
@@ -108,6 +114,7 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
             model.weights = safetensors::load(path)?;
             path.display().to_string()
         }
+        None if opts.graph_only && model.weights.is_empty() => return Ok(model),
         None => "the model's own or seeded weights".to_string(),
     };
     check_weights(&model.graph, &model.weights, &from)?;
