@@ -174,17 +174,19 @@ fn conv_im2col(
 }
 
 /// Random conv configurations that shape inference accepts.
-fn conv_case() -> impl Strategy<
-    Value = (
-        [usize; 4],
-        [usize; 4],
-        [usize; 2],
-        [usize; 4],
-        [usize; 2],
-        usize,
-        bool,
-    ),
-> {
+/// One conv configuration: input shape, weight shape, stride, pad,
+/// dilation, groups, whether to pass a bias.
+type ConvCase = (
+    [usize; 4],
+    [usize; 4],
+    [usize; 2],
+    [usize; 4],
+    [usize; 2],
+    usize,
+    bool,
+);
+
+fn conv_case() -> impl Strategy<Value = ConvCase> {
     (
         1usize..3, // n
         1usize..4, // groups
