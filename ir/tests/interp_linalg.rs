@@ -290,6 +290,19 @@ fn matmul_hand_cases() {
 }
 
 #[test]
+fn matmul_empty_batch_broadcasts_to_empty() {
+    // numpy: a batch dim of 0 against 1 broadcasts to 0
+    let a = t(&[0, 2, 3], &[]);
+    let b = t(&[1, 3, 4], &[0.0; 12]);
+    let y = ev1(&Op::MatMul, &[&a, &b]);
+    assert_eq!(y.shape(), [0, 2, 4]);
+    // k = 0: every output element is an empty sum
+    let a = t(&[2, 0], &[]);
+    let b = t(&[0, 3], &[]);
+    assert_eq!(f(&ev1(&Op::MatMul, &[&a, &b])), [0.0; 6]);
+}
+
+#[test]
 fn matmul_accumulates_in_f64() {
     // In f32, 1e8 + 1 rounds back to 1e8 and the sum comes out 0; the exact
     // (and f64) result is 1.

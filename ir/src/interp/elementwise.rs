@@ -130,7 +130,10 @@ pub(super) fn pair_views(
     )
 }
 
-/// Applies `f` to every broadcast pair of elements, in output order.
+/// Applies `f` to every broadcast pair of elements, in output order. The
+/// odometer runs over the outer axes; along the innermost axis each operand
+/// is either contiguous (stride 1) or broadcast (stride 0), so the inner
+/// loop is a plain slice walk.
 fn zip_broadcast<A: Copy, B: Copy, R>(
     a: &[A],
     a_shape: &[usize],
@@ -140,10 +143,40 @@ fn zip_broadcast<A: Copy, B: Copy, R>(
     mut f: impl FnMut(A, B) -> R,
 ) -> Vec<R> {
     let (shape, sa, sb) = pair_views(a_shape, b_shape, out_shape);
-    Strided::new(&shape, &sa, 0)
-        .zip(Strided::new(&shape, &sb, 0))
-        .map(|(i, j)| f(a[i], b[j]))
-        .collect()
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    let Some((&len, outer)) = shape.split_last() else {
+        out.push(f(a[0], b[0]));
+        return out;
+    };
+    if n == 0 {
+        return out;
+    }
+    let r = shape.len() - 1;
+    let rows = Strided::new(outer, &sa[..r], 0).zip(Strided::new(outer, &sb[..r], 0));
+    for (oa, ob) in rows {
+        match (sa[r], sb[r]) {
+            (1, 1) => out.extend(
+                a[oa..oa + len]
+                    .iter()
+                    .zip(&b[ob..ob + len])
+                    .map(|(&p, &q)| f(p, q)),
+            ),
+            (1, _) => {
+                let q = b[ob];
+                out.extend(a[oa..oa + len].iter().map(|&p| f(p, q)));
+            }
+            (_, 1) => {
+                let p = a[oa];
+                out.extend(b[ob..ob + len].iter().map(|&q| f(p, q)));
+            }
+            _ => {
+                let (p, q) = (a[oa], b[ob]);
+                out.extend((0..len).map(|_| f(p, q)));
+            }
+        }
+    }
+    out
 }
 
 /// One binary op with broadcasting to `out_shape` (from shape inference).
@@ -156,19 +189,27 @@ pub(super) fn binary(
     let shape = out_shape.to_vec();
     match (a.data(), b.data()) {
         (TensorData::F32(x), TensorData::F32(y)) => {
-            let z = |f: fn(f64, f64) -> f64| {
-                zip_broadcast(x, a.shape(), y, b.shape(), out_shape, |p, q| {
+            // Generic rather than a fn pointer, so each op's arithmetic is
+            // inlined into the loop.
+            fn z(
+                (x, xs): (&[f32], &[usize]),
+                (y, ys): (&[f32], &[usize]),
+                out: &[usize],
+                f: impl Fn(f64, f64) -> f64,
+            ) -> Vec<f32> {
+                zip_broadcast(x, xs, y, ys, out, |p, q| {
                     f(f64::from(p), f64::from(q)) as f32
                 })
-            };
+            }
+            let (xa, yb) = ((&x[..], a.shape()), (&y[..], b.shape()));
             let data = match op {
-                BinaryOp::Add => z(|p, q| p + q),
-                BinaryOp::Sub => z(|p, q| p - q),
-                BinaryOp::Mul => z(|p, q| p * q),
-                BinaryOp::Div => z(|p, q| p / q),
-                BinaryOp::Pow => z(f64::powf),
-                BinaryOp::Max => z(max_nan),
-                BinaryOp::Min => z(min_nan),
+                BinaryOp::Add => z(xa, yb, out_shape, |p, q| p + q),
+                BinaryOp::Sub => z(xa, yb, out_shape, |p, q| p - q),
+                BinaryOp::Mul => z(xa, yb, out_shape, |p, q| p * q),
+                BinaryOp::Div => z(xa, yb, out_shape, |p, q| p / q),
+                BinaryOp::Pow => z(xa, yb, out_shape, f64::powf),
+                BinaryOp::Max => z(xa, yb, out_shape, max_nan),
+                BinaryOp::Min => z(xa, yb, out_shape, min_nan),
             };
             Ok(f32::tensor(shape, data))
         }

@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use crate::types::strides_of;
+use crate::types::{broadcast_shapes, strides_of};
 
 use super::view::{Strided, broadcast_strides, to_isize};
 
@@ -103,9 +103,10 @@ pub(super) fn conv2d(
                                     *a += wv * f64::from(xv);
                                 }
                             } else {
-                                let xs = xrow[ix0..].iter().step_by(p.stride[1]);
-                                for (a, &xv) in arow[cr.clone()].iter_mut().zip(xs) {
-                                    *a += wv * f64::from(xv);
+                                let s = p.stride[1];
+                                let xs = &xrow[ix0..][..(cr.len() - 1) * s + 1];
+                                for (k, a) in arow[cr.clone()].iter_mut().enumerate() {
+                                    *a += wv * f64::from(xs[k * s]);
                                 }
                             }
                         }
@@ -163,14 +164,8 @@ pub(super) fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize])
     let (ra, rb) = (a2.len(), b2.len());
     let (m, k, n) = (a2[ra - 2], a2[ra - 1], b2[rb - 1]);
     let (batch_a, batch_b) = (&a2[..ra - 2], &b2[..rb - 2]);
-    let rank = batch_a.len().max(batch_b.len());
-    // Broadcast the batch shapes (shape inference has checked they do).
-    let batch: Vec<usize> = (0..rank)
-        .map(|i| {
-            let dim = |s: &[usize]| (i + s.len()).checked_sub(rank).map_or(1, |j| s[j]);
-            dim(batch_a).max(dim(batch_b))
-        })
-        .collect();
+    let batch = broadcast_shapes(batch_a, batch_b)
+        .expect("interpreter invariant: shape inference checked the batch dims broadcast");
     // Strides in units of whole matrices, 0 along broadcast axes.
     let scale = |s: Vec<isize>, by: usize| -> Vec<isize> {
         s.into_iter().map(|v| v * to_isize(by)).collect()

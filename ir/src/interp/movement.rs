@@ -3,13 +3,13 @@
 //! arithmetic with them. (Reshape, squeeze, unsqueeze and flatten move no
 //! data and are handled in `mod.rs` by re-labelling the shape.)
 //!
-//! Affine ops (transpose, slice, expand) are one [`Strided`] walk over the
+//! Affine ops (transpose, slice, expand) are one strided copy of the
 //! input with the strides the op implies; the rest copy contiguous runs.
 
 use crate::op::PadMode;
 use crate::shape::slice_bounds;
 
-use super::view::{Elem, Strided, broadcast_strides, signed_strides, to_isize};
+use super::view::{Elem, broadcast_strides, copy_view, signed_strides, to_isize};
 
 /// Output axis `i` is input axis `perm[i]`: read the input with its strides
 /// permuted.
@@ -17,9 +17,7 @@ pub(super) fn transpose<T: Elem>(x: &[T], shape: &[usize], perm: &[usize]) -> Ve
     let own = signed_strides(shape);
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let strides: Vec<isize> = perm.iter().map(|&p| own[p]).collect();
-    Strided::new(&out_shape, &strides, 0)
-        .map(|o| x[o])
-        .collect()
+    copy_view(x, &out_shape, &strides, 0)
 }
 
 /// Concatenation: for each index of the axes before `axis`, each operand
@@ -70,9 +68,7 @@ pub(super) fn slice<T: Elem>(
             strides[a] = if len == 1 { 0 } else { step * own[a] };
         }
     }
-    Strided::new(&out_shape, &strides, base)
-        .map(|o| x[o])
-        .collect()
+    copy_view(x, &out_shape, &strides, base)
 }
 
 /// Split into consecutive pieces along `axis`.
@@ -159,7 +155,7 @@ pub(super) fn pad<T: Elem>(
 /// Broadcast to `out_shape` (reading size-1 axes with stride 0).
 pub(super) fn expand<T: Elem>(x: &[T], shape: &[usize], out_shape: &[usize]) -> Vec<T> {
     let strides = broadcast_strides(shape, out_shape);
-    Strided::new(out_shape, &strides, 0).map(|o| x[o]).collect()
+    copy_view(x, out_shape, &strides, 0)
 }
 
 /// ONNX Gather with constant indices along `axis`: for each index of the

@@ -139,6 +139,42 @@ impl Iterator for Strided<'_> {
 
 impl ExactSizeIterator for Strided<'_> {}
 
+/// The elements of the strided view `(shape, strides, base)` of `x`, in
+/// row-major order: the generic kernel of transpose, slice and expand. The
+/// odometer runs over the outer axes only; the innermost axis is a plain
+/// loop (a slice copy when it is contiguous).
+pub(super) fn copy_view<T: Copy>(
+    x: &[T],
+    shape: &[usize],
+    strides: &[isize],
+    base: isize,
+) -> Vec<T> {
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    let Some((&len, outer_shape)) = shape.split_last() else {
+        // a scalar view: one element at `base`
+        out.push(x[base.unsigned_abs()]);
+        return out;
+    };
+    if n == 0 {
+        return out;
+    }
+    let step = strides[strides.len() - 1];
+    for o in Strided::new(outer_shape, &strides[..strides.len() - 1], base) {
+        if step == 1 {
+            out.extend_from_slice(&x[o..o + len]);
+        } else {
+            let o = to_isize(o);
+            out.extend((0..len).map(|j| {
+                let at = usize::try_from(o + to_isize(j) * step)
+                    .expect("interpreter invariant: a strided view stays inside its tensor");
+                x[at]
+            }));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +190,17 @@ mod tests {
         // Empty view and scalar view.
         assert_eq!(Strided::new(&[2, 0], &[0, 1], 0).count(), 0);
         assert_eq!(Strided::new(&[], &[], 7).collect::<Vec<_>>(), vec![7]);
+    }
+
+    #[test]
+    fn copy_view_reads_rows_and_columns() {
+        let x = [0, 1, 2, 3, 4, 5];
+        // the transpose of a 2x3 matrix
+        assert_eq!(copy_view(&x, &[3, 2], &[1, 3], 0), [0, 3, 1, 4, 2, 5]);
+        // row 1 reversed
+        assert_eq!(copy_view(&x, &[1, 3], &[3, -1], 5), [5, 4, 3]);
+        assert_eq!(copy_view(&x, &[], &[], 4), [4]);
+        assert_eq!(copy_view(&x, &[0, 3], &[3, 1], 0), Vec::<i32>::new());
     }
 
     #[test]
