@@ -235,6 +235,54 @@ fn reductions() {
     assert_eq!(f(&r), [1.]);
 }
 
+fn shape_and_axes() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+    prop::collection::vec(1usize..4, 1..5).prop_flat_map(|s| {
+        let r = s.len();
+        (Just(s), prop::collection::vec(any::<bool>(), r)).prop_map(|(s, pick)| {
+            let mut axes: Vec<usize> = (0..s.len()).filter(|&i| pick[i]).collect();
+            if axes.is_empty() {
+                axes.push(0);
+            }
+            (s, axes)
+        })
+    })
+}
+
+proptest! {
+    /// Each reduction equals scattering every input element into the output
+    /// element whose index is the input's with the reduced axes zeroed.
+    #[test]
+    fn reduce_matches_scatter((shape, axes) in shape_and_axes(), keepdims in any::<bool>(), seed in any::<u64>()) {
+        let x = Seeded::new(seed).tensor(&shape);
+        let kept: Vec<usize> = shape.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+        let m: usize = kept.iter().product();
+        let count: usize = axes.iter().map(|&a| shape[a]).product();
+        let (mut sum, mut max) = (vec![0f64; m], vec![f64::NEG_INFINITY; m]);
+        for (flat, &v) in f(&x).iter().enumerate() {
+            let mut rem = flat;
+            let mut idx = vec![0; shape.len()];
+            for d in (0..shape.len()).rev() {
+                idx[d] = rem % shape[d];
+                rem /= shape[d];
+            }
+            let o = idx.iter().zip(&kept).fold(0, |acc, (&i, &k)| acc * k + if k == 1 { 0 } else { i });
+            sum[o] += f64::from(v);
+            max[o] = max[o].max(f64::from(v));
+        }
+        let want_shape: Vec<usize> = if keepdims {
+            kept.clone()
+        } else {
+            shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+        };
+        let mean: Vec<f64> = sum.iter().map(|s| s / count as f64).collect();
+        for (kind, want) in [(ReduceKind::Sum, &sum), (ReduceKind::Mean, &mean), (ReduceKind::Max, &max)] {
+            let y = reduce(kind, &axes, keepdims, &x);
+            prop_assert_eq!(y.shape(), &want_shape[..]);
+            assert_close(&f(&y), want, 1e-6);
+        }
+    }
+}
+
 #[test]
 fn global_avg_pool_means_each_plane() {
     let x = t(&[1, 2, 2, 2], &[1., 2., 3., 4., 10., 10., 10., 30.]);

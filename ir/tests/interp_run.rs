@@ -269,3 +269,12 @@ fn run_matches_op_by_op_evaluation() {
     let y = ev1(&ops[5], &[&fl, w("fc.w")]);
     assert_eq!(out[0], y);
 }
+
+#[test]
+fn eval_rejects_leaves_and_bad_arity() {
+    let e = kiln_ir::interp::eval(&Op::Input, &[]).unwrap_err();
+    assert!(e.contains("input"), "{e}");
+    let x = t(&[1], &[1.0]);
+    let e = kiln_ir::interp::eval(&Op::Binary(BinaryOp::Add), &[&x]).unwrap_err();
+    assert!(e.contains("takes 2 operand(s), got 1"), "{e}");
+}
