@@ -113,7 +113,7 @@ fn emit(w: &mut dyn Write, text: &str) -> Result<(), KilnError> {
     w.write_all(text.as_bytes())
         .and_then(|()| w.flush())
         .map_err(|source| KilnError::Io {
-            path: PathBuf::from("<output>"),
+            path: PathBuf::from("<standard output or error>"),
             source,
         })
 }
@@ -182,15 +182,16 @@ fn cmd_run(
             .enumerate()
             .map(|(i, &id)| {
                 let info = g.value_info(Value::of(id));
+                // Each input gets its own stream.
+                let seed = args.seed.wrapping_add(i as u64);
                 emit(
                     io.err,
                     &format!(
-                        "note: no --input given: using a seeded random input for %{} ({}, seed {}, uniform in [-1, 1))\n",
-                        info.name, info.ty, args.seed
+                        "note: no --input given: using a seeded random input for %{} ({}, seed {seed}, uniform in [-1, 1))\n",
+                        info.name, info.ty
                     ),
                 )?;
-                // Each input gets its own stream.
-                Ok(random_input(&info.ty, args.seed.wrapping_add(i as u64)))
+                Ok(random_input(&info.ty, seed))
             })
             .collect::<Result<_, KilnError>>()?
     } else {
