@@ -46,8 +46,9 @@ def write_safetensors(path, tensors):
     """The safetensors format by hand: only numpy needed."""
     header, chunks, offset = {}, [], 0
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name], dtype="<f4")
-        raw = a.tobytes()
+        # (not np.ascontiguousarray: it turns the 0-d scale into shape (1,))
+        a = np.asarray(tensors[name], dtype="<f4")
+        raw = a.tobytes(order="C")
         header[name] = {
             "dtype": "F32",
             "shape": list(a.shape),
