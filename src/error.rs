@@ -27,7 +27,7 @@ pub enum KilnError {
     },
     /// Weight values that do not fit the graph: missing tensors or
     /// mismatched types, all listed (the IR's multi-line message, joined).
-    #[error("weights from {from} do not match the graph: {}", problems.join("; "))]
+    #[error("weights from {from} do not match the graph: {}", summary(problems))]
     Weights {
         /// where the values came from (a file, or "the seeded initialiser")
         from: String,
@@ -49,6 +49,22 @@ pub enum KilnError {
     /// an unknown model name, a wrong number of `--input` files, ...
     #[error("{0}")]
     Usage(String),
+}
+
+/// The first few problems and a count of the rest: a model with hundreds of
+/// weights and a wrong file would otherwise print a screenful on "one line".
+fn summary(problems: &[String]) -> String {
+    const SHOWN: usize = 6;
+    let mut s = problems
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > SHOWN {
+        s.push_str(&format!("; and {} more", problems.len() - SHOWN));
+    }
+    s
 }
 
 impl KilnError {

@@ -75,7 +75,13 @@ fn zoo_names() -> String {
 /// cases. The result is verified, and its weights cover the graph (unless
 /// `opts.graph_only` left them out).
 pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
-    let mut model = match ModelSpec::parse(spec)? {
+    let spec = ModelSpec::parse(spec)?;
+    let own = match &spec {
+        ModelSpec::Kir(_) => format!("the seeded initialiser (--seed {})", opts.seed),
+        ModelSpec::Onnx(path) => path.display().to_string(),
+        ModelSpec::Zoo(name) => format!("the zoo's `{name}`"),
+    };
+    let mut model = match spec {
         ModelSpec::Kir(path) => {
             let src = std::fs::read_to_string(&path).map_err(|source| KilnError::Io {
                 path: path.clone(),
@@ -115,7 +121,7 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
             path.display().to_string()
         }
         None if opts.graph_only && model.weights.is_empty() => return Ok(model),
-        None => "the model's own or seeded weights".to_string(),
+        None => own,
     };
     check_weights(&model.graph, &model.weights, &from)?;
     Ok(model)
@@ -174,6 +180,18 @@ mod tests {
         let e = load_model("no/such/file.kir", &LoadOptions::default()).unwrap_err();
         assert!(matches!(e, KilnError::Io { .. }));
         assert!(e.to_string().starts_with("no/such/file.kir: "), "{e}");
+    }
+
+    #[test]
+    fn long_weight_lists_are_cut() {
+        let problems: Vec<String> = (0..10).map(|i| format!("@w{i}: missing")).collect();
+        let msg = KilnError::Weights {
+            from: "f".into(),
+            problems,
+        }
+        .to_string();
+        assert!(msg.contains("@w5: missing; and 4 more"), "{msg}");
+        assert!(!msg.contains("@w6"), "{msg}");
     }
 
     #[test]
