@@ -8,14 +8,21 @@ use std::io::ErrorKind;
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind as ClapErrorKind;
 use kiln::KilnError;
 use kiln::cli::{Cli, Io, run};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // --help and --version are "errors" that print to stdout and exit 0.
-        Err(e) if !e.use_stderr() => e.exit(),
+        // --help and --version are "errors" that print to stdout and exit 0;
+        // a bare `kiln` prints the help to stderr and exits 2.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
         Err(e) => {
             eprintln!("{}", one_line_clap_error(&e.render().to_string()));
             return ExitCode::from(2);

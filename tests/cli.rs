@@ -408,3 +408,21 @@ fn wrong_number_of_inputs_is_a_usage_error() {
     .to_string();
     assert!(line.contains("--input"), "{line}");
 }
+
+#[test]
+fn bare_kiln_prints_help_and_fails() {
+    let r = kiln(std::iter::empty::<&str>());
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("Usage: kiln <COMMAND>"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"));
+    assert!(r.stdout.is_empty());
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let help = kiln(["run", "--help"]).ok().to_string();
+    for flag in ["--input", "--output", "--weights", "--seed", "--backend"] {
+        assert!(help.contains(flag), "{help}");
+    }
+    assert!(kiln(["--version"]).ok().starts_with("kiln "));
+}
