@@ -644,7 +644,7 @@ fn unknown_op(name: &str) -> String {
 /// The candidate nearest to `s` by edit distance, if it is near enough to be
 /// a plausible typo (about a third of the characters).
 fn closest<'c>(s: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
-    let limit = (s.chars().count() + 2) / 3;
+    let limit = s.chars().count().div_ceil(3);
     candidates
         .filter(|c| *c != s)
         .map(|c| (edit_distance(s, c), c))
