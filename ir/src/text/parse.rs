@@ -642,13 +642,15 @@ fn unknown_op(name: &str) -> String {
 }
 
 /// The candidate nearest to `s` by edit distance, if it is near enough to be
-/// a plausible typo (about a third of the characters).
+/// a plausible typo: about a third of the characters, and never all of them
+/// (else every one-letter name would "suggest" every other).
 fn closest<'c>(s: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
-    let limit = s.chars().count().div_ceil(3);
+    let len = s.chars().count();
+    let limit = len.div_ceil(3);
     candidates
         .filter(|c| *c != s)
         .map(|c| (edit_distance(s, c), c))
-        .filter(|&(d, _)| d <= limit.max(1))
+        .filter(|&(d, _)| d <= limit && d < len)
         .min()
         .map(|(_, c)| c)
 }
