@@ -684,3 +684,26 @@ fn overflowing_shape_arithmetic_is_an_error() {
         }
     }
 }
+
+/// A long chain closed into a cycle: the cycle search must not recurse per
+/// node (a recursive SCC search overflowed the stack at this size).
+#[test]
+fn long_cycle_does_not_overflow_the_stack() {
+    let n = 100_000;
+    let mut src = String::from("graph t {\n");
+    for i in 0..n {
+        let operand = if i == 0 { n - 1 } else { i - 1 };
+        src.push_str(&format!("  %{i} = relu(%{operand}) : f32[1]\n"));
+    }
+    src.push_str("  output %0\n}\n");
+    let e = parse(&src).unwrap_err().to_string();
+    assert!(
+        e.starts_with("line 2, column 3: the values form a cycle: %0 -> %1 -> %2 -> "),
+        "{}",
+        &e[..e.len().min(200)]
+    );
+    assert!(e.ends_with(&format!(
+        "-> %{} -> %0 (each is an operand of the next)",
+        n - 1
+    )));
+}

@@ -9,8 +9,9 @@
 //! (syntax, unknown ops, attributes, arity, duplicate names) therefore come in
 //! text order, before any undefined-name error.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
+use petgraph::Direction;
 use petgraph::visit::EdgeRef;
 
 use crate::error::IrError;
@@ -532,48 +533,69 @@ impl<'a> Parser<'a> {
 
     /// Reports a cycle by its values, at the earliest-defined node on it. The
     /// verifier would find it too, but names only one node, which need not
-    /// even lie on the cycle.
+    /// even lie on the cycle. Iterative throughout (petgraph's `tarjan_scc`
+    /// recurses once per node and overflows the stack on long chains).
     fn check_cycles(&self) -> Result<(), IrError> {
         let pg = self.g.petgraph();
-        let sccs = petgraph::algo::tarjan_scc(pg);
-        let cyclic = sccs
-            .into_iter()
-            .filter(|scc| scc.len() > 1 || pg.edges(scc[0]).any(|e| e.target() == scc[0]));
-        let Some(scc) = cyclic.min_by_key(|scc| scc.iter().min().copied()) else {
-            return Ok(());
-        };
-        let start = *scc.iter().min().expect("an SCC is never empty");
-        // Breadth-first search inside the component for the shortest way back
-        // to `start`: the cycle then reads as a path.
-        let mut parent: HashMap<NodeId, NodeId> = HashMap::new();
-        let mut queue = std::collections::VecDeque::from([start]);
-        let mut last = start;
-        'search: while let Some(n) = queue.pop_front() {
+        let mut indeg: HashMap<NodeId, usize> = pg
+            .node_indices()
+            .map(|n| (n, pg.edges_directed(n, Direction::Incoming).count()))
+            .collect();
+        let mut ready: Vec<NodeId> = indeg
+            .iter()
+            .filter(|&(_, &d)| d == 0)
+            .map(|(&n, _)| n)
+            .collect();
+        while let Some(n) = ready.pop() {
             for e in pg.edges(n) {
-                let t = e.target();
-                if t == start {
-                    last = n;
-                    break 'search;
-                }
-                if scc.contains(&t) && !parent.contains_key(&t) {
-                    parent.insert(t, n);
-                    queue.push_back(t);
+                let d = indeg
+                    .get_mut(&e.target())
+                    .expect("an edge's target is a node");
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(e.target());
                 }
             }
         }
-        let mut path = vec![start];
-        let mut n = last;
-        while n != start {
-            path.push(n);
-            n = parent[&n];
+        let stuck: BTreeSet<NodeId> = indeg
+            .into_iter()
+            .filter(|&(_, d)| d > 0)
+            .map(|(n, _)| n)
+            .collect();
+        let Some(&first) = stuck.first() else {
+            return Ok(());
+        };
+        // Every stuck node still has an operand produced by a stuck node, so
+        // walking back through such operands must come round to a node
+        // already visited; the stretch from there on is a cycle.
+        let mut visited: HashMap<NodeId, usize> = HashMap::new();
+        let mut walk = Vec::new();
+        let mut n = first;
+        while !visited.contains_key(&n) {
+            visited.insert(n, walk.len());
+            walk.push(n);
+            n = pg
+                .edges_directed(n, Direction::Incoming)
+                .map(|e| e.source())
+                .filter(|s| stuck.contains(s))
+                .min()
+                .expect("a node left over by Kahn's algorithm has a left-over operand");
         }
-        path[1..].reverse();
-        path.push(start);
-        let names: Vec<String> = path
+        // The walk went against the data flow; turn it round and start at
+        // the node defined first.
+        let mut cycle: Vec<NodeId> = walk[visited[&n]..].iter().rev().copied().collect();
+        let k = (0..cycle.len()).min_by_key(|&i| cycle[i]).unwrap_or(0);
+        cycle.rotate_left(k);
+        cycle.push(cycle[0]);
+        let names: Vec<String> = cycle
             .iter()
             .map(|&id| self.g.display_value(Value::of(id)))
             .collect();
-        let pos = self.node_defs.get(&start).copied().unwrap_or(self.header);
+        let pos = self
+            .node_defs
+            .get(&cycle[0])
+            .copied()
+            .unwrap_or(self.header);
         Err(pos.error(format!(
             "the values form a cycle: {} (each is an operand of the next)",
             names.join(" -> ")
