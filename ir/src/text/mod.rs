@@ -5,11 +5,12 @@
 //! and op reference are in docs/ir-text.md. Two guarantees hold and are
 //! tested (ir/tests/text_*.rs):
 //!
-//! - `print(&parse(t)?) == t` for every canonical text `t` (what [`print`]
+//! - `print(&parse(t)?) == t` for every canonical text `t` (what [`print()`]
 //!   produces);
-//! - `parse(&print(g))` is [`structurally_equal`] to every verified graph `g`
-//!   whose float attributes are not NaNs with a payload (all NaNs print as
-//!   `NaN` and read back as the canonical one).
+//! - `parse(&print(g))` is [`structurally_equal`] to every verified graph
+//!   `g`, provided its float attributes hold no NaN other than the canonical
+//!   one (every NaN prints as `NaN`) and its types are no larger than
+//!   `isize::MAX` bytes (the parser refuses types no allocation could hold).
 //!
 //! ```
 //! use kiln_ir::text::{parse, print};

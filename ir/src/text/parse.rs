@@ -22,7 +22,7 @@ use crate::verify::verify;
 
 use super::lexer::{Lexer, Pos, Tok, Token, is_bare, name};
 
-/// See [`crate::text::parse`].
+/// See [`crate::text::parse()`].
 pub(crate) fn parse(src: &str) -> Result<Graph, IrError> {
     let mut p = Parser::new(src)?;
     p.file()?;
@@ -104,10 +104,16 @@ impl<'a> Parser<'a> {
 
     /// Consumes punctuation `c`, or fails with "expected `c` {context}".
     fn punct(&mut self, c: char, context: &str) -> Result<Pos, IrError> {
+        self.punct_with(c, || context.to_string())
+    }
+
+    /// [`Parser::punct`] with a context built only when it is needed (it is
+    /// on the path of every statement, and usually the text is right).
+    fn punct_with(&mut self, c: char, context: impl FnOnce() -> String) -> Result<Pos, IrError> {
         if self.is_punct(c) {
             Ok(self.bump()?.pos)
         } else {
-            Err(self.expected(&format!("`{c}` {context}")))
+            Err(self.expected(&format!("`{c}` {}", context())))
         }
     }
 
@@ -187,7 +193,7 @@ impl<'a> Parser<'a> {
             }
         };
         let what = if is_input { "input" } else { "weight" };
-        self.punct(':', &format!("and a type after the {what}'s name"))?;
+        self.punct_with(':', || format!("and a type after the {what}'s name"))?;
         let ty = self.ty()?;
         self.define(&n, !is_input, name.pos)?;
         let op = if is_input { Op::Input } else { Op::Weight };
@@ -311,7 +317,7 @@ impl<'a> Parser<'a> {
             )));
         };
         let op_pos = op_tok.pos;
-        self.punct('(', &format!("after the op name `{op_name}`"))?;
+        self.punct_with('(', || format!("after the op name `{op_name}`"))?;
         let mut operands = Vec::new();
         let close = if self.is_punct(')') {
             self.bump()?.pos
@@ -342,7 +348,7 @@ impl<'a> Parser<'a> {
                             .pos
                             .error(format!("expected an attribute name, found {}", key.tok)));
                     };
-                    self.punct('=', &format!("after the attribute name `{k}`"))?;
+                    self.punct_with('=', || format!("after the attribute name `{k}`"))?;
                     let v = self.attr_value()?;
                     if let Some(i) = attrs.iter().position(|(k2, _)| *k2 == k) {
                         return Err(key.pos.error(format!(

@@ -12,7 +12,7 @@ use crate::graph::{Graph, NodeId, Value};
 
 use super::lexer::name;
 
-/// See [`crate::text::print`].
+/// See [`crate::text::print()`].
 pub(crate) fn print(g: &Graph) -> String {
     let mut out = String::new();
     // `write!` into a String cannot fail; the results are ignored for that reason.
@@ -83,9 +83,9 @@ fn leaf(out: &mut String, g: &Graph, id: NodeId, keyword: &str, sigil: char) {
     }
 }
 
-/// `%name` or `@name`; a dangling value (possible only in a graph broken by
-/// the raw API) prints as a name no graph defines, so it cannot be mistaken
-/// for a real one.
+/// `%name` or `@name`. A dangling value (possible only in a graph broken by
+/// the raw API) prints as a quoted placeholder that says what is missing;
+/// parsing the text back then reports it as undefined.
 fn value(out: &mut String, g: &Graph, v: Value) {
     match g.try_value_info(v) {
         Ok(info) => {
