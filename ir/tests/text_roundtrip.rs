@@ -164,6 +164,23 @@ fn data_files_cover_every_op() {
     assert!(missing.is_empty(), "ops without a data file: {missing:?}");
 }
 
+/// docs/ir-text.md documents every op: a new op fails here until it is
+/// added to the reference.
+#[test]
+fn the_reference_documents_every_op() {
+    let doc = fs::read_to_string(workspace_root().join("docs/ir-text.md")).unwrap();
+    let reference = doc
+        .split("## Op reference")
+        .nth(1)
+        .expect("docs/ir-text.md has an `## Op reference` section");
+    let missing: Vec<&str> = OP_NAMES
+        .iter()
+        .copied()
+        .filter(|n| !reference.contains(&format!("`{n}`")))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/ir-text.md: {missing:?}");
+}
+
 fn roundtrip(g: &Graph) -> String {
     verify(g).unwrap();
     let text = print(g);

@@ -713,10 +713,13 @@ mod tests {
         assert_eq!(literal("1e-5", p), Ok(Attr::Float(1e-5)));
         assert_eq!(literal("6.0", p), Ok(Attr::Float(6.0)));
         assert_eq!(literal("-inf", p), Ok(Attr::Float(f32::NEG_INFINITY)));
+        assert_eq!(literal(".5", p), Ok(Attr::Float(0.5)));
+        assert_eq!(literal("-2.5E+3", p), Ok(Attr::Float(-2500.0)));
         assert_eq!(literal("reflect", p), Ok(Attr::Word("reflect".into())));
+        assert_eq!(literal("_x", p), Ok(Attr::Word("_x".into())));
         assert_eq!(literal("true", p), Ok(Attr::Bool(true)));
         assert!(matches!(literal("NaN", p), Ok(Attr::Float(x)) if x.is_nan()));
-        for bad in ["1x", "-x", "1.2.3", "0x10", "1e", "1_0"] {
+        for bad in ["1x", "-x", "1.2.3", "0x10", "1e", "1_0", ".x", "-NaN"] {
             let e = literal(bad, p).unwrap_err().to_string();
             assert_eq!(e, format!("line 1, column 1: invalid number `{bad}`"));
         }
