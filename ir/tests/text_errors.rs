@@ -533,6 +533,30 @@ fn cycles() {
     );
 }
 
+/// A token that does not lex is reported only when the parser reaches it,
+/// so an earlier syntax error wins.
+#[test]
+fn errors_come_in_text_order() {
+    check(
+        &graph(&["%0 = relu(%x) : f32[-3 \"abc", "output %0"]),
+        3,
+        23,
+        "expected a dimension (a non-negative integer), found `-3`",
+    );
+    check(
+        &graph(&["%0 = relu(%x) : f32[2,3] \"abc", "output %0"]),
+        3,
+        28,
+        "unterminated quoted name (missing closing `\"`)",
+    );
+    check(
+        &graph(&["output %x } +"]),
+        3,
+        15,
+        "unexpected character `+`",
+    );
+}
+
 #[test]
 fn quoting_errors() {
     check(

@@ -51,6 +51,10 @@ pub(crate) enum Tok {
     Punct(char),
     /// The end of the text.
     Eof,
+    /// Text that does not lex. The parser holds the error and reports it
+    /// only when it looks at this token, so that an error earlier in the
+    /// text is reported first.
+    Bad,
 }
 
 impl fmt::Display for Tok {
@@ -63,6 +67,7 @@ impl fmt::Display for Tok {
             Tok::Weight(n) => write!(f, "`@{}`", name(n)),
             Tok::Punct(c) => write!(f, "`{c}`"),
             Tok::Eof => f.write_str("the end of the text"),
+            Tok::Bad => f.write_str("text that is not a token"),
         }
     }
 }

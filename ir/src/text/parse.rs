@@ -48,6 +48,8 @@ struct Parser<'a> {
     lx: Lexer<'a>,
     /// The lookahead token.
     tok: Token,
+    /// Why the lookahead is [`Tok::Bad`].
+    lex_error: Option<IrError>,
     g: Graph,
     /// Where each `%` and `@` name is defined, for duplicate errors.
     value_defs: HashMap<String, Pos>,
@@ -70,6 +72,7 @@ impl<'a> Parser<'a> {
         Ok(Parser {
             lx,
             tok,
+            lex_error: None,
             g: Graph::new(""),
             value_defs: HashMap::new(),
             weight_defs: HashMap::new(),
@@ -81,14 +84,31 @@ impl<'a> Parser<'a> {
         })
     }
 
-    /// Consumes the lookahead and returns it.
+    /// Consumes the lookahead and returns it; fails if it did not lex.
     fn bump(&mut self) -> Result<Token, IrError> {
-        let next = self.lx.next_token()?;
+        if let Some(e) = &self.lex_error {
+            return Err(e.clone());
+        }
+        let next = match self.lx.next_token() {
+            Ok(t) => t,
+            Err(e) => {
+                let pos = match e {
+                    IrError::Parse { line, col, .. } => Pos { line, col },
+                    _ => self.tok.pos,
+                };
+                self.lex_error = Some(e);
+                Token { tok: Tok::Bad, pos }
+            }
+        };
         Ok(std::mem::replace(&mut self.tok, next))
     }
 
-    /// An error at the lookahead: "expected {what}, found {token}".
+    /// An error at the lookahead: "expected {what}, found {token}", or the
+    /// lexer's error if the lookahead did not lex.
     fn expected(&self, what: &str) -> IrError {
+        if let Some(e) = &self.lex_error {
+            return e.clone();
+        }
         self.tok
             .pos
             .error(format!("expected {what}, found {}", self.tok.tok))
