@@ -493,13 +493,12 @@ pub fn slice_bounds(dim: usize, start: i64, end: i64, step: i64) -> (i64, i64, u
     } else {
         (start.clamp(0, (d - 1).max(0)), end.clamp(-1, d - 1))
     };
-    // In i128: the rounding-up division must not overflow for a step near
-    // i64::MAX, nor negate i64::MIN. The result is at most `dim`.
-    let (s2, e2, st) = (i128::from(s), i128::from(e), i128::from(step));
+    // ceil(n / |step|) written as (n - 1) / |step| + 1 so that a huge step
+    // cannot overflow; `unsigned_abs` because -i64::MIN does not fit in i64.
     let len = if step > 0 {
-        if e > s { (e2 - s2 + st - 1) / st } else { 0 }
+        if e > s { (e - s - 1) / step + 1 } else { 0 }
     } else if s > e && d > 0 {
-        (s2 - e2 - st - 1) / (-st)
+        ((s - e - 1).unsigned_abs() / step.unsigned_abs() + 1) as i64
     } else {
         0
     };
@@ -829,7 +828,8 @@ mod tests {
         assert_eq!(slice_bounds(5, 9, 0, -2), (4, 0, 2));
         assert_eq!(slice_bounds(5, 3, 1, 1), (3, 1, 0));
         assert_eq!(slice_bounds(0, 0, -1, -1), (0, -1, 0));
-        assert_eq!(slice_bounds(5, 0, 5, i64::MAX), (0, 5, 1));
+        // huge steps take one element and must not overflow
+        assert_eq!(slice_bounds(5, 2, 5, i64::MAX), (2, 5, 1));
         assert_eq!(slice_bounds(5, 4, -1, i64::MIN), (4, -1, 1));
     }
 }
