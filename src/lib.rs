@@ -9,7 +9,7 @@
 //! - [`run_model`] with a [`Backend`]: execute a model;
 //! - [`cli`]: the command line itself (docs/cli.md is its user guide).
 //!
-//! ```no_run
+//! ```
 //! use kiln::{Backend, LoadOptions, load_model, random_input, run_model};
 //!
 //! let model = load_model("examples/conv_norm_attention.kir", &LoadOptions {
@@ -17,9 +17,10 @@
 //!     seed: 0,
 //!     graph_only: false,
 //! })?;
-//! let x = random_input(model.graph.value_type(kiln::ir::Value::of(model.graph.inputs()[0])), 0);
+//! let input = kiln::ir::Value::of(model.graph.inputs()[0]);
+//! let x = random_input(model.graph.value_type(input), 0);
 //! let y = run_model(&model, &[x], Backend::Interp)?;
-//! println!("{:?}", y[0].shape());
+//! assert_eq!(y[0].shape(), &[1, 64, 16]);
 //! # Ok::<(), kiln::KilnError>(())
 //! ```
 
