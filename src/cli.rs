@@ -256,7 +256,12 @@ fn cmd_export_kir(
     weights_out: Option<&PathBuf>,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options())?;
+    // Weight values are needed only to write them.
+    let opts = LoadOptions {
+        graph_only: weights_out.is_none(),
+        ..args.options()
+    };
+    let model = load_model(&args.model, &opts)?;
     std::fs::write(output, text::print(&model.graph)).map_err(|source| KilnError::Io {
         path: output.clone(),
         source,

@@ -426,3 +426,12 @@ fn help_and_version_succeed() {
     }
     assert!(kiln(["--version"]).ok().starts_with("kiln "));
 }
+
+#[test]
+fn export_kir_alone_needs_no_weights() {
+    let kir = scratch("exported_graph_only.kir");
+    kiln(["export-kir", arg(&example(KIR)), "--output", arg(&kir)]).ok();
+    let text = std::fs::read_to_string(&kir).unwrap();
+    assert!(text.starts_with("graph conv_norm_attention {\n"), "{text}");
+    assert!(text.contains("  output %out\n"), "{text}");
+}
