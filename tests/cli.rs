@@ -141,34 +141,6 @@ fn run_without_input_uses_a_seeded_input_and_says_so() {
 }
 
 #[test]
-fn run_kir_without_weights_uses_seeded_weights() {
-    // A fixed input, so that only the weights depend on --seed.
-    let run = |seed: &str, name: &str| {
-        let p = scratch(name);
-        kiln([
-            "run",
-            arg(&example(KIR)),
-            "--input",
-            arg(&example(INPUT)),
-            "--seed",
-            seed,
-            "--output",
-            arg(&p),
-        ])
-        .ok();
-        npy::read(&p).unwrap()
-    };
-    let (a, b, c) = (
-        run("5", "sw_a.npy"),
-        run("5", "sw_b.npy"),
-        run("6", "sw_c.npy"),
-    );
-    assert_eq!(a, b);
-    assert_ne!(a, c);
-    assert!(a.as_f32().unwrap().iter().all(|x| x.is_finite()));
-}
-
-#[test]
 fn run_prints_top5_of_a_1xk_output() {
     let kir = write(
         "softmax6.kir",
