@@ -479,10 +479,12 @@ pub fn slice_bounds(dim: usize, start: i64, end: i64, step: i64) -> (i64, i64, u
     } else {
         (start.clamp(0, (d - 1).max(0)), end.clamp(-1, d - 1))
     };
+    // ceil(n / |step|) written as (n - 1) / |step| + 1 so that a huge step
+    // cannot overflow; `unsigned_abs` because -i64::MIN does not fit in i64.
     let len = if step > 0 {
-        if e > s { (e - s + step - 1) / step } else { 0 }
+        if e > s { (e - s - 1) / step + 1 } else { 0 }
     } else if s > e && d > 0 {
-        (s - e + (-step) - 1) / (-step)
+        ((s - e - 1).unsigned_abs() / step.unsigned_abs() + 1) as i64
     } else {
         0
     };
@@ -811,5 +813,8 @@ mod tests {
         assert_eq!(slice_bounds(5, 9, 0, -2), (4, 0, 2));
         assert_eq!(slice_bounds(5, 3, 1, 1), (3, 1, 0));
         assert_eq!(slice_bounds(0, 0, -1, -1), (0, -1, 0));
+        // huge steps take one element and must not overflow
+        assert_eq!(slice_bounds(5, 2, 5, i64::MAX), (2, 5, 1));
+        assert_eq!(slice_bounds(5, 4, -1, i64::MIN), (4, -1, 1));
     }
 }
