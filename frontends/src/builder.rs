@@ -53,6 +53,7 @@ pub struct GraphBuilder {
 /// builder, so layer helpers are called on it directly; nested scopes are
 /// joined with `.`.
 #[derive(Debug)]
+#[must_use = "the scope closes when the guard is dropped"]
 pub struct Scope<'a> {
     builder: &'a mut GraphBuilder,
     depth: usize,

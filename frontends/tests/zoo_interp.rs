@@ -97,3 +97,10 @@ fn mobilevitv2_050_runs() {
 fn xformer_runs() {
     runs_end_to_end("xformer");
 }
+
+/// The deepest Mobile-Former: twelve blocks of residual adds, where
+/// undamped initialisation would push activations past 1e3.
+#[test]
+fn mobile_former_508m_runs() {
+    runs_end_to_end("mobile_former_508m");
+}
