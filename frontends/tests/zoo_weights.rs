@@ -147,3 +147,19 @@ fn seeded_weights_follow_the_roles() {
     // constants are exact
     assert_eq!(values(&s, &const_name(2.0)), [2.0]);
 }
+
+#[test]
+fn a_checkpoint_file_round_trips_through_safetensors() {
+    // What `--weights` does with a timm checkpoint saved as safetensors:
+    // i64 counters and all, the file binds to the zoo graph unchanged.
+    let m = model("mobilevitv2_050");
+    let path = std::env::temp_dir().join(format!(
+        "kiln-zoo-{}-mobilevitv2_050.safetensors",
+        std::process::id()
+    ));
+    kiln_frontends::safetensors::save(&path, &checkpoint(&m)).unwrap();
+    let loaded = kiln_frontends::safetensors::load(&path);
+    let _ = std::fs::remove_file(&path);
+    let bound = zoo::bind_weights(&m.graph, loaded.unwrap()).unwrap();
+    assert_eq!(bound, m.weights);
+}
