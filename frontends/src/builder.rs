@@ -295,6 +295,11 @@ impl GraphBuilder {
         self.unary(UnaryOp::Relu6, x)
     }
 
+    /// `1 / (1 + exp(-x))`
+    pub fn sigmoid(&mut self, x: Value) -> Result<Value, FrontendError> {
+        self.unary(UnaryOp::Sigmoid, x)
+    }
+
     /// `x · sigmoid(x)`
     pub fn silu(&mut self, x: Value) -> Result<Value, FrontendError> {
         self.unary(UnaryOp::Silu, x)
@@ -473,6 +478,23 @@ impl GraphBuilder {
     /// Mean over every spatial axis, kept as size 1.
     pub fn global_avg_pool(&mut self, x: Value) -> Result<Value, FrontendError> {
         self.op(Op::GlobalAvgPool, &[x])
+    }
+
+    /// Mean over `axes`.
+    pub fn reduce_mean(
+        &mut self,
+        x: Value,
+        axes: &[usize],
+        keepdims: bool,
+    ) -> Result<Value, FrontendError> {
+        self.op(
+            Op::Reduce {
+                kind: ReduceKind::Mean,
+                axes: axes.to_vec(),
+                keepdims,
+            },
+            &[x],
+        )
     }
 
     /// Sum over `axes`.

@@ -171,16 +171,9 @@ pub fn role(g: &Graph, w: Value) -> Role {
             // a PyTorch-layout Linear weight: matmul(x, transpose(W))
             (Op::Transpose { perm }, 0) if rank == 2 && perm == &[1, 0] => g
                 .users(out)
-                .iter()
-                .any(|&(u, o)| g.node(u).op == Op::MatMul && o == 1)
-                .then(|| {
-                    let mm = g
-                        .users(out)
-                        .into_iter()
-                        .find(|&(u, _)| g.node(u).op == Op::MatMul)
-                        .map_or(out, |(u, _)| Value::of(u));
-                    fan_in(shape[1], mm)
-                }),
+                .into_iter()
+                .find(|&(u, o)| g.node(u).op == Op::MatMul && o == 1)
+                .map(|(mm, _)| fan_in(shape[1], Value::of(mm))),
             _ => None,
         };
         if let Some(r) = role {
