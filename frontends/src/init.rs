@@ -24,7 +24,8 @@ pub enum Role {
     /// A scalar constant named by [`crate::builder::const_name`]: exactly its value.
     Constant(f32),
     /// A conv kernel or Linear/matmul weight: `N(0, gain / fan_in)`, the
-    /// gain chosen by what follows (see [`gain_after`]).
+    /// gain chosen by what follows: 2 before a rectifier, ½ at the end of a
+    /// residual branch, 1 otherwise.
     FanIn {
         /// inputs summed into each output
         fan_in: usize,
