@@ -15,8 +15,11 @@ const WEIGHTS: &str = "conv_norm_attention.safetensors";
 const INPUT: &str = "conv_norm_attention_input.npy";
 
 /// The example's parameter count, by hand: conv 16·3·3·3 + 16, batch norm
-/// 4·16, Q/K/V 3·16·16, the scalar scale 1, layer norm 2·16.
-const PARAMS: u64 = 432 + 16 + 64 + 768 + 1 + 32;
+/// γ and β 2·16, Q/K/V 3·16·16, layer norm 2·16.
+const PARAMS: u64 = 432 + 16 + 32 + 768 + 32;
+/// Its buffers: the batch norm's running mean and variance 2·16, the
+/// scalar scale 1.
+const BUFFERS: u64 = 32 + 1;
 /// The example's MACs, by hand: conv 1024 outputs × 27; Q, K, V 3 × 1024
 /// outputs × 16; scores 64·64 outputs × 16; probs @ V 1024 outputs × 64.
 const MACS: u64 = 1024 * 27 + 3 * 1024 * 16 + 4096 * 16 + 1024 * 64;
@@ -55,8 +58,13 @@ fn info_text_reports_signature_and_counts() {
     let out = kiln(["info", arg(&example(KIR))]).ok().to_string();
     assert!(out.contains("inputs:  %x f32[1,3,8,8]\n"), "{out}");
     assert!(out.contains("outputs: %out f32[1,64,16]\n"), "{out}");
-    assert!(out.contains("params:  1,313 (1.31 K)\n"), "{out}");
-    assert_eq!(PARAMS, 1313);
+    assert!(
+        out.contains(
+            "params:  1,280 (1.28 K), plus 33 buffer elements (BN running stats, constants)\n"
+        ),
+        "{out}"
+    );
+    assert_eq!((PARAMS, BUFFERS), (1280, 33));
     assert!(out.contains("MACs:    207,872 (207.87 K)\n"), "{out}");
     assert_eq!(MACS, 207_872);
     assert!(out.contains(&format!("nodes:   {NODES}\n")), "{out}");
@@ -78,6 +86,7 @@ fn info_json_has_integer_keys_scripts_rely_on() {
         .to_string();
     let j: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
     assert_eq!(j["params"].as_u64(), Some(PARAMS));
+    assert_eq!(j["buffers"].as_u64(), Some(BUFFERS));
     assert_eq!(j["macs"].as_u64(), Some(MACS));
     assert_eq!(j["nodes"].as_u64(), Some(NODES));
     assert_eq!(j["inputs"][0]["name"], "x");
