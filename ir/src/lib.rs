@@ -1,8 +1,9 @@
 //! kiln-ir: the dataflow graph IR every part of kiln speaks.
 //!
 //! - [`types`]: static tensor types; [`tensor`]: values and the weight store;
-//! - [`op`]: the op set; [`fused`]: the fused kernel-level ops the optimiser creates; [`shape`]: shape inference per op;
-//! - [`graph`]: the petgraph-based graph; [`verify`]: its checker;
+//! - [`op`]: the op set; [`fused`]: the fused kernel-level ops the optimiser creates;
+//!   [`shape`]: shape inference per op;
+//! - [`graph`]: the petgraph-based graph; [`verify`](mod@verify): its checker;
 //! - [`text`]: the `.kir` text format (printer and parser);
 //! - [`interp`]: the reference interpreter, the oracle for every backend;
 //! - [`stats`]: parameter and MAC counts.
