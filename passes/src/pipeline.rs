@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kiln_ir::{Model, Op, verify, verify_weights};
 
-use crate::const_fold::{const_fold, eval_weight_op};
+use crate::const_fold::const_fold;
 use crate::cost::CostModel;
 use crate::cse::cse;
 use crate::dce::dce;
@@ -257,7 +257,7 @@ pub fn optimize(model: &Model, opts: &OptOptions) -> Result<(Model, OptReport), 
     check(&out)?;
 
     let folded = if opts.fold_constants {
-        const_fold(&mut out, &eval_weight_op)?
+        const_fold(&mut out)?
     } else {
         0
     };

@@ -408,7 +408,9 @@ fn eval_typed<T: Elem>(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec
         // stands for (crate::fused): the oracle stays obviously correct.
         Op::Fused(f) => {
             let args: Vec<Tensor> = x.iter().map(|t| (*t).clone()).collect();
-            let y = f.expand(&mut EvalEmitter, &args).map_err(|e| e.to_string())?;
+            let y = f
+                .expand(&mut EvalEmitter, &args)
+                .map_err(|e| e.to_string())?;
             Ok(vec![y])
         }
     }

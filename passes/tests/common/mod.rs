@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod eval;
 pub mod mf;
 
 use std::collections::BTreeMap;
@@ -181,23 +180,9 @@ impl B {
     }
 }
 
-/// A canonical, complete dump of a graph (stand-in for the `.kir` printer
-/// until it lands): header, then every node in topological order.
+/// The graph's `.kir` text.
 pub fn dump(g: &Graph) -> String {
-    let mut s = format!("graph {}\n", g.name);
-    for id in g.topo_order().unwrap() {
-        let n = g.node(id);
-        let outs: Vec<String> = n
-            .outputs
-            .iter()
-            .map(|o| format!("{}: {}", o.name, o.ty))
-            .collect();
-        let args: Vec<String> = g.operands(id).iter().map(|v| g.display_value(*v)).collect();
-        s += &format!("  {} = {} ({})\n", outs.join(", "), n.op, args.join(", "));
-    }
-    let outs: Vec<String> = g.outputs().iter().map(|v| g.display_value(*v)).collect();
-    s += &format!("  return {}\n", outs.join(", "));
-    s
+    kiln_ir::text::print(g)
 }
 
 /// Random inputs for a model, seeded.
@@ -218,8 +203,8 @@ pub fn inputs(m: &Model, seed: u64) -> Vec<Tensor> {
 pub fn assert_same_function(a: &Model, b: &Model) {
     for seed in [1, 2] {
         let ins = inputs(a, seed);
-        let ra = eval::run(a, &ins).unwrap();
-        let rb = eval::run(b, &ins).unwrap();
+        let ra = kiln_ir::interp::run(&a.graph, &a.weights, &ins).unwrap();
+        let rb = kiln_ir::interp::run(&b.graph, &b.weights, &ins).unwrap();
         assert_eq!(ra.len(), rb.len());
         for (x, y) in ra.iter().zip(&rb) {
             assert_eq!(x.shape(), y.shape());
