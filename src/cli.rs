@@ -15,6 +15,7 @@ use kiln_ir::{Tensor, Value, WeightStore, text};
 use crate::error::KilnError;
 use crate::info;
 use crate::load::{LoadOptions, load_model};
+use crate::opt::{Emit, cmd_opt};
 use crate::run::{Backend, check_input, random_input, run_model, top_k};
 
 /// kiln: a compiler for hybrid CNN-transformer vision models.
@@ -82,6 +83,24 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Backend::DEFAULT)]
         backend: Backend,
     },
+    /// Optimise a model: discover fusions by equality saturation and
+    /// explain the result or print the optimised graph
+    Opt {
+        /// the model
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Report what the optimiser did: rules fired, stop reason, cost
+        /// before and after, ops of the result (the default)
+        #[arg(long)]
+        explain: bool,
+        /// With --explain: print JSON
+        #[arg(long, requires = "explain")]
+        json: bool,
+        /// Print the optimised graph instead: `ir` (.kir text) or `dot`
+        /// (Graphviz)
+        #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "explain")]
+        emit: Option<Emit>,
+    },
     /// List the zoo's models
     List,
     /// Write a model as .kir text (and optionally its weights)
@@ -128,6 +147,16 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             output,
             backend,
         } => cmd_run(&model, &input, &output, backend, io),
+        Command::Opt {
+            model,
+            explain: _,
+            json,
+            emit,
+        } => {
+            // The optimiser needs weight values (batch-norm folding).
+            let m = load_model(&model.model, &model.options())?;
+            emit_text(io, &cmd_opt(&m, json, emit)?)
+        }
         Command::List => cmd_list(io),
         Command::ExportKir {
             model,
@@ -135,6 +164,10 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             weights_out,
         } => cmd_export_kir(&model, &output, weights_out.as_ref(), io),
     }
+}
+
+fn emit_text(io: Io<'_>, text: &str) -> Result<(), KilnError> {
+    emit(io.out, text)
 }
 
 fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {

@@ -7,6 +7,8 @@
 //!   names, as every CLI command's `MODEL` argument;
 //! - [`info`]: the `kiln info` report (parameters, MACs, per-node table);
 //! - [`run_model`] with a [`Backend`]: execute a model;
+//! - [`passes`] (`kiln-passes`): the optimiser behind `kiln opt`, and
+//!   [`opt`]: its text, JSON and Graphviz renderings;
 //! - [`cli`]: the command line itself (docs/cli.md is its user guide).
 //!
 //! ```
@@ -26,11 +28,13 @@
 
 pub use kiln_frontends as frontends;
 pub use kiln_ir as ir;
+pub use kiln_passes as passes;
 
 pub mod cli;
 pub mod error;
 pub mod info;
 pub mod load;
+pub mod opt;
 pub mod run;
 
 pub use error::KilnError;
