@@ -40,13 +40,15 @@ pub enum Family {
     Bridges,
     /// MobileViTv2 separable attention
     SepAttn,
+    /// spatial ops commuting with unfold/fold
+    Layout,
     /// XFormer-R cross-feature attention
     Xca,
 }
 
 impl Family {
     /// Every family, in application order.
-    pub const ALL: [Family; 9] = [
+    pub const ALL: [Family; 10] = [
         Family::Canon,
         Family::Activations,
         Family::BnFold,
@@ -55,6 +57,7 @@ impl Family {
         Family::Attention,
         Family::Bridges,
         Family::SepAttn,
+        Family::Layout,
         Family::Xca,
     ];
 
@@ -69,6 +72,7 @@ impl Family {
             Family::Attention => rules::attention::rules(),
             Family::Bridges => rules::bridges::rules(),
             Family::SepAttn => rules::sep_attn::rules(),
+            Family::Layout => rules::layout::rules(),
             Family::Xca => rules::xca::rules(),
         }
     }

@@ -59,6 +59,11 @@ pub fn rules() -> Vec<Rw> {
             scale_out_of_view,
         ),
         rule(
+            "canon-view-identity",
+            |op| matches!(op, Op::Reshape { .. } | Op::Transpose { .. }),
+            view_identity,
+        ),
+        rule(
             "canon-softmax-through-transpose",
             |op| matches!(op, Op::Softmax { .. }),
             softmax_through_transpose,
@@ -240,6 +245,23 @@ fn scale_out_of_view(eg: &KGraph, _c: Id, n: &KNode) -> Found {
             let y = r.bin(BinaryOp::Mul, v, R::Old(k));
             (r, y)
         })
+        .collect()
+}
+
+/// A chain of movement ops that indexes its base unchanged (MobileViT's
+/// fold after unfold, transposes around a reshape that undo each other)
+/// is the base itself.
+fn view_identity(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let shape = &ty(eg, c).shape;
+    let c = eg.find(c);
+    super::view::views(eg, c, super::view::DEPTH)
+        .into_iter()
+        .filter(|v| {
+            v.base != c
+                && ty(eg, v.base).shape == *shape
+                && *v == super::view::View::contiguous(v.base, shape)
+        })
+        .map(|v| (Recipe::new(), R::Old(v.base)))
         .collect()
 }
 

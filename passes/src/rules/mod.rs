@@ -26,6 +26,7 @@ pub mod bridges;
 pub mod canon;
 pub mod conv_chain;
 pub mod epilogue;
+pub mod layout;
 pub mod sep_attn;
 pub mod view;
 pub mod xca;
@@ -222,6 +223,7 @@ pub fn all() -> Vec<Rw> {
     v.extend(attention::rules());
     v.extend(bridges::rules());
     v.extend(sep_attn::rules());
+    v.extend(layout::rules());
     v.extend(xca::rules());
     v
 }
