@@ -29,21 +29,20 @@ pub fn rules() -> Vec<Rw> {
 }
 
 fn is_pointwise_conv(op: &Op) -> bool {
-    match op {
+    matches!(
+        op,
         Op::Conv2d {
             stride: [1, 1],
             pad: [0, 0, 0, 0],
             dilation: [1, 1],
             ..
-        } => true,
-        Op::Fused(FusedOp::Conv {
+        } | Op::Fused(FusedOp::Conv {
             stride: [1, 1],
             pad: [0, 0, 0, 0],
             dilation: [1, 1],
             ..
-        }) => true,
-        _ => false,
-    }
+        })
+    )
 }
 
 fn spatially_uniform(op: &Op) -> bool {
@@ -139,7 +138,7 @@ fn spatial_operands(eg: &KGraph, op: &Op, args: &[Id], out: &[usize]) -> Option<
 fn realize(r: &mut Recipe, x: R, base_shape: &[usize], view: &View) -> Option<R> {
     let mut factors: Vec<(usize, usize)> = view.dims.iter().flatten().copied().collect();
     let order: Vec<(usize, usize)> = factors.clone();
-    factors.sort_by(|a, b| b.1.cmp(&a.1));
+    factors.sort_by_key(|f| std::cmp::Reverse(f.1));
     // the factors must tile the base exactly (a permutation, no broadcast)
     let mut stride = 1;
     for f in factors.iter().rev() {
