@@ -173,3 +173,27 @@ fn cross_feature_attention_with_a_shared_temperature_is_not_per_head() {
     let o = optimise(&xca(1, 3));
     assert_eq!(count(&o, "fused_xca"), 0);
 }
+
+/// unfold -> op -> fold around a 3x3 (pad 0) conv: not spatially uniform,
+/// so the unfold must not be moved across it (and the result must match).
+#[test]
+fn a_3x3_conv_does_not_commute_with_unfold() {
+    let mut b = B::new("no_commute");
+    let x = b.input("x", &[1, 4, 6, 6]);
+    let r = b.reshape(x, &[1, 4, 3, 2, 3, 2]);
+    let t = b.transpose(r, &[0, 1, 3, 5, 2, 4]);
+    let u = b.reshape(t, &[1, 4, 4, 9]);
+    let w = b.weight("w", &[4, 4, 3, 3], 0.2);
+    let y = b.op(
+        Op::Conv2d {
+            stride: [1, 1],
+            pad: [1, 1, 1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        },
+        &[u, w],
+    );
+    let m = b.finish(&[y]);
+    let o = optimise(&m);
+    assert_eq!(count(&o, "transpose"), 1);
+}

@@ -90,6 +90,10 @@ fn spatial_operands(eg: &KGraph, op: &Op, args: &[Id], out: &[usize]) -> Option<
             && (s.len() < 3 || s[s.len() - 2..] == [1, 1])
             && !(s.len() == 4 && s[0] != 1 && s[0] != out[0])
     };
+    // a convolution mixes neighbours unless its kernel is 1x1
+    if is_pointwise_conv(op) && ty(eg, args[1]).shape[2..] != [1, 1] {
+        return None;
+    }
     match op {
         Op::Binary(_) => args
             .iter()
