@@ -192,3 +192,16 @@ fn layer_norm_over_the_wrong_axes_is_not_recognised() {
     let o = optimise(&m);
     assert_eq!(count(&o, "layer_norm"), 0);
 }
+
+#[test]
+fn max_with_a_tiny_epsilon_is_not_a_relu() {
+    // the L2-normalisation guard `max(norm, 1e-12)` keeps 1e-12 for a zero
+    // norm; a relu would give 0 and the division would blow up
+    let m = unary_graph(|b, x| {
+        let eps = b.scalar(1e-12);
+        b.bin(BinaryOp::Max, x, eps)
+    });
+    let o = optimise(&m);
+    assert_eq!(count(&o, "relu"), 0);
+    assert_eq!(count(&o, "max"), 1);
+}

@@ -245,10 +245,12 @@ pub fn scalar(eg: &KGraph, id: Id) -> Option<f32> {
     eg[id].data.scalar
 }
 
-/// Whether the class is the scalar `v` (relative tolerance 1e-5, which is
-/// far below any difference that matters: `0.70710677` vs `1/sqrt(2)`).
+/// Whether the class is the scalar `v`: within 1e-6 relative, which
+/// absorbs how an exporter rounded a constant (`0.70710677` vs `1/√2`,
+/// `1/1.4142135`), and exactly when `v` is 0 (`max(x, 1e-12)` is not a
+/// ReLU).
 pub fn is_scalar(eg: &KGraph, id: Id, v: f32) -> bool {
-    scalar(eg, id).is_some_and(|x| (x - v).abs() <= 1e-5 * v.abs().max(1e-6))
+    scalar(eg, id).is_some_and(|x| (x - v).abs() <= 1e-6 * v.abs())
 }
 
 /// The e-nodes of a class whose op satisfies `pred`, with their operands.
