@@ -1144,6 +1144,17 @@ mod tests {
         }
     }
 
+    /// docs/ir-text.md documents every fused op: a new one fails here until
+    /// it is added to the reference.
+    #[test]
+    fn the_text_reference_documents_every_fused_op() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ir-text.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        for name in FUSED_OP_NAMES {
+            assert!(doc.contains(&format!("| `{name}` |")), "{name}");
+        }
+    }
+
     #[test]
     fn shape_rules() {
         let f = |s: &[usize]| TensorType::f32(s);

@@ -1,7 +1,7 @@
 //! Constant folding of weights: every node whose operands are all weights
 //! is computed now and replaced by a new weight — this is where batch-norm
 //! folding, transposed linear weights and the scales rules introduced
-//! become plain tensors in the [`WeightStore`].
+//! become plain tensors in the [`kiln_ir::WeightStore`].
 //!
 //! Each node is evaluated with the reference interpreter's single-op
 //! [`kiln_ir::interp::eval`], so folding computes exactly what the

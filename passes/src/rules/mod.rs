@@ -2,7 +2,7 @@
 //!
 //! Attributes make egg's s-expression patterns awkward (a pattern would have
 //! to spell `conv2d {stride=[1,1], ...}` exactly), so most rules are Rust
-//! matchers: a [`Rule`] names a root op filter and a function that looks at
+//! matchers: a rule ([`rule`]) names a root op filter and a function that looks at
 //! one e-node of a class and returns [`Recipe`]s — small lists of new
 //! e-nodes over existing classes whose root is equal to the matched class.
 //! The applier type-checks every recipe node with the IR's shape inference
