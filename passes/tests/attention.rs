@@ -160,3 +160,29 @@ fn softmax_written_over_a_transpose_is_recognised() {
     assert_same_function(&m, &o);
     assert_eq!(count(&o, "fused_mha"), 1, "{}", r.explain());
 }
+
+#[test]
+fn bias_free_projections_are_absorbed_too() {
+    // a standard ViT layer with qkv_bias=False
+    let (t, d, h) = (5, 8, 2);
+    let mut b = B::new("nobias");
+    let x = b.input("x", &[1, t, d]);
+    let q = b.linear_nobias(x, d);
+    let k = b.linear_nobias(x, d);
+    let v = b.linear_nobias(x, d);
+    let qh = split_heads(&mut b, q, h);
+    let kh = split_heads(&mut b, k, h);
+    let kt = b.transpose(kh, &[0, 1, 3, 2]);
+    let s = b.op(Op::MatMul, &[qh, kt]);
+    let c = b.scalar(0.5);
+    let s = b.bin(BinaryOp::Mul, s, c);
+    let a = b.op(Op::Softmax { axis: 3 }, &[s]);
+    let vh = split_heads(&mut b, v, h);
+    let o = b.op(Op::MatMul, &[a, vh]);
+    let o = merge_heads(&mut b, o);
+    let m = b.finish(&[o]);
+    let (o, r) = optimize(&m, &OptOptions::default()).unwrap();
+    assert_same_function(&m, &o);
+    assert_eq!(count(&o, "fused_mha"), 1, "{}", r.explain());
+    assert_eq!(o.graph.op_count(), 1, "{}", kiln_ir::text::print(&o.graph));
+}

@@ -17,7 +17,7 @@ use kiln_ir::FusedOp;
 use kiln_ir::op::{Float, Op};
 
 use super::view::{DEPTH, View, is_view, views};
-use super::{Found, R, Recipe, Rw, biased_linears, ops, rule, ty, with_scale};
+use super::{Found, R, Recipe, Rw, bias_arg, linear_maps, ops, rule, ty, with_scale};
 use crate::lang::{KGraph, KNode};
 
 /// The attention rules.
@@ -107,18 +107,27 @@ pub fn scaled_products(eg: &KGraph, s: Id) -> Vec<(Id, Id, f32)> {
 #[derive(Clone, Copy)]
 struct Side {
     raw: Id,
-    proj: Option<(Id, Id, Id)>,
+    proj: Option<(Id, Id, Option<Id>)>,
 }
 
 fn side(eg: &KGraph, raw: Id) -> Side {
     Side {
         raw,
-        proj: biased_linears(eg, raw).into_iter().next(),
+        proj: linear_maps(eg, raw).into_iter().next(),
     }
 }
 
-fn emit(heads: usize, scale: f32, q: Side, k: Side, v: Side, project: bool) -> (Recipe, R) {
+fn emit(
+    eg: &KGraph,
+    heads: usize,
+    scale: f32,
+    q: Side,
+    k: Side,
+    v: Side,
+    project: bool,
+) -> (Recipe, R) {
     let pick = |s: Side| if project { s.proj } else { None };
+    let mut r = Recipe::new();
     let mut args = Vec::new();
     for s in [q, k, v] {
         args.push(R::Old(pick(s).map_or(s.raw, |p| p.0)));
@@ -126,7 +135,8 @@ fn emit(heads: usize, scale: f32, q: Side, k: Side, v: Side, project: bool) -> (
     for s in [q, k, v] {
         if let Some((_, w, b)) = pick(s) {
             args.push(R::Old(w));
-            args.push(R::Old(b));
+            let b = bias_arg(&mut r, eg, w, b);
+            args.push(b);
         }
     }
     let f = FusedOp::Attention {
@@ -136,16 +146,15 @@ fn emit(heads: usize, scale: f32, q: Side, k: Side, v: Side, project: bool) -> (
         proj_k: pick(k).is_some(),
         proj_v: pick(v).is_some(),
     };
-    let mut r = Recipe::new();
     let y = r.fused(f, &args);
     (r, y)
 }
 
 fn variants(eg: &KGraph, heads: usize, scale: f32, q: Id, k: Id, v: Id) -> Found {
     let (q, k, v) = (side(eg, q), side(eg, k), side(eg, v));
-    let mut out = vec![emit(heads, scale, q, k, v, false)];
+    let mut out = vec![emit(eg, heads, scale, q, k, v, false)];
     if q.proj.is_some() || k.proj.is_some() || v.proj.is_some() {
-        out.push(emit(heads, scale, q, k, v, true));
+        out.push(emit(eg, heads, scale, q, k, v, true));
     }
     out
 }

@@ -20,7 +20,7 @@ use kiln_ir::{Act, FusedOp};
 use super::attention::{head_split, merged_from, scaled_products, softmax_times};
 use super::view::{View, is_view};
 use super::{
-    Found, R, Recipe, Rw, biased_linears, binary, hard_sigmoids, ops, rule, scaled_by, ty,
+    Found, R, Recipe, Rw, bias_arg, binary, hard_sigmoids, linear_maps, ops, rule, scaled_by, ty,
 };
 use crate::lang::{KGraph, KNode};
 
@@ -65,10 +65,10 @@ fn map_bases(eg: &KGraph, id: Id, h: usize, perm: Option<&[usize]>) -> Vec<Id> {
 
 /// `(og, wo, bo, z)` for `z + (og @ wo + bo)` in both spellings: a plain
 /// add, or a residual linear epilogue.
-fn projected_residuals(eg: &KGraph, r: Id) -> Vec<(Id, Id, Id, Id)> {
+fn projected_residuals(eg: &KGraph, r: Id) -> Vec<(Id, Id, Option<Id>, Id)> {
     let mut out = Vec::new();
     for (z, p) in binary(eg, r, BinaryOp::Add) {
-        for (og, wo, bo) in biased_linears(eg, p) {
+        for (og, wo, bo) in linear_maps(eg, p) {
             out.push((og, wo, bo, z));
         }
     }
@@ -76,16 +76,36 @@ fn projected_residuals(eg: &KGraph, r: Id) -> Vec<(Id, Id, Id, Id)> {
         matches!(
             op,
             Op::Fused(FusedOp::Linear {
-                bias: true,
                 act: Act::None,
-                residual: true
+                residual: true,
+                ..
             })
         )
     }) {
-        let _ = op;
-        out.push((a[0], a[1], a[2], a[3]));
+        if let Op::Fused(FusedOp::Linear { bias, .. }) = op {
+            let b = bias.then(|| a[2]);
+            out.push((a[0], a[1], b, *a.last().expect("residual operand")));
+        }
     }
     out
+}
+
+/// An operand of a bridge: an existing class, or the bias of weight `w`
+/// (zeros when the layer had none).
+enum A {
+    V(Id),
+    B(Id, Option<Id>),
+}
+
+/// The operands in order, biases filled in by [`bias_arg`].
+fn operands(r: &mut Recipe, eg: &KGraph, parts: &[A]) -> Vec<R> {
+    parts
+        .iter()
+        .map(|p| match p {
+            A::V(id) => R::Old(*id),
+            A::B(w, b) => bias_arg(r, eg, *w, *b),
+        })
+        .collect()
 }
 
 fn m2f(eg: &KGraph, c: Id, n: &KNode) -> Found {
@@ -100,10 +120,10 @@ fn m2f(eg: &KGraph, c: Id, n: &KNode) -> Found {
     for (og, wo, bo, z) in projected_residuals(eg, n.args[0]) {
         for (o, g) in binary(eg, og, BinaryOp::Mul) {
             // gate: 2·hsig(z Wa + ba)
-            let gates: Vec<(Id, Id)> = scaled_by(eg, g, 2.0)
+            let gates: Vec<(Id, Option<Id>)> = scaled_by(eg, g, 2.0)
                 .into_iter()
                 .flat_map(|h| hard_sigmoids(eg, h))
-                .flat_map(|a| biased_linears(eg, a))
+                .flat_map(|a| linear_maps(eg, a))
                 .filter(|&(x, _, _)| x == z)
                 .map(|(_, w, b)| (w, b))
                 .collect();
@@ -115,7 +135,7 @@ fn m2f(eg: &KGraph, c: Id, n: &KNode) -> Found {
                     for (qh, xk, scale) in scaled_products(eg, s) {
                         for (q, h) in head_split(eg, qh, &[0, 2, 1, 3]) {
                             let Some((_, wq, bq)) =
-                                biased_linears(eg, q).into_iter().find(|l| l.0 == z)
+                                linear_maps(eg, q).into_iter().find(|l| l.0 == z)
                             else {
                                 continue;
                             };
@@ -129,11 +149,23 @@ fn m2f(eg: &KGraph, c: Id, n: &KNode) -> Found {
                                         scale: Float(scale),
                                         eps,
                                     };
-                                    let args: Vec<R> = [x, z, wq, bq, wa, ba, wo, bo, gamma, beta]
-                                        .into_iter()
-                                        .map(R::Old)
-                                        .collect();
                                     let mut r = Recipe::new();
+                                    let args = operands(
+                                        &mut r,
+                                        eg,
+                                        &[
+                                            A::V(x),
+                                            A::V(z),
+                                            A::V(wq),
+                                            A::B(wq, bq),
+                                            A::V(wa),
+                                            A::B(wa, ba),
+                                            A::V(wo),
+                                            A::B(wo, bo),
+                                            A::V(gamma),
+                                            A::V(beta),
+                                        ],
+                                    );
                                     let y = r.fused(f, &args);
                                     out.push((r, y));
                                 }
@@ -167,8 +199,8 @@ fn f2m(eg: &KGraph, c: Id, _n: &KNode) -> Found {
                             if hv != h {
                                 continue;
                             }
-                            for (z, wk, bk) in biased_linears(eg, k) {
-                                for (z2, wv, bv) in biased_linears(eg, v) {
+                            for (z, wk, bk) in linear_maps(eg, k) {
+                                for (z2, wv, bv) in linear_maps(eg, v) {
                                     if z2 != z {
                                         continue;
                                     }
@@ -176,9 +208,19 @@ fn f2m(eg: &KGraph, c: Id, _n: &KNode) -> Found {
                                         heads: h,
                                         scale: Float(scale),
                                     };
-                                    let args: Vec<R> =
-                                        [y, z, wk, bk, wv, bv].into_iter().map(R::Old).collect();
                                     let mut r = Recipe::new();
+                                    let args = operands(
+                                        &mut r,
+                                        eg,
+                                        &[
+                                            A::V(y),
+                                            A::V(z),
+                                            A::V(wk),
+                                            A::B(wk, bk),
+                                            A::V(wv),
+                                            A::B(wv, bv),
+                                        ],
+                                    );
                                     let yy = r.fused(f, &args);
                                     out.push((r, yy));
                                 }

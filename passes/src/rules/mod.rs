@@ -387,12 +387,27 @@ pub fn linears(eg: &KGraph, id: Id) -> Vec<Lin> {
     v
 }
 
-/// Every way the class is a biased linear map (`x @ w + b`).
-pub fn biased_linears(eg: &KGraph, id: Id) -> Vec<(Id, Id, Id)> {
+/// Every way the class is a linear map `x @ w (+ b)`, as `(x, w, b)`.
+pub fn linear_maps(eg: &KGraph, id: Id) -> Vec<(Id, Id, Option<Id>)> {
     linears(eg, id)
         .into_iter()
-        .filter_map(|l| l.b.map(|b| (l.x, l.w, b)))
+        .map(|l| (l.x, l.w, l.b))
         .collect()
+}
+
+/// The bias operand of a fused op whose projection had bias `b`: `b`
+/// itself, or zeros of the weight's output width (a constant the cost
+/// model prices at zero and folding turns into a weight) for a bias-free
+/// layer, so that `qkv_bias=False` models fuse like the others.
+pub fn bias_arg(r: &mut Recipe, eg: &KGraph, w: Id, b: Option<Id>) -> R {
+    match b {
+        Some(b) => R::Old(b),
+        None => {
+            let n = ty(eg, w).shape[1];
+            let z = r.konst(0.0);
+            r.op(Op::Expand { shape: vec![n] }, &[z])
+        }
+    }
 }
 
 /// The standard hard sigmoid applied to some `x`, in every spelling a

@@ -14,7 +14,8 @@ use kiln_ir::op::{BinaryOp, Float, Op, ReduceKind, UnaryOp};
 use super::attention::{merged_from, softmax_times};
 use super::view::{DEPTH, View, views};
 use super::{
-    Found, R, Recipe, Rw, biased_linears, binary, is_scalar, konst, ops, rule, scalar, ty, unary,
+    Found, R, Recipe, Rw, bias_arg, binary, is_scalar, konst, linear_maps, ops, rule, scalar, ty,
+    unary,
 };
 use crate::lang::{KGraph, KNode};
 
@@ -146,9 +147,9 @@ fn xca(eg: &KGraph, c: Id, _n: &KNode) -> Found {
 
 fn emit(eg: &KGraph, h: usize, eps: f32, q: Id, k: Id, v: Id, tau_b: Id) -> Found {
     let mut out = Vec::new();
-    for (x, wq, bq) in biased_linears(eg, q) {
-        for (xk, wk, bk) in biased_linears(eg, k) {
-            for (xv, wv, bv) in biased_linears(eg, v) {
+    for (x, wq, bq) in linear_maps(eg, q) {
+        for (xk, wk, bk) in linear_maps(eg, k) {
+            for (xv, wv, bv) in linear_maps(eg, v) {
                 if xk != x || xv != x {
                     continue;
                 }
@@ -158,7 +159,12 @@ fn emit(eg: &KGraph, h: usize, eps: f32, q: Id, k: Id, v: Id, tau_b: Id) -> Foun
                     heads: h,
                     eps: Float(eps),
                 };
-                let mut args: Vec<R> = [x, wq, bq, wk, bk, wv, bv].map(R::Old).to_vec();
+                let mut args = vec![R::Old(x)];
+                for (w, b) in [(wq, bq), (wk, bk), (wv, bv)] {
+                    args.push(R::Old(w));
+                    let b = bias_arg(&mut r, eg, w, b);
+                    args.push(b);
+                }
                 args.push(tau);
                 let y = r.fused(f, &args);
                 out.push((r, y));

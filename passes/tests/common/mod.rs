@@ -152,6 +152,14 @@ impl B {
         self.bin(BinaryOp::Add, m, b)
     }
 
+    /// A bias-free linear layer (`qkv_bias=False`): `matmul(x, transpose(W))`.
+    pub fn linear_nobias(&mut self, x: Value, out: usize) -> Value {
+        let inn = *self.shape(x).last().unwrap();
+        let w = self.weight("lin.w", &[out, inn], 1.0 / (inn as f32).sqrt());
+        let wt = self.op(Op::Transpose { perm: vec![1, 0] }, &[w]);
+        self.op(Op::MatMul, &[x, wt])
+    }
+
     pub fn reshape(&mut self, x: Value, shape: &[usize]) -> Value {
         self.op(
             Op::Reshape {
