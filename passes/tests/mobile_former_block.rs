@@ -97,3 +97,76 @@ fn f2m_whose_queries_read_another_map_does_not_fuse() {
     assert_same_function(&m, &o);
     assert_eq!(count(&o, "fused_f2m"), 0);
 }
+
+/// A linear as ONNX stores it: `MatMul(x, W_t)` with a `[in, out]`
+/// initializer, then `Add`.
+fn onnx_linear(b: &mut B, x: kiln_ir::Value, out: usize) -> kiln_ir::Value {
+    let inn = *b.shape(x).last().unwrap();
+    let w = b.weight("onnx.w", &[inn, out], 1.0 / (inn as f32).sqrt());
+    let bias = b.weight("onnx.b", &[out], 0.1);
+    let m = b.op(Op::MatMul, &[x, w]);
+    b.bin(BinaryOp::Add, bias, m)
+}
+
+/// Both bridges as another exporter might write them: the map flattened to
+/// `[N,C,L]` and then split, the queries scaled before the head split,
+/// `HardSigmoid` for the gate and `2·g` on the left, ONNX-layout linears,
+/// the F2M queries built through token layout `[N,L,C]` and the result
+/// merged back through it, the residual adds with swapped operands.
+#[test]
+fn bridges_in_another_spelling_fuse() {
+    let (n, c, hw, m_tok, d, h) = (1, 8, 4, 3, 16, 2);
+    let l = hw * hw;
+    let mut b = B::new("bridges_onnx");
+    let x = b.input("x", &[n, c, hw, hw]);
+    let z = b.input("z", &[n, m_tok, d]);
+    // M2F
+    let xf = b.reshape(x, &[n, c, l]);
+    let xh = b.reshape(xf, &[n, h, c / h, l]);
+    let q = onnx_linear(&mut b, z, c);
+    let scale = b.scalar(1.0 / ((c / h) as f32).sqrt());
+    let q = b.bin(BinaryOp::Mul, scale, q);
+    let qh = split_heads(&mut b, q, h);
+    let s = b.op(Op::MatMul, &[qh, xh]);
+    let a = b.op(Op::Softmax { axis: 3 }, &[s]);
+    let xv = b.transpose(xh, &[0, 1, 3, 2]);
+    let o = b.op(Op::MatMul, &[a, xv]);
+    let o = merge_heads(&mut b, o);
+    let g = onnx_linear(&mut b, z, c);
+    let g = b.op(
+        Op::HardSigmoid {
+            alpha: kiln_ir::Float(1.0 / 6.0),
+            beta: kiln_ir::Float(0.5),
+        },
+        &[g],
+    );
+    let two = b.scalar(2.0);
+    let g = b.bin(BinaryOp::Mul, two, g);
+    let og = b.bin(BinaryOp::Mul, g, o);
+    let p = onnx_linear(&mut b, og, d);
+    let r = b.bin(BinaryOp::Add, p, z);
+    let z1 = layer_norm(&mut b, r);
+    // F2M on the same map
+    let yt = b.reshape(x, &[n, c, l]);
+    let yt = b.transpose(yt, &[0, 2, 1]);
+    let yq = split_heads(&mut b, yt, h);
+    let k = onnx_linear(&mut b, z1, c);
+    let kh = split_heads(&mut b, k, h);
+    let kt = b.transpose(kh, &[0, 1, 3, 2]);
+    let v = onnx_linear(&mut b, z1, c);
+    let vh = split_heads(&mut b, v, h);
+    let s = b.op(Op::MatMul, &[yq, kt]);
+    let s = b.bin(BinaryOp::Mul, s, scale);
+    let a = b.op(Op::Softmax { axis: 3 }, &[s]);
+    let o = b.op(Op::MatMul, &[a, vh]);
+    let o = merge_heads(&mut b, o);
+    let o = b.transpose(o, &[0, 2, 1]);
+    let o = b.reshape(o, &[n, c, hw, hw]);
+    let x2 = b.bin(BinaryOp::Add, o, x);
+    let m = b.finish(&[x2, z1]);
+    let (o, r) = optimize(&m, &OptOptions::default()).unwrap();
+    assert_same_function(&m, &o);
+    assert_eq!(count(&o, "fused_m2f"), 1, "{}", r.explain());
+    assert_eq!(count(&o, "fused_f2m"), 1, "{}", r.explain());
+    assert_eq!(o.graph.op_count(), 2);
+}
