@@ -148,3 +148,18 @@ fn smallest_model_of_each_family_computes_the_same() {
         common::assert_same_function(&m, &o);
     }
 }
+
+#[test]
+fn fusion_keeps_the_arithmetic() {
+    // Fused ops count the MACs of the primitives they stand for, so an
+    // optimisation that neither recomputes nor drops work keeps the total.
+    for name in ["mobile_former_508m", "mobilevitv2_200", "xformer"] {
+        let m = build(name, &ZooOptions::default()).unwrap();
+        let (o, _) = optimize(&m, &OptOptions::default()).unwrap();
+        assert_eq!(
+            kiln_ir::stats::graph_macs(&o.graph),
+            kiln_ir::stats::graph_macs(&m.graph),
+            "{name}"
+        );
+    }
+}
