@@ -151,11 +151,13 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             model,
             explain: _,
             json,
-            emit,
+            emit: format,
         } => {
             // The optimiser needs weight values (batch-norm folding).
             let m = load_model(&model.model, &model.options())?;
-            emit_text(io, &cmd_opt(&m, json, emit)?)
+            let (out, note) = cmd_opt(&m, json, format)?;
+            emit(io.err, &note)?;
+            emit(io.out, &out)
         }
         Command::List => cmd_list(io),
         Command::ExportKir {
@@ -164,10 +166,6 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             weights_out,
         } => cmd_export_kir(&model, &output, weights_out.as_ref(), io),
     }
-}
-
-fn emit_text(io: Io<'_>, text: &str) -> Result<(), KilnError> {
-    emit(io.out, text)
 }
 
 fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {

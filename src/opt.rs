@@ -17,15 +17,21 @@ pub enum Emit {
 }
 
 /// Optimises `model` and renders the result: the report (text, or JSON with
-/// `json`), or the graph when `emit` is given.
-pub fn cmd_opt(model: &Model, json: bool, emit: Option<Emit>) -> Result<String, KilnError> {
+/// `json`), or the graph when `emit` is given; plus a note with the
+/// timings (for stderr: stdout stays reproducible).
+pub fn cmd_opt(
+    model: &Model,
+    json: bool,
+    emit: Option<Emit>,
+) -> Result<(String, String), KilnError> {
     let (opt, report) = optimize(model, &OptOptions::default())?;
-    Ok(match emit {
+    let out = match emit {
         Some(Emit::Ir) => text::print(&opt.graph),
         Some(Emit::Dot) => to_dot(&opt.graph)?,
         None if json => report.to_json() + "\n",
         None => report.explain(),
-    })
+    };
+    Ok((out, format!("note: {}\n", report.timings())))
 }
 
 /// A Graphviz rendering: one box per computing node labelled with its

@@ -75,3 +75,21 @@ fn zoo_model_bridges_are_reported() {
     assert_eq!(v["ops"]["fused_m2f"], 9);
     assert_eq!(v["ops"]["fused_f2m"], 8);
 }
+
+#[test]
+fn output_is_byte_identical_across_processes() {
+    let a = kiln(["opt", "mobilevitv2_050", "--emit", "ir"])
+        .ok()
+        .to_string();
+    let b = kiln(["opt", "mobilevitv2_050", "--emit", "ir"])
+        .ok()
+        .to_string();
+    assert_eq!(a, b);
+    let a = kiln(["opt", "mobile_former_26m", "--explain", "--json"])
+        .ok()
+        .to_string();
+    let b = kiln(["opt", "mobile_former_26m", "--explain", "--json"])
+        .ok()
+        .to_string();
+    assert_eq!(a, b);
+}

@@ -685,6 +685,7 @@ impl FusedOp {
     /// Writes the primitive composition this op stands for: the definition
     /// of its meaning. `args` are the operands as the variant documents.
     pub fn expand<E: Emitter>(&self, e: &mut E, args: &[E::V]) -> Result<E::V, IrError> {
+        self.check_attrs().map_err(IrError::Graph)?;
         want(args.len() == self.num_operands(), || {
             format!(
                 "takes {} operand(s), got {}",
@@ -960,7 +961,11 @@ fn l2_normalize<E: Emitter>(e: &mut E, x: E::V, eps: f32) -> Result<E::V, IrErro
 pub fn unfold<E: Emitter>(e: &mut E, x: E::V, ph: usize, pw: usize) -> Result<E::V, IrError> {
     let t = e.ty(&x);
     want(
-        t.rank() == 4 && t.shape[2] % ph == 0 && t.shape[3] % pw == 0,
+        t.rank() == 4
+            && ph > 0
+            && pw > 0
+            && t.shape[2].is_multiple_of(ph)
+            && t.shape[3].is_multiple_of(pw),
         || format!("cannot unfold {t} into {ph}x{pw} patches"),
     )?;
     let (n, d, h, w) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3]);
@@ -977,6 +982,9 @@ pub fn fold<E: Emitter>(
     ph: usize,
     pw: usize,
 ) -> Result<E::V, IrError> {
+    want(shape.len() == 4 && ph > 0 && pw > 0, || {
+        format!("cannot fold into {shape:?} with {ph}x{pw} patches")
+    })?;
     let (n, d, h, w) = (shape[0], shape[1], shape[2], shape[3]);
     let x = reshape(e, x, &[n, d, ph, pw, h / ph, w / pw])?;
     let x = transpose(e, x, &[0, 1, 4, 2, 5, 3])?;

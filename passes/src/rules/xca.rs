@@ -67,6 +67,9 @@ fn feature_rows(eg: &KGraph, id: Id) -> Vec<(Id, usize)> {
         return vec![];
     }
     let h = s[1];
+    if h == 0 {
+        return vec![];
+    }
     let mut out = Vec::new();
     for v in views(eg, id, DEPTH) {
         let bs = &ty(eg, v.base).shape;
