@@ -9,7 +9,7 @@
 //! have computed at run time.
 
 use kiln_ir::shape::slice_bounds;
-use kiln_ir::{BinaryOp, DType, Graph, Op, TensorType, UnaryOp, WeightStore};
+use kiln_ir::{BinaryOp, DType, Op, TensorType, UnaryOp};
 
 use super::consts::{Const, Data, Kind, broadcast_index, index_map};
 use super::import::{E, R};
@@ -20,7 +20,7 @@ pub(crate) fn eval_kiln(op: &Op, ins: &[&Const]) -> Option<R<Vec<Const>>> {
     if let Some(r) = eval_native(op, ins) {
         return Some(r.map_err(E::Msg));
     }
-    eval_interp(op, ins).map(Ok)
+    eval_interp(op, ins)
 }
 
 /// A stand-in kiln type for shape inference of movement ops on a constant
@@ -282,24 +282,17 @@ pub(crate) fn reduce_ints(
     Ok(Const::i64(shape, acc))
 }
 
-/// Runs a one-op graph on the reference interpreter. `None` when the op
-/// cannot run on these operands (a `bool` operand) or the interpreter
-/// declines; the caller then leaves the op in the graph, where it will be
-/// computed the same way at run time.
-fn eval_interp(op: &Op, ins: &[&Const]) -> Option<Vec<Const>> {
-    let mut g = Graph::new("fold");
-    let mut w = WeightStore::new();
-    let mut vals = Vec::with_capacity(ins.len());
-    for (i, c) in ins.iter().enumerate() {
-        let t = c.to_tensor()?;
-        let name = format!("c{i}");
-        vals.push(g.add_weight(name.clone(), t.ty()).ok()?);
-        w.insert(name, t);
-    }
-    let outs = g.add_multi(op.clone(), &vals).ok()?;
-    g.set_outputs(outs);
-    let r = kiln_ir::interp::run(&g, &w, &[]).ok()?;
-    Some(r.iter().map(Const::from_tensor).collect())
+/// Evaluates the op with the reference interpreter. `None` when an
+/// operand has no kiln type (`bool`); the caller then adds the op to the
+/// graph, where the type check reports it.
+fn eval_interp(op: &Op, ins: &[&Const]) -> Option<R<Vec<Const>>> {
+    let tensors: Vec<kiln_ir::Tensor> = ins.iter().map(|c| c.to_tensor()).collect::<Option<_>>()?;
+    let refs: Vec<&kiln_ir::Tensor> = tensors.iter().collect();
+    Some(
+        kiln_ir::interp::eval(op, &refs)
+            .map(|r| r.iter().map(Const::from_tensor).collect())
+            .map_err(E::Msg),
+    )
 }
 
 #[cfg(test)]
