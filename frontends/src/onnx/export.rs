@@ -47,7 +47,7 @@ fn onnx_dtype(d: DType) -> i32 {
     }
 }
 
-fn tensor_proto(name: &str, t: &Tensor) -> TensorProto {
+pub(crate) fn tensor_proto(name: &str, t: &Tensor) -> TensorProto {
     let raw: Vec<u8> = match t.data() {
         TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),

@@ -158,7 +158,7 @@ fn eval_native(op: &Op, ins: &[&Const]) -> Option<Result<Vec<Const>, String>> {
                 BinaryOp::Div => |a: i64, b: i64| a.checked_div(b),
                 BinaryOp::Max => |a: i64, b: i64| Some(a.max(b)),
                 BinaryOp::Min => |a: i64, b: i64| Some(a.min(b)),
-                BinaryOp::Pow => return None,
+                BinaryOp::Pow => |a: i64, b: i64| u32::try_from(b).ok().map(|e| a.wrapping_pow(e)),
             };
             one(binary_ints(ins[0], ins[1], f))
         }
@@ -180,7 +180,7 @@ pub(crate) fn binary_ints(
         .into_iter()
         .zip(index_map(&shape, |o| broadcast_index(&b.shape, o)))
     {
-        out.push(f(av[i.0], bv[i.1]).ok_or("integer division by zero")?);
+        out.push(f(av[i.0], bv[i.1]).ok_or("integer division by zero or negative integer power")?);
     }
     Ok(Const::i64(shape, out))
 }

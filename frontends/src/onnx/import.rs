@@ -123,9 +123,15 @@ impl NodeCtx<'_> {
     pub fn req_const(&self, i: usize, what: &str) -> R<Rc<Const>> {
         match self.req(i)? {
             Val::Const(c) => Ok(c.clone()),
-            Val::Dyn(_) => Err(E::Msg(format!(
-                "input {i} ({what}) depends on runtime data; kiln needs it to be constant"
-            ))),
+            // kiln's shapes and attributes are static: a value computed at
+            // run time cannot feed them.
+            Val::Dyn(_) => Err(E::Unsupported(Unsupported::Op {
+                op_type: self.op_type().to_string(),
+                node: String::new(),
+                note: Some(format!(
+                    "input {i} ({what}) is computed at run time; kiln needs it constant"
+                )),
+            })),
         }
     }
 
@@ -355,11 +361,20 @@ pub(crate) fn import_model(
     model: &ModelProto,
     opts: &ImportOptions,
 ) -> Result<(Model, ImportReport), FrontendError> {
-    let opset = default_opset(model)?;
     let graph = model
         .graph
         .as_ref()
         .ok_or_else(|| onnx_err("the model has no graph"))?;
+    let opset = match default_opset(model)? {
+        Some(v) => v,
+        None => {
+            // Only other domains: every node is unsupported, say which.
+            check_operators(graph, 0)?;
+            return Err(onnx_err(
+                "the model imports no opset of the default ONNX domain",
+            ));
+        }
+    };
     check_operators(graph, opset)?;
 
     let mut im = Importer {
@@ -511,10 +526,16 @@ pub(crate) fn import_model(
     let mut outputs = Vec::new();
     for o in &graph.output {
         let name = o.name.clone().unwrap_or_default();
-        let v = vals
-            .get(&name)
-            .ok_or_else(|| onnx_err(format!("graph output '{name}' is not computed by any node")))?
-            .clone();
+        let v = match vals.get(&name) {
+            Some(v) => v.clone(),
+            None => {
+                let why = unavailable
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_else(|| "is not computed by any node".into());
+                return Err(onnx_err(format!("graph output '{name}' {why}")));
+            }
+        };
         let x = im.materialise(&v, &name).map_err(|e| match e {
             E::Msg(m) => onnx_err(format!("graph output '{name}': {m}")),
             E::Unsupported(u) => FrontendError::OnnxUnsupported(vec![u]),
@@ -574,20 +595,23 @@ pub(crate) fn import_model(
     ))
 }
 
-/// The default-domain opset, which must be in [`OPSETS`].
-fn default_opset(model: &ModelProto) -> Result<i64, FrontendError> {
-    let v = model
+/// The default-domain opset, which must be in [`OPSETS`]; `None` when the
+/// model imports none.
+fn default_opset(model: &ModelProto) -> Result<Option<i64>, FrontendError> {
+    let Some(v) = model
         .opset_import
         .iter()
         .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
         .map(|o| o.version.unwrap_or(0))
-        .ok_or_else(|| onnx_err("the model imports no opset of the default ONNX domain"))?;
+    else {
+        return Ok(None);
+    };
     if !OPSETS.contains(&v) {
         return Err(FrontendError::OnnxUnsupported(vec![Unsupported::Opset {
             version: v,
         }]));
     }
-    Ok(v)
+    Ok(Some(v))
 }
 
 /// Lists every operator of the graph that kiln cannot import, at once.
@@ -717,7 +741,10 @@ fn input_type(
     let name = vi.name.as_deref().unwrap_or("");
     let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref())
     else {
-        return Err(onnx_err(format!("graph input '{name}' is not a tensor")));
+        return Err(FrontendError::OnnxUnsupported(vec![Unsupported::DType {
+            dtype: "non-tensor (sequence, map or optional)".into(),
+            value: format!("graph input '{name}'"),
+        }]));
     };
     let elem = t.elem_type.unwrap_or(0);
     let dtype = match proto::tensor_proto::DataType::try_from(elem) {

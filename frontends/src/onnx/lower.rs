@@ -289,7 +289,15 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
                     return Err(unsupported(n, "in training mode"));
                 }
             }
-            Ok(vec![n.req(0)?.clone()])
+            let x = n.req(0)?.clone();
+            if n.has_output(1) {
+                // In inference every element is kept: the mask is all true.
+                let shape = im.shape(&x);
+                let count = shape.iter().product();
+                let mask = cval(Const::bool(shape, vec![true; count]));
+                return Ok(vec![x, mask]);
+            }
+            Ok(vec![x])
         }
         "Add" => binary(im, BinaryOp::Add),
         "Sub" => binary(im, BinaryOp::Sub),
@@ -312,6 +320,27 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
             Ok(vec![im.apply(gemm, &a.pairs(), &out)?])
         }
         "Clip" => {
+            let runtime_bound = [1, 2]
+                .iter()
+                .any(|&i| matches!(n.input(i), Some(Val::Dyn(_))));
+            if runtime_bound {
+                // Bounds computed at run time: min(max(x, lo), hi), the
+                // definition itself.
+                let mut cur = n.req(0)?.clone();
+                let mut cur_name = n.in_name(0);
+                for (i, b) in [(1, BinaryOp::Max), (2, BinaryOp::Min)] {
+                    if let Some(bound) = n.input(i) {
+                        let name = if i == 2 || n.input(2).is_none() {
+                            out.clone()
+                        } else {
+                            format!("{out}.lo")
+                        };
+                        cur = binary_vals(im, b, &cur, &cur_name, bound, &n.in_name(i), &name)?;
+                        cur_name = name;
+                    }
+                }
+                return Ok(vec![cur]);
+            }
             let lo = match n.opt_const(1, "min")? {
                 Some(c) => c.scalar_f32().map_err(E::Msg)?,
                 None => n.attr_f("min", f32::NEG_INFINITY)?,
@@ -1066,12 +1095,51 @@ fn layer_norm(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
         axis,
         eps: Float(n.attr_f("epsilon", 1e-5)?),
     };
+    let eps = n.attr_f("epsilon", 1e-5)?;
     let pairs: Vec<(&Val, &str)> = vals
         .iter()
         .zip(&names)
         .map(|(v, s)| (v, s.as_str()))
         .collect();
-    Ok(vec![im.apply(op, &pairs, &out)?])
+    let y = im.apply(op, &pairs, &out)?;
+    if !n.has_output(1) && !n.has_output(2) {
+        return Ok(vec![y]);
+    }
+    // The optional statistics outputs, from their definition: the mean and
+    // 1/sqrt(var + eps) over the normalised axes, kept as size-1 dims.
+    let x = &vals[0];
+    let xn = &names[0];
+    let t = |s: &str| format!("{out}.{s}");
+    let red = Op::Reduce {
+        kind: ReduceKind::Mean,
+        axes: (axis..xs.len()).collect(),
+        keepdims: true,
+    };
+    let mean_name = n.out_name(1);
+    let mean = im.apply(red.clone(), &[(x, xn)], &mean_name)?;
+    let d = binary_vals(im, BinaryOp::Sub, x, xn, &mean, &mean_name, &t("centred"))?;
+    let sq = binary_vals(
+        im,
+        BinaryOp::Mul,
+        &d,
+        &t("centred"),
+        &d,
+        &t("centred"),
+        &t("sq"),
+    )?;
+    let var = im.apply(red, &[(&sq, "")], &t("var"))?;
+    let ve = binary_vals(
+        im,
+        BinaryOp::Add,
+        &var,
+        &t("var"),
+        &scalar(eps),
+        &t("eps"),
+        &t("var_eps"),
+    )?;
+    let sd = im.apply(Op::Unary(UnaryOp::Sqrt), &[(&ve, "")], &t("std"))?;
+    let inv = im.apply(Op::Unary(UnaryOp::Reciprocal), &[(&sd, "")], &n.out_name(2))?;
+    Ok(vec![y, mean, inv])
 }
 
 /// GroupNormalization and InstanceNormalization (= one group per channel).
@@ -1192,14 +1260,19 @@ fn reduce(im: &mut Importer, n: &NodeCtx, op: &str) -> R<Vec<Val>> {
     if let Val::Const(c) = &x
         && c.kind() != Kind::F32
     {
+        let is_bool = c.kind() == Kind::Bool;
         let r = match op {
             "ReduceSum" => fold::reduce_ints(c, &axes, keepdims, 0, i64::wrapping_add),
             "ReduceProd" => fold::reduce_ints(c, &axes, keepdims, 1, i64::wrapping_mul),
+            // bool max is "any" (empty: false), min is "all" (empty: true)
+            "ReduceMax" if is_bool => fold::reduce_ints(c, &axes, keepdims, 0, i64::max),
+            "ReduceMin" if is_bool => fold::reduce_ints(c, &axes, keepdims, 1, i64::min),
             "ReduceMax" => fold::reduce_ints(c, &axes, keepdims, i64::MIN, i64::max),
             "ReduceMin" => fold::reduce_ints(c, &axes, keepdims, i64::MAX, i64::min),
             _ => return Err(unsupported(n, "on integer data")),
         };
-        return Ok(vec![cval(r.map_err(E::Msg)?)]);
+        let r = r.map_err(E::Msg)?;
+        return Ok(vec![cval(if is_bool { r.cast(Kind::Bool) } else { r })]);
     }
     if op == "ReduceProd" {
         return Err(unsupported(

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use kiln_ir::Model;
+use kiln_ir::{Model, Tensor};
 
 use crate::FrontendError;
 
@@ -175,4 +175,29 @@ pub fn import_proto(
     opts: &ImportOptions,
 ) -> Result<(Model, ImportReport), FrontendError> {
     import::import_model(model, opts)
+}
+
+/// A tensor proto as a kiln tensor: every float type becomes `f32`, every
+/// integer type and `bool` become `i64` (0/1). For reading test data and
+/// tool inputs; the importer itself keeps `bool` apart.
+pub fn tensor_from_proto(t: &proto::TensorProto) -> Result<Tensor, FrontendError> {
+    let c = consts::from_proto(t).map_err(|e| match e {
+        consts::TensorError::Bad(m) => FrontendError::Onnx(m),
+        consts::TensorError::DType(d) => FrontendError::OnnxUnsupported(vec![Unsupported::DType {
+            dtype: d,
+            value: format!("tensor '{}'", t.name.as_deref().unwrap_or("")),
+        }]),
+    })?;
+    let c = if c.kind() == consts::Kind::Bool {
+        c.cast(consts::Kind::I64)
+    } else {
+        c
+    };
+    c.to_tensor()
+        .ok_or_else(|| FrontendError::Onnx("tensor has no kiln type".into()))
+}
+
+/// A kiln tensor as a tensor proto named `name` (raw little-endian data).
+pub fn tensor_to_proto(name: &str, t: &Tensor) -> proto::TensorProto {
+    export::tensor_proto(name, t)
 }
