@@ -64,8 +64,6 @@ pub(crate) struct Importer {
     pub weights: WeightStore,
     /// weight nodes already made for constants, by weight name
     materialised: HashMap<String, Value>,
-    /// names given to kiln values so far (to keep generated names unique)
-    counter: usize,
 }
 
 /// One node being lowered: its proto, its operands and how to name it.
@@ -240,15 +238,16 @@ impl Importer {
     /// A fresh kiln value name derived from `base` (ONNX names are kept
     /// where they are free; the text format quotes odd ones).
     fn fresh(&mut self, base: &str) -> String {
-        if self.g.value_by_name(base).is_none() && base.parse::<usize>().is_err() {
+        if self.g.value_by_name(base).is_none() {
             return base.to_string();
         }
+        let mut k = 1;
         loop {
-            self.counter += 1;
-            let name = format!("{base}#{}", self.counter);
+            let name = format!("{base}#{k}");
             if self.g.value_by_name(&name).is_none() {
                 return name;
             }
+            k += 1;
         }
     }
 
@@ -388,7 +387,6 @@ pub(crate) fn import_model(
         ),
         weights: WeightStore::new(),
         materialised: HashMap::new(),
-        counter: 0,
     };
     let mut vals: HashMap<String, Val> = HashMap::new();
     // Outputs that exist in ONNX but that kiln does not compute (training
