@@ -169,7 +169,7 @@ fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
     Ok(())
 }
 
-fn cmd_export(args: &ModelArgs, output: &PathBuf, io: Io<'_>) -> Result<(), KilnError> {
+fn cmd_export(args: &ModelArgs, output: &std::path::Path, io: Io<'_>) -> Result<(), KilnError> {
     let model = load_model(&args.model, &args.options())?;
     onnx::export(&model, output)?;
     emit(io.err, &format!("wrote {}\n", output.display()))

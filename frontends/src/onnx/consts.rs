@@ -251,6 +251,20 @@ impl Const {
     }
 }
 
+/// The most elements a constant may have: folding must not turn a small
+/// file into an unbounded allocation (`ConstantOfShape([1e9, 1e9])`).
+pub(crate) const MAX_ELEMENTS: usize = 1 << 28;
+
+/// Checks that a constant of `shape` stays within [`MAX_ELEMENTS`].
+pub(crate) fn check_size(shape: &[usize]) -> Result<(), String> {
+    match shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+        Some(n) if n <= MAX_ELEMENTS => Ok(()),
+        _ => Err(format!(
+            "a constant of shape {shape:?} would exceed {MAX_ELEMENTS} elements"
+        )),
+    }
+}
+
 /// Visits every multi-index of `shape` in row-major order and collects
 /// `f(index)`; the building block of every movement op on constants.
 pub(crate) fn index_map(shape: &[usize], mut f: impl FnMut(&[usize]) -> usize) -> Vec<usize> {

@@ -39,7 +39,9 @@ fn eval_native(op: &Op, ins: &[&Const]) -> Option<Result<Vec<Const>, String>> {
     let out_shape = |op: &Op, ins: &[&Const]| -> Result<Vec<usize>, String> {
         let types: Vec<TensorType> = ins.iter().map(|c| standin(c)).collect();
         let mut out = kiln_ir::shape::infer(op, &types)?;
-        Ok(out.swap_remove(0).shape)
+        let shape = out.swap_remove(0).shape;
+        super::consts::check_size(&shape)?;
+        Ok(shape)
     };
     let x = ins.first()?;
     match op {

@@ -505,6 +505,7 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
             if value.numel() != 1 {
                 return Err(E::Msg("attribute `value` must hold one element".into()));
             }
+            super::consts::check_size(&shape)?;
             let count: usize = shape.iter().product();
             let idx = vec![0; count];
             Ok(vec![cval(value.take(&idx, shape))])
@@ -527,7 +528,8 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
                 if d == 0 {
                     return Err(E::Msg("delta must not be 0".into()));
                 }
-                let count = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
+                let count = ((l as f64 - s as f64) / d as f64).ceil().max(0.0) as usize;
+                super::consts::check_size(&[count])?;
                 let v: Vec<i64> = (0..count as i64).map(|i| s + i * d).collect();
                 Ok(vec![cval(Const::i64(vec![count], v))])
             } else {
@@ -535,6 +537,7 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
                     return Err(E::Msg("delta must not be 0".into()));
                 }
                 let count = ((l0 - s0) / d0).ceil().max(0.0) as usize;
+                super::consts::check_size(&[count])?;
                 let v: Vec<f32> = (0..count).map(|i| (s0 + i as f64 * d0) as f32).collect();
                 Ok(vec![cval(Const::f32(vec![count], v))])
             }
