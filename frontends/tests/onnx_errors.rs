@@ -208,6 +208,38 @@ fn bad_tensor_data_is_reported() {
     assert!(e.contains("tensor 'w': has 17 elements"), "{e}");
 }
 
+#[test]
+fn degenerate_sizes_are_errors() {
+    // A zero-size kernel with automatic padding.
+    let m = model(
+        13,
+        vec![node(
+            "Conv",
+            &["x", "w"],
+            &["y"],
+            vec![attr_s("auto_pad", "SAME_UPPER")],
+        )],
+        vec![tensor_f32("w", &[1, 1, 0, 3], &[])],
+        vec![vi("x", FLOAT, &[1, 1, 4, 4])],
+        vec![vi("y", FLOAT, &[1, 1, 4, 4])],
+    );
+    let e = err(&m);
+    assert!(e.contains("node 'Conv_y' (Conv)"), "{e}");
+    // A constant far too large to fold.
+    let m = model(
+        13,
+        vec![
+            node("ConstantOfShape", &["s"], &["c"], vec![]),
+            node("Add", &["x", "c"], &["y"], vec![]),
+        ],
+        vec![tensor_i64("s", &[2], &[1 << 20, 1 << 20])],
+        vec![vi("x", FLOAT, &[1])],
+        vec![vi("y", FLOAT, &[1 << 20, 1 << 20])],
+    );
+    let e = err(&m);
+    assert!(e.contains("would exceed"), "{e}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 

@@ -860,7 +860,7 @@ fn spatial_pads(
             let mut pads = vec![0; 2 * k];
             for i in 0..k {
                 let out = input[i].div_ceil(strides[i]);
-                let span = (kernel[i] - 1) * dilations[i] + 1;
+                let span = kernel[i].saturating_sub(1) * dilations[i] + 1;
                 let total = ((out.saturating_sub(1)) * strides[i] + span).saturating_sub(input[i]);
                 let small = total / 2;
                 let (b, e) = if auto == "SAME_UPPER" {
