@@ -102,6 +102,11 @@ fn check(block: &str, exporter: &str, inputs: usize, outputs: usize) {
         }
     }
     assert!(report.nodes_after <= report.nodes_before);
+    // ONNX names (`/blocks.0/Conv_output_0`, `onnx::MatMul_42`) are kept
+    // as they are and survive the text format.
+    let text = kiln_ir::text::print(&m.graph);
+    let reparsed = kiln_ir::text::parse(&text).unwrap();
+    assert_eq!(kiln_ir::text::print(&reparsed), text);
 
     let ins: Vec<Tensor> = (0..inputs)
         .map(|i| read_npy(&dir().join(format!("{block}.input{i}.npy"))))
