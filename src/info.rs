@@ -2,10 +2,11 @@
 //! a plain-text table or JSON.
 //!
 //! Counting conventions are those of [`kiln_ir::stats`] (documented for
-//! users in docs/cli.md): parameters are the elements of the `f32` weights;
+//! users in docs/cli.md): parameters are the elements of the `f32` weights except batch-norm
+//! running statistics and scalar constants (reported as buffers);
 //! MACs are the multiply-adds of conv2d, matmul and gemm only.
 
-use kiln_ir::{DType, Graph, TensorType, Value, stats};
+use kiln_ir::{Graph, TensorType, Value, stats};
 use serde_json::{Value as Json, json};
 
 /// A graph input or output.
@@ -45,6 +46,8 @@ pub struct Report {
     pub outputs: Vec<Port>,
     /// parameter count ([`stats::param_count`])
     pub params: u64,
+    /// weight elements that are not parameters ([`stats::buffer_count`])
+    pub buffers: u64,
     /// total MACs ([`stats::graph_macs`])
     pub macs: u64,
     /// number of computing nodes (= `layers.len()`)
@@ -75,10 +78,8 @@ pub fn report(g: &Graph) -> Report {
             let params = g
                 .operands(id)
                 .into_iter()
-                .filter(|&v| g.is_weight(v))
-                .map(|v| g.value_type(v))
-                .filter(|t| t.dtype == DType::F32)
-                .map(|t| t.numel() as u64)
+                .filter(|&v| g.is_weight(v) && stats::is_parameter(g, v))
+                .map(|v| g.value_type(v).numel() as u64)
                 .sum();
             Layer {
                 value: g.display_value(Value::of(id)),
@@ -98,6 +99,7 @@ pub fn report(g: &Graph) -> Report {
         inputs: g.inputs().iter().map(|&id| port(Value::of(id))).collect(),
         outputs: g.outputs().iter().map(|&v| port(v)).collect(),
         params: stats::param_count(g),
+        buffers: stats::buffer_count(g),
         macs: stats::graph_macs(g),
         nodes: layers.len(),
         layers,
@@ -141,9 +143,10 @@ pub fn render_text(r: &Report) -> String {
     out.push_str(&format!("inputs:  {}\n", ports(&r.inputs)));
     out.push_str(&format!("outputs: {}\n", ports(&r.outputs)));
     out.push_str(&format!(
-        "params:  {} ({})\n",
+        "params:  {} ({}), plus {} buffer elements (BN running stats, constants)\n",
         grouped(r.params),
-        scaled(r.params)
+        scaled(r.params),
+        grouped(r.buffers)
     ));
     out.push_str(&format!(
         "MACs:    {} ({})\n",
@@ -234,6 +237,7 @@ pub fn to_json(r: &Report) -> Json {
         "inputs": ports(&r.inputs),
         "outputs": ports(&r.outputs),
         "params": r.params,
+        "buffers": r.buffers,
         "macs": r.macs,
         "nodes": r.nodes,
         "layers": layers,
@@ -306,7 +310,12 @@ mod tests {
     fn text_has_summary_and_one_row_per_node() {
         let text = render_text(&report(&sample()));
         assert!(text.contains("inputs:  %x f32[1,3,8,8]\n"), "{text}");
-        assert!(text.contains("params:  752 (752)\n"), "{text}");
+        assert!(
+            text.contains(
+                "params:  752 (752), plus 0 buffer elements (BN running stats, constants)\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("MACs:    16,384 (16.38 K)\n"), "{text}");
         assert!(text.contains("nodes:   6\n"), "{text}");
         let table: Vec<&str> = text

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_frontends::{init, onnx, safetensors, zoo};
+use kiln_frontends::{FrontendError, init, onnx, safetensors, zoo};
 use kiln_ir::{Graph, IrError, Model, WeightStore, text, verify, verify_weights};
 
 use crate::error::KilnError;
@@ -72,7 +72,8 @@ fn zoo_names() -> String {
 /// `opts.weights` or [`init::seeded_weights`]), an `.onnx` path (imported,
 /// weights from the file) or a zoo name (built with seeded weights). With
 /// `opts.weights`, the safetensors file supplies every weight in all three
-/// cases. The result is verified, and its weights cover the graph (unless
+/// cases; for a zoo model it is bound with [`zoo::bind_weights`], which also
+/// rejects tensors the graph does not declare. The result is verified, and its weights cover the graph (unless
 /// `opts.graph_only` left them out).
 pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
     let spec = ModelSpec::parse(spec)?;
@@ -81,6 +82,7 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
         ModelSpec::Onnx(path) => path.display().to_string(),
         ModelSpec::Zoo(name) => format!("the zoo's `{name}`"),
     };
+    let is_zoo = matches!(spec, ModelSpec::Zoo(_));
     let mut model = match spec {
         ModelSpec::Kir(path) => {
             let src = std::fs::read_to_string(&path).map_err(|source| KilnError::Io {
@@ -104,21 +106,40 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
                     zoo_names()
                 )));
             }
-            // Written with `..Default::default()` so that options the zoo
-            // adds later keep their defaults here.
-            #[allow(clippy::needless_update)]
             let zo = zoo::ZooOptions {
                 seed: opts.seed,
                 ..Default::default()
             };
-            zoo::build(&name, &zo)?
+            if opts.weights.is_some() || opts.graph_only {
+                // Seeded values would only be thrown away.
+                Model {
+                    graph: zoo::build_graph(&name, &zo)?,
+                    weights: WeightStore::new(),
+                }
+            } else {
+                zoo::build(&name, &zo)?
+            }
         }
     };
     verify(&model.graph)?;
     let from = match &opts.weights {
         Some(path) => {
-            model.weights = safetensors::load(path)?;
-            path.display().to_string()
+            let given = safetensors::load(path)?;
+            let from = path.display().to_string();
+            model.weights = if is_zoo {
+                // A zoo checkpoint may need the zoo's few layout fixes
+                // (Linear vs 1x1 conv, BN counters); see docs/zoo.md.
+                zoo::bind_weights(&model.graph, given).map_err(|e| match e {
+                    FrontendError::Ir(IrError::Weights(problems)) => KilnError::Weights {
+                        from: from.clone(),
+                        problems,
+                    },
+                    other => other.into(),
+                })?
+            } else {
+                given
+            };
+            from
         }
         None if opts.graph_only && model.weights.is_empty() => return Ok(model),
         None => own,

@@ -15,8 +15,11 @@ const WEIGHTS: &str = "conv_norm_attention.safetensors";
 const INPUT: &str = "conv_norm_attention_input.npy";
 
 /// The example's parameter count, by hand: conv 16·3·3·3 + 16, batch norm
-/// 4·16, Q/K/V 3·16·16, the scalar scale 1, layer norm 2·16.
-const PARAMS: u64 = 432 + 16 + 64 + 768 + 1 + 32;
+/// γ and β 2·16, Q/K/V 3·16·16, layer norm 2·16.
+const PARAMS: u64 = 432 + 16 + 32 + 768 + 32;
+/// Its buffers: the batch norm's running mean and variance 2·16, the
+/// scalar scale 1.
+const BUFFERS: u64 = 32 + 1;
 /// The example's MACs, by hand: conv 1024 outputs × 27; Q, K, V 3 × 1024
 /// outputs × 16; scores 64·64 outputs × 16; probs @ V 1024 outputs × 64.
 const MACS: u64 = 1024 * 27 + 3 * 1024 * 16 + 4096 * 16 + 1024 * 64;
@@ -55,8 +58,13 @@ fn info_text_reports_signature_and_counts() {
     let out = kiln(["info", arg(&example(KIR))]).ok().to_string();
     assert!(out.contains("inputs:  %x f32[1,3,8,8]\n"), "{out}");
     assert!(out.contains("outputs: %out f32[1,64,16]\n"), "{out}");
-    assert!(out.contains("params:  1,313 (1.31 K)\n"), "{out}");
-    assert_eq!(PARAMS, 1313);
+    assert!(
+        out.contains(
+            "params:  1,280 (1.28 K), plus 33 buffer elements (BN running stats, constants)\n"
+        ),
+        "{out}"
+    );
+    assert_eq!((PARAMS, BUFFERS), (1280, 33));
     assert!(out.contains("MACs:    207,872 (207.87 K)\n"), "{out}");
     assert_eq!(MACS, 207_872);
     assert!(out.contains(&format!("nodes:   {NODES}\n")), "{out}");
@@ -78,6 +86,7 @@ fn info_json_has_integer_keys_scripts_rely_on() {
         .to_string();
     let j: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
     assert_eq!(j["params"].as_u64(), Some(PARAMS));
+    assert_eq!(j["buffers"].as_u64(), Some(BUFFERS));
     assert_eq!(j["macs"].as_u64(), Some(MACS));
     assert_eq!(j["nodes"].as_u64(), Some(NODES));
     assert_eq!(j["inputs"][0]["name"], "x");
@@ -406,4 +415,96 @@ fn export_kir_alone_needs_no_weights() {
     let text = std::fs::read_to_string(&kir).unwrap();
     assert!(text.starts_with("graph conv_norm_attention {\n"), "{text}");
     assert!(text.contains("  output %out\n"), "{text}");
+}
+
+// ---------------------------------------------------------------- zoo
+
+/// The README's model: the smallest Mobile-Former.
+const ZOO: &str = "mobile_former_26m";
+
+#[test]
+fn zoo_model_runs_and_prints_top5() {
+    let out = kiln(["run", ZOO]).ok().to_string();
+    assert!(out.contains(": f32[1,1000]\n"), "{out}");
+    assert!(out.contains("top-5 of 1000:"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" index ")).count(),
+        5,
+        "{out}"
+    );
+}
+
+#[test]
+fn zoo_weights_round_trip_through_safetensors_and_kir() {
+    let (kir, w) = (scratch("zoo.kir"), scratch("zoo.safetensors"));
+    kiln(["export-kir", ZOO, "-o", arg(&kir), "--weights-out", arg(&w)]).ok();
+    // Same seed, so the same seeded input in all three runs; only where the
+    // weights come from differs.
+    let run = |args: &[&str], name: &str| {
+        let y = scratch(name);
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--output", arg(&y)]);
+        kiln(all).ok();
+        npy::read(&y).unwrap()
+    };
+    let seeded = run(&[ZOO], "zoo_y_seeded.npy");
+    let from_file = run(&[ZOO, "--weights", arg(&w)], "zoo_y_file.npy");
+    let from_kir = run(&[arg(&kir), "--weights", arg(&w)], "zoo_y_kir.npy");
+    assert_eq!(seeded, from_file);
+    assert_eq!(seeded, from_kir);
+}
+
+#[test]
+fn zoo_checkpoint_problems_are_listed_on_one_line() {
+    let w = scratch("zoo_good.safetensors");
+    kiln([
+        "export-kir",
+        ZOO,
+        "-o",
+        arg(&scratch("zoo_good.kir")),
+        "--weights-out",
+        arg(&w),
+    ])
+    .ok();
+    let mut store = safetensors::load(&w).unwrap();
+    let first = store.iter().next().unwrap().0.to_string();
+    store.remove(&first);
+    store.insert("not.a.layer", Tensor::from_f32([2], vec![0.0; 2]).unwrap());
+    let bad = scratch("zoo_bad.safetensors");
+    safetensors::save(&bad, &store).unwrap();
+    let line = kiln(["run", ZOO, "--weights", arg(&bad)])
+        .fails_with(1)
+        .to_string();
+    assert!(line.contains("zoo_bad.safetensors"), "{line}");
+    assert!(line.contains(&format!("@{first}: missing")), "{line}");
+    assert!(line.contains("@not.a.layer"), "{line}");
+}
+
+#[test]
+fn run_kir_without_weights_uses_seeded_weights() {
+    // A fixed input, so that only the weights depend on --seed.
+    let run = |seed: &str, name: &str| {
+        let p = scratch(name);
+        kiln([
+            "run",
+            arg(&example(KIR)),
+            "--input",
+            arg(&example(INPUT)),
+            "--seed",
+            seed,
+            "--output",
+            arg(&p),
+        ])
+        .ok();
+        npy::read(&p).unwrap()
+    };
+    let (a, b, c) = (
+        run("5", "sw_a.npy"),
+        run("5", "sw_b.npy"),
+        run("6", "sw_c.npy"),
+    );
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.as_f32().unwrap().iter().all(|x| x.is_finite()));
 }

@@ -10,7 +10,7 @@ pub mod mobile_former;
 pub mod mobilevitv2;
 pub mod xformer;
 
-use kiln_ir::{DType, Graph, Model, Op, Tensor, Value, WeightStore};
+use kiln_ir::{Graph, Model, Tensor, Value, WeightStore};
 
 pub use xformer::XfaKind;
 
@@ -101,27 +101,15 @@ pub fn build(name: &str, opts: &ZooOptions) -> Result<Model, FrontendError> {
 /// BatchNorm running statistic (operands 3 and 4 of `batch_norm`) and not a
 /// scalar constant (`@const.*`).
 pub fn is_trainable(g: &Graph, w: Value) -> bool {
-    let info = g.value_info(w);
-    if info.ty.dtype != DType::F32 || const_value(&info.name).is_some() {
-        return false;
-    }
-    let users = g.users(w);
-    users.is_empty()
-        || users
-            .iter()
-            .any(|&(n, operand)| !(matches!(g.node(n).op, Op::BatchNorm { .. }) && operand >= 3))
+    kiln_ir::stats::is_parameter(g, w)
 }
 
 /// Parameter count as the papers report it: every f32 weight element except
 /// BatchNorm running statistics and scalar constants (conv and linear
-/// weights and biases, norm γ and β, learned tokens, temperatures).
+/// weights and biases, norm γ and β, learned tokens, temperatures); the
+/// convention lives in [`kiln_ir::stats::param_count`].
 pub fn trainable_params(g: &Graph) -> u64 {
-    g.weights()
-        .iter()
-        .map(|&id| Value::of(id))
-        .filter(|&w| is_trainable(g, w))
-        .map(|w| g.value_type(w).numel() as u64)
-        .sum()
+    kiln_ir::stats::param_count(g)
 }
 
 /// The one layout change a checkpoint may need: a `[out,in]` Linear stored
