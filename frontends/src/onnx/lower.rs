@@ -141,7 +141,8 @@ pub(crate) fn is_supported(op: &str, opset: i64) -> bool {
         "Gelu" => opset >= 20,
         "LayerNormalization" => opset >= 17,
         "GroupNormalization" => opset >= 18,
-        "HardSwish" | "CastLike" => opset >= 14 || op == "CastLike" && opset >= 15,
+        "HardSwish" => opset >= 14,
+        "CastLike" => opset >= 15,
         "Mish" => opset >= 18,
         _ => true,
     };
