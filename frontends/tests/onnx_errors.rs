@@ -240,6 +240,77 @@ fn degenerate_sizes_are_errors() {
     assert!(e.contains("would exceed"), "{e}");
 }
 
+/// A model touching many lowering paths, for the mutation test: every
+/// attribute and constant in it is a target for corruption.
+fn busy_model() -> ModelProto {
+    model(
+        13,
+        vec![
+            node("Shape", &["x"], &["s"], vec![]),
+            node(
+                "ConstantOfShape",
+                &["s"],
+                &["ones"],
+                vec![attr_t("value", tensor_f32("", &[1], &[1.0]))],
+            ),
+            node("Mul", &["x", "ones"], &["m"], vec![]),
+            node("Slice", &["m", "st", "en", "ax", "sp"], &["sl"], vec![]),
+            node("Gather", &["sl", "idx"], &["g"], vec![attr_i("axis", 1)]),
+            node(
+                "Pad",
+                &["g", "pads"],
+                &["p"],
+                vec![attr_s("mode", "reflect")],
+            ),
+            node("Softmax", &["p"], &["sm"], vec![attr_i("axis", -1)]),
+            node(
+                "ReduceMean",
+                &["sm"],
+                &["rm"],
+                vec![attr_ints("axes", &[-1]), attr_i("keepdims", 1)],
+            ),
+            node(
+                "Transpose",
+                &["rm"],
+                &["t"],
+                vec![attr_ints("perm", &[0, 2, 1])],
+            ),
+            node("Unsqueeze", &["t", "ua"], &["u"], vec![]),
+            node("Expand", &["u", "es"], &["e"], vec![]),
+            node("Split", &["e", "spl"], &["a", "b"], vec![attr_i("axis", 0)]),
+            node("Concat", &["a", "b"], &["c"], vec![attr_i("axis", 0)]),
+            node(
+                "MaxPool",
+                &["x4"],
+                &["mp"],
+                vec![attr_ints("kernel_shape", &[2, 2]), attr_i("ceil_mode", 1)],
+            ),
+            node("Flatten", &["mp"], &["fl"], vec![attr_i("axis", 1)]),
+            node("Gemm", &["fl", "gw"], &["gm"], vec![attr_i("transB", 1)]),
+        ],
+        vec![
+            tensor_i64("st", &[1], &[1]),
+            tensor_i64("en", &[1], &[-1]),
+            tensor_i64("ax", &[1], &[2]),
+            tensor_i64("sp", &[1], &[1]),
+            tensor_i64("idx", &[2], &[0, -1]),
+            tensor_i64("pads", &[6], &[0, 0, 1, 0, 0, 1]),
+            tensor_i64("ua", &[1], &[0]),
+            tensor_i64("es", &[4], &[2, 1, 1, 1]),
+            tensor_i64("spl", &[2], &[1, 1]),
+            tensor_f32("gw", &[3, 4], &data(12, 9)),
+        ],
+        vec![vi("x", FLOAT, &[-1, 3, 5]), vi("x4", FLOAT, &[1, 1, 3, 3])],
+        vec![vi("c", FLOAT, &[-1, -1, -1, -1]), vi("gm", FLOAT, &[1, 3])],
+    )
+}
+
+#[test]
+fn busy_model_is_valid() {
+    let (m, _) = import_proto(&busy_model(), &ImportOptions::default()).unwrap();
+    assert!(m.graph.op_count() > 10);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -250,7 +321,8 @@ proptest! {
         cut in any::<prop::sample::Index>(),
         truncate in any::<bool>(),
     ) {
-        let mut bytes = small_model().encode_to_vec();
+        let base = if truncate { small_model() } else { busy_model() };
+        let mut bytes = base.encode_to_vec();
         for (at, b) in edits {
             let i = at.index(bytes.len());
             bytes[i] = b;
@@ -260,5 +332,32 @@ proptest! {
             bytes.truncate(n);
         }
         let _ = import_bytes(&bytes, &ImportOptions::default());
+    }
+
+    /// Any values in the constants and integer attributes — negative,
+    /// zero, out of range — import or fail cleanly.
+    #[test]
+    fn mutated_values_never_panic(
+        consts in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), -12i64..12), 1..6),
+        attrs in proptest::collection::vec((any::<prop::sample::Index>(), -6i64..6), 0..4),
+        batch in 0usize..3,
+    ) {
+        let mut m = busy_model();
+        let g = m.graph.as_mut().unwrap();
+        for (t, e, v) in consts {
+            let t = t.get_mut(&mut g.initializer);
+            if !t.int64_data.is_empty() {
+                let i = e.index(t.int64_data.len());
+                t.int64_data[i] = v;
+            }
+        }
+        for (n, v) in attrs {
+            let n = n.get_mut(&mut g.node);
+            if let Some(a) = n.attribute.iter_mut().find(|a| a.i.is_some()) {
+                a.i = Some(v);
+            }
+        }
+        let opts = ImportOptions { input_shapes: vec![("x".into(), vec![batch, 3, 5])] };
+        let _ = import_proto(&m, &opts);
     }
 }
