@@ -224,12 +224,17 @@ pub enum FusedOp {
         proj_v: bool,
     },
     /// `fused_m2f`: Mobile-Former's Mobile→Former bridge. Operands:
-    /// `x [N,C,H,W]`, `z [N,M,d]`, `wq [d,C]`, `bq [C]`, `wa [d,C]`,
-    /// `ba [C]`, `wo [C,d]`, `bo [d]`, `gamma [d]`, `beta [d]`. Computes
-    /// `LN(z + ((attn(zWq+bq, X) ⊙ 2·hsig(zWa+ba)) Wo + bo))`, where head `j`
-    /// of the queries attends over the `L = H·W` positions of feature
-    /// channels `[jC/h, (j+1)C/h)` with the raw features as keys and values.
-    /// Shape rule: output `[N,M,d]`; `C` divisible by `heads`.
+    /// `x [N,C,H,W]`, `z [N,M,d]`, then the queries — `wq [d,C]`, `bq [C]`
+    /// with `proj_q`, else `Q [N,M,C]` itself — then the gate — `wa [d,C]`,
+    /// `ba [C]` with `gate`, else `G [N,M,C]` itself — then `wo [C,d]`,
+    /// `bo [d]`, `gamma [d]`, `beta [d]`. Computes
+    /// `LN(z + ((attn(Q, X) ⊙ G) Wo + bo))` with `Q = zWq+bq` and
+    /// `G = 2·hsig(zWa+ba)`, where head `j` of the queries attends over the
+    /// `L = H·W` positions of feature channels `[jC/h, (j+1)C/h)` with the
+    /// raw features as keys and values. (An ONNX importer that folds
+    /// constants turns the first block's `Q` and `G`, computed from the
+    /// learned tokens, into weights: hence the flags.) Shape rule: output
+    /// `[N,M,d]`; `C` divisible by `heads`.
     M2fBridge {
         /// number of heads
         heads: usize,
@@ -237,6 +242,10 @@ pub enum FusedOp {
         scale: Float,
         /// layer-norm epsilon
         eps: Float,
+        /// the queries are projected from `z` (else given)
+        proj_q: bool,
+        /// the gate is computed from `z` (else given)
+        gate: bool,
     },
     /// `fused_f2m`: Mobile-Former's Former→Mobile bridge. Operands:
     /// `y [N,C,H,W]`, `z [N,M,d]`, `wk [d,C]`, `bk [C]`, `wv [d,C]`,
@@ -471,7 +480,9 @@ impl FusedOp {
                 proj_v,
                 ..
             } => 3 + 2 * (usize::from(*proj_q) + usize::from(*proj_k) + usize::from(*proj_v)),
-            FusedOp::M2fBridge { .. } => 10,
+            FusedOp::M2fBridge { proj_q, gate, .. } => {
+                8 + usize::from(*proj_q) + usize::from(*gate)
+            }
             FusedOp::F2mBridge { .. } => 6,
             FusedOp::SepAttention { .. } => 5,
             FusedOp::CrossFeatureAttention { .. } => 8,
@@ -542,10 +553,18 @@ impl FusedOp {
                 ("proj_k", Attr::Bool(*proj_k)),
                 ("proj_v", Attr::Bool(*proj_v)),
             ],
-            FusedOp::M2fBridge { heads, scale, eps } => vec![
+            FusedOp::M2fBridge {
+                heads,
+                scale,
+                eps,
+                proj_q,
+                gate,
+            } => vec![
                 ("heads", int(*heads)),
                 ("scale", Attr::Float(scale.0)),
                 ("eps", Attr::Float(eps.0)),
+                ("proj_q", Attr::Bool(*proj_q)),
+                ("gate", Attr::Bool(*gate)),
             ],
             FusedOp::F2mBridge { heads, scale } => {
                 vec![("heads", int(*heads)), ("scale", Attr::Float(scale.0))]
@@ -620,6 +639,8 @@ impl FusedOp {
                 heads: a.usize("heads")?,
                 scale: Float(a.float("scale")?),
                 eps: Float(a.float("eps")?),
+                proj_q: a.bool("proj_q")?,
+                gate: a.bool("gate")?,
             },
             "fused_f2m" => FusedOp::F2mBridge {
                 heads: a.usize("heads")?,
@@ -786,15 +807,37 @@ impl FusedOp {
                 let o = e.op(Op::MatMul, &[a, v])?;
                 heads_merge(e, o)
             }
-            FusedOp::M2fBridge { heads, scale, eps } => {
-                let [x, z, wq, bq, wa, ba, wo, bo, gamma, beta] = take::<E, 10>(args)?;
+            FusedOp::M2fBridge {
+                heads,
+                scale,
+                eps,
+                proj_q,
+                gate,
+            } => {
+                let (x, z) = (next(&mut it)?, next(&mut it)?);
+                let q = if *proj_q {
+                    let (wq, bq) = (next(&mut it)?, next(&mut it)?);
+                    linear(e, &z, &wq, Some(&bq))?
+                } else {
+                    next(&mut it)?
+                };
+                let g = if *gate {
+                    let (wa, ba) = (next(&mut it)?, next(&mut it)?);
+                    let g = linear(e, &z, &wa, Some(&ba))?;
+                    let g = e.op(Act::HardSigmoid.primitive().expect("hsig"), &[g])?;
+                    let two = e.scalar(2.0)?;
+                    bin(e, BinaryOp::Mul, g, two)?
+                } else {
+                    next(&mut it)?
+                };
+                let (wo, bo) = (next(&mut it)?, next(&mut it)?);
+                let (gamma, beta) = (next(&mut it)?, next(&mut it)?);
                 let xt = e.ty(&x);
                 want(xt.rank() == 4 && xt.shape[1] % heads == 0, || {
                     format!("x must be [N,C,H,W] with C divisible by {heads} heads, got {xt}")
                 })?;
                 let (n, c, l) = (xt.shape[0], xt.shape[1], xt.shape[2] * xt.shape[3]);
                 let xf = reshape(e, x, &[n, *heads, c / heads, l])?;
-                let q = linear(e, &z, &wq, Some(&bq))?;
                 let q = heads_first(e, q, *heads)?;
                 let s = e.op(Op::MatMul, &[q, xf.clone()])?;
                 let cs = e.scalar(scale.0)?;
@@ -803,18 +846,15 @@ impl FusedOp {
                 let xv = transpose(e, xf, &[0, 1, 3, 2])?;
                 let o = e.op(Op::MatMul, &[a, xv])?;
                 let o = heads_merge(e, o)?;
-                let g = linear(e, &z, &wa, Some(&ba))?;
-                let g = e.op(Act::HardSigmoid.primitive().expect("hsig"), &[g])?;
-                let two = e.scalar(2.0)?;
-                let g = bin(e, BinaryOp::Mul, g, two)?;
+                let (ot, gt) = (e.ty(&o), e.ty(&g));
+                want(ot == gt, || {
+                    format!("the gate {gt} must match the attention {ot}")
+                })?;
                 let og = bin(e, BinaryOp::Mul, o, g)?;
                 let p = linear(e, &og, &wo, Some(&bo))?;
                 let r = bin(e, BinaryOp::Add, z, p)?;
                 let axis = e.ty(&r).rank() - 1;
-                e.op(
-                    Op::LayerNorm { axis, eps: *eps },
-                    &[r, gamma.clone(), beta.clone()],
-                )
+                e.op(Op::LayerNorm { axis, eps: *eps }, &[r, gamma, beta])
             }
             FusedOp::F2mBridge { heads, scale } => {
                 let [y, z, wk, bk, wv, bv] = take::<E, 6>(args)?;
@@ -1123,6 +1163,8 @@ mod tests {
                 heads: 2,
                 scale: Float(0.25),
                 eps: Float(1e-5),
+                proj_q: true,
+                gate: false,
             },
             FusedOp::F2mBridge {
                 heads: 2,
@@ -1201,6 +1243,8 @@ mod tests {
             heads: 2,
             scale: Float(0.5),
             eps: Float(1e-5),
+            proj_q: true,
+            gate: true,
         };
         let (c, d) = (8, 12);
         let t = m2f

@@ -163,3 +163,28 @@ fn fusion_keeps_the_arithmetic() {
         );
     }
 }
+
+#[test]
+fn zoo_models_through_onnx_fuse_the_same() {
+    // Export to ONNX and import back: the graph arrives in the importer's
+    // spelling (ONNX ops, folded shape arithmetic, its own names), and every
+    // fusion must still be found.
+    use kiln_frontends::onnx::{ImportOptions, export_bytes, import_bytes};
+    for name in ["mobile_former_26m", "mobilevitv2_050", "xformer"] {
+        let m = build(name, &ZooOptions::default()).unwrap();
+        let bytes = export_bytes(&m).unwrap();
+        let (imported, _) = import_bytes(&bytes, &ImportOptions::default()).unwrap();
+        let (o, r) = optimize(&imported, &OptOptions::default()).unwrap();
+        assert_eq!(r.stop, Stop::Saturated, "{name}");
+        let got = common::histogram(&o);
+        for (op, want) in expected(name) {
+            assert_eq!(
+                got.get(op).copied().unwrap_or(0),
+                want,
+                "{name} via ONNX: {op}\n{}",
+                r.explain()
+            );
+        }
+        common::assert_same_function(&imported, &o);
+    }
+}
