@@ -12,8 +12,12 @@
 //! union already contains its own class would close a cycle and is skipped.
 //!
 //! Ties (equal cost) are broken by the smaller needed set, then by the
-//! e-node's order, so extraction is deterministic. docs/passes.md says why
-//! this rather than egg's `LpExtractor`.
+//! e-node's order, so extraction is deterministic.
+//!
+//! Greedy per class cannot see that another root needs a value anyway, so
+//! a second phase revisits each class of the extracted DAG and keeps an
+//! alternative e-node when the cost of the whole DAG, all roots at once,
+//! falls. docs/passes.md says why this rather than egg's `LpExtractor`.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
