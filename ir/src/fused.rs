@@ -190,8 +190,9 @@ pub enum FusedOp {
         /// a residual operand comes last, added after the activation
         residual: bool,
     },
-    /// `fused_conv_chain`: a depthwise-separable (dw → pw) or
-    /// inverted-residual (pw → dw → pw) chain of 2–3 convolutions, each with
+    /// `fused_conv_chain`: a depthwise-separable (dw → pw), pointwise-MLP
+    /// (pw → pw) or inverted-residual (pw → dw → pw) chain of 2–3
+    /// convolutions, each with
     /// its epilogue, then an optional residual; computable tile by tile, the
     /// expanded intermediates never reaching memory. Operands: `x`, then per
     /// stage `w`, `bias` if the stage has one, `a1, a2` if its act is

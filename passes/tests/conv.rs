@@ -185,3 +185,18 @@ fn an_intermediate_needed_elsewhere_is_not_recomputed_when_it_does_not_pay() {
     assert_eq!(count(&o, "fused_conv_chain"), 0);
     assert_eq!(o.graph.op_count(), 2);
 }
+
+#[test]
+fn pointwise_mlp_is_a_chain() {
+    // MobileViTv2's FFN on a map: 1x1 expand + SiLU, 1x1 project, residual
+    let mut b = B::new("ffn");
+    let x = b.input("x", &[1, 8, 4, 4]);
+    let y = b.conv(x, 16, 1, 1, 1, true);
+    let y = b.un(UnaryOp::Silu, y);
+    let y = b.conv(y, 8, 1, 1, 1, true);
+    let y = b.bin(BinaryOp::Add, x, y);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(count(&o, "fused_conv_chain"), 1);
+    assert_eq!(o.graph.op_count(), 1);
+}

@@ -61,7 +61,8 @@ fn expected_mobile_former(name: &str) -> BTreeMap<&'static str, usize> {
 /// MobileViTv2 (mobilevitv2.md §1): blocks of depth 2, 4, 3; six inverted
 /// residuals (layer_1: 1, layer_2: 2, layers 3-5: 1 each), each a pw -> dw
 /// -> pw chain; each block's local representation is dw 3x3 -> 1x1, a
-/// dw -> pw chain; every GroupNorm(1) stays (two per layer, one per block).
+/// dw -> pw chain; each layer's FFN is 1x1 -> 1x1, a pw -> pw chain; every
+/// GroupNorm(1) stays (two per layer, one per block).
 /// The unfold/fold around each block are its only transposes, and they are
 /// absorbed into the separable attention's indexing.
 fn expected_mobilevitv2() -> BTreeMap<&'static str, usize> {
@@ -69,7 +70,7 @@ fn expected_mobilevitv2() -> BTreeMap<&'static str, usize> {
     BTreeMap::from([
         ("fused_sep_attn", layers),
         ("transpose", 0),
-        ("fused_conv_chain", 6 + 3),
+        ("fused_conv_chain", 6 + 3 + layers),
         ("group_norm", 2 * layers + 3),
         ("batch_norm", 0),
         ("softmax", 0),

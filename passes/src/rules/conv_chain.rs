@@ -1,5 +1,6 @@
-//! Depthwise-separable (dw → pw) and inverted-residual (pw → dw → pw)
-//! fusion: consecutive convolutions with their epilogues become one
+//! Depthwise-separable (dw → pw), inverted-residual (pw → dw → pw) and
+//! pointwise-MLP (pw → pw) fusion: consecutive convolutions with their
+//! epilogues become one
 //! `fused_conv_chain`, computable tile by tile so the expanded
 //! intermediates (the widest tensors of these networks) never reach memory.
 //!
@@ -20,6 +21,7 @@ pub fn rules() -> Vec<Rw> {
     vec![
         rule("chain-dw-pw", is_fused_conv, dw_pw),
         rule("chain-pw-dw-pw", is_fused_conv, pw_dw_pw),
+        rule("chain-pw-pw", is_fused_conv, pw_pw),
     ]
 }
 
@@ -109,6 +111,22 @@ fn dw_pw(eg: &KGraph, _c: Id, n: &KNode) -> Found {
     inner_stages(eg, last.input)
         .iter()
         .filter(|s| s.depthwise && !s.pointwise)
+        .map(|s| chain(&[s], &last))
+        .collect()
+}
+
+/// A pointwise MLP (1×1 expand → 1×1 project), MobileViTv2's FFN: the
+/// expanded hidden tensor never reaches memory either.
+fn pw_pw(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(last) = n.as_op().and_then(|op| stage_of(eg, op, &n.args)) else {
+        return vec![];
+    };
+    if !last.pointwise {
+        return vec![];
+    }
+    inner_stages(eg, last.input)
+        .iter()
+        .filter(|s| s.pointwise)
         .map(|s| chain(&[s], &last))
         .collect()
 }
