@@ -173,8 +173,10 @@ fn depthwise_then_pointwise_is_a_chain() {
 #[test]
 fn an_intermediate_needed_elsewhere_is_not_recomputed_when_it_does_not_pay() {
     // The depthwise output is also a graph output, so a chain would have to
-    // compute it anyway; the DAG-aware cost sees both and fuses only what
-    // pays. Whatever it picks must compute the same.
+    // compute it anyway: the chain would be one kernel for the pointwise
+    // conv that also redoes the depthwise arithmetic, reading x instead of
+    // an equally large d — never cheaper, whatever the cost constants. The
+    // DAG-aware extraction (all roots at once) sees that.
     let mut b = B::new("shared");
     let x = b.input("x", &[1, 4, 6, 6]);
     let d = b.conv(x, 4, 3, 1, 4, false);

@@ -197,3 +197,50 @@ fn bridges_in_another_spelling_fuse() {
     assert_eq!(count(&o, "fused_f2m"), 1, "{}", r.explain());
     assert_eq!(o.graph.op_count(), 2);
 }
+
+/// The Former→Mobile bridge whose attention map is also a graph output
+/// (say, for visualisation). Fusing the bridge then means computing the
+/// attention twice: the fused op does not write it. Whether that pays is the
+/// cost model's call (at these sizes kernel overheads dominate and it does);
+/// the extractor must never pick something costlier than leaving the bridge
+/// alone, and must keep the map for its other use.
+#[test]
+fn f2m_whose_attention_map_is_needed_elsewhere_is_chosen_by_cost() {
+    let (n, c, hw, m_tok, d, h) = (1, 8, 4, 3, 16, 2);
+    let l = hw * hw;
+    let mut b = B::new("f2m_shared");
+    let y = b.input("y", &[n, c, hw, hw]);
+    let z = b.input("z", &[n, m_tok, d]);
+    let yh = b.reshape(y, &[n, h, c / h, l]);
+    let yq = b.transpose(yh, &[0, 1, 3, 2]);
+    let k = b.linear(z, c);
+    let kh = split_heads(&mut b, k, h);
+    let kt = b.transpose(kh, &[0, 1, 3, 2]);
+    let v = b.linear(z, c);
+    let vh = split_heads(&mut b, v, h);
+    let s = b.op(Op::MatMul, &[yq, kt]);
+    let a = b.op(Op::Softmax { axis: 3 }, &[s]);
+    let o = b.op(Op::MatMul, &[a, vh]);
+    let o = b.transpose(o, &[0, 1, 3, 2]);
+    let o = b.reshape(o, &[n, c, hw, hw]);
+    let x2 = b.bin(BinaryOp::Add, y, o);
+    let m = b.finish(&[x2, a]);
+    let (o, r) = optimize(&m, &OptOptions::default()).unwrap();
+    assert_same_function(&m, &o);
+    assert_eq!(count(&o, "softmax"), 1, "the map is still computed");
+    let no_bridges = OptOptions {
+        families: kiln_passes::Family::ALL
+            .into_iter()
+            .filter(|f| *f != kiln_passes::Family::Bridges)
+            .collect(),
+        ..OptOptions::default()
+    };
+    let (unfused, ru) = optimize(&m, &no_bridges).unwrap();
+    assert_eq!(count(&unfused, "fused_f2m"), 0);
+    assert!(
+        r.cost_after <= ru.cost_after,
+        "{} > {}",
+        r.cost_after,
+        ru.cost_after
+    );
+}
