@@ -189,3 +189,20 @@ fn zoo_models_through_onnx_fuse_the_same() {
         common::assert_same_function(&imported, &o);
     }
 }
+
+#[test]
+fn an_optimised_model_exports_to_onnx_and_back() {
+    // ONNX has no fused ops: export lowers them; the re-imported model
+    // computes what the optimised one does.
+    use kiln_frontends::onnx::{ImportOptions, export_bytes, import_bytes};
+    let m = build("mobilevitv2_050", &ZooOptions::default()).unwrap();
+    let (o, _) = optimize(&m, &OptOptions::default()).unwrap();
+    let bytes = export_bytes(&o).unwrap();
+    let (back, _) = import_bytes(&bytes, &ImportOptions::default()).unwrap();
+    assert!(
+        common::histogram(&back)
+            .keys()
+            .all(|k| !k.starts_with("fused_"))
+    );
+    common::assert_same_function(&o, &back);
+}
