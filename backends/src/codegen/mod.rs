@@ -1,0 +1,370 @@
+//! The emitter: a thin layer over Cranelift's `FunctionBuilder` that every
+//! kernel uses — buffer addresses, loads and stores with the right memory
+//! flags, constant splats, and loops.
+//!
+//! Kernels are specialised on static shapes, so almost every bound and stride
+//! is a constant here; loops over a known count are emitted bottom-tested (one
+//! compare per iteration) and only the outermost, parallel loop takes its
+//! bounds at run time. At `opt_level=none` Cranelift does no redundancy
+//! elimination, so hot loops step pointers instead of recomputing
+//! `base + i * stride` (see the callers).
+
+pub(crate) mod math;
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{BlockArg, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, Variable};
+
+/// Scalar lane type of every kernel.
+pub(crate) const F32: Type = types::F32;
+/// The vector type: 128 bits is what Cranelift lowers on every target.
+pub(crate) const V4: Type = types::F32X4;
+/// Pointer / index type (kiln targets are 64-bit).
+pub(crate) const I64: Type = types::I64;
+
+/// Where a tensor's bytes live, as a kernel sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Loc {
+    /// `offset` bytes into the per-call arena (intermediates, scratch).
+    Arena(usize),
+    /// A caller's tensor: `run` writes its address into the arena header at
+    /// this byte offset, so inputs are read and outputs written in place.
+    Io(usize),
+    /// Constant data owned by the compiled model (weights, packed weights):
+    /// its absolute address, baked into the code.
+    Const(usize),
+}
+
+/// A tensor operand of a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Buf {
+    /// where it lives
+    pub loc: Loc,
+    /// nothing writes it while the kernel runs (lets loads be reordered)
+    pub readonly: bool,
+}
+
+impl Buf {
+    /// A buffer the kernel reads and nobody writes meanwhile.
+    pub fn input(loc: Loc) -> Buf {
+        Buf {
+            loc,
+            readonly: true,
+        }
+    }
+    /// A buffer the kernel writes.
+    pub fn output(loc: Loc) -> Buf {
+        Buf {
+            loc,
+            readonly: false,
+        }
+    }
+}
+
+/// Emits the body of one kernel function `fn(arena, begin, end)`.
+pub(crate) struct Emitter<'a> {
+    /// the underlying builder, for instructions the helpers do not cover
+    pub b: FunctionBuilder<'a>,
+    arena: Value,
+    /// use fused multiply-add (the target lowers it natively)
+    pub fma: bool,
+    /// the host's C calling convention (for calls to host functions)
+    pub call_conv: CallConv,
+}
+
+impl<'a> Emitter<'a> {
+    /// Wraps a builder positioned in the entry block; `arena` is the first
+    /// parameter.
+    pub fn new(
+        b: FunctionBuilder<'a>,
+        arena: Value,
+        fma: bool,
+        call_conv: CallConv,
+    ) -> Emitter<'a> {
+        Emitter {
+            b,
+            arena,
+            fma,
+            call_conv,
+        }
+    }
+
+    /// Gives the builder back (to finalise the function).
+    pub fn finish(self) -> FunctionBuilder<'a> {
+        self.b
+    }
+
+    // ---- constants and addresses ------------------------------------------
+
+    /// An `i64` constant.
+    pub fn ic(&mut self, x: i64) -> Value {
+        self.b.ins().iconst(I64, x)
+    }
+
+    /// An `f32` constant.
+    pub fn fc(&mut self, x: f32) -> Value {
+        self.b.ins().f32const(x)
+    }
+
+    /// A constant of lane type `ty` (`F32` or `V4`) with every lane `x`.
+    pub fn kc(&mut self, ty: Type, x: f32) -> Value {
+        let s = self.fc(x);
+        if ty == V4 {
+            self.b.ins().splat(V4, s)
+        } else {
+            s
+        }
+    }
+
+    /// Broadcasts a scalar to `ty` (identity for `F32`).
+    pub fn widen(&mut self, ty: Type, s: Value) -> Value {
+        if ty == V4 {
+            self.b.ins().splat(V4, s)
+        } else {
+            s
+        }
+    }
+
+    /// The base address of `buf`. Call it before entering loops: the value
+    /// must dominate its uses.
+    pub fn base(&mut self, buf: Buf) -> Value {
+        match buf.loc {
+            Loc::Arena(off) => self.b.ins().iadd_imm_s(self.arena, off as i64),
+            Loc::Io(slot) => {
+                let f = MemFlagsData::trusted().with_readonly().with_can_move();
+                self.b.ins().load(I64, f, self.arena, slot as i32)
+            }
+            Loc::Const(addr) => self.ic(addr as i64),
+        }
+    }
+
+    /// `p + bytes`.
+    pub fn off(&mut self, p: Value, bytes: i64) -> Value {
+        if bytes == 0 {
+            p
+        } else {
+            self.b.ins().iadd_imm_s(p, bytes)
+        }
+    }
+
+    /// `p + idx * scale` (bytes).
+    pub fn index(&mut self, p: Value, idx: Value, scale: i64) -> Value {
+        if scale == 0 {
+            return p;
+        }
+        let s = if scale == 1 {
+            idx
+        } else {
+            self.b.ins().imul_imm_s(idx, scale)
+        };
+        self.b.ins().iadd(p, s)
+    }
+
+    // ---- memory -------------------------------------------------------------
+
+    /// Flags for reading `buf`: never trapping (the plan keeps every access in
+    /// bounds); read-only buffers may be reordered across stores, constants
+    /// moved freely (hoisted out of loops at `opt_level=speed`).
+    pub fn rflags(buf: Buf) -> MemFlagsData {
+        let f = MemFlagsData::new().with_notrap();
+        match (buf.loc, buf.readonly) {
+            (Loc::Const(_), _) => f.with_readonly().with_can_move(),
+            (_, true) => f.with_readonly(),
+            _ => f,
+        }
+    }
+
+    /// Flags for writing.
+    pub fn wflags() -> MemFlagsData {
+        MemFlagsData::new().with_notrap()
+    }
+
+    /// Loads a `ty` at `p + off` bytes.
+    pub fn load(&mut self, ty: Type, f: MemFlagsData, p: Value, off: i64) -> Value {
+        match i32::try_from(off) {
+            Ok(o) => self.b.ins().load(ty, f, p, o),
+            Err(_) => {
+                let q = self.b.ins().iadd_imm_s(p, off);
+                self.b.ins().load(ty, f, q, 0)
+            }
+        }
+    }
+
+    /// Stores `v` at `p + off` bytes.
+    pub fn store(&mut self, f: MemFlagsData, v: Value, p: Value, off: i64) {
+        match i32::try_from(off) {
+            Ok(o) => {
+                self.b.ins().store(f, v, p, o);
+            }
+            Err(_) => {
+                let q = self.b.ins().iadd_imm_s(p, off);
+                self.b.ins().store(f, v, q, 0);
+            }
+        }
+    }
+
+    // ---- arithmetic shared by scalar and vector paths -----------------------
+
+    /// `a * b + c`, fused when the target has native FMA. Scalar and vector
+    /// code use the same choice, so a value does not depend on whether it was
+    /// computed in a vector body or a scalar tail.
+    pub fn mul_add(&mut self, a: Value, b: Value, c: Value) -> Value {
+        if self.fma {
+            self.b.ins().fma(a, b, c)
+        } else {
+            let m = self.b.ins().fmul(a, b);
+            self.b.ins().fadd(m, c)
+        }
+    }
+
+    /// Horizontal sum of a `V4` in a fixed order: `(l0 + l1) + (l2 + l3)`.
+    pub fn hsum(&mut self, v: Value) -> Value {
+        let l: Vec<Value> = (0..4u8).map(|i| self.b.ins().extractlane(v, i)).collect();
+        let a = self.b.ins().fadd(l[0], l[1]);
+        let c = self.b.ins().fadd(l[2], l[3]);
+        self.b.ins().fadd(a, c)
+    }
+
+    /// Horizontal maximum of a `V4` (NaN-propagating, like `fmax`).
+    pub fn hmax(&mut self, v: Value) -> Value {
+        let l: Vec<Value> = (0..4u8).map(|i| self.b.ins().extractlane(v, i)).collect();
+        let a = self.b.ins().fmax(l[0], l[1]);
+        let c = self.b.ins().fmax(l[2], l[3]);
+        self.b.ins().fmax(a, c)
+    }
+
+    /// A fresh variable of type `ty` holding `init`.
+    pub fn var(&mut self, ty: Type, init: Value) -> Variable {
+        let v = self.b.declare_var(ty);
+        self.b.def_var(v, init);
+        v
+    }
+
+    // ---- control flow -------------------------------------------------------
+
+    /// `for i in (lo..hi).step_by(step)` with bounds known only at run time.
+    pub fn for_range(
+        &mut self,
+        lo: Value,
+        hi: Value,
+        step: i64,
+        mut body: impl FnMut(&mut Self, Value),
+    ) {
+        let header = self.b.create_block();
+        self.b.append_block_param(header, I64);
+        let inner = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(header, &[BlockArg::Value(lo)]);
+        self.b.switch_to_block(header);
+        let i = self.b.block_params(header)[0];
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
+        self.b.ins().brif(c, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        self.b.seal_block(inner);
+        body(self, i);
+        let next = self.b.ins().iadd_imm_s(i, step);
+        self.b.ins().jump(header, &[BlockArg::Value(next)]);
+        self.b.seal_block(header);
+        self.b.switch_to_block(exit);
+        self.b.seal_block(exit);
+    }
+
+    /// `for i in (lo..hi).step_by(step)` with constant bounds: nothing for an
+    /// empty range, straight-line code for one trip, else a bottom-tested loop.
+    pub fn for_static(
+        &mut self,
+        lo: i64,
+        hi: i64,
+        step: i64,
+        mut body: impl FnMut(&mut Self, Value),
+    ) {
+        if lo >= hi {
+            return;
+        }
+        if lo + step >= hi {
+            let i = self.ic(lo);
+            body(self, i);
+            return;
+        }
+        let inner = self.b.create_block();
+        self.b.append_block_param(inner, I64);
+        let exit = self.b.create_block();
+        let lo_v = self.ic(lo);
+        self.b.ins().jump(inner, &[BlockArg::Value(lo_v)]);
+        self.b.switch_to_block(inner);
+        let i = self.b.block_params(inner)[0];
+        body(self, i);
+        let next = self.b.ins().iadd_imm_s(i, step);
+        let c = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, hi);
+        self.b
+            .ins()
+            .brif(c, inner, &[BlockArg::Value(next)], exit, &[]);
+        self.b.seal_block(inner);
+        self.b.switch_to_block(exit);
+        self.b.seal_block(exit);
+    }
+
+    /// Runs `body` only when `cond` (an `i8` truth value) is non-zero.
+    pub fn if_then(&mut self, cond: Value, body: impl FnOnce(&mut Self)) {
+        let then = self.b.create_block();
+        let join = self.b.create_block();
+        self.b.ins().brif(cond, then, &[], join, &[]);
+        self.b.switch_to_block(then);
+        self.b.seal_block(then);
+        body(self);
+        self.b.ins().jump(join, &[]);
+        self.b.switch_to_block(join);
+        self.b.seal_block(join);
+    }
+
+    /// Runs `then` when `cond` is non-zero, else `other`.
+    pub fn if_else(
+        &mut self,
+        cond: Value,
+        then: impl FnOnce(&mut Self),
+        other: impl FnOnce(&mut Self),
+    ) {
+        let t = self.b.create_block();
+        let f = self.b.create_block();
+        let join = self.b.create_block();
+        self.b.ins().brif(cond, t, &[], f, &[]);
+        self.b.switch_to_block(t);
+        self.b.seal_block(t);
+        then(self);
+        self.b.ins().jump(join, &[]);
+        self.b.switch_to_block(f);
+        self.b.seal_block(f);
+        other(self);
+        self.b.ins().jump(join, &[]);
+        self.b.switch_to_block(join);
+        self.b.seal_block(join);
+    }
+
+    /// `max(a, b)` of two `i64`s.
+    pub fn imax(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().smax(a, b)
+    }
+
+    /// `min(a, b)` of two `i64`s.
+    pub fn imin(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().smin(a, b)
+    }
+
+    /// Calls `body(i)` for every outer index `i` in `[max(begin, lo), min(end,
+    /// hi))`: the slice of a kernel's parallel range that falls in one region.
+    pub fn sub_range(
+        &mut self,
+        begin: Value,
+        end: Value,
+        lo: usize,
+        hi: usize,
+        body: impl FnMut(&mut Self, Value),
+    ) {
+        let lo_v = self.ic(lo as i64);
+        let hi_v = self.ic(hi as i64);
+        let a = self.imax(begin, lo_v);
+        let z = self.imin(end, hi_v);
+        self.for_range(a, z, 1, body);
+    }
+}

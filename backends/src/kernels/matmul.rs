@@ -1,0 +1,9 @@
+//! matmul kernels.
+
+use super::{Kernels, NodeCx};
+use crate::error::BackendError;
+
+/// Lowers a matmul node.
+pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
+    Err(cx.unsupported("not yet"))
+}
