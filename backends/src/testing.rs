@@ -3,5 +3,5 @@
 //! against `f64`.
 
 pub use crate::codegen::math::{
-    ERF_MAX_REL, EXP_MAX_REL, LOG_MAX_REL, SIGMOID_MAX_REL, TANH_MAX_REL,
+    ERF_MAX_REL, EXP_MAX_REL, GELU_MAX_REL, LOG_MAX_REL, SIGMOID_MAX_REL, TANH_MAX_REL,
 };
