@@ -32,6 +32,7 @@ use kiln_ir::{DType, Graph, Model, NodeId, Tensor, TensorData, TensorType, Value
 
 use crate::codegen::{Buf, Emitter, I64, Loc};
 use crate::error::BackendError;
+use crate::kernels::gemm::{DEFAULT_TILE, Tile};
 use crate::kernels::{self, Kernel, NodeCx, Operand, Opt, copy::Copy};
 use crate::plan;
 use crate::runtime::pool::{KernelFn, Pool};
@@ -70,6 +71,37 @@ pub struct CompileOptions {
     /// Run Cranelift's IR verifier on every kernel (slower compiles; tests
     /// turn it on so a lowering bug is an error, not a miscompile).
     pub verify_ir: bool,
+    /// The GEMM register tile (for measuring alternatives; the default is
+    /// the fastest measured here).
+    pub gemm_tile: GemmTile,
+}
+
+/// Shape of the GEMM register tile: `mr` rows by `nr` columns (`nr` a
+/// multiple of 4: f32x4 vectors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmTile {
+    /// rows
+    pub mr: usize,
+    /// columns
+    pub nr: usize,
+}
+
+impl Default for GemmTile {
+    fn default() -> Self {
+        GemmTile {
+            mr: DEFAULT_TILE.mr,
+            nr: 4 * DEFAULT_TILE.nv,
+        }
+    }
+}
+
+impl From<GemmTile> for Tile {
+    fn from(t: GemmTile) -> Tile {
+        Tile {
+            mr: t.mr.max(1),
+            nv: (t.nr / 4).max(1),
+        }
+    }
 }
 
 impl Default for CompileOptions {
@@ -79,6 +111,7 @@ impl Default for CompileOptions {
             opt_level: OptLevel::Speed,
             tile_opt_level: OptLevel::None,
             verify_ir: false,
+            gemm_tile: GemmTile::default(),
         }
     }
 }
@@ -175,7 +208,7 @@ struct Front {
     threads: usize,
 }
 
-fn front(model: &Model, opts: &CompileOptions, fma: bool) -> Result<Front, BackendError> {
+fn front(model: &Model, opts: &CompileOptions) -> Result<Front, BackendError> {
     let g = &model.graph;
     kiln_ir::verify(g)?;
     kiln_ir::verify_weights(g, &model.weights)?;
@@ -234,7 +267,7 @@ fn front(model: &Model, opts: &CompileOptions, fma: bool) -> Result<Front, Backe
             outs,
             scratch: plan.scratch.get(&id).map(|&l| Buf::output(l)),
             threads,
-            fma,
+            tile: opts.gemm_tile.into(),
             consts: &mut consts,
         };
         for k in kernels::lower(&mut cx)? {
@@ -306,7 +339,7 @@ fn kernel_isa<'t>(
 pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, BackendError> {
     let t0 = Instant::now();
     let target = Target::host(opts.verify_ir)?;
-    let front = front(model, opts, target.fma)?;
+    let front = front(model, opts)?;
     let mut module = JITModule::new(JITBuilder::with_isa(
         target.speed.clone(),
         default_libcall_names(),
@@ -388,7 +421,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
 /// by a comment naming the kiln node it came from (for `kiln opt --emit clif`).
 pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, BackendError> {
     let target = Target::host(opts.verify_ir)?;
-    let front = front(model, opts, target.fma)?;
+    let front = front(model, opts)?;
     let mut fctx = FunctionBuilderContext::new();
     let mut out = format!(
         "; kiln: {} kernels, arena {} bytes, target {}\n",

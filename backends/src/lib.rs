@@ -40,7 +40,9 @@ mod plan;
 mod runtime;
 mod target;
 
-pub use compiled::{CompileOptions, CompileStats, CompiledModel, OptLevel, compile, emit_clif};
+pub use compiled::{
+    CompileOptions, CompileStats, CompiledModel, GemmTile, OptLevel, compile, emit_clif,
+};
 pub use error::BackendError;
 
 #[doc(hidden)]

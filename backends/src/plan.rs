@@ -43,8 +43,6 @@ pub(crate) struct Plan {
     pub inplace: HashSet<NodeId>,
     /// Outputs filled by a copy after the kernels: `(output index, source, type)`.
     pub copies: Vec<(usize, Loc)>,
-    /// Bytes of the header (input and output pointers).
-    pub header_bytes: usize,
     /// Total arena size in bytes, header included.
     pub arena_bytes: usize,
     /// Intermediate bytes before buffer reuse (for reports).
@@ -274,7 +272,6 @@ pub(crate) fn plan(g: &Graph, weight_addr: &HashMap<NodeId, usize>) -> Result<Pl
         scratch,
         inplace,
         copies,
-        header_bytes,
         arena_bytes: align_up(arena_end),
         unshared_bytes,
     })

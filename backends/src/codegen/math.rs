@@ -32,7 +32,7 @@
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Type, Value, types};
 
-use super::{Emitter, F32, V4};
+use super::{Emitter, V4};
 
 /// Documented bound on `exp`'s relative error (checked by a test).
 pub const EXP_MAX_REL: f64 = 1.5e-7;
@@ -425,9 +425,4 @@ pub fn gelu_tanh(e: &mut Emitter, ty: Type, x: Value) -> Value {
     let u2 = e.b.ins().fmul(inner, c);
     let s = sigmoid(e, ty, u2);
     e.b.ins().fmul(x, s)
-}
-
-/// Keeps the vector/scalar lane types in one place for callers.
-pub fn lane(vector: bool) -> Type {
-    if vector { V4 } else { F32 }
 }

@@ -318,29 +318,6 @@ impl<'a> Emitter<'a> {
         self.b.seal_block(join);
     }
 
-    /// Runs `then` when `cond` is non-zero, else `other`.
-    pub fn if_else(
-        &mut self,
-        cond: Value,
-        then: impl FnOnce(&mut Self),
-        other: impl FnOnce(&mut Self),
-    ) {
-        let t = self.b.create_block();
-        let f = self.b.create_block();
-        let join = self.b.create_block();
-        self.b.ins().brif(cond, t, &[], f, &[]);
-        self.b.switch_to_block(t);
-        self.b.seal_block(t);
-        then(self);
-        self.b.ins().jump(join, &[]);
-        self.b.switch_to_block(f);
-        self.b.seal_block(f);
-        other(self);
-        self.b.ins().jump(join, &[]);
-        self.b.switch_to_block(join);
-        self.b.seal_block(join);
-    }
-
     /// `max(a, b)` of two `i64`s.
     pub fn imax(&mut self, a: Value, b: Value) -> Value {
         self.b.ins().smax(a, b)

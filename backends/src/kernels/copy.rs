@@ -401,3 +401,52 @@ fn table_copy(cx: &mut NodeCx, table: Vec<i64>, fill: f32) -> Box<dyn Kernel> {
         fill,
     })
 }
+
+/// Emits `dst[0..len] = src[0..len·ss : ss]` (static length; f32x4 moves
+/// when the source is contiguous).
+pub(crate) fn emit_copy_run(
+    e: &mut Emitter,
+    dst: Value,
+    src: Value,
+    len: usize,
+    ss: i64,
+    src_buf: Buf,
+) {
+    let rf = Emitter::rflags(src_buf);
+    let wf = Emitter::wflags();
+    if ss == 1 {
+        let n4 = (len / 4) as i64;
+        e.for_static(0, n4 * 16, 16, |e, i| {
+            let s = e.b.ins().iadd(src, i);
+            let v = e.load(V4, rf, s, 0);
+            let d = e.b.ins().iadd(dst, i);
+            e.store(wf, v, d, 0);
+        });
+        for j in (n4 as usize * 4)..len {
+            let v = e.load(F32, rf, src, 4 * j as i64);
+            e.store(wf, v, dst, 4 * j as i64);
+        }
+    } else {
+        e.for_static(0, len as i64, 1, |e, i| {
+            let s = e.index(src, i, 4 * ss);
+            let v = e.load(F32, rf, s, 0);
+            let d = e.index(dst, i, 4);
+            e.store(wf, v, d, 0);
+        });
+    }
+}
+
+/// Emits `dst[0..len] = value` (static length).
+pub(crate) fn emit_fill_run(e: &mut Emitter, dst: Value, len: usize, value: f32) {
+    let wf = Emitter::wflags();
+    let n4 = (len / 4) as i64;
+    let v = e.kc(V4, value);
+    e.for_static(0, n4 * 16, 16, |e, i| {
+        let d = e.b.ins().iadd(dst, i);
+        e.store(wf, v, d, 0);
+    });
+    let s = e.fc(value);
+    for j in (n4 as usize * 4)..len {
+        e.store(wf, s, dst, 4 * j as i64);
+    }
+}

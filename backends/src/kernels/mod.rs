@@ -23,6 +23,7 @@ pub(crate) mod nest;
 pub(crate) mod norm;
 pub(crate) mod pool;
 pub(crate) mod reduce;
+pub(crate) mod rows;
 pub(crate) mod softmax;
 
 use cranelift_codegen::ir::Value as ClValue;
@@ -84,8 +85,8 @@ pub(crate) struct NodeCx<'a> {
     /// worker count the model is compiled for (for choosing unit sizes only;
     /// results never depend on it)
     pub threads: usize,
-    /// whether `fma` is native
-    pub fma: bool,
+    /// the GEMM register tile
+    pub tile: gemm::Tile,
     /// owner of packed weights and tables the kernels point into
     pub consts: &'a mut ConstStore,
 }
@@ -134,10 +135,22 @@ pub(crate) fn inplace_operand(g: &Graph, id: NodeId) -> Option<usize> {
     }
 }
 
+/// Whether `v` is known at compile time: a weight, or an alias of one.
+pub(crate) fn is_const(g: &Graph, mut v: kiln_ir::Value) -> bool {
+    loop {
+        match g.node(v.node).op {
+            Op::Weight => return true,
+            _ if is_alias(g, v.node) => v = g.operands(v.node)[0],
+            _ => return false,
+        }
+    }
+}
+
 /// Bytes of arena scratch a node's kernels need (live only during the node).
 pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
     match g.node(id).op {
         Op::Conv2d { .. } => conv::scratch_bytes(g, id),
+        Op::Gemm { .. } => matmul::scratch_bytes(g, id),
         _ => 0,
     }
 }

@@ -90,11 +90,6 @@ impl Pool {
         Ok(Pool { shared, handles })
     }
 
-    /// Threads in all.
-    pub fn threads(&self) -> usize {
-        self.shared.threads
-    }
-
     /// Runs units `[0, units)` of `func` over every thread and returns when
     /// all are done.
     ///
