@@ -70,7 +70,7 @@ pub struct Edge {
 /// types and can only reference existing values, so graphs built with them
 /// are acyclic and well-typed by construction. The raw methods
 /// ([`Graph::add_raw`], [`Graph::connect`]) exist for the parser, which must
-/// accept anything and leave the judgement to [`crate::verify`].
+/// accept anything and leave the judgement to [`crate::verify()`].
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     /// the graph's name (printed in the text header)
@@ -221,7 +221,7 @@ impl Graph {
     }
 
     /// Makes `value` operand `operand` of `node`. Does not check anything;
-    /// [`crate::verify`] does.
+    /// [`crate::verify()`] does.
     pub fn connect(&mut self, value: Value, node: NodeId, operand: usize) {
         self.graph.add_edge(
             value.node,

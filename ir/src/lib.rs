@@ -2,7 +2,7 @@
 //!
 //! - [`types`]: static tensor types; [`tensor`]: values and the weight store;
 //! - [`op`]: the op set; [`shape`]: shape inference per op;
-//! - [`graph`]: the petgraph-based graph; [`verify`]: its checker;
+//! - [`graph`]: the petgraph-based graph; [`verify`](mod@verify): its checker;
 //! - [`text`]: the `.kir` text format (printer and parser);
 //! - [`interp`]: the reference interpreter, the oracle for every backend;
 //! - [`stats`]: parameter and MAC counts.

@@ -106,6 +106,16 @@ fn check_axis_incl(op: &Op, axis: usize, rank: usize) -> Result<(), String> {
     }
 }
 
+/// `a + b + ...` of sizes, or an error naming `what` when it overflows.
+/// Attribute values (pads, sizes, dilations) come from user text or files and
+/// may be anything up to `i64::MAX`; sums of them must not wrap or panic.
+fn sum(what: &str, terms: &[usize]) -> Result<usize, String> {
+    terms
+        .iter()
+        .try_fold(0usize, |a, &t| a.checked_add(t))
+        .ok_or_else(|| format!("{what}: sizes overflow: {terms:?}"))
+}
+
 fn want_f32(what: &str, t: &TensorType) -> Result<(), String> {
     if t.dtype == DType::F32 {
         Ok(())
@@ -149,7 +159,7 @@ fn conv2d(
             "conv2d: {c} input and {o} output channels must both be divisible by groups={groups}"
         ));
     }
-    if cg * groups != c {
+    if cg.checked_mul(groups) != Some(c) {
         return Err(format!(
             "conv2d: weight {w} expects {} input channels per group, input has {c} channels in {groups} group(s)",
             cg
@@ -162,8 +172,11 @@ fn conv2d(
         }
     }
     let out = |size: usize, lo: usize, hi: usize, k: usize, s: usize, d: usize, what: &str| {
-        let padded = size + lo + hi;
-        let span = d * (k.max(1) - 1) + 1;
+        let padded = sum("conv2d", &[size, lo, hi])?;
+        let span = d
+            .checked_mul(k.max(1) - 1)
+            .and_then(|x| x.checked_add(1))
+            .ok_or_else(|| format!("conv2d: dilated kernel span overflows ({d} x {k})"))?;
         if k == 0 || padded < span {
             Err(format!(
                 "conv2d: {what} {size} (padded {padded}) is smaller than the kernel span {span}"
@@ -400,7 +413,8 @@ fn pool2d(
             "pool2d: padding {pad:?} must be smaller than the kernel {kernel:?}"
         ));
     }
-    let (h, w) = (x.shape[2] + pad[0] + pad[2], x.shape[3] + pad[1] + pad[3]);
+    let h = sum("pool2d", &[x.shape[2], pad[0], pad[2]])?;
+    let w = sum("pool2d", &[x.shape[3], pad[1], pad[3]])?;
     if h < kernel[0] || w < kernel[1] {
         return Err(format!(
             "pool2d: kernel {kernel:?} larger than padded input {x}"
@@ -465,7 +479,7 @@ fn concat(inputs: &[TensorType], axis: usize) -> Result<TensorType, String> {
                 "concat: {t} does not match {first} outside axis {axis}"
             ));
         }
-        shape[axis] += t.shape[axis];
+        shape[axis] = sum("concat", &[shape[axis], t.shape[axis]])?;
     }
     Ok(TensorType::new(first.dtype, shape))
 }
@@ -479,10 +493,12 @@ pub fn slice_bounds(dim: usize, start: i64, end: i64, step: i64) -> (i64, i64, u
     } else {
         (start.clamp(0, (d - 1).max(0)), end.clamp(-1, d - 1))
     };
+    // ceil(n / |step|) written as (n - 1) / |step| + 1 so that a huge step
+    // cannot overflow; `unsigned_abs` because -i64::MIN does not fit in i64.
     let len = if step > 0 {
-        if e > s { (e - s + step - 1) / step } else { 0 }
+        if e > s { (e - s - 1) / step + 1 } else { 0 }
     } else if s > e && d > 0 {
-        (s - e + (-step) - 1) / (-step)
+        ((s - e - 1).unsigned_abs() / step.unsigned_abs() + 1) as i64
     } else {
         0
     };
@@ -522,7 +538,7 @@ fn split(x: &TensorType, axis: usize, sizes: &[usize]) -> Result<Vec<TensorType>
     if axis >= x.rank() {
         return Err(format!("split: axis {axis} out of range for {x}"));
     }
-    if sizes.is_empty() || sizes.iter().sum::<usize>() != x.shape[axis] {
+    if sizes.is_empty() || sum("split", sizes)? != x.shape[axis] {
         return Err(format!(
             "split: sizes {sizes:?} must be non-empty and sum to {}",
             x.shape[axis]
@@ -598,7 +614,7 @@ fn pad(x: &TensorType, pads: &[usize], mode: PadMode) -> Result<TensorType, Stri
             }
             _ => {}
         }
-        *d += b + e;
+        *d = sum("pad", &[b, *d, e])?;
     }
     Ok(TensorType::new(x.dtype, shape))
 }
@@ -615,7 +631,8 @@ fn gather(
     if axis >= x.rank() {
         return Err(format!("gather: axis {axis} out of range for {x}"));
     }
-    if ishape.iter().product::<usize>() != indices.len() {
+    let count = ishape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if count != Some(indices.len()) {
         return Err(format!(
             "gather: {} indices do not fill indices_shape {ishape:?}",
             indices.len()
@@ -811,5 +828,8 @@ mod tests {
         assert_eq!(slice_bounds(5, 9, 0, -2), (4, 0, 2));
         assert_eq!(slice_bounds(5, 3, 1, 1), (3, 1, 0));
         assert_eq!(slice_bounds(0, 0, -1, -1), (0, -1, 0));
+        // huge steps take one element and must not overflow
+        assert_eq!(slice_bounds(5, 2, 5, i64::MAX), (2, 5, 1));
+        assert_eq!(slice_bounds(5, 4, -1, i64::MIN), (4, -1, 1));
     }
 }
