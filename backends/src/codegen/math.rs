@@ -117,11 +117,10 @@ pub fn clamp(e: &mut Emitter, ty: Type, x: Value, lo: f32, hi: f32) -> Value {
     select_cmp(e, ty, FloatCC::GreaterThan, x, h, h, x)
 }
 
-/// `max(x, 0)` with `relu(NaN) = NaN`... written as `x > 0 ? x : 0`, so a NaN
-/// input gives 0 — the same as the interpreter's `f64::max(x, 0)`.
+/// `max(x, 0)`, NaN-propagating like the interpreter: `x < 0 ? 0 : x`.
 pub fn relu(e: &mut Emitter, ty: Type, x: Value) -> Value {
     let z = e.kc(ty, 0.0);
-    select_cmp(e, ty, FloatCC::GreaterThan, x, z, x, z)
+    select_cmp(e, ty, FloatCC::LessThan, x, z, z, x)
 }
 
 /// Horner evaluation `((c0·x + c1)·x + c2)…`, coefficients highest first.
