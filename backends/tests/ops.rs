@@ -130,26 +130,158 @@ fn conv_cases() -> Vec<ConvCase> {
         (1, 6, 9, 9, 7, [1, 1], [2, 2], [0; 4], [1, 1], 1, true),
         // dense 3x3
         (1, 3, 9, 9, 8, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 1, true),
-        (1, 5, 6, 7, 3, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, false),
+        (
+            1,
+            5,
+            6,
+            7,
+            3,
+            [3, 3],
+            [1, 1],
+            [1, 1, 1, 1],
+            [1, 1],
+            1,
+            false,
+        ),
         (1, 4, 8, 8, 5, [3, 3], [1, 1], [0, 1, 2, 0], [1, 1], 1, true),
         (1, 4, 9, 9, 4, [3, 3], [1, 1], [2, 2, 2, 2], [2, 2], 1, true),
         (1, 2, 1, 9, 3, [1, 3], [1, 2], [0, 1, 0, 1], [1, 1], 1, true),
         // grouped
-        (1, 8, 6, 6, 12, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 2, true),
+        (
+            1,
+            8,
+            6,
+            6,
+            12,
+            [3, 3],
+            [1, 1],
+            [1, 1, 1, 1],
+            [1, 1],
+            2,
+            true,
+        ),
         (2, 6, 5, 5, 6, [1, 1], [1, 1], [0; 4], [1, 1], 3, true),
         // depthwise
         (1, 7, 9, 9, 7, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 7, true),
-        (1, 6, 9, 11, 6, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 6, true),
-        (2, 5, 16, 19, 5, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 5, false),
-        (1, 4, 12, 13, 8, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 4, true),
-        (1, 3, 11, 10, 3, [5, 5], [1, 1], [2, 2, 2, 2], [1, 1], 3, true),
-        (1, 3, 12, 12, 3, [7, 7], [2, 2], [3, 3, 3, 3], [1, 1], 3, true),
+        (
+            1,
+            6,
+            9,
+            11,
+            6,
+            [3, 3],
+            [2, 2],
+            [1, 1, 1, 1],
+            [1, 1],
+            6,
+            true,
+        ),
+        (
+            2,
+            5,
+            16,
+            19,
+            5,
+            [3, 3],
+            [2, 2],
+            [1, 1, 1, 1],
+            [1, 1],
+            5,
+            false,
+        ),
+        (
+            1,
+            4,
+            12,
+            13,
+            8,
+            [3, 3],
+            [1, 1],
+            [1, 1, 1, 1],
+            [1, 1],
+            4,
+            true,
+        ),
+        (
+            1,
+            3,
+            11,
+            10,
+            3,
+            [5, 5],
+            [1, 1],
+            [2, 2, 2, 2],
+            [1, 1],
+            3,
+            true,
+        ),
+        (
+            1,
+            3,
+            12,
+            12,
+            3,
+            [7, 7],
+            [2, 2],
+            [3, 3, 3, 3],
+            [1, 1],
+            3,
+            true,
+        ),
         (1, 5, 8, 8, 5, [3, 3], [1, 1], [0, 2, 1, 0], [1, 1], 5, true),
-        (1, 4, 10, 10, 4, [3, 3], [1, 1], [2, 2, 2, 2], [2, 2], 4, true),
-        (1, 3, 1, 17, 3, [1, 3], [1, 1], [0, 1, 0, 1], [1, 1], 3, true),
+        (
+            1,
+            4,
+            10,
+            10,
+            4,
+            [3, 3],
+            [1, 1],
+            [2, 2, 2, 2],
+            [2, 2],
+            4,
+            true,
+        ),
+        (
+            1,
+            3,
+            1,
+            17,
+            3,
+            [1, 3],
+            [1, 1],
+            [0, 1, 0, 1],
+            [1, 1],
+            3,
+            true,
+        ),
         (1, 2, 1, 1, 2, [1, 1], [1, 1], [0; 4], [1, 1], 2, true),
-        (1, 4, 13, 13, 4, [3, 3], [3, 3], [1, 1, 1, 1], [1, 1], 4, true),
-        (1, 32, 28, 28, 32, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 32, true),
+        (
+            1,
+            4,
+            13,
+            13,
+            4,
+            [3, 3],
+            [3, 3],
+            [1, 1, 1, 1],
+            [1, 1],
+            4,
+            true,
+        ),
+        (
+            1,
+            32,
+            28,
+            28,
+            32,
+            [3, 3],
+            [1, 1],
+            [1, 1, 1, 1],
+            [1, 1],
+            32,
+            true,
+        ),
     ]
 }
 
@@ -196,7 +328,10 @@ fn matmul() {
         (&[2, 6, 64], &[64, 13]),
     ];
     for (i, (a, b)) in cases.iter().enumerate() {
-        for (j, (ca, cb)) in [(false, false), (false, true), (true, false)].iter().enumerate() {
+        for (j, (ca, cb)) in [(false, false), (false, true), (true, false)]
+            .iter()
+            .enumerate()
+        {
             let x = if *ca { weight(a) } else { input(a) };
             let y = if *cb { weight(b) } else { input(b) };
             check_op(
@@ -215,15 +350,22 @@ fn gemm() {
     let (m, k, n) = (5, 11, 9);
     for trans_a in [false, true] {
         for trans_b in [false, true] {
-            for (ci, c) in [None, Some(vec![n]), Some(vec![m, n]), Some(vec![m, 1]), Some(vec![])]
-                .into_iter()
-                .enumerate()
+            for (ci, c) in [
+                None,
+                Some(vec![n]),
+                Some(vec![m, n]),
+                Some(vec![m, 1]),
+                Some(vec![]),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 for (alpha, beta) in [(1.0, 1.0), (0.5, 2.0)] {
                     for const_b in [false, true] {
                         let a = if trans_a { vec![k, m] } else { vec![m, k] };
                         let b = if trans_b { vec![n, k] } else { vec![k, n] };
-                        let mut args = vec![input(&a), if const_b { weight(&b) } else { input(&b) }];
+                        let mut args =
+                            vec![input(&a), if const_b { weight(&b) } else { input(&b) }];
                         if let Some(c) = &c {
                             args.push(weight(c));
                         }
@@ -290,7 +432,12 @@ fn norms() {
             Fill::Signed,
         );
     }
-    for (shape, groups) in [(&[2, 6, 5, 5][..], 1), (&[1, 6, 7], 2), (&[1, 6, 3, 3], 6), (&[2, 4], 2)] {
+    for (shape, groups) in [
+        (&[2, 6, 5, 5][..], 1),
+        (&[1, 6, 7], 2),
+        (&[1, 6, 3, 3], 6),
+        (&[2, 4], 2),
+    ] {
         let c = shape[1];
         check_op(
             &format!("group_norm {shape:?} groups {groups}"),
@@ -360,12 +507,47 @@ fn reductions() {
 #[test]
 fn pooling() {
     for (kind, kernel, stride, pad, cip, shape) in [
-        (PoolKind::Max, [3, 3], [2, 2], [1, 1, 1, 1], false, [1, 3, 9, 9]),
+        (
+            PoolKind::Max,
+            [3, 3],
+            [2, 2],
+            [1, 1, 1, 1],
+            false,
+            [1, 3, 9, 9],
+        ),
         (PoolKind::Max, [2, 2], [2, 2], [0; 4], false, [2, 2, 8, 7]),
-        (PoolKind::Avg, [3, 3], [1, 1], [1, 1, 1, 1], false, [1, 5, 6, 6]),
-        (PoolKind::Avg, [3, 3], [1, 1], [1, 1, 1, 1], true, [1, 5, 6, 6]),
-        (PoolKind::Avg, [2, 3], [2, 1], [1, 0, 0, 2], false, [1, 2, 7, 9]),
-        (PoolKind::Max, [3, 3], [1, 1], [1, 1, 1, 1], false, [1, 2, 12, 13]),
+        (
+            PoolKind::Avg,
+            [3, 3],
+            [1, 1],
+            [1, 1, 1, 1],
+            false,
+            [1, 5, 6, 6],
+        ),
+        (
+            PoolKind::Avg,
+            [3, 3],
+            [1, 1],
+            [1, 1, 1, 1],
+            true,
+            [1, 5, 6, 6],
+        ),
+        (
+            PoolKind::Avg,
+            [2, 3],
+            [2, 1],
+            [1, 0, 0, 2],
+            false,
+            [1, 2, 7, 9],
+        ),
+        (
+            PoolKind::Max,
+            [3, 3],
+            [1, 1],
+            [1, 1, 1, 1],
+            false,
+            [1, 2, 12, 13],
+        ),
     ] {
         check_op(
             &format!("{kind:?} pool {kernel:?} s{stride:?} p{pad:?} {shape:?}"),
@@ -387,10 +569,26 @@ fn pooling() {
 fn data_movement() {
     let cases: Vec<(Op, Vec<Arg>)> = vec![
         (Op::Transpose { perm: vec![1, 0] }, vec![input(&[5, 7])]),
-        (Op::Transpose { perm: vec![0, 2, 1, 3] }, vec![input(&[2, 3, 4, 5])]),
-        (Op::Transpose { perm: vec![2, 0, 1] }, vec![input(&[3, 4, 6])]),
-        (Op::Concat { axis: 1 }, vec![input(&[2, 3, 4]), input(&[2, 5, 4]), weight(&[2, 1, 4])]),
-        (Op::Concat { axis: 2 }, vec![input(&[2, 3, 4]), input(&[2, 3, 3])]),
+        (
+            Op::Transpose {
+                perm: vec![0, 2, 1, 3],
+            },
+            vec![input(&[2, 3, 4, 5])],
+        ),
+        (
+            Op::Transpose {
+                perm: vec![2, 0, 1],
+            },
+            vec![input(&[3, 4, 6])],
+        ),
+        (
+            Op::Concat { axis: 1 },
+            vec![input(&[2, 3, 4]), input(&[2, 5, 4]), weight(&[2, 1, 4])],
+        ),
+        (
+            Op::Concat { axis: 2 },
+            vec![input(&[2, 3, 4]), input(&[2, 3, 3])],
+        ),
         (Op::Concat { axis: 0 }, vec![input(&[1, 7]), input(&[2, 7])]),
         (
             Op::Slice {
@@ -419,8 +617,20 @@ fn data_movement() {
             },
             vec![input(&[2, 9])],
         ),
-        (Op::Split { axis: 1, sizes: vec![2, 3, 1] }, vec![input(&[2, 6, 5])]),
-        (Op::Split { axis: 2, sizes: vec![4, 5] }, vec![input(&[3, 2, 9])]),
+        (
+            Op::Split {
+                axis: 1,
+                sizes: vec![2, 3, 1],
+            },
+            vec![input(&[2, 6, 5])],
+        ),
+        (
+            Op::Split {
+                axis: 2,
+                sizes: vec![4, 5],
+            },
+            vec![input(&[3, 2, 9])],
+        ),
         (
             Op::Pad {
                 pads: vec![0, 1, 2, 0, 2, 1],
@@ -445,8 +655,18 @@ fn data_movement() {
             },
             vec![input(&[3, 4])],
         ),
-        (Op::Expand { shape: vec![4, 1, 3] }, vec![input(&[2, 1])]),
-        (Op::Expand { shape: vec![2, 3, 8] }, vec![input(&[3, 1])]),
+        (
+            Op::Expand {
+                shape: vec![4, 1, 3],
+            },
+            vec![input(&[2, 1])],
+        ),
+        (
+            Op::Expand {
+                shape: vec![2, 3, 8],
+            },
+            vec![input(&[3, 1])],
+        ),
         (
             Op::Gather {
                 axis: 1,

@@ -93,7 +93,10 @@ pub fn single(op: Op, args: &[Arg], rng: &mut Rng, fill: Fill) -> (Model, Vec<Te
     for (i, a) in args.iter().enumerate() {
         match a {
             Arg::In(s) => {
-                vals.push(g.add_input(format!("x{i}"), TensorType::f32(s.clone())).unwrap());
+                vals.push(
+                    g.add_input(format!("x{i}"), TensorType::f32(s.clone()))
+                        .unwrap(),
+                );
                 inputs.push(tensor(rng, s, fill));
             }
             Arg::W(s) => {
@@ -108,7 +111,9 @@ pub fn single(op: Op, args: &[Arg], rng: &mut Rng, fill: Fill) -> (Model, Vec<Te
             }
         }
     }
-    let outs = g.add_multi(op, &vals).unwrap_or_else(|e| panic!("building the test graph: {e}"));
+    let outs = g
+        .add_multi(op, &vals)
+        .unwrap_or_else(|e| panic!("building the test graph: {e}"));
     g.set_outputs(outs);
     (Model { graph: g, weights }, inputs)
 }
@@ -154,7 +159,11 @@ pub fn rel_error(a: &Tensor, b: &Tensor) -> f64 {
         max_ref = max_ref.max(f64::from(y).abs());
         max_diff = max_diff.max((f64::from(x) - f64::from(y)).abs());
     }
-    if max_ref == 0.0 { max_diff } else { max_diff / max_ref }
+    if max_ref == 0.0 {
+        max_diff
+    } else {
+        max_diff / max_ref
+    }
 }
 
 /// The tolerance of every differential test.
@@ -166,7 +175,8 @@ pub const TOL: f64 = 1e-4;
 pub fn check_threads(what: &str, model: &Model, inputs: &[Tensor], threads: usize) -> Vec<Tensor> {
     let want = interp::run(&model.graph, &model.weights, inputs)
         .unwrap_or_else(|e| panic!("{what}: interpreter failed: {e}"));
-    let m = compile(model, &opts(threads)).unwrap_or_else(|e| panic!("{what}: compile failed: {e}"));
+    let m =
+        compile(model, &opts(threads)).unwrap_or_else(|e| panic!("{what}: compile failed: {e}"));
     let mut got = poisoned(&m);
     m.run_into(inputs, &mut got)
         .unwrap_or_else(|e| panic!("{what}: run failed: {e}"));
