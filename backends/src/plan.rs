@@ -45,7 +45,8 @@ pub(crate) struct Plan {
     pub copies: Vec<(usize, Loc)>,
     /// Total arena size in bytes, header included.
     pub arena_bytes: usize,
-    /// Intermediate bytes before buffer reuse (for reports).
+    /// Bytes of every intermediate and scratch buffer, without reuse or
+    /// in-place writes (for reports).
     pub unshared_bytes: usize,
 }
 
@@ -143,6 +144,7 @@ pub(crate) fn plan(g: &Graph, weight_addr: &HashMap<NodeId, usize>) -> Result<Pl
     let mut buffer_of: HashMap<Value, usize> = HashMap::new();
     let mut inplace = HashSet::new();
     let mut scratch_iv: Vec<(NodeId, usize)> = Vec::new();
+    let mut unshared_bytes = 0;
     for (t, &id) in kernels_order.iter().enumerate() {
         let node = g.node(id);
         let operands = g.operands(id);
@@ -170,7 +172,11 @@ pub(crate) fn plan(g: &Graph, weight_addr: &HashMap<NodeId, usize>) -> Result<Pl
                 node: id,
                 output: o,
             };
-            if claimed.contains_key(&v) || (done_inplace && o == 0) {
+            if claimed.contains_key(&v) {
+                continue;
+            }
+            unshared_bytes += align_up(info.ty.size_bytes().max(1));
+            if done_inplace && o == 0 {
                 continue;
             }
             let end = last_use.get(&v).copied().unwrap_or(t);
@@ -183,6 +189,7 @@ pub(crate) fn plan(g: &Graph, weight_addr: &HashMap<NodeId, usize>) -> Result<Pl
             });
         }
         let s = kernels::scratch_bytes(g, id);
+        unshared_bytes += align_up(s);
         if s > 0 {
             scratch_iv.push((id, intervals.len()));
             intervals.push(Interval {
@@ -196,7 +203,6 @@ pub(crate) fn plan(g: &Graph, weight_addr: &HashMap<NodeId, usize>) -> Result<Pl
 
     // First fit, largest buffers first: a simple heuristic that does well on
     // these chain-like graphs.
-    let unshared_bytes = intervals.iter().map(|i| i.bytes).sum();
     let mut by_size: Vec<usize> = (0..intervals.len()).collect();
     by_size.sort_by(|&a, &b| {
         intervals[b]
