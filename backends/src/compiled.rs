@@ -353,12 +353,18 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
             .map_err(|e| BackendError::Jit(e.to_string()))?;
         let (isa, _) = kernel_isa(k.as_ref(), opts, &target);
         let mut ctx = Context::for_function(func);
+        // A developer aid: KILN_JIT_DISASM=1 prints each kernel's machine code.
+        let disasm = std::env::var_os("KILN_JIT_DISASM").is_some();
+        ctx.set_disasm(disasm);
         let code = ctx
             .compile(isa, &mut ControlPlane::default())
             .map_err(|e| BackendError::Codegen {
                 node: node.clone(),
                 msg: cranelift_codegen::print_errors::pretty_error(&e.func, e.inner),
             })?;
+        if let (true, Some(text)) = (disasm, &code.vcode) {
+            eprintln!("; kernel k{i} from {node}: {}\n{text}", k.describe());
+        }
         let align = u64::from(code.buffer.alignment).max(16);
         let bytes = code.code_buffer().to_vec();
         let mach_relocs = code.buffer.relocs().to_vec();
