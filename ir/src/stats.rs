@@ -41,13 +41,42 @@ pub fn graph_macs(g: &Graph) -> u64 {
     g.node_ids().map(|id| node_macs(g, id)).sum()
 }
 
-/// Number of f32 parameters: the elements of every declared f32 weight.
+/// Whether weight `w` is a model *parameter* in the papers' sense: an f32
+/// weight that is neither a scalar constant (rank 0: the literals a
+/// frontend materialises, like `2.0` in a gate) nor a batch-norm running
+/// statistic (operands 3 and 4 of `batch_norm`, buffers rather than
+/// parameters). With this convention the zoo reproduces every published
+/// parameter figure (docs/zoo.md).
+pub fn is_parameter(g: &Graph, w: Value) -> bool {
+    let ty = g.value_type(w);
+    if ty.dtype != crate::types::DType::F32 || ty.rank() == 0 {
+        return false;
+    }
+    let users = g.users(w);
+    users.is_empty()
+        || users
+            .iter()
+            .any(|&(n, operand)| !(matches!(g.node(n).op, Op::BatchNorm { .. }) && operand >= 3))
+}
+
+/// Number of parameters: the elements of every weight [`is_parameter`] accepts.
 pub fn param_count(g: &Graph) -> u64 {
     g.weights()
         .iter()
-        .map(|&id| g.value_type(Value::of(id)))
-        .filter(|t| t.dtype == crate::types::DType::F32)
-        .map(|t| t.numel() as u64)
+        .map(|&id| Value::of(id))
+        .filter(|&w| is_parameter(g, w))
+        .map(|w| g.value_type(w).numel() as u64)
+        .sum()
+}
+
+/// Number of weight elements that are not parameters: batch-norm running
+/// statistics and scalar constants.
+pub fn buffer_count(g: &Graph) -> u64 {
+    g.weights()
+        .iter()
+        .map(|&id| Value::of(id))
+        .filter(|&w| !is_parameter(g, w))
+        .map(|w| g.value_type(w).numel() as u64)
         .sum()
 }
 
@@ -82,5 +111,33 @@ mod tests {
         assert_eq!(node_macs(&g, m.node), 8 * 8 * 64);
         assert_eq!(graph_macs(&g), 8 * 64 * 18 + 8 * 8 * 64);
         assert_eq!(param_count(&g), 8 * 2 * 9);
+        assert_eq!(buffer_count(&g), 0);
+    }
+
+    #[test]
+    fn running_stats_and_scalars_are_not_parameters() {
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", TensorType::f32([1, 4, 2, 2])).unwrap();
+        let p: Vec<Value> = ["g", "b", "m", "v"]
+            .iter()
+            .map(|n| g.add_weight(*n, TensorType::f32([4])).unwrap())
+            .collect();
+        let bn = g
+            .add(
+                Op::BatchNorm {
+                    eps: crate::op::Float(1e-5),
+                },
+                &[x, p[0], p[1], p[2], p[3]],
+            )
+            .unwrap();
+        let two = g.add_weight("two", TensorType::f32(Vec::new())).unwrap();
+        let y = g
+            .add(Op::Binary(crate::op::BinaryOp::Mul), &[bn, two])
+            .unwrap();
+        g.set_outputs(vec![y]);
+        assert!(is_parameter(&g, p[0]) && is_parameter(&g, p[1]));
+        assert!(!is_parameter(&g, p[2]) && !is_parameter(&g, p[3]) && !is_parameter(&g, two));
+        assert_eq!(param_count(&g), 8);
+        assert_eq!(buffer_count(&g), 9);
     }
 }

@@ -1,0 +1,287 @@
+//! The `kiln` command line: argument definitions (clap derive) and one
+//! function per subcommand. `main.rs` only parses, calls [`run`] and turns
+//! an error into `error: <message>` and an exit code.
+//!
+//! Results go to stdout; notes about what kiln chose for the user (a seeded
+//! random input, files written) go to stderr, so that stdout can be piped.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use kiln_frontends::{npy, safetensors, zoo};
+use kiln_ir::{Tensor, Value, WeightStore, text};
+
+use crate::error::KilnError;
+use crate::info;
+use crate::load::{LoadOptions, load_model};
+use crate::run::{Backend, check_input, random_input, run_model, top_k};
+
+/// kiln: a compiler for hybrid CNN-transformer vision models.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None)]
+pub struct Cli {
+    /// the subcommand
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `MODEL`: a `.kir` file, an `.onnx` file or a zoo name (`kiln list`).
+const MODEL_HELP: &str = "a .kir file, an .onnx file or a zoo model name (see `kiln list`)";
+
+/// How to get a model's weights; shared by every command that loads one.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// The model
+    #[arg(value_name = "MODEL", help = MODEL_HELP)]
+    pub model: String,
+    /// Take every weight from this safetensors file
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Seed of the deterministic weight initialisation (and of the random
+    /// input of `run`)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl ModelArgs {
+    fn options(&self) -> LoadOptions {
+        LoadOptions {
+            weights: self.weights.clone(),
+            seed: self.seed,
+            graph_only: false,
+        }
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show a model's inputs, outputs, parameter and MAC counts, per node
+    Info {
+        /// the model
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model on an input and print or save the output
+    Run {
+        /// the model
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Input tensor (.npy); repeat once per model input, in order.
+        /// Without it, a seeded random input is used
+        #[arg(long, value_name = "FILE")]
+        input: Vec<PathBuf>,
+        /// Write the output here (.npy); repeat once per model output
+        #[arg(long, value_name = "FILE")]
+        output: Vec<PathBuf>,
+        /// Execution engine
+        #[arg(long, value_enum, default_value_t = Backend::DEFAULT)]
+        backend: Backend,
+    },
+    /// List the zoo's models
+    List,
+    /// Write a model as .kir text (and optionally its weights)
+    ExportKir {
+        /// the model
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The .kir file to write
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Also write the weight values to this safetensors file
+        #[arg(long, value_name = "FILE")]
+        weights_out: Option<PathBuf>,
+    },
+}
+
+/// Where a subcommand writes: stdout for results, stderr for notes. Tests
+/// capture both; the binary passes the process's streams.
+pub struct Io<'a> {
+    /// results
+    pub out: &'a mut dyn Write,
+    /// notes
+    pub err: &'a mut dyn Write,
+}
+
+/// A write to stdout or stderr failed: the reader went away (`| head`), which
+/// is not the user's error, or the disk is full. Reported, never a panic.
+fn emit(w: &mut dyn Write, text: &str) -> Result<(), KilnError> {
+    w.write_all(text.as_bytes())
+        .and_then(|()| w.flush())
+        .map_err(|source| KilnError::Io {
+            path: PathBuf::from("<standard output or error>"),
+            source,
+        })
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
+    match cli.command {
+        Command::Info { model, json } => cmd_info(&model, json, io),
+        Command::Run {
+            model,
+            input,
+            output,
+            backend,
+        } => cmd_run(&model, &input, &output, backend, io),
+        Command::List => cmd_list(io),
+        Command::ExportKir {
+            model,
+            output,
+            weights_out,
+        } => cmd_export_kir(&model, &output, weights_out.as_ref(), io),
+    }
+}
+
+fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
+    // The report needs no weight values; given ones are still checked.
+    let opts = LoadOptions {
+        graph_only: true,
+        ..args.options()
+    };
+    let model = load_model(&args.model, &opts)?;
+    let report = info::report(&model.graph);
+    let text = if json {
+        info::render_json(&report)
+    } else {
+        info::render_text(&report)
+    };
+    emit(io.out, &text)
+}
+
+fn cmd_run(
+    args: &ModelArgs,
+    inputs: &[PathBuf],
+    outputs: &[PathBuf],
+    backend: Backend,
+    io: Io<'_>,
+) -> Result<(), KilnError> {
+    let model = load_model(&args.model, &args.options())?;
+    let g = &model.graph;
+    if !inputs.is_empty() && inputs.len() != g.inputs().len() {
+        return Err(KilnError::Usage(format!(
+            "--input given {} time(s), the model has {} input(s)",
+            inputs.len(),
+            g.inputs().len()
+        )));
+    }
+    if !outputs.is_empty() && outputs.len() != g.outputs().len() {
+        return Err(KilnError::Usage(format!(
+            "--output given {} time(s), the model has {} output(s)",
+            outputs.len(),
+            g.outputs().len()
+        )));
+    }
+    let tensors: Vec<Tensor> = if inputs.is_empty() {
+        g.inputs()
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let info = g.value_info(Value::of(id));
+                // Each input gets its own stream.
+                let seed = args.seed.wrapping_add(i as u64);
+                emit(
+                    io.err,
+                    &format!(
+                        "note: no --input given: using a seeded random input for %{} ({}, seed {seed}, uniform in [-1, 1))\n",
+                        info.name, info.ty
+                    ),
+                )?;
+                Ok(random_input(&info.ty, seed))
+            })
+            .collect::<Result<_, KilnError>>()?
+    } else {
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let t = npy::read(path)?;
+                check_input(g, i, &t, &path.display().to_string())?;
+                Ok(t)
+            })
+            .collect::<Result<_, KilnError>>()?
+    };
+    let results = run_model(&model, &tensors, backend)?;
+    if !outputs.is_empty() {
+        for (path, t) in outputs.iter().zip(&results) {
+            npy::write(path, t)?;
+            emit(io.err, &format!("wrote {} ({})\n", path.display(), t.ty()))?;
+        }
+        return Ok(());
+    }
+    let mut text = String::new();
+    for (v, t) in g.outputs().iter().zip(&results) {
+        text.push_str(&format!("output {}: {}\n", g.display_value(*v), t.ty()));
+        if let (&[1, k], Some(values)) = (t.shape(), t.as_f32()) {
+            text.push_str(&format!("top-{} of {k}:\n", k.min(5)));
+            for (rank, (i, x)) in top_k(values, 5).into_iter().enumerate() {
+                text.push_str(&format!("  {}. index {i:>5}  value {x:.6}\n", rank + 1));
+            }
+        }
+    }
+    emit(io.out, &text)
+}
+
+fn cmd_list(io: Io<'_>) -> Result<(), KilnError> {
+    let entries = zoo::list();
+    let w0 = entries
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let w1 = entries
+        .iter()
+        .map(|e| e.family.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let mut text = format!("{:<w0$}  {:<w1$}  resolution\n", "name", "family");
+    for e in entries {
+        text.push_str(&format!(
+            "{:<w0$}  {:<w1$}  {}x{}\n",
+            e.name, e.family, e.resolution, e.resolution
+        ));
+    }
+    emit(io.out, &text)
+}
+
+fn cmd_export_kir(
+    args: &ModelArgs,
+    output: &PathBuf,
+    weights_out: Option<&PathBuf>,
+    io: Io<'_>,
+) -> Result<(), KilnError> {
+    // Weight values are needed only to write them.
+    let opts = LoadOptions {
+        graph_only: weights_out.is_none(),
+        ..args.options()
+    };
+    let model = load_model(&args.model, &opts)?;
+    std::fs::write(output, text::print(&model.graph)).map_err(|source| KilnError::Io {
+        path: output.clone(),
+        source,
+    })?;
+    emit(io.err, &format!("wrote {}\n", output.display()))?;
+    if let Some(path) = weights_out {
+        // Only the weights the graph declares: a `--weights` file may hold
+        // more, and the exported pair should be exactly the model.
+        let mut declared = WeightStore::new();
+        for &id in model.graph.weights() {
+            let name = &model.graph.value_info(Value::of(id)).name;
+            if let Some(t) = model.weights.get(name) {
+                declared.insert(name.clone(), t.clone());
+            }
+        }
+        safetensors::save(path, &declared)?;
+        emit(
+            io.err,
+            &format!("wrote {} ({} tensors)\n", path.display(), declared.len()),
+        )?;
+    }
+    Ok(())
+}
