@@ -142,6 +142,20 @@ struct Step {
     func: usize,
     units: usize,
     parallel: bool,
+    /// the node it came from and what it does, for profiles
+    node: String,
+    what: String,
+}
+
+/// Time spent in one kernel during [`CompiledModel::profile`].
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// the node the kernel came from (`%12 (conv2d)`)
+    pub node: String,
+    /// what the kernel does
+    pub kernel: String,
+    /// wall time
+    pub time: Duration,
 }
 
 /// Owns the JIT's executable memory and frees it on drop.
@@ -202,6 +216,8 @@ fn weight_data<'a>(model: &'a Model, g: &Graph, mut v: Value) -> Option<&'a [f32
 type Lowered = Vec<(String, Box<dyn Kernel>)>;
 
 struct Front {
+    /// weights of the compiled graph (the model's, plus folded constants)
+    weights: kiln_ir::WeightStore,
     lowered: Lowered,
     plan: plan::Plan,
     consts: ConstStore,
@@ -209,9 +225,11 @@ struct Front {
 }
 
 fn front(model: &Model, opts: &CompileOptions) -> Result<Front, BackendError> {
+    kiln_ir::verify(&model.graph)?;
+    kiln_ir::verify_weights(&model.graph, &model.weights)?;
+    let folded = crate::fold::fold_constants(model)?;
+    let model = folded.as_ref().unwrap_or(model);
     let g = &model.graph;
-    kiln_ir::verify(g)?;
-    kiln_ir::verify_weights(g, &model.weights)?;
     let threads = opts
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -285,6 +303,7 @@ fn front(model: &Model, opts: &CompileOptions) -> Result<Front, BackendError> {
         ));
     }
     Ok(Front {
+        weights: model.weights.clone(),
         lowered,
         plan,
         consts,
@@ -386,10 +405,12 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
     let steps = ids
         .iter()
         .zip(&front.lowered)
-        .map(|(&id, (_, k))| Step {
+        .map(|(&id, (node, k))| Step {
             func: module.get_finalized_function(id) as usize,
             units: k.units(),
             parallel: front.threads > 1 && k.units() > 1 && k.cost() >= PARALLEL_MIN_COST,
+            node: node.clone(),
+            what: k.describe(),
         })
         .collect();
     let g = &model.graph;
@@ -418,7 +439,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
         pool: Mutex::new(pool),
         stats,
         _consts: front.consts,
-        _weights: model.weights.clone(),
+        _weights: front.weights,
         _code: JitCode(Some(module)),
     })
 }
@@ -482,6 +503,32 @@ impl CompiledModel {
     /// call allocates it) and the output tensors own their data (a shared
     /// output tensor is copied on write, see [`Tensor::as_f32_mut`]).
     pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [Tensor]) -> Result<(), BackendError> {
+        self.execute(inputs, outputs, None)
+    }
+
+    /// Runs the model once, timing every kernel (the outputs are discarded).
+    pub fn profile(&self, inputs: &[Tensor]) -> Result<Vec<KernelTime>, BackendError> {
+        let mut outs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t)).collect();
+        let mut times = Vec::with_capacity(self.steps.len());
+        self.execute(inputs, &mut outs, Some(&mut times))?;
+        Ok(self
+            .steps
+            .iter()
+            .zip(times)
+            .map(|(s, time)| KernelTime {
+                node: s.node.clone(),
+                kernel: s.what.clone(),
+                time,
+            })
+            .collect())
+    }
+
+    fn execute(
+        &self,
+        inputs: &[Tensor],
+        outputs: &mut [Tensor],
+        mut times: Option<&mut Vec<Duration>>,
+    ) -> Result<(), BackendError> {
         check("input", &self.inputs, inputs.iter().map(|t| t.ty())).map_err(BackendError::Input)?;
         check("output", &self.outputs, outputs.iter().map(|t| t.ty()))
             .map_err(BackendError::Output)?;
@@ -509,7 +556,11 @@ impl CompiledModel {
         let base = arena.base();
         let pool = self.pool.try_lock().ok();
         for s in &self.steps {
+            let t0 = times.is_some().then(Instant::now);
             if s.units == 0 {
+                if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                    t.push(t0.elapsed());
+                }
                 continue;
             }
             // SAFETY: `s.func` is a finalized kernel of this model's JIT module
@@ -523,6 +574,9 @@ impl CompiledModel {
                 (Some(p), true) => unsafe { p.run(f, base, s.units) },
                 // SAFETY: as above, on this thread alone.
                 _ => unsafe { f(base, 0, s.units as i64) },
+            }
+            if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                t.push(t0.elapsed());
             }
         }
         drop(pool);

@@ -35,13 +35,14 @@
 mod codegen;
 mod compiled;
 mod error;
+mod fold;
 mod kernels;
 mod plan;
 mod runtime;
 mod target;
 
 pub use compiled::{
-    CompileOptions, CompileStats, CompiledModel, GemmTile, OptLevel, compile, emit_clif,
+    CompileOptions, CompileStats, CompiledModel, GemmTile, KernelTime, OptLevel, compile, emit_clif,
 };
 pub use error::BackendError;
 

@@ -238,3 +238,25 @@ fn stats_describe_the_compilation() {
     assert!(st.arena_bytes >= 64, "{st:?}");
     assert!(!st.target.is_empty());
 }
+
+/// Nodes whose operands are all constant (a weight transposed before its
+/// matmul) are evaluated at compile time: only the matmul runs.
+#[test]
+fn constant_nodes_are_folded() {
+    let mut g = Graph::new("fold");
+    let x = g.add_input("x", TensorType::f32([3, 8])).unwrap();
+    let w = g.add_weight("w", TensorType::f32([5, 8])).unwrap();
+    let wt = g.add(Op::Transpose { perm: vec![1, 0] }, &[w]).unwrap();
+    let wt2 = g.add(Op::Unary(UnaryOp::Tanh), &[wt]).unwrap();
+    let y = g.add(Op::MatMul, &[x, wt2]).unwrap();
+    g.set_outputs(vec![y, wt2]);
+    let mut rng = Rng(6);
+    let mut weights = WeightStore::new();
+    weights.insert("w", tensor(&mut rng, &[5, 8], Fill::Signed));
+    let model = Model { graph: g, weights };
+    let m = compile(&model, &opts(1)).unwrap();
+    // the matmul, and the copy of the folded output
+    assert_eq!(m.stats().kernels, 2, "{:?}", m.stats());
+    let input = tensor(&mut rng, &[3, 8], Fill::Signed);
+    check("fold", &model, &[input]);
+}
