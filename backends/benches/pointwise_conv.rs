@@ -2,6 +2,9 @@
 //! layer shapes these models spend most multiply-adds in. Also compares tile
 //! shapes and Cranelift optimisation levels (`KILN_BENCH_TILES=1`).
 
+// criterion's macros define undocumented functions.
+#![allow(missing_docs)]
+
 mod common;
 
 use common::{bench_model, opts, single};
@@ -20,20 +23,22 @@ const POINTWISE: Op = Op::Conv2d {
 const SHAPES: [(usize, usize, usize); 4] =
     [(32, 96, 56), (96, 192, 28), (192, 384, 14), (320, 1280, 7)];
 
+/// A tile shape (default when `None`), the level to compile it at, a label.
+type Variant = (Option<(usize, usize)>, OptLevel, &'static str);
+
 fn pointwise(c: &mut Criterion) {
-    let tiles: Vec<(Option<(usize, usize)>, OptLevel, &str)> =
-        if std::env::var("KILN_BENCH_TILES").is_ok() {
-            vec![
-                (None, OptLevel::None, "4x8-none"),
-                (None, OptLevel::Speed, "4x8-speed"),
-                (Some((6, 8)), OptLevel::None, "6x8-none"),
-                (Some((3, 12)), OptLevel::None, "3x12-none"),
-                (Some((4, 12)), OptLevel::None, "4x12-none"),
-                (Some((2, 16)), OptLevel::None, "2x16-none"),
-            ]
-        } else {
-            vec![(None, OptLevel::None, "4x8-none")]
-        };
+    let tiles: Vec<Variant> = if std::env::var("KILN_BENCH_TILES").is_ok() {
+        vec![
+            (None, OptLevel::None, "4x8-none"),
+            (None, OptLevel::Speed, "4x8-speed"),
+            (Some((6, 8)), OptLevel::None, "6x8-none"),
+            (Some((3, 12)), OptLevel::None, "3x12-none"),
+            (Some((4, 12)), OptLevel::None, "4x12-none"),
+            (Some((2, 16)), OptLevel::None, "2x16-none"),
+        ]
+    } else {
+        vec![(None, OptLevel::None, "4x8-none")]
+    };
     for (cin, cout, hw) in SHAPES {
         let (model, inputs) = single(
             POINTWISE,

@@ -51,13 +51,13 @@ fn main() {
     };
     let m = compile(&model, &opts).unwrap();
     let input = Tensor::from_f32([1, cin, hw, hw], vec![0.5; cin * hw * hw]).unwrap();
-    let mut out = m.run(&[input.clone()]).unwrap();
+    let mut out = m.run(std::slice::from_ref(&input)).unwrap();
     let flops = 2.0 * (cin * cout * hw * hw) as f64;
     let mut best = f64::MAX;
     for _ in 0..20 {
         let t = Instant::now();
         for _ in 0..10 {
-            m.run_into(&[input.clone()], &mut out).unwrap();
+            m.run_into(std::slice::from_ref(&input), &mut out).unwrap();
         }
         best = best.min(t.elapsed().as_secs_f64() / 10.0);
     }

@@ -22,7 +22,7 @@ fn main() {
             .collect();
         let x = Tensor::from_f32(ty.shape.clone(), data).unwrap();
         let t = Instant::now();
-        let want = interp::run(&model.graph, &model.weights, &[x.clone()]).unwrap();
+        let want = interp::run(&model.graph, &model.weights, std::slice::from_ref(&x)).unwrap();
         let interp_time = t.elapsed();
         for threads in [1, 2] {
             let opts = CompileOptions {
@@ -30,7 +30,7 @@ fn main() {
                 ..CompileOptions::default()
             };
             let m = compile(&model, &opts).unwrap();
-            let mut out = m.run(&[x.clone()]).unwrap();
+            let mut out = m.run(std::slice::from_ref(&x)).unwrap();
             let (mut maxd, mut maxr) = (0f64, 0f64);
             for (a, b) in out[0]
                 .as_f32()
@@ -44,14 +44,17 @@ fn main() {
             let mut times = Vec::new();
             for _ in 0..20 {
                 let t = Instant::now();
-                m.run_into(&[x.clone()], &mut out).unwrap();
+                m.run_into(std::slice::from_ref(&x), &mut out).unwrap();
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
             times.sort_by(f64::total_cmp);
             if threads == 1 && std::env::var_os("KILN_PROFILE").is_some() {
-                let mut prof = m.profile(&[x.clone()]).unwrap();
+                let mut prof = m.profile(std::slice::from_ref(&x)).unwrap();
                 for _ in 0..4 {
-                    for (p, q) in prof.iter_mut().zip(m.profile(&[x.clone()]).unwrap()) {
+                    for (p, q) in prof
+                        .iter_mut()
+                        .zip(m.profile(std::slice::from_ref(&x)).unwrap())
+                    {
                         p.time = p.time.min(q.time);
                     }
                 }
@@ -78,7 +81,7 @@ fn main() {
                 for (k, (t, n)) in v.iter().take(15) {
                     println!("  {:8.3} ms {:5} x {k}", t * 1e3, n);
                 }
-                prof.sort_by(|a, b| b.time.cmp(&a.time));
+                prof.sort_by_key(|p| std::cmp::Reverse(p.time));
                 for p in prof.iter().take(12) {
                     println!(
                         "  {:8.3} ms {} {}",

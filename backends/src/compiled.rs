@@ -379,7 +379,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
             .compile(isa, &mut ControlPlane::default())
             .map_err(|e| BackendError::Codegen {
                 node: node.clone(),
-                msg: cranelift_codegen::print_errors::pretty_error(&e.func, e.inner),
+                msg: cranelift_codegen::print_errors::pretty_error(e.func, e.inner),
             })?;
         if let (true, Some(text)) = (disasm, &code.vcode) {
             eprintln!("; kernel k{i} from {node}: {}\n{text}", k.describe());

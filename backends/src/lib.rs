@@ -5,7 +5,7 @@
 //! (constant loop bounds and strides, weight addresses baked in), run in
 //! order over one arena whose layout a liveness-based memory plan chose.
 //!
-//! - [`codegen`](crate::codegen): the emitter and the inlined math
+//! - `codegen`: the emitter and the inlined math
 //!   (polynomial `exp`, `log`, `tanh`, `erf`, `sigmoid`);
 //! - `kernels`: lowering, one module per op family, around a register-tiled
 //!   GEMM micro-kernel for convolutions and matrix products;

@@ -47,7 +47,11 @@ fn max_rel(op: UnaryOp, xs: &[f32], reference: impl Fn(f64) -> f64) -> (f64, f32
             continue;
         }
         let e = ((f64::from(y) - r) / r).abs();
-        if !(e <= worst.0) {
+        if e.is_nan() {
+            // a NaN result where the reference is finite: the worst error
+            return (f64::INFINITY, x);
+        }
+        if e > worst.0 {
             worst = (e, x);
         }
     }

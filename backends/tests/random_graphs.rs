@@ -113,7 +113,7 @@ impl Gen {
                 let depthwise = self.rng.below(3) == 0;
                 let (groups, o) = if depthwise {
                     (c, c * self.rng.range(1, 2))
-                } else if c % 2 == 0 && self.rng.below(4) == 0 {
+                } else if c.is_multiple_of(2) && self.rng.below(4) == 0 {
                     (2, 2 * self.rng.range(1, 6))
                 } else {
                     (1, self.rng.range(1, 20))

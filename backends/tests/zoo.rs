@@ -16,7 +16,13 @@ fn check_zoo(name: &str) {
     let inputs: Vec<_> = g
         .inputs()
         .iter()
-        .map(|&n| tensor(&mut rng, &g.value_type(Value::of(n)).shape, Fill::Range(-1.0, 1.0)))
+        .map(|&n| {
+            tensor(
+                &mut rng,
+                &g.value_type(Value::of(n)).shape,
+                Fill::Range(-1.0, 1.0),
+            )
+        })
         .collect();
     check(name, &model, &inputs);
 }

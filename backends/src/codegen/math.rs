@@ -29,6 +29,11 @@
 //! Without native FMA, `x²` is not split into two parts and the `erf` and
 //! `gelu` tails lose a few more bits.
 
+// Polynomial coefficients are written as their sources publish them (Cephes,
+// Numerical Recipes), so they can be checked against those; the compiler
+// rounds them to the nearest f32, which is what the kernels use.
+#![allow(clippy::excessive_precision)]
+
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Type, Value, types};
 

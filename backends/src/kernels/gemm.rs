@@ -362,8 +362,8 @@ impl Gemm {
         let cin = self.cin.map(|c| (c, e.kc(V4, c.beta), e.fc(c.beta)));
         for i in 0..mr {
             let row_off = 4 * i as i64 * self.c_rs;
-            for v in 0..nv {
-                let mut x = e.b.use_var(acc[i][v]);
+            for (v, &var) in acc[i].iter().enumerate() {
+                let mut x = e.b.use_var(var);
                 if let Some((av, _)) = alpha {
                     x = e.b.ins().fmul(x, av);
                 }
@@ -395,8 +395,8 @@ impl Gemm {
                     }
                 }
             }
-            for s in 0..ns {
-                let mut x = e.b.use_var(accs[i][s]);
+            for (s, &var) in accs[i].iter().enumerate() {
+                let mut x = e.b.use_var(var);
                 if let Some((_, a)) = alpha {
                     x = e.b.ins().fmul(x, a);
                 }

@@ -5,7 +5,7 @@
 //! stabler than `E[x²] - E[x]²` in f32, and each pass is one vectorised
 //! sweep over a contiguous run. The output is `(x - mean)·(rstd·gamma) + beta`.
 
-use cranelift_codegen::ir::{InstBuilder, Type, Value};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use kiln_ir::Op;
 
 use super::rows::{Fold, map_run, reduce_run};
@@ -37,13 +37,7 @@ struct Norm {
 }
 
 /// Mean and `1/sqrt(var + eps)` of a contiguous run.
-fn stats(
-    e: &mut Emitter,
-    p: Value,
-    len: usize,
-    rf: cranelift_codegen::ir::MemFlagsData,
-    eps: f32,
-) -> (Value, Value) {
+fn stats(e: &mut Emitter, p: Value, len: usize, rf: MemFlagsData, eps: f32) -> (Value, Value) {
     let n = e.fc(len.max(1) as f32);
     let s = reduce_run(e, Fold::Add, p, len, 1, rf, None);
     let mean = e.b.ins().fdiv(s, n);
@@ -61,20 +55,20 @@ fn stats(
     (mean, e.b.ins().fdiv(one, sd))
 }
 
-/// `dst = (src - mean)·scale + shift` over a run, with scalar parameters.
-fn affine(
-    e: &mut Emitter,
-    dst: Value,
-    src: Value,
-    len: usize,
-    rf: cranelift_codegen::ir::MemFlagsData,
+/// Scalar parameters of [`affine`]: `(x - mean)·scale + shift`.
+#[derive(Clone, Copy)]
+struct Affine {
     mean: Value,
     scale: Value,
     shift: Value,
-) {
-    let vs = [mean, scale, shift].map(|s| e.b.ins().splat(V4, s));
+}
+
+/// `dst = (src - mean)·scale + shift` over a run.
+fn affine(e: &mut Emitter, dst: Value, src: Value, len: usize, rf: MemFlagsData, a: Affine) {
+    let scalars = [a.mean, a.scale, a.shift];
+    let vs = scalars.map(|s| e.b.ins().splat(V4, s));
     let f = |e: &mut Emitter, ty: Type, x: Value| {
-        let [m, s, t] = if ty == V4 { vs } else { [mean, scale, shift] };
+        let [m, s, t] = if ty == V4 { vs } else { scalars };
         let d = e.b.ins().fsub(x, m);
         e.mul_add(d, s, t)
     };
@@ -100,7 +94,7 @@ impl Kernel for Norm {
     fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
         let x = e.base(self.x);
         let out = e.base(self.out);
-        let params: Vec<(Value, cranelift_codegen::ir::MemFlagsData)> = self
+        let params: Vec<(Value, MemFlagsData)> = self
             .params
             .iter()
             .map(|&b| (e.base(b), Emitter::rflags(b)))
@@ -163,7 +157,18 @@ impl Kernel for Norm {
                         let scale = e.b.ins().fmul(rstd, gamma);
                         let src = e.index(xb, c, 4 * spatial as i64);
                         let dst = e.index(ob, c, 4 * spatial as i64);
-                        affine(e, dst, src, spatial, rf, mean, scale, beta);
+                        affine(
+                            e,
+                            dst,
+                            src,
+                            spatial,
+                            rf,
+                            Affine {
+                                mean,
+                                scale,
+                                shift: beta,
+                            },
+                        );
                     });
                 }
                 Kind::Batch { channels } => {
@@ -180,7 +185,18 @@ impl Kernel for Norm {
                     let ve = e.b.ins().fadd(var, epsv);
                     let sd = e.b.ins().sqrt(ve);
                     let scale = e.b.ins().fdiv(gamma, sd);
-                    affine(e, ob, xb, len, rf, mean, scale, beta);
+                    affine(
+                        e,
+                        ob,
+                        xb,
+                        len,
+                        rf,
+                        Affine {
+                            mean,
+                            scale,
+                            shift: beta,
+                        },
+                    );
                 }
             }
         });
@@ -216,7 +232,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         params,
         out: cx.outs[0].0,
         len,
-        units: if len == 0 { 0 } else { numel / len },
+        units: numel.checked_div(len).unwrap_or(0),
         spatial,
         eps,
     })])

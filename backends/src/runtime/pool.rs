@@ -58,7 +58,7 @@ fn wait_until(mut done: impl FnMut() -> bool) {
     let mut n = 0u32;
     while !done() {
         n = n.wrapping_add(1);
-        if n % 64 != 0 {
+        if !n.is_multiple_of(64) {
             std::hint::spin_loop();
         } else if start.elapsed() > SPIN {
             std::thread::yield_now();
@@ -194,7 +194,7 @@ fn worker(s: &Shared) {
                 return;
             }
             n = n.wrapping_add(1);
-            if n % 64 != 0 {
+            if !n.is_multiple_of(64) {
                 std::hint::spin_loop();
                 continue;
             }

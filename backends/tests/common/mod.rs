@@ -53,6 +53,7 @@ pub enum Fill {
     Range(f32, f32),
 }
 
+/// A tensor of `shape` filled as `fill` says.
 pub fn tensor(rng: &mut Rng, shape: &[usize], fill: Fill) -> Tensor {
     let n: usize = shape.iter().product();
     let data: Vec<f32> = (0..n)

@@ -8,6 +8,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use kiln_backends::{CompileOptions, GemmTile, OptLevel, compile};
 use kiln_ir::{Graph, Model, Op, Tensor, TensorType, WeightStore};
 
+/// `n` deterministic values in [-0.5, 0.5) (xorshift).
 pub fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
