@@ -9,13 +9,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use kiln_frontends::{npy, safetensors, zoo};
+use kiln_frontends::{npy, onnx, safetensors, zoo};
 use kiln_ir::{Tensor, Value, WeightStore, text};
 
 use crate::bench;
 use crate::error::KilnError;
 use crate::info;
-use crate::load::{LoadOptions, load_model};
+use crate::load::{LoadOptions, ModelSpec, load_model};
 use crate::run::{Backend, check_input, random_input, run_model, top_k};
 
 /// kiln: a compiler for hybrid CNN-transformer vision models.
@@ -116,6 +116,15 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         weights_out: Option<PathBuf>,
     },
+    /// Write a model and its weights as a self-contained ONNX file (opset 21)
+    Export {
+        /// the model
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The .onnx file to write
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 /// Where a subcommand writes: stdout for results, stderr for notes. Tests
@@ -161,6 +170,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             output,
             weights_out,
         } => cmd_export_kir(&model, &output, weights_out.as_ref(), io),
+        Command::Export { model, output } => cmd_export(&model, &output, io),
     }
 }
 
@@ -177,7 +187,19 @@ fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
     } else {
         info::render_text(&report)
     };
-    emit(io.out, &text)
+    emit(io.out, &text)?;
+    // For an ONNX file, also what the import folded away.
+    if let (false, Ok(ModelSpec::Onnx(path))) = (json, ModelSpec::parse(&args.model)) {
+        let (_, import) = onnx::import_with_report(&path, &onnx::ImportOptions::default())?;
+        emit(io.out, &format!("\nimport: {import}\n"))?;
+    }
+    Ok(())
+}
+
+fn cmd_export(args: &ModelArgs, output: &std::path::Path, io: Io<'_>) -> Result<(), KilnError> {
+    let model = load_model(&args.model, &args.options())?;
+    onnx::export(&model, output)?;
+    emit(io.err, &format!("wrote {}\n", output.display()))
 }
 
 fn cmd_run(

@@ -31,6 +31,11 @@ pub enum FrontendError {
     /// The IR rejected what the frontend built.
     #[error(transparent)]
     Ir(#[from] IrError),
+    /// An ONNX model that uses what kiln cannot import: every unsupported
+    /// operator in the file at once (each with its node), an element type
+    /// kiln has no room for, or an opset outside the supported range.
+    #[error("onnx: {}", crate::onnx::describe_unsupported(.0))]
+    OnnxUnsupported(Vec<crate::onnx::Unsupported>),
 }
 
 impl FrontendError {

@@ -98,8 +98,15 @@ fn running_statistics_are_not_parameters() {
     // BN running mean/var are excluded: with them, Mobile-Former-294M
     // would count 11.45M and miss the published 11.4M.
     let g = graph("mobile_former_294m");
-    let all = kiln_ir::stats::param_count(&g);
+    // Every weight element is either a parameter or a buffer.
+    let all: u64 = g
+        .weights()
+        .iter()
+        .map(|&id| g.value_type(Value::of(id)).numel() as u64)
+        .sum();
     let trainable = zoo::trainable_params(&g);
+    assert_eq!(trainable, kiln_ir::stats::param_count(&g));
+    assert_eq!(all - trainable, kiln_ir::stats::buffer_count(&g));
     let bn_stats: u64 = g
         .weights()
         .iter()
