@@ -47,6 +47,11 @@ fn main() {
     let opts = CompileOptions {
         threads: Some(1),
         gemm_tile: tile,
+        tile_opt_level: if std::env::var("KILN_TILE_OPT").as_deref() == Ok("speed") {
+            kiln_backends::OptLevel::Speed
+        } else {
+            kiln_backends::OptLevel::None
+        },
         ..CompileOptions::default()
     };
     let m = compile(&model, &opts).unwrap();

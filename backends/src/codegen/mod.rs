@@ -271,38 +271,28 @@ impl<'a> Emitter<'a> {
     }
 
     /// `for i in (lo..hi).step_by(step)` with constant bounds: nothing for an
-    /// empty range, straight-line code for one trip, else a bottom-tested loop.
-    pub fn for_static(
-        &mut self,
-        lo: i64,
-        hi: i64,
-        step: i64,
-        mut body: impl FnMut(&mut Self, Value),
-    ) {
+    /// empty range, straight-line code for one trip, else a loop.
+    ///
+    /// The loop is top-tested on purpose. In a bottom-tested loop the values
+    /// carried out of the body (say, GEMM accumulators) are used twice — by
+    /// the back edge and by the code after the loop — and Cranelift then
+    /// treats every instruction feeding them as used more than once, which
+    /// stops it from folding loads into their users (`vbroadcastss` from
+    /// memory, FMA memory operands). Leaving through the header, the code
+    /// after the loop reads the header's block parameters instead.
+    pub fn for_static(&mut self, lo: i64, hi: i64, step: i64, body: impl FnMut(&mut Self, Value)) {
         if lo >= hi {
             return;
         }
         if lo + step >= hi {
+            let mut body = body;
             let i = self.ic(lo);
             body(self, i);
             return;
         }
-        let inner = self.b.create_block();
-        self.b.append_block_param(inner, I64);
-        let exit = self.b.create_block();
         let lo_v = self.ic(lo);
-        self.b.ins().jump(inner, &[BlockArg::Value(lo_v)]);
-        self.b.switch_to_block(inner);
-        let i = self.b.block_params(inner)[0];
-        body(self, i);
-        let next = self.b.ins().iadd_imm_s(i, step);
-        let c = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, hi);
-        self.b
-            .ins()
-            .brif(c, inner, &[BlockArg::Value(next)], exit, &[]);
-        self.b.seal_block(inner);
-        self.b.switch_to_block(exit);
-        self.b.seal_block(exit);
+        let hi_v = self.ic(hi);
+        self.for_range(lo_v, hi_v, step, body);
     }
 
     /// Runs `body` only when `cond` (an `i8` truth value) is non-zero.

@@ -17,7 +17,7 @@
 //! Each output tile is computed by the same instruction sequence whichever
 //! unit it falls in, so results do not depend on the thread count.
 
-use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value};
 use cranelift_frontend::Variable;
 
 use super::{Kernel, Opt};
@@ -193,6 +193,19 @@ struct TilePtrs {
     cin: Option<Value>,
 }
 
+/// How a tile reads B: row stride in elements, whether rows are padded to
+/// whole vectors (packed panels), and the memory flags.
+#[derive(Clone, Copy)]
+struct BView {
+    ks: i64,
+    padded: bool,
+    flags: MemFlagsData,
+}
+
+/// Largest B panel (`K × NR` floats) packed at run time into the kernel's
+/// stack frame.
+const MAX_STACK_PANEL: usize = 64 * 1024;
+
 impl Gemm {
     fn nr(&self) -> usize {
         4 * self.tile.nv
@@ -214,8 +227,14 @@ impl Gemm {
     /// first (the panel reused by the inner loop stays in L1, the block it
     /// is combined with in L2), then enough units for `threads` threads.
     pub fn partition(&mut self, threads: usize) {
-        self.rows_outer =
-            !matches!(self.b, BSrc::Packed { .. }) || matches!(self.a, ASrc::Packed { .. });
+        // A B panel packed at run time is reused by every row block, so the
+        // column tiles go outside; a packed-at-compile-time B likewise
+        // (unless A is packed too, when either order works).
+        self.rows_outer = if self.packs_b_at_run_time() {
+            false
+        } else {
+            !matches!(self.b, BSrc::Packed { .. }) || matches!(self.a, ASrc::Packed { .. })
+        };
         let (rb, ct) = (self.row_blocks().max(1), self.col_tiles().max(1));
         const L2: usize = 256 * 1024;
         let k4 = 4 * self.k.max(1);
@@ -248,10 +267,53 @@ impl Gemm {
         }
     }
 
-    /// Emits one tile of `mr` rows and `nt` valid columns.
-    fn tile(&self, e: &mut Emitter, p: TilePtrs, mr: usize, nt: usize) {
+    /// Whether B is read in place but copied, one `K × NR` panel at a time,
+    /// into a contiguous stack buffer first. Activations read in place have
+    /// row strides of whole feature maps (often a power of two): the K rows
+    /// of a tile then fall into one L1 set and evict each other on every
+    /// tile. The copy costs `K·NR` moves per column tile and is reused by
+    /// every row block.
+    fn packs_b_at_run_time(&self) -> bool {
+        matches!(self.b, BSrc::Strided { .. })
+            && self.k * self.nr() * 4 <= MAX_STACK_PANEL
+            && self.k > 0
+    }
+
+    /// Copies the `K × nt` panel at `src` (row stride `ks`) into `dst` as
+    /// `[K][NR]`, zero-padding the columns past `nt`.
+    fn pack_panel(&self, e: &mut Emitter, dst: Value, src: Value, nt: usize) {
+        let BSrc::Strided { buf, ks } = self.b else {
+            return;
+        };
         let nr = self.nr();
-        let b_packed = matches!(self.b, BSrc::Packed { .. });
+        let rf = Emitter::rflags(buf);
+        let wf = Emitter::wflags();
+        let zero = e.fc(0.0);
+        e.for_static(0, self.k as i64, 1, |e, kk| {
+            let s = e.index(src, kk, 4 * ks);
+            let d = e.index(dst, kk, 4 * nr as i64);
+            for v in 0..nr / 4 {
+                if 4 * v + 4 <= nt {
+                    let x = e.load(V4, rf, s, 16 * v as i64);
+                    e.store(wf, x, d, 16 * v as i64);
+                } else {
+                    for l in 0..4 {
+                        let c = 4 * v + l;
+                        let x = if c < nt {
+                            e.load(F32, rf, s, 4 * c as i64)
+                        } else {
+                            zero
+                        };
+                        e.store(wf, x, d, 4 * c as i64);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Emits one tile of `mr` rows and `nt` valid columns.
+    fn tile(&self, e: &mut Emitter, p: TilePtrs, bv: BView, mr: usize, nt: usize) {
+        let b_packed = bv.padded;
         // vectors computed; scalar columns computed (only from unpacked B)
         let (nv, ns) = if b_packed {
             (nt.div_ceil(4), 0)
@@ -266,10 +328,7 @@ impl Gemm {
             ),
             ASrc::Strided { buf, rs, ks } => (rs, ks, Emitter::rflags(buf)),
         };
-        let (b_ks, bf) = match self.b {
-            BSrc::Packed { addr } => (nr as i64, Emitter::rflags(Buf::input(Loc::Const(addr)))),
-            BSrc::Strided { buf, ks } => (ks, Emitter::rflags(buf)),
-        };
+        let (b_ks, bf) = (bv.ks, bv.flags);
         // accumulators
         let zero_v = e.kc(V4, 0.0);
         let zero_s = e.fc(0.0);
@@ -493,6 +552,32 @@ impl Kernel for Gemm {
         let row_bias = matches!(self.init, Init::Row(_));
         let col_bias = matches!(self.init, Init::Col(_));
         let cin = self.cin;
+        let runtime_pack = self.packs_b_at_run_time();
+        let bview = match self.b {
+            _ if runtime_pack => BView {
+                ks: nr as i64,
+                padded: true,
+                flags: MemFlagsData::new().with_notrap(),
+            },
+            BSrc::Packed { addr } => BView {
+                ks: nr as i64,
+                padded: true,
+                flags: Emitter::rflags(Buf::input(Loc::Const(addr))),
+            },
+            BSrc::Strided { buf, ks } => BView {
+                ks,
+                padded: false,
+                flags: Emitter::rflags(buf),
+            },
+        };
+        let panel = runtime_pack.then(|| {
+            let slot = e.b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                (4 * self.k * nr) as u32,
+                4,
+            ));
+            e.b.ins().stack_addr(I64, slot, 0)
+        });
         e.for_range(begin, end, 1, |e, u| {
             // decode the unit: batch, row group, column group
             let per_batch = (rg * cg) as i64;
@@ -551,7 +636,7 @@ impl Kernel for Gemm {
                 let hi_full = e.imin(ct_hi, ct_full_v);
                 e.for_range(ct_lo, hi_full, 1, |e, cti| {
                     let p = ptrs(e, rbi, cti);
-                    self.tile(e, p, mrows, nr);
+                    self.tile(e, p, bview, mrows, nr);
                 });
                 if n_tail > 0 {
                     // the tail tile belongs to the unit whose range reaches it
@@ -562,15 +647,27 @@ impl Kernel for Gemm {
                     );
                     e.if_then(has, |e| {
                         let p = ptrs(e, rbi, ct_full_v);
-                        self.tile(e, p, mrows, n_tail);
+                        self.tile(e, p, bview, mrows, n_tail);
                     });
                 }
             };
+            // tile pointers, with B redirected to the packed panel
+            let ptrs_in = |e: &mut Emitter, rbi: Value, cti: Value| {
+                let mut p = ptrs(e, rbi, cti);
+                if let Some(panel) = panel {
+                    p.b = panel;
+                }
+                p
+            };
             let cols = |e: &mut Emitter, cti: Value, ncols: usize| {
+                if let Some(panel) = panel {
+                    let src = e.index(b0, cti, b_ct);
+                    self.pack_panel(e, panel, src, ncols);
+                }
                 let hi_full = e.imin(rb_hi, rb_full_v);
                 e.for_range(rb_lo, hi_full, 1, |e, rbi| {
-                    let p = ptrs(e, rbi, cti);
-                    self.tile(e, p, mr, ncols);
+                    let p = ptrs_in(e, rbi, cti);
+                    self.tile(e, p, bview, mr, ncols);
                 });
                 if m_tail > 0 {
                     let has = e.b.ins().icmp(
@@ -579,8 +676,8 @@ impl Kernel for Gemm {
                         rb_full_v,
                     );
                     e.if_then(has, |e| {
-                        let p = ptrs(e, rb_full_v, cti);
-                        self.tile(e, p, m_tail, ncols);
+                        let p = ptrs_in(e, rb_full_v, cti);
+                        self.tile(e, p, bview, m_tail, ncols);
                     });
                 }
             };
