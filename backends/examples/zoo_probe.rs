@@ -27,6 +27,11 @@ fn main() {
         for threads in [1, 2] {
             let opts = CompileOptions {
                 threads: Some(threads),
+                opt_level: if std::env::var("KILN_OPT").as_deref() == Ok("none") {
+                    kiln_backends::OptLevel::None
+                } else {
+                    kiln_backends::OptLevel::Speed
+                },
                 ..CompileOptions::default()
             };
             let m = compile(&model, &opts).unwrap();

@@ -9,7 +9,8 @@
 
 mod common;
 
-use common::{Fill, Rng, check, tensor};
+use common::{Fill, Rng, check, check_with, opts, tensor};
+use kiln_backends::{CompileOptions, OptLevel};
 use kiln_ir::{
     BinaryOp, Float, Graph, Model, Op, PadMode, PoolKind, ReduceKind, Tensor, TensorType, UnaryOp,
     Value, WeightStore,

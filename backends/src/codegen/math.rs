@@ -82,12 +82,7 @@ fn from_bits(e: &mut Emitter, ty: Type, x: Value) -> Value {
 
 /// An `i32` constant in every lane.
 fn ik(e: &mut Emitter, ty: Type, x: i32) -> Value {
-    let s = e.b.ins().iconst(types::I32, i64::from(x));
-    if ty == V4 {
-        e.b.ins().splat(types::I32X4, s)
-    } else {
-        s
-    }
+    e.kc_i32(int_ty(ty), x)
 }
 
 /// `cond(a, b) ? x : y`, lane-wise.

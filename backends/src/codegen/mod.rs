@@ -11,8 +11,11 @@
 
 pub(crate) mod math;
 
+use std::collections::HashMap;
+
+use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{BlockArg, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{BlockArg, Inst, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
 
@@ -71,22 +74,35 @@ pub(crate) struct Emitter<'a> {
     pub fma: bool,
     /// the host's C calling convention (for calls to host functions)
     pub call_conv: CallConv,
+    /// the entry block's jump to the body: float constants are inserted
+    /// before it (see [`Emitter::kc`])
+    entry_jump: Inst,
+    /// constants already materialised in the entry block, by type and bits
+    consts: HashMap<(Type, u32), Value>,
 }
 
 impl<'a> Emitter<'a> {
     /// Wraps a builder positioned in the entry block; `arena` is the first
     /// parameter.
     pub fn new(
-        b: FunctionBuilder<'a>,
+        mut b: FunctionBuilder<'a>,
         arena: Value,
         fma: bool,
         call_conv: CallConv,
     ) -> Emitter<'a> {
+        // The entry block only jumps to the body; constants are added to it
+        // on demand, so they dominate every use.
+        let body = b.create_block();
+        let entry_jump = b.ins().jump(body, &[]);
+        b.switch_to_block(body);
+        b.seal_block(body);
         Emitter {
             b,
             arena,
             fma,
             call_conv,
+            entry_jump,
+            consts: HashMap::new(),
         }
     }
 
@@ -104,17 +120,41 @@ impl<'a> Emitter<'a> {
 
     /// An `f32` constant.
     pub fn fc(&mut self, x: f32) -> Value {
-        self.b.ins().f32const(x)
+        self.kc(F32, x)
     }
 
-    /// A constant of lane type `ty` (`F32` or `V4`) with every lane `x`.
+    /// A constant of lane type `ty` (`F32` or `V4`) with every lane `x`,
+    /// materialised once per function in the entry block. Kernels ask for
+    /// constants inside loops (the polynomials of `exp`, clamp bounds); at
+    /// `opt_level=none` nothing would hoist them, and at `speed` Cranelift
+    /// rematerialises constants at each use (a constant-pool load per use
+    /// inside the loop), which made `exp` load-port bound.
     pub fn kc(&mut self, ty: Type, x: f32) -> Value {
-        let s = self.fc(x);
-        if ty == V4 {
-            self.b.ins().splat(V4, s)
+        if let Some(&v) = self.consts.get(&(ty, x.to_bits())) {
+            return v;
+        }
+        let mut cur = FuncCursor::new(self.b.func).at_inst(self.entry_jump);
+        let s = cur.ins().f32const(x);
+        let v = if ty == V4 { cur.ins().splat(V4, s) } else { s };
+        self.consts.insert((ty, x.to_bits()), v);
+        v
+    }
+
+    /// An `i32` constant in every lane of `ty` (`I32` or `I32X4`), hoisted
+    /// into the entry block like [`Emitter::kc`].
+    pub fn kc_i32(&mut self, ty: Type, x: i32) -> Value {
+        if let Some(&v) = self.consts.get(&(ty, x as u32)) {
+            return v;
+        }
+        let mut cur = FuncCursor::new(self.b.func).at_inst(self.entry_jump);
+        let s = cur.ins().iconst(types::I32, i64::from(x));
+        let v = if ty.is_vector() {
+            cur.ins().splat(ty, s)
         } else {
             s
-        }
+        };
+        self.consts.insert((ty, x as u32), v);
+        v
     }
 
     /// Broadcasts a scalar to `ty` (identity for `F32`).

@@ -174,10 +174,19 @@ pub const TOL: f64 = 1e-4;
 /// outputs, and compares every output with the interpreter. Returns the
 /// worst relative error; panics (with `what`) above [`TOL`].
 pub fn check_threads(what: &str, model: &Model, inputs: &[Tensor], threads: usize) -> Vec<Tensor> {
+    check_with(what, model, inputs, &opts(threads))
+}
+
+/// [`check_threads`] with explicit compile options.
+pub fn check_with(
+    what: &str,
+    model: &Model,
+    inputs: &[Tensor],
+    options: &CompileOptions,
+) -> Vec<Tensor> {
     let want = interp::run(&model.graph, &model.weights, inputs)
         .unwrap_or_else(|e| panic!("{what}: interpreter failed: {e}"));
-    let m =
-        compile(model, &opts(threads)).unwrap_or_else(|e| panic!("{what}: compile failed: {e}"));
+    let m = compile(model, options).unwrap_or_else(|e| panic!("{what}: compile failed: {e}"));
     let mut got = poisoned(&m);
     m.run_into(inputs, &mut got)
         .unwrap_or_else(|e| panic!("{what}: run failed: {e}"));
