@@ -442,8 +442,24 @@ impl Gen {
 
 fn run_seed(seed: u64) {
     let (model, inputs) = Gen::new(seed).build();
-    let result =
-        std::panic::catch_unwind(|| check(&format!("random graph seed {seed}"), &model, &inputs));
+    let result = std::panic::catch_unwind(|| {
+        let what = format!("random graph seed {seed}");
+        check(&what, &model, &inputs);
+        // every third graph also at opt_level=speed: both levels must be right
+        if seed % 3 == 0 {
+            let options = CompileOptions {
+                opt_level: OptLevel::Speed,
+                tile_opt_level: OptLevel::Speed,
+                ..opts(2)
+            };
+            check_with(
+                &format!("{what} at opt_level=speed"),
+                &model,
+                &inputs,
+                &options,
+            );
+        }
+    });
     if let Err(e) = result {
         let path = std::env::temp_dir().join(format!("kiln_random_{seed}.kir"));
         let _ = std::fs::write(&path, kiln_ir::text::print(&model.graph));
