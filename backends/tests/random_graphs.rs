@@ -446,7 +446,7 @@ fn run_seed(seed: u64) {
         let what = format!("random graph seed {seed}");
         check(&what, &model, &inputs);
         // every third graph also at opt_level=speed: both levels must be right
-        if seed % 3 == 0 {
+        if seed.is_multiple_of(3) {
             let options = CompileOptions {
                 opt_level: OptLevel::Speed,
                 tile_opt_level: OptLevel::Speed,
