@@ -702,3 +702,90 @@ fn data_movement() {
         check_op(&format!("{op}"), op, &args, i as u64, Fill::Signed);
     }
 }
+
+/// Random convolution geometries: any group structure (dense, grouped,
+/// depthwise, depthwise-expanding), kernel 1..5, stride 1..3, dilation 1..2,
+/// asymmetric padding, odd and tiny planes.
+#[test]
+fn conv2d_random_shapes() {
+    let mut rng = common::Rng(77);
+    let mut done = 0;
+    while done < 40 {
+        let groups = *rng.pick(&[1, 1, 2, 3, 0]);
+        let c = if groups == 0 {
+            rng.range(1, 9)
+        } else {
+            groups * rng.range(1, 5)
+        };
+        let groups = if groups == 0 { c } else { groups };
+        let o = groups * rng.range(1, 4);
+        let (kh, kw) = (rng.range(1, 5), rng.range(1, 5));
+        let stride = [rng.range(1, 3), rng.range(1, 3)];
+        let dilation = [rng.range(1, 2), rng.range(1, 2)];
+        let pad = [
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+            rng.range(0, 2),
+        ];
+        let (h, w) = (rng.range(1, 13), rng.range(1, 13));
+        let op = Op::Conv2d {
+            stride,
+            pad,
+            dilation,
+            groups,
+        };
+        let x = [rng.range(1, 2), c, h, w];
+        let wt = [o, c / groups, kh, kw];
+        // skip geometries whose padded input is smaller than the window
+        if kiln_ir::shape::infer(
+            &op,
+            &[kiln_ir::TensorType::f32(x), kiln_ir::TensorType::f32(wt)],
+        )
+        .is_err()
+        {
+            continue;
+        }
+        let mut args = vec![input(&x), weight(&wt)];
+        if rng.coin() {
+            args.push(weight(&[o]));
+        }
+        check_op(
+            &format!("conv x{x:?} w{wt:?} s{stride:?} p{pad:?} d{dilation:?} g{groups}"),
+            op,
+            &args,
+            done,
+            Fill::Signed,
+        );
+        done += 1;
+    }
+}
+
+/// Random matrix products, constant or run-time right operand, with
+/// broadcast batch dimensions.
+#[test]
+fn matmul_random_shapes() {
+    let mut rng = common::Rng(78);
+    for i in 0..30 {
+        let (m, k, n) = (rng.range(1, 40), rng.range(1, 70), rng.range(1, 40));
+        let batch_a: Vec<usize> = (0..rng.range(0, 2)).map(|_| rng.range(1, 3)).collect();
+        let batch_b: Vec<usize> = if rng.coin() {
+            vec![]
+        } else {
+            batch_a
+                .iter()
+                .map(|&d| if rng.coin() { d } else { 1 })
+                .collect()
+        };
+        let a = [batch_a.clone(), vec![m, k]].concat();
+        let b = [batch_b, vec![k, n]].concat();
+        let rhs = if rng.coin() { weight(&b) } else { input(&b) };
+        check_op(
+            &format!("matmul {a:?} @ {b:?}"),
+            Op::MatMul,
+            &[input(&a), rhs],
+            i,
+            Fill::Signed,
+        );
+    }
+}

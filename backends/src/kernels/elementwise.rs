@@ -149,8 +149,12 @@ fn unary(e: &mut Emitter, ty: Type, u: UnaryOp, x: Value) -> Value {
         UnaryOp::Erf => math::erf(e, ty, x),
         UnaryOp::Abs => e.b.ins().fabs(x),
         UnaryOp::Silu => {
-            let s = math::sigmoid(e, ty, x);
-            e.b.ins().fmul(x, s)
+            // x / (1 + exp(-x)): one division, no multiply
+            let nx = e.b.ins().fneg(x);
+            let ex = math::exp(e, ty, nx);
+            let one = e.kc(ty, 1.0);
+            let d = e.b.ins().fadd(one, ex);
+            e.b.ins().fdiv(x, d)
         }
         UnaryOp::HardSwish => {
             let three = e.kc(ty, 3.0);
