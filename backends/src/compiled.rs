@@ -32,6 +32,7 @@ use kiln_ir::{DType, Graph, Model, NodeId, Tensor, TensorData, TensorType, Value
 
 use crate::codegen::{Buf, Emitter, I64, Loc};
 use crate::error::BackendError;
+use crate::kernels::asm_tile::AsmStore;
 use crate::kernels::gemm::{DEFAULT_TILE, Tile};
 use crate::kernels::{self, Kernel, NodeCx, Operand, Opt, copy::Copy};
 use crate::plan;
@@ -78,6 +79,10 @@ pub struct CompileOptions {
     /// The GEMM register tile (for measuring alternatives; the default is
     /// the fastest measured here).
     pub gemm_tile: GemmTile,
+    /// Compute convolutions with constant weights with GEMM tiles assembled
+    /// for AVX-512 (14×32, zmm registers) when the host has AVX-512F; the
+    /// Cranelift f32x4 tile otherwise.
+    pub asm_tiles: bool,
 }
 
 /// Shape of the GEMM register tile: `mr` rows by `nr` columns (`nr` a
@@ -116,6 +121,7 @@ impl Default for CompileOptions {
             tile_opt_level: OptLevel::None,
             verify_ir: false,
             gemm_tile: GemmTile::default(),
+            asm_tiles: true,
         }
     }
 }
@@ -162,8 +168,9 @@ pub struct KernelTime {
     pub time: Duration,
 }
 
-/// Owns the JIT's executable memory and frees it on drop.
-struct JitCode(Option<JITModule>);
+/// Owns the JIT's executable memory (the assembled tiles' module and the
+/// kernels' module) and frees it on drop.
+struct JitCode(Vec<JITModule>);
 
 // SAFETY: after `finalize_definitions` the module is never used again except
 // to free its memory in `drop`, which needs `&mut self` (so no other thread
@@ -174,10 +181,11 @@ unsafe impl Sync for JitCode {}
 
 impl Drop for JitCode {
     fn drop(&mut self) {
-        if let Some(m) = self.0.take() {
+        for m in self.0.drain(..) {
             // SAFETY: the only pointers into this memory are the `Step`s of the
-            // `CompiledModel` being dropped; no run can be in progress because
-            // running borrows the model.
+            // `CompiledModel` being dropped (and the tile addresses baked into
+            // its kernels); no run can be in progress because running borrows
+            // the model.
             unsafe { m.free_memory() };
         }
     }
@@ -222,13 +230,15 @@ type Lowered = Vec<(String, Box<dyn Kernel>)>;
 struct Front {
     /// weights of the compiled graph (the model's, plus folded constants)
     weights: kiln_ir::WeightStore,
+    /// assembled GEMM tiles the kernels call
+    asm: AsmStore,
     lowered: Lowered,
     plan: plan::Plan,
     consts: ConstStore,
     threads: usize,
 }
 
-fn front(model: &Model, opts: &CompileOptions) -> Result<Front, BackendError> {
+fn front(model: &Model, opts: &CompileOptions, target: &Target) -> Result<Front, BackendError> {
     kiln_ir::verify(&model.graph)?;
     kiln_ir::verify_weights(&model.graph, &model.weights)?;
     let folded = crate::fold::fold_constants(model)?;
@@ -251,6 +261,8 @@ fn front(model: &Model, opts: &CompileOptions) -> Result<Front, BackendError> {
     }
     let plan = plan::plan(g, &weight_addr)?;
     let mut consts = ConstStore::default();
+    let mut asm = AsmStore::default();
+    let use_asm = opts.asm_tiles && target.avx512_tiles;
     let mut lowered: Lowered = Vec::new();
     for &id in &plan.kernels {
         let node = g.node(id);
@@ -291,6 +303,7 @@ fn front(model: &Model, opts: &CompileOptions) -> Result<Front, BackendError> {
             threads,
             tile: opts.gemm_tile.into(),
             consts: &mut consts,
+            asm: use_asm.then_some(&mut asm),
         };
         for k in kernels::lower(&mut cx)? {
             lowered.push((name.clone(), k));
@@ -308,6 +321,7 @@ fn front(model: &Model, opts: &CompileOptions) -> Result<Front, BackendError> {
     }
     Ok(Front {
         weights: model.weights.clone(),
+        asm,
         lowered,
         plan,
         consts,
@@ -320,6 +334,7 @@ fn build_function(
     k: &dyn Kernel,
     index: u32,
     target: &Target,
+    asm_addrs: &[usize],
     fctx: &mut FunctionBuilderContext,
 ) -> Function {
     let cc = target.speed.default_call_conv();
@@ -335,6 +350,7 @@ fn build_function(
     b.seal_block(entry);
     let p = b.block_params(entry).to_vec();
     let mut e = Emitter::new(b, p[0], target.fma, cc);
+    e.asm_addrs = asm_addrs.to_vec();
     k.emit(&mut e, p[1], p[2]);
     let mut b = e.finish();
     b.ins().return_(&[]);
@@ -358,11 +374,52 @@ fn kernel_isa<'t>(
     (isa, level)
 }
 
+/// Places the assembled tiles in a JIT module of their own, finalised first
+/// so that their addresses can be baked into the kernels that call them.
+fn place_asm(
+    asm: &AsmStore,
+    target: &Target,
+    modules: &mut Vec<JITModule>,
+) -> Result<Vec<usize>, BackendError> {
+    if asm.code().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut module = JITModule::new(JITBuilder::with_isa(
+        target.speed.clone(),
+        default_libcall_names(),
+    ));
+    let mut sig = Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(I64));
+    }
+    let mut ids = Vec::new();
+    for (i, code) in asm.code().iter().enumerate() {
+        let id = module
+            .declare_function(&format!("tile{i}"), Linkage::Local, &sig)
+            .map_err(|e| BackendError::Jit(e.to_string()))?;
+        module
+            .define_function_bytes(id, 64, code, &[])
+            .map_err(|e| BackendError::Jit(e.to_string()))?;
+        ids.push(id);
+    }
+    module
+        .finalize_definitions()
+        .map_err(|e| BackendError::Jit(e.to_string()))?;
+    let addrs = ids
+        .iter()
+        .map(|&id| module.get_finalized_function(id) as usize)
+        .collect();
+    modules.push(module);
+    Ok(addrs)
+}
+
 /// Compiles `model` for the host CPU.
 pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, BackendError> {
     let t0 = Instant::now();
     let target = Target::host(opts.verify_ir)?;
-    let front = front(model, opts)?;
+    let front = front(model, opts, &target)?;
+    let mut modules = Vec::new();
+    let asm_addrs = place_asm(&front.asm, &target, &mut modules)?;
     let mut module = JITModule::new(JITBuilder::with_isa(
         target.speed.clone(),
         default_libcall_names(),
@@ -370,7 +427,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
     let mut fctx = FunctionBuilderContext::new();
     let mut ids = Vec::new();
     for (i, (node, k)) in front.lowered.iter().enumerate() {
-        let func = build_function(k.as_ref(), i as u32, &target, &mut fctx);
+        let func = build_function(k.as_ref(), i as u32, &target, &asm_addrs, &mut fctx);
         let id = module
             .declare_function(&format!("k{i}"), Linkage::Local, &func.signature)
             .map_err(|e| BackendError::Jit(e.to_string()))?;
@@ -444,7 +501,10 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
         stats,
         _consts: front.consts,
         _weights: front.weights,
-        _code: JitCode(Some(module)),
+        _code: JitCode({
+            modules.push(module);
+            modules
+        }),
     })
 }
 
@@ -452,7 +512,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
 /// by a comment naming the kiln node it came from (for `kiln opt --emit clif`).
 pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, BackendError> {
     let target = Target::host(opts.verify_ir)?;
-    let front = front(model, opts)?;
+    let front = front(model, opts, &target)?;
     let mut fctx = FunctionBuilderContext::new();
     let mut out = format!(
         "; kiln: {} kernels, arena {} bytes, target {}\n",
@@ -461,7 +521,7 @@ pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, Backend
         target.describe()
     );
     for (i, (node, k)) in front.lowered.iter().enumerate() {
-        let func = build_function(k.as_ref(), i as u32, &target, &mut fctx);
+        let func = build_function(k.as_ref(), i as u32, &target, &[], &mut fctx);
         let (_, level) = kernel_isa(k.as_ref(), opts, &target);
         out.push_str(&format!(
             "\n; kernel k{i} from {node}: {} ({} units, opt_level={})\n{}",

@@ -17,6 +17,9 @@ pub(crate) struct Target {
     /// Emit `fma`: only when it lowers to one instruction (x86 needs both
     /// AVX and FMA; otherwise Cranelift would call `fmaf` per element).
     pub fma: bool,
+    /// The assembled AVX-512 GEMM tiles can run here: x86-64 with AVX-512F
+    /// and the System V calling convention they are written for.
+    pub avx512_tiles: bool,
 }
 
 impl Target {
@@ -46,7 +49,23 @@ impl Target {
         let none = make("none")?;
         let speed = make("speed")?;
         let fma = speed.has_native_fma();
-        Ok(Target { none, speed, fma })
+        let has = |name: &str| {
+            speed
+                .isa_flags()
+                .iter()
+                .any(|v| v.name == name && v.as_bool() == Some(true))
+        };
+        // the JIT targets the host, so the host's architecture is the target's
+        let avx512_tiles = cfg!(target_arch = "x86_64")
+            && speed.default_call_conv() == cranelift_codegen::isa::CallConv::SystemV
+            && has("has_avx512f")
+            && fma;
+        Ok(Target {
+            none,
+            speed,
+            fma,
+            avx512_tiles,
+        })
     }
 
     /// A one-line description for reports: architecture and the features
@@ -61,10 +80,11 @@ impl Target {
             .map(|v| v.name)
             .collect();
         format!(
-            "{} [{}] fma={}",
+            "{} [{}] fma={} avx512-tiles={}",
             self.speed.triple().architecture,
             feats.join(","),
-            self.fma
+            self.fma,
+            self.avx512_tiles
         )
     }
 }

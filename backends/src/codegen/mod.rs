@@ -79,6 +79,8 @@ pub(crate) struct Emitter<'a> {
     entry_jump: Inst,
     /// constants already materialised in the entry block, by type and bits
     consts: HashMap<(Type, u32), Value>,
+    /// addresses of the assembled tiles, by number (0 when only printing)
+    pub asm_addrs: Vec<usize>,
 }
 
 impl<'a> Emitter<'a> {
@@ -103,6 +105,7 @@ impl<'a> Emitter<'a> {
             call_conv,
             entry_jump,
             consts: HashMap::new(),
+            asm_addrs: Vec::new(),
         }
     }
 

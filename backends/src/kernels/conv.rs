@@ -16,8 +16,9 @@
 use cranelift_codegen::ir::{InstBuilder, Value};
 use kiln_ir::{Graph, NodeId, Op};
 
+use super::asm_tile;
 use super::copy::{emit_copy_run, emit_fill_run};
-use super::gemm::{self, ASrc, BSrc, Gemm, Init};
+use super::gemm::{self, ASrc, BSrc, Gemm, Init, Tile};
 use super::{Kernel, Kernels, NodeCx, depthwise};
 use crate::codegen::{Buf, Emitter};
 use crate::error::BackendError;
@@ -221,7 +222,17 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     let og = g.o / groups;
     let k = g.cg * g.kh * g.kw;
     let p = g.ho * g.wo;
-    let tile = cx.tile;
+    // The assembled AVX-512 tile needs packed weights (constant) and sets
+    // the panel shapes; otherwise the Cranelift tile of the options.
+    let use_asm = cx.asm.is_some() && cx.ins[1].data.is_some();
+    let tile = if use_asm {
+        Tile {
+            mr: asm_tile::MR,
+            nv: asm_tile::NR / 4,
+        }
+    } else {
+        cx.tile
+    };
     let mut kernels: Kernels = Vec::new();
     let (b, b_off): (BSrc, Box<dyn Fn(usize, usize) -> i64>) = if g.is_pointwise() {
         let chw = g.c * g.h * g.w;
@@ -306,8 +317,19 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         rows_outer: true,
         row_group: 1,
         col_group: 1,
+        asm: None,
     };
     gm.partition(cx.threads);
+    if let Some(store) = cx.asm.as_deref_mut() {
+        gm.request_asm(store).map_err(|e| cx_err(&cx.name, &e))?;
+    }
     kernels.push(Box::new(gm));
     Ok(kernels)
+}
+
+fn cx_err(node: &str, msg: &str) -> BackendError {
+    BackendError::Codegen {
+        node: node.to_string(),
+        msg: format!("assembling the AVX-512 tile: {msg}"),
+    }
 }

@@ -17,9 +17,13 @@
 //! Each output tile is computed by the same instruction sequence whichever
 //! unit it falls in, so results do not depend on the thread count.
 
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value};
+use cranelift_codegen::ir::{
+    AbiParam, InstBuilder, MemFlagsData, Signature, StackSlotData, StackSlotKind, Value,
+};
+use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::Variable;
 
+use super::asm_tile::{self, AsmStore};
 use super::{Kernel, Opt};
 use crate::codegen::{Buf, Emitter, F32, I64, Loc, V4};
 use crate::runtime::ConstStore;
@@ -118,6 +122,9 @@ pub(crate) struct Gemm {
     pub row_group: usize,
     /// column tiles per unit
     pub col_group: usize,
+    /// assembled tile variants to call instead of emitting the tile, by
+    /// `2·(rows < MR) + (columns < NR)` (see [`Gemm::request_asm`])
+    pub asm: Option<[Option<usize>; 4]>,
 }
 
 /// Packs a row-major `rows×cols` matrix (element `(i, k)` at
@@ -311,8 +318,86 @@ impl Gemm {
         });
     }
 
+    /// Whether the assembled AVX-512 tiles can compute this GEMM: they take
+    /// a packed A, seed with zero or a row bias, and have no epilogue.
+    pub fn asm_compatible(&self) -> bool {
+        matches!(self.a, ASrc::Packed { .. })
+            && matches!(self.init, Init::Zero | Init::Row(_))
+            && self.alpha == 1.0
+            && self.cin.is_none()
+            && self.tile.mr == asm_tile::MR
+            && 4 * self.tile.nv == asm_tile::NR
+    }
+
+    /// Assembles the tile variants this GEMM needs (full tiles, and the
+    /// row and column tails it has) and switches it to calling them.
+    pub fn request_asm(&mut self, store: &mut AsmStore) -> Result<(), String> {
+        if !self.asm_compatible() || self.m == 0 || self.n == 0 {
+            return Ok(());
+        }
+        let (b_ks, b_padded) = match self.b {
+            _ if self.packs_b_at_run_time() => (self.nr(), true),
+            BSrc::Packed { .. } => (self.nr(), true),
+            BSrc::Strided { ks, .. } => (ks as usize, false),
+        };
+        let (m_tail, n_tail) = (self.m % asm_tile::MR, self.n % asm_tile::NR);
+        let mut ids = [None; 4];
+        for (slot, (mr, nt)) in [
+            (asm_tile::MR, asm_tile::NR),
+            (asm_tile::MR, n_tail),
+            (m_tail, asm_tile::NR),
+            (m_tail, n_tail),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if mr == 0
+                || nt == 0
+                || (slot < 2 && self.m < asm_tile::MR)
+                || (slot % 2 == 0 && self.n < asm_tile::NR)
+            {
+                continue;
+            }
+            ids[slot] = Some(store.request(asm_tile::Variant {
+                k: self.k,
+                mr,
+                nt,
+                a_ks: asm_tile::MR,
+                b_ks,
+                b_padded,
+                c_rs: self.c_rs as usize,
+                row_bias: matches!(self.init, Init::Row(_)),
+            })?);
+        }
+        self.asm = Some(ids);
+        Ok(())
+    }
+
+    /// Calls assembled variant `id` on the tile at `p`.
+    fn call_asm(&self, e: &mut Emitter, p: TilePtrs, id: usize) {
+        let mut sig = Signature::new(CallConv::SystemV);
+        for _ in 0..4 {
+            sig.params.push(AbiParam::new(I64));
+        }
+        let sig = e.b.import_signature(sig);
+        let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
+        let f = e.ic(addr as i64);
+        let bias = match p.bias {
+            Some(b) => b,
+            None => e.ic(0),
+        };
+        e.b.ins().call_indirect(sig, f, &[p.a, p.b, p.c, bias]);
+    }
+
     /// Emits one tile of `mr` rows and `nt` valid columns.
     fn tile(&self, e: &mut Emitter, p: TilePtrs, bv: BView, mr: usize, nt: usize) {
+        if let Some(ids) = self.asm {
+            let slot = 2 * usize::from(mr < asm_tile::MR) + usize::from(nt < asm_tile::NR);
+            if let Some(id) = ids[slot] {
+                self.call_asm(e, p, id);
+                return;
+            }
+        }
         let b_packed = bv.padded;
         // vectors computed; scalar columns computed (only from unpacked B)
         let (nv, ns) = if b_packed {
@@ -474,7 +559,7 @@ impl Gemm {
 impl Kernel for Gemm {
     fn describe(&self) -> String {
         format!(
-            "{}: gemm M={} N={} K={} batch={} tile {}x{} ({}), A {}, B {}, groups {}x{}",
+            "{}: gemm M={} N={} K={} batch={} tile {}x{}{} ({}), A {}, B {}, groups {}x{}",
             self.what,
             self.m,
             self.n,
@@ -482,6 +567,7 @@ impl Kernel for Gemm {
             self.batch,
             self.tile.mr,
             self.nr(),
+            if self.asm.is_some() { " avx512" } else { "" },
             if self.rows_outer {
                 "rows outer"
             } else {

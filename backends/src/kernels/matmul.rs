@@ -159,6 +159,7 @@ fn lower_matmul(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         rows_outer: true,
         row_group: 1,
         col_group: 1,
+        asm: None,
     };
     gm.partition(cx.threads);
     Ok(vec![Box::new(gm)])
@@ -269,6 +270,7 @@ fn lower_gemm(
         rows_outer: true,
         row_group: 1,
         col_group: 1,
+        asm: None,
     };
     gm.partition(cx.threads);
     kernels.push(Box::new(gm));

@@ -13,6 +13,7 @@
 //! which order (so results are identical for every thread count), and units
 //! never write the same bytes.
 
+pub(crate) mod asm_tile;
 pub(crate) mod conv;
 pub(crate) mod copy;
 pub(crate) mod depthwise;
@@ -89,6 +90,9 @@ pub(crate) struct NodeCx<'a> {
     pub tile: gemm::Tile,
     /// owner of packed weights and tables the kernels point into
     pub consts: &'a mut ConstStore,
+    /// assembled AVX-512 GEMM tiles, when the host has AVX-512 and the
+    /// options allow them
+    pub asm: Option<&'a mut asm_tile::AsmStore>,
 }
 
 impl NodeCx<'_> {

@@ -202,10 +202,22 @@ pub fn check_with(
     got
 }
 
-/// [`check_threads`] at 1 and 2 threads; the two runs must agree bit for bit.
+/// [`check_threads`] at 1 and 2 threads; the two runs must agree bit for
+/// bit. Also checks the build without the assembled AVX-512 GEMM tiles (on
+/// hosts that have them, both tile sources must be right).
 pub fn check(what: &str, model: &Model, inputs: &[Tensor]) {
     let one = check_threads(what, model, inputs, 1);
     let two = check_threads(what, model, inputs, 2);
+    let no_asm = CompileOptions {
+        asm_tiles: false,
+        ..opts(1)
+    };
+    check_with(
+        &format!("{what} (Cranelift tiles only)"),
+        model,
+        inputs,
+        &no_asm,
+    );
     for (a, b) in one.iter().zip(&two) {
         let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
         assert!(
