@@ -1,13 +1,16 @@
 //! Pointwise (1×1) convolutions at one thread: the GEMM micro-kernel on the
-//! layer shapes these models spend most multiply-adds in. Also compares tile
-//! shapes and Cranelift optimisation levels (`KILN_BENCH_TILES=1`).
+//! layer shapes these models spend most multiply-adds in. `default` is what
+//! `compile` picks (the assembled AVX-512 tile where the host has AVX-512);
+//! `cranelift-4x8-none` is the Cranelift f32x4 tile every target has. With
+//! `KILN_BENCH_TILES=1` it also compares Cranelift tile shapes and
+//! optimisation levels.
 
 // criterion's macros define undocumented functions.
 #![allow(missing_docs)]
 
 mod common;
 
-use common::{bench_model, opts, single};
+use common::{bench_model, cranelift_only, opts, single};
 use criterion::{Criterion, criterion_group, criterion_main};
 use kiln_backends::OptLevel;
 use kiln_ir::Op;
@@ -27,18 +30,17 @@ const SHAPES: [(usize, usize, usize); 4] =
 type Variant = (Option<(usize, usize)>, OptLevel, &'static str);
 
 fn pointwise(c: &mut Criterion) {
-    let tiles: Vec<Variant> = if std::env::var("KILN_BENCH_TILES").is_ok() {
-        vec![
-            (None, OptLevel::None, "4x8-none"),
+    let mut tiles: Vec<Variant> = vec![(None, OptLevel::None, "4x8-none")];
+    if std::env::var("KILN_BENCH_TILES").is_ok() {
+        tiles.extend([
             (None, OptLevel::Speed, "4x8-speed"),
             (Some((6, 8)), OptLevel::None, "6x8-none"),
             (Some((3, 12)), OptLevel::None, "3x12-none"),
             (Some((4, 12)), OptLevel::None, "4x12-none"),
             (Some((2, 16)), OptLevel::None, "2x16-none"),
-        ]
-    } else {
-        vec![(None, OptLevel::None, "4x8-none")]
-    };
+            (Some((12, 4)), OptLevel::None, "12x4-none"),
+        ]);
+    }
     for (cin, cout, hw) in SHAPES {
         let (model, inputs) = single(
             POINTWISE,
@@ -46,15 +48,24 @@ fn pointwise(c: &mut Criterion) {
             &[vec![cout, cin, 1, 1], vec![cout]],
         );
         let flops = 2 * (cin * cout * hw * hw) as u64;
+        bench_model(
+            c,
+            "pointwise_conv",
+            &format!("{cin}to{cout}_{hw}x{hw}_default"),
+            &model,
+            &inputs,
+            flops,
+            &opts(None, OptLevel::None),
+        );
         for (tile, level, name) in &tiles {
             bench_model(
                 c,
                 "pointwise_conv",
-                &format!("{cin}to{cout}_{hw}x{hw}_{name}"),
+                &format!("{cin}to{cout}_{hw}x{hw}_cranelift-{name}"),
                 &model,
                 &inputs,
                 flops,
-                &opts(*tile, *level),
+                &cranelift_only(*tile, *level),
             );
         }
     }

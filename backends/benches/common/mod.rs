@@ -71,3 +71,11 @@ pub fn opts(tile: Option<(usize, usize)>, level: OptLevel) -> CompileOptions {
         ..CompileOptions::default()
     }
 }
+
+/// [`opts`] without the assembled AVX-512 tiles: the Cranelift tile alone.
+pub fn cranelift_only(tile: Option<(usize, usize)>, level: OptLevel) -> CompileOptions {
+    CompileOptions {
+        asm_tiles: false,
+        ..opts(tile, level)
+    }
+}
