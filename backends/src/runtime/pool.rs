@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 pub(crate) type KernelFn = unsafe extern "C" fn(*mut u8, i64, i64);
 
 /// How long an idle thread spins, then yields, before sleeping.
-const SPIN: Duration = Duration::from_micros(200);
-const YIELD: Duration = Duration::from_millis(2);
+const SPIN: Duration = Duration::from_micros(50);
+const YIELD: Duration = Duration::from_millis(1);
 
 struct Shared {
     threads: usize,
