@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use kiln_frontends::{npy, onnx, safetensors, zoo};
 use kiln_ir::{Tensor, Value, WeightStore, text};
 
+use crate::bench;
 use crate::error::KilnError;
 use crate::info;
 use crate::load::{LoadOptions, ModelSpec, load_model};
@@ -101,6 +102,25 @@ pub enum Command {
         #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "explain")]
         emit: Option<Emit>,
     },
+    /// Compile a model with the JIT and time it: compile time, median and
+    /// minimum latency, GFLOP/s, arena size
+    Bench {
+        /// the model
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Threads to run on (default: every core)
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// Timed runs
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        iters: usize,
+        /// Untimed runs before timing
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        warmup: usize,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// List the zoo's models
     List,
     /// Write a model as .kir text (and optionally its weights)
@@ -168,6 +188,13 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             emit(io.err, &note)?;
             emit(io.out, &out)
         }
+        Command::Bench {
+            model,
+            threads,
+            iters,
+            warmup,
+            json,
+        } => cmd_bench(&model, threads, iters, warmup, json, io),
         Command::List => cmd_list(io),
         Command::ExportKir {
             model,
@@ -276,6 +303,30 @@ fn cmd_run(
             }
         }
     }
+    emit(io.out, &text)
+}
+
+fn cmd_bench(
+    args: &ModelArgs,
+    threads: Option<usize>,
+    iters: usize,
+    warmup: usize,
+    json: bool,
+    io: Io<'_>,
+) -> Result<(), KilnError> {
+    let model = load_model(&args.model, &args.options())?;
+    let opts = bench::BenchOptions {
+        threads,
+        iters,
+        warmup,
+        seed: args.seed,
+    };
+    let report = bench::bench_model(&model, &opts)?;
+    let text = if json {
+        bench::render_json(&report)
+    } else {
+        bench::render_text(&report)
+    };
     emit(io.out, &text)
 }
 

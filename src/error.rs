@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use kiln_backends::BackendError;
 use kiln_frontends::FrontendError;
 use kiln_ir::IrError;
 
@@ -20,6 +21,9 @@ pub enum KilnError {
     /// A frontend could not read a model, weights or tensor file.
     #[error(transparent)]
     Frontend(#[from] FrontendError),
+    /// The JIT could not compile or run a model (the message names the node).
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// A `.kir` file that does not parse or verify; `source` carries the
     /// line and column.
     #[error("{}: {source}", path.display())]

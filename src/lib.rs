@@ -6,7 +6,8 @@
 //! - [`load_model`]: one entry point for `.kir` files, `.onnx` files and zoo
 //!   names, as every CLI command's `MODEL` argument;
 //! - [`info`]: the `kiln info` report (parameters, MACs, per-node table);
-//! - [`run_model`] with a [`Backend`]: execute a model;
+//! - [`run_model`] with a [`Backend`]: execute a model (the JIT by default);
+//! - [`bench`](mod@bench): the `kiln bench` measurement (compile time, latency, GFLOP/s);
 //! - [`passes`] (`kiln-passes`): the optimiser behind `kiln opt`, and
 //!   [`opt`]: its text, JSON and Graphviz renderings;
 //! - [`cli`]: the command line itself (docs/cli.md is its user guide).
@@ -26,10 +27,12 @@
 //! # Ok::<(), kiln::KilnError>(())
 //! ```
 
+pub use kiln_backends as backends;
 pub use kiln_frontends as frontends;
 pub use kiln_ir as ir;
 pub use kiln_passes as passes;
 
+pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod info;

@@ -8,18 +8,21 @@ use crate::error::KilnError;
 /// Which engine executes a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
+    /// The Cranelift JIT (`kiln-backends`): native code for this CPU, on
+    /// every core.
+    Jit,
     /// The reference interpreter: slow, f64 accumulation, the oracle.
     Interp,
 }
 
 impl Backend {
-    /// What `kiln run` uses without `--backend`. The JIT becomes the default
-    /// by changing this one line when it lands.
-    pub const DEFAULT: Backend = Backend::Interp;
+    /// What `kiln run` uses without `--backend`.
+    pub const DEFAULT: Backend = Backend::Jit;
 
     /// The name `--backend` accepts.
     pub fn name(self) -> &'static str {
         match self {
+            Backend::Jit => "jit",
             Backend::Interp => "interp",
         }
     }
@@ -65,6 +68,10 @@ pub fn run_model(
         check_input(g, i, t, &format!("input {i}"))?;
     }
     match backend {
+        Backend::Jit => {
+            let jit = kiln_backends::compile(model, &kiln_backends::CompileOptions::default())?;
+            Ok(jit.run(inputs)?)
+        }
         Backend::Interp => Ok(interp::run(g, &model.weights, inputs)?),
     }
 }

@@ -508,3 +508,56 @@ fn run_kir_without_weights_uses_seeded_weights() {
     assert_ne!(a, c);
     assert!(a.as_f32().unwrap().iter().all(|x| x.is_finite()));
 }
+
+// ---------------------------------------------------------------- bench
+
+#[test]
+fn bench_prints_the_measurement_as_text_and_json() {
+    let text = kiln([
+        "bench",
+        ZOO,
+        "--threads",
+        "1",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+    ])
+    .ok()
+    .to_string();
+    for want in ["threads:  1", "compile:", "median", "GFLOP/s", "arena:"] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let json = kiln(["bench", ZOO, "--threads", "2", "--iters", "2", "--json"])
+        .ok()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["threads"], 2, "{json}");
+    for key in ["median_ms", "min_ms", "compile_ms", "gflops", "arena_bytes"] {
+        assert!(v[key].is_number(), "{key}: {json}");
+    }
+    assert!(v["median_ms"].as_f64().unwrap() >= v["min_ms"].as_f64().unwrap());
+}
+
+#[test]
+fn bench_rejects_zero_iterations() {
+    let line = kiln(["bench", ZOO, "--iters", "0"])
+        .fails_with(2)
+        .to_string();
+    assert!(line.contains("--iters"), "{line}");
+}
+
+#[test]
+fn run_with_jit_and_interp_agree() {
+    let run = |backend: &str, name: &str| {
+        let y = scratch(name);
+        kiln(["run", ZOO, "--backend", backend, "--output", arg(&y)]).ok();
+        npy::read(&y).unwrap()
+    };
+    let jit = run("jit", "agree_jit.npy");
+    let interp = run("interp", "agree_interp.npy");
+    let (a, b) = (jit.as_f32().unwrap(), interp.as_f32().unwrap());
+    let max_ref = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let max_diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(max_diff <= 1e-4 * max_ref, "{max_diff} vs {max_ref}");
+}

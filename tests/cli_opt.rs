@@ -93,3 +93,32 @@ fn output_is_byte_identical_across_processes() {
         .to_string();
     assert_eq!(a, b);
 }
+
+#[test]
+fn an_optimised_model_runs_on_the_jit() {
+    // The JIT runs fused ops as the primitives they stand for (until they
+    // have kernels): an optimised model compiles and agrees with the
+    // interpreter on the original.
+    use kiln::{Backend, LoadOptions, load_model, random_input, run_model};
+    let model = load_model(
+        example(KIR).to_str().unwrap(),
+        &LoadOptions {
+            weights: Some(example(WEIGHTS)),
+            seed: 0,
+            graph_only: false,
+        },
+    )
+    .unwrap();
+    let (opt, _) = kiln::passes::optimize(&model, &kiln::passes::OptOptions::default()).unwrap();
+    let input = kiln::ir::Value::of(model.graph.inputs()[0]);
+    let x = random_input(model.graph.value_type(input), 3);
+    let want = run_model(&model, std::slice::from_ref(&x), Backend::Interp).unwrap();
+    let got = run_model(&opt, &[x], Backend::Jit).unwrap();
+    let (w, g) = (want[0].as_f32().unwrap(), got[0].as_f32().unwrap());
+    let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = w
+        .iter()
+        .zip(g)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-4 * scale, "{diff} vs {scale}");
+}

@@ -1,3 +1,50 @@
-//! kiln-backends: Cranelift code generation (JIT and AOT) and its runtime.
+//! kiln-backends: Cranelift code generation for kiln graphs, and its runtime.
 //!
-//! SKELETON: the JIT work replaces this file.
+//! [`compile`] turns a [`kiln_ir::Model`] into a [`CompiledModel`]: one
+//! Cranelift function per kernel, specialised on the graph's static shapes
+//! (constant loop bounds and strides, weight addresses baked in), run in
+//! order over one arena whose layout a liveness-based memory plan chose.
+//!
+//! - `codegen`: the emitter and the inlined math
+//!   (polynomial `exp`, `log`, `tanh`, `erf`, `sigmoid`);
+//! - `kernels`: lowering, one module per op family, around a register-tiled
+//!   GEMM micro-kernel for convolutions and matrix products;
+//! - `plan`: the memory plan; `runtime`: arenas, constants, worker pool;
+//! - `compiled`: the driver, [`CompiledModel`], and [`emit_clif`].
+//!
+//! Scope: every primitive op of `kiln_ir::Op` on `f32` tensors in NCHW
+//! layout. `i64` computations (shape arithmetic, which the ONNX importer
+//! folds into constants) are a compile error naming the node. Blocked
+//! layouts, fused ops and ahead-of-time objects come later.
+//!
+//! ```
+//! use kiln_backends::{CompileOptions, compile};
+//! use kiln_ir::{Graph, Model, Op, Tensor, TensorType, UnaryOp, WeightStore};
+//!
+//! let mut g = Graph::new("tiny");
+//! let x = g.add_input("x", TensorType::f32([2, 3])).unwrap();
+//! let y = g.add(Op::Unary(UnaryOp::Relu), &[x]).unwrap();
+//! g.set_outputs(vec![y]);
+//! let model = Model { graph: g, weights: WeightStore::new() };
+//! let jit = compile(&model, &CompileOptions::default()).unwrap();
+//! let x = Tensor::from_f32([2, 3], vec![-1.0, 2.0, -3.0, 4.0, -5.0, 6.0]).unwrap();
+//! let out = jit.run(&[x]).unwrap();
+//! assert_eq!(out[0].as_f32().unwrap(), &[0.0, 2.0, 0.0, 4.0, 0.0, 6.0]);
+//! ```
+
+mod codegen;
+mod compiled;
+mod error;
+mod fold;
+mod kernels;
+mod plan;
+mod runtime;
+mod target;
+
+pub use compiled::{
+    CompileOptions, CompileStats, CompiledModel, GemmTile, KernelTime, OptLevel, compile, emit_clif,
+};
+pub use error::BackendError;
+
+#[doc(hidden)]
+pub mod testing;

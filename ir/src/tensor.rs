@@ -109,6 +109,25 @@ impl Tensor {
         }
     }
 
+    /// Mutable `f32` elements, or `None` for an `i64` tensor. Copies the data
+    /// first if it is shared with another tensor (copy-on-write), so a tensor
+    /// that owns its data alone is written in place without allocating.
+    pub fn as_f32_mut(&mut self) -> Option<&mut [f32]> {
+        match &mut self.data {
+            TensorData::F32(d) => Some(Arc::make_mut(d)),
+            TensorData::I64(_) => None,
+        }
+    }
+
+    /// Mutable `i64` elements, or `None` for an `f32` tensor (copy-on-write
+    /// like [`Tensor::as_f32_mut`]).
+    pub fn as_i64_mut(&mut self) -> Option<&mut [i64]> {
+        match &mut self.data {
+            TensorData::I64(d) => Some(Arc::make_mut(d)),
+            TensorData::F32(_) => None,
+        }
+    }
+
     /// The same data viewed with another shape of equal element count.
     pub fn reshaped(&self, shape: impl Into<Vec<usize>>) -> Result<Tensor, IrError> {
         let shape = shape.into();
@@ -192,6 +211,16 @@ mod tests {
         assert!(Tensor::from_f32([2, 3], vec![0.0; 6]).is_ok());
         assert!(Tensor::from_f32([2, 3], vec![0.0; 5]).is_err());
         assert!(Tensor::from_i64([usize::MAX, 4], vec![0; 4]).is_err());
+    }
+
+    #[test]
+    fn mutable_access_is_copy_on_write() {
+        let mut a = Tensor::from_f32([2], vec![1.0, 2.0]).unwrap();
+        let b = a.clone();
+        a.as_f32_mut().unwrap()[0] = 5.0;
+        assert_eq!(a.as_f32(), Some(&[5.0, 2.0][..]));
+        assert_eq!(b.as_f32(), Some(&[1.0, 2.0][..]));
+        assert!(a.as_i64_mut().is_none());
     }
 
     #[test]

@@ -1,0 +1,75 @@
+//! Pointwise (1×1) convolutions at one thread: the GEMM micro-kernel on the
+//! layer shapes these models spend most multiply-adds in. `default` is what
+//! `compile` picks (the assembled AVX-512 tile where the host has AVX-512);
+//! `cranelift-4x8-none` is the Cranelift f32x4 tile every target has. With
+//! `KILN_BENCH_TILES=1` it also compares Cranelift tile shapes and
+//! optimisation levels.
+
+// criterion's macros define undocumented functions.
+#![allow(missing_docs)]
+
+mod common;
+
+use common::{bench_model, cranelift_only, opts, single};
+use criterion::{Criterion, criterion_group, criterion_main};
+use kiln_backends::OptLevel;
+use kiln_ir::Op;
+
+const POINTWISE: Op = Op::Conv2d {
+    stride: [1, 1],
+    pad: [0, 0, 0, 0],
+    dilation: [1, 1],
+    groups: 1,
+};
+
+/// (C in, C out, H = W)
+const SHAPES: [(usize, usize, usize); 4] =
+    [(32, 96, 56), (96, 192, 28), (192, 384, 14), (320, 1280, 7)];
+
+/// A tile shape (default when `None`), the level to compile it at, a label.
+type Variant = (Option<(usize, usize)>, OptLevel, &'static str);
+
+fn pointwise(c: &mut Criterion) {
+    let mut tiles: Vec<Variant> = vec![(None, OptLevel::None, "4x8-none")];
+    if std::env::var("KILN_BENCH_TILES").is_ok() {
+        tiles.extend([
+            (None, OptLevel::Speed, "4x8-speed"),
+            (Some((6, 8)), OptLevel::None, "6x8-none"),
+            (Some((3, 12)), OptLevel::None, "3x12-none"),
+            (Some((4, 12)), OptLevel::None, "4x12-none"),
+            (Some((2, 16)), OptLevel::None, "2x16-none"),
+            (Some((12, 4)), OptLevel::None, "12x4-none"),
+        ]);
+    }
+    for (cin, cout, hw) in SHAPES {
+        let (model, inputs) = single(
+            POINTWISE,
+            &[1, cin, hw, hw],
+            &[vec![cout, cin, 1, 1], vec![cout]],
+        );
+        let flops = 2 * (cin * cout * hw * hw) as u64;
+        bench_model(
+            c,
+            "pointwise_conv",
+            &format!("{cin}to{cout}_{hw}x{hw}_default"),
+            &model,
+            &inputs,
+            flops,
+            &opts(None, OptLevel::None),
+        );
+        for (tile, level, name) in &tiles {
+            bench_model(
+                c,
+                "pointwise_conv",
+                &format!("{cin}to{cout}_{hw}x{hw}_cranelift-{name}"),
+                &model,
+                &inputs,
+                flops,
+                &cranelift_only(*tile, *level),
+            );
+        }
+    }
+}
+
+criterion_group!(benches, pointwise);
+criterion_main!(benches);

@@ -1,0 +1,380 @@
+//! The emitter: a thin layer over Cranelift's `FunctionBuilder` that every
+//! kernel uses — buffer addresses, loads and stores with the right memory
+//! flags, constant splats, and loops.
+//!
+//! Kernels are specialised on static shapes, so almost every bound and stride
+//! is a constant here; loops over a known count are emitted bottom-tested (one
+//! compare per iteration) and only the outermost, parallel loop takes its
+//! bounds at run time. At `opt_level=none` Cranelift does no redundancy
+//! elimination, so hot loops step pointers instead of recomputing
+//! `base + i * stride` (see the callers).
+
+pub(crate) mod math;
+
+use std::collections::HashMap;
+
+use cranelift_codegen::cursor::{Cursor, FuncCursor};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{BlockArg, Inst, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, Variable};
+
+/// Scalar lane type of every kernel.
+pub(crate) const F32: Type = types::F32;
+/// The vector type: 128 bits is what Cranelift lowers on every target.
+pub(crate) const V4: Type = types::F32X4;
+/// Pointer / index type (kiln targets are 64-bit).
+pub(crate) const I64: Type = types::I64;
+
+/// Where a tensor's bytes live, as a kernel sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Loc {
+    /// `offset` bytes into the per-call arena (intermediates, scratch).
+    Arena(usize),
+    /// A caller's tensor: `run` writes its address into the arena header at
+    /// this byte offset, so inputs are read and outputs written in place.
+    Io(usize),
+    /// Constant data owned by the compiled model (weights, packed weights):
+    /// its absolute address, baked into the code.
+    Const(usize),
+}
+
+/// A tensor operand of a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Buf {
+    /// where it lives
+    pub loc: Loc,
+    /// nothing writes it while the kernel runs (lets loads be reordered)
+    pub readonly: bool,
+}
+
+impl Buf {
+    /// A buffer the kernel reads and nobody writes meanwhile.
+    pub fn input(loc: Loc) -> Buf {
+        Buf {
+            loc,
+            readonly: true,
+        }
+    }
+    /// A buffer the kernel writes.
+    pub fn output(loc: Loc) -> Buf {
+        Buf {
+            loc,
+            readonly: false,
+        }
+    }
+}
+
+/// Emits the body of one kernel function `fn(arena, begin, end)`.
+pub(crate) struct Emitter<'a> {
+    /// the underlying builder, for instructions the helpers do not cover
+    pub b: FunctionBuilder<'a>,
+    arena: Value,
+    /// use fused multiply-add (the target lowers it natively)
+    pub fma: bool,
+    /// the host's C calling convention (for calls to host functions)
+    pub call_conv: CallConv,
+    /// the entry block's jump to the body: float constants are inserted
+    /// before it (see [`Emitter::kc`])
+    entry_jump: Inst,
+    /// constants already materialised in the entry block, by type and bits
+    consts: HashMap<(Type, u32), Value>,
+    /// addresses of the assembled tiles, by number (0 when only printing)
+    pub asm_addrs: Vec<usize>,
+}
+
+impl<'a> Emitter<'a> {
+    /// Wraps a builder positioned in the entry block; `arena` is the first
+    /// parameter.
+    pub fn new(
+        mut b: FunctionBuilder<'a>,
+        arena: Value,
+        fma: bool,
+        call_conv: CallConv,
+    ) -> Emitter<'a> {
+        // The entry block only jumps to the body; constants are added to it
+        // on demand, so they dominate every use.
+        let body = b.create_block();
+        let entry_jump = b.ins().jump(body, &[]);
+        b.switch_to_block(body);
+        b.seal_block(body);
+        Emitter {
+            b,
+            arena,
+            fma,
+            call_conv,
+            entry_jump,
+            consts: HashMap::new(),
+            asm_addrs: Vec::new(),
+        }
+    }
+
+    /// Gives the builder back (to finalise the function).
+    pub fn finish(self) -> FunctionBuilder<'a> {
+        self.b
+    }
+
+    // ---- constants and addresses ------------------------------------------
+
+    /// An `i64` constant.
+    pub fn ic(&mut self, x: i64) -> Value {
+        self.b.ins().iconst(I64, x)
+    }
+
+    /// An `f32` constant.
+    pub fn fc(&mut self, x: f32) -> Value {
+        self.kc(F32, x)
+    }
+
+    /// A constant of lane type `ty` (`F32` or `V4`) with every lane `x`,
+    /// materialised once per function in the entry block. Kernels ask for
+    /// constants inside loops (the polynomials of `exp`, clamp bounds); at
+    /// `opt_level=none` nothing would hoist them, and at `speed` Cranelift
+    /// rematerialises constants at each use (a constant-pool load per use
+    /// inside the loop), which made `exp` load-port bound.
+    pub fn kc(&mut self, ty: Type, x: f32) -> Value {
+        if let Some(&v) = self.consts.get(&(ty, x.to_bits())) {
+            return v;
+        }
+        let mut cur = FuncCursor::new(self.b.func).at_inst(self.entry_jump);
+        let s = cur.ins().f32const(x);
+        let v = if ty == V4 { cur.ins().splat(V4, s) } else { s };
+        self.consts.insert((ty, x.to_bits()), v);
+        v
+    }
+
+    /// An `i32` constant in every lane of `ty` (`I32` or `I32X4`), hoisted
+    /// into the entry block like [`Emitter::kc`].
+    pub fn kc_i32(&mut self, ty: Type, x: i32) -> Value {
+        if let Some(&v) = self.consts.get(&(ty, x as u32)) {
+            return v;
+        }
+        let mut cur = FuncCursor::new(self.b.func).at_inst(self.entry_jump);
+        let s = cur.ins().iconst(types::I32, i64::from(x));
+        let v = if ty.is_vector() {
+            cur.ins().splat(ty, s)
+        } else {
+            s
+        };
+        self.consts.insert((ty, x as u32), v);
+        v
+    }
+
+    /// Broadcasts a scalar to `ty` (identity for `F32`).
+    pub fn widen(&mut self, ty: Type, s: Value) -> Value {
+        if ty == V4 {
+            self.b.ins().splat(V4, s)
+        } else {
+            s
+        }
+    }
+
+    /// The base address of `buf`. Call it before entering loops: the value
+    /// must dominate its uses.
+    pub fn base(&mut self, buf: Buf) -> Value {
+        match buf.loc {
+            Loc::Arena(off) => self.b.ins().iadd_imm_s(self.arena, off as i64),
+            Loc::Io(slot) => {
+                let f = MemFlagsData::trusted().with_readonly().with_can_move();
+                self.b.ins().load(I64, f, self.arena, slot as i32)
+            }
+            Loc::Const(addr) => self.ic(addr as i64),
+        }
+    }
+
+    /// `p + bytes`.
+    pub fn off(&mut self, p: Value, bytes: i64) -> Value {
+        if bytes == 0 {
+            p
+        } else {
+            self.b.ins().iadd_imm_s(p, bytes)
+        }
+    }
+
+    /// `p + idx * scale` (bytes).
+    pub fn index(&mut self, p: Value, idx: Value, scale: i64) -> Value {
+        if scale == 0 {
+            return p;
+        }
+        let s = if scale == 1 {
+            idx
+        } else {
+            self.b.ins().imul_imm_s(idx, scale)
+        };
+        self.b.ins().iadd(p, s)
+    }
+
+    // ---- memory -------------------------------------------------------------
+
+    /// Flags for reading `buf`: never trapping (the plan keeps every access in
+    /// bounds); read-only buffers may be reordered across stores, constants
+    /// moved freely (hoisted out of loops at `opt_level=speed`).
+    pub fn rflags(buf: Buf) -> MemFlagsData {
+        let f = MemFlagsData::new().with_notrap();
+        match (buf.loc, buf.readonly) {
+            (Loc::Const(_), _) => f.with_readonly().with_can_move(),
+            (_, true) => f.with_readonly(),
+            _ => f,
+        }
+    }
+
+    /// Flags for writing.
+    pub fn wflags() -> MemFlagsData {
+        MemFlagsData::new().with_notrap()
+    }
+
+    /// Loads a `ty` at `p + off` bytes.
+    pub fn load(&mut self, ty: Type, f: MemFlagsData, p: Value, off: i64) -> Value {
+        match i32::try_from(off) {
+            Ok(o) => self.b.ins().load(ty, f, p, o),
+            Err(_) => {
+                let q = self.b.ins().iadd_imm_s(p, off);
+                self.b.ins().load(ty, f, q, 0)
+            }
+        }
+    }
+
+    /// Stores `v` at `p + off` bytes.
+    pub fn store(&mut self, f: MemFlagsData, v: Value, p: Value, off: i64) {
+        match i32::try_from(off) {
+            Ok(o) => {
+                self.b.ins().store(f, v, p, o);
+            }
+            Err(_) => {
+                let q = self.b.ins().iadd_imm_s(p, off);
+                self.b.ins().store(f, v, q, 0);
+            }
+        }
+    }
+
+    // ---- arithmetic shared by scalar and vector paths -----------------------
+
+    /// `a * b + c`, fused when the target has native FMA. Scalar and vector
+    /// code use the same choice, so a value does not depend on whether it was
+    /// computed in a vector body or a scalar tail.
+    pub fn mul_add(&mut self, a: Value, b: Value, c: Value) -> Value {
+        if self.fma {
+            self.b.ins().fma(a, b, c)
+        } else {
+            let m = self.b.ins().fmul(a, b);
+            self.b.ins().fadd(m, c)
+        }
+    }
+
+    /// Horizontal sum of a `V4` in a fixed order: `(l0 + l1) + (l2 + l3)`.
+    pub fn hsum(&mut self, v: Value) -> Value {
+        let l: Vec<Value> = (0..4u8).map(|i| self.b.ins().extractlane(v, i)).collect();
+        let a = self.b.ins().fadd(l[0], l[1]);
+        let c = self.b.ins().fadd(l[2], l[3]);
+        self.b.ins().fadd(a, c)
+    }
+
+    /// Horizontal maximum of a `V4` (NaN-propagating, like `fmax`).
+    pub fn hmax(&mut self, v: Value) -> Value {
+        let l: Vec<Value> = (0..4u8).map(|i| self.b.ins().extractlane(v, i)).collect();
+        let a = self.b.ins().fmax(l[0], l[1]);
+        let c = self.b.ins().fmax(l[2], l[3]);
+        self.b.ins().fmax(a, c)
+    }
+
+    /// A fresh variable of type `ty` holding `init`.
+    pub fn var(&mut self, ty: Type, init: Value) -> Variable {
+        let v = self.b.declare_var(ty);
+        self.b.def_var(v, init);
+        v
+    }
+
+    // ---- control flow -------------------------------------------------------
+
+    /// `for i in (lo..hi).step_by(step)` with bounds known only at run time.
+    pub fn for_range(
+        &mut self,
+        lo: Value,
+        hi: Value,
+        step: i64,
+        mut body: impl FnMut(&mut Self, Value),
+    ) {
+        let header = self.b.create_block();
+        self.b.append_block_param(header, I64);
+        let inner = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(header, &[BlockArg::Value(lo)]);
+        self.b.switch_to_block(header);
+        let i = self.b.block_params(header)[0];
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
+        self.b.ins().brif(c, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        self.b.seal_block(inner);
+        body(self, i);
+        let next = self.b.ins().iadd_imm_s(i, step);
+        self.b.ins().jump(header, &[BlockArg::Value(next)]);
+        self.b.seal_block(header);
+        self.b.switch_to_block(exit);
+        self.b.seal_block(exit);
+    }
+
+    /// `for i in (lo..hi).step_by(step)` with constant bounds: nothing for an
+    /// empty range, straight-line code for one trip, else a loop.
+    ///
+    /// The loop is top-tested on purpose. In a bottom-tested loop the values
+    /// carried out of the body (say, GEMM accumulators) are used twice — by
+    /// the back edge and by the code after the loop — and Cranelift then
+    /// treats every instruction feeding them as used more than once, which
+    /// stops it from folding loads into their users (`vbroadcastss` from
+    /// memory, FMA memory operands). Leaving through the header, the code
+    /// after the loop reads the header's block parameters instead.
+    pub fn for_static(&mut self, lo: i64, hi: i64, step: i64, body: impl FnMut(&mut Self, Value)) {
+        if lo >= hi {
+            return;
+        }
+        if lo + step >= hi {
+            let mut body = body;
+            let i = self.ic(lo);
+            body(self, i);
+            return;
+        }
+        let lo_v = self.ic(lo);
+        let hi_v = self.ic(hi);
+        self.for_range(lo_v, hi_v, step, body);
+    }
+
+    /// Runs `body` only when `cond` (an `i8` truth value) is non-zero.
+    pub fn if_then(&mut self, cond: Value, body: impl FnOnce(&mut Self)) {
+        let then = self.b.create_block();
+        let join = self.b.create_block();
+        self.b.ins().brif(cond, then, &[], join, &[]);
+        self.b.switch_to_block(then);
+        self.b.seal_block(then);
+        body(self);
+        self.b.ins().jump(join, &[]);
+        self.b.switch_to_block(join);
+        self.b.seal_block(join);
+    }
+
+    /// `max(a, b)` of two `i64`s.
+    pub fn imax(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().smax(a, b)
+    }
+
+    /// `min(a, b)` of two `i64`s.
+    pub fn imin(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().smin(a, b)
+    }
+
+    /// Calls `body(i)` for every outer index `i` in `[max(begin, lo), min(end,
+    /// hi))`: the slice of a kernel's parallel range that falls in one region.
+    pub fn sub_range(
+        &mut self,
+        begin: Value,
+        end: Value,
+        lo: usize,
+        hi: usize,
+        body: impl FnMut(&mut Self, Value),
+    ) {
+        let lo_v = self.ic(lo as i64);
+        let hi_v = self.ic(hi as i64);
+        let a = self.imax(begin, lo_v);
+        let z = self.imin(end, hi_v);
+        self.for_range(a, z, 1, body);
+    }
+}

@@ -1,0 +1,693 @@
+//! The compile driver and the compiled model: verify, plan memory, lower
+//! every kernel node, generate one Cranelift function per kernel, and run
+//! them in order over a per-call arena.
+//!
+//! ## Sharing a compiled model between threads
+//!
+//! `CompiledModel` is `Send + Sync`. Each call to `run`/`run_into` takes an
+//! arena from a small pool (a mutex-guarded `Vec`, refilled when the call
+//! ends; a new arena is allocated only when every existing one is in use),
+//! so concurrent calls never share intermediates. The worker pool is guarded
+//! by a mutex that a call only *tries* to take: a call that finds it busy
+//! runs its kernels on its own thread instead of queueing. This is sound for
+//! results because every kernel computes each output element the same way
+//! whatever slice of units a thread gets, so a model gives bitwise identical
+//! results on 1 thread, on N threads, and when run concurrently.
+
+// Calling JIT code and releasing its memory are unsafe; each block says why
+// it is sound.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cranelift_codegen::Context;
+use cranelift_codegen::control::ControlPlane;
+use cranelift_codegen::ir::{AbiParam, Function, InstBuilder, Signature, UserFuncName};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{Linkage, Module, ModuleReloc, default_libcall_names};
+use kiln_ir::{DType, Graph, Model, NodeId, Tensor, TensorData, TensorType, Value};
+
+use crate::codegen::{Buf, Emitter, I64, Loc};
+use crate::error::BackendError;
+use crate::kernels::asm_tile::AsmStore;
+use crate::kernels::gemm::{DEFAULT_TILE, Tile};
+use crate::kernels::{self, Kernel, NodeCx, Operand, Opt, copy::Copy};
+use crate::plan;
+use crate::runtime::pool::{KernelFn, Pool};
+use crate::runtime::{Arena, ConstStore};
+use crate::target::Target;
+
+/// Cranelift optimisation level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptLevel {
+    /// `opt_level=none`: no mid-end optimisation; register allocation only.
+    None,
+    /// `opt_level=speed`.
+    Speed,
+}
+
+impl OptLevel {
+    fn name(self) -> &'static str {
+        match self {
+            OptLevel::None => "none",
+            OptLevel::Speed => "speed",
+        }
+    }
+}
+
+/// How to compile a model.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Threads to run on, the caller's included; `None` = every available core.
+    pub threads: Option<usize>,
+    /// Optimisation level of the memory-bound kernels. `none` by default:
+    /// the kernels already place their loop-invariant values themselves,
+    /// and at `speed` Cranelift rematerialises vector constants inside
+    /// loops (measured 10–15 % slower on `exp`-heavy kernels, and slower
+    /// compiles).
+    pub opt_level: OptLevel,
+    /// Optimisation level of register-tiled GEMM kernels. `none` by default:
+    /// measured faster, because `speed` spills the tile's accumulators (see
+    /// docs/ARCHITECTURE.md and `benches/pointwise_conv.rs`).
+    pub tile_opt_level: OptLevel,
+    /// Run Cranelift's IR verifier on every kernel (slower compiles; tests
+    /// turn it on so a lowering bug is an error, not a miscompile).
+    pub verify_ir: bool,
+    /// The GEMM register tile (for measuring alternatives; the default is
+    /// the fastest measured here).
+    pub gemm_tile: GemmTile,
+    /// Compute convolutions with constant weights with GEMM tiles assembled
+    /// for AVX-512 (14×32, zmm registers) when the host has AVX-512F; the
+    /// Cranelift f32x4 tile otherwise.
+    pub asm_tiles: bool,
+}
+
+/// Shape of the GEMM register tile: `mr` rows by `nr` columns (`nr` a
+/// multiple of 4: f32x4 vectors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmTile {
+    /// rows
+    pub mr: usize,
+    /// columns
+    pub nr: usize,
+}
+
+impl Default for GemmTile {
+    fn default() -> Self {
+        GemmTile {
+            mr: DEFAULT_TILE.mr,
+            nr: 4 * DEFAULT_TILE.nv,
+        }
+    }
+}
+
+impl From<GemmTile> for Tile {
+    fn from(t: GemmTile) -> Tile {
+        Tile {
+            mr: t.mr.max(1),
+            nv: (t.nr / 4).max(1),
+        }
+    }
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            threads: None,
+            opt_level: OptLevel::None,
+            tile_opt_level: OptLevel::None,
+            verify_ir: false,
+            gemm_tile: GemmTile::default(),
+            asm_tiles: true,
+        }
+    }
+}
+
+/// Facts about a compiled model, for `kiln bench` and reports.
+#[derive(Clone, Debug)]
+pub struct CompileStats {
+    /// wall time of [`compile`]
+    pub compile_time: Duration,
+    /// kernel functions generated
+    pub kernels: usize,
+    /// size of the per-call arena (intermediates and scratch, after reuse)
+    pub arena_bytes: usize,
+    /// what the intermediates would take without buffer reuse
+    pub unshared_bytes: usize,
+    /// bytes of packed weights and tables owned by the model
+    pub const_bytes: usize,
+    /// element-wise kernels that write over their operand
+    pub inplace_kernels: usize,
+    /// threads the model runs on
+    pub threads: usize,
+    /// the host target and the features kiln uses
+    pub target: String,
+}
+
+/// A kernel function ready to call.
+struct Step {
+    func: usize,
+    units: usize,
+    parallel: bool,
+    /// the node it came from and what it does, for profiles
+    node: String,
+    what: String,
+}
+
+/// Time spent in one kernel during [`CompiledModel::profile`].
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// the node the kernel came from (`%12 (conv2d)`)
+    pub node: String,
+    /// what the kernel does
+    pub kernel: String,
+    /// wall time
+    pub time: Duration,
+}
+
+/// Owns the JIT's executable memory (the assembled tiles' module and the
+/// kernels' module) and frees it on drop.
+struct JitCode(Vec<JITModule>);
+
+// SAFETY: after `finalize_definitions` the module is never used again except
+// to free its memory in `drop`, which needs `&mut self` (so no other thread
+// can be using it); the code it owns is immutable and callable from any thread.
+unsafe impl Send for JitCode {}
+// SAFETY: as above — no method of the module is called through `&JitCode`.
+unsafe impl Sync for JitCode {}
+
+impl Drop for JitCode {
+    fn drop(&mut self) {
+        for m in self.0.drain(..) {
+            // SAFETY: the only pointers into this memory are the `Step`s of the
+            // `CompiledModel` being dropped (and the tile addresses baked into
+            // its kernels); no run can be in progress because running borrows
+            // the model.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// Work (in the kernels' rough cost units) below which splitting a kernel
+/// over threads costs more in synchronisation than it saves.
+const PARALLEL_MIN_COST: f64 = 30_000.0;
+
+/// A model compiled to native code for the host. See the module docs for
+/// how it may be shared between threads.
+pub struct CompiledModel {
+    steps: Vec<Step>,
+    inputs: Vec<(String, TensorType)>,
+    outputs: Vec<(String, TensorType)>,
+    arena_bytes: usize,
+    arenas: Mutex<Vec<Arena>>,
+    pool: Mutex<Pool>,
+    stats: CompileStats,
+    // Kept alive because compiled code holds their addresses.
+    _consts: ConstStore,
+    _weights: kiln_ir::WeightStore,
+    _code: JitCode,
+}
+
+fn weight_data<'a>(model: &'a Model, g: &Graph, mut v: Value) -> Option<&'a [f32]> {
+    loop {
+        let node = g.node(v.node);
+        match node.op {
+            kiln_ir::Op::Weight => {
+                return model.weights.get(&node.outputs[0].name)?.as_f32();
+            }
+            _ if kernels::is_alias(g, v.node) => v = g.operands(v.node)[0],
+            _ => return None,
+        }
+    }
+}
+
+/// Lowered kernels with the node each came from.
+type Lowered = Vec<(String, Box<dyn Kernel>)>;
+
+struct Front {
+    /// weights of the compiled graph (the model's, plus folded constants)
+    weights: kiln_ir::WeightStore,
+    /// assembled GEMM tiles the kernels call
+    asm: AsmStore,
+    lowered: Lowered,
+    plan: plan::Plan,
+    consts: ConstStore,
+    threads: usize,
+}
+
+fn front(model: &Model, opts: &CompileOptions, target: &Target) -> Result<Front, BackendError> {
+    // An optimised model's fused ops (kiln-passes) run as the primitive ops
+    // they stand for until they have kernels of their own.
+    let unfused;
+    let model = if model
+        .graph
+        .node_ids()
+        .any(|id| matches!(model.graph.node(id).op, kiln_ir::Op::Fused(_)))
+    {
+        let mut m = model.clone();
+        kiln_ir::fused::lower_fused(&mut m.graph, &mut m.weights)?;
+        unfused = m;
+        &unfused
+    } else {
+        model
+    };
+    kiln_ir::verify(&model.graph)?;
+    kiln_ir::verify_weights(&model.graph, &model.weights)?;
+    let folded = crate::fold::fold_constants(model)?;
+    let model = folded.as_ref().unwrap_or(model);
+    let g = &model.graph;
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut weight_addr: HashMap<NodeId, usize> = HashMap::new();
+    for &w in g.weights() {
+        let name = &g.node(w).outputs[0].name;
+        if let Some(t) = model.weights.get(name) {
+            let addr = match t.data() {
+                TensorData::F32(d) => d.as_ptr() as usize,
+                TensorData::I64(d) => d.as_ptr() as usize,
+            };
+            weight_addr.insert(w, addr);
+        }
+    }
+    let plan = plan::plan(g, &weight_addr)?;
+    let mut consts = ConstStore::default();
+    let mut asm = AsmStore::default();
+    let use_asm = opts.asm_tiles && target.avx512_tiles;
+    let mut lowered: Lowered = Vec::new();
+    for &id in &plan.kernels {
+        let node = g.node(id);
+        let inplace = plan.inplace.contains(&id);
+        let loc = |v: &Value| {
+            plan.loc.get(v).copied().ok_or_else(|| {
+                BackendError::Jit(format!("{}: value without a location", g.display_node(id)))
+            })
+        };
+        let mut ins = Vec::new();
+        for v in g.operands(id) {
+            ins.push(Operand {
+                buf: Buf {
+                    loc: loc(&v)?,
+                    readonly: !inplace,
+                },
+                ty: g.value_type(v).clone(),
+                data: weight_data(model, g, v),
+            });
+        }
+        let mut outs = Vec::new();
+        for (o, info) in node.outputs.iter().enumerate() {
+            outs.push((
+                Buf::output(loc(&Value {
+                    node: id,
+                    output: o,
+                })?),
+                info.ty.clone(),
+            ));
+        }
+        let name = g.display_node(id);
+        let mut cx = NodeCx {
+            name: name.clone(),
+            op: &node.op,
+            ins,
+            outs,
+            scratch: plan.scratch.get(&id).map(|&l| Buf::output(l)),
+            threads,
+            tile: opts.gemm_tile.into(),
+            consts: &mut consts,
+            asm: use_asm.then_some(&mut asm),
+        };
+        for k in kernels::lower(&mut cx)? {
+            lowered.push((name.clone(), k));
+        }
+    }
+    let n_in = g.inputs().len();
+    for &(k, src) in &plan.copies {
+        let v = g.outputs()[k];
+        let words = g.value_type(v).size_bytes() / 4;
+        let dst = Buf::output(Loc::Io(8 * (n_in + k)));
+        lowered.push((
+            format!("output {k} ({})", g.display_value(v)),
+            Box::new(Copy::flat(dst, Buf::input(src), words)),
+        ));
+    }
+    Ok(Front {
+        weights: model.weights.clone(),
+        asm,
+        lowered,
+        plan,
+        consts,
+        threads,
+    })
+}
+
+/// Builds the Cranelift function of kernel number `index`.
+fn build_function(
+    k: &dyn Kernel,
+    index: u32,
+    target: &Target,
+    asm_addrs: &[usize],
+    fctx: &mut FunctionBuilderContext,
+) -> Function {
+    let cc = target.speed.default_call_conv();
+    let mut sig = Signature::new(cc);
+    for _ in 0..3 {
+        sig.params.push(AbiParam::new(I64));
+    }
+    let mut func = Function::with_name_signature(UserFuncName::user(0, index), sig);
+    let mut b = FunctionBuilder::new(&mut func, fctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.seal_block(entry);
+    let p = b.block_params(entry).to_vec();
+    let mut e = Emitter::new(b, p[0], target.fma, cc);
+    e.asm_addrs = asm_addrs.to_vec();
+    k.emit(&mut e, p[1], p[2]);
+    let mut b = e.finish();
+    b.ins().return_(&[]);
+    b.finalize(target.speed.frontend_config());
+    func
+}
+
+fn kernel_isa<'t>(
+    k: &dyn Kernel,
+    opts: &CompileOptions,
+    t: &'t Target,
+) -> (&'t dyn cranelift_codegen::isa::TargetIsa, OptLevel) {
+    let level = match k.opt() {
+        Opt::None => opts.tile_opt_level,
+        Opt::Speed => opts.opt_level,
+    };
+    let isa = match level {
+        OptLevel::None => &*t.none,
+        OptLevel::Speed => &*t.speed,
+    };
+    (isa, level)
+}
+
+/// Places the assembled tiles in a JIT module of their own, finalised first
+/// so that their addresses can be baked into the kernels that call them.
+fn place_asm(
+    asm: &AsmStore,
+    target: &Target,
+    modules: &mut Vec<JITModule>,
+) -> Result<Vec<usize>, BackendError> {
+    if asm.code().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut module = JITModule::new(JITBuilder::with_isa(
+        target.speed.clone(),
+        default_libcall_names(),
+    ));
+    let mut sig = Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(I64));
+    }
+    let mut ids = Vec::new();
+    for (i, code) in asm.code().iter().enumerate() {
+        let id = module
+            .declare_function(&format!("tile{i}"), Linkage::Local, &sig)
+            .map_err(|e| BackendError::Jit(e.to_string()))?;
+        module
+            .define_function_bytes(id, 64, code, &[])
+            .map_err(|e| BackendError::Jit(e.to_string()))?;
+        ids.push(id);
+    }
+    module
+        .finalize_definitions()
+        .map_err(|e| BackendError::Jit(e.to_string()))?;
+    let addrs = ids
+        .iter()
+        .map(|&id| module.get_finalized_function(id) as usize)
+        .collect();
+    modules.push(module);
+    Ok(addrs)
+}
+
+/// Compiles `model` for the host CPU.
+pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, BackendError> {
+    let t0 = Instant::now();
+    let target = Target::host(opts.verify_ir)?;
+    let front = front(model, opts, &target)?;
+    let mut modules = Vec::new();
+    let asm_addrs = place_asm(&front.asm, &target, &mut modules)?;
+    let mut module = JITModule::new(JITBuilder::with_isa(
+        target.speed.clone(),
+        default_libcall_names(),
+    ));
+    let mut fctx = FunctionBuilderContext::new();
+    let mut ids = Vec::new();
+    for (i, (node, k)) in front.lowered.iter().enumerate() {
+        let func = build_function(k.as_ref(), i as u32, &target, &asm_addrs, &mut fctx);
+        let id = module
+            .declare_function(&format!("k{i}"), Linkage::Local, &func.signature)
+            .map_err(|e| BackendError::Jit(e.to_string()))?;
+        let (isa, _) = kernel_isa(k.as_ref(), opts, &target);
+        let mut ctx = Context::for_function(func);
+        // A developer aid: KILN_JIT_DISASM=1 prints each kernel's machine code.
+        let disasm = std::env::var_os("KILN_JIT_DISASM").is_some();
+        ctx.set_disasm(disasm);
+        let code = ctx
+            .compile(isa, &mut ControlPlane::default())
+            .map_err(|e| BackendError::Codegen {
+                node: node.clone(),
+                msg: cranelift_codegen::print_errors::pretty_error(e.func, e.inner),
+            })?;
+        if let (true, Some(text)) = (disasm, &code.vcode) {
+            eprintln!("; kernel k{i} from {node}: {}\n{text}", k.describe());
+        }
+        let align = u64::from(code.buffer.alignment).max(16);
+        let bytes = code.code_buffer().to_vec();
+        let mach_relocs = code.buffer.relocs().to_vec();
+        let relocs: Vec<ModuleReloc> = mach_relocs
+            .iter()
+            .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
+            .collect();
+        module
+            .define_function_bytes(id, align, &bytes, &relocs)
+            .map_err(|e| BackendError::Codegen {
+                node: node.clone(),
+                msg: e.to_string(),
+            })?;
+        ids.push(id);
+    }
+    module
+        .finalize_definitions()
+        .map_err(|e| BackendError::Jit(e.to_string()))?;
+    let steps = ids
+        .iter()
+        .zip(&front.lowered)
+        .map(|(&id, (node, k))| Step {
+            func: module.get_finalized_function(id) as usize,
+            units: k.units(),
+            parallel: front.threads > 1 && k.units() > 1 && k.cost() >= PARALLEL_MIN_COST,
+            node: node.clone(),
+            what: k.describe(),
+        })
+        .collect();
+    let g = &model.graph;
+    let io = |v: Value| {
+        let info = g.value_info(v);
+        (info.name.clone(), info.ty.clone())
+    };
+    let pool = Pool::new(front.threads)
+        .map_err(|e| BackendError::Jit(format!("starting worker threads: {e}")))?;
+    let stats = CompileStats {
+        compile_time: t0.elapsed(),
+        kernels: front.lowered.len(),
+        arena_bytes: front.plan.arena_bytes,
+        unshared_bytes: front.plan.unshared_bytes,
+        const_bytes: front.consts.bytes(),
+        inplace_kernels: front.plan.inplace.len(),
+        threads: front.threads,
+        target: target.describe(),
+    };
+    Ok(CompiledModel {
+        steps,
+        inputs: g.inputs().iter().map(|&n| io(Value::of(n))).collect(),
+        outputs: g.outputs().iter().map(|&v| io(v)).collect(),
+        arena_bytes: front.plan.arena_bytes,
+        arenas: Mutex::new(Vec::new()),
+        pool: Mutex::new(pool),
+        stats,
+        _consts: front.consts,
+        _weights: front.weights,
+        _code: JitCode({
+            modules.push(module);
+            modules
+        }),
+    })
+}
+
+/// The Cranelift IR of every kernel `compile` would generate, each preceded
+/// by a comment naming the kiln node it came from (for `kiln opt --emit clif`).
+pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, BackendError> {
+    let target = Target::host(opts.verify_ir)?;
+    let front = front(model, opts, &target)?;
+    let mut fctx = FunctionBuilderContext::new();
+    let mut out = format!(
+        "; kiln: {} kernels, arena {} bytes, target {}\n",
+        front.lowered.len(),
+        front.plan.arena_bytes,
+        target.describe()
+    );
+    for (i, (node, k)) in front.lowered.iter().enumerate() {
+        let func = build_function(k.as_ref(), i as u32, &target, &[], &mut fctx);
+        let (_, level) = kernel_isa(k.as_ref(), opts, &target);
+        out.push_str(&format!(
+            "\n; kernel k{i} from {node}: {} ({} units, opt_level={})\n{}",
+            k.describe(),
+            k.units(),
+            level.name(),
+            func.display()
+        ));
+    }
+    Ok(out)
+}
+
+fn check(
+    what: &str,
+    want: &[(String, TensorType)],
+    got: impl ExactSizeIterator<Item = TensorType>,
+) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "the model has {} {what}s, {} given",
+            want.len(),
+            got.len()
+        ));
+    }
+    for (k, ((name, ty), t)) in want.iter().zip(got).enumerate() {
+        if *ty != t {
+            return Err(format!("{what} {k} (%{name}) must be {ty}, got {t}"));
+        }
+    }
+    Ok(())
+}
+
+impl CompiledModel {
+    /// Runs the model; returns one tensor per graph output.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+        let mut outs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t)).collect();
+        self.run_into(inputs, &mut outs)?;
+        Ok(outs)
+    }
+
+    /// Runs the model writing into `outputs`, which must already have the
+    /// outputs' types. Allocates nothing once an arena is pooled (the first
+    /// call allocates it) and the output tensors own their data (a shared
+    /// output tensor is copied on write, see [`Tensor::as_f32_mut`]).
+    pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [Tensor]) -> Result<(), BackendError> {
+        self.execute(inputs, outputs, None)
+    }
+
+    /// Runs the model once, timing every kernel (the outputs are discarded).
+    pub fn profile(&self, inputs: &[Tensor]) -> Result<Vec<KernelTime>, BackendError> {
+        let mut outs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t)).collect();
+        let mut times = Vec::with_capacity(self.steps.len());
+        self.execute(inputs, &mut outs, Some(&mut times))?;
+        Ok(self
+            .steps
+            .iter()
+            .zip(times)
+            .map(|(s, time)| KernelTime {
+                node: s.node.clone(),
+                kernel: s.what.clone(),
+                time,
+            })
+            .collect())
+    }
+
+    fn execute(
+        &self,
+        inputs: &[Tensor],
+        outputs: &mut [Tensor],
+        mut times: Option<&mut Vec<Duration>>,
+    ) -> Result<(), BackendError> {
+        check("input", &self.inputs, inputs.iter().map(|t| t.ty())).map_err(BackendError::Input)?;
+        check("output", &self.outputs, outputs.iter().map(|t| t.ty()))
+            .map_err(BackendError::Output)?;
+        let mut arena = self
+            .arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| Arena::new(self.arena_bytes));
+        for (k, t) in inputs.iter().enumerate() {
+            let p = match t.data() {
+                TensorData::F32(d) => d.as_ptr() as usize,
+                TensorData::I64(d) => d.as_ptr() as usize,
+            };
+            arena.set_slot(k, p);
+        }
+        let n_in = inputs.len();
+        for (k, t) in outputs.iter_mut().enumerate() {
+            let p = match t.dtype() {
+                DType::F32 => t.as_f32_mut().map_or(0, |d| d.as_mut_ptr() as usize),
+                DType::I64 => t.as_i64_mut().map_or(0, |d| d.as_mut_ptr() as usize),
+            };
+            arena.set_slot(n_in + k, p);
+        }
+        let base = arena.base();
+        let pool = self.pool.try_lock().ok();
+        for s in &self.steps {
+            let t0 = times.is_some().then(Instant::now);
+            if s.units == 0 {
+                if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                    t.push(t0.elapsed());
+                }
+                continue;
+            }
+            // SAFETY: `s.func` is a finalized kernel of this model's JIT module
+            // (kept alive by `self`) with signature `KernelFn`.
+            let f: KernelFn = unsafe { std::mem::transmute::<usize, KernelFn>(s.func) };
+            match (&pool, s.parallel) {
+                // SAFETY: the arena was laid out by this model's plan: its
+                // header holds the addresses of `inputs` and `outputs`, whose
+                // types were checked above and which stay borrowed until we
+                // return; nobody else uses this arena.
+                (Some(p), true) => unsafe { p.run(f, base, s.units) },
+                // SAFETY: as above, on this thread alone.
+                _ => unsafe { f(base, 0, s.units as i64) },
+            }
+            if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                t.push(t0.elapsed());
+            }
+        }
+        drop(pool);
+        self.arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(arena);
+        Ok(())
+    }
+
+    /// Compile-time facts: time, kernel count, arena size, threads.
+    pub fn stats(&self) -> &CompileStats {
+        &self.stats
+    }
+
+    /// Bytes of the per-call arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena_bytes
+    }
+
+    /// Threads a run uses.
+    pub fn threads(&self) -> usize {
+        self.stats.threads
+    }
+
+    /// Names and types of the graph inputs, in order.
+    pub fn inputs(&self) -> &[(String, TensorType)] {
+        &self.inputs
+    }
+
+    /// Names and types of the graph outputs, in order.
+    pub fn outputs(&self) -> &[(String, TensorType)] {
+        &self.outputs
+    }
+}

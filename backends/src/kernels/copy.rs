@@ -1,0 +1,452 @@
+//! Data movement: transpose, slice, concat, split, pad, gather, and the copies
+//! that fill graph outputs which no kernel computes.
+//!
+//! Everything affine is a list of strided regions (one [`Nest`] each, output
+//! first), copied with f32x4 moves when both sides are contiguous in the
+//! innermost dimension. Constant padding is a fill followed by a copy of the
+//! interior (two kernels, so threads never race on the same bytes); reflect
+//! and edge padding, and gathers of many indices, use an index table built at
+//! compile time (`out[i] = src[table[i]]`, `-1` = fill).
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{InstBuilder, Value};
+use kiln_ir::shape::slice_bounds;
+use kiln_ir::{Op, PadMode};
+
+use super::nest::{CHUNK, Nest, contiguous};
+use super::{Kernel, Kernels, NodeCx};
+use crate::codegen::{Buf, Emitter, F32, I64, Loc, V4};
+use crate::error::BackendError;
+
+/// One strided region: `dst[...] = src[...]`, or `dst[...] = fill` without a source.
+pub(crate) struct Region {
+    nest: Nest,
+    dst: Buf,
+    src: Option<Buf>,
+    fill: f32,
+}
+
+impl Region {
+    /// A copy region; `nest` has the destination as operand 0.
+    pub fn copy(nest: Nest, dst: Buf, src: Buf) -> Region {
+        Region {
+            nest,
+            dst,
+            src: Some(src),
+            fill: 0.0,
+        }
+    }
+
+    /// A fill of `dims` (contiguous) with `value`.
+    pub fn fill(dims: &[usize], dst: Buf, value: f32) -> Region {
+        Region {
+            nest: Nest::new(dims, vec![contiguous(dims)], vec![0]),
+            dst,
+            src: None,
+            fill: value,
+        }
+    }
+}
+
+/// A kernel made of disjoint regions; units are the regions' units in order.
+pub(crate) struct Copy {
+    what: &'static str,
+    regions: Vec<Region>,
+}
+
+impl Copy {
+    /// A kernel copying (or filling) `regions`, which must not overlap.
+    pub fn new(what: &'static str, regions: Vec<Region>) -> Copy {
+        Copy { what, regions }
+    }
+
+    /// A flat copy of `numel` 32-bit words (any dtype: i64 values are two).
+    pub fn flat(dst: Buf, src: Buf, numel: usize) -> Copy {
+        let dims = [numel];
+        let nest = Nest::new(
+            &dims,
+            vec![contiguous(&dims), contiguous(&dims)],
+            vec![0, 0],
+        );
+        Copy::new("output copy", vec![Region::copy(nest, dst, src)])
+    }
+}
+
+impl Kernel for Copy {
+    fn describe(&self) -> String {
+        let shapes: Vec<_> = self.regions.iter().map(|r| r.nest.dims.clone()).collect();
+        format!("{} regions {:?}", self.what, shapes)
+    }
+
+    fn units(&self) -> usize {
+        self.regions.iter().map(|r| r.nest.units()).sum()
+    }
+
+    fn cost(&self) -> f64 {
+        self.regions.iter().map(|r| r.nest.numel() as f64).sum()
+    }
+
+    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
+        let mut first = 0;
+        for r in &self.regions {
+            let mut bases = vec![e.base(r.dst)];
+            if let Some(s) = r.src {
+                bases.push(e.base(s));
+            }
+            let sd = r.nest.inner_stride(0);
+            let ss = if r.src.is_some() {
+                r.nest.inner_stride(1)
+            } else {
+                0
+            };
+            let rf = r.src.map(Emitter::rflags);
+            let wf = Emitter::wflags();
+            let fill = r.fill;
+            let has_src = r.src.is_some();
+            let mut body = |e: &mut Emitter, ptrs: &[Value], len: usize| {
+                if sd == 1 && (!has_src || ss == 1) {
+                    let n4 = (len / 4) as i64;
+                    let splat = e.kc(V4, fill);
+                    e.for_static(0, n4 * 16, 16, |e, i| {
+                        let v = match rf {
+                            Some(f) => {
+                                let p = e.b.ins().iadd(ptrs[1], i);
+                                e.load(V4, f, p, 0)
+                            }
+                            None => splat,
+                        };
+                        let p = e.b.ins().iadd(ptrs[0], i);
+                        e.store(wf, v, p, 0);
+                    });
+                    for j in (n4 as usize * 4)..len {
+                        let v = match rf {
+                            Some(f) => e.load(F32, f, ptrs[1], 4 * j as i64),
+                            None => e.fc(fill),
+                        };
+                        e.store(wf, v, ptrs[0], 4 * j as i64);
+                    }
+                } else {
+                    let fv = e.fc(fill);
+                    e.for_static(0, len as i64, 1, |e, i| {
+                        let v = match rf {
+                            Some(f) => {
+                                let p = e.index(ptrs[1], i, 4 * ss);
+                                e.load(F32, f, p, 0)
+                            }
+                            None => fv,
+                        };
+                        let p = e.index(ptrs[0], i, 4 * sd);
+                        e.store(wf, v, p, 0);
+                    });
+                }
+            };
+            r.nest.emit(e, &bases, begin, end, first, &mut body);
+            first += r.nest.units();
+        }
+    }
+}
+
+/// `dst[i] = table[i] < 0 ? fill : src[table[i]]` for `i < n`, the table
+/// being compile-time constant data.
+pub(crate) struct TableCopy {
+    dst: Buf,
+    src: Buf,
+    table: usize,
+    n: usize,
+    src_len: usize,
+    fill: f32,
+}
+
+impl Kernel for TableCopy {
+    fn describe(&self) -> String {
+        format!("table copy of {} elements", self.n)
+    }
+
+    fn units(&self) -> usize {
+        self.n.div_ceil(CHUNK)
+    }
+
+    fn cost(&self) -> f64 {
+        2.0 * self.n as f64
+    }
+
+    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
+        let dst = e.base(self.dst);
+        let src = e.base(self.src);
+        let table = e.base(Buf::input(Loc::Const(self.table)));
+        let rf = Emitter::rflags(self.src);
+        let tf = Emitter::rflags(Buf::input(Loc::Const(self.table)));
+        let wf = Emitter::wflags();
+        let lo = e.b.ins().imul_imm_s(begin, CHUNK as i64);
+        let hi = e.b.ins().imul_imm_s(end, CHUNK as i64);
+        let n = e.ic(self.n as i64);
+        let hi = e.imin(hi, n);
+        let fill = self.fill;
+        let src_len = self.src_len;
+        e.for_range(lo, hi, 1, |e, i| {
+            let tp = e.index(table, i, 8);
+            let idx = e.load(I64, tf, tp, 0);
+            let f = e.fc(fill);
+            let v = if src_len == 0 {
+                f
+            } else {
+                let zero = e.ic(0);
+                let ok =
+                    e.b.ins()
+                        .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, idx, 0);
+                let safe = e.b.ins().select(ok, idx, zero);
+                let sp = e.index(src, safe, 4);
+                let x = e.load(F32, rf, sp, 0);
+                e.b.ins().select(ok, x, f)
+            };
+            let dp = e.index(dst, i, 4);
+            e.store(wf, v, dp, 0);
+        });
+    }
+}
+
+/// Lowers transpose, slice, concat, split, pad and gather.
+pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
+    let x = &cx.ins[0];
+    let xs = contiguous(&x.ty.shape);
+    let (out_buf, out_ty) = cx.outs[0].clone();
+    let out = out_ty.shape.clone();
+    let region = |dims: &[usize], dst_strides, dst_off, src_strides, src_off, dst, src| {
+        Region::copy(
+            Nest::new(dims, vec![dst_strides, src_strides], vec![dst_off, src_off]),
+            dst,
+            src,
+        )
+    };
+    let kernel: Box<dyn Kernel> = match cx.op {
+        Op::Transpose { perm } => {
+            let src: Vec<i64> = perm.iter().map(|&p| xs[p]).collect();
+            Box::new(Copy::new(
+                "transpose",
+                vec![region(&out, contiguous(&out), 0, src, 0, out_buf, x.buf)],
+            ))
+        }
+        Op::Slice {
+            axes,
+            starts,
+            ends,
+            steps,
+        } => {
+            let mut src = xs.clone();
+            let mut off = 0i64;
+            for (i, &a) in axes.iter().enumerate() {
+                let (s, _, _) = slice_bounds(x.ty.shape[a], starts[i], ends[i], steps[i]);
+                off += s * xs[a];
+                src[a] *= steps[i];
+            }
+            Box::new(Copy::new(
+                "slice",
+                vec![region(&out, contiguous(&out), 0, src, off, out_buf, x.buf)],
+            ))
+        }
+        Op::Concat { axis } => {
+            let os = contiguous(&out);
+            let mut at = 0i64;
+            let mut regions = Vec::new();
+            for op in &cx.ins {
+                let dims = &op.ty.shape;
+                regions.push(region(
+                    dims,
+                    os.clone(),
+                    at * os[*axis],
+                    contiguous(dims),
+                    0,
+                    out_buf,
+                    op.buf,
+                ));
+                at += dims[*axis] as i64;
+            }
+            Box::new(Copy::new("concat", regions))
+        }
+        Op::Split { axis, .. } => {
+            let mut at = 0i64;
+            let mut regions = Vec::new();
+            for (buf, ty) in &cx.outs {
+                let dims = &ty.shape;
+                regions.push(region(
+                    dims,
+                    contiguous(dims),
+                    0,
+                    xs.clone(),
+                    at * xs[*axis],
+                    *buf,
+                    x.buf,
+                ));
+                at += dims[*axis] as i64;
+            }
+            Box::new(Copy::new("split", regions))
+        }
+        Op::Pad {
+            pads,
+            mode: PadMode::Constant,
+            value,
+        } => {
+            let os = contiguous(&out);
+            let r = out.len();
+            let off: i64 = (0..r).map(|d| pads[d] as i64 * os[d]).sum();
+            return Ok(vec![
+                Box::new(Copy::new(
+                    "pad fill",
+                    vec![Region::fill(&out, out_buf, value.0)],
+                )),
+                Box::new(Copy::new(
+                    "pad interior",
+                    vec![region(&x.ty.shape, os, off, xs, 0, out_buf, x.buf)],
+                )),
+            ]);
+        }
+        Op::Pad { pads, mode, .. } => {
+            let r = out.len();
+            let maps: Vec<Vec<i64>> = (0..r)
+                .map(|d| {
+                    let n = x.ty.shape[d] as i64;
+                    (0..out[d] as i64)
+                        .map(|o| {
+                            let i = o - pads[d] as i64;
+                            let j = if *mode == PadMode::Reflect {
+                                // mirror without repeating the edge
+                                let period = 2 * (n - 1).max(1);
+                                let m = i.rem_euclid(period);
+                                if m < n { m } else { period - m }
+                            } else {
+                                i.clamp(0, n - 1)
+                            };
+                            j * xs[d]
+                        })
+                        .collect()
+                })
+                .collect();
+            let table = table_of(&out, &maps);
+            return Ok(vec![table_copy(cx, table, 0.0)]);
+        }
+        Op::Gather {
+            axis,
+            indices,
+            indices_shape: _,
+        } => {
+            let d = x.ty.shape[*axis] as i64;
+            let outer: usize = x.ty.shape[..*axis].iter().product();
+            let inner: usize = x.ty.shape[*axis + 1..].iter().product();
+            let idx: Vec<i64> = indices
+                .iter()
+                .map(|&i| if i < 0 { i + d } else { i })
+                .collect();
+            if idx.len() <= 16 {
+                // one strided region per index: vector copies, no table
+                let n = idx.len();
+                let dims = [outer, inner];
+                let regions = idx
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &i)| {
+                        region(
+                            &dims,
+                            vec![(n * inner) as i64, 1],
+                            (j * inner) as i64,
+                            vec![d * inner as i64, 1],
+                            i * inner as i64,
+                            out_buf,
+                            x.buf,
+                        )
+                    })
+                    .collect();
+                Box::new(Copy::new("gather", regions))
+            } else {
+                let dims = [outer, idx.len(), inner];
+                let maps = vec![
+                    (0..outer as i64).map(|o| o * d * inner as i64).collect(),
+                    idx.iter().map(|&i| i * inner as i64).collect(),
+                    (0..inner as i64).collect(),
+                ];
+                let table = table_of(&dims, &maps);
+                return Ok(vec![table_copy(cx, table, 0.0)]);
+            }
+        }
+        other => return Err(cx.unsupported(format!("{} is not a copy", other.name()))),
+    };
+    Ok(vec![kernel])
+}
+
+/// The flat index table of a nest whose per-dim source offsets are `maps`.
+fn table_of(dims: &[usize], maps: &[Vec<i64>]) -> Vec<i64> {
+    let n: usize = dims.iter().product();
+    let mut t = Vec::with_capacity(n);
+    let mut idx = vec![0usize; dims.len()];
+    for _ in 0..n {
+        t.push(idx.iter().zip(maps).map(|(&i, m)| m[i]).sum());
+        for d in (0..dims.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < dims[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    t
+}
+
+fn table_copy(cx: &mut NodeCx, table: Vec<i64>, fill: f32) -> Box<dyn Kernel> {
+    let addr = cx.consts.add_i64(&table);
+    Box::new(TableCopy {
+        dst: cx.outs[0].0,
+        src: cx.ins[0].buf,
+        table: addr,
+        n: table.len(),
+        src_len: cx.ins[0].ty.numel(),
+        fill,
+    })
+}
+
+/// Emits `dst[0..len] = src[0..len·ss : ss]` (static length; f32x4 moves
+/// when the source is contiguous).
+pub(crate) fn emit_copy_run(
+    e: &mut Emitter,
+    dst: Value,
+    src: Value,
+    len: usize,
+    ss: i64,
+    src_buf: Buf,
+) {
+    let rf = Emitter::rflags(src_buf);
+    let wf = Emitter::wflags();
+    if ss == 1 {
+        let n4 = (len / 4) as i64;
+        e.for_static(0, n4 * 16, 16, |e, i| {
+            let s = e.b.ins().iadd(src, i);
+            let v = e.load(V4, rf, s, 0);
+            let d = e.b.ins().iadd(dst, i);
+            e.store(wf, v, d, 0);
+        });
+        for j in (n4 as usize * 4)..len {
+            let v = e.load(F32, rf, src, 4 * j as i64);
+            e.store(wf, v, dst, 4 * j as i64);
+        }
+    } else {
+        e.for_static(0, len as i64, 1, |e, i| {
+            let s = e.index(src, i, 4 * ss);
+            let v = e.load(F32, rf, s, 0);
+            let d = e.index(dst, i, 4);
+            e.store(wf, v, d, 0);
+        });
+    }
+}
+
+/// Emits `dst[0..len] = value` (static length).
+pub(crate) fn emit_fill_run(e: &mut Emitter, dst: Value, len: usize, value: f32) {
+    let wf = Emitter::wflags();
+    let n4 = (len / 4) as i64;
+    let v = e.kc(V4, value);
+    e.for_static(0, n4 * 16, 16, |e, i| {
+        let d = e.b.ins().iadd(dst, i);
+        e.store(wf, v, d, 0);
+    });
+    let s = e.fc(value);
+    for j in (n4 as usize * 4)..len {
+        e.store(wf, s, dst, 4 * j as i64);
+    }
+}

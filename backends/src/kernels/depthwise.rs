@@ -1,0 +1,361 @@
+//! Depthwise convolution (`groups == C`, one input channel per group, any
+//! channel multiplier `O/C`): channels outside, SIMD along the output width.
+//! Max and average pooling are the same sliding window with another
+//! combining step, so they share this kernel ([`Mode`]).
+//!
+//! A unit is one output plane. Its rows and columns are split statically
+//! into an interior, where every kernel tap reads inside the input (f32x4
+//! accumulators over 8 output columns at a time, no bounds checks), and a
+//! border, where each row and column is emitted with exactly the taps that
+//! fall inside (the padding contributes nothing, so nothing is loaded for
+//! it). Stride-2 columns are gathered with two loads and a shuffle where
+//! the second load stays inside the row, element by element at the edge.
+//!
+//! Every output element sums `bias + Σ_i Σ_j x·w` in the same order on every
+//! path, so results do not depend on which path or thread computed them.
+
+use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
+
+use super::conv::Geom;
+use super::{Kernel, Kernels, NodeCx};
+use crate::codegen::{Buf, Emitter, F32, V4};
+use crate::error::BackendError;
+
+/// What the window computes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Mode {
+    /// `bias + Σ x·w` (depthwise convolution)
+    Conv,
+    /// maximum over the taps inside the input (padding never wins)
+    Max,
+    /// mean over the window: divided by `kh·kw` when padding counts, else
+    /// by the number of taps inside the input
+    Avg {
+        /// ONNX `count_include_pad`
+        include_pad: bool,
+    },
+}
+
+/// See the module docs.
+struct Depthwise {
+    x: Buf,
+    /// weights (conv mode only)
+    w: Option<Buf>,
+    bias: Option<Buf>,
+    out: Buf,
+    g: Geom,
+    mode: Mode,
+}
+
+impl Depthwise {
+    /// Folds one input value into an accumulator.
+    fn combine(&self, e: &mut Emitter, acc: Value, x: Value, w: Option<Value>) -> Value {
+        match (self.mode, w) {
+            (Mode::Conv, Some(w)) => e.mul_add(x, w, acc),
+            (Mode::Max, _) => e.b.ins().fmax(acc, x),
+            _ => e.b.ins().fadd(acc, x),
+        }
+    }
+
+    /// Turns an accumulator over `count` valid taps into the result.
+    fn finish(&self, e: &mut Emitter, acc: Value, count: usize, vector: bool) -> Value {
+        match self.mode {
+            Mode::Avg { include_pad } => {
+                let n = if include_pad {
+                    self.g.kh * self.g.kw
+                } else {
+                    count
+                };
+                let ty = if vector { V4 } else { F32 };
+                let d = e.kc(ty, n.max(1) as f32);
+                e.b.ins().fdiv(acc, d)
+            }
+            _ => acc,
+        }
+    }
+}
+
+/// Kernels with at most this many taps keep their weights in registers.
+const MAX_REG_TAPS: usize = 9;
+
+/// The output range `[lo, hi)` where every tap of a kernel of `taps` reads
+/// inside an input of length `len`, and the per-output valid taps.
+fn interior(out: usize, len: usize, taps: usize, s: usize, d: usize, p: usize) -> (usize, usize) {
+    let mut lo = 0;
+    let mut hi = out;
+    for t in 0..taps {
+        let off = (t * d) as i64 - p as i64;
+        // need o·s + off in [0, len)
+        let l = if off >= 0 {
+            0
+        } else {
+            ((-off) as usize).div_ceil(s)
+        };
+        let h = if len as i64 - off <= 0 {
+            0
+        } else {
+            ((len as i64 - off - 1) as usize / s + 1).min(out)
+        };
+        lo = lo.max(l);
+        hi = hi.min(h);
+    }
+    (lo, hi.max(lo))
+}
+
+/// The taps `t` whose input index `o·s + t·d - p` lies in `[0, len)`.
+fn valid_taps(o: usize, len: usize, taps: usize, s: usize, d: usize, p: usize) -> Vec<usize> {
+    (0..taps)
+        .filter(|&t| {
+            let i = (o * s + t * d) as i64 - p as i64;
+            i >= 0 && i < len as i64
+        })
+        .collect()
+}
+
+impl Depthwise {
+    /// Emits one output row: `rows[i]` points at input row `oh·sh + i·dh -
+    /// pt` for every valid tap row `i` (others are `None`).
+    fn row(
+        &self,
+        e: &mut Emitter,
+        rows: &[Option<Value>],
+        dst: Value,
+        wts: &dyn Fn(&mut Emitter, usize, bool) -> Option<Value>,
+        bias: Value,
+    ) {
+        let g = self.g;
+        let (sw, dw, pl) = (g.stride[1], g.dil[1], g.pad[1]);
+        let rf = Emitter::rflags(self.x);
+        let wf = Emitter::wflags();
+        let (ow_lo, ow_hi) = interior(g.wo, g.w, g.kw, sw, dw, pl);
+        // scalar columns: the border, and the interior's tail
+        let rows_valid = rows.iter().filter(|r| r.is_some()).count();
+        let scalar_col = |e: &mut Emitter, ow: usize| {
+            let mut acc = bias;
+            let cols = valid_taps(ow, g.w, g.kw, sw, dw, pl);
+            for (i, r) in rows.iter().enumerate() {
+                let Some(r) = *r else { continue };
+                for &j in &cols {
+                    let iw = ow * sw + j * dw - pl;
+                    let x = e.load(F32, rf, r, 4 * iw as i64);
+                    let w = wts(e, i * g.kw + j, false);
+                    acc = self.combine(e, acc, x, w);
+                }
+            }
+            let y = self.finish(e, acc, rows_valid * cols.len(), false);
+            e.store(wf, y, dst, 4 * ow as i64);
+        };
+        for ow in (0..ow_lo).chain(ow_hi..g.wo) {
+            scalar_col(e, ow);
+        }
+        let n = ow_hi - ow_lo;
+        let chunks = n / 4;
+        // a chunk starting at output c reads input up to c·sw + j·dw - pl + 3·sw;
+        // the two-load gather for sw = 2 reads one element further
+        let safe = |c: usize| -> bool { sw == 1 || (c + 3) * sw + (g.kw - 1) * dw + 1 < g.w + pl };
+        let vbias = e.b.ins().splat(V4, bias);
+        let gather = |e: &mut Emitter, r: Value, off: i64, fast: bool| -> Value {
+            if sw == 1 {
+                return e.load(V4, rf, r, off);
+            }
+            if sw == 2 && fast {
+                let lo = e.load(V4, rf, r, off);
+                let hi = e.load(V4, rf, r, off + 16);
+                let le = MemFlagsData::new().with_endianness(Endianness::Little);
+                let lo = e.b.ins().bitcast(types::I8X16, le, lo);
+                let hi = e.b.ins().bitcast(types::I8X16, le, hi);
+                // lanes 0, 2 of lo and 0, 2 of hi (bytes 16.. select from hi)
+                let mask: Vec<u8> = [0u8, 2, 4, 6]
+                    .iter()
+                    .flat_map(|&l| (0..4).map(move |b| l * 4 + b))
+                    .collect();
+                let imm = e.b.func.dfg.immediates.push(ConstantData::from(mask));
+                let s = e.b.ins().shuffle(lo, hi, imm);
+                return e.b.ins().bitcast(V4, le, s);
+            }
+            let mut v = e.load(F32, rf, r, off);
+            v = e.b.ins().scalar_to_vector(V4, v);
+            for l in 1..4u8 {
+                let s = e.load(F32, rf, r, off + 4 * (i64::from(l) * sw as i64));
+                v = e.b.ins().insertlane(v, s, l);
+            }
+            v
+        };
+        let chunk =
+            |e: &mut Emitter, c_base: Value, static_c: Option<usize>, nvec: usize, fast: bool| {
+                // c_base: byte offset of the chunk's first output column
+                let mut acc = vec![vbias; nvec];
+                for (i, r) in rows.iter().enumerate() {
+                    let Some(r) = *r else { continue };
+                    for j in 0..g.kw {
+                        let w = wts(e, i * g.kw + j, true);
+                        for (v, a) in acc.iter_mut().enumerate() {
+                            // input byte offset: (c + 4v)·sw·4 + (j·dw - pl)·4
+                            let off = 4 * ((4 * v * sw + j * dw) as i64 - pl as i64);
+                            let src = match static_c {
+                                Some(_) => r,
+                                None => {
+                                    let scaled = e.b.ins().imul_imm_s(c_base, sw as i64);
+                                    e.b.ins().iadd(r, scaled)
+                                }
+                            };
+                            let off = off + static_c.map_or(0, |c| 4 * (c * sw) as i64);
+                            let x = gather(e, src, off, fast);
+                            *a = self.combine(e, *a, x, w);
+                        }
+                    }
+                }
+                for (v, a) in acc.into_iter().enumerate() {
+                    let a = self.finish(e, a, rows_valid * g.kw, true);
+                    let off = 16 * v as i64 + static_c.map_or(0, |c| 4 * c as i64);
+                    let d = match static_c {
+                        Some(_) => dst,
+                        None => e.b.ins().iadd(dst, c_base),
+                    };
+                    e.store(wf, a, d, off);
+                }
+            };
+        // fast chunks (pairs of vectors in a loop), then the rest one by one
+        let fast_chunks = (0..chunks).take_while(|&k| safe(ow_lo + 4 * k)).count();
+        let pairs = fast_chunks / 2;
+        if pairs > 0 {
+            e.for_static(
+                4 * ow_lo as i64,
+                4 * (ow_lo + 8 * pairs) as i64,
+                32,
+                |e, c| chunk(e, c, None, 2, true),
+            );
+        }
+        for k in 2 * pairs..chunks {
+            let c = ow_lo + 4 * k;
+            let z = e.ic(0);
+            chunk(e, z, Some(c), 1, k < fast_chunks);
+        }
+        for ow in (ow_lo + 4 * chunks)..ow_hi {
+            scalar_col(e, ow);
+        }
+    }
+}
+
+impl Kernel for Depthwise {
+    fn describe(&self) -> String {
+        format!("depthwise window ({:?}) {:?}", self.mode, self.g)
+    }
+
+    fn units(&self) -> usize {
+        self.g.n * self.g.o
+    }
+
+    fn cost(&self) -> f64 {
+        2.0 * (self.g.n * self.g.o * self.g.ho * self.g.wo * self.g.kh * self.g.kw) as f64
+    }
+
+    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
+        let g = self.g;
+        let mult = g.o / g.c;
+        let taps = g.kh * g.kw;
+        let x = e.base(self.x);
+        let w = self.w.map(|w| (e.base(w), Emitter::rflags(w)));
+        let out = e.base(self.out);
+        let bias = self.bias.map(|b| e.base(b));
+        let (sh, dh, pt) = (g.stride[0], g.dil[0], g.pad[0]);
+        let (oh_lo, oh_hi) = interior(g.ho, g.h, g.kh, sh, dh, pt);
+        e.for_range(begin, end, 1, |e, u| {
+            let n = e.b.ins().udiv_imm_u(u, g.o as i64);
+            let oc = e.b.ins().urem_imm_u(u, g.o as i64);
+            let ic = if mult == 1 {
+                oc
+            } else {
+                e.b.ins().udiv_imm_u(oc, mult as i64)
+            };
+            let plane = e.b.ins().imul_imm_s(n, g.c as i64);
+            let plane = e.b.ins().iadd(plane, ic);
+            let src = e.index(x, plane, 4 * (g.h * g.w) as i64);
+            let dst = e.index(out, u, 4 * (g.ho * g.wo) as i64);
+            let wp = w.map(|(w, f)| (e.index(w, oc, 4 * taps as i64), f));
+            let b = match (bias, self.bias, self.mode) {
+                (Some(bp), Some(bb), _) => {
+                    let p = e.index(bp, oc, 4);
+                    e.load(F32, Emitter::rflags(bb), p, 0)
+                }
+                (_, _, Mode::Max) => e.fc(f32::NEG_INFINITY),
+                _ => e.fc(0.0),
+            };
+            let pre: Vec<(Value, Value)> = match wp {
+                Some((wp, f)) if taps <= MAX_REG_TAPS => (0..taps)
+                    .map(|t| {
+                        let s = e.load(F32, f, wp, 4 * t as i64);
+                        (s, e.b.ins().splat(V4, s))
+                    })
+                    .collect(),
+                _ => vec![],
+            };
+            let wts = |e: &mut Emitter, t: usize, vector: bool| -> Option<Value> {
+                let (wp, f) = wp?;
+                Some(match pre.get(t) {
+                    Some(&(s, v)) => {
+                        if vector {
+                            v
+                        } else {
+                            s
+                        }
+                    }
+                    None => {
+                        let s = e.load(F32, f, wp, 4 * t as i64);
+                        if vector { e.b.ins().splat(V4, s) } else { s }
+                    }
+                })
+            };
+            let row_ptrs = |e: &mut Emitter, oh: Value, taps_i: &[usize]| -> Vec<Option<Value>> {
+                let ih0 = e.b.ins().imul_imm_s(oh, sh as i64);
+                let base = e.index(src, ih0, 4 * g.w as i64);
+                (0..g.kh)
+                    .map(|i| {
+                        taps_i
+                            .contains(&i)
+                            .then(|| e.off(base, 4 * ((i * dh) as i64 - pt as i64) * g.w as i64))
+                    })
+                    .collect()
+            };
+            // border rows, each with its own valid taps
+            for oh in (0..oh_lo).chain(oh_hi..g.ho) {
+                let taps_i = valid_taps(oh, g.h, g.kh, sh, dh, pt);
+                let ohv = e.ic(oh as i64);
+                let rows = row_ptrs(e, ohv, &taps_i);
+                let d = e.off(dst, 4 * (oh * g.wo) as i64);
+                self.row(e, &rows, d, &wts, b);
+            }
+            let all: Vec<usize> = (0..g.kh).collect();
+            e.for_static(oh_lo as i64, oh_hi as i64, 1, |e, oh| {
+                let rows = row_ptrs(e, oh, &all);
+                let d = e.index(dst, oh, 4 * g.wo as i64);
+                self.row(e, &rows, d, &wts, b);
+            });
+        });
+    }
+}
+
+/// Lowers a depthwise conv2d (see [`Geom::is_depthwise`]).
+pub(crate) fn lower(cx: &mut NodeCx, g: Geom) -> Result<Kernels, BackendError> {
+    Ok(vec![Box::new(Depthwise {
+        x: cx.ins[0].buf,
+        w: Some(cx.ins[1].buf),
+        bias: cx.ins.get(2).map(|b| b.buf),
+        out: cx.outs[0].0,
+        g,
+        mode: Mode::Conv,
+    })])
+}
+
+/// Lowers a pooling window of geometry `g` (as a depthwise conv with one
+/// tap-free "channel multiplier" of 1).
+pub(crate) fn lower_pool(cx: &mut NodeCx, g: Geom, mode: Mode) -> Result<Kernels, BackendError> {
+    Ok(vec![Box::new(Depthwise {
+        x: cx.ins[0].buf,
+        w: None,
+        bias: None,
+        out: cx.outs[0].0,
+        g,
+        mode,
+    })])
+}

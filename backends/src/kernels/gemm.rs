@@ -1,0 +1,795 @@
+//! The GEMM driver around the micro-kernel seam (docs/ARCHITECTURE.md):
+//! `C[M×N] = alpha · (init + A[M×K] · B[K×N]) + beta · Cin`, batched.
+//!
+//! The leaf is an `MR × NR` register tile (`NR = 4·nv` columns as f32x4
+//! vectors, `MR` rows broadcast from A) over the whole K loop, with K, the
+//! strides and the epilogue baked in. Around it Cranelift emits the loops
+//! over tiles, the M and N tails (specialised tile variants, never a branch
+//! per element) and the split of the work into parallel units.
+//!
+//! Operands: A is either packed at compile time (weights: panels of `MR`
+//! rows stored `[K][MR]`, zero-padded) or read in place with baked strides;
+//! B is packed (panels `[K][NR]`, zero-padded, so tails can load whole
+//! vectors) or read in place, contiguous along N. Pointwise convolutions pack
+//! A (their weights); linear layers pack B (theirs); attention products read
+//! both in place.
+//!
+//! Each output tile is computed by the same instruction sequence whichever
+//! unit it falls in, so results do not depend on the thread count.
+
+use cranelift_codegen::ir::{
+    AbiParam, InstBuilder, MemFlagsData, Signature, StackSlotData, StackSlotKind, Value,
+};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::Variable;
+
+use super::asm_tile::{self, AsmStore};
+use super::{Kernel, Opt};
+use crate::codegen::{Buf, Emitter, F32, I64, Loc, V4};
+use crate::runtime::ConstStore;
+
+/// Where A (`M×K`, broadcast element by element) comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ASrc {
+    /// Packed: row-panel `p` is `[K][MR]` at `addr + 4·(off + p·MR·K)`.
+    Packed { addr: usize },
+    /// In place: element `(i, k)` at `base + 4·(off + i·rs + k·ks)`.
+    Strided { buf: Buf, rs: i64, ks: i64 },
+}
+
+/// Where B (`K×N`, loaded as vectors along N) comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BSrc {
+    /// Packed: column-panel `q` is `[K][NR]` at `addr + 4·(off + q·NR·K)`.
+    Packed { addr: usize },
+    /// In place: element `(k, j)` at `base + 4·(off + k·ks + j)`.
+    Strided { buf: Buf, ks: i64 },
+}
+
+/// The accumulators' starting values.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Init {
+    /// zero
+    Zero,
+    /// `bias[off + i]` for row `i` (convolution bias)
+    Row(Buf),
+    /// `bias[j]` for column `j` (a linear layer's bias)
+    Col(Buf),
+}
+
+/// `beta · Cin[i·rs + j·cs]` added to the result (gemm's `c`; `cs` is 0 or 1).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CIn {
+    /// scale
+    pub beta: f32,
+    /// the tensor
+    pub buf: Buf,
+    /// row stride (0 when broadcast)
+    pub rs: i64,
+    /// column stride, 0 or 1
+    pub cs: i64,
+}
+
+/// Tile shape: `mr` rows × `4·nv` columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tile {
+    /// rows of the register tile
+    pub mr: usize,
+    /// f32x4 vectors per row
+    pub nv: usize,
+}
+
+/// The default tile: 4×8 (8 accumulators, two B vectors and one broadcast
+/// A value fit the 16 vector registers x86-64 exposes to Cranelift). See
+/// `benches/pointwise_conv.rs` for the comparison with other shapes.
+pub(crate) const DEFAULT_TILE: Tile = Tile { mr: 4, nv: 2 };
+
+/// A batched GEMM. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Gemm {
+    /// what the node was (`pointwise conv`, `linear`, ...)
+    pub what: &'static str,
+    /// rows of C
+    pub m: usize,
+    /// columns of C
+    pub n: usize,
+    /// reduction length
+    pub k: usize,
+    /// number of independent products
+    pub batch: usize,
+    /// `[batch][4]` element offsets of A, B, C and the row bias, as an
+    /// `i64` table in constant memory; `None` when `batch == 1` (all zero)
+    pub offsets: Option<usize>,
+    /// A
+    pub a: ASrc,
+    /// B
+    pub b: BSrc,
+    /// C
+    pub c: Buf,
+    /// row stride of C (elements); columns are contiguous
+    pub c_rs: i64,
+    /// accumulator start
+    pub init: Init,
+    /// scale of the product (and init)
+    pub alpha: f32,
+    /// optional `beta · Cin`
+    pub cin: Option<CIn>,
+    /// register tile
+    pub tile: Tile,
+    /// loop over row blocks outside column tiles (keeps an A panel in L1)
+    pub rows_outer: bool,
+    /// row blocks per unit
+    pub row_group: usize,
+    /// column tiles per unit
+    pub col_group: usize,
+    /// assembled tile variants to call instead of emitting the tile, by
+    /// `2·(rows < MR) + (columns < NR)` (see [`Gemm::request_asm`])
+    pub asm: Option<[Option<usize>; 4]>,
+}
+
+/// Packs a row-major `rows×cols` matrix (element `(i, k)` at
+/// `src[i·rs + k·ks]`) as A panels of `mr` rows: `[panel][k][mr]`, zero-padded.
+pub(crate) fn pack_a(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    ks: usize,
+    mr: usize,
+) -> Vec<f32> {
+    let panels = rows.div_ceil(mr);
+    let mut out = vec![0.0; panels * mr * cols];
+    for p in 0..panels {
+        for k in 0..cols {
+            for i in 0..mr {
+                let r = p * mr + i;
+                if r < rows {
+                    out[(p * cols + k) * mr + i] = src[r * rs + k * ks];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Packs a `k×n` matrix (element `(k, j)` at `src[k·ks + j·js]`) as B
+/// panels of `nr` columns: `[panel][k][nr]`, zero-padded.
+pub(crate) fn pack_b(src: &[f32], k: usize, n: usize, ks: usize, js: usize, nr: usize) -> Vec<f32> {
+    let panels = n.div_ceil(nr);
+    let mut out = vec![0.0; panels * nr * k];
+    for q in 0..panels {
+        for kk in 0..k {
+            for j in 0..nr {
+                let c = q * nr + j;
+                if c < n {
+                    out[(q * k + kk) * nr + j] = src[kk * ks + c * js];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Size in elements of A packed for `rows×cols` with tile `mr`.
+pub(crate) fn packed_a_len(rows: usize, cols: usize, mr: usize) -> usize {
+    rows.div_ceil(mr) * mr * cols
+}
+
+/// Size in elements of B packed for `k×n` with panel width `nr`.
+pub(crate) fn packed_b_len(k: usize, n: usize, nr: usize) -> usize {
+    n.div_ceil(nr) * nr * k
+}
+
+/// Stores the per-batch offset table; `None` if there is one batch at offset 0.
+pub(crate) fn offset_table(consts: &mut ConstStore, offs: &[[i64; 4]]) -> Option<usize> {
+    if offs.len() == 1 && offs[0] == [0; 4] {
+        return None;
+    }
+    let flat: Vec<i64> = offs.iter().flatten().copied().collect();
+    Some(consts.add_i64(&flat))
+}
+
+/// Pointers of one tile: A at its first row, B at its first column, C at
+/// its corner, bias at its first row/column, Cin at its corner.
+#[derive(Clone, Copy)]
+struct TilePtrs {
+    a: Value,
+    b: Value,
+    c: Value,
+    bias: Option<Value>,
+    cin: Option<Value>,
+}
+
+/// How a tile reads B: row stride in elements, whether rows are padded to
+/// whole vectors (packed panels), and the memory flags.
+#[derive(Clone, Copy)]
+struct BView {
+    ks: i64,
+    padded: bool,
+    flags: MemFlagsData,
+}
+
+/// Largest B panel (`K × NR` floats) packed at run time into the kernel's
+/// stack frame.
+const MAX_STACK_PANEL: usize = 64 * 1024;
+
+impl Gemm {
+    fn nr(&self) -> usize {
+        4 * self.tile.nv
+    }
+    fn row_blocks(&self) -> usize {
+        self.m.div_ceil(self.tile.mr)
+    }
+    fn col_tiles(&self) -> usize {
+        self.n.div_ceil(self.nr())
+    }
+    fn row_groups(&self) -> usize {
+        self.row_blocks().div_ceil(self.row_group.max(1))
+    }
+    fn col_groups(&self) -> usize {
+        self.col_tiles().div_ceil(self.col_group.max(1))
+    }
+
+    /// Chooses `rows_outer`, `row_group` and `col_group`: cache blocking
+    /// first (the panel reused by the inner loop stays in L1, the block it
+    /// is combined with in L2), then enough units for `threads` threads.
+    pub fn partition(&mut self, threads: usize) {
+        // A B panel packed at run time is reused by every row block, so the
+        // column tiles go outside; a packed-at-compile-time B likewise
+        // (unless A is packed too, when either order works).
+        self.rows_outer = if self.packs_b_at_run_time() {
+            false
+        } else {
+            !matches!(self.b, BSrc::Packed { .. }) || matches!(self.a, ASrc::Packed { .. })
+        };
+        let (rb, ct) = (self.row_blocks().max(1), self.col_tiles().max(1));
+        const L2: usize = 256 * 1024;
+        let k4 = 4 * self.k.max(1);
+        if self.rows_outer {
+            self.row_group = rb;
+            self.col_group = (L2 / (self.nr() * k4)).clamp(1, ct);
+        } else {
+            self.col_group = ct;
+            self.row_group = (L2 / (self.tile.mr * k4)).clamp(1, rb);
+        }
+        if threads > 1 {
+            let want = 4 * threads;
+            while self.batch * self.row_groups() * self.col_groups() < want
+                && (self.row_group > 1 || self.col_group > 1)
+            {
+                // split the outer dimension first: it keeps the inner reuse
+                let outer_split = if self.rows_outer {
+                    &mut self.row_group
+                } else {
+                    &mut self.col_group
+                };
+                if *outer_split > 1 {
+                    *outer_split = outer_split.div_ceil(2);
+                } else if self.rows_outer {
+                    self.col_group = self.col_group.div_ceil(2);
+                } else {
+                    self.row_group = self.row_group.div_ceil(2);
+                }
+            }
+        }
+    }
+
+    /// Whether B is read in place but copied, one `K × NR` panel at a time,
+    /// into a contiguous stack buffer first. Activations read in place have
+    /// row strides of whole feature maps (often a power of two): the K rows
+    /// of a tile then fall into one L1 set and evict each other on every
+    /// tile. The copy costs `K·NR` moves per column tile and is reused by
+    /// every row block.
+    fn packs_b_at_run_time(&self) -> bool {
+        matches!(self.b, BSrc::Strided { .. })
+            && self.k * self.nr() * 4 <= MAX_STACK_PANEL
+            && self.k > 0
+    }
+
+    /// Copies the `K × nt` panel at `src` (row stride `ks`) into `dst` as
+    /// `[K][NR]`, zero-padding the columns past `nt`.
+    fn pack_panel(&self, e: &mut Emitter, dst: Value, src: Value, nt: usize) {
+        let BSrc::Strided { buf, ks } = self.b else {
+            return;
+        };
+        let nr = self.nr();
+        let rf = Emitter::rflags(buf);
+        let wf = Emitter::wflags();
+        let zero = e.fc(0.0);
+        e.for_static(0, self.k as i64, 1, |e, kk| {
+            let s = e.index(src, kk, 4 * ks);
+            let d = e.index(dst, kk, 4 * nr as i64);
+            for v in 0..nr / 4 {
+                if 4 * v + 4 <= nt {
+                    let x = e.load(V4, rf, s, 16 * v as i64);
+                    e.store(wf, x, d, 16 * v as i64);
+                } else {
+                    for l in 0..4 {
+                        let c = 4 * v + l;
+                        let x = if c < nt {
+                            e.load(F32, rf, s, 4 * c as i64)
+                        } else {
+                            zero
+                        };
+                        e.store(wf, x, d, 4 * c as i64);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether the assembled AVX-512 tiles can compute this GEMM: they take
+    /// a packed A, seed with zero or a row bias, and have no epilogue.
+    pub fn asm_compatible(&self) -> bool {
+        matches!(self.a, ASrc::Packed { .. })
+            && matches!(self.init, Init::Zero | Init::Row(_))
+            && self.alpha == 1.0
+            && self.cin.is_none()
+            && self.tile.mr == asm_tile::MR
+            && 4 * self.tile.nv == asm_tile::NR
+    }
+
+    /// Assembles the tile variants this GEMM needs (full tiles, and the
+    /// row and column tails it has) and switches it to calling them.
+    pub fn request_asm(&mut self, store: &mut AsmStore) -> Result<(), String> {
+        if !self.asm_compatible() || self.m == 0 || self.n == 0 {
+            return Ok(());
+        }
+        let (b_ks, b_padded) = match self.b {
+            _ if self.packs_b_at_run_time() => (self.nr(), true),
+            BSrc::Packed { .. } => (self.nr(), true),
+            BSrc::Strided { ks, .. } => (ks as usize, false),
+        };
+        let (m_tail, n_tail) = (self.m % asm_tile::MR, self.n % asm_tile::NR);
+        let mut ids = [None; 4];
+        for (slot, (mr, nt)) in [
+            (asm_tile::MR, asm_tile::NR),
+            (asm_tile::MR, n_tail),
+            (m_tail, asm_tile::NR),
+            (m_tail, n_tail),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if mr == 0
+                || nt == 0
+                || (slot < 2 && self.m < asm_tile::MR)
+                || (slot % 2 == 0 && self.n < asm_tile::NR)
+            {
+                continue;
+            }
+            ids[slot] = Some(store.request(asm_tile::Variant {
+                k: self.k,
+                mr,
+                nt,
+                a_ks: asm_tile::MR,
+                b_ks,
+                b_padded,
+                c_rs: self.c_rs as usize,
+                row_bias: matches!(self.init, Init::Row(_)),
+            })?);
+        }
+        self.asm = Some(ids);
+        Ok(())
+    }
+
+    /// Calls assembled variant `id` on the tile at `p`.
+    fn call_asm(&self, e: &mut Emitter, p: TilePtrs, id: usize) {
+        let mut sig = Signature::new(CallConv::SystemV);
+        for _ in 0..4 {
+            sig.params.push(AbiParam::new(I64));
+        }
+        let sig = e.b.import_signature(sig);
+        let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
+        let f = e.ic(addr as i64);
+        let bias = match p.bias {
+            Some(b) => b,
+            None => e.ic(0),
+        };
+        e.b.ins().call_indirect(sig, f, &[p.a, p.b, p.c, bias]);
+    }
+
+    /// Emits one tile of `mr` rows and `nt` valid columns.
+    fn tile(&self, e: &mut Emitter, p: TilePtrs, bv: BView, mr: usize, nt: usize) {
+        if let Some(ids) = self.asm {
+            let slot = 2 * usize::from(mr < asm_tile::MR) + usize::from(nt < asm_tile::NR);
+            if let Some(id) = ids[slot] {
+                self.call_asm(e, p, id);
+                return;
+            }
+        }
+        let b_packed = bv.padded;
+        // vectors computed; scalar columns computed (only from unpacked B)
+        let (nv, ns) = if b_packed {
+            (nt.div_ceil(4), 0)
+        } else {
+            (nt / 4, nt % 4)
+        };
+        let (a_rs, a_ks, af) = match self.a {
+            ASrc::Packed { addr } => (
+                1,
+                self.tile.mr as i64,
+                Emitter::rflags(Buf::input(Loc::Const(addr))),
+            ),
+            ASrc::Strided { buf, rs, ks } => (rs, ks, Emitter::rflags(buf)),
+        };
+        let (b_ks, bf) = (bv.ks, bv.flags);
+        // accumulators
+        let zero_v = e.kc(V4, 0.0);
+        let zero_s = e.fc(0.0);
+        let mut acc: Vec<Vec<Variable>> = Vec::with_capacity(mr);
+        let mut accs: Vec<Vec<Variable>> = Vec::with_capacity(mr);
+        for i in 0..mr {
+            let (iv, is): (Vec<Value>, Vec<Value>) = match (self.init, p.bias) {
+                (Init::Row(buf), Some(bp)) => {
+                    let s = e.load(F32, Emitter::rflags(buf), bp, 4 * i as i64);
+                    let v = e.b.ins().splat(V4, s);
+                    (vec![v; nv], vec![s; ns])
+                }
+                (Init::Col(buf), Some(bp)) => {
+                    let f = Emitter::rflags(buf);
+                    // vectors only where the bias has 4 valid columns
+                    let vs = (0..nv)
+                        .map(|v| {
+                            if 4 * v + 4 <= nt {
+                                e.load(V4, f, bp, 16 * v as i64)
+                            } else {
+                                let mut x = zero_v;
+                                for l in 0..(nt - 4 * v) {
+                                    let s = e.load(F32, f, bp, 4 * (4 * v + l) as i64);
+                                    x = e.b.ins().insertlane(x, s, l as u8);
+                                }
+                                x
+                            }
+                        })
+                        .collect();
+                    let ss = (0..ns)
+                        .map(|s| e.load(F32, f, bp, 4 * (4 * nv + s) as i64))
+                        .collect();
+                    (vs, ss)
+                }
+                _ => (vec![zero_v; nv], vec![zero_s; ns]),
+            };
+            acc.push(iv.iter().map(|&x| e.var(V4, x)).collect());
+            accs.push(is.iter().map(|&x| e.var(F32, x)).collect());
+        }
+        // K loop, unrolled by U
+        const U: usize = 4;
+        let pa = e.var(I64, p.a);
+        let pb = e.var(I64, p.b);
+        let step = |e: &mut Emitter, u: usize| {
+            let a = e.b.use_var(pa);
+            let b = e.b.use_var(pb);
+            let ao = 4 * (u as i64) * a_ks;
+            let bo = 4 * (u as i64) * b_ks;
+            let bv: Vec<Value> = (0..nv)
+                .map(|v| e.load(V4, bf, b, bo + 16 * v as i64))
+                .collect();
+            let bs: Vec<Value> = (0..ns)
+                .map(|s| e.load(F32, bf, b, bo + 4 * (4 * nv + s) as i64))
+                .collect();
+            for i in 0..mr {
+                let x = e.load(F32, af, a, ao + 4 * i as i64 * a_rs);
+                if nv > 0 {
+                    let xv = e.b.ins().splat(V4, x);
+                    for (v, &bvv) in bv.iter().enumerate() {
+                        let c = e.b.use_var(acc[i][v]);
+                        let r = e.mul_add(xv, bvv, c);
+                        e.b.def_var(acc[i][v], r);
+                    }
+                }
+                for (s, &bss) in bs.iter().enumerate() {
+                    let c = e.b.use_var(accs[i][s]);
+                    let r = e.mul_add(x, bss, c);
+                    e.b.def_var(accs[i][s], r);
+                }
+            }
+        };
+        let main = self.k / U;
+        e.for_static(0, main as i64, 1, |e, _| {
+            for u in 0..U {
+                step(e, u);
+            }
+            let a = e.b.use_var(pa);
+            let a = e.off(a, 4 * (U as i64) * a_ks);
+            e.b.def_var(pa, a);
+            let b = e.b.use_var(pb);
+            let b = e.off(b, 4 * (U as i64) * b_ks);
+            e.b.def_var(pb, b);
+        });
+        for u in 0..self.k % U {
+            step(e, u);
+        }
+        // epilogue
+        let wf = Emitter::wflags();
+        let alpha = (self.alpha != 1.0).then(|| (e.kc(V4, self.alpha), e.fc(self.alpha)));
+        let cin = self.cin.map(|c| (c, e.kc(V4, c.beta), e.fc(c.beta)));
+        for i in 0..mr {
+            let row_off = 4 * i as i64 * self.c_rs;
+            for (v, &var) in acc[i].iter().enumerate() {
+                let mut x = e.b.use_var(var);
+                if let Some((av, _)) = alpha {
+                    x = e.b.ins().fmul(x, av);
+                }
+                let valid = (nt - 4 * v).min(4);
+                if let (Some((c, bv, _)), Some(cp)) = (cin, p.cin) {
+                    let off = 4 * (i as i64 * c.rs) + 16 * c.cs * v as i64;
+                    let f = Emitter::rflags(c.buf);
+                    let y = if c.cs == 0 {
+                        let s = e.load(F32, f, cp, off);
+                        e.b.ins().splat(V4, s)
+                    } else if valid == 4 {
+                        e.load(V4, f, cp, off)
+                    } else {
+                        let mut y = zero_v;
+                        for l in 0..valid {
+                            let s = e.load(F32, f, cp, off + 4 * l as i64);
+                            y = e.b.ins().insertlane(y, s, l as u8);
+                        }
+                        y
+                    };
+                    x = e.mul_add(y, bv, x);
+                }
+                if valid == 4 {
+                    e.store(wf, x, p.c, row_off + 16 * v as i64);
+                } else {
+                    for l in 0..valid {
+                        let s = e.b.ins().extractlane(x, l as u8);
+                        e.store(wf, s, p.c, row_off + 4 * (4 * v + l) as i64);
+                    }
+                }
+            }
+            for (s, &var) in accs[i].iter().enumerate() {
+                let mut x = e.b.use_var(var);
+                if let Some((_, a)) = alpha {
+                    x = e.b.ins().fmul(x, a);
+                }
+                let col = 4 * nv + s;
+                if let (Some((c, _, bs)), Some(cp)) = (cin, p.cin) {
+                    let off = 4 * (i as i64 * c.rs + c.cs * col as i64);
+                    let y = e.load(F32, Emitter::rflags(c.buf), cp, off);
+                    x = e.mul_add(y, bs, x);
+                }
+                e.store(wf, x, p.c, row_off + 4 * col as i64);
+            }
+        }
+    }
+}
+
+impl Kernel for Gemm {
+    fn describe(&self) -> String {
+        format!(
+            "{}: gemm M={} N={} K={} batch={} tile {}x{}{} ({}), A {}, B {}, groups {}x{}",
+            self.what,
+            self.m,
+            self.n,
+            self.k,
+            self.batch,
+            self.tile.mr,
+            self.nr(),
+            if self.asm.is_some() { " avx512" } else { "" },
+            if self.rows_outer {
+                "rows outer"
+            } else {
+                "columns outer"
+            },
+            match self.a {
+                ASrc::Packed { .. } => "packed",
+                ASrc::Strided { .. } => "strided",
+            },
+            match self.b {
+                BSrc::Packed { .. } => "packed",
+                BSrc::Strided { .. } => "strided",
+            },
+            self.row_group,
+            self.col_group
+        )
+    }
+
+    fn units(&self) -> usize {
+        if self.m == 0 || self.n == 0 {
+            return 0;
+        }
+        self.batch * self.row_groups() * self.col_groups()
+    }
+
+    fn cost(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.n * self.k.max(1)) as f64
+    }
+
+    fn opt(&self) -> Opt {
+        Opt::None
+    }
+
+    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
+        let (mr, nr) = (self.tile.mr, self.nr());
+        let (rb, ct) = (self.row_blocks(), self.col_tiles());
+        let (rg, cg) = (self.row_groups(), self.col_groups());
+        let (rb_full, m_tail) = (self.m / mr, self.m % mr);
+        let (ct_full, n_tail) = (self.n / nr, self.n % nr);
+        let a_base = match self.a {
+            ASrc::Packed { addr } => e.ic(addr as i64),
+            ASrc::Strided { buf, .. } => e.base(buf),
+        };
+        let b_base = match self.b {
+            BSrc::Packed { addr } => e.ic(addr as i64),
+            BSrc::Strided { buf, .. } => e.base(buf),
+        };
+        let c_base = e.base(self.c);
+        let bias_base = match self.init {
+            Init::Zero => None,
+            Init::Row(b) | Init::Col(b) => Some(e.base(b)),
+        };
+        let cin_base = self.cin.map(|c| e.base(c.buf));
+        let table = self.offsets.map(|t| e.ic(t as i64));
+        let tf = Emitter::rflags(Buf::input(Loc::Const(0)));
+        // per row block / column tile strides in bytes
+        let (a_rb, a_pack) = match self.a {
+            ASrc::Packed { .. } => (4 * (mr * self.k) as i64, true),
+            ASrc::Strided { rs, .. } => (4 * mr as i64 * rs, false),
+        };
+        let _ = a_pack;
+        let b_ct = match self.b {
+            BSrc::Packed { .. } => 4 * (nr * self.k) as i64,
+            BSrc::Strided { .. } => 4 * nr as i64,
+        };
+        let c_rb = 4 * mr as i64 * self.c_rs;
+        let c_ct = 4 * nr as i64;
+        let row_bias = matches!(self.init, Init::Row(_));
+        let col_bias = matches!(self.init, Init::Col(_));
+        let cin = self.cin;
+        let runtime_pack = self.packs_b_at_run_time();
+        let bview = match self.b {
+            _ if runtime_pack => BView {
+                ks: nr as i64,
+                padded: true,
+                flags: MemFlagsData::new().with_notrap(),
+            },
+            BSrc::Packed { addr } => BView {
+                ks: nr as i64,
+                padded: true,
+                flags: Emitter::rflags(Buf::input(Loc::Const(addr))),
+            },
+            BSrc::Strided { buf, ks } => BView {
+                ks,
+                padded: false,
+                flags: Emitter::rflags(buf),
+            },
+        };
+        let panel = runtime_pack.then(|| {
+            let slot = e.b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                (4 * self.k * nr) as u32,
+                4,
+            ));
+            e.b.ins().stack_addr(I64, slot, 0)
+        });
+        e.for_range(begin, end, 1, |e, u| {
+            // decode the unit: batch, row group, column group
+            let per_batch = (rg * cg) as i64;
+            let bidx = e.b.ins().udiv_imm_u(u, per_batch);
+            let r = e.b.ins().urem_imm_u(u, per_batch);
+            let rgi = e.b.ins().udiv_imm_u(r, cg as i64);
+            let cgi = e.b.ins().urem_imm_u(r, cg as i64);
+            let (mut a0, mut b0, mut c0, mut bias0) = (a_base, b_base, c_base, bias_base);
+            if let Some(t) = table {
+                let row = e.index(t, bidx, 32);
+                let ao = e.load(I64, tf, row, 0);
+                let bo = e.load(I64, tf, row, 8);
+                let co = e.load(I64, tf, row, 16);
+                a0 = e.index(a0, ao, 4);
+                b0 = e.index(b0, bo, 4);
+                c0 = e.index(c0, co, 4);
+                if row_bias && let Some(bb) = bias0 {
+                    let bo = e.load(I64, tf, row, 24);
+                    bias0 = Some(e.index(bb, bo, 4));
+                }
+            }
+            let rb_lo = e.b.ins().imul_imm_s(rgi, self.row_group as i64);
+            let rb_hi = e.b.ins().iadd_imm_s(rb_lo, self.row_group as i64);
+            let rb_end = e.ic(rb as i64);
+            let rb_hi = e.imin(rb_hi, rb_end);
+            let ct_lo = e.b.ins().imul_imm_s(cgi, self.col_group as i64);
+            let ct_hi = e.b.ins().iadd_imm_s(ct_lo, self.col_group as i64);
+            let ct_end = e.ic(ct as i64);
+            let ct_hi = e.imin(ct_hi, ct_end);
+            let rb_full_v = e.ic(rb_full as i64);
+            let ct_full_v = e.ic(ct_full as i64);
+            // pointers of tile (rbi, cti)
+            let ptrs = |e: &mut Emitter, rbi: Value, cti: Value| TilePtrs {
+                a: e.index(a0, rbi, a_rb),
+                b: e.index(b0, cti, b_ct),
+                c: {
+                    let c = e.index(c0, rbi, c_rb);
+                    e.index(c, cti, c_ct)
+                },
+                bias: bias0.map(|bb| {
+                    if row_bias {
+                        e.index(bb, rbi, 4 * mr as i64)
+                    } else if col_bias {
+                        e.index(bb, cti, 4 * nr as i64)
+                    } else {
+                        bb
+                    }
+                }),
+                cin: cin.zip(cin_base).map(|(c, cb)| {
+                    let x = e.index(cb, rbi, 4 * mr as i64 * c.rs);
+                    e.index(x, cti, 4 * nr as i64 * c.cs)
+                }),
+            };
+            // all tiles of rows [lo, hi) × columns [clo, chi), full and tails
+            let rows = |e: &mut Emitter, rbi: Value, mrows: usize| {
+                let hi_full = e.imin(ct_hi, ct_full_v);
+                e.for_range(ct_lo, hi_full, 1, |e, cti| {
+                    let p = ptrs(e, rbi, cti);
+                    self.tile(e, p, bview, mrows, nr);
+                });
+                if n_tail > 0 {
+                    // the tail tile belongs to the unit whose range reaches it
+                    let has = e.b.ins().icmp(
+                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
+                        ct_hi,
+                        ct_full_v,
+                    );
+                    e.if_then(has, |e| {
+                        let p = ptrs(e, rbi, ct_full_v);
+                        self.tile(e, p, bview, mrows, n_tail);
+                    });
+                }
+            };
+            // tile pointers, with B redirected to the packed panel
+            let ptrs_in = |e: &mut Emitter, rbi: Value, cti: Value| {
+                let mut p = ptrs(e, rbi, cti);
+                if let Some(panel) = panel {
+                    p.b = panel;
+                }
+                p
+            };
+            let cols = |e: &mut Emitter, cti: Value, ncols: usize| {
+                if let Some(panel) = panel {
+                    let src = e.index(b0, cti, b_ct);
+                    self.pack_panel(e, panel, src, ncols);
+                }
+                let hi_full = e.imin(rb_hi, rb_full_v);
+                e.for_range(rb_lo, hi_full, 1, |e, rbi| {
+                    let p = ptrs_in(e, rbi, cti);
+                    self.tile(e, p, bview, mr, ncols);
+                });
+                if m_tail > 0 {
+                    let has = e.b.ins().icmp(
+                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
+                        rb_hi,
+                        rb_full_v,
+                    );
+                    e.if_then(has, |e| {
+                        let p = ptrs_in(e, rb_full_v, cti);
+                        self.tile(e, p, bview, m_tail, ncols);
+                    });
+                }
+            };
+            if self.rows_outer {
+                let hi_full = e.imin(rb_hi, rb_full_v);
+                e.for_range(rb_lo, hi_full, 1, |e, rbi| rows(e, rbi, mr));
+                if m_tail > 0 {
+                    let has = e.b.ins().icmp(
+                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
+                        rb_hi,
+                        rb_full_v,
+                    );
+                    e.if_then(has, |e| rows(e, rb_full_v, m_tail));
+                }
+            } else {
+                let hi_full = e.imin(ct_hi, ct_full_v);
+                e.for_range(ct_lo, hi_full, 1, |e, cti| cols(e, cti, nr));
+                if n_tail > 0 {
+                    let has = e.b.ins().icmp(
+                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
+                        ct_hi,
+                        ct_full_v,
+                    );
+                    e.if_then(has, |e| cols(e, ct_full_v, n_tail));
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,278 @@
+//! matmul (numpy semantics, batch broadcasting) and gemm (ONNX: transposes,
+//! alpha, beta and a broadcast `c`), both on the GEMM driver.
+//!
+//! A constant operand is packed at compile time (B preferred: linear layers
+//! have their weights on the right). A matmul whose right operand has no
+//! batch dimensions folds the left operand's batch into M, so a linear layer
+//! over tokens is one GEMM. Batches otherwise go through an offset table.
+//! A gemm with a transposed *run-time* B first transposes it into arena
+//! scratch (B must be contiguous along N); constant B is simply packed from
+//! the transposed layout.
+
+use kiln_ir::types::broadcast_shapes;
+use kiln_ir::{Graph, NodeId, Op};
+
+use super::copy::{Copy, Region};
+use super::gemm::{self, ASrc, BSrc, CIn, Gemm, Init};
+use super::nest::{Nest, broadcast_strides, contiguous};
+use super::{Kernels, NodeCx, is_const};
+use crate::codegen::Buf;
+use crate::error::BackendError;
+
+/// Scratch for a gemm that transposes a run-time B.
+pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
+    let ops = g.operands(id);
+    match (&g.node(id).op, ops.get(1)) {
+        (Op::Gemm { trans_b: true, .. }, Some(&b)) if !is_const(g, b) => {
+            g.value_type(b).size_bytes()
+        }
+        _ => 0,
+    }
+}
+
+/// Lowers matmul and gemm nodes.
+pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
+    match *cx.op {
+        Op::MatMul => lower_matmul(cx),
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+        } => lower_gemm(cx, alpha.0, beta.0, trans_a, trans_b),
+        _ => Err(cx.unsupported("not a matrix product")),
+    }
+}
+
+fn lower_matmul(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
+    let tile = cx.tile;
+    let nr = 4 * tile.nv;
+    let (out_buf, _) = cx.outs[0].clone();
+    let a_sh = &cx.ins[0].ty.shape;
+    let b_sh = &cx.ins[1].ty.shape;
+    let a2: Vec<usize> = if a_sh.len() == 1 {
+        vec![1, a_sh[0]]
+    } else {
+        a_sh.clone()
+    };
+    let b2: Vec<usize> = if b_sh.len() == 1 {
+        vec![b_sh[0], 1]
+    } else {
+        b_sh.clone()
+    };
+    let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let n = b2[b2.len() - 1];
+    let a_batch = &a2[..a2.len() - 2];
+    let b_batch = &b2[..b2.len() - 2];
+    let batch_shape = broadcast_shapes(a_batch, b_batch)
+        .ok_or_else(|| cx.unsupported("batch dimensions do not broadcast"))?;
+    let batches: usize = batch_shape.iter().product();
+    let b_single = b_batch.iter().all(|&d| d == 1);
+    // fold A's batch into M when B is one matrix: rows are consecutive
+    let (m_eff, batches_eff) = if b_single && a_batch == &batch_shape[..] {
+        (m * batches, 1)
+    } else {
+        (m, batches)
+    };
+    // batch strides counted in matrices
+    let a_bs = broadcast_strides(a_batch, &batch_shape);
+    let b_bs = broadcast_strides(b_batch, &batch_shape);
+    let a_mats: usize = if batches_eff == 1 {
+        1
+    } else {
+        a_batch.iter().product()
+    };
+    let b_mats: usize = b_batch.iter().product();
+    // Operand sources and the element size of one (packed) matrix.
+    let (b, b_scale) = match cx.ins[1].data {
+        Some(w) => {
+            let per = gemm::packed_b_len(k, n, nr);
+            let mut packed = Vec::with_capacity(b_mats * per);
+            for i in 0..b_mats {
+                packed.extend(gemm::pack_b(&w[i * k * n..], k, n, n, 1, nr));
+            }
+            let addr = cx.consts.add(&packed);
+            (BSrc::Packed { addr }, per)
+        }
+        None => (
+            BSrc::Strided {
+                buf: cx.ins[1].buf,
+                ks: n as i64,
+            },
+            k * n,
+        ),
+    };
+    let (a, a_scale) = match (cx.ins[0].data, &b) {
+        (Some(w), BSrc::Strided { .. }) => {
+            let per = gemm::packed_a_len(m_eff, k, tile.mr);
+            let mut packed = Vec::with_capacity(a_mats * per);
+            for i in 0..a_mats {
+                packed.extend(gemm::pack_a(&w[i * m_eff * k..], m_eff, k, k, 1, tile.mr));
+            }
+            let addr = cx.consts.add(&packed);
+            (ASrc::Packed { addr }, per)
+        }
+        _ => (
+            ASrc::Strided {
+                buf: cx.ins[0].buf,
+                rs: k as i64,
+                ks: 1,
+            },
+            m * k,
+        ),
+    };
+    let mut offs = Vec::with_capacity(batches_eff);
+    if batches_eff == 1 {
+        offs.push([0; 4]);
+    } else {
+        let bstr = contiguous(&batch_shape);
+        for bi in 0..batches {
+            let (mut an, mut bn) = (0i64, 0i64);
+            for (d, &s) in bstr.iter().enumerate() {
+                let idx = (bi as i64 / s) % batch_shape[d] as i64;
+                an += idx * a_bs[d];
+                bn += idx * b_bs[d];
+            }
+            offs.push([
+                an * a_scale as i64,
+                bn * b_scale as i64,
+                (bi * m * n) as i64,
+                0,
+            ]);
+        }
+    }
+    let mut gm = Gemm {
+        what: "matmul",
+        m: m_eff,
+        n,
+        k,
+        batch: batches_eff,
+        offsets: gemm::offset_table(cx.consts, &offs),
+        a,
+        b,
+        c: out_buf,
+        c_rs: n as i64,
+        init: Init::Zero,
+        alpha: 1.0,
+        cin: None,
+        tile,
+        rows_outer: true,
+        row_group: 1,
+        col_group: 1,
+        asm: None,
+    };
+    gm.partition(cx.threads);
+    Ok(vec![Box::new(gm)])
+}
+
+fn lower_gemm(
+    cx: &mut NodeCx,
+    alpha: f32,
+    beta: f32,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<Kernels, BackendError> {
+    let tile = cx.tile;
+    let nr = 4 * tile.nv;
+    let (out_buf, out_ty) = cx.outs[0].clone();
+    let (m, n) = (out_ty.shape[0], out_ty.shape[1]);
+    let a_sh = cx.ins[0].ty.shape.clone();
+    let k = if trans_a { a_sh[0] } else { a_sh[1] };
+    let mut kernels: Kernels = Vec::new();
+    // B: element (k, j) of op(b)
+    let b = match cx.ins[1].data {
+        Some(w) => {
+            let (ks, js) = if trans_b { (1, k) } else { (n, 1) };
+            BSrc::Packed {
+                addr: cx.consts.add(&gemm::pack_b(w, k, n, ks, js, nr)),
+            }
+        }
+        None if !trans_b => BSrc::Strided {
+            buf: cx.ins[1].buf,
+            ks: n as i64,
+        },
+        None => {
+            // transpose b [N, K] into scratch [K, N]
+            let scratch = cx
+                .scratch
+                .ok_or_else(|| cx.unsupported("transpose scratch was not planned"))?;
+            let dims = [k, n];
+            let nest = Nest::new(
+                &dims,
+                vec![contiguous(&dims), vec![1, k as i64]],
+                vec![0, 0],
+            );
+            kernels.push(Box::new(Copy::new(
+                "gemm transpose of b",
+                vec![Region::copy(nest, scratch, cx.ins[1].buf)],
+            )));
+            BSrc::Strided {
+                buf: Buf::input(scratch.loc),
+                ks: n as i64,
+            }
+        }
+    };
+    let (rs, ks) = if trans_a {
+        (1, m as i64)
+    } else {
+        (k as i64, 1)
+    };
+    let a = match (cx.ins[0].data, &b) {
+        (Some(w), BSrc::Strided { .. }) => ASrc::Packed {
+            addr: cx
+                .consts
+                .add(&gemm::pack_a(w, m, k, rs as usize, ks as usize, tile.mr)),
+        },
+        _ => ASrc::Strided {
+            buf: cx.ins[0].buf,
+            rs,
+            ks,
+        },
+    };
+    let mut init = Init::Zero;
+    let cin = match cx.ins.get(2) {
+        // a bias row with unit scales seeds the accumulators instead
+        Some(c)
+            if beta == 1.0
+                && alpha == 1.0
+                && c.ty.shape.iter().rev().skip(1).all(|&d| d == 1)
+                && c.ty.shape.last() == Some(&n) =>
+        {
+            init = Init::Col(c.buf);
+            None
+        }
+        Some(c) if beta != 0.0 => {
+            let s = broadcast_strides(&c.ty.shape, &[m, n]);
+            Some(CIn {
+                beta,
+                buf: c.buf,
+                rs: s[0],
+                cs: s[1],
+            })
+        }
+        _ => None,
+    };
+    let mut gm = Gemm {
+        what: "gemm",
+        m,
+        n,
+        k,
+        batch: 1,
+        offsets: None,
+        a,
+        b,
+        c: out_buf,
+        c_rs: n as i64,
+        init,
+        alpha,
+        cin,
+        tile,
+        rows_outer: true,
+        row_group: 1,
+        col_group: 1,
+        asm: None,
+    };
+    gm.partition(cx.threads);
+    kernels.push(Box::new(gm));
+    Ok(kernels)
+}

@@ -1,0 +1,81 @@
+//! The runtime side of a compiled model: memory it owns (constants, arenas)
+//! and the worker pool that runs kernels.
+
+pub(crate) mod pool;
+
+/// One cache line of 32-bit words (f32 bit patterns or halves of i64s):
+/// backing store of 64-byte aligned constant data.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct FLine([u32; 16]);
+
+/// One cache line of words; backing store of arenas.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct WLine([u64; 8]);
+
+/// Constant data that compiled code points into: packed weights and tables.
+/// Each block is 64-byte aligned and never moves or changes after it is
+/// added (a `Vec` of boxed blocks: pushing moves the boxes, not the data).
+#[derive(Default)]
+pub(crate) struct ConstStore {
+    blocks: Vec<Box<[FLine]>>,
+    bytes: usize,
+}
+
+impl ConstStore {
+    /// Copies `data` into a new aligned block and returns its address.
+    pub fn add(&mut self, data: &[f32]) -> usize {
+        self.add_words(data.iter().map(|x| x.to_bits()), data.len())
+    }
+
+    fn add_words(&mut self, words: impl Iterator<Item = u32>, len: usize) -> usize {
+        let mut lines = vec![FLine([0; 16]); len.div_ceil(16).max(1)].into_boxed_slice();
+        for (i, w) in words.enumerate() {
+            lines[i / 16].0[i % 16] = w;
+        }
+        let addr = lines.as_ptr() as usize;
+        self.bytes += lines.len() * 64;
+        self.blocks.push(lines);
+        addr
+    }
+
+    /// Stores `i64` values (index tables) bit-for-bit; returns the address.
+    pub fn add_i64(&mut self, data: &[i64]) -> usize {
+        // Little-endian halves, as the kernels load them (kiln's JIT targets
+        // are little-endian).
+        let words = data
+            .iter()
+            .flat_map(|&x| [x as u64 as u32, ((x as u64) >> 32) as u32]);
+        self.add_words(words, 2 * data.len())
+    }
+
+    /// Total bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// A per-call arena: 64-byte aligned, zero-initialised once.
+pub(crate) struct Arena {
+    lines: Box<[WLine]>,
+}
+
+impl Arena {
+    /// An arena of at least `bytes` bytes.
+    pub fn new(bytes: usize) -> Arena {
+        Arena {
+            lines: vec![WLine([0; 8]); bytes.div_ceil(64).max(1)].into_boxed_slice(),
+        }
+    }
+
+    /// Writes pointer `p` into header slot `slot` (byte offset / 8).
+    pub fn set_slot(&mut self, slot: usize, p: usize) {
+        self.lines[slot / 8].0[slot % 8] = p as u64;
+    }
+
+    /// The base address handed to kernels.
+    pub fn base(&mut self) -> *mut u8 {
+        self.lines.as_mut_ptr().cast()
+    }
+}

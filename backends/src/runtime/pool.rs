@@ -1,0 +1,244 @@
+//! A persistent worker pool: `threads - 1` workers plus the calling thread
+//! run the units of one kernel at a time. The units are cut into a fixed
+//! number of chunks, which threads claim one at a time from a shared
+//! counter: on a loaded machine a worker that is not scheduled simply claims
+//! nothing and the caller does its share, instead of the whole model waiting
+//! for it at every kernel. (Which thread runs a chunk never changes a
+//! result: kernels compute each unit the same way wherever it runs.)
+//!
+//! The counter and the job's epoch share one atomic word, so a worker that
+//! wakes up late can only ever claim chunks of the job it read: once the
+//! caller has published the next job, its compare-and-swap fails.
+//!
+//! A run dispatches a few hundred kernels back to back, so waking workers
+//! through the OS for each would cost more than small kernels take. Workers
+//! therefore spin on an epoch counter for a while after each job, then yield,
+//! then sleep on a condition variable (so an idle model costs no CPU).
+
+// Calling JIT-compiled kernels through raw function pointers is inherently
+// unsafe; this module and `compiled` are the only places that do it.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The signature of every kernel: `(arena, begin, end)`.
+pub(crate) type KernelFn = unsafe extern "C" fn(*mut u8, i64, i64);
+
+/// How long an idle thread spins, then yields, before sleeping.
+const SPIN: Duration = Duration::from_micros(50);
+const YIELD: Duration = Duration::from_millis(1);
+
+struct Shared {
+    threads: usize,
+    /// `epoch << 32 | next chunk to claim`
+    state: AtomicU64,
+    func: AtomicUsize,
+    arena: AtomicUsize,
+    units: AtomicUsize,
+    chunks: AtomicUsize,
+    /// chunks finished in the current job
+    done: AtomicUsize,
+    shutdown: AtomicBool,
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// Units `[lo, hi)` of chunk `c` of `chunks` over `units`.
+fn chunk_range(c: usize, chunks: usize, units: usize) -> (usize, usize) {
+    (c * units / chunks, (c + 1) * units / chunks)
+}
+
+/// Waits until `done()` holds: spinning first, then yielding.
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut n = 0u32;
+    while !done() {
+        n = n.wrapping_add(1);
+        if !n.is_multiple_of(64) {
+            std::hint::spin_loop();
+        } else if start.elapsed() > SPIN {
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Shared {
+    /// Claims and runs chunks of the job of `epoch` until none are left;
+    /// returns how many this thread ran.
+    ///
+    /// # Safety
+    /// `func`, `arena`, `units` and `chunks` must have been read after
+    /// observing `epoch` (see the module docs for why a stale read is harmless).
+    unsafe fn work(&self, epoch: u64, func: usize, arena: usize, units: usize, chunks: usize) {
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            if cur >> 32 != epoch & 0xffff_ffff || (cur & 0xffff_ffff) as usize >= chunks {
+                return;
+            }
+            match self.state.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    let c = (cur & 0xffff_ffff) as usize;
+                    let (lo, hi) = chunk_range(c, chunks, units);
+                    if lo < hi {
+                        // SAFETY: the claim succeeded under `epoch`, so the job
+                        // is still running (its last chunk is this one or later)
+                        // and `func`/`arena` are the ones published with it:
+                        // `Pool::run`'s caller guarantees they are valid until
+                        // every chunk is done.
+                        unsafe {
+                            let f: KernelFn = std::mem::transmute::<usize, KernelFn>(func);
+                            f(arena as *mut u8, lo as i64, hi as i64);
+                        }
+                    }
+                    self.done.fetch_add(1, Ordering::Release);
+                    cur = self.state.load(Ordering::Acquire);
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+/// See the module docs.
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// A pool running kernels on `threads` threads in all (the caller
+    /// included), so `threads - 1` workers are started.
+    pub fn new(threads: usize) -> std::io::Result<Pool> {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            threads,
+            state: AtomicU64::new(0),
+            func: AtomicUsize::new(0),
+            arena: AtomicUsize::new(0),
+            units: AtomicUsize::new(0),
+            chunks: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let mut handles = Vec::new();
+        for t in 1..threads {
+            let s = Arc::clone(&shared);
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("kiln-worker-{t}"))
+                    .spawn(move || worker(&s))?,
+            );
+        }
+        Ok(Pool { shared, handles })
+    }
+
+    /// Runs units `[0, units)` of `func` over every thread and returns when
+    /// all are done.
+    ///
+    /// # Safety
+    /// `func` must be a kernel compiled for an arena laid out like `arena`,
+    /// and `arena` must stay valid and unused by anyone else until this returns.
+    pub unsafe fn run(&self, func: KernelFn, arena: *mut u8, units: usize) {
+        let s = &*self.shared;
+        let threads = s.threads;
+        if threads == 1 {
+            // SAFETY: the caller's contract.
+            unsafe { func(arena, 0, units as i64) };
+            return;
+        }
+        // a few chunks per thread: small enough to balance, large enough
+        // that claiming costs nothing next to the work
+        let chunks = units.min(4 * threads).max(1);
+        s.func.store(func as usize, Ordering::Relaxed);
+        s.arena.store(arena as usize, Ordering::Relaxed);
+        s.units.store(units, Ordering::Relaxed);
+        s.chunks.store(chunks, Ordering::Relaxed);
+        s.done.store(0, Ordering::Relaxed);
+        let epoch = (s.state.load(Ordering::Relaxed) >> 32) + 1;
+        // SeqCst pairs with the sleepers protocol in `worker`: either we see
+        // a sleeper and notify it, or it sees the new epoch before sleeping.
+        s.state.store((epoch & 0xffff_ffff) << 32, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        // SAFETY: the fields above were written before publishing `epoch`.
+        unsafe { s.work(epoch, func as usize, arena as usize, units, chunks) };
+        wait_until(|| s.done.load(Ordering::Acquire) == chunks);
+    }
+}
+
+fn worker(s: &Shared) {
+    let mut seen = 0u64;
+    loop {
+        let start = Instant::now();
+        let mut n = 0u32;
+        let epoch = loop {
+            let ep = s.state.load(Ordering::Acquire) >> 32;
+            if ep != seen {
+                break ep;
+            }
+            if s.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            n = n.wrapping_add(1);
+            if !n.is_multiple_of(64) {
+                std::hint::spin_loop();
+                continue;
+            }
+            let idle = start.elapsed();
+            if idle < SPIN {
+                std::hint::spin_loop();
+            } else if idle < SPIN + YIELD {
+                std::thread::yield_now();
+            } else {
+                let g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                if s.state.load(Ordering::SeqCst) >> 32 == seen
+                    && !s.shutdown.load(Ordering::SeqCst)
+                {
+                    // The timeout only guards against a lost wake-up bug;
+                    // the protocol above does not lose them.
+                    let _ = s.wake.wait_timeout(g, Duration::from_millis(100));
+                }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        seen = epoch;
+        if s.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        let func = s.func.load(Ordering::Relaxed);
+        let arena = s.arena.load(Ordering::Relaxed);
+        let units = s.units.load(Ordering::Relaxed);
+        let chunks = s.chunks.load(Ordering::Relaxed);
+        // SAFETY: read after observing `epoch` with Acquire; a claim only
+        // succeeds while that job is still the current one.
+        unsafe { s.work(epoch, func, arena, units, chunks) };
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        {
+            let _g = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}

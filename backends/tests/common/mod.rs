@@ -1,0 +1,235 @@
+//! Shared helpers of the backend tests: a seeded RNG, single-op model
+//! builders, and the differential check against the reference interpreter.
+
+#![allow(dead_code)]
+
+use kiln_backends::{CompileOptions, CompiledModel, compile};
+use kiln_ir::{DType, Graph, Model, Op, Tensor, TensorType, Value, WeightStore, interp};
+
+/// SplitMix64: small, seedable, good enough for test data.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[0, n)`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    /// Uniform in `[lo, hi]`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+    /// Uniform in `[lo, hi)`.
+    pub fn f32_in(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    /// Non-zero values in `[-1, -0.05] ∪ [0.05, 1]`.
+    pub fn nonzero(&mut self) -> f32 {
+        let m = self.f32_in(0.05, 1.0);
+        if self.next_u64() & 1 == 0 { m } else { -m }
+    }
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len())]
+    }
+    pub fn coin(&mut self) -> bool {
+        self.next_u64() & 1 == 0
+    }
+}
+
+/// How to fill a tensor.
+#[derive(Clone, Copy, Debug)]
+pub enum Fill {
+    /// non-zero values in ±[0.05, 1]
+    Signed,
+    /// values in [lo, hi]
+    Range(f32, f32),
+}
+
+/// A tensor of `shape` filled as `fill` says.
+pub fn tensor(rng: &mut Rng, shape: &[usize], fill: Fill) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|_| match fill {
+            Fill::Signed => rng.nonzero(),
+            Fill::Range(lo, hi) => rng.f32_in(lo, hi),
+        })
+        .collect();
+    Tensor::from_f32(shape.to_vec(), data).unwrap()
+}
+
+/// An operand of a single-op test graph.
+#[derive(Clone, Debug)]
+pub enum Arg {
+    /// a graph input of this shape
+    In(Vec<usize>),
+    /// a weight of this shape (random values)
+    W(Vec<usize>),
+    /// a weight with these exact values
+    WData(Vec<usize>, Vec<f32>),
+}
+
+pub fn input(shape: &[usize]) -> Arg {
+    Arg::In(shape.to_vec())
+}
+
+pub fn weight(shape: &[usize]) -> Arg {
+    Arg::W(shape.to_vec())
+}
+
+/// A model applying `op` to `args`; every result is a graph output.
+/// Returns the model and input values.
+pub fn single(op: Op, args: &[Arg], rng: &mut Rng, fill: Fill) -> (Model, Vec<Tensor>) {
+    let mut g = Graph::new("single");
+    let mut weights = WeightStore::new();
+    let mut inputs = Vec::new();
+    let mut vals: Vec<Value> = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        match a {
+            Arg::In(s) => {
+                vals.push(
+                    g.add_input(format!("x{i}"), TensorType::f32(s.clone()))
+                        .unwrap(),
+                );
+                inputs.push(tensor(rng, s, fill));
+            }
+            Arg::W(s) => {
+                let name = format!("w{i}");
+                vals.push(g.add_weight(&name, TensorType::f32(s.clone())).unwrap());
+                weights.insert(name, tensor(rng, s, fill));
+            }
+            Arg::WData(s, d) => {
+                let name = format!("w{i}");
+                vals.push(g.add_weight(&name, TensorType::f32(s.clone())).unwrap());
+                weights.insert(name, Tensor::from_f32(s.clone(), d.clone()).unwrap());
+            }
+        }
+    }
+    let outs = g
+        .add_multi(op, &vals)
+        .unwrap_or_else(|e| panic!("building the test graph: {e}"));
+    g.set_outputs(outs);
+    (Model { graph: g, weights }, inputs)
+}
+
+/// Options every differential test compiles with: Cranelift's verifier on.
+pub fn opts(threads: usize) -> CompileOptions {
+    CompileOptions {
+        threads: Some(threads),
+        verify_ir: true,
+        ..CompileOptions::default()
+    }
+}
+
+/// Output tensors of the model's output types, filled with NaN, so that an
+/// element the JIT fails to write shows up.
+pub fn poisoned(m: &CompiledModel) -> Vec<Tensor> {
+    m.outputs()
+        .iter()
+        .map(|(_, ty)| match ty.dtype {
+            DType::F32 => Tensor::from_f32(ty.shape.clone(), vec![f32::NAN; ty.numel()]).unwrap(),
+            DType::I64 => Tensor::zeros(ty),
+        })
+        .collect()
+}
+
+/// `max|a - b| / max|b|` (or the absolute difference when `b` is all zero);
+/// NaN anywhere in `a` that `b` does not have counts as infinite error.
+pub fn rel_error(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+    let mut max_ref = 0f64;
+    let mut max_diff = 0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        if y.is_nan() {
+            if !x.is_nan() {
+                return f64::INFINITY;
+            }
+            continue;
+        }
+        if x.is_nan() {
+            return f64::INFINITY;
+        }
+        max_ref = max_ref.max(f64::from(y).abs());
+        max_diff = max_diff.max((f64::from(x) - f64::from(y)).abs());
+    }
+    if max_ref == 0.0 {
+        max_diff
+    } else {
+        max_diff / max_ref
+    }
+}
+
+/// The tolerance of every differential test.
+pub const TOL: f64 = 1e-4;
+
+/// Compiles `model` for `threads` threads, runs it into NaN-poisoned
+/// outputs, and compares every output with the interpreter. Returns the
+/// worst relative error; panics (with `what`) above [`TOL`].
+pub fn check_threads(what: &str, model: &Model, inputs: &[Tensor], threads: usize) -> Vec<Tensor> {
+    check_with(what, model, inputs, &opts(threads))
+}
+
+/// [`check_threads`] with explicit compile options.
+pub fn check_with(
+    what: &str,
+    model: &Model,
+    inputs: &[Tensor],
+    options: &CompileOptions,
+) -> Vec<Tensor> {
+    let want = interp::run(&model.graph, &model.weights, inputs)
+        .unwrap_or_else(|e| panic!("{what}: interpreter failed: {e}"));
+    let m = compile(model, options).unwrap_or_else(|e| panic!("{what}: compile failed: {e}"));
+    let mut got = poisoned(&m);
+    m.run_into(inputs, &mut got)
+        .unwrap_or_else(|e| panic!("{what}: run failed: {e}"));
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        let e = rel_error(g, w);
+        assert!(
+            e <= TOL,
+            "{what}: output {k} differs from the interpreter: relative error {e:.3e}\n got {:?}\nwant {:?}",
+            &g.as_f32().unwrap()[..g.numel().min(16)],
+            &w.as_f32().unwrap()[..w.numel().min(16)]
+        );
+    }
+    got
+}
+
+/// [`check_threads`] at 1 and 2 threads; the two runs must agree bit for
+/// bit. Also checks the build without the assembled AVX-512 GEMM tiles (on
+/// hosts that have them, both tile sources must be right).
+pub fn check(what: &str, model: &Model, inputs: &[Tensor]) {
+    let one = check_threads(what, model, inputs, 1);
+    let two = check_threads(what, model, inputs, 2);
+    let no_asm = CompileOptions {
+        asm_tiles: false,
+        ..opts(1)
+    };
+    check_with(
+        &format!("{what} (Cranelift tiles only)"),
+        model,
+        inputs,
+        &no_asm,
+    );
+    for (a, b) in one.iter().zip(&two) {
+        let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what}: 1 and 2 threads differ"
+        );
+    }
+}
+
+/// Builds and checks a single-op model.
+pub fn check_op(what: &str, op: Op, args: &[Arg], seed: u64, fill: Fill) {
+    let mut rng = Rng(seed);
+    let (model, inputs) = single(op, args, &mut rng, fill);
+    check(what, &model, &inputs);
+}

@@ -1,0 +1,185 @@
+//! Accuracy of the inlined approximations (exp, log, tanh, sigmoid, erf and
+//! the GELUs built on them) against `f64`, over dense sweeps. Each bound is
+//! the one documented in `codegen/math.rs`; the test prints what it measured.
+
+use kiln_backends::testing::{
+    ERF_MAX_REL, EXP_MAX_REL, GELU_MAX_REL, LOG_MAX_REL, SIGMOID_MAX_REL, TANH_MAX_REL,
+};
+use kiln_backends::{CompileOptions, compile};
+use kiln_ir::{Graph, Model, Op, Tensor, TensorType, UnaryOp, WeightStore};
+
+/// Runs `op` over `xs` through the JIT.
+fn jit(op: UnaryOp, xs: &[f32]) -> Vec<f32> {
+    let mut g = Graph::new("math");
+    let x = g.add_input("x", TensorType::f32([xs.len()])).unwrap();
+    let y = g.add(Op::Unary(op), &[x]).unwrap();
+    g.set_outputs(vec![y]);
+    let model = Model {
+        graph: g,
+        weights: WeightStore::new(),
+    };
+    let opts = CompileOptions {
+        threads: Some(1),
+        verify_ir: true,
+        ..CompileOptions::default()
+    };
+    let m = compile(&model, &opts).unwrap();
+    let input = Tensor::from_f32([xs.len()], xs.to_vec()).unwrap();
+    m.run(&[input]).unwrap()[0].as_f32().unwrap().to_vec()
+}
+
+/// `n` points evenly spread over `[lo, hi]` (an odd count, so the vector
+/// body and the scalar tail both run).
+fn sweep(lo: f64, hi: f64, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (lo + (hi - lo) * i as f64 / (n - 1) as f64) as f32)
+        .collect()
+}
+
+/// Maximum relative error of `op` against `reference` over `xs`; also
+/// returns the worst input for the message.
+fn max_rel(op: UnaryOp, xs: &[f32], reference: impl Fn(f64) -> f64) -> (f64, f32) {
+    let ys = jit(op, xs);
+    let mut worst = (0.0f64, 0.0f32);
+    for (&x, &y) in xs.iter().zip(&ys) {
+        let r = reference(f64::from(x));
+        if r == 0.0 || !r.is_finite() {
+            continue;
+        }
+        let e = ((f64::from(y) - r) / r).abs();
+        if e.is_nan() {
+            // a NaN result where the reference is finite: the worst error
+            return (f64::INFINITY, x);
+        }
+        if e > worst.0 {
+            worst = (e, x);
+        }
+    }
+    worst
+}
+
+fn check(name: &str, op: UnaryOp, xs: &[f32], bound: f64, reference: impl Fn(f64) -> f64) {
+    let (e, at) = max_rel(op, xs, reference);
+    println!(
+        "{name}: max relative error {e:.3e} (at x = {at}) over {} points",
+        xs.len()
+    );
+    assert!(
+        e <= bound,
+        "{name}: max relative error {e:.3e} at x = {at} exceeds {bound:.1e}"
+    );
+}
+
+#[test]
+fn exp_is_accurate() {
+    check(
+        "exp",
+        UnaryOp::Exp,
+        &sweep(-87.0, 88.0, 2_000_001),
+        EXP_MAX_REL,
+        f64::exp,
+    );
+}
+
+#[test]
+fn log_is_accurate() {
+    // log-spaced over 60 decades, plus a dense linear sweep near 1 where
+    // the result is small
+    let mut xs: Vec<f32> = (0..1_000_001)
+        .map(|i| 10f64.powf(-30.0 + 60.0 * i as f64 / 1_000_000.0) as f32)
+        .collect();
+    xs.extend(sweep(0.5, 2.0, 1_000_001));
+    check("log", UnaryOp::Log, &xs, LOG_MAX_REL, f64::ln);
+}
+
+#[test]
+fn tanh_is_accurate() {
+    check(
+        "tanh",
+        UnaryOp::Tanh,
+        &sweep(-20.0, 20.0, 2_000_001),
+        TANH_MAX_REL,
+        f64::tanh,
+    );
+}
+
+#[test]
+fn sigmoid_is_accurate() {
+    check(
+        "sigmoid",
+        UnaryOp::Sigmoid,
+        &sweep(-80.0, 20.0, 2_000_001),
+        SIGMOID_MAX_REL,
+        |x| 1.0 / (1.0 + (-x).exp()),
+    );
+}
+
+#[test]
+fn erf_is_accurate() {
+    check(
+        "erf",
+        UnaryOp::Erf,
+        &sweep(-6.0, 6.0, 2_000_001),
+        ERF_MAX_REL,
+        libm::erf,
+    );
+}
+
+#[test]
+fn gelus_are_accurate() {
+    // 1 + erf(u) = erfc(-u): the f64 reference must not cancel either.
+    let gelu = |x: f64| 0.5 * x * libm::erfc(-x / std::f64::consts::SQRT_2);
+    // On [-6, 12] the documented bound; in the far negative tail (|gelu|
+    // down to 1e-30) the f32 rounding of exp's argument dominates.
+    let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-6.0, 12.0, 1_000_001), gelu);
+    println!("gelu on [-6, 12]: max relative error {e:.3e} at {at}");
+    assert!(e <= GELU_MAX_REL, "gelu: {e:.3e} at {at}");
+    let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-12.0, 12.0, 1_000_001), |x| {
+        let r = gelu(x);
+        if r.abs() < 1e-30 { 0.0 } else { r }
+    });
+    println!("gelu on [-12, 12]: max relative error {e:.3e} at {at}");
+    assert!(e <= 3e-5, "gelu: {e:.3e} at {at}");
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    // x/2·(1 + tanh(u)) = x·sigmoid(2u), without cancellation in f64
+    let gelu_tanh = |x: f64| x / (1.0 + (-2.0 * c * (x + 0.044715 * x * x * x)).exp());
+    let xs = sweep(-12.0, 12.0, 1_000_001);
+    let (e, at) = max_rel(UnaryOp::GeluTanh, &xs, |x| {
+        let r = gelu_tanh(x);
+        if r.abs() < 1e-30 { 0.0 } else { r }
+    });
+    println!("gelu_tanh: max relative error {e:.3e} at {at}");
+    // the same tail effect as exact GELU: exp of a large negative argument
+    assert!(e <= 3e-5, "gelu_tanh: {e:.3e} at {at}");
+}
+
+#[test]
+fn special_values() {
+    let xs = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-45];
+    let exp = jit(UnaryOp::Exp, &xs);
+    assert!(exp[0].is_nan());
+    assert_eq!(&exp[1..5], &[f32::INFINITY, 0.0, 1.0, 1.0]);
+    let log = jit(
+        UnaryOp::Log,
+        &[f32::NAN, f32::INFINITY, 0.0, -1.0, 1e-45, 1.0],
+    );
+    assert!(log[0].is_nan());
+    assert_eq!(log[1], f32::INFINITY);
+    assert_eq!(log[2], f32::NEG_INFINITY);
+    assert!(log[3].is_nan());
+    assert!(
+        (f64::from(log[4]) - (1e-45f32 as f64).ln()).abs() < 1e-4,
+        "{}",
+        log[4]
+    );
+    assert_eq!(log[5], 0.0);
+    let t = jit(UnaryOp::Tanh, &xs);
+    assert!(t[0].is_nan());
+    assert_eq!(&t[1..5], &[1.0, -1.0, 0.0, 0.0]);
+    let s = jit(UnaryOp::Sigmoid, &xs);
+    assert!(s[0].is_nan());
+    assert_eq!(&s[1..4], &[1.0, 0.0, 0.5]);
+    let e = jit(UnaryOp::Erf, &xs);
+    assert!(e[0].is_nan());
+    assert_eq!(&e[1..4], &[1.0, -1.0, 0.0]);
+}
