@@ -217,7 +217,7 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
     }
 
     // The entry point: header slots, then every kernel over all its units.
-    let n_in = 1;
+    let n_in: i32 = 1;
     let mut sig = Signature::new(cc);
     for _ in 0..3 {
         sig.params.push(AbiParam::new(I64));
@@ -236,7 +236,7 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
         let p = b.block_params(entry).to_vec();
         let f = MemFlagsData::trusted();
         b.ins().store(f, p[0], p[2], 0);
-        b.ins().store(f, p[1], p[2], 8 * n_in as i32);
+        b.ins().store(f, p[1], p[2], 8 * n_in);
         for (&kid, (_, k)) in kernel_ids.iter().zip(&front.lowered) {
             if k.units() == 0 {
                 continue;

@@ -125,10 +125,13 @@ impl Target {
     }
 }
 
+/// A `--cpu` level: its name and the Cranelift settings it enables.
+pub type CpuLevel = (&'static str, &'static [&'static str]);
+
 /// Targets of ahead-of-time objects: triple, then each `--cpu` level with
 /// the Cranelift ISA settings (presets or flags) it enables. Kernels use
 /// f32x4 vectors throughout, which every level here lowers natively.
-pub const AOT_TARGETS: &[(&str, &[(&str, &[&str])])] = &[
+pub const AOT_TARGETS: &[(&str, &[CpuLevel])] = &[
     (
         "x86_64-unknown-linux-gnu",
         &[
