@@ -591,7 +591,7 @@ fn compile_writes_an_object_and_its_header() {
         "--name",
         "cna",
         "-o",
-        &arg(&o),
+        arg(&o),
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let obj = std::fs::read(&o).unwrap();
