@@ -135,6 +135,39 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         weights_out: Option<PathBuf>,
     },
+    /// Compile a model ahead of time into an object file plus a C header
+    /// (`model.o` and `model.h` beside it; see docs/aot.md)
+    Compile {
+        /// The model (required unless --list-targets)
+        #[arg(value_name = "MODEL", help = MODEL_HELP, required_unless_present = "list_targets")]
+        model: Option<String>,
+        /// Take every weight from this safetensors file
+        #[arg(long, value_name = "FILE")]
+        weights: Option<PathBuf>,
+        /// Seed of the deterministic weight initialisation
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        seed: u64,
+        /// Target triple (see --list-targets)
+        #[arg(
+            long,
+            value_name = "TRIPLE",
+            default_value = "x86_64-unknown-linux-gnu"
+        )]
+        target: String,
+        /// CPU level (default: the target's first, most portable one)
+        #[arg(long, value_name = "LEVEL")]
+        cpu: Option<String>,
+        /// Symbol prefix: the entry point is `kiln_<NAME>_run` (default: the
+        /// model name with non-identifier characters replaced by `_`)
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// The object file to write; the header goes beside it (`.h`)
+        #[arg(short, long, value_name = "FILE", default_value = "model.o")]
+        output: PathBuf,
+        /// List the supported targets and CPU levels, then exit
+        #[arg(long)]
+        list_targets: bool,
+    },
     /// Write a model and its weights as a self-contained ONNX file (opset 21)
     Export {
         /// the model
@@ -202,7 +235,100 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             weights_out,
         } => cmd_export_kir(&model, &output, weights_out.as_ref(), io),
         Command::Export { model, output } => cmd_export(&model, &output, io),
+        Command::Compile {
+            model,
+            weights,
+            seed,
+            target,
+            cpu,
+            name,
+            output,
+            list_targets,
+        } => match (list_targets, model) {
+            (false, Some(model)) => {
+                let args = ModelArgs {
+                    model,
+                    weights,
+                    seed,
+                };
+                cmd_compile(&args, &target, cpu, name, &output, io)
+            }
+            _ => cmd_list_targets(io),
+        },
     }
+}
+
+fn cmd_list_targets(io: Io<'_>) -> Result<(), KilnError> {
+    let mut text = String::new();
+    for (t, levels) in kiln_backends::aot::aot_targets() {
+        text.push_str(&format!("{t}  --cpu {}\n", levels.join(" | ")));
+    }
+    emit(io.out, &text)
+}
+
+fn cmd_compile(
+    args: &ModelArgs,
+    target: &str,
+    cpu: Option<String>,
+    name: Option<String>,
+    output: &PathBuf,
+    io: Io<'_>,
+) -> Result<(), KilnError> {
+    let model = load_model(&args.model, &args.options())?;
+    let cpu = match cpu {
+        Some(c) => c,
+        None => kiln_backends::aot::aot_targets()
+            .into_iter()
+            .find(|(t, _)| *t == target)
+            .and_then(|(_, l)| l.first().map(|c| c.to_string()))
+            .unwrap_or_default(),
+    };
+    let name = name.unwrap_or_else(|| {
+        let n: String = model
+            .graph
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        if n.starts_with(|c: char| c.is_ascii_digit()) || n.is_empty() {
+            format!("m{n}")
+        } else {
+            n
+        }
+    });
+    let opts = kiln_backends::aot::AotOptions {
+        target: target.to_string(),
+        cpu,
+        name,
+        compile: kiln_backends::CompileOptions::default(),
+    };
+    let obj = kiln_backends::aot::compile_aot(&model, &opts)?;
+    let header_path = output.with_extension("h");
+    std::fs::write(output, &obj.object).map_err(|source| KilnError::Io {
+        path: output.clone(),
+        source,
+    })?;
+    std::fs::write(&header_path, &obj.header).map_err(|source| KilnError::Io {
+        path: header_path.clone(),
+        source,
+    })?;
+    emit(
+        io.err,
+        &format!(
+            "wrote {} ({} bytes: {} of constants; scratch {} bytes; entry kiln_{}_run; needs {}) and {}\n",
+            output.display(),
+            obj.object.len(),
+            obj.const_bytes,
+            obj.scratch_bytes,
+            opts.name,
+            if obj.undefined.is_empty() {
+                "no symbols".to_string()
+            } else {
+                obj.undefined.join(", ")
+            },
+            header_path.display()
+        ),
+    )
 }
 
 fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {

@@ -561,3 +561,64 @@ fn run_with_jit_and_interp_agree() {
     let max_diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(max_diff <= 1e-4 * max_ref, "{max_diff} vs {max_ref}");
 }
+
+// ---------------------------------------------------------------- compile
+
+#[test]
+fn compile_lists_targets() {
+    let r = kiln(["compile", "--list-targets"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for t in [
+        "x86_64-unknown-linux-gnu",
+        "aarch64-unknown-linux-gnu",
+        "riscv64gc-unknown-linux-gnu",
+    ] {
+        assert!(r.stdout.contains(t), "{}", r.stdout);
+    }
+    assert!(r.stdout.contains("x86-64-v3") && r.stdout.contains("rv64gcv"));
+}
+
+#[test]
+fn compile_writes_an_object_and_its_header() {
+    let o = scratch("cli_compile_model.o");
+    let r = kiln([
+        "compile",
+        arg(&example(KIR)),
+        "--weights",
+        arg(&example(WEIGHTS)),
+        "--target",
+        "aarch64-unknown-linux-gnu",
+        "--name",
+        "cna",
+        "-o",
+        arg(&o),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let obj = std::fs::read(&o).unwrap();
+    assert_eq!(&obj[..4], b"\x7fELF");
+    // e_machine 183 = EM_AARCH64
+    assert_eq!(u16::from_le_bytes([obj[18], obj[19]]), 183);
+    let h = std::fs::read_to_string(o.with_extension("h")).unwrap();
+    assert!(h.contains("int kiln_cna_run(const float *input, float *output, void *scratch);"));
+    assert!(h.contains("size_t kiln_cna_scratch_bytes(void);"));
+    assert!(h.contains("#define KILN_CNA_ABI_VERSION 1"));
+    assert!(h.contains("#define KILN_CNA_TARGET \"aarch64-unknown-linux-gnu\""));
+}
+
+#[test]
+fn compile_rejects_an_unknown_target_listing_the_supported_ones() {
+    let r = kiln([
+        "compile",
+        "mobilevitv2_050",
+        "--target",
+        "sparc64-sun-solaris",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.starts_with("error:")
+            && r.stderr.contains("sparc64")
+            && r.stderr.contains("x86_64-unknown-linux-gnu"),
+        "{}",
+        r.stderr
+    );
+}

@@ -25,12 +25,13 @@ use std::time::{Duration, Instant};
 use cranelift_codegen::Context;
 use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::{AbiParam, Function, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{Linkage, Module, ModuleReloc, default_libcall_names};
 use kiln_ir::{DType, Graph, Model, NodeId, Tensor, TensorData, TensorType, Value};
 
-use crate::codegen::{Buf, Emitter, I64, Loc};
+use crate::codegen::{Buf, ConstBase, Emitter, Env, I64, Loc, PowF};
 use crate::error::BackendError;
 use crate::kernels::asm_tile::AsmStore;
 use crate::kernels::gemm::{DEFAULT_TILE, Tile};
@@ -225,20 +226,28 @@ fn weight_data<'a>(model: &'a Model, g: &Graph, mut v: Value) -> Option<&'a [f32
 }
 
 /// Lowered kernels with the node each came from.
-type Lowered = Vec<(String, Box<dyn Kernel>)>;
+pub(crate) type Lowered = Vec<(String, Box<dyn Kernel>)>;
 
-struct Front {
+pub(crate) struct Front {
     /// weights of the compiled graph (the model's, plus folded constants)
-    weights: kiln_ir::WeightStore,
-    /// assembled GEMM tiles the kernels call
-    asm: AsmStore,
-    lowered: Lowered,
-    plan: plan::Plan,
-    consts: ConstStore,
-    threads: usize,
+    pub weights: kiln_ir::WeightStore,
+    /// assembled GEMM tiles the kernels call (JIT only)
+    pub asm: AsmStore,
+    pub lowered: Lowered,
+    pub plan: plan::Plan,
+    pub consts: ConstStore,
+    pub threads: usize,
 }
 
-fn front(model: &Model, opts: &CompileOptions, target: &Target) -> Result<Front, BackendError> {
+/// Verifies, folds, plans and lowers `model`: everything before code
+/// generation, shared by the JIT and the object-file backend. `use_asm`
+/// lets GEMM kernels call run-time assembled tiles, which only the JIT
+/// places so far (their absolute addresses are baked into the callers).
+pub(crate) fn front(
+    model: &Model,
+    opts: &CompileOptions,
+    use_asm: bool,
+) -> Result<Front, BackendError> {
     // An optimised model's fused ops (kiln-passes) run as the primitive ops
     // they stand for until they have kernels of their own.
     let unfused;
@@ -263,21 +272,23 @@ fn front(model: &Model, opts: &CompileOptions, target: &Target) -> Result<Front,
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    // Weights go into the constant blob, so that kernels address them by
+    // offset like packed constants (relocatable in an object file).
+    let mut consts = ConstStore::default();
     let mut weight_addr: HashMap<NodeId, usize> = HashMap::new();
     for &w in g.weights() {
         let name = &g.node(w).outputs[0].name;
         if let Some(t) = model.weights.get(name) {
-            let addr = match t.data() {
-                TensorData::F32(d) => d.as_ptr() as usize,
-                TensorData::I64(d) => d.as_ptr() as usize,
+            let off = match t.data() {
+                TensorData::F32(d) => consts.add(d),
+                TensorData::I64(d) => consts.add_i64(d),
             };
-            weight_addr.insert(w, addr);
+            weight_addr.insert(w, off);
         }
     }
     let plan = plan::plan(g, &weight_addr)?;
-    let mut consts = ConstStore::default();
     let mut asm = AsmStore::default();
-    let use_asm = opts.asm_tiles && target.avx512_tiles;
+    let use_asm = opts.asm_tiles && use_asm;
     let mut lowered: Lowered = Vec::new();
     for &id in &plan.kernels {
         let node = g.node(id);
@@ -344,36 +355,62 @@ fn front(model: &Model, opts: &CompileOptions, target: &Target) -> Result<Front,
     })
 }
 
-/// Builds the Cranelift function of kernel number `index`.
-fn build_function(
-    k: &dyn Kernel,
-    index: u32,
-    target: &Target,
-    asm_addrs: &[usize],
-    fctx: &mut FunctionBuilderContext,
-) -> Function {
-    let cc = target.speed.default_call_conv();
+/// The signature of every kernel: `fn(arena, begin, end)`.
+pub(crate) fn kernel_signature(cc: CallConv) -> Signature {
     let mut sig = Signature::new(cc);
     for _ in 0..3 {
         sig.params.push(AbiParam::new(I64));
     }
+    sig
+}
+
+/// The JIT's environment: constants at the blob's absolute address, `powf`
+/// called through the host's address.
+fn jit_env(target: &Target, consts: &ConstStore) -> Env {
+    Env {
+        fma: target.fma,
+        call_conv: target.speed.default_call_conv(),
+        cbase: ConstBase::Addr(consts.base()),
+        powf: PowF::Addr(kernels::elementwise::host_powf as *const () as usize),
+    }
+}
+
+/// Builds the Cranelift function of kernel number `index`. `env` makes the
+/// environment once the function exists (an object file declares the
+/// constant blob's symbol in it).
+pub(crate) fn build_function(
+    k: &dyn Kernel,
+    index: u32,
+    frontend: cranelift_codegen::isa::TargetFrontendConfig,
+    env: impl FnOnce(&mut Function) -> Env,
+    asm_addrs: &[usize],
+    fctx: &mut FunctionBuilderContext,
+) -> Function {
+    let env0 = Env {
+        fma: false,
+        call_conv: frontend.default_call_conv,
+        cbase: ConstBase::Addr(0),
+        powf: PowF::Import,
+    };
+    let sig = kernel_signature(env0.call_conv);
     let mut func = Function::with_name_signature(UserFuncName::user(0, index), sig);
+    let env = env(&mut func);
     let mut b = FunctionBuilder::new(&mut func, fctx);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
     b.seal_block(entry);
     let p = b.block_params(entry).to_vec();
-    let mut e = Emitter::new(b, p[0], target.fma, cc);
+    let mut e = Emitter::new(b, p[0], env);
     e.asm_addrs = asm_addrs.to_vec();
     k.emit(&mut e, p[1], p[2]);
     let mut b = e.finish();
     b.ins().return_(&[]);
-    b.finalize(target.speed.frontend_config());
+    b.finalize(frontend);
     func
 }
 
-fn kernel_isa<'t>(
+pub(crate) fn kernel_isa<'t>(
     k: &dyn Kernel,
     opts: &CompileOptions,
     t: &'t Target,
@@ -403,7 +440,7 @@ fn place_asm(
         target.speed.clone(),
         default_libcall_names(),
     ));
-    let mut sig = Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+    let mut sig = Signature::new(CallConv::SystemV);
     for _ in 0..4 {
         sig.params.push(AbiParam::new(I64));
     }
@@ -432,7 +469,7 @@ fn place_asm(
 pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, BackendError> {
     let t0 = Instant::now();
     let target = Target::host(opts.verify_ir)?;
-    let front = front(model, opts, &target)?;
+    let front = front(model, opts, target.avx512_tiles)?;
     let mut modules = Vec::new();
     let asm_addrs = place_asm(&front.asm, &target, &mut modules)?;
     let mut module = JITModule::new(JITBuilder::with_isa(
@@ -442,7 +479,15 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
     let mut fctx = FunctionBuilderContext::new();
     let mut ids = Vec::new();
     for (i, (node, k)) in front.lowered.iter().enumerate() {
-        let func = build_function(k.as_ref(), i as u32, &target, &asm_addrs, &mut fctx);
+        let env = jit_env(&target, &front.consts);
+        let func = build_function(
+            k.as_ref(),
+            i as u32,
+            target.speed.frontend_config(),
+            |_| env,
+            &asm_addrs,
+            &mut fctx,
+        );
         let id = module
             .declare_function(&format!("k{i}"), Linkage::Local, &func.signature)
             .map_err(|e| BackendError::Jit(e.to_string()))?;
@@ -527,7 +572,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
 /// by a comment naming the kiln node it came from (for `kiln opt --emit clif`).
 pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, BackendError> {
     let target = Target::host(opts.verify_ir)?;
-    let front = front(model, opts, &target)?;
+    let front = front(model, opts, target.avx512_tiles)?;
     let mut fctx = FunctionBuilderContext::new();
     let mut out = format!(
         "; kiln: {} kernels, arena {} bytes, target {}\n",
@@ -536,7 +581,15 @@ pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, Backend
         target.describe()
     );
     for (i, (node, k)) in front.lowered.iter().enumerate() {
-        let func = build_function(k.as_ref(), i as u32, &target, &[], &mut fctx);
+        let env = jit_env(&target, &front.consts);
+        let func = build_function(
+            k.as_ref(),
+            i as u32,
+            target.speed.frontend_config(),
+            |_| env,
+            &[],
+            &mut fctx,
+        );
         let (_, level) = kernel_isa(k.as_ref(), opts, &target);
         out.push_str(&format!(
             "\n; kernel k{i} from {node}: {} ({} units, opt_level={})\n{}",

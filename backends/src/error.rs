@@ -34,6 +34,14 @@ pub enum BackendError {
     /// The host CPU or the JIT module could not be set up.
     #[error("JIT setup: {0}")]
     Jit(String),
+    /// An ahead-of-time target triple or CPU level kiln does not support,
+    /// or a model the object-file entry point cannot express; the message
+    /// lists what is supported.
+    #[error("target: {0}")]
+    Target(String),
+    /// Writing the object file failed.
+    #[error("object file: {0}")]
+    Object(String),
     /// Inputs given to `run` do not match the graph: wrong count, dtype or shape.
     #[error("input: {0}")]
     Input(String),

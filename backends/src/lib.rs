@@ -15,7 +15,10 @@
 //! Scope: every primitive op of `kiln_ir::Op` on `f32` tensors in NCHW
 //! layout. `i64` computations (shape arithmetic, which the ONNX importer
 //! folds into constants) are a compile error naming the node. Blocked
-//! layouts, fused ops and ahead-of-time objects come later.
+//! layouts and fused ops come later.
+//!
+//! [`aot`] compiles the same kernels into a relocatable object file with a
+//! C entry point and header (docs/aot.md).
 //!
 //! ```
 //! use kiln_backends::{CompileOptions, compile};
@@ -32,10 +35,12 @@
 //! assert_eq!(out[0].as_f32().unwrap(), &[0.0, 2.0, 0.0, 4.0, 0.0, 6.0]);
 //! ```
 
+pub mod aot;
 mod codegen;
 mod compiled;
 mod error;
 mod fold;
+mod header;
 mod kernels;
 mod plan;
 mod runtime;
@@ -45,6 +50,7 @@ pub use compiled::{
     CompileOptions, CompileStats, CompiledModel, GemmTile, KernelTime, OptLevel, compile, emit_clif,
 };
 pub use error::BackendError;
+pub use target::supported_list as aot_supported_targets;
 
 #[doc(hidden)]
 pub mod testing;

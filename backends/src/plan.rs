@@ -4,7 +4,7 @@
 //!   tensors (`Loc::Io`): no copy in or out, except an output that is not
 //!   computed by a kernel of its own (an input, a weight, or a value already
 //!   claimed by another output), which gets a copy step at the end.
-//! - Weights are read where the weight store keeps them (`Loc::Const`).
+//! - Weights are read in the model's constant blob (`Loc::Const`).
 //! - Reshape, squeeze, unsqueeze, flatten, identity and same-type casts are
 //!   free: their value is an alias of their operand's bytes (row-major data
 //!   does not move).
@@ -72,7 +72,8 @@ fn align_up(x: usize) -> usize {
     x.div_ceil(ALIGN) * ALIGN
 }
 
-/// Plans `g` (verified), whose weights are at the given addresses.
+/// Plans `g` (verified), whose weights are at the given offsets of the
+/// constant blob.
 pub(crate) fn plan(g: &Graph, weight_addr: &HashMap<NodeId, usize>) -> Result<Plan, BackendError> {
     let order = g.topo_order()?;
     let n_in = g.inputs().len();

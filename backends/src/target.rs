@@ -68,6 +68,69 @@ impl Target {
         })
     }
 
+    /// The ISAs for an ahead-of-time object: `triple` and `cpu` must be one
+    /// of [`AOT_TARGETS`]. Objects are position-independent (they link into
+    /// PIE executables and shared libraries).
+    pub fn aot(triple: &str, cpu: &str, verify: bool) -> Result<Target, BackendError> {
+        let Some((_, levels)) = AOT_TARGETS.iter().find(|(t, _)| *t == triple) else {
+            return Err(BackendError::Target(format!(
+                "unknown target `{triple}`; supported: {}",
+                supported_list()
+            )));
+        };
+        let Some((_, features)) = levels.iter().find(|(c, _)| *c == cpu) else {
+            let names: Vec<&str> = levels.iter().map(|(c, _)| *c).collect();
+            return Err(BackendError::Target(format!(
+                "unknown cpu level `{cpu}` for {triple}; supported: {}",
+                names.join(", ")
+            )));
+        };
+        let make = |opt: &str| -> Result<OwnedTargetIsa, BackendError> {
+            let err = |e: String| BackendError::Target(format!("{triple} --cpu {cpu}: {e}"));
+            let mut flags = settings::builder();
+            flags
+                .set("opt_level", opt)
+                .map_err(|e| err(e.to_string()))?;
+            flags
+                .set("enable_verifier", if verify { "true" } else { "false" })
+                .map_err(|e| err(e.to_string()))?;
+            flags
+                .set("is_pic", "true")
+                .map_err(|e| err(e.to_string()))?;
+            let named =
+                cranelift_codegen::isa::lookup_by_name(triple).map_err(|e| err(e.to_string()))?;
+            let mut isa = if cpu == "native" {
+                let host = cranelift_native::builder().map_err(|e| err(e.to_string()))?;
+                if host.triple().architecture != named.triple().architecture {
+                    return Err(err(format!(
+                        "`native` needs the host's architecture ({})",
+                        host.triple().architecture
+                    )));
+                }
+                host
+            } else {
+                named
+            };
+            for f in *features {
+                isa.enable(f)
+                    .map_err(|e| err(format!("feature {f}: {e}")))?;
+            }
+            isa.finish(settings::Flags::new(flags))
+                .map_err(|e| err(e.to_string()))
+        };
+        let none = make("none")?;
+        let speed = make("speed")?;
+        let fma = speed.has_native_fma();
+        // Objects use the Cranelift tile: the assembled tiles are placed by
+        // the JIT at run time and not yet emitted into objects.
+        Ok(Target {
+            none,
+            speed,
+            fma,
+            avx512_tiles: false,
+        })
+    }
+
     /// A one-line description for reports: architecture and the features
     /// that matter to kiln.
     pub fn describe(&self) -> String {
@@ -87,4 +150,68 @@ impl Target {
             self.avx512_tiles
         )
     }
+}
+
+/// A `--cpu` level: its name and the Cranelift settings it enables.
+pub type CpuLevel = (&'static str, &'static [&'static str]);
+
+/// Targets of ahead-of-time objects: triple, then each `--cpu` level with
+/// the Cranelift ISA settings (presets or flags) it enables. Kernels use
+/// f32x4 vectors throughout, which every level here lowers natively.
+pub const AOT_TARGETS: &[(&str, &[CpuLevel])] = &[
+    (
+        "x86_64-unknown-linux-gnu",
+        &[
+            // SSE4.2, no FMA: kernels multiply and add separately (never
+            // calling `fmaf`).
+            ("x86-64-v2", &["x86-64-v2"]),
+            // AVX2 + FMA (Haswell and later).
+            ("x86-64-v3", &["x86-64-v3"]),
+            // whatever this machine has
+            ("native", &[]),
+        ],
+    ),
+    (
+        "aarch64-unknown-linux-gnu",
+        &[
+            // ARMv8.0-A: NEON (and vector FMA) is baseline.
+            ("generic", &[]),
+            // ARMv8.2-A with LSE atomics (Neoverse N1, Cortex-A76 class).
+            ("neoverse-n1", &["has_lse"]),
+            ("native", &[]),
+        ],
+    ),
+    (
+        "riscv64gc-unknown-linux-gnu",
+        &[
+            // RV64GC plus the V extension with VLEN >= 128: Cranelift lowers
+            // f32x4 only with V (see docs/aot.md).
+            (
+                "rv64gcv",
+                &[
+                    "has_m",
+                    "has_a",
+                    "has_f",
+                    "has_d",
+                    "has_c",
+                    "has_zicsr",
+                    "has_zifencei",
+                    "has_v",
+                    "has_zvl128b",
+                ],
+            ),
+        ],
+    ),
+];
+
+/// `triple (cpu, cpu, ...)` for every supported target, `; `-separated.
+pub fn supported_list() -> String {
+    AOT_TARGETS
+        .iter()
+        .map(|(t, levels)| {
+            let names: Vec<&str> = levels.iter().map(|(c, _)| *c).collect();
+            format!("{t} (--cpu {})", names.join(" | "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

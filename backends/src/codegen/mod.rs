@@ -15,7 +15,10 @@ use std::collections::HashMap;
 
 use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{BlockArg, Inst, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{
+    AbiParam, BlockArg, ExtFuncData, ExternalName, GlobalValue, Inst, InstBuilder, MemFlagsData,
+    Signature, Type, UserExternalName, Value, types,
+};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
 
@@ -35,8 +38,51 @@ pub(crate) enum Loc {
     /// this byte offset, so inputs are read and outputs written in place.
     Io(usize),
     /// Constant data owned by the compiled model (weights, packed weights):
-    /// its absolute address, baked into the code.
+    /// a byte offset into the model's constant blob. Where the blob is comes
+    /// from the emitter's [`ConstBase`]: an absolute address in the JIT, a
+    /// symbol (relocated by the linker) in an object file.
     Const(usize),
+}
+
+/// Where the constant blob is, as the code being emitted sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ConstBase {
+    /// JIT: the blob's absolute address, an immediate (no relocation).
+    Addr(usize),
+    /// Object file: a symbol declared in the function (PC-relative address,
+    /// resolved by the linker).
+    Symbol(GlobalValue),
+}
+
+/// How a kernel calls `powf` (the only host function kernels call).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PowF {
+    /// JIT: the host function's absolute address, called indirectly.
+    Addr(usize),
+    /// Object file: an imported function named [`POWF_NAME`], which the AOT
+    /// driver maps to the C library's `powf`.
+    Import,
+}
+
+/// The user external name under which kernels import `powf` in an object
+/// file. cranelift-module names functions in namespace 0 and data objects
+/// in namespace 1, so namespace 2 cannot collide with either.
+pub(crate) const POWF_NAME: UserExternalName = UserExternalName {
+    namespace: 2,
+    index: 0,
+};
+
+/// What the emitted code may assume about its environment.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Env {
+    /// use fused multiply-add (the target lowers it natively)
+    pub fma: bool,
+    /// the target's C calling convention
+    pub call_conv: CallConv,
+    /// where constants are
+    pub cbase: ConstBase,
+    /// how to call `powf`
+    pub powf: PowF,
 }
 
 /// A tensor operand of a kernel.
@@ -72,8 +118,12 @@ pub(crate) struct Emitter<'a> {
     arena: Value,
     /// use fused multiply-add (the target lowers it natively)
     pub fma: bool,
-    /// the host's C calling convention (for calls to host functions)
+    /// the target's C calling convention (for calls to host functions)
     pub call_conv: CallConv,
+    cbase: ConstBase,
+    powf: PowF,
+    /// the constant blob's address, materialised once in the entry block
+    cbase_value: Option<Value>,
     /// the entry block's jump to the body: float constants are inserted
     /// before it (see [`Emitter::kc`])
     entry_jump: Inst,
@@ -86,12 +136,7 @@ pub(crate) struct Emitter<'a> {
 impl<'a> Emitter<'a> {
     /// Wraps a builder positioned in the entry block; `arena` is the first
     /// parameter.
-    pub fn new(
-        mut b: FunctionBuilder<'a>,
-        arena: Value,
-        fma: bool,
-        call_conv: CallConv,
-    ) -> Emitter<'a> {
+    pub fn new(mut b: FunctionBuilder<'a>, arena: Value, env: Env) -> Emitter<'a> {
         // The entry block only jumps to the body; constants are added to it
         // on demand, so they dominate every use.
         let body = b.create_block();
@@ -101,8 +146,11 @@ impl<'a> Emitter<'a> {
         Emitter {
             b,
             arena,
-            fma,
-            call_conv,
+            fma: env.fma,
+            call_conv: env.call_conv,
+            cbase: env.cbase,
+            powf: env.powf,
+            cbase_value: None,
             entry_jump,
             consts: HashMap::new(),
             asm_addrs: Vec::new(),
@@ -178,7 +226,53 @@ impl<'a> Emitter<'a> {
                 let f = MemFlagsData::trusted().with_readonly().with_can_move();
                 self.b.ins().load(I64, f, self.arena, slot as i32)
             }
-            Loc::Const(addr) => self.ic(addr as i64),
+            Loc::Const(off) => self.const_addr(off),
+        }
+    }
+
+    /// The address of byte `off` of the constant blob. The blob's base is
+    /// materialised once, in the entry block.
+    pub fn const_addr(&mut self, off: usize) -> Value {
+        let base = match self.cbase_value {
+            Some(v) => v,
+            None => {
+                let mut cur = FuncCursor::new(self.b.func).at_inst(self.entry_jump);
+                let v = match self.cbase {
+                    ConstBase::Addr(a) => cur.ins().iconst(I64, a as i64),
+                    ConstBase::Symbol(gv) => cur.ins().symbol_value(I64, gv),
+                };
+                self.cbase_value = Some(v);
+                v
+            }
+        };
+        self.off(base, off as i64)
+    }
+
+    /// `powf(x, y)` for scalars.
+    pub fn powf(&mut self, x: Value, y: Value) -> Value {
+        let mut sig = Signature::new(self.call_conv);
+        sig.params.push(AbiParam::new(F32));
+        sig.params.push(AbiParam::new(F32));
+        sig.returns.push(AbiParam::new(F32));
+        match self.powf {
+            PowF::Addr(a) => {
+                let sig = self.b.import_signature(sig);
+                let f = self.ic(a as i64);
+                let call = self.b.ins().call_indirect(sig, f, &[x, y]);
+                self.b.inst_results(call)[0]
+            }
+            PowF::Import => {
+                let signature = self.b.import_signature(sig);
+                let name = self.b.func.declare_imported_user_function(POWF_NAME);
+                let f = self.b.import_function(ExtFuncData {
+                    name: ExternalName::user(name),
+                    signature,
+                    colocated: false,
+                    patchable: false,
+                });
+                let call = self.b.ins().call(f, &[x, y]);
+                self.b.inst_results(call)[0]
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 //! `powf` per element (no inlined approximation: it is rare in these models
 //! and `exp(b·log a)` is wrong for negative bases).
 
-use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, Type, Value};
+use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use kiln_ir::{BinaryOp, Op, UnaryOp};
 
 use super::nest::{Nest, broadcast_strides, contiguous};
@@ -74,7 +74,7 @@ fn pow_special(p: f32) -> Option<&'static str> {
     })
 }
 
-extern "C" fn host_powf(a: f32, b: f32) -> f32 {
+pub(crate) extern "C" fn host_powf(a: f32, b: f32) -> f32 {
     a.powf(b)
 }
 
@@ -99,16 +99,7 @@ pub(crate) fn apply(e: &mut Emitter, ty: Type, func: Func, args: &[Value]) -> Va
                 BinaryOp::Div => e.b.ins().fdiv(x, y),
                 BinaryOp::Max => e.b.ins().fmax(x, y),
                 BinaryOp::Min => e.b.ins().fmin(x, y),
-                BinaryOp::Pow => {
-                    let mut sig = Signature::new(e.call_conv);
-                    sig.params.push(AbiParam::new(F32));
-                    sig.params.push(AbiParam::new(F32));
-                    sig.returns.push(AbiParam::new(F32));
-                    let sig = e.b.import_signature(sig);
-                    let f = e.ic(host_powf as *const () as usize as i64);
-                    let call = e.b.ins().call_indirect(sig, f, &[x, y]);
-                    e.b.inst_results(call)[0]
-                }
+                BinaryOp::Pow => e.powf(x, y),
             }
         }
         Func::PowConst(p) => match pow_special(p) {

@@ -608,11 +608,11 @@ impl Kernel for Gemm {
         let (rb_full, m_tail) = (self.m / mr, self.m % mr);
         let (ct_full, n_tail) = (self.n / nr, self.n % nr);
         let a_base = match self.a {
-            ASrc::Packed { addr } => e.ic(addr as i64),
+            ASrc::Packed { addr } => e.const_addr(addr),
             ASrc::Strided { buf, .. } => e.base(buf),
         };
         let b_base = match self.b {
-            BSrc::Packed { addr } => e.ic(addr as i64),
+            BSrc::Packed { addr } => e.const_addr(addr),
             BSrc::Strided { buf, .. } => e.base(buf),
         };
         let c_base = e.base(self.c);
@@ -621,7 +621,7 @@ impl Kernel for Gemm {
             Init::Row(b) | Init::Col(b) => Some(e.base(b)),
         };
         let cin_base = self.cin.map(|c| e.base(c.buf));
-        let table = self.offsets.map(|t| e.ic(t as i64));
+        let table = self.offsets.map(|t| e.const_addr(t));
         let tf = Emitter::rflags(Buf::input(Loc::Const(0)));
         // per row block / column tile strides in bytes
         let (a_rb, a_pack) = match self.a {

@@ -14,36 +14,36 @@ struct FLine([u32; 16]);
 #[repr(C, align(64))]
 struct WLine([u64; 8]);
 
-/// Constant data that compiled code points into: packed weights and tables.
-/// Each block is 64-byte aligned and never moves or changes after it is
-/// added (a `Vec` of boxed blocks: pushing moves the boxes, not the data).
+/// The model's constant blob: weights, packed weights and tables, each at a
+/// 64-byte aligned offset. Kernels address constants by offset
+/// ([`crate::codegen::Loc::Const`]); the JIT bakes in the blob's address once
+/// it is complete, an object file places it in read-only data.
 #[derive(Default)]
 pub(crate) struct ConstStore {
-    blocks: Vec<Box<[FLine]>>,
-    bytes: usize,
+    lines: Vec<FLine>,
 }
 
 impl ConstStore {
-    /// Copies `data` into a new aligned block and returns its address.
+    /// Appends `data` (64-byte aligned) and returns its byte offset.
     pub fn add(&mut self, data: &[f32]) -> usize {
         self.add_words(data.iter().map(|x| x.to_bits()), data.len())
     }
 
     fn add_words(&mut self, words: impl Iterator<Item = u32>, len: usize) -> usize {
-        let mut lines = vec![FLine([0; 16]); len.div_ceil(16).max(1)].into_boxed_slice();
+        let off = self.lines.len() * 64;
+        let start = self.lines.len();
+        self.lines
+            .resize(start + len.div_ceil(16).max(1), FLine([0; 16]));
         for (i, w) in words.enumerate() {
-            lines[i / 16].0[i % 16] = w;
+            self.lines[start + i / 16].0[i % 16] = w;
         }
-        let addr = lines.as_ptr() as usize;
-        self.bytes += lines.len() * 64;
-        self.blocks.push(lines);
-        addr
+        off
     }
 
-    /// Stores `i64` values (index tables) bit-for-bit; returns the address.
+    /// Stores `i64` values (index tables) bit-for-bit; returns the offset.
     pub fn add_i64(&mut self, data: &[i64]) -> usize {
-        // Little-endian halves, as the kernels load them (kiln's JIT targets
-        // are little-endian).
+        // Little-endian halves, as the kernels load them (every kiln target
+        // is little-endian).
         let words = data
             .iter()
             .flat_map(|&x| [x as u64 as u32, ((x as u64) >> 32) as u32]);
@@ -52,7 +52,21 @@ impl ConstStore {
 
     /// Total bytes held.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.lines.len() * 64
+    }
+
+    /// The blob's address. Stable once no more data is added (the JIT
+    /// takes it after lowering, when the blob is complete).
+    pub fn base(&self) -> usize {
+        self.lines.as_ptr() as usize
+    }
+
+    /// The blob's bytes (little-endian words), for an object file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.lines
+            .iter()
+            .flat_map(|l| l.0.iter().flat_map(|w| w.to_le_bytes()))
+            .collect()
     }
 }
 

@@ -1,0 +1,404 @@
+//! Ahead-of-time objects end to end: compile a model with `compile_aot`,
+//! link it with the C harness of `examples/aot-c/main.c` using the target's
+//! C compiler, run it (natively, or under qemu-user for aarch64 and
+//! riscv64), and compare its output with the reference interpreter
+//! (relative error at most 1e-4 of the largest output magnitude). Every
+//! object's symbols are checked too: exactly the two documented exports,
+//! and undefined symbols exactly the ones the header lists.
+//!
+//! Cross tests need `aarch64-linux-gnu-gcc`, `riscv64-linux-gnu-gcc`,
+//! `qemu-aarch64` and `qemu-riscv64` (Debian: `apt-get install
+//! gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu qemu-user`). Without them
+//! the tests fail, unless `KILN_AOT_CROSS=skip` is set.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Fill, Rng, TOL, rel_error, tensor};
+use kiln_backends::CompileOptions;
+use kiln_backends::aot::{AotOptions, compile_aot};
+use kiln_frontends::zoo::{self, ZooOptions};
+use kiln_ir::{BinaryOp, Graph, Model, Op, Tensor, TensorType, UnaryOp, Value, WeightStore};
+
+/// C library symbols an object may need (the header lists the actual ones).
+const ALLOWED_UNDEFINED: &[&str] = &["powf", "fmaf", "floorf", "ceilf", "truncf", "nearbyintf"];
+
+/// How to build and run for one target.
+struct Host {
+    triple: &'static str,
+    cpu: &'static str,
+    cc: &'static str,
+    /// command prefix that runs a binary of the target (empty: natively)
+    runner: &'static [&'static str],
+}
+
+const X86_V2: Host = Host {
+    triple: "x86_64-unknown-linux-gnu",
+    cpu: "x86-64-v2",
+    cc: "cc",
+    runner: &[],
+};
+const X86_V3: Host = Host {
+    triple: "x86_64-unknown-linux-gnu",
+    cpu: "x86-64-v3",
+    cc: "cc",
+    runner: &[],
+};
+const AARCH64: Host = Host {
+    triple: "aarch64-unknown-linux-gnu",
+    cpu: "generic",
+    cc: "aarch64-linux-gnu-gcc",
+    runner: &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+};
+const RISCV64: Host = Host {
+    triple: "riscv64gc-unknown-linux-gnu",
+    cpu: "rv64gcv",
+    cc: "riscv64-linux-gnu-gcc",
+    runner: &[
+        "qemu-riscv64",
+        "-cpu",
+        "rv64,v=true,vlen=128,elen=64",
+        "-L",
+        "/usr/riscv64-linux-gnu",
+    ],
+};
+
+fn present(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Whether `host`'s tools are installed; panics when they are missing
+/// unless `KILN_AOT_CROSS=skip`.
+fn tools(host: &Host) -> bool {
+    let mut missing: Vec<&str> = Vec::new();
+    for t in std::iter::once(host.cc).chain(host.runner.first().copied()) {
+        if !present(t) {
+            missing.push(t);
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("KILN_AOT_CROSS").as_deref() == Ok("skip") {
+        eprintln!(
+            "SKIPPED {} ({}): missing {} and KILN_AOT_CROSS=skip",
+            host.triple,
+            host.cpu,
+            missing.join(", ")
+        );
+        return false;
+    }
+    panic!(
+        "{}: missing {} (apt-get install gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu qemu-user, \
+         or set KILN_AOT_CROSS=skip to skip cross tests)",
+        host.triple,
+        missing.join(", ")
+    );
+}
+
+fn harness() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/aot-c/main.c")
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Global symbols of an ELF object: (defined, undefined).
+fn symbols(obj: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    let out = Command::new("readelf")
+        .args(["-sW"])
+        .arg(obj)
+        .output()
+        .expect("readelf (binutils) is needed for the symbol checks");
+    assert!(out.status.success(), "readelf failed");
+    let (mut def, mut undef) = (BTreeSet::new(), BTreeSet::new());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Num: Value Size Type Bind Vis Ndx Name
+        if f.len() < 8 || !(f[4] == "GLOBAL" || f[4] == "WEAK") {
+            continue;
+        }
+        if f[6] == "UND" {
+            undef.insert(f[7].to_string());
+        } else {
+            def.insert(f[7].to_string());
+        }
+    }
+    (def, undef)
+}
+
+/// Compiles `model` for `host`, links and runs it on `input`, checks the
+/// symbols, and returns the output tensor.
+fn aot_run(what: &str, model: &Model, input: &Tensor, host: &Host) -> Tensor {
+    let name = "m";
+    let opts = AotOptions {
+        target: host.triple.into(),
+        cpu: host.cpu.into(),
+        name: name.into(),
+        compile: CompileOptions {
+            verify_ir: true,
+            ..CompileOptions::default()
+        },
+    };
+    let obj = compile_aot(model, &opts).unwrap_or_else(|e| panic!("{what}: compile failed: {e}"));
+    let dir = std::env::temp_dir().join(format!(
+        "kiln_aot_{what}_{}_{}_{}",
+        host.triple,
+        host.cpu,
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = dir.join("model.o");
+    std::fs::write(&o, &obj.object).unwrap();
+    std::fs::write(dir.join("model.h"), &obj.header).unwrap();
+
+    // symbols: exactly the two entry points; undefined exactly as documented
+    let (def, undef) = symbols(&o);
+    let want: BTreeSet<String> = [
+        format!("kiln_{name}_run"),
+        format!("kiln_{name}_scratch_bytes"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(def, want, "{what}: exported symbols");
+    let listed: BTreeSet<String> = obj.undefined.iter().cloned().collect();
+    assert_eq!(
+        undef, listed,
+        "{what}: undefined symbols vs AotObject::undefined"
+    );
+    for u in &undef {
+        assert!(
+            ALLOWED_UNDEFINED.contains(&u.as_str()),
+            "{what}: unexpected undefined symbol {u}"
+        );
+        assert!(
+            obj.header.contains(u.as_str()),
+            "{what}: header does not list {u}"
+        );
+    }
+
+    let exe = dir.join("run");
+    run(
+        Command::new(host.cc)
+            .args(["-O2", "-std=c11", "-I"])
+            .arg(&dir)
+            .arg("-DKILN_MODEL_HEADER=\"model.h\"")
+            .arg(format!("-DKILN_NAME={name}"))
+            .arg(format!("-DKILN_UPPER={}", name.to_ascii_uppercase()))
+            .arg(harness())
+            .arg(&o)
+            .arg("-lm")
+            .arg("-o")
+            .arg(&exe),
+        what,
+    );
+    let inp = dir.join("input.raw");
+    let bytes: Vec<u8> = input
+        .as_f32()
+        .unwrap()
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    std::fs::write(&inp, bytes).unwrap();
+    let outp = dir.join("output.raw");
+    let mut cmd = match host.runner.split_first() {
+        Some((r, rest)) => {
+            let mut c = Command::new(r);
+            c.args(rest).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    run(cmd.arg(&inp).arg("1").arg(&outp), what);
+    let raw = std::fs::read(&outp).unwrap();
+    let g = &model.graph;
+    let ty = g.value_type(g.outputs()[0]).clone();
+    let vals: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    Tensor::from_f32(ty.shape.clone(), vals).unwrap()
+}
+
+/// Runs `model` through every host in `hosts` and compares with the
+/// interpreter.
+fn check(what: &str, model: &Model, hosts: &[&Host]) {
+    let g = &model.graph;
+    let mut rng = Rng(42);
+    let shape = g.value_type(Value::of(g.inputs()[0])).shape.clone();
+    let input = tensor(&mut rng, &shape, Fill::Range(-1.0, 1.0));
+    let want = kiln_ir::interp::run(&model.graph, &model.weights, std::slice::from_ref(&input))
+        .unwrap_or_else(|e| panic!("{what}: interpreter failed: {e}"));
+    for host in hosts {
+        if !tools(host) {
+            continue;
+        }
+        let got = aot_run(what, model, &input, host);
+        let e = rel_error(&got, &want[0]);
+        assert!(
+            e <= TOL,
+            "{what} on {} ({}): relative error {e:.3e}",
+            host.triple,
+            host.cpu
+        );
+    }
+}
+
+fn zoo_model(name: &str) -> Model {
+    zoo::build(name, &ZooOptions::default()).unwrap()
+}
+
+/// A small graph with a convolution, GELU, a per-channel runtime power
+/// (`powf`), a pointwise convolution and a softmax.
+fn small_graph(seed: u64) -> Model {
+    let mut rng = Rng(seed);
+    let mut g = Graph::new("small");
+    let mut weights = WeightStore::new();
+    let mut w = |g: &mut Graph, name: &str, shape: &[usize], fill: Fill| {
+        let v = g.add_weight(name, TensorType::f32(shape.to_vec())).unwrap();
+        weights.insert(name.to_string(), tensor(&mut rng, shape, fill));
+        v
+    };
+    let x = g.add_input("x", TensorType::f32([1, 8, 6, 6])).unwrap();
+    let w1 = w(&mut g, "w1", &[16, 8, 3, 3], Fill::Range(-0.5, 0.5));
+    let p = w(&mut g, "p", &[1, 16, 1, 1], Fill::Range(0.5, 2.0));
+    let w2 = w(&mut g, "w2", &[4, 16, 1, 1], Fill::Range(-0.5, 0.5));
+    let conv = |stride, pad| Op::Conv2d {
+        stride,
+        pad,
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let y = g.add(conv([1, 1], [1, 1, 1, 1]), &[x, w1]).unwrap();
+    let y = g.add(Op::Unary(UnaryOp::Gelu), &[y]).unwrap();
+    let y = g.add(Op::Unary(UnaryOp::Abs), &[y]).unwrap();
+    let y = g.add(Op::Binary(BinaryOp::Pow), &[y, p]).unwrap();
+    let y = g.add(conv([1, 1], [0, 0, 0, 0]), &[y, w2]).unwrap();
+    let y = g.add(Op::Softmax { axis: 1 }, &[y]).unwrap();
+    g.set_outputs(vec![y]);
+    Model { graph: g, weights }
+}
+
+#[test]
+fn x86_64_mobile_former_26m() {
+    check(
+        "mobile_former_26m",
+        &zoo_model("mobile_former_26m"),
+        &[&X86_V2],
+    );
+}
+
+#[test]
+fn x86_64_mobilevitv2_050() {
+    check(
+        "mobilevitv2_050",
+        &zoo_model("mobilevitv2_050"),
+        &[&X86_V2, &X86_V3],
+    );
+}
+
+#[test]
+fn x86_64_xformer() {
+    check("xformer", &zoo_model("xformer"), &[&X86_V2]);
+}
+
+#[test]
+fn x86_64_small_graph() {
+    check("small", &small_graph(1), &[&X86_V2, &X86_V3]);
+}
+
+#[test]
+fn aarch64_small_graph_and_mobilevitv2_050() {
+    check("small", &small_graph(2), &[&AARCH64]);
+    check(
+        "mobilevitv2_050",
+        &zoo_model("mobilevitv2_050"),
+        &[&AARCH64],
+    );
+}
+
+#[test]
+fn riscv64_small_graph_and_mobilevitv2_050() {
+    check("small", &small_graph(3), &[&RISCV64]);
+    check(
+        "mobilevitv2_050",
+        &zoo_model("mobilevitv2_050"),
+        &[&RISCV64],
+    );
+}
+
+#[test]
+fn the_powf_import_is_declared_only_when_used() {
+    // small graph: a runtime power needs powf; a relu-only model needs nothing
+    let mut g = Graph::new("relu");
+    let x = g.add_input("x", TensorType::f32([4])).unwrap();
+    let y = g.add(Op::Unary(UnaryOp::Relu), &[x]).unwrap();
+    g.set_outputs(vec![y]);
+    let relu = Model {
+        graph: g,
+        weights: WeightStore::new(),
+    };
+    let opts = |name: &str| AotOptions {
+        target: X86_V2.triple.into(),
+        cpu: X86_V2.cpu.into(),
+        name: name.into(),
+        compile: CompileOptions::default(),
+    };
+    assert!(compile_aot(&relu, &opts("r")).unwrap().undefined.is_empty());
+    assert_eq!(
+        compile_aot(&small_graph(4), &opts("s")).unwrap().undefined,
+        vec!["powf".to_string()]
+    );
+}
+
+#[test]
+fn unsupported_targets_and_models_are_clear_errors() {
+    let model = small_graph(5);
+    let mk = |t: &str, c: &str, n: &str| AotOptions {
+        target: t.into(),
+        cpu: c.into(),
+        name: n.into(),
+        compile: CompileOptions::default(),
+    };
+    let e = compile_aot(&model, &mk("mips-unknown-linux-gnu", "generic", "m"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mips") && e.contains("aarch64-unknown-linux-gnu"),
+        "{e}"
+    );
+    let e = compile_aot(&model, &mk(X86_V2.triple, "pentium", "m"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pentium") && e.contains("x86-64-v3"), "{e}");
+    let e = compile_aot(&model, &mk(X86_V2.triple, "x86-64-v2", "bad-name"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad-name"), "{e}");
+    // two outputs: no single-output entry point
+    let mut two = small_graph(6);
+    let x = Value::of(two.graph.inputs()[0]);
+    let o = two.graph.outputs()[0];
+    two.graph.set_outputs(vec![o, x]);
+    let e = compile_aot(&two, &mk(X86_V2.triple, "x86-64-v2", "m"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 outputs"), "{e}");
+}

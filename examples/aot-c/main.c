@@ -1,0 +1,118 @@
+/* Runs a kiln ahead-of-time object: reads the input tensor from a .npy file
+ * (float32, C order, the model's input shape) or a raw float32 file, runs
+ * the model and prints the top-5 logits.
+ *
+ * usage: main [INPUT|-] [RUNS] [OUTPUT.raw]
+ *   INPUT  .npy or raw float32 file ("-" or absent: a fixed pattern)
+ *   RUNS   times to run (for timing; default 1)
+ *   OUTPUT write the whole output tensor here as raw float32 Built by the Makefile beside
+ * this file, which compiles the model with `kiln compile` and passes
+ * -DKILN_MODEL_HEADER="model.h" -DKILN_NAME=<name>. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include KILN_MODEL_HEADER
+
+#define CAT3(a, b, c) a##b##c
+#define SYM(name, suffix) CAT3(kiln_, name, suffix)
+#define MAC3(a, b, c) a##b##c
+#define MAC(name, suffix) MAC3(KILN_, name, suffix)
+
+static long read_input(const char *path, float *dst, size_t n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        return -1;
+    }
+    unsigned char magic[8];
+    size_t got = fread(magic, 1, 8, f);
+    if (got == 8 && memcmp(magic, "\x93NUMPY", 6) == 0) {
+        /* .npy: header length (u16 for v1, u32 for v2/v3), then the dict */
+        unsigned long hlen;
+        if (magic[6] == 1) {
+            unsigned char b[2];
+            if (fread(b, 1, 2, f) != 2) goto bad;
+            hlen = b[0] | (b[1] << 8);
+        } else {
+            unsigned char b[4];
+            if (fread(b, 1, 4, f) != 4) goto bad;
+            hlen = b[0] | (b[1] << 8) | ((unsigned long)b[2] << 16) | ((unsigned long)b[3] << 24);
+        }
+        char *h = malloc(hlen + 1);
+        if (!h || fread(h, 1, hlen, f) != hlen) goto bad;
+        h[hlen] = 0;
+        if (!strstr(h, "'<f4'") || strstr(h, "'fortran_order': True")) {
+            fprintf(stderr, "%s: need a little-endian float32 C-order array: %s\n", path, h);
+            free(h);
+            fclose(f);
+            return -1;
+        }
+        free(h);
+    } else {
+        rewind(f); /* raw float32 */
+    }
+    got = fread(dst, sizeof(float), n, f);
+    fclose(f);
+    if (got != n) {
+        fprintf(stderr, "%s: expected %zu floats, read %zu\n", path, n, got);
+        return -1;
+    }
+    return (long)got;
+bad:
+    fprintf(stderr, "%s: truncated .npy header\n", path);
+    fclose(f);
+    return -1;
+}
+
+int main(int argc, char **argv) {
+    const size_t n_in = MAC(KILN_UPPER, _INPUT_ELEMS);
+    const size_t n_out = MAC(KILN_UPPER, _OUTPUT_ELEMS);
+    float *in = aligned_alloc(64, (n_in * 4 + 63) / 64 * 64);
+    float *out = aligned_alloc(64, (n_out * 4 + 63) / 64 * 64);
+    size_t sb = SYM(KILN_NAME, _scratch_bytes)();
+    void *scratch = aligned_alloc(64, (sb + 63) / 64 * 64);
+    if (!in || !out || !scratch) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    memset(scratch, 0, sb);
+    if (argc > 1 && strcmp(argv[1], "-") != 0) {
+        if (read_input(argv[1], in, n_in) < 0) return 1;
+    } else {
+        for (size_t i = 0; i < n_in; i++) in[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
+    }
+    int runs = argc > 2 ? atoi(argv[2]) : 1;
+    for (int r = 0; r < runs; r++) {
+        if (SYM(KILN_NAME, _run)(in, out, scratch) != 0) {
+            fprintf(stderr, "run failed\n");
+            return 1;
+        }
+    }
+    if (argc > 3) { /* the whole output, raw float32, for tests */
+        FILE *f = fopen(argv[3], "wb");
+        if (!f || fwrite(out, sizeof(float), n_out, f) != n_out || fclose(f) != 0) {
+            perror(argv[3]);
+            return 1;
+        }
+    }
+    /* top-5 (ties: lower index first), as `kiln run` prints them */
+    int best[5] = {-1, -1, -1, -1, -1};
+    for (size_t i = 0; i < n_out; i++) {
+        for (int k = 0; k < 5; k++) {
+            if (best[k] < 0 || out[i] > out[best[k]]) {
+                for (int j = 4; j > k; j--) best[j] = best[j - 1];
+                best[k] = (int)i;
+                break;
+            }
+        }
+    }
+    printf("top-5 of %zu:\n", n_out);
+    for (int k = 0; k < 5 && best[k] >= 0; k++)
+        printf("  %d. index %5d  value %.6f\n", k + 1, best[k], out[best[k]]);
+    free(in);
+    free(out);
+    free(scratch);
+    return 0;
+}
