@@ -534,11 +534,9 @@ pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, Backend
     Ok(out)
 }
 
-fn check(
-    what: &str,
-    want: &[(String, TensorType)],
-    got: impl ExactSizeIterator<Item = TensorType>,
-) -> Result<(), String> {
+/// Checks tensors against the declared types without allocating (the
+/// message is built only on error).
+fn check(what: &str, want: &[(String, TensorType)], got: &[Tensor]) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!(
             "the model has {} {what}s, {} given",
@@ -547,8 +545,8 @@ fn check(
         ));
     }
     for (k, ((name, ty), t)) in want.iter().zip(got).enumerate() {
-        if *ty != t {
-            return Err(format!("{what} {k} (%{name}) must be {ty}, got {t}"));
+        if t.dtype() != ty.dtype || t.shape() != ty.shape.as_slice() {
+            return Err(format!("{what} {k} (%{name}) must be {ty}, got {}", t.ty()));
         }
     }
     Ok(())
@@ -593,9 +591,8 @@ impl CompiledModel {
         outputs: &mut [Tensor],
         mut times: Option<&mut Vec<Duration>>,
     ) -> Result<(), BackendError> {
-        check("input", &self.inputs, inputs.iter().map(|t| t.ty())).map_err(BackendError::Input)?;
-        check("output", &self.outputs, outputs.iter().map(|t| t.ty()))
-            .map_err(BackendError::Output)?;
+        check("input", &self.inputs, inputs).map_err(BackendError::Input)?;
+        check("output", &self.outputs, outputs).map_err(BackendError::Output)?;
         let mut arena = self
             .arenas
             .lock()

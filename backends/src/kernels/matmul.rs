@@ -193,9 +193,12 @@ fn lower_gemm(
         },
         None => {
             // transpose b [N, K] into scratch [K, N]
-            let scratch = cx
-                .scratch
-                .ok_or_else(|| cx.unsupported("transpose scratch was not planned"))?;
+            // an empty b (a zero-sized dimension) gets no scratch and is never read
+            let scratch = match cx.scratch {
+                Some(b) => b,
+                None if k * n == 0 => Buf::output(crate::codegen::Loc::Arena(0)),
+                None => return Err(cx.unsupported("transpose scratch was not planned")),
+            };
             let dims = [k, n];
             let nest = Nest::new(
                 &dims,
