@@ -16,6 +16,7 @@ use crate::bench;
 use crate::error::KilnError;
 use crate::info;
 use crate::load::{LoadOptions, ModelSpec, load_model};
+use crate::opt::{Emit, cmd_opt};
 use crate::run::{Backend, check_input, random_input, run_model, top_k};
 
 /// kiln: a compiler for hybrid CNN-transformer vision models.
@@ -82,6 +83,24 @@ pub enum Command {
         /// Execution engine
         #[arg(long, value_enum, default_value_t = Backend::DEFAULT)]
         backend: Backend,
+    },
+    /// Optimise a model: discover fusions by equality saturation and
+    /// explain the result or print the optimised graph
+    Opt {
+        /// the model
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Report what the optimiser did: rules fired, stop reason, cost
+        /// before and after, ops of the result (the default)
+        #[arg(long)]
+        explain: bool,
+        /// With --explain: print JSON
+        #[arg(long, requires = "explain")]
+        json: bool,
+        /// Print the optimised graph instead: `ir` (.kir text) or `dot`
+        /// (Graphviz)
+        #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "explain")]
+        emit: Option<Emit>,
     },
     /// Compile a model with the JIT and time it: compile time, median and
     /// minimum latency, GFLOP/s, arena size
@@ -157,6 +176,18 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             output,
             backend,
         } => cmd_run(&model, &input, &output, backend, io),
+        Command::Opt {
+            model,
+            explain: _,
+            json,
+            emit: format,
+        } => {
+            // The optimiser needs weight values (batch-norm folding).
+            let m = load_model(&model.model, &model.options())?;
+            let (out, note) = cmd_opt(&m, json, format)?;
+            emit(io.err, &note)?;
+            emit(io.out, &out)
+        }
         Command::Bench {
             model,
             threads,

@@ -14,6 +14,10 @@ pub enum KilnError {
     /// The IR rejected a graph or its values (verifier, interpreter).
     #[error(transparent)]
     Ir(#[from] IrError),
+    /// The optimiser failed (`kiln opt`): an invalid graph or a broken
+    /// optimiser invariant.
+    #[error(transparent)]
+    Pass(#[from] kiln_passes::PassError),
     /// A frontend could not read a model, weights or tensor file.
     #[error(transparent)]
     Frontend(#[from] FrontendError),

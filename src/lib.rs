@@ -8,6 +8,8 @@
 //! - [`info`]: the `kiln info` report (parameters, MACs, per-node table);
 //! - [`run_model`] with a [`Backend`]: execute a model (the JIT by default);
 //! - [`bench`](mod@bench): the `kiln bench` measurement (compile time, latency, GFLOP/s);
+//! - [`passes`] (`kiln-passes`): the optimiser behind `kiln opt`, and
+//!   [`opt`]: its text, JSON and Graphviz renderings;
 //! - [`cli`]: the command line itself (docs/cli.md is its user guide).
 //!
 //! ```
@@ -28,12 +30,14 @@
 pub use kiln_backends as backends;
 pub use kiln_frontends as frontends;
 pub use kiln_ir as ir;
+pub use kiln_passes as passes;
 
 pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod info;
 pub mod load;
+pub mod opt;
 pub mod run;
 
 pub use error::KilnError;

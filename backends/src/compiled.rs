@@ -242,6 +242,21 @@ struct Front {
 }
 
 fn front(model: &Model, opts: &CompileOptions, target: &Target) -> Result<Front, BackendError> {
+    // An optimised model's fused ops (kiln-passes) run as the primitive ops
+    // they stand for until they have kernels of their own.
+    let unfused;
+    let model = if model
+        .graph
+        .node_ids()
+        .any(|id| matches!(model.graph.node(id).op, kiln_ir::Op::Fused(_)))
+    {
+        let mut m = model.clone();
+        kiln_ir::fused::lower_fused(&mut m.graph, &mut m.weights)?;
+        unfused = m;
+        &unfused
+    } else {
+        model
+    };
     kiln_ir::verify(&model.graph)?;
     kiln_ir::verify_weights(&model.graph, &model.weights)?;
     let folded = crate::fold::fold_constants(model)?;

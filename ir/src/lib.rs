@@ -1,7 +1,8 @@
 //! kiln-ir: the dataflow graph IR every part of kiln speaks.
 //!
 //! - [`types`]: static tensor types; [`tensor`]: values and the weight store;
-//! - [`op`]: the op set; [`shape`]: shape inference per op;
+//! - [`op`]: the op set; [`fused`]: the fused kernel-level ops the optimiser creates;
+//!   [`shape`]: shape inference per op;
 //! - [`graph`]: the petgraph-based graph; [`verify`](mod@verify): its checker;
 //! - [`text`]: the `.kir` text format (printer and parser);
 //! - [`interp`]: the reference interpreter, the oracle for every backend;
@@ -10,6 +11,7 @@
 //! Nothing here knows about egg or Cranelift (see docs/ARCHITECTURE.md).
 
 pub mod error;
+pub mod fused;
 pub mod graph;
 pub mod interp;
 pub mod op;
@@ -21,6 +23,7 @@ pub mod types;
 pub mod verify;
 
 pub use error::IrError;
+pub use fused::{Act, ConvStage, FusedOp};
 pub use graph::{Edge, Graph, Node, NodeId, Value, ValueInfo};
 pub use op::{Attr, BinaryOp, Float, Op, PadMode, PoolKind, ReduceKind, UnaryOp};
 pub use tensor::{Tensor, TensorData, WeightStore};

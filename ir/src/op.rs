@@ -13,6 +13,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
+use crate::fused::FusedOp;
 use crate::types::DType;
 
 /// An `f32` attribute with total equality, hashing and ordering by bit
@@ -401,6 +402,9 @@ pub enum Op {
         /// the new element type
         to: DType,
     },
+    /// A fused kernel-level op; only the optimiser creates these
+    /// (see [`crate::fused`]).
+    Fused(FusedOp),
 }
 
 /// A generic attribute value, as the text format spells it.
@@ -557,6 +561,7 @@ impl Op {
             Op::Expand { .. } => "expand",
             Op::Gather { .. } => "gather",
             Op::Cast { .. } => "cast",
+            Op::Fused(f) => f.name(),
         }
     }
 
@@ -574,6 +579,7 @@ impl Op {
             Op::GroupNorm { .. } => arity(3, 3),
             Op::BatchNorm { .. } => arity(5, 5),
             Op::Concat { .. } => arity(1, usize::MAX),
+            Op::Fused(f) => arity(f.num_operands(), f.num_operands()),
             _ => arity(1, 1),
         }
     }
@@ -701,6 +707,7 @@ impl Op {
                 ("indices_shape", ints(indices_shape)),
             ],
             Op::Cast { to } => vec![("to", Attr::Word(to.name().into()))],
+            Op::Fused(f) => f.attrs(),
         }
     }
 
@@ -849,7 +856,9 @@ impl Op {
                 }
             }
             _ => {
-                if let Some(u) = UnaryOp::ALL.iter().find(|u| u.name() == name) {
+                if let Some(f) = FusedOp::from_reader(name, &mut a)? {
+                    Op::Fused(f)
+                } else if let Some(u) = UnaryOp::ALL.iter().find(|u| u.name() == name) {
                     Op::Unary(*u)
                 } else if let Some(b) = BinaryOp::ALL.iter().find(|b| b.name() == name) {
                     Op::Binary(*b)
@@ -884,7 +893,7 @@ impl fmt::Display for Op {
 
 /// Typed access to a parsed attribute list, tracking which were used so that
 /// unknown attributes are reported.
-struct AttrReader<'a> {
+pub(crate) struct AttrReader<'a> {
     op: &'a str,
     attrs: &'a [(String, Attr)],
     used: Vec<bool>,
@@ -916,7 +925,7 @@ impl<'a> AttrReader<'a> {
             .ok_or_else(|| format!("{op}: missing attribute `{key}`"))
     }
 
-    fn opt<T>(
+    pub(crate) fn opt<T>(
         &mut self,
         key: &str,
         f: impl FnOnce(&mut Self, &str) -> Result<T, String>,
@@ -932,14 +941,14 @@ impl<'a> AttrReader<'a> {
         format!("{}: attribute `{key}` must be {want}, got `{got}`", self.op)
     }
 
-    fn int(&mut self, key: &str) -> Result<i64, String> {
+    pub(crate) fn int(&mut self, key: &str) -> Result<i64, String> {
         match self.get(key)? {
             Attr::Int(i) => Ok(*i),
             other => Err(self.wrong(key, "an integer", other)),
         }
     }
 
-    fn usize(&mut self, key: &str) -> Result<usize, String> {
+    pub(crate) fn usize(&mut self, key: &str) -> Result<usize, String> {
         let i = self.int(key)?;
         usize::try_from(i).map_err(|_| {
             format!(
@@ -949,7 +958,7 @@ impl<'a> AttrReader<'a> {
         })
     }
 
-    fn float(&mut self, key: &str) -> Result<f32, String> {
+    pub(crate) fn float(&mut self, key: &str) -> Result<f32, String> {
         match self.get(key)? {
             Attr::Float(x) => Ok(*x),
             // An integer literal is accepted where a float is expected (`max=6`).
@@ -958,28 +967,28 @@ impl<'a> AttrReader<'a> {
         }
     }
 
-    fn bool(&mut self, key: &str) -> Result<bool, String> {
+    pub(crate) fn bool(&mut self, key: &str) -> Result<bool, String> {
         match self.get(key)? {
             Attr::Bool(b) => Ok(*b),
             other => Err(self.wrong(key, "true or false", other)),
         }
     }
 
-    fn word(&mut self, key: &str) -> Result<String, String> {
+    pub(crate) fn word(&mut self, key: &str) -> Result<String, String> {
         match self.get(key)? {
             Attr::Word(w) => Ok(w.clone()),
             other => Err(self.wrong(key, "a word", other)),
         }
     }
 
-    fn ints(&mut self, key: &str) -> Result<Vec<i64>, String> {
+    pub(crate) fn ints(&mut self, key: &str) -> Result<Vec<i64>, String> {
         match self.get(key)? {
             Attr::Ints(v) => Ok(v.clone()),
             other => Err(self.wrong(key, "a list of integers", other)),
         }
     }
 
-    fn usizes(&mut self, key: &str) -> Result<Vec<usize>, String> {
+    pub(crate) fn usizes(&mut self, key: &str) -> Result<Vec<usize>, String> {
         let v = self.ints(key)?;
         v.iter()
             .map(|&i| usize::try_from(i))
@@ -992,7 +1001,7 @@ impl<'a> AttrReader<'a> {
             })
     }
 
-    fn array<const N: usize>(&mut self, key: &str) -> Result<[usize; N], String> {
+    pub(crate) fn array<const N: usize>(&mut self, key: &str) -> Result<[usize; N], String> {
         let v = self.usizes(key)?;
         let len = v.len();
         v.try_into().map_err(|_| {

@@ -81,6 +81,8 @@ pub fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> 
             indices_shape,
         } => one(gather(&inputs[0], *axis, indices, indices_shape)?),
         Op::Cast { to } => one(TensorType::new(*to, inputs[0].shape.clone())),
+        // The fused ops' rules live with their definitions (crate::fused).
+        Op::Fused(f) => one(f.infer(inputs)?),
     }
 }
 

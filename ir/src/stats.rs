@@ -6,33 +6,71 @@
 //! are counted. Element-wise ops, norms, softmax and pooling count 0. This
 //! is the "pure conv/linear MAC" convention the model specs compare with.
 
+use crate::error::IrError;
+use crate::fused::Emitter;
 use crate::graph::{Graph, NodeId, Value};
 use crate::op::Op;
+use crate::types::TensorType;
 
-/// Multiply-accumulates performed by one node.
+/// Multiply-accumulates performed by one node. A fused op performs those
+/// of the primitive ops it stands for (its expansion).
 pub fn node_macs(g: &Graph, id: NodeId) -> u64 {
     let node = g.node(id);
-    let operands = g.operands(id);
-    let ty = |i: usize| g.value_type(operands[i]);
-    let out = &node.outputs.first().map(|o| o.ty.clone());
-    let Some(out) = out else { return 0 };
-    match &node.op {
+    let Some(out) = node.outputs.first().map(|o| &o.ty) else {
+        return 0;
+    };
+    let ins: Vec<TensorType> = g
+        .operands(id)
+        .iter()
+        .map(|v| g.value_type(*v).clone())
+        .collect();
+    op_macs(&node.op, &ins, out)
+}
+
+/// MACs of `op` on operands of types `ins` producing `out`.
+fn op_macs(op: &Op, ins: &[TensorType], out: &TensorType) -> u64 {
+    match op {
         Op::Conv2d { .. } => {
             // every output element takes (C/groups)·kh·kw MACs
-            let w = &ty(1).shape;
+            let w = &ins[1].shape;
             (out.numel() as u64) * (w[1] * w[2] * w[3]) as u64
         }
         Op::MatMul => {
             // output elements × K
-            let a = &ty(0).shape;
+            let a = &ins[0].shape;
             (out.numel() as u64) * (*a.last().unwrap_or(&1) as u64)
         }
         Op::Gemm { trans_a, .. } => {
-            let a = &ty(0).shape;
+            let a = &ins[0].shape;
             let k = if *trans_a { a[0] } else { a[1] };
             (out.numel() as u64) * k as u64
         }
+        Op::Fused(f) => {
+            let mut e = MacEmitter(0);
+            // A verified node's expansion type-checks; count 0 otherwise.
+            f.expand(&mut e, ins).map_or(0, |_| e.0)
+        }
         _ => 0,
+    }
+}
+
+/// Sums the MACs of a fused op's expansion, on types.
+struct MacEmitter(u64);
+
+impl Emitter for MacEmitter {
+    type V = TensorType;
+    fn op(&mut self, op: Op, args: &[TensorType]) -> Result<TensorType, IrError> {
+        let out = crate::shape::infer(&op, args)
+            .map_err(IrError::Graph)?
+            .remove(0);
+        self.0 += op_macs(&op, args, &out);
+        Ok(out)
+    }
+    fn scalar(&mut self, _x: f32) -> Result<TensorType, IrError> {
+        Ok(TensorType::f32(Vec::new()))
+    }
+    fn ty(&self, v: &TensorType) -> TensorType {
+        v.clone()
     }
 }
 

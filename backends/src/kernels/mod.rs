@@ -199,5 +199,11 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         | Op::Squeeze { .. }
         | Op::Unsqueeze { .. }
         | Op::Flatten { .. } => Ok(vec![]),
+        // `compile` lowers fused ops to the primitives they stand for
+        // until they have kernels of their own; one cannot reach here.
+        Op::Fused(f) => Err(cx.unsupported(format!(
+            "{} has no kernel yet (compile lowers fused ops first)",
+            f.name()
+        ))),
     }
 }

@@ -35,8 +35,18 @@ pub fn export(model: &Model, path: &Path) -> Result<(), FrontendError> {
     std::fs::write(path, bytes).map_err(|e| FrontendError::io(path, e))
 }
 
-/// Serialises `model` as ONNX protobuf bytes.
+/// Serialises `model` as ONNX protobuf bytes. Fused ops (an optimised
+/// model) are written as the primitive ops they stand for.
 pub fn export_bytes(model: &Model) -> Result<Vec<u8>, FrontendError> {
+    let has_fused = model
+        .graph
+        .node_ids()
+        .any(|id| matches!(model.graph.node(id).op, Op::Fused(_)));
+    if has_fused {
+        let mut lowered = model.clone();
+        kiln_ir::fused::lower_fused(&mut lowered.graph, &mut lowered.weights)?;
+        return Ok(to_proto(&lowered)?.encode_to_vec());
+    }
     Ok(to_proto(model)?.encode_to_vec())
 }
 
@@ -507,6 +517,13 @@ fn emit(
             one(ex, "Gather", ins, vec![int("axis", *axis as i64)]);
         }
         Op::Cast { to } => one(ex, "Cast", ins, vec![int("to", onnx_dtype(*to) as i64)]),
+        // export_bytes lowers fused ops first; reaching one is a caller bug
+        Op::Fused(f) => {
+            return Err(FrontendError::Onnx(format!(
+                "{} is a fused op: lower it (kiln_ir::fused::lower_fused) before export",
+                f.name()
+            )));
+        }
     }
     Ok(())
 }

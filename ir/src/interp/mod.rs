@@ -404,6 +404,37 @@ fn eval_typed<T: Elem>(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec
             one(movement::gather(elems::<T>(x0), sh, *axis, indices))
         }
         Op::Cast { to } => Ok(vec![elementwise::cast(x0, *to)?]),
+        // A fused op is evaluated as the composition of primitive ops it
+        // stands for (crate::fused): the oracle stays obviously correct.
+        Op::Fused(f) => {
+            let args: Vec<Tensor> = x.iter().map(|t| (*t).clone()).collect();
+            let y = f
+                .expand(&mut EvalEmitter, &args)
+                .map_err(|e| e.to_string())?;
+            Ok(vec![y])
+        }
+    }
+}
+
+/// Applies primitive ops to tensors through [`eval`], for fused ops.
+struct EvalEmitter;
+
+impl crate::fused::Emitter for EvalEmitter {
+    type V = Tensor;
+    fn op(&mut self, op: Op, args: &[Tensor]) -> Result<Tensor, IrError> {
+        let refs: Vec<&Tensor> = args.iter().collect();
+        let name = op.name();
+        let mut out = eval(&op, &refs).map_err(|msg| IrError::Node {
+            node: format!("{name} inside a fused op"),
+            msg,
+        })?;
+        Ok(out.remove(0))
+    }
+    fn scalar(&mut self, x: f32) -> Result<Tensor, IrError> {
+        Tensor::from_f32(Vec::new(), vec![x])
+    }
+    fn ty(&self, v: &Tensor) -> TensorType {
+        v.ty()
     }
 }
 

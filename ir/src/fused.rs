@@ -1,0 +1,1290 @@
+//! Fused kernel-level ops: what the optimiser turns primitive sub-graphs into.
+//!
+//! Frontends never emit these (docs/ARCHITECTURE.md, "Frontends emit
+//! primitive ops only"); the equality-saturation passes discover them. Each
+//! fused op is *defined* by the primitive ops it stands for:
+//! [`FusedOp::expand`] writes that composition against an [`Emitter`], and
+//! everything else follows from it —
+//!
+//! - shape inference ([`FusedOp::infer`]) runs the expansion on types, so the
+//!   shape rule cannot drift from the semantics (each variant's doc comment
+//!   states the rule in words);
+//! - the interpreter runs the expansion on tensors through its single-op
+//!   `eval`, so the oracle for a fused op is the obviously-correct primitive
+//!   composition, not a second hand-written kernel;
+//! - [`lower_fused`] rewrites a graph's fused nodes back into primitives.
+//!
+//! Text form: every fused op has a name starting `fused_` and typed
+//! attributes through [`crate::Op::attrs`] / [`crate::Op::from_parts`], so the
+//! `.kir` printer and parser need no special case.
+//!
+//! Weight operands of linear maps are in *matmul layout* `[in, out]`
+//! (`y = x @ w + b`): a PyTorch-style `[out, in]` weight arrives as
+//! `transpose(@w)`, which constant folding turns into a new weight, while an
+//! ONNX export that already stores `[in, out]` needs nothing.
+
+use crate::error::IrError;
+use crate::graph::{Graph, NodeId, Value};
+use crate::op::{Attr, AttrReader, BinaryOp, Float, Op, ReduceKind, UnaryOp};
+use crate::shape;
+use crate::tensor::{Tensor, WeightStore};
+use crate::types::TensorType;
+
+/// The activation of a fused epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Act {
+    /// no activation
+    None,
+    /// `relu`
+    Relu,
+    /// `relu6`
+    Relu6,
+    /// `hard_swish`
+    HardSwish,
+    /// PyTorch's hard sigmoid: `hard_sigmoid {alpha=1/6, beta=0.5}`
+    HardSigmoid,
+    /// `silu`
+    Silu,
+    /// exact `gelu`
+    Gelu,
+    /// Mobile-Former's dynamic ReLU `max(a1·x, a2·x)`; takes two extra
+    /// operands `a1`, `a2` that broadcast to the output (per sample and
+    /// channel, e.g. `[N,C,1,1]`).
+    DyRelu,
+}
+
+impl Act {
+    /// Every activation.
+    pub const ALL: [Act; 8] = [
+        Act::None,
+        Act::Relu,
+        Act::Relu6,
+        Act::HardSwish,
+        Act::HardSigmoid,
+        Act::Silu,
+        Act::Gelu,
+        Act::DyRelu,
+    ];
+
+    /// Text name (`none`, `relu6`, `dyrelu`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Act::None => "none",
+            Act::Relu => "relu",
+            Act::Relu6 => "relu6",
+            Act::HardSwish => "hard_swish",
+            Act::HardSigmoid => "hard_sigmoid",
+            Act::Silu => "silu",
+            Act::Gelu => "gelu",
+            Act::DyRelu => "dyrelu",
+        }
+    }
+
+    /// Parses a text name.
+    pub fn from_name(s: &str) -> Option<Act> {
+        Act::ALL.iter().copied().find(|a| a.name() == s)
+    }
+
+    /// Extra operands the activation takes (2 for the dynamic ReLU's slopes).
+    pub fn extra_operands(self) -> usize {
+        if self == Act::DyRelu { 2 } else { 0 }
+    }
+
+    /// The primitive op of a parameterless activation, `None` for
+    /// [`Act::None`] and [`Act::DyRelu`].
+    pub fn primitive(self) -> Option<Op> {
+        Some(match self {
+            Act::None | Act::DyRelu => return None,
+            Act::Relu => Op::Unary(UnaryOp::Relu),
+            Act::Relu6 => Op::Unary(UnaryOp::Relu6),
+            Act::HardSwish => Op::Unary(UnaryOp::HardSwish),
+            Act::HardSigmoid => Op::HardSigmoid {
+                alpha: Float(1.0 / 6.0),
+                beta: Float(0.5),
+            },
+            Act::Silu => Op::Unary(UnaryOp::Silu),
+            Act::Gelu => Op::Unary(UnaryOp::Gelu),
+        })
+    }
+
+    /// The activation a primitive op computes, if it is one.
+    pub fn from_primitive(op: &Op) -> Option<Act> {
+        Act::ALL
+            .iter()
+            .copied()
+            .find(|a| a.primitive().as_ref() == Some(op))
+    }
+
+    fn apply<E: Emitter>(self, e: &mut E, y: E::V, coeffs: &[E::V]) -> Result<E::V, IrError> {
+        match self {
+            Act::None => Ok(y),
+            Act::DyRelu => {
+                let p = e.op(Op::Binary(BinaryOp::Mul), &[y.clone(), coeffs[0].clone()])?;
+                let q = e.op(Op::Binary(BinaryOp::Mul), &[y, coeffs[1].clone()])?;
+                e.op(Op::Binary(BinaryOp::Max), &[p, q])
+            }
+            other => {
+                let op = other.primitive().expect("parameterless activation");
+                e.op(op, &[y])
+            }
+        }
+    }
+}
+
+/// One convolution of a [`FusedOp::ConvChain`], with its epilogue. The
+/// kernel size comes from the weight; dilation is 1.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConvStage {
+    /// `[sh, sw]`
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]`
+    pub pad: [usize; 4],
+    /// channel groups
+    pub groups: usize,
+    /// whether a bias operand follows the weight
+    pub bias: bool,
+    /// the activation after the (biased) conv
+    pub act: Act,
+}
+
+impl ConvStage {
+    fn operands(&self) -> usize {
+        1 + usize::from(self.bias) + self.act.extra_operands()
+    }
+}
+
+/// A fused kernel-level op. Operand lists are given per variant; optional
+/// operands are present exactly when their flag says so, in the order listed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FusedOp {
+    /// `fused_conv`: conv2d → `+ bias` → activation → `+ residual`.
+    /// Operands: `x [N,C,H,W]`, `w [O,C/g,kh,kw]`, `bias [O]` if `bias`,
+    /// `a1, a2` if `act = dyrelu`, `residual` (the conv's output shape) if
+    /// `residual`. Shape rule: conv2d's; every other operand must broadcast
+    /// to the conv output without changing it.
+    Conv {
+        /// `[sh, sw]`
+        stride: [usize; 2],
+        /// `[top, left, bottom, right]`
+        pad: [usize; 4],
+        /// `[dh, dw]`
+        dilation: [usize; 2],
+        /// channel groups
+        groups: usize,
+        /// a bias operand follows the weight
+        bias: bool,
+        /// activation
+        act: Act,
+        /// a residual operand comes last, added after the activation
+        residual: bool,
+    },
+    /// `fused_linear`: `x @ w` → `+ bias` → activation → `+ residual`.
+    /// Operands: `x [..., K]`, `w [K, N]` (matmul layout), `bias [N]` if
+    /// `bias`, `residual` if `residual`. Shape rule: matmul's (`[..., N]`).
+    /// The dynamic ReLU is not allowed here.
+    Linear {
+        /// a bias operand follows the weight
+        bias: bool,
+        /// activation
+        act: Act,
+        /// a residual operand comes last, added after the activation
+        residual: bool,
+    },
+    /// `fused_conv_chain`: a depthwise-separable (dw → pw), pointwise-MLP
+    /// (pw → pw) or inverted-residual (pw → dw → pw) chain of 2–3
+    /// convolutions, each with
+    /// its epilogue, then an optional residual; computable tile by tile, the
+    /// expanded intermediates never reaching memory. Operands: `x`, then per
+    /// stage `w`, `bias` if the stage has one, `a1, a2` if its act is
+    /// `dyrelu`; `residual` last if `residual`. Shape rule: the convs'
+    /// shapes composed; the residual has the last conv's output shape.
+    ConvChain {
+        /// the convolutions, in order (2 or 3)
+        stages: Vec<ConvStage>,
+        /// a residual operand comes last
+        residual: bool,
+    },
+    /// `fused_mha`: multi-head scaled dot-product attention over tokens,
+    /// `concat_j softmax(scale · Q_j K_jᵀ) V_j`, heads taking contiguous
+    /// channel blocks. Operands: `xq [B,Tq,Dq]`, `xk [B,Tk,Dk]`,
+    /// `xv [B,Tk,Dv]`, then `(w, b)` pairs (matmul layout) for each projected
+    /// side in the order q, k, v. Unprojected sides use the input as is
+    /// (Mobile-Former's Former: only Q is projected, K = V = tokens). Shape
+    /// rule: Q, K have one width D, V width Dv', both divisible by `heads`;
+    /// output `[B, Tq, Dv']`.
+    Attention {
+        /// number of heads
+        heads: usize,
+        /// logit scale, usually `1/sqrt(D/heads)`
+        scale: Float,
+        /// query projection operands present
+        proj_q: bool,
+        /// key projection operands present
+        proj_k: bool,
+        /// value projection operands present
+        proj_v: bool,
+    },
+    /// `fused_m2f`: Mobile-Former's Mobile→Former bridge. Operands:
+    /// `x [N,C,H,W]`, `z [N,M,d]`, then the queries — `wq [d,C]`, `bq [C]`
+    /// with `proj_q`, else `Q [N,M,C]` itself — then the gate — `wa [d,C]`,
+    /// `ba [C]` with `gate`, else `G [N,M,C]` itself — then `wo [C,d]`,
+    /// `bo [d]`, `gamma [d]`, `beta [d]`. Computes
+    /// `LN(z + ((attn(Q, X) ⊙ G) Wo + bo))` with `Q = zWq+bq` and
+    /// `G = 2·hsig(zWa+ba)`, where head `j` of the queries attends over the
+    /// `L = H·W` positions of feature channels `[jC/h, (j+1)C/h)` with the
+    /// raw features as keys and values. (An ONNX importer that folds
+    /// constants turns the first block's `Q` and `G`, computed from the
+    /// learned tokens, into weights: hence the flags.) Shape rule: output
+    /// `[N,M,d]`; `C` divisible by `heads`.
+    M2fBridge {
+        /// number of heads
+        heads: usize,
+        /// logit scale (the spec's `1/sqrt(C/heads)`)
+        scale: Float,
+        /// layer-norm epsilon
+        eps: Float,
+        /// the queries are projected from `z` (else given)
+        proj_q: bool,
+        /// the gate is computed from `z` (else given)
+        gate: bool,
+    },
+    /// `fused_f2m`: Mobile-Former's Former→Mobile bridge. Operands:
+    /// `y [N,C,H,W]`, `z [N,M,d]`, `wk [d,C]`, `bk [C]`, `wv [d,C]`,
+    /// `bv [C]`. Every pixel's head-`j` feature slice attends over the `M`
+    /// projected tokens; the result is added to `y`. Shape rule: output =
+    /// `y`'s type; `C` divisible by `heads`.
+    F2mBridge {
+        /// number of heads
+        heads: usize,
+        /// logit scale (the spec's `1/sqrt(C/heads)`)
+        scale: Float,
+    },
+    /// `fused_sep_attn`: MobileViTv2 separable self-attention with its output
+    /// projection. Operands: `u`, `wqkv [1+2d,d,1,1]`, `bqkv [1+2d]`,
+    /// `wo [d,d,1,1]`, `bo [d]`. Without `patch`, `u` is the unfolded tensor
+    /// `[N,d,P,Np]` and the softmax runs over axis 3 (the patches) for each
+    /// pixel slot. With `patch = [ph, pw]`, `u` is the folded map
+    /// `[N,d,H,W]` and the tokens of one slot are the pixels with equal
+    /// `(y mod ph, x mod pw)` — unfold and fold absorbed into the indexing.
+    /// Shape rule: output = `u`'s type; `H`, `W` divisible by the patch.
+    SepAttention {
+        /// the folded form's patch size
+        patch: Option<[usize; 2]>,
+    },
+    /// `fused_xca`: XFormer-R's cross-feature attention (XCA form, XFA-R in
+    /// models/xformer.md §2) before its output projection. Operands:
+    /// `x [N,T,D]`, `wq [D,D]`, `bq [D]`, `wk`, `bk`, `wv`, `bv`, `tau [h]`.
+    /// Per head, Q and K columns are L2-normalised over the tokens
+    /// (`max(norm, eps)`), `A = softmax(τ · Q̂ᵀK̂)` over the last axis, and
+    /// the output is `V Aᵀ`. Shape rule: output `[N,T,D]`, `D` divisible by
+    /// `heads`.
+    CrossFeatureAttention {
+        /// number of heads
+        heads: usize,
+        /// the L2 normalisation's lower bound
+        eps: Float,
+    },
+}
+
+/// Every fused op name, for docs and error messages.
+pub const FUSED_OP_NAMES: &[&str] = &[
+    "fused_conv",
+    "fused_linear",
+    "fused_conv_chain",
+    "fused_mha",
+    "fused_m2f",
+    "fused_f2m",
+    "fused_sep_attn",
+    "fused_xca",
+];
+
+/// Something primitive ops can be applied to: types (shape inference),
+/// tensors (the interpreter) or graph values ([`lower_fused`]).
+pub trait Emitter {
+    /// The value type: a type, a tensor or a graph value.
+    type V: Clone;
+    /// Applies a single-output primitive op.
+    fn op(&mut self, op: Op, args: &[Self::V]) -> Result<Self::V, IrError>;
+    /// A scalar `f32` constant (shape `[]`).
+    fn scalar(&mut self, x: f32) -> Result<Self::V, IrError>;
+    /// The type of a value.
+    fn ty(&self, v: &Self::V) -> TensorType;
+}
+
+/// Shape inference as an [`Emitter`].
+struct TypeEmitter;
+
+impl Emitter for TypeEmitter {
+    type V = TensorType;
+    fn op(&mut self, op: Op, args: &[TensorType]) -> Result<TensorType, IrError> {
+        let name = op.name();
+        let mut out = shape::infer(&op, args).map_err(IrError::Graph)?;
+        match out.len() {
+            1 => Ok(out.remove(0)),
+            n => Err(IrError::Graph(format!("{name} gives {n} results"))),
+        }
+    }
+    fn scalar(&mut self, _x: f32) -> Result<TensorType, IrError> {
+        Ok(TensorType::f32(Vec::new()))
+    }
+    fn ty(&self, v: &TensorType) -> TensorType {
+        v.clone()
+    }
+}
+
+fn reshape<E: Emitter>(e: &mut E, x: E::V, shape: &[usize]) -> Result<E::V, IrError> {
+    e.op(
+        Op::Reshape {
+            shape: shape.to_vec(),
+        },
+        &[x],
+    )
+}
+
+fn transpose<E: Emitter>(e: &mut E, x: E::V, perm: &[usize]) -> Result<E::V, IrError> {
+    e.op(
+        Op::Transpose {
+            perm: perm.to_vec(),
+        },
+        &[x],
+    )
+}
+
+fn bin<E: Emitter>(e: &mut E, b: BinaryOp, x: E::V, y: E::V) -> Result<E::V, IrError> {
+    e.op(Op::Binary(b), &[x, y])
+}
+
+/// `x @ w + b`
+fn linear<E: Emitter>(e: &mut E, x: &E::V, w: &E::V, b: Option<&E::V>) -> Result<E::V, IrError> {
+    let y = e.op(Op::MatMul, &[x.clone(), w.clone()])?;
+    match b {
+        Some(b) => bin(e, BinaryOp::Add, y, b.clone()),
+        None => Ok(y),
+    }
+}
+
+fn channel_slice<E: Emitter>(e: &mut E, x: E::V, from: usize, to: usize) -> Result<E::V, IrError> {
+    e.op(
+        Op::Slice {
+            axes: vec![1],
+            starts: vec![from as i64],
+            ends: vec![to as i64],
+            steps: vec![1],
+        },
+        &[x],
+    )
+}
+
+fn want(cond: bool, msg: impl FnOnce() -> String) -> Result<(), IrError> {
+    if cond {
+        Ok(())
+    } else {
+        Err(IrError::Graph(msg()))
+    }
+}
+
+/// Checks that `v` broadcasts to `out` without changing it.
+fn broadcasts_to(what: &str, v: &TensorType, out: &TensorType) -> Result<(), IrError> {
+    want(
+        crate::types::broadcast_shapes(&v.shape, &out.shape).as_deref() == Some(&out.shape[..]),
+        || format!("{what} {v} does not broadcast to the output {out}"),
+    )
+}
+
+/// Adds conv epilogue operands (bias reshaped per channel, activation,
+/// residual) to `y`, consuming operands from `it`.
+fn epilogue<E: Emitter>(
+    e: &mut E,
+    mut y: E::V,
+    act: Act,
+    it: &mut std::slice::Iter<'_, E::V>,
+    residual: bool,
+) -> Result<E::V, IrError> {
+    let mut coeffs = Vec::new();
+    for _ in 0..act.extra_operands() {
+        let a = next(it)?;
+        broadcasts_to("dynamic-ReLU coefficient", &e.ty(&a), &e.ty(&y))?;
+        coeffs.push(a);
+    }
+    y = act.apply(e, y, &coeffs)?;
+    if residual {
+        let r = next(it)?;
+        let (rt, yt) = (e.ty(&r), e.ty(&y));
+        want(rt == yt, || {
+            format!("residual {rt} must have the output type {yt}")
+        })?;
+        y = bin(e, BinaryOp::Add, y, r)?;
+    }
+    Ok(y)
+}
+
+fn next<V: Clone>(it: &mut std::slice::Iter<'_, V>) -> Result<V, IrError> {
+    it.next()
+        .cloned()
+        .ok_or_else(|| IrError::Graph("too few operands".into()))
+}
+
+/// Q/K/V in per-head layout `[B, h, T, dh]` from `[B, T, D]`.
+fn heads_first<E: Emitter>(e: &mut E, x: E::V, h: usize) -> Result<E::V, IrError> {
+    let t = e.ty(&x);
+    want(t.rank() == 3 && t.shape[2] % h == 0, || {
+        format!("expected [B,T,D] with D divisible by {h} heads, got {t}")
+    })?;
+    let (b, n, d) = (t.shape[0], t.shape[1], t.shape[2]);
+    let x = reshape(e, x, &[b, n, h, d / h])?;
+    transpose(e, x, &[0, 2, 1, 3])
+}
+
+/// `[B, h, T, dh]` back to `[B, T, h·dh]`.
+fn heads_merge<E: Emitter>(e: &mut E, x: E::V) -> Result<E::V, IrError> {
+    let t = e.ty(&x);
+    let (b, h, n, dh) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3]);
+    let x = transpose(e, x, &[0, 2, 1, 3])?;
+    reshape(e, x, &[b, n, h * dh])
+}
+
+impl FusedOp {
+    /// The text-format name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FusedOp::Conv { .. } => "fused_conv",
+            FusedOp::Linear { .. } => "fused_linear",
+            FusedOp::ConvChain { .. } => "fused_conv_chain",
+            FusedOp::Attention { .. } => "fused_mha",
+            FusedOp::M2fBridge { .. } => "fused_m2f",
+            FusedOp::F2mBridge { .. } => "fused_f2m",
+            FusedOp::SepAttention { .. } => "fused_sep_attn",
+            FusedOp::CrossFeatureAttention { .. } => "fused_xca",
+        }
+    }
+
+    /// How many operands the op takes (exact: flags decide).
+    pub fn num_operands(&self) -> usize {
+        match self {
+            FusedOp::Conv {
+                bias,
+                act,
+                residual,
+                ..
+            }
+            | FusedOp::Linear {
+                bias,
+                act,
+                residual,
+            } => 2 + usize::from(*bias) + act.extra_operands() + usize::from(*residual),
+            FusedOp::ConvChain { stages, residual } => {
+                1 + stages.iter().map(ConvStage::operands).sum::<usize>() + usize::from(*residual)
+            }
+            FusedOp::Attention {
+                proj_q,
+                proj_k,
+                proj_v,
+                ..
+            } => 3 + 2 * (usize::from(*proj_q) + usize::from(*proj_k) + usize::from(*proj_v)),
+            FusedOp::M2fBridge { proj_q, gate, .. } => {
+                8 + usize::from(*proj_q) + usize::from(*gate)
+            }
+            FusedOp::F2mBridge { .. } => 6,
+            FusedOp::SepAttention { .. } => 5,
+            FusedOp::CrossFeatureAttention { .. } => 8,
+        }
+    }
+
+    /// The attributes in canonical order (see [`crate::Op::attrs`]).
+    pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        let ints = |v: &[usize]| Attr::Ints(v.iter().map(|&x| x as i64).collect());
+        let int = |x: usize| Attr::Int(x as i64);
+        let word = |a: Act| Attr::Word(a.name().into());
+        match self {
+            FusedOp::Conv {
+                stride,
+                pad,
+                dilation,
+                groups,
+                bias,
+                act,
+                residual,
+            } => {
+                let mut a = vec![("stride", ints(stride)), ("pad", ints(pad))];
+                if *dilation != [1, 1] {
+                    a.push(("dilation", ints(dilation)));
+                }
+                a.extend([
+                    ("groups", int(*groups)),
+                    ("bias", Attr::Bool(*bias)),
+                    ("act", word(*act)),
+                    ("residual", Attr::Bool(*residual)),
+                ]);
+                a
+            }
+            FusedOp::Linear {
+                bias,
+                act,
+                residual,
+            } => vec![
+                ("bias", Attr::Bool(*bias)),
+                ("act", word(*act)),
+                ("residual", Attr::Bool(*residual)),
+            ],
+            FusedOp::ConvChain { stages, residual } => {
+                let mut a = Vec::new();
+                for (i, s) in stages.iter().enumerate() {
+                    let k = &STAGE_KEYS[i.min(STAGE_KEYS.len() - 1)];
+                    a.extend([
+                        (k[0], ints(&s.stride)),
+                        (k[1], ints(&s.pad)),
+                        (k[2], int(s.groups)),
+                        (k[3], Attr::Bool(s.bias)),
+                        (k[4], word(s.act)),
+                    ]);
+                }
+                a.push(("residual", Attr::Bool(*residual)));
+                a
+            }
+            FusedOp::Attention {
+                heads,
+                scale,
+                proj_q,
+                proj_k,
+                proj_v,
+            } => vec![
+                ("heads", int(*heads)),
+                ("scale", Attr::Float(scale.0)),
+                ("proj_q", Attr::Bool(*proj_q)),
+                ("proj_k", Attr::Bool(*proj_k)),
+                ("proj_v", Attr::Bool(*proj_v)),
+            ],
+            FusedOp::M2fBridge {
+                heads,
+                scale,
+                eps,
+                proj_q,
+                gate,
+            } => vec![
+                ("heads", int(*heads)),
+                ("scale", Attr::Float(scale.0)),
+                ("eps", Attr::Float(eps.0)),
+                ("proj_q", Attr::Bool(*proj_q)),
+                ("gate", Attr::Bool(*gate)),
+            ],
+            FusedOp::F2mBridge { heads, scale } => {
+                vec![("heads", int(*heads)), ("scale", Attr::Float(scale.0))]
+            }
+            FusedOp::SepAttention { patch } => match patch {
+                Some(p) => vec![("patch", ints(p))],
+                None => vec![],
+            },
+            FusedOp::CrossFeatureAttention { heads, eps } => {
+                vec![("heads", int(*heads)), ("eps", Attr::Float(eps.0))]
+            }
+        }
+    }
+
+    /// Builds a fused op from its name and attributes; `Ok(None)` when the
+    /// name is not a fused op's.
+    pub(crate) fn from_reader(
+        name: &str,
+        a: &mut AttrReader<'_>,
+    ) -> Result<Option<FusedOp>, String> {
+        let act = |a: &mut AttrReader<'_>, k: &str| -> Result<Act, String> {
+            let w = a.word(k)?;
+            Act::from_name(&w).ok_or_else(|| {
+                format!(
+                    "{name}: unknown activation `{w}` (expected one of {})",
+                    Act::ALL.map(Act::name).join(", ")
+                )
+            })
+        };
+        let op = match name {
+            "fused_conv" => FusedOp::Conv {
+                stride: a.array("stride")?,
+                pad: a.array("pad")?,
+                dilation: a.opt("dilation", |a, k| a.array(k))?.unwrap_or([1, 1]),
+                groups: a.usize("groups")?,
+                bias: a.bool("bias")?,
+                act: act(a, "act")?,
+                residual: a.bool("residual")?,
+            },
+            "fused_linear" => FusedOp::Linear {
+                bias: a.bool("bias")?,
+                act: act(a, "act")?,
+                residual: a.bool("residual")?,
+            },
+            "fused_conv_chain" => {
+                let mut stages = Vec::new();
+                for k in &STAGE_KEYS {
+                    let Some(stride) = a.opt(k[0], |a, key| a.array::<2>(key))? else {
+                        break;
+                    };
+                    stages.push(ConvStage {
+                        stride,
+                        pad: a.array(k[1])?,
+                        groups: a.usize(k[2])?,
+                        bias: a.bool(k[3])?,
+                        act: act(a, k[4])?,
+                    });
+                }
+                FusedOp::ConvChain {
+                    stages,
+                    residual: a.bool("residual")?,
+                }
+            }
+            "fused_mha" => FusedOp::Attention {
+                heads: a.usize("heads")?,
+                scale: Float(a.float("scale")?),
+                proj_q: a.bool("proj_q")?,
+                proj_k: a.bool("proj_k")?,
+                proj_v: a.bool("proj_v")?,
+            },
+            "fused_m2f" => FusedOp::M2fBridge {
+                heads: a.usize("heads")?,
+                scale: Float(a.float("scale")?),
+                eps: Float(a.float("eps")?),
+                proj_q: a.bool("proj_q")?,
+                gate: a.bool("gate")?,
+            },
+            "fused_f2m" => FusedOp::F2mBridge {
+                heads: a.usize("heads")?,
+                scale: Float(a.float("scale")?),
+            },
+            "fused_sep_attn" => FusedOp::SepAttention {
+                patch: a.opt("patch", |a, k| a.array(k))?,
+            },
+            "fused_xca" => FusedOp::CrossFeatureAttention {
+                heads: a.usize("heads")?,
+                eps: Float(a.float("eps")?),
+            },
+            _ => return Ok(None),
+        };
+        op.check_attrs().map_err(|e| format!("{name}: {e}"))?;
+        Ok(Some(op))
+    }
+
+    /// Attribute checks that do not need operand types.
+    fn check_attrs(&self) -> Result<(), String> {
+        let pos = |what: &str, x: usize| {
+            if x == 0 {
+                Err(format!("{what} must be positive"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            FusedOp::Linear { act, .. } if *act == Act::DyRelu => {
+                Err("the dynamic ReLU is a conv epilogue only".into())
+            }
+            FusedOp::ConvChain { stages, .. } if !(2..=3).contains(&stages.len()) => Err(format!(
+                "a conv chain has 2 or 3 stages, got {}",
+                stages.len()
+            )),
+            FusedOp::Attention { heads, .. }
+            | FusedOp::M2fBridge { heads, .. }
+            | FusedOp::F2mBridge { heads, .. }
+            | FusedOp::CrossFeatureAttention { heads, .. } => pos("heads", *heads),
+            FusedOp::SepAttention { patch: Some(p) } => {
+                pos("patch height", p[0])?;
+                pos("patch width", p[1])
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Shape rule (see each variant's doc): the output type, or what is wrong.
+    pub fn infer(&self, inputs: &[TensorType]) -> Result<TensorType, String> {
+        self.check_attrs()?;
+        if inputs.len() != self.num_operands() {
+            return Err(format!(
+                "{} takes {} operand(s) with these attributes, got {}",
+                self.name(),
+                self.num_operands(),
+                inputs.len()
+            ));
+        }
+        self.expand(&mut TypeEmitter, inputs)
+            .map_err(|e| format!("{}: {}", self.name(), strip(e)))
+    }
+
+    /// Writes the primitive composition this op stands for: the definition
+    /// of its meaning. `args` are the operands as the variant documents.
+    pub fn expand<E: Emitter>(&self, e: &mut E, args: &[E::V]) -> Result<E::V, IrError> {
+        self.check_attrs().map_err(IrError::Graph)?;
+        want(args.len() == self.num_operands(), || {
+            format!(
+                "takes {} operand(s), got {}",
+                self.num_operands(),
+                args.len()
+            )
+        })?;
+        let mut it = args.iter();
+        match self {
+            FusedOp::Conv {
+                stride,
+                pad,
+                dilation,
+                groups,
+                bias,
+                act,
+                residual,
+            } => {
+                let x = next(&mut it)?;
+                let w = next(&mut it)?;
+                let mut ops = vec![x, w];
+                if *bias {
+                    ops.push(next(&mut it)?);
+                }
+                let conv = Op::Conv2d {
+                    stride: *stride,
+                    pad: *pad,
+                    dilation: *dilation,
+                    groups: *groups,
+                };
+                let y = e.op(conv, &ops)?;
+                epilogue(e, y, *act, &mut it, *residual)
+            }
+            FusedOp::Linear {
+                bias,
+                act,
+                residual,
+            } => {
+                let x = next(&mut it)?;
+                let w = next(&mut it)?;
+                let b = if *bias { Some(next(&mut it)?) } else { None };
+                if let Some(b) = &b {
+                    let (bt, wt) = (e.ty(b), e.ty(&w));
+                    want(bt.rank() == 1 && wt.shape.last() == bt.shape.last(), || {
+                        format!("bias {bt} must be one value per output column of {wt}")
+                    })?;
+                }
+                let y = linear(e, &x, &w, b.as_ref())?;
+                epilogue(e, y, *act, &mut it, *residual)
+            }
+            FusedOp::ConvChain { stages, residual } => {
+                let mut y = next(&mut it)?;
+                for s in stages {
+                    let w = next(&mut it)?;
+                    let mut ops = vec![y, w];
+                    if s.bias {
+                        ops.push(next(&mut it)?);
+                    }
+                    let conv = Op::Conv2d {
+                        stride: s.stride,
+                        pad: s.pad,
+                        dilation: [1, 1],
+                        groups: s.groups,
+                    };
+                    y = e.op(conv, &ops)?;
+                    y = epilogue(e, y, s.act, &mut it, false)?;
+                }
+                epilogue(e, y, Act::None, &mut it, *residual)
+            }
+            FusedOp::Attention {
+                heads,
+                scale,
+                proj_q,
+                proj_k,
+                proj_v,
+            } => {
+                let (xq, xk, xv) = (next(&mut it)?, next(&mut it)?, next(&mut it)?);
+                let mut project = |e: &mut E, x: E::V, on: bool| -> Result<E::V, IrError> {
+                    if on {
+                        let w = next(&mut it)?;
+                        let b = next(&mut it)?;
+                        linear(e, &x, &w, Some(&b))
+                    } else {
+                        Ok(x)
+                    }
+                };
+                let q = project(e, xq, *proj_q)?;
+                let k = project(e, xk, *proj_k)?;
+                let v = project(e, xv, *proj_v)?;
+                let q = heads_first(e, q, *heads)?;
+                let k = heads_first(e, k, *heads)?;
+                let v = heads_first(e, v, *heads)?;
+                let kt = transpose(e, k, &[0, 1, 3, 2])?;
+                let s = e.op(Op::MatMul, &[q, kt])?;
+                let c = e.scalar(scale.0)?;
+                let s = bin(e, BinaryOp::Mul, s, c)?;
+                let a = e.op(Op::Softmax { axis: 3 }, &[s])?;
+                let o = e.op(Op::MatMul, &[a, v])?;
+                heads_merge(e, o)
+            }
+            FusedOp::M2fBridge {
+                heads,
+                scale,
+                eps,
+                proj_q,
+                gate,
+            } => {
+                let (x, z) = (next(&mut it)?, next(&mut it)?);
+                let q = if *proj_q {
+                    let (wq, bq) = (next(&mut it)?, next(&mut it)?);
+                    linear(e, &z, &wq, Some(&bq))?
+                } else {
+                    next(&mut it)?
+                };
+                let g = if *gate {
+                    let (wa, ba) = (next(&mut it)?, next(&mut it)?);
+                    let g = linear(e, &z, &wa, Some(&ba))?;
+                    let g = e.op(Act::HardSigmoid.primitive().expect("hsig"), &[g])?;
+                    let two = e.scalar(2.0)?;
+                    bin(e, BinaryOp::Mul, g, two)?
+                } else {
+                    next(&mut it)?
+                };
+                let (wo, bo) = (next(&mut it)?, next(&mut it)?);
+                let (gamma, beta) = (next(&mut it)?, next(&mut it)?);
+                let xt = e.ty(&x);
+                want(xt.rank() == 4 && xt.shape[1] % heads == 0, || {
+                    format!("x must be [N,C,H,W] with C divisible by {heads} heads, got {xt}")
+                })?;
+                let (n, c, l) = (xt.shape[0], xt.shape[1], xt.shape[2] * xt.shape[3]);
+                let xf = reshape(e, x, &[n, *heads, c / heads, l])?;
+                let q = heads_first(e, q, *heads)?;
+                let s = e.op(Op::MatMul, &[q, xf.clone()])?;
+                let cs = e.scalar(scale.0)?;
+                let s = bin(e, BinaryOp::Mul, s, cs)?;
+                let a = e.op(Op::Softmax { axis: 3 }, &[s])?;
+                let xv = transpose(e, xf, &[0, 1, 3, 2])?;
+                let o = e.op(Op::MatMul, &[a, xv])?;
+                let o = heads_merge(e, o)?;
+                let (ot, gt) = (e.ty(&o), e.ty(&g));
+                want(ot == gt, || {
+                    format!("the gate {gt} must match the attention {ot}")
+                })?;
+                let og = bin(e, BinaryOp::Mul, o, g)?;
+                let p = linear(e, &og, &wo, Some(&bo))?;
+                let r = bin(e, BinaryOp::Add, z, p)?;
+                let axis = e.ty(&r).rank() - 1;
+                e.op(Op::LayerNorm { axis, eps: *eps }, &[r, gamma, beta])
+            }
+            FusedOp::F2mBridge { heads, scale } => {
+                let [y, z, wk, bk, wv, bv] = take::<E, 6>(args)?;
+                let yt = e.ty(&y);
+                want(yt.rank() == 4 && yt.shape[1] % heads == 0, || {
+                    format!("y must be [N,C,H,W] with C divisible by {heads} heads, got {yt}")
+                })?;
+                let (n, c, l) = (yt.shape[0], yt.shape[1], yt.shape[2] * yt.shape[3]);
+                let yf = reshape(e, y.clone(), &[n, *heads, c / heads, l])?;
+                let q = transpose(e, yf, &[0, 1, 3, 2])?;
+                let k = linear(e, &z, &wk, Some(&bk))?;
+                let k = heads_first(e, k, *heads)?;
+                let kt = transpose(e, k, &[0, 1, 3, 2])?;
+                let v = linear(e, &z, &wv, Some(&bv))?;
+                let v = heads_first(e, v, *heads)?;
+                let s = e.op(Op::MatMul, &[q, kt])?;
+                let cs = e.scalar(scale.0)?;
+                let s = bin(e, BinaryOp::Mul, s, cs)?;
+                let a = e.op(Op::Softmax { axis: 3 }, &[s])?;
+                let o = e.op(Op::MatMul, &[a, v])?;
+                let o = transpose(e, o, &[0, 1, 3, 2])?;
+                let o = reshape(e, o, &yt.shape)?;
+                bin(e, BinaryOp::Add, y, o)
+            }
+            FusedOp::SepAttention { patch } => {
+                let [u, wqkv, bqkv, wo, bo] = take::<E, 5>(args)?;
+                let ut = e.ty(&u);
+                want(ut.rank() == 4, || format!("u must be rank 4, got {ut}"))?;
+                let unfolded = match patch {
+                    None => u,
+                    Some([ph, pw]) => unfold(e, u, *ph, *pw)?,
+                };
+                let d = ut.shape[1];
+                let qkv = e.op(
+                    Op::Conv2d {
+                        stride: [1, 1],
+                        pad: [0; 4],
+                        dilation: [1, 1],
+                        groups: 1,
+                    },
+                    &[unfolded, wqkv, bqkv],
+                )?;
+                want(e.ty(&qkv).shape[1] == 1 + 2 * d, || {
+                    format!("wqkv must produce 1+2·{d} channels")
+                })?;
+                let q = channel_slice(e, qkv.clone(), 0, 1)?;
+                let k = channel_slice(e, qkv.clone(), 1, 1 + d)?;
+                let v = channel_slice(e, qkv, 1 + d, 1 + 2 * d)?;
+                let s = e.op(Op::Softmax { axis: 3 }, &[q])?;
+                let sk = bin(e, BinaryOp::Mul, s, k)?;
+                let cv = e.op(
+                    Op::Reduce {
+                        kind: ReduceKind::Sum,
+                        axes: vec![3],
+                        keepdims: true,
+                    },
+                    &[sk],
+                )?;
+                let v = e.op(Op::Unary(UnaryOp::Relu), &[v])?;
+                let y = bin(e, BinaryOp::Mul, v, cv)?;
+                let out = e.op(
+                    Op::Conv2d {
+                        stride: [1, 1],
+                        pad: [0; 4],
+                        dilation: [1, 1],
+                        groups: 1,
+                    },
+                    &[y, wo, bo],
+                )?;
+                match patch {
+                    None => Ok(out),
+                    Some([ph, pw]) => fold(e, out, &ut.shape, *ph, *pw),
+                }
+            }
+            FusedOp::CrossFeatureAttention { heads, eps } => {
+                let [x, wq, bq, wk, bk, wv, bv, tau] = take::<E, 8>(args)?;
+                let h = *heads;
+                let xt = e.ty(&x);
+                want(xt.rank() == 3 && xt.shape[2] % h == 0, || {
+                    format!("x must be [N,T,D] with D divisible by {h} heads, got {xt}")
+                })?;
+                let (n, t, d) = (xt.shape[0], xt.shape[1], xt.shape[2]);
+                let tt = e.ty(&tau);
+                want(tt.shape == [h], || {
+                    format!("tau must be f32[{h}], got {tt}")
+                })?;
+                // [N,T,D] -> [N,h,dh,T]: one row per feature, tokens along the row
+                let feature_rows = |e: &mut E, w: &E::V, b: &E::V| {
+                    let y = linear(e, &x, w, Some(b))?;
+                    let y = reshape(e, y, &[n, t, h, d / h])?;
+                    transpose(e, y, &[0, 2, 3, 1])
+                };
+                let q = feature_rows(e, &wq, &bq)?;
+                let k = feature_rows(e, &wk, &bk)?;
+                let v = feature_rows(e, &wv, &bv)?;
+                let q = l2_normalize(e, q, eps.0)?;
+                let k = l2_normalize(e, k, eps.0)?;
+                let kt = transpose(e, k, &[0, 1, 3, 2])?;
+                let a = e.op(Op::MatMul, &[q, kt])?;
+                let tau = reshape(e, tau, &[1, h, 1, 1])?;
+                let a = bin(e, BinaryOp::Mul, a, tau)?;
+                let a = e.op(Op::Softmax { axis: 3 }, &[a])?;
+                let o = e.op(Op::MatMul, &[a, v])?;
+                let o = transpose(e, o, &[0, 3, 1, 2])?;
+                reshape(e, o, &[n, t, d])
+            }
+        }
+    }
+}
+
+/// Attribute names of conv-chain stages (static strings for [`Op::attrs`]).
+const STAGE_KEYS: [[&str; 5]; 3] = [
+    ["s0_stride", "s0_pad", "s0_groups", "s0_bias", "s0_act"],
+    ["s1_stride", "s1_pad", "s1_groups", "s1_bias", "s1_act"],
+    ["s2_stride", "s2_pad", "s2_groups", "s2_bias", "s2_act"],
+];
+
+fn take<E: Emitter, const K: usize>(args: &[E::V]) -> Result<[E::V; K], IrError> {
+    args.to_vec()
+        .try_into()
+        .map_err(|_| IrError::Graph(format!("takes {K} operands, got {}", args.len())))
+}
+
+/// `x / max(sqrt(sum(x², last axis)), eps)`
+fn l2_normalize<E: Emitter>(e: &mut E, x: E::V, eps: f32) -> Result<E::V, IrError> {
+    let last = e.ty(&x).rank() - 1;
+    let sq = bin(e, BinaryOp::Mul, x.clone(), x.clone())?;
+    let ss = e.op(
+        Op::Reduce {
+            kind: ReduceKind::Sum,
+            axes: vec![last],
+            keepdims: true,
+        },
+        &[sq],
+    )?;
+    let norm = e.op(Op::Unary(UnaryOp::Sqrt), &[ss])?;
+    let eps = e.scalar(eps)?;
+    let norm = bin(e, BinaryOp::Max, norm, eps)?;
+    bin(e, BinaryOp::Div, x, norm)
+}
+
+/// MobileViT unfold: `[N,d,H,W]` -> `[N,d,ph·pw,(H/ph)(W/pw)]`, slot
+/// `p = (y mod ph)·pw + (x mod pw)`, patch `j = (y div ph)(W/pw) + x div pw`.
+pub fn unfold<E: Emitter>(e: &mut E, x: E::V, ph: usize, pw: usize) -> Result<E::V, IrError> {
+    let t = e.ty(&x);
+    want(
+        t.rank() == 4
+            && ph > 0
+            && pw > 0
+            && t.shape[2].is_multiple_of(ph)
+            && t.shape[3].is_multiple_of(pw),
+        || format!("cannot unfold {t} into {ph}x{pw} patches"),
+    )?;
+    let (n, d, h, w) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3]);
+    let x = reshape(e, x, &[n, d, h / ph, ph, w / pw, pw])?;
+    let x = transpose(e, x, &[0, 1, 3, 5, 2, 4])?;
+    reshape(e, x, &[n, d, ph * pw, (h / ph) * (w / pw)])
+}
+
+/// The inverse of [`unfold`] back to `shape = [N,d,H,W]`.
+pub fn fold<E: Emitter>(
+    e: &mut E,
+    x: E::V,
+    shape: &[usize],
+    ph: usize,
+    pw: usize,
+) -> Result<E::V, IrError> {
+    want(shape.len() == 4 && ph > 0 && pw > 0, || {
+        format!("cannot fold into {shape:?} with {ph}x{pw} patches")
+    })?;
+    let (n, d, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let x = reshape(e, x, &[n, d, ph, pw, h / ph, w / pw])?;
+    let x = transpose(e, x, &[0, 1, 4, 2, 5, 3])?;
+    reshape(e, x, &[n, d, h, w])
+}
+
+fn strip(e: IrError) -> String {
+    match e {
+        IrError::Graph(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// Appends primitive nodes to a graph; scalars become new weights.
+pub struct GraphEmitter<'a> {
+    /// the graph receiving the nodes
+    pub graph: &'a mut Graph,
+    /// the store receiving scalar constants
+    pub weights: &'a mut WeightStore,
+    /// prefix of the scalar weights' names
+    pub prefix: String,
+    counter: usize,
+}
+
+impl<'a> GraphEmitter<'a> {
+    /// An emitter adding to `graph`, naming scalars `{prefix}.c{i}`.
+    pub fn new(graph: &'a mut Graph, weights: &'a mut WeightStore, prefix: String) -> Self {
+        GraphEmitter {
+            graph,
+            weights,
+            prefix,
+            counter: 0,
+        }
+    }
+}
+
+impl Emitter for GraphEmitter<'_> {
+    type V = Value;
+    fn op(&mut self, op: Op, args: &[Value]) -> Result<Value, IrError> {
+        self.graph.add(op, args)
+    }
+    fn scalar(&mut self, x: f32) -> Result<Value, IrError> {
+        let name = loop {
+            let name = format!("{}.c{}", self.prefix, self.counter);
+            self.counter += 1;
+            if self.graph.weight_by_name(&name).is_none() && !self.weights.contains(&name) {
+                break name;
+            }
+        };
+        self.weights
+            .insert(name.clone(), Tensor::from_f32(Vec::new(), vec![x])?);
+        self.graph.add_weight(name, TensorType::f32(Vec::new()))
+    }
+    fn ty(&self, v: &Value) -> TensorType {
+        self.graph.value_type(*v).clone()
+    }
+}
+
+/// Rewrites every fused node of `graph` into the primitive ops it stands
+/// for (the inverse of the optimiser's fusion, used to check it and by
+/// backends without a kernel for some fused op). Scalar constants the
+/// expansions need are added to `weights`. Returns how many nodes were
+/// lowered.
+pub fn lower_fused(graph: &mut Graph, weights: &mut WeightStore) -> Result<usize, IrError> {
+    let fused: Vec<NodeId> = graph
+        .topo_order()?
+        .into_iter()
+        .filter(|&id| matches!(graph.node(id).op, Op::Fused(_)))
+        .collect();
+    for &id in &fused {
+        let Op::Fused(f) = graph.node(id).op.clone() else {
+            continue;
+        };
+        let operands = graph.operands(id);
+        let name = graph.node(id).outputs[0].name.clone();
+        let mut e = GraphEmitter::new(graph, weights, format!("lowered.{name}"));
+        let v = f.expand(&mut e, &operands)?;
+        graph.replace_all_uses(Value::of(id), v);
+        graph.remove_node(id);
+    }
+    Ok(fused.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv_op(act: Act, residual: bool) -> FusedOp {
+        FusedOp::Conv {
+            stride: [1, 1],
+            pad: [1, 1, 1, 1],
+            dilation: [1, 1],
+            groups: 8,
+            bias: true,
+            act,
+            residual,
+        }
+    }
+
+    #[test]
+    fn text_view_round_trips() {
+        let samples = vec![
+            conv_op(Act::DyRelu, true),
+            FusedOp::Linear {
+                bias: true,
+                act: Act::Gelu,
+                residual: false,
+            },
+            FusedOp::ConvChain {
+                stages: vec![
+                    ConvStage {
+                        stride: [2, 2],
+                        pad: [1, 1, 1, 1],
+                        groups: 4,
+                        bias: true,
+                        act: Act::Relu6,
+                    },
+                    ConvStage {
+                        stride: [1, 1],
+                        pad: [0; 4],
+                        groups: 1,
+                        bias: false,
+                        act: Act::None,
+                    },
+                ],
+                residual: true,
+            },
+            FusedOp::Attention {
+                heads: 4,
+                scale: Float(0.125),
+                proj_q: true,
+                proj_k: false,
+                proj_v: false,
+            },
+            FusedOp::M2fBridge {
+                heads: 2,
+                scale: Float(0.25),
+                eps: Float(1e-5),
+                proj_q: true,
+                gate: false,
+            },
+            FusedOp::F2mBridge {
+                heads: 2,
+                scale: Float(0.25),
+            },
+            FusedOp::SepAttention { patch: None },
+            FusedOp::SepAttention {
+                patch: Some([2, 2]),
+            },
+            FusedOp::CrossFeatureAttention {
+                heads: 4,
+                eps: Float(1e-12),
+            },
+        ];
+        for f in samples {
+            let op = Op::Fused(f);
+            let attrs: Vec<(String, Attr)> = op
+                .attrs()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            assert_eq!(Op::from_parts(op.name(), &attrs).unwrap(), op, "{op}");
+        }
+        for name in FUSED_OP_NAMES {
+            let err = Op::from_parts(name, &[]).err().unwrap_or_default();
+            assert!(!err.contains("unknown op"), "{name}: {err}");
+        }
+    }
+
+    /// docs/ir-text.md documents every fused op: a new one fails here until
+    /// it is added to the reference.
+    #[test]
+    fn the_text_reference_documents_every_fused_op() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ir-text.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        for name in FUSED_OP_NAMES {
+            assert!(doc.contains(&format!("| `{name}` |")), "{name}");
+        }
+    }
+
+    #[test]
+    fn shape_rules() {
+        let f = |s: &[usize]| TensorType::f32(s);
+        let t = conv_op(Act::Relu6, true)
+            .infer(&[
+                f(&[1, 8, 5, 5]),
+                f(&[8, 1, 3, 3]),
+                f(&[8]),
+                f(&[1, 8, 5, 5]),
+            ])
+            .unwrap();
+        assert_eq!(t, f(&[1, 8, 5, 5]));
+        // residual of the wrong shape
+        assert!(
+            conv_op(Act::Relu6, true)
+                .infer(&[
+                    f(&[1, 8, 5, 5]),
+                    f(&[8, 1, 3, 3]),
+                    f(&[8]),
+                    f(&[1, 8, 4, 4])
+                ])
+                .is_err()
+        );
+        // dyrelu coefficients broadcast per channel
+        let t = conv_op(Act::DyRelu, false)
+            .infer(&[
+                f(&[2, 8, 5, 5]),
+                f(&[8, 1, 3, 3]),
+                f(&[8]),
+                f(&[2, 8, 1, 1]),
+                f(&[2, 8, 1, 1]),
+            ])
+            .unwrap();
+        assert_eq!(t, f(&[2, 8, 5, 5]));
+        let m2f = FusedOp::M2fBridge {
+            heads: 2,
+            scale: Float(0.5),
+            eps: Float(1e-5),
+            proj_q: true,
+            gate: true,
+        };
+        let (c, d) = (8, 12);
+        let t = m2f
+            .infer(&[
+                f(&[1, c, 4, 4]),
+                f(&[1, 3, d]),
+                f(&[d, c]),
+                f(&[c]),
+                f(&[d, c]),
+                f(&[c]),
+                f(&[c, d]),
+                f(&[d]),
+                f(&[d]),
+                f(&[d]),
+            ])
+            .unwrap();
+        assert_eq!(t, f(&[1, 3, d]));
+        let sep = FusedOp::SepAttention {
+            patch: Some([2, 2]),
+        };
+        let t = sep
+            .infer(&[
+                f(&[1, 4, 6, 6]),
+                f(&[9, 4, 1, 1]),
+                f(&[9]),
+                f(&[4, 4, 1, 1]),
+                f(&[4]),
+            ])
+            .unwrap();
+        assert_eq!(t, f(&[1, 4, 6, 6]));
+        assert!(
+            sep.infer(&[
+                f(&[1, 4, 5, 6]),
+                f(&[9, 4, 1, 1]),
+                f(&[9]),
+                f(&[4, 4, 1, 1]),
+                f(&[4]),
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! The cost model: estimated time of one kernel from its arithmetic, the
+//! bytes it moves and a fixed per-kernel overhead (docs/passes.md).
+//!
+//! `time = flops / flop_rate + bytes / bandwidth + overhead`, in
+//! microseconds, where `bytes` counts every operand read once and every
+//! result written once. A fused op is one kernel: its FLOPs are those of
+//! the primitive expansion it stands for, but its bytes are only its
+//! operands and result — the intermediates it never writes are the saving
+//! that makes fusion win. Nodes that depend only on weights cost nothing:
+//! constant folding computes them at compile time.
+//!
+//! The constants are placeholders of the right order of magnitude for the
+//! 2-core development machine (DESIGN.md: ~40 GFLOP/s for Cranelift FMA
+//! loops on one core); they are to be calibrated against the JIT's measured
+//! kernels once it lands. Only their ratios matter to extraction.
+
+use kiln_ir::fused::Emitter;
+use kiln_ir::op::{Op, UnaryOp};
+use kiln_ir::{Graph, IrError, TensorType, Value, shape};
+
+/// Machine parameters of the cost model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CostModel {
+    /// sustained arithmetic rate, FLOP per second (placeholder)
+    pub flop_rate: f64,
+    /// sustained memory bandwidth, bytes per second (placeholder)
+    pub bandwidth: f64,
+    /// fixed cost of launching one kernel: loop setup, dispatch to the
+    /// thread pool (placeholder)
+    pub overhead_s: f64,
+    /// cost of a view (reshape, squeeze, ...), which moves no data: a tiny
+    /// positive number so that extraction prefers fewer of them
+    pub view_s: f64,
+}
+
+impl Default for CostModel {
+    fn default() -> Self {
+        CostModel {
+            flop_rate: 20e9,
+            bandwidth: 10e9,
+            overhead_s: 2e-6,
+            view_s: 1e-9,
+        }
+    }
+}
+
+/// Floating-point operations of one primitive op (multiply-add = 2).
+/// Data movement ops count 0; transcendental element-wise ops count a
+/// handful per element.
+pub fn primitive_flops(op: &Op, ins: &[TensorType], out: &TensorType) -> f64 {
+    let n = out.numel() as f64;
+    let in0 = ins.first().map_or(0.0, |t| t.numel() as f64);
+    match op {
+        Op::Conv2d { .. } => {
+            let w = &ins[1].shape;
+            2.0 * n * (w[1] * w[2] * w[3]) as f64 + if ins.len() > 2 { n } else { 0.0 }
+        }
+        Op::MatMul => 2.0 * n * ins[0].shape.last().copied().unwrap_or(1) as f64,
+        Op::Gemm { trans_a, .. } => {
+            let a = &ins[0].shape;
+            2.0 * n * if *trans_a { a[0] } else { a[1] } as f64 + n
+        }
+        Op::Unary(u) => {
+            n * match u {
+                UnaryOp::Identity => 0.0,
+                UnaryOp::Relu | UnaryOp::Relu6 | UnaryOp::Neg | UnaryOp::Abs => 1.0,
+                UnaryOp::HardSwish => 4.0,
+                UnaryOp::Sqrt | UnaryOp::Reciprocal => 4.0,
+                _ => 10.0,
+            }
+        }
+        Op::Binary(_) | Op::Clip { .. } => n,
+        Op::HardSigmoid { .. } => 3.0 * n,
+        Op::Softmax { .. } => 12.0 * n,
+        Op::LayerNorm { .. } | Op::GroupNorm { .. } => 8.0 * n,
+        Op::BatchNorm { .. } => 2.0 * n,
+        Op::Reduce { .. } | Op::GlobalAvgPool => in0,
+        Op::Pool2d { kernel, .. } => n * (kernel[0] * kernel[1]) as f64,
+        Op::Fused(f) => {
+            let mut e = FlopEmitter { flops: 0.0 };
+            match f.expand(&mut e, ins) {
+                Ok(_) => e.flops,
+                // Ill-typed fused ops never reach the cost model (rules type
+                // check first); make them unattractive rather than panic.
+                Err(_) => f64::INFINITY,
+            }
+        }
+        _ => 0.0,
+    }
+}
+
+/// Counts FLOPs of a fused op's expansion on types.
+struct FlopEmitter {
+    flops: f64,
+}
+
+impl Emitter for FlopEmitter {
+    type V = TensorType;
+    fn op(&mut self, op: Op, args: &[TensorType]) -> Result<TensorType, IrError> {
+        let mut out = shape::infer(&op, args).map_err(IrError::Graph)?;
+        let t = out.remove(0);
+        self.flops += primitive_flops(&op, args, &t);
+        Ok(t)
+    }
+    fn scalar(&mut self, _x: f32) -> Result<TensorType, IrError> {
+        Ok(TensorType::f32(Vec::new()))
+    }
+    fn ty(&self, v: &TensorType) -> TensorType {
+        v.clone()
+    }
+}
+
+/// Whether the op only re-labels its operand's data (no kernel needed).
+pub fn is_view(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reshape { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Flatten { .. }
+            | Op::Unary(UnaryOp::Identity)
+    )
+}
+
+impl CostModel {
+    /// Estimated microseconds of one kernel computing `op` from operands of
+    /// types `ins` into results `outs`. `konst`: every operand is a
+    /// compile-time constant, so the node will be folded and costs 0.
+    pub fn op_cost(&self, op: &Op, ins: &[TensorType], outs: &[TensorType], konst: bool) -> f64 {
+        if konst || op.is_leaf() {
+            return 0.0;
+        }
+        if is_view(op) {
+            return self.view_s * 1e6;
+        }
+        let flops = outs.first().map_or(0.0, |o| primitive_flops(op, ins, o));
+        let bytes: usize = ins.iter().chain(outs).map(TensorType::size_bytes).sum();
+        1e6 * (flops / self.flop_rate + bytes as f64 / self.bandwidth + self.overhead_s)
+    }
+
+    /// Estimated microseconds of a whole graph: the sum over its kernels.
+    pub fn graph_cost(&self, g: &Graph) -> f64 {
+        let Ok(order) = g.topo_order() else {
+            return f64::INFINITY;
+        };
+        let mut konst = std::collections::HashMap::new();
+        let mut total = 0.0;
+        for id in order {
+            let node = g.node(id);
+            let operands = g.operands(id);
+            let k = match node.op {
+                Op::Weight => true,
+                Op::Input => false,
+                _ => !operands.is_empty() && operands.iter().all(|v| konst[&v.node]),
+            };
+            konst.insert(id, k);
+            if node.op.is_leaf() {
+                continue;
+            }
+            let ins: Vec<TensorType> = operands
+                .iter()
+                .map(|v: &Value| g.value_type(*v).clone())
+                .collect();
+            let outs: Vec<TensorType> = node.outputs.iter().map(|o| o.ty.clone()).collect();
+            total += self.op_cost(&node.op, &ins, &outs, k);
+        }
+        total
+    }
+}

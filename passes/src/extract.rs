@@ -1,0 +1,261 @@
+//! DAG-aware, cost-based extraction ("faster greedy DAG", after
+//! extraction-gym): the cost of choosing an e-node is the cost of the
+//! *union* of the classes its choice needs, not the sum over a tree.
+//!
+//! A tree-cost extractor counts a shared sub-graph once per use — the
+//! residual input of a block, the tokens that feed Q, the gate and the
+//! residual of a bridge — and so over-values any choice that avoids a
+//! second use of something that must be computed anyway. Here each class
+//! carries the set of classes its current best choice needs (a bitset over
+//! class indices); a node's cost is the sum of the local costs over the
+//! union of its children's sets plus its own class. A node whose children's
+//! union already contains its own class would close a cycle and is skipped.
+//!
+//! Ties (equal cost) are broken by the smaller needed set, then by the
+//! e-node's order, so extraction is deterministic.
+//!
+//! Greedy per class cannot see that another root needs a value anyway, so
+//! a second phase revisits each class of the extracted DAG and keeps an
+//! alternative e-node when the cost of the whole DAG, all roots at once,
+//! falls. docs/passes.md says why this rather than egg's `LpExtractor`.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use egg::Id;
+
+use crate::cost::CostModel;
+use crate::error::PassError;
+use crate::lang::{Head, KGraph, KNode};
+
+/// The chosen e-node of every class that has one, and the estimated cost
+/// of the DAG needed by the roots.
+#[derive(Debug)]
+pub struct Extraction {
+    /// canonical class id -> chosen e-node
+    pub choice: HashMap<Id, KNode>,
+    /// estimated microseconds of the extracted graph (cost model units)
+    pub cost: f64,
+}
+
+/// The local cost of one e-node (its own kernel only).
+pub fn node_cost(eg: &KGraph, node: &KNode, model: &CostModel) -> f64 {
+    match &node.head {
+        Head::Op(op) => {
+            let ins: Vec<_> = node
+                .args
+                .iter()
+                .map(|a| eg[*a].data.types[0].clone())
+                .collect();
+            let Ok(outs) = crate::lang::node_types(eg, node) else {
+                return f64::INFINITY;
+            };
+            let konst = !node.args.is_empty() && node.args.iter().all(|a| eg[*a].data.konst);
+            model.op_cost(op, &ins, &outs, konst)
+        }
+        _ => 0.0,
+    }
+}
+
+struct Best {
+    total: f64,
+    count: u32,
+    set: Rc<[u64]>,
+    node: usize,
+}
+
+/// Extracts the cheapest DAG for `roots`.
+pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extraction, PassError> {
+    let mut class_ids: Vec<Id> = eg.classes().map(|c| c.id).collect();
+    class_ids.sort();
+    let index: HashMap<Id, usize> = class_ids.iter().enumerate().map(|(i, &c)| (c, i)).collect();
+    let words = class_ids.len().div_ceil(64);
+    // Flatten every e-node: (class index, node, child class indices, cost).
+    let mut nodes: Vec<FlatNode> = Vec::new();
+    for (ci, &c) in class_ids.iter().enumerate() {
+        for n in &eg[c].nodes {
+            let kids: Vec<usize> = n.args.iter().map(|a| index[&eg.find(*a)]).collect();
+            let cost = node_cost(eg, n, model);
+            nodes.push((ci, n.clone(), kids, cost));
+        }
+    }
+    let mut parents: Vec<Vec<usize>> = vec![Vec::new(); class_ids.len()];
+    for (ni, (_, _, kids, _)) in nodes.iter().enumerate() {
+        for &k in kids {
+            if parents[k].last() != Some(&ni) {
+                parents[k].push(ni);
+            }
+        }
+    }
+    let mut local = vec![0.0f64; class_ids.len()];
+    let mut best: Vec<Option<Best>> = (0..class_ids.len()).map(|_| None).collect();
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    let mut queued = vec![false; nodes.len()];
+    for (ni, (_, _, kids, _)) in nodes.iter().enumerate() {
+        if kids.is_empty() {
+            queue.push_back(ni);
+            queued[ni] = true;
+        }
+    }
+    // A safety net against ping-pong between classes; extraction-gym's
+    // algorithm converges long before this on every graph we have seen.
+    let mut budget = 64usize.saturating_mul(nodes.len()).max(1 << 16);
+    while let Some(ni) = queue.pop_front() {
+        queued[ni] = false;
+        budget = budget.saturating_sub(1);
+        if budget == 0 {
+            break;
+        }
+        let (ci, node, kids, cost) = &nodes[ni];
+        if kids.iter().any(|&k| best[k].is_none()) {
+            continue;
+        }
+        let mut set: Vec<u64> = vec![0; words];
+        for &k in kids {
+            let ks = &best[k].as_ref().expect("checked above").set;
+            for (w, x) in set.iter_mut().zip(ks.iter()) {
+                *w |= *x;
+            }
+        }
+        if set[ci / 64] & (1 << (ci % 64)) != 0 {
+            continue; // would need itself: a cycle
+        }
+        set[ci / 64] |= 1 << (ci % 64);
+        let mut total = 0.0;
+        let mut count = 0u32;
+        for (wi, &w) in set.iter().enumerate() {
+            let mut w = w;
+            count += w.count_ones();
+            while w != 0 {
+                let b = w.trailing_zeros() as usize;
+                let c = wi * 64 + b;
+                total += if c == *ci { *cost } else { local[c] };
+                w &= w - 1;
+            }
+        }
+        let better = match &best[*ci] {
+            None => true,
+            Some(b) => {
+                (total, count) < (b.total, b.count)
+                    || ((total, count) == (b.total, b.count) && node < &nodes[b.node].1)
+            }
+        };
+        if better {
+            best[*ci] = Some(Best {
+                total,
+                count,
+                set: set.into(),
+                node: ni,
+            });
+            local[*ci] = *cost;
+            for &p in &parents[*ci] {
+                if !queued[p] {
+                    queued[p] = true;
+                    queue.push_back(p);
+                }
+            }
+        }
+    }
+    let mut pick: Vec<Option<usize>> = best.iter().map(|b| b.as_ref().map(|b| b.node)).collect();
+    let root_idx = roots
+        .iter()
+        .map(|r| {
+            index
+                .get(&eg.find(*r))
+                .copied()
+                .ok_or_else(|| PassError::Internal("root class missing".into()))
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    let mut cost = dag_cost(&nodes, &pick, &root_idx).ok_or_else(|| {
+        PassError::Internal("the greedy choice has no acyclic extraction for the roots".into())
+    })?;
+    // Each class's greedy choice is best for that class alone; a fusion that
+    // recomputes an intermediate another root needs anyway looks cheap to
+    // it. Revisit the choices with the whole DAG's cost (all roots at once).
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); class_ids.len()];
+    for (ni, n) in nodes.iter().enumerate() {
+        by_class[n.0].push(ni);
+    }
+    for _round in 0..4 {
+        let mut improved = false;
+        for c in used_classes(&nodes, &pick, &root_idx) {
+            let current = pick[c];
+            for &alt in &by_class[c] {
+                if Some(alt) == current || nodes[alt].2.iter().any(|&k| pick[k].is_none()) {
+                    continue;
+                }
+                pick[c] = Some(alt);
+                match dag_cost(&nodes, &pick, &root_idx) {
+                    Some(t) if t < cost - 1e-9 * cost.abs().max(1.0) => {
+                        cost = t;
+                        improved = true;
+                        break;
+                    }
+                    _ => pick[c] = current,
+                }
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    let mut choice = HashMap::new();
+    for (ci, p) in pick.iter().enumerate() {
+        if let Some(p) = p {
+            choice.insert(class_ids[ci], nodes[*p].1.clone());
+        }
+    }
+    Ok(Extraction { choice, cost })
+}
+
+type FlatNode = (usize, KNode, Vec<usize>, f64);
+
+/// The classes the current choice needs for the roots, sorted.
+fn used_classes(nodes: &[FlatNode], pick: &[Option<usize>], roots: &[usize]) -> Vec<usize> {
+    let mut seen = vec![false; pick.len()];
+    let mut stack = roots.to_vec();
+    let mut out = Vec::new();
+    while let Some(c) = stack.pop() {
+        if std::mem::replace(&mut seen[c], true) {
+            continue;
+        }
+        out.push(c);
+        if let Some(n) = pick[c] {
+            stack.extend(nodes[n].2.iter().copied());
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The cost of the DAG the choice needs (each class once), or `None` when
+/// it is cyclic or incomplete.
+fn dag_cost(nodes: &[FlatNode], pick: &[Option<usize>], roots: &[usize]) -> Option<f64> {
+    // 0 = unvisited, 1 = on the stack, 2 = done
+    let mut state = vec![0u8; pick.len()];
+    let mut total = 0.0;
+    let mut stack: Vec<(usize, bool)> = roots.iter().map(|&r| (r, false)).collect();
+    while let Some((c, leaving)) = stack.pop() {
+        if leaving {
+            state[c] = 2;
+            continue;
+        }
+        match state[c] {
+            2 => continue,
+            1 => return None,
+            _ => {}
+        }
+        let n = pick[c]?;
+        state[c] = 1;
+        total += nodes[n].3;
+        stack.push((c, true));
+        for &k in &nodes[n].2 {
+            match state[k] {
+                1 => return None,
+                2 => {}
+                _ => stack.push((k, false)),
+            }
+        }
+    }
+    Some(total)
+}

@@ -1,0 +1,214 @@
+//! Multi-head attention recognition: `concat_j softmax(s·Q_j K_jᵀ) V_j`
+//! spelled with reshapes, transposes, matmuls and a softmax becomes
+//! `fused_mha`, absorbing the Q/K/V projections that exist (Mobile-Former's
+//! Former projects only Q; a standard layer projects all three).
+//!
+//! Head split and merge are recognised through layout views
+//! ([`super::view`]), so any arrangement of reshapes and transposes that
+//! indexes the same elements matches; the scale may sit on Q, on Kᵀ or on
+//! the logits (canonicalisation moves it to the logits), and a softmax
+//! written over a transposed tensor is seen on the original layout.
+//!
+//! Not fused: a softmax over any axis but the keys', heads that differ
+//! between Q, K and V, or a merge that does not invert the split.
+
+use egg::Id;
+use kiln_ir::FusedOp;
+use kiln_ir::op::{Float, Op};
+
+use super::view::{DEPTH, View, is_view, views};
+use super::{Found, R, Recipe, Rw, bias_arg, linear_maps, ops, rule, ty, with_scale};
+use crate::lang::{KGraph, KNode};
+
+/// The attention rules.
+pub fn rules() -> Vec<Rw> {
+    vec![
+        rule(
+            "attn-mha",
+            |op| matches!(op, Op::Reshape { .. } | Op::Transpose { .. }),
+            mha,
+        ),
+        rule("attn-single-head", |op| *op == Op::MatMul, single_head),
+    ]
+}
+
+/// `(base, heads)` for every way class `id` is the head split of a token
+/// tensor `base [B,T,D]`: `reshape [B,T,h,D/h]` then `transpose perm`.
+pub fn head_split(eg: &KGraph, id: Id, perm: &[usize]) -> Vec<(Id, usize)> {
+    let shape = &ty(eg, id).shape;
+    if shape.len() != 4 {
+        return vec![];
+    }
+    // the heads axis of the result is where axis 2 of the split went
+    let Some(h_axis) = perm.iter().position(|&p| p == 2) else {
+        return vec![];
+    };
+    let h = shape[h_axis];
+    let mut out = Vec::new();
+    for v in views(eg, id, DEPTH) {
+        let bs = &ty(eg, v.base).shape;
+        if bs.len() != 3 || h == 0 || !bs[2].is_multiple_of(h) {
+            continue;
+        }
+        let want = View::contiguous(v.base, bs)
+            .reshape(&[bs[0], bs[1], h, bs[2] / h])
+            .and_then(|w| w.transpose(perm));
+        if want.as_ref() == Some(&v) && !out.contains(&(v.base, h)) {
+            out.push((v.base, h));
+        }
+    }
+    out
+}
+
+/// Every `O` such that class `id` is `reshape(transpose(O, perm), shape)`
+/// (in any spelling), `O` of rank 4.
+pub fn merged_from(eg: &KGraph, id: Id, perm: &[usize]) -> Vec<Id> {
+    let shape = ty(eg, id).shape.clone();
+    let mut out = Vec::new();
+    for v in views(eg, id, DEPTH) {
+        let bs = &ty(eg, v.base).shape;
+        if bs.len() != 4 || v.base == eg.find(id) {
+            continue;
+        }
+        let want = View::contiguous(v.base, bs)
+            .transpose(perm)
+            .and_then(|w| w.reshape(&shape));
+        if want.as_ref() == Some(&v) && !out.contains(&v.base) {
+            out.push(v.base);
+        }
+    }
+    out
+}
+
+/// `(A's logits S, V)` for every `softmax(S, axis) @ V` e-node of the class.
+pub fn softmax_times(eg: &KGraph, o: Id, axis: usize) -> Vec<(Id, Id)> {
+    let mut out = Vec::new();
+    for (_, m) in ops(eg, o, |op| *op == Op::MatMul) {
+        for (_, s) in ops(eg, m[0], move |op| *op == Op::Softmax { axis }) {
+            out.push((s[0], m[1]));
+        }
+    }
+    out
+}
+
+/// `(a, b, scale)` for every way the logits are `scale · (a @ b)`.
+pub fn scaled_products(eg: &KGraph, s: Id) -> Vec<(Id, Id, f32)> {
+    let mut out = Vec::new();
+    for (m, scale) in with_scale(eg, s) {
+        for (_, a) in ops(eg, m, |op| *op == Op::MatMul) {
+            out.push((a[0], a[1], scale));
+        }
+    }
+    out
+}
+
+/// One side of an attention: the token tensor and, if it comes from a
+/// biased linear map, its input and parameters.
+#[derive(Clone, Copy)]
+struct Side {
+    raw: Id,
+    proj: Option<(Id, Id, Option<Id>)>,
+}
+
+fn side(eg: &KGraph, raw: Id) -> Side {
+    Side {
+        raw,
+        proj: linear_maps(eg, raw).into_iter().next(),
+    }
+}
+
+fn emit(
+    eg: &KGraph,
+    heads: usize,
+    scale: f32,
+    q: Side,
+    k: Side,
+    v: Side,
+    project: bool,
+) -> (Recipe, R) {
+    let pick = |s: Side| if project { s.proj } else { None };
+    let mut r = Recipe::new();
+    let mut args = Vec::new();
+    for s in [q, k, v] {
+        args.push(R::Old(pick(s).map_or(s.raw, |p| p.0)));
+    }
+    for s in [q, k, v] {
+        if let Some((_, w, b)) = pick(s) {
+            args.push(R::Old(w));
+            let b = bias_arg(&mut r, eg, w, b);
+            args.push(b);
+        }
+    }
+    let f = FusedOp::Attention {
+        heads,
+        scale: Float(scale),
+        proj_q: pick(q).is_some(),
+        proj_k: pick(k).is_some(),
+        proj_v: pick(v).is_some(),
+    };
+    let y = r.fused(f, &args);
+    (r, y)
+}
+
+fn variants(eg: &KGraph, heads: usize, scale: f32, q: Id, k: Id, v: Id) -> Found {
+    let (q, k, v) = (side(eg, q), side(eg, k), side(eg, v));
+    let mut out = vec![emit(eg, heads, scale, q, k, v, false)];
+    if q.proj.is_some() || k.proj.is_some() || v.proj.is_some() {
+        out.push(emit(eg, heads, scale, q, k, v, true));
+    }
+    out
+}
+
+fn mha(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    if ty(eg, c).rank() != 3 {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for o in merged_from(eg, c, &[0, 2, 1, 3]) {
+        for (s, vh) in softmax_times(eg, o, 3) {
+            for (qh, kt, scale) in scaled_products(eg, s) {
+                for (q, h) in head_split(eg, qh, &[0, 2, 1, 3]) {
+                    for (k, hk) in head_split(eg, kt, &[0, 2, 3, 1]) {
+                        for (v, hv) in head_split(eg, vh, &[0, 2, 1, 3]) {
+                            if h == hk && h == hv {
+                                out.extend(variants(eg, h, scale, q, k, v));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Rank-3 attention without a head split: `softmax(s·q kᵀ, 2) @ v`.
+fn single_head(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    if ty(eg, c).rank() != 3 {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for (s, v) in softmax_times(eg, c, 2) {
+        for (q, kt, scale) in scaled_products(eg, s) {
+            let kts = ty(eg, kt).shape.clone();
+            for w in views(eg, kt, DEPTH) {
+                let bs = &ty(eg, w.base).shape;
+                if bs.len() != 3 {
+                    continue;
+                }
+                let want = View::contiguous(w.base, bs).transpose(&[0, 2, 1]);
+                if want.as_ref() == Some(&w) && bs[..] == [kts[0], kts[2], kts[1]] {
+                    out.extend(variants(eg, 1, scale, q, w.base, v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether class `id` is `base` reshaped to `shape` (any spelling).
+pub fn is_reshape_of(eg: &KGraph, id: Id, base: Id, shape: &[usize]) -> bool {
+    View::contiguous(base, &ty(eg, base).shape)
+        .reshape(shape)
+        .is_some_and(|w| is_view(eg, id, &w))
+}

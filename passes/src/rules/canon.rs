@@ -1,0 +1,284 @@
+//! Canonicalisation: transpose/reshape cancellation and merging, identity
+//! removal, shape-only ops as reshapes, and moving scalar scales and
+//! softmaxes to where the fusion matchers look for them.
+//!
+//! These rules add equal spellings to a class; they never delete one, so a
+//! matcher may rely on "some e-node of the class has this form". Each is
+//! bounded: merging two movement ops gives one, a scale moves only across
+//! a movement op or a matmul (never back), so the e-graph does not grow
+//! without bound.
+
+use egg::Id;
+use kiln_ir::op::{BinaryOp, Float, Op, UnaryOp};
+
+use super::{Found, R, Recipe, Rw, binary, is_scalar, rule, scalar, ty};
+use crate::lang::{KGraph, KNode};
+
+/// The canonicalisation rules.
+pub fn rules() -> Vec<Rw> {
+    vec![
+        rule(
+            "canon-transpose-transpose",
+            |op| matches!(op, Op::Transpose { .. }),
+            transpose_transpose,
+        ),
+        rule(
+            "canon-reshape-reshape",
+            |op| matches!(op, Op::Reshape { .. }),
+            reshape_reshape,
+        ),
+        rule(
+            "canon-shape-op-as-reshape",
+            |op| {
+                matches!(
+                    op,
+                    Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Flatten { .. }
+                )
+            },
+            shape_op_as_reshape,
+        ),
+        rule("canon-identity", is_identity_candidate, identity),
+        rule(
+            "canon-clip-as-relu",
+            |op| matches!(op, Op::Clip { .. }),
+            clip_as_relu,
+        ),
+        rule(
+            "canon-gemm-as-matmul",
+            |op| matches!(op, Op::Gemm { .. }),
+            gemm_as_matmul,
+        ),
+        rule(
+            "canon-scale-out-of-matmul",
+            |op| *op == Op::MatMul,
+            scale_out_of_matmul,
+        ),
+        rule(
+            "canon-scale-out-of-view",
+            |op| matches!(op, Op::Transpose { .. } | Op::Reshape { .. }),
+            scale_out_of_view,
+        ),
+        rule(
+            "canon-view-identity",
+            |op| matches!(op, Op::Reshape { .. } | Op::Transpose { .. }),
+            view_identity,
+        ),
+        rule(
+            "canon-softmax-through-transpose",
+            |op| matches!(op, Op::Softmax { .. }),
+            softmax_through_transpose,
+        ),
+    ]
+}
+
+fn transpose_transpose(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(Op::Transpose { perm: p2 }) = n.as_op() else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (op, a) in super::ops(eg, n.args[0], |op| matches!(op, Op::Transpose { .. })) {
+        let Op::Transpose { perm: p1 } = op else {
+            continue;
+        };
+        let perm: Vec<usize> = p2.iter().map(|&i| p1[i]).collect();
+        let mut r = Recipe::new();
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            out.push((r, R::Old(a[0])));
+        } else {
+            let t = r.transpose(R::Old(a[0]), &perm);
+            out.push((r, t));
+        }
+    }
+    if p2.iter().enumerate().all(|(i, &p)| i == p) {
+        out.push((Recipe::new(), R::Old(n.args[0])));
+    }
+    out
+}
+
+fn reshape_reshape(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let shape = &ty(eg, c).shape;
+    let mut out = Vec::new();
+    if ty(eg, n.args[0]).shape == *shape {
+        out.push((Recipe::new(), R::Old(n.args[0])));
+    }
+    for (_, a) in super::ops(eg, n.args[0], |op| matches!(op, Op::Reshape { .. })) {
+        let mut r = Recipe::new();
+        if ty(eg, a[0]).shape == *shape {
+            out.push((r, R::Old(a[0])));
+        } else {
+            let t = r.reshape(R::Old(a[0]), shape);
+            out.push((r, t));
+        }
+    }
+    out
+}
+
+fn shape_op_as_reshape(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let mut r = Recipe::new();
+    let t = r.reshape(R::Old(n.args[0]), &ty(eg, c).shape);
+    vec![(r, t)]
+}
+
+fn is_identity_candidate(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(UnaryOp::Identity)
+            | Op::Binary(BinaryOp::Mul | BinaryOp::Div | BinaryOp::Add | BinaryOp::Sub)
+            | Op::Cast { .. }
+    )
+}
+
+/// `identity(x)`, `x·1`, `x/1`, `x+0`, `x-0`, a cast to the same type: `x`
+/// (only when the result has `x`'s type — a broadcast is not an identity).
+fn identity(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let keep = |x: Id| {
+        if ty(eg, x) == ty(eg, c) {
+            vec![(Recipe::new(), R::Old(x))]
+        } else {
+            vec![]
+        }
+    };
+    match n.as_op() {
+        Some(Op::Unary(UnaryOp::Identity) | Op::Cast { .. }) => keep(n.args[0]),
+        Some(Op::Binary(b)) => {
+            let (unit, commutes) = match b {
+                BinaryOp::Mul => (1.0, true),
+                BinaryOp::Div => (1.0, false),
+                BinaryOp::Add => (0.0, true),
+                BinaryOp::Sub => (0.0, false),
+                _ => return vec![],
+            };
+            let mut out = Vec::new();
+            if is_scalar(eg, n.args[1], unit) {
+                out.extend(keep(n.args[0]));
+            }
+            if commutes && is_scalar(eg, n.args[0], unit) {
+                out.extend(keep(n.args[1]));
+            }
+            out
+        }
+        _ => vec![],
+    }
+}
+
+/// `clip {0, 6}` is `relu6`; `clip {0, +inf}` is `relu` (ONNX spells both
+/// as Clip).
+fn clip_as_relu(_eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(Op::Clip { min, max }) = n.as_op() else {
+        return vec![];
+    };
+    let u = match (min.0, max.0) {
+        (0.0, 6.0) => UnaryOp::Relu6,
+        (0.0, m) if m == f32::INFINITY || m >= f32::MAX => UnaryOp::Relu,
+        _ => return vec![],
+    };
+    let mut r = Recipe::new();
+    let t = r.op(Op::Unary(u), &[R::Old(n.args[0])]);
+    vec![(r, t)]
+}
+
+/// `gemm {alpha=1, beta=1, trans_a=false}` (ONNX's Linear) as
+/// `matmul(a, b or transpose(b)) + c`.
+fn gemm_as_matmul(_eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(Op::Gemm {
+        alpha,
+        beta,
+        trans_a: false,
+        trans_b,
+    }) = n.as_op()
+    else {
+        return vec![];
+    };
+    if *alpha != Float(1.0) || (n.args.len() == 3 && *beta != Float(1.0)) {
+        return vec![];
+    }
+    let mut r = Recipe::new();
+    let b = if *trans_b {
+        r.transpose(R::Old(n.args[1]), &[1, 0])
+    } else {
+        R::Old(n.args[1])
+    };
+    let mut y = r.op(Op::MatMul, &[R::Old(n.args[0]), b]);
+    if let Some(&c) = n.args.get(2) {
+        y = r.bin(BinaryOp::Add, y, R::Old(c));
+    }
+    vec![(r, y)]
+}
+
+/// The scalar factors of a class: `(x, c)` for `x·c`, `c·x`.
+fn scalar_factors(eg: &KGraph, id: Id) -> Vec<(Id, Id)> {
+    binary(eg, id, BinaryOp::Mul)
+        .into_iter()
+        .filter(|&(x, k)| scalar(eg, k).is_some() && scalar(eg, x).is_none())
+        .collect()
+}
+
+/// `(a·c) @ b` and `a @ (b·c)` are `(a @ b)·c` for a scalar `c` — so the
+/// attention matchers find the scale on the logits whether an exporter put
+/// it on Q, on Kᵀ or on the product.
+fn scale_out_of_matmul(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let (a, b) = (n.args[0], n.args[1]);
+    let mut out = Vec::new();
+    for (x, k) in scalar_factors(eg, a) {
+        let mut r = Recipe::new();
+        let m = r.op(Op::MatMul, &[R::Old(x), R::Old(b)]);
+        let y = r.bin(BinaryOp::Mul, m, R::Old(k));
+        out.push((r, y));
+    }
+    for (x, k) in scalar_factors(eg, b) {
+        let mut r = Recipe::new();
+        let m = r.op(Op::MatMul, &[R::Old(a), R::Old(x)]);
+        let y = r.bin(BinaryOp::Mul, m, R::Old(k));
+        out.push((r, y));
+    }
+    out
+}
+
+/// `view(x·c)` is `view(x)·c` for a scalar `c`.
+fn scale_out_of_view(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(op) = n.as_op() else { return vec![] };
+    scalar_factors(eg, n.args[0])
+        .into_iter()
+        .map(|(x, k)| {
+            let mut r = Recipe::new();
+            let v = r.op(op.clone(), &[R::Old(x)]);
+            let y = r.bin(BinaryOp::Mul, v, R::Old(k));
+            (r, y)
+        })
+        .collect()
+}
+
+/// A chain of movement ops that indexes its base unchanged (MobileViT's
+/// fold after unfold, transposes around a reshape that undo each other)
+/// is the base itself.
+fn view_identity(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let shape = &ty(eg, c).shape;
+    let c = eg.find(c);
+    super::view::views(eg, c, super::view::DEPTH)
+        .into_iter()
+        .filter(|v| {
+            v.base != c
+                && ty(eg, v.base).shape == *shape
+                && *v == super::view::View::contiguous(v.base, shape)
+        })
+        .map(|v| (Recipe::new(), R::Old(v.base)))
+        .collect()
+}
+
+/// `softmax(transpose(x, p), a)` is `transpose(softmax(x, p[a]), p)`: an
+/// exporter that transposes to put the normalised axis last is seen as a
+/// softmax on the original layout.
+fn softmax_through_transpose(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(Op::Softmax { axis }) = n.as_op() else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (op, a) in super::ops(eg, n.args[0], |op| matches!(op, Op::Transpose { .. })) {
+        let Op::Transpose { perm } = op else { continue };
+        let mut r = Recipe::new();
+        let s = r.op(Op::Softmax { axis: perm[*axis] }, &[R::Old(a[0])]);
+        let t = r.transpose(s, perm);
+        out.push((r, t));
+    }
+    out
+}

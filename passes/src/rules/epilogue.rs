@@ -1,0 +1,257 @@
+//! Activation and residual epilogues: a convolution or linear layer absorbs
+//! its bias add, the activation after it (including Mobile-Former's
+//! dynamic ReLU `max(a1·y, a2·y)`) and a residual add, so the result is
+//! written once instead of three times.
+
+use egg::Id;
+use kiln_ir::op::{BinaryOp, Op};
+use kiln_ir::{Act, FusedOp};
+
+use super::{Found, R, Recipe, Rw, binary, konst, linears, ops, rule, ty};
+use crate::lang::{KGraph, KNode};
+
+/// The epilogue rules.
+pub fn rules() -> Vec<Rw> {
+    vec![
+        rule(
+            "epi-conv",
+            |op| matches!(op, Op::Conv2d { .. }),
+            conv_as_fused,
+        ),
+        rule(
+            "epi-conv-bias-add",
+            |op| *op == Op::Binary(BinaryOp::Add),
+            conv_bias_add,
+        ),
+        rule(
+            "epi-conv-act",
+            |op| Act::from_primitive(op).is_some(),
+            conv_act,
+        ),
+        rule(
+            "epi-conv-dyrelu",
+            |op| *op == Op::Binary(BinaryOp::Max),
+            conv_dyrelu,
+        ),
+        rule(
+            "epi-conv-residual",
+            |op| *op == Op::Binary(BinaryOp::Add),
+            conv_residual,
+        ),
+        rule(
+            "epi-linear",
+            |op| matches!(op, Op::MatMul | Op::Binary(BinaryOp::Add)),
+            linear_as_fused,
+        ),
+        rule(
+            "epi-linear-act",
+            |op| Act::from_primitive(op).is_some(),
+            linear_act,
+        ),
+        rule(
+            "epi-linear-residual",
+            |op| *op == Op::Binary(BinaryOp::Add),
+            linear_residual,
+        ),
+    ]
+}
+
+fn conv_as_fused(_eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(&Op::Conv2d {
+        stride,
+        pad,
+        dilation,
+        groups,
+    }) = n.as_op()
+    else {
+        return vec![];
+    };
+    let f = FusedOp::Conv {
+        stride,
+        pad,
+        dilation,
+        groups,
+        bias: n.args.len() == 3,
+        act: Act::None,
+        residual: false,
+    };
+    let mut r = Recipe::new();
+    let args: Vec<R> = n.args.iter().map(|&a| R::Old(a)).collect();
+    let y = r.fused(f, &args);
+    vec![(r, y)]
+}
+
+/// `conv(x, w) + c` with a constant per-channel `c` (`[1,O,1,1]`, `[O,1,1]`)
+/// → `conv(x, w, reshape(c, [O]))`: exporters that drop the conv's bias
+/// operand write it this way.
+fn conv_bias_add(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let mut out = Vec::new();
+    for (y, b) in binary(eg, c, BinaryOp::Add) {
+        if !konst(eg, b) || ty(eg, y) != ty(eg, c) {
+            continue;
+        }
+        let bs = &ty(eg, b).shape;
+        for (op, a) in ops(eg, y, |op| matches!(op, Op::Conv2d { .. })) {
+            let o = ty(eg, a[1]).shape[0];
+            let per_channel = bs.iter().product::<usize>() == o
+                && (bs[..] == [1, o, 1, 1] || bs[..] == [o, 1, 1]);
+            if a.len() == 2 && per_channel {
+                let mut r = Recipe::new();
+                let b1 = r.reshape(R::Old(b), &[o]);
+                let y = r.op(op.clone(), &[R::Old(a[0]), R::Old(a[1]), b1]);
+                out.push((r, y));
+            }
+        }
+    }
+    out
+}
+
+/// Conv epilogues of `y` that can still take an activation.
+fn bare_convs(eg: &KGraph, y: Id) -> Vec<(FusedOp, Vec<Id>)> {
+    ops(eg, y, |op| {
+        matches!(
+            op,
+            Op::Fused(FusedOp::Conv {
+                act: Act::None,
+                residual: false,
+                ..
+            })
+        )
+    })
+    .filter_map(|(op, a)| match op {
+        Op::Fused(f) => Some((f.clone(), a.to_vec())),
+        _ => None,
+    })
+    .collect()
+}
+
+fn with_act(f: &FusedOp, act: Act) -> FusedOp {
+    let mut f = f.clone();
+    if let FusedOp::Conv { act: a, .. } | FusedOp::Linear { act: a, .. } = &mut f {
+        *a = act;
+    }
+    f
+}
+
+fn with_residual(f: &FusedOp) -> FusedOp {
+    let mut f = f.clone();
+    if let FusedOp::Conv { residual, .. } | FusedOp::Linear { residual, .. } = &mut f {
+        *residual = true;
+    }
+    f
+}
+
+fn fused_with(f: FusedOp, args: &[Id], extra: &[Id]) -> (Recipe, R) {
+    let mut r = Recipe::new();
+    let all: Vec<R> = args.iter().chain(extra).map(|&a| R::Old(a)).collect();
+    let y = r.fused(f, &all);
+    (r, y)
+}
+
+fn conv_act(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(act) = n.as_op().and_then(Act::from_primitive) else {
+        return vec![];
+    };
+    bare_convs(eg, n.args[0])
+        .into_iter()
+        .map(|(f, a)| fused_with(with_act(&f, act), &a, &[]))
+        .collect()
+}
+
+/// `max(y·a1, y·a2)` over a bare conv `y` → conv with the dynamic ReLU.
+fn conv_dyrelu(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let mut out = Vec::new();
+    for (p, q) in binary(eg, c, BinaryOp::Max) {
+        for (y, a1) in binary(eg, p, BinaryOp::Mul) {
+            for (y2, a2) in binary(eg, q, BinaryOp::Mul) {
+                if y2 != y || ty(eg, y) != ty(eg, c) {
+                    continue;
+                }
+                for (f, a) in bare_convs(eg, y) {
+                    out.push(fused_with(with_act(&f, Act::DyRelu), &a, &[a1, a2]));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn conv_residual(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let mut out = Vec::new();
+    for (y, res) in binary(eg, c, BinaryOp::Add) {
+        if ty(eg, res) != ty(eg, c) || ty(eg, y) != ty(eg, c) {
+            continue;
+        }
+        for (op, a) in ops(eg, y, |op| {
+            matches!(
+                op,
+                Op::Fused(FusedOp::Conv {
+                    residual: false,
+                    ..
+                })
+            )
+        }) {
+            if let Op::Fused(f) = op {
+                out.push(fused_with(with_residual(f), a, &[res]));
+            }
+        }
+    }
+    out
+}
+
+fn linear_as_fused(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    linears(eg, c)
+        .into_iter()
+        .map(|l| {
+            let f = FusedOp::Linear {
+                bias: l.b.is_some(),
+                act: Act::None,
+                residual: false,
+            };
+            let args: Vec<Id> = [l.x, l.w].into_iter().chain(l.b).collect();
+            fused_with(f, &args, &[])
+        })
+        .collect()
+}
+
+fn bare_linears(eg: &KGraph, y: Id, need_no_act: bool) -> Vec<(FusedOp, Vec<Id>)> {
+    ops(eg, y, |op| {
+        matches!(
+            op,
+            Op::Fused(FusedOp::Linear {
+                residual: false,
+                ..
+            })
+        )
+    })
+    .filter_map(|(op, a)| match op {
+        Op::Fused(f @ FusedOp::Linear { act, .. }) if !need_no_act || *act == Act::None => {
+            Some((f.clone(), a.to_vec()))
+        }
+        _ => None,
+    })
+    .collect()
+}
+
+fn linear_act(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(act) = n.as_op().and_then(Act::from_primitive) else {
+        return vec![];
+    };
+    bare_linears(eg, n.args[0], true)
+        .into_iter()
+        .map(|(f, a)| fused_with(with_act(&f, act), &a, &[]))
+        .collect()
+}
+
+fn linear_residual(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let mut out = Vec::new();
+    for (y, res) in binary(eg, c, BinaryOp::Add) {
+        if ty(eg, res) != ty(eg, c) || ty(eg, y) != ty(eg, c) {
+            continue;
+        }
+        for (f, a) in bare_linears(eg, y, false) {
+            out.push(fused_with(with_residual(&f), &a, &[res]));
+        }
+    }
+    out
+}

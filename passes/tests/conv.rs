@@ -1,0 +1,204 @@
+//! Batch-norm folding, conv/linear epilogues and conv-chain fusion.
+
+mod common;
+
+use common::{B, assert_same_function, histogram};
+use kiln_ir::Model;
+use kiln_ir::op::{BinaryOp, Float, Op, UnaryOp};
+use kiln_passes::{OptOptions, optimize};
+
+fn count(m: &Model, op: &str) -> usize {
+    histogram(m).get(op).copied().unwrap_or(0)
+}
+
+fn run(m: &Model) -> Model {
+    let (o, _) = optimize(m, &OptOptions::default()).unwrap();
+    assert_same_function(m, &o);
+    o
+}
+
+#[test]
+fn bn_folds_into_dense_grouped_depthwise_and_expanding_convs() {
+    let mut b = B::new("bn");
+    let x = b.input("x", &[1, 4, 6, 6]);
+    let dense = b.conv(x, 8, 3, 1, 1, false);
+    let dense = b.bn(dense);
+    let grouped = b.conv(dense, 8, 1, 1, 2, true);
+    let grouped = b.bn(grouped);
+    let dw = b.conv(grouped, 8, 3, 2, 8, false);
+    let dw = b.bn(dw);
+    // depthwise-expanding: 8 channels -> 16, groups = 8 (two per channel)
+    let exp = b.conv(dw, 16, 3, 1, 8, false);
+    let exp = b.bn(exp);
+    let m = b.finish(&[exp]);
+    let o = run(&m);
+    assert_eq!(count(&o, "batch_norm"), 0);
+    assert_eq!(count(&o, "conv2d") + count(&o, "fused_conv"), 4);
+    // folded weights are plain weights: nothing weight-only is left
+    assert_eq!(count(&o, "mul"), 0);
+    assert_eq!(count(&o, "sqrt"), 0);
+}
+
+#[test]
+fn bn1d_folds_into_a_linear_layer() {
+    // Mobile-Former's head: Linear -> BatchNorm1d -> h-swish
+    let mut b = B::new("bn1d");
+    let x = b.input("x", &[2, 12]);
+    let y = b.linear(x, 10);
+    let y = b.bn(y);
+    let y = b.un(UnaryOp::HardSwish, y);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(count(&o, "batch_norm"), 0);
+    assert_eq!(count(&o, "fused_linear"), 1);
+    assert_eq!(o.graph.op_count(), 1);
+}
+
+#[test]
+fn bn_with_computed_statistics_does_not_fold() {
+    let mut b = B::new("bn_dynamic");
+    let x = b.input("x", &[1, 4, 5, 5]);
+    let g = b.input("gamma", &[4]);
+    let y = b.conv(x, 4, 1, 1, 1, false);
+    let bb = b.weight("b", &[4], 0.1);
+    let mm = b.weight("m", &[4], 0.1);
+    let v = b.positive("v", &[4], 0.5);
+    let y = b.op(Op::BatchNorm { eps: Float(1e-5) }, &[y, g, bb, mm, v]);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(count(&o, "batch_norm"), 1);
+}
+
+#[test]
+fn conv_epilogue_takes_bias_activation_and_residual() {
+    for act in [
+        UnaryOp::Relu,
+        UnaryOp::Relu6,
+        UnaryOp::HardSwish,
+        UnaryOp::Silu,
+        UnaryOp::Gelu,
+    ] {
+        let mut b = B::new("epi");
+        let x = b.input("x", &[1, 4, 5, 5]);
+        let y = b.conv(x, 4, 3, 1, 1, true);
+        let y = b.un(act, y);
+        let y = b.bin(BinaryOp::Add, x, y);
+        let m = b.finish(&[y]);
+        let o = run(&m);
+        assert_eq!(o.graph.op_count(), 1, "{act:?}");
+        assert_eq!(count(&o, "fused_conv"), 1);
+    }
+}
+
+#[test]
+fn clip_relu6_and_onnx_bias_add_are_epilogues() {
+    let mut b = B::new("onnx_conv");
+    let x = b.input("x", &[1, 4, 5, 5]);
+    let y = b.conv(x, 6, 1, 1, 1, false);
+    let c = b.weight("bias", &[1, 6, 1, 1], 0.1);
+    let y = b.bin(BinaryOp::Add, y, c);
+    let y = b.op(
+        Op::Clip {
+            min: Float(0.0),
+            max: Float(6.0),
+        },
+        &[y],
+    );
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(o.graph.op_count(), 1);
+    assert_eq!(count(&o, "fused_conv"), 1);
+}
+
+#[test]
+fn a_broadcast_add_is_not_a_residual() {
+    let mut b = B::new("not_residual");
+    let x = b.input("x", &[1, 4, 5, 5]);
+    let r = b.input("r", &[1, 4, 1, 1]);
+    let y = b.conv(x, 4, 3, 1, 1, false);
+    let y = b.bin(BinaryOp::Add, y, r);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(count(&o, "add"), 1);
+}
+
+/// MobileNetV2 / MobileViTv2 inverted residual: pw-SiLU, dw-SiLU, pw, + x.
+fn inverted_residual(groups_dw: usize) -> Model {
+    let mut b = B::new("ir");
+    let x = b.input("x", &[1, 8, 6, 6]);
+    let y = b.conv(x, 16, 1, 1, 1, false);
+    let y = b.bn(y);
+    let y = b.un(UnaryOp::Silu, y);
+    let y = b.conv(y, 16, 3, 1, groups_dw, false);
+    let y = b.bn(y);
+    let y = b.un(UnaryOp::Silu, y);
+    let y = b.conv(y, 8, 1, 1, 1, false);
+    let y = b.bn(y);
+    let y = b.bin(BinaryOp::Add, y, x);
+    b.finish(&[y])
+}
+
+#[test]
+fn inverted_residual_is_one_chain() {
+    let o = run(&inverted_residual(16));
+    assert_eq!(count(&o, "fused_conv_chain"), 1);
+    assert_eq!(o.graph.op_count(), 1);
+}
+
+#[test]
+fn grouped_middle_conv_is_not_depthwise() {
+    // groups = 4 != 16 channels: not a depthwise stage, no chain
+    let o = run(&inverted_residual(4));
+    assert_eq!(count(&o, "fused_conv_chain"), 0);
+    assert_eq!(count(&o, "fused_conv"), 3);
+}
+
+#[test]
+fn depthwise_then_pointwise_is_a_chain() {
+    // Mobile-Former's bneck-lite: dw-expanding 3x3 + ReLU6 -> pw, + x
+    let mut b = B::new("lite");
+    let x = b.input("x", &[1, 4, 6, 6]);
+    let y = b.conv(x, 8, 3, 1, 4, false);
+    let y = b.bn(y);
+    let y = b.un(UnaryOp::Relu6, y);
+    let y = b.conv(y, 4, 1, 1, 1, false);
+    let y = b.bn(y);
+    let y = b.bin(BinaryOp::Add, y, x);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(count(&o, "fused_conv_chain"), 1);
+    assert_eq!(o.graph.op_count(), 1);
+}
+
+#[test]
+fn an_intermediate_needed_elsewhere_is_not_recomputed_when_it_does_not_pay() {
+    // The depthwise output is also a graph output, so a chain would have to
+    // compute it anyway: the chain would be one kernel for the pointwise
+    // conv that also redoes the depthwise arithmetic, reading x instead of
+    // an equally large d — never cheaper, whatever the cost constants. The
+    // DAG-aware extraction (all roots at once) sees that.
+    let mut b = B::new("shared");
+    let x = b.input("x", &[1, 4, 6, 6]);
+    let d = b.conv(x, 4, 3, 1, 4, false);
+    let d = b.un(UnaryOp::Relu6, d);
+    let y = b.conv(d, 4, 1, 1, 1, false);
+    let m = b.finish(&[y, d]);
+    let o = run(&m);
+    assert_eq!(count(&o, "fused_conv_chain"), 0);
+    assert_eq!(o.graph.op_count(), 2);
+}
+
+#[test]
+fn pointwise_mlp_is_a_chain() {
+    // MobileViTv2's FFN on a map: 1x1 expand + SiLU, 1x1 project, residual
+    let mut b = B::new("ffn");
+    let x = b.input("x", &[1, 8, 4, 4]);
+    let y = b.conv(x, 16, 1, 1, 1, true);
+    let y = b.un(UnaryOp::Silu, y);
+    let y = b.conv(y, 8, 1, 1, 1, true);
+    let y = b.bin(BinaryOp::Add, x, y);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(count(&o, "fused_conv_chain"), 1);
+    assert_eq!(o.graph.op_count(), 1);
+}
