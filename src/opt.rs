@@ -14,6 +14,9 @@ pub enum Emit {
     Ir,
     /// the optimised graph as a Graphviz digraph
     Dot,
+    /// the Cranelift IR of every kernel the JIT generates for the optimised
+    /// graph, each annotated with the node it came from
+    Clif,
 }
 
 /// Optimises `model` and renders the result: the report (text, or JSON with
@@ -28,6 +31,9 @@ pub fn cmd_opt(
     let out = match emit {
         Some(Emit::Ir) => text::print(&opt.graph),
         Some(Emit::Dot) => to_dot(&opt.graph)?,
+        Some(Emit::Clif) => {
+            kiln_backends::emit_clif(&opt, &kiln_backends::CompileOptions::default())?
+        }
         None if json => report.to_json() + "\n",
         None => report.explain(),
     };

@@ -56,6 +56,17 @@ fn emit_dot_prints_a_digraph() {
 }
 
 #[test]
+fn emit_clif_prints_every_kernel_with_its_node() {
+    let out = opt(&["--emit", "clif"]).ok().to_string();
+    assert!(out.starts_with("; kiln: "), "{out}");
+    let kernels = out.matches("\n; kernel k").count();
+    assert!(kernels >= 2, "{out}");
+    // every kernel is a Cranelift function taking (arena, begin, end)
+    assert_eq!(out.matches("(i64, i64, i64)").count(), kernels, "{out}");
+    assert!(out.contains(" from %"), "{out}");
+}
+
+#[test]
 fn json_without_explain_and_explain_with_emit_are_usage_errors() {
     let line = opt(&["--json"]).fails_with(2).to_string();
     assert!(line.contains("--explain"), "{line}");

@@ -1,5 +1,6 @@
 //! A developer probe: compiles one pointwise convolution and times it.
 //! `cargo run -p kiln-backends --release --example jit_probe -- CIN COUT HW [MR NR]`
+//! (`KILN_NO_ASM=1`: the Cranelift tile only)
 //! (set `KILN_JIT_DISASM=1` to see the machine code).
 
 use std::time::Instant;
@@ -52,6 +53,7 @@ fn main() {
         } else {
             kiln_backends::OptLevel::None
         },
+        asm_tiles: std::env::var_os("KILN_NO_ASM").is_none(),
         ..CompileOptions::default()
     };
     let m = compile(&model, &opts).unwrap();
@@ -66,10 +68,13 @@ fn main() {
         }
         best = best.min(t.elapsed().as_secs_f64() / 10.0);
     }
+    let source = if m.stats().asm_variants > 0 {
+        "assembled AVX-512 14x32".to_string()
+    } else {
+        format!("Cranelift {}x{}", tile.mr, tile.nr)
+    };
     println!(
-        "{cin}->{cout} {hw}x{hw} tile {}x{}: {:.1} GFLOP/s",
-        tile.mr,
-        tile.nr,
+        "{cin}->{cout} {hw}x{hw} {source}: {:.1} GFLOP/s",
         flops / best / 1e9
     );
 }

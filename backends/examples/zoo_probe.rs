@@ -32,6 +32,7 @@ fn main() {
                 } else {
                     kiln_backends::OptLevel::Speed
                 },
+                asm_tiles: std::env::var_os("KILN_NO_ASM").is_none(),
                 ..CompileOptions::default()
             };
             let m = compile(&model, &opts).unwrap();

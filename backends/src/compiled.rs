@@ -142,6 +142,9 @@ pub struct CompileStats {
     pub const_bytes: usize,
     /// element-wise kernels that write over their operand
     pub inplace_kernels: usize,
+    /// assembled AVX-512 tile variants (0 without AVX-512 or with
+    /// `asm_tiles: false`)
+    pub asm_variants: usize,
     /// threads the model runs on
     pub threads: usize,
     /// the host target and the features kiln uses
@@ -470,8 +473,18 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
     let t0 = Instant::now();
     let target = Target::host(opts.verify_ir)?;
     let front = front(model, opts, target.avx512_tiles)?;
+    if std::env::var_os("KILN_COMPILE_TIMES").is_some() {
+        eprintln!("front: {:?}", t0.elapsed());
+    }
     let mut modules = Vec::new();
     let asm_addrs = place_asm(&front.asm, &target, &mut modules)?;
+    if std::env::var_os("KILN_COMPILE_TIMES").is_some() {
+        eprintln!(
+            "asm placed: {:?} ({} variants)",
+            t0.elapsed(),
+            asm_addrs.len()
+        );
+    }
     let mut module = JITModule::new(JITBuilder::with_isa(
         target.speed.clone(),
         default_libcall_names(),
@@ -492,6 +505,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
             .declare_function(&format!("k{i}"), Linkage::Local, &func.signature)
             .map_err(|e| BackendError::Jit(e.to_string()))?;
         let (isa, _) = kernel_isa(k.as_ref(), opts, &target);
+        let tk = Instant::now();
         let mut ctx = Context::for_function(func);
         // A developer aid: KILN_JIT_DISASM=1 prints each kernel's machine code.
         let disasm = std::env::var_os("KILN_JIT_DISASM").is_some();
@@ -519,6 +533,9 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
                 msg: e.to_string(),
             })?;
         ids.push(id);
+        if std::env::var_os("KILN_COMPILE_TIMES").is_some() && tk.elapsed().as_millis() >= 5 {
+            eprintln!("{:?} {node}: {}", tk.elapsed(), k.describe());
+        }
     }
     module
         .finalize_definitions()
@@ -548,6 +565,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
         unshared_bytes: front.plan.unshared_bytes,
         const_bytes: front.consts.bytes(),
         inplace_kernels: front.plan.inplace.len(),
+        asm_variants: front.asm.code().len(),
         threads: front.threads,
         target: target.describe(),
     };
@@ -602,11 +620,9 @@ pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, Backend
     Ok(out)
 }
 
-fn check(
-    what: &str,
-    want: &[(String, TensorType)],
-    got: impl ExactSizeIterator<Item = TensorType>,
-) -> Result<(), String> {
+/// Checks tensors against the declared types without allocating (the
+/// message is built only on error).
+fn check(what: &str, want: &[(String, TensorType)], got: &[Tensor]) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!(
             "the model has {} {what}s, {} given",
@@ -615,8 +631,8 @@ fn check(
         ));
     }
     for (k, ((name, ty), t)) in want.iter().zip(got).enumerate() {
-        if *ty != t {
-            return Err(format!("{what} {k} (%{name}) must be {ty}, got {t}"));
+        if t.dtype() != ty.dtype || t.shape() != ty.shape.as_slice() {
+            return Err(format!("{what} {k} (%{name}) must be {ty}, got {}", t.ty()));
         }
     }
     Ok(())
@@ -661,9 +677,8 @@ impl CompiledModel {
         outputs: &mut [Tensor],
         mut times: Option<&mut Vec<Duration>>,
     ) -> Result<(), BackendError> {
-        check("input", &self.inputs, inputs.iter().map(|t| t.ty())).map_err(BackendError::Input)?;
-        check("output", &self.outputs, outputs.iter().map(|t| t.ty()))
-            .map_err(BackendError::Output)?;
+        check("input", &self.inputs, inputs).map_err(BackendError::Input)?;
+        check("output", &self.outputs, outputs).map_err(BackendError::Output)?;
         let mut arena = self
             .arenas
             .lock()

@@ -260,3 +260,65 @@ fn constant_nodes_are_folded() {
     let input = tensor(&mut rng, &[3, 8], Fill::Signed);
     check("fold", &model, &[input]);
 }
+
+/// Tensors with a zero-sized dimension compile and run (nothing to do, but
+/// no kernel may divide by zero or index past an empty buffer).
+#[test]
+fn zero_sized_dimensions() {
+    let cases: Vec<(Op, Vec<common::Arg>)> = vec![
+        (
+            Op::Conv2d {
+                stride: [1, 1],
+                pad: [1, 1, 1, 1],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            vec![common::input(&[0, 3, 5, 5]), common::weight(&[4, 3, 3, 3])],
+        ),
+        (
+            Op::MatMul,
+            vec![common::input(&[0, 7]), common::weight(&[7, 5])],
+        ),
+        (
+            Op::MatMul,
+            vec![common::input(&[3, 0]), common::input(&[0, 5])],
+        ),
+        (Op::Softmax { axis: 1 }, vec![common::input(&[2, 0, 3])]),
+        (
+            Op::LayerNorm {
+                axis: 1,
+                eps: kiln_ir::Float(1e-5),
+            },
+            vec![common::input(&[0, 4]), common::weight(&[4])],
+        ),
+        (
+            Op::Reduce {
+                kind: kiln_ir::ReduceKind::Sum,
+                axes: vec![0],
+                keepdims: false,
+            },
+            vec![common::input(&[0, 4])],
+        ),
+        (
+            Op::Transpose { perm: vec![1, 0] },
+            vec![common::input(&[0, 4])],
+        ),
+        (
+            Op::Concat { axis: 0 },
+            vec![common::input(&[0, 4]), common::input(&[2, 4])],
+        ),
+        (
+            Op::Binary(BinaryOp::Add),
+            vec![common::input(&[0, 4]), common::input(&[4])],
+        ),
+        (Op::GlobalAvgPool, vec![common::input(&[1, 0, 3, 3])]),
+    ];
+    for (i, (op, args)) in cases.into_iter().enumerate() {
+        let mut rng = Rng(100 + i as u64);
+        let (model, inputs) = single(op.clone(), &args, &mut rng, Fill::Signed);
+        let m = compile(&model, &opts(2)).unwrap_or_else(|e| panic!("{op}: {e}"));
+        let got = m.run(&inputs).unwrap_or_else(|e| panic!("{op}: {e}"));
+        let want = kiln_ir::interp::run(&model.graph, &model.weights, &inputs).unwrap();
+        assert_eq!(got, want, "{op}");
+    }
+}

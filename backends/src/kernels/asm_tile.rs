@@ -4,10 +4,11 @@
 //!
 //! A tile computes `C[mr × nt] = init + A[mr × K] · B[K × nt]` with
 //! `mr ≤ 14` rows and `nt ≤ 32` columns held in up to 28 zmm accumulators.
-//! A is a packed panel (`[K][panel_mr]`), broadcast one element at a time;
+//! A (a packed panel, or activations with baked strides) is broadcast one
+//! element at a time;
 //! B rows are loaded as one or two zmm vectors (column tails are masked, so
-//! an unpadded B is never read past its end). `init` is zero or one bias
-//! value per row. Every parameter — K, strides, the row and column counts —
+//! an unpadded B is never read past its end). `init` is zero, one bias
+//! value per row, or a bias row. Every parameter — K, strides, the row and column counts —
 //! is baked in, so the driver assembles one function per variant it needs.
 //!
 //! Calling convention: System V (`a`, `b`, `c`, `bias` in rdi, rsi, rdx,
@@ -31,7 +32,10 @@ pub(crate) struct Variant {
     pub mr: usize,
     /// columns computed (≤ [`NR`])
     pub nt: usize,
-    /// A panel height (elements between consecutive k of one row)
+    /// elements between consecutive rows of A (1 in a packed panel)
+    pub a_rs: usize,
+    /// elements between consecutive k of one row of A (the panel height
+    /// when packed)
     pub a_ks: usize,
     /// B row stride in elements
     pub b_ks: usize,
@@ -39,8 +43,19 @@ pub(crate) struct Variant {
     pub b_padded: bool,
     /// C row stride in elements
     pub c_rs: usize,
-    /// seed the accumulators with `bias[i]` per row
-    pub row_bias: bool,
+    /// what seeds the accumulators
+    pub bias: Bias,
+}
+
+/// The accumulators' starting values (pointer in rcx).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Bias {
+    /// zero
+    None,
+    /// `bias[i]` for row `i` (convolution bias)
+    Row,
+    /// `bias[j]` for column `j` (a linear layer's bias)
+    Col,
 }
 
 fn zmm(i: usize) -> AsmRegisterZmm {
@@ -58,7 +73,11 @@ pub(crate) fn assemble(v: &Variant) -> Result<Vec<u8>, String> {
         return Err(format!("tile variant out of range: {v:?}"));
     }
     // every displacement below is at most one of these
-    let largest = [4 * (v.mr * v.c_rs + NR), 8 * v.a_ks + 64, 8 * v.b_ks + 128];
+    let largest = [
+        4 * (v.mr * v.c_rs + NR),
+        8 * v.a_ks + 4 * MR * v.a_rs + 64,
+        8 * v.b_ks + 128,
+    ];
     if largest.iter().any(|&x| i32::try_from(x).is_err()) {
         return Err(format!("strides too large for 32-bit displacements: {v:?}"));
     }
@@ -82,10 +101,17 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
     }
     for i in 0..v.mr {
         for z in 0..nz {
-            if v.row_bias {
-                a.vbroadcastss(acc(i, z), dword_ptr(rcx + disp(4 * i)))?;
-            } else {
-                a.vxorps(acc(i, z), acc(i, z), acc(i, z))?;
+            match v.bias {
+                Bias::Row => a.vbroadcastss(acc(i, z), dword_ptr(rcx + disp(4 * i)))?,
+                Bias::Col => {
+                    let src = zmmword_ptr(rcx + disp(64 * z));
+                    if z == nz - 1 && tail < 16 {
+                        a.vmovups(acc(i, z).k1().z(), src)?;
+                    } else {
+                        a.vmovups(acc(i, z), src)?;
+                    }
+                }
+                Bias::None => a.vxorps(acc(i, z), acc(i, z), acc(i, z))?,
             }
         }
     }
@@ -101,7 +127,7 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
             }
         }
         for i in 0..v.mr {
-            let ap = rdi + disp(a_off + 4 * i);
+            let ap = rdi + disp(a_off + 4 * i * v.a_rs);
             if nz == 1 {
                 a.vfmadd231ps(acc(i, 0), zmm28, dword_bcst(ap))?;
             } else {
@@ -179,11 +205,12 @@ mod tests {
             k: 7,
             mr: 14,
             nt: 32,
+            a_rs: 1,
             a_ks: 14,
             b_ks: 32,
             b_padded: true,
             c_rs: 100,
-            row_bias: true,
+            bias: Bias::Row,
         };
         let mut store = AsmStore::default();
         assert_eq!(store.request(v).unwrap(), 0);

@@ -20,7 +20,7 @@ use super::asm_tile;
 use super::copy::{emit_copy_run, emit_fill_run};
 use super::gemm::{self, ASrc, BSrc, Gemm, Init, Tile};
 use super::{Kernel, Kernels, NodeCx, depthwise};
-use crate::codegen::{Buf, Emitter};
+use crate::codegen::{Buf, Emitter, Loc};
 use crate::error::BackendError;
 
 /// Geometry of one convolution.
@@ -245,9 +245,13 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
             Box::new(move |n, gi| (n * chw + gi * cghw) as i64),
         )
     } else {
-        let col = cx
-            .scratch
-            .ok_or_else(|| cx.unsupported("im2col scratch was not planned"))?;
+        // An empty im2col matrix (a zero-sized dimension) is never read:
+        // the plan gives it no bytes, and any location will do.
+        let col = match cx.scratch {
+            Some(b) => b,
+            None if g.im2col_len() == 0 => Buf::output(Loc::Arena(0)),
+            None => return Err(cx.unsupported("im2col scratch was not planned")),
+        };
         kernels.push(Box::new(Im2col {
             x: cx.ins[0].buf,
             col,

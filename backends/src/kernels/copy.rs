@@ -427,12 +427,23 @@ pub(crate) fn emit_copy_run(
             e.store(wf, v, dst, 4 * j as i64);
         }
     } else {
-        e.for_static(0, len as i64, 1, |e, i| {
-            let s = e.index(src, i, 4 * ss);
-            let v = e.load(F32, rf, s, 0);
-            let d = e.index(dst, i, 4);
+        // strided source: gather four elements into a vector per store
+        let n4 = (len / 4) as i64;
+        e.for_static(0, n4 * 16, 16, |e, i| {
+            let s = e.index(src, i, ss);
+            let x0 = e.load(F32, rf, s, 0);
+            let mut v = e.b.ins().scalar_to_vector(V4, x0);
+            for l in 1..4u8 {
+                let x = e.load(F32, rf, s, 4 * ss * i64::from(l));
+                v = e.b.ins().insertlane(v, x, l);
+            }
+            let d = e.b.ins().iadd(dst, i);
             e.store(wf, v, d, 0);
         });
+        for j in (n4 as usize * 4)..len {
+            let v = e.load(F32, rf, src, 4 * ss * j as i64);
+            e.store(wf, v, dst, 4 * j as i64);
+        }
     }
 }
 

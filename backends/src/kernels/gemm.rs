@@ -318,12 +318,15 @@ impl Gemm {
         });
     }
 
-    /// Whether the assembled AVX-512 tiles can compute this GEMM: they take
-    /// a packed A, seed with zero or a row bias, and have no epilogue.
+    /// Whether the assembled AVX-512 tiles can compute this GEMM: they read
+    /// A packed or with non-negative strides, seed with zero or a bias, and
+    /// have no epilogue (no alpha, no `beta·C`).
     pub fn asm_compatible(&self) -> bool {
-        matches!(self.a, ASrc::Packed { .. })
-            && matches!(self.init, Init::Zero | Init::Row(_))
-            && self.alpha == 1.0
+        let a_ok = match self.a {
+            ASrc::Packed { .. } => true,
+            ASrc::Strided { rs, ks, .. } => rs >= 0 && ks >= 0,
+        };
+        a_ok && self.alpha == 1.0
             && self.cin.is_none()
             && self.tile.mr == asm_tile::MR
             && 4 * self.tile.nv == asm_tile::NR
@@ -341,6 +344,10 @@ impl Gemm {
             BSrc::Strided { ks, .. } => (ks as usize, false),
         };
         let (m_tail, n_tail) = (self.m % asm_tile::MR, self.n % asm_tile::NR);
+        let (a_rs, a_ks) = match self.a {
+            ASrc::Packed { .. } => (1, asm_tile::MR),
+            ASrc::Strided { rs, ks, .. } => (rs as usize, ks as usize),
+        };
         let mut ids = [None; 4];
         for (slot, (mr, nt)) in [
             (asm_tile::MR, asm_tile::NR),
@@ -362,11 +369,16 @@ impl Gemm {
                 k: self.k,
                 mr,
                 nt,
-                a_ks: asm_tile::MR,
+                a_rs,
+                a_ks,
                 b_ks,
                 b_padded,
                 c_rs: self.c_rs as usize,
-                row_bias: matches!(self.init, Init::Row(_)),
+                bias: match self.init {
+                    Init::Zero => asm_tile::Bias::None,
+                    Init::Row(_) => asm_tile::Bias::Row,
+                    Init::Col(_) => asm_tile::Bias::Col,
+                },
             })?);
         }
         self.asm = Some(ids);
@@ -719,11 +731,15 @@ impl Kernel for Gemm {
             };
             // all tiles of rows [lo, hi) × columns [clo, chi), full and tails
             let rows = |e: &mut Emitter, rbi: Value, mrows: usize| {
-                let hi_full = e.imin(ct_hi, ct_full_v);
-                e.for_range(ct_lo, hi_full, 1, |e, cti| {
-                    let p = ptrs(e, rbi, cti);
-                    self.tile(e, p, bview, mrows, nr);
-                });
+                // Loops with no full tile at all are not emitted: their
+                // body would be dead code, and the biggest tile to compile.
+                if ct_full > 0 {
+                    let hi_full = e.imin(ct_hi, ct_full_v);
+                    e.for_range(ct_lo, hi_full, 1, |e, cti| {
+                        let p = ptrs(e, rbi, cti);
+                        self.tile(e, p, bview, mrows, nr);
+                    });
+                }
                 if n_tail > 0 {
                     // the tail tile belongs to the unit whose range reaches it
                     let has = e.b.ins().icmp(
@@ -750,11 +766,13 @@ impl Kernel for Gemm {
                     let src = e.index(b0, cti, b_ct);
                     self.pack_panel(e, panel, src, ncols);
                 }
-                let hi_full = e.imin(rb_hi, rb_full_v);
-                e.for_range(rb_lo, hi_full, 1, |e, rbi| {
-                    let p = ptrs_in(e, rbi, cti);
-                    self.tile(e, p, bview, mr, ncols);
-                });
+                if rb_full > 0 {
+                    let hi_full = e.imin(rb_hi, rb_full_v);
+                    e.for_range(rb_lo, hi_full, 1, |e, rbi| {
+                        let p = ptrs_in(e, rbi, cti);
+                        self.tile(e, p, bview, mr, ncols);
+                    });
+                }
                 if m_tail > 0 {
                     let has = e.b.ins().icmp(
                         cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
@@ -768,8 +786,10 @@ impl Kernel for Gemm {
                 }
             };
             if self.rows_outer {
-                let hi_full = e.imin(rb_hi, rb_full_v);
-                e.for_range(rb_lo, hi_full, 1, |e, rbi| rows(e, rbi, mr));
+                if rb_full > 0 {
+                    let hi_full = e.imin(rb_hi, rb_full_v);
+                    e.for_range(rb_lo, hi_full, 1, |e, rbi| rows(e, rbi, mr));
+                }
                 if m_tail > 0 {
                     let has = e.b.ins().icmp(
                         cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
@@ -779,8 +799,10 @@ impl Kernel for Gemm {
                     e.if_then(has, |e| rows(e, rb_full_v, m_tail));
                 }
             } else {
-                let hi_full = e.imin(ct_hi, ct_full_v);
-                e.for_range(ct_lo, hi_full, 1, |e, cti| cols(e, cti, nr));
+                if ct_full > 0 {
+                    let hi_full = e.imin(ct_hi, ct_full_v);
+                    e.for_range(ct_lo, hi_full, 1, |e, cti| cols(e, cti, nr));
+                }
                 if n_tail > 0 {
                     let has = e.b.ins().icmp(
                         cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,

@@ -12,8 +12,9 @@
 use kiln_ir::types::broadcast_shapes;
 use kiln_ir::{Graph, NodeId, Op};
 
+use super::asm_tile;
 use super::copy::{Copy, Region};
-use super::gemm::{self, ASrc, BSrc, CIn, Gemm, Init};
+use super::gemm::{self, ASrc, BSrc, CIn, Gemm, Init, Tile};
 use super::nest::{Nest, broadcast_strides, contiguous};
 use super::{Kernels, NodeCx, is_const};
 use crate::codegen::Buf;
@@ -44,8 +45,32 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     }
 }
 
+/// The tile to pack for: the assembled one when it will be used.
+fn tile_for(cx: &NodeCx, asm_ok: bool) -> Tile {
+    if asm_ok && cx.asm.is_some() {
+        Tile {
+            mr: asm_tile::MR,
+            nv: asm_tile::NR / 4,
+        }
+    } else {
+        cx.tile
+    }
+}
+
+/// Partitions `gm` and switches it to the assembled tiles when available.
+fn finish(cx: &mut NodeCx, mut gm: Gemm) -> Result<Gemm, BackendError> {
+    gm.partition(cx.threads);
+    if let Some(store) = cx.asm.as_deref_mut() {
+        gm.request_asm(store).map_err(|msg| BackendError::Codegen {
+            node: cx.name.clone(),
+            msg: format!("assembling the AVX-512 tile: {msg}"),
+        })?;
+    }
+    Ok(gm)
+}
+
 fn lower_matmul(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
-    let tile = cx.tile;
+    let tile = tile_for(cx, true);
     let nr = 4 * tile.nv;
     let (out_buf, _) = cx.outs[0].clone();
     let a_sh = &cx.ins[0].ty.shape;
@@ -141,7 +166,7 @@ fn lower_matmul(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
             ]);
         }
     }
-    let mut gm = Gemm {
+    let gm = Gemm {
         what: "matmul",
         m: m_eff,
         n,
@@ -161,8 +186,7 @@ fn lower_matmul(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         col_group: 1,
         asm: None,
     };
-    gm.partition(cx.threads);
-    Ok(vec![Box::new(gm)])
+    Ok(vec![Box::new(finish(cx, gm)?)])
 }
 
 fn lower_gemm(
@@ -172,10 +196,18 @@ fn lower_gemm(
     trans_a: bool,
     trans_b: bool,
 ) -> Result<Kernels, BackendError> {
-    let tile = cx.tile;
-    let nr = 4 * tile.nv;
+    // the assembled tiles have no epilogue: alpha and beta·C need the
+    // Cranelift tile (a bias row with unit scales is a seed, not an epilogue)
     let (out_buf, out_ty) = cx.outs[0].clone();
     let (m, n) = (out_ty.shape[0], out_ty.shape[1]);
+    let c_is_bias_row = beta == 0.0
+        || cx.ins.get(2).is_none_or(|c| {
+            beta == 1.0
+                && c.ty.shape.iter().rev().skip(1).all(|&d| d == 1)
+                && c.ty.shape.last() == Some(&n)
+        });
+    let tile = tile_for(cx, alpha == 1.0 && c_is_bias_row);
+    let nr = 4 * tile.nv;
     let a_sh = cx.ins[0].ty.shape.clone();
     let k = if trans_a { a_sh[0] } else { a_sh[1] };
     let mut kernels: Kernels = Vec::new();
@@ -193,9 +225,12 @@ fn lower_gemm(
         },
         None => {
             // transpose b [N, K] into scratch [K, N]
-            let scratch = cx
-                .scratch
-                .ok_or_else(|| cx.unsupported("transpose scratch was not planned"))?;
+            // an empty b (a zero-sized dimension) gets no scratch and is never read
+            let scratch = match cx.scratch {
+                Some(b) => b,
+                None if k * n == 0 => Buf::output(crate::codegen::Loc::Arena(0)),
+                None => return Err(cx.unsupported("transpose scratch was not planned")),
+            };
             let dims = [k, n];
             let nest = Nest::new(
                 &dims,
@@ -252,7 +287,7 @@ fn lower_gemm(
         }
         _ => None,
     };
-    let mut gm = Gemm {
+    let gm = Gemm {
         what: "gemm",
         m,
         n,
@@ -272,7 +307,6 @@ fn lower_gemm(
         col_group: 1,
         asm: None,
     };
-    gm.partition(cx.threads);
-    kernels.push(Box::new(gm));
+    kernels.push(Box::new(finish(cx, gm)?));
     Ok(kernels)
 }

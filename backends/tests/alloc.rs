@@ -1,0 +1,84 @@
+//! `run_into` allocates nothing once the arena pool has its arena: a
+//! counting global allocator watches a warmed-up call, at 1 and 2 threads.
+
+// A global allocator must be an `unsafe impl`; this test binary's allocator
+// forwards every call to the system allocator unchanged and only counts.
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use common::{Fill, Rng, opts, poisoned, single};
+use kiln_backends::compile;
+use kiln_ir::Op;
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every method forwards to `System` with the caller's arguments, so
+// the allocator contract is `System`'s; the counter has no effect on it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded unchanged (see the impl).
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged (see the impl).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded unchanged (see the impl).
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn run_into_does_not_allocate() {
+    let mut rng = Rng(9);
+    let (model, inputs) = single(
+        Op::Conv2d {
+            stride: [1, 1],
+            pad: [1, 1, 1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        },
+        &[
+            common::input(&[1, 8, 30, 30]),
+            common::weight(&[16, 8, 3, 3]),
+            common::weight(&[16]),
+        ],
+        &mut rng,
+        Fill::Signed,
+    );
+    for threads in [1, 2] {
+        let m = compile(&model, &opts(threads)).unwrap();
+        let mut out = poisoned(&m);
+        m.run_into(&inputs, &mut out).unwrap(); // warm-up: the arena
+        ALLOCATIONS.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        for _ in 0..10 {
+            m.run_into(&inputs, &mut out).unwrap();
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+        assert_eq!(
+            ALLOCATIONS.load(Ordering::SeqCst),
+            0,
+            "run_into allocated at {threads} thread(s)"
+        );
+    }
+}
