@@ -12,6 +12,7 @@ use kiln_ir::Value;
 
 use crate::FrontendError;
 use crate::builder::GraphBuilder;
+use crate::zoo::dims4;
 
 /// Heads of both bridges (reference: `attn_num_heads = 2`).
 pub const BRIDGE_HEADS: usize = 2;
@@ -224,13 +225,6 @@ pub fn config(name: &str) -> Option<MfConfig> {
 
 fn err(msg: String) -> FrontendError {
     FrontendError::Zoo(msg)
-}
-
-fn dims4(b: &GraphBuilder, x: Value) -> Result<[usize; 4], FrontendError> {
-    let s = b.shape(x)?;
-    s.as_slice()
-        .try_into()
-        .map_err(|_| err(format!("{}: expected an NCHW value, got {s:?}", b.path(""))))
 }
 
 fn dims3(b: &GraphBuilder, z: Value) -> Result<[usize; 3], FrontendError> {

@@ -13,6 +13,7 @@ use kiln_ir::{Graph, Value};
 
 use crate::FrontendError;
 use crate::builder::GraphBuilder;
+use crate::zoo::{conv_norm_act, dims4};
 
 /// The zoo names, narrowest first.
 pub const NAMES: [&str; 7] = [
@@ -70,30 +71,6 @@ pub fn config(name: &str) -> Option<MvConfig> {
         depths: [2, 4, 3],
         resolution: 256,
     })
-}
-
-fn dims4(b: &GraphBuilder, x: Value) -> Result<[usize; 4], FrontendError> {
-    let s = b.shape(x)?;
-    s.as_slice().try_into().map_err(|_| {
-        FrontendError::Zoo(format!("{}: expected an NCHW value, got {s:?}", b.path("")))
-    })
-}
-
-/// timm `ConvNormAct`: `conv` (no bias) → `bn` → optional SiLU.
-fn conv_norm_act(
-    b: &mut GraphBuilder,
-    x: Value,
-    out: usize,
-    k: usize,
-    stride: usize,
-    groups: usize,
-    act: bool,
-) -> Result<Value, FrontendError> {
-    let y = b
-        .scope("conv")
-        .conv2d(x, out, k, stride, k / 2, groups, false)?;
-    let y = b.scope("bn").batch_norm(y)?;
-    if act { b.silu(y) } else { Ok(y) }
 }
 
 /// Inverted residual (timm `BottleneckBlock`, spec 2.1), expansion 2, in the

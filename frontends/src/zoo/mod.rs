@@ -15,7 +15,7 @@ use kiln_ir::{Graph, Model, Tensor, Value, WeightStore};
 pub use xformer::XfaKind;
 
 use crate::FrontendError;
-use crate::builder::const_value;
+use crate::builder::{GraphBuilder, const_value};
 
 /// One zoo entry, as `kiln list` shows it.
 #[derive(Clone, Copy, Debug)]
@@ -165,6 +165,32 @@ pub fn bind_weights(g: &Graph, given: WeightStore) -> Result<WeightStore, Fronte
     } else {
         Err(kiln_ir::IrError::Weights(problems).into())
     }
+}
+
+/// The four dims of an NCHW value, or an error naming the current scope.
+pub(crate) fn dims4(b: &GraphBuilder, x: Value) -> Result<[usize; 4], FrontendError> {
+    let s = b.shape(x)?;
+    s.as_slice().try_into().map_err(|_| {
+        FrontendError::Zoo(format!("{}: expected an NCHW value, got {s:?}", b.path("")))
+    })
+}
+
+/// timm `ConvNormAct` (MobileViTv2 and XFormer-R): `conv` (no bias, "same"
+/// padding) → `bn` → optional SiLU, in the current scope.
+pub(crate) fn conv_norm_act(
+    b: &mut GraphBuilder,
+    x: Value,
+    out: usize,
+    k: usize,
+    stride: usize,
+    groups: usize,
+    act: bool,
+) -> Result<Value, FrontendError> {
+    let y = b
+        .scope("conv")
+        .conv2d(x, out, k, stride, k / 2, groups, false)?;
+    let y = b.scope("bn").batch_norm(y)?;
+    if act { b.silu(y) } else { Ok(y) }
 }
 
 #[cfg(test)]

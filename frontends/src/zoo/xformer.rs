@@ -16,6 +16,7 @@ use kiln_ir::{Graph, Value};
 
 use crate::FrontendError;
 use crate::builder::GraphBuilder;
+use crate::zoo::conv_norm_act;
 
 /// The zoo name.
 pub const NAME: &str = "xformer";
@@ -113,23 +114,6 @@ pub fn xfa(
     };
     let o = b.reshape(o, &[bt, t, d])?;
     b.scope("proj").linear(o, d, true)
-}
-
-/// timm `ConvNormAct`: `conv` (no bias) → `bn` → optional SiLU.
-fn conv_norm_act(
-    b: &mut GraphBuilder,
-    x: Value,
-    out: usize,
-    k: usize,
-    stride: usize,
-    groups: usize,
-    act: bool,
-) -> Result<Value, FrontendError> {
-    let y = b
-        .scope("conv")
-        .conv2d(x, out, k, stride, k / 2, groups, false)?;
-    let y = b.scope("bn").batch_norm(y)?;
-    if act { b.silu(y) } else { Ok(y) }
 }
 
 /// MV2 inverted residual, expansion 4 (spec 3.2), in the current scope.
