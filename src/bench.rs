@@ -1,15 +1,19 @@
-//! `kiln bench`: compile a model with the JIT and time it.
+//! `kiln bench`: optimise and compile a model with the JIT and time it.
 //!
-//! Reports compile time, median and minimum latency over `iters` timed runs
-//! (after `warmup` untimed ones), GFLOP/s as `2·MACs / median` with MACs
-//! counted as `kiln info` does (conv2d, matmul, gemm), and the arena size.
-//! Inputs are the same seeded random tensors `kiln run` uses.
+//! Reports compile time (passes and code generation), median and minimum
+//! latency over `iters` timed runs (after `warmup` untimed ones), GFLOP/s as
+//! `2·MACs / median` with MACs counted as `kiln info` does on the model as
+//! loaded (conv2d, matmul, gemm), and the arena size; with `profile`, a
+//! per-node table of where the time goes. Inputs are the same seeded random
+//! tensors `kiln run` uses.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use kiln_backends::{CompileOptions, compile};
+use kiln_backends::KernelTime;
 use kiln_ir::{Model, Tensor, Value, stats};
 
+use crate::compile::{CompileOptions, compile};
 use crate::error::KilnError;
 use crate::run::random_input;
 
@@ -24,6 +28,28 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// seed of the random inputs
     pub seed: u64,
+    /// run the optimiser first (`--no-opt` clears it)
+    pub optimize: bool,
+    /// also time every kernel (`--profile`), over `iters` profiled runs
+    pub profile: bool,
+}
+
+/// One row of the profile: a graph node of the compiled (optimised) graph
+/// and the kernels it was lowered to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfileRow {
+    /// the node (`%12 (fused_conv)`)
+    pub node: String,
+    /// what its kernels do, joined with ` + `
+    pub kernels: String,
+    /// median time, summed over the node's kernels, milliseconds
+    pub ms: f64,
+    /// share of the profiled total
+    pub share: f64,
+    /// `2·MACs / time` when the node computes MACs
+    pub gflops: Option<f64>,
+    /// `(operand + output bytes) / time` otherwise
+    pub gbps: Option<f64>,
 }
 
 /// The measurement.
@@ -31,8 +57,16 @@ pub struct BenchOptions {
 pub struct BenchReport {
     /// graph name
     pub model: String,
-    /// JIT compile time, milliseconds
+    /// compile time (passes plus code generation), milliseconds
     pub compile_ms: f64,
+    /// optimiser time, milliseconds (0 with `--no-opt`)
+    pub passes_ms: f64,
+    /// lowering, code generation and tile assembly, milliseconds
+    pub codegen_ms: f64,
+    /// whether the optimiser ran
+    pub optimized: bool,
+    /// fused ops in the compiled graph (0 when not optimised)
+    pub fused_ops: usize,
     /// median latency, milliseconds
     pub median_ms: f64,
     /// fastest run, milliseconds
@@ -49,16 +83,26 @@ pub struct BenchReport {
     pub kernels: usize,
     /// timed runs
     pub iters: usize,
+    /// the per-node profile, slowest first (empty without `profile`)
+    pub profile: Vec<ProfileRow>,
+}
+
+impl BenchOptions {
+    /// A usage error for options no measurement can have.
+    pub fn check(&self) -> Result<(), KilnError> {
+        if self.iters == 0 {
+            return Err(KilnError::Usage("--iters must be at least 1".into()));
+        }
+        if self.threads == Some(0) {
+            return Err(KilnError::Usage("--threads must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Compiles and times `model`.
 pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, KilnError> {
-    if opts.iters == 0 {
-        return Err(KilnError::Usage("--iters must be at least 1".into()));
-    }
-    if opts.threads == Some(0) {
-        return Err(KilnError::Usage("--threads must be at least 1".into()));
-    }
+    opts.check()?;
     let g = &model.graph;
     let inputs: Vec<Tensor> = g
         .inputs()
@@ -71,13 +115,13 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
             )
         })
         .collect();
-    let jit = compile(
-        model,
-        &CompileOptions {
-            threads: opts.threads,
-            ..CompileOptions::default()
-        },
-    )?;
+    let mut copts = CompileOptions {
+        optimize: opts.optimize,
+        ..CompileOptions::default()
+    };
+    copts.backend.threads = opts.threads;
+    let compiled = compile(model, &copts)?;
+    let jit = &compiled.model;
     let mut outputs = jit.run(&inputs)?;
     for _ in 0..opts.warmup {
         jit.run_into(&inputs, &mut outputs)?;
@@ -88,18 +132,33 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         jit.run_into(&inputs, &mut outputs)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
     let n = times.len();
-    let median_ms = if n % 2 == 1 {
-        times[n / 2]
+    let median_ms = median(&mut times);
+    let profile = if opts.profile {
+        let mut runs = Vec::with_capacity(opts.iters);
+        for _ in 0..opts.iters {
+            runs.push(jit.profile(&inputs)?);
+        }
+        profile_rows(&runs)
     } else {
-        (times[n / 2 - 1] + times[n / 2]) / 2.0
+        Vec::new()
     };
     let macs = stats::graph_macs(g);
     let st = jit.stats();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(BenchReport {
         model: g.name.clone(),
-        compile_ms: st.compile_time.as_secs_f64() * 1e3,
+        compile_ms: ms(compiled.compile_time()),
+        passes_ms: ms(compiled.passes_time),
+        codegen_ms: ms(compiled.codegen_time),
+        optimized: compiled.report.is_some(),
+        fused_ops: compiled.report.as_ref().map_or(0, |r| {
+            r.ops
+                .iter()
+                .filter(|(op, _)| op.starts_with("fused_"))
+                .map(|(_, n)| n)
+                .sum()
+        }),
         median_ms,
         min_ms: times[0],
         threads: st.threads,
@@ -112,16 +171,81 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         macs,
         kernels: st.kernels,
         iters: n,
+        profile,
     })
 }
 
-/// The human-readable report.
+/// The median of `xs` (sorted in place); `xs` is not empty.
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Per-node rows from several profiled runs: each kernel's median over the
+/// runs, summed per node, slowest first. A per-kernel median rather than
+/// the run with the median total, so one descheduled kernel does not
+/// colour the whole table.
+fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    let mut order: Vec<&str> = Vec::new();
+    let mut nodes: HashMap<&str, (Vec<&str>, f64, kiln_backends::NodeWork)> = HashMap::new();
+    for (k, kt) in first.iter().enumerate() {
+        let mut ts: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.get(k))
+            .map(|t| t.time.as_secs_f64() * 1e3)
+            .collect();
+        let t = median(&mut ts);
+        let e = nodes.entry(&kt.node).or_insert_with(|| {
+            order.push(&kt.node);
+            (Vec::new(), 0.0, kt.work)
+        });
+        e.0.push(&kt.kernel);
+        e.1 += t;
+    }
+    let total: f64 = nodes.values().map(|e| e.1).sum();
+    let mut rows: Vec<ProfileRow> = order
+        .into_iter()
+        .map(|node| {
+            let (kernels, ms, work) = &nodes[node];
+            let secs = ms * 1e-3;
+            let rate = |x: f64| (secs > 0.0).then(|| x / secs / 1e9);
+            ProfileRow {
+                node: node.to_string(),
+                kernels: kernels.join(" + "),
+                ms: *ms,
+                share: if total > 0.0 { ms / total } else { 0.0 },
+                gflops: (work.macs > 0)
+                    .then(|| rate(2.0 * work.macs as f64))
+                    .flatten(),
+                gbps: (work.macs == 0).then(|| rate(work.bytes as f64)).flatten(),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    rows
+}
+
+/// The human-readable report (with the profile table when there is one).
 pub fn render_text(r: &BenchReport) -> String {
-    format!(
-        "model:    {}\nthreads:  {}\ncompile:  {:.1} ms ({} kernels)\nlatency:  median {:.3} ms, min {:.3} ms over {} runs\nthroughput: {:.2} GFLOP/s ({} MACs)\narena:    {} bytes ({:.2} MiB)\n",
+    let passes = if r.optimized {
+        format!("passes {:.1} ms ({} fused ops)", r.passes_ms, r.fused_ops)
+    } else {
+        "passes off".to_string()
+    };
+    let mut s = format!(
+        "model:    {}\nthreads:  {}\ncompile:  {:.1} ms ({passes}, codegen {:.1} ms, {} kernels)\nlatency:  median {:.3} ms, min {:.3} ms over {} runs\nthroughput: {:.2} GFLOP/s ({} MACs)\narena:    {} bytes ({:.2} MiB)\n",
         r.model,
         r.threads,
         r.compile_ms,
+        r.codegen_ms,
         r.kernels,
         r.median_ms,
         r.min_ms,
@@ -130,17 +254,62 @@ pub fn render_text(r: &BenchReport) -> String {
         r.macs,
         r.arena_bytes,
         r.arena_bytes as f64 / (1024.0 * 1024.0)
-    )
+    );
+    if !r.profile.is_empty() {
+        s += &render_profile(&r.profile);
+    }
+    s
+}
+
+/// The profile as a table, slowest node first, with a running share so the
+/// reader sees how few nodes make most of the time.
+pub fn render_profile(rows: &[ProfileRow]) -> String {
+    let total: f64 = rows.iter().map(|r| r.ms).sum();
+    let w = rows.iter().map(|r| r.node.len()).max().unwrap_or(4).max(4);
+    let mut s = format!(
+        "\nprofile ({} nodes, {:.3} ms in kernels; median per kernel):\n{:>9}  {:>6}  {:>6}  {:>14}  {:<w$}  kernels\n",
+        rows.len(),
+        total,
+        "ms",
+        "share",
+        "cum",
+        "rate",
+        "node"
+    );
+    let mut cum = 0.0;
+    for r in rows {
+        cum += r.share;
+        let rate = match (r.gflops, r.gbps) {
+            (Some(g), _) => format!("{g:.1} GFLOP/s"),
+            (None, Some(b)) => format!("{b:.1} GB/s"),
+            (None, None) => "-".to_string(),
+        };
+        s += &format!(
+            "{:>9.4}  {:>5.1}%  {:>5.1}%  {:>14}  {:<w$}  {}\n",
+            r.ms,
+            100.0 * r.share,
+            100.0 * cum,
+            rate,
+            r.node,
+            r.kernels
+        );
+    }
+    s
 }
 
 /// One JSON object; the keys `median_ms`, `min_ms`, `compile_ms`, `threads`,
-/// `gflops` and `arena_bytes` are stable.
+/// `gflops` and `arena_bytes` are stable. `profile` is an array of rows
+/// (`node`, `kernels`, `ms`, `share`, `gflops` or `gbps`) when profiled.
 pub fn render_json(r: &BenchReport) -> String {
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "model": r.model,
         "median_ms": r.median_ms,
         "min_ms": r.min_ms,
         "compile_ms": r.compile_ms,
+        "passes_ms": r.passes_ms,
+        "codegen_ms": r.codegen_ms,
+        "optimized": r.optimized,
+        "fused_ops": r.fused_ops,
         "threads": r.threads,
         "gflops": r.gflops,
         "arena_bytes": r.arena_bytes,
@@ -148,6 +317,22 @@ pub fn render_json(r: &BenchReport) -> String {
         "kernels": r.kernels,
         "iters": r.iters,
     });
+    if !r.profile.is_empty() {
+        v["profile"] = r
+            .profile
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "node": p.node,
+                    "kernels": p.kernels,
+                    "ms": p.ms,
+                    "share": p.share,
+                    "gflops": p.gflops,
+                    "gbps": p.gbps,
+                })
+            })
+            .collect();
+    }
     format!("{v}\n")
 }
 
@@ -177,6 +362,8 @@ mod tests {
             iters: 5,
             warmup: 1,
             seed: 0,
+            optimize: true,
+            profile: true,
         };
         let r = bench_model(&tiny(), &opts).unwrap();
         assert_eq!(r.threads, 1);
@@ -196,6 +383,23 @@ mod tests {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         assert!(render_text(&r).contains("GFLOP/s"));
+        // the profile covers the matmul with its MACs, and shares sum to 1
+        let mm = r
+            .profile
+            .iter()
+            .find(|p| p.node.contains("matmul"))
+            .expect("a profile row for the matmul");
+        assert!(mm.gflops.is_some_and(|g| g > 0.0), "{mm:?}");
+        let share: f64 = r.profile.iter().map(|p| p.share).sum();
+        assert!((share - 1.0).abs() < 1e-9, "shares sum to {share}");
+        assert!(
+            r.profile.windows(2).all(|w| w[0].ms >= w[1].ms),
+            "slowest first"
+        );
+        assert_eq!(
+            json["profile"].as_array().map(Vec::len),
+            Some(r.profile.len())
+        );
     }
 
     #[test]
@@ -205,6 +409,8 @@ mod tests {
             iters: 0,
             warmup: 0,
             seed: 0,
+            optimize: true,
+            profile: false,
         };
         assert!(bench_model(&tiny(), &opts).is_err());
         opts.iters = 1;

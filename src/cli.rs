@@ -13,11 +13,12 @@ use kiln_frontends::{npy, onnx, safetensors, zoo};
 use kiln_ir::{Tensor, Value, WeightStore, text};
 
 use crate::bench;
+use crate::compile::CompileOptions;
 use crate::error::KilnError;
 use crate::info;
 use crate::load::{LoadOptions, ModelSpec, load_model};
 use crate::opt::{Emit, cmd_opt};
-use crate::run::{Backend, check_input, random_input, run_model, top_k};
+use crate::run::{Backend, check_input, random_input, run_model_with, top_k};
 
 /// kiln: a compiler for hybrid CNN-transformer vision models.
 #[derive(Debug, Parser)]
@@ -83,6 +84,9 @@ pub enum Command {
         /// Execution engine
         #[arg(long, value_enum, default_value_t = Backend::DEFAULT)]
         backend: Backend,
+        /// Compile the graph as loaded, without the optimiser (JIT only)
+        #[arg(long)]
+        no_opt: bool,
     },
     /// Optimise a model: discover fusions by equality saturation and
     /// explain the result or print the optimised graph
@@ -120,6 +124,13 @@ pub enum Command {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+        /// Compile the graph as loaded, without the optimiser
+        #[arg(long)]
+        no_opt: bool,
+        /// Also time every kernel: a per-node table (time, share, GFLOP/s
+        /// or GB/s), slowest first
+        #[arg(long)]
+        profile: bool,
     },
     /// List the zoo's models
     List,
@@ -167,6 +178,9 @@ pub enum Command {
         /// List the supported targets and CPU levels, then exit
         #[arg(long)]
         list_targets: bool,
+        /// Compile the graph as loaded, without the optimiser
+        #[arg(long)]
+        no_opt: bool,
     },
     /// Write a model and its weights as a self-contained ONNX file (opset 21)
     Export {
@@ -208,7 +222,8 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             input,
             output,
             backend,
-        } => cmd_run(&model, &input, &output, backend, io),
+            no_opt,
+        } => cmd_run(&model, &input, &output, backend, !no_opt, io),
         Command::Opt {
             model,
             explain: _,
@@ -227,7 +242,19 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             iters,
             warmup,
             json,
-        } => cmd_bench(&model, threads, iters, warmup, json, io),
+            no_opt,
+            profile,
+        } => {
+            let opts = bench::BenchOptions {
+                threads,
+                iters,
+                warmup,
+                seed: model.seed,
+                optimize: !no_opt,
+                profile,
+            };
+            cmd_bench(&model, &opts, json, io)
+        }
         Command::List => cmd_list(io),
         Command::ExportKir {
             model,
@@ -244,6 +271,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             name,
             output,
             list_targets,
+            no_opt,
         } => match (list_targets, model) {
             (false, Some(model)) => {
                 let args = ModelArgs {
@@ -251,7 +279,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                     weights,
                     seed,
                 };
-                cmd_compile(&args, &target, cpu, name, &output, io)
+                cmd_compile(&args, &target, cpu, name, &output, !no_opt, io)
             }
             _ => cmd_list_targets(io),
         },
@@ -272,9 +300,17 @@ fn cmd_compile(
     cpu: Option<String>,
     name: Option<String>,
     output: &PathBuf,
+    optimize: bool,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options())?;
+    let loaded = load_model(&args.model, &args.options())?;
+    let (model, _, _) = crate::compile::prepare(
+        &loaded,
+        &CompileOptions {
+            optimize,
+            ..CompileOptions::default()
+        },
+    )?;
     let cpu = match cpu {
         Some(c) => c,
         None => kiln_backends::aot::aot_targets()
@@ -364,6 +400,7 @@ fn cmd_run(
     inputs: &[PathBuf],
     outputs: &[PathBuf],
     backend: Backend,
+    optimize: bool,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
     let model = load_model(&args.model, &args.options())?;
@@ -411,7 +448,11 @@ fn cmd_run(
             })
             .collect::<Result<_, KilnError>>()?
     };
-    let results = run_model(&model, &tensors, backend)?;
+    let opts = CompileOptions {
+        optimize,
+        ..CompileOptions::default()
+    };
+    let results = run_model_with(&model, &tensors, backend, &opts)?;
     if !outputs.is_empty() {
         for (path, t) in outputs.iter().zip(&results) {
             npy::write(path, t)?;
@@ -434,20 +475,29 @@ fn cmd_run(
 
 fn cmd_bench(
     args: &ModelArgs,
-    threads: Option<usize>,
-    iters: usize,
-    warmup: usize,
+    opts: &bench::BenchOptions,
     json: bool,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
+    opts.check()?;
     let model = load_model(&args.model, &args.options())?;
-    let opts = bench::BenchOptions {
-        threads,
-        iters,
-        warmup,
-        seed: args.seed,
-    };
-    let report = bench::bench_model(&model, &opts)?;
+    // Progress: optimising and compiling a large model takes a noticeable
+    // fraction of a second; say what is happening (stderr, so stdout stays
+    // one report).
+    emit(
+        io.err,
+        &format!(
+            "compiling {} ({} nodes{})...\n",
+            model.graph.name,
+            model.graph.node_count(),
+            if opts.optimize {
+                ", optimising first"
+            } else {
+                ""
+            }
+        ),
+    )?;
+    let report = bench::bench_model(&model, opts)?;
     let text = if json {
         bench::render_json(&report)
     } else {

@@ -6,7 +6,10 @@
 //! - [`load_model`]: one entry point for `.kir` files, `.onnx` files and zoo
 //!   names, as every CLI command's `MODEL` argument;
 //! - [`info`]: the `kiln info` report (parameters, MACs, per-node table);
-//! - [`run_model`] with a [`Backend`]: execute a model (the JIT by default);
+//! - [`compile()`]: optimise and compile a model into a native inference
+//!   function ([`Compiled`]);
+//! - [`run_model`] with a [`Backend`]: execute a model (the optimised JIT by
+//!   default);
 //! - [`bench`](mod@bench): the `kiln bench` measurement (compile time, latency, GFLOP/s);
 //! - [`passes`] (`kiln-passes`): the optimiser behind `kiln opt`, and
 //!   [`opt`]: its text, JSON and Graphviz renderings;
@@ -34,12 +37,14 @@ pub use kiln_passes as passes;
 
 pub mod bench;
 pub mod cli;
+pub mod compile;
 pub mod error;
 pub mod info;
 pub mod load;
 pub mod opt;
 pub mod run;
 
+pub use compile::{CompileOptions, Compiled, compile};
 pub use error::KilnError;
 pub use load::{LoadOptions, ModelSpec, load_model};
-pub use run::{Backend, random_input, run_model};
+pub use run::{Backend, random_input, run_model, run_model_with};

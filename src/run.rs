@@ -3,6 +3,7 @@
 
 use kiln_ir::{DType, Graph, Model, Tensor, TensorType, Value, interp};
 
+use crate::compile::{CompileOptions, compile};
 use crate::error::KilnError;
 
 /// Which engine executes a model.
@@ -50,11 +51,23 @@ pub fn check_input(g: &Graph, index: usize, t: &Tensor, source: &str) -> Result<
 }
 
 /// Runs `model` on `inputs` (one per graph input, in order; checked first)
-/// with the chosen backend; returns one tensor per graph output.
+/// with the chosen backend; returns one tensor per graph output. The JIT
+/// runs the optimised graph ([`CompileOptions::default`]).
 pub fn run_model(
     model: &Model,
     inputs: &[Tensor],
     backend: Backend,
+) -> Result<Vec<Tensor>, KilnError> {
+    run_model_with(model, inputs, backend, &CompileOptions::default())
+}
+
+/// [`run_model`] with the JIT's compile options (ignored by the
+/// interpreter, which always runs the graph as given: it is the oracle).
+pub fn run_model_with(
+    model: &Model,
+    inputs: &[Tensor],
+    backend: Backend,
+    opts: &CompileOptions,
 ) -> Result<Vec<Tensor>, KilnError> {
     let g = &model.graph;
     if inputs.len() != g.inputs().len() {
@@ -69,8 +82,8 @@ pub fn run_model(
     }
     match backend {
         Backend::Jit => {
-            let jit = kiln_backends::compile(model, &kiln_backends::CompileOptions::default())?;
-            Ok(jit.run(inputs)?)
+            let jit = compile(model, opts)?;
+            Ok(jit.model.run(inputs)?)
         }
         Backend::Interp => Ok(interp::run(g, &model.weights, inputs)?),
     }

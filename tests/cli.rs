@@ -540,6 +540,48 @@ fn bench_prints_the_measurement_as_text_and_json() {
 }
 
 #[test]
+fn bench_optimises_first_unless_told_not_to_and_profiles_per_node() {
+    let json = kiln([
+        "bench",
+        ZOO,
+        "--threads",
+        "1",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+        "--profile",
+    ])
+    .ok()
+    .to_string();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["optimized"], true, "{json}");
+    assert!(v["fused_ops"].as_u64().unwrap() > 0, "{json}");
+    assert!(v["passes_ms"].as_f64().unwrap() > 0.0, "{json}");
+    let rows = v["profile"].as_array().expect("a profile array");
+    assert!(
+        rows.iter()
+            .any(|r| r["node"].as_str().unwrap().contains("conv"))
+    );
+    let share: f64 = rows.iter().map(|r| r["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-6, "shares sum to {share}");
+    // every row carries a rate: GFLOP/s for MAC work, GB/s otherwise
+    assert!(
+        rows.iter()
+            .all(|r| r["gflops"].is_number() || r["gbps"].is_number())
+    );
+
+    let json = kiln(["bench", ZOO, "--iters", "1", "--json", "--no-opt"])
+        .ok()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["optimized"], false, "{json}");
+    assert_eq!(v["fused_ops"], 0, "{json}");
+    assert!(v.get("profile").is_none(), "{json}");
+}
+
+#[test]
 fn bench_rejects_zero_iterations() {
     let line = kiln(["bench", ZOO, "--iters", "0"])
         .fails_with(2)
@@ -554,12 +596,23 @@ fn run_with_jit_and_interp_agree() {
         kiln(["run", ZOO, "--backend", backend, "--output", arg(&y)]).ok();
         npy::read(&y).unwrap()
     };
+    // the JIT runs the optimised graph, the interpreter the graph as loaded
     let jit = run("jit", "agree_jit.npy");
     let interp = run("interp", "agree_interp.npy");
-    let (a, b) = (jit.as_f32().unwrap(), interp.as_f32().unwrap());
-    let max_ref = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let max_diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(max_diff <= 1e-4 * max_ref, "{max_diff} vs {max_ref}");
+    let close = |jit: &Tensor| {
+        let (a, b) = (jit.as_f32().unwrap(), interp.as_f32().unwrap());
+        let max_ref = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let max_diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(max_diff <= 1e-4 * max_ref, "{max_diff} vs {max_ref}");
+    };
+    close(&jit);
+    let y = scratch("agree_noopt.npy");
+    kiln(["run", ZOO, "--no-opt", "--output", arg(&y)]).ok();
+    let unoptimised = npy::read(&y).unwrap();
+    close(&unoptimised);
+    // the optimiser changed the arithmetic (batch norms folded), so the two
+    // JIT results are close but not bit-identical
+    assert_ne!(jit, unoptimised);
 }
 
 // ---------------------------------------------------------------- compile

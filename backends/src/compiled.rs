@@ -159,6 +159,18 @@ struct Step {
     /// the node it came from and what it does, for profiles
     node: String,
     what: String,
+    work: NodeWork,
+}
+
+/// The compulsory work of one graph node: what a profile divides a
+/// kernel's time by (GFLOP/s for compute, GB/s for memory traffic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeWork {
+    /// multiply-accumulates (`kiln_ir::stats::node_macs`)
+    pub macs: u64,
+    /// bytes of the node's operands plus its outputs: the traffic a kernel
+    /// cannot avoid (each read and written once)
+    pub bytes: u64,
 }
 
 /// Time spent in one kernel during [`CompiledModel::profile`].
@@ -170,6 +182,9 @@ pub struct KernelTime {
     pub kernel: String,
     /// wall time
     pub time: Duration,
+    /// the node's work; a node lowered to several kernels (im2col, then a
+    /// GEMM) repeats it on each, so sum times per node before dividing
+    pub work: NodeWork,
 }
 
 /// Owns the JIT's executable memory (the assembled tiles' module and the
@@ -237,6 +252,8 @@ pub(crate) struct Front {
     /// assembled GEMM tiles the kernels call (JIT only)
     pub asm: AsmStore,
     pub lowered: Lowered,
+    /// each lowered node's work, by the node name in `lowered`
+    pub work: HashMap<String, NodeWork>,
     pub plan: plan::Plan,
     pub consts: ConstStore,
     pub threads: usize,
@@ -293,6 +310,7 @@ pub(crate) fn front(
     let mut asm = AsmStore::default();
     let use_asm = opts.asm_tiles && use_asm;
     let mut lowered: Lowered = Vec::new();
+    let mut work = HashMap::new();
     for &id in &plan.kernels {
         let node = g.node(id);
         let inplace = plan.inplace.contains(&id);
@@ -337,21 +355,40 @@ pub(crate) fn front(
         for k in kernels::lower(&mut cx)? {
             lowered.push((name.clone(), k));
         }
+        let bytes = g
+            .operands(id)
+            .iter()
+            .map(|v| g.value_type(*v).size_bytes())
+            .chain(node.outputs.iter().map(|o| o.ty.size_bytes()))
+            .sum::<usize>();
+        work.insert(
+            name.clone(),
+            NodeWork {
+                macs: kiln_ir::stats::node_macs(g, id),
+                bytes: bytes as u64,
+            },
+        );
     }
     let n_in = g.inputs().len();
     for &(k, src) in &plan.copies {
         let v = g.outputs()[k];
         let words = g.value_type(v).size_bytes() / 4;
         let dst = Buf::output(Loc::Io(8 * (n_in + k)));
-        lowered.push((
-            format!("output {k} ({})", g.display_value(v)),
-            Box::new(Copy::flat(dst, Buf::input(src), words)),
-        ));
+        let name = format!("output {k} ({})", g.display_value(v));
+        work.insert(
+            name.clone(),
+            NodeWork {
+                macs: 0,
+                bytes: 8 * words as u64,
+            },
+        );
+        lowered.push((name, Box::new(Copy::flat(dst, Buf::input(src), words))));
     }
     Ok(Front {
         weights: model.weights.clone(),
         asm,
         lowered,
+        work,
         plan,
         consts,
         threads,
@@ -549,6 +586,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
             parallel: front.threads > 1 && k.units() > 1 && k.cost() >= PARALLEL_MIN_COST,
             node: node.clone(),
             what: k.describe(),
+            work: front.work.get(node).copied().unwrap_or_default(),
         })
         .collect();
     let g = &model.graph;
@@ -667,6 +705,7 @@ impl CompiledModel {
                 node: s.node.clone(),
                 kernel: s.what.clone(),
                 time,
+                work: s.work,
             })
             .collect())
     }

@@ -54,7 +54,8 @@ mod runtime;
 mod target;
 
 pub use compiled::{
-    CompileOptions, CompileStats, CompiledModel, GemmTile, KernelTime, OptLevel, compile, emit_clif,
+    CompileOptions, CompileStats, CompiledModel, GemmTile, KernelTime, NodeWork, OptLevel, compile,
+    emit_clif,
 };
 pub use error::BackendError;
 pub use target::supported_list as aot_supported_targets;
