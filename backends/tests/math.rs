@@ -1,6 +1,9 @@
-//! Accuracy of the inlined approximations (exp, log, tanh, sigmoid, erf and
-//! the GELUs built on them) against `f64`, over dense sweeps. Each bound is
-//! the one documented in `codegen/math.rs`; the test prints what it measured.
+//! Accuracy of the inlined approximations (exp, log, tanh, sigmoid, SiLU,
+//! erf and the GELUs built on them) against `f64`, over dense sweeps. Each
+//! bound is the one documented in `codegen/math.rs`; the test prints what it
+//! measured. Every check runs twice: with the assembled AVX-512 forms
+//! (`kernels/asm_unary.rs`: exp, sigmoid, SiLU; used when the host has
+//! AVX-512F) and with the Cranelift f32x4 forms only.
 
 use kiln_backends::testing::{
     ERF_MAX_REL, EXP_MAX_REL, GELU_MAX_REL, LOG_MAX_REL, SIGMOID_MAX_REL, TANH_MAX_REL,
@@ -8,8 +11,8 @@ use kiln_backends::testing::{
 use kiln_backends::{CompileOptions, compile};
 use kiln_ir::{Graph, Model, Op, Tensor, TensorType, UnaryOp, WeightStore};
 
-/// Runs `op` over `xs` through the JIT.
-fn jit(op: UnaryOp, xs: &[f32]) -> Vec<f32> {
+/// Runs `op` over `xs` through the JIT, with or without assembled code.
+fn jit(op: UnaryOp, xs: &[f32], asm: bool) -> Vec<f32> {
     let mut g = Graph::new("math");
     let x = g.add_input("x", TensorType::f32([xs.len()])).unwrap();
     let y = g.add(Op::Unary(op), &[x]).unwrap();
@@ -21,6 +24,7 @@ fn jit(op: UnaryOp, xs: &[f32]) -> Vec<f32> {
     let opts = CompileOptions {
         threads: Some(1),
         verify_ir: true,
+        asm_tiles: asm,
         ..CompileOptions::default()
     };
     let m = compile(&model, &opts).unwrap();
@@ -38,8 +42,8 @@ fn sweep(lo: f64, hi: f64, n: usize) -> Vec<f32> {
 
 /// Maximum relative error of `op` against `reference` over `xs`; also
 /// returns the worst input for the message.
-fn max_rel(op: UnaryOp, xs: &[f32], reference: impl Fn(f64) -> f64) -> (f64, f32) {
-    let ys = jit(op, xs);
+fn max_rel(op: UnaryOp, xs: &[f32], asm: bool, reference: impl Fn(f64) -> f64) -> (f64, f32) {
+    let ys = jit(op, xs, asm);
     let mut worst = (0.0f64, 0.0f32);
     for (&x, &y) in xs.iter().zip(&ys) {
         let r = reference(f64::from(x));
@@ -59,15 +63,17 @@ fn max_rel(op: UnaryOp, xs: &[f32], reference: impl Fn(f64) -> f64) -> (f64, f32
 }
 
 fn check(name: &str, op: UnaryOp, xs: &[f32], bound: f64, reference: impl Fn(f64) -> f64) {
-    let (e, at) = max_rel(op, xs, reference);
-    println!(
-        "{name}: max relative error {e:.3e} (at x = {at}) over {} points",
-        xs.len()
-    );
-    assert!(
-        e <= bound,
-        "{name}: max relative error {e:.3e} at x = {at} exceeds {bound:.1e}"
-    );
+    for asm in [false, true] {
+        let (e, at) = max_rel(op, xs, asm, &reference);
+        println!(
+            "{name} (asm {asm}): max relative error {e:.3e} (at x = {at}) over {} points",
+            xs.len()
+        );
+        assert!(
+            e <= bound,
+            "{name} (asm {asm}): max relative error {e:.3e} at x = {at} exceeds {bound:.1e}"
+        );
+    }
 }
 
 #[test]
@@ -115,6 +121,18 @@ fn sigmoid_is_accurate() {
 }
 
 #[test]
+fn silu_is_accurate() {
+    // x / (1 + e^-x): sigmoid's error plus one rounding of the division
+    check(
+        "silu",
+        UnaryOp::Silu,
+        &sweep(-80.0, 20.0, 2_000_001),
+        SIGMOID_MAX_REL,
+        |x| x / (1.0 + (-x).exp()),
+    );
+}
+
+#[test]
 fn erf_is_accurate() {
     check(
         "erf",
@@ -131,10 +149,10 @@ fn gelus_are_accurate() {
     let gelu = |x: f64| 0.5 * x * libm::erfc(-x / std::f64::consts::SQRT_2);
     // On [-6, 12] the documented bound; in the far negative tail (|gelu|
     // down to 1e-30) the f32 rounding of exp's argument dominates.
-    let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-6.0, 12.0, 1_000_001), gelu);
+    let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-6.0, 12.0, 1_000_001), true, gelu);
     println!("gelu on [-6, 12]: max relative error {e:.3e} at {at}");
     assert!(e <= GELU_MAX_REL, "gelu: {e:.3e} at {at}");
-    let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-12.0, 12.0, 1_000_001), |x| {
+    let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-12.0, 12.0, 1_000_001), true, |x| {
         let r = gelu(x);
         if r.abs() < 1e-30 { 0.0 } else { r }
     });
@@ -144,7 +162,7 @@ fn gelus_are_accurate() {
     // x/2·(1 + tanh(u)) = x·sigmoid(2u), without cancellation in f64
     let gelu_tanh = |x: f64| x / (1.0 + (-2.0 * c * (x + 0.044715 * x * x * x)).exp());
     let xs = sweep(-12.0, 12.0, 1_000_001);
-    let (e, at) = max_rel(UnaryOp::GeluTanh, &xs, |x| {
+    let (e, at) = max_rel(UnaryOp::GeluTanh, &xs, true, |x| {
         let r = gelu_tanh(x);
         if r.abs() < 1e-30 { 0.0 } else { r }
     });
@@ -155,10 +173,20 @@ fn gelus_are_accurate() {
 
 #[test]
 fn special_values() {
+    for asm in [false, true] {
+        special_values_with(asm);
+    }
+}
+
+fn special_values_with(asm: bool) {
+    let jit = |op, xs: &[f32]| jit(op, xs, asm);
     let xs = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-45];
-    let exp = jit(UnaryOp::Exp, &xs);
-    assert!(exp[0].is_nan());
-    assert_eq!(&exp[1..5], &[f32::INFINITY, 0.0, 1.0, 1.0]);
+    // 17 elements: a full 16-lane vector and a masked tail in the assembled code
+    let mut long = xs.to_vec();
+    long.extend([0.5f32; 11]);
+    let exp = jit(UnaryOp::Exp, &long);
+    assert!(exp[0].is_nan(), "asm {asm}");
+    assert_eq!(&exp[1..5], &[f32::INFINITY, 0.0, 1.0, 1.0], "asm {asm}");
     let log = jit(
         UnaryOp::Log,
         &[f32::NAN, f32::INFINITY, 0.0, -1.0, 1e-45, 1.0],
@@ -176,9 +204,13 @@ fn special_values() {
     let t = jit(UnaryOp::Tanh, &xs);
     assert!(t[0].is_nan());
     assert_eq!(&t[1..5], &[1.0, -1.0, 0.0, 0.0]);
-    let s = jit(UnaryOp::Sigmoid, &xs);
-    assert!(s[0].is_nan());
-    assert_eq!(&s[1..4], &[1.0, 0.0, 0.5]);
+    let s = jit(UnaryOp::Sigmoid, &long);
+    assert!(s[0].is_nan(), "asm {asm}");
+    assert_eq!(&s[1..4], &[1.0, 0.0, 0.5], "asm {asm}");
+    let silu = jit(UnaryOp::Silu, &long);
+    assert!(silu[0].is_nan(), "asm {asm}");
+    assert_eq!(silu[1], f32::INFINITY, "asm {asm}");
+    assert_eq!(&silu[3..5], &[0.0, 0.0], "asm {asm}");
     let e = jit(UnaryOp::Erf, &xs);
     assert!(e[0].is_nan());
     assert_eq!(&e[1..4], &[1.0, -1.0, 0.0]);

@@ -170,26 +170,54 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
     a.assemble(0)
 }
 
-/// Assembled variants, numbered in request order; the JIT places them and
+/// What an assembled function is cached under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Key {
+    /// a GEMM tile
+    Tile(Variant),
+    /// another assembled function, by a descriptive key
+    Named(String),
+}
+
+/// Assembled functions (GEMM tile variants and the element-wise functions
+/// of `asm_unary`), numbered in request order; the JIT places them and
 /// hands the addresses to the kernels that call them.
 #[derive(Default)]
 pub(crate) struct AsmStore {
-    variants: Vec<Variant>,
+    keys: Vec<Key>,
     code: Vec<Vec<u8>>,
 }
 
 impl AsmStore {
     /// The number of `v`, assembling it if it is new.
     pub fn request(&mut self, v: Variant) -> Result<usize, String> {
-        if let Some(i) = self.variants.iter().position(|x| *x == v) {
-            return Ok(i);
-        }
-        self.code.push(assemble(&v)?);
-        self.variants.push(v);
-        Ok(self.variants.len() - 1)
+        self.get_or_assemble(Key::Tile(v), || assemble(&v))
     }
 
-    /// Machine code of every variant, in number order.
+    /// The number of the function cached under `key`, assembling it with
+    /// `make` if it is new.
+    pub fn request_named(
+        &mut self,
+        key: String,
+        make: impl FnOnce() -> Result<Vec<u8>, String>,
+    ) -> Result<usize, String> {
+        self.get_or_assemble(Key::Named(key), make)
+    }
+
+    fn get_or_assemble(
+        &mut self,
+        key: Key,
+        make: impl FnOnce() -> Result<Vec<u8>, String>,
+    ) -> Result<usize, String> {
+        if let Some(i) = self.keys.iter().position(|x| *x == key) {
+            return Ok(i);
+        }
+        self.code.push(make()?);
+        self.keys.push(key);
+        Ok(self.keys.len() - 1)
+    }
+
+    /// Machine code of every function, in number order.
     pub fn code(&self) -> &[Vec<u8>] {
         &self.code
     }

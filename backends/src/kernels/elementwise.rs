@@ -11,6 +11,12 @@
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use kiln_ir::{BinaryOp, Op, UnaryOp};
 
+use cranelift_codegen::ir::types::I64;
+use cranelift_codegen::ir::{AbiParam, Signature};
+use cranelift_codegen::isa::CallConv;
+
+use super::asm_tile::AsmStore;
+use super::asm_unary;
 use super::nest::{Nest, broadcast_strides, contiguous};
 use super::{Kernel, Kernels, NodeCx};
 use crate::codegen::math::{self, clamp};
@@ -166,20 +172,48 @@ pub(crate) struct Elementwise {
     func: Func,
     nest: Nest,
     bufs: Vec<Buf>,
+    /// the assembled AVX-512 form of a unary `func` over contiguous data
+    /// (`asm_unary`), by its number in the `AsmStore`
+    asm: Option<usize>,
 }
 
 impl Elementwise {
     /// A kernel applying `func`; `nest` and `bufs` list the output first.
     pub fn new(func: Func, nest: Nest, bufs: Vec<Buf>) -> Elementwise {
-        Elementwise { func, nest, bufs }
+        Elementwise {
+            func,
+            nest,
+            bufs,
+            asm: None,
+        }
+    }
+
+    /// Uses the assembled AVX-512 form of the function when there is one
+    /// and every operand is contiguous along the innermost dimension.
+    fn request_asm(&mut self, store: &mut AsmStore) -> Result<(), BackendError> {
+        let Func::Unary(u) = self.func else {
+            return Ok(());
+        };
+        let Some(f) = asm_unary::Func::of(u) else {
+            return Ok(());
+        };
+        if self.bufs.len() != 2 || (0..2).any(|k| self.nest.inner_stride(k) != 1) {
+            return Ok(());
+        }
+        let id = store
+            .request_named(f.key(), || asm_unary::assemble(f))
+            .map_err(BackendError::Jit)?;
+        self.asm = Some(id);
+        Ok(())
     }
 }
 
 impl Kernel for Elementwise {
     fn describe(&self) -> String {
         format!(
-            "element-wise {:?} over {:?} (inner strides {:?})",
+            "element-wise {:?}{} over {:?} (inner strides {:?})",
             self.func,
+            if self.asm.is_some() { " avx512" } else { "" },
             self.nest.dims,
             (0..self.bufs.len())
                 .map(|k| self.nest.inner_stride(k))
@@ -197,6 +231,22 @@ impl Kernel for Elementwise {
 
     fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
         let bases: Vec<Value> = self.bufs.iter().map(|&b| e.base(b)).collect();
+        if let Some(id) = self.asm {
+            // one call per chunk: fn(src, dst, n) (asm_unary)
+            let mut sig = Signature::new(CallConv::SystemV);
+            for _ in 0..3 {
+                sig.params.push(AbiParam::new(I64));
+            }
+            let sig = e.b.import_signature(sig);
+            let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
+            let mut body = |e: &mut Emitter, ptrs: &[Value], len: usize| {
+                let f = e.ic(addr as i64);
+                let n = e.ic(len as i64);
+                e.b.ins().call_indirect(sig, f, &[ptrs[1], ptrs[0], n]);
+            };
+            self.nest.emit(e, &bases, begin, end, 0, &mut body);
+            return;
+        }
         let nin = self.bufs.len() - 1;
         let strides: Vec<i64> = (0..=nin).map(|k| self.nest.inner_stride(k)).collect();
         let vector = self.func.vectorises()
@@ -289,7 +339,11 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         bufs.push(op.buf);
     }
     let nest = Nest::new(out, strides, vec![0; nin + 1]);
-    Ok(vec![Box::new(Elementwise::new(func, nest, bufs))])
+    let mut k = Elementwise::new(func, nest, bufs);
+    if let Some(store) = cx.asm.as_deref_mut() {
+        k.request_asm(store)?;
+    }
+    Ok(vec![Box::new(k)])
 }
 
 /// Lowers expand: a broadcasting copy.

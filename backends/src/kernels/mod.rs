@@ -14,6 +14,7 @@
 //! never write the same bytes.
 
 pub(crate) mod asm_tile;
+pub(crate) mod asm_unary;
 pub(crate) mod conv;
 pub(crate) mod copy;
 pub(crate) mod depthwise;
