@@ -52,10 +52,32 @@ pub fn bench_model(
     flops: u64,
     opts: &CompileOptions,
 ) {
+    bench_throughput(
+        c,
+        group,
+        id,
+        model,
+        inputs,
+        Throughput::Elements(flops),
+        opts,
+    );
+}
+
+/// Benchmarks `run_into` of `model` under `id` with any throughput unit
+/// (bytes for memory-bound kernels).
+pub fn bench_throughput(
+    c: &mut Criterion,
+    group: &str,
+    id: &str,
+    model: &Model,
+    inputs: &[Tensor],
+    throughput: Throughput,
+    opts: &CompileOptions,
+) {
     let m = compile(model, opts).unwrap();
     let mut out = m.run(inputs).unwrap();
     let mut g = c.benchmark_group(group);
-    g.throughput(Throughput::Elements(flops));
+    g.throughput(throughput);
     g.bench_function(BenchmarkId::from_parameter(id), |b| {
         b.iter(|| m.run_into(inputs, &mut out).unwrap())
     });
