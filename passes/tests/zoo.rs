@@ -174,10 +174,14 @@ fn mobile_former_26m_shuffles_fuse_into_its_convs() {
     let (t26, s26) = transposes("mobile_former_26m");
     assert_eq!(t26, t52 + 1);
     assert_eq!(s52, 0);
-    // lite: 1 chain with a shuffled stage; stride-1 blocks (4): one
-    // pw -> dw -> pw chain each, two shuffled stages; stride-2 blocks (3):
-    // two dw -> pw chains each, one shuffled stage in each
-    assert_eq!(s26, 1 + 4 + 2 * 3);
+    // every chain of 26M has a shuffled stage: the lite block's dw (by
+    // Cin), each stride-1 block's first and last pw (by 4), each stride-2
+    // block's two dw-expanding convs (by their input channels)
+    let (blocks, _) = mf_blocks("mobile_former_26m");
+    let s1 = blocks.iter().filter(|b| **b == Mf::S1).count();
+    let down = blocks.iter().filter(|b| **b == Mf::Down).count();
+    assert_eq!((s1, down), (5, 3));
+    assert_eq!(s26, 1 + s1 + 2 * down);
 }
 
 #[test]
