@@ -71,7 +71,7 @@ fn profile(name: &str, runs: usize) -> Vec<Row> {
         .iter()
         .map(|&id| {
             let ty = &m.graph.node(id).outputs[0].ty;
-            let data = (0..ty.numel())
+            let data: Vec<f32> = (0..ty.numel())
                 .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
                 .collect();
             Tensor::from_f32(ty.shape.clone(), data).expect("input")
@@ -185,14 +185,15 @@ fn solve(mut a: Vec<Vec<f64>>) -> Vec<f64> {
         if d.abs() < 1e-300 {
             continue;
         }
-        for j in c..=n {
-            a[c][j] /= d;
+        for x in &mut a[c][c..] {
+            *x /= d;
         }
-        for i in 0..n {
+        let pivot = a[c].clone();
+        for (i, row) in a.iter_mut().enumerate() {
             if i != c {
-                let f = a[i][c];
-                for j in c..=n {
-                    a[i][j] -= f * a[c][j];
+                let f = row[c];
+                for (x, p) in row[c..].iter_mut().zip(&pivot[c..]) {
+                    *x -= f * p;
                 }
             }
         }

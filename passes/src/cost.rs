@@ -1,18 +1,21 @@
 //! The cost model: estimated time of one kernel from its arithmetic, the
 //! bytes it moves and a fixed per-kernel overhead (docs/passes.md).
 //!
-//! `time = flops / flop_rate + bytes / bandwidth + overhead`, in
-//! microseconds, where `bytes` counts every operand read once and every
-//! result written once. A fused op is one kernel: its FLOPs are those of
-//! the primitive expansion it stands for, but its bytes are only its
-//! operands and result — the intermediates it never writes are the saving
-//! that makes fusion win. Nodes that depend only on weights cost nothing:
+//! `time = gemm_flops / gemm_rate + other_flops / vector_rate
+//!        + bytes / bandwidth + overhead`, in microseconds, where GEMM-like
+//! FLOPs are those of dense/grouped convs and matrix products (the JIT's
+//! register-tiled kernels), the others those of element-wise ops,
+//! depthwise convs, norms, softmax and reductions, and `bytes` counts every
+//! operand read once and every result written once. A fused op is one
+//! kernel: its FLOPs are those of the primitive expansion it stands for,
+//! but its bytes are only its operands and result — the intermediates it
+//! never writes or reads back are the saving that makes fusion win (a
+//! fused conv's epilogue runs on the GEMM tile's registers and costs only
+//! its arithmetic). Nodes that depend only on weights cost nothing:
 //! constant folding computes them at compile time.
 //!
-//! The constants are placeholders of the right order of magnitude for the
-//! 2-core development machine (DESIGN.md: ~40 GFLOP/s for Cranelift FMA
-//! loops on one core); they are to be calibrated against the JIT's measured
-//! kernels once it lands. Only their ratios matter to extraction.
+//! The constants are fitted to the JIT's measured kernels (one thread) by
+//! `examples/calibrate.rs`; only their ratios matter to extraction.
 
 use kiln_ir::fused::Emitter;
 use kiln_ir::op::{Op, UnaryOp};
@@ -39,15 +42,18 @@ pub struct CostModel {
 
 impl Default for CostModel {
     /// Fitted to the JIT's kernels at one thread on the development machine
-    /// (2-core AVX-512 Xeon) by
-    /// `cargo run --release --example calibrate` on 2026-11-21; the data
-    /// and the fit are in docs/passes.md ("Cost model").
+    /// (2-core AVX-512 Xeon, shared) by
+    /// `cargo run --release --example calibrate -- --runs 9` on 2026-11-21
+    /// (2,501 kernels of mobile_former_26m/151m, mobilevitv2_050, xformer;
+    /// median relative error per kernel 25 %, against 510 % for the earlier
+    /// placeholders 20 GFLOP/s, 10 GB/s, 2 µs). The data and the fit are in
+    /// docs/passes.md ("Cost model").
     fn default() -> Self {
         CostModel {
-            gemm_rate: 20e9,
-            vector_rate: 10e9,
-            bandwidth: 10e9,
-            overhead_s: 2e-6,
+            gemm_rate: 101.7e9,
+            vector_rate: 21.7e9,
+            bandwidth: 71.8e9,
+            overhead_s: 0.06e-6,
             view_s: 1e-9,
         }
     }
