@@ -1190,10 +1190,10 @@ mod tests {
 
     #[test]
     fn text_view_round_trips() {
-        let shuffled = FusedOp::Conv {
-            shuffle: 4,
-            ..conv_op(Act::DyRelu, false)
-        };
+        let mut shuffled = conv_op(Act::DyRelu, false);
+        if let FusedOp::Conv { shuffle, .. } = &mut shuffled {
+            *shuffle = 4;
+        }
         let samples = vec![
             conv_op(Act::DyRelu, true),
             shuffled,
@@ -1280,33 +1280,41 @@ mod tests {
     fn shuffle_is_shufflenets_channel_shuffle() {
         // A 1×1 identity conv over 6 channels numbered 0..6, shuffled with
         // 2 groups: [g0: 0 1 2 | g1: 3 4 5] -> 0 3 1 4 2 5.
-        let x = Tensor::from_f32(vec![1, 6, 1, 1], (0..6).map(|i| i as f32).collect()).unwrap();
+        let x = Tensor::from_f32(
+            vec![1, 6, 1, 1],
+            (0..6).map(|i| i as f32).collect::<Vec<f32>>(),
+        )
+        .unwrap();
         let mut w = vec![0.0; 36];
         for i in 0..6 {
             w[i * 6 + i] = 1.0;
         }
         let w = Tensor::from_f32(vec![6, 6, 1, 1], w).unwrap();
-        let f = FusedOp::Conv {
+        let conv = |shuffle| FusedOp::Conv {
             stride: [1, 1],
             pad: [0; 4],
             dilation: [1, 1],
             groups: 1,
             bias: false,
-            shuffle: 2,
+            shuffle,
             act: Act::None,
             residual: false,
         };
+        let f = conv(2);
         let y = crate::interp::eval(&Op::Fused(f.clone()), &[&x, &w]).unwrap();
         assert_eq!(y[0].as_f32().unwrap(), &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
         // channels must divide evenly; 0 groups is not a shuffle
         let t = |s: &[usize]| TensorType::f32(s);
-        let bad = FusedOp::Conv {
-            shuffle: 4,
-            ..f.clone()
-        };
-        assert!(bad.infer(&[t(&[1, 6, 1, 1]), t(&[6, 6, 1, 1])]).is_err());
-        let zero = FusedOp::Conv { shuffle: 0, ..f };
-        assert!(zero.infer(&[t(&[1, 6, 1, 1]), t(&[6, 6, 1, 1])]).is_err());
+        assert!(
+            conv(4)
+                .infer(&[t(&[1, 6, 1, 1]), t(&[6, 6, 1, 1])])
+                .is_err()
+        );
+        assert!(
+            conv(0)
+                .infer(&[t(&[1, 6, 1, 1]), t(&[6, 6, 1, 1])])
+                .is_err()
+        );
     }
 
     #[test]
