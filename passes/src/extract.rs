@@ -216,6 +216,9 @@ pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extractio
 
 type FlatNode = (usize, KNode, Vec<usize>, f64);
 
+/// A decided class: its node and the set of classes its DAG needs.
+type Final = Option<(usize, Rc<[u64]>)>;
+
 /// Greedy DAG extraction that finalises classes cheapest first (Dijkstra
 /// order): a node is considered only once all its children are final, and
 /// a final class never changes, so no choice can need its own class. Each
@@ -229,11 +232,11 @@ fn acyclic_greedy(
 ) -> Vec<Option<usize>> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let mut fin: Vec<Option<(usize, Rc<[u64]>)>> = vec![None; classes];
+    let mut fin: Vec<Final> = vec![None; classes];
     let mut local = vec![0.0f64; classes];
     // (total as ordered bits — costs are non-negative —, class count, node)
     let mut heap: BinaryHeap<Reverse<(u64, u32, usize)>> = BinaryHeap::new();
-    let candidate = |ni: usize, fin: &[Option<(usize, Rc<[u64]>)>], local: &[f64]| {
+    let candidate = |ni: usize, fin: &[Final], local: &[f64]| {
         let (ci, _, kids, cost) = &nodes[ni];
         let mut set = vec![0u64; words];
         for &k in kids {
