@@ -262,7 +262,7 @@ fn main() {
     let fitted = as_model(&beta);
 
     println!(
-        "| kernel class | nodes | time ms | GFLOP | MB | GFLOP/s | GB/s | median rel err old | new |"
+        "| kernel class | nodes | time ms | GFLOP | MB | GFLOP/s | GB/s | median rel err, current constants | fitted |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut classes: Vec<&str> = rows.iter().map(|r| r.class).collect();
@@ -286,7 +286,7 @@ fn main() {
         );
     }
     println!();
-    println!("| model | measured ms (sum of kernels) | predicted old | predicted new |");
+    println!("| model | measured ms (sum of kernels) | predicted, current constants | fitted |");
     println!("|---|---|---|---|");
     for m in &models {
         let rs: Vec<&Row> = rows.iter().filter(|r| &r.model == m).collect();
@@ -311,7 +311,7 @@ fn main() {
     );
     let all: Vec<&Row> = rows.iter().collect();
     println!(
-        "median relative error per node: old constants {:.0}%, fitted {:.0}%",
+        "median relative error per node: current constants {:.0}%, fitted {:.0}%",
         100.0 * median_rel_err(&old, &all),
         100.0 * median_rel_err(&beta, &all)
     );

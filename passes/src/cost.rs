@@ -46,8 +46,8 @@ impl Default for CostModel {
     /// `cargo run --release --example calibrate -- --runs 9` on 2026-11-21
     /// (2,501 kernels of mobile_former_26m/151m, mobilevitv2_050, xformer;
     /// median relative error per kernel 25 %, against 510 % for the earlier
-    /// placeholders 20 GFLOP/s, 10 GB/s, 2 µs). The data and the fit are in
-    /// docs/passes.md ("Cost model").
+    /// placeholders 20 GFLOP/s GEMM, 10 GFLOP/s other, 10 GB/s, 2 µs). The
+    /// data and the fit are in docs/passes.md ("Cost model").
     fn default() -> Self {
         CostModel {
             gemm_rate: 101.7e9,
