@@ -42,7 +42,7 @@ pub struct CostModel {
 
 impl Default for CostModel {
     /// Fitted to the JIT's kernels at one thread on the development machine
-    /// (2-core AVX-512 Xeon, shared) by
+    /// (2-core AMD EPYC with AVX-512, shared) by
     /// `cargo run --release --example calibrate -- --runs 9` on 2026-11-21
     /// (2,501 kernels of mobile_former_26m/151m, mobilevitv2_050, xformer;
     /// median relative error per kernel 25 %, against 510 % for the earlier
