@@ -143,7 +143,10 @@ pub struct ConvStage {
     pub groups: usize,
     /// whether a bias operand follows the weight
     pub bias: bool,
-    /// the activation after the (biased) conv
+    /// channel-shuffle groups applied to the biased conv output before the
+    /// activation (1 = none); see [`FusedOp::Conv`]'s `shuffle`
+    pub shuffle: usize,
+    /// the activation after the (biased, shuffled) conv
     pub act: Act,
 }
 
@@ -157,11 +160,12 @@ impl ConvStage {
 /// operands are present exactly when their flag says so, in the order listed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FusedOp {
-    /// `fused_conv`: conv2d → `+ bias` → activation → `+ residual`.
-    /// Operands: `x [N,C,H,W]`, `w [O,C/g,kh,kw]`, `bias [O]` if `bias`,
-    /// `a1, a2` if `act = dyrelu`, `residual` (the conv's output shape) if
-    /// `residual`. Shape rule: conv2d's; every other operand must broadcast
-    /// to the conv output without changing it.
+    /// `fused_conv`: conv2d → `+ bias` → channel shuffle → activation →
+    /// `+ residual`. Operands: `x [N,C,H,W]`, `w [O,C/g,kh,kw]`, `bias [O]`
+    /// if `bias`, `a1, a2` if `act = dyrelu`, `residual` (the conv's output
+    /// shape) if `residual`. Shape rule: conv2d's; `O` divisible by
+    /// `shuffle`; every other operand must broadcast to the conv output
+    /// without changing it.
     Conv {
         /// `[sh, sw]`
         stride: [usize; 2],
@@ -173,6 +177,13 @@ pub enum FusedOp {
         groups: usize,
         /// a bias operand follows the weight
         bias: bool,
+        /// channel-shuffle groups `G` (1 = none): ShuffleNet's
+        /// `reshape [N,G,O/G,H,W] → transpose(0,2,1,3,4) → reshape
+        /// [N,O,H,W]` of the biased output. Mobile-Former-26M shuffles the
+        /// output of grouped convs, which no weight permutation of a
+        /// grouped conv can express (the permuted conv is no longer
+        /// grouped); in a kernel it is only where each row is stored.
+        shuffle: usize,
         /// activation
         act: Act,
         /// a residual operand comes last, added after the activation
@@ -502,6 +513,7 @@ impl FusedOp {
                 dilation,
                 groups,
                 bias,
+                shuffle,
                 act,
                 residual,
             } => {
@@ -509,12 +521,13 @@ impl FusedOp {
                 if *dilation != [1, 1] {
                     a.push(("dilation", ints(dilation)));
                 }
-                a.extend([
-                    ("groups", int(*groups)),
-                    ("bias", Attr::Bool(*bias)),
-                    ("act", word(*act)),
-                    ("residual", Attr::Bool(*residual)),
-                ]);
+                a.extend([("groups", int(*groups)), ("bias", Attr::Bool(*bias))]);
+                // printed only when present, so texts without shuffles
+                // read as before
+                if *shuffle != 1 {
+                    a.push(("shuffle", int(*shuffle)));
+                }
+                a.extend([("act", word(*act)), ("residual", Attr::Bool(*residual))]);
                 a
             }
             FusedOp::Linear {
@@ -535,8 +548,11 @@ impl FusedOp {
                         (k[1], ints(&s.pad)),
                         (k[2], int(s.groups)),
                         (k[3], Attr::Bool(s.bias)),
-                        (k[4], word(s.act)),
                     ]);
+                    if s.shuffle != 1 {
+                        a.push((k[5], int(s.shuffle)));
+                    }
+                    a.push((k[4], word(s.act)));
                 }
                 a.push(("residual", Attr::Bool(*residual)));
                 a
@@ -602,6 +618,7 @@ impl FusedOp {
                 dilation: a.opt("dilation", |a, k| a.array(k))?.unwrap_or([1, 1]),
                 groups: a.usize("groups")?,
                 bias: a.bool("bias")?,
+                shuffle: a.opt("shuffle", |a, k| a.usize(k))?.unwrap_or(1),
                 act: act(a, "act")?,
                 residual: a.bool("residual")?,
             },
@@ -621,6 +638,7 @@ impl FusedOp {
                         pad: a.array(k[1])?,
                         groups: a.usize(k[2])?,
                         bias: a.bool(k[3])?,
+                        shuffle: a.opt(k[5], |a, key| a.usize(key))?.unwrap_or(1),
                         act: act(a, k[4])?,
                     });
                 }
@@ -677,6 +695,10 @@ impl FusedOp {
                 "a conv chain has 2 or 3 stages, got {}",
                 stages.len()
             )),
+            FusedOp::Conv { shuffle, .. } => pos("shuffle", *shuffle),
+            FusedOp::ConvChain { stages, .. } => stages
+                .iter()
+                .try_for_each(|s| pos("stage shuffle", s.shuffle)),
             FusedOp::Attention { heads, .. }
             | FusedOp::M2fBridge { heads, .. }
             | FusedOp::F2mBridge { heads, .. }
@@ -723,6 +745,7 @@ impl FusedOp {
                 dilation,
                 groups,
                 bias,
+                shuffle,
                 act,
                 residual,
             } => {
@@ -739,6 +762,7 @@ impl FusedOp {
                     groups: *groups,
                 };
                 let y = e.op(conv, &ops)?;
+                let y = channel_shuffle(e, y, *shuffle)?;
                 epilogue(e, y, *act, &mut it, *residual)
             }
             FusedOp::Linear {
@@ -773,6 +797,7 @@ impl FusedOp {
                         groups: s.groups,
                     };
                     y = e.op(conv, &ops)?;
+                    y = channel_shuffle(e, y, s.shuffle)?;
                     y = epilogue(e, y, s.act, &mut it, false)?;
                 }
                 epilogue(e, y, Act::None, &mut it, *residual)
@@ -967,11 +992,48 @@ impl FusedOp {
 }
 
 /// Attribute names of conv-chain stages (static strings for [`Op::attrs`]).
-const STAGE_KEYS: [[&str; 5]; 3] = [
-    ["s0_stride", "s0_pad", "s0_groups", "s0_bias", "s0_act"],
-    ["s1_stride", "s1_pad", "s1_groups", "s1_bias", "s1_act"],
-    ["s2_stride", "s2_pad", "s2_groups", "s2_bias", "s2_act"],
+const STAGE_KEYS: [[&str; 6]; 3] = [
+    [
+        "s0_stride",
+        "s0_pad",
+        "s0_groups",
+        "s0_bias",
+        "s0_act",
+        "s0_shuffle",
+    ],
+    [
+        "s1_stride",
+        "s1_pad",
+        "s1_groups",
+        "s1_bias",
+        "s1_act",
+        "s1_shuffle",
+    ],
+    [
+        "s2_stride",
+        "s2_pad",
+        "s2_groups",
+        "s2_bias",
+        "s2_act",
+        "s2_shuffle",
+    ],
 ];
+
+/// ShuffleNet's channel shuffle of `y [N,C,H,W]` with `g` groups (identity
+/// for `g = 1`): view channels as `[g, C/g]`, swap, flatten.
+fn channel_shuffle<E: Emitter>(e: &mut E, y: E::V, g: usize) -> Result<E::V, IrError> {
+    if g == 1 {
+        return Ok(y);
+    }
+    let t = e.ty(&y);
+    want(t.rank() == 4 && g > 0 && t.shape[1] % g == 0, || {
+        format!("channel shuffle of {t} with {g} groups: channels must divide evenly")
+    })?;
+    let (n, c, h, w) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3]);
+    let v = reshape(e, y, &[n, g, c / g, h, w])?;
+    let v = transpose(e, v, &[0, 2, 1, 3, 4])?;
+    reshape(e, v, &[n, c, h, w])
+}
 
 fn take<E: Emitter, const K: usize>(args: &[E::V]) -> Result<[E::V; K], IrError> {
     args.to_vec()
@@ -1120,6 +1182,7 @@ mod tests {
             dilation: [1, 1],
             groups: 8,
             bias: true,
+            shuffle: 1,
             act,
             residual,
         }
@@ -1127,8 +1190,13 @@ mod tests {
 
     #[test]
     fn text_view_round_trips() {
+        let mut shuffled = conv_op(Act::DyRelu, false);
+        if let FusedOp::Conv { shuffle, .. } = &mut shuffled {
+            *shuffle = 4;
+        }
         let samples = vec![
             conv_op(Act::DyRelu, true),
+            shuffled,
             FusedOp::Linear {
                 bias: true,
                 act: Act::Gelu,
@@ -1141,6 +1209,7 @@ mod tests {
                         pad: [1, 1, 1, 1],
                         groups: 4,
                         bias: true,
+                        shuffle: 4,
                         act: Act::Relu6,
                     },
                     ConvStage {
@@ -1148,6 +1217,7 @@ mod tests {
                         pad: [0; 4],
                         groups: 1,
                         bias: false,
+                        shuffle: 1,
                         act: Act::None,
                     },
                 ],
@@ -1204,6 +1274,47 @@ mod tests {
         for name in FUSED_OP_NAMES {
             assert!(doc.contains(&format!("| `{name}` |")), "{name}");
         }
+    }
+
+    #[test]
+    fn shuffle_is_shufflenets_channel_shuffle() {
+        // A 1×1 identity conv over 6 channels numbered 0..6, shuffled with
+        // 2 groups: [g0: 0 1 2 | g1: 3 4 5] -> 0 3 1 4 2 5.
+        let x = Tensor::from_f32(
+            vec![1, 6, 1, 1],
+            (0..6).map(|i| i as f32).collect::<Vec<f32>>(),
+        )
+        .unwrap();
+        let mut w = vec![0.0; 36];
+        for i in 0..6 {
+            w[i * 6 + i] = 1.0;
+        }
+        let w = Tensor::from_f32(vec![6, 6, 1, 1], w).unwrap();
+        let conv = |shuffle| FusedOp::Conv {
+            stride: [1, 1],
+            pad: [0; 4],
+            dilation: [1, 1],
+            groups: 1,
+            bias: false,
+            shuffle,
+            act: Act::None,
+            residual: false,
+        };
+        let f = conv(2);
+        let y = crate::interp::eval(&Op::Fused(f.clone()), &[&x, &w]).unwrap();
+        assert_eq!(y[0].as_f32().unwrap(), &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        // channels must divide evenly; 0 groups is not a shuffle
+        let t = |s: &[usize]| TensorType::f32(s);
+        assert!(
+            conv(4)
+                .infer(&[t(&[1, 6, 1, 1]), t(&[6, 6, 1, 1])])
+                .is_err()
+        );
+        assert!(
+            conv(0)
+                .infer(&[t(&[1, 6, 1, 1]), t(&[6, 6, 1, 1])])
+                .is_err()
+        );
     }
 
     #[test]

@@ -166,9 +166,15 @@ pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extractio
                 .ok_or_else(|| PassError::Internal("root class missing".into()))
         })
         .collect::<Result<Vec<usize>, _>>()?;
-    let mut cost = dag_cost(&nodes, &pick, &root_idx).ok_or_else(|| {
-        PassError::Internal("the greedy choice has no acyclic extraction for the roots".into())
-    })?;
+    // Each class's choice was acyclic when it was made, but a child may
+    // later have switched to a choice that needs the parent (seen on a
+    // MobileViTv2 block once the cost constants were calibrated). Then
+    // extract again in an order that cannot close a cycle.
+    if dag_cost(&nodes, &pick, &root_idx).is_none() {
+        pick = acyclic_greedy(&nodes, &parents, class_ids.len(), words);
+    }
+    let mut cost = dag_cost(&nodes, &pick, &root_idx)
+        .ok_or_else(|| PassError::Internal("no acyclic extraction for the roots".into()))?;
     // Each class's greedy choice is best for that class alone; a fusion that
     // recomputes an intermediate another root needs anyway looks cheap to
     // it. Revisit the choices with the whole DAG's cost (all roots at once).
@@ -209,6 +215,75 @@ pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extractio
 }
 
 type FlatNode = (usize, KNode, Vec<usize>, f64);
+
+/// A decided class: its node and the set of classes its DAG needs.
+type Final = Option<(usize, Rc<[u64]>)>;
+
+/// Greedy DAG extraction that finalises classes cheapest first (Dijkstra
+/// order): a node is considered only once all its children are final, and
+/// a final class never changes, so no choice can need its own class. Each
+/// class's DAG cost is as in the main loop (local costs summed over the
+/// union of the children's sets), only the order of decisions differs.
+fn acyclic_greedy(
+    nodes: &[FlatNode],
+    parents: &[Vec<usize>],
+    classes: usize,
+    words: usize,
+) -> Vec<Option<usize>> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut fin: Vec<Final> = vec![None; classes];
+    let mut local = vec![0.0f64; classes];
+    // (total as ordered bits — costs are non-negative —, class count, node)
+    let mut heap: BinaryHeap<Reverse<(u64, u32, usize)>> = BinaryHeap::new();
+    let candidate = |ni: usize, fin: &[Final], local: &[f64]| {
+        let (ci, _, kids, cost) = &nodes[ni];
+        let mut set = vec![0u64; words];
+        for &k in kids {
+            let (_, ks) = fin[k].as_ref()?;
+            for (w, x) in set.iter_mut().zip(ks.iter()) {
+                *w |= *x;
+            }
+        }
+        set[ci / 64] |= 1 << (ci % 64);
+        let mut total = 0.0;
+        let mut count = 0u32;
+        for (wi, &w) in set.iter().enumerate() {
+            let mut w = w;
+            count += w.count_ones();
+            while w != 0 {
+                let c = wi * 64 + w.trailing_zeros() as usize;
+                total += if c == *ci { *cost } else { local[c] };
+                w &= w - 1;
+            }
+        }
+        Some((total, count, set))
+    };
+    for (ni, n) in nodes.iter().enumerate() {
+        if n.2.is_empty() {
+            heap.push(Reverse((n.3.max(0.0).to_bits(), 1, ni)));
+        }
+    }
+    while let Some(Reverse((_, _, ni))) = heap.pop() {
+        let ci = nodes[ni].0;
+        if fin[ci].is_some() {
+            continue;
+        }
+        let Some((_, _, set)) = candidate(ni, &fin, &local) else {
+            continue;
+        };
+        fin[ci] = Some((ni, set.into()));
+        local[ci] = nodes[ni].3;
+        for &p in &parents[ci] {
+            if fin[nodes[p].0].is_none()
+                && let Some((t, count, _)) = candidate(p, &fin, &local)
+            {
+                heap.push(Reverse((t.max(0.0).to_bits(), count, p)));
+            }
+        }
+    }
+    fin.into_iter().map(|f| f.map(|(ni, _)| ni)).collect()
+}
 
 /// The classes the current choice needs for the roots, sorted.
 fn used_classes(nodes: &[FlatNode], pick: &[Option<usize>], roots: &[usize]) -> Vec<usize> {

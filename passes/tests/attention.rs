@@ -186,3 +186,62 @@ fn bias_free_projections_are_absorbed_too() {
     assert_eq!(count(&o, "fused_mha"), 1, "{}", r.explain());
     assert_eq!(o.graph.op_count(), 1, "{}", kiln_ir::text::print(&o.graph));
 }
+
+/// timm-style joint QKV: `qkv(x).reshape(B,T,3,h,dh).permute(2,0,3,1,4)`,
+/// then `q, k, v = qkv[0], qkv[1], qkv[2]` (ONNX Gather). With
+/// `heads_outer`, the reshape is `(B,T,h,3,dh)` instead: then index `i`
+/// selects an inner factor of the projection's columns, no column slice,
+/// and the Q/K/V projections must not be taken as slices.
+fn joint_qkv(heads_outer: bool) -> Model {
+    let (t, d, h) = (5, 16, 2);
+    let mut b = B::new("joint_qkv");
+    let x = b.input("x", &[1, t, d]);
+    let qkv = b.linear(x, 3 * d);
+    let (shape, perm) = if heads_outer {
+        ([1, t, h, 3, d / h], [3, 0, 2, 1, 4])
+    } else {
+        ([1, t, 3, h, d / h], [2, 0, 3, 1, 4])
+    };
+    let r = b.reshape(qkv, &shape);
+    let p = b.transpose(r, &perm);
+    let pick = |b: &mut B, i: i64| {
+        b.op(
+            Op::Gather {
+                axis: 0,
+                indices: vec![i],
+                indices_shape: vec![],
+            },
+            &[p],
+        )
+    };
+    let (q, k, v) = (pick(&mut b, 0), pick(&mut b, 1), pick(&mut b, 2));
+    let kt = b.transpose(k, &[0, 1, 3, 2]);
+    let s = b.op(Op::MatMul, &[q, kt]);
+    let c = b.scalar(0.25);
+    let s = b.bin(BinaryOp::Mul, s, c);
+    let a = b.op(Op::Softmax { axis: 3 }, &[s]);
+    let o = b.op(Op::MatMul, &[a, v]);
+    let o = merge_heads(&mut b, o);
+    b.finish(&[o])
+}
+
+#[test]
+fn a_joint_qkv_projection_selected_by_gather_is_three_projections() {
+    let m = joint_qkv(false);
+    let (o, r) = optimize(&m, &OptOptions::default()).unwrap();
+    assert_same_function(&m, &o);
+    let h = histogram(&o);
+    assert_eq!(h.get("fused_mha"), Some(&1), "{}", r.explain());
+    assert_eq!(o.graph.op_count(), 1, "{}", common::dump(&o.graph));
+}
+
+#[test]
+fn a_gather_of_an_inner_factor_is_not_a_column_slice() {
+    // (B,T,h,3,dh): each head's q, k, v are interleaved in the columns;
+    // the rewrite must not claim a contiguous slice (the result is checked
+    // against the interpreter either way)
+    let m = joint_qkv(true);
+    let (o, _) = optimize(&m, &OptOptions::default()).unwrap();
+    assert_same_function(&m, &o);
+    assert_eq!(histogram(&o).get("slice"), None);
+}

@@ -202,3 +202,90 @@ fn pointwise_mlp_is_a_chain() {
     assert_eq!(count(&o, "fused_conv_chain"), 1);
     assert_eq!(o.graph.op_count(), 1);
 }
+
+/// ShuffleNet's channel shuffle as Mobile-Former-26M's builder writes it.
+fn shuffle(b: &mut B, x: kiln_ir::Value, g: usize) -> kiln_ir::Value {
+    let s = b.shape(x);
+    let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let v = b.reshape(x, &[n, g, c / g, h, w]);
+    let t = b.transpose(v, &[0, 2, 1, 3, 4]);
+    b.reshape(t, &[n, c, h, w])
+}
+
+#[test]
+fn shuffled_grouped_convs_chain_and_take_the_dynamic_relu() {
+    // Mobile-Former-26M's stride-1 sub-block (spec 2.6, 2.9): grouped pw
+    // -> BN -> shuffle(4) -> DyReLU -> dw -> BN -> DyReLU -> grouped pw ->
+    // BN -> shuffle(4) -> + x.
+    let mut b = B::new("shuffled");
+    let x = b.input("x", &[1, 8, 5, 5]);
+    let a1 = b.input("a1", &[1, 16, 1, 1]);
+    let a2 = b.input("a2", &[1, 16, 1, 1]);
+    let y = b.conv(x, 16, 1, 1, 4, false);
+    let y = b.bn(y);
+    let y = shuffle(&mut b, y, 4);
+    let p = b.bin(BinaryOp::Mul, y, a1);
+    let q = b.bin(BinaryOp::Mul, y, a2);
+    let y = b.bin(BinaryOp::Max, p, q);
+    let y = b.conv(y, 16, 3, 1, 16, false);
+    let y = b.bn(y);
+    let p = b.bin(BinaryOp::Mul, y, a1);
+    let q = b.bin(BinaryOp::Mul, y, a2);
+    let y = b.bin(BinaryOp::Max, p, q);
+    let y = b.conv(y, 8, 1, 1, 4, false);
+    let y = b.bn(y);
+    let y = shuffle(&mut b, y, 4);
+    let y = b.bin(BinaryOp::Add, y, x);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(
+        count(&o, "fused_conv_chain"),
+        1,
+        "{}",
+        common::dump(&o.graph)
+    );
+    assert_eq!(o.graph.op_count(), 1, "{}", common::dump(&o.graph));
+    let text = common::dump(&o.graph);
+    assert!(
+        text.contains("s0_shuffle=4") && text.contains("s2_shuffle=4"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_relu6_then_shuffle_is_the_convs_shuffle() {
+    // the 26M bneck-lite order: dw-expanding conv -> BN -> ReLU6 ->
+    // shuffle(Cin) -> grouped pw -> BN
+    let mut b = B::new("lite");
+    let x = b.input("x", &[1, 4, 6, 6]);
+    let y = b.conv(x, 12, 3, 2, 4, false);
+    let y = b.bn(y);
+    let y = b.un(UnaryOp::Relu6, y);
+    let y = shuffle(&mut b, y, 4);
+    let y = b.conv(y, 8, 1, 1, 4, false);
+    let y = b.bn(y);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(
+        count(&o, "fused_conv_chain"),
+        1,
+        "{}",
+        common::dump(&o.graph)
+    );
+    assert_eq!(count(&o, "transpose"), 0);
+}
+
+#[test]
+fn permutations_that_are_not_shuffles_stay() {
+    // a transpose of the spatial axes, and a shuffle before a conv (the
+    // head's): neither is an output shuffle of a conv
+    let mut b = B::new("not_shuffle");
+    let x = b.input("x", &[1, 8, 4, 4]);
+    let y = b.conv(x, 8, 1, 1, 2, true);
+    let t = b.transpose(y, &[0, 1, 3, 2]);
+    let s = shuffle(&mut b, x, 2);
+    let z = b.conv(s, 8, 1, 1, 2, true);
+    let m = b.finish(&[t, z]);
+    let o = run(&m);
+    assert_eq!(count(&o, "transpose"), 2, "{}", common::dump(&o.graph));
+}

@@ -35,15 +35,15 @@ fn mf_blocks(name: &str) -> (Vec<Mf>, bool) {
 
 /// Expected op counts after optimisation, from the spec.
 fn expected_mobile_former(name: &str) -> BTreeMap<&'static str, usize> {
-    let (blocks, shuffled) = mf_blocks(name);
+    let (blocks, _shuffled) = mf_blocks(name);
     let mf = blocks.iter().filter(|b| **b != Mf::Lite).count();
     let s1 = blocks.iter().filter(|b| **b == Mf::S1).count();
     let down = blocks.iter().filter(|b| **b == Mf::Down).count();
     // Conv chains: the lite block is dw -> pw; a stride-1 block pw -> dw ->
-    // pw; a stride-2 block two dw -> pw chains (§2.2, 2.6, 2.7). In 26M a
-    // channel shuffle sits between the convs of every chain except the
-    // stride-1 blocks' dw -> pw (§2.9), so only those chain.
-    let chains = if shuffled { s1 } else { 1 + s1 + 2 * down };
+    // pw; a stride-2 block two dw -> pw chains (§2.2, 2.6, 2.7). In 26M
+    // the channel shuffles after its convs (§2.9) are part of those convs
+    // (`fused_conv {shuffle}`), so the same chains form.
+    let chains = 1 + s1 + 2 * down;
     BTreeMap::from([
         // every block's bridges plus the final M2F before the head (§2.11)
         ("fused_m2f", mf + 1),
@@ -55,6 +55,9 @@ fn expected_mobile_former(name: &str) -> BTreeMap<&'static str, usize> {
         ("batch_norm", 0),
         ("softmax", 0),
         ("fused_conv_chain", chains),
+        // every `max` is a dynamic ReLU right after a conv (+BN, + 26M's
+        // shuffle): all of them are conv epilogues
+        ("max", 0),
     ])
 }
 
@@ -139,6 +142,46 @@ fn every_zoo_model_fuses_as_its_structure_says() {
     for e in kiln_frontends::zoo::list() {
         check_counts(e.name);
     }
+}
+
+#[test]
+fn mobile_former_26m_shuffles_fuse_into_its_convs() {
+    // 26M is 52M's network plus channel shuffles (§2.9, §3.1). Every
+    // shuffle after a conv becomes that conv's `shuffle` attribute; the
+    // one before the head conv shuffles a conv's *input* and stays, so 26M
+    // keeps exactly one transpose more than 52M.
+    let transposes = |name: &str| {
+        let m = build(name, &ZooOptions::default()).unwrap();
+        let (o, _) = optimize(&m, &OptOptions::default()).unwrap();
+        let shuffled = o
+            .graph
+            .node_ids()
+            .filter(|&id| {
+                matches!(
+                    &o.graph.node(id).op,
+                    kiln_ir::Op::Fused(kiln_ir::FusedOp::Conv { shuffle, .. }) if *shuffle > 1
+                ) || matches!(&o.graph.node(id).op,
+                    kiln_ir::Op::Fused(kiln_ir::FusedOp::ConvChain { stages, .. })
+                        if stages.iter().any(|s| s.shuffle > 1))
+            })
+            .count();
+        (
+            common::histogram(&o).get("transpose").copied().unwrap_or(0),
+            shuffled,
+        )
+    };
+    let (t52, s52) = transposes("mobile_former_52m");
+    let (t26, s26) = transposes("mobile_former_26m");
+    assert_eq!(t26, t52 + 1);
+    assert_eq!(s52, 0);
+    // every chain of 26M has a shuffled stage: the lite block's dw (by
+    // Cin), each stride-1 block's first and last pw (by 4), each stride-2
+    // block's two dw-expanding convs (by their input channels)
+    let (blocks, _) = mf_blocks("mobile_former_26m");
+    let s1 = blocks.iter().filter(|b| **b == Mf::S1).count();
+    let down = blocks.iter().filter(|b| **b == Mf::Down).count();
+    assert_eq!((s1, down), (5, 3));
+    assert_eq!(s26, 1 + s1 + 2 * down);
 }
 
 #[test]

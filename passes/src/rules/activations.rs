@@ -1,8 +1,10 @@
 //! Recognition of primitives that ONNX exports decompose: SiLU from
 //! `x·sigmoid(x)`, hard-sigmoid from `relu6(x+3)/6`, hard-swish from
 //! `x·hard_sigmoid(x)` or `x·relu6(x+3)/6`, exact GELU from its erf formula,
-//! ReLU/ReLU6 from max/min, and layer-norm from
-//! ReduceMean/Sub/Pow/Sqrt/Div(+Mul/Add).
+//! ReLU/ReLU6 from max/min, layer-norm from
+//! ReduceMean/Sub/Pow/Sqrt/Div(+Mul/Add), and PyTorch's GroupNorm(1)
+//! export (InstanceNormalization over `[N, 1, rest]`, then the per-channel
+//! affine as Mul/Add).
 //!
 //! Every matcher accepts both operand orders of products and sums and a
 //! scale written as `·c` or `/(1/c)`, through the helpers in `rules`.
@@ -37,7 +39,76 @@ pub fn rules() -> Vec<Rw> {
             |op| matches!(op, Op::Binary(BinaryOp::Mul | BinaryOp::Add)),
             layer_norm,
         ),
+        rule(
+            "act-group-norm-affine",
+            |op| *op == Op::Binary(BinaryOp::Add),
+            group_norm_affine,
+        ),
     ]
+}
+
+/// The `C` of a constant shaped one value per channel of an `[N, C, ...]`
+/// tensor of rank `rank` (`[C, 1, ..]` or `[1, C, 1, ..]`).
+fn per_channel(eg: &KGraph, k: Id, c: usize, rank: usize) -> bool {
+    let s = &ty(eg, k).shape;
+    konst(eg, k)
+        && s.iter().product::<usize>() == c
+        && ((s.len() == rank - 1 && s.first() == Some(&c))
+            || (s.len() == rank && s.get(1) == Some(&c)))
+}
+
+/// PyTorch exports `GroupNorm(1, C)` as `InstanceNormalization` of
+/// `reshape(x, [N, 1, rest])` with unit scale and zero shift, reshaped back,
+/// then `· γ + β` per channel: that is `group_norm(x, γ, β) {groups=1}`
+/// (statistics over everything but the batch axis either way).
+fn group_norm_affine(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let shape = ty(eg, c).shape.clone();
+    if shape.len() < 3 {
+        return vec![];
+    }
+    let (n, ch) = (shape[0], shape[1]);
+    let rest: usize = shape[1..].iter().product();
+    let mut out = Vec::new();
+    for (m, beta) in binary(eg, c, BinaryOp::Add) {
+        if !per_channel(eg, beta, ch, shape.len()) || ty(eg, m).shape != shape {
+            continue;
+        }
+        for (r, gamma) in binary(eg, m, BinaryOp::Mul) {
+            if !per_channel(eg, gamma, ch, shape.len()) || ty(eg, r).shape != shape {
+                continue;
+            }
+            for (_, g) in ops(eg, r, |op| matches!(op, Op::Reshape { .. })) {
+                for (op, a) in ops(eg, g[0], |op| matches!(op, Op::GroupNorm { groups: 1, .. })) {
+                    let Op::GroupNorm { eps, .. } = op else {
+                        continue;
+                    };
+                    if ty(eg, a[0]).shape[..] != [n, 1, rest]
+                        || !is_scalar(eg, a[1], 1.0)
+                        || scalar(eg, a[2]) != Some(0.0)
+                    {
+                        continue;
+                    }
+                    for (_, x) in ops(eg, a[0], |op| matches!(op, Op::Reshape { .. })) {
+                        if ty(eg, x[0]).shape != shape {
+                            continue;
+                        }
+                        let mut rc = Recipe::new();
+                        let gm = rc.reshape(R::Old(gamma), &[ch]);
+                        let bt = rc.reshape(R::Old(beta), &[ch]);
+                        let y = rc.op(
+                            Op::GroupNorm {
+                                groups: 1,
+                                eps: *eps,
+                            },
+                            &[R::Old(x[0]), gm, bt],
+                        );
+                        out.push((rc, y));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 fn is_min_max(op: &Op) -> bool {

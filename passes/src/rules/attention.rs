@@ -126,19 +126,39 @@ fn emit(
     v: Side,
     project: bool,
 ) -> (Recipe, R) {
-    let pick = |s: Side| if project { s.proj } else { None };
+    emit_with(eg, heads, scale, [q, k, v], !project, false)
+}
+
+/// The fused attention over sides `[q, k, v]`, absorbing their projections
+/// unless `raw`; with `transpose_k`, `k.raw` holds `kᵀ` and the recipe
+/// transposes it back.
+fn emit_with(
+    eg: &KGraph,
+    heads: usize,
+    scale: f32,
+    sides: [Side; 3],
+    raw: bool,
+    transpose_k: bool,
+) -> (Recipe, R) {
+    let pick = |s: Side| if raw { None } else { s.proj };
     let mut r = Recipe::new();
     let mut args = Vec::new();
-    for s in [q, k, v] {
-        args.push(R::Old(pick(s).map_or(s.raw, |p| p.0)));
+    for (i, s) in sides.into_iter().enumerate() {
+        let x = R::Old(pick(s).map_or(s.raw, |p| p.0));
+        args.push(if i == 1 && transpose_k {
+            r.transpose(x, &[0, 2, 1])
+        } else {
+            x
+        });
     }
-    for s in [q, k, v] {
+    for s in sides {
         if let Some((_, w, b)) = pick(s) {
             args.push(R::Old(w));
             let b = bias_arg(&mut r, eg, w, b);
             args.push(b);
         }
     }
+    let [q, k, v] = sides;
     let f = FusedOp::Attention {
         heads,
         scale: Float(scale),
@@ -182,7 +202,10 @@ fn mha(eg: &KGraph, c: Id, _n: &KNode) -> Found {
     out
 }
 
-/// Rank-3 attention without a head split: `softmax(s·q kᵀ, 2) @ v`.
+/// Rank-3 attention without a head split: `softmax(s·q kᵀ, 2) @ v`. When
+/// no class holds `k` itself (PyTorch's `q @ pixels` with `pixels [N,C,L]`
+/// used as `kᵀ` directly), the recipe adds `k = transpose(kᵀ)`, which the
+/// e-graph shares with an existing `pixels.transpose(1, 2)` if there is one.
 fn single_head(eg: &KGraph, c: Id, _n: &KNode) -> Found {
     if ty(eg, c).rank() != 3 {
         return vec![];
@@ -191,6 +214,7 @@ fn single_head(eg: &KGraph, c: Id, _n: &KNode) -> Found {
     for (s, v) in softmax_times(eg, c, 2) {
         for (q, kt, scale) in scaled_products(eg, s) {
             let kts = ty(eg, kt).shape.clone();
+            let mut found = false;
             for w in views(eg, kt, DEPTH) {
                 let bs = &ty(eg, w.base).shape;
                 if bs.len() != 3 {
@@ -199,6 +223,18 @@ fn single_head(eg: &KGraph, c: Id, _n: &KNode) -> Found {
                 let want = View::contiguous(w.base, bs).transpose(&[0, 2, 1]);
                 if want.as_ref() == Some(&w) && bs[..] == [kts[0], kts[2], kts[1]] {
                     out.extend(variants(eg, 1, scale, q, w.base, v));
+                    found = true;
+                }
+            }
+            if !found && kts.len() == 3 {
+                let (qs, vs) = (side(eg, q), side(eg, v));
+                let k = Side {
+                    raw: kt,
+                    proj: None,
+                };
+                out.push(emit_with(eg, 1, scale, [qs, k, vs], true, true));
+                if qs.proj.is_some() || vs.proj.is_some() {
+                    out.push(emit_with(eg, 1, scale, [qs, k, vs], false, true));
                 }
             }
         }

@@ -1,6 +1,10 @@
 //! Canonicalisation: transpose/reshape cancellation and merging, identity
-//! removal, shape-only ops as reshapes, and moving scalar scales and
-//! softmaxes to where the fusion matchers look for them.
+//! removal, shape-only ops as reshapes, moving scalar scales and softmaxes
+//! to where the fusion matchers look for them, and the spellings PyTorch
+//! exports write around linear layers: one index selected out of a joint
+//! QKV projection (`qkv.reshape(...).permute(...)[0]`), an explicit
+//! `expand_as` before a broadcasting op, a constant per-channel scale after
+//! a linear layer.
 //!
 //! These rules add equal spellings to a class; they never delete one, so a
 //! matcher may rely on "some e-node of the class has this form". Each is
@@ -11,7 +15,7 @@
 use egg::Id;
 use kiln_ir::op::{BinaryOp, Float, Op, UnaryOp};
 
-use super::{Found, R, Recipe, Rw, binary, is_scalar, rule, scalar, ty};
+use super::{Found, R, Recipe, Rw, binary, is_scalar, konst, linears, ops, rule, scalar, ty};
 use crate::lang::{KGraph, KNode};
 
 /// The canonicalisation rules.
@@ -68,7 +72,239 @@ pub fn rules() -> Vec<Rw> {
             |op| matches!(op, Op::Softmax { .. }),
             softmax_through_transpose,
         ),
+        rule(
+            "canon-gather-through-transpose",
+            is_scalar_gather,
+            gather_through_transpose,
+        ),
+        rule("canon-gather-as-slice", is_scalar_gather, gather_as_slice),
+        rule(
+            "canon-slice-of-linear",
+            |op| matches!(op, Op::Slice { .. }),
+            slice_of_linear,
+        ),
+        rule(
+            "canon-expand-into-broadcast",
+            is_broadcasting,
+            expand_into_broadcast,
+        ),
+        rule(
+            "canon-scale-into-linear",
+            |op| *op == Op::Binary(BinaryOp::Mul),
+            scale_into_linear,
+        ),
     ]
+}
+
+/// `gather` of one scalar index (the axis is dropped): `x[.., i, ..]`.
+fn is_scalar_gather(op: &Op) -> bool {
+    matches!(op, Op::Gather { indices, indices_shape, .. } if indices.len() == 1 && indices_shape.is_empty())
+}
+
+/// `(axis, index ≥ 0)` of a scalar gather over an operand of shape `shape`.
+fn scalar_gather(op: &Op, shape: &[usize]) -> Option<(usize, usize)> {
+    let Op::Gather { axis, indices, .. } = op else {
+        return None;
+    };
+    let n = *shape.get(*axis)? as i64;
+    let i = if indices[0] < 0 {
+        indices[0] + n
+    } else {
+        indices[0]
+    };
+    (0..n).contains(&i).then_some((*axis, i as usize))
+}
+
+/// `gather(transpose(x, p), a, i)` = `transpose(gather(x, p[a], i), p')`,
+/// `p'` being `p` without position `a`, renumbered: the selection moves
+/// towards the tensor it selects from.
+fn gather_through_transpose(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(op) = n.as_op() else {
+        return vec![];
+    };
+    let Some((a, i)) = scalar_gather(op, &ty(eg, n.args[0]).shape) else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (t, args) in ops(eg, n.args[0], |op| matches!(op, Op::Transpose { .. })) {
+        let Op::Transpose { perm } = t else { continue };
+        let src = perm[a];
+        let rest: Vec<usize> = perm
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| k != a)
+            .map(|(_, &p)| if p > src { p - 1 } else { p })
+            .collect();
+        let mut r = Recipe::new();
+        let g = r.op(
+            Op::Gather {
+                axis: src,
+                indices: vec![i as i64],
+                indices_shape: vec![],
+            },
+            &[R::Old(args[0])],
+        );
+        let y = r.transpose(g, &rest);
+        out.push((r, y));
+    }
+    out
+}
+
+/// `gather(reshape(x, s), a, i)` where axis `a` of `s` is the outer factor
+/// of an axis `k` of `x` (`prod(s[..a]) = prod(x[..k])`, `s[a]` divides
+/// `x[k]`): index `i` selects the contiguous run `[i·m, (i+1)·m)` of axis
+/// `k`, `m = x[k]/s[a]`, so it is `reshape(slice(x, k, i·m, (i+1)·m))`.
+/// This is how `qkv.reshape(B,T,3,h,dh)[..., 0, ...]` becomes a slice of
+/// the QKV projection's columns.
+fn gather_as_slice(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let Some(op) = n.as_op() else {
+        return vec![];
+    };
+    let s = ty(eg, n.args[0]).shape.clone();
+    let Some((a, i)) = scalar_gather(op, &s) else {
+        return vec![];
+    };
+    let pre: usize = s[..a].iter().product();
+    let out_shape = ty(eg, c).shape.clone();
+    let mut out = Vec::new();
+    for (_, args) in ops(eg, n.args[0], |op| matches!(op, Op::Reshape { .. })) {
+        let xs = &ty(eg, args[0]).shape;
+        let mut acc = 1usize;
+        for (k, &d) in xs.iter().enumerate() {
+            if acc == pre && d >= s[a] && d.is_multiple_of(s[a]) {
+                let m = d / s[a];
+                let mut r = Recipe::new();
+                let sl = r.op(
+                    Op::Slice {
+                        axes: vec![k],
+                        starts: vec![(i * m) as i64],
+                        ends: vec![((i + 1) * m) as i64],
+                        steps: vec![1],
+                    },
+                    &[R::Old(args[0])],
+                );
+                let y = r.reshape(sl, &out_shape);
+                out.push((r, y));
+                break;
+            }
+            acc *= d;
+            if acc > pre {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// `slice(x@w + b, last axis, [s, e))` = `x@w[:, s..e] + b[s..e]` for a
+/// constant `w`: the sliced weight is folded at compile time, so each of
+/// Q, K, V cut from a joint projection is a linear map of its own.
+fn slice_of_linear(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let Some(Op::Slice {
+        axes,
+        starts,
+        ends,
+        steps,
+    }) = n.as_op()
+    else {
+        return vec![];
+    };
+    let rank = ty(eg, c).rank();
+    if axes[..] != [rank.wrapping_sub(1)] || steps[..] != [1] {
+        return vec![];
+    }
+    let cut = |axis: usize| Op::Slice {
+        axes: vec![axis],
+        starts: starts.clone(),
+        ends: ends.clone(),
+        steps: vec![1],
+    };
+    linears(eg, n.args[0])
+        .into_iter()
+        .map(|l| {
+            let mut r = Recipe::new();
+            let w = r.op(cut(1), &[R::Old(l.w)]);
+            let mut y = r.op(Op::MatMul, &[R::Old(l.x), w]);
+            if let Some(b) = l.b {
+                let b = r.op(cut(0), &[R::Old(b)]);
+                y = r.bin(BinaryOp::Add, y, b);
+            }
+            (r, y)
+        })
+        .collect()
+}
+
+fn is_broadcasting(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Binary(
+            BinaryOp::Add
+                | BinaryOp::Sub
+                | BinaryOp::Mul
+                | BinaryOp::Div
+                | BinaryOp::Max
+                | BinaryOp::Min
+        )
+    )
+}
+
+/// `x ⊕ expand(y)` = `x ⊕ y` when broadcasting already gives the same
+/// result (PyTorch's `v * context.expand_as(v)`); the applier keeps it only
+/// if the type is unchanged. Only for a `y` of the result's rank (size-1
+/// axes stretched): dropping an expand that adds axes (Mobile-Former's
+/// learned tokens `[M,d]` → `[N,M,d]`) would hand fused ops rank-deficient
+/// operands.
+fn expand_into_broadcast(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(op) = n.as_op() else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for j in 0..2 {
+        for (_, e) in ops(eg, n.args[j], |op| matches!(op, Op::Expand { .. })) {
+            if ty(eg, e[0]).rank() != ty(eg, n.args[j]).rank() {
+                continue;
+            }
+            let mut args = [R::Old(n.args[0]), R::Old(n.args[1])];
+            args[j] = R::Old(e[0]);
+            let mut r = Recipe::new();
+            let y = r.op(op.clone(), &args);
+            out.push((r, y));
+        }
+    }
+    out
+}
+
+/// `(x@w + b) · s` with a constant `s` of one value per output column
+/// (`[N]`, `[1, …, 1, N]`, not a scalar) = `x@(w·s) + b·s`: the scale
+/// folds into the weights (a learned constant gate after a projection).
+fn scale_into_linear(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let mut out = Vec::new();
+    for (y, s) in binary(eg, c, BinaryOp::Mul) {
+        let st = &ty(eg, s).shape;
+        let Some(&cols) = ty(eg, c).shape.last() else {
+            continue;
+        };
+        let per_column = st.last() == Some(&cols)
+            && cols > 1
+            && st[..st.len() - 1].iter().all(|&d| d == 1)
+            && st.len() <= ty(eg, c).rank();
+        if !konst(eg, s) || !per_column || ty(eg, y) != ty(eg, c) {
+            continue;
+        }
+        for l in linears(eg, y) {
+            let mut r = Recipe::new();
+            let s_row = r.reshape(R::Old(s), &[1, cols]);
+            let w = r.bin(BinaryOp::Mul, R::Old(l.w), s_row);
+            let mut y = r.op(Op::MatMul, &[R::Old(l.x), w]);
+            if let Some(b) = l.b {
+                let s_vec = r.reshape(R::Old(s), &[cols]);
+                let b = r.bin(BinaryOp::Mul, R::Old(b), s_vec);
+                y = r.bin(BinaryOp::Add, y, b);
+            }
+            out.push((r, y));
+        }
+    }
+    out
 }
 
 fn transpose_transpose(eg: &KGraph, _c: Id, n: &KNode) -> Found {
@@ -76,7 +312,7 @@ fn transpose_transpose(eg: &KGraph, _c: Id, n: &KNode) -> Found {
         return vec![];
     };
     let mut out = Vec::new();
-    for (op, a) in super::ops(eg, n.args[0], |op| matches!(op, Op::Transpose { .. })) {
+    for (op, a) in ops(eg, n.args[0], |op| matches!(op, Op::Transpose { .. })) {
         let Op::Transpose { perm: p1 } = op else {
             continue;
         };
@@ -101,7 +337,7 @@ fn reshape_reshape(eg: &KGraph, c: Id, n: &KNode) -> Found {
     if ty(eg, n.args[0]).shape == *shape {
         out.push((Recipe::new(), R::Old(n.args[0])));
     }
-    for (_, a) in super::ops(eg, n.args[0], |op| matches!(op, Op::Reshape { .. })) {
+    for (_, a) in ops(eg, n.args[0], |op| matches!(op, Op::Reshape { .. })) {
         let mut r = Recipe::new();
         if ty(eg, a[0]).shape == *shape {
             out.push((r, R::Old(a[0])));
@@ -273,7 +509,7 @@ fn softmax_through_transpose(eg: &KGraph, _c: Id, n: &KNode) -> Found {
         return vec![];
     };
     let mut out = Vec::new();
-    for (op, a) in super::ops(eg, n.args[0], |op| matches!(op, Op::Transpose { .. })) {
+    for (op, a) in ops(eg, n.args[0], |op| matches!(op, Op::Transpose { .. })) {
         let Op::Transpose { perm } = op else { continue };
         let mut r = Recipe::new();
         let s = r.op(Op::Softmax { axis: perm[*axis] }, &[R::Old(a[0])]);

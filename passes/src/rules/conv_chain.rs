@@ -8,6 +8,8 @@
 //! expanding form with `e` outputs per channel included) and *pointwise*
 //! when its kernel is 1×1 with stride 1 and no padding (grouped pointwise
 //! convs included). Only the last conv of a chain may carry the residual.
+//! A stage's channel shuffle (Mobile-Former-26M) goes with it: it only
+//! changes where the stage's rows are stored.
 
 use egg::Id;
 use kiln_ir::op::Op;
@@ -47,6 +49,7 @@ fn stage_of(eg: &KGraph, op: &Op, args: &[Id]) -> Option<Stage> {
         dilation: [1, 1],
         groups,
         bias,
+        shuffle,
         act,
         residual,
     }) = op
@@ -64,6 +67,7 @@ fn stage_of(eg: &KGraph, op: &Op, args: &[Id]) -> Option<Stage> {
             pad: *pad,
             groups: *groups,
             bias: *bias,
+            shuffle: *shuffle,
             act: *act,
         },
         input: args[0],

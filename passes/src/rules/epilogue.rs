@@ -1,12 +1,14 @@
 //! Activation and residual epilogues: a convolution or linear layer absorbs
-//! its bias add, the activation after it (including Mobile-Former's
-//! dynamic ReLU `max(a1·y, a2·y)`) and a residual add, so the result is
-//! written once instead of three times.
+//! its bias add, a channel shuffle of its output (Mobile-Former-26M), the
+//! activation after it (including Mobile-Former's dynamic ReLU
+//! `max(a1·y, a2·y)`) and a residual add, so the result is written once
+//! instead of three or four times.
 
 use egg::Id;
 use kiln_ir::op::{BinaryOp, Op};
 use kiln_ir::{Act, FusedOp};
 
+use super::view::{DEPTH, View, views};
 use super::{Found, R, Recipe, Rw, binary, konst, linears, ops, rule, ty};
 use crate::lang::{KGraph, KNode};
 
@@ -22,6 +24,11 @@ pub fn rules() -> Vec<Rw> {
             "epi-conv-bias-add",
             |op| *op == Op::Binary(BinaryOp::Add),
             conv_bias_add,
+        ),
+        rule(
+            "epi-conv-shuffle",
+            |op| matches!(op, Op::Reshape { .. }),
+            conv_shuffle,
         ),
         rule(
             "epi-conv-act",
@@ -72,6 +79,7 @@ fn conv_as_fused(_eg: &KGraph, _c: Id, n: &KNode) -> Found {
         dilation,
         groups,
         bias: n.args.len() == 3,
+        shuffle: 1,
         act: Act::None,
         residual: false,
     };
@@ -100,6 +108,64 @@ fn conv_bias_add(eg: &KGraph, c: Id, _n: &KNode) -> Found {
                 let b1 = r.reshape(R::Old(b), &[o]);
                 let y = r.op(op.clone(), &[R::Old(a[0]), R::Old(a[1]), b1]);
                 out.push((r, y));
+            }
+        }
+    }
+    out
+}
+
+/// `g` for every way class `c [N,C,H,W]` is the channel shuffle of a
+/// same-shaped base `y` with `1 < g < C` groups (`reshape [N,g,C/g,H,W]`,
+/// `transpose(0,2,1,3,4)`, `reshape`, in any spelling that indexes the
+/// same elements), as `(y, g)`.
+fn shuffles_of(eg: &KGraph, c: Id) -> Vec<(Id, usize)> {
+    let shape = ty(eg, c).shape.clone();
+    let [n, ch, h, w] = shape[..] else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for v in views(eg, c, DEPTH) {
+        if v.base == eg.find(c) || ty(eg, v.base).shape != shape {
+            continue;
+        }
+        for g in (2..ch).filter(|g| ch.is_multiple_of(*g)) {
+            let want = View::contiguous(v.base, &shape)
+                .reshape(&[n, g, ch / g, h, w])
+                .and_then(|x| x.transpose(&[0, 2, 1, 3, 4]))
+                .and_then(|x| x.reshape(&shape));
+            if want.as_ref() == Some(&v) && !out.contains(&(v.base, g)) {
+                out.push((v.base, g));
+            }
+        }
+    }
+    out
+}
+
+/// `shuffle(conv(x), g)` → `fused_conv {shuffle=g}`. Only over a conv with
+/// no shuffle yet, no residual, and an activation without operands (which
+/// commutes with a permutation of channels, so `shuffle(relu6(conv))` —
+/// the 26M bneck-lite's order — is the same op).
+fn conv_shuffle(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let mut out = Vec::new();
+    for (y, g) in shuffles_of(eg, c) {
+        for (op, a) in ops(eg, y, |op| {
+            matches!(
+                op,
+                Op::Fused(FusedOp::Conv {
+                    shuffle: 1,
+                    residual: false,
+                    ..
+                })
+            )
+        }) {
+            if let Op::Fused(f @ FusedOp::Conv { act, .. }) = op
+                && *act != Act::DyRelu
+            {
+                let mut f = f.clone();
+                if let FusedOp::Conv { shuffle, .. } = &mut f {
+                    *shuffle = g;
+                }
+                out.push(fused_with(f, a, &[]));
             }
         }
     }

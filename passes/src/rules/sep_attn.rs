@@ -40,6 +40,7 @@ fn pointwise(eg: &KGraph, op: &Op, a: &[Id]) -> Option<(Id, Id, Id)> {
             dilation: [1, 1],
             groups: 1,
             bias: true,
+            shuffle: 1,
             act: kiln_ir::Act::None,
             residual: false,
         }) => true,
