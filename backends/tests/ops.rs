@@ -581,6 +581,28 @@ fn data_movement() {
             },
             vec![input(&[3, 4, 6])],
         ),
+        // tiny innermost dims: blocked copies (MobileViTv2's unfold and
+        // fold, Mobile-Former's per-head pixel/channel swaps), including
+        // blocks whose outer dim is cut into chunks with a short last one
+        (
+            Op::Transpose {
+                perm: vec![0, 1, 3, 5, 2, 4],
+            },
+            vec![input(&[1, 8, 6, 2, 5, 2])],
+        ),
+        (
+            Op::Transpose {
+                perm: vec![0, 1, 4, 2, 5, 3],
+            },
+            vec![input(&[1, 8, 2, 2, 6, 5])],
+        ),
+        (
+            Op::Transpose {
+                perm: vec![0, 2, 1],
+            },
+            vec![input(&[2, 6, 700])],
+        ),
+        (Op::Transpose { perm: vec![1, 0] }, vec![input(&[3, 4100])]),
         (
             Op::Concat { axis: 1 },
             vec![input(&[2, 3, 4]), input(&[2, 5, 4]), weight(&[2, 1, 4])],

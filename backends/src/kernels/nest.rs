@@ -116,16 +116,20 @@ impl Nest {
         *self.strides[k].last().unwrap_or(&0)
     }
 
-    fn chunks(&self) -> usize {
-        self.inner().div_ceil(self.chunk).max(1)
-    }
-
     /// Units of the parallel range (0 for an empty tensor).
     pub fn units(&self) -> usize {
+        self.units_blocked(1, self.chunk)
+    }
+
+    /// Units when each unit covers a block of the trailing `k` dims with
+    /// the outermost of them cut into chunks of `chunk` (see
+    /// [`Nest::emit_blocked`]).
+    pub fn units_blocked(&self, k: usize, chunk: usize) -> usize {
         if self.numel() == 0 {
             return 0;
         }
-        self.dims[..self.dims.len() - 1].iter().product::<usize>() * self.chunks()
+        let r = self.dims.len();
+        self.dims[..r - k].iter().product::<usize>() * self.dims[r - k].div_ceil(chunk).max(1)
     }
 
     /// Emits units `[begin, end)` ∩ `[first, first + units)` of this nest;
@@ -140,14 +144,36 @@ impl Nest {
         first: usize,
         body: &mut dyn FnMut(&mut Emitter, &[Value], usize),
     ) {
-        let units = self.units();
+        self.emit_blocked(e, bases, begin, end, first, 1, self.chunk, body);
+    }
+
+    /// Like [`Nest::emit`], but a unit is a block of the trailing `k` dims
+    /// (`1 ≤ k ≤ dims.len()`), with dim `dims.len() - k` cut into chunks of
+    /// `chunk`: `body(e, ptrs, len)` gets the operands' addresses at the
+    /// block's start and the chunk's length `len` along that dim, and walks
+    /// the block itself. Copies whose innermost dim is tiny use it so that
+    /// the per-unit index arithmetic is paid per block, not per few elements.
+    #[allow(clippy::too_many_arguments)]
+    pub fn emit_blocked(
+        &self,
+        e: &mut Emitter,
+        bases: &[Value],
+        begin: Value,
+        end: Value,
+        first: usize,
+        k: usize,
+        chunk: usize,
+        body: &mut dyn FnMut(&mut Emitter, &[Value], usize),
+    ) {
+        let units = self.units_blocked(k, chunk);
         if units == 0 {
             return;
         }
-        let nch = self.chunks();
-        let inner = self.inner();
-        let last_len = inner - (nch - 1) * self.chunk;
         let r = self.dims.len();
+        // the chunked dim
+        let cd = r - k;
+        let nch = self.dims[cd].div_ceil(chunk).max(1);
+        let last_len = self.dims[cd] - (nch - 1) * chunk;
         e.sub_range(begin, end, first, first + units, |e, u| {
             let u = e.b.ins().iadd_imm_s(u, -(first as i64));
             let (mut o, c) = if nch > 1 {
@@ -162,7 +188,7 @@ impl Nest {
                 .zip(bases)
                 .map(|(&k, &b)| e.off(b, 4 * k))
                 .collect();
-            for d in (0..r - 1).rev() {
+            for d in (0..cd).rev() {
                 let idx = if d == 0 {
                     o
                 } else {
@@ -176,9 +202,9 @@ impl Nest {
                 }
             }
             if let Some(c) = c {
-                let start = e.b.ins().imul_imm_s(c, self.chunk as i64);
+                let start = e.b.ins().imul_imm_s(c, chunk as i64);
                 for (k, p) in off.iter_mut().enumerate() {
-                    *p = e.index(*p, start, 4 * self.strides[k][r - 1]);
+                    *p = e.index(*p, start, 4 * self.strides[k][cd]);
                 }
                 let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, c, (nch - 1) as i64);
                 // Two static bodies: the last chunk is shorter.
@@ -192,7 +218,7 @@ impl Nest {
                 e.b.ins().jump(join, &[]);
                 e.b.switch_to_block(full);
                 e.b.seal_block(full);
-                body(e, &off, self.chunk);
+                body(e, &off, chunk);
                 e.b.ins().jump(join, &[]);
                 e.b.switch_to_block(join);
                 e.b.seal_block(join);
