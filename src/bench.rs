@@ -77,6 +77,11 @@ pub struct BenchReport {
     pub gflops: f64,
     /// bytes of the per-call arena
     pub arena_bytes: usize,
+    /// kernels split over the worker pool
+    pub parallel_kernels: usize,
+    /// median cost of one fork/join of the pool, microseconds (0 at one
+    /// thread)
+    pub barrier_us: f64,
     /// multiply-accumulates of one inference
     pub macs: u64,
     /// kernel functions generated
@@ -168,6 +173,8 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
             0.0
         },
         arena_bytes: st.arena_bytes,
+        parallel_kernels: jit.parallel_kernels(),
+        barrier_us: jit.barrier_cost(2000).as_secs_f64() * 1e6,
         macs,
         kernels: st.kernels,
         iters: n,
@@ -241,9 +248,17 @@ pub fn render_text(r: &BenchReport) -> String {
         "passes off".to_string()
     };
     let mut s = format!(
-        "model:    {}\nthreads:  {}\ncompile:  {:.1} ms ({passes}, codegen {:.1} ms, {} kernels)\nlatency:  median {:.3} ms, min {:.3} ms over {} runs\nthroughput: {:.2} GFLOP/s ({} MACs)\narena:    {} bytes ({:.2} MiB)\n",
+        "model:    {}\nthreads:  {}{}\ncompile:  {:.1} ms ({passes}, codegen {:.1} ms, {} kernels)\nlatency:  median {:.3} ms, min {:.3} ms over {} runs\nthroughput: {:.2} GFLOP/s ({} MACs)\narena:    {} bytes ({:.2} MiB)\n",
         r.model,
         r.threads,
+        if r.threads > 1 {
+            format!(
+                " ({} parallel kernels; one fork/join of the pool costs {:.2} µs)",
+                r.parallel_kernels, r.barrier_us
+            )
+        } else {
+            String::new()
+        },
         r.compile_ms,
         r.codegen_ms,
         r.kernels,
@@ -313,6 +328,8 @@ pub fn render_json(r: &BenchReport) -> String {
         "threads": r.threads,
         "gflops": r.gflops,
         "arena_bytes": r.arena_bytes,
+        "parallel_kernels": r.parallel_kernels,
+        "barrier_us": r.barrier_us,
         "macs": r.macs,
         "kernels": r.kernels,
         "iters": r.iters,

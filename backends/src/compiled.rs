@@ -783,6 +783,51 @@ impl CompiledModel {
         self.arena_bytes
     }
 
+    /// Kernels split over the worker pool (each pays one fork/join).
+    pub fn parallel_kernels(&self) -> usize {
+        self.steps.iter().filter(|s| s.parallel).count()
+    }
+
+    /// The median overhead of one fork/join of the worker pool over
+    /// `samples` rounds (zero at one thread): a job of `4·threads` units
+    /// that each spin for 1 µs is timed, and the ideal split of its work
+    /// (`4 µs` per thread) subtracted. What remains is publishing the job,
+    /// waking or reaching the workers, claiming chunks and waiting for the
+    /// last one — including the cost of a worker that arrives late. Times
+    /// [`CompiledModel::parallel_kernels`], it estimates what
+    /// synchronisation costs a run. Waits for any run in progress on
+    /// another thread.
+    pub fn barrier_cost(&self, samples: usize) -> Duration {
+        const SPIN: Duration = Duration::from_micros(1);
+        /// One unit of work: a 1 µs spin per unit in `[begin, end)`.
+        unsafe extern "C" fn spin(_: *mut u8, begin: i64, end: i64) {
+            for _ in begin..end {
+                let t = Instant::now();
+                while t.elapsed() < SPIN {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        let threads = self.stats.threads;
+        if threads <= 1 || samples == 0 {
+            return Duration::ZERO;
+        }
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let units = 4 * threads;
+        let ideal = SPIN * (units / threads) as u32;
+        let mut times: Vec<Duration> = (0..samples)
+            .map(|_| {
+                let t = Instant::now();
+                // SAFETY: `spin` touches no memory, so any arena pointer
+                // (here null) satisfies `run`'s contract.
+                unsafe { pool.run(spin, std::ptr::null_mut(), units) };
+                t.elapsed().saturating_sub(ideal)
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    }
+
     /// Threads a run uses.
     pub fn threads(&self) -> usize {
         self.stats.threads

@@ -322,3 +322,20 @@ fn zero_sized_dimensions() {
         assert_eq!(got, want, "{op}");
     }
 }
+
+#[test]
+fn parallel_kernels_and_barrier_cost() {
+    // a large element-wise kernel is split over the pool at 2 threads only
+    let model = relu_model(&[64, 4096]);
+    let one = compile(&model, &opts(1)).unwrap();
+    let two = compile(&model, &opts(2)).unwrap();
+    assert_eq!(one.parallel_kernels(), 0);
+    assert_eq!(two.parallel_kernels(), 1);
+    assert_eq!(one.barrier_cost(10), std::time::Duration::ZERO);
+    // the pool still runs correct jobs after being measured
+    let cost = two.barrier_cost(10);
+    assert!(cost < std::time::Duration::from_millis(100), "{cost:?}");
+    let x = tensor(&mut Rng(3), &[64, 4096], Fill::Range(-1.0, 1.0));
+    let want = one.run(std::slice::from_ref(&x)).unwrap();
+    assert_eq!(two.run(&[x]).unwrap(), want);
+}
