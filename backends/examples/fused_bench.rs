@@ -35,7 +35,7 @@ fn inputs_of(model: &Model) -> Vec<Tensor> {
         .iter()
         .map(|&n| {
             let ty = g.value_type(Value::of(n));
-            let data = (0..ty.numel())
+            let data: Vec<f32> = (0..ty.numel())
                 .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
                 .collect();
             Tensor::from_f32(ty.shape.clone(), data).expect("input")
