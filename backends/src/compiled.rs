@@ -255,12 +255,14 @@ pub(crate) fn front(
     // their own (attention, bridges, conv chains, unusual dynamic-ReLU
     // slopes) run as the primitive ops they stand for; fused conv and
     // linear nodes stay and get epilogue kernels (kernels/fused.rs).
+    // Conv chains become one fused conv per stage first.
     let unfused;
     let model = if model.graph.node_ids().any(|id| {
         matches!(model.graph.node(id).op, kiln_ir::Op::Fused(_))
             && !kernels::fused::has_kernel(&model.graph, id)
     }) {
         let mut m = model.clone();
+        kernels::fused::split_conv_chains(&mut m.graph)?;
         kiln_ir::fused::lower_fused_where(&mut m.graph, &mut m.weights, |g, id| {
             !kernels::fused::has_kernel(g, id)
         })?;

@@ -12,7 +12,7 @@ mod common;
 use common::{Arg, Fill, Rng, check, input, opts, single, tensor, weight};
 use kiln_backends::{CompileOptions, compile};
 use kiln_frontends::zoo::{self, ZooOptions};
-use kiln_ir::fused::{Act, FusedOp};
+use kiln_ir::fused::{Act, ConvStage, FusedOp};
 use kiln_ir::{Model, Op, Tensor, Value, interp};
 
 /// The kernel descriptions of `model` compiled at 1 thread.
@@ -230,6 +230,54 @@ fn run_time_weights_and_batches() {
         Fill::Signed,
     );
     check("pointwise, per-image slopes (expanded)", &model, &inputs);
+}
+
+/// A conv chain runs as one fused conv kernel per stage (an inverted
+/// residual: pointwise expand with dynamic ReLU, depthwise stride 2,
+/// pointwise project with the residual on the last stage).
+#[test]
+fn conv_chains_split_into_fused_convs() {
+    let stage = |stride, pad, groups, bias, act| ConvStage {
+        stride: [stride, stride],
+        pad,
+        groups,
+        bias,
+        act,
+    };
+    let chain = FusedOp::ConvChain {
+        stages: vec![
+            stage(1, [0; 4], 1, true, Act::DyRelu),
+            stage(2, [1, 1, 1, 1], 18, true, Act::Relu6),
+            stage(1, [0; 4], 1, false, Act::None),
+        ],
+        residual: true,
+    };
+    let args = [
+        input(&[1, 7, 9, 11]),
+        weight(&[18, 7, 1, 1]),
+        weight(&[18]),
+        input(&[1, 18, 1, 1]),
+        input(&[1, 18, 1, 1]),
+        weight(&[18, 1, 3, 3]),
+        weight(&[18]),
+        weight(&[5, 18, 1, 1]),
+        input(&[1, 5, 5, 6]),
+    ];
+    let mut rng = Rng(300);
+    let (model, inputs) = single(Op::Fused(chain), &args, &mut rng, Fill::Signed);
+    check("conv chain", &model, &inputs);
+    let ks = kernels(&model, &opts(1));
+    for want in [
+        "pointwise conv 7→18",
+        "depthwise conv 18→18",
+        "pointwise conv 18→5",
+    ] {
+        assert!(
+            ks.iter()
+                .any(|k| k.starts_with("fused") && k.contains(want)),
+            "no fused {want}: {ks:?}"
+        );
+    }
 }
 
 #[test]

@@ -3,14 +3,17 @@
 //! activation and the residual to the accumulators before the store (the
 //! bias seeds them). Every other fused op, and the few conv shapes these
 //! kernels do not take, are expanded into primitive ops before lowering
-//! ([`has_kernel`] decides, `compiled::front` expands).
+//! ([`has_kernel`] decides, `compiled::front` expands). A
+//! `fused_conv_chain` is first split into one `fused_conv` per stage
+//! ([`split_conv_chains`]): the chain's intermediates still reach memory,
+//! but each convolution keeps its epilogue.
 //!
 //! The residual is read at the index about to be written; it is never the
 //! output buffer, because fused nodes have no in-place operand
 //! (`kernels::inplace_operand`).
 
 use kiln_ir::fused::{Act, FusedOp};
-use kiln_ir::{Graph, NodeId, TensorType};
+use kiln_ir::{Graph, IrError, NodeId, Op, TensorType, Value};
 
 use super::conv::{self, Geom};
 use super::epilogue::{Epilogue, Slopes};
@@ -112,6 +115,68 @@ pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {
         }
         _ => false,
     }
+}
+
+/// Rewrites every `fused_conv_chain` of `g` into its stages, each a
+/// `fused_conv` with the stage's bias and activation, the chain's residual
+/// on the last one. This is the chain's own expansion
+/// (`FusedOp::expand`: each stage is conv2d → epilogue, then the residual
+/// after the last activation) grouped per convolution. Returns how many
+/// chains were split.
+pub(crate) fn split_conv_chains(g: &mut Graph) -> Result<usize, IrError> {
+    let chains: Vec<NodeId> = g
+        .topo_order()?
+        .into_iter()
+        .filter(|&id| matches!(g.node(id).op, Op::Fused(FusedOp::ConvChain { .. })))
+        .collect();
+    for &id in &chains {
+        let Op::Fused(FusedOp::ConvChain { stages, residual }) = g.node(id).op.clone() else {
+            continue;
+        };
+        let operands = g.operands(id);
+        let want = FusedOp::ConvChain {
+            stages: stages.clone(),
+            residual,
+        }
+        .num_operands();
+        if operands.len() != want {
+            return Err(IrError::Graph(format!(
+                "{}: fused_conv_chain takes {want} operands, has {}",
+                g.display_node(id),
+                operands.len()
+            )));
+        }
+        let mut it = operands.iter().copied();
+        let mut next = || it.next().expect("operand count checked above");
+        let mut y: Value = next();
+        for (k, s) in stages.iter().enumerate() {
+            let last = k + 1 == stages.len();
+            let mut args = vec![y, next()];
+            if s.bias {
+                args.push(next());
+            }
+            for _ in 0..s.act.extra_operands() {
+                args.push(next());
+            }
+            let res = last && residual;
+            if res {
+                args.push(next());
+            }
+            let conv = FusedOp::Conv {
+                stride: s.stride,
+                pad: s.pad,
+                dilation: [1, 1],
+                groups: s.groups,
+                bias: s.bias,
+                act: s.act,
+                residual: res,
+            };
+            y = g.add(Op::Fused(conv), &args)?;
+        }
+        g.replace_all_uses(Value::of(id), y);
+        g.remove_node(id);
+    }
+    Ok(chains.len())
 }
 
 /// Lowers a `fused_conv` or `fused_linear` node that [`has_kernel`].
