@@ -43,6 +43,42 @@ fn inputs_of(model: &Model) -> Vec<Tensor> {
         .collect()
 }
 
+/// Prints the kernel kinds taking the most time (`PROFILE=1`): best of 5
+/// profiled runs per kernel, summed by the description's first words.
+fn top_kernels(label: &str, m: &CompiledModel, inputs: &[Tensor]) {
+    let mut best: Vec<f64> = Vec::new();
+    let mut names = Vec::new();
+    for _ in 0..5 {
+        let p = m.profile(inputs).expect("profile");
+        if best.is_empty() {
+            best = vec![f64::INFINITY; p.len()];
+            names = p
+                .iter()
+                .map(|k| {
+                    let w: Vec<&str> = k.kernel.split(|c| c == ':' || c == '(').collect();
+                    w[0].split_whitespace()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
+        }
+        for (b, k) in best.iter_mut().zip(&p) {
+            *b = b.min(k.time.as_secs_f64() * 1e3);
+        }
+    }
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    for (n, t) in names.into_iter().zip(best) {
+        *by.entry(n).or_default() += t;
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("  {label}:");
+    for (n, t) in v.iter().take(8) {
+        println!("    {t:8.3} ms  {n}");
+    }
+}
+
 fn main() {
     let mut names: Vec<String> = std::env::args().skip(1).collect();
     if names.is_empty() {
@@ -75,6 +111,11 @@ fn main() {
             .iter()
             .filter(|(_, k)| k.starts_with("fused"))
             .count();
+        if std::env::var_os("PROFILE").is_some() {
+            for (label, m) in [("unoptimised", &base), ("optimised", &fused)] {
+                top_kernels(label, m, &inputs);
+            }
+        }
         println!(
             "{:<20} {:>12.3} {:>12.3} {:>7.2}x {:>4}/{:<4} {:>6}",
             name,

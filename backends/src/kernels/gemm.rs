@@ -32,6 +32,7 @@ use super::epilogue::Epilogue;
 use super::{Kernel, Opt};
 use crate::codegen::{Buf, Emitter, F32, I64, Loc, V4};
 use crate::runtime::ConstStore;
+use kiln_ir::fused::Act;
 
 /// Where A (`M×K`, broadcast element by element) comes from.
 #[derive(Clone, Copy, Debug)]
@@ -426,35 +427,37 @@ impl Gemm {
         }
     }
 
-    /// Applies the activation (never the dynamic ReLU: the assembled tile
-    /// does that) and the residual to the `mr × nt` block at `p.c`, which
-    /// the assembled tile has just written: one row per loop iteration,
-    /// f32x4 vectors and a scalar column tail.
+    /// Applies the activation (never the dynamic ReLU, which is always
+    /// inline) and the residual to the `mr × nt` block at `p.c`, which the
+    /// tile has just written: one row per loop iteration, f32x4 vectors and
+    /// a scalar column tail, constants local to the sweep.
     fn sweep(&self, e: &mut Emitter, p: TilePtrs, mr: usize, nt: usize) {
         let wf = Emitter::wflags();
         let rf = MemFlagsData::new().with_notrap();
         let res = self.epi.residual.map(Emitter::rflags);
-        e.for_static(0, mr as i64, 1, |e, i| {
-            let c = e.index(p.c, i, 4 * self.c_rs);
-            let r = p.res.map(|r| e.index(r, i, 4 * self.c_rs));
-            for v in 0..nt / 4 {
-                let x = e.load(V4, rf, c, 16 * v as i64);
-                let mut x = self.epi.activate(e, V4, x, None);
-                if let (Some(r), Some(f)) = (r, res) {
-                    let y = e.load(V4, f, r, 16 * v as i64);
-                    x = e.b.ins().fadd(x, y);
+        e.local_consts(|e| {
+            e.for_static(0, mr as i64, 1, |e, i| {
+                let c = e.index(p.c, i, 4 * self.c_rs);
+                let r = p.res.map(|r| e.index(r, i, 4 * self.c_rs));
+                for v in 0..nt / 4 {
+                    let x = e.load(V4, rf, c, 16 * v as i64);
+                    let mut x = self.epi.activate(e, V4, x, None);
+                    if let (Some(r), Some(f)) = (r, res) {
+                        let y = e.load(V4, f, r, 16 * v as i64);
+                        x = e.b.ins().fadd(x, y);
+                    }
+                    e.store(wf, x, c, 16 * v as i64);
                 }
-                e.store(wf, x, c, 16 * v as i64);
-            }
-            for col in 4 * (nt / 4)..nt {
-                let x = e.load(F32, rf, c, 4 * col as i64);
-                let mut x = self.epi.activate(e, F32, x, None);
-                if let (Some(r), Some(f)) = (r, res) {
-                    let y = e.load(F32, f, r, 4 * col as i64);
-                    x = e.b.ins().fadd(x, y);
+                for col in 4 * (nt / 4)..nt {
+                    let x = e.load(F32, rf, c, 4 * col as i64);
+                    let mut x = self.epi.activate(e, F32, x, None);
+                    if let (Some(r), Some(f)) = (r, res) {
+                        let y = e.load(F32, f, r, 4 * col as i64);
+                        x = e.b.ins().fadd(x, y);
+                    }
+                    e.store(wf, x, c, 4 * col as i64);
                 }
-                e.store(wf, x, c, 4 * col as i64);
-            }
+            });
         });
     }
 
@@ -569,86 +572,113 @@ impl Gemm {
         for u in 0..self.k % U {
             step(e, u);
         }
-        // epilogue
-        let wf = Emitter::wflags();
-        let alpha = (self.alpha != 1.0).then(|| (e.kc(V4, self.alpha), e.fc(self.alpha)));
-        let cin = self.cin.map(|c| (c, e.kc(V4, c.beta), e.fc(c.beta)));
-        let res = self.epi.residual.map(Emitter::rflags).zip(p.res);
-        for i in 0..mr {
-            let row_off = 4 * i as i64 * self.c_rs;
-            // this row's dynamic-ReLU slopes, scalar and splat
-            let sl = self.epi.slopes.zip(p.slopes).map(|(s, (p1, p2))| {
-                let s1 = e.load(F32, Emitter::rflags(s.a1), p1, 4 * i as i64);
-                let s2 = e.load(F32, Emitter::rflags(s.a2), p2, 4 * i as i64);
-                (s1, s2)
-            });
-            let slv = sl.map(|(s1, s2)| (e.b.ins().splat(V4, s1), e.b.ins().splat(V4, s2)));
-            for (v, &var) in acc[i].iter().enumerate() {
-                let mut x = e.b.use_var(var);
-                if let Some((av, _)) = alpha {
-                    x = e.b.ins().fmul(x, av);
-                }
-                let valid = (nt - 4 * v).min(4);
-                if let (Some((c, bv, _)), Some(cp)) = (cin, p.cin) {
-                    let off = 4 * (i as i64 * c.rs) + 16 * c.cs * v as i64;
-                    let f = Emitter::rflags(c.buf);
-                    let y = if c.cs == 0 {
-                        let s = e.load(F32, f, cp, off);
-                        e.b.ins().splat(V4, s)
-                    } else if valid == 4 {
-                        e.load(V4, f, cp, off)
+        // Epilogue. Activations with polynomials or several constants run
+        // in a sweep after the store (see `sweep`); the others inline, with
+        // their constants local to the epilogue (`Emitter::local_consts`).
+        let inline = !self.epi.swept();
+        let epilogue = |e: &mut Emitter| {
+            let wf = Emitter::wflags();
+            let alpha = (self.alpha != 1.0).then(|| (e.kc(V4, self.alpha), e.fc(self.alpha)));
+            let cin = self.cin.map(|c| (c, e.kc(V4, c.beta), e.fc(c.beta)));
+            let res = self
+                .epi
+                .residual
+                .map(Emitter::rflags)
+                .zip(p.res)
+                .filter(|_| inline);
+            for i in 0..mr {
+                let row_off = 4 * i as i64 * self.c_rs;
+                // this row's dynamic-ReLU slopes, scalar and splat
+                let sl = self
+                    .epi
+                    .slopes
+                    .zip(p.slopes)
+                    .filter(|_| inline)
+                    .map(|(s, (p1, p2))| {
+                        let s1 = e.load(F32, Emitter::rflags(s.a1), p1, 4 * i as i64);
+                        let s2 = e.load(F32, Emitter::rflags(s.a2), p2, 4 * i as i64);
+                        (s1, s2)
+                    });
+                let slv = sl.map(|(s1, s2)| (e.b.ins().splat(V4, s1), e.b.ins().splat(V4, s2)));
+                for (v, &var) in acc[i].iter().enumerate() {
+                    let mut x = e.b.use_var(var);
+                    if let Some((av, _)) = alpha {
+                        x = e.b.ins().fmul(x, av);
+                    }
+                    let valid = (nt - 4 * v).min(4);
+                    if let (Some((c, bv, _)), Some(cp)) = (cin, p.cin) {
+                        let off = 4 * (i as i64 * c.rs) + 16 * c.cs * v as i64;
+                        let f = Emitter::rflags(c.buf);
+                        let y = if c.cs == 0 {
+                            let s = e.load(F32, f, cp, off);
+                            e.b.ins().splat(V4, s)
+                        } else if valid == 4 {
+                            e.load(V4, f, cp, off)
+                        } else {
+                            let mut y = zero_v;
+                            for l in 0..valid {
+                                let s = e.load(F32, f, cp, off + 4 * l as i64);
+                                y = e.b.ins().insertlane(y, s, l as u8);
+                            }
+                            y
+                        };
+                        x = e.mul_add(y, bv, x);
+                    }
+                    if inline {
+                        x = self.epi.activate(e, V4, x, slv);
+                    }
+                    if let Some((f, rp)) = res {
+                        let off = row_off + 16 * v as i64;
+                        let y = if valid == 4 {
+                            e.load(V4, f, rp, off)
+                        } else {
+                            let mut y = zero_v;
+                            for l in 0..valid {
+                                let s = e.load(F32, f, rp, off + 4 * l as i64);
+                                y = e.b.ins().insertlane(y, s, l as u8);
+                            }
+                            y
+                        };
+                        x = e.b.ins().fadd(x, y);
+                    }
+                    if valid == 4 {
+                        e.store(wf, x, p.c, row_off + 16 * v as i64);
                     } else {
-                        let mut y = zero_v;
                         for l in 0..valid {
-                            let s = e.load(F32, f, cp, off + 4 * l as i64);
-                            y = e.b.ins().insertlane(y, s, l as u8);
+                            let s = e.b.ins().extractlane(x, l as u8);
+                            e.store(wf, s, p.c, row_off + 4 * (4 * v + l) as i64);
                         }
-                        y
-                    };
-                    x = e.mul_add(y, bv, x);
-                }
-                x = self.epi.activate(e, V4, x, slv);
-                if let Some((f, rp)) = res {
-                    let off = row_off + 16 * v as i64;
-                    let y = if valid == 4 {
-                        e.load(V4, f, rp, off)
-                    } else {
-                        let mut y = zero_v;
-                        for l in 0..valid {
-                            let s = e.load(F32, f, rp, off + 4 * l as i64);
-                            y = e.b.ins().insertlane(y, s, l as u8);
-                        }
-                        y
-                    };
-                    x = e.b.ins().fadd(x, y);
-                }
-                if valid == 4 {
-                    e.store(wf, x, p.c, row_off + 16 * v as i64);
-                } else {
-                    for l in 0..valid {
-                        let s = e.b.ins().extractlane(x, l as u8);
-                        e.store(wf, s, p.c, row_off + 4 * (4 * v + l) as i64);
                     }
                 }
+                for (s, &var) in accs[i].iter().enumerate() {
+                    let mut x = e.b.use_var(var);
+                    if let Some((_, a)) = alpha {
+                        x = e.b.ins().fmul(x, a);
+                    }
+                    let col = 4 * nv + s;
+                    if let (Some((c, _, bs)), Some(cp)) = (cin, p.cin) {
+                        let off = 4 * (i as i64 * c.rs + c.cs * col as i64);
+                        let y = e.load(F32, Emitter::rflags(c.buf), cp, off);
+                        x = e.mul_add(y, bs, x);
+                    }
+                    if inline {
+                        x = self.epi.activate(e, F32, x, sl);
+                    }
+                    if let Some((f, rp)) = res {
+                        let y = e.load(F32, f, rp, row_off + 4 * col as i64);
+                        x = e.b.ins().fadd(x, y);
+                    }
+                    e.store(wf, x, p.c, row_off + 4 * col as i64);
+                }
             }
-            for (s, &var) in accs[i].iter().enumerate() {
-                let mut x = e.b.use_var(var);
-                if let Some((_, a)) = alpha {
-                    x = e.b.ins().fmul(x, a);
-                }
-                let col = 4 * nv + s;
-                if let (Some((c, _, bs)), Some(cp)) = (cin, p.cin) {
-                    let off = 4 * (i as i64 * c.rs + c.cs * col as i64);
-                    let y = e.load(F32, Emitter::rflags(c.buf), cp, off);
-                    x = e.mul_add(y, bs, x);
-                }
-                x = self.epi.activate(e, F32, x, sl);
-                if let Some((f, rp)) = res {
-                    let y = e.load(F32, f, rp, row_off + 4 * col as i64);
-                    x = e.b.ins().fadd(x, y);
-                }
-                e.store(wf, x, p.c, row_off + 4 * col as i64);
-            }
+        };
+        if inline && self.epi.act != Act::None {
+            e.local_consts(epilogue);
+        } else {
+            epilogue(e);
+        }
+        if !inline {
+            self.sweep(e, p, mr, nt);
         }
     }
 }
