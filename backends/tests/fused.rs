@@ -232,6 +232,33 @@ fn run_time_weights_and_batches() {
     check("pointwise, per-image slopes (expanded)", &model, &inputs);
 }
 
+/// Silu and GELU on outputs far into both tails: the assembled silu's
+/// `exp` overflows to infinity for large negative values (giving -0, like
+/// the reference) and vanishes for large positive ones.
+#[test]
+fn activations_on_large_outputs() {
+    for act in [Act::Silu, Act::Gelu, Act::HardSwish] {
+        let op = FusedOp::Conv {
+            stride: [1, 1],
+            pad: [0; 4],
+            dilation: [1, 1],
+            groups: 1,
+            bias: true,
+            act,
+            residual: true,
+        };
+        let args = [
+            input(&[1, 6, 7, 9]),
+            weight(&[29, 6, 1, 1]),
+            weight(&[29]),
+            input(&[1, 29, 7, 9]),
+        ];
+        let mut rng = Rng(400);
+        let (model, inputs) = single(Op::Fused(op), &args, &mut rng, Fill::Range(-40.0, 40.0));
+        check(&format!("{act:?} on large outputs"), &model, &inputs);
+    }
+}
+
 /// A conv chain runs as one fused conv kernel per stage (an inverted
 /// residual: pointwise expand with dynamic ReLU, depthwise stride 2,
 /// pointwise project with the residual on the last stage).

@@ -14,10 +14,12 @@
 //! Fused conv/linear kernels finish the accumulators before the store
 //! ([`Act`], then an optional residual laid out like C): relu, relu6,
 //! hard-swish, hard-sigmoid and the dynamic ReLU are a few vector
-//! instructions each. Silu and GELU are not assembled here: their
-//! polynomials live in `codegen/math.rs`, and the GEMM driver applies them
-//! (and the residual) in a sweep over the tile it just had written, while
-//! the tile is still in L1 (see `gemm.rs`).
+//! instructions each; silu is `x / (1 + 2^(-x·log2 e))` with a degree-6
+//! polynomial for `2^f`, `|f| ≤ 1/2` (relative error ~1e-7), and
+//! `vscalefps` for the power of two. GELU (exact, through erf) is not
+//! assembled here: the GEMM driver applies it with `codegen/math.rs`'s
+//! polynomial (and then the residual) in a sweep over the tile the
+//! assembled code has just written, while it is still in L1 (see `gemm.rs`).
 //!
 //! Calling convention: System V (`a`, `b`, `c`, `bias`, `residual`, `a1` in
 //! rdi, rsi, rdx, rcx, r8, r9; `a2`, the dynamic ReLU's second slope row, on
@@ -89,6 +91,8 @@ pub(crate) enum Act {
     HardSwish,
     /// `min(max(x/6 + 0.5, 0), 1)`
     HardSigmoid,
+    /// `x / (1 + exp(-x))`
+    Silu,
     /// `max(a1[i]·x, a2[i]·x)` with one slope pair per row (r9 and the
     /// stack argument point at row 0's)
     DyRelu,
@@ -228,6 +232,17 @@ const THREE: i32 = 8;
 const SIXTH: i32 = 12;
 const HALF: i32 = 16;
 const ONE: i32 = 20;
+const NEG_LOG2E: i32 = 24;
+/// `2^f ≈ Σ c_k f^k` (Taylor, `c_k = ln2^k / k!`), highest degree first;
+/// `c_0 = 1` is [`ONE`].
+const EXP2_POLY: [(i32, f32); 6] = [
+    (28, 1.540_353e-4),
+    (32, 1.333_355_8e-3),
+    (36, 9.618_129e-3),
+    (40, 5.550_411e-2),
+    (44, 2.402_265e-1),
+    (48, std::f32::consts::LN_2),
+];
 
 /// Activation and residual on the accumulators (zmm0..27); zmm28..31 are
 /// free once the K loop is done: zmm31 holds zero, zmm30 1/6, zmm29 is a
@@ -249,8 +264,20 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
         ] {
             a.mov(dword_ptr(rsp - slot), x.to_bits())?;
         }
+        if v.act == Act::Silu {
+            a.mov(
+                dword_ptr(rsp - NEG_LOG2E),
+                (-std::f32::consts::LOG2_E).to_bits(),
+            )?;
+            for (slot, c) in EXP2_POLY {
+                a.mov(dword_ptr(rsp - slot), c.to_bits())?;
+            }
+        }
         a.vxorps(zmm31, zmm31, zmm31)?;
-        a.vbroadcastss(zmm30, dword_ptr(rsp - SIXTH))?;
+        if v.act != Act::Silu {
+            // silu uses zmm30 as its polynomial's accumulator
+            a.vbroadcastss(zmm30, dword_ptr(rsp - SIXTH))?;
+        }
     }
     for i in 0..v.mr {
         for z in 0..nz {
@@ -273,6 +300,22 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
                     a.vminps(zmm29, zmm29, dword_bcst(rsp - SIX))?;
                     a.vmulps(x, x, zmm29)?;
                     a.vmulps(x, x, zmm30)?;
+                }
+                Act::Silu => {
+                    // t = -x·log2 e = n + f; 2^t = 2^f · 2^n
+                    a.vmulps(zmm29, x, dword_bcst(rsp - NEG_LOG2E))?;
+                    a.vrndscaleps(zmm28, zmm29, 0)?;
+                    a.vsubps(zmm29, zmm29, zmm28)?;
+                    let (first, rest) = EXP2_POLY.split_first().expect("non-empty polynomial");
+                    a.vbroadcastss(zmm30, dword_ptr(rsp - first.0))?;
+                    for &(slot, _) in rest {
+                        a.vfmadd213ps(zmm30, zmm29, dword_bcst(rsp - slot))?;
+                    }
+                    a.vfmadd213ps(zmm30, zmm29, dword_bcst(rsp - ONE))?;
+                    a.vscalefps(zmm30, zmm30, zmm28)?;
+                    a.vaddps(zmm30, zmm30, dword_bcst(rsp - ONE))?;
+                    // exact division: 1 + 2^t = inf gives -0 like the reference
+                    a.vdivps(x, x, zmm30)?;
                 }
                 Act::DyRelu => {
                     a.vmulps(zmm29, x, dword_bcst(r9 + disp(4 * i)))?;
@@ -358,6 +401,7 @@ mod tests {
             Act::Relu6,
             Act::HardSwish,
             Act::HardSigmoid,
+            Act::Silu,
             Act::DyRelu,
         ] {
             let fused = Variant {

@@ -76,7 +76,7 @@ impl Epilogue {
     }
 
     /// The activation as the assembled AVX-512 tile applies it, or `None`
-    /// when the driver must apply it (silu, GELU) in a sweep after the tile.
+    /// when the driver must apply it (GELU) in a sweep after the tile.
     pub fn asm_act(&self) -> Option<asm_tile::Act> {
         Some(match self.act {
             Act::None => asm_tile::Act::None,
@@ -85,7 +85,8 @@ impl Epilogue {
             Act::HardSwish => asm_tile::Act::HardSwish,
             Act::HardSigmoid => asm_tile::Act::HardSigmoid,
             Act::DyRelu => asm_tile::Act::DyRelu,
-            Act::Silu | Act::Gelu => return None,
+            Act::Silu => asm_tile::Act::Silu,
+            Act::Gelu => return None,
         })
     }
 

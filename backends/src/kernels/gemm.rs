@@ -17,9 +17,10 @@
 //! Fused conv/linear kernels add an [`Epilogue`] (activation, then a
 //! residual laid out like C) applied to the accumulators right before the
 //! store: in the Cranelift tile on the f32x4 accumulators; in the assembled
-//! AVX-512 tile as zmm instructions, except silu and GELU, which the driver
-//! applies in a sweep over the tile the assembled code just wrote (still in
-//! L1), together with the residual.
+//! AVX-512 tile as zmm instructions, except GELU, which the driver applies
+//! in a sweep over the tile the assembled code just wrote (still in L1),
+//! together with the residual. The Cranelift tile sweeps its expensive
+//! activations the same way (`Epilogue::swept`).
 //!
 //! Each output tile is computed by the same instruction sequence whichever
 //! unit it falls in, so results do not depend on the thread count.
@@ -395,7 +396,7 @@ impl Gemm {
                     Init::Row(_) => asm_tile::Bias::Row,
                     Init::Col(_) => asm_tile::Bias::Col,
                 },
-                // silu/GELU: the sweep after the call does act and residual
+                // GELU: the sweep after the call does act and residual
                 act: self.epi.asm_act().unwrap_or(asm_tile::Act::None),
                 residual: self.epi.residual.is_some() && self.epi.asm_act().is_some(),
             })?);
