@@ -55,7 +55,7 @@ fn top_kernels(label: &str, m: &CompiledModel, inputs: &[Tensor]) {
             names = p
                 .iter()
                 .map(|k| {
-                    let w: Vec<&str> = k.kernel.split(|c| c == ':' || c == '(').collect();
+                    let w: Vec<&str> = k.kernel.split([':', '(']).collect();
                     w[0].split_whitespace()
                         .take(3)
                         .collect::<Vec<_>>()

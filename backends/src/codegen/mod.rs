@@ -111,6 +111,9 @@ impl Buf {
     }
 }
 
+/// Materialised constants by type and bits.
+type ConstCache = HashMap<(Type, u32), Value>;
+
 /// Emits the body of one kernel function `fn(arena, begin, end)`.
 pub(crate) struct Emitter<'a> {
     /// the underlying builder, for instructions the helpers do not cover
@@ -128,10 +131,10 @@ pub(crate) struct Emitter<'a> {
     /// before it (see [`Emitter::kc`])
     entry_jump: Inst,
     /// constants already materialised in the entry block, by type and bits
-    consts: HashMap<(Type, u32), Value>,
+    consts: ConstCache,
     /// a local constant scope (see [`Emitter::local_consts`]): the jump
     /// its constants are inserted before, and those already there
-    local: Option<(Inst, HashMap<(Type, u32), Value>)>,
+    local: Option<(Inst, ConstCache)>,
     /// addresses of the assembled tiles, by number (0 when only printing)
     pub asm_addrs: Vec<usize>,
 }

@@ -71,7 +71,7 @@ fn slope_batch_stride(t: &TensorType, out: &[usize]) -> Option<usize> {
 /// the backend runs its primitive expansion.
 pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {
     let node = g.node(id);
-    let kiln_ir::Op::Fused(f) = &node.op else {
+    let Op::Fused(f) = &node.op else {
         return false;
     };
     let ops: Vec<TensorType> = g
