@@ -268,16 +268,21 @@ pub(crate) fn front(
     opts: &CompileOptions,
     use_asm: bool,
 ) -> Result<Front, BackendError> {
-    // An optimised model's fused ops (kiln-passes) run as the primitive ops
-    // they stand for until they have kernels of their own.
+    // An optimised model's fused ops (kiln-passes) without a kernel of
+    // their own (attention, bridges, conv chains, unusual dynamic-ReLU
+    // slopes) run as the primitive ops they stand for; fused conv and
+    // linear nodes stay and get epilogue kernels (kernels/fused.rs).
+    // Conv chains become one fused conv per stage first.
     let unfused;
-    let model = if model
-        .graph
-        .node_ids()
-        .any(|id| matches!(model.graph.node(id).op, kiln_ir::Op::Fused(_)))
-    {
+    let model = if model.graph.node_ids().any(|id| {
+        matches!(model.graph.node(id).op, kiln_ir::Op::Fused(_))
+            && !kernels::fused::has_kernel(&model.graph, id)
+    }) {
         let mut m = model.clone();
-        kiln_ir::fused::lower_fused(&mut m.graph, &mut m.weights)?;
+        kernels::fused::split_conv_chains(&mut m.graph)?;
+        kiln_ir::fused::lower_fused_where(&mut m.graph, &mut m.weights, |g, id| {
+            !kernels::fused::has_kernel(g, id)
+        })?;
         unfused = m;
         &unfused
     } else {
@@ -480,10 +485,7 @@ fn place_asm(
         target.speed.clone(),
         default_libcall_names(),
     ));
-    let mut sig = Signature::new(CallConv::SystemV);
-    for _ in 0..4 {
-        sig.params.push(AbiParam::new(I64));
-    }
+    let sig = kernels::asm_tile::signature();
     let mut ids = Vec::new();
     for (i, code) in asm.code().iter().enumerate() {
         let id = module
@@ -771,6 +773,16 @@ impl CompiledModel {
             .unwrap_or_else(|e| e.into_inner())
             .push(arena);
         Ok(())
+    }
+
+    /// Every kernel in run order: the node it came from and what it
+    /// computes (the names [`CompiledModel::profile`] reports, e.g. `fused
+    /// pointwise conv 96→24 1x1 +bias relu6 +res: gemm ...`).
+    pub fn kernel_descriptions(&self) -> Vec<(String, String)> {
+        self.steps
+            .iter()
+            .map(|s| (s.node.clone(), s.what.clone()))
+            .collect()
     }
 
     /// Compile-time facts: time, kernel count, arena size, threads.

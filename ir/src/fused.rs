@@ -1152,10 +1152,21 @@ impl Emitter for GraphEmitter<'_> {
 /// expansions need are added to `weights`. Returns how many nodes were
 /// lowered.
 pub fn lower_fused(graph: &mut Graph, weights: &mut WeightStore) -> Result<usize, IrError> {
+    lower_fused_where(graph, weights, |_, _| true)
+}
+
+/// [`lower_fused`] for the fused nodes `expand(graph, node)` selects only
+/// (a backend keeps the ones it has kernels for). Whether a node is
+/// expanded is decided on the original graph, before any expansion.
+pub fn lower_fused_where(
+    graph: &mut Graph,
+    weights: &mut WeightStore,
+    expand: impl Fn(&Graph, NodeId) -> bool,
+) -> Result<usize, IrError> {
     let fused: Vec<NodeId> = graph
         .topo_order()?
         .into_iter()
-        .filter(|&id| matches!(graph.node(id).op, Op::Fused(_)))
+        .filter(|&id| matches!(graph.node(id).op, Op::Fused(_)) && expand(graph, id))
         .collect();
     for &id in &fused {
         let Op::Fused(f) = graph.node(id).op.clone() else {

@@ -11,12 +11,38 @@
 //! value per row, or a bias row. Every parameter — K, strides, the row and column counts —
 //! is baked in, so the driver assembles one function per variant it needs.
 //!
-//! Calling convention: System V (`a`, `b`, `c`, `bias` in rdi, rsi, rdx,
-//! rcx); all vector registers are caller-saved there, and the tile ends with
-//! `vzeroupper` so the surrounding 128-bit code pays no transition penalty.
-//! The bytes need no relocations.
+//! Fused conv/linear kernels finish the accumulators before the store
+//! ([`Act`], then an optional residual laid out like C): relu, relu6,
+//! hard-swish, hard-sigmoid and the dynamic ReLU are a few vector
+//! instructions each; silu is `x / (1 + 2^(-x·log2 e))` with a degree-6
+//! polynomial for `2^f`, `|f| ≤ 1/2` (relative error ~1e-7), and
+//! `vscalefps` for the power of two. GELU (exact, through erf) is not
+//! assembled here: the GEMM driver applies it with `codegen/math.rs`'s
+//! polynomial (and then the residual) in a sweep over the tile the
+//! assembled code has just written, while it is still in L1 (see `gemm.rs`).
+//!
+//! Calling convention: System V (`a`, `b`, `c`, `bias`, `residual`, `a1` in
+//! rdi, rsi, rdx, rcx, r8, r9; `a2`, the dynamic ReLU's second slope row, on
+//! the stack); all vector registers are caller-saved there, and the tile
+//! ends with `vzeroupper` so the surrounding 128-bit code pays no
+//! transition penalty. The epilogue's scalar constants are written to the
+//! red zone below rsp (the tile is a leaf function) and used as broadcast
+//! memory operands, which leaves the four vector registers the K loop frees
+//! for temporaries. The bytes need no relocations.
 
+use cranelift_codegen::ir::{AbiParam, Signature, types::I64};
+use cranelift_codegen::isa::CallConv;
 use iced_x86::code_asm::*;
+
+/// The tiles' signature: `fn(a, b, c, bias, residual, a1, a2)`, all
+/// pointers (0 when unused), System V.
+pub(crate) fn signature() -> Signature {
+    let mut sig = Signature::new(CallConv::SystemV);
+    for _ in 0..7 {
+        sig.params.push(AbiParam::new(I64));
+    }
+    sig
+}
 
 /// Rows of a full tile.
 pub(crate) const MR: usize = 14;
@@ -45,6 +71,31 @@ pub(crate) struct Variant {
     pub c_rs: usize,
     /// what seeds the accumulators
     pub bias: Bias,
+    /// activation applied before the store
+    pub act: Act,
+    /// whether a residual (pointer in r8, laid out like C) is added after
+    /// the activation
+    pub residual: bool,
+}
+
+/// The activations the tile applies itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Act {
+    /// none
+    None,
+    /// `max(x, 0)`
+    Relu,
+    /// `min(max(x, 0), 6)`
+    Relu6,
+    /// `x · min(max(x + 3, 0), 6) / 6`
+    HardSwish,
+    /// `min(max(x/6 + 0.5, 0), 1)`
+    HardSigmoid,
+    /// `x / (1 + exp(-x))`
+    Silu,
+    /// `max(a1[i]·x, a2[i]·x)` with one slope pair per row (r9 and the
+    /// stack argument point at row 0's)
+    DyRelu,
 }
 
 /// The accumulators' starting values (pointer in rcx).
@@ -95,6 +146,10 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
     let tail = v.nt - 16 * (nz - 1);
     let mut a = CodeAssembler::new(64)?;
     let acc = |i: usize, z: usize| zmm(i * 2 + z);
+    if v.act == Act::DyRelu {
+        // the seventh argument: above the return address
+        a.mov(r11, qword_ptr(rsp + 8))?;
+    }
     if tail < 16 {
         a.mov(eax, (1u32 << tail) - 1)?;
         a.kmovw(k1, eax)?;
@@ -142,19 +197,20 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
     // The K loop, unrolled by two (loop overhead is a tenth of a step).
     let (a_step, b_step) = (4 * v.a_ks, 4 * v.b_ks);
     if v.k >= 2 {
-        a.mov(r8, (v.k / 2) as u64)?;
+        a.mov(r10, (v.k / 2) as u64)?;
         let mut top = a.create_label();
         a.set_label(&mut top)?;
         step(&mut a, 0, 0)?;
         step(&mut a, a_step, b_step)?;
         a.add(rdi, disp(2 * a_step))?;
         a.add(rsi, disp(2 * b_step))?;
-        a.dec(r8)?;
+        a.dec(r10)?;
         a.jnz(top)?;
     }
     if v.k % 2 == 1 {
         step(&mut a, 0, 0)?;
     }
+    epilogue(&mut a, v, nz, tail)?;
     for i in 0..v.mr {
         for z in 0..nz {
             let dst = zmmword_ptr(rdx + disp(4 * (i * v.c_rs + 16 * z)));
@@ -168,6 +224,118 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
     a.vzeroupper()?;
     a.ret()?;
     a.assemble(0)
+}
+
+/// Red-zone slots of the epilogue's constants (bytes below rsp).
+const SIX: i32 = 4;
+const THREE: i32 = 8;
+const SIXTH: i32 = 12;
+const HALF: i32 = 16;
+const ONE: i32 = 20;
+const NEG_LOG2E: i32 = 24;
+/// `2^f ≈ Σ c_k f^k` (Taylor, `c_k = ln2^k / k!`), highest degree first;
+/// `c_0 = 1` is [`ONE`].
+const EXP2_POLY: [(i32, f32); 6] = [
+    (28, 1.540_353e-4),
+    (32, 1.333_355_8e-3),
+    (36, 9.618_129e-3),
+    (40, 5.550_411e-2),
+    (44, 2.402_265e-1),
+    (48, std::f32::consts::LN_2),
+];
+
+/// Activation and residual on the accumulators (zmm0..27); zmm28..31 are
+/// free once the K loop is done: zmm31 holds zero, zmm30 1/6, zmm29 is a
+/// temporary. `max(0, x)` is written `vmaxps x, zero, x` so that a NaN
+/// accumulator stays NaN (the instruction returns its second source when
+/// either is NaN), as the interpreter's relu does.
+fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Result<(), IcedError> {
+    if v.act == Act::None && !v.residual {
+        return Ok(());
+    }
+    let acc = |i: usize, z: usize| zmm(i * 2 + z);
+    if v.act != Act::None {
+        for (slot, x) in [
+            (SIX, 6.0f32),
+            (THREE, 3.0),
+            (SIXTH, 1.0 / 6.0),
+            (HALF, 0.5),
+            (ONE, 1.0),
+        ] {
+            a.mov(dword_ptr(rsp - slot), x.to_bits())?;
+        }
+        if v.act == Act::Silu {
+            a.mov(
+                dword_ptr(rsp - NEG_LOG2E),
+                (-std::f32::consts::LOG2_E).to_bits(),
+            )?;
+            for (slot, c) in EXP2_POLY {
+                a.mov(dword_ptr(rsp - slot), c.to_bits())?;
+            }
+        }
+        a.vxorps(zmm31, zmm31, zmm31)?;
+        if v.act != Act::Silu {
+            // silu uses zmm30 as its polynomial's accumulator
+            a.vbroadcastss(zmm30, dword_ptr(rsp - SIXTH))?;
+        }
+    }
+    for i in 0..v.mr {
+        for z in 0..nz {
+            let x = acc(i, z);
+            match v.act {
+                Act::None => {}
+                Act::Relu => a.vmaxps(x, zmm31, x)?,
+                Act::Relu6 => {
+                    a.vmaxps(x, zmm31, x)?;
+                    a.vminps(x, x, dword_bcst(rsp - SIX))?;
+                }
+                Act::HardSigmoid => {
+                    a.vfmadd213ps(x, zmm30, dword_bcst(rsp - HALF))?;
+                    a.vmaxps(x, zmm31, x)?;
+                    a.vminps(x, x, dword_bcst(rsp - ONE))?;
+                }
+                Act::HardSwish => {
+                    a.vaddps(zmm29, x, dword_bcst(rsp - THREE))?;
+                    a.vmaxps(zmm29, zmm31, zmm29)?;
+                    a.vminps(zmm29, zmm29, dword_bcst(rsp - SIX))?;
+                    a.vmulps(x, x, zmm29)?;
+                    a.vmulps(x, x, zmm30)?;
+                }
+                Act::Silu => {
+                    // t = -x·log2 e = n + f; 2^t = 2^f · 2^n
+                    a.vmulps(zmm29, x, dword_bcst(rsp - NEG_LOG2E))?;
+                    a.vrndscaleps(zmm28, zmm29, 0)?;
+                    a.vsubps(zmm29, zmm29, zmm28)?;
+                    let (first, rest) = EXP2_POLY.split_first().expect("non-empty polynomial");
+                    a.vbroadcastss(zmm30, dword_ptr(rsp - first.0))?;
+                    for &(slot, _) in rest {
+                        a.vfmadd213ps(zmm30, zmm29, dword_bcst(rsp - slot))?;
+                    }
+                    a.vfmadd213ps(zmm30, zmm29, dword_bcst(rsp - ONE))?;
+                    a.vscalefps(zmm30, zmm30, zmm28)?;
+                    a.vaddps(zmm30, zmm30, dword_bcst(rsp - ONE))?;
+                    // exact division: 1 + 2^t = inf gives -0 like the reference
+                    a.vdivps(x, x, zmm30)?;
+                }
+                Act::DyRelu => {
+                    a.vmulps(zmm29, x, dword_bcst(r9 + disp(4 * i)))?;
+                    a.vmulps(x, x, dword_bcst(r11 + disp(4 * i)))?;
+                    a.vmaxps(x, zmm29, x)?;
+                }
+            }
+            if v.residual {
+                let src = zmmword_ptr(r8 + disp(4 * (i * v.c_rs + 16 * z)));
+                if z == nz - 1 && tail < 16 {
+                    // masked: the residual is not padded past its row
+                    a.vmovups(zmm29.k1().z(), src)?;
+                    a.vaddps(x, x, zmm29)?;
+                } else {
+                    a.vaddps(x, x, src)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What an assembled function is cached under.
@@ -239,6 +407,8 @@ mod tests {
             b_padded: true,
             c_rs: 100,
             bias: Bias::Row,
+            act: Act::None,
+            residual: false,
         };
         let mut store = AsmStore::default();
         assert_eq!(store.request(v).unwrap(), 0);
@@ -254,6 +424,23 @@ mod tests {
         );
         assert_eq!(store.request(v).unwrap(), 0);
         assert_eq!(store.code().len(), 2);
+        for act in [
+            Act::Relu,
+            Act::Relu6,
+            Act::HardSwish,
+            Act::HardSigmoid,
+            Act::Silu,
+            Act::DyRelu,
+        ] {
+            let fused = Variant {
+                act,
+                residual: true,
+                nt: 21,
+                b_padded: false,
+                ..v
+            };
+            assert!(store.request(fused).is_ok(), "{act:?}");
+        }
         // ends with vzeroupper; ret
         let code = &store.code()[0];
         assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3]);

@@ -9,15 +9,18 @@
 //!   the same GEMM with K = C_g·kh·kw.
 //!
 //! Weights known at compile time are packed as A panels; the bias seeds the
-//! accumulators. Layout stays NCHW: blocked layouts (NCHWc) would let the
+//! accumulators. A `fused_conv` takes the same paths with an [`Epilogue`]
+//! (activation, residual) applied before the store. Layout stays NCHW: blocked layouts (NCHWc) would let the
 //! depthwise and pointwise kernels share a vector-friendly channel blocking
 //! and are the next optimisation, not done yet.
 
 use cranelift_codegen::ir::{InstBuilder, Value};
+use kiln_ir::fused::FusedOp;
 use kiln_ir::{Graph, NodeId, Op};
 
 use super::asm_tile;
 use super::copy::{emit_copy_run, emit_fill_run};
+use super::epilogue::Epilogue;
 use super::gemm::{self, ASrc, BSrc, Gemm, Init, Tile};
 use super::{Kernel, Kernels, NodeCx, depthwise};
 use crate::codegen::{Buf, Emitter, Loc};
@@ -57,17 +60,28 @@ pub(crate) struct Geom {
 }
 
 impl Geom {
-    /// The geometry of a conv2d with these operand and output shapes.
+    /// The geometry of a conv2d (or the convolution of a `fused_conv`) with
+    /// these operand and output shapes.
     pub fn of(op: &Op, x: &[usize], w: &[usize], out: &[usize]) -> Option<Geom> {
-        let Op::Conv2d {
+        let (Op::Conv2d {
             stride,
             pad,
             dilation,
             groups,
-        } = op
+        }
+        | Op::Fused(FusedOp::Conv {
+            stride,
+            pad,
+            dilation,
+            groups,
+            ..
+        })) = op
         else {
             return None;
         };
+        if x.len() != 4 || w.len() != 4 || out.len() != 4 {
+            return None;
+        }
         Some(Geom {
             n: x[0],
             c: x[1],
@@ -207,6 +221,17 @@ impl Kernel for Im2col {
 
 /// Lowers a conv2d node.
 pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
+    let bias = cx.ins.get(2).map(|b| b.buf);
+    lower_with(cx, bias, Epilogue::NONE)
+}
+
+/// Lowers the convolution of a conv2d or `fused_conv` node (`cx.op`) with
+/// this bias and epilogue. Operands 0 and 1 are `x` and `w`.
+pub(crate) fn lower_with(
+    cx: &mut NodeCx,
+    bias: Option<Buf>,
+    epi: Epilogue,
+) -> Result<Kernels, BackendError> {
     let (out_buf, out_ty) = cx.outs[0].clone();
     let g = Geom::of(
         cx.op,
@@ -215,8 +240,25 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         &out_ty.shape,
     )
     .ok_or_else(|| cx.unsupported("not a conv2d"))?;
+    let title = matches!(cx.op, Op::Fused(_)).then(|| {
+        let kind = if g.is_depthwise() {
+            "depthwise"
+        } else if g.is_pointwise() {
+            "pointwise"
+        } else {
+            "im2col"
+        };
+        format!(
+            "fused {kind} conv {}→{} {}x{}{}",
+            g.c,
+            g.o,
+            g.kh,
+            g.kw,
+            epi.suffix(bias.is_some())
+        )
+    });
     if g.is_depthwise() {
-        return depthwise::lower(cx, g);
+        return depthwise::lower(cx, g, bias, epi, title);
     }
     let groups = g.groups;
     let og = g.o / groups;
@@ -295,8 +337,8 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
             ]);
         }
     }
-    let init = match cx.ins.get(2) {
-        Some(bias) => Init::Row(bias.buf),
+    let init = match bias {
+        Some(b) => Init::Row(b),
         None => Init::Zero,
     };
     let mut gm = Gemm {
@@ -322,6 +364,8 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         row_group: 1,
         col_group: 1,
         asm: None,
+        epi,
+        title,
     };
     gm.partition(cx.threads);
     if let Some(store) = cx.asm.as_deref_mut() {

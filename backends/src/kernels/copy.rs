@@ -73,7 +73,7 @@ impl Region {
 fn blocking(nest: &Nest) -> Option<(usize, usize)> {
     let r = nest.dims.len();
     let contiguous = nest.inner_stride(0) == 1 && nest.inner_stride(1) == 1;
-    if contiguous || r < 2 || nest.inner() >= BLOCK_MIN {
+    if contiguous || r < 2 || nest.inner() >= BLOCK_MIN || nest.numel() == 0 {
         return None;
     }
     // trailing dims until the block holds BLOCK_MIN elements

@@ -14,19 +14,26 @@
 //! A (their weights); linear layers pack B (theirs); attention products read
 //! both in place.
 //!
+//! Fused conv/linear kernels add an [`Epilogue`] (activation, then a
+//! residual laid out like C) applied to the accumulators right before the
+//! store: in the Cranelift tile on the f32x4 accumulators; in the assembled
+//! AVX-512 tile as zmm instructions, except GELU, which the driver applies
+//! in a sweep over the tile the assembled code just wrote (still in L1),
+//! together with the residual. The Cranelift tile sweeps its expensive
+//! activations the same way (`Epilogue::swept`).
+//!
 //! Each output tile is computed by the same instruction sequence whichever
 //! unit it falls in, so results do not depend on the thread count.
 
-use cranelift_codegen::ir::{
-    AbiParam, InstBuilder, MemFlagsData, Signature, StackSlotData, StackSlotKind, Value,
-};
-use cranelift_codegen::isa::CallConv;
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value};
 use cranelift_frontend::Variable;
 
 use super::asm_tile::{self, AsmStore};
+use super::epilogue::Epilogue;
 use super::{Kernel, Opt};
 use crate::codegen::{Buf, Emitter, F32, I64, Loc, V4};
 use crate::runtime::ConstStore;
+use kiln_ir::fused::Act;
 
 /// Where A (`M×K`, broadcast element by element) comes from.
 #[derive(Clone, Copy, Debug)]
@@ -125,6 +132,12 @@ pub(crate) struct Gemm {
     /// assembled tile variants to call instead of emitting the tile, by
     /// `2·(rows < MR) + (columns < NR)` (see [`Gemm::request_asm`])
     pub asm: Option<[Option<usize>; 4]>,
+    /// activation and residual after the bias (fused ops); the dynamic
+    /// ReLU's slopes are one per row, offset per batch like the row bias
+    pub epi: Epilogue,
+    /// what a fused kernel computes (`fused pointwise conv 96→24 +bias
+    /// relu6 +res`), shown instead of `what` in descriptions
+    pub title: Option<String>,
 }
 
 /// Packs a row-major `rows×cols` matrix (element `(i, k)` at
@@ -198,6 +211,10 @@ struct TilePtrs {
     c: Value,
     bias: Option<Value>,
     cin: Option<Value>,
+    /// the residual at the tile's corner
+    res: Option<Value>,
+    /// the dynamic ReLU's slopes at the tile's first row
+    slopes: Option<(Value, Value)>,
 }
 
 /// How a tile reads B: row stride in elements, whether rows are padded to
@@ -379,26 +396,70 @@ impl Gemm {
                     Init::Row(_) => asm_tile::Bias::Row,
                     Init::Col(_) => asm_tile::Bias::Col,
                 },
+                // GELU: the sweep after the call does act and residual
+                act: self.epi.asm_act().unwrap_or(asm_tile::Act::None),
+                residual: self.epi.residual.is_some() && self.epi.asm_act().is_some(),
             })?);
         }
         self.asm = Some(ids);
         Ok(())
     }
 
-    /// Calls assembled variant `id` on the tile at `p`.
-    fn call_asm(&self, e: &mut Emitter, p: TilePtrs, id: usize) {
-        let mut sig = Signature::new(CallConv::SystemV);
-        for _ in 0..4 {
-            sig.params.push(AbiParam::new(I64));
-        }
-        let sig = e.b.import_signature(sig);
+    /// Calls assembled variant `id` on the tile at `p` (`mr × nt`), then
+    /// sweeps the activation and residual the tile could not apply.
+    fn call_asm(&self, e: &mut Emitter, p: TilePtrs, id: usize, mr: usize, nt: usize) {
+        let sig = e.b.import_signature(asm_tile::signature());
         let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
         let f = e.ic(addr as i64);
-        let bias = match p.bias {
-            Some(b) => b,
-            None => e.ic(0),
-        };
-        e.b.ins().call_indirect(sig, f, &[p.a, p.b, p.c, bias]);
+        let zero = e.ic(0);
+        let (s1, s2) = p.slopes.unwrap_or((zero, zero));
+        let args = [
+            p.a,
+            p.b,
+            p.c,
+            p.bias.unwrap_or(zero),
+            p.res.unwrap_or(zero),
+            s1,
+            s2,
+        ];
+        e.b.ins().call_indirect(sig, f, &args);
+        if self.epi.asm_act().is_none() {
+            self.sweep(e, p, mr, nt);
+        }
+    }
+
+    /// Applies the activation (never the dynamic ReLU, which is always
+    /// inline) and the residual to the `mr × nt` block at `p.c`, which the
+    /// tile has just written: one row per loop iteration, f32x4 vectors and
+    /// a scalar column tail, constants local to the sweep.
+    fn sweep(&self, e: &mut Emitter, p: TilePtrs, mr: usize, nt: usize) {
+        let wf = Emitter::wflags();
+        let rf = MemFlagsData::new().with_notrap();
+        let res = self.epi.residual.map(Emitter::rflags);
+        e.local_consts(|e| {
+            e.for_static(0, mr as i64, 1, |e, i| {
+                let c = e.index(p.c, i, 4 * self.c_rs);
+                let r = p.res.map(|r| e.index(r, i, 4 * self.c_rs));
+                for v in 0..nt / 4 {
+                    let x = e.load(V4, rf, c, 16 * v as i64);
+                    let mut x = self.epi.activate(e, V4, x, None);
+                    if let (Some(r), Some(f)) = (r, res) {
+                        let y = e.load(V4, f, r, 16 * v as i64);
+                        x = e.b.ins().fadd(x, y);
+                    }
+                    e.store(wf, x, c, 16 * v as i64);
+                }
+                for col in 4 * (nt / 4)..nt {
+                    let x = e.load(F32, rf, c, 4 * col as i64);
+                    let mut x = self.epi.activate(e, F32, x, None);
+                    if let (Some(r), Some(f)) = (r, res) {
+                        let y = e.load(F32, f, r, 4 * col as i64);
+                        x = e.b.ins().fadd(x, y);
+                    }
+                    e.store(wf, x, c, 4 * col as i64);
+                }
+            });
+        });
     }
 
     /// Emits one tile of `mr` rows and `nt` valid columns.
@@ -406,7 +467,7 @@ impl Gemm {
         if let Some(ids) = self.asm {
             let slot = 2 * usize::from(mr < asm_tile::MR) + usize::from(nt < asm_tile::NR);
             if let Some(id) = ids[slot] {
-                self.call_asm(e, p, id);
+                self.call_asm(e, p, id, mr, nt);
                 return;
             }
         }
@@ -512,58 +573,113 @@ impl Gemm {
         for u in 0..self.k % U {
             step(e, u);
         }
-        // epilogue
-        let wf = Emitter::wflags();
-        let alpha = (self.alpha != 1.0).then(|| (e.kc(V4, self.alpha), e.fc(self.alpha)));
-        let cin = self.cin.map(|c| (c, e.kc(V4, c.beta), e.fc(c.beta)));
-        for i in 0..mr {
-            let row_off = 4 * i as i64 * self.c_rs;
-            for (v, &var) in acc[i].iter().enumerate() {
-                let mut x = e.b.use_var(var);
-                if let Some((av, _)) = alpha {
-                    x = e.b.ins().fmul(x, av);
-                }
-                let valid = (nt - 4 * v).min(4);
-                if let (Some((c, bv, _)), Some(cp)) = (cin, p.cin) {
-                    let off = 4 * (i as i64 * c.rs) + 16 * c.cs * v as i64;
-                    let f = Emitter::rflags(c.buf);
-                    let y = if c.cs == 0 {
-                        let s = e.load(F32, f, cp, off);
-                        e.b.ins().splat(V4, s)
-                    } else if valid == 4 {
-                        e.load(V4, f, cp, off)
+        // Epilogue. Activations with polynomials or several constants run
+        // in a sweep after the store (see `sweep`); the others inline, with
+        // their constants local to the epilogue (`Emitter::local_consts`).
+        let inline = !self.epi.swept();
+        let epilogue = |e: &mut Emitter| {
+            let wf = Emitter::wflags();
+            let alpha = (self.alpha != 1.0).then(|| (e.kc(V4, self.alpha), e.fc(self.alpha)));
+            let cin = self.cin.map(|c| (c, e.kc(V4, c.beta), e.fc(c.beta)));
+            let res = self
+                .epi
+                .residual
+                .map(Emitter::rflags)
+                .zip(p.res)
+                .filter(|_| inline);
+            for i in 0..mr {
+                let row_off = 4 * i as i64 * self.c_rs;
+                // this row's dynamic-ReLU slopes, scalar and splat
+                let sl = self
+                    .epi
+                    .slopes
+                    .zip(p.slopes)
+                    .filter(|_| inline)
+                    .map(|(s, (p1, p2))| {
+                        let s1 = e.load(F32, Emitter::rflags(s.a1), p1, 4 * i as i64);
+                        let s2 = e.load(F32, Emitter::rflags(s.a2), p2, 4 * i as i64);
+                        (s1, s2)
+                    });
+                let slv = sl.map(|(s1, s2)| (e.b.ins().splat(V4, s1), e.b.ins().splat(V4, s2)));
+                for (v, &var) in acc[i].iter().enumerate() {
+                    let mut x = e.b.use_var(var);
+                    if let Some((av, _)) = alpha {
+                        x = e.b.ins().fmul(x, av);
+                    }
+                    let valid = (nt - 4 * v).min(4);
+                    if let (Some((c, bv, _)), Some(cp)) = (cin, p.cin) {
+                        let off = 4 * (i as i64 * c.rs) + 16 * c.cs * v as i64;
+                        let f = Emitter::rflags(c.buf);
+                        let y = if c.cs == 0 {
+                            let s = e.load(F32, f, cp, off);
+                            e.b.ins().splat(V4, s)
+                        } else if valid == 4 {
+                            e.load(V4, f, cp, off)
+                        } else {
+                            let mut y = zero_v;
+                            for l in 0..valid {
+                                let s = e.load(F32, f, cp, off + 4 * l as i64);
+                                y = e.b.ins().insertlane(y, s, l as u8);
+                            }
+                            y
+                        };
+                        x = e.mul_add(y, bv, x);
+                    }
+                    if inline {
+                        x = self.epi.activate(e, V4, x, slv);
+                    }
+                    if let Some((f, rp)) = res {
+                        let off = row_off + 16 * v as i64;
+                        let y = if valid == 4 {
+                            e.load(V4, f, rp, off)
+                        } else {
+                            let mut y = zero_v;
+                            for l in 0..valid {
+                                let s = e.load(F32, f, rp, off + 4 * l as i64);
+                                y = e.b.ins().insertlane(y, s, l as u8);
+                            }
+                            y
+                        };
+                        x = e.b.ins().fadd(x, y);
+                    }
+                    if valid == 4 {
+                        e.store(wf, x, p.c, row_off + 16 * v as i64);
                     } else {
-                        let mut y = zero_v;
                         for l in 0..valid {
-                            let s = e.load(F32, f, cp, off + 4 * l as i64);
-                            y = e.b.ins().insertlane(y, s, l as u8);
+                            let s = e.b.ins().extractlane(x, l as u8);
+                            e.store(wf, s, p.c, row_off + 4 * (4 * v + l) as i64);
                         }
-                        y
-                    };
-                    x = e.mul_add(y, bv, x);
-                }
-                if valid == 4 {
-                    e.store(wf, x, p.c, row_off + 16 * v as i64);
-                } else {
-                    for l in 0..valid {
-                        let s = e.b.ins().extractlane(x, l as u8);
-                        e.store(wf, s, p.c, row_off + 4 * (4 * v + l) as i64);
                     }
                 }
-            }
-            for (s, &var) in accs[i].iter().enumerate() {
-                let mut x = e.b.use_var(var);
-                if let Some((_, a)) = alpha {
-                    x = e.b.ins().fmul(x, a);
+                for (s, &var) in accs[i].iter().enumerate() {
+                    let mut x = e.b.use_var(var);
+                    if let Some((_, a)) = alpha {
+                        x = e.b.ins().fmul(x, a);
+                    }
+                    let col = 4 * nv + s;
+                    if let (Some((c, _, bs)), Some(cp)) = (cin, p.cin) {
+                        let off = 4 * (i as i64 * c.rs + c.cs * col as i64);
+                        let y = e.load(F32, Emitter::rflags(c.buf), cp, off);
+                        x = e.mul_add(y, bs, x);
+                    }
+                    if inline {
+                        x = self.epi.activate(e, F32, x, sl);
+                    }
+                    if let Some((f, rp)) = res {
+                        let y = e.load(F32, f, rp, row_off + 4 * col as i64);
+                        x = e.b.ins().fadd(x, y);
+                    }
+                    e.store(wf, x, p.c, row_off + 4 * col as i64);
                 }
-                let col = 4 * nv + s;
-                if let (Some((c, _, bs)), Some(cp)) = (cin, p.cin) {
-                    let off = 4 * (i as i64 * c.rs + c.cs * col as i64);
-                    let y = e.load(F32, Emitter::rflags(c.buf), cp, off);
-                    x = e.mul_add(y, bs, x);
-                }
-                e.store(wf, x, p.c, row_off + 4 * col as i64);
             }
+        };
+        if inline && self.epi.act != Act::None {
+            e.local_consts(epilogue);
+        } else {
+            epilogue(e);
+        }
+        if !inline {
+            self.sweep(e, p, mr, nt);
         }
     }
 }
@@ -572,7 +688,7 @@ impl Kernel for Gemm {
     fn describe(&self) -> String {
         format!(
             "{}: gemm M={} N={} K={} batch={} tile {}x{}{} ({}), A {}, B {}, groups {}x{}",
-            self.what,
+            self.title.as_deref().unwrap_or(self.what),
             self.m,
             self.n,
             self.k,
@@ -633,6 +749,8 @@ impl Kernel for Gemm {
             Init::Row(b) | Init::Col(b) => Some(e.base(b)),
         };
         let cin_base = self.cin.map(|c| e.base(c.buf));
+        let res_base = self.epi.residual.map(|r| e.base(r));
+        let slope_base = self.epi.slopes.map(|s| (e.base(s.a1), e.base(s.a2)));
         let table = self.offsets.map(|t| e.const_addr(t));
         let tf = Emitter::rflags(Buf::input(Loc::Const(0)));
         // per row block / column tile strides in bytes
@@ -684,6 +802,7 @@ impl Kernel for Gemm {
             let rgi = e.b.ins().udiv_imm_u(r, cg as i64);
             let cgi = e.b.ins().urem_imm_u(r, cg as i64);
             let (mut a0, mut b0, mut c0, mut bias0) = (a_base, b_base, c_base, bias_base);
+            let (mut res0, mut slopes0) = (res_base, slope_base);
             if let Some(t) = table {
                 let row = e.index(t, bidx, 32);
                 let ao = e.load(I64, tf, row, 0);
@@ -692,9 +811,14 @@ impl Kernel for Gemm {
                 a0 = e.index(a0, ao, 4);
                 b0 = e.index(b0, bo, 4);
                 c0 = e.index(c0, co, 4);
-                if row_bias && let Some(bb) = bias0 {
+                // the residual is laid out like C
+                res0 = res0.map(|r| e.index(r, co, 4));
+                if (row_bias && bias0.is_some()) || slopes0.is_some() {
                     let bo = e.load(I64, tf, row, 24);
-                    bias0 = Some(e.index(bb, bo, 4));
+                    if row_bias && let Some(bb) = bias0 {
+                        bias0 = Some(e.index(bb, bo, 4));
+                    }
+                    slopes0 = slopes0.map(|(s1, s2)| (e.index(s1, bo, 4), e.index(s2, bo, 4)));
                 }
             }
             let rb_lo = e.b.ins().imul_imm_s(rgi, self.row_group as i64);
@@ -727,6 +851,16 @@ impl Kernel for Gemm {
                 cin: cin.zip(cin_base).map(|(c, cb)| {
                     let x = e.index(cb, rbi, 4 * mr as i64 * c.rs);
                     e.index(x, cti, 4 * nr as i64 * c.cs)
+                }),
+                res: res0.map(|r| {
+                    let x = e.index(r, rbi, c_rb);
+                    e.index(x, cti, c_ct)
+                }),
+                slopes: slopes0.map(|(s1, s2)| {
+                    (
+                        e.index(s1, rbi, 4 * mr as i64),
+                        e.index(s2, rbi, 4 * mr as i64),
+                    )
                 }),
             };
             // all tiles of rows [lo, hi) × columns [clo, chi), full and tails

@@ -14,6 +14,7 @@ use kiln_ir::{Graph, NodeId, Op};
 
 use super::asm_tile;
 use super::copy::{Copy, Region};
+use super::epilogue::Epilogue;
 use super::gemm::{self, ASrc, BSrc, CIn, Gemm, Init, Tile};
 use super::nest::{Nest, broadcast_strides, contiguous};
 use super::{Kernels, NodeCx, is_const};
@@ -34,7 +35,7 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
 /// Lowers matmul and gemm nodes.
 pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     match *cx.op {
-        Op::MatMul => lower_matmul(cx),
+        Op::MatMul => lower_matmul(cx, Init::Zero, Epilogue::NONE, None),
         Op::Gemm {
             alpha,
             beta,
@@ -69,7 +70,30 @@ fn finish(cx: &mut NodeCx, mut gm: Gemm) -> Result<Gemm, BackendError> {
     Ok(gm)
 }
 
-fn lower_matmul(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
+/// Lowers the `x @ w` of a `fused_linear` with its column bias and
+/// epilogue (the residual has the output's layout, like C).
+pub(crate) fn lower_linear(
+    cx: &mut NodeCx,
+    bias: Option<Buf>,
+    epi: Epilogue,
+) -> Result<Kernels, BackendError> {
+    let (k, n) = (cx.ins[0].ty.shape.last(), cx.ins[1].ty.shape.last());
+    let title = format!(
+        "fused linear {}→{}{}",
+        k.copied().unwrap_or(0),
+        n.copied().unwrap_or(0),
+        epi.suffix(bias.is_some())
+    );
+    let init = bias.map_or(Init::Zero, Init::Col);
+    lower_matmul(cx, init, epi, Some(title))
+}
+
+fn lower_matmul(
+    cx: &mut NodeCx,
+    init: Init,
+    epi: Epilogue,
+    title: Option<String>,
+) -> Result<Kernels, BackendError> {
     let tile = tile_for(cx, true);
     let nr = 4 * tile.nv;
     let (out_buf, _) = cx.outs[0].clone();
@@ -177,7 +201,7 @@ fn lower_matmul(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         b,
         c: out_buf,
         c_rs: n as i64,
-        init: Init::Zero,
+        init,
         alpha: 1.0,
         cin: None,
         tile,
@@ -185,6 +209,8 @@ fn lower_matmul(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         row_group: 1,
         col_group: 1,
         asm: None,
+        epi,
+        title,
     };
     Ok(vec![Box::new(finish(cx, gm)?)])
 }
@@ -306,6 +332,8 @@ fn lower_gemm(
         row_group: 1,
         col_group: 1,
         asm: None,
+        epi: Epilogue::NONE,
+        title: None,
     };
     kernels.push(Box::new(finish(cx, gm)?));
     Ok(kernels)

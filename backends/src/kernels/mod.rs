@@ -19,6 +19,8 @@ pub(crate) mod conv;
 pub(crate) mod copy;
 pub(crate) mod depthwise;
 pub(crate) mod elementwise;
+pub(crate) mod epilogue;
+pub(crate) mod fused;
 pub(crate) mod gemm;
 pub(crate) mod matmul;
 pub(crate) mod nest;
@@ -126,7 +128,10 @@ pub(crate) fn is_alias(g: &Graph, id: NodeId) -> bool {
 /// The operand whose buffer a node may overwrite with its result, if any:
 /// element-wise ops whose result has that operand's exact type (each output
 /// element depends only on the input element at the same index, which is
-/// read before it is written).
+/// read before it is written). Fused ops have none: a `fused_conv` or
+/// `fused_linear` reads its residual tile by tile while other tiles are
+/// already stored, and its output must never overwrite a residual element
+/// some tile has yet to read.
 pub(crate) fn inplace_operand(g: &Graph, id: NodeId) -> Option<usize> {
     let node = g.node(id);
     let out = &node.outputs.first()?.ty;
@@ -154,7 +159,9 @@ pub(crate) fn is_const(g: &Graph, mut v: kiln_ir::Value) -> bool {
 /// Bytes of arena scratch a node's kernels need (live only during the node).
 pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
     match g.node(id).op {
-        Op::Conv2d { .. } => conv::scratch_bytes(g, id),
+        Op::Conv2d { .. } | Op::Fused(kiln_ir::fused::FusedOp::Conv { .. }) => {
+            conv::scratch_bytes(g, id)
+        }
         Op::Gemm { .. } => matmul::scratch_bytes(g, id),
         _ => 0,
     }
@@ -200,11 +207,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         | Op::Squeeze { .. }
         | Op::Unsqueeze { .. }
         | Op::Flatten { .. } => Ok(vec![]),
-        // `compile` lowers fused ops to the primitives they stand for
-        // until they have kernels of their own; one cannot reach here.
-        Op::Fused(f) => Err(cx.unsupported(format!(
-            "{} has no kernel yet (compile lowers fused ops first)",
-            f.name()
-        ))),
+        // `compile` expands the fused ops without a kernel first
+        Op::Fused(f) => fused::lower(cx, f),
     }
 }
