@@ -562,7 +562,7 @@ fn bench_optimises_first_unless_told_not_to_and_profiles_per_node() {
     let rows = v["profile"].as_array().expect("a profile array");
     assert!(
         rows.iter()
-            .any(|r| r["node"].as_str().unwrap().contains("conv"))
+            .any(|r| r["node"].as_str().unwrap().contains("fused_conv"))
     );
     let share: f64 = rows.iter().map(|r| r["share"].as_f64().unwrap()).sum();
     assert!((share - 1.0).abs() < 1e-6, "shares sum to {share}");
