@@ -169,6 +169,11 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
             )
             .map_err(obj_err)?;
         let (isa, _) = kernel_isa(k.as_ref(), &copts, &target);
+        let func = crate::scalarize::prepare(func, target.scalar || copts.scalarize, isa, &copts)
+            .map_err(|msg| BackendError::Codegen {
+            node: node.clone(),
+            msg,
+        })?;
         let mut ctx = Context::for_function(func);
         let code = ctx
             .compile(isa, &mut ControlPlane::default())

@@ -84,6 +84,12 @@ pub struct CompileOptions {
     /// for AVX-512 (14×32, zmm registers) when the host has AVX-512F; the
     /// Cranelift f32x4 tile otherwise.
     pub asm_tiles: bool,
+    /// Rewrite every kernel's vectors into scalars (`scalarize.rs`) even
+    /// when the ISA has 128-bit SIMD: the code path of targets without it
+    /// (riscv64 without V), forced so that the differential tests run it on
+    /// the host. Slower; for tests only.
+    #[doc(hidden)]
+    pub scalarize: bool,
 }
 
 /// Shape of the GEMM register tile: `mr` rows by `nr` columns (`nr` a
@@ -123,6 +129,7 @@ impl Default for CompileOptions {
             verify_ir: false,
             gemm_tile: GemmTile::default(),
             asm_tiles: true,
+            scalarize: false,
         }
     }
 }
@@ -505,6 +512,11 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
             .declare_function(&format!("k{i}"), Linkage::Local, &func.signature)
             .map_err(|e| BackendError::Jit(e.to_string()))?;
         let (isa, _) = kernel_isa(k.as_ref(), opts, &target);
+        let func = crate::scalarize::prepare(func, target.scalar || opts.scalarize, isa, opts)
+            .map_err(|msg| BackendError::Codegen {
+                node: node.clone(),
+                msg,
+            })?;
         let tk = Instant::now();
         let mut ctx = Context::for_function(func);
         // A developer aid: KILN_JIT_DISASM=1 prints each kernel's machine code.
@@ -608,7 +620,12 @@ pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, Backend
             &[],
             &mut fctx,
         );
-        let (_, level) = kernel_isa(k.as_ref(), opts, &target);
+        let (isa, level) = kernel_isa(k.as_ref(), opts, &target);
+        let func = crate::scalarize::prepare(func, target.scalar || opts.scalarize, isa, opts)
+            .map_err(|msg| BackendError::Codegen {
+                node: node.clone(),
+                msg,
+            })?;
         out.push_str(&format!(
             "\n; kernel k{i} from {node}: {} ({} units, opt_level={})\n{}",
             k.describe(),

@@ -51,6 +51,7 @@ mod header;
 mod kernels;
 mod plan;
 mod runtime;
+mod scalarize;
 mod target;
 
 pub use compiled::{
