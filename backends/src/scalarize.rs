@@ -639,3 +639,208 @@ pub(crate) fn prepare(
     }
     Ok(func)
 }
+
+#[cfg(test)]
+mod tests {
+    // Running JIT code is unsafe; the one block says why it is sound.
+    #![allow(unsafe_code)]
+
+    use super::*;
+    use cranelift_codegen::Context;
+    use cranelift_codegen::control::ControlPlane;
+    use cranelift_codegen::ir::condcodes::FloatCC;
+    use cranelift_codegen::ir::{AbiParam, ConstantData, Endianness, Signature, UserFuncName};
+    use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+    use cranelift_jit::{JITBuilder, JITModule};
+    use cranelift_module::{Linkage, Module, default_libcall_names};
+    use types::{F32X4, I8X16, I32X4, I64};
+
+    /// `fn(p)`: reads `a = p[0..4]`, `c = p[4..8]` (f32) and writes
+    /// `p[8..32]`, exercising what the kernels do not (vconst, a shuffle
+    /// mixing both operands, a loop carrying a vector, `vall_true`,
+    /// `vany_true`, integer lanes) next to what they do.
+    fn sample(fc: cranelift_codegen::isa::TargetFrontendConfig) -> Function {
+        let mut sig = Signature::new(fc.default_call_conv);
+        sig.params.push(AbiParam::new(I64));
+        let mut func = Function::with_name_signature(UserFuncName::user(0, 0), sig);
+        let mut fctx = FunctionBuilderContext::new();
+        let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let p = b.block_params(entry)[0];
+        let f = MemFlagsData::trusted();
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let a = b.ins().load(F32X4, f, p, 0);
+        let c = b.ins().load(F32X4, f, p, 16);
+        // a loop carrying a vector: acc = fma(acc, a, c), three times
+        let head = b.create_block();
+        let acc = b.append_block_param(head, F32X4);
+        let i = b.append_block_param(head, I64);
+        let body = b.create_block();
+        let exit = b.create_block();
+        let out = b.append_block_param(exit, F32X4);
+        let zero = b.ins().iconst(I64, 0);
+        b.ins()
+            .jump(head, &[BlockArg::Value(a), BlockArg::Value(zero)]);
+        b.switch_to_block(head);
+        let three = b.ins().iconst(I64, 3);
+        let more = b.ins().icmp(IntCC::SignedLessThan, i, three);
+        b.ins().brif(more, body, &[], exit, &[BlockArg::Value(acc)]);
+        b.switch_to_block(body);
+        let next = b.ins().fma(acc, a, c);
+        let i1 = b.ins().iadd_imm_s(i, 1);
+        b.ins()
+            .jump(head, &[BlockArg::Value(next), BlockArg::Value(i1)]);
+        b.switch_to_block(exit);
+        b.ins().store(f, out, p, 32);
+        // max(a, c) where a < c else a - c, through fcmp/bitcast/bitselect
+        let lt = b.ins().fcmp(FloatCC::LessThan, a, c);
+        let m = b.ins().bitcast(F32X4, le, lt);
+        let d = b.ins().fsub(a, c);
+        let mx = b.ins().fmax(a, c);
+        let sel = b.ins().bitselect(m, mx, d);
+        b.ins().store(f, sel, p, 48);
+        // words 1, 6, 3, 4 of a ++ c, plus a vconst
+        let ab = b.ins().bitcast(I8X16, le, a);
+        let cb = b.ins().bitcast(I8X16, le, c);
+        let mask: Vec<u8> = [1u8, 6, 3, 4]
+            .iter()
+            .flat_map(|&w| (0..4).map(move |k| 4 * w + k))
+            .collect();
+        let imm = b.func.dfg.immediates.push(ConstantData::from(mask));
+        let sh = b.ins().shuffle(ab, cb, imm);
+        let sh = b.ins().bitcast(F32X4, le, sh);
+        let k: Vec<u8> = [1.5f32, -2.0, 0.25, 8.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let kc = b.func.dfg.constants.insert(ConstantData::from(k));
+        let kv = b.ins().vconst(F32X4, kc);
+        let sh = b.ins().fmul(sh, kv);
+        // lane 2 replaced by the sum of lanes 0 and 3
+        let l0 = b.ins().extractlane(sh, 0u8);
+        let l3 = b.ins().extractlane(sh, 3u8);
+        let s = b.ins().fadd(l0, l3);
+        let sh = b.ins().insertlane(sh, s, 2u8);
+        b.ins().store(f, sh, p, 64);
+        // integer lanes: (bits(a) >> 23) & 0xff, as f32; any/all lanes > 0
+        let ai = b.ins().bitcast(I32X4, le, a);
+        let e = b.ins().ushr_imm_u(ai, 23);
+        let ff = b.ins().iconst(types::I32, 0xff);
+        let ff = b.ins().splat(I32X4, ff);
+        let e = b.ins().band(e, ff);
+        let ef = b.ins().fcvt_from_sint(F32X4, e);
+        b.ins().store(f, ef, p, 80);
+        let z = b.ins().f32const(0.0);
+        let z = b.ins().splat(F32X4, z);
+        let pos = b.ins().fcmp(FloatCC::GreaterThan, a, z);
+        let any = b.ins().vany_true(pos);
+        let all = b.ins().vall_true(pos);
+        let any = b.ins().uextend(types::I32, any);
+        let all = b.ins().uextend(types::I32, all);
+        let two = b.ins().iconst(types::I32, 2);
+        let all2 = b.ins().imul(all, two);
+        let flags = b.ins().iadd(any, all2);
+        let flags = b.ins().fcvt_from_sint(types::F32, flags);
+        b.ins().store(f, flags, p, 96);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(fc);
+        func
+    }
+
+    /// Runs `func` (signature `fn(*mut f32)`) on a copy of `data`.
+    fn run(func: Function, data: &[f32; 32]) -> [f32; 32] {
+        let isa = host();
+        let mut module = JITModule::new(JITBuilder::with_isa(isa.clone(), default_libcall_names()));
+        let id = module
+            .declare_function("f", Linkage::Local, &func.signature)
+            .unwrap();
+        let mut ctx = Context::for_function(func);
+        let code = ctx.compile(&*isa, &mut ControlPlane::default()).unwrap();
+        let bytes = code.code_buffer().to_vec();
+        let mach = code.buffer.relocs().to_vec();
+        let relocs: Vec<_> = mach
+            .iter()
+            .map(|r| cranelift_module::ModuleReloc::from_mach_reloc(r, &ctx.func, id))
+            .collect();
+        module
+            .define_function_bytes(id, 16, &bytes, &relocs)
+            .unwrap();
+        module.finalize_definitions().unwrap();
+        let f = module.get_finalized_function(id);
+        let mut out = *data;
+        // SAFETY: `f` was just compiled from a function of signature
+        // `fn(i64)` that reads and writes only `p[0..32]` (f32), and `out`
+        // is 32 floats; the module stays alive until after the call.
+        unsafe {
+            let f: extern "C" fn(*mut f32) = std::mem::transmute(f);
+            f(out.as_mut_ptr());
+            module.free_memory();
+        }
+        out
+    }
+
+    fn host() -> cranelift_codegen::isa::OwnedTargetIsa {
+        cranelift_native::builder()
+            .unwrap()
+            .finish(cranelift_codegen::settings::Flags::new(
+                cranelift_codegen::settings::builder(),
+            ))
+            .unwrap()
+    }
+
+    #[test]
+    fn scalarised_code_computes_what_the_vector_code_does() {
+        let isa = host();
+        let vector = sample(isa.frontend_config());
+        let mut scalar = vector.clone();
+        scalarize(&mut scalar).unwrap();
+        verify_function(&scalar, &*isa).unwrap();
+        let text = scalar.display().to_string();
+        for ty in ["f32x4", "i32x4", "i8x16"] {
+            assert!(!text.contains(ty), "{ty} left:\n{text}");
+        }
+        let mut data = [0f32; 32];
+        for (x, v) in data[..8]
+            .iter_mut()
+            .zip([0.5f32, -1.25, 3.0, 7.5, 2.0, -0.5, 3.0, -8.0])
+        {
+            *x = v;
+        }
+        let want = run(vector, &data);
+        let got = run(scalar, &data);
+        assert_eq!(
+            want.map(f32::to_bits),
+            got.map(f32::to_bits),
+            "\nwant {want:?}\n got {got:?}"
+        );
+        // and the results are not trivial: a < c in lane 0, all flags set
+        assert_eq!(want[24], 1.0, "{want:?}"); // some lane > 0, not all
+    }
+
+    #[test]
+    fn an_op_without_a_scalar_form_is_an_error_naming_it() {
+        let isa = host();
+        let fc = isa.frontend_config();
+        let mut sig = Signature::new(fc.default_call_conv);
+        sig.params.push(AbiParam::new(I64));
+        let mut func = Function::with_name_signature(UserFuncName::user(0, 0), sig);
+        let mut fctx = FunctionBuilderContext::new();
+        let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        b.seal_block(entry);
+        let p = b.block_params(entry)[0];
+        let f = MemFlagsData::trusted();
+        let a = b.ins().load(I32X4, f, p, 0);
+        let s = b.ins().iadd_pairwise(a, a);
+        b.ins().store(f, s, p, 16);
+        b.ins().return_(&[]);
+        b.finalize(fc);
+        let e = scalarize(&mut func).unwrap_err();
+        assert!(e.contains("iadd_pairwise"), "{e}");
+    }
+}
