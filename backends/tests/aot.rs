@@ -463,3 +463,64 @@ fn unsupported_targets_and_models_are_clear_errors() {
         .to_string();
     assert!(e.contains("2 outputs"), "{e}");
 }
+
+/// A convolution weight is read only packed: the blob holds the packed copy
+/// alone, not the raw weight as well (it used to hold both). An
+/// element-wise weight operand is read raw and stays.
+#[test]
+fn weights_read_only_packed_are_stored_once() {
+    let mut rng = Rng(8);
+    let mut g = Graph::new("conv");
+    let mut weights = WeightStore::new();
+    let x = g.add_input("x", TensorType::f32([1, 8, 6, 6])).unwrap();
+    let w = g
+        .add_weight("w", TensorType::f32(vec![16, 8, 3, 3]))
+        .unwrap();
+    weights.insert(
+        "w".to_string(),
+        tensor(&mut rng, &[16, 8, 3, 3], Fill::Range(-0.5, 0.5)),
+    );
+    let conv = Op::Conv2d {
+        stride: [1, 1],
+        pad: [1, 1, 1, 1],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let y = g.add(conv, &[x, w]).unwrap();
+    g.set_outputs(vec![y]);
+    let model = Model {
+        graph: g,
+        weights,
+    };
+    let raw = 16 * 8 * 9 * 4;
+    let opts = AotOptions {
+        target: X86_V2.triple.into(),
+        cpu: X86_V2.cpu.into(),
+        name: "c".into(),
+        compile: CompileOptions::default(),
+    };
+    let packed_only = compile_aot(&model, &opts).unwrap().const_bytes;
+    assert!(
+        packed_only < 2 * raw,
+        "{packed_only} bytes of constants for a {raw}-byte weight read only packed"
+    );
+    // the same weight also added element-wise: now it is read raw too
+    let mut both = model.clone();
+    let y = both.graph.outputs()[0];
+    let b = both
+        .graph
+        .add_weight("b", TensorType::f32(vec![1, 16, 6, 6]))
+        .unwrap();
+    both.weights.insert(
+        "b".to_string(),
+        tensor(&mut rng, &[1, 16, 6, 6], Fill::Range(-0.5, 0.5)),
+    );
+    let z = both.graph.add(Op::Binary(BinaryOp::Add), &[y, b]).unwrap();
+    both.graph.set_outputs(vec![z]);
+    let with_raw = compile_aot(&both, &opts).unwrap().const_bytes;
+    assert!(
+        with_raw >= packed_only + 16 * 36 * 4,
+        "{with_raw} vs {packed_only}: the element-wise weight is missing"
+    );
+    check("conv_plus_weight", &both, &[&X86_V2]);
+}
