@@ -488,10 +488,7 @@ fn weights_read_only_packed_are_stored_once() {
     };
     let y = g.add(conv, &[x, w]).unwrap();
     g.set_outputs(vec![y]);
-    let model = Model {
-        graph: g,
-        weights,
-    };
+    let model = Model { graph: g, weights };
     let raw = 16 * 8 * 9 * 4;
     let opts = AotOptions {
         target: X86_V2.triple.into(),
