@@ -392,7 +392,7 @@ impl Scalarizer {
                 for k in 0..4 {
                     let g = &mask[4 * k..4 * k + 4];
                     let w = usize::from(g[0]) / 4;
-                    let whole = g[0] % 4 == 0
+                    let whole = g[0].is_multiple_of(4)
                         && w < 8
                         && g.iter()
                             .enumerate()
