@@ -31,7 +31,9 @@ use cranelift_object::{ObjectBuilder, ObjectModule};
 use kiln_ir::{DType, Model, TensorType, Value};
 
 use crate::codegen::{ConstBase, Env, I64, POWF_NAME, PowF};
-use crate::compiled::{CompileOptions, build_function, front, kernel_isa, kernel_signature};
+use crate::compiled::{
+    CompileOptions, build_function, drop_unread_consts, front, kernel_isa, kernel_signature,
+};
 use crate::error::BackendError;
 use crate::header;
 use crate::target::Target;
@@ -123,7 +125,8 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
     copts.threads = Some(1);
     // Assembled tiles are JIT-only for now (placed at run time), so an
     // object's GEMMs use the Cranelift tile.
-    let front = front(model, &copts, false)?;
+    let mut front = front(model, &copts, false)?;
+    drop_unread_consts(&mut front, target.speed.frontend_config());
     let obj_err = |e: cranelift_module::ModuleError| BackendError::Object(e.to_string());
 
     let builder = ObjectBuilder::new(
@@ -159,6 +162,7 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
                 powf: PowF::Import,
             },
             &[],
+            front.const_map.as_ref(),
             &mut fctx,
         );
         let id = module
@@ -169,6 +173,11 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
             )
             .map_err(obj_err)?;
         let (isa, _) = kernel_isa(k.as_ref(), &copts, &target);
+        let func = crate::scalarize::prepare(func, target.scalar || copts.scalarize, isa, &copts)
+            .map_err(|msg| BackendError::Codegen {
+            node: node.clone(),
+            msg,
+        })?;
         let mut ctx = Context::for_function(func);
         let code = ctx
             .compile(isa, &mut ControlPlane::default())

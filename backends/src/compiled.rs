@@ -38,7 +38,7 @@ use crate::kernels::gemm::{DEFAULT_TILE, Tile};
 use crate::kernels::{self, Kernel, NodeCx, Operand, Opt, copy::Copy};
 use crate::plan;
 use crate::runtime::pool::{KernelFn, Pool};
-use crate::runtime::{Arena, ConstStore};
+use crate::runtime::{Arena, ConstMap, ConstStore};
 use crate::target::Target;
 
 /// Cranelift optimisation level.
@@ -84,6 +84,12 @@ pub struct CompileOptions {
     /// for AVX-512 (14×32, zmm registers) when the host has AVX-512F; the
     /// Cranelift f32x4 tile otherwise.
     pub asm_tiles: bool,
+    /// Rewrite every kernel's vectors into scalars (`scalarize.rs`) even
+    /// when the ISA has 128-bit SIMD: the code path of targets without it
+    /// (riscv64 without V), forced so that the differential tests run it on
+    /// the host. Slower; for tests only.
+    #[doc(hidden)]
+    pub scalarize: bool,
 }
 
 /// Shape of the GEMM register tile: `mr` rows by `nr` columns (`nr` a
@@ -123,6 +129,7 @@ impl Default for CompileOptions {
             verify_ir: false,
             gemm_tile: GemmTile::default(),
             asm_tiles: true,
+            scalarize: false,
         }
     }
 }
@@ -256,6 +263,9 @@ pub(crate) struct Front {
     pub work: HashMap<String, NodeWork>,
     pub plan: plan::Plan,
     pub consts: ConstStore,
+    /// where kernels' constant offsets went once [`drop_unread_consts`]
+    /// compacted `consts` (`None` before)
+    pub const_map: Option<ConstMap>,
     pub threads: usize,
 }
 
@@ -396,8 +406,35 @@ pub(crate) fn front(
         work,
         plan,
         consts,
+        const_map: None,
         threads,
     })
+}
+
+/// Drops from the constant blob every range no kernel reads: weights are
+/// added before lowering (the plan addresses them there), but a weight that
+/// every reader packs (convolution and linear weights) would otherwise be
+/// stored twice. A dry run of code generation collects the offsets each
+/// kernel asks for; the real run maps them into the compacted blob.
+pub(crate) fn drop_unread_consts(
+    front: &mut Front,
+    frontend: cranelift_codegen::isa::TargetFrontendConfig,
+) {
+    let mut fctx = FunctionBuilderContext::new();
+    let mut reads = Vec::new();
+    for (i, (_, k)) in front.lowered.iter().enumerate() {
+        let dry = |_: &mut Function| Env {
+            fma: false,
+            call_conv: frontend.default_call_conv,
+            cbase: ConstBase::Addr(0),
+            powf: PowF::Import,
+        };
+        let (_, r) = build(k.as_ref(), i as u32, frontend, dry, &[], None, &mut fctx);
+        reads.extend(r);
+    }
+    let (consts, map) = front.consts.retain_read(&reads);
+    front.consts = consts;
+    front.const_map = Some(map);
 }
 
 /// The signature of every kernel: `fn(arena, begin, end)`.
@@ -422,15 +459,30 @@ fn jit_env(target: &Target, consts: &ConstStore) -> Env {
 
 /// Builds the Cranelift function of kernel number `index`. `env` makes the
 /// environment once the function exists (an object file declares the
-/// constant blob's symbol in it).
+/// constant blob's symbol in it); `const_map` is where the kernel's constant
+/// offsets went when the blob was compacted.
 pub(crate) fn build_function(
     k: &dyn Kernel,
     index: u32,
     frontend: cranelift_codegen::isa::TargetFrontendConfig,
     env: impl FnOnce(&mut Function) -> Env,
     asm_addrs: &[usize],
+    const_map: Option<&ConstMap>,
     fctx: &mut FunctionBuilderContext,
 ) -> Function {
+    build(k, index, frontend, env, asm_addrs, const_map, fctx).0
+}
+
+/// [`build_function`], also returning the constant offsets the kernel read.
+fn build(
+    k: &dyn Kernel,
+    index: u32,
+    frontend: cranelift_codegen::isa::TargetFrontendConfig,
+    env: impl FnOnce(&mut Function) -> Env,
+    asm_addrs: &[usize],
+    const_map: Option<&ConstMap>,
+    fctx: &mut FunctionBuilderContext,
+) -> (Function, Vec<usize>) {
     let env0 = Env {
         fma: false,
         call_conv: frontend.default_call_conv,
@@ -448,11 +500,13 @@ pub(crate) fn build_function(
     let p = b.block_params(entry).to_vec();
     let mut e = Emitter::new(b, p[0], env);
     e.asm_addrs = asm_addrs.to_vec();
+    e.const_map = const_map;
     k.emit(&mut e, p[1], p[2]);
+    let reads = std::mem::take(&mut e.const_reads);
     let mut b = e.finish();
     b.ins().return_(&[]);
     b.finalize(frontend);
-    func
+    (func, reads)
 }
 
 pub(crate) fn kernel_isa<'t>(
@@ -511,7 +565,8 @@ fn place_asm(
 pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, BackendError> {
     let t0 = Instant::now();
     let target = Target::host(opts.verify_ir)?;
-    let front = front(model, opts, target.avx512_tiles)?;
+    let mut front = front(model, opts, target.avx512_tiles)?;
+    drop_unread_consts(&mut front, target.speed.frontend_config());
     if std::env::var_os("KILN_COMPILE_TIMES").is_some() {
         eprintln!("front: {:?}", t0.elapsed());
     }
@@ -538,12 +593,18 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
             target.speed.frontend_config(),
             |_| env,
             &asm_addrs,
+            front.const_map.as_ref(),
             &mut fctx,
         );
         let id = module
             .declare_function(&format!("k{i}"), Linkage::Local, &func.signature)
             .map_err(|e| BackendError::Jit(e.to_string()))?;
         let (isa, _) = kernel_isa(k.as_ref(), opts, &target);
+        let func = crate::scalarize::prepare(func, target.scalar || opts.scalarize, isa, opts)
+            .map_err(|msg| BackendError::Codegen {
+                node: node.clone(),
+                msg,
+            })?;
         let tk = Instant::now();
         let mut ctx = Context::for_function(func);
         // A developer aid: KILN_JIT_DISASM=1 prints each kernel's machine code.
@@ -630,7 +691,8 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
 /// by a comment naming the kiln node it came from (for `kiln opt --emit clif`).
 pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, BackendError> {
     let target = Target::host(opts.verify_ir)?;
-    let front = front(model, opts, target.avx512_tiles)?;
+    let mut front = front(model, opts, target.avx512_tiles)?;
+    drop_unread_consts(&mut front, target.speed.frontend_config());
     let mut fctx = FunctionBuilderContext::new();
     let mut out = format!(
         "; kiln: {} kernels, arena {} bytes, target {}\n",
@@ -646,9 +708,15 @@ pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, Backend
             target.speed.frontend_config(),
             |_| env,
             &[],
+            front.const_map.as_ref(),
             &mut fctx,
         );
-        let (_, level) = kernel_isa(k.as_ref(), opts, &target);
+        let (isa, level) = kernel_isa(k.as_ref(), opts, &target);
+        let func = crate::scalarize::prepare(func, target.scalar || opts.scalarize, isa, opts)
+            .map_err(|msg| BackendError::Codegen {
+                node: node.clone(),
+                msg,
+            })?;
         out.push_str(&format!(
             "\n; kernel k{i} from {node}: {} ({} units, opt_level={})\n{}",
             k.describe(),

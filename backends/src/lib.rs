@@ -13,7 +13,9 @@
 //!   hosts with AVX-512);
 //! - `fold`: compile-time evaluation of nodes whose operands are constant;
 //! - `plan`: the memory plan; `runtime`: arenas, constants, worker pool;
-//! - `compiled`: the driver, [`CompiledModel`], and [`emit_clif`].
+//! - `compiled`: the driver, [`CompiledModel`], and [`emit_clif`];
+//! - `scalarize`: vectors rewritten into scalars for ISAs without 128-bit
+//!   SIMD (riscv64 without V).
 //!
 //! docs/ARCHITECTURE.md ("The JIT backend") describes the design, its
 //! invariants (results never depend on the thread count) and what was
@@ -51,6 +53,7 @@ mod header;
 mod kernels;
 mod plan;
 mod runtime;
+mod scalarize;
 mod target;
 
 pub use compiled::{

@@ -20,6 +20,19 @@ pub(crate) struct Target {
     /// The assembled AVX-512 GEMM tiles can run here: x86-64 with AVX-512F
     /// and the System V calling convention they are written for.
     pub avx512_tiles: bool,
+    /// The ISA cannot lower 128-bit vectors (riscv64 without V): every
+    /// kernel is scalarised (`scalarize.rs`) before compilation.
+    pub scalar: bool,
+}
+
+/// Whether `isa` lacks the 128-bit float SIMD every kernel is written in.
+/// x86-64 (SSE2) and aarch64 (NEON) always have it; riscv64 only with V.
+fn lacks_simd(isa: &dyn cranelift_codegen::isa::TargetIsa) -> bool {
+    let has_v = isa
+        .isa_flags()
+        .iter()
+        .any(|v| v.name == "has_v" && v.as_bool() == Some(true));
+    isa.name() == "riscv64" && !has_v
 }
 
 impl Target {
@@ -60,11 +73,13 @@ impl Target {
             && speed.default_call_conv() == cranelift_codegen::isa::CallConv::SystemV
             && has("has_avx512f")
             && fma;
+        let scalar = lacks_simd(&*speed);
         Ok(Target {
             none,
             speed,
             fma,
             avx512_tiles,
+            scalar,
         })
     }
 
@@ -123,11 +138,13 @@ impl Target {
         let fma = speed.has_native_fma();
         // Objects use the Cranelift tile: the assembled tiles are placed by
         // the JIT at run time and not yet emitted into objects.
+        let scalar = lacks_simd(&*speed);
         Ok(Target {
             none,
             speed,
             fma,
             avx512_tiles: false,
+            scalar,
         })
     }
 
@@ -143,11 +160,12 @@ impl Target {
             .map(|v| v.name)
             .collect();
         format!(
-            "{} [{}] fma={} avx512-tiles={}",
+            "{} [{}] fma={} avx512-tiles={}{}",
             self.speed.triple().architecture,
             feats.join(","),
             self.fma,
-            self.avx512_tiles
+            self.avx512_tiles,
+            if self.scalar { " scalar" } else { "" }
         )
     }
 }
@@ -156,8 +174,9 @@ impl Target {
 pub type CpuLevel = (&'static str, &'static [&'static str]);
 
 /// Targets of ahead-of-time objects: triple, then each `--cpu` level with
-/// the Cranelift ISA settings (presets or flags) it enables. Kernels use
-/// f32x4 vectors throughout, which every level here lowers natively.
+/// the Cranelift ISA settings (presets or flags) it enables; the first level
+/// is the default. Kernels use f32x4 vectors throughout, which every level
+/// lowers natively except riscv64 `rv64gc`, whose kernels are scalarised.
 pub const AOT_TARGETS: &[(&str, &[CpuLevel])] = &[
     (
         "x86_64-unknown-linux-gnu",
@@ -184,8 +203,21 @@ pub const AOT_TARGETS: &[(&str, &[CpuLevel])] = &[
     (
         "riscv64gc-unknown-linux-gnu",
         &[
-            // RV64GC plus the V extension with VLEN >= 128: Cranelift lowers
-            // f32x4 only with V (see docs/aot.md).
+            // Plain RV64GC (IMAFDC + Zicsr/Zifencei): Cranelift lowers f32x4
+            // only with V, so every kernel is scalarised (docs/aot.md).
+            (
+                "rv64gc",
+                &[
+                    "has_m",
+                    "has_a",
+                    "has_f",
+                    "has_d",
+                    "has_c",
+                    "has_zicsr",
+                    "has_zifencei",
+                ],
+            ),
+            // RV64GC plus the V extension with VLEN >= 128: vector kernels.
             (
                 "rv64gcv",
                 &[

@@ -53,7 +53,22 @@ const AARCH64: Host = Host {
     cc: "aarch64-linux-gnu-gcc",
     runner: &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
 };
+/// Plain RV64GC: kernels scalarised, run on a qemu CPU with V turned off
+/// (qemu's `rv64` model has no V by default; `v=false` says so).
 const RISCV64: Host = Host {
+    triple: "riscv64gc-unknown-linux-gnu",
+    cpu: "rv64gc",
+    cc: "riscv64-linux-gnu-gcc",
+    runner: RV64_NO_V,
+};
+const RV64_NO_V: &[&str] = &[
+    "qemu-riscv64",
+    "-cpu",
+    "rv64,v=false",
+    "-L",
+    "/usr/riscv64-linux-gnu",
+];
+const RISCV64_V: Host = Host {
     triple: "riscv64gc-unknown-linux-gnu",
     cpu: "rv64gcv",
     cc: "riscv64-linux-gnu-gcc",
@@ -107,16 +122,24 @@ fn harness() -> PathBuf {
 }
 
 fn run(cmd: &mut Command, what: &str) {
+    if let Err(e) = try_run(cmd, what) {
+        panic!("{e}");
+    }
+}
+
+fn try_run(cmd: &mut Command, what: &str) -> Result<(), String> {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "{what}: {cmd:?} failed ({}):\n{}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }
 
 /// Global symbols of an ELF object: (defined, undefined).
@@ -146,6 +169,18 @@ fn symbols(obj: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
 /// Compiles `model` for `host`, links and runs it on `input`, checks the
 /// symbols, and returns the output tensor.
 fn aot_run(what: &str, model: &Model, input: &Tensor, host: &Host) -> Tensor {
+    aot_try_run(what, model, input, host, host.runner).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`aot_run`] under `runner`; a run that fails is an `Err` with its
+/// output (compiling and linking still panic).
+fn aot_try_run(
+    what: &str,
+    model: &Model,
+    input: &Tensor,
+    host: &Host,
+    runner: &[&str],
+) -> Result<Tensor, String> {
     let name = "m";
     let opts = AotOptions {
         target: host.triple.into(),
@@ -217,7 +252,7 @@ fn aot_run(what: &str, model: &Model, input: &Tensor, host: &Host) -> Tensor {
         .collect();
     std::fs::write(&inp, bytes).unwrap();
     let outp = dir.join("output.raw");
-    let mut cmd = match host.runner.split_first() {
+    let mut cmd = match runner.split_first() {
         Some((r, rest)) => {
             let mut c = Command::new(r);
             c.args(rest).arg(&exe);
@@ -225,7 +260,11 @@ fn aot_run(what: &str, model: &Model, input: &Tensor, host: &Host) -> Tensor {
         }
         None => Command::new(&exe),
     };
-    run(cmd.arg(&inp).arg("1").arg(&outp), what);
+    let ran = try_run(cmd.arg(&inp).arg("1").arg(&outp), what);
+    if let Err(e) = ran {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
     let raw = std::fs::read(&outp).unwrap();
     let g = &model.graph;
     let ty = g.value_type(g.outputs()[0]).clone();
@@ -234,7 +273,7 @@ fn aot_run(what: &str, model: &Model, input: &Tensor, host: &Host) -> Tensor {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     let _ = std::fs::remove_dir_all(&dir);
-    Tensor::from_f32(ty.shape.clone(), vals).unwrap()
+    Ok(Tensor::from_f32(ty.shape.clone(), vals).unwrap())
 }
 
 /// Runs `model` through every host in `hosts` and compares with the
@@ -334,13 +373,35 @@ fn aarch64_small_graph_and_mobilevitv2_050() {
     );
 }
 
+/// Plain rv64gc (scalarised kernels) on a qemu CPU without V: the small
+/// graph and a whole model.
 #[test]
-fn riscv64_small_graph_and_mobilevitv2_050() {
+fn riscv64gc_small_graph_and_mobilevitv2_050() {
     check("small", &small_graph(3), &[&RISCV64]);
     check(
         "mobilevitv2_050",
         &zoo_model("mobilevitv2_050"),
         &[&RISCV64],
+    );
+}
+
+/// rv64gcv (vector kernels) with V; and the same object on the CPU without
+/// V must fail (an illegal instruction), which shows that the rv64gc runs
+/// above really execute without V.
+#[test]
+fn riscv64gcv_small_graph_and_no_v_cpu_rejects_it() {
+    let model = small_graph(7);
+    check("small", &model, &[&RISCV64_V]);
+    if !tools(&RISCV64_V) {
+        return;
+    }
+    let g = &model.graph;
+    let shape = g.value_type(Value::of(g.inputs()[0])).shape.clone();
+    let input = tensor(&mut Rng(42), &shape, Fill::Range(-1.0, 1.0));
+    let r = aot_try_run("small_v_on_rv64", &model, &input, &RISCV64_V, RV64_NO_V);
+    assert!(
+        r.is_err(),
+        "an rv64gcv object ran on `-cpu rv64,v=false`: that CPU has V after all"
     );
 }
 
@@ -401,4 +462,62 @@ fn unsupported_targets_and_models_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("2 outputs"), "{e}");
+}
+
+/// A convolution weight is read only packed: the blob holds the packed copy
+/// alone, not the raw weight as well (it used to hold both). An
+/// element-wise weight operand is read raw and stays.
+#[test]
+fn weights_read_only_packed_are_stored_once() {
+    let mut rng = Rng(8);
+    let mut g = Graph::new("conv");
+    let mut weights = WeightStore::new();
+    let x = g.add_input("x", TensorType::f32([1, 8, 6, 6])).unwrap();
+    let w = g
+        .add_weight("w", TensorType::f32(vec![16, 8, 3, 3]))
+        .unwrap();
+    weights.insert(
+        "w".to_string(),
+        tensor(&mut rng, &[16, 8, 3, 3], Fill::Range(-0.5, 0.5)),
+    );
+    let conv = Op::Conv2d {
+        stride: [1, 1],
+        pad: [1, 1, 1, 1],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let y = g.add(conv, &[x, w]).unwrap();
+    g.set_outputs(vec![y]);
+    let model = Model { graph: g, weights };
+    let raw = 16 * 8 * 9 * 4;
+    let opts = AotOptions {
+        target: X86_V2.triple.into(),
+        cpu: X86_V2.cpu.into(),
+        name: "c".into(),
+        compile: CompileOptions::default(),
+    };
+    let packed_only = compile_aot(&model, &opts).unwrap().const_bytes;
+    assert!(
+        packed_only < 2 * raw,
+        "{packed_only} bytes of constants for a {raw}-byte weight read only packed"
+    );
+    // the same weight also added element-wise: now it is read raw too
+    let mut both = model.clone();
+    let y = both.graph.outputs()[0];
+    let b = both
+        .graph
+        .add_weight("b", TensorType::f32(vec![1, 16, 6, 6]))
+        .unwrap();
+    both.weights.insert(
+        "b".to_string(),
+        tensor(&mut rng, &[1, 16, 6, 6], Fill::Range(-0.5, 0.5)),
+    );
+    let z = both.graph.add(Op::Binary(BinaryOp::Add), &[y, b]).unwrap();
+    both.graph.set_outputs(vec![z]);
+    let with_raw = compile_aot(&both, &opts).unwrap().const_bytes;
+    assert!(
+        with_raw >= packed_only + 16 * 36 * 4,
+        "{with_raw} vs {packed_only}: the element-wise weight is missing"
+    );
+    check("conv_plus_weight", &both, &[&X86_V2]);
 }

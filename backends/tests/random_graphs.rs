@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Fill, Rng, check, check_with, opts, tensor};
+use common::{Fill, Rng, check, check_scalar, check_with, opts, tensor};
 use kiln_backends::{CompileOptions, OptLevel};
 use kiln_ir::{
     BinaryOp, Float, Graph, Model, Op, PadMode, PoolKind, ReduceKind, Tensor, TensorType, UnaryOp,
@@ -445,6 +445,8 @@ fn run_seed(seed: u64) {
     let result = std::panic::catch_unwind(|| {
         let what = format!("random graph seed {seed}");
         check(&what, &model, &inputs);
+        // every graph also scalarised (the path of riscv64 without V)
+        check_scalar(&what, &model, &inputs);
         // every third graph also at opt_level=speed: both levels must be right
         if seed.is_multiple_of(3) {
             let options = CompileOptions {

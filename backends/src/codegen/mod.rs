@@ -22,6 +22,8 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
 
+use crate::runtime::ConstMap;
+
 /// Scalar lane type of every kernel.
 pub(crate) const F32: Type = types::F32;
 /// The vector type: 128 bits is what Cranelift lowers on every target.
@@ -137,6 +139,11 @@ pub(crate) struct Emitter<'a> {
     local: Option<(Inst, ConstCache)>,
     /// addresses of the assembled tiles, by number (0 when only printing)
     pub asm_addrs: Vec<usize>,
+    /// every constant-blob offset asked for, as the kernel knows it (the
+    /// dry run that compacts the blob collects them)
+    pub const_reads: Vec<usize>,
+    /// where the kernel's offsets went when the blob was compacted
+    pub const_map: Option<&'a ConstMap>,
 }
 
 impl<'a> Emitter<'a> {
@@ -161,6 +168,8 @@ impl<'a> Emitter<'a> {
             consts: HashMap::new(),
             local: None,
             asm_addrs: Vec::new(),
+            const_reads: Vec::new(),
+            const_map: None,
         }
     }
 
@@ -269,6 +278,8 @@ impl<'a> Emitter<'a> {
     /// The address of byte `off` of the constant blob. The blob's base is
     /// materialised once, in the entry block.
     pub fn const_addr(&mut self, off: usize) -> Value {
+        self.const_reads.push(off);
+        let off = self.const_map.map_or(off, |m| m.map(off));
         let base = match self.cbase_value {
             Some(v) => v,
             None => {

@@ -21,6 +21,31 @@ struct WLine([u64; 8]);
 #[derive(Default)]
 pub(crate) struct ConstStore {
     lines: Vec<FLine>,
+    /// first line of every range added, in order
+    starts: Vec<usize>,
+}
+
+/// Where the ranges [`ConstStore::retain_read`] kept went: sorted
+/// `(old start, old end, new start)` byte offsets.
+#[derive(Default, Debug)]
+pub(crate) struct ConstMap(Vec<(usize, usize, usize)>);
+
+impl ConstMap {
+    /// The new offset of old byte offset `off`.
+    ///
+    /// # Panics
+    /// When `off` lies in a range that was dropped: the dry run that chose
+    /// the ranges saw every offset the kernels use (emission is
+    /// deterministic), so that is a broken invariant.
+    pub fn map(&self, off: usize) -> usize {
+        let i = self.0.partition_point(|&(start, _, _)| start <= off);
+        match i.checked_sub(1).map(|i| self.0[i]) {
+            Some((start, end, new)) if off < end => new + (off - start),
+            _ => {
+                panic!("constant offset {off} was not read in the dry run that compacted the blob")
+            }
+        }
+    }
 }
 
 impl ConstStore {
@@ -32,6 +57,7 @@ impl ConstStore {
     fn add_words(&mut self, words: impl Iterator<Item = u32>, len: usize) -> usize {
         let off = self.lines.len() * 64;
         let start = self.lines.len();
+        self.starts.push(start);
         self.lines
             .resize(start + len.div_ceil(16).max(1), FLine([0; 16]));
         for (i, w) in words.enumerate() {
@@ -48,6 +74,29 @@ impl ConstStore {
             .iter()
             .flat_map(|&x| [x as u64 as u32, ((x as u64) >> 32) as u32]);
         self.add_words(words, 2 * data.len())
+    }
+
+    /// A store holding only the ranges that contain one of the byte offsets
+    /// in `read` (in their original order, each still 64-byte aligned), and
+    /// where each kept range went. Weights are added before lowering, in
+    /// case a kernel reads them as they are; this drops those that every
+    /// reader packed instead.
+    pub fn retain_read(&self, read: &[usize]) -> (ConstStore, ConstMap) {
+        let mut read = read.to_vec();
+        read.sort_unstable();
+        let mut out = ConstStore::default();
+        let mut map = Vec::new();
+        for (i, &start) in self.starts.iter().enumerate() {
+            let end = self.starts.get(i + 1).copied().unwrap_or(self.lines.len());
+            let (lo, hi) = (start * 64, end * 64);
+            let k = read.partition_point(|&o| o < lo);
+            if read.get(k).is_some_and(|&o| o < hi) {
+                map.push((lo, hi, out.lines.len() * 64));
+                out.starts.push(out.lines.len());
+                out.lines.extend_from_slice(&self.lines[start..end]);
+            }
+        }
+        (out, ConstMap(map))
     }
 
     /// Total bytes held.

@@ -227,9 +227,33 @@ pub fn check(what: &str, model: &Model, inputs: &[Tensor]) {
     }
 }
 
-/// Builds and checks a single-op model.
+/// Options of the scalarised path (`CompileOptions::scalarize`, what
+/// riscv64 without V compiles), forced on the host: every vector value
+/// rewritten into four scalars, with the Cranelift GEMM tile (objects never
+/// call assembled tiles).
+pub fn scalar_opts(threads: usize) -> CompileOptions {
+    CompileOptions {
+        scalarize: true,
+        asm_tiles: false,
+        ..opts(threads)
+    }
+}
+
+/// [`check_with`] on the scalarised path, at the same tolerance.
+pub fn check_scalar(what: &str, model: &Model, inputs: &[Tensor]) -> Vec<Tensor> {
+    check_with(
+        &format!("{what} (scalarised)"),
+        model,
+        inputs,
+        &scalar_opts(1),
+    )
+}
+
+/// Builds and checks a single-op model, on the vector and the scalarised
+/// path.
 pub fn check_op(what: &str, op: Op, args: &[Arg], seed: u64, fill: Fill) {
     let mut rng = Rng(seed);
     let (model, inputs) = single(op, args, &mut rng, fill);
     check(what, &model, &inputs);
+    check_scalar(what, &model, &inputs);
 }
