@@ -279,12 +279,36 @@ fn aot_try_run(
 /// Runs `model` through every host in `hosts` and compares with the
 /// interpreter.
 fn check(what: &str, model: &Model, hosts: &[&Host]) {
+    check_against(what, model, model, hosts);
+}
+
+/// What `kiln compile` ships: the optimised model (fused kernels in the
+/// object), compared with the interpreter on the model as built.
+fn check_optimised(what: &str, model: &Model, hosts: &[&Host]) {
+    let (opt, _) = kiln_passes::optimize(model, &kiln_passes::OptOptions::default())
+        .unwrap_or_else(|e| panic!("{what}: optimiser failed: {e}"));
+    assert!(
+        opt.graph
+            .node_ids()
+            .any(|id| matches!(opt.graph.node(id).op, kiln_ir::Op::Fused(_))),
+        "{what}: nothing fused"
+    );
+    check_against(&format!("{what} (optimised)"), &opt, model, hosts);
+}
+
+/// Runs `model` through every host and compares with the interpreter on
+/// `reference` (the same function, possibly before optimisation).
+fn check_against(what: &str, model: &Model, reference: &Model, hosts: &[&Host]) {
     let g = &model.graph;
     let mut rng = Rng(42);
     let shape = g.value_type(Value::of(g.inputs()[0])).shape.clone();
     let input = tensor(&mut rng, &shape, Fill::Range(-1.0, 1.0));
-    let want = kiln_ir::interp::run(&model.graph, &model.weights, std::slice::from_ref(&input))
-        .unwrap_or_else(|e| panic!("{what}: interpreter failed: {e}"));
+    let want = kiln_ir::interp::run(
+        &reference.graph,
+        &reference.weights,
+        std::slice::from_ref(&input),
+    )
+    .unwrap_or_else(|e| panic!("{what}: interpreter failed: {e}"));
     for host in hosts {
         if !tools(host) {
             continue;
@@ -356,6 +380,22 @@ fn x86_64_mobilevitv2_050() {
 #[test]
 fn x86_64_xformer() {
     check("xformer", &zoo_model("xformer"), &[&X86_V2]);
+}
+
+#[test]
+fn x86_64_optimised_zoo_models() {
+    for name in ["mobile_former_26m", "mobilevitv2_050", "xformer"] {
+        check_optimised(name, &zoo_model(name), &[&X86_V2]);
+    }
+}
+
+#[test]
+fn aarch64_optimised_mobile_former_26m() {
+    check_optimised(
+        "mobile_former_26m",
+        &zoo_model("mobile_former_26m"),
+        &[&AARCH64],
+    );
 }
 
 #[test]
