@@ -290,7 +290,7 @@ fn check_optimised(what: &str, model: &Model, hosts: &[&Host]) {
     assert!(
         opt.graph
             .node_ids()
-            .any(|id| matches!(opt.graph.node(id).op, kiln_ir::Op::Fused(_))),
+            .any(|id| matches!(opt.graph.node(id).op, Op::Fused(_))),
         "{what}: nothing fused"
     );
     check_against(&format!("{what} (optimised)"), &opt, model, hosts);
