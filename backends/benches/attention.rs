@@ -27,7 +27,10 @@ fn fused(op: FusedOp, xs: &[Vec<usize>], ws: &[Vec<usize>]) -> (Model, Vec<Tenso
     let mut inputs = Vec::new();
     let mut bytes = 0;
     for (i, x) in xs.iter().enumerate() {
-        args.push(g.add_input(&format!("x{i}"), TensorType::f32(x.clone())).unwrap());
+        args.push(
+            g.add_input(&format!("x{i}"), TensorType::f32(x.clone()))
+                .unwrap(),
+        );
         let n: usize = x.iter().product();
         bytes += 4 * n;
         inputs.push(Tensor::from_f32(x.clone(), values(n, i as u64 + 1)).unwrap());
@@ -99,7 +102,12 @@ fn bridges(c: &mut Criterion) {
 
 fn separable_attention(c: &mut Criterion) {
     let d = 64;
-    let ws = [vec![1 + 2 * d, d, 1, 1], vec![1 + 2 * d], vec![d, d, 1, 1], vec![d]];
+    let ws = [
+        vec![1 + 2 * d, d, 1, 1],
+        vec![1 + 2 * d],
+        vec![d, d, 1, 1],
+        vec![d],
+    ];
     let o = opts(None, OptLevel::None);
     for (id, patch, x) in [
         ("folded_64x32x32_p2", Some([2, 2]), vec![1, d, 32, 32]),

@@ -82,6 +82,7 @@ const K_LN2_LO: usize = 20;
 const K_ONE: usize = 21;
 const K_POLY: usize = 22; // .. 27
 const K_SIGN: usize = 28; // the sign bit
+const K_NINF: usize = 29; // -inf (softmax row)
 
 fn zmm(i: usize) -> AsmRegisterZmm {
     const Z: [AsmRegisterZmm; 32] = [
@@ -173,6 +174,269 @@ fn emit(f: Func) -> Result<Vec<u8>, IcedError> {
     a.assemble(0)
 }
 
+/// The key the assembled softmax row is cached under.
+pub(crate) const SOFTMAX_ROW_KEY: &str = "softmax row";
+
+/// Assembles a whole softmax over one contiguous row, `fn(src: *const f32,
+/// dst: *mut f32, n: usize)` with `n ≥ 1` (System V, as above; `src ==
+/// dst` is allowed): the maximum, `dst[i] = exp(src[i] - max)` with their
+/// sum, then `dst[i] *= 1/sum`, each pass 16 lanes wide with a masked tail.
+///
+/// Long rows (Mobile-Former's tokens attending over 56×56 pixels) spent
+/// their time in the f32x4 `exp`; this is the same `exp` as
+/// [`assemble`]'s, one call per row, so the three passes stay in L1.
+/// Lanes past the end are `-inf` for the maximum (merge-masked load) and
+/// excluded from the sum (masked add). The sum's order depends only on `n`,
+/// so a row's result does not depend on which thread computes it.
+pub(crate) fn assemble_softmax_row() -> Result<Vec<u8>, String> {
+    emit_softmax_row().map_err(|e| e.to_string())
+}
+
+/// The longest row [`assemble_softmax_lanes`] takes (its element columns
+/// live in zmm4..zmm10).
+pub(crate) const LANES_MAX_LEN: usize = 7;
+
+/// The key the assembled short-row softmax of row length `len` is cached
+/// under.
+pub(crate) fn softmax_lanes_key(len: usize) -> String {
+    format!("softmax lanes {len}")
+}
+
+/// Assembles a softmax over `rows ≥ 1` contiguous rows of `len ≤`
+/// [`LANES_MAX_LEN`] elements, `fn(src: *const f32, dst: *mut f32, rows:
+/// usize)` (System V; `src == dst` allowed), in blocks of 16 rows, one row
+/// per lane.
+///
+/// Element `j` of every row of a block is gathered into one zmm
+/// (`vgatherdps` with indices `r·len + j`), so the maximum, `exp`, sum and
+/// reciprocal are one vector operation per element column however short
+/// the rows are (Mobile-Former's pixels attend over 3–6 tokens: 16-lane
+/// `exp` along a 3-element row would waste 13 lanes), and the results are
+/// scattered back. The last `rows mod 16` rows are a block with the missing
+/// lanes masked off (neither read nor written; they compute on zeros).
+/// Each row's arithmetic is the same whatever its lane or block, so results
+/// do not depend on how the caller splits the rows.
+pub(crate) fn assemble_softmax_lanes(len: usize) -> Result<Vec<u8>, String> {
+    if len == 0 || len > LANES_MAX_LEN {
+        return Err(format!(
+            "softmax lanes: row length {len} not in 1..={LANES_MAX_LEN}"
+        ));
+    }
+    emit_softmax_lanes(len).map_err(|e| e.to_string())
+}
+
+/// One block of 16 rows at rdi → rsi, lanes enabled by k2; row starts in
+/// zmm30. Element columns in zmm4.., max in zmm11, sum in zmm12.
+fn lanes_block(a: &mut CodeAssembler, len: usize) -> Result<(), IcedError> {
+    let col = |j: usize| zmm(4 + j);
+    for j in 0..len {
+        // gathers and scatters clear their mask: each gets a copy of k2
+        a.vxorps(col(j), col(j), col(j))?;
+        a.kmovw(k1, k2)?;
+        a.vgatherdps(col(j).k1(), dword_ptr(rdi + zmm30 * 4 + 4 * j as i32))?;
+    }
+    a.vmovaps(zmm11, col(0))?;
+    for j in 1..len {
+        a.vmaxps(zmm11, zmm11, col(j))?;
+    }
+    for j in 0..len {
+        a.vsubps(zmm1, col(j), zmm11)?;
+        exp(a)?;
+        a.vmovaps(col(j), zmm1)?;
+    }
+    a.vmovaps(zmm12, col(0))?;
+    for j in 1..len {
+        a.vaddps(zmm12, zmm12, col(j))?;
+    }
+    a.vdivps(zmm12, zmm(K_ONE), zmm12)?;
+    for j in 0..len {
+        a.vmulps(col(j), col(j), zmm12)?;
+        a.kmovw(k1, k2)?;
+        a.vscatterdps(dword_ptr(rsi + zmm30 * 4 + 4 * j as i32).k1(), col(j))?;
+    }
+    Ok(())
+}
+
+fn emit_softmax_lanes(len: usize) -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    constant(&mut a, K_LO, -104.0)?;
+    constant(&mut a, K_HI, 89.0)?;
+    constant(&mut a, K_LOG2E, std::f32::consts::LOG2_E)?;
+    constant(&mut a, K_LN2_HI, LN2_HI)?;
+    constant(&mut a, K_LN2_LO, LN2_LO)?;
+    constant(&mut a, K_ONE, 1.0)?;
+    for (i, &c) in EXP_POLY.iter().enumerate() {
+        constant(&mut a, K_POLY + i, c)?;
+    }
+    // zmm30 = row starts r·len (elements), built in the red zone below rsp
+    // (this is a leaf function; no data section, no relocations)
+    for r in 0..16 {
+        a.mov(dword_ptr(rsp - 64 + 4 * r as i32), (r * len) as u32)?;
+    }
+    a.vmovdqu32(zmm30, zmmword_ptr(rsp - 64))?;
+
+    let mut full = a.create_label();
+    let mut tail = a.create_label();
+    let mut done = a.create_label();
+    a.mov(eax, 0xFFFFu32)?;
+    a.kmovw(k2, eax)?;
+    a.set_label(&mut full)?;
+    a.cmp(rdx, 16)?;
+    a.jb(tail)?;
+    lanes_block(&mut a, len)?;
+    a.add(rdi, 64 * len as i32)?;
+    a.add(rsi, 64 * len as i32)?;
+    a.sub(rdx, 16)?;
+    a.jmp(full)?;
+    a.set_label(&mut tail)?;
+    a.test(rdx, rdx)?;
+    a.jz(done)?;
+    a.mov(eax, 1u32)?;
+    a.shlx(eax, eax, edx)?;
+    a.dec(eax)?;
+    a.kmovw(k2, eax)?;
+    lanes_block(&mut a, len)?;
+    a.set_label(&mut done)?;
+    a.vzeroupper()?;
+    a.ret()?;
+    a.assemble(0)
+}
+
+/// `k1` = the low `r8` lanes (`r8 < 16`).
+fn tail_mask(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(eax, 1u32)?;
+    a.shlx(eax, eax, r8d)?;
+    a.dec(eax)?;
+    a.kmovw(k1, eax)
+}
+
+/// Reduces `zmm4` to its lane 0 with `op` (`vmaxps` or `vaddps`) in a fixed
+/// order, then broadcasts the result to every lane of `zmm4`.
+fn horizontal(
+    a: &mut CodeAssembler,
+    op: fn(
+        &mut CodeAssembler,
+        AsmRegisterXmm,
+        AsmRegisterXmm,
+        AsmRegisterXmm,
+    ) -> Result<(), IcedError>,
+    op_y: fn(
+        &mut CodeAssembler,
+        AsmRegisterYmm,
+        AsmRegisterYmm,
+        AsmRegisterYmm,
+    ) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    a.vextractf64x4(ymm1, zmm4, 1)?;
+    op_y(a, ymm4, ymm4, ymm1)?;
+    a.vextractf128(xmm1, ymm4, 1)?;
+    op(a, xmm4, xmm4, xmm1)?;
+    a.vpermilps(xmm1, xmm4, 0x4E)?;
+    op(a, xmm4, xmm4, xmm1)?;
+    a.vpermilps(xmm1, xmm4, 0xB1)?;
+    op(a, xmm4, xmm4, xmm1)?;
+    a.vbroadcastss(zmm4, xmm4)
+}
+
+fn emit_softmax_row() -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    constant(&mut a, K_LO, -104.0)?;
+    constant(&mut a, K_HI, 89.0)?;
+    constant(&mut a, K_LOG2E, std::f32::consts::LOG2_E)?;
+    constant(&mut a, K_LN2_HI, LN2_HI)?;
+    constant(&mut a, K_LN2_LO, LN2_LO)?;
+    constant(&mut a, K_ONE, 1.0)?;
+    for (i, &c) in EXP_POLY.iter().enumerate() {
+        constant(&mut a, K_POLY + i, c)?;
+    }
+    constant(&mut a, K_NINF, f32::NEG_INFINITY)?;
+
+    // pass 1: zmm4 = max over the row, in every lane
+    let mut max_loop = a.create_label();
+    let mut max_tail = a.create_label();
+    let mut max_done = a.create_label();
+    a.mov(rcx, rdi)?;
+    a.mov(r8, rdx)?;
+    a.vmovaps(zmm4, zmm(K_NINF))?;
+    a.set_label(&mut max_loop)?;
+    a.cmp(r8, 16)?;
+    a.jb(max_tail)?;
+    a.vmaxps(zmm4, zmm4, zmmword_ptr(rcx))?;
+    a.add(rcx, 64)?;
+    a.sub(r8, 16)?;
+    a.jmp(max_loop)?;
+    a.set_label(&mut max_tail)?;
+    a.test(r8, r8)?;
+    a.jz(max_done)?;
+    tail_mask(&mut a)?;
+    a.vmovaps(zmm1, zmm(K_NINF))?;
+    a.vmovups(zmm1.k1(), zmmword_ptr(rcx))?;
+    a.vmaxps(zmm4, zmm4, zmm1)?;
+    a.set_label(&mut max_done)?;
+    horizontal(&mut a, CodeAssembler::vmaxps, CodeAssembler::vmaxps)?;
+    a.vmovaps(zmm5, zmm4)?;
+
+    // pass 2: dst = exp(src - max), zmm4 = Σ dst
+    let mut exp_loop = a.create_label();
+    let mut exp_tail = a.create_label();
+    let mut exp_done = a.create_label();
+    a.mov(rcx, rdi)?;
+    a.mov(r9, rsi)?;
+    a.mov(r8, rdx)?;
+    a.vxorps(zmm4, zmm4, zmm4)?;
+    a.set_label(&mut exp_loop)?;
+    a.cmp(r8, 16)?;
+    a.jb(exp_tail)?;
+    a.vmovups(zmm1, zmmword_ptr(rcx))?;
+    a.vsubps(zmm1, zmm1, zmm5)?;
+    exp(&mut a)?;
+    a.vmovups(zmmword_ptr(r9), zmm1)?;
+    a.vaddps(zmm4, zmm4, zmm1)?;
+    a.add(rcx, 64)?;
+    a.add(r9, 64)?;
+    a.sub(r8, 16)?;
+    a.jmp(exp_loop)?;
+    a.set_label(&mut exp_tail)?;
+    a.test(r8, r8)?;
+    a.jz(exp_done)?;
+    tail_mask(&mut a)?;
+    a.vmovups(zmm1.k1().z(), zmmword_ptr(rcx))?;
+    a.vsubps(zmm1, zmm1, zmm5)?;
+    exp(&mut a)?;
+    a.vmovups(zmmword_ptr(r9).k1(), zmm1)?;
+    a.vaddps(zmm4.k1(), zmm4, zmm1)?;
+    a.set_label(&mut exp_done)?;
+    horizontal(&mut a, CodeAssembler::vaddps, CodeAssembler::vaddps)?;
+    // one division, then multiplies (as the Cranelift form)
+    a.vdivps(zmm4, zmm(K_ONE), zmm4)?;
+
+    // pass 3: dst *= 1/sum
+    let mut scale_loop = a.create_label();
+    let mut scale_tail = a.create_label();
+    let mut done = a.create_label();
+    a.mov(r9, rsi)?;
+    a.mov(r8, rdx)?;
+    a.set_label(&mut scale_loop)?;
+    a.cmp(r8, 16)?;
+    a.jb(scale_tail)?;
+    a.vmulps(zmm1, zmm4, zmmword_ptr(r9))?;
+    a.vmovups(zmmword_ptr(r9), zmm1)?;
+    a.add(r9, 64)?;
+    a.sub(r8, 16)?;
+    a.jmp(scale_loop)?;
+    a.set_label(&mut scale_tail)?;
+    a.test(r8, r8)?;
+    a.jz(done)?;
+    tail_mask(&mut a)?;
+    a.vmovups(zmm1.k1().z(), zmmword_ptr(r9))?;
+    a.vmulps(zmm1, zmm1, zmm4)?;
+    a.vmovups(zmmword_ptr(r9).k1(), zmm1)?;
+    a.set_label(&mut done)?;
+    a.vzeroupper()?;
+    a.ret()?;
+    a.assemble(0)
+}
+
 /// `zmm0 = f(zmm0)`; clobbers zmm1..zmm3.
 fn apply(a: &mut CodeAssembler, f: Func) -> Result<(), IcedError> {
     match f {
@@ -205,5 +469,12 @@ mod tests {
             let code = assemble(f).unwrap();
             assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{f:?}");
         }
+        let code = assemble_softmax_row().unwrap();
+        assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3]);
+        for len in 1..=LANES_MAX_LEN {
+            let code = assemble_softmax_lanes(len).unwrap();
+            assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{len}");
+        }
+        assert!(assemble_softmax_lanes(LANES_MAX_LEN + 1).is_err());
     }
 }
