@@ -28,7 +28,7 @@ fn fused(op: FusedOp, xs: &[Vec<usize>], ws: &[Vec<usize>]) -> (Model, Vec<Tenso
     let mut bytes = 0;
     for (i, x) in xs.iter().enumerate() {
         args.push(
-            g.add_input(&format!("x{i}"), TensorType::f32(x.clone()))
+            g.add_input(format!("x{i}"), TensorType::f32(x.clone()))
                 .unwrap(),
         );
         let n: usize = x.iter().product();

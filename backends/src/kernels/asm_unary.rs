@@ -207,15 +207,19 @@ pub(crate) fn softmax_lanes_key(len: usize) -> String {
 /// usize)` (System V; `src == dst` allowed), in blocks of 16 rows, one row
 /// per lane.
 ///
-/// Element `j` of every row of a block is gathered into one zmm
-/// (`vgatherdps` with indices `r·len + j`), so the maximum, `exp`, sum and
-/// reciprocal are one vector operation per element column however short
-/// the rows are (Mobile-Former's pixels attend over 3–6 tokens: 16-lane
-/// `exp` along a 3-element row would waste 13 lanes), and the results are
-/// scattered back. The last `rows mod 16` rows are a block with the missing
-/// lanes masked off (neither read nor written; they compute on zeros).
-/// Each row's arithmetic is the same whatever its lane or block, so results
-/// do not depend on how the caller splits the rows.
+/// A block is `len` contiguous vectors; element `j` of its 16 rows is
+/// gathered into one zmm by `len` merge-masked `vpermps` reading those
+/// vectors from memory, so the maximum, `exp`, sum and reciprocal are one
+/// vector operation per element column however short the rows are
+/// (Mobile-Former's pixels attend over 3–6 tokens: 16-lane `exp` along a
+/// 3-element row would waste 13 lanes). The inverse permutes build the
+/// output vectors, stored whole. (`vgatherdps`/`vscatterdps` were no faster
+/// than f32x4 lane inserts here.) Permute indices live on the stack, built
+/// from immediates on entry. The last `rows mod 16` rows go through a
+/// zero-filled stack copy and are copied back with masked stores, so
+/// nothing outside the rows is read or written. Each row's arithmetic is
+/// the same whatever its lane or block, so results do not depend on how the
+/// caller splits the rows.
 pub(crate) fn assemble_softmax_lanes(len: usize) -> Result<Vec<u8>, String> {
     if len == 0 || len > LANES_MAX_LEN {
         return Err(format!(
@@ -225,15 +229,54 @@ pub(crate) fn assemble_softmax_lanes(len: usize) -> Result<Vec<u8>, String> {
     emit_softmax_lanes(len).map_err(|e| e.to_string())
 }
 
-/// One block of 16 rows at rdi → rsi, lanes enabled by k2; row starts in
-/// zmm30. Element columns in zmm4.., max in zmm11, sum in zmm12.
-fn lanes_block(a: &mut CodeAssembler, len: usize) -> Result<(), IcedError> {
+/// Lanes `r` of element column `j` that come from block vector `k`.
+fn gather_mask(len: usize, j: usize, k: usize) -> u32 {
+    (0..16)
+        .filter(|r| (r * len + j) / 16 == k)
+        .fold(0, |m, r| m | 1 << r)
+}
+
+/// Lanes `p` of output vector `k` that come from element column `j`.
+fn scatter_mask(len: usize, k: usize, j: usize) -> u32 {
+    (0..16)
+        .filter(|p| (16 * k + p) % len == j)
+        .fold(0, |m, p| m | 1 << p)
+}
+
+/// `zmm(dst){mask} = permute(zmm13 indices, src)`, skipping empty masks.
+fn permute_masked(
+    a: &mut CodeAssembler,
+    dst: AsmRegisterZmm,
+    mask: u32,
+    src: AsmMemoryOperand,
+) -> Result<(), IcedError> {
+    match mask {
+        0 => Ok(()),
+        0xFFFF => a.vpermps(dst, zmm13, src),
+        m => {
+            a.mov(eax, m)?;
+            a.kmovw(k1, eax)?;
+            a.vpermps(dst.k1(), zmm13, src)
+        }
+    }
+}
+
+/// One block of 16 rows from `src` to `dst` (`len` vectors each). Gather
+/// indices at `[rsp + 64·j]`, scatter indices at `[rsp + 64·(len + k)]`;
+/// element columns in zmm4.., max in zmm11, sum in zmm12.
+fn lanes_block(
+    a: &mut CodeAssembler,
+    len: usize,
+    src: AsmRegister64,
+    dst: AsmRegister64,
+) -> Result<(), IcedError> {
     let col = |j: usize| zmm(4 + j);
     for j in 0..len {
-        // gathers and scatters clear their mask: each gets a copy of k2
-        a.vxorps(col(j), col(j), col(j))?;
-        a.kmovw(k1, k2)?;
-        a.vgatherdps(col(j).k1(), dword_ptr(rdi + zmm30 * 4 + 4 * j as i32))?;
+        a.vmovups(zmm13, zmmword_ptr(rsp + 64 * j as i32))?;
+        for k in 0..len {
+            let m = gather_mask(len, j, k);
+            permute_masked(a, col(j), m, zmmword_ptr(src + 64 * k as i32))?;
+        }
     }
     a.vmovaps(zmm11, col(0))?;
     for j in 1..len {
@@ -251,10 +294,35 @@ fn lanes_block(a: &mut CodeAssembler, len: usize) -> Result<(), IcedError> {
     a.vdivps(zmm12, zmm(K_ONE), zmm12)?;
     for j in 0..len {
         a.vmulps(col(j), col(j), zmm12)?;
-        a.kmovw(k1, k2)?;
-        a.vscatterdps(dword_ptr(rsi + zmm30 * 4 + 4 * j as i32).k1(), col(j))?;
+    }
+    for k in 0..len {
+        a.vmovups(zmm13, zmmword_ptr(rsp + 64 * (len + k) as i32))?;
+        for j in 0..len {
+            let m = scatter_mask(len, k, j);
+            match m {
+                0 => {}
+                0xFFFF => a.vpermps(zmm14, zmm13, col(j))?,
+                m => {
+                    a.mov(eax, m)?;
+                    a.kmovw(k1, eax)?;
+                    a.vpermps(zmm14.k1(), zmm13, col(j))?;
+                }
+            }
+        }
+        a.vmovups(zmmword_ptr(dst + 64 * k as i32), zmm14)?;
     }
     Ok(())
+}
+
+/// `k1` = the lanes of vector `k` among the first `eax` elements (`r11d`
+/// is 0); clobbers ecx, r8d.
+fn count_mask(a: &mut CodeAssembler, k: usize) -> Result<(), IcedError> {
+    a.mov(ecx, eax)?;
+    a.sub(ecx, 16 * k as i32)?;
+    a.cmovl(ecx, r11d)?;
+    a.mov(r8d, 0xFFFFu32)?;
+    a.bzhi(r8d, r8d, ecx)?;
+    a.kmovw(k1, r8d)
 }
 
 fn emit_softmax_lanes(len: usize) -> Result<Vec<u8>, IcedError> {
@@ -268,35 +336,56 @@ fn emit_softmax_lanes(len: usize) -> Result<Vec<u8>, IcedError> {
     for (i, &c) in EXP_POLY.iter().enumerate() {
         constant(&mut a, K_POLY + i, c)?;
     }
-    // zmm30 = row starts r·len (elements), built in the red zone below rsp
-    // (this is a leaf function; no data section, no relocations)
-    for r in 0..16 {
-        a.mov(dword_ptr(rsp - 64 + 4 * r as i32), (r * len) as u32)?;
+    // stack frame (a leaf: no alignment needed): gather indices, scatter
+    // indices, tail input copy, tail output copy, `len` vectors each
+    let v = 64 * len as i32;
+    a.sub(rsp, 4 * v)?;
+    for j in 0..len {
+        for r in 0..16 {
+            let at = 64 * j as i32 + 4 * r as i32;
+            a.mov(dword_ptr(rsp + at), ((r * len + j) % 16) as u32)?;
+        }
     }
-    a.vmovdqu32(zmm30, zmmword_ptr(rsp - 64))?;
+    for k in 0..len {
+        for p in 0..16 {
+            let at = v + 64 * k as i32 + 4 * p as i32;
+            a.mov(dword_ptr(rsp + at), ((16 * k + p) / len) as u32)?;
+        }
+    }
 
     let mut full = a.create_label();
     let mut tail = a.create_label();
     let mut done = a.create_label();
-    a.mov(eax, 0xFFFFu32)?;
-    a.kmovw(k2, eax)?;
     a.set_label(&mut full)?;
     a.cmp(rdx, 16)?;
     a.jb(tail)?;
-    lanes_block(&mut a, len)?;
-    a.add(rdi, 64 * len as i32)?;
-    a.add(rsi, 64 * len as i32)?;
+    lanes_block(&mut a, len, rdi, rsi)?;
+    a.add(rdi, v)?;
+    a.add(rsi, v)?;
     a.sub(rdx, 16)?;
     a.jmp(full)?;
     a.set_label(&mut tail)?;
     a.test(rdx, rdx)?;
     a.jz(done)?;
-    a.mov(eax, 1u32)?;
-    a.shlx(eax, eax, edx)?;
-    a.dec(eax)?;
-    a.kmovw(k2, eax)?;
-    lanes_block(&mut a, len)?;
+    // the last rows·len elements, through zero-filled copies on the stack
+    a.imul_3(eax, edx, len as i32)?;
+    a.xor(r11d, r11d)?;
+    for k in 0..len {
+        count_mask(&mut a, k)?;
+        a.vmovups(zmm13.k1().z(), zmmword_ptr(rdi + 64 * k as i32))?;
+        a.vmovups(zmmword_ptr(rsp + 2 * v + 64 * k as i32), zmm13)?;
+    }
+    a.lea(r9, ptr(rsp + 2 * v))?;
+    a.lea(r10, ptr(rsp + 3 * v))?;
+    lanes_block(&mut a, len, r9, r10)?;
+    a.imul_3(eax, edx, len as i32)?;
+    for k in 0..len {
+        count_mask(&mut a, k)?;
+        a.vmovups(zmm13, zmmword_ptr(rsp + 3 * v + 64 * k as i32))?;
+        a.vmovups(zmmword_ptr(rsi + 64 * k as i32).k1(), zmm13)?;
+    }
     a.set_label(&mut done)?;
+    a.add(rsp, 4 * v)?;
     a.vzeroupper()?;
     a.ret()?;
     a.assemble(0)
