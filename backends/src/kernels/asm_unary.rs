@@ -1,5 +1,6 @@
-//! AVX-512 element-wise transcendentals (`exp`, `sigmoid`, `silu`)
-//! assembled at compile time with iced-x86.
+//! AVX-512 element-wise transcendentals (`exp`, `sigmoid`, `silu`), and
+//! the softmax routines built on the same `exp` (a long row; blocks of 16
+//! short rows), assembled at compile time with iced-x86.
 //!
 //! Cranelift lowers only 128-bit vectors on x86-64, and an `exp`-based
 //! activation in f32x4 runs at about 6.6 GB/s here — compute-bound: SiLU

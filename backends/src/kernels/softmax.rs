@@ -11,11 +11,10 @@
 //!   back. A per-row loop spent its time in scalar `exp` and loop overhead.
 //!   On AVX-512 hosts a block is 16 rows, and one call per chunk of units
 //!   runs an assembled loop over them (`asm_unary::assemble_softmax_lanes`:
-//!   `vgatherdps`/`vscatterdps`); otherwise 4 rows in f32x4 (scalar loads
-//!   and lane inserts), a loop over units. A final
-//!   partial block computes its missing lanes on zeros without touching
-//!   memory, so every row goes through the same code whatever the thread
-//!   split.
+//!   a register transpose by masked `vpermps`); otherwise 4 rows in f32x4
+//!   (scalar loads and lane inserts), a loop over units. A final partial
+//!   block computes its missing lanes on zeros without touching memory, so
+//!   every row goes through the same code whatever the thread split.
 //! - **Longer contiguous rows**: on AVX-512 hosts one call per row to the
 //!   assembled row softmax (`asm_unary::assemble_softmax_row`: 16 lanes);
 //!   otherwise a vector max, a vector pass computing and summing the
