@@ -399,6 +399,30 @@ fn softmax() {
         (&[1, 4, 3, 9], 1),
         (&[6, 3], 0),
         (&[2, 300], 1),
+        // short rows in lanes: every short length, outer a multiple of
+        // the 4-row block and not, fewer rows than one block
+        (&[9, 1], 1),
+        (&[11, 2], 1),
+        (&[2, 7, 3], 2),
+        (&[2, 3, 4], 2),
+        (&[13, 5], 1),
+        (&[2, 18, 6], 2),
+        (&[3, 7], 1),
+        (&[1, 2], 1),
+        // Mobile-Former's Former→Mobile bridge: 2 heads × 56×56 pixels
+        // over 3 tokens
+        (&[2, 3136, 3], 2),
+        // long rows (assembled on AVX-512): masked tails, one full vector,
+        // Mobile→Former's 6 tokens over 56×56 pixels, MobileViTv2's patches
+        (&[5, 8], 1),
+        (&[3, 16], 1),
+        (&[5, 17], 1),
+        (&[3, 33], 1),
+        (&[6, 3136], 1),
+        (&[1, 1, 4, 256], 3),
+        // inner > 1: strided rows, short and long
+        (&[3, 5, 2], 1),
+        (&[2, 17, 6], 1),
     ] {
         check_op(
             &format!("softmax {shape:?} axis {axis}"),

@@ -1,5 +1,6 @@
-//! AVX-512 element-wise transcendentals (`exp`, `sigmoid`, `silu`)
-//! assembled at compile time with iced-x86.
+//! AVX-512 element-wise transcendentals (`exp`, `sigmoid`, `silu`), and
+//! the softmax routines built on the same `exp` (a long row; blocks of 16
+//! short rows), assembled at compile time with iced-x86.
 //!
 //! Cranelift lowers only 128-bit vectors on x86-64, and an `exp`-based
 //! activation in f32x4 runs at about 6.6 GB/s here — compute-bound: SiLU
@@ -82,6 +83,7 @@ const K_LN2_LO: usize = 20;
 const K_ONE: usize = 21;
 const K_POLY: usize = 22; // .. 27
 const K_SIGN: usize = 28; // the sign bit
+const K_NINF: usize = 29; // -inf (softmax row)
 
 fn zmm(i: usize) -> AsmRegisterZmm {
     const Z: [AsmRegisterZmm; 32] = [
@@ -173,6 +175,358 @@ fn emit(f: Func) -> Result<Vec<u8>, IcedError> {
     a.assemble(0)
 }
 
+/// The key the assembled softmax row is cached under.
+pub(crate) const SOFTMAX_ROW_KEY: &str = "softmax row";
+
+/// Assembles a whole softmax over one contiguous row, `fn(src: *const f32,
+/// dst: *mut f32, n: usize)` with `n ≥ 1` (System V, as above; `src ==
+/// dst` is allowed): the maximum, `dst[i] = exp(src[i] - max)` with their
+/// sum, then `dst[i] *= 1/sum`, each pass 16 lanes wide with a masked tail.
+///
+/// Long rows (Mobile-Former's tokens attending over 56×56 pixels) spent
+/// their time in the f32x4 `exp`; this is the same `exp` as
+/// [`assemble`]'s, one call per row, so the three passes stay in L1.
+/// Lanes past the end are `-inf` for the maximum (merge-masked load) and
+/// excluded from the sum (masked add). The sum's order depends only on `n`,
+/// so a row's result does not depend on which thread computes it.
+pub(crate) fn assemble_softmax_row() -> Result<Vec<u8>, String> {
+    emit_softmax_row().map_err(|e| e.to_string())
+}
+
+/// The longest row [`assemble_softmax_lanes`] takes (its element columns
+/// live in zmm4..zmm10).
+pub(crate) const LANES_MAX_LEN: usize = 7;
+
+/// The key the assembled short-row softmax of row length `len` is cached
+/// under.
+pub(crate) fn softmax_lanes_key(len: usize) -> String {
+    format!("softmax lanes {len}")
+}
+
+/// Assembles a softmax over `rows ≥ 1` contiguous rows of `len ≤`
+/// [`LANES_MAX_LEN`] elements, `fn(src: *const f32, dst: *mut f32, rows:
+/// usize)` (System V; `src == dst` allowed), in blocks of 16 rows, one row
+/// per lane.
+///
+/// A block is `len` contiguous vectors; element `j` of its 16 rows is
+/// gathered into one zmm by `len` merge-masked `vpermps` reading those
+/// vectors from memory, so the maximum, `exp`, sum and reciprocal are one
+/// vector operation per element column however short the rows are
+/// (Mobile-Former's pixels attend over 3–6 tokens: 16-lane `exp` along a
+/// 3-element row would waste 13 lanes). The inverse permutes build the
+/// output vectors, stored whole. (`vgatherdps`/`vscatterdps` were no faster
+/// than f32x4 lane inserts here.) Permute indices live on the stack, built
+/// from immediates on entry. The last `rows mod 16` rows go through a
+/// zero-filled stack copy and are copied back with masked stores, so
+/// nothing outside the rows is read or written. Each row's arithmetic is
+/// the same whatever its lane or block, so results do not depend on how the
+/// caller splits the rows.
+pub(crate) fn assemble_softmax_lanes(len: usize) -> Result<Vec<u8>, String> {
+    if len == 0 || len > LANES_MAX_LEN {
+        return Err(format!(
+            "softmax lanes: row length {len} not in 1..={LANES_MAX_LEN}"
+        ));
+    }
+    emit_softmax_lanes(len).map_err(|e| e.to_string())
+}
+
+/// Lanes `r` of element column `j` that come from block vector `k`.
+fn gather_mask(len: usize, j: usize, k: usize) -> u32 {
+    (0..16)
+        .filter(|r| (r * len + j) / 16 == k)
+        .fold(0, |m, r| m | 1 << r)
+}
+
+/// Lanes `p` of output vector `k` that come from element column `j`.
+fn scatter_mask(len: usize, k: usize, j: usize) -> u32 {
+    (0..16)
+        .filter(|p| (16 * k + p) % len == j)
+        .fold(0, |m, p| m | 1 << p)
+}
+
+/// `zmm(dst){mask} = permute(zmm13 indices, src)`, skipping empty masks.
+fn permute_masked(
+    a: &mut CodeAssembler,
+    dst: AsmRegisterZmm,
+    mask: u32,
+    src: AsmMemoryOperand,
+) -> Result<(), IcedError> {
+    match mask {
+        0 => Ok(()),
+        0xFFFF => a.vpermps(dst, zmm13, src),
+        m => {
+            a.mov(eax, m)?;
+            a.kmovw(k1, eax)?;
+            a.vpermps(dst.k1(), zmm13, src)
+        }
+    }
+}
+
+/// One block of 16 rows from `src` to `dst` (`len` vectors each). Gather
+/// indices at `[rsp + 64·j]`, scatter indices at `[rsp + 64·(len + k)]`;
+/// element columns in zmm4.., max in zmm11, sum in zmm12.
+fn lanes_block(
+    a: &mut CodeAssembler,
+    len: usize,
+    src: AsmRegister64,
+    dst: AsmRegister64,
+) -> Result<(), IcedError> {
+    let col = |j: usize| zmm(4 + j);
+    for j in 0..len {
+        a.vmovups(zmm13, zmmword_ptr(rsp + 64 * j as i32))?;
+        for k in 0..len {
+            let m = gather_mask(len, j, k);
+            permute_masked(a, col(j), m, zmmword_ptr(src + 64 * k as i32))?;
+        }
+    }
+    a.vmovaps(zmm11, col(0))?;
+    for j in 1..len {
+        a.vmaxps(zmm11, zmm11, col(j))?;
+    }
+    for j in 0..len {
+        a.vsubps(zmm1, col(j), zmm11)?;
+        exp(a)?;
+        a.vmovaps(col(j), zmm1)?;
+    }
+    a.vmovaps(zmm12, col(0))?;
+    for j in 1..len {
+        a.vaddps(zmm12, zmm12, col(j))?;
+    }
+    a.vdivps(zmm12, zmm(K_ONE), zmm12)?;
+    for j in 0..len {
+        a.vmulps(col(j), col(j), zmm12)?;
+    }
+    for k in 0..len {
+        a.vmovups(zmm13, zmmword_ptr(rsp + 64 * (len + k) as i32))?;
+        for j in 0..len {
+            let m = scatter_mask(len, k, j);
+            match m {
+                0 => {}
+                0xFFFF => a.vpermps(zmm14, zmm13, col(j))?,
+                m => {
+                    a.mov(eax, m)?;
+                    a.kmovw(k1, eax)?;
+                    a.vpermps(zmm14.k1(), zmm13, col(j))?;
+                }
+            }
+        }
+        a.vmovups(zmmword_ptr(dst + 64 * k as i32), zmm14)?;
+    }
+    Ok(())
+}
+
+/// `k1` = the lanes of vector `k` among the first `eax` elements (`r11d`
+/// is 0); clobbers ecx, r8d.
+fn count_mask(a: &mut CodeAssembler, k: usize) -> Result<(), IcedError> {
+    a.mov(ecx, eax)?;
+    a.sub(ecx, 16 * k as i32)?;
+    a.cmovl(ecx, r11d)?;
+    a.mov(r8d, 0xFFFFu32)?;
+    a.bzhi(r8d, r8d, ecx)?;
+    a.kmovw(k1, r8d)
+}
+
+fn emit_softmax_lanes(len: usize) -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    constant(&mut a, K_LO, -104.0)?;
+    constant(&mut a, K_HI, 89.0)?;
+    constant(&mut a, K_LOG2E, std::f32::consts::LOG2_E)?;
+    constant(&mut a, K_LN2_HI, LN2_HI)?;
+    constant(&mut a, K_LN2_LO, LN2_LO)?;
+    constant(&mut a, K_ONE, 1.0)?;
+    for (i, &c) in EXP_POLY.iter().enumerate() {
+        constant(&mut a, K_POLY + i, c)?;
+    }
+    // stack frame (a leaf: no alignment needed): gather indices, scatter
+    // indices, tail input copy, tail output copy, `len` vectors each
+    let v = 64 * len as i32;
+    a.sub(rsp, 4 * v)?;
+    for j in 0..len {
+        for r in 0..16 {
+            let at = 64 * j as i32 + 4 * r as i32;
+            a.mov(dword_ptr(rsp + at), ((r * len + j) % 16) as u32)?;
+        }
+    }
+    for k in 0..len {
+        for p in 0..16 {
+            let at = v + 64 * k as i32 + 4 * p as i32;
+            a.mov(dword_ptr(rsp + at), ((16 * k + p) / len) as u32)?;
+        }
+    }
+
+    let mut full = a.create_label();
+    let mut tail = a.create_label();
+    let mut done = a.create_label();
+    a.set_label(&mut full)?;
+    a.cmp(rdx, 16)?;
+    a.jb(tail)?;
+    lanes_block(&mut a, len, rdi, rsi)?;
+    a.add(rdi, v)?;
+    a.add(rsi, v)?;
+    a.sub(rdx, 16)?;
+    a.jmp(full)?;
+    a.set_label(&mut tail)?;
+    a.test(rdx, rdx)?;
+    a.jz(done)?;
+    // the last rows·len elements, through zero-filled copies on the stack
+    a.imul_3(eax, edx, len as i32)?;
+    a.xor(r11d, r11d)?;
+    for k in 0..len {
+        count_mask(&mut a, k)?;
+        a.vmovups(zmm13.k1().z(), zmmword_ptr(rdi + 64 * k as i32))?;
+        a.vmovups(zmmword_ptr(rsp + 2 * v + 64 * k as i32), zmm13)?;
+    }
+    a.lea(r9, ptr(rsp + 2 * v))?;
+    a.lea(r10, ptr(rsp + 3 * v))?;
+    lanes_block(&mut a, len, r9, r10)?;
+    a.imul_3(eax, edx, len as i32)?;
+    for k in 0..len {
+        count_mask(&mut a, k)?;
+        a.vmovups(zmm13, zmmword_ptr(rsp + 3 * v + 64 * k as i32))?;
+        a.vmovups(zmmword_ptr(rsi + 64 * k as i32).k1(), zmm13)?;
+    }
+    a.set_label(&mut done)?;
+    a.add(rsp, 4 * v)?;
+    a.vzeroupper()?;
+    a.ret()?;
+    a.assemble(0)
+}
+
+/// `k1` = the low `r8` lanes (`r8 < 16`).
+fn tail_mask(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(eax, 1u32)?;
+    a.shlx(eax, eax, r8d)?;
+    a.dec(eax)?;
+    a.kmovw(k1, eax)
+}
+
+/// Reduces `zmm4` to its lane 0 with `op` (`vmaxps` or `vaddps`) in a fixed
+/// order, then broadcasts the result to every lane of `zmm4`.
+fn horizontal(
+    a: &mut CodeAssembler,
+    op: fn(
+        &mut CodeAssembler,
+        AsmRegisterXmm,
+        AsmRegisterXmm,
+        AsmRegisterXmm,
+    ) -> Result<(), IcedError>,
+    op_y: fn(
+        &mut CodeAssembler,
+        AsmRegisterYmm,
+        AsmRegisterYmm,
+        AsmRegisterYmm,
+    ) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    a.vextractf64x4(ymm1, zmm4, 1)?;
+    op_y(a, ymm4, ymm4, ymm1)?;
+    a.vextractf128(xmm1, ymm4, 1)?;
+    op(a, xmm4, xmm4, xmm1)?;
+    a.vpermilps(xmm1, xmm4, 0x4E)?;
+    op(a, xmm4, xmm4, xmm1)?;
+    a.vpermilps(xmm1, xmm4, 0xB1)?;
+    op(a, xmm4, xmm4, xmm1)?;
+    a.vbroadcastss(zmm4, xmm4)
+}
+
+fn emit_softmax_row() -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    constant(&mut a, K_LO, -104.0)?;
+    constant(&mut a, K_HI, 89.0)?;
+    constant(&mut a, K_LOG2E, std::f32::consts::LOG2_E)?;
+    constant(&mut a, K_LN2_HI, LN2_HI)?;
+    constant(&mut a, K_LN2_LO, LN2_LO)?;
+    constant(&mut a, K_ONE, 1.0)?;
+    for (i, &c) in EXP_POLY.iter().enumerate() {
+        constant(&mut a, K_POLY + i, c)?;
+    }
+    constant(&mut a, K_NINF, f32::NEG_INFINITY)?;
+
+    // pass 1: zmm4 = max over the row, in every lane
+    let mut max_loop = a.create_label();
+    let mut max_tail = a.create_label();
+    let mut max_done = a.create_label();
+    a.mov(rcx, rdi)?;
+    a.mov(r8, rdx)?;
+    a.vmovaps(zmm4, zmm(K_NINF))?;
+    a.set_label(&mut max_loop)?;
+    a.cmp(r8, 16)?;
+    a.jb(max_tail)?;
+    a.vmaxps(zmm4, zmm4, zmmword_ptr(rcx))?;
+    a.add(rcx, 64)?;
+    a.sub(r8, 16)?;
+    a.jmp(max_loop)?;
+    a.set_label(&mut max_tail)?;
+    a.test(r8, r8)?;
+    a.jz(max_done)?;
+    tail_mask(&mut a)?;
+    a.vmovaps(zmm1, zmm(K_NINF))?;
+    a.vmovups(zmm1.k1(), zmmword_ptr(rcx))?;
+    a.vmaxps(zmm4, zmm4, zmm1)?;
+    a.set_label(&mut max_done)?;
+    horizontal(&mut a, CodeAssembler::vmaxps, CodeAssembler::vmaxps)?;
+    a.vmovaps(zmm5, zmm4)?;
+
+    // pass 2: dst = exp(src - max), zmm4 = Σ dst
+    let mut exp_loop = a.create_label();
+    let mut exp_tail = a.create_label();
+    let mut exp_done = a.create_label();
+    a.mov(rcx, rdi)?;
+    a.mov(r9, rsi)?;
+    a.mov(r8, rdx)?;
+    a.vxorps(zmm4, zmm4, zmm4)?;
+    a.set_label(&mut exp_loop)?;
+    a.cmp(r8, 16)?;
+    a.jb(exp_tail)?;
+    a.vmovups(zmm1, zmmword_ptr(rcx))?;
+    a.vsubps(zmm1, zmm1, zmm5)?;
+    exp(&mut a)?;
+    a.vmovups(zmmword_ptr(r9), zmm1)?;
+    a.vaddps(zmm4, zmm4, zmm1)?;
+    a.add(rcx, 64)?;
+    a.add(r9, 64)?;
+    a.sub(r8, 16)?;
+    a.jmp(exp_loop)?;
+    a.set_label(&mut exp_tail)?;
+    a.test(r8, r8)?;
+    a.jz(exp_done)?;
+    tail_mask(&mut a)?;
+    a.vmovups(zmm1.k1().z(), zmmword_ptr(rcx))?;
+    a.vsubps(zmm1, zmm1, zmm5)?;
+    exp(&mut a)?;
+    a.vmovups(zmmword_ptr(r9).k1(), zmm1)?;
+    a.vaddps(zmm4.k1(), zmm4, zmm1)?;
+    a.set_label(&mut exp_done)?;
+    horizontal(&mut a, CodeAssembler::vaddps, CodeAssembler::vaddps)?;
+    // one division, then multiplies (as the Cranelift form)
+    a.vdivps(zmm4, zmm(K_ONE), zmm4)?;
+
+    // pass 3: dst *= 1/sum
+    let mut scale_loop = a.create_label();
+    let mut scale_tail = a.create_label();
+    let mut done = a.create_label();
+    a.mov(r9, rsi)?;
+    a.mov(r8, rdx)?;
+    a.set_label(&mut scale_loop)?;
+    a.cmp(r8, 16)?;
+    a.jb(scale_tail)?;
+    a.vmulps(zmm1, zmm4, zmmword_ptr(r9))?;
+    a.vmovups(zmmword_ptr(r9), zmm1)?;
+    a.add(r9, 64)?;
+    a.sub(r8, 16)?;
+    a.jmp(scale_loop)?;
+    a.set_label(&mut scale_tail)?;
+    a.test(r8, r8)?;
+    a.jz(done)?;
+    tail_mask(&mut a)?;
+    a.vmovups(zmm1.k1().z(), zmmword_ptr(r9))?;
+    a.vmulps(zmm1, zmm1, zmm4)?;
+    a.vmovups(zmmword_ptr(r9).k1(), zmm1)?;
+    a.set_label(&mut done)?;
+    a.vzeroupper()?;
+    a.ret()?;
+    a.assemble(0)
+}
+
 /// `zmm0 = f(zmm0)`; clobbers zmm1..zmm3.
 fn apply(a: &mut CodeAssembler, f: Func) -> Result<(), IcedError> {
     match f {
@@ -205,5 +559,12 @@ mod tests {
             let code = assemble(f).unwrap();
             assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{f:?}");
         }
+        let code = assemble_softmax_row().unwrap();
+        assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3]);
+        for len in 1..=LANES_MAX_LEN {
+            let code = assemble_softmax_lanes(len).unwrap();
+            assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{len}");
+        }
+        assert!(assemble_softmax_lanes(LANES_MAX_LEN + 1).is_err());
     }
 }

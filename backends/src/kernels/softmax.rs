@@ -1,19 +1,48 @@
 //! Softmax along one axis: `exp(x - max) / Σ exp(x - max)`.
 //!
-//! A unit is one index of the axes before the softmax axis. When the axis
-//! is innermost a row is contiguous: a vector max, a vector pass computing
-//! and summing the exponentials, and a vector scale. Otherwise the same
-//! three passes run along the axis with f32x4 lanes across the trailing
-//! (contiguous) axes.
+//! A unit is one index of the axes before the softmax axis (a row), except
+//! for short contiguous rows, where it is a block of [`BLOCK`] rows.
+//!
+//! - **Short contiguous rows** (length ≤ [`SHORT`]; Mobile-Former's pixels
+//!   attending over 3–6 tokens, thousands of rows): one row per lane.
+//!   Element `j` of a block of rows is gathered into a vector, the row
+//!   length is unrolled, and max, `exp`, sum and the reciprocal are each
+//!   one vector operation per element column; the results are scattered
+//!   back. A per-row loop spent its time in scalar `exp` and loop overhead.
+//!   On AVX-512 hosts a block is 16 rows, and one call per chunk of units
+//!   runs an assembled loop over them (`asm_unary::assemble_softmax_lanes`:
+//!   a register transpose by masked `vpermps`); otherwise 4 rows in f32x4
+//!   (scalar loads and lane inserts), a loop over units. A final partial
+//!   block computes its missing lanes on zeros without touching memory, so
+//!   every row goes through the same code whatever the thread split.
+//! - **Longer contiguous rows**: on AVX-512 hosts one call per row to the
+//!   assembled row softmax (`asm_unary::assemble_softmax_row`: 16 lanes);
+//!   otherwise a vector max, a vector pass computing and summing the
+//!   exponentials, and a vector scale.
+//! - **Strided rows** (axis not innermost): the same three passes along the
+//!   axis with f32x4 lanes across the trailing (contiguous) axes.
 
-use cranelift_codegen::ir::{InstBuilder, Type, Value};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::types::I64;
+use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Signature, Type, Value};
+use cranelift_codegen::isa::CallConv;
 use kiln_ir::Op;
 
+use super::asm_unary;
 use super::rows::{Fold, map_run, reduce_run};
 use super::{Kernel, Kernels, NodeCx};
 use crate::codegen::math::exp;
 use crate::codegen::{Buf, Emitter, F32, V4};
 use crate::error::BackendError;
+
+/// Rows per unit of the Cranelift short-row form: one per f32x4 lane.
+const BLOCK: usize = 4;
+
+/// Rows per unit of the assembled short-row form: one per zmm lane.
+const BLOCK_ASM: usize = 16;
+
+/// The longest contiguous row that takes the short-row form.
+const SHORT: usize = asm_unary::LANES_MAX_LEN;
 
 struct Softmax {
     x: Buf,
@@ -21,13 +50,76 @@ struct Softmax {
     outer: usize,
     len: usize,
     inner: usize,
+    /// the assembled row softmax (long rows) or short-row softmax, by its
+    /// number in the `AsmStore`
+    asm: Option<usize>,
+}
+
+impl Softmax {
+    /// Whether rows are contiguous and short enough for lanes across rows.
+    fn short(&self) -> bool {
+        self.inner == 1 && self.len <= SHORT
+    }
+
+    /// Rows per unit.
+    fn rows_per_unit(&self) -> usize {
+        match (self.short(), self.asm) {
+            (false, _) => 1,
+            (true, None) => BLOCK,
+            (true, Some(_)) => BLOCK_ASM,
+        }
+    }
+
+    /// Softmax of rows `0..rows` (`rows ≤ BLOCK`) of the block at `xb`,
+    /// writing at `ob`: lane `r` holds row `r`, missing rows are zeros.
+    fn block(&self, e: &mut Emitter, xb: Value, ob: Value, rows: usize, rf: MemFlagsData) {
+        let len = self.len;
+        let zero = e.kc(V4, 0.0);
+        let cols: Vec<Value> = (0..len)
+            .map(|j| {
+                let mut v = zero;
+                for r in 0..rows {
+                    let s = e.load(F32, rf, xb, 4 * (r * len + j) as i64);
+                    v = e.b.ins().insertlane(v, s, r as u8);
+                }
+                v
+            })
+            .collect();
+        let m = cols[1..].iter().fold(cols[0], |a, &c| e.b.ins().fmax(a, c));
+        let ys: Vec<Value> = cols
+            .iter()
+            .map(|&c| {
+                let d = e.b.ins().fsub(c, m);
+                exp(e, V4, d)
+            })
+            .collect();
+        let s = ys[1..].iter().fold(ys[0], |a, &y| e.b.ins().fadd(a, y));
+        let one = e.kc(V4, 1.0);
+        let inv = e.b.ins().fdiv(one, s);
+        let wf = Emitter::wflags();
+        for (j, &y) in ys.iter().enumerate() {
+            let z = e.b.ins().fmul(y, inv);
+            for r in 0..rows {
+                let l = e.b.ins().extractlane(z, r as u8);
+                e.store(wf, l, ob, 4 * (r * len + j) as i64);
+            }
+        }
+    }
 }
 
 impl Kernel for Softmax {
     fn describe(&self) -> String {
         format!(
-            "softmax over {} (outer {}, inner {})",
-            self.len, self.outer, self.inner
+            "softmax over {} (outer {}, inner {}){}",
+            self.len,
+            self.outer,
+            self.inner,
+            match (self.short(), self.asm.is_some()) {
+                (true, true) => " rows in lanes, avx512",
+                (true, false) => " rows in lanes",
+                (false, true) => " avx512",
+                (false, false) => "",
+            }
         )
     }
 
@@ -35,7 +127,7 @@ impl Kernel for Softmax {
         if self.len == 0 || self.inner == 0 {
             0
         } else {
-            self.outer
+            self.outer.div_ceil(self.rows_per_unit())
         }
     }
 
@@ -51,6 +143,63 @@ impl Kernel for Softmax {
         let wf = Emitter::wflags();
         let (len, inner) = (self.len, self.inner);
         let row = 4 * (len * inner) as i64;
+        // fn(src, dst, n) of the assembled forms (asm_unary)
+        let asm = self.asm.map(|id| {
+            let mut sig = Signature::new(CallConv::SystemV);
+            for _ in 0..3 {
+                sig.params.push(AbiParam::new(I64));
+            }
+            let sig = e.b.import_signature(sig);
+            let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
+            (sig, addr)
+        });
+        if self.short() {
+            let per = self.rows_per_unit();
+            let blk = row * per as i64;
+            if let Some((sig, addr)) = asm {
+                // one call per chunk: rows [16·begin, min(16·end, outer))
+                let first = e.b.ins().imul_imm_s(begin, per as i64);
+                let last = e.b.ins().imul_imm_s(end, per as i64);
+                let outer = e.ic(self.outer as i64);
+                let last = e.imin(last, outer);
+                let n = e.b.ins().isub(last, first);
+                let some = e.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, n, 0);
+                e.if_then(some, |e| {
+                    let xb = e.index(x, begin, blk);
+                    let ob = e.index(out, begin, blk);
+                    let f = e.ic(addr as i64);
+                    e.b.ins().call_indirect(sig, f, &[xb, ob, n]);
+                });
+                return;
+            }
+            let rows = |e: &mut Emitter, u: Value, n: usize| {
+                let xb = e.index(x, u, blk);
+                let ob = e.index(out, u, blk);
+                self.block(e, xb, ob, n, rf);
+            };
+            let full = self.outer / per;
+            let full_v = e.ic(full as i64);
+            let hi = e.imin(end, full_v);
+            e.for_range(begin, hi, 1, |e, u| rows(e, u, per));
+            let rest = self.outer % per;
+            if rest > 0 {
+                // the last unit, when it is in [begin, end): a zero- or
+                // one-trip loop
+                e.sub_range(begin, end, full, full + 1, |e, u| rows(e, u, rest));
+            }
+            return;
+        }
+        if let Some((sig, addr)) = asm {
+            // one call per row
+            e.for_range(begin, end, 1, |e, u| {
+                let xb = e.index(x, u, row);
+                let ob = e.index(out, u, row);
+                let f = e.ic(addr as i64);
+                let n = e.ic(len as i64);
+                e.b.ins().call_indirect(sig, f, &[xb, ob, n]);
+            });
+            return;
+        }
         e.for_range(begin, end, 1, |e, u| {
             let xb = e.index(x, u, row);
             let ob = e.index(out, u, row);
@@ -128,11 +277,30 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         return Err(cx.unsupported("not a softmax"));
     };
     let shape = &cx.ins[0].ty.shape;
-    Ok(vec![Box::new(Softmax {
+    let mut k = Softmax {
         x: cx.ins[0].buf,
         out: cx.outs[0].0,
         outer: shape[..axis].iter().product(),
         len: shape[axis],
         inner: shape[axis + 1..].iter().product(),
-    })])
+        asm: None,
+    };
+    if let Some(store) = cx.asm.as_deref_mut()
+        && k.inner == 1
+        && k.len > 0
+    {
+        let id = if k.short() {
+            let len = k.len;
+            store.request_named(asm_unary::softmax_lanes_key(len), || {
+                asm_unary::assemble_softmax_lanes(len)
+            })
+        } else {
+            store.request_named(
+                asm_unary::SOFTMAX_ROW_KEY.into(),
+                asm_unary::assemble_softmax_row,
+            )
+        };
+        k.asm = Some(id.map_err(BackendError::Jit)?);
+    }
+    Ok(vec![Box::new(k)])
 }
