@@ -22,8 +22,10 @@
 //! outside the taps' inputs and the outputs is touched.
 //!
 //! The epilogue applied in registers is the one the Cranelift row applies
-//! inline (none, relu, relu6 or the dynamic ReLU, then the residual);
-//! swept activations are left to the driver's sweep over the plane.
+//! inline (none, relu, relu6, the dynamic ReLU, and with this kernel also
+//! hard-swish and hard-sigmoid; then the residual), with the element-wise
+//! kernels' formulas; silu and GELU are left to the driver's sweep over
+//! the plane, silu by the assembled `asm_unary` function.
 //!
 //! Calling convention: System V, `fn(x, dst, w, res, bias, s1, s2)`: `x`
 //! points at the top-left tap of the first interior output (rdi), `dst` and
@@ -48,6 +50,10 @@ pub(crate) enum Act {
     Relu6,
     /// `max(x·s1, x·s2)`
     DyRelu,
+    /// `x·clamp(x + 3, 0, 6) / 6`
+    HardSwish,
+    /// `clamp(x/6 + 1/2, 0, 1)` (one FMA)
+    HardSigmoid,
 }
 
 /// One interior: geometry in elements, and the epilogue.
@@ -83,7 +89,8 @@ const GROUP: usize = 4;
 
 // Register use: zmm0..zmm8 the weights, zmm9 the bias, zmm10/11 the slopes,
 // zmm12 zero, zmm13 six, zmm14..16 the stride-2 permutations (even, odd,
-// shifted even), zmm20.. the accumulators, zmm24..28 loads.
+// shifted even), zmm17..19 and zmm29 the hard-sigmoid constants, zmm20..23
+// the accumulators, zmm24..28 loads.
 const W0: usize = 0;
 const BIAS: usize = 9;
 const S1: usize = 10;
@@ -93,6 +100,10 @@ const SIX: usize = 13;
 const P_EVEN: usize = 14;
 const P_ODD: usize = 15;
 const P_SHIFT: usize = 16;
+const THREE: usize = 17;
+const HALF: usize = 18;
+const SIXTH: usize = 19;
+const ONE: usize = 29;
 const ACC: usize = 20;
 const T: usize = 24;
 
@@ -170,6 +181,10 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
     a.vxorps(zmm(ZERO), zmm(ZERO), zmm(ZERO))?;
     a.mov(eax, 6.0f32.to_bits())?;
     a.vpbroadcastd(zmm(SIX), eax)?;
+    for (r, x) in [(THREE, 3.0f32), (HALF, 0.5), (SIXTH, 1.0 / 6.0), (ONE, 1.0)] {
+        a.mov(eax, x.to_bits())?;
+        a.vpbroadcastd(zmm(r), eax)?;
+    }
     if s.sw == 2 {
         table(&mut a, P_EVEN, |l| 2 * l)?;
         table(&mut a, P_ODD, |l| 2 * l + 1)?;
@@ -297,6 +312,19 @@ fn chunk(a: &mut CodeAssembler, s: &Spec, rows: usize, tail: bool) -> Result<(),
                 a.vmulps(acc, acc, zmm(S2))?;
                 a.vmaxps(acc, zmm(T), acc)?;
             }
+            // the element-wise kernels' formulas, operation for operation
+            Act::HardSwish => {
+                a.vaddps(zmm(T), acc, zmm(THREE))?;
+                a.vmaxps(zmm(T), zmm(ZERO), zmm(T))?;
+                a.vminps(zmm(T), zmm(SIX), zmm(T))?;
+                a.vmulps(acc, acc, zmm(T))?;
+                a.vdivps(acc, acc, zmm(SIX))?;
+            }
+            Act::HardSigmoid => {
+                a.vfmadd213ps(acc, zmm(SIXTH), zmm(HALF))?;
+                a.vmaxps(acc, zmm(ZERO), acc)?;
+                a.vminps(acc, zmm(ONE), acc)?;
+            }
         }
         if s.residual {
             a.vaddps(with_k(acc, ko), acc, zmmword_ptr(r11 + off))?;
@@ -313,7 +341,14 @@ mod tests {
     #[test]
     fn every_variant_assembles_and_ends_with_vzeroupper_ret() {
         for sw in [1, 2] {
-            for act in [Act::None, Act::Relu, Act::Relu6, Act::DyRelu] {
+            for act in [
+                Act::None,
+                Act::Relu,
+                Act::Relu6,
+                Act::DyRelu,
+                Act::HardSwish,
+                Act::HardSigmoid,
+            ] {
                 for (rows, cols) in [(1, 1), (5, 16), (8, 37), (3, 15)] {
                     let s = Spec {
                         sh: sw,
