@@ -166,6 +166,7 @@ fn depthwise_conv_epilogues() {
 fn depthwise_asm_edges() {
     let mut rng = Rng(21);
     let mut i = 0;
+    let mut assembled = 0;
     for w in (1..=17).chain([33]) {
         for stride in [1, 2] {
             for _ in 0..2 {
@@ -215,6 +216,8 @@ fn depthwise_asm_edges() {
                     m.run_into(&inputs, &mut got).unwrap();
                     got[0].as_f32().unwrap().to_vec()
                 };
+                let ks = kernels(&model, &opts(1));
+                assembled += ks.iter().filter(|k| k.contains("avx512")).count();
                 let (a, b) = (run(true), run(false));
                 assert!(
                     act == Act::Silu || a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
@@ -223,6 +226,10 @@ fn depthwise_asm_edges() {
                 i += 1;
             }
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        assert!(assembled > 20, "only {assembled} assembled interiors");
     }
 }
 
