@@ -206,7 +206,7 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
         a.dec(r8)?;
         a.jnz(next)?;
     }
-    if s.rows % GROUP > 0 {
+    if !s.rows.is_multiple_of(GROUP) {
         group(&mut a, s, s.rows % GROUP)?;
     }
     a.vzeroupper()?;

@@ -68,11 +68,13 @@ struct Depthwise {
 }
 
 /// One output row's epilogue operands: the residual row (like `dst`) and
-/// the channel's dynamic-ReLU slopes as scalars.
+/// the channel's dynamic-ReLU slopes as scalars; and whether the row
+/// computes its interior columns (not when the assembled interior does).
 #[derive(Clone, Copy)]
 struct RowEpi {
     res: Option<Value>,
     slopes: Option<(Value, Value)>,
+    vector_cols: bool,
 }
 
 /// Whether the activation is applied in a sweep over the finished plane
@@ -156,7 +158,7 @@ fn valid_taps(o: usize, len: usize, taps: usize, s: usize, d: usize, p: usize) -
 impl Depthwise {
     /// Emits one output row: `rows[i]` points at input row `oh·sh + i·dh -
     /// pt` for every valid tap row `i` (others are `None`). Without
-    /// `vector_cols`, only the border columns (the assembled interior
+    /// `re.vector_cols`, only the border columns (the assembled interior
     /// computes the others).
     fn row(
         &self,
@@ -166,7 +168,6 @@ impl Depthwise {
         wts: &dyn Fn(&mut Emitter, usize, bool) -> Option<Value>,
         bias: Value,
         re: RowEpi,
-        vector_cols: bool,
     ) {
         let g = self.g;
         let (sw, dw, pl) = (g.stride[1], g.dil[1], g.pad[1]);
@@ -210,7 +211,7 @@ impl Depthwise {
             scalar_col(e, ow);
         }
         // the assembled interior computes the rest
-        if !vector_cols {
+        if !re.vector_cols {
             return;
         }
         let n = ow_hi - ow_lo;
@@ -485,8 +486,9 @@ impl Kernel for Depthwise {
                 let re = RowEpi {
                     res: res_plane.map(|r| e.off(r, 4 * (oh * g.wo) as i64)),
                     slopes: slope_vals,
+                    vector_cols: true,
                 };
-                self.row(e, &rows, d, &wts, b, re, true);
+                self.row(e, &rows, d, &wts, b, re);
             }
             let all: Vec<usize> = (0..g.kh).collect();
             // with the assembled interior, only the border columns here
@@ -499,8 +501,9 @@ impl Kernel for Depthwise {
                     let re = RowEpi {
                         res: res_plane.map(|r| e.index(r, oh, 4 * g.wo as i64)),
                         slopes: slope_vals,
+                        vector_cols: self.asm.is_none(),
                     };
-                    self.row(e, &rows, d, &wts, b, re, self.asm.is_none());
+                    self.row(e, &rows, d, &wts, b, re);
                 });
             }
             if let (Some((id, spec)), Some((wp, _))) = (self.asm, wp) {
