@@ -7,17 +7,26 @@
 
 mod common;
 
-use common::{bench_model, opts, single};
+use common::{bench_model, cranelift_only, opts, single};
 use criterion::{Criterion, criterion_group, criterion_main};
 use kiln_backends::OptLevel;
 use kiln_ir::Op;
 
-/// (channels in, multiplier, H = W, stride)
-const SHAPES: [(usize, usize, usize, usize); 4] = [
+/// (channels in, multiplier, H = W, stride): generic MobileNet blocks, then
+/// Mobile-Former's (expanding ones included) and MobileViTv2's
+const SHAPES: [(usize, usize, usize, usize); 12] = [
     (96, 1, 56, 1),
     (144, 1, 56, 2),
     (192, 1, 28, 1),
     (24, 4, 56, 1),
+    (8, 3, 112, 2),
+    (12, 6, 56, 2),
+    (36, 1, 56, 1),
+    (288, 1, 14, 1),
+    (576, 1, 7, 1),
+    (32, 1, 128, 1),
+    (64, 1, 128, 2),
+    (128, 1, 64, 1),
 ];
 
 fn depthwise(c: &mut Criterion) {
@@ -32,15 +41,24 @@ fn depthwise(c: &mut Criterion) {
         let (model, inputs) = single(op, &[1, ch, hw, hw], &[vec![o, 1, 3, 3], vec![o]]);
         let out = hw.div_ceil(s);
         let flops = 2 * (o * out * out * 9) as u64;
-        bench_model(
-            c,
-            "depthwise_conv",
-            &format!("{ch}x{mult}_{hw}x{hw}_s{s}"),
-            &model,
-            &inputs,
-            flops,
-            &opts(None, OptLevel::None),
-        );
+        // GB/s = (input + output + weights and bias) bytes / time: the
+        // kernel is memory- and latency-bound
+        let bytes = 4 * (ch * hw * hw + o * out * out + o * 10);
+        // the assembled AVX-512 interior, and the f32x4 Cranelift kernel
+        for (what, o) in [
+            ("avx512", opts(None, OptLevel::None)),
+            ("f32x4", cranelift_only(None, OptLevel::None)),
+        ] {
+            bench_model(
+                c,
+                "depthwise_conv",
+                &format!("{ch}x{mult}_{hw}x{hw}_s{s}_{what}_{bytes}B"),
+                &model,
+                &inputs,
+                flops,
+                &o,
+            );
+        }
     }
 }
 

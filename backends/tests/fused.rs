@@ -155,6 +155,84 @@ fn depthwise_conv_epilogues() {
     conv_kind(Kind::Depthwise, "depthwise conv", 3);
 }
 
+/// The assembled depthwise interior's edges (`asm_dw`): every width 1..=17
+/// and 33 (masked tails, one or two full 16-column chunks, no interior),
+/// stride 1 and 2 on odd and even sizes, heights around the 4-row groups,
+/// channel multipliers 1 and 3, every epilogue. The assembled and the
+/// Cranelift interiors sum in the same order and apply the same activation
+/// formulas, so they must agree bit for bit (but for silu, whose assembled
+/// form scales by `vscalefps`).
+#[test]
+fn depthwise_asm_edges() {
+    let mut rng = Rng(21);
+    let mut i = 0;
+    let mut assembled = 0;
+    for w in (1..=17).chain([33]) {
+        for stride in [1, 2] {
+            for _ in 0..2 {
+                let act = Act::ALL[i % Act::ALL.len()];
+                let (bias, residual) = (i % 2 == 0, i % 3 != 1);
+                let c = 2 + i % 3;
+                let o = c * if i % 4 < 2 { 1 } else { 3 };
+                let h = 3 + (i * 5) % 11;
+                let pad = if i % 5 == 4 { [0, 1, 2, 0] } else { [1; 4] };
+                let ho = (h + pad[0] + pad[2] - 3) / stride + 1;
+                let wo = (w + pad[1] + pad[3]).saturating_sub(3) / stride + 1;
+                if w + pad[1] + pad[3] < 3 {
+                    i += 1;
+                    continue;
+                }
+                let mut args = vec![input(&[1, c, h, w]), weight(&[o, 1, 3, 3])];
+                if bias {
+                    args.push(weight(&[o]));
+                }
+                if act == Act::DyRelu {
+                    args.push(input(&[1, o, 1, 1]));
+                    args.push(input(&[1, o, 1, 1]));
+                }
+                if residual {
+                    args.push(input(&[1, o, ho, wo]));
+                }
+                let op = FusedOp::Conv {
+                    stride: [stride, stride],
+                    pad,
+                    dilation: [1, 1],
+                    groups: c,
+                    bias,
+                    shuffle: 1,
+                    act,
+                    residual,
+                };
+                let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
+                check_fused(&what, op.clone(), &args, 500 + i as u64, "depthwise conv");
+                let (model, inputs) = single(Op::Fused(op), &args, &mut rng, Fill::Signed);
+                let run = |asm: bool| {
+                    let o = CompileOptions {
+                        asm_tiles: asm,
+                        ..opts(1)
+                    };
+                    let m = compile(&model, &o).unwrap();
+                    let mut got = common::poisoned(&m);
+                    m.run_into(&inputs, &mut got).unwrap();
+                    got[0].as_f32().unwrap().to_vec()
+                };
+                let ks = kernels(&model, &opts(1));
+                assembled += ks.iter().filter(|k| k.contains("avx512")).count();
+                let (a, b) = (run(true), run(false));
+                assert!(
+                    act == Act::Silu || a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{what}: assembled and Cranelift interiors differ"
+                );
+                i += 1;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        assert!(assembled > 20, "only {assembled} assembled interiors");
+    }
+}
+
 #[test]
 fn grouped_conv_epilogues() {
     conv_kind(Kind::Grouped, "im2col conv", 4);

@@ -85,7 +85,8 @@ const K_POLY: usize = 22; // .. 27
 const K_SIGN: usize = 28; // the sign bit
 const K_NINF: usize = 29; // -inf (softmax row)
 
-fn zmm(i: usize) -> AsmRegisterZmm {
+/// `zmm{i}`.
+pub(crate) fn zmm(i: usize) -> AsmRegisterZmm {
     const Z: [AsmRegisterZmm; 32] = [
         zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13,
         zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26,

@@ -20,9 +20,15 @@
 
 use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
 
+use cranelift_codegen::ir::types::I64;
+use cranelift_codegen::ir::{AbiParam, Signature};
+use cranelift_codegen::isa::CallConv;
+use kiln_ir::fused::Act;
+
 use super::conv::Geom;
 use super::epilogue::Epilogue;
 use super::{Kernel, Kernels, NodeCx};
+use super::{asm_dw, asm_unary};
 use crate::codegen::{Buf, Emitter, F32, V4};
 use crate::error::BackendError;
 
@@ -54,17 +60,37 @@ struct Depthwise {
     epi: Epilogue,
     /// what a fused kernel computes, for descriptions
     title: Option<String>,
+    /// the assembled AVX-512 interior (`asm_dw`) by its number in the
+    /// `AsmStore`, and its geometry
+    asm: Option<(usize, asm_dw::Spec)>,
+    /// the assembled silu (`asm_unary`) the sweep calls, by its number
+    asm_silu: Option<usize>,
 }
 
 /// One output row's epilogue operands: the residual row (like `dst`) and
-/// the channel's dynamic-ReLU slopes as scalars.
+/// the channel's dynamic-ReLU slopes as scalars; and whether the row
+/// computes its interior columns (not when the assembled interior does).
 #[derive(Clone, Copy)]
 struct RowEpi {
     res: Option<Value>,
     slopes: Option<(Value, Value)>,
+    vector_cols: bool,
+}
+
+/// Whether the activation is applied in a sweep over the finished plane
+/// (see [`Epilogue::swept`]) rather than to each result; with the assembled
+/// interior the hard-sigmoid family is cheap enough inline (a few zmm
+/// constants next to the weights), so the borders apply it inline too.
+fn swept(epi: &Epilogue, asm: bool) -> bool {
+    epi.swept() && !(asm && matches!(epi.act, Act::HardSwish | Act::HardSigmoid))
 }
 
 impl Depthwise {
+    /// See [`swept`].
+    fn swept(&self) -> bool {
+        swept(&self.epi, self.asm.is_some())
+    }
+
     /// Folds one input value into an accumulator.
     fn combine(&self, e: &mut Emitter, acc: Value, x: Value, w: Option<Value>) -> Value {
         match (self.mode, w) {
@@ -131,7 +157,9 @@ fn valid_taps(o: usize, len: usize, taps: usize, s: usize, d: usize, p: usize) -
 
 impl Depthwise {
     /// Emits one output row: `rows[i]` points at input row `oh·sh + i·dh -
-    /// pt` for every valid tap row `i` (others are `None`).
+    /// pt` for every valid tap row `i` (others are `None`). Without
+    /// `re.vector_cols`, only the border columns (the assembled interior
+    /// computes the others).
     fn row(
         &self,
         e: &mut Emitter,
@@ -150,7 +178,7 @@ impl Depthwise {
         let rows_valid = rows.iter().filter(|r| r.is_some()).count();
         // expensive activations (and then the residual) run in a sweep over
         // the finished plane, see `Epilogue::swept`
-        let inline = !self.epi.swept();
+        let inline = !self.swept();
         let resf = self.epi.residual.map(Emitter::rflags).filter(|_| inline);
         let slv = re
             .slopes
@@ -181,6 +209,10 @@ impl Depthwise {
         };
         for ow in (0..ow_lo).chain(ow_hi..g.wo) {
             scalar_col(e, ow);
+        }
+        // the assembled interior computes the rest
+        if !re.vector_cols {
+            return;
         }
         let n = ow_hi - ow_lo;
         let chunks = n / 4;
@@ -292,12 +324,34 @@ impl Depthwise {
         let rf = MemFlagsData::new().with_notrap();
         let wf = Emitter::wflags();
         let resf = self.epi.residual.map(Emitter::rflags);
+        if let Some(id) = self.asm_silu {
+            // fn(src, dst, n) in place, then only the residual below
+            let mut sig = Signature::new(CallConv::SystemV);
+            for _ in 0..3 {
+                sig.params.push(AbiParam::new(I64));
+            }
+            let sig = e.b.import_signature(sig);
+            let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
+            let f = e.ic(addr as i64);
+            let n = e.ic(wo as i64);
+            e.b.ins().call_indirect(sig, f, &[dst, dst, n]);
+            if res.is_none() {
+                return;
+            }
+        }
+        let act = |e: &mut Emitter, ty, x| {
+            if self.asm_silu.is_some() {
+                x
+            } else {
+                self.epi.activate(e, ty, x, None)
+            }
+        };
         e.local_consts(|e| {
             if wo >= 4 {
                 e.for_static(0, (wo / 4) as i64, 1, |e, v| {
                     let d = e.index(dst, v, 16);
                     let x = e.load(V4, rf, d, 0);
-                    let mut x = self.epi.activate(e, V4, x, None);
+                    let mut x = act(e, V4, x);
                     if let (Some(r), Some(f)) = (res, resf) {
                         let r = e.index(r, v, 16);
                         let y = e.load(V4, f, r, 0);
@@ -308,7 +362,7 @@ impl Depthwise {
             }
             for col in 4 * (wo / 4)..wo {
                 let x = e.load(F32, rf, dst, 4 * col as i64);
-                let mut x = self.epi.activate(e, F32, x, None);
+                let mut x = act(e, F32, x);
                 if let (Some(r), Some(f)) = (res, resf) {
                     let y = e.load(F32, f, r, 4 * col as i64);
                     x = e.b.ins().fadd(x, y);
@@ -321,9 +375,10 @@ impl Depthwise {
 
 impl Kernel for Depthwise {
     fn describe(&self) -> String {
+        let avx = if self.asm.is_some() { " avx512" } else { "" };
         match &self.title {
-            Some(t) => format!("{t}: depthwise window {:?}", self.g),
-            None => format!("depthwise window ({:?}) {:?}", self.mode, self.g),
+            Some(t) => format!("{t}: depthwise window {:?}{avx}", self.g),
+            None => format!("depthwise window ({:?}) {:?}{avx}", self.mode, self.g),
         }
     }
 
@@ -431,20 +486,60 @@ impl Kernel for Depthwise {
                 let re = RowEpi {
                     res: res_plane.map(|r| e.off(r, 4 * (oh * g.wo) as i64)),
                     slopes: slope_vals,
+                    vector_cols: true,
                 };
                 self.row(e, &rows, d, &wts, b, re);
             }
             let all: Vec<usize> = (0..g.kh).collect();
-            e.for_static(oh_lo as i64, oh_hi as i64, 1, |e, oh| {
-                let rows = row_ptrs(e, oh, &all);
-                let d = e.index(dst, oh, 4 * g.wo as i64);
-                let re = RowEpi {
-                    res: res_plane.map(|r| e.index(r, oh, 4 * g.wo as i64)),
-                    slopes: slope_vals,
+            // with the assembled interior, only the border columns here
+            let (ow_lo, ow_hi) = interior(g.wo, g.w, g.kw, g.stride[1], g.dil[1], g.pad[1]);
+            let cols = self.asm.is_none() || ow_lo > 0 || ow_hi < g.wo;
+            if cols {
+                e.for_static(oh_lo as i64, oh_hi as i64, 1, |e, oh| {
+                    let rows = row_ptrs(e, oh, &all);
+                    let d = e.index(dst, oh, 4 * g.wo as i64);
+                    let re = RowEpi {
+                        res: res_plane.map(|r| e.index(r, oh, 4 * g.wo as i64)),
+                        slopes: slope_vals,
+                        vector_cols: self.asm.is_none(),
+                    };
+                    self.row(e, &rows, d, &wts, b, re);
+                });
+            }
+            if let (Some((id, spec)), Some((wp, _))) = (self.asm, wp) {
+                // fn(x, dst, w, res, bias, s1, s2), see asm_dw
+                let mut sig = Signature::new(CallConv::SystemV);
+                for _ in 0..4 {
+                    sig.params.push(AbiParam::new(I64));
+                }
+                for _ in 0..3 {
+                    sig.params.push(AbiParam::new(F32));
+                }
+                let sig = e.b.import_signature(sig);
+                let first = (oh_lo * sh) as i64 - pt as i64;
+                let x0 = e.off(
+                    src,
+                    4 * (first * g.w as i64 + (ow_lo * g.stride[1]) as i64 - g.pad[1] as i64),
+                );
+                let o0 = 4 * (oh_lo * g.wo + ow_lo) as i64;
+                let d0 = e.off(dst, o0);
+                let r0 = match res_plane {
+                    Some(r) if spec.residual => e.off(r, o0),
+                    _ => e.ic(0),
                 };
-                self.row(e, &rows, d, &wts, b, re);
-            });
-            if self.epi.swept() {
+                let (s1, s2) = match slope_vals {
+                    Some(sv) => sv,
+                    None => {
+                        let z = e.fc(0.0);
+                        (z, z)
+                    }
+                };
+                let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
+                let f = e.ic(addr as i64);
+                e.b.ins()
+                    .call_indirect(sig, f, &[x0, d0, wp, r0, b, s1, s2]);
+            }
+            if self.swept() {
                 self.sweep_plane(e, dst, res_plane);
             }
         });
@@ -459,6 +554,31 @@ pub(crate) fn lower(
     epi: Epilogue,
     title: Option<String>,
 ) -> Result<Kernels, BackendError> {
+    let asm = match cx.asm.as_deref_mut() {
+        Some(store) => match asm_spec(g, &epi) {
+            Some(spec) => Some((
+                store
+                    .request_named(spec.key(), || asm_dw::assemble(&spec))
+                    .map_err(BackendError::Jit)?,
+                spec,
+            )),
+            None => None,
+        },
+        None => None,
+    };
+    // the sweep's silu, assembled: the f32x4 exp made a silu-fused
+    // depthwise conv (MobileViTv2) run at a third of its plain speed
+    let asm_silu = match cx.asm.as_deref_mut() {
+        Some(store) if epi.act == Act::Silu => {
+            let f = asm_unary::Func::Silu;
+            Some(
+                store
+                    .request_named(f.key(), || asm_unary::assemble(f))
+                    .map_err(BackendError::Jit)?,
+            )
+        }
+        _ => None,
+    };
     Ok(vec![Box::new(Depthwise {
         x: cx.ins[0].buf,
         w: Some(cx.ins[1].buf),
@@ -468,7 +588,42 @@ pub(crate) fn lower(
         mode: Mode::Conv,
         epi,
         title,
+        asm,
+        asm_silu,
     })])
+}
+
+/// The assembled interior for a conv of geometry `g` with epilogue `epi`:
+/// 3×3, undilated, horizontal stride 1 or 2, a non-empty interior.
+fn asm_spec(g: Geom, epi: &Epilogue) -> Option<asm_dw::Spec> {
+    if g.kh != 3 || g.kw != 3 || g.dil != [1, 1] || !matches!(g.stride[1], 1 | 2) {
+        return None;
+    }
+    let (oh_lo, oh_hi) = interior(g.ho, g.h, g.kh, g.stride[0], g.dil[0], g.pad[0]);
+    let (ow_lo, ow_hi) = interior(g.wo, g.w, g.kw, g.stride[1], g.dil[1], g.pad[1]);
+    if oh_hi == oh_lo || ow_hi == ow_lo {
+        return None;
+    }
+    // what the Cranelift row applies inline; swept activations (and then
+    // the residual) stay in the sweep over the plane
+    let act = match epi.act {
+        Act::Relu => asm_dw::Act::Relu,
+        Act::Relu6 => asm_dw::Act::Relu6,
+        Act::DyRelu => asm_dw::Act::DyRelu,
+        Act::HardSwish => asm_dw::Act::HardSwish,
+        Act::HardSigmoid => asm_dw::Act::HardSigmoid,
+        Act::None | Act::Silu | Act::Gelu => asm_dw::Act::None,
+    };
+    Some(asm_dw::Spec {
+        sh: g.stride[0],
+        sw: g.stride[1],
+        w: g.w,
+        wo: g.wo,
+        rows: oh_hi - oh_lo,
+        cols: ow_hi - ow_lo,
+        act,
+        residual: epi.residual.is_some() && !swept(epi, true),
+    })
 }
 
 /// Lowers a pooling window of geometry `g` (as a depthwise conv with one
@@ -483,5 +638,7 @@ pub(crate) fn lower_pool(cx: &mut NodeCx, g: Geom, mode: Mode) -> Result<Kernels
         mode,
         epi: Epilogue::NONE,
         title: None,
+        asm: None,
+        asm_silu: None,
     })])
 }

@@ -13,6 +13,7 @@
 //! which order (so results are identical for every thread count), and units
 //! never write the same bytes.
 
+pub(crate) mod asm_dw;
 pub(crate) mod asm_tile;
 pub(crate) mod asm_unary;
 pub(crate) mod conv;

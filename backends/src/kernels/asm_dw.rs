@@ -1,0 +1,369 @@
+//! AVX-512 interior of a 3×3 depthwise convolution plane, assembled at
+//! compile time with iced-x86.
+//!
+//! The f32x4 Cranelift kernel runs depthwise convolutions at ~25 GFLOP/s
+//! (stride 1) and ~14 GFLOP/s (stride 2, where every vector of inputs is
+//! gathered with two loads and a shuffle). Sixteen lanes, the weights in
+//! nine registers for the whole plane, and four output rows in flight (four
+//! independent accumulator chains to cover the FMA latency, since each
+//! output's nine taps must stay one chain to keep the summation order) make
+//! it several times faster.
+//!
+//! One call computes the plane's interior rectangle, where every tap reads
+//! inside the input: `rows × cols` outputs, the geometry baked into the code
+//! as immediates (one function per shape and epilogue, cached by
+//! [`Spec::key`]). The Cranelift driver computes the border rows and columns
+//! as before. Each output is `bias`, then `fma(x, w, acc)` over the taps row
+//! by row, column by column: the order of the f32x4 path, so both compute
+//! bit-identical values. Stride 2 loads 32 consecutive inputs and compacts
+//! the even (tap 0), odd (tap 1) and shifted even (tap 2) lanes with
+//! `vpermi2ps`/`vpermt2ps`. Columns past the last multiple of 16 use masked
+//! loads and stores, which suppress faults on masked lanes, so nothing
+//! outside the taps' inputs and the outputs is touched.
+//!
+//! The epilogue applied in registers is the one the Cranelift row applies
+//! inline (none, relu, relu6, the dynamic ReLU, and with this kernel also
+//! hard-swish and hard-sigmoid; then the residual), with the element-wise
+//! kernels' formulas; silu and GELU are left to the driver's sweep over
+//! the plane, silu by the assembled `asm_unary` function.
+//!
+//! Calling convention: System V, `fn(x, dst, w, res, bias, s1, s2)`: `x`
+//! points at the top-left tap of the first interior output (rdi), `dst` and
+//! `res` at that output in the output and residual planes (rsi, rcx), `w` at
+//! the channel's nine weights (rdx), `bias` and the dynamic ReLU's slopes in
+//! xmm0..xmm2. The function uses the red zone for the stride-2 permutation
+//! tables and ends with `vzeroupper`.
+
+use iced_x86::code_asm::*;
+
+use super::asm_unary;
+
+/// The activation applied in registers (those the Cranelift row applies
+/// inline; the others are swept by the driver).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Act {
+    /// nothing
+    None,
+    /// `x < 0 ? 0 : x`
+    Relu,
+    /// `clamp(x, 0, 6)`
+    Relu6,
+    /// `max(x·s1, x·s2)`
+    DyRelu,
+    /// `x·clamp(x + 3, 0, 6) / 6`
+    HardSwish,
+    /// `clamp(x/6 + 1/2, 0, 1)` (one FMA)
+    HardSigmoid,
+}
+
+/// One interior: geometry in elements, and the epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Spec {
+    /// vertical stride
+    pub sh: usize,
+    /// horizontal stride: 1 or 2
+    pub sw: usize,
+    /// input row length
+    pub w: usize,
+    /// output row length (also the residual's)
+    pub wo: usize,
+    /// interior output rows (at least 1)
+    pub rows: usize,
+    /// interior output columns (at least 1)
+    pub cols: usize,
+    /// activation
+    pub act: Act,
+    /// whether a residual is added after the activation
+    pub residual: bool,
+}
+
+impl Spec {
+    /// The key the assembled code is cached under.
+    pub fn key(&self) -> String {
+        format!("depthwise3x3 {self:?}")
+    }
+}
+
+/// Output rows computed together (independent accumulator chains).
+const GROUP: usize = 4;
+
+// Register use: zmm0..zmm8 the weights, zmm9 the bias, zmm10/11 the slopes,
+// zmm12 zero, zmm13 six, zmm14..16 the stride-2 permutations (even, odd,
+// shifted even), zmm17..19 and zmm29 the hard-sigmoid constants, zmm20..23
+// the accumulators, zmm24..28 loads.
+const W0: usize = 0;
+const BIAS: usize = 9;
+const S1: usize = 10;
+const S2: usize = 11;
+const ZERO: usize = 12;
+const SIX: usize = 13;
+const P_EVEN: usize = 14;
+const P_ODD: usize = 15;
+const P_SHIFT: usize = 16;
+const THREE: usize = 17;
+const HALF: usize = 18;
+const SIXTH: usize = 19;
+const ONE: usize = 29;
+const ACC: usize = 20;
+const T: usize = 24;
+
+fn zmm(i: usize) -> AsmRegisterZmm {
+    asm_unary::zmm(i)
+}
+
+/// `z` with opmask `k` (0: unmasked).
+fn with_k(z: AsmRegisterZmm, k: u8) -> AsmRegisterZmm {
+    match k {
+        0 => z,
+        1 => z.k1(),
+        2 => z.k2(),
+        3 => z.k3(),
+        4 => z.k4(),
+        _ => z.k5(),
+    }
+}
+
+/// Zero-masked `z` with opmask `k` (0: unmasked).
+fn with_kz(z: AsmRegisterZmm, k: u8) -> AsmRegisterZmm {
+    if k == 0 { z } else { with_k(z, k).z() }
+}
+
+/// The memory operand `m` with opmask `k` (0: unmasked).
+fn mem_k(m: AsmMemoryOperand, k: u8) -> AsmMemoryOperand {
+    match k {
+        0 => m,
+        1 => m.k1(),
+        2 => m.k2(),
+        3 => m.k3(),
+        4 => m.k4(),
+        _ => m.k5(),
+    }
+}
+
+/// `(1 << n) - 1` for `n` clamped to [0, 16], into opmask `k` (1..5).
+fn set_mask(a: &mut CodeAssembler, k: u8, n: i64) -> Result<(), IcedError> {
+    let n = n.clamp(0, 16) as u32;
+    let bits = ((1u64 << n) - 1) as u32;
+    a.mov(edx, bits)?;
+    let kr = match k {
+        1 => k1,
+        2 => k2,
+        3 => k3,
+        4 => k4,
+        _ => k5,
+    };
+    a.kmovw(kr, edx)
+}
+
+/// Assembles `s`; the bytes are position-independent.
+pub(crate) fn assemble(s: &Spec) -> Result<Vec<u8>, String> {
+    emit(s).map_err(|e| e.to_string())
+}
+
+/// Loads the 16-entry permutation `idx` into `zmm(r)` through the red zone.
+fn table(a: &mut CodeAssembler, r: usize, idx: impl Fn(u32) -> u32) -> Result<(), IcedError> {
+    for l in 0..16u32 {
+        a.mov(dword_ptr(rsp - 64 + 4 * l as i32), idx(l))?;
+    }
+    a.vmovups(zmm(r), zmmword_ptr(rsp - 64))
+}
+
+fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
+    assert!(s.sw == 1 || s.sw == 2, "stride {}", s.sw);
+    let mut a = CodeAssembler::new(64)?;
+    // the float arguments first: the weights overwrite xmm0..xmm2
+    a.vbroadcastss(zmm(BIAS), xmm0)?;
+    a.vbroadcastss(zmm(S1), xmm1)?;
+    a.vbroadcastss(zmm(S2), xmm2)?;
+    for t in 0..9 {
+        a.vbroadcastss(zmm(W0 + t), dword_ptr(rdx + 4 * t as i32))?;
+    }
+    a.vxorps(zmm(ZERO), zmm(ZERO), zmm(ZERO))?;
+    a.mov(eax, 6.0f32.to_bits())?;
+    a.vpbroadcastd(zmm(SIX), eax)?;
+    for (r, x) in [(THREE, 3.0f32), (HALF, 0.5), (SIXTH, 1.0 / 6.0), (ONE, 1.0)] {
+        a.mov(eax, x.to_bits())?;
+        a.vpbroadcastd(zmm(r), eax)?;
+    }
+    if s.sw == 2 {
+        table(&mut a, P_EVEN, |l| 2 * l)?;
+        table(&mut a, P_ODD, |l| 2 * l + 1)?;
+        // inputs 2, 4, .., 32 from the loads at offsets 2 and 17: lanes
+        // 0, 2, .., 14 of the first, then 1, 3, .., 15 of the second
+        table(&mut a, P_SHIFT, |l| if l < 8 { 2 * l } else { 2 * l + 1 })?;
+    }
+    let in_row = (4 * s.sh * s.w) as i64;
+    let out_row = (4 * s.wo) as i64;
+    let groups = s.rows / GROUP;
+    if groups > 0 {
+        let mut next = a.create_label();
+        a.mov(r8, groups as u64)?;
+        a.set_label(&mut next)?;
+        group(&mut a, s, GROUP)?;
+        a.add(rdi, (GROUP as i64 * in_row) as i32)?;
+        a.add(rsi, (GROUP as i64 * out_row) as i32)?;
+        a.add(rcx, (GROUP as i64 * out_row) as i32)?;
+        a.dec(r8)?;
+        a.jnz(next)?;
+    }
+    if !s.rows.is_multiple_of(GROUP) {
+        group(&mut a, s, s.rows % GROUP)?;
+    }
+    a.vzeroupper()?;
+    a.ret()?;
+    a.assemble(0)
+}
+
+/// `rows` output rows from rdi (input), rsi (output), rcx (residual); uses
+/// r9..r11 as the column pointers and rax as the chunk counter.
+fn group(a: &mut CodeAssembler, s: &Spec, rows: usize) -> Result<(), IcedError> {
+    a.mov(r9, rdi)?;
+    a.mov(r10, rsi)?;
+    a.mov(r11, rcx)?;
+    let full = s.cols / 16;
+    if full > 0 {
+        let mut next = a.create_label();
+        a.mov(rax, full as u64)?;
+        a.set_label(&mut next)?;
+        chunk(a, s, rows, false)?;
+        a.add(r9, (64 * s.sw) as i32)?;
+        a.add(r10, 64)?;
+        a.add(r11, 64)?;
+        a.dec(rax)?;
+        a.jnz(next)?;
+    }
+    let m = (s.cols % 16) as i64;
+    if m > 0 {
+        // k1: the outputs (and stride-1 inputs); stride 2: k1..k4 are the
+        // loads at input offsets 0, 16, 2 and 17, of which only the inputs
+        // up to 2m are needed
+        if s.sw == 1 {
+            set_mask(a, 1, m)?;
+        } else {
+            set_mask(a, 1, 2 * m + 1)?;
+            set_mask(a, 2, 2 * m + 1 - 16)?;
+            set_mask(a, 3, 2 * m - 1)?;
+            set_mask(a, 4, 2 * m + 1 - 17)?;
+            set_mask(a, 5, m)?;
+        }
+        chunk(a, s, rows, true)?;
+    }
+    Ok(())
+}
+
+/// Sixteen columns (or the masked tail) of `rows` output rows at r9, r10,
+/// r11.
+fn chunk(a: &mut CodeAssembler, s: &Spec, rows: usize, tail: bool) -> Result<(), IcedError> {
+    let w_row = (4 * s.w) as i32;
+    let out_row = (4 * s.wo) as i32;
+    // the output mask: stride 2 keeps k1..k4 for the loads
+    let ko: u8 = match (tail, s.sw) {
+        (false, _) => 0,
+        (true, 1) => 1,
+        _ => 5,
+    };
+    for r in 0..rows {
+        a.vmovaps(zmm(ACC + r), zmm(BIAS))?;
+    }
+    for i in 0..3 {
+        for r in 0..rows {
+            let row = ((r * s.sh + i) as i32) * w_row;
+            let acc = zmm(ACC + r);
+            if s.sw == 1 {
+                for j in 0..3 {
+                    // acc += w·x (the product commutes: same bits as x·w)
+                    let x = zmmword_ptr(r9 + row + 4 * j as i32);
+                    // (masked-off lanes of a memory source do not fault)
+                    a.vfmadd231ps(with_k(acc, ko), zmm(W0 + 3 * i + j), x)?;
+                }
+            } else {
+                let (ka, kb, kc, kd) = if tail { (1, 2, 3, 4) } else { (0, 0, 0, 0) };
+                let (ta, tb, tc, td, te) = (zmm(T), zmm(T + 1), zmm(T + 2), zmm(T + 3), zmm(T + 4));
+                a.vmovups(with_kz(ta, ka), zmmword_ptr(r9 + row))?;
+                a.vmovups(with_kz(tb, kb), zmmword_ptr(r9 + row + 64))?;
+                a.vmovups(with_kz(tc, kc), zmmword_ptr(r9 + row + 8))?;
+                a.vmovups(with_kz(td, kd), zmmword_ptr(r9 + row + 68))?;
+                // te = even lanes (tap 0), ta = odd lanes (tap 1), tc =
+                // inputs 2, 4, .., 32 (tap 2)
+                a.vmovaps(te, zmm(P_EVEN))?;
+                a.vpermi2ps(te, ta, tb)?;
+                a.vpermt2ps(ta, zmm(P_ODD), tb)?;
+                a.vpermt2ps(tc, zmm(P_SHIFT), td)?;
+                a.vfmadd231ps(acc, zmm(W0 + 3 * i), te)?;
+                a.vfmadd231ps(acc, zmm(W0 + 3 * i + 1), ta)?;
+                a.vfmadd231ps(acc, zmm(W0 + 3 * i + 2), tc)?;
+            }
+        }
+    }
+    for r in 0..rows {
+        let acc = zmm(ACC + r);
+        let off = r as i32 * out_row;
+        match s.act {
+            Act::None => {}
+            // NaN-preserving like the Cranelift forms: vmaxps/vminps
+            // return the second source (the value) when either is NaN
+            Act::Relu => a.vmaxps(acc, zmm(ZERO), acc)?,
+            Act::Relu6 => {
+                a.vmaxps(acc, zmm(ZERO), acc)?;
+                a.vminps(acc, zmm(SIX), acc)?;
+            }
+            Act::DyRelu => {
+                a.vmulps(zmm(T), acc, zmm(S1))?;
+                a.vmulps(acc, acc, zmm(S2))?;
+                a.vmaxps(acc, zmm(T), acc)?;
+            }
+            // the element-wise kernels' formulas, operation for operation
+            Act::HardSwish => {
+                a.vaddps(zmm(T), acc, zmm(THREE))?;
+                a.vmaxps(zmm(T), zmm(ZERO), zmm(T))?;
+                a.vminps(zmm(T), zmm(SIX), zmm(T))?;
+                a.vmulps(acc, acc, zmm(T))?;
+                a.vdivps(acc, acc, zmm(SIX))?;
+            }
+            Act::HardSigmoid => {
+                a.vfmadd213ps(acc, zmm(SIXTH), zmm(HALF))?;
+                a.vmaxps(acc, zmm(ZERO), acc)?;
+                a.vminps(acc, zmm(ONE), acc)?;
+            }
+        }
+        if s.residual {
+            a.vaddps(with_k(acc, ko), acc, zmmword_ptr(r11 + off))?;
+        }
+        a.vmovups(mem_k(zmmword_ptr(r10 + off), ko), acc)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_assembles_and_ends_with_vzeroupper_ret() {
+        for sw in [1, 2] {
+            for act in [
+                Act::None,
+                Act::Relu,
+                Act::Relu6,
+                Act::DyRelu,
+                Act::HardSwish,
+                Act::HardSigmoid,
+            ] {
+                for (rows, cols) in [(1, 1), (5, 16), (8, 37), (3, 15)] {
+                    let s = Spec {
+                        sh: sw,
+                        sw,
+                        w: 80,
+                        wo: 40,
+                        rows,
+                        cols,
+                        act,
+                        residual: rows % 2 == 1,
+                    };
+                    let code = assemble(&s).unwrap();
+                    assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{s:?}");
+                }
+            }
+        }
+    }
+}
