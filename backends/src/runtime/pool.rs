@@ -43,6 +43,8 @@ struct Shared {
     done: AtomicUsize,
     shutdown: AtomicBool,
     sleepers: AtomicUsize,
+    /// workers that have started running `worker`
+    started: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -129,6 +131,7 @@ impl Pool {
             done: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -138,9 +141,17 @@ impl Pool {
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("kiln-worker-{t}"))
-                    .spawn(move || worker(&s))?,
+                    .spawn(move || {
+                        s.started.fetch_add(1, Ordering::Release);
+                        worker(&s)
+                    })?,
             );
         }
+        // Wait until every worker runs: a thread's start-up allocates (its
+        // name, thread-local state), and that must happen here, at compile
+        // time, not inside the first `run_into` that needs the worker
+        // (`run_into` allocates nothing; backends/tests/alloc.rs).
+        wait_until(|| shared.started.load(Ordering::Acquire) == threads - 1);
         Ok(Pool { shared, handles })
     }
 
