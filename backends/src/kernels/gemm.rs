@@ -301,7 +301,8 @@ impl Gemm {
     /// row strides of whole feature maps (often a power of two): the K rows
     /// of a tile then fall into one L1 set and evict each other on every
     /// tile. The copy costs `K·NR` moves per column tile and is reused by
-    /// every row block.
+    /// every row block; with assembled tiles the first row block's tile
+    /// makes it while it reads B (`asm_tile::Variant::b_pack`).
     fn packs_b_at_run_time(&self) -> bool {
         matches!(self.b, BSrc::Strided { .. })
             && self.k * self.nr() * 4 <= MAX_STACK_PANEL
