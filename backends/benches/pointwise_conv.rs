@@ -22,9 +22,18 @@ const POINTWISE: Op = Op::Conv2d {
     groups: 1,
 };
 
-/// (C in, C out, H = W)
-const SHAPES: [(usize, usize, usize); 4] =
-    [(32, 96, 56), (96, 192, 28), (192, 384, 14), (320, 1280, 7)];
+/// (C in, C out, H = W): the first three are mobilevitv2_050's
+/// (`M=64 N=16384 K=32`, `M=128 N=4096 K=64`, `M=256 N=1024 K=128`), where B
+/// rows are a power-of-two stride apart.
+const SHAPES: [(usize, usize, usize); 7] = [
+    (32, 64, 128),
+    (64, 128, 64),
+    (128, 256, 32),
+    (32, 96, 56),
+    (96, 192, 28),
+    (192, 384, 14),
+    (320, 1280, 7),
+];
 
 /// A tile shape (default when `None`), the level to compile it at, a label.
 type Variant = (Option<(usize, usize)>, OptLevel, &'static str);

@@ -317,6 +317,55 @@ fn run_time_weights_and_batches() {
 /// Silu and GELU on outputs far into both tails: the assembled silu's
 /// `exp` overflows to infinity for large negative values (giving -0, like
 /// the reference) and vanishes for large positive ones.
+/// Pointwise convs whose B panel the assembled tiles copy as they read it
+/// (the first row block of each column panel fills it, the others read
+/// it): power-of-two planes (B rows a whole feature map apart), K of 1,
+/// odd and 32, M below, at and around the 14-row tile, column tails, one
+/// column panel with M split across units at 2 threads (so a unit holds
+/// only the row tail and must fill the panel itself), every epilogue.
+#[test]
+fn pointwise_run_time_b_panels() {
+    // (C in = K, C out = M, H, W)
+    let shapes = [
+        (32, 64, 64, 64),
+        (33, 29, 16, 33),
+        (1, 14, 8, 8),
+        (2, 5, 4, 8),
+        (7, 29, 4, 8),
+        (64, 43, 3, 7),
+    ];
+    let mut case = 0u64;
+    for (c, o, h, w) in shapes {
+        for (i, act) in Act::ALL.into_iter().enumerate() {
+            let (bias, residual) = (i % 2 == 0, i % 3 != 1);
+            let op = FusedOp::Conv {
+                stride: [1, 1],
+                pad: [0; 4],
+                dilation: [1, 1],
+                groups: 1,
+                bias,
+                shuffle: 1,
+                act,
+                residual,
+            };
+            let mut args = vec![input(&[1, c, h, w]), weight(&[o, c, 1, 1])];
+            if bias {
+                args.push(weight(&[o]));
+            }
+            if act == Act::DyRelu {
+                args.push(input(&[1, o, 1, 1]));
+                args.push(input(&[1, o, 1, 1]));
+            }
+            if residual {
+                args.push(input(&[1, o, h, w]));
+            }
+            let what = format!("{c}->{o} {h}x{w} {act:?} bias {bias} res {residual}");
+            case += 1;
+            check_fused(&what, op, &args, 500 + case, "pointwise conv");
+        }
+    }
+}
+
 #[test]
 fn activations_on_large_outputs() {
     for act in [Act::Silu, Act::Gelu, Act::HardSwish] {

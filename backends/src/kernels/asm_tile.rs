@@ -21,9 +21,17 @@
 //! polynomial (and then the residual) in a sweep over the tile the
 //! assembled code has just written, while it is still in L1 (see `gemm.rs`).
 //!
+//! B read in place with a large row stride (activations: whole feature maps,
+//! often a power of two apart, so the K rows of a tile share one L1 set) is
+//! first copied into a contiguous `[K][NR]` panel that the other row tiles
+//! of the same columns read. A `b_pack` variant does that copy itself: it
+//! reads B strided, as the tile needs it anyway, and stores every row it
+//! loads to the panel (two zmm stores per k, hidden under the FMAs), so the
+//! copy costs no separate pass over B.
+//!
 //! Calling convention: System V (`a`, `b`, `c`, `bias`, `residual`, `a1` in
-//! rdi, rsi, rdx, rcx, r8, r9; `a2`, the dynamic ReLU's second slope row, on
-//! the stack); all vector registers are caller-saved there, and the tile
+//! rdi, rsi, rdx, rcx, r8, r9; `a2`, the dynamic ReLU's second slope row, and
+//! `panel`, where a `b_pack` variant copies B, on the stack); all vector registers are caller-saved there, and the tile
 //! ends with `vzeroupper` so the surrounding 128-bit code pays no
 //! transition penalty. The epilogue's scalar constants are written to the
 //! red zone below rsp (the tile is a leaf function) and used as broadcast
@@ -34,11 +42,11 @@ use cranelift_codegen::ir::{AbiParam, Signature, types::I64};
 use cranelift_codegen::isa::CallConv;
 use iced_x86::code_asm::*;
 
-/// The tiles' signature: `fn(a, b, c, bias, residual, a1, a2)`, all
+/// The tiles' signature: `fn(a, b, c, bias, residual, a1, a2, panel)`, all
 /// pointers (0 when unused), System V.
 pub(crate) fn signature() -> Signature {
     let mut sig = Signature::new(CallConv::SystemV);
-    for _ in 0..7 {
+    for _ in 0..8 {
         sig.params.push(AbiParam::new(I64));
     }
     sig
@@ -67,6 +75,10 @@ pub(crate) struct Variant {
     pub b_ks: usize,
     /// whether B rows are padded to whole vectors (a packed panel)
     pub b_padded: bool,
+    /// whether every B row loaded is also stored, zero-padded to whole
+    /// vectors, to the panel (the eighth argument) with row stride [`NR`];
+    /// B itself is read unpadded with stride `b_ks`
+    pub b_pack: bool,
     /// C row stride in elements
     pub c_rs: usize,
     /// what seeds the accumulators
@@ -120,7 +132,7 @@ fn zmm(i: usize) -> AsmRegisterZmm {
 
 /// Assembles `v`; the bytes are position-independent.
 pub(crate) fn assemble(v: &Variant) -> Result<Vec<u8>, String> {
-    if v.mr == 0 || v.mr > MR || v.nt == 0 || v.nt > NR {
+    if v.mr == 0 || v.mr > MR || v.nt == 0 || v.nt > NR || (v.b_pack && v.b_padded) {
         return Err(format!("tile variant out of range: {v:?}"));
     }
     // every displacement below is at most one of these
@@ -128,6 +140,7 @@ pub(crate) fn assemble(v: &Variant) -> Result<Vec<u8>, String> {
         4 * (v.mr * v.c_rs + NR),
         8 * v.a_ks + 4 * MR * v.a_rs + 64,
         8 * v.b_ks + 128,
+        8 * NR + 128,
     ];
     if largest.iter().any(|&x| i32::try_from(x).is_err()) {
         return Err(format!("strides too large for 32-bit displacements: {v:?}"));
@@ -154,6 +167,10 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
         a.mov(eax, (1u32 << tail) - 1)?;
         a.kmovw(k1, eax)?;
     }
+    if v.b_pack {
+        // the eighth argument, after the mask: rax is the panel pointer
+        a.mov(rax, qword_ptr(rsp + 16))?;
+    }
     for i in 0..v.mr {
         for z in 0..nz {
             match v.bias {
@@ -170,15 +187,24 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
             }
         }
     }
-    // One k step: B row(s) into zmm28.., then every row's broadcast FMAs.
-    // `a_off`/`b_off` are byte offsets from rdi/rsi.
-    let step = |a: &mut CodeAssembler, a_off: usize, b_off: usize| -> Result<(), IcedError> {
+    // One k step: B row(s) into zmm28.. (and to the panel when packing),
+    // then every row's broadcast FMAs. `a_off`/`b_off`/`p_off` are byte
+    // offsets from rdi/rsi/rax.
+    let step = |a: &mut CodeAssembler,
+                a_off: usize,
+                b_off: usize,
+                p_off: usize|
+     -> Result<(), IcedError> {
         for z in 0..nz {
             let src = zmmword_ptr(rsi + disp(b_off + 64 * z));
             if z == nz - 1 && tail < 16 && !v.b_padded {
                 a.vmovups(zmm(28 + z).k1().z(), src)?;
             } else {
                 a.vmovups(zmm(28 + z), src)?;
+            }
+            if v.b_pack {
+                // the zero-masked load wrote zeros past the tail: padding
+                a.vmovups(zmmword_ptr(rax + disp(p_off + 64 * z)), zmm(28 + z))?;
             }
         }
         for i in 0..v.mr {
@@ -200,15 +226,18 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
         a.mov(r10, (v.k / 2) as u64)?;
         let mut top = a.create_label();
         a.set_label(&mut top)?;
-        step(&mut a, 0, 0)?;
-        step(&mut a, a_step, b_step)?;
+        step(&mut a, 0, 0, 0)?;
+        step(&mut a, a_step, b_step, 4 * NR)?;
         a.add(rdi, disp(2 * a_step))?;
         a.add(rsi, disp(2 * b_step))?;
+        if v.b_pack {
+            a.add(rax, disp(8 * NR))?;
+        }
         a.dec(r10)?;
         a.jnz(top)?;
     }
     if v.k % 2 == 1 {
-        step(&mut a, 0, 0)?;
+        step(&mut a, 0, 0, 0)?;
     }
     epilogue(&mut a, v, nz, tail)?;
     for i in 0..v.mr {
@@ -405,6 +434,7 @@ mod tests {
             a_ks: 14,
             b_ks: 32,
             b_padded: true,
+            b_pack: false,
             c_rs: 100,
             bias: Bias::Row,
             act: Act::None,
@@ -445,5 +475,14 @@ mod tests {
         let code = &store.code()[0];
         assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3]);
         assert!(assemble(&Variant { mr: 15, ..v }).is_err());
+        // packing reads B unpadded
+        assert!(assemble(&Variant { b_pack: true, ..v }).is_err());
+        let pack = Variant {
+            b_pack: true,
+            b_padded: false,
+            b_ks: 4096,
+            ..v
+        };
+        assert!(store.request(pack).is_ok());
     }
 }

@@ -130,8 +130,10 @@ pub(crate) struct Gemm {
     /// column tiles per unit
     pub col_group: usize,
     /// assembled tile variants to call instead of emitting the tile, by
-    /// `2·(rows < MR) + (columns < NR)` (see [`Gemm::request_asm`])
-    pub asm: Option<[Option<usize>; 4]>,
+    /// `4·packs + 2·(rows < MR) + (columns < NR)`, where `packs` marks the
+    /// variants that copy B into the run-time panel as they read it (see
+    /// [`Gemm::request_asm`])
+    pub asm: Option<[Option<usize>; 8]>,
     /// activation and residual after the bias (fused ops); the dynamic
     /// ReLU's slopes are one per row, offset per batch like the row bias
     pub epi: Epilogue,
@@ -215,6 +217,9 @@ struct TilePtrs {
     res: Option<Value>,
     /// the dynamic ReLU's slopes at the tile's first row
     slopes: Option<(Value, Value)>,
+    /// the run-time B panel this tile fills as it reads B in place (`b`
+    /// then points at B itself): the first tile of a column panel
+    panel: Option<Value>,
 }
 
 /// How a tile reads B: row stride in elements, whether rows are padded to
@@ -296,7 +301,8 @@ impl Gemm {
     /// row strides of whole feature maps (often a power of two): the K rows
     /// of a tile then fall into one L1 set and evict each other on every
     /// tile. The copy costs `K·NR` moves per column tile and is reused by
-    /// every row block.
+    /// every row block; with assembled tiles the first row block's tile
+    /// makes it while it reads B (`asm_tile::Variant::b_pack`).
     fn packs_b_at_run_time(&self) -> bool {
         matches!(self.b, BSrc::Strided { .. })
             && self.k * self.nr() * 4 <= MAX_STACK_PANEL
@@ -365,7 +371,8 @@ impl Gemm {
             ASrc::Packed { .. } => (1, asm_tile::MR),
             ASrc::Strided { rs, ks, .. } => (rs as usize, ks as usize),
         };
-        let mut ids = [None; 4];
+        let runtime_pack = self.packs_b_at_run_time();
+        let mut ids = [None; 8];
         for (slot, (mr, nt)) in [
             (asm_tile::MR, asm_tile::NR),
             (asm_tile::MR, n_tail),
@@ -382,7 +389,7 @@ impl Gemm {
             {
                 continue;
             }
-            ids[slot] = Some(store.request(asm_tile::Variant {
+            let v = asm_tile::Variant {
                 k: self.k,
                 mr,
                 nt,
@@ -390,6 +397,7 @@ impl Gemm {
                 a_ks,
                 b_ks,
                 b_padded,
+                b_pack: false,
                 c_rs: self.c_rs as usize,
                 bias: match self.init {
                     Init::Zero => asm_tile::Bias::None,
@@ -399,7 +407,16 @@ impl Gemm {
                 // GELU: the sweep after the call does act and residual
                 act: self.epi.asm_act().unwrap_or(asm_tile::Act::None),
                 residual: self.epi.residual.is_some() && self.epi.asm_act().is_some(),
-            })?);
+            };
+            ids[slot] = Some(store.request(v)?);
+            if let (true, BSrc::Strided { ks, .. }) = (runtime_pack, self.b) {
+                ids[4 + slot] = Some(store.request(asm_tile::Variant {
+                    b_ks: ks as usize,
+                    b_padded: false,
+                    b_pack: true,
+                    ..v
+                })?);
+            }
         }
         self.asm = Some(ids);
         Ok(())
@@ -421,6 +438,7 @@ impl Gemm {
             p.res.unwrap_or(zero),
             s1,
             s2,
+            p.panel.unwrap_or(zero),
         ];
         e.b.ins().call_indirect(sig, f, &args);
         if self.epi.asm_act().is_none() {
@@ -465,11 +483,23 @@ impl Gemm {
     /// Emits one tile of `mr` rows and `nt` valid columns.
     fn tile(&self, e: &mut Emitter, p: TilePtrs, bv: BView, mr: usize, nt: usize) {
         if let Some(ids) = self.asm {
-            let slot = 2 * usize::from(mr < asm_tile::MR) + usize::from(nt < asm_tile::NR);
+            let slot = 4 * usize::from(p.panel.is_some())
+                + 2 * usize::from(mr < asm_tile::MR)
+                + usize::from(nt < asm_tile::NR);
             if let Some(id) = ids[slot] {
                 self.call_asm(e, p, id, mr, nt);
                 return;
             }
+        }
+        if let Some(panel) = p.panel {
+            // no packing variant: copy the panel here, then read it
+            self.pack_panel(e, panel, p.b, nt);
+            let p = TilePtrs {
+                b: panel,
+                panel: None,
+                ..p
+            };
+            return self.tile(e, p, bv, mr, nt);
         }
         let b_packed = bv.padded;
         // vectors computed; scalar columns computed (only from unpacked B)
@@ -787,12 +817,17 @@ impl Kernel for Gemm {
             },
         };
         let panel = runtime_pack.then(|| {
+            // 64 spare bytes to align the panel to a cache line: the
+            // assembled tiles read and write it as whole zmm vectors, and a
+            // vector straddling two lines costs two accesses
             let slot = e.b.create_sized_stack_slot(StackSlotData::new(
                 StackSlotKind::ExplicitSlot,
-                (4 * self.k * nr) as u32,
+                (4 * self.k * nr + 64) as u32,
                 4,
             ));
-            e.b.ins().stack_addr(I64, slot, 0)
+            let addr = e.b.ins().stack_addr(I64, slot, 0);
+            let addr = e.b.ins().iadd_imm_s(addr, 63);
+            e.b.ins().band_imm_s(addr, -64)
         });
         e.for_range(begin, end, 1, |e, u| {
             // decode the unit: batch, row group, column group
@@ -862,6 +897,7 @@ impl Kernel for Gemm {
                         e.index(s2, rbi, 4 * mr as i64),
                     )
                 }),
+                panel: None,
             };
             // all tiles of rows [lo, hi) × columns [clo, chi), full and tails
             let rows = |e: &mut Emitter, rbi: Value, mrows: usize| {
@@ -895,14 +931,35 @@ impl Kernel for Gemm {
                 }
                 p
             };
+            // the first tile of a column panel, which also fills the panel
+            let ptrs_fill = |e: &mut Emitter, rbi: Value, cti: Value| TilePtrs {
+                panel,
+                ..ptrs(e, rbi, cti)
+            };
             let cols = |e: &mut Emitter, cti: Value, ncols: usize| {
-                if let Some(panel) = panel {
+                if let (Some(panel), None) = (panel, self.asm) {
                     let src = e.index(b0, cti, b_ct);
                     self.pack_panel(e, panel, src, ncols);
                 }
+                // With assembled tiles the unit's first row block fills the
+                // panel while computing (a `b_pack` variant), the rest read it.
+                let fill_first = panel.is_some() && self.asm.is_some();
                 if rb_full > 0 {
                     let hi_full = e.imin(rb_hi, rb_full_v);
-                    e.for_range(rb_lo, hi_full, 1, |e, rbi| {
+                    let mut lo = rb_lo;
+                    if fill_first {
+                        let has = e.b.ins().icmp(
+                            cranelift_codegen::ir::condcodes::IntCC::SignedLessThan,
+                            rb_lo,
+                            hi_full,
+                        );
+                        e.if_then(has, |e| {
+                            let p = ptrs_fill(e, rb_lo, cti);
+                            self.tile(e, p, bview, mr, ncols);
+                        });
+                        lo = e.b.ins().iadd_imm_s(rb_lo, 1);
+                    }
+                    e.for_range(lo, hi_full, 1, |e, rbi| {
                         let p = ptrs_in(e, rbi, cti);
                         self.tile(e, p, bview, mr, ncols);
                     });
@@ -914,8 +971,25 @@ impl Kernel for Gemm {
                         rb_full_v,
                     );
                     e.if_then(has, |e| {
-                        let p = ptrs_in(e, rb_full_v, cti);
-                        self.tile(e, p, bview, m_tail, ncols);
+                        if fill_first {
+                            // the panel is filled iff a full row block ran
+                            use cranelift_codegen::ir::condcodes::IntCC;
+                            let filled = e.b.ins().icmp(IntCC::SignedLessThan, rb_lo, rb_full_v);
+                            e.if_then(filled, |e| {
+                                let p = ptrs_in(e, rb_full_v, cti);
+                                self.tile(e, p, bview, m_tail, ncols);
+                            });
+                            let empty =
+                                e.b.ins()
+                                    .icmp(IntCC::SignedGreaterThanOrEqual, rb_lo, rb_full_v);
+                            e.if_then(empty, |e| {
+                                let p = ptrs_fill(e, rb_full_v, cti);
+                                self.tile(e, p, bview, m_tail, ncols);
+                            });
+                        } else {
+                            let p = ptrs_in(e, rb_full_v, cti);
+                            self.tile(e, p, bview, m_tail, ncols);
+                        }
                     });
                 }
             };
