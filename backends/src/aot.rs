@@ -304,6 +304,13 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
         .emit()
         .map_err(|e| BackendError::Object(e.to_string()))?;
     let undefined: Vec<String> = undefined.into_iter().collect();
+    let isa_flags: Vec<String> = target
+        .speed
+        .isa_flags()
+        .iter()
+        .filter(|v| v.as_bool() == Some(true))
+        .map(|v| v.name.to_string())
+        .collect();
     let header = header::header(&header::HeaderInfo {
         name,
         target: &opts.target,
@@ -313,6 +320,7 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
         scratch_bytes,
         undefined: &undefined,
         fma: target.fma,
+        isa_flags: &isa_flags,
     });
     Ok(AotObject {
         object,

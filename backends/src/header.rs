@@ -24,6 +24,58 @@ pub(crate) struct HeaderInfo<'a> {
     pub undefined: &'a [String],
     /// whether the kernels use fused multiply-add
     pub fma: bool,
+    /// the enabled boolean ISA flags of the object's Cranelift target
+    /// (`has_avx2`, `has_lse`, `has_v`, ...)
+    pub isa_flags: &'a [String],
+}
+
+/// The C test, one `&&`-joined expression, that the running CPU has what
+/// the object's ISA flags assume; `"1"` when nothing beyond the baseline
+/// of the triple is assumed. x86-64 asks the compiler's
+/// `__builtin_cpu_supports` (GCC and Clang); aarch64 and riscv64 read the
+/// kernel's `AT_HWCAP` bits.
+fn cpu_test(target: &str, flags: &[String]) -> (String, &'static str) {
+    let has = |f: &str| flags.iter().any(|x| x == f);
+    let mut tests: Vec<String> = Vec::new();
+    let mut include = "";
+    if target.starts_with("x86_64") {
+        // Cranelift flag -> the feature name __builtin_cpu_supports takes
+        for (flag, feature) in [
+            ("has_sse3", "sse3"),
+            ("has_ssse3", "ssse3"),
+            ("has_sse41", "sse4.1"),
+            ("has_sse42", "sse4.2"),
+            ("has_popcnt", "popcnt"),
+            ("has_avx", "avx"),
+            ("has_avx2", "avx2"),
+            ("has_fma", "fma"),
+            ("has_bmi1", "bmi"),
+            ("has_bmi2", "bmi2"),
+            ("has_avx512f", "avx512f"),
+            ("has_avx512vl", "avx512vl"),
+            ("has_avx512dq", "avx512dq"),
+            ("has_avx512bw", "avx512bw"),
+        ] {
+            if has(flag) {
+                tests.push(format!("__builtin_cpu_supports(\"{feature}\")"));
+            }
+        }
+    } else if target.starts_with("aarch64") {
+        // NEON and FP are baseline; LSE atomics are HWCAP_ATOMICS
+        if has("has_lse") {
+            include = "#include <sys/auxv.h>\n";
+            tests.push("(getauxval(AT_HWCAP) & (1UL << 8)) != 0".into());
+        }
+    } else if target.starts_with("riscv64") && has("has_v") {
+        // single-letter extensions are HWCAP bits 'A'..'Z'
+        include = "#include <sys/auxv.h>\n";
+        tests.push("(getauxval(AT_HWCAP) & (1UL << ('V' - 'A'))) != 0".into());
+    }
+    if tests.is_empty() {
+        ("1".into(), include)
+    } else {
+        (tests.join(" && "), include)
+    }
 }
 
 fn dims(t: &TensorType) -> String {
@@ -44,6 +96,7 @@ pub(crate) fn header(h: &HeaderInfo) -> String {
     } else {
         h.undefined.join(", ")
     };
+    let (cpu_test, cpu_include) = cpu_test(h.target, h.isa_flags);
     let in_elems: usize = h.input.shape.iter().product();
     let out_elems: usize = h.output.shape.iter().product();
     format!(
@@ -63,7 +116,7 @@ pub(crate) fn header(h: &HeaderInfo) -> String {
 #define {guard}
 
 #include <stddef.h>
-
+{cpu_include}
 #ifdef __cplusplus
 extern \"C\" {{
 #endif
@@ -79,6 +132,9 @@ extern \"C\" {{
 #define KILN_{up}_OUTPUT_ELEMS {out_elems}
 #define KILN_{up}_SCRATCH_BYTES {scratch}
 #define KILN_{up}_SCRATCH_ALIGN 64
+/* What kiln_{n}_run_checked returns on a CPU without the features the
+ * object was compiled for. */
+#define KILN_{up}_ERR_CPU (-2)
 
 /* Runs the model on `input` (KILN_{up}_INPUT_ELEMS floats), writing
  * `output` (KILN_{up}_OUTPUT_ELEMS floats). Returns 0. */
@@ -86,6 +142,22 @@ int kiln_{n}_run(const float *input, float *output, void *scratch);
 
 /* Bytes of scratch one call needs (== KILN_{up}_SCRATCH_BYTES). */
 size_t kiln_{n}_scratch_bytes(void);
+
+/* Whether this CPU has every instruction-set feature the object assumes
+ * (CPU level {cpu}). kiln_{n}_run on a CPU without them executes an
+ * illegal instruction (SIGILL) or worse; it does not check. */
+static inline int kiln_{n}_cpu_supported(void) {{
+    return {cpu_test};
+}}
+
+/* kiln_{n}_run after checking the CPU: KILN_{up}_ERR_CPU if
+ * kiln_{n}_cpu_supported() is false, else what kiln_{n}_run returns. */
+static inline int kiln_{n}_run_checked(const float *input, float *output, void *scratch) {{
+    if (!kiln_{n}_cpu_supported()) {{
+        return KILN_{up}_ERR_CPU;
+    }}
+    return kiln_{n}_run(input, output, scratch);
+}}
 
 #ifdef __cplusplus
 }}

@@ -439,9 +439,11 @@ fn riscv64gcv_small_graph_and_no_v_cpu_rejects_it() {
     let shape = g.value_type(Value::of(g.inputs()[0])).shape.clone();
     let input = tensor(&mut Rng(42), &shape, Fill::Range(-1.0, 1.0));
     let r = aot_try_run("small_v_on_rv64", &model, &input, &RISCV64_V, RV64_NO_V);
+    let e = r.expect_err("an rv64gcv object ran on `-cpu rv64,v=false`: that CPU has V after all");
+    // the harness calls the checked entry point: an error code, not SIGILL
     assert!(
-        r.is_err(),
-        "an rv64gcv object ran on `-cpu rv64,v=false`: that CPU has V after all"
+        e.contains("lacks the object's instruction-set features"),
+        "{e}"
     );
 }
 
@@ -560,4 +562,33 @@ fn weights_read_only_packed_are_stored_once() {
         "{with_raw} vs {packed_only}: the element-wise weight is missing"
     );
     check("conv_plus_weight", &both, &[&X86_V2]);
+}
+
+#[test]
+fn the_header_checks_the_cpu_features_of_the_level() {
+    let model = small_graph(5);
+    let header = |host: &Host| {
+        let opts = AotOptions {
+            target: host.triple.into(),
+            cpu: host.cpu.into(),
+            name: "m".into(),
+            compile: CompileOptions::default(),
+        };
+        compile_aot(&model, &opts).unwrap().header
+    };
+    let v2 = header(&X86_V2);
+    let v3 = header(&X86_V3);
+    for h in [&v2, &v3] {
+        assert!(h.contains("static inline int kiln_m_run_checked("), "{h}");
+        assert!(h.contains("#define KILN_M_ERR_CPU (-2)"), "{h}");
+        assert!(h.contains("__builtin_cpu_supports(\"sse4.1\")"), "{h}");
+    }
+    // AVX2 and FMA are what separates the levels
+    assert!(!v2.contains("\"avx2\"") && !v2.contains("\"fma\""), "{v2}");
+    assert!(v3.contains("__builtin_cpu_supports(\"avx2\")"), "{v3}");
+    assert!(v3.contains("__builtin_cpu_supports(\"fma\")"), "{v3}");
+    // baseline aarch64 assumes nothing to check; rv64gcv checks V
+    assert!(header(&AARCH64).contains("return 1;"));
+    let rvv = header(&RISCV64_V);
+    assert!(rvv.contains("getauxval(AT_HWCAP)") && rvv.contains("#include <sys/auxv.h>"));
 }

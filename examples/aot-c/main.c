@@ -85,8 +85,12 @@ int main(int argc, char **argv) {
     }
     int runs = argc > 2 ? atoi(argv[2]) : 1;
     for (int r = 0; r < runs; r++) {
-        if (SYM(KILN_NAME, _run)(in, out, scratch) != 0) {
-            fprintf(stderr, "run failed\n");
+        /* the checked entry point: a clear error, not SIGILL, on a CPU
+         * without the object's features */
+        int rc = SYM(KILN_NAME, _run_checked)(in, out, scratch);
+        if (rc != 0) {
+            fprintf(stderr, "run failed (%d%s)\n", rc,
+                    rc == -2 ? ": this CPU lacks the object's instruction-set features" : "");
             return 1;
         }
     }
