@@ -30,7 +30,7 @@ use cranelift_module::{
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use kiln_ir::{DType, Model, TensorType, Value};
 
-use crate::codegen::{ConstBase, Env, I64, POWF_NAME, PowF};
+use crate::codegen::{AsmLink, ConstBase, Env, I64, POWF_NAME, PowF};
 use crate::compiled::{
     CompileOptions, build_function, drop_unread_consts, front, kernel_isa, kernel_signature,
 };
@@ -123,9 +123,11 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
     let (in_ty, out_ty) = io_type(model)?;
     let mut copts = opts.compile.clone();
     copts.threads = Some(1);
-    // Assembled tiles are JIT-only for now (placed at run time), so an
-    // object's GEMMs use the Cranelift tile.
-    let mut front = front(model, &copts, false)?;
+    // Levels with AVX-512 (x86-64-v4, or native on such a machine) get the
+    // assembled functions too: their bytes are position-independent, so
+    // they go into the object as local functions that the kernels reach
+    // through relocations.
+    let mut front = front(model, &copts, target.avx512_tiles)?;
     drop_unread_consts(&mut front, target.speed.frontend_config());
     let obj_err = |e: cranelift_module::ModuleError| BackendError::Object(e.to_string());
 
@@ -145,6 +147,20 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
     module.define_data(blob, &desc).map_err(obj_err)?;
 
     let cc = target.speed.default_call_conv();
+    let mut asm_ids = Vec::new();
+    for (i, code) in front.asm.code().iter().enumerate() {
+        // The declared signature is nominal: callers use their own with
+        // `call_indirect` on the function's address (System V, as assembled).
+        let mut sig = Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+        sig.params.push(AbiParam::new(I64));
+        let id = module
+            .declare_function(&format!("kiln_{name}_asm{i}"), Linkage::Local, &sig)
+            .map_err(obj_err)?;
+        module
+            .define_function_bytes(id, 64, code, &[])
+            .map_err(obj_err)?;
+        asm_ids.push(id);
+    }
     let mut fctx = FunctionBuilderContext::new();
     let mut kernel_ids = Vec::new();
     let mut powf = None;
@@ -155,13 +171,19 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
             k.as_ref(),
             i as u32,
             target.speed.frontend_config(),
-            |f: &mut Function| Env {
-                fma: target.fma,
-                call_conv: cc,
-                cbase: ConstBase::Symbol(module.declare_data_in_func(blob, f)),
-                powf: PowF::Import,
+            |f: &mut Function| {
+                let env = Env {
+                    fma: target.fma,
+                    call_conv: cc,
+                    cbase: ConstBase::Symbol(module.declare_data_in_func(blob, f)),
+                    powf: PowF::Import,
+                };
+                let refs = asm_ids
+                    .iter()
+                    .map(|&id| module.declare_func_in_func(id, f))
+                    .collect();
+                (env, AsmLink::Refs(refs))
             },
-            &[],
             front.const_map.as_ref(),
             &mut fctx,
         );

@@ -31,7 +31,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{Linkage, Module, ModuleReloc, default_libcall_names};
 use kiln_ir::{DType, Graph, Model, NodeId, Tensor, TensorData, TensorType, Value};
 
-use crate::codegen::{Buf, ConstBase, Emitter, Env, I64, Loc, PowF};
+use crate::codegen::{AsmLink, Buf, ConstBase, Emitter, Env, I64, Loc, PowF};
 use crate::error::BackendError;
 use crate::kernels::asm_tile::AsmStore;
 use crate::kernels::gemm::{DEFAULT_TILE, Tile};
@@ -256,7 +256,8 @@ pub(crate) type Lowered = Vec<(String, Box<dyn Kernel>)>;
 pub(crate) struct Front {
     /// weights of the compiled graph (the model's, plus folded constants)
     pub weights: kiln_ir::WeightStore,
-    /// assembled GEMM tiles the kernels call (JIT only)
+    /// functions assembled with iced-x86 that the kernels call (placed by
+    /// the JIT, or local functions of an object)
     pub asm: AsmStore,
     pub lowered: Lowered,
     /// each lowered node's work, by the node name in `lowered`
@@ -423,13 +424,16 @@ pub(crate) fn drop_unread_consts(
     let mut fctx = FunctionBuilderContext::new();
     let mut reads = Vec::new();
     for (i, (_, k)) in front.lowered.iter().enumerate() {
-        let dry = |_: &mut Function| Env {
-            fma: false,
-            call_conv: frontend.default_call_conv,
-            cbase: ConstBase::Addr(0),
-            powf: PowF::Import,
+        let dry = |_: &mut Function| {
+            let env = Env {
+                fma: false,
+                call_conv: frontend.default_call_conv,
+                cbase: ConstBase::Addr(0),
+                powf: PowF::Import,
+            };
+            (env, AsmLink::Addrs(Vec::new()))
         };
-        let (_, r) = build(k.as_ref(), i as u32, frontend, dry, &[], None, &mut fctx);
+        let (_, r) = build(k.as_ref(), i as u32, frontend, dry, None, &mut fctx);
         reads.extend(r);
     }
     let (consts, map) = front.consts.retain_read(&reads);
@@ -458,19 +462,19 @@ fn jit_env(target: &Target, consts: &ConstStore) -> Env {
 }
 
 /// Builds the Cranelift function of kernel number `index`. `env` makes the
-/// environment once the function exists (an object file declares the
-/// constant blob's symbol in it); `const_map` is where the kernel's constant
+/// environment and the links to assembled functions once the function
+/// exists (an object file declares the constant blob's symbol and the
+/// assembled functions in it); `const_map` is where the kernel's constant
 /// offsets went when the blob was compacted.
 pub(crate) fn build_function(
     k: &dyn Kernel,
     index: u32,
     frontend: cranelift_codegen::isa::TargetFrontendConfig,
-    env: impl FnOnce(&mut Function) -> Env,
-    asm_addrs: &[usize],
+    env: impl FnOnce(&mut Function) -> (Env, AsmLink),
     const_map: Option<&ConstMap>,
     fctx: &mut FunctionBuilderContext,
 ) -> Function {
-    build(k, index, frontend, env, asm_addrs, const_map, fctx).0
+    build(k, index, frontend, env, const_map, fctx).0
 }
 
 /// [`build_function`], also returning the constant offsets the kernel read.
@@ -478,8 +482,7 @@ fn build(
     k: &dyn Kernel,
     index: u32,
     frontend: cranelift_codegen::isa::TargetFrontendConfig,
-    env: impl FnOnce(&mut Function) -> Env,
-    asm_addrs: &[usize],
+    env: impl FnOnce(&mut Function) -> (Env, AsmLink),
     const_map: Option<&ConstMap>,
     fctx: &mut FunctionBuilderContext,
 ) -> (Function, Vec<usize>) {
@@ -491,7 +494,7 @@ fn build(
     };
     let sig = kernel_signature(env0.call_conv);
     let mut func = Function::with_name_signature(UserFuncName::user(0, index), sig);
-    let env = env(&mut func);
+    let (env, asm) = env(&mut func);
     let mut b = FunctionBuilder::new(&mut func, fctx);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
@@ -499,7 +502,7 @@ fn build(
     b.seal_block(entry);
     let p = b.block_params(entry).to_vec();
     let mut e = Emitter::new(b, p[0], env);
-    e.asm_addrs = asm_addrs.to_vec();
+    e.asm = asm;
     e.const_map = const_map;
     k.emit(&mut e, p[1], p[2]);
     let reads = std::mem::take(&mut e.const_reads);
@@ -591,8 +594,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
             k.as_ref(),
             i as u32,
             target.speed.frontend_config(),
-            |_| env,
-            &asm_addrs,
+            |_| (env, AsmLink::Addrs(asm_addrs.clone())),
             front.const_map.as_ref(),
             &mut fctx,
         );
@@ -706,8 +708,7 @@ pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, Backend
             k.as_ref(),
             i as u32,
             target.speed.frontend_config(),
-            |_| env,
-            &[],
+            |_| (env, AsmLink::Addrs(Vec::new())),
             front.const_map.as_ref(),
             &mut fctx,
         );

@@ -136,14 +136,19 @@ impl Target {
         let none = make("none")?;
         let speed = make("speed")?;
         let fma = speed.has_native_fma();
-        // Objects use the Cranelift tile: the assembled tiles are placed by
-        // the JIT at run time and not yet emitted into objects.
+        // Objects for levels with AVX-512F carry the assembled functions
+        // (tiles, transcendentals, depthwise rows) like the JIT.
+        let avx512_tiles = triple.starts_with("x86_64")
+            && speed
+                .isa_flags()
+                .iter()
+                .any(|v| v.name == "has_avx512f" && v.as_bool() == Some(true));
         let scalar = lacks_simd(&*speed);
         Ok(Target {
             none,
             speed,
             fma,
-            avx512_tiles: false,
+            avx512_tiles,
             scalar,
         })
     }
@@ -186,6 +191,11 @@ pub const AOT_TARGETS: &[(&str, &[CpuLevel])] = &[
             ("x86-64-v2", &["x86-64-v2"]),
             // AVX2 + FMA (Haswell and later).
             ("x86-64-v3", &["x86-64-v3"]),
+            // AVX-512 F/VL/DQ/BW (Skylake-X, Zen 4 and later): the
+            // assembled 16-lane functions as well
+            // (Cranelift's preset names DQ and VL; the assembled code
+            // needs F, which every AVX-512 CPU has)
+            ("x86-64-v4", &["x86-64-v4", "has_avx512f"]),
             // whatever this machine has
             ("native", &[]),
         ],

@@ -47,6 +47,14 @@ const X86_V3: Host = Host {
     cc: "cc",
     runner: &[],
 };
+/// AVX-512: objects carry the assembled functions (tiles, transcendentals,
+/// depthwise rows) as local functions.
+const X86_V4: Host = Host {
+    triple: "x86_64-unknown-linux-gnu",
+    cpu: "x86-64-v4",
+    cc: "cc",
+    runner: &[],
+};
 const AARCH64: Host = Host {
     triple: "aarch64-unknown-linux-gnu",
     cpu: "generic",
@@ -386,6 +394,36 @@ fn x86_64_xformer() {
 fn x86_64_optimised_zoo_models() {
     for name in ["mobile_former_26m", "mobilevitv2_050", "xformer"] {
         check_optimised(name, &zoo_model(name), &[&X86_V2]);
+    }
+}
+
+/// x86-64-v4 objects with the assembled AVX-512 functions, run natively
+/// when this machine has AVX-512 (skipped, saying so, otherwise).
+#[test]
+fn x86_64_v4_objects_with_assembled_functions() {
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512bw");
+    // the object holds local assembled functions whichever machine compiles
+    let obj = compile_aot(
+        &small_graph(6),
+        &AotOptions {
+            target: X86_V4.triple.into(),
+            cpu: X86_V4.cpu.into(),
+            name: "v4".into(),
+            compile: CompileOptions::default(),
+        },
+    )
+    .unwrap();
+    assert!(obj.header.contains("__builtin_cpu_supports(\"avx512f\")"));
+    if !avx512 {
+        eprintln!("x86_64_v4_objects_with_assembled_functions: skipped running (no AVX-512 here)");
+        return;
+    }
+    check("small", &small_graph(6), &[&X86_V4]);
+    for name in ["mobile_former_26m", "mobilevitv2_050"] {
+        check_optimised(name, &zoo_model(name), &[&X86_V4]);
     }
 }
 

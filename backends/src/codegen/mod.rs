@@ -87,6 +87,17 @@ pub(crate) struct Env {
     pub powf: PowF,
 }
 
+/// How a kernel reaches the functions assembled at compile time
+/// (`kernels::asm_*`), by their number in the `AsmStore`.
+#[derive(Clone, Debug)]
+pub(crate) enum AsmLink {
+    /// JIT: their absolute addresses (empty when only printing)
+    Addrs(Vec<usize>),
+    /// object file: local functions of the object, referenced through
+    /// relocations (`func_addr`)
+    Refs(Vec<cranelift_codegen::ir::FuncRef>),
+}
+
 /// A tensor operand of a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Buf {
@@ -137,8 +148,8 @@ pub(crate) struct Emitter<'a> {
     /// a local constant scope (see [`Emitter::local_consts`]): the jump
     /// its constants are inserted before, and those already there
     local: Option<(Inst, ConstCache)>,
-    /// addresses of the assembled tiles, by number (0 when only printing)
-    pub asm_addrs: Vec<usize>,
+    /// where the assembled functions are
+    pub asm: AsmLink,
     /// every constant-blob offset asked for, as the kernel knows it (the
     /// dry run that compacts the blob collects them)
     pub const_reads: Vec<usize>,
@@ -167,7 +178,7 @@ impl<'a> Emitter<'a> {
             entry_jump,
             consts: HashMap::new(),
             local: None,
-            asm_addrs: Vec::new(),
+            asm: AsmLink::Addrs(Vec::new()),
             const_reads: Vec::new(),
             const_map: None,
         }
@@ -181,6 +192,21 @@ impl<'a> Emitter<'a> {
     // ---- constants and addresses ------------------------------------------
 
     /// An `i64` constant.
+    /// The address of assembled function number `id`, to `call_indirect`
+    /// (0 when only printing: such code is never run).
+    pub fn asm_fn(&mut self, id: usize) -> Value {
+        match &self.asm {
+            AsmLink::Addrs(a) => {
+                let addr = a.get(id).copied().unwrap_or(0);
+                self.ic(addr as i64)
+            }
+            AsmLink::Refs(r) => {
+                let f = r[id];
+                self.b.ins().func_addr(types::I64, f)
+            }
+        }
+    }
+
     pub fn ic(&mut self, x: i64) -> Value {
         self.b.ins().iconst(I64, x)
     }

@@ -331,8 +331,7 @@ impl Depthwise {
                 sig.params.push(AbiParam::new(I64));
             }
             let sig = e.b.import_signature(sig);
-            let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
-            let f = e.ic(addr as i64);
+            let f = e.asm_fn(id);
             let n = e.ic(wo as i64);
             e.b.ins().call_indirect(sig, f, &[dst, dst, n]);
             if res.is_none() {
@@ -534,8 +533,7 @@ impl Kernel for Depthwise {
                         (z, z)
                     }
                 };
-                let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
-                let f = e.ic(addr as i64);
+                let f = e.asm_fn(id);
                 e.b.ins()
                     .call_indirect(sig, f, &[x0, d0, wp, r0, b, s1, s2]);
             }

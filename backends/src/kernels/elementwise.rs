@@ -238,9 +238,8 @@ impl Kernel for Elementwise {
                 sig.params.push(AbiParam::new(I64));
             }
             let sig = e.b.import_signature(sig);
-            let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
             let mut body = |e: &mut Emitter, ptrs: &[Value], len: usize| {
-                let f = e.ic(addr as i64);
+                let f = e.asm_fn(id);
                 let n = e.ic(len as i64);
                 e.b.ins().call_indirect(sig, f, &[ptrs[1], ptrs[0], n]);
             };

@@ -426,8 +426,7 @@ impl Gemm {
     /// sweeps the activation and residual the tile could not apply.
     fn call_asm(&self, e: &mut Emitter, p: TilePtrs, id: usize, mr: usize, nt: usize) {
         let sig = e.b.import_signature(asm_tile::signature());
-        let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
-        let f = e.ic(addr as i64);
+        let f = e.asm_fn(id);
         let zero = e.ic(0);
         let (s1, s2) = p.slopes.unwrap_or((zero, zero));
         let args = [

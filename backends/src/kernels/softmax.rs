@@ -150,13 +150,12 @@ impl Kernel for Softmax {
                 sig.params.push(AbiParam::new(I64));
             }
             let sig = e.b.import_signature(sig);
-            let addr = e.asm_addrs.get(id).copied().unwrap_or(0);
-            (sig, addr)
+            (sig, id)
         });
         if self.short() {
             let per = self.rows_per_unit();
             let blk = row * per as i64;
-            if let Some((sig, addr)) = asm {
+            if let Some((sig, id)) = asm {
                 // one call per chunk: rows [16·begin, min(16·end, outer))
                 let first = e.b.ins().imul_imm_s(begin, per as i64);
                 let last = e.b.ins().imul_imm_s(end, per as i64);
@@ -167,7 +166,7 @@ impl Kernel for Softmax {
                 e.if_then(some, |e| {
                     let xb = e.index(x, begin, blk);
                     let ob = e.index(out, begin, blk);
-                    let f = e.ic(addr as i64);
+                    let f = e.asm_fn(id);
                     e.b.ins().call_indirect(sig, f, &[xb, ob, n]);
                 });
                 return;
@@ -189,12 +188,12 @@ impl Kernel for Softmax {
             }
             return;
         }
-        if let Some((sig, addr)) = asm {
+        if let Some((sig, id)) = asm {
             // one call per row
             e.for_range(begin, end, 1, |e, u| {
                 let xb = e.index(x, u, row);
                 let ob = e.index(out, u, row);
-                let f = e.ic(addr as i64);
+                let f = e.asm_fn(id);
                 let n = e.ic(len as i64);
                 e.b.ins().call_indirect(sig, f, &[xb, ob, n]);
             });
