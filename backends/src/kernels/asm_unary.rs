@@ -101,6 +101,21 @@ fn constant(a: &mut CodeAssembler, r: usize, x: f32) -> Result<(), IcedError> {
     a.vpbroadcastd(zmm(r), eax)
 }
 
+/// Broadcasts the constants [`exp`] reads into their registers (once per
+/// call of an assembled function).
+fn exp_constants(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    constant(a, K_LO, -104.0)?;
+    constant(a, K_HI, 89.0)?;
+    constant(a, K_LOG2E, std::f32::consts::LOG2_E)?;
+    constant(a, K_LN2_HI, LN2_HI)?;
+    constant(a, K_LN2_LO, LN2_LO)?;
+    constant(a, K_ONE, 1.0)?;
+    for (i, &c) in EXP_POLY.iter().enumerate() {
+        constant(a, K_POLY + i, c)?;
+    }
+    Ok(())
+}
+
 /// `zmm1 = exp(zmm1)`; clobbers zmm2, zmm3.
 fn exp(a: &mut CodeAssembler) -> Result<(), IcedError> {
     // clamp, NaN-preserving (the argument is the second source)
@@ -131,15 +146,7 @@ pub(crate) fn assemble(f: Func) -> Result<Vec<u8>, String> {
 
 fn emit(f: Func) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    constant(&mut a, K_LO, -104.0)?;
-    constant(&mut a, K_HI, 89.0)?;
-    constant(&mut a, K_LOG2E, std::f32::consts::LOG2_E)?;
-    constant(&mut a, K_LN2_HI, LN2_HI)?;
-    constant(&mut a, K_LN2_LO, LN2_LO)?;
-    constant(&mut a, K_ONE, 1.0)?;
-    for (i, &c) in EXP_POLY.iter().enumerate() {
-        constant(&mut a, K_POLY + i, c)?;
-    }
+    exp_constants(&mut a)?;
     // sign mask for negation
     a.mov(eax, 0x8000_0000u32)?;
     a.vpbroadcastd(zmm(K_SIGN), eax)?;
@@ -329,15 +336,7 @@ fn count_mask(a: &mut CodeAssembler, k: usize) -> Result<(), IcedError> {
 
 fn emit_softmax_lanes(len: usize) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    constant(&mut a, K_LO, -104.0)?;
-    constant(&mut a, K_HI, 89.0)?;
-    constant(&mut a, K_LOG2E, std::f32::consts::LOG2_E)?;
-    constant(&mut a, K_LN2_HI, LN2_HI)?;
-    constant(&mut a, K_LN2_LO, LN2_LO)?;
-    constant(&mut a, K_ONE, 1.0)?;
-    for (i, &c) in EXP_POLY.iter().enumerate() {
-        constant(&mut a, K_POLY + i, c)?;
-    }
+    exp_constants(&mut a)?;
     // stack frame (a leaf: no alignment needed): gather indices, scatter
     // indices, tail input copy, tail output copy, `len` vectors each
     let v = 64 * len as i32;
@@ -431,15 +430,7 @@ fn horizontal(
 
 fn emit_softmax_row() -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    constant(&mut a, K_LO, -104.0)?;
-    constant(&mut a, K_HI, 89.0)?;
-    constant(&mut a, K_LOG2E, std::f32::consts::LOG2_E)?;
-    constant(&mut a, K_LN2_HI, LN2_HI)?;
-    constant(&mut a, K_LN2_LO, LN2_LO)?;
-    constant(&mut a, K_ONE, 1.0)?;
-    for (i, &c) in EXP_POLY.iter().enumerate() {
-        constant(&mut a, K_POLY + i, c)?;
-    }
+    exp_constants(&mut a)?;
     constant(&mut a, K_NINF, f32::NEG_INFINITY)?;
 
     // pass 1: zmm4 = max over the row, in every lane
