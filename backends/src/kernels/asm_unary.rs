@@ -151,33 +151,20 @@ fn emit(f: Func) -> Result<Vec<u8>, IcedError> {
     a.mov(eax, 0x8000_0000u32)?;
     a.vpbroadcastd(zmm(K_SIGN), eax)?;
 
-    let mut full = a.create_label();
-    let mut tail = a.create_label();
-    let mut done = a.create_label();
-    a.set_label(&mut full)?;
-    a.cmp(rdx, 16)?;
-    a.jb(tail)?;
-    a.vmovups(zmm0, zmmword_ptr(rdi))?;
-    apply(&mut a, f)?;
-    a.vmovups(zmmword_ptr(rsi), zmm0)?;
-    a.add(rdi, 64)?;
-    a.add(rsi, 64)?;
-    a.sub(rdx, 16)?;
-    a.jmp(full)?;
-
-    a.set_label(&mut tail)?;
-    a.test(rdx, rdx)?;
-    a.jz(done)?;
-    // k1 = (1 << n) - 1 for the n < 16 remaining lanes
-    a.mov(eax, 1u32)?;
-    a.shlx(eax, eax, edx)?;
-    a.dec(eax)?;
-    a.kmovw(k1, eax)?;
-    a.vmovups(zmm0.k1().z(), zmmword_ptr(rdi))?;
-    apply(&mut a, f)?;
-    a.vmovups(zmmword_ptr(rsi).k1(), zmm0)?;
-
-    a.set_label(&mut done)?;
+    a.mov(r8, rdx)?;
+    for_vectors(&mut a, &[rdi, rsi], |a, masked| {
+        if masked {
+            a.vmovups(zmm0.k1().z(), zmmword_ptr(rdi))?;
+        } else {
+            a.vmovups(zmm0, zmmword_ptr(rdi))?;
+        }
+        apply(a, f)?;
+        if masked {
+            a.vmovups(zmmword_ptr(rsi).k1(), zmm0)
+        } else {
+            a.vmovups(zmmword_ptr(rsi), zmm0)
+        }
+    })?;
     a.vzeroupper()?;
     a.ret()?;
     a.assemble(0)
@@ -392,6 +379,36 @@ fn emit_softmax_lanes(len: usize) -> Result<Vec<u8>, IcedError> {
     a.assemble(0)
 }
 
+/// Walks `r8` elements 16 at a time, stepping every register of `ptrs` by
+/// one vector (64 bytes): `body(a, false)` per whole vector, then, if
+/// `r8 mod 16` elements remain, `body(a, true)` once with `k1` holding
+/// those lanes (masked loads and stores keep everything inside `[0, r8)`).
+/// Clobbers r8, eax and k1.
+fn for_vectors(
+    a: &mut CodeAssembler,
+    ptrs: &[AsmRegister64],
+    mut body: impl FnMut(&mut CodeAssembler, bool) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    let mut full = a.create_label();
+    let mut tail = a.create_label();
+    let mut done = a.create_label();
+    a.set_label(&mut full)?;
+    a.cmp(r8, 16)?;
+    a.jb(tail)?;
+    body(a, false)?;
+    for &p in ptrs {
+        a.add(p, 64)?;
+    }
+    a.sub(r8, 16)?;
+    a.jmp(full)?;
+    a.set_label(&mut tail)?;
+    a.test(r8, r8)?;
+    a.jz(done)?;
+    tail_mask(a)?;
+    body(a, true)?;
+    a.set_label(&mut done)
+}
+
 /// `k1` = the low `r8` lanes (`r8 < 16`).
 fn tail_mask(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(eax, 1u32)?;
@@ -434,86 +451,60 @@ fn emit_softmax_row() -> Result<Vec<u8>, IcedError> {
     constant(&mut a, K_NINF, f32::NEG_INFINITY)?;
 
     // pass 1: zmm4 = max over the row, in every lane
-    let mut max_loop = a.create_label();
-    let mut max_tail = a.create_label();
-    let mut max_done = a.create_label();
     a.mov(rcx, rdi)?;
     a.mov(r8, rdx)?;
     a.vmovaps(zmm4, zmm(K_NINF))?;
-    a.set_label(&mut max_loop)?;
-    a.cmp(r8, 16)?;
-    a.jb(max_tail)?;
-    a.vmaxps(zmm4, zmm4, zmmword_ptr(rcx))?;
-    a.add(rcx, 64)?;
-    a.sub(r8, 16)?;
-    a.jmp(max_loop)?;
-    a.set_label(&mut max_tail)?;
-    a.test(r8, r8)?;
-    a.jz(max_done)?;
-    tail_mask(&mut a)?;
-    a.vmovaps(zmm1, zmm(K_NINF))?;
-    a.vmovups(zmm1.k1(), zmmword_ptr(rcx))?;
-    a.vmaxps(zmm4, zmm4, zmm1)?;
-    a.set_label(&mut max_done)?;
+    for_vectors(&mut a, &[rcx], |a, masked| {
+        if masked {
+            // lanes past the row stay -inf
+            a.vmovaps(zmm1, zmm(K_NINF))?;
+            a.vmovups(zmm1.k1(), zmmword_ptr(rcx))?;
+            a.vmaxps(zmm4, zmm4, zmm1)
+        } else {
+            a.vmaxps(zmm4, zmm4, zmmword_ptr(rcx))
+        }
+    })?;
     horizontal(&mut a, CodeAssembler::vmaxps, CodeAssembler::vmaxps)?;
     a.vmovaps(zmm5, zmm4)?;
 
     // pass 2: dst = exp(src - max), zmm4 = Σ dst
-    let mut exp_loop = a.create_label();
-    let mut exp_tail = a.create_label();
-    let mut exp_done = a.create_label();
     a.mov(rcx, rdi)?;
     a.mov(r9, rsi)?;
     a.mov(r8, rdx)?;
     a.vxorps(zmm4, zmm4, zmm4)?;
-    a.set_label(&mut exp_loop)?;
-    a.cmp(r8, 16)?;
-    a.jb(exp_tail)?;
-    a.vmovups(zmm1, zmmword_ptr(rcx))?;
-    a.vsubps(zmm1, zmm1, zmm5)?;
-    exp(&mut a)?;
-    a.vmovups(zmmword_ptr(r9), zmm1)?;
-    a.vaddps(zmm4, zmm4, zmm1)?;
-    a.add(rcx, 64)?;
-    a.add(r9, 64)?;
-    a.sub(r8, 16)?;
-    a.jmp(exp_loop)?;
-    a.set_label(&mut exp_tail)?;
-    a.test(r8, r8)?;
-    a.jz(exp_done)?;
-    tail_mask(&mut a)?;
-    a.vmovups(zmm1.k1().z(), zmmword_ptr(rcx))?;
-    a.vsubps(zmm1, zmm1, zmm5)?;
-    exp(&mut a)?;
-    a.vmovups(zmmword_ptr(r9).k1(), zmm1)?;
-    a.vaddps(zmm4.k1(), zmm4, zmm1)?;
-    a.set_label(&mut exp_done)?;
+    for_vectors(&mut a, &[rcx, r9], |a, masked| {
+        if masked {
+            a.vmovups(zmm1.k1().z(), zmmword_ptr(rcx))?;
+        } else {
+            a.vmovups(zmm1, zmmword_ptr(rcx))?;
+        }
+        a.vsubps(zmm1, zmm1, zmm5)?;
+        exp(a)?;
+        if masked {
+            a.vmovups(zmmword_ptr(r9).k1(), zmm1)?;
+            a.vaddps(zmm4.k1(), zmm4, zmm1)
+        } else {
+            a.vmovups(zmmword_ptr(r9), zmm1)?;
+            a.vaddps(zmm4, zmm4, zmm1)
+        }
+    })?;
     horizontal(&mut a, CodeAssembler::vaddps, CodeAssembler::vaddps)?;
     // one division, then multiplies (as the Cranelift form)
     a.vdivps(zmm4, zmm(K_ONE), zmm4)?;
 
     // pass 3: dst *= 1/sum
-    let mut scale_loop = a.create_label();
-    let mut scale_tail = a.create_label();
-    let mut done = a.create_label();
     a.mov(r9, rsi)?;
     a.mov(r8, rdx)?;
-    a.set_label(&mut scale_loop)?;
-    a.cmp(r8, 16)?;
-    a.jb(scale_tail)?;
-    a.vmulps(zmm1, zmm4, zmmword_ptr(r9))?;
-    a.vmovups(zmmword_ptr(r9), zmm1)?;
-    a.add(r9, 64)?;
-    a.sub(r8, 16)?;
-    a.jmp(scale_loop)?;
-    a.set_label(&mut scale_tail)?;
-    a.test(r8, r8)?;
-    a.jz(done)?;
-    tail_mask(&mut a)?;
-    a.vmovups(zmm1.k1().z(), zmmword_ptr(r9))?;
-    a.vmulps(zmm1, zmm1, zmm4)?;
-    a.vmovups(zmmword_ptr(r9).k1(), zmm1)?;
-    a.set_label(&mut done)?;
+    for_vectors(&mut a, &[r9], |a, masked| {
+        if masked {
+            a.vmovups(zmm1.k1().z(), zmmword_ptr(r9))?;
+            a.vmulps(zmm1, zmm1, zmm4)?;
+            a.vmovups(zmmword_ptr(r9).k1(), zmm1)
+        } else {
+            a.vmulps(zmm1, zmm4, zmmword_ptr(r9))?;
+            a.vmovups(zmmword_ptr(r9), zmm1)
+        }
+    })?;
     a.vzeroupper()?;
     a.ret()?;
     a.assemble(0)
