@@ -66,6 +66,55 @@ enum Kind {
     Grouped,
 }
 
+/// One `fused_conv` case: a `[1, c, h, w]` input, `o` outputs, a square
+/// `k×k` kernel.
+struct ConvSpec {
+    c: usize,
+    o: usize,
+    groups: usize,
+    k: usize,
+    h: usize,
+    w: usize,
+    stride: usize,
+    pad: [usize; 4],
+    act: Act,
+    bias: bool,
+    residual: bool,
+}
+
+/// The op of `s` and its operands: input, weight, then the bias, the
+/// run-time dynamic-ReLU slopes and the residual as the epilogue asks.
+fn fused_conv(s: &ConvSpec) -> (FusedOp, Vec<Arg>) {
+    let ho = (s.h + s.pad[0] + s.pad[2] - s.k) / s.stride + 1;
+    let wo = (s.w + s.pad[1] + s.pad[3] - s.k) / s.stride + 1;
+    let mut args = vec![
+        input(&[1, s.c, s.h, s.w]),
+        weight(&[s.o, s.c / s.groups, s.k, s.k]),
+    ];
+    if s.bias {
+        args.push(weight(&[s.o]));
+    }
+    if s.act == Act::DyRelu {
+        // run-time slopes, as Mobile-Former computes them from its tokens
+        args.push(input(&[1, s.o, 1, 1]));
+        args.push(input(&[1, s.o, 1, 1]));
+    }
+    if s.residual {
+        args.push(input(&[1, s.o, ho, wo]));
+    }
+    let op = FusedOp::Conv {
+        stride: [s.stride, s.stride],
+        pad: s.pad,
+        dilation: [1, 1],
+        groups: s.groups,
+        bias: s.bias,
+        shuffle: 1,
+        act: s.act,
+        residual: s.residual,
+    };
+    (op, args)
+}
+
 /// A random fused conv of `kind` with epilogue `(act, bias, residual)`.
 fn conv_case(
     rng: &mut Rng,
@@ -104,31 +153,19 @@ fn conv_case(
     // planes whose pixel counts fall around 32 columns and 8 columns
     let h = rng.range(k.max(3), 13);
     let w = rng.range(k.max(3), 13);
-    let ho = (h + pad[0] + pad[2] - k) / stride + 1;
-    let wo = (w + pad[1] + pad[3] - k) / stride + 1;
-    let mut args = vec![input(&[1, c, h, w]), weight(&[o, c / groups, k, k])];
-    if bias {
-        args.push(weight(&[o]));
-    }
-    if act == Act::DyRelu {
-        // run-time slopes, as Mobile-Former computes them from its tokens
-        args.push(input(&[1, o, 1, 1]));
-        args.push(input(&[1, o, 1, 1]));
-    }
-    if residual {
-        args.push(input(&[1, o, ho, wo]));
-    }
-    let op = FusedOp::Conv {
-        stride: [stride, stride],
-        pad,
-        dilation: [1, 1],
+    fused_conv(&ConvSpec {
+        c,
+        o,
         groups,
-        bias,
-        shuffle: 1,
+        k,
+        h,
+        w,
+        stride,
+        pad,
         act,
+        bias,
         residual,
-    };
-    (op, args)
+    })
 }
 
 fn conv_kind(kind: Kind, label: &str, seed: u64) {
@@ -176,33 +213,23 @@ fn depthwise_asm_edges() {
                 let o = c * if i % 4 < 2 { 1 } else { 3 };
                 let h = 3 + (i * 5) % 11;
                 let pad = if i % 5 == 4 { [0, 1, 2, 0] } else { [1; 4] };
-                let ho = (h + pad[0] + pad[2] - 3) / stride + 1;
-                let wo = (w + pad[1] + pad[3]).saturating_sub(3) / stride + 1;
                 if w + pad[1] + pad[3] < 3 {
                     i += 1;
                     continue;
                 }
-                let mut args = vec![input(&[1, c, h, w]), weight(&[o, 1, 3, 3])];
-                if bias {
-                    args.push(weight(&[o]));
-                }
-                if act == Act::DyRelu {
-                    args.push(input(&[1, o, 1, 1]));
-                    args.push(input(&[1, o, 1, 1]));
-                }
-                if residual {
-                    args.push(input(&[1, o, ho, wo]));
-                }
-                let op = FusedOp::Conv {
-                    stride: [stride, stride],
-                    pad,
-                    dilation: [1, 1],
+                let (op, args) = fused_conv(&ConvSpec {
+                    c,
+                    o,
                     groups: c,
-                    bias,
-                    shuffle: 1,
+                    k: 3,
+                    h,
+                    w,
+                    stride,
+                    pad,
                     act,
+                    bias,
                     residual,
-                };
+                });
                 let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
                 check_fused(&what, op.clone(), &args, 500 + i as u64, "depthwise conv");
                 let (model, inputs) = single(Op::Fused(op), &args, &mut rng, Fill::Signed);
@@ -338,27 +365,19 @@ fn pointwise_run_time_b_panels() {
     for (c, o, h, w) in shapes {
         for (i, act) in Act::ALL.into_iter().enumerate() {
             let (bias, residual) = (i % 2 == 0, i % 3 != 1);
-            let op = FusedOp::Conv {
-                stride: [1, 1],
-                pad: [0; 4],
-                dilation: [1, 1],
+            let (op, args) = fused_conv(&ConvSpec {
+                c,
+                o,
                 groups: 1,
-                bias,
-                shuffle: 1,
+                k: 1,
+                h,
+                w,
+                stride: 1,
+                pad: [0; 4],
                 act,
+                bias,
                 residual,
-            };
-            let mut args = vec![input(&[1, c, h, w]), weight(&[o, c, 1, 1])];
-            if bias {
-                args.push(weight(&[o]));
-            }
-            if act == Act::DyRelu {
-                args.push(input(&[1, o, 1, 1]));
-                args.push(input(&[1, o, 1, 1]));
-            }
-            if residual {
-                args.push(input(&[1, o, h, w]));
-            }
+            });
             let what = format!("{c}->{o} {h}x{w} {act:?} bias {bias} res {residual}");
             case += 1;
             check_fused(&what, op, &args, 500 + case, "pointwise conv");
