@@ -50,6 +50,29 @@ pub struct ProfileRow {
     pub gflops: Option<f64>,
     /// `(operand + output bytes) / time` otherwise
     pub gbps: Option<f64>,
+    /// the node's multiply-accumulates
+    pub macs: u64,
+    /// the node's operand plus output bytes
+    pub bytes: u64,
+}
+
+/// The profile summed over one kind of kernel (pointwise convs, depthwise
+/// convs, transposes, ...): where a model's time goes at a glance, and the
+/// rate each kind reaches as a whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KindRow {
+    /// the kind ([`kernel_kind`])
+    pub kind: String,
+    /// nodes of that kind
+    pub nodes: usize,
+    /// summed median time, milliseconds
+    pub ms: f64,
+    /// share of the profiled total
+    pub share: f64,
+    /// `2·MACs / time` over the kind, when it computes MACs
+    pub gflops: Option<f64>,
+    /// `bytes / time` over the kind otherwise
+    pub gbps: Option<f64>,
 }
 
 /// The measurement.
@@ -233,11 +256,83 @@ fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
                     .then(|| rate(2.0 * work.macs as f64))
                     .flatten(),
                 gbps: (work.macs == 0).then(|| rate(work.bytes as f64)).flatten(),
+                macs: work.macs,
+                bytes: work.bytes,
             }
         })
         .collect();
     rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     rows
+}
+
+/// The kind a profile row is summed under: convolutions by the kernel they
+/// were lowered to (a pointwise conv is a GEMM and is judged against the
+/// FMA peak, a depthwise one against memory bandwidth), linear layers with
+/// one row apart (a GEMV streams its weights), every other node by its op.
+pub fn kernel_kind(row: &ProfileRow) -> String {
+    let k = &row.kernels;
+    let op = row
+        .node
+        .split_once('(')
+        .map_or(row.node.as_str(), |(_, rest)| rest.trim_end_matches(')'));
+    if k.contains("pointwise conv") {
+        "pointwise conv".into()
+    } else if k.contains("depthwise") {
+        "depthwise conv".into()
+    } else if k.contains("im2col") {
+        "im2col conv".into()
+    } else if matches!(op, "fused_linear" | "gemm") && k.contains("gemm M=1 ") {
+        "linear (one row)".into()
+    } else if matches!(op, "fused_linear" | "gemm") {
+        "linear".into()
+    } else {
+        op.to_string()
+    }
+}
+
+/// `rows` summed per [`kernel_kind`], slowest kind first.
+pub fn kind_rows(rows: &[ProfileRow]) -> Vec<KindRow> {
+    let total: f64 = rows.iter().map(|r| r.ms).sum();
+    let mut order: Vec<String> = Vec::new();
+    let mut sums: HashMap<String, (usize, f64, u64, u64)> = HashMap::new();
+    for r in rows {
+        let kind = kernel_kind(r);
+        let e = sums.entry(kind.clone()).or_insert_with(|| {
+            order.push(kind);
+            (0, 0.0, 0, 0)
+        });
+        e.0 += 1;
+        e.1 += r.ms;
+        e.2 += r.macs;
+        e.3 += r.bytes;
+    }
+    let mut kinds: Vec<KindRow> = order
+        .into_iter()
+        .map(|kind| {
+            let (nodes, ms, macs, bytes) = sums[&kind];
+            let secs = ms * 1e-3;
+            let rate = |x: f64| (secs > 0.0).then(|| x / secs / 1e9);
+            KindRow {
+                kind,
+                nodes,
+                ms,
+                share: if total > 0.0 { ms / total } else { 0.0 },
+                gflops: (macs > 0).then(|| rate(2.0 * macs as f64)).flatten(),
+                gbps: (macs == 0).then(|| rate(bytes as f64)).flatten(),
+            }
+        })
+        .collect();
+    kinds.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    kinds
+}
+
+/// `12.3 GFLOP/s`, `4.5 GB/s` or `-`.
+fn rate_text(gflops: Option<f64>, gbps: Option<f64>) -> String {
+    match (gflops, gbps) {
+        (Some(g), _) => format!("{g:.1} GFLOP/s"),
+        (None, Some(b)) => format!("{b:.1} GB/s"),
+        (None, None) => "-".to_string(),
+    }
 }
 
 /// The human-readable report (with the profile table when there is one).
@@ -282,29 +377,38 @@ pub fn render_profile(rows: &[ProfileRow]) -> String {
     let total: f64 = rows.iter().map(|r| r.ms).sum();
     let w = rows.iter().map(|r| r.node.len()).max().unwrap_or(4).max(4);
     let mut s = format!(
-        "\nprofile ({} nodes, {:.3} ms in kernels; median per kernel):\n{:>9}  {:>6}  {:>6}  {:>14}  {:<w$}  kernels\n",
+        "\nprofile ({} nodes, {:.3} ms in kernels; median per kernel), by kind:\n",
         rows.len(),
         total,
-        "ms",
-        "share",
-        "cum",
-        "rate",
-        "node"
+    );
+    let kinds = kind_rows(rows);
+    s += &format!(
+        "{:>9}  {:>6}  {:>14}  {:>5}  kind\n",
+        "ms", "share", "rate", "nodes"
+    );
+    for k in &kinds {
+        s += &format!(
+            "{:>9.4}  {:>5.1}%  {:>14}  {:>5}  {}\n",
+            k.ms,
+            100.0 * k.share,
+            rate_text(k.gflops, k.gbps),
+            k.nodes,
+            k.kind
+        );
+    }
+    s += &format!(
+        "\n{:>9}  {:>6}  {:>6}  {:>14}  {:<w$}  kernels\n",
+        "ms", "share", "cum", "rate", "node"
     );
     let mut cum = 0.0;
     for r in rows {
         cum += r.share;
-        let rate = match (r.gflops, r.gbps) {
-            (Some(g), _) => format!("{g:.1} GFLOP/s"),
-            (None, Some(b)) => format!("{b:.1} GB/s"),
-            (None, None) => "-".to_string(),
-        };
         s += &format!(
             "{:>9.4}  {:>5.1}%  {:>5.1}%  {:>14}  {:<w$}  {}\n",
             r.ms,
             100.0 * r.share,
             100.0 * cum,
-            rate,
+            rate_text(r.gflops, r.gbps),
             r.node,
             r.kernels
         );
@@ -346,6 +450,19 @@ pub fn render_json(r: &BenchReport) -> String {
                     "share": p.share,
                     "gflops": p.gflops,
                     "gbps": p.gbps,
+                })
+            })
+            .collect();
+        v["profile_kinds"] = kind_rows(&r.profile)
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "kind": k.kind,
+                    "nodes": k.nodes,
+                    "ms": k.ms,
+                    "share": k.share,
+                    "gflops": k.gflops,
+                    "gbps": k.gbps,
                 })
             })
             .collect();
@@ -417,6 +534,102 @@ mod tests {
             json["profile"].as_array().map(Vec::len),
             Some(r.profile.len())
         );
+        // the kinds partition the nodes and the time
+        let kinds = kind_rows(&r.profile);
+        assert_eq!(
+            kinds.iter().map(|k| k.nodes).sum::<usize>(),
+            r.profile.len()
+        );
+        let share: f64 = kinds.iter().map(|k| k.share).sum();
+        assert!((share - 1.0).abs() < 1e-9, "kind shares sum to {share}");
+        assert_eq!(
+            json["profile_kinds"].as_array().map(Vec::len),
+            Some(kinds.len())
+        );
+    }
+
+    #[test]
+    fn kinds_follow_the_lowering() {
+        let row = |node: &str, kernels: &str, ms: f64, macs: u64, bytes: u64| ProfileRow {
+            node: node.into(),
+            kernels: kernels.into(),
+            ms,
+            share: 0.0,
+            gflops: None,
+            gbps: None,
+            macs,
+            bytes,
+        };
+        let rows = [
+            row(
+                "%1 (fused_conv)",
+                "fused pointwise conv 8→16 1x1: gemm M=16 N=64 K=8",
+                1.0,
+                1_000_000,
+                0,
+            ),
+            row(
+                "%2 (conv2d)",
+                "pointwise conv: gemm M=16 N=64 K=16",
+                1.0,
+                3_000_000,
+                0,
+            ),
+            row(
+                "%3 (fused_conv)",
+                "fused depthwise conv 16→16 3x3: depthwise window",
+                0.5,
+                10,
+                0,
+            ),
+            row(
+                "%4 (fused_linear)",
+                "fused linear 64→10: gemm M=1 N=10 K=64 batch=1",
+                0.25,
+                640,
+                0,
+            ),
+            row(
+                "%5 (fused_linear)",
+                "fused linear 64→10: gemm M=6 N=10 K=64 batch=1",
+                0.25,
+                3840,
+                0,
+            ),
+            row(
+                "%6 (transpose)",
+                "transpose regions [[4, 8]]",
+                0.125,
+                0,
+                1_000_000,
+            ),
+        ];
+        let kinds = kind_rows(&rows);
+        let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pointwise conv",
+                "depthwise conv",
+                "linear (one row)",
+                "linear",
+                "transpose"
+            ]
+        );
+        // 2·4M MACs in 2 ms
+        assert!(
+            (kinds[0].gflops.unwrap() - 4.0).abs() < 1e-9,
+            "{:?}",
+            kinds[0]
+        );
+        assert_eq!(kinds[0].nodes, 2);
+        // 1 MB in 0.125 ms
+        assert!(
+            (kinds[4].gbps.unwrap() - 8.0).abs() < 1e-9,
+            "{:?}",
+            kinds[4]
+        );
+        assert!((kinds[0].share - 2.0 / 3.125).abs() < 1e-9);
     }
 
     #[test]
