@@ -54,6 +54,8 @@ pub struct ProfileRow {
     pub macs: u64,
     /// the node's operand plus output bytes
     pub bytes: u64,
+    /// whether any of its kernels was split over the worker pool
+    pub parallel: bool,
 }
 
 /// The profile summed over one kind of kernel (pointwise convs, depthwise
@@ -225,7 +227,7 @@ fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
         return Vec::new();
     };
     let mut order: Vec<&str> = Vec::new();
-    let mut nodes: HashMap<&str, (Vec<&str>, f64, kiln_backends::NodeWork)> = HashMap::new();
+    let mut nodes: HashMap<&str, (Vec<&str>, f64, kiln_backends::NodeWork, bool)> = HashMap::new();
     for (k, kt) in first.iter().enumerate() {
         let mut ts: Vec<f64> = runs
             .iter()
@@ -235,16 +237,17 @@ fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
         let t = median(&mut ts);
         let e = nodes.entry(&kt.node).or_insert_with(|| {
             order.push(&kt.node);
-            (Vec::new(), 0.0, kt.work)
+            (Vec::new(), 0.0, kt.work, false)
         });
         e.0.push(&kt.kernel);
         e.1 += t;
+        e.3 |= kt.parallel;
     }
     let total: f64 = nodes.values().map(|e| e.1).sum();
     let mut rows: Vec<ProfileRow> = order
         .into_iter()
         .map(|node| {
-            let (kernels, ms, work) = &nodes[node];
+            let (kernels, ms, work, parallel) = &nodes[node];
             let secs = ms * 1e-3;
             let rate = |x: f64| (secs > 0.0).then(|| x / secs / 1e9);
             ProfileRow {
@@ -258,6 +261,7 @@ fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
                 gbps: (work.macs == 0).then(|| rate(work.bytes as f64)).flatten(),
                 macs: work.macs,
                 bytes: work.bytes,
+                parallel: *parallel,
             }
         })
         .collect();
@@ -377,10 +381,22 @@ pub fn render_profile(rows: &[ProfileRow]) -> String {
     let total: f64 = rows.iter().map(|r| r.ms).sum();
     let w = rows.iter().map(|r| r.node.len()).max().unwrap_or(4).max(4);
     let mut s = format!(
-        "\nprofile ({} nodes, {:.3} ms in kernels; median per kernel), by kind:\n",
+        "\nprofile ({} nodes, {:.3} ms in kernels; median per kernel)",
         rows.len(),
         total,
     );
+    if rows.iter().any(|r| r.parallel) {
+        // what bounds the gain from more threads
+        let serial: Vec<&ProfileRow> = rows.iter().filter(|r| !r.parallel).collect();
+        let ms: f64 = serial.iter().map(|r| r.ms).sum();
+        s += &format!(
+            "; {} nodes ran on one thread: {:.3} ms, {:.1}%",
+            serial.len(),
+            ms,
+            if total > 0.0 { 100.0 * ms / total } else { 0.0 }
+        );
+    }
+    s += ", by kind:\n";
     let kinds = kind_rows(rows);
     s += &format!(
         "{:>9}  {:>6}  {:>14}  {:>5}  kind\n",
@@ -450,6 +466,7 @@ pub fn render_json(r: &BenchReport) -> String {
                     "share": p.share,
                     "gflops": p.gflops,
                     "gbps": p.gbps,
+                    "parallel": p.parallel,
                 })
             })
             .collect();
@@ -559,6 +576,7 @@ mod tests {
             gbps: None,
             macs,
             bytes,
+            parallel: false,
         };
         let rows = [
             row(

@@ -192,6 +192,9 @@ pub struct KernelTime {
     /// the node's work; a node lowered to several kernels (im2col, then a
     /// GEMM) repeats it on each, so sum times per node before dividing
     pub work: NodeWork,
+    /// whether the kernel was split over the worker pool (always false at
+    /// one thread)
+    pub parallel: bool,
 }
 
 /// Owns the JIT's executable memory (the assembled tiles' module and the
@@ -777,6 +780,7 @@ impl CompiledModel {
                 kernel: s.what.clone(),
                 time,
                 work: s.work,
+                parallel: s.parallel,
             })
             .collect())
     }
