@@ -80,6 +80,8 @@ struct ConvSpec {
     act: Act,
     bias: bool,
     residual: bool,
+    /// channel-shuffle groups of the output (1 = none)
+    shuffle: usize,
 }
 
 /// The op of `s` and its operands: input, weight, then the bias, the
@@ -108,7 +110,7 @@ fn fused_conv(s: &ConvSpec) -> (FusedOp, Vec<Arg>) {
         dilation: [1, 1],
         groups: s.groups,
         bias: s.bias,
-        shuffle: 1,
+        shuffle: s.shuffle,
         act: s.act,
         residual: s.residual,
     };
@@ -165,6 +167,7 @@ fn conv_case(
         act,
         bias,
         residual,
+        shuffle: 1,
     })
 }
 
@@ -229,6 +232,7 @@ fn depthwise_asm_edges() {
                     act,
                     bias,
                     residual,
+                    shuffle: 1,
                 });
                 let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
                 check_fused(&what, op.clone(), &args, 500 + i as u64, "depthwise conv");
@@ -257,6 +261,57 @@ fn depthwise_asm_edges() {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         assert!(assembled > 20, "only {assembled} assembled interiors");
+    }
+}
+
+/// Channel-shuffled fused convs (Mobile-Former-26M's grouped convs): the
+/// shuffle only moves whole output rows (GEMM) or planes (depthwise), so
+/// every kernel path keeps its fused kernel. Shuffle blocks equal to, larger
+/// than and smaller than the conv groups; the dynamic ReLU's slopes and the
+/// residual are indexed by the stored channel.
+#[test]
+fn shuffled_conv_epilogues() {
+    // (c, o, groups, k, stride, shuffle, what the kernel is)
+    let cases = [
+        (8, 12, 4, 1, 1, 4, "pointwise conv"),
+        (8, 24, 4, 1, 1, 2, "pointwise conv"),
+        (8, 24, 2, 1, 1, 4, "pointwise conv"),
+        (6, 28, 1, 1, 1, 2, "pointwise conv"),
+        (8, 16, 4, 3, 2, 4, "im2col conv"),
+        (6, 18, 3, 3, 1, 6, "im2col conv"),
+        (8, 24, 8, 3, 2, 8, "depthwise conv"),
+        (8, 24, 8, 3, 1, 4, "depthwise conv"),
+        (9, 9, 9, 3, 1, 3, "depthwise conv"),
+    ];
+    let mut i = 0;
+    for (c, o, groups, k, stride, shuffle, kind) in cases {
+        for act in [Act::DyRelu, Act::Relu6, Act::None, Act::Silu] {
+            let (bias, residual) = (i % 2 == 0, i % 3 != 2);
+            let spec = ConvSpec {
+                c,
+                o,
+                groups,
+                k,
+                h: 7 + i % 5,
+                w: 9 + i % 4,
+                stride,
+                pad: if k == 3 { [1; 4] } else { [0; 4] },
+                act,
+                bias,
+                residual,
+                shuffle,
+            };
+            let (op, args) = fused_conv(&spec);
+            let what = format!("shuffle {act:?} bias {bias} res {residual}: {op:?} {args:?}");
+            check_fused(&what, op.clone(), &args, 700 + i as u64, kind);
+            let (model, _) = single(Op::Fused(op), &args, &mut Rng(1), Fill::Signed);
+            let ks = kernels(&model, &opts(1));
+            assert!(
+                ks.iter().any(|k| k.contains(&format!("shuffle {shuffle}"))),
+                "{what}: no shuffling kernel: {ks:?}"
+            );
+            i += 1;
+        }
     }
 }
 
@@ -377,6 +432,7 @@ fn pointwise_run_time_b_panels() {
                 act,
                 bias,
                 residual,
+                shuffle: 1,
             });
             let what = format!("{c}->{o} {h}x{w} {act:?} bias {bias} res {residual}");
             case += 1;

@@ -10,20 +10,23 @@
 //!
 //! Weights known at compile time are packed as A panels; the bias seeds the
 //! accumulators. A `fused_conv` takes the same paths with an [`Epilogue`]
-//! (activation, residual) applied before the store. Layout stays NCHW: blocked layouts (NCHWc) would let the
+//! (activation, residual) applied before the store, and with a channel
+//! shuffle ([`shuffled`]) that only changes where each output row is stored:
+//! a GEMM batch covers rows that stay consecutive `G` rows apart after the
+//! shuffle, so the shuffle is a C row stride. Layout stays NCHW: blocked layouts (NCHWc) would let the
 //! depthwise and pointwise kernels share a vector-friendly channel blocking
 //! and are the next optimisation, not done yet.
 
 use cranelift_codegen::ir::{InstBuilder, Value};
-use kiln_ir::fused::FusedOp;
+use kiln_ir::fused::{Act, FusedOp};
 use kiln_ir::{Graph, NodeId, Op};
 
 use super::asm_tile;
 use super::copy::{emit_copy_run, emit_fill_run};
-use super::epilogue::Epilogue;
+use super::epilogue::{Epilogue, Slopes};
 use super::gemm::{self, ASrc, BSrc, Gemm, Init, Tile};
 use super::{Kernel, Kernels, NodeCx, depthwise};
-use crate::codegen::{Buf, Emitter, Loc};
+use crate::codegen::{Buf, Emitter, F32, Loc};
 use crate::error::BackendError;
 
 /// Geometry of one convolution.
@@ -147,9 +150,27 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
         ),
         _ => None,
     };
-    match geom {
-        Some(gm) if !gm.is_depthwise() && !gm.is_pointwise() => 4 * gm.im2col_len(),
+    let Some(gm) = geom else {
+        return 0;
+    };
+    let slopes = match node.op {
+        Op::Fused(FusedOp::Conv {
+            shuffle,
+            act: Act::DyRelu,
+            ..
+        }) if shuffle > 1 && !gm.is_depthwise() => 8 * gm.o,
         _ => 0,
+    };
+    im2col_bytes(&gm) + slopes
+}
+
+/// Scratch bytes of the im2col matrix (none for the depthwise and pointwise
+/// paths, which read the input in place).
+fn im2col_bytes(g: &Geom) -> usize {
+    if g.is_depthwise() || g.is_pointwise() {
+        0
+    } else {
+        4 * g.im2col_len()
     }
 }
 
@@ -222,15 +243,96 @@ impl Kernel for Im2col {
 /// Lowers a conv2d node.
 pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     let bias = cx.ins.get(2).map(|b| b.buf);
-    lower_with(cx, bias, Epilogue::NONE)
+    lower_with(cx, bias, Epilogue::NONE, 1)
+}
+
+/// Where output channel `o` of `channels` is stored after a channel shuffle
+/// in `groups` groups (ShuffleNet's `reshape [G, O/G] → transpose →
+/// reshape`): `(o mod O/G)·G + o div O/G`.
+pub(crate) fn shuffled(o: usize, channels: usize, groups: usize) -> usize {
+    let per = channels / groups;
+    (o % per) * groups + o / per
+}
+
+/// Rows per GEMM batch of a conv with `og` output channels per group whose
+/// `o` outputs are shuffled in `shuffle` groups: rows that stay `shuffle`
+/// apart after the shuffle, i.e. that never cross one of its blocks of
+/// `o / shuffle` channels. `None` when the conv groups and the shuffle
+/// blocks do not nest (no fixed C row stride covers a group).
+pub(crate) fn shuffle_rows(og: usize, o: usize, shuffle: usize) -> Option<usize> {
+    if shuffle <= 1 {
+        return Some(og);
+    }
+    let block = o / shuffle;
+    if !o.is_multiple_of(shuffle) || block == 0 || og == 0 {
+        None
+    } else if block.is_multiple_of(og) {
+        Some(og)
+    } else if og.is_multiple_of(block) {
+        Some(block)
+    } else {
+        None
+    }
+}
+
+/// Copies the dynamic-ReLU slopes of a shuffled conv into its scratch in
+/// pre-shuffle row order (`dst[o] = a[shuffled(o)]`, `a1` then `a2`), so
+/// the GEMM epilogue reads them one per row like the bias.
+struct UnshuffleSlopes {
+    a1: Buf,
+    a2: Buf,
+    dst: Buf,
+    channels: usize,
+    shuffle: usize,
+}
+
+impl Kernel for UnshuffleSlopes {
+    fn describe(&self) -> String {
+        format!(
+            "dynamic-ReLU slopes of {} channels into pre-shuffle order ({} groups)",
+            self.channels, self.shuffle
+        )
+    }
+
+    fn units(&self) -> usize {
+        1
+    }
+
+    fn cost(&self) -> f64 {
+        2.0 * self.channels as f64
+    }
+
+    fn emit(&self, e: &mut Emitter, _begin: Value, _end: Value) {
+        let dst = e.base(self.dst);
+        let wf = Emitter::wflags();
+        let per = self.channels / self.shuffle;
+        for (k, src) in [self.a1, self.a2].into_iter().enumerate() {
+            let base = e.base(src);
+            let rf = Emitter::rflags(src);
+            let out = e.off(dst, 4 * (k * self.channels) as i64);
+            // o = gi·per + j  <-  a[j·shuffle + gi]
+            e.for_static(0, self.shuffle as i64, 1, |e, gi| {
+                let s = e.index(base, gi, 4);
+                let d = e.index(out, gi, 4 * per as i64);
+                e.for_static(0, per as i64, 1, |e, j| {
+                    let p = e.index(s, j, 4 * self.shuffle as i64);
+                    let x = e.load(F32, rf, p, 0);
+                    let q = e.index(d, j, 4);
+                    e.store(wf, x, q, 0);
+                });
+            });
+        }
+    }
 }
 
 /// Lowers the convolution of a conv2d or `fused_conv` node (`cx.op`) with
-/// this bias and epilogue. Operands 0 and 1 are `x` and `w`.
+/// this bias, epilogue and output channel shuffle (1 = none). Operands 0
+/// and 1 are `x` and `w`.
 pub(crate) fn lower_with(
     cx: &mut NodeCx,
     bias: Option<Buf>,
-    epi: Epilogue,
+    mut epi: Epilogue,
+    shuffle: usize,
 ) -> Result<Kernels, BackendError> {
     let (out_buf, out_ty) = cx.outs[0].clone();
     let g = Geom::of(
@@ -249,19 +351,35 @@ pub(crate) fn lower_with(
             "im2col"
         };
         format!(
-            "fused {kind} conv {}→{} {}x{}{}",
+            "fused {kind} conv {}→{} {}x{}{}{}",
             g.c,
             g.o,
             g.kh,
             g.kw,
-            epi.suffix(bias.is_some())
+            epi.suffix(bias.is_some()),
+            if shuffle > 1 {
+                format!(" shuffle {shuffle}")
+            } else {
+                String::new()
+            }
         )
     });
+    if shuffle == 0 || !g.o.is_multiple_of(shuffle) {
+        return Err(cx.unsupported(format!("a shuffle in {shuffle} groups of {} channels", g.o)));
+    }
     if g.is_depthwise() {
-        return depthwise::lower(cx, g, bias, epi, title);
+        return depthwise::lower(cx, g, bias, epi, title, shuffle);
     }
     let groups = g.groups;
     let og = g.o / groups;
+    // rows per GEMM batch, `subs` batches per group
+    let rows = shuffle_rows(og, g.o, shuffle).ok_or_else(|| {
+        cx.unsupported(format!(
+            "groups of {og} channels and a shuffle in blocks of {}",
+            g.o / shuffle
+        ))
+    })?;
+    let subs = og / rows;
     let k = g.cg * g.kh * g.kw;
     let p = g.ho * g.wo;
     // The assembled AVX-512 tile needs packed weights (constant) and sets
@@ -308,14 +426,38 @@ pub(crate) fn lower_with(
             Box::new(move |n, gi| ((n * groups + gi) * per) as i64),
         )
     };
-    let (a, a_per_group) = match cx.ins[1].data {
+    if shuffle > 1
+        && let Some(s) = epi.slopes
+    {
+        // the slopes are indexed by stored channel: copy them into row
+        // order behind the im2col matrix
+        let at = match cx.scratch.map(|b| b.loc) {
+            Some(Loc::Arena(off)) => off + im2col_bytes(&g),
+            _ => return Err(cx.unsupported("slope scratch was not planned")),
+        };
+        kernels.push(Box::new(UnshuffleSlopes {
+            a1: s.a1,
+            a2: s.a2,
+            dst: Buf::output(Loc::Arena(at)),
+            channels: g.o,
+            shuffle,
+        }));
+        epi.slopes = Some(Slopes {
+            a1: Buf::input(Loc::Arena(at)),
+            a2: Buf::input(Loc::Arena(at + 4 * g.o)),
+            batch_stride: 0,
+        });
+    }
+    // A, one block of `rows` rows per GEMM batch
+    let blocks = groups * subs;
+    let (a, a_per_block) = match cx.ins[1].data {
         Some(w) => {
-            let mut packed = Vec::with_capacity(groups * gemm::packed_a_len(og, k, tile.mr));
-            for gi in 0..groups {
-                packed.extend(gemm::pack_a(&w[gi * og * k..], og, k, k, 1, tile.mr));
+            let mut packed = Vec::with_capacity(blocks * gemm::packed_a_len(rows, k, tile.mr));
+            for blk in 0..blocks {
+                packed.extend(gemm::pack_a(&w[blk * rows * k..], rows, k, k, 1, tile.mr));
             }
             let addr = cx.consts.add(&packed);
-            (ASrc::Packed { addr }, gemm::packed_a_len(og, k, tile.mr))
+            (ASrc::Packed { addr }, gemm::packed_a_len(rows, k, tile.mr))
         }
         None => (
             ASrc::Strided {
@@ -323,17 +465,24 @@ pub(crate) fn lower_with(
                 rs: k as i64,
                 ks: 1,
             },
-            og * k,
+            rows * k,
         ),
     };
-    let mut offs = Vec::with_capacity(g.n * groups);
+    let mut offs = Vec::with_capacity(g.n * blocks);
     for n in 0..g.n {
-        for gi in 0..groups {
+        for blk in 0..blocks {
+            // the block's first row, before and after the shuffle
+            let o0 = blk * rows;
+            let stored = if shuffle > 1 {
+                shuffled(o0, g.o, shuffle)
+            } else {
+                o0
+            };
             offs.push([
-                (gi * a_per_group) as i64,
-                b_off(n, gi),
-                ((n * g.o + gi * og) * p) as i64,
-                (gi * og) as i64,
+                (blk * a_per_block) as i64,
+                b_off(n, blk / subs),
+                ((n * g.o + stored) * p) as i64,
+                o0 as i64,
             ]);
         }
     }
@@ -347,15 +496,16 @@ pub(crate) fn lower_with(
         } else {
             "conv (im2col)"
         },
-        m: og,
+        m: rows,
         n: p,
         k,
-        batch: g.n * groups,
+        batch: g.n * blocks,
         offsets: gemm::offset_table(cx.consts, &offs),
         a,
         b,
         c: out_buf,
-        c_rs: p as i64,
+        // consecutive rows of a block are `shuffle` rows apart once stored
+        c_rs: (shuffle * p) as i64,
         init,
         alpha: 1.0,
         cin: None,
@@ -379,5 +529,25 @@ fn cx_err(node: &str, msg: &str) -> BackendError {
     BackendError::Codegen {
         node: node.to_string(),
         msg: format!("assembling the AVX-512 tile: {msg}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffle_positions_and_blocks() {
+        // 6 channels in 2 groups: [a0 a1 a2 | b0 b1 b2] -> [a0 b0 a1 b1 a2 b2]
+        let pos: Vec<usize> = (0..6).map(|o| shuffled(o, 6, 2)).collect();
+        assert_eq!(pos, [0, 2, 4, 1, 3, 5]);
+        // conv groups inside a shuffle block, equal, and spanning blocks
+        assert_eq!(shuffle_rows(3, 24, 2), Some(3));
+        assert_eq!(shuffle_rows(3, 12, 4), Some(3));
+        assert_eq!(shuffle_rows(12, 24, 4), Some(6));
+        assert_eq!(shuffle_rows(5, 20, 1), Some(5));
+        // blocks of 6 and groups of 4 do not nest
+        assert_eq!(shuffle_rows(4, 12, 2), None);
+        assert_eq!(shuffle_rows(4, 12, 5), None);
     }
 }
