@@ -40,7 +40,8 @@ pub struct BenchOptions {
 pub struct ProfileRow {
     /// the node (`%12 (fused_conv)`)
     pub node: String,
-    /// what its kernels do, joined with ` + `
+    /// what its kernels do, joined with ` + `, each with its own median time
+    /// when there are several
     pub kernels: String,
     /// median time, summed over the node's kernels, milliseconds
     pub ms: f64,
@@ -226,8 +227,15 @@ fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
     let Some(first) = runs.first() else {
         return Vec::new();
     };
+    /// One node's kernels so far.
+    struct Acc<'a> {
+        kernels: Vec<(&'a str, f64)>,
+        ms: f64,
+        work: kiln_backends::NodeWork,
+        parallel: bool,
+    }
     let mut order: Vec<&str> = Vec::new();
-    let mut nodes: HashMap<&str, (Vec<&str>, f64, kiln_backends::NodeWork, bool)> = HashMap::new();
+    let mut nodes: HashMap<&str, Acc> = HashMap::new();
     for (k, kt) in first.iter().enumerate() {
         let mut ts: Vec<f64> = runs
             .iter()
@@ -237,22 +245,40 @@ fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
         let t = median(&mut ts);
         let e = nodes.entry(&kt.node).or_insert_with(|| {
             order.push(&kt.node);
-            (Vec::new(), 0.0, kt.work, false)
+            Acc {
+                kernels: Vec::new(),
+                ms: 0.0,
+                work: kt.work,
+                parallel: false,
+            }
         });
-        e.0.push(&kt.kernel);
-        e.1 += t;
-        e.3 |= kt.parallel;
+        e.kernels.push((&kt.kernel, t));
+        e.ms += t;
+        e.parallel |= kt.parallel;
     }
-    let total: f64 = nodes.values().map(|e| e.1).sum();
+    let total: f64 = nodes.values().map(|e| e.ms).sum();
     let mut rows: Vec<ProfileRow> = order
         .into_iter()
         .map(|node| {
-            let (kernels, ms, work, parallel) = &nodes[node];
+            let Acc {
+                kernels,
+                ms,
+                work,
+                parallel,
+            } = &nodes[node];
             let secs = ms * 1e-3;
             let rate = |x: f64| (secs > 0.0).then(|| x / secs / 1e9);
             ProfileRow {
                 node: node.to_string(),
-                kernels: kernels.join(" + "),
+                // each kernel's own time when the node has several
+                kernels: match kernels.as_slice() {
+                    [(k, _)] => k.to_string(),
+                    ks => ks
+                        .iter()
+                        .map(|(k, t)| format!("{k} ({t:.4} ms)"))
+                        .collect::<Vec<_>>()
+                        .join(" + "),
+                },
                 ms: *ms,
                 share: if total > 0.0 { ms / total } else { 0.0 },
                 gflops: (work.macs > 0)

@@ -315,6 +315,38 @@ fn shuffled_conv_epilogues() {
     }
 }
 
+/// A stem (RGB in, 3×3 stride 2) runs band by band: each unit writes a few
+/// output rows' im2col matrix and multiplies it at once.
+#[test]
+fn stem_conv_in_bands() {
+    for (i, act) in [Act::Relu6, Act::Silu, Act::HardSwish]
+        .into_iter()
+        .enumerate()
+    {
+        let (op, args) = fused_conv(&ConvSpec {
+            c: 3,
+            o: 16,
+            groups: 1,
+            k: 3,
+            h: 64,
+            w: 62,
+            stride: 2,
+            pad: [1; 4],
+            act,
+            bias: true,
+            residual: i == 1,
+            shuffle: 1,
+        });
+        check_fused(
+            &format!("stem {act:?}"),
+            op,
+            &args,
+            900 + i as u64,
+            "bands of 8 rows",
+        );
+    }
+}
+
 #[test]
 fn grouped_conv_epilogues() {
     conv_kind(Kind::Grouped, "im2col conv", 4);

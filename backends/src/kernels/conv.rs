@@ -6,7 +6,9 @@
 //!   `out[O_g × HW] = W_g[O_g × C_g] · x[C_g × HW]`, reading x in place;
 //! - everything else: im2col into arena scratch (one row per input channel
 //!   and kernel tap, zeros where the window hangs over the padding), then
-//!   the same GEMM with K = C_g·kh·kw.
+//!   the same GEMM with K = C_g·kh·kw; for stems (one group, small constant
+//!   weights) band by band in one kernel ([`BandedConv`]), so the matrix
+//!   stays in L1.
 //!
 //! Weights known at compile time are packed as A panels; the bias seeds the
 //! accumulators. A `fused_conv` takes the same paths with an [`Epilogue`]
@@ -17,6 +19,7 @@
 //! depthwise and pointwise kernels share a vector-friendly channel blocking
 //! and are the next optimisation, not done yet.
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use kiln_ir::fused::{Act, FusedOp};
 use kiln_ir::{Graph, NodeId, Op};
@@ -25,7 +28,7 @@ use super::asm_tile;
 use super::copy::{emit_copy_run, emit_fill_run};
 use super::epilogue::{Epilogue, Slopes};
 use super::gemm::{self, ASrc, BSrc, Gemm, Init, Tile};
-use super::{Kernel, Kernels, NodeCx, depthwise};
+use super::{Kernel, Kernels, NodeCx, Opt, depthwise};
 use crate::codegen::{Buf, Emitter, F32, Loc};
 use crate::error::BackendError;
 
@@ -174,12 +177,144 @@ fn im2col_bytes(g: &Geom) -> usize {
     }
 }
 
+/// Bytes of im2col matrix per band that stay in L1 while the GEMM reads
+/// them back.
+const BAND_BYTES: usize = 32 * 1024;
+
+/// Weights (the GEMM's A, re-read by every band) small enough for banding.
+const BAND_MAX_WEIGHTS: usize = 64 * 1024;
+
+/// Output rows per band when an im2col conv runs band by band
+/// ([`BandedConv`]): one group, no shuffle, constant weights small enough
+/// to re-read per band (stems: 3 input channels, a few KB of weights). The
+/// rows divide the output height and make a band of at most
+/// [`BAND_BYTES`] of matrix.
+fn band_rows(g: &Geom, shuffle: usize, const_weights: bool) -> Option<usize> {
+    let k = g.c * g.kh * g.kw;
+    if g.groups != 1
+        || shuffle != 1
+        || !const_weights
+        || g.is_pointwise()
+        || g.is_depthwise()
+        || g.ho == 0
+        || g.wo == 0
+        || 4 * g.o * k > BAND_MAX_WEIGHTS
+    {
+        return None;
+    }
+    let most = (BAND_BYTES / (4 * k * g.wo)).max(1);
+    (1..=most.min(g.ho)).rev().find(|&r| g.ho.is_multiple_of(r))
+}
+
+/// An im2col conv computed band by band: each unit writes the im2col
+/// matrix of `rows` output rows of one image (all channels and taps) and
+/// runs the GEMM on it at once, while it is still in L1. The whole-tensor
+/// path writes the full matrix first (1.35 MB for Mobile-Former's stem,
+/// 27 rows of 112² pixels), which the GEMM then reads back from L3, and it
+/// has only `N·C` units (3 for an RGB stem) to share between threads.
+struct BandedConv {
+    im2col: Im2col,
+    rows: usize,
+    /// one batch per (image, band), one unit per batch
+    gemm: Gemm,
+}
+
+impl Kernel for BandedConv {
+    fn describe(&self) -> String {
+        format!(
+            "{}, im2col in bands of {} rows",
+            self.gemm.describe(),
+            self.rows
+        )
+    }
+
+    fn units(&self) -> usize {
+        self.gemm.units()
+    }
+
+    fn cost(&self) -> f64 {
+        self.gemm.cost() + self.im2col.cost()
+    }
+
+    fn opt(&self) -> Opt {
+        self.gemm.opt()
+    }
+
+    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
+        e.for_range(begin, end, 1, |e, u| {
+            self.im2col.emit_band(e, u, self.rows);
+            let next = e.b.ins().iadd_imm_s(u, 1);
+            self.gemm.emit(e, u, next);
+        });
+    }
+}
+
 /// Writes the im2col matrix: for input plane `(n, c)` and tap `(i, j)`, row
 /// `((n·C + c)·kh + i)·kw + j` holds the tap's input for every output pixel.
 struct Im2col {
     x: Buf,
     col: Buf,
     g: Geom,
+}
+
+impl Im2col {
+    /// Writes band `u` (image `u / bands`, output rows `[r·b, r·b + r)` for
+    /// band `b = u mod bands`) of the matrix at `col + u·K·r·wo`, rows of
+    /// `r·wo`: the same rows as the whole-tensor kernel, cut into bands. A
+    /// tap row outside the input (padding) is zeros.
+    fn emit_band(&self, e: &mut Emitter, u: Value, r: usize) {
+        let g = self.g;
+        let bands = (g.ho / r) as i64;
+        let k = g.c * g.kh * g.kw;
+        let x = e.base(self.x);
+        let col = e.base(self.col);
+        let img = e.b.ins().udiv_imm_u(u, bands);
+        let band = e.b.ins().urem_imm_u(u, bands);
+        let oh0 = e.b.ins().imul_imm_s(band, r as i64);
+        let dst = e.index(col, u, 4 * (k * r * g.wo) as i64);
+        let src = e.index(x, img, 4 * (g.c * g.h * g.w) as i64);
+        for c in 0..g.c {
+            let plane = e.off(src, 4 * (c * g.h * g.w) as i64);
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let (ow_lo, ow_hi) = Geom::valid(g.wo, g.w, j, g.stride[1], g.dil[1], g.pad[1]);
+                    let row = e.off(dst, 4 * (((c * g.kh + i) * g.kw + j) * r * g.wo) as i64);
+                    e.for_static(0, r as i64, 1, |e, t| {
+                        let d = e.index(row, t, 4 * g.wo as i64);
+                        // input row oh·sh + i·dh - pt: inside when unsigned < h
+                        let oh = e.b.ins().iadd(oh0, t);
+                        let ih = e.b.ins().imul_imm_s(oh, g.stride[0] as i64);
+                        let ih =
+                            e.b.ins()
+                                .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64);
+                        let inside =
+                            e.b.ins()
+                                .icmp_imm_u(IntCC::UnsignedLessThan, ih, g.h as i64);
+                        let outside =
+                            e.b.ins()
+                                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, ih, g.h as i64);
+                        e.if_then(outside, |e| emit_fill_run(e, d, g.wo, 0.0));
+                        e.if_then(inside, |e| {
+                            if ow_lo >= ow_hi {
+                                emit_fill_run(e, d, g.wo, 0.0);
+                                return;
+                            }
+                            let s = e.index(plane, ih, 4 * g.w as i64);
+                            let s = e.off(
+                                s,
+                                4 * ((ow_lo * g.stride[1] + j * g.dil[1]) as i64 - g.pad[1] as i64),
+                            );
+                            emit_fill_run(e, d, ow_lo, 0.0);
+                            let dm = e.off(d, 4 * ow_lo as i64);
+                            emit_copy_run(e, dm, s, ow_hi - ow_lo, g.stride[1] as i64, self.x);
+                            let dt = e.off(d, 4 * ow_hi as i64);
+                            emit_fill_run(e, dt, g.wo - ow_hi, 0.0);
+                        });
+                    });
+                }
+            }
+        }
+    }
 }
 
 impl Kernel for Im2col {
@@ -394,6 +529,9 @@ pub(crate) fn lower_with(
         cx.tile
     };
     let mut kernels: Kernels = Vec::new();
+    let mut banded: Option<(Im2col, usize)> = None;
+    // im2col band by band inside the GEMM kernel (see `BandedConv`)
+    let band = band_rows(&g, shuffle, cx.ins[1].data.is_some());
     let (b, b_off): (BSrc, Box<dyn Fn(usize, usize) -> i64>) = if g.is_pointwise() {
         let chw = g.c * g.h * g.w;
         let cghw = g.cg * g.h * g.w;
@@ -412,19 +550,37 @@ pub(crate) fn lower_with(
             None if g.im2col_len() == 0 => Buf::output(Loc::Arena(0)),
             None => return Err(cx.unsupported("im2col scratch was not planned")),
         };
-        kernels.push(Box::new(Im2col {
+        let im2col = Im2col {
             x: cx.ins[0].buf,
             col,
             g,
-        }));
-        let per = k * p;
-        (
-            BSrc::Strided {
-                buf: Buf::input(col.loc),
-                ks: p as i64,
-            },
-            Box::new(move |n, gi| ((n * groups + gi) * per) as i64),
-        )
+        };
+        match band {
+            Some(r) => {
+                // batch (image, band) reads its own band of the matrix
+                let per = k * r * g.wo;
+                let bands = g.ho / r;
+                banded = Some((im2col, r));
+                (
+                    BSrc::Strided {
+                        buf: Buf::input(col.loc),
+                        ks: (r * g.wo) as i64,
+                    },
+                    Box::new(move |n, bi| ((n * bands + bi) * per) as i64),
+                )
+            }
+            None => {
+                kernels.push(Box::new(im2col));
+                let per = k * p;
+                (
+                    BSrc::Strided {
+                        buf: Buf::input(col.loc),
+                        ks: p as i64,
+                    },
+                    Box::new(move |n, gi| ((n * groups + gi) * per) as i64),
+                )
+            }
+        }
     };
     if shuffle > 1
         && let Some(s) = epi.slopes
@@ -469,21 +625,31 @@ pub(crate) fn lower_with(
         ),
     };
     let mut offs = Vec::with_capacity(g.n * blocks);
-    for n in 0..g.n {
-        for blk in 0..blocks {
-            // the block's first row, before and after the shuffle
-            let o0 = blk * rows;
-            let stored = if shuffle > 1 {
-                shuffled(o0, g.o, shuffle)
-            } else {
-                o0
-            };
-            offs.push([
-                (blk * a_per_block) as i64,
-                b_off(n, blk / subs),
-                ((n * g.o + stored) * p) as i64,
-                o0 as i64,
-            ]);
+    if let Some(r) = band {
+        // one group, one block: batch (image, band) writes the band's
+        // columns of every output row
+        for n in 0..g.n {
+            for bi in 0..g.ho / r {
+                offs.push([0, b_off(n, bi), (n * g.o * p + bi * r * g.wo) as i64, 0]);
+            }
+        }
+    } else {
+        for n in 0..g.n {
+            for blk in 0..blocks {
+                // the block's first row, before and after the shuffle
+                let o0 = blk * rows;
+                let stored = if shuffle > 1 {
+                    shuffled(o0, g.o, shuffle)
+                } else {
+                    o0
+                };
+                offs.push([
+                    (blk * a_per_block) as i64,
+                    b_off(n, blk / subs),
+                    ((n * g.o + stored) * p) as i64,
+                    o0 as i64,
+                ]);
+            }
         }
     }
     let init = match bias {
@@ -497,9 +663,9 @@ pub(crate) fn lower_with(
             "conv (im2col)"
         },
         m: rows,
-        n: p,
+        n: band.map_or(p, |r| r * g.wo),
         k,
-        batch: g.n * blocks,
+        batch: offs.len(),
         offsets: gemm::offset_table(cx.consts, &offs),
         a,
         b,
@@ -518,10 +684,20 @@ pub(crate) fn lower_with(
         title,
     };
     gm.partition(cx.threads);
+    if banded.is_some() {
+        gm.one_unit_per_batch();
+    }
     if let Some(store) = cx.asm.as_deref_mut() {
         gm.request_asm(store).map_err(|e| cx_err(&cx.name, &e))?;
     }
-    kernels.push(Box::new(gm));
+    match banded {
+        Some((im2col, rows)) => kernels.push(Box::new(BandedConv {
+            im2col,
+            rows,
+            gemm: gm,
+        })),
+        None => kernels.push(Box::new(gm)),
+    }
     Ok(kernels)
 }
 

@@ -296,6 +296,14 @@ impl Gemm {
         }
     }
 
+    /// Makes each batch one unit (all its row blocks and column tiles), for
+    /// a kernel that prepares a batch's operand right before computing it
+    /// (`conv::BandedConv`).
+    pub fn one_unit_per_batch(&mut self) {
+        self.row_group = self.row_blocks().max(1);
+        self.col_group = self.col_tiles().max(1);
+    }
+
     /// Whether B is read in place but copied, one `K × NR` panel at a time,
     /// into a contiguous stack buffer first. Activations read in place have
     /// row strides of whole feature maps (often a power of two): the K rows
