@@ -273,6 +273,39 @@ pub(crate) struct Front {
     pub threads: usize,
 }
 
+/// An optimised model's fused ops (kiln-passes) without a kernel of their
+/// own (attention, bridges, unusual dynamic-ReLU slopes) run as the
+/// primitive ops they stand for; fused conv and linear nodes stay and get
+/// epilogue kernels (kernels/fused.rs). Conv chains become one fused conv
+/// per stage first. `None` when `model` has nothing to rewrite.
+fn unfuse(model: &Model) -> Result<Option<Model>, BackendError> {
+    if !model.graph.node_ids().any(|id| {
+        matches!(model.graph.node(id).op, kiln_ir::Op::Fused(_))
+            && !kernels::fused::has_kernel(&model.graph, id)
+    }) {
+        return Ok(None);
+    }
+    let mut m = model.clone();
+    kernels::fused::split_conv_chains(&mut m.graph)?;
+    kiln_ir::fused::lower_fused_where(&mut m.graph, &mut m.weights, |g, id| {
+        !kernels::fused::has_kernel(g, id)
+    })?;
+    Ok(Some(m))
+}
+
+/// The graph [`compile`] generates kernels from: `model` with its conv
+/// chains split into fused convs, the fused ops that have no kernel of their
+/// own expanded into primitive ops, and constant subgraphs folded. Its node
+/// names are the ones [`CompiledModel::profile`] reports, so a tool can pair
+/// each kernel's time with the node it computes (`examples/calibrate.rs`).
+pub fn kernel_graph(model: &Model) -> Result<Model, BackendError> {
+    let unfused = unfuse(model)?;
+    let model = unfused.as_ref().unwrap_or(model);
+    kiln_ir::verify(&model.graph)?;
+    kiln_ir::verify_weights(&model.graph, &model.weights)?;
+    Ok(crate::fold::fold_constants(model)?.unwrap_or_else(|| model.clone()))
+}
+
 /// Verifies, folds, plans and lowers `model`: everything before code
 /// generation, shared by the JIT and the object-file backend. `use_asm`
 /// lets GEMM kernels call run-time assembled tiles, which only the JIT
@@ -282,26 +315,8 @@ pub(crate) fn front(
     opts: &CompileOptions,
     use_asm: bool,
 ) -> Result<Front, BackendError> {
-    // An optimised model's fused ops (kiln-passes) without a kernel of
-    // their own (attention, bridges, conv chains, unusual dynamic-ReLU
-    // slopes) run as the primitive ops they stand for; fused conv and
-    // linear nodes stay and get epilogue kernels (kernels/fused.rs).
-    // Conv chains become one fused conv per stage first.
-    let unfused;
-    let model = if model.graph.node_ids().any(|id| {
-        matches!(model.graph.node(id).op, kiln_ir::Op::Fused(_))
-            && !kernels::fused::has_kernel(&model.graph, id)
-    }) {
-        let mut m = model.clone();
-        kernels::fused::split_conv_chains(&mut m.graph)?;
-        kiln_ir::fused::lower_fused_where(&mut m.graph, &mut m.weights, |g, id| {
-            !kernels::fused::has_kernel(g, id)
-        })?;
-        unfused = m;
-        &unfused
-    } else {
-        model
-    };
+    let unfused = unfuse(model)?;
+    let model = unfused.as_ref().unwrap_or(model);
     kiln_ir::verify(&model.graph)?;
     kiln_ir::verify_weights(&model.graph, &model.weights)?;
     let folded = crate::fold::fold_constants(model)?;
