@@ -1,8 +1,9 @@
-//! Measures this core's fp32 FMA peak, the figure kernel efficiencies are
-//! quoted against: `cargo run --release -p kiln-backends --example peak`.
+//! Measures this core's fp32 FMA peak and its read bandwidth by working-set
+//! size, the figures kernel efficiencies are quoted against:
+//! `cargo run --release -p kiln-backends --example peak`.
 //!
-//! Each probe runs 24 (zmm), 12 (ymm) or 12 (xmm) independent FMA chains,
-//! enough to cover the FMA latency on every x86-64 core we know, so the loop
+//! Each probe runs 12 independent FMA chains (zmm, ymm or xmm), enough to
+//! cover the FMA latency on every x86-64 core we know, so the loop
 //! is bound by FMA throughput alone. A vendor's datasheet figure can be far
 //! off in a VM (this project's issue quoted 175 GFLOP/s; the Zen 4 VM it runs
 //! on measures ~117 at both 256 and 512 bits, since Zen 4 executes zmm FMAs
@@ -59,7 +60,7 @@ mod x86 {
         };
     }
 
-    /// 24 zmm chains.
+    /// 12 zmm chains (24 make LLVM spill some of them).
     ///
     /// # Safety
     /// The CPU must have AVX-512F.
@@ -79,28 +80,12 @@ mod x86 {
             mut a9,
             mut a10,
             mut a11,
-            mut a12,
-            mut a13,
-            mut a14,
-            mut a15,
-            mut a16,
-            mut a17,
-            mut a18,
-            mut a19,
-            mut a20,
-            mut a21,
-            mut a22,
-            mut a23,
-        ] = [_mm512_set1_ps(0.5); 24];
-        chains!(_mm512_fmadd_ps(b, c);
-            a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11 a12 a13 a14 a15 a16 a17 a18 a19 a20 a21 a22 a23);
-        [
-            a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18,
-            a19, a20, a21, a22, a23,
-        ]
-        .iter()
-        .map(|&a| _mm512_reduce_add_ps(a))
-        .sum()
+        ] = [_mm512_set1_ps(0.5); 12];
+        chains!(_mm512_fmadd_ps(b, c); a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11);
+        [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]
+            .iter()
+            .map(|&a| _mm512_reduce_add_ps(a))
+            .sum()
     }
 
     /// 12 ymm chains.
@@ -170,12 +155,52 @@ mod x86 {
     }
 }
 
+/// Read bandwidth of one core over working sets from L2 to memory: a sum
+/// over the buffer with 16 independent accumulators (plain Rust, so the
+/// baseline 128-bit loads, which are enough to saturate every level but L1).
+/// A model's weights are read once per inference: with batch 1 the weight
+/// stream runs at the rate of the level they fit in.
+fn bandwidth() {
+    for kb in [256usize, 4 << 10, 16 << 10, 64 << 10, 256 << 10] {
+        let n = kb * 1024 / 4;
+        let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+        // about 1 GB per run
+        let passes = ((1usize << 30) / (4 * n)).max(1);
+        let sum = |buf: &[f32]| -> f32 {
+            let mut acc = [0f32; 16];
+            for c in buf.chunks_exact(16) {
+                for (a, x) in acc.iter_mut().zip(c) {
+                    *a += x;
+                }
+            }
+            acc.iter().sum()
+        };
+        // touch it once: page faults are not bandwidth
+        std::hint::black_box(sum(&buf));
+        let rates: Vec<f64> = (0..RUNS)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..passes {
+                    std::hint::black_box(sum(std::hint::black_box(&buf)));
+                }
+                (4 * n * passes) as f64 / t.elapsed().as_secs_f64() / 1e9
+            })
+            .collect();
+        println!(
+            "read {:>7} KB                median {:6.1} GB/s",
+            kb,
+            median(rates)
+        );
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn main() {
+    bandwidth();
     let steps = STEPS as f64;
     if is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F was detected on this CPU.
-        measure("avx-512 (24 zmm chains)", steps * 24.0 * 32.0, || unsafe {
+        measure("avx-512 (12 zmm chains)", steps * 12.0 * 32.0, || unsafe {
             x86::zmm()
         });
     } else {
@@ -197,7 +222,8 @@ fn main() {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn main() {
+    bandwidth();
     // `measure` is x86-only today; keep it referenced so the build is clean.
     let _ = measure;
-    println!("the peak probe covers x86-64 only");
+    println!("the FMA peak probe covers x86-64 only");
 }
