@@ -18,7 +18,6 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use kiln_ir::fused::FusedOp;
 use kiln_ir::{Graph, NodeId, Op};
 
-use super::asm_tile;
 use super::copy::{emit_copy_run, emit_fill_run};
 use super::epilogue::Epilogue;
 use super::gemm::{self, ASrc, BSrc, Gemm, Init, Tile};
@@ -264,16 +263,14 @@ pub(crate) fn lower_with(
     let og = g.o / groups;
     let k = g.cg * g.kh * g.kw;
     let p = g.ho * g.wo;
-    // The assembled AVX-512 tile needs packed weights (constant) and sets
-    // the panel shapes; otherwise the Cranelift tile of the options.
-    let use_asm = cx.asm.is_some() && cx.ins[1].data.is_some();
-    let tile = if use_asm {
-        Tile {
-            mr: asm_tile::MR,
-            nv: asm_tile::NR / 4,
+    // The assembled tile needs packed weights (constant) and sets the
+    // panel shapes; otherwise the Cranelift tile of the options.
+    let tile = match cx.asm.as_deref() {
+        Some(store) if cx.ins[1].data.is_some() => {
+            let (mr, nr) = store.tile_shape();
+            Tile { mr, nv: nr / 4 }
         }
-    } else {
-        cx.tile
+        _ => cx.tile,
     };
     let mut kernels: Kernels = Vec::new();
     let (b, b_off): (BSrc, Box<dyn Fn(usize, usize) -> i64>) = if g.is_pointwise() {
@@ -378,6 +375,6 @@ pub(crate) fn lower_with(
 fn cx_err(node: &str, msg: &str) -> BackendError {
     BackendError::Codegen {
         node: node.to_string(),
-        msg: format!("assembling the AVX-512 tile: {msg}"),
+        msg: format!("assembling the GEMM tile: {msg}"),
     }
 }
