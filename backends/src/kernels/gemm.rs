@@ -17,7 +17,8 @@
 //! Fused conv/linear kernels add an [`Epilogue`] (activation, then a
 //! residual laid out like C) applied to the accumulators right before the
 //! store: in the Cranelift tile on the f32x4 accumulators; in the assembled
-//! AVX-512 tile as zmm instructions, except GELU, which the driver applies
+//! tiles (AVX-512 14×32 or AVX2 6×16, by the `AsmStore`'s level) as vector
+//! instructions, except GELU, which the driver applies
 //! in a sweep over the tile the assembled code just wrote (still in L1),
 //! together with the residual. The Cranelift tile sweeps its expensive
 //! activations the same way (`Epilogue::swept`).
