@@ -432,8 +432,8 @@ fn x86_64_v4_objects_with_assembled_functions() {
 /// when this machine has AVX2 + FMA (skipped, saying so, otherwise).
 #[test]
 fn x86_64_v3_objects_with_avx2_tiles() {
-    let avx2 = std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
+    let avx2 =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     let compile = |cpu: &str| {
         compile_aot(
             &small_graph(7),

@@ -9,9 +9,7 @@
 
 mod common;
 
-use common::{
-    Arg, Fill, Rng, asm_levels, check, input, level_opts, opts, single, tensor, weight,
-};
+use common::{Arg, Fill, Rng, asm_levels, check, input, level_opts, opts, single, tensor, weight};
 use kiln_backends::{CompileOptions, TileLevel, compile};
 use kiln_frontends::zoo::{self, ZooOptions};
 use kiln_ir::fused::{Act, ConvStage, FusedOp};
@@ -89,7 +87,11 @@ fn assembled_tile_edges() {
         }
         // linear: M = tokens, N = output features
         for runtime_w in [false, true] {
-            let w = if runtime_w { input(&[k, n]) } else { weight(&[k, n]) };
+            let w = if runtime_w {
+                input(&[k, n])
+            } else {
+                weight(&[k, n])
+            };
             let mut args = vec![input(&[1, m, k]), w];
             if bias {
                 args.push(weight(&[n]));

@@ -387,20 +387,11 @@ impl Gemm {
         };
         let runtime_pack = self.packs_b_at_run_time();
         let mut ids = [None; 8];
-        for (slot, (mr, nt)) in [
-            (tmr, tnr),
-            (tmr, n_tail),
-            (m_tail, tnr),
-            (m_tail, n_tail),
-        ]
-        .into_iter()
-        .enumerate()
+        for (slot, (mr, nt)) in [(tmr, tnr), (tmr, n_tail), (m_tail, tnr), (m_tail, n_tail)]
+            .into_iter()
+            .enumerate()
         {
-            if mr == 0
-                || nt == 0
-                || (slot < 2 && self.m < tmr)
-                || (slot % 2 == 0 && self.n < tnr)
-            {
+            if mr == 0 || nt == 0 || (slot < 2 && self.m < tmr) || (slot % 2 == 0 && self.n < tnr) {
                 continue;
             }
             let v = asm_tile::Variant {

@@ -219,7 +219,10 @@ pub fn asm_levels() -> Vec<TileLevel> {
     SKIPPED.call_once(|| {
         if !skip.is_empty() {
             let names: Vec<&str> = skip.iter().map(|(l, _)| l.name()).collect();
-            eprintln!("tile levels this host lacks, not tested: {}", names.join(", "));
+            eprintln!(
+                "tile levels this host lacks, not tested: {}",
+                names.join(", ")
+            );
         }
     });
     run.into_iter().map(|(l, _)| l).collect()
