@@ -40,6 +40,18 @@ const EXP_HI: i32 = 56;
 /// Red-zone bytes `[rsp - MASK, rsp - MASK + 32)`: the column-tail mask.
 const MASK: i32 = 128;
 
+// The slots above must not overlap the shared ones (`asm_tile` owns those
+// and may add to them): checked at compile time.
+const _: () = {
+    let mut i = 0;
+    while i < EXP2_POLY.len() {
+        assert!(EXP2_POLY[i].0 < EXP_LO);
+        i += 1;
+    }
+    // slot `s` is the bytes `[rsp - s, rsp - s + 4)`
+    assert!(NEG_LOG2E < EXP_LO && EXP_LO < EXP_HI && EXP_HI <= MASK - 32);
+};
+
 fn ymm(i: usize) -> AsmRegisterYmm {
     const Y: [AsmRegisterYmm; 16] = [
         ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13,
