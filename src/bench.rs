@@ -32,6 +32,8 @@ pub struct BenchOptions {
     pub optimize: bool,
     /// also time every kernel (`--profile`), over `iters` profiled runs
     pub profile: bool,
+    /// the widest GEMM tile level to use (`--tiles`; `None`: the host's)
+    pub tiles: Option<kiln_backends::TileLevel>,
 }
 
 /// One row of the profile: a graph node of the compiled (optimised) graph
@@ -99,6 +101,8 @@ pub struct BenchReport {
     pub min_ms: f64,
     /// threads used
     pub threads: usize,
+    /// the GEMM tile level compiled at (`avx512`, `avx2`, `f32x4`)
+    pub tiles: String,
     /// `2·MACs / median`, in GFLOP/s
     pub gflops: f64,
     /// bytes of the per-call arena
@@ -151,6 +155,9 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         ..CompileOptions::default()
     };
     copts.backend.threads = opts.threads;
+    if let Some(t) = opts.tiles {
+        copts.backend.max_tiles = t;
+    }
     let compiled = compile(model, &copts)?;
     let jit = &compiled.model;
     let mut outputs = jit.run(&inputs)?;
@@ -193,6 +200,7 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         median_ms,
         min_ms: times[0],
         threads: st.threads,
+        tiles: st.tiles.name().to_string(),
         gflops: if median_ms > 0.0 {
             2.0 * macs as f64 / (median_ms * 1e-3) / 1e9
         } else {
@@ -373,7 +381,7 @@ pub fn render_text(r: &BenchReport) -> String {
         "passes off".to_string()
     };
     let mut s = format!(
-        "model:    {}\nthreads:  {}{}\ncompile:  {:.1} ms ({passes}, codegen {:.1} ms, {} kernels)\nlatency:  median {:.3} ms, min {:.3} ms over {} runs\nthroughput: {:.2} GFLOP/s ({} MACs)\narena:    {} bytes ({:.2} MiB)\n",
+        "model:    {}\nthreads:  {}{}\ntiles:    {}\ncompile:  {:.1} ms ({passes}, codegen {:.1} ms, {} kernels)\nlatency:  median {:.3} ms, min {:.3} ms over {} runs\nthroughput: {:.2} GFLOP/s ({} MACs)\narena:    {} bytes ({:.2} MiB)\n",
         r.model,
         r.threads,
         if r.threads > 1 {
@@ -384,6 +392,7 @@ pub fn render_text(r: &BenchReport) -> String {
         } else {
             String::new()
         },
+        r.tiles,
         r.compile_ms,
         r.codegen_ms,
         r.kernels,
@@ -472,6 +481,7 @@ pub fn render_json(r: &BenchReport) -> String {
         "optimized": r.optimized,
         "fused_ops": r.fused_ops,
         "threads": r.threads,
+        "tiles": r.tiles,
         "gflops": r.gflops,
         "arena_bytes": r.arena_bytes,
         "parallel_kernels": r.parallel_kernels,
@@ -541,9 +551,11 @@ mod tests {
             seed: 0,
             optimize: true,
             profile: true,
+            tiles: Some(kiln_backends::TileLevel::F32x4),
         };
         let r = bench_model(&tiny(), &opts).unwrap();
         assert_eq!(r.threads, 1);
+        assert_eq!(r.tiles, "f32x4", "--tiles caps the level");
         assert_eq!(r.iters, 5);
         assert_eq!(r.macs, 4 * 4 * 8);
         assert!(r.min_ms <= r.median_ms);
@@ -685,6 +697,7 @@ mod tests {
             seed: 0,
             optimize: true,
             profile: false,
+            tiles: None,
         };
         assert!(bench_model(&tiny(), &opts).is_err());
         opts.iters = 1;

@@ -61,6 +61,7 @@ pub use compiled::{
     emit_clif, kernel_graph,
 };
 pub use error::BackendError;
+pub use target::TileLevel;
 pub use target::supported_list as aot_supported_targets;
 
 #[doc(hidden)]

@@ -24,7 +24,6 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use kiln_ir::fused::{Act, FusedOp};
 use kiln_ir::{Graph, NodeId, Op};
 
-use super::asm_tile;
 use super::copy::{emit_copy_run, emit_fill_run};
 use super::epilogue::{Epilogue, Slopes};
 use super::gemm::{self, ASrc, BSrc, Gemm, Init, Tile};
@@ -517,16 +516,14 @@ pub(crate) fn lower_with(
     let subs = og / rows;
     let k = g.cg * g.kh * g.kw;
     let p = g.ho * g.wo;
-    // The assembled AVX-512 tile needs packed weights (constant) and sets
-    // the panel shapes; otherwise the Cranelift tile of the options.
-    let use_asm = cx.asm.is_some() && cx.ins[1].data.is_some();
-    let tile = if use_asm {
-        Tile {
-            mr: asm_tile::MR,
-            nv: asm_tile::NR / 4,
+    // The assembled tile needs packed weights (constant) and sets the
+    // panel shapes; otherwise the Cranelift tile of the options.
+    let tile = match cx.asm.as_deref() {
+        Some(store) if cx.ins[1].data.is_some() => {
+            let (mr, nr) = store.tile_shape();
+            Tile { mr, nv: nr / 4 }
         }
-    } else {
-        cx.tile
+        _ => cx.tile,
     };
     let mut kernels: Kernels = Vec::new();
     let mut banded: Option<(Im2col, usize)> = None;
@@ -704,7 +701,7 @@ pub(crate) fn lower_with(
 fn cx_err(node: &str, msg: &str) -> BackendError {
     BackendError::Codegen {
         node: node.to_string(),
-        msg: format!("assembling the AVX-512 tile: {msg}"),
+        msg: format!("assembling the GEMM tile: {msg}"),
     }
 }
 

@@ -569,7 +569,7 @@ pub(crate) fn lower(
     title: Option<String>,
     shuffle: usize,
 ) -> Result<Kernels, BackendError> {
-    let asm = match cx.asm.as_deref_mut() {
+    let asm = match cx.asm512() {
         Some(store) => match asm_spec(g, &epi) {
             Some(spec) => Some((
                 store
@@ -583,7 +583,7 @@ pub(crate) fn lower(
     };
     // the sweep's silu, assembled: the f32x4 exp made a silu-fused
     // depthwise conv (MobileViTv2) run at a third of its plain speed
-    let asm_silu = match cx.asm.as_deref_mut() {
+    let asm_silu = match cx.asm512() {
         Some(store) if epi.act == Act::Silu => {
             let f = asm_unary::Func::Silu;
             Some(
