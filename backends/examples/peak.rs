@@ -155,41 +155,55 @@ mod x86 {
     }
 }
 
-/// Read bandwidth of one core over working sets from L2 to memory: a sum
-/// over the buffer with 16 independent accumulators (plain Rust, so the
-/// baseline 128-bit loads, which are enough to saturate every level but L1).
-/// A model's weights are read once per inference: with batch 1 the weight
-/// stream runs at the rate of the level they fit in.
+/// `Σ buf` with 16 independent accumulators (plain Rust, so the baseline
+/// 128-bit loads, which are enough to saturate every level but L1).
+fn sum(buf: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for c in buf.chunks_exact(16) {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum()
+}
+
+/// Read bandwidth over working sets from L2 to memory, with one thread and
+/// with every core (each summing its own slice). A model's weights are read
+/// once per inference: with batch 1 the weight stream runs at the rate of
+/// the level they fit in, and a second thread helps only as far as the
+/// shared levels give it more.
 fn bandwidth() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for kb in [256usize, 4 << 10, 16 << 10, 64 << 10, 256 << 10] {
         let n = kb * 1024 / 4;
         let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
         // about 1 GB per run
         let passes = ((1usize << 30) / (4 * n)).max(1);
-        let sum = |buf: &[f32]| -> f32 {
-            let mut acc = [0f32; 16];
-            for c in buf.chunks_exact(16) {
-                for (a, x) in acc.iter_mut().zip(c) {
-                    *a += x;
-                }
-            }
-            acc.iter().sum()
-        };
         // touch it once: page faults are not bandwidth
         std::hint::black_box(sum(&buf));
-        let rates: Vec<f64> = (0..RUNS)
-            .map(|_| {
-                let t = Instant::now();
-                for _ in 0..passes {
-                    std::hint::black_box(sum(std::hint::black_box(&buf)));
-                }
-                (4 * n * passes) as f64 / t.elapsed().as_secs_f64() / 1e9
-            })
-            .collect();
-        println!(
-            "read {:>7} KB                median {:6.1} GB/s",
-            kb,
+        let rate = |threads: usize| -> f64 {
+            let rates: Vec<f64> = (0..RUNS)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::thread::scope(|s| {
+                        for part in buf.chunks(n.div_ceil(threads)) {
+                            s.spawn(move || {
+                                for _ in 0..passes {
+                                    std::hint::black_box(sum(std::hint::black_box(part)));
+                                }
+                            });
+                        }
+                    });
+                    (4 * n * passes) as f64 / t.elapsed().as_secs_f64() / 1e9
+                })
+                .collect();
             median(rates)
+        };
+        println!(
+            "read {:>7} KB                median {:6.1} GB/s, {:6.1} GB/s on {cores} threads",
+            kb,
+            rate(1),
+            rate(cores)
         );
     }
 }
