@@ -17,7 +17,7 @@ use kiln_ir::{Graph, IrError, NodeId, Op, TensorType, Value};
 
 use super::conv::{self, Geom};
 use super::epilogue::{Epilogue, Slopes};
-use super::{Kernels, NodeCx, matmul};
+use super::{Kernels, NodeCx, attention, matmul};
 use crate::error::BackendError;
 
 /// Where the operands of a `fused_conv` / `fused_linear` are: bias, the
@@ -117,7 +117,13 @@ pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {
                 && !ops[0].shape.is_empty()
                 && (!bias || ops.get(2).is_some_and(|b| b.rank() == 1))
         }
-        _ => false,
+        FusedOp::Attention { .. } | FusedOp::M2fBridge { .. } | FusedOp::F2mBridge { .. } => {
+            attention::has_kernel(f, &ops)
+        }
+        // MobileViTv2's separable attention and XFormer's cross-feature
+        // attention have no kernel yet: they run as their expansion.
+        FusedOp::SepAttention { .. } | FusedOp::CrossFeatureAttention { .. } => false,
+        FusedOp::ConvChain { .. } => false,
     }
 }
 
@@ -231,6 +237,9 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
             };
             let bias = l.bias.map(|i| cx.ins[i].buf);
             matmul::lower_linear(cx, bias, epi)
+        }
+        FusedOp::Attention { .. } | FusedOp::M2fBridge { .. } | FusedOp::F2mBridge { .. } => {
+            attention::lower(cx, f)
         }
         _ => Err(cx.unsupported(format!(
             "{} has no kernel (compile expands it into primitive ops first)",
