@@ -28,13 +28,17 @@
 //! (a batch of 1 against `N`); `fused_sep_attn` and `fused_xca` always do.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::types::I64;
+use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Signature, Type, Value};
+use cranelift_codegen::isa::CallConv;
 use kiln_ir::TensorType;
-use kiln_ir::fused::FusedOp;
+use kiln_ir::fused::{Act, FusedOp};
 
+use super::epilogue::Epilogue;
+use super::gemm::{self, ASrc, BSrc, Gemm, Init};
 use super::rows::{Fold, map_run, reduce_run};
-use super::{Kernel, Kernels, NodeCx, norm};
-use crate::codegen::math::{clamp, exp};
+use super::{Kernel, Kernels, NodeCx, Operand, asm_unary, matmul, norm};
+use crate::codegen::math::exp;
 use crate::codegen::{Buf, Emitter, F32, Loc, V4};
 use crate::error::BackendError;
 
@@ -46,9 +50,6 @@ pub(crate) const MAX_TOKENS: usize = 12;
 /// amortise the per-unit set-up, small enough to split one head over two
 /// threads.
 const F2M_RUN: usize = 256;
-
-/// Columns of one block of [`linear`]: four f32x4 accumulators.
-const LIN_BLOCK: usize = 16;
 
 fn shape_is(t: Option<&TensorType>, s: &[usize]) -> bool {
     t.is_some_and(|t| t.shape == s)
@@ -148,10 +149,10 @@ impl Scratch {
 }
 
 /// Scratch arrays of `fused_m2f`: `Q`, the gate, the scores, the gated
-/// attention output.
+/// attention output, `scale·Q`.
 fn m2f_scratch(b: &Bridge) -> Scratch {
     let nmc = b.n * b.m * b.c;
-    Scratch::new(&[nmc, nmc, b.n * b.heads * b.m * b.l, nmc])
+    Scratch::new(&[nmc, nmc, b.n * b.heads * b.m * b.l, nmc, nmc])
 }
 
 /// Scratch arrays of `fused_f2m`: the projected keys and values.
@@ -166,9 +167,6 @@ struct Mha {
     b: usize,
     tq: usize,
     tk: usize,
-    dq: usize,
-    dk: usize,
-    dv: usize,
     /// query/key width after projection
     d: usize,
     /// value width after projection
@@ -213,9 +211,6 @@ fn mha_of(f: &FusedOp, ops: &[TensorType]) -> Option<Mha> {
         b,
         tq,
         tk,
-        dq,
-        dk,
-        dv,
         d,
         dvo,
         heads,
@@ -324,104 +319,42 @@ fn base(e: &mut Emitter, buf: Buf) -> Ptr {
     }
 }
 
-/// What [`linear`] applies to each result before storing it.
-#[derive(Clone, Copy, PartialEq)]
-enum Post {
-    None,
-    /// Mobile-Former's gate `2·hsig(y)`, hsig being PyTorch's
-    /// `clamp(y/6 + 1/2, 0, 1)`
-    Gate,
+/// `dst = k · src` over `len` contiguous elements (one unit: a few
+/// hundred elements of token-side queries).
+struct Scale {
+    src: Buf,
+    dst: Buf,
+    len: usize,
+    k: f32,
 }
 
-/// `out[r·os + j] = post(x[r·xs ..] · w[.., j] + b[j]) + res[r·rs + j]` for
-/// `r < rows`, `j < cols`, `k` terms; strides in elements. Columns go in
-/// blocks of [`LIN_BLOCK`] (four f32x4 accumulators), then single vectors,
-/// then scalars.
-struct Linear {
-    rows: usize,
-    k: usize,
-    cols: usize,
-    x: (Ptr, i64),
-    w: (Ptr, i64),
-    b: Option<Ptr>,
-    res: Option<(Ptr, i64)>,
-    out: (Value, i64),
-    post: Post,
-}
+impl Kernel for Scale {
+    fn describe(&self) -> String {
+        format!("fused_m2f query scale x{} over {}", self.k, self.len)
+    }
 
-fn linear(e: &mut Emitter, l: &Linear) {
-    let wf = Emitter::wflags();
-    e.for_static(0, l.rows as i64, 1, |e, r| {
-        let xr = l.x.0.at(e, r, 4 * l.x.1);
-        let or = e.index(l.out.0, r, 4 * l.out.1);
-        let rr = l.res.map(|(p, s)| p.at(e, r, 4 * s));
-        // `nv` vectors of `ty` from column byte offset `jo`
-        let group = |e: &mut Emitter, jo: Value, nv: usize, ty: Type| {
-            let lane = if ty == V4 { 16 } else { 4 };
-            let zero = e.kc(ty, 0.0);
-            let accs: Vec<_> = (0..nv)
-                .map(|i| {
-                    let init = match l.b {
-                        Some(b) => {
-                            let p = b.at(e, jo, 1);
-                            p.load(e, ty, lane * i as i64)
-                        }
-                        None => zero,
-                    };
-                    e.var(ty, init)
-                })
-                .collect();
-            let wj = l.w.0.at(e, jo, 1);
-            e.for_static(0, l.k as i64, 1, |e, kk| {
-                let xp = xr.at(e, kk, 4);
-                let xs = xp.load(e, F32, 0);
-                let xv = e.widen(ty, xs);
-                let wp = wj.at(e, kk, 4 * l.w.1);
-                for (i, &acc) in accs.iter().enumerate() {
-                    let wv = wp.load(e, ty, lane * i as i64);
-                    let a = e.b.use_var(acc);
-                    let y = e.mul_add(xv, wv, a);
-                    e.b.def_var(acc, y);
-                }
-            });
-            for (i, &acc) in accs.iter().enumerate() {
-                let mut y = e.b.use_var(acc);
-                if l.post == Post::Gate {
-                    let sixth = e.kc(ty, 1.0 / 6.0);
-                    let half = e.kc(ty, 0.5);
-                    let two = e.kc(ty, 2.0);
-                    let h = e.mul_add(y, sixth, half);
-                    let h = clamp(e, ty, h, 0.0, 1.0);
-                    y = e.b.ins().fmul(h, two);
-                }
-                let off = lane * i as i64;
-                if let Some(rp) = rr {
-                    let p = rp.at(e, jo, 1);
-                    let v = p.load(e, ty, off);
-                    y = e.b.ins().fadd(y, v);
-                }
-                let p = e.b.ins().iadd(or, jo);
-                e.store(wf, y, p, off);
-            }
-        };
-        let blocks = l.cols / LIN_BLOCK;
-        e.for_static(
-            0,
-            4 * (LIN_BLOCK * blocks) as i64,
-            4 * LIN_BLOCK as i64,
-            |e, jo| group(e, jo, LIN_BLOCK / 4, V4),
-        );
-        let mut j = LIN_BLOCK * blocks;
-        while j + 4 <= l.cols {
-            let jo = e.ic(4 * j as i64);
-            group(e, jo, 1, V4);
-            j += 4;
-        }
-        if j < l.cols {
-            let jo = e.ic(4 * j as i64);
-            group(e, jo, l.cols - j, F32);
-        }
-    });
+    fn units(&self) -> usize {
+        usize::from(self.len > 0)
+    }
+
+    fn cost(&self) -> f64 {
+        self.len as f64
+    }
+
+    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
+        let src = e.base(self.src);
+        let dst = e.base(self.dst);
+        let rf = Emitter::rflags(self.src);
+        let k = self.k;
+        e.for_range(begin, end, 1, |e, _| {
+            let kv = e.kc(V4, k);
+            let ks = e.fc(k);
+            let f = |e: &mut Emitter, ty: Type, x: Value| {
+                e.b.ins().fmul(x, if ty == V4 { kv } else { ks })
+            };
+            map_run(e, dst, src, self.len, rf, &f, false);
+        });
+    }
 }
 
 /// `Σ_i a[i]·b[i]` over a contiguous run of `len` (f32x4 lanes, then
@@ -464,62 +397,17 @@ fn exp_row(e: &mut Emitter, row: Ptr, len: usize) -> Value {
 /// docs. Writes the gated attention output `[N, M, C]` to scratch.
 struct M2fCore {
     b: Bridge,
-    scale: f32,
     x: Buf,
-    z: Buf,
-    /// `(wq, bq)` or the given `Q`
-    q: Result<(Buf, Buf), Buf>,
-    /// `(wa, ba)` or the given gate
-    g: Result<(Buf, Buf), Buf>,
-    /// scratch: Q, gate, scores, output
-    sq: Buf,
-    sg: Buf,
+    /// the gate `[N, M, C]`: given, or `hsig(zWa + ba)` from the GEMM,
+    /// which this kernel doubles (`twice`; exact in floating point)
+    g: Buf,
+    twice: bool,
+    /// scratch: the scaled scores `[N·h, M, L]` (from the GEMM), the
+    /// output `[N, M, C]`
     ss: Buf,
     so: Buf,
-}
-
-/// Projects the head-`j` columns of the token-side operand `p` (`(w, b)`:
-/// from `z`) into scratch `dst` (when projected), returning where head `j`'s
-/// columns of image `n` start (row stride `C`).
-fn head_tokens(
-    e: &mut Emitter,
-    b: &Bridge,
-    p: Result<(Ptr, Ptr), Ptr>,
-    dst: Ptr,
-    z: Ptr,
-    n: Value,
-    j: Value,
-    post: Post,
-) -> Ptr {
-    let (m, c, d, dh) = (b.m, b.c, b.d, b.dh());
-    // element offset of (n, 0, j·dh) in an [N, M, C] array
-    let nm = e.b.ins().imul_imm_s(n, (m * c) as i64);
-    let jd = e.b.ins().imul_imm_s(j, dh as i64);
-    let at = e.b.ins().iadd(nm, jd);
-    match p {
-        Err(given) => given.at(e, at, 4),
-        Ok((w, bias)) => {
-            let out = dst.at(e, at, 4);
-            let zn = z.at(e, n, 4 * (m * d) as i64);
-            let wj = w.at(e, jd, 4);
-            let bj = bias.at(e, jd, 4);
-            linear(
-                e,
-                &Linear {
-                    rows: m,
-                    k: d,
-                    cols: dh,
-                    x: (zn, d as i64),
-                    w: (wj, c as i64),
-                    b: Some(bj),
-                    res: None,
-                    out: (out.p, c as i64),
-                    post,
-                },
-            );
-            out
-        }
-    }
+    /// the assembled row softmax, by its number in the `AsmStore`
+    asm: Option<usize>,
 }
 
 impl Kernel for M2fCore {
@@ -548,71 +436,47 @@ impl Kernel for M2fCore {
         let b = self.b;
         let (m, c, l, dh) = (b.m, b.c, b.l, b.dh());
         let x = base(e, self.x);
-        let z = base(e, self.z);
-        let q = match self.q {
-            Ok((w, bias)) => Ok((base(e, w), base(e, bias))),
-            Err(g) => Err(base(e, g)),
-        };
-        let g = match self.g {
-            Ok((w, bias)) => Ok((base(e, w), base(e, bias))),
-            Err(g) => Err(base(e, g)),
-        };
-        let sq = base(e, self.sq);
-        let sg = base(e, self.sg);
+        let g = base(e, self.g);
         let ss = base(e, self.ss);
         let so = base(e, self.so);
         let wf = Emitter::wflags();
-        let scale = self.scale;
+        // fn(src, dst, n) of the assembled row softmax (asm_unary)
+        let asm = self.asm.map(|id| {
+            let mut sig = Signature::new(CallConv::SystemV);
+            for _ in 0..3 {
+                sig.params.push(AbiParam::new(I64));
+            }
+            (e.b.import_signature(sig), id)
+        });
         e.for_range(begin, end, 1, |e, u| {
             let n = e.b.ins().udiv_imm_u(u, b.heads as i64);
             let j = e.b.ins().urem_imm_u(u, b.heads as i64);
-            let qh = head_tokens(e, &b, q, sq, z, n, j, Post::None);
-            let gh = head_tokens(e, &b, g, sg, z, n, j, Post::Gate);
-            // channels (n, j·dh ..) of x: u·dh rows of L pixels in
+            // element offset of (n, 0, j·dh) in the [N, M, C] arrays
+            let nm = e.b.ins().imul_imm_s(n, (m * c) as i64);
+            let jd = e.b.ins().imul_imm_s(j, dh as i64);
+            let tok = e.b.ins().iadd(nm, jd);
+            let gh = g.at(e, tok, 4);
+            let oh = so.at(e, tok, 4);
             let xh = x.at(e, u, 4 * (dh * l) as i64);
             let sh = ss.at(e, u, 4 * (m * l) as i64);
-            // scores: lanes over pixels, one accumulator per token
-            let scores = |e: &mut Emitter, lo: Value, ty: Type| {
-                let zero = e.kc(ty, 0.0);
-                let accs: Vec<_> = (0..m).map(|_| e.var(ty, zero)).collect();
-                let xl = xh.at(e, lo, 1);
-                e.for_static(0, dh as i64, 1, |e, ch| {
-                    let xv = xl.at(e, ch, 4 * l as i64).load(e, ty, 0);
-                    let qc = qh.at(e, ch, 4);
-                    for (t, &acc) in accs.iter().enumerate() {
-                        let s = qc.load(e, F32, 4 * (t * c) as i64);
-                        let sv = e.widen(ty, s);
-                        let a = e.b.use_var(acc);
-                        let y = e.mul_add(sv, xv, a);
-                        e.b.def_var(acc, y);
-                    }
-                });
-                let k = e.kc(ty, scale);
-                let sl = sh.at(e, lo, 1);
-                for (t, &acc) in accs.iter().enumerate() {
-                    let a = e.b.use_var(acc);
-                    let y = e.b.ins().fmul(a, k);
-                    e.store(wf, y, sl.p, 4 * (t * l) as i64);
-                }
-            };
             let l4 = 4 * (l / 4);
-            e.for_static(0, 4 * l4 as i64, 16, |e, lo| scores(e, lo, V4));
-            for p in l4..l {
-                let lo = e.ic(4 * p as i64);
-                scores(e, lo, F32);
-            }
-            let inv: Vec<Value> = (0..m)
+            // each token's row of scores becomes its softmax: normalised
+            // in place by the assembled row function, else exponentiated
+            // in place and scaled by `1/Σ` below
+            let inv: Vec<Option<Value>> = (0..m)
                 .map(|t| {
                     let row = sh.off(e, 4 * (t * l) as i64);
-                    exp_row(e, row, l)
+                    match asm {
+                        Some((sig, id)) => {
+                            let f = e.asm_fn(id);
+                            let len = e.ic(l as i64);
+                            e.b.ins().call_indirect(sig, f, &[row.p, row.p, len]);
+                            None
+                        }
+                        None => Some(exp_row(e, row, l)),
+                    }
                 })
                 .collect();
-            let oh = {
-                let nm = e.b.ins().imul_imm_s(n, (m * c) as i64);
-                let jd = e.b.ins().imul_imm_s(j, dh as i64);
-                let at = e.b.ins().iadd(nm, jd);
-                so.at(e, at, 4)
-            };
             // per channel: Σ_l P[t,l]·X[ch,l] for every token t
             e.for_static(0, dh as i64, 1, |e, ch| {
                 let xc = xh.at(e, ch, 4 * l as i64);
@@ -638,124 +502,18 @@ impl Kernel for M2fCore {
                         let pv = sh.load(e, F32, 4 * (t * l + p) as i64);
                         s = e.mul_add(pv, xv, s);
                     }
-                    let o = e.b.ins().fmul(s, inv[t]);
-                    let gv = gc.load(e, F32, 4 * (t * c) as i64);
+                    let o = match inv[t] {
+                        Some(i) => e.b.ins().fmul(s, i),
+                        None => s,
+                    };
+                    let mut gv = gc.load(e, F32, 4 * (t * c) as i64);
+                    if self.twice {
+                        gv = e.b.ins().fadd(gv, gv);
+                    }
                     let y = e.b.ins().fmul(o, gv);
                     e.store(wf, y, oc.p, 4 * (t * c) as i64);
                 }
             });
-        });
-    }
-}
-
-/// `out = z + og·Wo + bo` per image (the layer norm follows).
-struct M2fOut {
-    b: Bridge,
-    og: Buf,
-    z: Buf,
-    wo: Buf,
-    bo: Buf,
-    out: Buf,
-}
-
-impl Kernel for M2fOut {
-    fn describe(&self) -> String {
-        format!(
-            "fused_m2f output projection {}x{} -> {}",
-            self.b.m, self.b.c, self.b.d
-        )
-    }
-
-    fn units(&self) -> usize {
-        self.b.n
-    }
-
-    fn cost(&self) -> f64 {
-        let b = &self.b;
-        (2 * b.n * b.m * b.c * b.d) as f64
-    }
-
-    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
-        let b = self.b;
-        let og = base(e, self.og);
-        let z = base(e, self.z);
-        let wo = base(e, self.wo);
-        let bo = base(e, self.bo);
-        let out = e.base(self.out);
-        e.for_range(begin, end, 1, |e, n| {
-            let ogn = og.at(e, n, 4 * (b.m * b.c) as i64);
-            let zn = z.at(e, n, 4 * (b.m * b.d) as i64);
-            let on = e.index(out, n, 4 * (b.m * b.d) as i64);
-            linear(
-                e,
-                &Linear {
-                    rows: b.m,
-                    k: b.c,
-                    cols: b.d,
-                    x: (ogn, b.c as i64),
-                    w: (wo, b.d as i64),
-                    b: Some(bo),
-                    res: Some((zn, b.d as i64)),
-                    out: (on, b.d as i64),
-                    post: Post::None,
-                },
-            );
-        });
-    }
-}
-
-/// `K = zWk + bk`, `V = zWv + bv` of every image, into scratch.
-struct F2mTokens {
-    b: Bridge,
-    z: Buf,
-    /// `(w, b, destination)` for K and V
-    proj: [(Buf, Buf, Buf); 2],
-}
-
-impl Kernel for F2mTokens {
-    fn describe(&self) -> String {
-        format!(
-            "fused_f2m token projections {}x{} -> {}",
-            self.b.m, self.b.d, self.b.c
-        )
-    }
-
-    fn units(&self) -> usize {
-        self.b.n
-    }
-
-    fn cost(&self) -> f64 {
-        let b = &self.b;
-        (4 * b.n * b.m * b.c * b.d) as f64
-    }
-
-    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
-        let b = self.b;
-        let z = base(e, self.z);
-        let proj: Vec<(Ptr, Ptr, Value)> = self
-            .proj
-            .iter()
-            .map(|&(w, bias, dst)| (base(e, w), base(e, bias), e.base(dst)))
-            .collect();
-        e.for_range(begin, end, 1, |e, n| {
-            let zn = z.at(e, n, 4 * (b.m * b.d) as i64);
-            for &(w, bias, dst) in &proj {
-                let on = e.index(dst, n, 4 * (b.m * b.c) as i64);
-                linear(
-                    e,
-                    &Linear {
-                        rows: b.m,
-                        k: b.d,
-                        cols: b.c,
-                        x: (zn, b.d as i64),
-                        w: (w, b.c as i64),
-                        b: Some(bias),
-                        res: None,
-                        out: (on, b.c as i64),
-                        post: Post::None,
-                    },
-                );
-            }
         });
     }
 }
@@ -911,11 +669,11 @@ impl Kernel for F2mCore {
 struct MhaKernel {
     a: Mha,
     scale: f32,
-    x: [Buf; 3],
-    /// `(w, b)` of each projected side
-    proj: [Option<(Buf, Buf)>; 3],
-    /// scratch for the projected Q, K, V and one row of scores
-    scratch: [Buf; 4],
+    /// Q `[B, Tq, D]`, K `[B, Tk, D]`, V `[B, Tk, Dv']`: the inputs, or
+    /// their projections in scratch
+    qkv: [Buf; 3],
+    /// scratch: one row of scores per batch element
+    srow: Buf,
     out: Buf,
 }
 
@@ -934,55 +692,21 @@ impl Kernel for MhaKernel {
 
     fn cost(&self) -> f64 {
         let a = &self.a;
-        let proj = a.tq * a.dq * a.d + a.tk * a.dk * a.d + a.tk * a.dv * a.dvo;
-        (2 * a.b * (proj + a.tq * a.tk * (a.d + a.dvo))) as f64
+        (2 * a.b * a.tq * a.tk * (a.d + a.dvo)) as f64
     }
 
     fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
         let a = self.a;
-        let rows = [a.tq, a.tk, a.tk];
-        let din = [a.dq, a.dk, a.dv];
-        let dout = [a.d, a.d, a.dvo];
-        let xs: Vec<Ptr> = self.x.iter().map(|&x| base(e, x)).collect();
-        let proj: Vec<Option<(Ptr, Ptr)>> = self
-            .proj
-            .iter()
-            .map(|p| p.map(|(w, b)| (base(e, w), base(e, b))))
-            .collect();
-        let sc: Vec<Ptr> = self.scratch.iter().map(|&s| base(e, s)).collect();
+        let side: Vec<Ptr> = self.qkv.iter().map(|&x| base(e, x)).collect();
+        let srow = base(e, self.srow);
         let out = e.base(self.out);
         let wf = Emitter::wflags();
         let (dh, dvh) = (a.d / a.heads, a.dvo / a.heads);
         e.for_range(begin, end, 1, |e, bi| {
-            // Q, K, V of this batch element: projected into scratch or as given
-            let side: Vec<Ptr> = (0..3)
-                .map(|s| {
-                    let x = xs[s].at(e, bi, 4 * (rows[s] * din[s]) as i64);
-                    match proj[s] {
-                        None => x,
-                        Some((w, bias)) => {
-                            let o = sc[s].at(e, bi, 4 * (rows[s] * dout[s]) as i64);
-                            linear(
-                                e,
-                                &Linear {
-                                    rows: rows[s],
-                                    k: din[s],
-                                    cols: dout[s],
-                                    x: (x, din[s] as i64),
-                                    w: (w, dout[s] as i64),
-                                    b: Some(bias),
-                                    res: None,
-                                    out: (o.p, dout[s] as i64),
-                                    post: Post::None,
-                                },
-                            );
-                            o
-                        }
-                    }
-                })
-                .collect();
-            let (q, k, v) = (side[0], side[1], side[2]);
-            let srow = sc[3].at(e, bi, 4 * a.tk as i64);
+            let q = side[0].at(e, bi, 4 * (a.tq * a.d) as i64);
+            let k = side[1].at(e, bi, 4 * (a.tk * a.d) as i64);
+            let v = side[2].at(e, bi, 4 * (a.tk * a.dvo) as i64);
+            let srow = srow.at(e, bi, 4 * a.tk as i64);
             let ob = e.index(out, bi, 4 * (a.tq * a.dvo) as i64);
             e.for_static(0, a.tq as i64, 1, |e, i| {
                 let qi = q.at(e, i, 4 * a.d as i64);
@@ -1041,14 +765,68 @@ fn part(cx: &NodeCx, s: &Scratch, k: usize) -> Result<Buf, BackendError> {
     }
 }
 
+/// `dst = x·w + bias` (`x [.., K]`, `w [K, N]`) with `epi`, on the GEMM
+/// driver: `matmul::lower_linear` on a node of its own made of these
+/// operands (weights are packed at compile time as for `fused_linear`).
+fn project<'a>(
+    cx: &mut NodeCx<'a>,
+    x: Operand<'a>,
+    w: usize,
+    bias: usize,
+    dst: (Buf, Vec<usize>),
+    epi: Epilogue,
+) -> Result<Kernels, BackendError> {
+    let wo = &cx.ins[w];
+    let ins = vec![
+        x,
+        Operand {
+            buf: wo.buf,
+            ty: wo.ty.clone(),
+            data: wo.data,
+        },
+    ];
+    let bias = cx.ins[bias].buf;
+    let mut sub = NodeCx {
+        name: cx.name.clone(),
+        op: cx.op,
+        ins,
+        outs: vec![(dst.0, TensorType::f32(dst.1))],
+        scratch: None,
+        threads: cx.threads,
+        tile: cx.tile,
+        consts: &mut *cx.consts,
+        asm: cx.asm.as_deref_mut(),
+    };
+    matmul::lower_linear(&mut sub, Some(bias), epi)
+}
+
+/// Operand `i` of the node, as a sub-node's operand.
+fn operand<'a>(cx: &NodeCx<'a>, i: usize) -> Operand<'a> {
+    let o = &cx.ins[i];
+    Operand {
+        buf: o.buf,
+        ty: o.ty.clone(),
+        data: o.data,
+    }
+}
+
+/// A scratch array as a sub-node's (run-time) operand.
+fn scratch_operand<'a>(buf: Buf, shape: Vec<usize>) -> Operand<'a> {
+    Operand {
+        buf,
+        ty: TensorType::f32(shape),
+        data: None,
+    }
+}
+
 /// Lowers a `fused_m2f`, `fused_f2m` or `fused_mha` that [`has_kernel`].
 pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendError> {
     let types: Vec<TensorType> = cx.ins.iter().map(|o| o.ty.clone()).collect();
     if !has_kernel(f, &types) {
         return Err(cx.unsupported(format!("{} operands this kernel does not take", f.name())));
     }
-    let buf = |i: usize| cx.ins[i].buf;
     let out = cx.outs[0].0;
+    let mut ks: Kernels = Vec::new();
     match *f {
         FusedOp::M2fBridge {
             heads,
@@ -1060,59 +838,148 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
             let b = Bridge::of(&types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
             let s = m2f_scratch(&b);
             let l = m2f_layout(proj_q, gate);
-            let side = |w: Option<(usize, usize)>, given: Option<usize>| match (w, given) {
-                (Some((w, bias)), _) => Ok((buf(w), buf(bias))),
-                (_, g) => Err(buf(g.unwrap_or(0))),
+            let nmc = vec![b.n, b.m, b.c];
+            let (sq, sg, so) = (part(cx, &s, 0)?, part(cx, &s, 1)?, part(cx, &s, 3)?);
+            let q = match (l.wq, l.q) {
+                (Some((w, bias)), _) => {
+                    let z = operand(cx, 1);
+                    ks.extend(project(cx, z, w, bias, (sq, nmc.clone()), Epilogue::NONE)?);
+                    sq
+                }
+                (None, given) => cx.ins[given.unwrap_or(0)].buf,
             };
-            let core = M2fCore {
+            let g = match (l.wa, l.g) {
+                (Some((w, bias)), _) => {
+                    let z = operand(cx, 1);
+                    let epi = Epilogue {
+                        act: Act::HardSigmoid,
+                        ..Epilogue::NONE
+                    };
+                    ks.extend(project(cx, z, w, bias, (sg, nmc.clone()), epi)?);
+                    sg
+                }
+                (None, given) => cx.ins[given.unwrap_or(0)].buf,
+            };
+            let asm = match cx.asm.as_deref_mut() {
+                Some(store) => Some(
+                    store
+                        .request_named(
+                            asm_unary::SOFTMAX_ROW_KEY.into(),
+                            asm_unary::assemble_softmax_row,
+                        )
+                        .map_err(BackendError::Jit)?,
+                ),
+                None => None,
+            };
+            // scale·Q, so that the scores' GEMM has no alpha (the
+            // assembled tiles have none)
+            let sq2 = part(cx, &s, 4)?;
+            ks.push(Box::new(Scale {
+                src: q,
+                dst: sq2,
+                len: b.n * b.m * b.c,
+                k: scale.0,
+            }));
+            // the scores of every (image, head): Q_j [M, dh] · X_j [dh, L]
+            // with X read in place
+            let ss = part(cx, &s, 2)?;
+            let offs: Vec<[i64; 4]> = (0..b.n * heads)
+                .map(|u| {
+                    let (n, j) = (u / heads, u % heads);
+                    [
+                        (n * b.m * b.c + j * b.dh()) as i64,
+                        (u * b.dh() * b.l) as i64,
+                        (u * b.m * b.l) as i64,
+                        0,
+                    ]
+                })
+                .collect();
+            let gm = Gemm {
+                what: "matmul",
+                m: b.m,
+                n: b.l,
+                k: b.dh(),
+                batch: b.n * heads,
+                offsets: gemm::offset_table(cx.consts, &offs),
+                a: ASrc::Strided {
+                    buf: sq2,
+                    rs: b.c as i64,
+                    ks: 1,
+                },
+                b: BSrc::Strided {
+                    buf: cx.ins[0].buf,
+                    ks: b.l as i64,
+                },
+                c: ss,
+                c_rs: b.l as i64,
+                init: Init::Zero,
+                alpha: 1.0,
+                cin: None,
+                tile: matmul::tile_for(cx, true),
+                rows_outer: true,
+                row_group: 1,
+                col_group: 1,
+                asm: None,
+                epi: Epilogue::NONE,
+                title: Some(format!(
+                    "fused_m2f scores {}x{}x{} x{}",
+                    b.m,
+                    b.dh(),
+                    b.l,
+                    b.n * heads
+                )),
+            };
+            ks.push(Box::new(matmul::finish(cx, gm)?));
+            ks.push(Box::new(M2fCore {
                 b,
-                scale: scale.0,
-                x: buf(0),
-                z: buf(1),
-                q: side(l.wq, l.q),
-                g: side(l.wa, l.g),
-                sq: part(cx, &s, 0)?,
-                sg: part(cx, &s, 1)?,
-                ss: part(cx, &s, 2)?,
-                so: part(cx, &s, 3)?,
+                x: cx.ins[0].buf,
+                g,
+                twice: gate,
+                ss,
+                so,
+                asm,
+            }));
+            // out = z + og·Wo + bo, then the layer norm in place
+            let epi = Epilogue {
+                residual: Some(cx.ins[1].buf),
+                ..Epilogue::NONE
             };
-            let proj = M2fOut {
-                b,
-                og: part(cx, &s, 3)?,
-                z: buf(1),
-                wo: buf(l.tail),
-                bo: buf(l.tail + 1),
-                out,
-            };
-            // the layer norm reads the rows the projection wrote, in place
-            let ln = norm::layer_norm(
-                out,
-                [buf(l.tail + 2), buf(l.tail + 3)],
-                out,
-                b.d,
-                b.n * b.m,
-                eps.0,
-            );
-            Ok(vec![Box::new(core), Box::new(proj), ln])
+            let og = scratch_operand(so, nmc);
+            ks.extend(project(
+                cx,
+                og,
+                l.tail,
+                l.tail + 1,
+                (out, vec![b.n, b.m, b.d]),
+                epi,
+            )?);
+            let params = [cx.ins[l.tail + 2].buf, cx.ins[l.tail + 3].buf];
+            ks.push(norm::layer_norm(out, params, out, b.d, b.n * b.m, eps.0));
         }
         FusedOp::F2mBridge { heads, scale } => {
             let b = Bridge::of(&types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
             let s = f2m_scratch(&b);
             let (k, v) = (part(cx, &s, 0)?, part(cx, &s, 1)?);
-            let tokens = F2mTokens {
-                b,
-                z: buf(1),
-                proj: [(buf(2), buf(3), k), (buf(4), buf(5), v)],
-            };
-            let core = F2mCore {
+            let nmc = vec![b.n, b.m, b.c];
+            for (dst, w) in [(k, 2), (v, 4)] {
+                let z = operand(cx, 1);
+                ks.extend(project(
+                    cx,
+                    z,
+                    w,
+                    w + 1,
+                    (dst, nmc.clone()),
+                    Epilogue::NONE,
+                )?);
+            }
+            ks.push(Box::new(F2mCore {
                 b,
                 scale: scale.0,
-                y: buf(0),
+                y: cx.ins[0].buf,
                 k,
                 v,
                 out,
-            };
-            Ok(vec![Box::new(tokens), Box::new(core)])
+            }));
         }
         FusedOp::Attention {
             scale,
@@ -1123,29 +990,29 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
         } => {
             let a = mha_of(f, &types).ok_or_else(|| cx.unsupported("attention shape"))?;
             let s = mha_scratch(&a);
-            let mut i = 3;
-            let mut take = |on: bool| {
-                on.then(|| {
-                    i += 2;
-                    (buf(i - 2), buf(i - 1))
-                })
-            };
-            let proj = [take(proj_q), take(proj_k), take(proj_v)];
-            let k = MhaKernel {
+            let rows = [a.tq, a.tk, a.tk];
+            let dout = [a.d, a.d, a.dvo];
+            let mut w = 3;
+            let mut qkv = [cx.ins[0].buf, cx.ins[1].buf, cx.ins[2].buf];
+            for (side, on) in [proj_q, proj_k, proj_v].into_iter().enumerate() {
+                if on {
+                    let dst = part(cx, &s, side)?;
+                    let x = operand(cx, side);
+                    let shape = vec![a.b, rows[side], dout[side]];
+                    ks.extend(project(cx, x, w, w + 1, (dst, shape), Epilogue::NONE)?);
+                    qkv[side] = dst;
+                    w += 2;
+                }
+            }
+            ks.push(Box::new(MhaKernel {
                 a,
                 scale: scale.0,
-                x: [buf(0), buf(1), buf(2)],
-                proj,
-                scratch: [
-                    part(cx, &s, 0)?,
-                    part(cx, &s, 1)?,
-                    part(cx, &s, 2)?,
-                    part(cx, &s, 3)?,
-                ],
+                qkv,
+                srow: part(cx, &s, 3)?,
                 out,
-            };
-            Ok(vec![Box::new(k)])
+            }));
         }
-        _ => Err(cx.unsupported(format!("{} has no attention kernel", f.name()))),
+        _ => return Err(cx.unsupported(format!("{} has no attention kernel", f.name()))),
     }
+    Ok(ks)
 }
