@@ -155,10 +155,11 @@ fn m2f_scratch(b: &Bridge) -> Scratch {
     Scratch::new(&[nmc, nmc, b.n * b.heads * b.m * b.l, nmc, nmc])
 }
 
-/// Scratch arrays of `fused_f2m`: the projected keys and values.
+/// Scratch arrays of `fused_f2m`: the projected keys and values, then
+/// both splatted to f32x4.
 fn f2m_scratch(b: &Bridge) -> Scratch {
     let nmc = b.n * b.m * b.c;
-    Scratch::new(&[nmc, nmc])
+    Scratch::new(&[nmc, nmc, 4 * nmc, 4 * nmc])
 }
 
 /// The dimensions of a `fused_mha`.
@@ -524,9 +525,59 @@ struct F2mCore {
     b: Bridge,
     scale: f32,
     y: Buf,
+    /// K and V splatted: `[N, C, M]` f32x4 vectors, so that the inner
+    /// loops load each token's value as a vector operand of the FMA
     k: Buf,
     v: Buf,
     out: Buf,
+}
+
+/// `dst[n, c, m] = splat(src[n, m, c])` (f32x4) for `[N, M, C]` sources.
+struct Splat {
+    n: usize,
+    m: usize,
+    c: usize,
+    /// `(src, dst)` pairs
+    arrays: Vec<(Buf, Buf)>,
+}
+
+impl Kernel for Splat {
+    fn describe(&self) -> String {
+        format!("fused_f2m token splat {}x{}x{}", self.n, self.m, self.c)
+    }
+
+    fn units(&self) -> usize {
+        self.n
+    }
+
+    fn cost(&self) -> f64 {
+        (self.n * self.m * self.c * self.arrays.len()) as f64
+    }
+
+    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
+        let (m, c) = (self.m, self.c);
+        let wf = Emitter::wflags();
+        let arrays: Vec<(Ptr, Value)> = self
+            .arrays
+            .iter()
+            .map(|&(s, d)| (base(e, s), e.base(d)))
+            .collect();
+        e.for_range(begin, end, 1, |e, n| {
+            for &(src, dst) in &arrays {
+                let sn = src.at(e, n, 4 * (m * c) as i64);
+                let dn = e.index(dst, n, 16 * (m * c) as i64);
+                e.for_static(0, c as i64, 1, |e, ch| {
+                    let sc = sn.at(e, ch, 4);
+                    let dc = e.index(dn, ch, 16 * m as i64);
+                    for t in 0..m {
+                        let x = sc.load(e, F32, 4 * (t * c) as i64);
+                        let v = e.b.ins().splat(V4, x);
+                        e.store(wf, v, dc, 16 * t as i64);
+                    }
+                });
+            }
+        });
+    }
 }
 
 impl F2mCore {
@@ -537,20 +588,24 @@ impl F2mCore {
     /// Pixels `[lo, lo + 4)` (`ty = V4`) or pixel `lo` (`F32`): scores over
     /// the tokens, their softmax across the accumulators, the weighted sum
     /// of the values added to `y`.
-    #[allow(clippy::too_many_arguments)]
-    fn pixels(&self, e: &mut Emitter, ty: Type, yh: Ptr, oh: Value, kh: Ptr, vh: Ptr, lo: Value) {
+    fn pixels(&self, e: &mut Emitter, ty: Type, h: HeadPtrs, lo: Value) {
+        let HeadPtrs {
+            y: yh,
+            out: oh,
+            k: kh,
+            v: vh,
+        } = h;
         let b = self.b;
-        let (m, c, l, dh) = (b.m, b.c, b.l, b.dh());
+        let (m, l, dh) = (b.m, b.l, b.dh());
         let wf = Emitter::wflags();
         let zero = e.kc(ty, 0.0);
         let accs: Vec<_> = (0..m).map(|_| e.var(ty, zero)).collect();
         let yl = yh.at(e, lo, 1);
         e.for_static(0, dh as i64, 1, |e, ch| {
             let yv = yl.at(e, ch, 4 * l as i64).load(e, ty, 0);
-            let kc = kh.at(e, ch, 4);
+            let kc = kh.at(e, ch, 16 * m as i64);
             for (t, &acc) in accs.iter().enumerate() {
-                let s = kc.load(e, F32, 4 * (t * c) as i64);
-                let sv = e.widen(ty, s);
+                let sv = kc.load(e, ty, 16 * t as i64);
                 let a = e.b.use_var(acc);
                 let r = e.mul_add(sv, yv, a);
                 e.b.def_var(acc, r);
@@ -579,11 +634,10 @@ impl F2mCore {
         let ol = e.b.ins().iadd(oh, lo);
         e.for_static(0, dh as i64, 1, |e, ch| {
             let yv = yl.at(e, ch, 4 * l as i64).load(e, ty, 0);
-            let vc = vh.at(e, ch, 4);
+            let vc = vh.at(e, ch, 16 * m as i64);
             let mut o = zero;
             for (t, &at) in a.iter().enumerate() {
-                let s = vc.load(e, F32, 4 * (t * c) as i64);
-                let sv = e.widen(ty, s);
+                let sv = vc.load(e, ty, 16 * t as i64);
                 o = e.mul_add(at, sv, o);
             }
             let r = e.b.ins().fadd(yv, o);
@@ -592,18 +646,26 @@ impl F2mCore {
         });
     }
 
-    /// A run of `len` pixels starting at byte offset `start`.
-    #[allow(clippy::too_many_arguments)]
-    fn run(&self, e: &mut Emitter, yh: Ptr, oh: Value, kh: Ptr, vh: Ptr, len: usize) {
+    /// A run of `len` pixels at `h`.
+    fn run(&self, e: &mut Emitter, h: HeadPtrs, len: usize) {
         let l4 = 4 * (len / 4);
-        e.for_static(0, 4 * l4 as i64, 16, |e, lo| {
-            self.pixels(e, V4, yh, oh, kh, vh, lo)
-        });
+        e.for_static(0, 4 * l4 as i64, 16, |e, lo| self.pixels(e, V4, h, lo));
         for p in l4..len {
             let lo = e.ic(4 * p as i64);
-            self.pixels(e, F32, yh, oh, kh, vh, lo);
+            self.pixels(e, F32, h, lo);
         }
     }
+}
+
+/// Where one unit of [`F2mCore`] reads and writes: `y` and the output at
+/// the run's first pixel of the head's first channel, the head's splatted
+/// keys and values.
+#[derive(Clone, Copy)]
+struct HeadPtrs {
+    y: Ptr,
+    out: Value,
+    k: Ptr,
+    v: Ptr,
 }
 
 impl Kernel for F2mCore {
@@ -647,19 +709,26 @@ impl Kernel for F2mCore {
             let at = e.b.ins().iadd(ho, ro);
             let yh = y.at(e, at, 1);
             let oh = e.b.ins().iadd(out, at);
-            let nm = e.b.ins().imul_imm_s(n, (m * c) as i64);
+            // the head's channels in the splatted [N, C, M] arrays
+            let nc = e.b.ins().imul_imm_s(n, c as i64);
             let jd = e.b.ins().imul_imm_s(j, dh as i64);
-            let tok = e.b.ins().iadd(nm, jd);
-            let kh = ks.at(e, tok, 4);
-            let vh = vs.at(e, tok, 4);
+            let ch0 = e.b.ins().iadd(nc, jd);
+            let kh = ks.at(e, ch0, 16 * m as i64);
+            let vh = vs.at(e, ch0, 16 * m as i64);
+            let h = HeadPtrs {
+                y: yh,
+                out: oh,
+                k: kh,
+                v: vh,
+            };
             let last = l - (runs - 1) * F2M_RUN;
             if last == F2M_RUN {
-                self.run(e, yh, oh, kh, vh, F2M_RUN);
+                self.run(e, h, F2M_RUN);
             } else {
                 let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, r, (runs - 1) as i64);
                 let not_last = e.b.ins().icmp_imm_s(IntCC::NotEqual, r, (runs - 1) as i64);
-                e.if_then(is_last, |e| self.run(e, yh, oh, kh, vh, last));
-                e.if_then(not_last, |e| self.run(e, yh, oh, kh, vh, F2M_RUN));
+                e.if_then(is_last, |e| self.run(e, h, last));
+                e.if_then(not_last, |e| self.run(e, h, F2M_RUN));
             }
         });
     }
@@ -960,6 +1029,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
             let b = Bridge::of(&types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
             let s = f2m_scratch(&b);
             let (k, v) = (part(cx, &s, 0)?, part(cx, &s, 1)?);
+            let (k4, v4) = (part(cx, &s, 2)?, part(cx, &s, 3)?);
             let nmc = vec![b.n, b.m, b.c];
             for (dst, w) in [(k, 2), (v, 4)] {
                 let z = operand(cx, 1);
@@ -972,12 +1042,18 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                     Epilogue::NONE,
                 )?);
             }
+            ks.push(Box::new(Splat {
+                n: b.n,
+                m: b.m,
+                c: b.c,
+                arrays: vec![(k, k4), (v, v4)],
+            }));
             ks.push(Box::new(F2mCore {
                 b,
                 scale: scale.0,
                 y: cx.ins[0].buf,
-                k,
-                v,
+                k: k4,
+                v: v4,
                 out,
             }));
         }
