@@ -573,6 +573,16 @@ fn zoo_optimised(name: &str) {
 #[test]
 fn zoo_mobile_former_26m_optimised() {
     zoo_optimised("mobile_former_26m");
+    // the bridges and the Former's attention ran as kernels of their own
+    let model = zoo::build("mobile_former_26m", &ZooOptions::default()).unwrap();
+    let (opt, _) = kiln_passes::optimize(&model, &kiln_passes::OptOptions::default()).unwrap();
+    let ks = kernels(&opt, &opts(1));
+    for want in ["fused_m2f attention", "fused_f2m attention", "fused_mha"] {
+        assert!(
+            ks.iter().any(|k| k.starts_with(want)),
+            "mobile_former_26m: no {want} kernel"
+        );
+    }
 }
 
 #[test]
