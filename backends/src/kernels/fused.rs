@@ -1,9 +1,11 @@
 //! Kernels of the optimiser's fused ops: `fused_conv` and `fused_linear`
 //! run as one convolution / GEMM kernel whose [`Epilogue`] applies the
 //! activation and the residual to the accumulators before the store (the
-//! bias seeds them). Every other fused op, and the few conv shapes these
-//! kernels do not take, are expanded into primitive ops before lowering
-//! ([`has_kernel`] decides, `compiled::front` expands). A
+//! bias seeds them). `fused_mha`, `fused_m2f` and `fused_f2m` have kernels
+//! in `attention.rs`. Every other fused op (`fused_sep_attn`, `fused_xca`),
+//! and the few shapes these kernels do not take, are expanded into
+//! primitive ops before lowering ([`has_kernel`] decides,
+//! `compiled::front` expands). A
 //! `fused_conv_chain` is first split into one `fused_conv` per stage
 //! ([`split_conv_chains`]): the chain's intermediates still reach memory,
 //! but each convolution keeps its epilogue.
@@ -190,7 +192,8 @@ pub(crate) fn split_conv_chains(g: &mut Graph) -> Result<usize, IrError> {
     Ok(chains.len())
 }
 
-/// Lowers a `fused_conv` or `fused_linear` node that [`has_kernel`].
+/// Lowers a `fused_conv`, `fused_linear`, `fused_mha`, `fused_m2f` or
+/// `fused_f2m` node that [`has_kernel`].
 pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendError> {
     match *f {
         FusedOp::Conv {
