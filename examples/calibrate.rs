@@ -18,16 +18,23 @@
 //! cargo run --release --example calibrate [-- --runs N] [MODEL...]
 //! ```
 //!
-//! The models are compiled unoptimised: the JIT lowers fused ops to their
-//! primitive expansion, so primitive kernels are what it can measure.
+//! Each model is timed twice: as built (primitive kernels) and optimised
+//! (the fused kernels: fused conv and linear, and whatever else has a kernel
+//! of its own), because extraction compares exactly these two kinds of
+//! node. A fused op's FLOPs are its expansion's and its bytes only its
+//! operands and result, as the cost model counts them. Times are paired
+//! with the nodes of `kiln_backends::kernel_graph`, the graph the kernels
+//! were generated from (conv chains split per stage).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use kiln_backends::{CompileOptions, compile};
+use kiln_backends::{CompileOptions, compile, kernel_graph};
 use kiln_frontends::zoo::{ZooOptions, build};
+use kiln_ir::fused::FusedOp;
 use kiln_ir::{Model, Op, Tensor, TensorType};
 use kiln_passes::cost::{CostModel, is_gemm_like, is_view, split_flops};
+use kiln_passes::{OptOptions, optimize};
 
 /// One timed node: its class, FLOPs, bytes and best time.
 struct Row {
@@ -41,6 +48,18 @@ struct Row {
 
 fn class_of(op: &Op, ins: &[TensorType]) -> &'static str {
     match op {
+        Op::Fused(FusedOp::Conv { groups, .. }) => {
+            let w = &ins[1].shape;
+            if *groups > 1 && *groups == ins[0].shape[1] && w[1] == 1 {
+                "fused depthwise conv"
+            } else if w[2..] == [1, 1] {
+                "fused conv 1x1"
+            } else {
+                "fused conv kxk"
+            }
+        }
+        Op::Fused(FusedOp::Linear { .. }) => "fused linear",
+        Op::Fused(_) => "fused attention",
         Op::Conv2d { .. } if is_gemm_like(op, ins) => {
             if ins[1].shape[2..] == [1, 1] {
                 "conv 1x1"
@@ -58,8 +77,15 @@ fn class_of(op: &Op, ins: &[TensorType]) -> &'static str {
     }
 }
 
-fn profile(name: &str, runs: usize) -> Vec<Row> {
-    let m: Model = build(name, &ZooOptions::default()).expect("zoo model builds");
+fn profile(name: &str, runs: usize, optimized: bool) -> Vec<Row> {
+    let built: Model = build(name, &ZooOptions::default()).expect("zoo model builds");
+    let m = if optimized {
+        optimize(&built, &OptOptions::default())
+            .expect("optimises")
+            .0
+    } else {
+        built
+    };
     let opts = CompileOptions {
         threads: Some(1),
         ..CompileOptions::default()
@@ -96,7 +122,8 @@ fn profile(name: &str, runs: usize) -> Vec<Row> {
             .trim_start_matches('%');
         *per_node.entry(value.to_string()).or_default() += k.time;
     }
-    let g = &m.graph;
+    let kg = kernel_graph(&m).expect("lowers");
+    let g = &kg.graph;
     let by_name: HashMap<&str, kiln_ir::NodeId> = g
         .node_ids()
         .filter_map(|id| g.node(id).outputs.first().map(|o| (o.name.as_str(), id)))
@@ -122,7 +149,11 @@ fn profile(name: &str, runs: usize) -> Vec<Row> {
         let (gemm, other) = split_flops(&node.op, &ins, &outs[0]);
         let bytes: usize = ins.iter().chain(&outs).map(TensorType::size_bytes).sum();
         rows.push(Row {
-            model: name.to_string(),
+            model: if optimized {
+                format!("{name} (optimised)")
+            } else {
+                name.to_string()
+            },
             class: class_of(&node.op, &ins),
             gemm,
             other,
@@ -131,7 +162,8 @@ fn profile(name: &str, runs: usize) -> Vec<Row> {
         });
     }
     eprintln!(
-        "{name}: {} kernels, {} nodes timed, {unmatched} kernels without a graph node",
+        "{name}{}: {} kernels, {} nodes timed, {unmatched} kernels without a graph node",
+        if optimized { " (optimised)" } else { "" },
         best.len(),
         rows.len()
     );
@@ -256,7 +288,11 @@ fn main() {
         .map(String::from)
         .to_vec();
     }
-    let rows: Vec<Row> = models.iter().flat_map(|m| profile(m, runs)).collect();
+    let rows: Vec<Row> = models
+        .iter()
+        .flat_map(|m| [false, true].map(|opt| profile(m, runs, opt)))
+        .flatten()
+        .collect();
     let beta = fit(&rows);
     let old = beta_of(&CostModel::default());
     let fitted = as_model(&beta);
@@ -288,8 +324,10 @@ fn main() {
     println!();
     println!("| model | measured ms (sum of kernels) | predicted, current constants | fitted |");
     println!("|---|---|---|---|");
-    for m in &models {
-        let rs: Vec<&Row> = rows.iter().filter(|r| &r.model == m).collect();
+    let mut names: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+    names.dedup();
+    for m in names {
+        let rs: Vec<&Row> = rows.iter().filter(|r| r.model == m).collect();
         let t: f64 = rs.iter().map(|r| r.secs).sum();
         let po: f64 = rs.iter().map(|r| predict(&old, r)).sum();
         let pn: f64 = rs.iter().map(|r| predict(&beta, r)).sum();

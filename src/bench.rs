@@ -32,6 +32,8 @@ pub struct BenchOptions {
     pub optimize: bool,
     /// also time every kernel (`--profile`), over `iters` profiled runs
     pub profile: bool,
+    /// the widest GEMM tile level to use (`--tiles`; `None`: the host's)
+    pub tiles: Option<kiln_backends::TileLevel>,
 }
 
 /// One row of the profile: a graph node of the compiled (optimised) graph
@@ -40,7 +42,8 @@ pub struct BenchOptions {
 pub struct ProfileRow {
     /// the node (`%12 (fused_conv)`)
     pub node: String,
-    /// what its kernels do, joined with ` + `
+    /// what its kernels do, joined with ` + `, each with its own median time
+    /// when there are several
     pub kernels: String,
     /// median time, summed over the node's kernels, milliseconds
     pub ms: f64,
@@ -49,6 +52,31 @@ pub struct ProfileRow {
     /// `2·MACs / time` when the node computes MACs
     pub gflops: Option<f64>,
     /// `(operand + output bytes) / time` otherwise
+    pub gbps: Option<f64>,
+    /// the node's multiply-accumulates
+    pub macs: u64,
+    /// the node's operand plus output bytes
+    pub bytes: u64,
+    /// whether any of its kernels was split over the worker pool
+    pub parallel: bool,
+}
+
+/// The profile summed over one kind of kernel (pointwise convs, depthwise
+/// convs, transposes, ...): where a model's time goes at a glance, and the
+/// rate each kind reaches as a whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KindRow {
+    /// the kind ([`kernel_kind`])
+    pub kind: String,
+    /// nodes of that kind
+    pub nodes: usize,
+    /// summed median time, milliseconds
+    pub ms: f64,
+    /// share of the profiled total
+    pub share: f64,
+    /// `2·MACs / time` over the kind, when it computes MACs
+    pub gflops: Option<f64>,
+    /// `bytes / time` over the kind otherwise
     pub gbps: Option<f64>,
 }
 
@@ -73,6 +101,8 @@ pub struct BenchReport {
     pub min_ms: f64,
     /// threads used
     pub threads: usize,
+    /// the GEMM tile level compiled at (`avx512`, `avx2`, `f32x4`)
+    pub tiles: String,
     /// `2·MACs / median`, in GFLOP/s
     pub gflops: f64,
     /// bytes of the per-call arena
@@ -125,6 +155,9 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         ..CompileOptions::default()
     };
     copts.backend.threads = opts.threads;
+    if let Some(t) = opts.tiles {
+        copts.backend.max_tiles = t;
+    }
     let compiled = compile(model, &copts)?;
     let jit = &compiled.model;
     let mut outputs = jit.run(&inputs)?;
@@ -167,6 +200,7 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         median_ms,
         min_ms: times[0],
         threads: st.threads,
+        tiles: st.tiles.name().to_string(),
         gflops: if median_ms > 0.0 {
             2.0 * macs as f64 / (median_ms * 1e-3) / 1e9
         } else {
@@ -201,8 +235,15 @@ fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
     let Some(first) = runs.first() else {
         return Vec::new();
     };
+    /// One node's kernels so far.
+    struct Acc<'a> {
+        kernels: Vec<(&'a str, f64)>,
+        ms: f64,
+        work: kiln_backends::NodeWork,
+        parallel: bool,
+    }
     let mut order: Vec<&str> = Vec::new();
-    let mut nodes: HashMap<&str, (Vec<&str>, f64, kiln_backends::NodeWork)> = HashMap::new();
+    let mut nodes: HashMap<&str, Acc> = HashMap::new();
     for (k, kt) in first.iter().enumerate() {
         let mut ts: Vec<f64> = runs
             .iter()
@@ -212,32 +253,124 @@ fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
         let t = median(&mut ts);
         let e = nodes.entry(&kt.node).or_insert_with(|| {
             order.push(&kt.node);
-            (Vec::new(), 0.0, kt.work)
+            Acc {
+                kernels: Vec::new(),
+                ms: 0.0,
+                work: kt.work,
+                parallel: false,
+            }
         });
-        e.0.push(&kt.kernel);
-        e.1 += t;
+        e.kernels.push((&kt.kernel, t));
+        e.ms += t;
+        e.parallel |= kt.parallel;
     }
-    let total: f64 = nodes.values().map(|e| e.1).sum();
+    let total: f64 = nodes.values().map(|e| e.ms).sum();
     let mut rows: Vec<ProfileRow> = order
         .into_iter()
         .map(|node| {
-            let (kernels, ms, work) = &nodes[node];
+            let Acc {
+                kernels,
+                ms,
+                work,
+                parallel,
+            } = &nodes[node];
             let secs = ms * 1e-3;
             let rate = |x: f64| (secs > 0.0).then(|| x / secs / 1e9);
             ProfileRow {
                 node: node.to_string(),
-                kernels: kernels.join(" + "),
+                // each kernel's own time when the node has several
+                kernels: match kernels.as_slice() {
+                    [(k, _)] => k.to_string(),
+                    ks => ks
+                        .iter()
+                        .map(|(k, t)| format!("{k} ({t:.4} ms)"))
+                        .collect::<Vec<_>>()
+                        .join(" + "),
+                },
                 ms: *ms,
                 share: if total > 0.0 { ms / total } else { 0.0 },
                 gflops: (work.macs > 0)
                     .then(|| rate(2.0 * work.macs as f64))
                     .flatten(),
                 gbps: (work.macs == 0).then(|| rate(work.bytes as f64)).flatten(),
+                macs: work.macs,
+                bytes: work.bytes,
+                parallel: *parallel,
             }
         })
         .collect();
     rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     rows
+}
+
+/// The kind a profile row is summed under: convolutions by the kernel they
+/// were lowered to (a pointwise conv is a GEMM and is judged against the
+/// FMA peak, a depthwise one against memory bandwidth), linear layers with
+/// one row apart (a GEMV streams its weights), every other node by its op.
+pub fn kernel_kind(row: &ProfileRow) -> String {
+    let k = &row.kernels;
+    let op = row
+        .node
+        .split_once('(')
+        .map_or(row.node.as_str(), |(_, rest)| rest.trim_end_matches(')'));
+    if k.contains("pointwise conv") {
+        "pointwise conv".into()
+    } else if k.contains("depthwise") {
+        "depthwise conv".into()
+    } else if k.contains("im2col") {
+        "im2col conv".into()
+    } else if matches!(op, "fused_linear" | "gemm") && k.contains("gemm M=1 ") {
+        "linear (one row)".into()
+    } else if matches!(op, "fused_linear" | "gemm") {
+        "linear".into()
+    } else {
+        op.to_string()
+    }
+}
+
+/// `rows` summed per [`kernel_kind`], slowest kind first.
+pub fn kind_rows(rows: &[ProfileRow]) -> Vec<KindRow> {
+    let total: f64 = rows.iter().map(|r| r.ms).sum();
+    let mut order: Vec<String> = Vec::new();
+    let mut sums: HashMap<String, (usize, f64, u64, u64)> = HashMap::new();
+    for r in rows {
+        let kind = kernel_kind(r);
+        let e = sums.entry(kind.clone()).or_insert_with(|| {
+            order.push(kind);
+            (0, 0.0, 0, 0)
+        });
+        e.0 += 1;
+        e.1 += r.ms;
+        e.2 += r.macs;
+        e.3 += r.bytes;
+    }
+    let mut kinds: Vec<KindRow> = order
+        .into_iter()
+        .map(|kind| {
+            let (nodes, ms, macs, bytes) = sums[&kind];
+            let secs = ms * 1e-3;
+            let rate = |x: f64| (secs > 0.0).then(|| x / secs / 1e9);
+            KindRow {
+                kind,
+                nodes,
+                ms,
+                share: if total > 0.0 { ms / total } else { 0.0 },
+                gflops: (macs > 0).then(|| rate(2.0 * macs as f64)).flatten(),
+                gbps: (macs == 0).then(|| rate(bytes as f64)).flatten(),
+            }
+        })
+        .collect();
+    kinds.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    kinds
+}
+
+/// `12.3 GFLOP/s`, `4.5 GB/s` or `-`.
+fn rate_text(gflops: Option<f64>, gbps: Option<f64>) -> String {
+    match (gflops, gbps) {
+        (Some(g), _) => format!("{g:.1} GFLOP/s"),
+        (None, Some(b)) => format!("{b:.1} GB/s"),
+        (None, None) => "-".to_string(),
+    }
 }
 
 /// The human-readable report (with the profile table when there is one).
@@ -248,7 +381,7 @@ pub fn render_text(r: &BenchReport) -> String {
         "passes off".to_string()
     };
     let mut s = format!(
-        "model:    {}\nthreads:  {}{}\ncompile:  {:.1} ms ({passes}, codegen {:.1} ms, {} kernels)\nlatency:  median {:.3} ms, min {:.3} ms over {} runs\nthroughput: {:.2} GFLOP/s ({} MACs)\narena:    {} bytes ({:.2} MiB)\n",
+        "model:    {}\nthreads:  {}{}\ntiles:    {}\ncompile:  {:.1} ms ({passes}, codegen {:.1} ms, {} kernels)\nlatency:  median {:.3} ms, min {:.3} ms over {} runs\nthroughput: {:.2} GFLOP/s ({} MACs)\narena:    {} bytes ({:.2} MiB)\n",
         r.model,
         r.threads,
         if r.threads > 1 {
@@ -259,6 +392,7 @@ pub fn render_text(r: &BenchReport) -> String {
         } else {
             String::new()
         },
+        r.tiles,
         r.compile_ms,
         r.codegen_ms,
         r.kernels,
@@ -282,29 +416,50 @@ pub fn render_profile(rows: &[ProfileRow]) -> String {
     let total: f64 = rows.iter().map(|r| r.ms).sum();
     let w = rows.iter().map(|r| r.node.len()).max().unwrap_or(4).max(4);
     let mut s = format!(
-        "\nprofile ({} nodes, {:.3} ms in kernels; median per kernel):\n{:>9}  {:>6}  {:>6}  {:>14}  {:<w$}  kernels\n",
+        "\nprofile ({} nodes, {:.3} ms in kernels; median per kernel)",
         rows.len(),
         total,
-        "ms",
-        "share",
-        "cum",
-        "rate",
-        "node"
+    );
+    if rows.iter().any(|r| r.parallel) {
+        // what bounds the gain from more threads
+        let serial: Vec<&ProfileRow> = rows.iter().filter(|r| !r.parallel).collect();
+        let ms: f64 = serial.iter().map(|r| r.ms).sum();
+        s += &format!(
+            "; {} nodes ran on one thread: {:.3} ms, {:.1}%",
+            serial.len(),
+            ms,
+            if total > 0.0 { 100.0 * ms / total } else { 0.0 }
+        );
+    }
+    s += ", by kind:\n";
+    let kinds = kind_rows(rows);
+    s += &format!(
+        "{:>9}  {:>6}  {:>14}  {:>5}  kind\n",
+        "ms", "share", "rate", "nodes"
+    );
+    for k in &kinds {
+        s += &format!(
+            "{:>9.4}  {:>5.1}%  {:>14}  {:>5}  {}\n",
+            k.ms,
+            100.0 * k.share,
+            rate_text(k.gflops, k.gbps),
+            k.nodes,
+            k.kind
+        );
+    }
+    s += &format!(
+        "\n{:>9}  {:>6}  {:>6}  {:>14}  {:<w$}  kernels\n",
+        "ms", "share", "cum", "rate", "node"
     );
     let mut cum = 0.0;
     for r in rows {
         cum += r.share;
-        let rate = match (r.gflops, r.gbps) {
-            (Some(g), _) => format!("{g:.1} GFLOP/s"),
-            (None, Some(b)) => format!("{b:.1} GB/s"),
-            (None, None) => "-".to_string(),
-        };
         s += &format!(
             "{:>9.4}  {:>5.1}%  {:>5.1}%  {:>14}  {:<w$}  {}\n",
             r.ms,
             100.0 * r.share,
             100.0 * cum,
-            rate,
+            rate_text(r.gflops, r.gbps),
             r.node,
             r.kernels
         );
@@ -326,6 +481,7 @@ pub fn render_json(r: &BenchReport) -> String {
         "optimized": r.optimized,
         "fused_ops": r.fused_ops,
         "threads": r.threads,
+        "tiles": r.tiles,
         "gflops": r.gflops,
         "arena_bytes": r.arena_bytes,
         "parallel_kernels": r.parallel_kernels,
@@ -346,6 +502,20 @@ pub fn render_json(r: &BenchReport) -> String {
                     "share": p.share,
                     "gflops": p.gflops,
                     "gbps": p.gbps,
+                    "parallel": p.parallel,
+                })
+            })
+            .collect();
+        v["profile_kinds"] = kind_rows(&r.profile)
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "kind": k.kind,
+                    "nodes": k.nodes,
+                    "ms": k.ms,
+                    "share": k.share,
+                    "gflops": k.gflops,
+                    "gbps": k.gbps,
                 })
             })
             .collect();
@@ -381,9 +551,11 @@ mod tests {
             seed: 0,
             optimize: true,
             profile: true,
+            tiles: Some(kiln_backends::TileLevel::F32x4),
         };
         let r = bench_model(&tiny(), &opts).unwrap();
         assert_eq!(r.threads, 1);
+        assert_eq!(r.tiles, "f32x4", "--tiles caps the level");
         assert_eq!(r.iters, 5);
         assert_eq!(r.macs, 4 * 4 * 8);
         assert!(r.min_ms <= r.median_ms);
@@ -417,6 +589,103 @@ mod tests {
             json["profile"].as_array().map(Vec::len),
             Some(r.profile.len())
         );
+        // the kinds partition the nodes and the time
+        let kinds = kind_rows(&r.profile);
+        assert_eq!(
+            kinds.iter().map(|k| k.nodes).sum::<usize>(),
+            r.profile.len()
+        );
+        let share: f64 = kinds.iter().map(|k| k.share).sum();
+        assert!((share - 1.0).abs() < 1e-9, "kind shares sum to {share}");
+        assert_eq!(
+            json["profile_kinds"].as_array().map(Vec::len),
+            Some(kinds.len())
+        );
+    }
+
+    #[test]
+    fn kinds_follow_the_lowering() {
+        let row = |node: &str, kernels: &str, ms: f64, macs: u64, bytes: u64| ProfileRow {
+            node: node.into(),
+            kernels: kernels.into(),
+            ms,
+            share: 0.0,
+            gflops: None,
+            gbps: None,
+            macs,
+            bytes,
+            parallel: false,
+        };
+        let rows = [
+            row(
+                "%1 (fused_conv)",
+                "fused pointwise conv 8→16 1x1: gemm M=16 N=64 K=8",
+                1.0,
+                1_000_000,
+                0,
+            ),
+            row(
+                "%2 (conv2d)",
+                "pointwise conv: gemm M=16 N=64 K=16",
+                1.0,
+                3_000_000,
+                0,
+            ),
+            row(
+                "%3 (fused_conv)",
+                "fused depthwise conv 16→16 3x3: depthwise window",
+                0.5,
+                10,
+                0,
+            ),
+            row(
+                "%4 (fused_linear)",
+                "fused linear 64→10: gemm M=1 N=10 K=64 batch=1",
+                0.25,
+                640,
+                0,
+            ),
+            row(
+                "%5 (fused_linear)",
+                "fused linear 64→10: gemm M=6 N=10 K=64 batch=1",
+                0.25,
+                3840,
+                0,
+            ),
+            row(
+                "%6 (transpose)",
+                "transpose regions [[4, 8]]",
+                0.125,
+                0,
+                1_000_000,
+            ),
+        ];
+        let kinds = kind_rows(&rows);
+        let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pointwise conv",
+                "depthwise conv",
+                "linear (one row)",
+                "linear",
+                "transpose"
+            ]
+        );
+        // 2·4M MACs in 2 ms
+        assert!(
+            (kinds[0].gflops.unwrap() - 4.0).abs() < 1e-9,
+            "{:?}",
+            kinds[0]
+        );
+        assert_eq!(kinds[0].nodes, 2);
+        // 1 MB in 0.125 ms
+        assert!(
+            (kinds[4].gbps.unwrap() - 8.0).abs() < 1e-9,
+            "{:?}",
+            kinds[4]
+        );
+        assert!((kinds[0].share - 2.0 / 3.125).abs() < 1e-9);
     }
 
     #[test]
@@ -428,6 +697,7 @@ mod tests {
             seed: 0,
             optimize: true,
             profile: false,
+            tiles: None,
         };
         assert!(bench_model(&tiny(), &opts).is_err());
         opts.iters = 1;

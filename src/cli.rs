@@ -57,6 +57,27 @@ impl ModelArgs {
     }
 }
 
+/// `--tiles`: the widest GEMM tile level the JIT may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tiles {
+    /// assembled AVX-512 tiles (14×32) and the other assembled kernels
+    Avx512,
+    /// assembled AVX2 + FMA tiles (6×16)
+    Avx2,
+    /// the Cranelift f32x4 tile (4×8), nothing assembled
+    F32x4,
+}
+
+impl From<Tiles> for kiln_backends::TileLevel {
+    fn from(t: Tiles) -> Self {
+        match t {
+            Tiles::Avx512 => kiln_backends::TileLevel::Avx512,
+            Tiles::Avx2 => kiln_backends::TileLevel::Avx2,
+            Tiles::F32x4 => kiln_backends::TileLevel::F32x4,
+        }
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -87,6 +108,10 @@ pub enum Command {
         /// Compile the graph as loaded, without the optimiser (JIT only)
         #[arg(long)]
         no_opt: bool,
+        /// The widest GEMM tiles to use (JIT only; default: the widest the
+        /// CPU has)
+        #[arg(long, value_enum, value_name = "LEVEL")]
+        tiles: Option<Tiles>,
     },
     /// Optimise a model: discover fusions by equality saturation and
     /// explain the result or print the optimised graph
@@ -131,6 +156,10 @@ pub enum Command {
         /// or GB/s), slowest first
         #[arg(long)]
         profile: bool,
+        /// The widest GEMM tiles to use (default: the widest the CPU has),
+        /// to compare levels on one machine
+        #[arg(long, value_enum, value_name = "LEVEL")]
+        tiles: Option<Tiles>,
     },
     /// List the zoo's models
     List,
@@ -223,7 +252,8 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             output,
             backend,
             no_opt,
-        } => cmd_run(&model, &input, &output, backend, !no_opt, io),
+            tiles,
+        } => cmd_run(&model, &input, &output, backend, !no_opt, tiles, io),
         Command::Opt {
             model,
             explain: _,
@@ -244,6 +274,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             json,
             no_opt,
             profile,
+            tiles,
         } => {
             let opts = bench::BenchOptions {
                 threads,
@@ -252,6 +283,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                 seed: model.seed,
                 optimize: !no_opt,
                 profile,
+                tiles: tiles.map(Into::into),
             };
             cmd_bench(&model, &opts, json, io)
         }
@@ -401,6 +433,7 @@ fn cmd_run(
     outputs: &[PathBuf],
     backend: Backend,
     optimize: bool,
+    tiles: Option<Tiles>,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
     let model = load_model(&args.model, &args.options())?;
@@ -448,10 +481,13 @@ fn cmd_run(
             })
             .collect::<Result<_, KilnError>>()?
     };
-    let opts = CompileOptions {
+    let mut opts = CompileOptions {
         optimize,
         ..CompileOptions::default()
     };
+    if let Some(t) = tiles {
+        opts.backend.max_tiles = t.into();
+    }
     let results = run_model_with(&model, &tensors, backend, &opts)?;
     if !outputs.is_empty() {
         for (path, t) in outputs.iter().zip(&results) {

@@ -581,6 +581,63 @@ fn bench_optimises_first_unless_told_not_to_and_profiles_per_node() {
     assert!(v.get("profile").is_none(), "{json}");
 }
 
+/// `--tiles` caps the GEMM tile level and the report names it; a level
+/// above the CPU's is capped to the CPU's, a name kiln does not know is a
+/// usage error.
+#[test]
+fn bench_tiles_caps_the_level() {
+    let level = |tiles: &str| {
+        let json = kiln([
+            "bench",
+            ZOO,
+            "--threads",
+            "1",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            "--tiles",
+            tiles,
+        ])
+        .ok()
+        .to_string();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["tiles"].as_str().unwrap().to_string()
+    };
+    assert_eq!(level("f32x4"), "f32x4");
+    let avx2 = level("avx2");
+    assert!(avx2 == "avx2" || avx2 == "f32x4", "{avx2}");
+    let widest = level("avx512");
+    assert!(["avx512", "avx2", "f32x4"].contains(&widest.as_str()));
+    let text = kiln(["bench", ZOO, "--iters", "1", "--tiles", "f32x4"])
+        .ok()
+        .to_string();
+    assert!(text.contains("tiles:    f32x4"), "{text}");
+    let line = kiln(["bench", ZOO, "--tiles", "avx3"])
+        .fails_with(2)
+        .to_string();
+    assert!(line.contains("avx3"), "{line}");
+}
+
+#[test]
+fn run_at_every_tile_level_agrees() {
+    let run = |tiles: &str| {
+        let y = scratch(&format!("tiles_{tiles}.npy"));
+        kiln(["run", ZOO, "--tiles", tiles, "--output", arg(&y)]).ok();
+        npy::read(&y).unwrap()
+    };
+    let want = run("f32x4");
+    let w = want.as_f32().unwrap();
+    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for tiles in ["avx2", "avx512"] {
+        let got = run(tiles);
+        let g = got.as_f32().unwrap();
+        let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-4 * scale, "{tiles}: {err} (scale {scale})");
+    }
+}
+
 #[test]
 fn bench_rejects_zero_iterations() {
     let line = kiln(["bench", ZOO, "--iters", "0"])

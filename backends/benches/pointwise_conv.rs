@@ -1,7 +1,8 @@
 //! Pointwise (1×1) convolutions at one thread: the GEMM micro-kernel on the
-//! layer shapes these models spend most multiply-adds in. `default` is what
-//! `compile` picks (the assembled AVX-512 tile where the host has AVX-512);
-//! `cranelift-4x8-none` is the Cranelift f32x4 tile every target has. With
+//! layer shapes these models spend most multiply-adds in, at every tile
+//! level the host runs: `avx512` (assembled 14×32 zmm tile), `avx2`
+//! (assembled 6×16 ymm tile) and `cranelift-4x8-none` (the Cranelift f32x4
+//! tile every target has), side by side in one run. With
 //! `KILN_BENCH_TILES=1` it also compares Cranelift tile shapes and
 //! optimisation levels.
 
@@ -12,7 +13,7 @@ mod common;
 
 use common::{bench_model, cranelift_only, opts, single};
 use criterion::{Criterion, criterion_group, criterion_main};
-use kiln_backends::OptLevel;
+use kiln_backends::{CompileOptions, OptLevel, TileLevel};
 use kiln_ir::Op;
 
 const POINTWISE: Op = Op::Conv2d {
@@ -38,6 +39,22 @@ const SHAPES: [(usize, usize, usize); 7] = [
 /// A tile shape (default when `None`), the level to compile it at, a label.
 type Variant = (Option<(usize, usize)>, OptLevel, &'static str);
 
+/// The assembled tile levels this host runs, widest first.
+fn asm_levels() -> Vec<TileLevel> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            v.push(TileLevel::Avx512);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            v.push(TileLevel::Avx2);
+        }
+    }
+    v
+}
+
 fn pointwise(c: &mut Criterion) {
     let mut tiles: Vec<Variant> = vec![(None, OptLevel::None, "4x8-none")];
     if std::env::var("KILN_BENCH_TILES").is_ok() {
@@ -57,15 +74,20 @@ fn pointwise(c: &mut Criterion) {
             &[vec![cout, cin, 1, 1], vec![cout]],
         );
         let flops = 2 * (cin * cout * hw * hw) as u64;
-        bench_model(
-            c,
-            "pointwise_conv",
-            &format!("{cin}to{cout}_{hw}x{hw}_default"),
-            &model,
-            &inputs,
-            flops,
-            &opts(None, OptLevel::None),
-        );
+        for level in asm_levels() {
+            bench_model(
+                c,
+                "pointwise_conv",
+                &format!("{cin}to{cout}_{hw}x{hw}_{level}"),
+                &model,
+                &inputs,
+                flops,
+                &CompileOptions {
+                    max_tiles: level,
+                    ..opts(None, OptLevel::None)
+                },
+            );
+        }
         for (tile, level, name) in &tiles {
             bench_model(
                 c,

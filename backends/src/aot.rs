@@ -69,6 +69,11 @@ pub struct AotObject {
     pub scratch_bytes: usize,
     /// bytes of constant data (weights, packed weights)
     pub const_bytes: usize,
+    /// the GEMM tile level of the object's kernels (from `--cpu`)
+    pub tiles: crate::TileLevel,
+    /// assembled functions (GEMM tile variants, and at `avx512` the other
+    /// assembled kernels) the object carries as local functions
+    pub asm_functions: usize,
 }
 
 /// Supported targets and, for each, its `--cpu` levels (the first is the
@@ -124,10 +129,10 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
     let mut copts = opts.compile.clone();
     copts.threads = Some(1);
     // Levels with AVX-512 (x86-64-v4, or native on such a machine) get the
-    // assembled functions too: their bytes are position-independent, so
-    // they go into the object as local functions that the kernels reach
-    // through relocations.
-    let mut front = front(model, &copts, target.avx512_tiles)?;
+    // assembled functions too, levels with AVX2 + FMA (x86-64-v3) the AVX2
+    // tiles: their bytes are position-independent, so they go into the
+    // object as local functions that the kernels reach through relocations.
+    let mut front = front(model, &copts, target.tiles)?;
     drop_unread_consts(&mut front, target.speed.frontend_config());
     let obj_err = |e: cranelift_module::ModuleError| BackendError::Object(e.to_string());
 
@@ -343,6 +348,7 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
         undefined: &undefined,
         fma: target.fma,
         isa_flags: &isa_flags,
+        tiles: front.tiles,
     });
     Ok(AotObject {
         object,
@@ -350,5 +356,7 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
         undefined,
         scratch_bytes,
         const_bytes: front.consts.bytes(),
+        tiles: front.tiles,
+        asm_functions: front.asm.code().len(),
     })
 }

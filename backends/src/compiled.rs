@@ -39,7 +39,7 @@ use crate::kernels::{self, Kernel, NodeCx, Operand, Opt, copy::Copy};
 use crate::plan;
 use crate::runtime::pool::{KernelFn, Pool};
 use crate::runtime::{Arena, ConstMap, ConstStore};
-use crate::target::Target;
+use crate::target::{Target, TileLevel};
 
 /// Cranelift optimisation level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,10 +80,16 @@ pub struct CompileOptions {
     /// The GEMM register tile (for measuring alternatives; the default is
     /// the fastest measured here).
     pub gemm_tile: GemmTile,
-    /// Compute convolutions with constant weights with GEMM tiles assembled
-    /// for AVX-512 (14×32, zmm registers) when the host has AVX-512F; the
-    /// Cranelift f32x4 tile otherwise.
+    /// Compute convolutions with constant weights and linear layers with
+    /// GEMM tiles assembled for the host (AVX-512: 14×32, zmm; AVX2 + FMA:
+    /// 6×16, ymm), up to [`CompileOptions::max_tiles`]; the Cranelift f32x4
+    /// tile otherwise. `false` is `max_tiles: TileLevel::F32x4`.
     pub asm_tiles: bool,
+    /// The widest tile level to use even when the target has more (for
+    /// comparing levels on one host; `kiln run/bench --tiles`). The
+    /// AVX-512-only assembled functions (transcendental rows, depthwise
+    /// interiors) are used only at `Avx512`.
+    pub max_tiles: TileLevel,
     /// Rewrite every kernel's vectors into scalars (`scalarize.rs`) even
     /// when the ISA has 128-bit SIMD: the code path of targets without it
     /// (riscv64 without V), forced so that the differential tests run it on
@@ -129,6 +135,7 @@ impl Default for CompileOptions {
             verify_ir: false,
             gemm_tile: GemmTile::default(),
             asm_tiles: true,
+            max_tiles: TileLevel::Avx512,
             scalarize: false,
         }
     }
@@ -149,9 +156,12 @@ pub struct CompileStats {
     pub const_bytes: usize,
     /// element-wise kernels that write over their operand
     pub inplace_kernels: usize,
-    /// assembled AVX-512 tile variants (0 without AVX-512 or with
-    /// `asm_tiles: false`)
+    /// assembled functions (tile variants and, at `Avx512`, the other
+    /// assembled kernels; 0 at the f32x4 level)
     pub asm_variants: usize,
+    /// the tile level the model was compiled at: the target's, capped by
+    /// the options
+    pub tiles: TileLevel,
     /// threads the model runs on
     pub threads: usize,
     /// the host target and the features kiln uses
@@ -192,6 +202,9 @@ pub struct KernelTime {
     /// the node's work; a node lowered to several kernels (im2col, then a
     /// GEMM) repeats it on each, so sum times per node before dividing
     pub work: NodeWork,
+    /// whether the kernel was split over the worker pool (always false at
+    /// one thread)
+    pub parallel: bool,
 }
 
 /// Owns the JIT's executable memory (the assembled tiles' module and the
@@ -268,37 +281,62 @@ pub(crate) struct Front {
     /// compacted `consts` (`None` before)
     pub const_map: Option<ConstMap>,
     pub threads: usize,
+    /// the tile level kernels were lowered for
+    pub tiles: TileLevel,
 }
 
-/// Verifies, folds, plans and lowers `model`: everything before code
-/// generation, shared by the JIT and the object-file backend. `use_asm`
-/// lets GEMM kernels call run-time assembled tiles, which only the JIT
-/// places so far (their absolute addresses are baked into the callers).
-pub(crate) fn front(
-    model: &Model,
-    opts: &CompileOptions,
-    use_asm: bool,
-) -> Result<Front, BackendError> {
-    // An optimised model's fused ops (kiln-passes) without a kernel of
-    // their own (attention, bridges, conv chains, unusual dynamic-ReLU
-    // slopes) run as the primitive ops they stand for; fused conv and
-    // linear nodes stay and get epilogue kernels (kernels/fused.rs).
-    // Conv chains become one fused conv per stage first.
-    let unfused;
-    let model = if model.graph.node_ids().any(|id| {
+/// The target's tile level `target`, capped by `opts`.
+fn effective_tiles(target: TileLevel, opts: &CompileOptions) -> TileLevel {
+    if opts.asm_tiles {
+        target.min(opts.max_tiles)
+    } else {
+        TileLevel::F32x4
+    }
+}
+
+/// An optimised model's fused ops (kiln-passes) without a kernel of their
+/// own (attention, bridges, unusual dynamic-ReLU slopes) run as the
+/// primitive ops they stand for; fused conv and linear nodes stay and get
+/// epilogue kernels (kernels/fused.rs). Conv chains become one fused conv
+/// per stage first. `None` when `model` has nothing to rewrite.
+fn unfuse(model: &Model) -> Result<Option<Model>, BackendError> {
+    if !model.graph.node_ids().any(|id| {
         matches!(model.graph.node(id).op, kiln_ir::Op::Fused(_))
             && !kernels::fused::has_kernel(&model.graph, id)
     }) {
-        let mut m = model.clone();
-        kernels::fused::split_conv_chains(&mut m.graph)?;
-        kiln_ir::fused::lower_fused_where(&mut m.graph, &mut m.weights, |g, id| {
-            !kernels::fused::has_kernel(g, id)
-        })?;
-        unfused = m;
-        &unfused
-    } else {
-        model
-    };
+        return Ok(None);
+    }
+    let mut m = model.clone();
+    kernels::fused::split_conv_chains(&mut m.graph)?;
+    kiln_ir::fused::lower_fused_where(&mut m.graph, &mut m.weights, |g, id| {
+        !kernels::fused::has_kernel(g, id)
+    })?;
+    Ok(Some(m))
+}
+
+/// The graph [`compile`] generates kernels from: `model` with its conv
+/// chains split into fused convs, the fused ops that have no kernel of their
+/// own expanded into primitive ops, and constant subgraphs folded. Its node
+/// names are the ones [`CompiledModel::profile`] reports, so a tool can pair
+/// each kernel's time with the node it computes (`examples/calibrate.rs`).
+pub fn kernel_graph(model: &Model) -> Result<Model, BackendError> {
+    let unfused = unfuse(model)?;
+    let model = unfused.as_ref().unwrap_or(model);
+    kiln_ir::verify(&model.graph)?;
+    kiln_ir::verify_weights(&model.graph, &model.weights)?;
+    Ok(crate::fold::fold_constants(model)?.unwrap_or_else(|| model.clone()))
+}
+
+/// Verifies, folds, plans and lowers `model`: everything before code
+/// generation, shared by the JIT and the object-file backend. `tiles` is
+/// the target's level; the options may cap it (`Front::tiles`).
+pub(crate) fn front(
+    model: &Model,
+    opts: &CompileOptions,
+    tiles: TileLevel,
+) -> Result<Front, BackendError> {
+    let unfused = unfuse(model)?;
+    let model = unfused.as_ref().unwrap_or(model);
     kiln_ir::verify(&model.graph)?;
     kiln_ir::verify_weights(&model.graph, &model.weights)?;
     let folded = crate::fold::fold_constants(model)?;
@@ -323,8 +361,9 @@ pub(crate) fn front(
         }
     }
     let plan = plan::plan(g, &weight_addr)?;
-    let mut asm = AsmStore::default();
-    let use_asm = opts.asm_tiles && use_asm;
+    let tiles = effective_tiles(tiles, opts);
+    let mut asm = AsmStore::new(tiles);
+    let use_asm = tiles > TileLevel::F32x4;
     let mut lowered: Lowered = Vec::new();
     let mut work = HashMap::new();
     for &id in &plan.kernels {
@@ -409,6 +448,7 @@ pub(crate) fn front(
         consts,
         const_map: None,
         threads,
+        tiles,
     })
 }
 
@@ -568,7 +608,7 @@ fn place_asm(
 pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, BackendError> {
     let t0 = Instant::now();
     let target = Target::host(opts.verify_ir)?;
-    let mut front = front(model, opts, target.avx512_tiles)?;
+    let mut front = front(model, opts, target.tiles)?;
     drop_unread_consts(&mut front, target.speed.frontend_config());
     if std::env::var_os("KILN_COMPILE_TIMES").is_some() {
         eprintln!("front: {:?}", t0.elapsed());
@@ -669,6 +709,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
         const_bytes: front.consts.bytes(),
         inplace_kernels: front.plan.inplace.len(),
         asm_variants: front.asm.code().len(),
+        tiles: front.tiles,
         threads: front.threads,
         target: target.describe(),
     };
@@ -693,7 +734,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
 /// by a comment naming the kiln node it came from (for `kiln opt --emit clif`).
 pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, BackendError> {
     let target = Target::host(opts.verify_ir)?;
-    let mut front = front(model, opts, target.avx512_tiles)?;
+    let mut front = front(model, opts, target.tiles)?;
     drop_unread_consts(&mut front, target.speed.frontend_config());
     let mut fctx = FunctionBuilderContext::new();
     let mut out = format!(
@@ -777,6 +818,7 @@ impl CompiledModel {
                 kernel: s.what.clone(),
                 time,
                 work: s.work,
+                parallel: s.parallel,
             })
             .collect())
     }

@@ -58,9 +58,10 @@ mod target;
 
 pub use compiled::{
     CompileOptions, CompileStats, CompiledModel, GemmTile, KernelTime, NodeWork, OptLevel, compile,
-    emit_clif,
+    emit_clif, kernel_graph,
 };
 pub use error::BackendError;
+pub use target::TileLevel;
 pub use target::supported_list as aot_supported_targets;
 
 #[doc(hidden)]

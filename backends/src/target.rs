@@ -17,12 +17,74 @@ pub(crate) struct Target {
     /// Emit `fma`: only when it lowers to one instruction (x86 needs both
     /// AVX and FMA; otherwise Cranelift would call `fmaf` per element).
     pub fma: bool,
-    /// The assembled AVX-512 GEMM tiles can run here: x86-64 with AVX-512F
-    /// and the System V calling convention they are written for.
-    pub avx512_tiles: bool,
+    /// The widest GEMM tiles that can run here: assembled AVX-512 (x86-64
+    /// with AVX-512F) or AVX2 (AVX2 + FMA) tiles, both written for the
+    /// System V calling convention, else the Cranelift f32x4 tile.
+    pub tiles: TileLevel,
     /// The ISA cannot lower 128-bit vectors (riscv64 without V): every
     /// kernel is scalarised (`scalarize.rs`) before compilation.
     pub scalar: bool,
+}
+
+/// Which GEMM tiles (and other assembled functions) a target uses, from the
+/// narrowest to the widest; see DESIGN.md's micro-kernel seam.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TileLevel {
+    /// The Cranelift f32x4 tile (4×8) everywhere; nothing assembled.
+    F32x4,
+    /// Assembled AVX2 + FMA GEMM tiles (6×16, ymm); the other kernels stay
+    /// Cranelift code.
+    Avx2,
+    /// Assembled AVX-512F GEMM tiles (14×32, zmm), transcendental rows and
+    /// depthwise interiors.
+    Avx512,
+}
+
+impl TileLevel {
+    /// Every level, narrowest first.
+    pub const ALL: [TileLevel; 3] = [TileLevel::F32x4, TileLevel::Avx2, TileLevel::Avx512];
+
+    /// The name `--tiles` takes and reports print (`f32x4`, `avx2`,
+    /// `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TileLevel::F32x4 => "f32x4",
+            TileLevel::Avx2 => "avx2",
+            TileLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// The level named `s` (see [`TileLevel::name`]).
+    pub fn parse(s: &str) -> Option<TileLevel> {
+        TileLevel::ALL.into_iter().find(|l| l.name() == s)
+    }
+
+    /// The level an ISA with these Cranelift flags supports: x86-64 with
+    /// the System V convention only (the assembled code is written for it).
+    fn of(isa: &dyn cranelift_codegen::isa::TargetIsa) -> TileLevel {
+        let has = |name: &str| {
+            isa.isa_flags()
+                .iter()
+                .any(|v| v.name == name && v.as_bool() == Some(true))
+        };
+        let x86_sysv = isa.name() == "x64"
+            && isa.default_call_conv() == cranelift_codegen::isa::CallConv::SystemV;
+        if !x86_sysv || !isa.has_native_fma() {
+            TileLevel::F32x4
+        } else if has("has_avx512f") {
+            TileLevel::Avx512
+        } else if has("has_avx2") && has("has_fma") {
+            TileLevel::Avx2
+        } else {
+            TileLevel::F32x4
+        }
+    }
+}
+
+impl std::fmt::Display for TileLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Whether `isa` lacks the 128-bit float SIMD every kernel is written in.
@@ -62,23 +124,13 @@ impl Target {
         let none = make("none")?;
         let speed = make("speed")?;
         let fma = speed.has_native_fma();
-        let has = |name: &str| {
-            speed
-                .isa_flags()
-                .iter()
-                .any(|v| v.name == name && v.as_bool() == Some(true))
-        };
-        // the JIT targets the host, so the host's architecture is the target's
-        let avx512_tiles = cfg!(target_arch = "x86_64")
-            && speed.default_call_conv() == cranelift_codegen::isa::CallConv::SystemV
-            && has("has_avx512f")
-            && fma;
+        let tiles = TileLevel::of(&*speed);
         let scalar = lacks_simd(&*speed);
         Ok(Target {
             none,
             speed,
             fma,
-            avx512_tiles,
+            tiles,
             scalar,
         })
     }
@@ -137,18 +189,15 @@ impl Target {
         let speed = make("speed")?;
         let fma = speed.has_native_fma();
         // Objects for levels with AVX-512F carry the assembled functions
-        // (tiles, transcendentals, depthwise rows) like the JIT.
-        let avx512_tiles = triple.starts_with("x86_64")
-            && speed
-                .isa_flags()
-                .iter()
-                .any(|v| v.name == "has_avx512f" && v.as_bool() == Some(true));
+        // (tiles, transcendentals, depthwise rows) like the JIT; levels
+        // with AVX2 + FMA (x86-64-v3) the AVX2 tiles.
+        let tiles = TileLevel::of(&*speed);
         let scalar = lacks_simd(&*speed);
         Ok(Target {
             none,
             speed,
             fma,
-            avx512_tiles,
+            tiles,
             scalar,
         })
     }
@@ -165,11 +214,11 @@ impl Target {
             .map(|v| v.name)
             .collect();
         format!(
-            "{} [{}] fma={} avx512-tiles={}{}",
+            "{} [{}] fma={} tiles={}{}",
             self.speed.triple().architecture,
             feats.join(","),
             self.fma,
-            self.avx512_tiles,
+            self.tiles,
             if self.scalar { " scalar" } else { "" }
         )
     }
@@ -189,13 +238,15 @@ pub const AOT_TARGETS: &[(&str, &[CpuLevel])] = &[
             // SSE4.2, no FMA: kernels multiply and add separately (never
             // calling `fmaf`).
             ("x86-64-v2", &["x86-64-v2"]),
-            // AVX2 + FMA (Haswell and later).
-            ("x86-64-v3", &["x86-64-v3"]),
+            // AVX2 + FMA (Haswell and later): the assembled AVX2 tiles.
+            // Cranelift's preset leaves out AVX itself, without which it
+            // emits no FMA (and no VEX encodings); every v3 CPU has it.
+            ("x86-64-v3", &["x86-64-v3", "has_avx"]),
             // AVX-512 F/VL/DQ/BW (Skylake-X, Zen 4 and later): the
             // assembled 16-lane functions as well
             // (Cranelift's preset names DQ and VL; the assembled code
             // needs F, which every AVX-512 CPU has)
-            ("x86-64-v4", &["x86-64-v4", "has_avx512f"]),
+            ("x86-64-v4", &["x86-64-v4", "has_avx", "has_avx512f"]),
             // whatever this machine has
             ("native", &[]),
         ],

@@ -427,6 +427,46 @@ fn x86_64_v4_objects_with_assembled_functions() {
     }
 }
 
+/// x86-64-v3 objects carry the assembled AVX2 tiles as local functions
+/// (the header names the level and checks AVX2 and FMA), and run natively
+/// when this machine has AVX2 + FMA (skipped, saying so, otherwise).
+#[test]
+fn x86_64_v3_objects_with_avx2_tiles() {
+    let avx2 =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let compile = |cpu: &str| {
+        compile_aot(
+            &small_graph(7),
+            &AotOptions {
+                target: X86_V3.triple.into(),
+                cpu: cpu.into(),
+                name: "v3".into(),
+                compile: CompileOptions::default(),
+            },
+        )
+        .unwrap()
+    };
+    let obj = compile(X86_V3.cpu);
+    assert_eq!(obj.tiles, kiln_backends::TileLevel::Avx2);
+    assert!(obj.asm_functions > 0, "no assembled tiles in the object");
+    assert!(obj.header.contains("#define KILN_V3_TILES \"avx2\""));
+    assert!(obj.header.contains("__builtin_cpu_supports(\"avx2\")"));
+    assert!(obj.header.contains("__builtin_cpu_supports(\"fma\")"));
+    assert!(!obj.header.contains("avx512f"));
+    // v2 has no AVX: no assembled code at all
+    let v2 = compile(X86_V2.cpu);
+    assert_eq!(v2.asm_functions, 0);
+    assert!(v2.header.contains("#define KILN_V3_TILES \"f32x4\""));
+    if !avx2 {
+        eprintln!("x86_64_v3_objects_with_avx2_tiles: skipped running (no AVX2 + FMA here)");
+        return;
+    }
+    check("small", &small_graph(7), &[&X86_V3]);
+    for name in ["mobile_former_26m", "mobilevitv2_050"] {
+        check_optimised(name, &zoo_model(name), &[&X86_V3]);
+    }
+}
+
 #[test]
 fn aarch64_optimised_mobile_former_26m() {
     check_optimised(

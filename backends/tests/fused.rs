@@ -9,8 +9,8 @@
 
 mod common;
 
-use common::{Arg, Fill, Rng, check, input, opts, single, tensor, weight};
-use kiln_backends::{CompileOptions, compile};
+use common::{Arg, Fill, Rng, asm_levels, check, input, level_opts, opts, single, tensor, weight};
+use kiln_backends::{CompileOptions, TileLevel, compile};
 use kiln_frontends::zoo::{self, ZooOptions};
 use kiln_ir::fused::{Act, ConvStage, FusedOp};
 use kiln_ir::{Float, Model, Op, Tensor, Value, interp};
@@ -31,16 +31,102 @@ fn check_fused(what: &str, op: FusedOp, args: &[Arg], seed: u64, what_kernel: &s
     let mut rng = Rng(seed);
     let (model, inputs) = single(Op::Fused(op), args, &mut rng, Fill::Signed);
     check(what, &model, &inputs);
-    for asm in [true, false] {
-        let o = CompileOptions {
-            asm_tiles: asm,
-            ..opts(1)
-        };
-        let ks = kernels(&model, &o);
+    let levels = asm_levels().into_iter().chain([TileLevel::F32x4]);
+    for level in levels {
+        let ks = kernels(&model, &level_opts(1, level));
         assert!(
             ks.iter()
                 .any(|k| k.starts_with("fused") && k.contains(what_kernel)),
-            "{what}: no fused {what_kernel} kernel (asm {asm}): {ks:?}"
+            "{what}: no fused {what_kernel} kernel ({level} tiles): {ks:?}"
+        );
+    }
+}
+
+/// The edges of the assembled AVX2 6×16 tile (and the AVX-512 one where
+/// they coincide): every column count 1..=17 and around 32 (tails of 1..7
+/// lanes in one vector, 9..15 in two), row counts below, at and above 6 and
+/// 14, odd and even K, every activation, each bias mode and the residual,
+/// on the three ways the driver calls tiles: a pointwise conv (A packed,
+/// B activations copied to a run-time panel by a `b_pack` variant, then
+/// read padded), a linear layer (A strided in place, B packed, column
+/// bias) and a linear layer with a run-time weight (B strided and
+/// unpadded: masked loads). `check_fused` runs each at every level the
+/// host has, at 1 and 2 threads; this also asserts that the GEMM kernel
+/// really called the tiles of each level.
+#[test]
+fn assembled_tile_edges() {
+    let cols: Vec<usize> = (1..=17).chain([23, 31, 32, 33, 47]).collect();
+    let rows = [1usize, 2, 5, 6, 7, 11, 12, 13, 14, 15];
+    let ks = [1usize, 2, 3, 8, 17];
+    let acts = Act::ALL;
+    let mut case = 0usize;
+    for (i, &n) in cols.iter().enumerate() {
+        let m = rows[i % rows.len()];
+        let k = ks[i % ks.len()];
+        let act = acts[i % acts.len()];
+        let (bias, residual) = (i % 3 != 0, i % 2 == 0);
+        // pointwise conv: M = output channels, N = pixels (a 1×n plane)
+        let (op, args) = fused_conv(&ConvSpec {
+            c: k,
+            o: m,
+            groups: 1,
+            k: 1,
+            h: 1,
+            w: n,
+            stride: 1,
+            pad: [0; 4],
+            shuffle: 1,
+            act,
+            bias,
+            residual,
+        });
+        let what = format!("tile edge conv M={m} N={n} K={k} {act:?} bias {bias} res {residual}");
+        check_tiles(&what, op, &args, 900 + case as u64, "pointwise conv");
+        case += 1;
+        if act == Act::DyRelu {
+            continue;
+        }
+        // linear: M = tokens, N = output features
+        for runtime_w in [false, true] {
+            let w = if runtime_w {
+                input(&[k, n])
+            } else {
+                weight(&[k, n])
+            };
+            let mut args = vec![input(&[1, m, k]), w];
+            if bias {
+                args.push(weight(&[n]));
+            }
+            if residual {
+                args.push(input(&[1, m, n]));
+            }
+            let op = FusedOp::Linear {
+                bias,
+                act,
+                residual,
+            };
+            let what = format!(
+                "tile edge linear M={m} N={n} K={k} {act:?} bias {bias} res {residual} run-time w {runtime_w}"
+            );
+            check_tiles(&what, op, &args, 900 + case as u64, "linear");
+            case += 1;
+        }
+    }
+}
+
+/// [`check_fused`], then that at each assembled level the host has the
+/// fused GEMM kernel calls that level's tiles (its description names it).
+fn check_tiles(what: &str, op: FusedOp, args: &[Arg], seed: u64, what_kernel: &str) {
+    check_fused(what, op.clone(), args, seed, what_kernel);
+    let mut rng = Rng(seed);
+    let (model, _) = single(Op::Fused(op), args, &mut rng, Fill::Signed);
+    for level in asm_levels() {
+        let ks = kernels(&model, &level_opts(1, level));
+        assert!(
+            ks.iter().any(|k| k.starts_with("fused")
+                && k.contains(what_kernel)
+                && k.contains(&format!(" {level} "))),
+            "{what}: no fused {what_kernel} kernel on {level} tiles: {ks:?}"
         );
     }
 }
@@ -80,6 +166,8 @@ struct ConvSpec {
     act: Act,
     bias: bool,
     residual: bool,
+    /// channel-shuffle groups of the output (1 = none)
+    shuffle: usize,
 }
 
 /// The op of `s` and its operands: input, weight, then the bias, the
@@ -108,7 +196,7 @@ fn fused_conv(s: &ConvSpec) -> (FusedOp, Vec<Arg>) {
         dilation: [1, 1],
         groups: s.groups,
         bias: s.bias,
-        shuffle: 1,
+        shuffle: s.shuffle,
         act: s.act,
         residual: s.residual,
     };
@@ -165,6 +253,7 @@ fn conv_case(
         act,
         bias,
         residual,
+        shuffle: 1,
     })
 }
 
@@ -229,6 +318,7 @@ fn depthwise_asm_edges() {
                     act,
                     bias,
                     residual,
+                    shuffle: 1,
                 });
                 let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
                 check_fused(&what, op.clone(), &args, 500 + i as u64, "depthwise conv");
@@ -257,6 +347,89 @@ fn depthwise_asm_edges() {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         assert!(assembled > 20, "only {assembled} assembled interiors");
+    }
+}
+
+/// Channel-shuffled fused convs (Mobile-Former-26M's grouped convs): the
+/// shuffle only moves whole output rows (GEMM) or planes (depthwise), so
+/// every kernel path keeps its fused kernel. Shuffle blocks equal to, larger
+/// than and smaller than the conv groups; the dynamic ReLU's slopes and the
+/// residual are indexed by the stored channel.
+#[test]
+fn shuffled_conv_epilogues() {
+    // (c, o, groups, k, stride, shuffle, what the kernel is)
+    let cases = [
+        (8, 12, 4, 1, 1, 4, "pointwise conv"),
+        (8, 24, 4, 1, 1, 2, "pointwise conv"),
+        (8, 24, 2, 1, 1, 4, "pointwise conv"),
+        (6, 28, 1, 1, 1, 2, "pointwise conv"),
+        (8, 16, 4, 3, 2, 4, "im2col conv"),
+        (6, 18, 3, 3, 1, 6, "im2col conv"),
+        (8, 24, 8, 3, 2, 8, "depthwise conv"),
+        (8, 24, 8, 3, 1, 4, "depthwise conv"),
+        (9, 9, 9, 3, 1, 3, "depthwise conv"),
+    ];
+    let mut i = 0;
+    for (c, o, groups, k, stride, shuffle, kind) in cases {
+        for act in [Act::DyRelu, Act::Relu6, Act::None, Act::Silu] {
+            let (bias, residual) = (i % 2 == 0, i % 3 != 2);
+            let spec = ConvSpec {
+                c,
+                o,
+                groups,
+                k,
+                h: 7 + i % 5,
+                w: 9 + i % 4,
+                stride,
+                pad: if k == 3 { [1; 4] } else { [0; 4] },
+                act,
+                bias,
+                residual,
+                shuffle,
+            };
+            let (op, args) = fused_conv(&spec);
+            let what = format!("shuffle {act:?} bias {bias} res {residual}: {op:?} {args:?}");
+            check_fused(&what, op.clone(), &args, 700 + i as u64, kind);
+            let (model, _) = single(Op::Fused(op), &args, &mut Rng(1), Fill::Signed);
+            let ks = kernels(&model, &opts(1));
+            assert!(
+                ks.iter().any(|k| k.contains(&format!("shuffle {shuffle}"))),
+                "{what}: no shuffling kernel: {ks:?}"
+            );
+            i += 1;
+        }
+    }
+}
+
+/// A stem (RGB in, 3×3 stride 2) runs band by band: each unit writes a few
+/// output rows' im2col matrix and multiplies it at once.
+#[test]
+fn stem_conv_in_bands() {
+    for (i, act) in [Act::Relu6, Act::Silu, Act::HardSwish]
+        .into_iter()
+        .enumerate()
+    {
+        let (op, args) = fused_conv(&ConvSpec {
+            c: 3,
+            o: 16,
+            groups: 1,
+            k: 3,
+            h: 64,
+            w: 62,
+            stride: 2,
+            pad: [1; 4],
+            act,
+            bias: true,
+            residual: i == 1,
+            shuffle: 1,
+        });
+        check_fused(
+            &format!("stem {act:?}"),
+            op,
+            &args,
+            900 + i as u64,
+            "bands of 8 rows",
+        );
     }
 }
 
@@ -377,6 +550,7 @@ fn pointwise_run_time_b_panels() {
                 act,
                 bias,
                 residual,
+                shuffle: 1,
             });
             let what = format!("{c}->{o} {h}x{w} {act:?} bias {bias} res {residual}");
             case += 1;
@@ -528,19 +702,19 @@ fn zoo_optimised(name: &str) {
         })
         .collect();
     let want = interp::run(g, &model.weights, &inputs).unwrap();
+    // every assembled level the host has at 1 and 2 threads (bit for bit
+    // equal), then the Cranelift tiles
+    let mut runs: Vec<(TileLevel, usize)> = Vec::new();
+    for level in asm_levels() {
+        runs.extend([(level, 1), (level, 2)]);
+    }
+    runs.push((TileLevel::F32x4, 1));
     let mut one = Vec::new();
-    for (label, o) in [
-        ("1 thread", opts(1)),
-        ("2 threads", opts(2)),
-        (
-            "Cranelift tiles only",
-            CompileOptions {
-                asm_tiles: false,
-                ..opts(1)
-            },
-        ),
-    ] {
-        let m = compile(&opt, &o).unwrap_or_else(|e| panic!("{name} {label}: {e}"));
+    for (level, threads) in runs {
+        let label = format!("{level} tiles, {threads} thread(s)");
+        let m = compile(&opt, &level_opts(threads, level))
+            .unwrap_or_else(|e| panic!("{name} {label}: {e}"));
+        assert_eq!(m.stats().tiles, level, "{name} {label}");
         let fused_convs = m
             .kernel_descriptions()
             .iter()
@@ -556,16 +730,10 @@ fn zoo_optimised(name: &str) {
                 "{name} {label}: output {k}: relative error {e:.3e}"
             );
         }
-        if one.is_empty() {
+        if threads == 1 {
             one = got;
-        } else if label == "2 threads" {
-            for (a, b) in one.iter().zip(&got) {
-                let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
-                assert!(
-                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{name}: 1 and 2 threads differ"
-                );
-            }
+        } else {
+            common::assert_same_bits(&format!("{name} {label}"), &one, &got);
         }
     }
 }

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    AbiParam, BlockArg, ExtFuncData, ExternalName, GlobalValue, Inst, InstBuilder, MemFlagsData,
-    Signature, Type, UserExternalName, Value, types,
+    AbiParam, BlockArg, ConstantData, Endianness, ExtFuncData, ExternalName, GlobalValue, Inst,
+    InstBuilder, MemFlagsData, Signature, Type, UserExternalName, Value, types,
 };
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
@@ -399,6 +399,26 @@ impl<'a> Emitter<'a> {
                 self.b.ins().load(ty, f, q, 0)
             }
         }
+    }
+
+    /// The f32x4 of the even elements `p[0], p[2], p[4], p[6]` (at `p + off`
+    /// bytes): two vector loads and one byte shuffle, where four scalar
+    /// loads and three lane inserts would gather them. Reads `p[7]` too, so
+    /// the caller must know it is in bounds.
+    pub fn load_even(&mut self, f: MemFlagsData, p: Value, off: i64) -> Value {
+        let lo = self.load(V4, f, p, off);
+        let hi = self.load(V4, f, p, off + 16);
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let lo = self.b.ins().bitcast(types::I8X16, le, lo);
+        let hi = self.b.ins().bitcast(types::I8X16, le, hi);
+        // lanes 0, 2 of lo and 0, 2 of hi (bytes 16.. select from hi)
+        let mask: Vec<u8> = [0u8, 2, 4, 6]
+            .iter()
+            .flat_map(|&l| (0..4).map(move |b| l * 4 + b))
+            .collect();
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(mask));
+        let s = self.b.ins().shuffle(lo, hi, imm);
+        self.b.ins().bitcast(V4, le, s)
     }
 
     /// Stores `v` at `p + off` bytes.

@@ -42,6 +42,8 @@ use cranelift_codegen::ir::{AbiParam, Signature, types::I64};
 use cranelift_codegen::isa::CallConv;
 use iced_x86::code_asm::*;
 
+use crate::target::TileLevel;
+
 /// The tiles' signature: `fn(a, b, c, bias, residual, a1, a2, panel)`, all
 /// pointers (0 when unused), System V.
 pub(crate) fn signature() -> Signature {
@@ -52,7 +54,7 @@ pub(crate) fn signature() -> Signature {
     sig
 }
 
-/// Rows of a full tile.
+/// Rows of a full tile (AVX-512; `asm_tile_avx2` has its own).
 pub(crate) const MR: usize = 14;
 /// Columns of a full tile (two zmm vectors).
 pub(crate) const NR: usize = 32;
@@ -255,16 +257,17 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
     a.assemble(0)
 }
 
-/// Red-zone slots of the epilogue's constants (bytes below rsp).
-const SIX: i32 = 4;
-const THREE: i32 = 8;
-const SIXTH: i32 = 12;
-const HALF: i32 = 16;
-const ONE: i32 = 20;
-const NEG_LOG2E: i32 = 24;
+/// Red-zone slots of the epilogue's constants (bytes below rsp), shared
+/// with the AVX2 tile (`asm_tile_avx2`).
+pub(crate) const SIX: i32 = 4;
+pub(crate) const THREE: i32 = 8;
+pub(crate) const SIXTH: i32 = 12;
+pub(crate) const HALF: i32 = 16;
+pub(crate) const ONE: i32 = 20;
+pub(crate) const NEG_LOG2E: i32 = 24;
 /// `2^f ≈ Σ c_k f^k` (Taylor, `c_k = ln2^k / k!`), highest degree first;
 /// `c_0 = 1` is [`ONE`].
-const EXP2_POLY: [(i32, f32); 6] = [
+pub(crate) const EXP2_POLY: [(i32, f32); 6] = [
     (28, 1.540_353e-4),
     (32, 1.333_355_8e-3),
     (36, 9.618_129e-3),
@@ -272,6 +275,30 @@ const EXP2_POLY: [(i32, f32); 6] = [
     (44, 2.402_265e-1),
     (48, std::f32::consts::LN_2),
 ];
+
+/// Writes the activations' scalar constants to their red-zone slots (and
+/// silu's `-log2 e` and exp2 polynomial when `silu`).
+pub(crate) fn write_act_consts(a: &mut CodeAssembler, silu: bool) -> Result<(), IcedError> {
+    for (slot, x) in [
+        (SIX, 6.0f32),
+        (THREE, 3.0),
+        (SIXTH, 1.0 / 6.0),
+        (HALF, 0.5),
+        (ONE, 1.0),
+    ] {
+        a.mov(dword_ptr(rsp - slot), x.to_bits())?;
+    }
+    if silu {
+        a.mov(
+            dword_ptr(rsp - NEG_LOG2E),
+            (-std::f32::consts::LOG2_E).to_bits(),
+        )?;
+        for (slot, c) in EXP2_POLY {
+            a.mov(dword_ptr(rsp - slot), c.to_bits())?;
+        }
+    }
+    Ok(())
+}
 
 /// Activation and residual on the accumulators (zmm0..27); zmm28..31 are
 /// free once the K loop is done: zmm31 holds zero, zmm30 1/6, zmm29 is a
@@ -284,24 +311,7 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
     }
     let acc = |i: usize, z: usize| zmm(i * 2 + z);
     if v.act != Act::None {
-        for (slot, x) in [
-            (SIX, 6.0f32),
-            (THREE, 3.0),
-            (SIXTH, 1.0 / 6.0),
-            (HALF, 0.5),
-            (ONE, 1.0),
-        ] {
-            a.mov(dword_ptr(rsp - slot), x.to_bits())?;
-        }
-        if v.act == Act::Silu {
-            a.mov(
-                dword_ptr(rsp - NEG_LOG2E),
-                (-std::f32::consts::LOG2_E).to_bits(),
-            )?;
-            for (slot, c) in EXP2_POLY {
-                a.mov(dword_ptr(rsp - slot), c.to_bits())?;
-            }
-        }
+        write_act_consts(a, v.act == Act::Silu)?;
         a.vxorps(zmm31, zmm31, zmm31)?;
         if v.act != Act::Silu {
             // silu uses zmm30 as its polynomial's accumulator
@@ -379,16 +389,47 @@ enum Key {
 /// Assembled functions (GEMM tile variants and the element-wise functions
 /// of `asm_unary`), numbered in request order; the JIT places them and
 /// hands the addresses to the kernels that call them.
-#[derive(Default)]
 pub(crate) struct AsmStore {
+    /// the instruction set every function here is assembled for: the GEMM
+    /// tiles' generator and shape follow it, and the other assembled
+    /// functions (`asm_unary`, `asm_dw`) exist only for AVX-512
+    level: TileLevel,
     keys: Vec<Key>,
     code: Vec<Vec<u8>>,
 }
 
 impl AsmStore {
-    /// The number of `v`, assembling it if it is new.
+    /// An empty store for `level` (`Avx2` or `Avx512`).
+    pub fn new(level: TileLevel) -> AsmStore {
+        AsmStore {
+            level,
+            keys: Vec::new(),
+            code: Vec::new(),
+        }
+    }
+
+    /// The instruction set of the functions assembled here.
+    pub fn level(&self) -> TileLevel {
+        self.level
+    }
+
+    /// Rows and columns of a full GEMM tile at this level.
+    pub fn tile_shape(&self) -> (usize, usize) {
+        match self.level {
+            TileLevel::Avx2 => (super::asm_tile_avx2::MR, super::asm_tile_avx2::NR),
+            TileLevel::Avx512 | TileLevel::F32x4 => (MR, NR),
+        }
+    }
+
+    /// The number of `v`, assembling it (for this store's level) if it is
+    /// new.
     pub fn request(&mut self, v: Variant) -> Result<usize, String> {
-        self.get_or_assemble(Key::Tile(v), || assemble(&v))
+        let level = self.level;
+        self.get_or_assemble(Key::Tile(v), || match level {
+            TileLevel::Avx512 => assemble(&v),
+            TileLevel::Avx2 => super::asm_tile_avx2::assemble(&v),
+            TileLevel::F32x4 => Err("no assembled tiles at the f32x4 level".into()),
+        })
     }
 
     /// The number of the function cached under `key`, assembling it with
@@ -440,7 +481,7 @@ mod tests {
             act: Act::None,
             residual: false,
         };
-        let mut store = AsmStore::default();
+        let mut store = AsmStore::new(TileLevel::Avx512);
         assert_eq!(store.request(v).unwrap(), 0);
         assert_eq!(
             store

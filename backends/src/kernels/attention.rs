@@ -929,7 +929,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                 }
                 (None, given) => cx.ins[given.unwrap_or(0)].buf,
             };
-            let asm = match cx.asm.as_deref_mut() {
+            let asm = match cx.asm512() {
                 Some(store) => Some(
                     store
                         .request_named(

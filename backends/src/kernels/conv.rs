@@ -6,24 +6,29 @@
 //!   `out[O_g × HW] = W_g[O_g × C_g] · x[C_g × HW]`, reading x in place;
 //! - everything else: im2col into arena scratch (one row per input channel
 //!   and kernel tap, zeros where the window hangs over the padding), then
-//!   the same GEMM with K = C_g·kh·kw.
+//!   the same GEMM with K = C_g·kh·kw; for stems (one group, small constant
+//!   weights) band by band in one kernel ([`BandedConv`]), so the matrix
+//!   stays in L1.
 //!
 //! Weights known at compile time are packed as A panels; the bias seeds the
 //! accumulators. A `fused_conv` takes the same paths with an [`Epilogue`]
-//! (activation, residual) applied before the store. Layout stays NCHW: blocked layouts (NCHWc) would let the
+//! (activation, residual) applied before the store, and with a channel
+//! shuffle ([`shuffled`]) that only changes where each output row is stored:
+//! a GEMM batch covers rows that stay consecutive `G` rows apart after the
+//! shuffle, so the shuffle is a C row stride. Layout stays NCHW: blocked layouts (NCHWc) would let the
 //! depthwise and pointwise kernels share a vector-friendly channel blocking
 //! and are the next optimisation, not done yet.
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
-use kiln_ir::fused::FusedOp;
+use kiln_ir::fused::{Act, FusedOp};
 use kiln_ir::{Graph, NodeId, Op};
 
-use super::asm_tile;
 use super::copy::{emit_copy_run, emit_fill_run};
-use super::epilogue::Epilogue;
+use super::epilogue::{Epilogue, Slopes};
 use super::gemm::{self, ASrc, BSrc, Gemm, Init, Tile};
-use super::{Kernel, Kernels, NodeCx, depthwise};
-use crate::codegen::{Buf, Emitter, Loc};
+use super::{Kernel, Kernels, NodeCx, Opt, depthwise};
+use crate::codegen::{Buf, Emitter, F32, Loc};
 use crate::error::BackendError;
 
 /// Geometry of one convolution.
@@ -147,9 +152,99 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
         ),
         _ => None,
     };
-    match geom {
-        Some(gm) if !gm.is_depthwise() && !gm.is_pointwise() => 4 * gm.im2col_len(),
+    let Some(gm) = geom else {
+        return 0;
+    };
+    let slopes = match node.op {
+        Op::Fused(FusedOp::Conv {
+            shuffle,
+            act: Act::DyRelu,
+            ..
+        }) if shuffle > 1 && !gm.is_depthwise() => 8 * gm.o,
         _ => 0,
+    };
+    im2col_bytes(&gm) + slopes
+}
+
+/// Scratch bytes of the im2col matrix (none for the depthwise and pointwise
+/// paths, which read the input in place).
+fn im2col_bytes(g: &Geom) -> usize {
+    if g.is_depthwise() || g.is_pointwise() {
+        0
+    } else {
+        4 * g.im2col_len()
+    }
+}
+
+/// Bytes of im2col matrix per band that stay in L1 while the GEMM reads
+/// them back.
+const BAND_BYTES: usize = 32 * 1024;
+
+/// Weights (the GEMM's A, re-read by every band) small enough for banding.
+const BAND_MAX_WEIGHTS: usize = 64 * 1024;
+
+/// Output rows per band when an im2col conv runs band by band
+/// ([`BandedConv`]): one group, no shuffle, constant weights small enough
+/// to re-read per band (stems: 3 input channels, a few KB of weights). The
+/// rows divide the output height and make a band of at most
+/// [`BAND_BYTES`] of matrix.
+fn band_rows(g: &Geom, shuffle: usize, const_weights: bool) -> Option<usize> {
+    let k = g.c * g.kh * g.kw;
+    if g.groups != 1
+        || shuffle != 1
+        || !const_weights
+        || g.is_pointwise()
+        || g.is_depthwise()
+        || g.ho == 0
+        || g.wo == 0
+        || 4 * g.o * k > BAND_MAX_WEIGHTS
+    {
+        return None;
+    }
+    let most = (BAND_BYTES / (4 * k * g.wo)).max(1);
+    (1..=most.min(g.ho)).rev().find(|&r| g.ho.is_multiple_of(r))
+}
+
+/// An im2col conv computed band by band: each unit writes the im2col
+/// matrix of `rows` output rows of one image (all channels and taps) and
+/// runs the GEMM on it at once, while it is still in L1. The whole-tensor
+/// path writes the full matrix first (1.35 MB for Mobile-Former's stem,
+/// 27 rows of 112² pixels), which the GEMM then reads back from L3, and it
+/// has only `N·C` units (3 for an RGB stem) to share between threads.
+struct BandedConv {
+    im2col: Im2col,
+    rows: usize,
+    /// one batch per (image, band), one unit per batch
+    gemm: Gemm,
+}
+
+impl Kernel for BandedConv {
+    fn describe(&self) -> String {
+        format!(
+            "{}, im2col in bands of {} rows",
+            self.gemm.describe(),
+            self.rows
+        )
+    }
+
+    fn units(&self) -> usize {
+        self.gemm.units()
+    }
+
+    fn cost(&self) -> f64 {
+        self.gemm.cost() + self.im2col.cost()
+    }
+
+    fn opt(&self) -> Opt {
+        self.gemm.opt()
+    }
+
+    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
+        e.for_range(begin, end, 1, |e, u| {
+            self.im2col.emit_band(e, u, self.rows);
+            let next = e.b.ins().iadd_imm_s(u, 1);
+            self.gemm.emit(e, u, next);
+        });
     }
 }
 
@@ -159,6 +254,66 @@ struct Im2col {
     x: Buf,
     col: Buf,
     g: Geom,
+}
+
+impl Im2col {
+    /// Writes band `u` (image `u / bands`, output rows `[r·b, r·b + r)` for
+    /// band `b = u mod bands`) of the matrix at `col + u·K·r·wo`, rows of
+    /// `r·wo`: the same rows as the whole-tensor kernel, cut into bands. A
+    /// tap row outside the input (padding) is zeros.
+    fn emit_band(&self, e: &mut Emitter, u: Value, r: usize) {
+        let g = self.g;
+        let bands = (g.ho / r) as i64;
+        let k = g.c * g.kh * g.kw;
+        let x = e.base(self.x);
+        let col = e.base(self.col);
+        let img = e.b.ins().udiv_imm_u(u, bands);
+        let band = e.b.ins().urem_imm_u(u, bands);
+        let oh0 = e.b.ins().imul_imm_s(band, r as i64);
+        let dst = e.index(col, u, 4 * (k * r * g.wo) as i64);
+        let src = e.index(x, img, 4 * (g.c * g.h * g.w) as i64);
+        for c in 0..g.c {
+            let plane = e.off(src, 4 * (c * g.h * g.w) as i64);
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let (ow_lo, ow_hi) = Geom::valid(g.wo, g.w, j, g.stride[1], g.dil[1], g.pad[1]);
+                    let row = e.off(dst, 4 * (((c * g.kh + i) * g.kw + j) * r * g.wo) as i64);
+                    e.for_static(0, r as i64, 1, |e, t| {
+                        let d = e.index(row, t, 4 * g.wo as i64);
+                        // input row oh·sh + i·dh - pt: inside when unsigned < h
+                        let oh = e.b.ins().iadd(oh0, t);
+                        let ih = e.b.ins().imul_imm_s(oh, g.stride[0] as i64);
+                        let ih =
+                            e.b.ins()
+                                .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64);
+                        let inside =
+                            e.b.ins()
+                                .icmp_imm_u(IntCC::UnsignedLessThan, ih, g.h as i64);
+                        let outside =
+                            e.b.ins()
+                                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, ih, g.h as i64);
+                        e.if_then(outside, |e| emit_fill_run(e, d, g.wo, 0.0));
+                        e.if_then(inside, |e| {
+                            if ow_lo >= ow_hi {
+                                emit_fill_run(e, d, g.wo, 0.0);
+                                return;
+                            }
+                            let s = e.index(plane, ih, 4 * g.w as i64);
+                            let s = e.off(
+                                s,
+                                4 * ((ow_lo * g.stride[1] + j * g.dil[1]) as i64 - g.pad[1] as i64),
+                            );
+                            emit_fill_run(e, d, ow_lo, 0.0);
+                            let dm = e.off(d, 4 * ow_lo as i64);
+                            emit_copy_run(e, dm, s, ow_hi - ow_lo, g.stride[1] as i64, self.x);
+                            let dt = e.off(d, 4 * ow_hi as i64);
+                            emit_fill_run(e, dt, g.wo - ow_hi, 0.0);
+                        });
+                    });
+                }
+            }
+        }
+    }
 }
 
 impl Kernel for Im2col {
@@ -222,15 +377,96 @@ impl Kernel for Im2col {
 /// Lowers a conv2d node.
 pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     let bias = cx.ins.get(2).map(|b| b.buf);
-    lower_with(cx, bias, Epilogue::NONE)
+    lower_with(cx, bias, Epilogue::NONE, 1)
+}
+
+/// Where output channel `o` of `channels` is stored after a channel shuffle
+/// in `groups` groups (ShuffleNet's `reshape [G, O/G] → transpose →
+/// reshape`): `(o mod O/G)·G + o div O/G`.
+pub(crate) fn shuffled(o: usize, channels: usize, groups: usize) -> usize {
+    let per = channels / groups;
+    (o % per) * groups + o / per
+}
+
+/// Rows per GEMM batch of a conv with `og` output channels per group whose
+/// `o` outputs are shuffled in `shuffle` groups: rows that stay `shuffle`
+/// apart after the shuffle, i.e. that never cross one of its blocks of
+/// `o / shuffle` channels. `None` when the conv groups and the shuffle
+/// blocks do not nest (no fixed C row stride covers a group).
+pub(crate) fn shuffle_rows(og: usize, o: usize, shuffle: usize) -> Option<usize> {
+    if shuffle <= 1 {
+        return Some(og);
+    }
+    let block = o / shuffle;
+    if !o.is_multiple_of(shuffle) || block == 0 || og == 0 {
+        None
+    } else if block.is_multiple_of(og) {
+        Some(og)
+    } else if og.is_multiple_of(block) {
+        Some(block)
+    } else {
+        None
+    }
+}
+
+/// Copies the dynamic-ReLU slopes of a shuffled conv into its scratch in
+/// pre-shuffle row order (`dst[o] = a[shuffled(o)]`, `a1` then `a2`), so
+/// the GEMM epilogue reads them one per row like the bias.
+struct UnshuffleSlopes {
+    a1: Buf,
+    a2: Buf,
+    dst: Buf,
+    channels: usize,
+    shuffle: usize,
+}
+
+impl Kernel for UnshuffleSlopes {
+    fn describe(&self) -> String {
+        format!(
+            "dynamic-ReLU slopes of {} channels into pre-shuffle order ({} groups)",
+            self.channels, self.shuffle
+        )
+    }
+
+    fn units(&self) -> usize {
+        1
+    }
+
+    fn cost(&self) -> f64 {
+        2.0 * self.channels as f64
+    }
+
+    fn emit(&self, e: &mut Emitter, _begin: Value, _end: Value) {
+        let dst = e.base(self.dst);
+        let wf = Emitter::wflags();
+        let per = self.channels / self.shuffle;
+        for (k, src) in [self.a1, self.a2].into_iter().enumerate() {
+            let base = e.base(src);
+            let rf = Emitter::rflags(src);
+            let out = e.off(dst, 4 * (k * self.channels) as i64);
+            // o = gi·per + j  <-  a[j·shuffle + gi]
+            e.for_static(0, self.shuffle as i64, 1, |e, gi| {
+                let s = e.index(base, gi, 4);
+                let d = e.index(out, gi, 4 * per as i64);
+                e.for_static(0, per as i64, 1, |e, j| {
+                    let p = e.index(s, j, 4 * self.shuffle as i64);
+                    let x = e.load(F32, rf, p, 0);
+                    let q = e.index(d, j, 4);
+                    e.store(wf, x, q, 0);
+                });
+            });
+        }
+    }
 }
 
 /// Lowers the convolution of a conv2d or `fused_conv` node (`cx.op`) with
-/// this bias and epilogue. Operands 0 and 1 are `x` and `w`.
+/// this bias, epilogue and output channel shuffle (1 = none). Operands 0
+/// and 1 are `x` and `w`.
 pub(crate) fn lower_with(
     cx: &mut NodeCx,
     bias: Option<Buf>,
-    epi: Epilogue,
+    mut epi: Epilogue,
+    shuffle: usize,
 ) -> Result<Kernels, BackendError> {
     let (out_buf, out_ty) = cx.outs[0].clone();
     let g = Geom::of(
@@ -249,33 +485,50 @@ pub(crate) fn lower_with(
             "im2col"
         };
         format!(
-            "fused {kind} conv {}→{} {}x{}{}",
+            "fused {kind} conv {}→{} {}x{}{}{}",
             g.c,
             g.o,
             g.kh,
             g.kw,
-            epi.suffix(bias.is_some())
+            epi.suffix(bias.is_some()),
+            if shuffle > 1 {
+                format!(" shuffle {shuffle}")
+            } else {
+                String::new()
+            }
         )
     });
+    if shuffle == 0 || !g.o.is_multiple_of(shuffle) {
+        return Err(cx.unsupported(format!("a shuffle in {shuffle} groups of {} channels", g.o)));
+    }
     if g.is_depthwise() {
-        return depthwise::lower(cx, g, bias, epi, title);
+        return depthwise::lower(cx, g, bias, epi, title, shuffle);
     }
     let groups = g.groups;
     let og = g.o / groups;
+    // rows per GEMM batch, `subs` batches per group
+    let rows = shuffle_rows(og, g.o, shuffle).ok_or_else(|| {
+        cx.unsupported(format!(
+            "groups of {og} channels and a shuffle in blocks of {}",
+            g.o / shuffle
+        ))
+    })?;
+    let subs = og / rows;
     let k = g.cg * g.kh * g.kw;
     let p = g.ho * g.wo;
-    // The assembled AVX-512 tile needs packed weights (constant) and sets
-    // the panel shapes; otherwise the Cranelift tile of the options.
-    let use_asm = cx.asm.is_some() && cx.ins[1].data.is_some();
-    let tile = if use_asm {
-        Tile {
-            mr: asm_tile::MR,
-            nv: asm_tile::NR / 4,
+    // The assembled tile needs packed weights (constant) and sets the
+    // panel shapes; otherwise the Cranelift tile of the options.
+    let tile = match cx.asm.as_deref() {
+        Some(store) if cx.ins[1].data.is_some() => {
+            let (mr, nr) = store.tile_shape();
+            Tile { mr, nv: nr / 4 }
         }
-    } else {
-        cx.tile
+        _ => cx.tile,
     };
     let mut kernels: Kernels = Vec::new();
+    let mut banded: Option<(Im2col, usize)> = None;
+    // im2col band by band inside the GEMM kernel (see `BandedConv`)
+    let band = band_rows(&g, shuffle, cx.ins[1].data.is_some());
     let (b, b_off): (BSrc, Box<dyn Fn(usize, usize) -> i64>) = if g.is_pointwise() {
         let chw = g.c * g.h * g.w;
         let cghw = g.cg * g.h * g.w;
@@ -294,28 +547,70 @@ pub(crate) fn lower_with(
             None if g.im2col_len() == 0 => Buf::output(Loc::Arena(0)),
             None => return Err(cx.unsupported("im2col scratch was not planned")),
         };
-        kernels.push(Box::new(Im2col {
+        let im2col = Im2col {
             x: cx.ins[0].buf,
             col,
             g,
-        }));
-        let per = k * p;
-        (
-            BSrc::Strided {
-                buf: Buf::input(col.loc),
-                ks: p as i64,
-            },
-            Box::new(move |n, gi| ((n * groups + gi) * per) as i64),
-        )
+        };
+        match band {
+            Some(r) => {
+                // batch (image, band) reads its own band of the matrix
+                let per = k * r * g.wo;
+                let bands = g.ho / r;
+                banded = Some((im2col, r));
+                (
+                    BSrc::Strided {
+                        buf: Buf::input(col.loc),
+                        ks: (r * g.wo) as i64,
+                    },
+                    Box::new(move |n, bi| ((n * bands + bi) * per) as i64),
+                )
+            }
+            None => {
+                kernels.push(Box::new(im2col));
+                let per = k * p;
+                (
+                    BSrc::Strided {
+                        buf: Buf::input(col.loc),
+                        ks: p as i64,
+                    },
+                    Box::new(move |n, gi| ((n * groups + gi) * per) as i64),
+                )
+            }
+        }
     };
-    let (a, a_per_group) = match cx.ins[1].data {
+    if shuffle > 1
+        && let Some(s) = epi.slopes
+    {
+        // the slopes are indexed by stored channel: copy them into row
+        // order behind the im2col matrix
+        let at = match cx.scratch.map(|b| b.loc) {
+            Some(Loc::Arena(off)) => off + im2col_bytes(&g),
+            _ => return Err(cx.unsupported("slope scratch was not planned")),
+        };
+        kernels.push(Box::new(UnshuffleSlopes {
+            a1: s.a1,
+            a2: s.a2,
+            dst: Buf::output(Loc::Arena(at)),
+            channels: g.o,
+            shuffle,
+        }));
+        epi.slopes = Some(Slopes {
+            a1: Buf::input(Loc::Arena(at)),
+            a2: Buf::input(Loc::Arena(at + 4 * g.o)),
+            batch_stride: 0,
+        });
+    }
+    // A, one block of `rows` rows per GEMM batch
+    let blocks = groups * subs;
+    let (a, a_per_block) = match cx.ins[1].data {
         Some(w) => {
-            let mut packed = Vec::with_capacity(groups * gemm::packed_a_len(og, k, tile.mr));
-            for gi in 0..groups {
-                packed.extend(gemm::pack_a(&w[gi * og * k..], og, k, k, 1, tile.mr));
+            let mut packed = Vec::with_capacity(blocks * gemm::packed_a_len(rows, k, tile.mr));
+            for blk in 0..blocks {
+                packed.extend(gemm::pack_a(&w[blk * rows * k..], rows, k, k, 1, tile.mr));
             }
             let addr = cx.consts.add(&packed);
-            (ASrc::Packed { addr }, gemm::packed_a_len(og, k, tile.mr))
+            (ASrc::Packed { addr }, gemm::packed_a_len(rows, k, tile.mr))
         }
         None => (
             ASrc::Strided {
@@ -323,18 +618,35 @@ pub(crate) fn lower_with(
                 rs: k as i64,
                 ks: 1,
             },
-            og * k,
+            rows * k,
         ),
     };
-    let mut offs = Vec::with_capacity(g.n * groups);
-    for n in 0..g.n {
-        for gi in 0..groups {
-            offs.push([
-                (gi * a_per_group) as i64,
-                b_off(n, gi),
-                ((n * g.o + gi * og) * p) as i64,
-                (gi * og) as i64,
-            ]);
+    let mut offs = Vec::with_capacity(g.n * blocks);
+    if let Some(r) = band {
+        // one group, one block: batch (image, band) writes the band's
+        // columns of every output row
+        for n in 0..g.n {
+            for bi in 0..g.ho / r {
+                offs.push([0, b_off(n, bi), (n * g.o * p + bi * r * g.wo) as i64, 0]);
+            }
+        }
+    } else {
+        for n in 0..g.n {
+            for blk in 0..blocks {
+                // the block's first row, before and after the shuffle
+                let o0 = blk * rows;
+                let stored = if shuffle > 1 {
+                    shuffled(o0, g.o, shuffle)
+                } else {
+                    o0
+                };
+                offs.push([
+                    (blk * a_per_block) as i64,
+                    b_off(n, blk / subs),
+                    ((n * g.o + stored) * p) as i64,
+                    o0 as i64,
+                ]);
+            }
         }
     }
     let init = match bias {
@@ -347,15 +659,16 @@ pub(crate) fn lower_with(
         } else {
             "conv (im2col)"
         },
-        m: og,
-        n: p,
+        m: rows,
+        n: band.map_or(p, |r| r * g.wo),
         k,
-        batch: g.n * groups,
+        batch: offs.len(),
         offsets: gemm::offset_table(cx.consts, &offs),
         a,
         b,
         c: out_buf,
-        c_rs: p as i64,
+        // consecutive rows of a block are `shuffle` rows apart once stored
+        c_rs: (shuffle * p) as i64,
         init,
         alpha: 1.0,
         cin: None,
@@ -368,16 +681,46 @@ pub(crate) fn lower_with(
         title,
     };
     gm.partition(cx.threads);
+    if banded.is_some() {
+        gm.one_unit_per_batch();
+    }
     if let Some(store) = cx.asm.as_deref_mut() {
         gm.request_asm(store).map_err(|e| cx_err(&cx.name, &e))?;
     }
-    kernels.push(Box::new(gm));
+    match banded {
+        Some((im2col, rows)) => kernels.push(Box::new(BandedConv {
+            im2col,
+            rows,
+            gemm: gm,
+        })),
+        None => kernels.push(Box::new(gm)),
+    }
     Ok(kernels)
 }
 
 fn cx_err(node: &str, msg: &str) -> BackendError {
     BackendError::Codegen {
         node: node.to_string(),
-        msg: format!("assembling the AVX-512 tile: {msg}"),
+        msg: format!("assembling the GEMM tile: {msg}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffle_positions_and_blocks() {
+        // 6 channels in 2 groups: [a0 a1 a2 | b0 b1 b2] -> [a0 b0 a1 b1 a2 b2]
+        let pos: Vec<usize> = (0..6).map(|o| shuffled(o, 6, 2)).collect();
+        assert_eq!(pos, [0, 2, 4, 1, 3, 5]);
+        // conv groups inside a shuffle block, equal, and spanning blocks
+        assert_eq!(shuffle_rows(3, 24, 2), Some(3));
+        assert_eq!(shuffle_rows(3, 12, 4), Some(3));
+        assert_eq!(shuffle_rows(12, 24, 4), Some(6));
+        assert_eq!(shuffle_rows(5, 20, 1), Some(5));
+        // blocks of 6 and groups of 4 do not nest
+        assert_eq!(shuffle_rows(4, 12, 2), None);
+        assert_eq!(shuffle_rows(4, 12, 5), None);
     }
 }

@@ -532,9 +532,19 @@ pub(crate) fn emit_copy_run(
             e.store(wf, v, dst, 4 * j as i64);
         }
     } else {
-        // strided source: gather four elements into a vector per store
+        // strided source: gather four elements into a vector per store;
+        // stride 2 (im2col of stride-2 convs) loads 8 and keeps the even
+        // ones, except in the last vector, whose odd 8th element may lie
+        // past the end of the source
         let n4 = (len / 4) as i64;
-        e.for_static(0, n4 * 16, 16, |e, i| {
+        let fast = if ss == 2 { (n4 - 1).max(0) } else { 0 };
+        e.for_static(0, fast * 16, 16, |e, i| {
+            let s = e.index(src, i, 2);
+            let v = e.load_even(rf, s, 0);
+            let d = e.b.ins().iadd(dst, i);
+            e.store(wf, v, d, 0);
+        });
+        e.for_static(fast * 16, n4 * 16, 16, |e, i| {
             let s = e.index(src, i, ss);
             let x0 = e.load(F32, rf, s, 0);
             let mut v = e.b.ins().scalar_to_vector(V4, x0);

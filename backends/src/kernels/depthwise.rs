@@ -65,6 +65,10 @@ struct Depthwise {
     asm: Option<(usize, asm_dw::Spec)>,
     /// the assembled silu (`asm_unary`) the sweep calls, by its number
     asm_silu: Option<usize>,
+    /// channel-shuffle groups of the output (1 = none): output channel `oc`
+    /// is stored, and takes its slopes and residual, at
+    /// `conv::shuffled(oc, O, shuffle)`
+    shuffle: usize,
 }
 
 /// One output row's epilogue operands: the residual row (like `dst`) and
@@ -415,16 +419,28 @@ impl Kernel for Depthwise {
             let plane = e.b.ins().imul_imm_s(n, g.c as i64);
             let plane = e.b.ins().iadd(plane, ic);
             let src = e.index(x, plane, 4 * (g.h * g.w) as i64);
-            let dst = e.index(out, u, 4 * (g.ho * g.wo) as i64);
+            // where channel oc is stored (the shuffle permutes whole planes)
+            let (slot, pos) = if self.shuffle == 1 {
+                (u, oc)
+            } else {
+                let per = (g.o / self.shuffle) as i64;
+                let j = e.b.ins().urem_imm_u(oc, per);
+                let gi = e.b.ins().udiv_imm_u(oc, per);
+                let pos = e.b.ins().imul_imm_s(j, self.shuffle as i64);
+                let pos = e.b.ins().iadd(pos, gi);
+                let slot = e.b.ins().imul_imm_s(n, g.o as i64);
+                (e.b.ins().iadd(slot, pos), pos)
+            };
+            let dst = e.index(out, slot, 4 * (g.ho * g.wo) as i64);
             // the residual plane has the output's layout
-            let res_plane = res.map(|r| e.index(r, u, 4 * (g.ho * g.wo) as i64));
+            let res_plane = res.map(|r| e.index(r, slot, 4 * (g.ho * g.wo) as i64));
             let slope_vals = slopes.map(|(p1, p2, s, f)| {
-                // slopes of image n, channel oc: n·batch_stride + oc
+                // slopes of image n, stored channel pos: n·batch_stride + pos
                 let i = if s.batch_stride == 0 {
-                    oc
+                    pos
                 } else {
                     let nb = e.b.ins().imul_imm_s(n, s.batch_stride as i64);
-                    e.b.ins().iadd(nb, oc)
+                    e.b.ins().iadd(nb, pos)
                 };
                 let q1 = e.index(p1, i, 4);
                 let q2 = e.index(p2, i, 4);
@@ -551,8 +567,9 @@ pub(crate) fn lower(
     bias: Option<Buf>,
     epi: Epilogue,
     title: Option<String>,
+    shuffle: usize,
 ) -> Result<Kernels, BackendError> {
-    let asm = match cx.asm.as_deref_mut() {
+    let asm = match cx.asm512() {
         Some(store) => match asm_spec(g, &epi) {
             Some(spec) => Some((
                 store
@@ -566,7 +583,7 @@ pub(crate) fn lower(
     };
     // the sweep's silu, assembled: the f32x4 exp made a silu-fused
     // depthwise conv (MobileViTv2) run at a third of its plain speed
-    let asm_silu = match cx.asm.as_deref_mut() {
+    let asm_silu = match cx.asm512() {
         Some(store) if epi.act == Act::Silu => {
             let f = asm_unary::Func::Silu;
             Some(
@@ -588,6 +605,7 @@ pub(crate) fn lower(
         title,
         asm,
         asm_silu,
+        shuffle,
     })])
 }
 
@@ -638,5 +656,6 @@ pub(crate) fn lower_pool(cx: &mut NodeCx, g: Geom, mode: Mode) -> Result<Kernels
         title: None,
         asm: None,
         asm_silu: None,
+        shuffle: 1,
     })])
 }

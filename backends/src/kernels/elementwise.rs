@@ -339,7 +339,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     }
     let nest = Nest::new(out, strides, vec![0; nin + 1]);
     let mut k = Elementwise::new(func, nest, bufs);
-    if let Some(store) = cx.asm.as_deref_mut() {
+    if let Some(store) = cx.asm512() {
         k.request_asm(store)?;
     }
     Ok(vec![Box::new(k)])

@@ -85,14 +85,11 @@ pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {
         return false;
     };
     match *f {
-        // A channel shuffle (Mobile-Former-26M) moves output rows between
-        // groups: the GEMM kernels store rows in place, so it runs as the
-        // expansion.
-        FusedOp::Conv { shuffle, .. } if shuffle != 1 => false,
         FusedOp::Conv {
             bias,
             act,
             residual,
+            shuffle,
             ..
         } => {
             let Some(geom) = ops
@@ -101,6 +98,16 @@ pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {
             else {
                 return false;
             };
+            // A channel shuffle (Mobile-Former-26M) is where each output
+            // row is stored: any shuffle for the depthwise kernel (one plane
+            // per unit), for a GEMM one whose blocks nest with the conv
+            // groups (a fixed C row stride per batch).
+            if shuffle != 1
+                && !geom.is_depthwise()
+                && conv::shuffle_rows(geom.o / geom.groups, geom.o, shuffle).is_none()
+            {
+                return false;
+            }
             let l = layout(bias, act, residual);
             match l.slopes {
                 None => true,
@@ -200,6 +207,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
             bias,
             act,
             residual,
+            shuffle,
             ..
         } => {
             let l = layout(bias, act, residual);
@@ -222,7 +230,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                 residual: l.residual.map(|i| cx.ins[i].buf),
             };
             let bias = l.bias.map(|i| cx.ins[i].buf);
-            conv::lower_with(cx, bias, epi)
+            conv::lower_with(cx, bias, epi, shuffle)
         }
         FusedOp::Linear {
             bias,

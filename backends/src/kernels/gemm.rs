@@ -17,7 +17,8 @@
 //! Fused conv/linear kernels add an [`Epilogue`] (activation, then a
 //! residual laid out like C) applied to the accumulators right before the
 //! store: in the Cranelift tile on the f32x4 accumulators; in the assembled
-//! AVX-512 tile as zmm instructions, except GELU, which the driver applies
+//! tiles (AVX-512 14×32 or AVX2 6×16, by the `AsmStore`'s level) as vector
+//! instructions, except GELU, which the driver applies
 //! in a sweep over the tile the assembled code just wrote (still in L1),
 //! together with the residual. The Cranelift tile sweeps its expensive
 //! activations the same way (`Epilogue::swept`).
@@ -33,6 +34,7 @@ use super::epilogue::Epilogue;
 use super::{Kernel, Opt};
 use crate::codegen::{Buf, Emitter, F32, I64, Loc, V4};
 use crate::runtime::ConstStore;
+use crate::target::TileLevel;
 use kiln_ir::fused::Act;
 
 /// Where A (`M×K`, broadcast element by element) comes from.
@@ -129,17 +131,26 @@ pub(crate) struct Gemm {
     pub row_group: usize,
     /// column tiles per unit
     pub col_group: usize,
-    /// assembled tile variants to call instead of emitting the tile, by
-    /// `4·packs + 2·(rows < MR) + (columns < NR)`, where `packs` marks the
-    /// variants that copy B into the run-time panel as they read it (see
+    /// assembled tile variants to call instead of emitting the tile (see
     /// [`Gemm::request_asm`])
-    pub asm: Option<[Option<usize>; 8]>,
+    pub asm: Option<AsmTiles>,
     /// activation and residual after the bias (fused ops); the dynamic
     /// ReLU's slopes are one per row, offset per batch like the row bias
     pub epi: Epilogue,
     /// what a fused kernel computes (`fused pointwise conv 96→24 +bias
     /// relu6 +res`), shown instead of `what` in descriptions
     pub title: Option<String>,
+}
+
+/// The assembled tile variants a GEMM calls.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AsmTiles {
+    /// the instruction set they are assembled for (sets `MR × NR`)
+    pub level: TileLevel,
+    /// variant numbers in the `AsmStore`, by
+    /// `4·packs + 2·(rows < MR) + (columns < NR)`, where `packs` marks the
+    /// variants that copy B into the run-time panel as they read it
+    pub ids: [Option<usize>; 8],
 }
 
 /// Packs a row-major `rows×cols` matrix (element `(i, k)` at
@@ -296,6 +307,14 @@ impl Gemm {
         }
     }
 
+    /// Makes each batch one unit (all its row blocks and column tiles), for
+    /// a kernel that prepares a batch's operand right before computing it
+    /// (`conv::BandedConv`).
+    pub fn one_unit_per_batch(&mut self) {
+        self.row_group = self.row_blocks().max(1);
+        self.col_group = self.col_tiles().max(1);
+    }
+
     /// Whether B is read in place but copied, one `K × NR` panel at a time,
     /// into a contiguous stack buffer first. Activations read in place have
     /// row strides of whole feature maps (often a power of two): the K rows
@@ -341,24 +360,27 @@ impl Gemm {
         });
     }
 
-    /// Whether the assembled AVX-512 tiles can compute this GEMM: they read
-    /// A packed or with non-negative strides, seed with zero or a bias, and
-    /// have no epilogue (no alpha, no `beta·C`).
-    pub fn asm_compatible(&self) -> bool {
+    /// Whether the assembled tiles of shape `(mr, nr)` can compute this
+    /// GEMM: they read A packed or with non-negative strides, seed with zero
+    /// or a bias, and have no epilogue (no alpha, no `beta·C`); the GEMM
+    /// must have been set up (packed) for their shape.
+    fn asm_compatible(&self, (mr, nr): (usize, usize)) -> bool {
         let a_ok = match self.a {
             ASrc::Packed { .. } => true,
             ASrc::Strided { rs, ks, .. } => rs >= 0 && ks >= 0,
         };
         a_ok && self.alpha == 1.0
             && self.cin.is_none()
-            && self.tile.mr == asm_tile::MR
-            && 4 * self.tile.nv == asm_tile::NR
+            && self.tile.mr == mr
+            && 4 * self.tile.nv == nr
     }
 
     /// Assembles the tile variants this GEMM needs (full tiles, and the
-    /// row and column tails it has) and switches it to calling them.
+    /// row and column tails it has) at the store's level and switches it to
+    /// calling them.
     pub fn request_asm(&mut self, store: &mut AsmStore) -> Result<(), String> {
-        if !self.asm_compatible() || self.m == 0 || self.n == 0 {
+        let (tmr, tnr) = store.tile_shape();
+        if !self.asm_compatible((tmr, tnr)) || self.m == 0 || self.n == 0 {
             return Ok(());
         }
         let (b_ks, b_padded) = match self.b {
@@ -366,27 +388,18 @@ impl Gemm {
             BSrc::Packed { .. } => (self.nr(), true),
             BSrc::Strided { ks, .. } => (ks as usize, false),
         };
-        let (m_tail, n_tail) = (self.m % asm_tile::MR, self.n % asm_tile::NR);
+        let (m_tail, n_tail) = (self.m % tmr, self.n % tnr);
         let (a_rs, a_ks) = match self.a {
-            ASrc::Packed { .. } => (1, asm_tile::MR),
+            ASrc::Packed { .. } => (1, tmr),
             ASrc::Strided { rs, ks, .. } => (rs as usize, ks as usize),
         };
         let runtime_pack = self.packs_b_at_run_time();
         let mut ids = [None; 8];
-        for (slot, (mr, nt)) in [
-            (asm_tile::MR, asm_tile::NR),
-            (asm_tile::MR, n_tail),
-            (m_tail, asm_tile::NR),
-            (m_tail, n_tail),
-        ]
-        .into_iter()
-        .enumerate()
+        for (slot, (mr, nt)) in [(tmr, tnr), (tmr, n_tail), (m_tail, tnr), (m_tail, n_tail)]
+            .into_iter()
+            .enumerate()
         {
-            if mr == 0
-                || nt == 0
-                || (slot < 2 && self.m < asm_tile::MR)
-                || (slot % 2 == 0 && self.n < asm_tile::NR)
-            {
+            if mr == 0 || nt == 0 || (slot < 2 && self.m < tmr) || (slot % 2 == 0 && self.n < tnr) {
                 continue;
             }
             let v = asm_tile::Variant {
@@ -418,7 +431,10 @@ impl Gemm {
                 })?);
             }
         }
-        self.asm = Some(ids);
+        self.asm = Some(AsmTiles {
+            level: store.level(),
+            ids,
+        });
         Ok(())
     }
 
@@ -481,11 +497,12 @@ impl Gemm {
 
     /// Emits one tile of `mr` rows and `nt` valid columns.
     fn tile(&self, e: &mut Emitter, p: TilePtrs, bv: BView, mr: usize, nt: usize) {
-        if let Some(ids) = self.asm {
+        if let Some(asm) = self.asm {
+            // the GEMM's tile is the assembled one (`asm_compatible`)
             let slot = 4 * usize::from(p.panel.is_some())
-                + 2 * usize::from(mr < asm_tile::MR)
-                + usize::from(nt < asm_tile::NR);
-            if let Some(id) = ids[slot] {
+                + 2 * usize::from(mr < self.tile.mr)
+                + usize::from(nt < self.nr());
+            if let Some(id) = asm.ids[slot] {
                 self.call_asm(e, p, id, mr, nt);
                 return;
             }
@@ -724,7 +741,10 @@ impl Kernel for Gemm {
             self.batch,
             self.tile.mr,
             self.nr(),
-            if self.asm.is_some() { " avx512" } else { "" },
+            match self.asm {
+                Some(asm) => format!(" {}", asm.level),
+                None => String::new(),
+            },
             if self.rows_outer {
                 "rows outer"
             } else {

@@ -12,7 +12,6 @@
 use kiln_ir::types::broadcast_shapes;
 use kiln_ir::{Graph, NodeId, Op};
 
-use super::asm_tile;
 use super::copy::{Copy, Region};
 use super::epilogue::Epilogue;
 use super::gemm::{self, ASrc, BSrc, CIn, Gemm, Init, Tile};
@@ -48,13 +47,12 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
 
 /// The tile to pack for: the assembled one when it will be used.
 pub(crate) fn tile_for(cx: &NodeCx, asm_ok: bool) -> Tile {
-    if asm_ok && cx.asm.is_some() {
-        Tile {
-            mr: asm_tile::MR,
-            nv: asm_tile::NR / 4,
+    match cx.asm.as_deref() {
+        Some(store) if asm_ok => {
+            let (mr, nr) = store.tile_shape();
+            Tile { mr, nv: nr / 4 }
         }
-    } else {
-        cx.tile
+        _ => cx.tile,
     }
 }
 
@@ -64,7 +62,7 @@ pub(crate) fn finish(cx: &mut NodeCx, mut gm: Gemm) -> Result<Gemm, BackendError
     if let Some(store) = cx.asm.as_deref_mut() {
         gm.request_asm(store).map_err(|msg| BackendError::Codegen {
             node: cx.name.clone(),
-            msg: format!("assembling the AVX-512 tile: {msg}"),
+            msg: format!("assembling the GEMM tile: {msg}"),
         })?;
     }
     Ok(gm)

@@ -15,6 +15,7 @@
 
 pub(crate) mod asm_dw;
 pub(crate) mod asm_tile;
+pub(crate) mod asm_tile_avx2;
 pub(crate) mod asm_unary;
 pub(crate) mod attention;
 pub(crate) mod conv;
@@ -95,12 +96,20 @@ pub(crate) struct NodeCx<'a> {
     pub tile: gemm::Tile,
     /// owner of packed weights and tables the kernels point into
     pub consts: &'a mut ConstStore,
-    /// assembled AVX-512 GEMM tiles, when the host has AVX-512 and the
-    /// options allow them
+    /// assembled functions (GEMM tiles at the store's level, AVX2 or
+    /// AVX-512), when the target has them and the options allow them
     pub asm: Option<&'a mut asm_tile::AsmStore>,
 }
 
 impl NodeCx<'_> {
+    /// The store, if its level is AVX-512: the assembled functions other
+    /// than GEMM tiles (`asm_unary`, `asm_dw`) exist only for AVX-512.
+    pub fn asm512(&mut self) -> Option<&mut asm_tile::AsmStore> {
+        self.asm
+            .as_deref_mut()
+            .filter(|s| s.level() == crate::target::TileLevel::Avx512)
+    }
+
     /// An [`BackendError::Unsupported`] naming this node.
     pub fn unsupported(&self, msg: impl Into<String>) -> BackendError {
         BackendError::unsupported(self.name.clone(), msg)

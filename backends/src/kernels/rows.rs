@@ -7,6 +7,7 @@
 //! in a fixed order, so a run's result never depends on where it started.
 
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
+use cranelift_frontend::Variable;
 
 use crate::codegen::{Emitter, F32, V4};
 
@@ -64,32 +65,34 @@ pub(crate) fn reduce_run(
         });
         return e.b.use_var(acc);
     }
+    // four independent chains: one f32x4 add per 3-4 cycles of latency
+    // would otherwise bound a long run well below cache bandwidth
     let id_v = e.kc(V4, identity(k));
-    let a0 = e.var(V4, id_v);
-    let a1 = e.var(V4, id_v);
-    let n8 = len / 8;
-    e.for_static(0, 32 * n8 as i64, 32, |e, i| {
+    let accs: [Variable; 4] = std::array::from_fn(|_| e.var(V4, id_v));
+    let n16 = len / 16;
+    e.for_static(0, 64 * n16 as i64, 64, |e, i| {
         let p = e.b.ins().iadd(src, i);
-        for (o, acc) in [(0i64, a0), (16, a1)] {
-            let x = e.load(V4, rf, p, o);
+        for (o, &acc) in accs.iter().enumerate() {
+            let x = e.load(V4, rf, p, 16 * o as i64);
             let y = apply(e, V4, x);
             let a = e.b.use_var(acc);
             let r = fold(e, k, a, y);
             e.b.def_var(acc, r);
         }
     });
-    let mut done = 8 * n8;
-    if len - done >= 4 {
+    let mut done = 16 * n16;
+    for &acc in &accs[..(len - done) / 4] {
         let x = e.load(V4, rf, src, 4 * done as i64);
         let y = apply(e, V4, x);
-        let a = e.b.use_var(a0);
+        let a = e.b.use_var(acc);
         let r = fold(e, k, a, y);
-        e.b.def_var(a0, r);
+        e.b.def_var(acc, r);
         done += 4;
     }
-    let v0 = e.b.use_var(a0);
-    let v1 = e.b.use_var(a1);
-    let v = fold(e, k, v0, v1);
+    let [v0, v1, v2, v3] = accs.map(|a| e.b.use_var(a));
+    let v01 = fold(e, k, v0, v1);
+    let v23 = fold(e, k, v2, v3);
+    let v = fold(e, k, v01, v23);
     let mut s = match k {
         Fold::Add => e.hsum(v),
         Fold::Max => e.hmax(v),

@@ -284,7 +284,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         inner: shape[axis + 1..].iter().product(),
         asm: None,
     };
-    if let Some(store) = cx.asm.as_deref_mut()
+    if let Some(store) = cx.asm512()
         && k.inner == 1
         && k.len > 0
     {

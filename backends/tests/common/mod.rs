@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use kiln_backends::{CompileOptions, CompiledModel, compile};
+use kiln_backends::{CompileOptions, CompiledModel, TileLevel, compile};
 use kiln_ir::{DType, Graph, Model, Op, Tensor, TensorType, Value, WeightStore, interp};
 
 /// SplitMix64: small, seedable, good enough for test data.
@@ -202,28 +202,68 @@ pub fn check_with(
     got
 }
 
-/// [`check_threads`] at 1 and 2 threads; the two runs must agree bit for
-/// bit. Also checks the build without the assembled AVX-512 GEMM tiles (on
-/// hosts that have them, both tile sources must be right).
-pub fn check(what: &str, model: &Model, inputs: &[Tensor]) {
-    let one = check_threads(what, model, inputs, 1);
-    let two = check_threads(what, model, inputs, 2);
-    let no_asm = CompileOptions {
-        asm_tiles: false,
-        ..opts(1)
-    };
-    check_with(
-        &format!("{what} (Cranelift tiles only)"),
-        model,
-        inputs,
-        &no_asm,
+/// The assembled tile levels this host runs, widest first; the first call
+/// prints the ones it cannot (their tests are skipped here).
+pub fn asm_levels() -> Vec<TileLevel> {
+    static SKIPPED: std::sync::Once = std::sync::Once::new();
+    #[cfg(target_arch = "x86_64")]
+    let (avx512, avx2) = (
+        std::arch::is_x86_feature_detected!("avx512f"),
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
     );
-    for (a, b) in one.iter().zip(&two) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let (avx512, avx2) = (false, false);
+    let (run, skip): (Vec<_>, Vec<_>) = [(TileLevel::Avx512, avx512), (TileLevel::Avx2, avx2)]
+        .into_iter()
+        .partition(|&(_, ok)| ok);
+    SKIPPED.call_once(|| {
+        if !skip.is_empty() {
+            let names: Vec<&str> = skip.iter().map(|(l, _)| l.name()).collect();
+            eprintln!(
+                "tile levels this host lacks, not tested: {}",
+                names.join(", ")
+            );
+        }
+    });
+    run.into_iter().map(|(l, _)| l).collect()
+}
+
+/// [`opts`] with the tiles capped at `level`.
+pub fn level_opts(threads: usize, level: TileLevel) -> CompileOptions {
+    CompileOptions {
+        max_tiles: level,
+        ..opts(threads)
+    }
+}
+
+/// Panics unless `a` and `b` agree bit for bit.
+pub fn assert_same_bits(what: &str, a: &[Tensor], b: &[Tensor]) {
+    for (a, b) in a.iter().zip(b) {
         let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
         assert!(
             a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
             "{what}: 1 and 2 threads differ"
         );
+    }
+}
+
+/// [`check_with`] at every assembled tile level the host runs
+/// ([`asm_levels`]: AVX-512, AVX2), each at 1 and 2 threads, which must
+/// agree bit for bit; then the Cranelift f32x4 tiles (at 1 thread, or at
+/// 1 and 2 when nothing is assembled on this host).
+pub fn check(what: &str, model: &Model, inputs: &[Tensor]) {
+    let levels = asm_levels();
+    for &level in &levels {
+        let what = format!("{what} ({level} tiles)");
+        let one = check_with(&what, model, inputs, &level_opts(1, level));
+        let two = check_with(&what, model, inputs, &level_opts(2, level));
+        assert_same_bits(&what, &one, &two);
+    }
+    let what = format!("{what} (Cranelift tiles only)");
+    let one = check_with(&what, model, inputs, &level_opts(1, TileLevel::F32x4));
+    if levels.is_empty() {
+        let two = check_with(&what, model, inputs, &level_opts(2, TileLevel::F32x4));
+        assert_same_bits(&what, &one, &two);
     }
 }
 
