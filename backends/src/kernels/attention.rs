@@ -1,27 +1,33 @@
 //! Kernels of the attention-type fused ops: Mobile-Former's bridges
-//! (`fused_m2f`, `fused_f2m`) and token attention (`fused_mha`), each one to
-//! three kernels instead of the dozen transposes, small matmuls and
+//! (`fused_m2f`, `fused_f2m`) and token attention (`fused_mha`), a handful
+//! of kernels each instead of the dozen-plus transposes, small matmuls and
 //! element-wise ops of their expansion (`FusedOp::expand`, the definition
-//! these kernels are tested against).
+//! these kernels are tested against). The feature map is never transposed.
 //!
-//! - **`fused_m2f`**: one unit per (image, head). The head's queries
-//!   (`Q = zWq + bq`, and the gate `2·hsig(zWa + ba)`) are projected into
-//!   scratch; the scores `scale · Q_j X_j` are computed with f32x4 lanes
-//!   over the pixels, reading the feature map in its native `[N,C,H,W]`
-//!   layout (each channel row once, `M` accumulators); each token's row of
-//!   scores gets its softmax in place; then `Σ_l P[m,l]·X[c,l]` per channel
-//!   (one more read of the map) times the gate goes to scratch. A second
-//!   kernel (per image) projects with `Wo`, adds `z`, and the shared layer
-//!   norm kernel finishes.
-//! - **`fused_f2m`**: the key/value projections of the `M` tokens go to
-//!   scratch (one unit per image); then one unit per (image, head, run of
-//!   pixels): four pixels at a time, the `M` scores are `M` f32x4
-//!   accumulators over the head's channels, their softmax runs across the
-//!   accumulators (lane-wise, in registers), and the weighted sum of the
-//!   values is added to `y` channel by channel.
-//! - **`fused_mha`**: one unit per batch element: the projected sides go to
-//!   scratch, then per query and head the scores over the keys, their
-//!   softmax and the weighted sum of the values.
+//! The token-side projections (`M` = 3–6 rows) run on the GEMM driver
+//! through `matmul::lower_linear` on sub-nodes ([`project`]): packed
+//! weights, assembled tiles, bias seeds and epilogues (the gate's hard
+//! sigmoid, `Wo`'s `+z` residual).
+//!
+//! - **`fused_m2f`**: `scale·Q` is copied to scratch ([`Scale`]: the
+//!   assembled tiles take no alpha); the scores of every (image, head) are
+//!   one batched GEMM `Q_j [M×dh] · X_j [dh×L]` reading `X` in place; then
+//!   [`M2fCore`], one unit per (image, head), gives each token's row of
+//!   scores its softmax in place (the assembled row softmax on AVX-512,
+//!   else f32x4 passes) and sums `P·X` per channel over the pixels (f32x4
+//!   lanes, one accumulator per token: the map's second and last read),
+//!   times the gate (doubled here: `2·hsig`, exact). `Wo`, `bo` and `z` are
+//!   a GEMM into the output and the shared layer-norm kernel finishes in
+//!   place.
+//! - **`fused_f2m`**: K and V are projected, then splatted to f32x4 per
+//!   (channel, token) ([`Splat`]); [`F2mCore`] takes one unit per (image,
+//!   head, run of pixels) and four pixels at a time: the `M` scores are `M`
+//!   f32x4 accumulators over the head's channels, their softmax runs across
+//!   the accumulators (lane-wise, in registers), and `y + Σ_m a_m V_m` is
+//!   stored channel by channel (one read of `y`, one write).
+//! - **`fused_mha`**: the projected sides go to scratch, then one unit per
+//!   batch element computes per query and head the scores over the keys,
+//!   their softmax and the weighted sum of the values ([`MhaKernel`]).
 //!
 //! Token counts above [`MAX_TOKENS`] keep the expansion (the bridges hold
 //! one accumulator per token), as do operand shapes that only broadcast
