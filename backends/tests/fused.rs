@@ -13,7 +13,7 @@ use common::{Arg, Fill, Rng, asm_levels, check, input, level_opts, opts, single,
 use kiln_backends::{CompileOptions, TileLevel, compile};
 use kiln_frontends::zoo::{self, ZooOptions};
 use kiln_ir::fused::{Act, ConvStage, FusedOp};
-use kiln_ir::{Model, Op, Tensor, Value, interp};
+use kiln_ir::{Float, Model, Op, Tensor, Value, interp};
 
 /// The kernel descriptions of `model` compiled at 1 thread.
 fn kernels(model: &Model, options: &CompileOptions) -> Vec<String> {
@@ -75,6 +75,7 @@ fn assembled_tile_edges() {
             w: n,
             stride: 1,
             pad: [0; 4],
+            shuffle: 1,
             act,
             bias,
             residual,
@@ -741,6 +742,16 @@ fn zoo_optimised(name: &str) {
 #[test]
 fn zoo_mobile_former_26m_optimised() {
     zoo_optimised("mobile_former_26m");
+    // the bridges and the Former's attention ran as kernels of their own
+    let model = zoo::build("mobile_former_26m", &ZooOptions::default()).unwrap();
+    let (opt, _) = kiln_passes::optimize(&model, &kiln_passes::OptOptions::default()).unwrap();
+    let ks = kernels(&opt, &opts(1));
+    for want in ["fused_m2f attention", "fused_f2m attention", "fused_mha"] {
+        assert!(
+            ks.iter().any(|k| k.starts_with(want)),
+            "mobile_former_26m: no {want} kernel"
+        );
+    }
 }
 
 #[test]
@@ -751,4 +762,148 @@ fn zoo_mobilevitv2_050_optimised() {
 #[test]
 fn zoo_xformer_optimised() {
     zoo_optimised("xformer");
+}
+
+/// [`check_fused`] on the scalarised path too (every vector rewritten into
+/// scalars), for the attention kernels' lanes and horizontal sums.
+fn check_attention(what: &str, op: FusedOp, args: &[Arg], seed: u64, what_kernel: &str) {
+    check_fused(what, op.clone(), args, seed, what_kernel);
+    let mut rng = Rng(seed);
+    let (model, inputs) = single(Op::Fused(op), args, &mut rng, Fill::Signed);
+    common::check_scalar(what, &model, &inputs);
+}
+
+/// The queries or the gate of a bridge: projected from the tokens
+/// (`[d, C]` weight and `[C]` bias) or given (`[N, M, C]`).
+fn bridge_side(args: &mut Vec<Arg>, projected: bool, n: usize, m: usize, d: usize, c: usize) {
+    if projected {
+        args.push(weight(&[d, c]));
+        args.push(weight(&[c]));
+    } else {
+        args.push(input(&[n, m, c]));
+    }
+}
+
+/// A random bridge shape: `(n, c, h, w, m, d, heads)`, with several heads,
+/// channels per head with and without f32x4 tails, odd planes, batches.
+fn bridge_shape(rng: &mut Rng) -> (usize, usize, usize, usize, usize, usize, usize) {
+    let heads = *rng.pick(&[1usize, 2, 3, 4]);
+    let dh = *rng.pick(&[1usize, 3, 4, 5, 8, 13]);
+    let (h, w) = *rng.pick(&[(1, 1), (3, 5), (7, 7), (4, 4), (9, 13), (17, 19), (16, 32)]);
+    let m = rng.range(1, 7);
+    let d = *rng.pick(&[1usize, 5, 8, 16, 19, 33]);
+    (rng.range(1, 2), heads * dh, h, w, m, d, heads)
+}
+
+#[test]
+fn m2f_bridges() {
+    let mut rng = Rng(31);
+    for i in 0..16 {
+        let (proj_q, gate) = (i & 1 == 0, i & 2 == 0);
+        let (n, c, h, w, m, d, heads) = bridge_shape(&mut rng);
+        let mut args = vec![input(&[n, c, h, w]), input(&[n, m, d])];
+        bridge_side(&mut args, proj_q, n, m, d, c);
+        bridge_side(&mut args, gate, n, m, d, c);
+        args.extend([weight(&[c, d]), weight(&[d]), weight(&[d]), weight(&[d])]);
+        let op = FusedOp::M2fBridge {
+            heads,
+            scale: Float(1.0 / ((c / heads) as f32).sqrt()),
+            eps: Float(1e-5),
+            proj_q,
+            gate,
+        };
+        let what = format!(
+            "m2f {n}x{c}x{h}x{w}, {m} tokens of {d}, {heads} heads, q {proj_q} gate {gate}"
+        );
+        check_attention(&what, op, &args, 300 + i, "fused_m2f attention");
+    }
+}
+
+#[test]
+fn f2m_bridges() {
+    let mut rng = Rng(32);
+    for i in 0..12 {
+        let (n, c, h, w, m, d, heads) = bridge_shape(&mut rng);
+        let args = [
+            input(&[n, c, h, w]),
+            input(&[n, m, d]),
+            weight(&[d, c]),
+            weight(&[c]),
+            weight(&[d, c]),
+            weight(&[c]),
+        ];
+        let op = FusedOp::F2mBridge {
+            heads,
+            scale: Float(1.0 / ((c / heads) as f32).sqrt()),
+        };
+        let what = format!("f2m {n}x{c}x{h}x{w}, {m} tokens of {d}, {heads} heads");
+        check_attention(&what, op, &args, 400 + i, "fused_f2m attention");
+    }
+}
+
+/// More tokens than the bridge kernels hold in registers: the expansion
+/// runs, and is still right.
+#[test]
+fn bridges_with_many_tokens_run_as_the_expansion() {
+    let (n, c, h, w, m, d, heads) = (1, 8, 5, 5, 13, 7, 2);
+    let args = [
+        input(&[n, c, h, w]),
+        input(&[n, m, d]),
+        weight(&[d, c]),
+        weight(&[c]),
+        weight(&[d, c]),
+        weight(&[c]),
+    ];
+    let op = FusedOp::F2mBridge {
+        heads,
+        scale: Float(0.5),
+    };
+    let mut rng = Rng(33);
+    let (model, inputs) = single(Op::Fused(op), &args, &mut rng, Fill::Signed);
+    check("f2m, 13 tokens", &model, &inputs);
+    let ks = kernels(&model, &opts(1));
+    assert!(
+        !ks.iter().any(|k| k.starts_with("fused_f2m")),
+        "13 tokens took the kernel: {ks:?}"
+    );
+}
+
+#[test]
+fn token_attention() {
+    let mut rng = Rng(34);
+    for i in 0..16u64 {
+        let (proj_q, proj_k, proj_v) = (i & 1 == 0, i & 2 == 0, i & 4 == 0);
+        let heads = *rng.pick(&[1usize, 2, 3, 4]);
+        let dh = *rng.pick(&[1usize, 3, 4, 8, 13]);
+        let dvh = *rng.pick(&[1usize, 2, 4, 5, 9]);
+        let (d, dv) = (heads * dh, heads * dvh);
+        let b = rng.range(1, 3);
+        let (tq, tk) = (rng.range(1, 9), rng.range(1, 9));
+        // inputs: projected sides any width, others already the right width
+        let dq = if proj_q { rng.range(1, 20) } else { d };
+        let dk = if proj_k { rng.range(1, 20) } else { d };
+        let dvi = if proj_v { rng.range(1, 20) } else { dv };
+        let mut args = vec![
+            input(&[b, tq, dq]),
+            input(&[b, tk, dk]),
+            input(&[b, tk, dvi]),
+        ];
+        for (on, din, dout) in [(proj_q, dq, d), (proj_k, dk, d), (proj_v, dvi, dv)] {
+            if on {
+                args.push(weight(&[din, dout]));
+                args.push(weight(&[dout]));
+            }
+        }
+        let op = FusedOp::Attention {
+            heads,
+            scale: Float(1.0 / (dh as f32).sqrt()),
+            proj_q,
+            proj_k,
+            proj_v,
+        };
+        let what = format!(
+            "mha b {b}, {tq} queries, {tk} keys, {heads} heads of {dh}/{dvh}, proj {proj_q} {proj_k} {proj_v}"
+        );
+        check_attention(&what, op, &args, 500 + i, "fused_mha");
+    }
 }

@@ -1,9 +1,11 @@
 //! Kernels of the optimiser's fused ops: `fused_conv` and `fused_linear`
 //! run as one convolution / GEMM kernel whose [`Epilogue`] applies the
 //! activation and the residual to the accumulators before the store (the
-//! bias seeds them). Every other fused op, and the few conv shapes these
-//! kernels do not take, are expanded into primitive ops before lowering
-//! ([`has_kernel`] decides, `compiled::front` expands). A
+//! bias seeds them). `fused_mha`, `fused_m2f` and `fused_f2m` have kernels
+//! in `attention.rs`. Every other fused op (`fused_sep_attn`, `fused_xca`),
+//! and the few shapes these kernels do not take, are expanded into
+//! primitive ops before lowering ([`has_kernel`] decides,
+//! `compiled::front` expands). A
 //! `fused_conv_chain` is first split into one `fused_conv` per stage
 //! ([`split_conv_chains`]): the chain's intermediates still reach memory,
 //! but each convolution keeps its epilogue.
@@ -17,7 +19,7 @@ use kiln_ir::{Graph, IrError, NodeId, Op, TensorType, Value};
 
 use super::conv::{self, Geom};
 use super::epilogue::{Epilogue, Slopes};
-use super::{Kernels, NodeCx, matmul};
+use super::{Kernels, NodeCx, attention, matmul};
 use crate::error::BackendError;
 
 /// Where the operands of a `fused_conv` / `fused_linear` are: bias, the
@@ -124,7 +126,13 @@ pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {
                 && !ops[0].shape.is_empty()
                 && (!bias || ops.get(2).is_some_and(|b| b.rank() == 1))
         }
-        _ => false,
+        FusedOp::Attention { .. } | FusedOp::M2fBridge { .. } | FusedOp::F2mBridge { .. } => {
+            attention::has_kernel(f, &ops)
+        }
+        // MobileViTv2's separable attention and XFormer's cross-feature
+        // attention have no kernel yet: they run as their expansion.
+        FusedOp::SepAttention { .. } | FusedOp::CrossFeatureAttention { .. } => false,
+        FusedOp::ConvChain { .. } => false,
     }
 }
 
@@ -191,7 +199,8 @@ pub(crate) fn split_conv_chains(g: &mut Graph) -> Result<usize, IrError> {
     Ok(chains.len())
 }
 
-/// Lowers a `fused_conv` or `fused_linear` node that [`has_kernel`].
+/// Lowers a `fused_conv`, `fused_linear`, `fused_mha`, `fused_m2f` or
+/// `fused_f2m` node that [`has_kernel`].
 pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendError> {
     match *f {
         FusedOp::Conv {
@@ -239,6 +248,9 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
             };
             let bias = l.bias.map(|i| cx.ins[i].buf);
             matmul::lower_linear(cx, bias, epi)
+        }
+        FusedOp::Attention { .. } | FusedOp::M2fBridge { .. } | FusedOp::F2mBridge { .. } => {
+            attention::lower(cx, f)
         }
         _ => Err(cx.unsupported(format!(
             "{} has no kernel (compile expands it into primitive ops first)",

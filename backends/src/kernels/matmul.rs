@@ -46,7 +46,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
 }
 
 /// The tile to pack for: the assembled one when it will be used.
-fn tile_for(cx: &NodeCx, asm_ok: bool) -> Tile {
+pub(crate) fn tile_for(cx: &NodeCx, asm_ok: bool) -> Tile {
     match cx.asm.as_deref() {
         Some(store) if asm_ok => {
             let (mr, nr) = store.tile_shape();
@@ -57,7 +57,7 @@ fn tile_for(cx: &NodeCx, asm_ok: bool) -> Tile {
 }
 
 /// Partitions `gm` and switches it to the assembled tiles when available.
-fn finish(cx: &mut NodeCx, mut gm: Gemm) -> Result<Gemm, BackendError> {
+pub(crate) fn finish(cx: &mut NodeCx, mut gm: Gemm) -> Result<Gemm, BackendError> {
     gm.partition(cx.threads);
     if let Some(store) = cx.asm.as_deref_mut() {
         gm.request_asm(store).map_err(|msg| BackendError::Codegen {

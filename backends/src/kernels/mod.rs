@@ -17,6 +17,7 @@ pub(crate) mod asm_dw;
 pub(crate) mod asm_tile;
 pub(crate) mod asm_tile_avx2;
 pub(crate) mod asm_unary;
+pub(crate) mod attention;
 pub(crate) mod conv;
 pub(crate) mod copy;
 pub(crate) mod depthwise;
@@ -173,6 +174,14 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
             conv::scratch_bytes(g, id)
         }
         Op::Gemm { .. } => matmul::scratch_bytes(g, id),
+        Op::Fused(ref f) => {
+            let ops: Vec<TensorType> = g
+                .operands(id)
+                .iter()
+                .map(|&v| g.value_type(v).clone())
+                .collect();
+            attention::scratch_bytes(f, &ops)
+        }
         _ => 0,
     }
 }

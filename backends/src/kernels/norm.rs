@@ -203,6 +203,29 @@ impl Kernel for Norm {
     }
 }
 
+/// A layer norm of `units` rows of `len` elements of `x` into `out`, with
+/// per-element `gamma` and `beta` (`params`). `out` may be `x` (pass it as
+/// an output buffer then): each element is read before it is written.
+pub(crate) fn layer_norm(
+    x: Buf,
+    params: [Buf; 2],
+    out: Buf,
+    len: usize,
+    units: usize,
+    eps: f32,
+) -> Box<dyn Kernel> {
+    Box::new(Norm {
+        kind: Kind::Layer,
+        x,
+        params: params.to_vec(),
+        out,
+        len,
+        units,
+        spatial: len,
+        eps,
+    })
+}
+
 /// Lowers layer, group and batch norm nodes.
 pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     let shape = cx.ins[0].ty.shape.clone();
