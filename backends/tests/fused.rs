@@ -79,7 +79,6 @@ fn assembled_tile_edges() {
             act,
             bias,
             residual,
-            shuffle: 1,
         });
         let what = format!("tile edge conv M={m} N={n} K={k} {act:?} bias {bias} res {residual}");
         check_tiles(&what, op, &args, 900 + case as u64, "pointwise conv");
