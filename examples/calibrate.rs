@@ -338,6 +338,24 @@ fn main() {
             pn * 1e3
         );
     }
+    // what extraction relies on: the gain of the optimised graph over the
+    // model as built, predicted against measured
+    println!();
+    println!("| model | optimised / as built, measured | predicted, current constants | fitted |");
+    println!("|---|---|---|---|");
+    let total = |m: &str, f: &dyn Fn(&Row) -> f64| -> f64 {
+        rows.iter().filter(|r| r.model == m).map(f).sum()
+    };
+    for m in &models {
+        let o = format!("{m} (optimised)");
+        let ratio = |f: &dyn Fn(&Row) -> f64| total(&o, f) / total(m, f);
+        println!(
+            "| {m} | {:.2} | {:.2} | {:.2} |",
+            ratio(&|r| r.secs),
+            ratio(&|r| predict(&old, r)),
+            ratio(&|r| predict(&beta, r))
+        );
+    }
     println!();
     println!(
         "fitted over {} nodes: overhead {:.2} us, gemm {:.1} GFLOP/s, vector {:.1} GFLOP/s, bandwidth {:.1} GB/s",
