@@ -194,7 +194,8 @@ fn depthwise_conv_epilogues() {
 
 /// The assembled depthwise interior's edges (`asm_dw`): every width 1..=17
 /// and 33 (masked tails, one or two full 16-column chunks, no interior),
-/// stride 1 and 2 on odd and even sizes, heights around the 4-row groups,
+/// stride 1 and 2 on odd and even sizes, heights around the 6-row groups
+/// (interiors of 1 to 17 rows: remainders, one and two whole groups),
 /// channel multipliers 1 and 3, every epilogue. The assembled and the
 /// Cranelift interiors sum in the same order and apply the same activation
 /// formulas, so they must agree bit for bit (but for silu, whose assembled
@@ -211,7 +212,7 @@ fn depthwise_asm_edges() {
                 let (bias, residual) = (i % 2 == 0, i % 3 != 1);
                 let c = 2 + i % 3;
                 let o = c * if i % 4 < 2 { 1 } else { 3 };
-                let h = 3 + (i * 5) % 11;
+                let h = 3 + (i * 5) % 17;
                 let pad = if i % 5 == 4 { [0, 1, 2, 0] } else { [1; 4] };
                 if w + pad[1] + pad[3] < 3 {
                     i += 1;
