@@ -15,8 +15,12 @@
 //! One call computes the plane's interior rectangle, where every tap reads
 //! inside the input: `rows × cols` outputs, the geometry baked into the code
 //! as immediates (one function per shape and epilogue, cached by
-//! [`Spec::key`]). The Cranelift driver computes the border rows and columns
-//! as before. Each output is `bias`, then `fma(x, w, acc)` over the taps row
+//! [`Spec::key`]). With a padding of one column, the plane's left and right
+//! edge columns are computed here too ([`Spec::left`], [`Spec::right`]):
+//! their lane skips the tap column that falls in the padding (a zero-masked
+//! load, so it is never read, and a merge-masked FMA, so the sum holds
+//! exactly the taps inside the input, in order). The Cranelift driver
+//! computes the border rows, and edge columns wider than one. Each output is `bias`, then `fma(x, w, acc)` over the taps row
 //! by row, column by column: the order of the f32x4 path, so both compute
 //! bit-identical values. Stride 2 loads 32 consecutive inputs and compacts
 //! the even (tap 0), odd (tap 1) and shifted even (tap 2) lanes with
@@ -72,8 +76,15 @@ pub(crate) struct Spec {
     pub wo: usize,
     /// interior output rows (at least 1)
     pub rows: usize,
-    /// interior output columns (at least 1)
+    /// output columns computed (at least 1): the interior, plus the edge
+    /// columns below
     pub cols: usize,
+    /// whether the first column computed is the plane's left edge column,
+    /// whose tap column 0 falls in the padding (skipped for that lane)
+    pub left: bool,
+    /// whether the last column computed is the plane's right edge column,
+    /// whose tap column 2 falls in the padding (skipped for that lane)
+    pub right: bool,
     /// activation
     pub act: Act,
     /// whether a residual is added after the activation
@@ -129,7 +140,9 @@ fn with_k(z: AsmRegisterZmm, k: u8) -> AsmRegisterZmm {
         2 => z.k2(),
         3 => z.k3(),
         4 => z.k4(),
-        _ => z.k5(),
+        5 => z.k5(),
+        6 => z.k6(),
+        _ => z.k7(),
     }
 }
 
@@ -146,23 +159,78 @@ fn mem_k(m: AsmMemoryOperand, k: u8) -> AsmMemoryOperand {
         2 => m.k2(),
         3 => m.k3(),
         4 => m.k4(),
-        _ => m.k5(),
+        5 => m.k5(),
+        6 => m.k6(),
+        _ => m.k7(),
     }
 }
 
-/// `(1 << n) - 1` for `n` clamped to [0, 16], into opmask `k` (1..5).
+/// `(1 << n) - 1` for `n` clamped to [0, 16], into opmask `k` (1..7).
 fn set_mask(a: &mut CodeAssembler, k: u8, n: i64) -> Result<(), IcedError> {
-    let n = n.clamp(0, 16) as u32;
-    let bits = ((1u64 << n) - 1) as u32;
+    set_bits(a, k, lanes(n))
+}
+
+/// The low `n` lanes, `n` clamped to [0, 16].
+fn lanes(n: i64) -> u32 {
+    ((1u64 << n.clamp(0, 16)) - 1) as u32
+}
+
+/// `bits` into opmask `k` (1..7), through edx (the weight pointer is dead
+/// once the weights are in registers).
+fn set_bits(a: &mut CodeAssembler, k: u8, bits: u32) -> Result<(), IcedError> {
     a.mov(edx, bits)?;
     let kr = match k {
         1 => k1,
         2 => k2,
         3 => k3,
         4 => k4,
-        _ => k5,
+        5 => k5,
+        6 => k6,
+        _ => k7,
     };
     a.kmovw(kr, edx)
+}
+
+/// Where a chunk of 16 (or fewer) columns sits: its column count, whether
+/// it starts at the left edge column and whether it ends at the right one.
+#[derive(Clone, Copy)]
+struct Cut {
+    /// columns (1..=16)
+    m: usize,
+    left: bool,
+    right: bool,
+}
+
+impl Cut {
+    /// A whole interior chunk: no masks.
+    fn plain(self) -> bool {
+        self.m == 16 && !self.left && !self.right
+    }
+}
+
+/// The opmasks of a chunk that is not [`Cut::plain`]: k1 the output lanes
+/// (stride 1: also every tap's input lanes); stride 2: k1..k4 the loads at
+/// input offsets 0, 16, 2 and 17 (only the inputs a lane's taps read: up to
+/// 2m, or 2m - 1 when the last lane skips tap 2) and k5 the output lanes.
+/// k6: the lanes that take tap column 0 (not lane 0 at the left edge); k7:
+/// those that take tap column 2 (not the last lane at the right edge).
+fn set_chunk_masks(a: &mut CodeAssembler, s: &Spec, c: Cut) -> Result<(), IcedError> {
+    let m = c.m as i64;
+    let r = i64::from(c.right);
+    let not_first = if c.left { !1u32 } else { !0 };
+    let out = lanes(m);
+    if s.sw == 1 {
+        set_bits(a, 1, out)?;
+    } else {
+        // the left edge's lane 0 is input -1: only tap 0 of that lane reads it
+        set_bits(a, 1, lanes(2 * m + 1 - r) & not_first)?;
+        set_mask(a, 2, 2 * m + 1 - 16 - r)?;
+        set_mask(a, 3, 2 * m - 1 - r)?;
+        set_mask(a, 4, 2 * m + 1 - 17 - r)?;
+        set_bits(a, 5, out)?;
+    }
+    set_bits(a, 6, out & not_first)?;
+    set_bits(a, 7, if c.right { lanes(m - 1) } else { out })
 }
 
 /// Assembles `s`; the bytes are position-independent.
@@ -230,47 +298,65 @@ fn group(a: &mut CodeAssembler, s: &Spec, rows: usize) -> Result<(), IcedError> 
     a.mov(r9, rdi)?;
     a.mov(r10, rsi)?;
     a.mov(r11, rcx)?;
-    let full = s.cols / 16;
-    if full > 0 {
-        let mut next = a.create_label();
-        a.mov(rax, full as u64)?;
-        a.set_label(&mut next)?;
-        chunk(a, s, rows, false)?;
+    // chunks: the first (if it holds the left edge), a loop over the plain
+    // ones, the last (if it holds the right edge or is short)
+    let n = s.cols.div_ceil(16);
+    let cut = |k: usize| Cut {
+        m: (s.cols - 16 * k).min(16),
+        left: s.left && k == 0,
+        right: s.right && k == n - 1,
+    };
+    let mut k = 0;
+    let step = |a: &mut CodeAssembler, c: Cut| -> Result<(), IcedError> {
+        if !c.plain() {
+            set_chunk_masks(a, s, c)?;
+        }
+        chunk(a, s, rows, c)?;
         a.add(r9, (64 * s.sw) as i32)?;
         a.add(r10, 64)?;
-        a.add(r11, 64)?;
+        a.add(r11, 64)
+    };
+    if !cut(0).plain() {
+        step(a, cut(0))?;
+        k = 1;
+    }
+    let plain = (k..n).take_while(|&k| cut(k).plain()).count();
+    if plain > 0 {
+        let mut next = a.create_label();
+        a.mov(rax, plain as u64)?;
+        a.set_label(&mut next)?;
+        step(a, cut(k))?;
         a.dec(rax)?;
         a.jnz(next)?;
+        k += plain;
     }
-    let m = (s.cols % 16) as i64;
-    if m > 0 {
-        // k1: the outputs (and stride-1 inputs); stride 2: k1..k4 are the
-        // loads at input offsets 0, 16, 2 and 17, of which only the inputs
-        // up to 2m are needed
-        if s.sw == 1 {
-            set_mask(a, 1, m)?;
-        } else {
-            set_mask(a, 1, 2 * m + 1)?;
-            set_mask(a, 2, 2 * m + 1 - 16)?;
-            set_mask(a, 3, 2 * m - 1)?;
-            set_mask(a, 4, 2 * m + 1 - 17)?;
-            set_mask(a, 5, m)?;
-        }
-        chunk(a, s, rows, true)?;
+    for k in k..n {
+        step(a, cut(k))?;
     }
     Ok(())
 }
 
 /// Sixteen columns (or the masked tail) of `rows` output rows at r9, r10,
 /// r11.
-fn chunk(a: &mut CodeAssembler, s: &Spec, rows: usize, tail: bool) -> Result<(), IcedError> {
+fn chunk(a: &mut CodeAssembler, s: &Spec, rows: usize, c: Cut) -> Result<(), IcedError> {
     let w_row = (4 * s.w) as i32;
     let out_row = (4 * s.wo) as i32;
+    let tail = !c.plain();
     // the output mask: stride 2 keeps k1..k4 for the loads
     let ko: u8 = match (tail, s.sw) {
         (false, _) => 0,
         (true, 1) => 1,
         _ => 5,
+    };
+    // the FMA mask of tap column j: the edge lanes skip their padding tap
+    // (merge-masked, so the sum keeps exactly the taps inside the input,
+    // in order, like the Cranelift edge columns)
+    let kt = |j: usize| -> u8 {
+        match j {
+            0 if c.left => 6,
+            2 if c.right => 7,
+            _ => 0,
+        }
     };
     for r in 0..rows {
         a.vmovaps(acc(r), zmm(BIAS))?;
@@ -293,11 +379,13 @@ fn chunk(a: &mut CodeAssembler, s: &Spec, rows: usize, tail: bool) -> Result<(),
         let row = ir as i32 * w_row;
         if s.sw == 1 {
             for j in 0..3 {
-                // (masked-off lanes of a memory source do not fault)
-                a.vmovups(with_kz(ta, ko), zmmword_ptr(r9 + row + 4 * j as i32))?;
+                // (masked-off lanes of a load do not fault: the edge lanes'
+                // padding taps are never read)
+                let kl = if kt(j) != 0 { kt(j) } else { ko };
+                a.vmovups(with_kz(ta, kl), zmmword_ptr(r9 + row + 4 * j as i32))?;
                 for &(r, i) in &targets {
                     // acc += w·x (the product commutes: same bits as x·w)
-                    a.vfmadd231ps(acc(r), zmm(W0 + 3 * i + j), ta)?;
+                    a.vfmadd231ps(with_k(acc(r), kt(j)), zmm(W0 + 3 * i + j), ta)?;
                 }
             }
         } else {
@@ -313,9 +401,9 @@ fn chunk(a: &mut CodeAssembler, s: &Spec, rows: usize, tail: bool) -> Result<(),
             a.vpermt2ps(ta, zmm(P_ODD), tb)?;
             a.vpermt2ps(tc, zmm(P_SHIFT), td)?;
             for &(r, i) in &targets {
-                a.vfmadd231ps(acc(r), zmm(W0 + 3 * i), te)?;
+                a.vfmadd231ps(with_k(acc(r), kt(0)), zmm(W0 + 3 * i), te)?;
                 a.vfmadd231ps(acc(r), zmm(W0 + 3 * i + 1), ta)?;
-                a.vfmadd231ps(acc(r), zmm(W0 + 3 * i + 2), tc)?;
+                a.vfmadd231ps(with_k(acc(r), kt(2)), zmm(W0 + 3 * i + 2), tc)?;
             }
         }
     }
@@ -381,6 +469,8 @@ mod tests {
                         wo: 40,
                         rows,
                         cols,
+                        left: cols % 3 == 1,
+                        right: rows % 3 != 1,
                         act,
                         residual: rows % 2 == 1,
                     };
