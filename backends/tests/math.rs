@@ -213,8 +213,8 @@ fn special_values_with(asm: bool) {
     assert_eq!(&silu[3..5], &[0.0, 0.0], "asm {asm}");
     // the far negative tail, where 1 + e^-x overflows to infinity (from
     // x ≈ -88.7; the assembled forms clamp exp's argument to 89): finite,
-    // no NaN, and zero or tiny with the sign of x — the assembled
-    // reciprocal's Newton step must not turn rcp(∞) = 0 into 0·∞
+    // no NaN, and zero or tiny with the sign of x (a division-free
+    // reciprocal would have to keep rcp(∞) = 0 from becoming 0·∞ = NaN)
     let tail = [
         -88.0f32, -88.8, -89.5, -100.0, -1e4, -3e38, -88.5, -95.0, -200.0, -1e3, -1e6, -1e9, -1e12,
         -1e15, -1e20, -1e25, -1e30,

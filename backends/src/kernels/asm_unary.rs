@@ -15,9 +15,8 @@
 //! are clamped to [-104, 89] first (beyond them the result is 0 or ∞ anyway),
 //! NaN-preserving: `vmaxps`/`vminps` return their second source when either
 //! is NaN, and the argument is always that source. `sigmoid(x) = 1/(1 +
-//! exp(-x))`, `silu(x) = x/(1 + exp(-x))` as the
-//! Cranelift forms, but with the reciprocal from `vrcp14ps` and a Newton
-//! step instead of a division ([`reciprocal`]). Errors are measured against f64 by
+//! exp(-x))`, `silu(x) = x/(1 + exp(-x))` with a true division, as the
+//! Cranelift forms do. Errors are measured against f64 by
 //! `backends/tests/math.rs` with the same documented bounds as the f32x4
 //! versions.
 //!
@@ -31,7 +30,6 @@
 // The Cephes coefficients as published, rounded to f32 by the compiler.
 #![allow(clippy::excessive_precision)]
 
-use iced_x86::code_asm::asm_traits::{CodeAsmVcmpps, CodeAsmVfnmadd213ps};
 use iced_x86::code_asm::*;
 
 /// The functions there is an assembled form of.
@@ -86,7 +84,6 @@ const K_ONE: usize = 21;
 const K_POLY: usize = 22; // .. 27
 const K_SIGN: usize = 28; // the sign bit
 const K_NINF: usize = 29; // -inf (softmax row)
-const K_INF: usize = 30; // +inf (sigmoid, SiLU)
 
 /// `zmm{i}`.
 pub(crate) fn zmm(i: usize) -> AsmRegisterZmm {
@@ -142,40 +139,6 @@ fn exp(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.vscalefps(zmm1, zmm3, zmm2)
 }
 
-/// `d = 1/d` without a division, for `d ≥ 1`, ∞ or NaN: the sigmoid's and
-/// SiLU's denominator `1 + 2^t`, in the assembled epilogues (`asm_tile`,
-/// `asm_dw`) and here. `r` and `k7` are clobbered; `inf` must be +∞ and
-/// `one` 1.0 in every lane (registers or broadcast memory operands).
-///
-/// `vdivps zmm` occupies the divider for ~10 cycles on Zen 4 (~16 on Intel
-/// cores), more than the rest of the sigmoid; `vrcp14ps` (relative error
-/// < 2^-14) and one Newton step `r + r·(1 - d·r)` (two FMAs, error ~2^-28
-/// before the final rounding) give the reciprocal to about half an ulp,
-/// like the division. `1 + 2^t` overflows to ∞ for `t > 128`, where
-/// `rcp(∞) = 0` would make the Newton step `0·∞ = NaN`: those lanes are
-/// zeroed by the last FMA's mask (`d ≠ ∞`, true for NaN), so the result is
-/// 0 exactly as `1/∞` — and SiLU's `x·0` is -0 like `x/∞` — while NaN stays
-/// NaN.
-pub(crate) fn reciprocal<T: Copy>(
-    a: &mut CodeAssembler,
-    d: AsmRegisterZmm,
-    r: AsmRegisterZmm,
-    inf: T,
-    one: T,
-) -> Result<(), IcedError>
-where
-    CodeAssembler: CodeAsmVcmpps<AsmRegisterK, AsmRegisterZmm, T, i32>
-        + CodeAsmVfnmadd213ps<AsmRegisterZmm, AsmRegisterZmm, T>,
-{
-    // k7 = d ≠ ∞ (NEQ_UQ: also true for NaN)
-    a.vcmpps(k7, d, inf, 4)?;
-    a.vrcp14ps(r, d)?;
-    // d = 1 - d·r (exact product, one rounding of a value ~2^-14)
-    a.vfnmadd213ps(d, r, one)?;
-    // d = r + r·(1 - d·r), 0 where d was ∞
-    a.vfmadd213ps(d.k7().z(), r, r)
-}
-
 /// Assembles `f`; the bytes are position-independent.
 pub(crate) fn assemble(f: Func) -> Result<Vec<u8>, String> {
     emit(f).map_err(|e| e.to_string())
@@ -187,7 +150,6 @@ fn emit(f: Func) -> Result<Vec<u8>, IcedError> {
     // sign mask for negation
     a.mov(eax, 0x8000_0000u32)?;
     a.vpbroadcastd(zmm(K_SIGN), eax)?;
-    constant(&mut a, K_INF, f32::INFINITY)?;
 
     a.mov(r8, rdx)?;
     for_vectors(&mut a, &[rdi, rsi], |a, masked| {
@@ -561,11 +523,10 @@ fn apply(a: &mut CodeAssembler, f: Func) -> Result<(), IcedError> {
             a.vxorps(zmm1, zmm0, zmm(K_SIGN))?;
             exp(a)?;
             a.vaddps(zmm1, zmm1, zmm(K_ONE))?;
-            reciprocal(a, zmm1, zmm2, zmm(K_INF), zmm(K_ONE))?;
             if f == Func::Silu {
-                a.vmulps(zmm0, zmm0, zmm1)
+                a.vdivps(zmm0, zmm0, zmm1)
             } else {
-                a.vmovaps(zmm0, zmm1)
+                a.vdivps(zmm0, zmm(K_ONE), zmm1)
             }
         }
     }
