@@ -197,7 +197,8 @@ fn depthwise_conv_epilogues() {
 /// stride 1 and 2 on odd and even sizes, heights around the 6-row groups
 /// (interiors of 1 to 17 rows: remainders, one and two whole groups), the
 /// one-column left and right edges the assembled code computes with masked
-/// taps (both, either; in one chunk, a whole last chunk or a short one),
+/// taps (both, either; in one chunk, a whole last chunk or a short one) and
+/// the top and bottom edge rows (both, either, in one group or two),
 /// channel multipliers 1 and 3, every epilogue. The assembled and the
 /// Cranelift interiors sum in the same order and apply the same activation
 /// formulas, so they must agree bit for bit (but for silu, whose assembled

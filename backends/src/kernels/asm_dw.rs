@@ -19,8 +19,11 @@
 //! edge columns are computed here too ([`Spec::left`], [`Spec::right`]):
 //! their lane skips the tap column that falls in the padding (a zero-masked
 //! load, so it is never read, and a merge-masked FMA, so the sum holds
-//! exactly the taps inside the input, in order). The Cranelift driver
-//! computes the border rows, and edge columns wider than one. Each output is `bias`, then `fma(x, w, acc)` over the taps row
+//! exactly the taps inside the input, in order). When it then computes
+//! whole rows, the top and bottom edge rows are computed here too
+//! ([`Spec::top`], [`Spec::bottom`]): their padding tap row is simply not
+//! emitted (never loaded). The Cranelift driver computes the other border
+//! rows and columns. Each output is `bias`, then `fma(x, w, acc)` over the taps row
 //! by row, column by column: the order of the f32x4 path, so both compute
 //! bit-identical values. Stride 2 loads 32 consecutive inputs and compacts
 //! the even (tap 0), odd (tap 1) and shifted even (tap 2) lanes with
@@ -79,6 +82,12 @@ pub(crate) struct Spec {
     /// output columns computed (at least 1): the interior, plus the edge
     /// columns below
     pub cols: usize,
+    /// whether the first row computed is the plane's top edge row, whose
+    /// tap row 0 falls in the padding (never read)
+    pub top: bool,
+    /// whether the last row computed is the plane's bottom edge row, whose
+    /// tap row 2 falls in the padding (never read)
+    pub bottom: bool,
     /// whether the first column computed is the plane's left edge column,
     /// whose tap column 0 falls in the padding (skipped for that lane)
     pub left: bool,
@@ -191,6 +200,29 @@ fn set_bits(a: &mut CodeAssembler, k: u8, bits: u32) -> Result<(), IcedError> {
     a.kmovw(kr, edx)
 }
 
+/// A group of output rows: how many (1..=[`GROUP`]), whether the first is
+/// the top edge row (skips tap row 0) and whether the last is the bottom
+/// edge row (skips tap row 2).
+#[derive(Clone, Copy)]
+struct Band {
+    rows: usize,
+    top: bool,
+    bottom: bool,
+}
+
+impl Band {
+    /// A whole interior group: the same code for every one (a loop).
+    fn plain(self) -> bool {
+        self.rows == GROUP && !self.top && !self.bottom
+    }
+
+    /// Whether output row `r` of the band takes tap row `i` (the edge rows'
+    /// padding rows are never loaded).
+    fn takes(self, r: usize, i: usize) -> bool {
+        !((self.top && r == 0 && i == 0) || (self.bottom && r == self.rows - 1 && i == 2))
+    }
+}
+
 /// Where a chunk of 16 (or fewer) columns sits: its column count, whether
 /// it starts at the left edge column and whether it ends at the right one.
 #[derive(Clone, Copy)]
@@ -272,20 +304,37 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
     }
     let in_row = (4 * s.sh * s.w) as i64;
     let out_row = (4 * s.wo) as i64;
-    let groups = s.rows / GROUP;
-    if groups > 0 {
-        let mut next = a.create_label();
-        a.mov(r8, groups as u64)?;
-        a.set_label(&mut next)?;
-        group(&mut a, s, GROUP)?;
+    // row groups: the first (if it holds the top edge), a loop over the
+    // plain ones, the last (if it holds the bottom edge or is short)
+    let n = s.rows.div_ceil(GROUP);
+    let band = |k: usize| Band {
+        rows: (s.rows - GROUP * k).min(GROUP),
+        top: s.top && k == 0,
+        bottom: s.bottom && k == n - 1,
+    };
+    let step = |a: &mut CodeAssembler, b: Band| -> Result<(), IcedError> {
+        group(a, s, b)?;
         a.add(rdi, (GROUP as i64 * in_row) as i32)?;
         a.add(rsi, (GROUP as i64 * out_row) as i32)?;
-        a.add(rcx, (GROUP as i64 * out_row) as i32)?;
+        a.add(rcx, (GROUP as i64 * out_row) as i32)
+    };
+    let mut k = 0;
+    if !band(0).plain() {
+        step(&mut a, band(0))?;
+        k = 1;
+    }
+    let plain = (k..n).take_while(|&k| band(k).plain()).count();
+    if plain > 0 {
+        let mut next = a.create_label();
+        a.mov(r8, plain as u64)?;
+        a.set_label(&mut next)?;
+        step(&mut a, band(k))?;
         a.dec(r8)?;
         a.jnz(next)?;
+        k += plain;
     }
-    if !s.rows.is_multiple_of(GROUP) {
-        group(&mut a, s, s.rows % GROUP)?;
+    for k in k..n {
+        step(&mut a, band(k))?;
     }
     a.vzeroupper()?;
     a.ret()?;
@@ -294,7 +343,7 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
 
 /// `rows` output rows from rdi (input), rsi (output), rcx (residual); uses
 /// r9..r11 as the column pointers and rax as the chunk counter.
-fn group(a: &mut CodeAssembler, s: &Spec, rows: usize) -> Result<(), IcedError> {
+fn group(a: &mut CodeAssembler, s: &Spec, b: Band) -> Result<(), IcedError> {
     a.mov(r9, rdi)?;
     a.mov(r10, rsi)?;
     a.mov(r11, rcx)?;
@@ -311,7 +360,7 @@ fn group(a: &mut CodeAssembler, s: &Spec, rows: usize) -> Result<(), IcedError> 
         if !c.plain() {
             set_chunk_masks(a, s, c)?;
         }
-        chunk(a, s, rows, c)?;
+        chunk(a, s, b, c)?;
         a.add(r9, (64 * s.sw) as i32)?;
         a.add(r10, 64)?;
         a.add(r11, 64)
@@ -338,7 +387,8 @@ fn group(a: &mut CodeAssembler, s: &Spec, rows: usize) -> Result<(), IcedError> 
 
 /// Sixteen columns (or the masked tail) of `rows` output rows at r9, r10,
 /// r11.
-fn chunk(a: &mut CodeAssembler, s: &Spec, rows: usize, c: Cut) -> Result<(), IcedError> {
+fn chunk(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedError> {
+    let rows = b.rows;
     let w_row = (4 * s.w) as i32;
     let out_row = (4 * s.wo) as i32;
     let tail = !c.plain();
@@ -372,6 +422,7 @@ fn chunk(a: &mut CodeAssembler, s: &Spec, rows: usize, c: Cut) -> Result<(), Ice
         // (output row, tap row) pairs that read input row ir
         let targets: Vec<(usize, usize)> = (0..rows)
             .filter_map(|r| ir.checked_sub(r * s.sh).filter(|&i| i < 3).map(|i| (r, i)))
+            .filter(|&(r, i)| b.takes(r, i))
             .collect();
         if targets.is_empty() {
             continue;
@@ -469,6 +520,8 @@ mod tests {
                         wo: 40,
                         rows,
                         cols,
+                        top: rows % 2 == 0,
+                        bottom: cols % 2 == 1,
                         left: cols % 3 == 1,
                         right: rows % 3 != 1,
                         act,

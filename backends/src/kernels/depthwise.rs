@@ -484,7 +484,15 @@ impl Kernel for Depthwise {
                     .collect()
             };
             // border rows, each with its own valid taps
+            // rows the assembled code computes (edge rows included)
+            let asm_rows = match self.asm {
+                Some(_) => asm_rows(g),
+                None => (0, 0),
+            };
             for oh in (0..oh_lo).chain(oh_hi..g.ho) {
+                if (asm_rows.0..asm_rows.1).contains(&oh) {
+                    continue;
+                }
                 let taps_i = valid_taps(oh, g.h, g.kh, sh, dh, pt);
                 let ohv = e.ic(oh as i64);
                 let rows = row_ptrs(e, ohv, &taps_i);
@@ -528,12 +536,12 @@ impl Kernel for Depthwise {
                     sig.params.push(AbiParam::new(F32));
                 }
                 let sig = e.b.import_signature(sig);
-                let first = (oh_lo * sh) as i64 - pt as i64;
+                let first = (asm_rows.0 * sh) as i64 - pt as i64;
                 let x0 = e.off(
                     src,
                     4 * (first * g.w as i64 + (ow_lo * g.stride[1]) as i64 - g.pad[1] as i64),
                 );
-                let o0 = 4 * (oh_lo * g.wo + ow_lo) as i64;
+                let o0 = 4 * (asm_rows.0 * g.wo + ow_lo) as i64;
                 let d0 = e.off(dst, o0);
                 let r0 = match res_plane {
                     Some(r) if spec.residual => e.off(r, o0),
@@ -616,6 +624,7 @@ fn asm_spec(g: Geom, epi: &Epilogue) -> Option<asm_dw::Spec> {
         return None;
     }
     let (left, right) = asm_edges(g);
+    let (top, bottom) = asm_edge_rows(g);
     // what the Cranelift row applies inline; swept activations (and then
     // the residual) stay in the sweep over the plane
     let act = match epi.act {
@@ -631,8 +640,10 @@ fn asm_spec(g: Geom, epi: &Epilogue) -> Option<asm_dw::Spec> {
         sw: g.stride[1],
         w: g.w,
         wo: g.wo,
-        rows: oh_hi - oh_lo,
+        rows: oh_hi - oh_lo + usize::from(top) + usize::from(bottom),
         cols: ow_hi - ow_lo + usize::from(left) + usize::from(right),
+        top,
+        bottom,
         left,
         right,
         act,
@@ -654,6 +665,31 @@ fn asm_edges(g: Geom) -> (bool, bool) {
         && ow_hi > ow_lo
         && valid_taps(g.wo - 1, g.w, g.kw, sw, g.dil[1], pl) == [0, 1];
     (left, right)
+}
+
+/// Whether the assembled interior of `g` also computes the top and the
+/// bottom edge row (as [`asm_edges`] for rows, and only when it computes
+/// whole rows, edge columns included, so no Cranelift code is left for
+/// those rows): on small planes (7×7, 14×14) the two border rows in f32x4
+/// cost as much as the rest.
+fn asm_edge_rows(g: Geom) -> (bool, bool) {
+    if asm_cols(g) != (0, g.wo) {
+        return (false, false);
+    }
+    let (sh, pt) = (g.stride[0], g.pad[0]);
+    let (oh_lo, oh_hi) = interior(g.ho, g.h, g.kh, sh, g.dil[0], pt);
+    let top = oh_lo == 1 && valid_taps(0, g.h, g.kh, sh, g.dil[0], pt) == [1, 2];
+    let bottom = oh_hi + 1 == g.ho
+        && oh_hi > oh_lo
+        && valid_taps(g.ho - 1, g.h, g.kh, sh, g.dil[0], pt) == [0, 1];
+    (top, bottom)
+}
+
+/// The output rows `[lo, hi)` the assembled interior computes for `g`.
+fn asm_rows(g: Geom) -> (usize, usize) {
+    let (oh_lo, oh_hi) = interior(g.ho, g.h, g.kh, g.stride[0], g.dil[0], g.pad[0]);
+    let (top, bottom) = asm_edge_rows(g);
+    (oh_lo - usize::from(top), oh_hi + usize::from(bottom))
 }
 
 /// The output columns `[lo, hi)` the assembled interior computes for `g`.
