@@ -283,7 +283,11 @@ fn depthwise_conv_epilogues() {
 
 /// The assembled depthwise interior's edges (`asm_dw`): every width 1..=17
 /// and 33 (masked tails, one or two full 16-column chunks, no interior),
-/// stride 1 and 2 on odd and even sizes, heights around the 4-row groups,
+/// stride 1 and 2 on odd and even sizes, heights around the 6-row groups
+/// (interiors of 1 to 17 rows: remainders, one and two whole groups), the
+/// one-column left and right edges the assembled code computes with masked
+/// taps (both, either; in one chunk, a whole last chunk or a short one) and
+/// the top and bottom edge rows (both, either, in one group or two),
 /// channel multipliers 1 and 3, every epilogue. The assembled and the
 /// Cranelift interiors sum in the same order and apply the same activation
 /// formulas, so they must agree bit for bit (but for silu, whose assembled
@@ -300,8 +304,14 @@ fn depthwise_asm_edges() {
                 let (bias, residual) = (i % 2 == 0, i % 3 != 1);
                 let c = 2 + i % 3;
                 let o = c * if i % 4 < 2 { 1 } else { 3 };
-                let h = 3 + (i * 5) % 11;
-                let pad = if i % 5 == 4 { [0, 1, 2, 0] } else { [1; 4] };
+                let h = 3 + (i * 5) % 17;
+                // [t, l, b, r]: both edge columns assembled (one column of
+                // padding each side), only the left, only the right
+                let pad = match i % 5 {
+                    4 => [0, 1, 2, 0],
+                    2 => [1, 0, 0, 1],
+                    _ => [1; 4],
+                };
                 if w + pad[1] + pad[3] < 3 {
                     i += 1;
                     continue;

@@ -211,6 +211,23 @@ fn special_values_with(asm: bool) {
     assert!(silu[0].is_nan(), "asm {asm}");
     assert_eq!(silu[1], f32::INFINITY, "asm {asm}");
     assert_eq!(&silu[3..5], &[0.0, 0.0], "asm {asm}");
+    // the far negative tail, where 1 + e^-x overflows to infinity (from
+    // x ≈ -88.7; the assembled forms clamp exp's argument to 89): finite,
+    // no NaN, and zero or tiny with the sign of x (a division-free
+    // reciprocal would have to keep rcp(∞) = 0 from becoming 0·∞ = NaN)
+    let tail = [
+        -88.0f32, -88.8, -89.5, -100.0, -1e4, -3e38, -88.5, -95.0, -200.0, -1e3, -1e6, -1e9, -1e12,
+        -1e15, -1e20, -1e25, -1e30,
+    ];
+    let s = jit(UnaryOp::Sigmoid, &tail);
+    let silu = jit(UnaryOp::Silu, &tail);
+    for ((&x, &s), &y) in tail.iter().zip(&s).zip(&silu) {
+        assert!((0.0..1e-37).contains(&s), "sigmoid({x}) = {s}, asm {asm}");
+        assert!(
+            y.is_finite() && y <= 0.0 && y > -1e-35,
+            "silu({x}) = {y}, asm {asm}"
+        );
+    }
     let e = jit(UnaryOp::Erf, &xs);
     assert!(e[0].is_nan());
     assert_eq!(&e[1..4], &[1.0, -1.0, 0.0]);

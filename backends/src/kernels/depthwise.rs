@@ -10,6 +10,8 @@
 //! fall inside (the padding contributes nothing, so nothing is loaded for
 //! it). Stride-2 columns are gathered with two loads and a shuffle where
 //! the second load stays inside the row, element by element at the edge.
+//! With AVX-512, 3×3 interiors (and their one-column left and right edges)
+//! are assembled (`asm_dw`), one call per plane; the border rows stay here.
 //!
 //! Every output element sums `bias + Σ_i Σ_j x·w` in the same order on every
 //! path, so results do not depend on which path or thread computed them.
@@ -72,13 +74,16 @@ struct Depthwise {
 }
 
 /// One output row's epilogue operands: the residual row (like `dst`) and
-/// the channel's dynamic-ReLU slopes as scalars; and whether the row
-/// computes its interior columns (not when the assembled interior does).
+/// the channel's dynamic-ReLU slopes as scalars; whether the row computes
+/// its interior columns (not when the assembled interior does); and the
+/// columns `[lo, hi)` the assembled code computes (edge columns included,
+/// see [`asm_edges`]), which the row skips (empty: none).
 #[derive(Clone, Copy)]
 struct RowEpi {
     res: Option<Value>,
     slopes: Option<(Value, Value)>,
     vector_cols: bool,
+    skip: (usize, usize),
 }
 
 /// Whether the activation is applied in a sweep over the finished plane
@@ -212,7 +217,9 @@ impl Depthwise {
             e.store(wf, y, dst, 4 * ow as i64);
         };
         for ow in (0..ow_lo).chain(ow_hi..g.wo) {
-            scalar_col(e, ow);
+            if !(re.skip.0..re.skip.1).contains(&ow) {
+                scalar_col(e, ow);
+            }
         }
         // the assembled interior computes the rest
         if !re.vector_cols {
@@ -493,7 +500,15 @@ impl Kernel for Depthwise {
                     .collect()
             };
             // border rows, each with its own valid taps
+            // rows the assembled code computes (edge rows included)
+            let asm_rows = match self.asm {
+                Some(_) => asm_rows(g),
+                None => (0, 0),
+            };
             for oh in (0..oh_lo).chain(oh_hi..g.ho) {
+                if (asm_rows.0..asm_rows.1).contains(&oh) {
+                    continue;
+                }
                 let taps_i = valid_taps(oh, g.h, g.kh, sh, dh, pt);
                 let ohv = e.ic(oh as i64);
                 let rows = row_ptrs(e, ohv, &taps_i);
@@ -502,12 +517,17 @@ impl Kernel for Depthwise {
                     res: res_plane.map(|r| e.off(r, 4 * (oh * g.wo) as i64)),
                     slopes: slope_vals,
                     vector_cols: true,
+                    skip: (0, 0),
                 };
                 self.row(e, &rows, d, &wts, b, re);
             }
             let all: Vec<usize> = (0..g.kh).collect();
-            // with the assembled interior, only the border columns here
-            let (ow_lo, ow_hi) = interior(g.wo, g.w, g.kw, g.stride[1], g.dil[1], g.pad[1]);
+            // with the assembled interior, only the border columns it does
+            // not compute here
+            let (ow_lo, ow_hi) = match self.asm {
+                Some(_) => asm_cols(g),
+                None => (0, 0),
+            };
             let cols = self.asm.is_none() || ow_lo > 0 || ow_hi < g.wo;
             if cols {
                 e.for_static(oh_lo as i64, oh_hi as i64, 1, |e, oh| {
@@ -517,6 +537,7 @@ impl Kernel for Depthwise {
                         res: res_plane.map(|r| e.index(r, oh, 4 * g.wo as i64)),
                         slopes: slope_vals,
                         vector_cols: self.asm.is_none(),
+                        skip: (ow_lo, ow_hi),
                     };
                     self.row(e, &rows, d, &wts, b, re);
                 });
@@ -531,12 +552,12 @@ impl Kernel for Depthwise {
                     sig.params.push(AbiParam::new(F32));
                 }
                 let sig = e.b.import_signature(sig);
-                let first = (oh_lo * sh) as i64 - pt as i64;
+                let first = (asm_rows.0 * sh) as i64 - pt as i64;
                 let x0 = e.off(
                     src,
                     4 * (first * g.w as i64 + (ow_lo * g.stride[1]) as i64 - g.pad[1] as i64),
                 );
-                let o0 = 4 * (oh_lo * g.wo + ow_lo) as i64;
+                let o0 = 4 * (asm_rows.0 * g.wo + ow_lo) as i64;
                 let d0 = e.off(dst, o0);
                 let r0 = match res_plane {
                     Some(r) if spec.residual => e.off(r, o0),
@@ -620,6 +641,8 @@ fn asm_spec(g: Geom, epi: &Epilogue) -> Option<asm_dw::Spec> {
     if oh_hi == oh_lo || ow_hi == ow_lo {
         return None;
     }
+    let (left, right) = asm_edges(g);
+    let (top, bottom) = asm_edge_rows(g);
     // what the Cranelift row applies inline; swept activations (and then
     // the residual) stay in the sweep over the plane
     let act = match epi.act {
@@ -635,11 +658,63 @@ fn asm_spec(g: Geom, epi: &Epilogue) -> Option<asm_dw::Spec> {
         sw: g.stride[1],
         w: g.w,
         wo: g.wo,
-        rows: oh_hi - oh_lo,
-        cols: ow_hi - ow_lo,
+        rows: oh_hi - oh_lo + usize::from(top) + usize::from(bottom),
+        cols: ow_hi - ow_lo + usize::from(left) + usize::from(right),
+        top,
+        bottom,
+        left,
+        right,
         act,
         residual: epi.residual.is_some() && !swept(epi, true),
     })
+}
+
+/// Whether the assembled interior of a 3×3 conv of geometry `g` also
+/// computes the left and the right edge column of its rows: when the only
+/// column left of the interior is column 0 and lacks just tap column 0 (a
+/// padding of 1), and likewise on the right with tap column 2. Per-row
+/// Cranelift calls for two scalar columns cost as much as the assembled
+/// interior of a small plane.
+fn asm_edges(g: Geom) -> (bool, bool) {
+    let (sw, pl) = (g.stride[1], g.pad[1]);
+    let (ow_lo, ow_hi) = interior(g.wo, g.w, g.kw, sw, g.dil[1], pl);
+    let left = ow_lo == 1 && valid_taps(0, g.w, g.kw, sw, g.dil[1], pl) == [1, 2];
+    let right = ow_hi + 1 == g.wo
+        && ow_hi > ow_lo
+        && valid_taps(g.wo - 1, g.w, g.kw, sw, g.dil[1], pl) == [0, 1];
+    (left, right)
+}
+
+/// Whether the assembled interior of `g` also computes the top and the
+/// bottom edge row (as [`asm_edges`] for rows, and only when it computes
+/// whole rows, edge columns included, so no Cranelift code is left for
+/// those rows): on small planes (7×7, 14×14) the two border rows in f32x4
+/// cost as much as the rest.
+fn asm_edge_rows(g: Geom) -> (bool, bool) {
+    if asm_cols(g) != (0, g.wo) {
+        return (false, false);
+    }
+    let (sh, pt) = (g.stride[0], g.pad[0]);
+    let (oh_lo, oh_hi) = interior(g.ho, g.h, g.kh, sh, g.dil[0], pt);
+    let top = oh_lo == 1 && valid_taps(0, g.h, g.kh, sh, g.dil[0], pt) == [1, 2];
+    let bottom = oh_hi + 1 == g.ho
+        && oh_hi > oh_lo
+        && valid_taps(g.ho - 1, g.h, g.kh, sh, g.dil[0], pt) == [0, 1];
+    (top, bottom)
+}
+
+/// The output rows `[lo, hi)` the assembled interior computes for `g`.
+fn asm_rows(g: Geom) -> (usize, usize) {
+    let (oh_lo, oh_hi) = interior(g.ho, g.h, g.kh, g.stride[0], g.dil[0], g.pad[0]);
+    let (top, bottom) = asm_edge_rows(g);
+    (oh_lo - usize::from(top), oh_hi + usize::from(bottom))
+}
+
+/// The output columns `[lo, hi)` the assembled interior computes for `g`.
+fn asm_cols(g: Geom) -> (usize, usize) {
+    let (ow_lo, ow_hi) = interior(g.wo, g.w, g.kw, g.stride[1], g.dil[1], g.pad[1]);
+    let (left, right) = asm_edges(g);
+    (ow_lo - usize::from(left), ow_hi + usize::from(right))
 }
 
 /// Lowers a pooling window of geometry `g` (as a depthwise conv with one
