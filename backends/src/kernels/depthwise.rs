@@ -20,7 +20,7 @@
 //! slopes, then the residual at the same index) to each f32x4 or scalar
 //! result before the store.
 
-use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 
 use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::ir::{AbiParam, Signature};
@@ -236,19 +236,7 @@ impl Depthwise {
                 return e.load(V4, rf, r, off);
             }
             if sw == 2 && fast {
-                let lo = e.load(V4, rf, r, off);
-                let hi = e.load(V4, rf, r, off + 16);
-                let le = MemFlagsData::new().with_endianness(Endianness::Little);
-                let lo = e.b.ins().bitcast(types::I8X16, le, lo);
-                let hi = e.b.ins().bitcast(types::I8X16, le, hi);
-                // lanes 0, 2 of lo and 0, 2 of hi (bytes 16.. select from hi)
-                let mask: Vec<u8> = [0u8, 2, 4, 6]
-                    .iter()
-                    .flat_map(|&l| (0..4).map(move |b| l * 4 + b))
-                    .collect();
-                let imm = e.b.func.dfg.immediates.push(ConstantData::from(mask));
-                let s = e.b.ins().shuffle(lo, hi, imm);
-                return e.b.ins().bitcast(V4, le, s);
+                return e.load_even(rf, r, off);
             }
             let mut v = e.load(F32, rf, r, off);
             v = e.b.ins().scalar_to_vector(V4, v);
