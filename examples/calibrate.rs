@@ -8,9 +8,9 @@
 //! time = overhead + gemm_flops / gemm_rate + other_flops / vector_rate + bytes / bandwidth
 //! ```
 //!
-//! by least squares on *relative* error (each row weighted by 1/time, so
-//! the many small kernels count as much as the few large ones), with every
-//! coefficient kept non-negative. Prints the data per kernel class, the
+//! minimising the sum of *relative* errors (each node counts alike, so the
+//! many small kernels count as much as the few large ones; iteratively
+//! reweighted least squares), with every coefficient kept non-negative. Prints the data per kernel class, the
 //! fitted constants and how well old and new constants predict each
 //! model's total.
 //!
@@ -174,18 +174,34 @@ fn features(r: &Row) -> [f64; 4] {
     [1.0, r.gemm, r.other, r.bytes]
 }
 
+/// Minimises Σ |pred/t − 1| (the relative error of each node, not its
+/// square: a squared fit let a few kernels the linear form cannot describe
+/// pull every constant, and came out worse at the median than the old
+/// constants) by iteratively reweighted least squares from the squared fit.
+fn fit(rows: &[Row]) -> [f64; 4] {
+    let mut beta = fit_weighted(rows, &vec![1.0; rows.len()]);
+    for _ in 0..30 {
+        let w: Vec<f64> = rows
+            .iter()
+            .map(|r| 1.0 / (predict(&beta, r) / r.secs - 1.0).abs().max(1e-3))
+            .collect();
+        beta = fit_weighted(rows, &w);
+    }
+    beta
+}
+
 /// Weighted least squares with non-negative coefficients (active set: a
 /// column whose coefficient comes out negative is dropped and the rest
-/// refitted). Minimises Σ ((pred − t) / t)².
-fn fit(rows: &[Row]) -> [f64; 4] {
+/// refitted). Minimises Σ wᵢ ((pred − t) / t)².
+fn fit_weighted(rows: &[Row], weights: &[f64]) -> [f64; 4] {
     let mut active = [true; 4];
     loop {
         let idx: Vec<usize> = (0..4).filter(|&i| active[i]).collect();
         let k = idx.len();
         let mut a = vec![vec![0.0f64; k + 1]; k];
-        for r in rows {
+        for (r, &wr) in rows.iter().zip(weights) {
             let f = features(r);
-            let w = 1.0 / (r.secs * r.secs);
+            let w = wr / (r.secs * r.secs);
             for (p, &i) in idx.iter().enumerate() {
                 for (q, &j) in idx.iter().enumerate() {
                     a[p][q] += w * f[i] * f[j];
