@@ -132,26 +132,40 @@ fn zmm(i: usize) -> AsmRegisterZmm {
     Z[i]
 }
 
-/// Assembles `v`; the bytes are position-independent.
-pub(crate) fn assemble(v: &Variant) -> Result<Vec<u8>, String> {
-    if v.mr == 0 || v.mr > MR || v.nt == 0 || v.nt > NR || (v.b_pack && v.b_padded) {
-        return Err(format!("tile variant out of range: {v:?}"));
+/// Checks that `v` fits a `what` tile of at most `mr × nr` built from
+/// `vbytes`-byte vectors, and that every displacement its emitter forms
+/// (C rows, two k steps of A and B, the panel) fits in 32 bits.
+pub(crate) fn check_variant(
+    v: &Variant,
+    mr: usize,
+    nr: usize,
+    vbytes: usize,
+    what: &str,
+) -> Result<(), String> {
+    if v.mr == 0 || v.mr > mr || v.nt == 0 || v.nt > nr || (v.b_pack && v.b_padded) {
+        return Err(format!("{what} tile variant out of range: {v:?}"));
     }
-    // every displacement below is at most one of these
+    // every displacement of the emitters is at most one of these
     let largest = [
-        4 * (v.mr * v.c_rs + NR),
-        8 * v.a_ks + 4 * MR * v.a_rs + 64,
-        8 * v.b_ks + 128,
-        8 * NR + 128,
+        4 * (v.mr * v.c_rs + nr),
+        8 * v.a_ks + 4 * mr * v.a_rs + vbytes,
+        8 * v.b_ks + 2 * vbytes,
+        8 * nr + 2 * vbytes,
     ];
     if largest.iter().any(|&x| i32::try_from(x).is_err()) {
         return Err(format!("strides too large for 32-bit displacements: {v:?}"));
     }
+    Ok(())
+}
+
+/// Assembles `v`; the bytes are position-independent.
+pub(crate) fn assemble(v: &Variant) -> Result<Vec<u8>, String> {
+    check_variant(v, MR, NR, 64, "AVX-512")?;
     emit(v).map_err(|e| e.to_string())
 }
 
-/// A displacement `assemble` has range-checked.
-fn disp(x: usize) -> i32 {
+/// A displacement [`check_variant`] has range-checked.
+pub(crate) fn disp(x: usize) -> i32 {
     x as i32
 }
 

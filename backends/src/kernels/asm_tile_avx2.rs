@@ -26,7 +26,8 @@
 use iced_x86::code_asm::*;
 
 use super::asm_tile::{
-    Act, Bias, EXP2_POLY, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE, Variant, write_act_consts,
+    Act, Bias, EXP2_POLY, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE, Variant, check_variant, disp,
+    write_act_consts,
 };
 
 /// Rows of a full tile.
@@ -68,25 +69,8 @@ fn acc(i: usize, z: usize) -> AsmRegisterYmm {
 /// Assembles `v` (with [`MR`] and [`NR`] as the full tile); the bytes are
 /// position-independent.
 pub(crate) fn assemble(v: &Variant) -> Result<Vec<u8>, String> {
-    if v.mr == 0 || v.mr > MR || v.nt == 0 || v.nt > NR || (v.b_pack && v.b_padded) {
-        return Err(format!("AVX2 tile variant out of range: {v:?}"));
-    }
-    // every displacement below is at most one of these
-    let largest = [
-        4 * (v.mr * v.c_rs + NR),
-        8 * v.a_ks + 4 * MR * v.a_rs + 32,
-        8 * v.b_ks + 64,
-        8 * NR + 64,
-    ];
-    if largest.iter().any(|&x| i32::try_from(x).is_err()) {
-        return Err(format!("strides too large for 32-bit displacements: {v:?}"));
-    }
+    check_variant(v, MR, NR, 32, "AVX2")?;
     emit(v).map_err(|e| e.to_string())
-}
-
-/// A displacement `assemble` has range-checked.
-fn disp(x: usize) -> i32 {
-    x as i32
 }
 
 fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {

@@ -257,6 +257,29 @@ struct Im2col {
 }
 
 impl Im2col {
+    /// Writes one output row of the matrix row of horizontal tap `j` at `d`:
+    /// input row `ih` (inside the plane at `plane`) from column
+    /// `ow_lo·sw + j·dw - pl` on, zeros where the window hangs over the
+    /// left or right padding (the caller handles rows outside the input).
+    fn emit_tap_row(&self, e: &mut Emitter, d: Value, plane: Value, ih: Value, j: usize) {
+        let g = self.g;
+        let (ow_lo, ow_hi) = Geom::valid(g.wo, g.w, j, g.stride[1], g.dil[1], g.pad[1]);
+        if ow_lo >= ow_hi {
+            emit_fill_run(e, d, g.wo, 0.0);
+            return;
+        }
+        let s = e.index(plane, ih, 4 * g.w as i64);
+        let s = e.off(
+            s,
+            4 * ((ow_lo * g.stride[1] + j * g.dil[1]) as i64 - g.pad[1] as i64),
+        );
+        emit_fill_run(e, d, ow_lo, 0.0);
+        let dm = e.off(d, 4 * ow_lo as i64);
+        emit_copy_run(e, dm, s, ow_hi - ow_lo, g.stride[1] as i64, self.x);
+        let dt = e.off(d, 4 * ow_hi as i64);
+        emit_fill_run(e, dt, g.wo - ow_hi, 0.0);
+    }
+
     /// Writes band `u` (image `u / bands`, output rows `[r·b, r·b + r)` for
     /// band `b = u mod bands`) of the matrix at `col + u·K·r·wo`, rows of
     /// `r·wo`: the same rows as the whole-tensor kernel, cut into bands. A
@@ -276,7 +299,6 @@ impl Im2col {
             let plane = e.off(src, 4 * (c * g.h * g.w) as i64);
             for i in 0..g.kh {
                 for j in 0..g.kw {
-                    let (ow_lo, ow_hi) = Geom::valid(g.wo, g.w, j, g.stride[1], g.dil[1], g.pad[1]);
                     let row = e.off(dst, 4 * (((c * g.kh + i) * g.kw + j) * r * g.wo) as i64);
                     e.for_static(0, r as i64, 1, |e, t| {
                         let d = e.index(row, t, 4 * g.wo as i64);
@@ -293,22 +315,7 @@ impl Im2col {
                             e.b.ins()
                                 .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, ih, g.h as i64);
                         e.if_then(outside, |e| emit_fill_run(e, d, g.wo, 0.0));
-                        e.if_then(inside, |e| {
-                            if ow_lo >= ow_hi {
-                                emit_fill_run(e, d, g.wo, 0.0);
-                                return;
-                            }
-                            let s = e.index(plane, ih, 4 * g.w as i64);
-                            let s = e.off(
-                                s,
-                                4 * ((ow_lo * g.stride[1] + j * g.dil[1]) as i64 - g.pad[1] as i64),
-                            );
-                            emit_fill_run(e, d, ow_lo, 0.0);
-                            let dm = e.off(d, 4 * ow_lo as i64);
-                            emit_copy_run(e, dm, s, ow_hi - ow_lo, g.stride[1] as i64, self.x);
-                            let dt = e.off(d, 4 * ow_hi as i64);
-                            emit_fill_run(e, dt, g.wo - ow_hi, 0.0);
-                        });
+                        e.if_then(inside, |e| self.emit_tap_row(e, d, plane, ih, j));
                     });
                 }
             }
@@ -357,16 +364,7 @@ impl Kernel for Im2col {
                         let ih =
                             e.b.ins()
                                 .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64);
-                        let s = e.index(src, ih, 4 * g.w as i64);
-                        let s = e.off(
-                            s,
-                            4 * ((ow_lo * g.stride[1] + j * g.dil[1]) as i64 - g.pad[1] as i64),
-                        );
-                        emit_fill_run(e, d, ow_lo, 0.0);
-                        let dm = e.off(d, 4 * ow_lo as i64);
-                        emit_copy_run(e, dm, s, ow_hi - ow_lo, g.stride[1] as i64, self.x);
-                        let dt = e.off(d, 4 * ow_hi as i64);
-                        emit_fill_run(e, dt, g.wo - ow_hi, 0.0);
+                        self.emit_tap_row(e, d, src, ih, j);
                     });
                 }
             }
