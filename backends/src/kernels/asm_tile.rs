@@ -164,6 +164,38 @@ pub(crate) fn assemble(v: &Variant) -> Result<Vec<u8>, String> {
     emit(v).map_err(|e| e.to_string())
 }
 
+/// The K loop of a tile with `nr`-column panels, unrolled by two (loop
+/// overhead is a tenth of a step): `step(a, a_off, b_off, panel_off)` emits
+/// one k step at those byte offsets from rdi, rsi and rax (the panel, when
+/// `v.b_pack`), which the loop then advances; an odd K ends with one more
+/// step.
+pub(crate) fn k_loop(
+    a: &mut CodeAssembler,
+    v: &Variant,
+    nr: usize,
+    mut step: impl FnMut(&mut CodeAssembler, usize, usize, usize) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    let (a_step, b_step) = (4 * v.a_ks, 4 * v.b_ks);
+    if v.k >= 2 {
+        a.mov(r10, (v.k / 2) as u64)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        step(a, 0, 0, 0)?;
+        step(a, a_step, b_step, 4 * nr)?;
+        a.add(rdi, disp(2 * a_step))?;
+        a.add(rsi, disp(2 * b_step))?;
+        if v.b_pack {
+            a.add(rax, disp(8 * nr))?;
+        }
+        a.dec(r10)?;
+        a.jnz(top)?;
+    }
+    if v.k % 2 == 1 {
+        step(a, 0, 0, 0)?;
+    }
+    Ok(())
+}
+
 /// A displacement [`check_variant`] has range-checked.
 pub(crate) fn disp(x: usize) -> i32 {
     x as i32
@@ -236,25 +268,7 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
         }
         Ok(())
     };
-    // The K loop, unrolled by two (loop overhead is a tenth of a step).
-    let (a_step, b_step) = (4 * v.a_ks, 4 * v.b_ks);
-    if v.k >= 2 {
-        a.mov(r10, (v.k / 2) as u64)?;
-        let mut top = a.create_label();
-        a.set_label(&mut top)?;
-        step(&mut a, 0, 0, 0)?;
-        step(&mut a, a_step, b_step, 4 * NR)?;
-        a.add(rdi, disp(2 * a_step))?;
-        a.add(rsi, disp(2 * b_step))?;
-        if v.b_pack {
-            a.add(rax, disp(8 * NR))?;
-        }
-        a.dec(r10)?;
-        a.jnz(top)?;
-    }
-    if v.k % 2 == 1 {
-        step(&mut a, 0, 0, 0)?;
-    }
+    k_loop(&mut a, v, NR, step)?;
     epilogue(&mut a, v, nz, tail)?;
     for i in 0..v.mr {
         for z in 0..nz {

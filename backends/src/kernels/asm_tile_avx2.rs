@@ -27,7 +27,7 @@ use iced_x86::code_asm::*;
 
 use super::asm_tile::{
     Act, Bias, EXP2_POLY, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE, Variant, check_variant, disp,
-    write_act_consts,
+    k_loop, write_act_consts,
 };
 
 /// Rows of a full tile.
@@ -151,25 +151,7 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
         }
         Ok(())
     };
-    // The K loop, unrolled by two (loop overhead is a tenth of a step).
-    let (a_step, b_step) = (4 * v.a_ks, 4 * v.b_ks);
-    if v.k >= 2 {
-        a.mov(r10, (v.k / 2) as u64)?;
-        let mut top = a.create_label();
-        a.set_label(&mut top)?;
-        step(&mut a, 0, 0, 0)?;
-        step(&mut a, a_step, b_step, 4 * NR)?;
-        a.add(rdi, disp(2 * a_step))?;
-        a.add(rsi, disp(2 * b_step))?;
-        if v.b_pack {
-            a.add(rax, disp(8 * NR))?;
-        }
-        a.dec(r10)?;
-        a.jnz(top)?;
-    }
-    if v.k % 2 == 1 {
-        step(&mut a, 0, 0, 0)?;
-    }
+    k_loop(&mut a, v, NR, step)?;
     activation(&mut a, v, nz)?;
     if masked && v.act != Act::None {
         // the activation used ymm15
