@@ -628,14 +628,20 @@ fn run_at_every_tile_level_agrees() {
         npy::read(&y).unwrap()
     };
     let want = run("f32x4");
-    let w = want.as_f32().unwrap();
-    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
     for tiles in ["avx2", "avx512"] {
-        let got = run(tiles);
-        let g = got.as_f32().unwrap();
-        let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= 1e-4 * scale, "{tiles}: {err} (scale {scale})");
+        assert_close(tiles, &run(tiles), &want);
     }
+}
+
+/// `got` is within 1e-4 of `want`'s largest magnitude, element by element.
+fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
+    let (a, b) = (got.as_f32().unwrap(), want.as_f32().unwrap());
+    let max_ref = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let max_diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        max_diff <= 1e-4 * max_ref,
+        "{what}: {max_diff} vs {max_ref}"
+    );
 }
 
 #[test]
@@ -656,17 +662,11 @@ fn run_with_jit_and_interp_agree() {
     // the JIT runs the optimised graph, the interpreter the graph as loaded
     let jit = run("jit", "agree_jit.npy");
     let interp = run("interp", "agree_interp.npy");
-    let close = |jit: &Tensor| {
-        let (a, b) = (jit.as_f32().unwrap(), interp.as_f32().unwrap());
-        let max_ref = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let max_diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(max_diff <= 1e-4 * max_ref, "{max_diff} vs {max_ref}");
-    };
-    close(&jit);
+    assert_close("jit", &jit, &interp);
     let y = scratch("agree_noopt.npy");
     kiln(["run", ZOO, "--no-opt", "--output", arg(&y)]).ok();
     let unoptimised = npy::read(&y).unwrap();
-    close(&unoptimised);
+    assert_close("jit --no-opt", &unoptimised, &interp);
     // the optimiser changed the arithmetic (batch norms folded), so the two
     // JIT results are close but not bit-identical
     assert_ne!(jit, unoptimised);

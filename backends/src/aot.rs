@@ -331,12 +331,9 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
         .emit()
         .map_err(|e| BackendError::Object(e.to_string()))?;
     let undefined: Vec<String> = undefined.into_iter().collect();
-    let isa_flags: Vec<String> = target
-        .speed
-        .isa_flags()
-        .iter()
-        .filter(|v| v.as_bool() == Some(true))
-        .map(|v| v.name.to_string())
+    let isa_flags: Vec<String> = crate::target::enabled_flags(&*target.speed)
+        .into_iter()
+        .map(String::from)
         .collect();
     let header = header::header(&header::HeaderInfo {
         name,

@@ -196,12 +196,9 @@ mod tests {
     /// The `cpu_supported` test of an object for `cpu`, and its tile level.
     fn test_for(cpu: &str) -> (String, TileLevel) {
         let t = Target::aot("x86_64-unknown-linux-gnu", cpu, false).unwrap();
-        let flags: Vec<String> = t
-            .speed
-            .isa_flags()
-            .iter()
-            .filter(|v| v.as_bool() == Some(true))
-            .map(|v| v.name.to_string())
+        let flags: Vec<String> = crate::target::enabled_flags(&*t.speed)
+            .into_iter()
+            .map(String::from)
             .collect();
         (cpu_test("x86_64-unknown-linux-gnu", &flags).0, t.tiles)
     }

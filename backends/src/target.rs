@@ -62,11 +62,8 @@ impl TileLevel {
     /// The level an ISA with these Cranelift flags supports: x86-64 with
     /// the System V convention only (the assembled code is written for it).
     fn of(isa: &dyn cranelift_codegen::isa::TargetIsa) -> TileLevel {
-        let has = |name: &str| {
-            isa.isa_flags()
-                .iter()
-                .any(|v| v.name == name && v.as_bool() == Some(true))
-        };
+        let flags = enabled_flags(isa);
+        let has = |name: &str| flags.contains(&name);
         let x86_sysv = isa.name() == "x64"
             && isa.default_call_conv() == cranelift_codegen::isa::CallConv::SystemV;
         if !x86_sysv || !isa.has_native_fma() {
@@ -87,14 +84,19 @@ impl std::fmt::Display for TileLevel {
     }
 }
 
+/// The boolean ISA flags `isa` has switched on (`has_avx2`, `has_lse`, ...).
+pub(crate) fn enabled_flags(isa: &dyn cranelift_codegen::isa::TargetIsa) -> Vec<&'static str> {
+    isa.isa_flags()
+        .iter()
+        .filter(|v| v.as_bool() == Some(true))
+        .map(|v| v.name)
+        .collect()
+}
+
 /// Whether `isa` lacks the 128-bit float SIMD every kernel is written in.
 /// x86-64 (SSE2) and aarch64 (NEON) always have it; riscv64 only with V.
 fn lacks_simd(isa: &dyn cranelift_codegen::isa::TargetIsa) -> bool {
-    let has_v = isa
-        .isa_flags()
-        .iter()
-        .any(|v| v.name == "has_v" && v.as_bool() == Some(true));
-    isa.name() == "riscv64" && !has_v
+    isa.name() == "riscv64" && !enabled_flags(isa).contains(&"has_v")
 }
 
 impl Target {
@@ -206,12 +208,9 @@ impl Target {
     /// that matter to kiln.
     pub fn describe(&self) -> String {
         let wanted = ["has_avx", "has_avx2", "has_fma", "has_avx512f", "has_sse41"];
-        let feats: Vec<&str> = self
-            .speed
-            .isa_flags()
-            .iter()
-            .filter(|v| wanted.contains(&v.name) && v.as_bool() == Some(true))
-            .map(|v| v.name)
+        let feats: Vec<&str> = enabled_flags(&*self.speed)
+            .into_iter()
+            .filter(|f| wanted.contains(f))
             .collect();
         format!(
             "{} [{}] fma={} tiles={}{}",

@@ -307,10 +307,7 @@ fn check_optimised(what: &str, model: &Model, hosts: &[&Host]) {
 /// Runs `model` through every host and compares with the interpreter on
 /// `reference` (the same function, possibly before optimisation).
 fn check_against(what: &str, model: &Model, reference: &Model, hosts: &[&Host]) {
-    let g = &model.graph;
-    let mut rng = Rng(42);
-    let shape = g.value_type(Value::of(g.inputs()[0])).shape.clone();
-    let input = tensor(&mut rng, &shape, Fill::Range(-1.0, 1.0));
+    let input = common::graph_inputs(&model.graph).remove(0);
     let want = kiln_ir::interp::run(
         &reference.graph,
         &reference.weights,

@@ -9,11 +9,11 @@
 
 mod common;
 
-use common::{Arg, Fill, Rng, asm_levels, check, input, level_opts, opts, single, tensor, weight};
+use common::{Arg, Fill, Rng, asm_levels, check, input, level_opts, opts, single, weight};
 use kiln_backends::{CompileOptions, TileLevel, compile};
 use kiln_frontends::zoo::{self, ZooOptions};
 use kiln_ir::fused::{Act, ConvStage, FusedOp};
-use kiln_ir::{Float, Model, Op, Tensor, Value, interp};
+use kiln_ir::{Float, Model, Op, interp};
 
 /// The kernel descriptions of `model` compiled at 1 thread.
 fn kernels(model: &Model, options: &CompileOptions) -> Vec<String> {
@@ -694,24 +694,13 @@ fn linear_epilogues() {
 
 /// `optimize` the zoo model, compile the result, and compare it with the
 /// interpreter on the *unoptimised* model; the compiled model must contain
-/// fused conv kernels (so a fallback to the expansion fails here).
-fn zoo_optimised(name: &str) {
+/// fused conv kernels (so a fallback to the expansion fails here). Returns
+/// the optimised model.
+fn zoo_optimised(name: &str) -> Model {
     let model = zoo::build(name, &ZooOptions::default()).unwrap();
     let (opt, _) = kiln_passes::optimize(&model, &kiln_passes::OptOptions::default()).unwrap();
-    let g = &model.graph;
-    let mut rng = Rng(42);
-    let inputs: Vec<Tensor> = g
-        .inputs()
-        .iter()
-        .map(|&n| {
-            tensor(
-                &mut rng,
-                &g.value_type(Value::of(n)).shape,
-                Fill::Range(-1.0, 1.0),
-            )
-        })
-        .collect();
-    let want = interp::run(g, &model.weights, &inputs).unwrap();
+    let inputs = common::graph_inputs(&model.graph);
+    let want = interp::run(&model.graph, &model.weights, &inputs).unwrap();
     // every assembled level the host has at 1 and 2 threads (bit for bit
     // equal), then the Cranelift tiles
     let mut runs: Vec<(TileLevel, usize)> = Vec::new();
@@ -746,14 +735,13 @@ fn zoo_optimised(name: &str) {
             common::assert_same_bits(&format!("{name} {label}"), &one, &got);
         }
     }
+    opt
 }
 
 #[test]
 fn zoo_mobile_former_26m_optimised() {
-    zoo_optimised("mobile_former_26m");
+    let opt = zoo_optimised("mobile_former_26m");
     // the bridges and the Former's attention ran as kernels of their own
-    let model = zoo::build("mobile_former_26m", &ZooOptions::default()).unwrap();
-    let (opt, _) = kiln_passes::optimize(&model, &kiln_passes::OptOptions::default()).unwrap();
     let ks = kernels(&opt, &opts(1));
     for want in ["fused_m2f attention", "fused_f2m attention", "fused_mha"] {
         assert!(

@@ -6,25 +6,12 @@
 
 mod common;
 
-use common::{Fill, Rng, check, check_scalar, tensor};
+use common::{check, check_scalar, graph_inputs};
 use kiln_frontends::zoo::{self, ZooOptions};
-use kiln_ir::Value;
 
 fn zoo_case(name: &str) -> (kiln_ir::Model, Vec<kiln_ir::Tensor>) {
     let model = zoo::build(name, &ZooOptions::default()).unwrap();
-    let g = &model.graph;
-    let mut rng = Rng(42);
-    let inputs: Vec<_> = g
-        .inputs()
-        .iter()
-        .map(|&n| {
-            tensor(
-                &mut rng,
-                &g.value_type(Value::of(n)).shape,
-                Fill::Range(-1.0, 1.0),
-            )
-        })
-        .collect();
+    let inputs = graph_inputs(&model.graph);
     (model, inputs)
 }
 

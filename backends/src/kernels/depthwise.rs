@@ -664,13 +664,18 @@ fn asm_spec(g: Geom, epi: &Epilogue) -> Option<asm_dw::Spec> {
 /// Cranelift calls for two scalar columns cost as much as the assembled
 /// interior of a small plane.
 fn asm_edges(g: Geom) -> (bool, bool) {
-    let (sw, pl) = (g.stride[1], g.pad[1]);
-    let (ow_lo, ow_hi) = interior(g.wo, g.w, g.kw, sw, g.dil[1], pl);
-    let left = ow_lo == 1 && valid_taps(0, g.w, g.kw, sw, g.dil[1], pl) == [1, 2];
-    let right = ow_hi + 1 == g.wo
-        && ow_hi > ow_lo
-        && valid_taps(g.wo - 1, g.w, g.kw, sw, g.dil[1], pl) == [0, 1];
-    (left, right)
+    edge_pair(g.wo, g.w, g.kw, g.stride[1], g.dil[1], g.pad[1])
+}
+
+/// Along one axis (`out` outputs over an input of `len`, `k` taps, stride
+/// `s`, dilation `d`, leading pad `p`): whether the first and the last
+/// output are one step outside the interior and lack exactly the one
+/// padding tap (tap 0 first, tap 2 last) that the assembled code can skip.
+fn edge_pair(out: usize, len: usize, k: usize, s: usize, d: usize, p: usize) -> (bool, bool) {
+    let (lo, hi) = interior(out, len, k, s, d, p);
+    let first = lo == 1 && valid_taps(0, len, k, s, d, p) == [1, 2];
+    let last = hi + 1 == out && hi > lo && valid_taps(out - 1, len, k, s, d, p) == [0, 1];
+    (first, last)
 }
 
 /// Whether the assembled interior of `g` also computes the top and the
@@ -682,13 +687,7 @@ fn asm_edge_rows(g: Geom) -> (bool, bool) {
     if asm_cols(g) != (0, g.wo) {
         return (false, false);
     }
-    let (sh, pt) = (g.stride[0], g.pad[0]);
-    let (oh_lo, oh_hi) = interior(g.ho, g.h, g.kh, sh, g.dil[0], pt);
-    let top = oh_lo == 1 && valid_taps(0, g.h, g.kh, sh, g.dil[0], pt) == [1, 2];
-    let bottom = oh_hi + 1 == g.ho
-        && oh_hi > oh_lo
-        && valid_taps(g.ho - 1, g.h, g.kh, sh, g.dil[0], pt) == [0, 1];
-    (top, bottom)
+    edge_pair(g.ho, g.h, g.kh, g.stride[0], g.dil[0], g.pad[0])
 }
 
 /// The output rows `[lo, hi)` the assembled interior computes for `g`.

@@ -65,6 +65,22 @@ pub fn tensor(rng: &mut Rng, shape: &[usize], fill: Fill) -> Tensor {
     Tensor::from_f32(shape.to_vec(), data).unwrap()
 }
 
+/// Seeded inputs for every input of `g`, uniform in [-1, 1): the inputs
+/// the whole-model tests (zoo, fused zoo, AOT) feed.
+pub fn graph_inputs(g: &Graph) -> Vec<Tensor> {
+    let mut rng = Rng(42);
+    g.inputs()
+        .iter()
+        .map(|&n| {
+            tensor(
+                &mut rng,
+                &g.value_type(Value::of(n)).shape,
+                Fill::Range(-1.0, 1.0),
+            )
+        })
+        .collect()
+}
+
 /// An operand of a single-op test graph.
 #[derive(Clone, Debug)]
 pub enum Arg {
