@@ -114,6 +114,101 @@ fn assembled_tile_edges() {
     }
 }
 
+/// The AVX-512 tile shapes fitted to awkward GEMMs (`gemm::asm_tile_for`):
+/// each case is an (M, N, K) the chooser gives a non-default shape — every
+/// width (16, 48, 64 columns and 32 with fewer rows), row counts past one
+/// and two tiles with a row tail, N = 49 and 97 (a last vector of one lane,
+/// run as ymm), tails of 9..15 lanes — plus the default 14×32 on N = 49.
+/// Each runs as a pointwise conv (A packed for that shape, B copied to a
+/// run-time panel of that width) and as a linear layer (B packed for that
+/// width), with activations, biases and residuals rotating, at every level
+/// the host has (the AVX2 tile stays 6×16); on an AVX-512 host it asserts
+/// the shape the kernel ran.
+#[test]
+fn gemmfit_tile_shapes() {
+    // (M, N, K, expected AVX-512 tile rows × columns)
+    let cases = [
+        (16, 49, 8, 6, 64),
+        (15, 49, 3, 5, 64),
+        (17, 97, 3, 6, 64),
+        (3, 49, 17, 3, 64),
+        (2, 97, 3, 2, 64),
+        (9, 97, 1, 9, 48),
+        (17, 33, 8, 9, 48),
+        (8, 97, 3, 8, 48),
+        (19, 33, 3, 7, 48),
+        (6, 40, 17, 6, 48),
+        (29, 1, 1, 15, 16),
+        (31, 5, 2, 16, 16),
+        (57, 16, 3, 19, 16),
+        (49, 97, 1, 25, 16),
+        (55, 33, 1, 28, 16),
+        (15, 17, 3, 8, 32),
+        (29, 17, 8, 10, 32),
+        (43, 17, 17, 11, 32),
+        (13, 49, 17, 14, 32),
+        (29, 49, 17, 6, 64),
+    ];
+    let avx512 = asm_levels().contains(&TileLevel::Avx512);
+    for (i, &(m, n, k, mr, nr)) in cases.iter().enumerate() {
+        let act = Act::ALL[i % Act::ALL.len()];
+        let (bias, residual) = (i % 3 != 0, i % 2 == 0);
+        let tile = format!("tile {mr}x{nr} avx512");
+        let (op, args) = fused_conv(&ConvSpec {
+            c: k,
+            o: m,
+            groups: 1,
+            k: 1,
+            h: 1,
+            w: n,
+            stride: 1,
+            pad: [0; 4],
+            shuffle: 1,
+            act,
+            bias,
+            residual,
+        });
+        let what = format!("fitted tile conv M={m} N={n} K={k} {act:?} bias {bias} res {residual}");
+        check_tiles(&what, op.clone(), &args, 1700 + i as u64, "pointwise conv");
+        if avx512 {
+            let mut rng = Rng(1700 + i as u64);
+            let (model, _) = single(Op::Fused(op), &args, &mut rng, Fill::Signed);
+            let ks = kernels(&model, &level_opts(1, TileLevel::Avx512));
+            assert!(
+                ks.iter().any(|d| d.contains(&tile)),
+                "{what}: not {tile}: {ks:?}"
+            );
+        }
+        if act == Act::DyRelu {
+            continue;
+        }
+        let mut args = vec![input(&[1, m, k]), weight(&[k, n])];
+        if bias {
+            args.push(weight(&[n]));
+        }
+        if residual {
+            args.push(input(&[1, m, n]));
+        }
+        let op = FusedOp::Linear {
+            bias,
+            act,
+            residual,
+        };
+        let what =
+            format!("fitted tile linear M={m} N={n} K={k} {act:?} bias {bias} res {residual}");
+        check_tiles(&what, op.clone(), &args, 1800 + i as u64, "linear");
+        if avx512 {
+            let mut rng = Rng(1800 + i as u64);
+            let (model, _) = single(Op::Fused(op), &args, &mut rng, Fill::Signed);
+            let ks = kernels(&model, &level_opts(1, TileLevel::Avx512));
+            assert!(
+                ks.iter().any(|d| d.contains(&tile)),
+                "{what}: not {tile}: {ks:?}"
+            );
+        }
+    }
+}
+
 /// [`check_fused`], then that at each assembled level the host has the
 /// fused GEMM kernel calls that level's tiles (its description names it).
 fn check_tiles(what: &str, op: FusedOp, args: &[Arg], seed: u64, what_kernel: &str) {

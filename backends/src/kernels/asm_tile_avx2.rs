@@ -299,6 +299,7 @@ mod tests {
             k: 7,
             mr: MR,
             nt: NR,
+            nr: NR,
             a_rs: 1,
             a_ks: MR,
             b_ks: NR,
@@ -319,6 +320,8 @@ mod tests {
         assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3]);
         assert!(assemble(&Variant { mr: 7, ..v }).is_err());
         assert!(assemble(&Variant { nt: 17, ..v }).is_err());
+        // only the 16-column panel
+        assert!(assemble(&Variant { nr: 32, ..v }).is_err());
         assert!(assemble(&Variant { b_pack: true, ..v }).is_err());
         assert!(assemble(&Variant { c_rs: 1 << 30, ..v }).is_err());
     }
