@@ -3,11 +3,14 @@
 //! 128-bit vectors on x86-64, a quarter of what an AVX-512 core can do.
 //!
 //! A tile computes `C[mr × nt] = init + A[mr × K] · B[K × nt]` with
-//! `mr ≤ 14` rows and `nt ≤ 32` columns held in up to 28 zmm accumulators.
+//! `nt ≤ nr` columns, `nr` one of 16, 32, 48, 64, and as many rows as fit
+//! 28 zmm accumulators ([`max_rows`]: 14 at the default 32 columns); the
+//! GEMM driver picks the shape per product (`gemm::asm_tile_for`).
 //! A (a packed panel, or activations with baked strides) is broadcast one
 //! element at a time;
-//! B rows are loaded as one or two zmm vectors (column tails are masked, so
-//! an unpadded B is never read past its end). `init` is zero, one bias
+//! B rows are loaded as one to four zmm vectors (column tails are masked,
+//! so an unpadded B is never read past its end; a last vector of ≤ 8 lanes
+//! is a ymm in the K loop). `init` is zero, one bias
 //! value per row, or a bias row. Every parameter — K, strides, the row and column counts —
 //! is baked in, so the driver assembles one function per variant it needs.
 //!

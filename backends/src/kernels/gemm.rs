@@ -17,7 +17,8 @@
 //! Fused conv/linear kernels add an [`Epilogue`] (activation, then a
 //! residual laid out like C) applied to the accumulators right before the
 //! store: in the Cranelift tile on the f32x4 accumulators; in the assembled
-//! tiles (AVX-512 14×32 or AVX2 6×16, by the `AsmStore`'s level) as vector
+//! tiles (AVX-512 shapes fitted per GEMM by [`asm_tile_for`], or AVX2
+//! 6×16, by the `AsmStore`'s level) as vector
 //! instructions, except GELU, which the driver applies
 //! in a sweep over the tile the assembled code just wrote (still in L1),
 //! together with the residual. The Cranelift tile sweeps its expensive
@@ -218,7 +219,8 @@ pub(crate) struct Gemm {
 /// The assembled tile variants a GEMM calls.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AsmTiles {
-    /// the instruction set they are assembled for (sets `MR × NR`)
+    /// the instruction set they are assembled for (the shape is the
+    /// GEMM's `tile`)
     pub level: TileLevel,
     /// variant numbers in the `AsmStore`, by
     /// `4·packs + 2·(rows < MR) + (columns < NR)`, where `packs` marks the
