@@ -143,6 +143,11 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
                 a.vmovups(ymmword_ptr(rax + disp(p_off + 32 * z)), ymm(12 + z))?;
             }
         }
+        if v.b_pack && (v.act != Act::None || v.residual) {
+            // the next column panel's line of this B row, as the AVX-512
+            // tile does (see there why only under an epilogue)
+            a.prefetcht0(byte_ptr(rsi + disp(b_off + 4 * NR)))?;
+        }
         for i in 0..v.mr {
             a.vbroadcastss(ymm14, dword_ptr(rdi + disp(a_off + 4 * i * v.a_rs)))?;
             for z in 0..nz {
