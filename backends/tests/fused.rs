@@ -769,8 +769,30 @@ fn conv_chains_in_bands() {
             cs.n,
             k = cs.k
         );
-        check_fused(&what, chain, &args, 400 + i as u64, "conv chain");
+        let mut rng = Rng(400 + i as u64);
+        let (model, inputs) = single(Op::Fused(chain), &args, &mut rng, Fill::Signed);
+        common::check_tweaked(&what, &model, &inputs, banded);
+        for level in asm_levels().into_iter().chain([TileLevel::F32x4]) {
+            let mut o = level_opts(1, level);
+            banded(&mut o);
+            let ks = kernels(&model, &o);
+            assert!(
+                ks.iter().any(|k| k.starts_with("fused conv chain")),
+                "{what}: no chain kernel ({level} tiles): {ks:?}"
+            );
+            // without the option, the chain is split into three convs
+            let ks = kernels(&model, &level_opts(1, level));
+            assert!(
+                ks.iter().all(|k| !k.starts_with("fused conv chain")),
+                "{what}: chain kernel without --banded-chains ({level} tiles): {ks:?}"
+            );
+        }
     }
+}
+
+/// Options with `CompileOptions::banded_chains` on.
+fn banded(o: &mut CompileOptions) {
+    o.banded_chains = true;
 }
 
 #[test]
@@ -884,13 +906,22 @@ fn zoo_mobile_former_26m_optimised() {
 #[test]
 fn zoo_mobilevitv2_050_optimised() {
     let opt = zoo_optimised("mobilevitv2_050");
-    // the inverted residuals of the 128² and 64² stages ran band by band
-    let ks = kernels(&opt, &opts(1));
+    // with --banded-chains, the inverted residuals of the 128² and 64²
+    // stages run band by band, at 1 and 2 threads bit for bit (the
+    // optimised graph's interpreter run is the oracle here)
+    let mut o = opts(1);
+    banded(&mut o);
+    let ks = kernels(&opt, &o);
     let chains = ks
         .iter()
         .filter(|k| k.starts_with("fused conv chain"))
         .count();
     assert!(chains >= 3, "mobilevitv2_050: {chains} chain kernels");
+    let inputs = common::graph_inputs(&opt.graph);
+    let one = common::check_with("mobilevitv2_050 banded chains", &opt, &inputs, &o);
+    o.threads = Some(2);
+    let two = common::check_with("mobilevitv2_050 banded chains", &opt, &inputs, &o);
+    common::assert_same_bits("mobilevitv2_050 banded chains", &one, &two);
 }
 
 #[test]

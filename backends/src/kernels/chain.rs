@@ -300,8 +300,9 @@ fn plan_of(op: &Op, ops: &[TensorType], out: &[usize]) -> Option<Plan> {
     (per_channel && bias_ok && residual_ok).then_some(plan)
 }
 
-/// Whether chain node `id` runs as [`ChainConv`] (else it is split into
-/// one `fused_conv` per stage): a pointwise → depthwise → pointwise block
+/// Whether chain node `id` can run as [`ChainConv`] (with
+/// `CompileOptions::banded_chains`; else it is split into one `fused_conv`
+/// per stage): a pointwise → depthwise → pointwise block
 /// with constant pointwise weights (packed at compile time) and a large
 /// enough expanded tensor.
 pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {

@@ -6,11 +6,11 @@
 //! and the few shapes these kernels do not take, are expanded into
 //! primitive ops before lowering ([`has_kernel`] decides,
 //! `compiled::front` expands). A
-//! `fused_conv_chain` that is an inverted-residual block (pointwise →
-//! depthwise → pointwise, big enough to gain) runs band by band in
-//! `chain.rs`, its expanded tensor never in memory; any other chain is
-//! first split into one `fused_conv` per stage ([`split_conv_chains`]),
-//! each convolution keeping its epilogue.
+//! `fused_conv_chain` is split into one `fused_conv` per stage
+//! ([`split_conv_chains`]), each convolution keeping its epilogue; with
+//! `CompileOptions::banded_chains`, an inverted-residual block (pointwise
+//! → depthwise → pointwise with a large expanded tensor) runs band by band
+//! in `chain.rs` instead, its expanded tensor never in memory.
 //!
 //! The residual is read at the index about to be written; it is never the
 //! output buffer, because fused nodes have no in-place operand
@@ -138,21 +138,21 @@ pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {
     }
 }
 
-/// Rewrites every `fused_conv_chain` of `g` without a kernel of its own
-/// (`chain::has_kernel`) into its stages, each a
+/// Rewrites every `fused_conv_chain` of `g` but those to `keep` (which
+/// run as `chain.rs` kernels) into its stages, each a
 /// `fused_conv` with the stage's bias and activation, the chain's residual
 /// on the last one. This is the chain's own expansion
 /// (`FusedOp::expand`: each stage is conv2d → epilogue, then the residual
 /// after the last activation) grouped per convolution. Returns how many
 /// chains were split.
-pub(crate) fn split_conv_chains(g: &mut Graph) -> Result<usize, IrError> {
+pub(crate) fn split_conv_chains(
+    g: &mut Graph,
+    keep: impl Fn(&Graph, NodeId) -> bool,
+) -> Result<usize, IrError> {
     let chains: Vec<NodeId> = g
         .topo_order()?
         .into_iter()
-        .filter(|&id| {
-            matches!(g.node(id).op, Op::Fused(FusedOp::ConvChain { .. }))
-                && !chain::has_kernel(g, id)
-        })
+        .filter(|&id| matches!(g.node(id).op, Op::Fused(FusedOp::ConvChain { .. })) && !keep(g, id))
         .collect();
     for &id in &chains {
         let Op::Fused(FusedOp::ConvChain { stages, residual }) = g.node(id).op.clone() else {
