@@ -738,6 +738,158 @@ fn conv_chains_split_into_fused_convs() {
     }
 }
 
+/// Inverted-residual chains big enough for the banded kernel (chain.rs,
+/// an expanded tensor over 1 MB): stride 1 and 2, 3×3 and 5×5, odd and
+/// even maps (the last band's window reaching past the image, which the
+/// kernel zero-fills), asymmetric padding, two images (two slabs each),
+/// dynamic-ReLU slopes on every stage, stages without bias, a residual.
+/// `check` runs each at every tile level, at 1 and 2 threads bit for bit;
+/// every level must have run the chain kernel, not the split convs.
+#[test]
+fn conv_chains_in_bands() {
+    struct Case {
+        n: usize,
+        c: usize,
+        hw: [usize; 2],
+        e: usize,
+        o: usize,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+        acts: [Act; 3],
+        bias: [bool; 3],
+        residual: bool,
+    }
+    let cases = [
+        Case {
+            n: 1,
+            c: 8,
+            hw: [96, 80],
+            e: 36,
+            o: 8,
+            k: 3,
+            stride: 1,
+            pad: [1; 4],
+            acts: [Act::Silu, Act::Silu, Act::None],
+            bias: [true; 3],
+            residual: true,
+        },
+        Case {
+            n: 1,
+            c: 5,
+            hw: [97, 75],
+            e: 48,
+            o: 12,
+            k: 3,
+            stride: 2,
+            pad: [1; 4],
+            acts: [Act::DyRelu, Act::DyRelu, Act::DyRelu],
+            bias: [true; 3],
+            residual: false,
+        },
+        Case {
+            n: 2,
+            c: 6,
+            hw: [64, 96],
+            e: 44,
+            o: 7,
+            k: 5,
+            stride: 1,
+            pad: [2; 4],
+            acts: [Act::Relu6, Act::HardSwish, Act::Relu],
+            bias: [false, true, false],
+            residual: true,
+        },
+        Case {
+            n: 1,
+            c: 9,
+            hw: [96, 70],
+            e: 40,
+            o: 9,
+            k: 3,
+            stride: 2,
+            pad: [1, 0, 0, 1],
+            acts: [Act::Silu, Act::Relu, Act::None],
+            bias: [true, false, true],
+            residual: true,
+        },
+    ];
+    for (i, cs) in cases.iter().enumerate() {
+        let stage = |s: usize, stride: usize, pad: [usize; 4], groups: usize| ConvStage {
+            stride: [stride, stride],
+            pad,
+            groups,
+            bias: cs.bias[s],
+            shuffle: 1,
+            act: cs.acts[s],
+        };
+        let [h, w] = cs.hw;
+        let ho = (h + cs.pad[0] + cs.pad[2] - cs.k) / cs.stride + 1;
+        let wo = (w + cs.pad[1] + cs.pad[3] - cs.k) / cs.stride + 1;
+        let stages = vec![
+            stage(0, 1, [0; 4], 1),
+            stage(1, cs.stride, cs.pad, cs.e),
+            stage(2, 1, [0; 4], 1),
+        ];
+        let mut args = vec![input(&[cs.n, cs.c, h, w])];
+        for (s, (wshape, ch)) in [
+            (vec![cs.e, cs.c, 1, 1], cs.e),
+            (vec![cs.e, 1, cs.k, cs.k], cs.e),
+            (vec![cs.o, cs.e, 1, 1], cs.o),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            args.push(weight(&wshape));
+            if cs.bias[s] {
+                args.push(weight(&[ch]));
+            }
+            if cs.acts[s] == Act::DyRelu {
+                args.extend([input(&[1, ch, 1, 1]), input(&[1, ch, 1, 1])]);
+            }
+        }
+        if cs.residual {
+            args.push(input(&[cs.n, cs.o, ho, wo]));
+        }
+        let chain = FusedOp::ConvChain {
+            stages,
+            residual: cs.residual,
+        };
+        let what = format!(
+            "chain {}→{}→{} {k}x{k}/{} on {h}x{w}, {} image(s)",
+            cs.c,
+            cs.e,
+            cs.o,
+            cs.stride,
+            cs.n,
+            k = cs.k
+        );
+        let mut rng = Rng(400 + i as u64);
+        let (model, inputs) = single(Op::Fused(chain), &args, &mut rng, Fill::Signed);
+        common::check_tweaked(&what, &model, &inputs, banded);
+        for level in asm_levels().into_iter().chain([TileLevel::F32x4]) {
+            let mut o = level_opts(1, level);
+            banded(&mut o);
+            let ks = kernels(&model, &o);
+            assert!(
+                ks.iter().any(|k| k.starts_with("fused conv chain")),
+                "{what}: no chain kernel ({level} tiles): {ks:?}"
+            );
+            // without the option, the chain is split into three convs
+            let ks = kernels(&model, &level_opts(1, level));
+            assert!(
+                ks.iter().all(|k| !k.starts_with("fused conv chain")),
+                "{what}: chain kernel without --banded-chains ({level} tiles): {ks:?}"
+            );
+        }
+    }
+}
+
+/// Options with `CompileOptions::banded_chains` on.
+fn banded(o: &mut CompileOptions) {
+    o.banded_chains = true;
+}
+
 #[test]
 fn linear_epilogues() {
     let mut rng = Rng(5);
@@ -848,7 +1000,23 @@ fn zoo_mobile_former_26m_optimised() {
 
 #[test]
 fn zoo_mobilevitv2_050_optimised() {
-    zoo_optimised("mobilevitv2_050");
+    let opt = zoo_optimised("mobilevitv2_050");
+    // with --banded-chains, the inverted residuals of the 128² and 64²
+    // stages run band by band, at 1 and 2 threads bit for bit (the
+    // optimised graph's interpreter run is the oracle here)
+    let mut o = opts(1);
+    banded(&mut o);
+    let ks = kernels(&opt, &o);
+    let chains = ks
+        .iter()
+        .filter(|k| k.starts_with("fused conv chain"))
+        .count();
+    assert!(chains >= 3, "mobilevitv2_050: {chains} chain kernels");
+    let inputs = common::graph_inputs(&opt.graph);
+    let one = common::check_with("mobilevitv2_050 banded chains", &opt, &inputs, &o);
+    o.threads = Some(2);
+    let two = common::check_with("mobilevitv2_050 banded chains", &opt, &inputs, &o);
+    common::assert_same_bits("mobilevitv2_050 banded chains", &one, &two);
 }
 
 #[test]
