@@ -68,7 +68,9 @@ impl TileLevel {
             && isa.default_call_conv() == cranelift_codegen::isa::CallConv::SystemV;
         if !x86_sysv || !isa.has_native_fma() {
             TileLevel::F32x4
-        } else if has("has_avx512f") {
+        } else if has("has_avx512f") && has("has_avx512vl") {
+            // VL: the tiles' last vector of a row may be a ymm16–31
+            // (`asm_tile`), which needs EVEX on 256 bits
             TileLevel::Avx512
         } else if has("has_avx2") && has("has_fma") {
             TileLevel::Avx2
@@ -207,7 +209,14 @@ impl Target {
     /// A one-line description for reports: architecture and the features
     /// that matter to kiln.
     pub fn describe(&self) -> String {
-        let wanted = ["has_avx", "has_avx2", "has_fma", "has_avx512f", "has_sse41"];
+        let wanted = [
+            "has_avx",
+            "has_avx2",
+            "has_fma",
+            "has_avx512f",
+            "has_avx512vl",
+            "has_sse41",
+        ];
         let feats: Vec<&str> = enabled_flags(&*self.speed)
             .into_iter()
             .filter(|f| wanted.contains(f))
@@ -244,7 +253,7 @@ pub const AOT_TARGETS: &[(&str, &[CpuLevel])] = &[
             // AVX-512 F/VL/DQ/BW (Skylake-X, Zen 4 and later): the
             // assembled 16-lane functions as well
             // (Cranelift's preset names DQ and VL; the assembled code
-            // needs F, which every AVX-512 CPU has)
+            // needs F and VL, for the tiles' ymm16–31 row tails)
             ("x86-64-v4", &["x86-64-v4", "has_avx", "has_avx512f"]),
             // whatever this machine has
             ("native", &[]),

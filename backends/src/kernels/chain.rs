@@ -514,7 +514,7 @@ fn stage_gemm(
 ) -> Result<Gemm, BackendError> {
     let tile = match cx.asm.as_deref() {
         Some(store) => {
-            let (mr, nr) = store.tile_shape();
+            let (mr, nr) = store.tile_shape_for(m, n, k);
             Tile { mr, nv: nr / 4 }
         }
         None => cx.tile,
