@@ -31,7 +31,8 @@
 //!
 //! Token counts above [`MAX_TOKENS`] keep the expansion (the bridges hold
 //! one accumulator per token), as do operand shapes that only broadcast
-//! (a batch of 1 against `N`); `fused_sep_attn` and `fused_xca` always do.
+//! (a batch of 1 against `N`); `fused_xca` always does. `fused_sep_attn`
+//! has its kernel in `sep_attn.rs`.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::I64;
