@@ -954,7 +954,10 @@ fn separable_attention() {
                 pw * *rng.pick(&[1usize, 3, 5, 8, 9, 16]),
             ),
             // [N, d, P, Np]: pixel slots, then patches
-            None => (*rng.pick(&[1usize, 2, 4, 6]), *rng.pick(&[1usize, 3, 5, 16, 17])),
+            None => (
+                *rng.pick(&[1usize, 2, 4, 6]),
+                *rng.pick(&[1usize, 3, 5, 16, 17]),
+            ),
         };
         let r = 1 + 2 * d;
         // run-time projection weights every fifth case (A read strided)

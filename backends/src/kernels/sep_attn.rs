@@ -556,6 +556,9 @@ mod tests {
         // the unfolded form is the folded one with patch P × 1
         let s = Sep::of(&unfolded, &ops(&[2, 3, 4, 5], 3)).unwrap();
         assert_eq!((s.h, s.w, s.ph, s.pw, s.slots()), (4, 5, 4, 1, 4));
-        assert_eq!(scratch_bytes(&unfolded, &ops(&[2, 3, 4, 5], 3)), 4 * 2 * 7 * 20);
+        assert_eq!(
+            scratch_bytes(&unfolded, &ops(&[2, 3, 4, 5], 3)),
+            4 * 2 * 7 * 20
+        );
     }
 }
