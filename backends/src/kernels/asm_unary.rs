@@ -1,6 +1,7 @@
 //! AVX-512 element-wise transcendentals (`exp`, `sigmoid`, `silu`), and
 //! the softmax routines built on the same `exp` (a long row; blocks of 16
-//! short rows), assembled at compile time with iced-x86.
+//! short rows), and the Mobile→Former bridge's `P·X` pass, assembled at
+//! compile time with iced-x86.
 //!
 //! Cranelift lowers only 128-bit vectors on x86-64, and an `exp`-based
 //! activation in f32x4 runs at about 6.6 GB/s here — compute-bound: SiLU
@@ -510,6 +511,102 @@ fn emit_softmax_row() -> Result<Vec<u8>, IcedError> {
     a.assemble(0)
 }
 
+/// The most tokens [`assemble_m2f_px`] takes: one zmm accumulator per
+/// token, zmm4..zmm15.
+pub(crate) const M2F_PX_MAX_TOKENS: usize = 12;
+
+/// Whether [`assemble_m2f_px`] takes these dimensions: 1 to
+/// [`M2F_PX_MAX_TOKENS`] tokens, at least one pixel, every row and gate
+/// offset an `i32` displacement.
+pub(crate) fn m2f_px_fits(m: usize, l: usize, c: usize) -> bool {
+    let disp = |x: usize| {
+        x.checked_mul(4 * m)
+            .is_some_and(|b| i32::try_from(b).is_ok())
+    };
+    (1..=M2F_PX_MAX_TOKENS).contains(&m) && l > 0 && disp(l) && disp(c)
+}
+
+/// The key the assembled Mobile→Former `P·X` pass with these baked-in
+/// dimensions is cached under.
+pub(crate) fn m2f_px_key(m: usize, l: usize, c: usize, twice: bool) -> String {
+    format!("m2f px m={m} l={l} c={c} twice={twice}")
+}
+
+/// Assembles the Mobile→Former bridge's `P·X` pass for one channel,
+/// `fn(x: *const f32, p: *const f32, g: *const f32, o: *mut f32)` (System
+/// V: rdi, rsi, rdx, rcx): for every token `t < m`, `o[t·c] = (Σ_{i<l}
+/// p[t·l + i]·x[i]) · g[t·c]`, the gate doubled first when `twice` (exact).
+/// `x` is the channel's row of `l` pixels, `p` the `m` rows of softmax
+/// weights. 16 pixels per step, one accumulator per token, the last `l mod
+/// 16` pixels by zero-masked loads (nothing past a row is read); each sum
+/// is reduced in a fixed order, so results do not depend on the caller's
+/// thread. The f32x4 form in `attention.rs` was bound by its instruction
+/// count (one FMA per 4 pixels and token).
+pub(crate) fn assemble_m2f_px(
+    m: usize,
+    l: usize,
+    c: usize,
+    twice: bool,
+) -> Result<Vec<u8>, String> {
+    if !m2f_px_fits(m, l, c) {
+        return Err(format!(
+            "no assembled m2f P·X pass for {m} tokens, {l} pixels, {c} channels"
+        ));
+    }
+    emit_m2f_px(m, l, c, twice).map_err(|e| e.to_string())
+}
+
+fn emit_m2f_px(m: usize, l: usize, c: usize, twice: bool) -> Result<Vec<u8>, IcedError> {
+    const Y: [AsmRegisterYmm; 16] = [
+        ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13,
+        ymm14, ymm15,
+    ];
+    let mut a = CodeAssembler::new(64)?;
+    for t in 0..m {
+        a.vxorps(zmm(4 + t), zmm(4 + t), zmm(4 + t))?;
+    }
+    // row t of p is 4·t·l bytes past the walking pointer
+    let row = |t: usize| (4 * t * l) as i32;
+    a.mov(r8, l as u64)?;
+    for_vectors(&mut a, &[rdi, rsi], |a, masked| {
+        if masked {
+            a.vmovups(zmm0.k1().z(), zmmword_ptr(rdi))?;
+            for t in 0..m {
+                a.vmovups(zmm1.k1().z(), zmmword_ptr(rsi + row(t)))?;
+                a.vfmadd231ps(zmm(4 + t), zmm0, zmm1)?;
+            }
+            Ok(())
+        } else {
+            a.vmovups(zmm0, zmmword_ptr(rdi))?;
+            for t in 0..m {
+                a.vfmadd231ps(zmm(4 + t), zmm0, zmmword_ptr(rsi + row(t)))?;
+            }
+            Ok(())
+        }
+    })?;
+    for t in 0..m {
+        // halves, quarters, then pairs: a fixed order
+        a.vextractf64x4(ymm1, zmm(4 + t), 1)?;
+        a.vaddps(ymm1, ymm1, Y[4 + t])?;
+        a.vextractf128(xmm2, ymm1, 1)?;
+        a.vaddps(xmm1, xmm1, xmm2)?;
+        a.vpermilps(xmm2, xmm1, 0x4E)?;
+        a.vaddps(xmm1, xmm1, xmm2)?;
+        a.vpermilps(xmm2, xmm1, 0xB1)?;
+        a.vaddss(xmm1, xmm1, xmm2)?;
+        let at = (4 * t * c) as i32;
+        a.vmovss(xmm2, dword_ptr(rdx + at))?;
+        if twice {
+            a.vaddss(xmm2, xmm2, xmm2)?;
+        }
+        a.vmulss(xmm1, xmm1, xmm2)?;
+        a.vmovss(dword_ptr(rcx + at), xmm1)?;
+    }
+    a.vzeroupper()?;
+    a.ret()?;
+    a.assemble(0)
+}
+
 /// `zmm0 = f(zmm0)`; clobbers zmm1..zmm3.
 fn apply(a: &mut CodeAssembler, f: Func) -> Result<(), IcedError> {
     match f {
@@ -549,5 +646,14 @@ mod tests {
             assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{len}");
         }
         assert!(assemble_softmax_lanes(LANES_MAX_LEN + 1).is_err());
+        for (m, l) in [(1, 1), (6, 49), (12, 3136)] {
+            let code = assemble_m2f_px(m, l, 64, m == 6).unwrap();
+            assert_eq!(
+                &code[code.len() - 4..],
+                &[0xC5, 0xF8, 0x77, 0xC3],
+                "{m} {l}"
+            );
+        }
+        assert!(assemble_m2f_px(M2F_PX_MAX_TOKENS + 1, 16, 8, false).is_err());
     }
 }

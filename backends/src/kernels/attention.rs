@@ -416,6 +416,9 @@ struct M2fCore {
     so: Buf,
     /// the assembled row softmax, by its number in the `AsmStore`
     asm: Option<usize>,
+    /// the assembled `P·X` pass (`asm_unary::assemble_m2f_px`), only with
+    /// the row softmax (it takes the weights normalised)
+    px: Option<usize>,
 }
 
 impl Kernel for M2fCore {
@@ -456,6 +459,14 @@ impl Kernel for M2fCore {
             }
             (e.b.import_signature(sig), id)
         });
+        // fn(x, p, g, o) of the assembled P·X pass
+        let px = self.px.filter(|_| self.asm.is_some()).map(|id| {
+            let mut sig = Signature::new(CallConv::SystemV);
+            for _ in 0..4 {
+                sig.params.push(AbiParam::new(I64));
+            }
+            (e.b.import_signature(sig), id)
+        });
         e.for_range(begin, end, 1, |e, u| {
             let n = e.b.ins().udiv_imm_u(u, b.heads as i64);
             let j = e.b.ins().urem_imm_u(u, b.heads as i64);
@@ -485,6 +496,18 @@ impl Kernel for M2fCore {
                     }
                 })
                 .collect();
+            if let Some((sig, id)) = px {
+                // per channel, 16 pixels at a time, gated and stored by
+                // the assembled pass
+                e.for_static(0, dh as i64, 1, |e, ch| {
+                    let xc = xh.at(e, ch, 4 * l as i64);
+                    let gc = gh.at(e, ch, 4);
+                    let oc = oh.at(e, ch, 4);
+                    let f = e.asm_fn(id);
+                    e.b.ins().call_indirect(sig, f, &[xc.p, sh.p, gc.p, oc.p]);
+                });
+                return;
+            }
             // per channel: Σ_l P[t,l]·X[ch,l] for every token t
             e.for_static(0, dh as i64, 1, |e, ch| {
                 let xc = xh.at(e, ch, 4 * l as i64);
@@ -1006,6 +1029,16 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                 )),
             };
             ks.push(Box::new(matmul::finish(cx, gm)?));
+            let px = match (asm, cx.asm512()) {
+                (Some(_), Some(store)) if asm_unary::m2f_px_fits(b.m, b.l, b.c) => Some(
+                    store
+                        .request_named(asm_unary::m2f_px_key(b.m, b.l, b.c, gate), || {
+                            asm_unary::assemble_m2f_px(b.m, b.l, b.c, gate)
+                        })
+                        .map_err(BackendError::Jit)?,
+                ),
+                _ => None,
+            };
             ks.push(Box::new(M2fCore {
                 b,
                 x: cx.ins[0].buf,
@@ -1014,6 +1047,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                 ss,
                 so,
                 asm,
+                px,
             }));
             // out = z + og·Wo + bo, then the layer norm in place
             let epi = Epilogue {
