@@ -512,15 +512,21 @@ fn emit_softmax_row() -> Result<Vec<u8>, IcedError> {
 }
 
 /// The most tokens [`assemble_m2f_px`] takes: one zmm accumulator per
-/// token, zmm4..zmm15.
+/// token and channel of a block, zmm4..zmm27.
 pub(crate) const M2F_PX_MAX_TOKENS: usize = 12;
+
+/// Channels per call of [`assemble_m2f_px`] for `m` tokens: up to four,
+/// `cb·m` accumulators at most 24.
+pub(crate) fn m2f_px_block(m: usize) -> usize {
+    (24 / m.max(1)).clamp(1, 4)
+}
 
 /// Whether [`assemble_m2f_px`] takes these dimensions: 1 to
 /// [`M2F_PX_MAX_TOKENS`] tokens, at least one pixel, every row and gate
 /// offset an `i32` displacement.
 pub(crate) fn m2f_px_fits(m: usize, l: usize, c: usize) -> bool {
     let disp = |x: usize| {
-        x.checked_mul(4 * m)
+        x.checked_mul(4 * (m + 4))
             .is_some_and(|b| i32::try_from(b).is_ok())
     };
     (1..=M2F_PX_MAX_TOKENS).contains(&m) && l > 0 && disp(l) && disp(c)
@@ -528,79 +534,94 @@ pub(crate) fn m2f_px_fits(m: usize, l: usize, c: usize) -> bool {
 
 /// The key the assembled Mobile→Former `P·X` pass with these baked-in
 /// dimensions is cached under.
-pub(crate) fn m2f_px_key(m: usize, l: usize, c: usize, twice: bool) -> String {
-    format!("m2f px m={m} l={l} c={c} twice={twice}")
+pub(crate) fn m2f_px_key(m: usize, l: usize, c: usize, cb: usize, twice: bool) -> String {
+    format!("m2f px m={m} l={l} c={c} cb={cb} twice={twice}")
 }
 
-/// Assembles the Mobile→Former bridge's `P·X` pass for one channel,
-/// `fn(x: *const f32, p: *const f32, g: *const f32, o: *mut f32)` (System
-/// V: rdi, rsi, rdx, rcx): for every token `t < m`, `o[t·c] = (Σ_{i<l}
-/// p[t·l + i]·x[i]) · g[t·c]`, the gate doubled first when `twice` (exact).
-/// `x` is the channel's row of `l` pixels, `p` the `m` rows of softmax
-/// weights. 16 pixels per step, one accumulator per token, the last `l mod
-/// 16` pixels by zero-masked loads (nothing past a row is read); each sum
-/// is reduced in a fixed order, so results do not depend on the caller's
-/// thread. The f32x4 form in `attention.rs` was bound by its instruction
-/// count (one FMA per 4 pixels and token).
+/// Assembles the Mobile→Former bridge's `P·X` pass for `cb` consecutive
+/// channels, `fn(x: *const f32, p: *const f32, g: *const f32, o: *mut
+/// f32)` (System V: rdi, rsi, rdx, rcx): for every channel `i < cb` and
+/// token `t < m`, `o[t·c + i] = (Σ_{j<l} p[t·l + j]·x[i·l + j]) · g[t·c +
+/// i]`, the gate doubled first when `twice` (exact). `x` is the first
+/// channel's row of `l` pixels, `p` the `m` rows of softmax weights.
+///
+/// 16 pixels per step, one accumulator per (channel, token); the last `l
+/// mod 16` pixels by zero-masked loads (nothing past a row is read). The
+/// `m` weight rows are read from L2 once per block of channels: one
+/// channel per pass left it L2-bound (the f32x4 form in `attention.rs`,
+/// one channel per pass, is bound by its instruction count). Each sum is
+/// reduced in a fixed order, so results do not depend on the thread.
 pub(crate) fn assemble_m2f_px(
     m: usize,
     l: usize,
     c: usize,
+    cb: usize,
     twice: bool,
 ) -> Result<Vec<u8>, String> {
-    if !m2f_px_fits(m, l, c) {
+    if !m2f_px_fits(m, l, c) || cb == 0 || cb > m2f_px_block(m) {
         return Err(format!(
-            "no assembled m2f P·X pass for {m} tokens, {l} pixels, {c} channels"
+            "no assembled m2f P·X pass for {m} tokens, {l} pixels, {c} channels, blocks of {cb}"
         ));
     }
-    emit_m2f_px(m, l, c, twice).map_err(|e| e.to_string())
+    emit_m2f_px(m, l, c, cb, twice).map_err(|e| e.to_string())
 }
 
-fn emit_m2f_px(m: usize, l: usize, c: usize, twice: bool) -> Result<Vec<u8>, IcedError> {
-    const Y: [AsmRegisterYmm; 16] = [
-        ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13,
-        ymm14, ymm15,
-    ];
+fn emit_m2f_px(m: usize, l: usize, c: usize, cb: usize, twice: bool) -> Result<Vec<u8>, IcedError> {
+    // accumulator of (channel i, token t); x rows in zmm28..zmm31
+    let acc = |i: usize, t: usize| zmm(4 + i * m + t);
+    let xr = |i: usize| zmm(28 + i);
     let mut a = CodeAssembler::new(64)?;
-    for t in 0..m {
-        a.vxorps(zmm(4 + t), zmm(4 + t), zmm(4 + t))?;
+    for i in 0..cb {
+        for t in 0..m {
+            a.vxorps(acc(i, t), acc(i, t), acc(i, t))?;
+        }
     }
-    // row t of p is 4·t·l bytes past the walking pointer
+    // row t of p and row i of x are 4·t·l and 4·i·l bytes past the
+    // walking pointers
     let row = |t: usize| (4 * t * l) as i32;
     a.mov(r8, l as u64)?;
     for_vectors(&mut a, &[rdi, rsi], |a, masked| {
-        if masked {
-            a.vmovups(zmm0.k1().z(), zmmword_ptr(rdi))?;
-            for t in 0..m {
+        for i in 0..cb {
+            if masked {
+                a.vmovups(xr(i).k1().z(), zmmword_ptr(rdi + row(i)))?;
+            } else {
+                a.vmovups(xr(i), zmmword_ptr(rdi + row(i)))?;
+            }
+        }
+        for t in 0..m {
+            if masked {
                 a.vmovups(zmm1.k1().z(), zmmword_ptr(rsi + row(t)))?;
-                a.vfmadd231ps(zmm(4 + t), zmm0, zmm1)?;
+                for i in 0..cb {
+                    a.vfmadd231ps(acc(i, t), xr(i), zmm1)?;
+                }
+            } else {
+                for i in 0..cb {
+                    a.vfmadd231ps(acc(i, t), xr(i), zmmword_ptr(rsi + row(t)))?;
+                }
             }
-            Ok(())
-        } else {
-            a.vmovups(zmm0, zmmword_ptr(rdi))?;
-            for t in 0..m {
-                a.vfmadd231ps(zmm(4 + t), zmm0, zmmword_ptr(rsi + row(t)))?;
-            }
-            Ok(())
         }
+        Ok(())
     })?;
-    for t in 0..m {
-        // halves, quarters, then pairs: a fixed order
-        a.vextractf64x4(ymm1, zmm(4 + t), 1)?;
-        a.vaddps(ymm1, ymm1, Y[4 + t])?;
-        a.vextractf128(xmm2, ymm1, 1)?;
-        a.vaddps(xmm1, xmm1, xmm2)?;
-        a.vpermilps(xmm2, xmm1, 0x4E)?;
-        a.vaddps(xmm1, xmm1, xmm2)?;
-        a.vpermilps(xmm2, xmm1, 0xB1)?;
-        a.vaddss(xmm1, xmm1, xmm2)?;
-        let at = (4 * t * c) as i32;
-        a.vmovss(xmm2, dword_ptr(rdx + at))?;
-        if twice {
-            a.vaddss(xmm2, xmm2, xmm2)?;
+    for i in 0..cb {
+        for t in 0..m {
+            // halves, quarters, then pairs: a fixed order (the upper half
+            // of zmm1 after the first add is never read)
+            a.vextractf64x4(ymm1, acc(i, t), 1)?;
+            a.vaddps(zmm1, zmm1, acc(i, t))?;
+            a.vextractf128(xmm2, ymm1, 1)?;
+            a.vaddps(xmm1, xmm1, xmm2)?;
+            a.vpermilps(xmm2, xmm1, 0x4E)?;
+            a.vaddps(xmm1, xmm1, xmm2)?;
+            a.vpermilps(xmm2, xmm1, 0xB1)?;
+            a.vaddss(xmm1, xmm1, xmm2)?;
+            let at = (4 * (t * c + i)) as i32;
+            a.vmovss(xmm2, dword_ptr(rdx + at))?;
+            if twice {
+                a.vaddss(xmm2, xmm2, xmm2)?;
+            }
+            a.vmulss(xmm1, xmm1, xmm2)?;
+            a.vmovss(dword_ptr(rcx + at), xmm1)?;
         }
-        a.vmulss(xmm1, xmm1, xmm2)?;
-        a.vmovss(dword_ptr(rcx + at), xmm1)?;
     }
     a.vzeroupper()?;
     a.ret()?;
@@ -647,13 +668,16 @@ mod tests {
         }
         assert!(assemble_softmax_lanes(LANES_MAX_LEN + 1).is_err());
         for (m, l) in [(1, 1), (6, 49), (12, 3136)] {
-            let code = assemble_m2f_px(m, l, 64, m == 6).unwrap();
-            assert_eq!(
-                &code[code.len() - 4..],
-                &[0xC5, 0xF8, 0x77, 0xC3],
-                "{m} {l}"
-            );
+            for cb in 1..=m2f_px_block(m) {
+                let code = assemble_m2f_px(m, l, 64, cb, m == 6).unwrap();
+                assert_eq!(
+                    &code[code.len() - 4..],
+                    &[0xC5, 0xF8, 0x77, 0xC3],
+                    "{m} {l}"
+                );
+            }
         }
-        assert!(assemble_m2f_px(M2F_PX_MAX_TOKENS + 1, 16, 8, false).is_err());
+        assert!(assemble_m2f_px(M2F_PX_MAX_TOKENS + 1, 16, 8, 1, false).is_err());
+        assert!(assemble_m2f_px(6, 16, 8, 5, false).is_err());
     }
 }

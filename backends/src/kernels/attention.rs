@@ -416,9 +416,19 @@ struct M2fCore {
     so: Buf,
     /// the assembled row softmax, by its number in the `AsmStore`
     asm: Option<usize>,
-    /// the assembled `P·X` pass (`asm_unary::assemble_m2f_px`), only with
-    /// the row softmax (it takes the weights normalised)
-    px: Option<usize>,
+    /// the assembled `P·X` pass (`asm_unary::assemble_m2f_px`) for blocks
+    /// of `cb` channels and for the head's last `dh mod cb`, only with the
+    /// row softmax (it takes the weights normalised)
+    px: Option<PxFns>,
+}
+
+/// The assembled `P·X` functions of an `M2fCore`, by their numbers in the
+/// `AsmStore`.
+#[derive(Clone, Copy)]
+struct PxFns {
+    cb: usize,
+    block: usize,
+    tail: Option<usize>,
 }
 
 impl Kernel for M2fCore {
@@ -460,12 +470,12 @@ impl Kernel for M2fCore {
             (e.b.import_signature(sig), id)
         });
         // fn(x, p, g, o) of the assembled P·X pass
-        let px = self.px.filter(|_| self.asm.is_some()).map(|id| {
+        let px = self.px.filter(|_| self.asm.is_some()).map(|fns| {
             let mut sig = Signature::new(CallConv::SystemV);
             for _ in 0..4 {
                 sig.params.push(AbiParam::new(I64));
             }
-            (e.b.import_signature(sig), id)
+            (e.b.import_signature(sig), fns)
         });
         e.for_range(begin, end, 1, |e, u| {
             let n = e.b.ins().udiv_imm_u(u, b.heads as i64);
@@ -496,16 +506,24 @@ impl Kernel for M2fCore {
                     }
                 })
                 .collect();
-            if let Some((sig, id)) = px {
-                // per channel, 16 pixels at a time, gated and stored by
-                // the assembled pass
-                e.for_static(0, dh as i64, 1, |e, ch| {
+            if let Some((sig, fns)) = px {
+                // blocks of channels, 16 pixels at a time, gated and
+                // stored by the assembled pass
+                let call = |e: &mut Emitter, id: usize, ch: Value| {
                     let xc = xh.at(e, ch, 4 * l as i64);
                     let gc = gh.at(e, ch, 4);
                     let oc = oh.at(e, ch, 4);
                     let f = e.asm_fn(id);
                     e.b.ins().call_indirect(sig, f, &[xc.p, sh.p, gc.p, oc.p]);
+                };
+                let full = fns.cb * (dh / fns.cb);
+                e.for_static(0, full as i64, fns.cb as i64, |e, ch| {
+                    call(e, fns.block, ch)
                 });
+                if let Some(id) = fns.tail {
+                    let ch = e.ic(full as i64);
+                    call(e, id, ch);
+                }
                 return;
             }
             // per channel: Σ_l P[t,l]·X[ch,l] for every token t
@@ -1030,13 +1048,24 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
             };
             ks.push(Box::new(matmul::finish(cx, gm)?));
             let px = match (asm, cx.asm512()) {
-                (Some(_), Some(store)) if asm_unary::m2f_px_fits(b.m, b.l, b.c) => Some(
-                    store
-                        .request_named(asm_unary::m2f_px_key(b.m, b.l, b.c, gate), || {
-                            asm_unary::assemble_m2f_px(b.m, b.l, b.c, gate)
-                        })
-                        .map_err(BackendError::Jit)?,
-                ),
+                // (no channels: no pass, and no block size)
+                (Some(_), Some(store)) if b.dh() > 0 && asm_unary::m2f_px_fits(b.m, b.l, b.c) => {
+                    let (m, l, c) = (b.m, b.l, b.c);
+                    let mut get = |cb: usize| {
+                        store
+                            .request_named(asm_unary::m2f_px_key(m, l, c, cb, gate), || {
+                                asm_unary::assemble_m2f_px(m, l, c, cb, gate)
+                            })
+                            .map_err(BackendError::Jit)
+                    };
+                    let cb = asm_unary::m2f_px_block(m).min(b.dh());
+                    let tail = b.dh() % cb;
+                    Some(PxFns {
+                        cb,
+                        block: get(cb)?,
+                        tail: if tail > 0 { Some(get(tail)?) } else { None },
+                    })
+                }
                 _ => None,
             };
             ks.push(Box::new(M2fCore {
