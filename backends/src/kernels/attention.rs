@@ -578,6 +578,9 @@ struct F2mCore {
     k: Buf,
     v: Buf,
     out: Buf,
+    /// the assembled run (`asm_unary::assemble_f2m_run`), which reads the
+    /// projected `[N, M, C]` keys and values `kv` unsplatted
+    asm: Option<(usize, [Buf; 2])>,
 }
 
 /// `dst[n, c, m] = splat(src[n, m, c])` (f32x4) for `[N, M, C]` sources.
@@ -746,6 +749,14 @@ impl Kernel for F2mCore {
         let ks = base(e, self.k);
         let vs = base(e, self.v);
         let out = e.base(self.out);
+        // fn(y, o, k, v, n) of the assembled run
+        let asm = self.asm.map(|(id, [k, v])| {
+            let mut sig = Signature::new(CallConv::SystemV);
+            for _ in 0..5 {
+                sig.params.push(AbiParam::new(I64));
+            }
+            (e.b.import_signature(sig), id, base(e, k), base(e, v))
+        });
         e.for_range(begin, end, 1, |e, u| {
             let nj = e.b.ins().udiv_imm_u(u, runs as i64);
             let r = e.b.ins().urem_imm_u(u, runs as i64);
@@ -770,6 +781,22 @@ impl Kernel for F2mCore {
                 v: vh,
             };
             let last = l - (runs - 1) * F2M_RUN;
+            if let Some((sig, id, kp, vp)) = asm {
+                // the head's first channel of the [N, M, C] tokens
+                let nm = e.b.ins().imul_imm_s(n, (m * c) as i64);
+                let jd = e.b.ins().imul_imm_s(j, dh as i64);
+                let t0 = e.b.ins().iadd(nm, jd);
+                let kh = kp.at(e, t0, 4);
+                let vh = vp.at(e, t0, 4);
+                let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, r, (runs - 1) as i64);
+                let lc = e.ic(last as i64);
+                let rc = e.ic(F2M_RUN as i64);
+                let len = e.b.ins().select(is_last, lc, rc);
+                let f = e.asm_fn(id);
+                e.b.ins()
+                    .call_indirect(sig, f, &[yh.p, oh, kh.p, vh.p, len]);
+                return;
+            }
             if last == F2M_RUN {
                 self.run(e, h, F2M_RUN);
             } else {
@@ -1112,12 +1139,28 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                     Epilogue::NONE,
                 )?);
             }
-            ks.push(Box::new(Splat {
-                n: b.n,
-                m: b.m,
-                c: b.c,
-                arrays: vec![(k, k4), (v, v4)],
-            }));
+            let asm = match cx.asm512() {
+                Some(store) if asm_unary::f2m_fits(b.m, b.dh(), b.l, b.c) => {
+                    let (m, hc, l, c, sc) = (b.m, b.dh(), b.l, b.c, scale.0);
+                    let id = store
+                        .request_named(asm_unary::f2m_run_key(m, hc, l, c, sc), || {
+                            asm_unary::assemble_f2m_run(m, hc, l, c, sc)
+                        })
+                        .map_err(BackendError::Jit)?;
+                    Some((id, [Buf::input(k.loc), Buf::input(v.loc)]))
+                }
+                _ => None,
+            };
+            // the f32x4 form reads the tokens splatted; the assembled one
+            // broadcasts them itself
+            if asm.is_none() {
+                ks.push(Box::new(Splat {
+                    n: b.n,
+                    m: b.m,
+                    c: b.c,
+                    arrays: vec![(k, k4), (v, v4)],
+                }));
+            }
             ks.push(Box::new(F2mCore {
                 b,
                 scale: scale.0,
@@ -1125,6 +1168,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                 k: k4,
                 v: v4,
                 out,
+                asm,
             }));
         }
         FusedOp::Attention {
