@@ -856,6 +856,49 @@ fn f2m_bridges() {
     }
 }
 
+/// The bridges at 8 to `MAX_TOKENS` (12) tokens, where the assembled
+/// passes change shape (fewer channels per `P·X` block, up to 12 score
+/// registers), with channel blocks that leave a tail, pixel counts with a
+/// 16-lane tail, and a batch.
+#[test]
+fn bridges_with_many_tokens() {
+    let cases = [
+        (8usize, 2usize, 5usize, 3usize, 7usize),
+        (11, 1, 7, 9, 13),
+        (12, 3, 13, 5, 5),
+    ];
+    for (i, &(m, heads, dh, h, w)) in cases.iter().enumerate() {
+        let (n, c, d) = (2, heads * dh, 9);
+        let scale = Float(1.0 / (dh as f32).sqrt());
+        for gate in [false, true] {
+            let mut args = vec![input(&[n, c, h, w]), input(&[n, m, d])];
+            bridge_side(&mut args, true, n, m, d, c);
+            bridge_side(&mut args, gate, n, m, d, c);
+            args.extend([weight(&[c, d]), weight(&[d]), weight(&[d]), weight(&[d])]);
+            let op = FusedOp::M2fBridge {
+                heads,
+                scale,
+                eps: Float(1e-5),
+                proj_q: true,
+                gate,
+            };
+            let what = format!("m2f {n}x{c}x{h}x{w}, {m} tokens, {heads} heads, gate {gate}");
+            check_attention(&what, op, &args, 700 + i as u64, "fused_m2f attention");
+        }
+        let args = [
+            input(&[n, c, h, w]),
+            input(&[n, m, d]),
+            weight(&[d, c]),
+            weight(&[c]),
+            weight(&[d, c]),
+            weight(&[c]),
+        ];
+        let op = FusedOp::F2mBridge { heads, scale };
+        let what = format!("f2m {n}x{c}x{h}x{w}, {m} tokens, {heads} heads");
+        check_attention(&what, op, &args, 710 + i as u64, "fused_f2m attention");
+    }
+}
+
 /// More tokens than the bridge kernels hold in registers: the expansion
 /// runs, and is still right.
 #[test]
