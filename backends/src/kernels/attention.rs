@@ -14,9 +14,11 @@
 //!   one batched GEMM `Q_j [M×dh] · X_j [dh×L]` reading `X` in place; then
 //!   [`M2fCore`], one unit per (image, head), gives each token's row of
 //!   scores its softmax in place (the assembled row softmax on AVX-512,
-//!   else f32x4 passes) and sums `P·X` per channel over the pixels (f32x4
-//!   lanes, one accumulator per token: the map's second and last read),
-//!   times the gate (doubled here: `2·hsig`, exact). `Wo`, `bo` and `z` are
+//!   else f32x4 passes) and sums `P·X` per channel over the pixels (the
+//!   map's second and last read), times the gate (doubled here: `2·hsig`,
+//!   exact): on AVX-512 an assembled pass over blocks of up to 4 channels
+//!   (`asm_unary::assemble_m2f_px`, 16 pixels per step, one weight read
+//!   per block), else f32x4 lanes, one accumulator per token. `Wo`, `bo` and `z` are
 //!   a GEMM into the output and the shared layer-norm kernel finishes in
 //!   place.
 //! - **`fused_f2m`**: K and V are projected, then splatted to f32x4 per
@@ -24,7 +26,10 @@
 //!   head, run of pixels) and four pixels at a time: the `M` scores are `M`
 //!   f32x4 accumulators over the head's channels, their softmax runs across
 //!   the accumulators (lane-wise, in registers), and `y + Σ_m a_m V_m` is
-//!   stored channel by channel (one read of `y`, one write).
+//!   stored channel by channel (one read of `y`, one write). On AVX-512
+//!   the run is one assembled call instead (`asm_unary::assemble_f2m_run`:
+//!   16 pixels per step, the scores in zmm registers, K and V read
+//!   unsplatted by embedded broadcast, so [`Splat`] is skipped).
 //! - **`fused_mha`**: the projected sides go to scratch, then one unit per
 //!   batch element computes per query and head the scores over the keys,
 //!   their softmax and the weighted sum of the values ([`MhaKernel`]).
