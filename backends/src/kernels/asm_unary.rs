@@ -658,8 +658,8 @@ pub(crate) fn f2m_run_key(m: usize, hc: usize, l: usize, c: usize, scale: f32) -
 /// f32, v: *const f32, n: usize)` (System V: rdi, rsi, rdx, rcx, r8). For
 /// each of the `n` pixels `p` (channel `ch`'s pixel at `y[ch·l + p]`, the
 /// head's `hc` channels): scores `s_t = scale · Σ_ch k[t·c + ch]·y[ch·l +
-/// p]` for the `m` tokens, `a = softmax(s)`, and `o[ch·l + p] = y[ch·l + p]
-/// + Σ_t a_t·v[t·c + ch]`. `k` and `v` point at the head's first channel
+/// p]` for the `m` tokens, `a = softmax(s)`, and `o[ch·l + p] = y[ch·l +
+/// p] + Σ_t a_t·v[t·c + ch]`. `k` and `v` point at the head's first channel
 /// of the projected `[M, C]` tokens (read by embedded broadcast, so no
 /// splatted copies).
 ///
