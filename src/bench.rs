@@ -34,6 +34,8 @@ pub struct BenchOptions {
     pub profile: bool,
     /// the widest GEMM tile level to use (`--tiles`; `None`: the host's)
     pub tiles: Option<kiln_backends::TileLevel>,
+    /// run inverted-residual chains band by band (`--banded-chains`)
+    pub banded_chains: bool,
 }
 
 /// One row of the profile: a graph node of the compiled (optimised) graph
@@ -158,6 +160,7 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
     if let Some(t) = opts.tiles {
         copts.backend.max_tiles = t;
     }
+    copts.backend.banded_chains = opts.banded_chains;
     let compiled = compile(model, &copts)?;
     let jit = &compiled.model;
     let mut outputs = jit.run(&inputs)?;
@@ -552,6 +555,7 @@ mod tests {
             optimize: true,
             profile: true,
             tiles: Some(kiln_backends::TileLevel::F32x4),
+            banded_chains: false,
         };
         let r = bench_model(&tiny(), &opts).unwrap();
         assert_eq!(r.threads, 1);
@@ -698,6 +702,7 @@ mod tests {
             optimize: true,
             profile: false,
             tiles: None,
+            banded_chains: false,
         };
         assert!(bench_model(&tiny(), &opts).is_err());
         opts.iters = 1;

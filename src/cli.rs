@@ -112,6 +112,10 @@ pub enum Command {
         /// CPU has)
         #[arg(long, value_enum, value_name = "LEVEL")]
         tiles: Option<Tiles>,
+        /// Run inverted-residual conv chains band by band (smaller arena;
+        /// JIT only)
+        #[arg(long)]
+        banded_chains: bool,
     },
     /// Optimise a model: discover fusions by equality saturation and
     /// explain the result or print the optimised graph
@@ -160,6 +164,9 @@ pub enum Command {
         /// to compare levels on one machine
         #[arg(long, value_enum, value_name = "LEVEL")]
         tiles: Option<Tiles>,
+        /// Run inverted-residual conv chains band by band (smaller arena)
+        #[arg(long)]
+        banded_chains: bool,
     },
     /// List the zoo's models
     List,
@@ -210,6 +217,10 @@ pub enum Command {
         /// Compile the graph as loaded, without the optimiser
         #[arg(long)]
         no_opt: bool,
+        /// Run inverted-residual conv chains band by band: the expanded
+        /// tensors never in the scratch buffer, which shrinks
+        #[arg(long)]
+        banded_chains: bool,
     },
     /// Write a model and its weights as a self-contained ONNX file (opset 21)
     Export {
@@ -253,7 +264,15 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             backend,
             no_opt,
             tiles,
-        } => cmd_run(&model, &input, &output, backend, !no_opt, tiles, io),
+            banded_chains,
+        } => cmd_run(
+            &model,
+            &input,
+            &output,
+            backend,
+            (!no_opt, tiles, banded_chains),
+            io,
+        ),
         Command::Opt {
             model,
             explain: _,
@@ -275,6 +294,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             no_opt,
             profile,
             tiles,
+            banded_chains,
         } => {
             let opts = bench::BenchOptions {
                 threads,
@@ -284,6 +304,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                 optimize: !no_opt,
                 profile,
                 tiles: tiles.map(Into::into),
+                banded_chains,
             };
             cmd_bench(&model, &opts, json, io)
         }
@@ -304,6 +325,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             output,
             list_targets,
             no_opt,
+            banded_chains,
         } => match (list_targets, model) {
             (false, Some(model)) => {
                 let args = ModelArgs {
@@ -311,7 +333,14 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                     weights,
                     seed,
                 };
-                cmd_compile(&args, &target, cpu, name, &output, !no_opt, io)
+                let aot = AotArgs {
+                    target,
+                    cpu,
+                    name,
+                    optimize: !no_opt,
+                    banded_chains,
+                };
+                cmd_compile(&args, &aot, &output, io)
             }
             _ => cmd_list_targets(io),
         },
@@ -326,15 +355,23 @@ fn cmd_list_targets(io: Io<'_>) -> Result<(), KilnError> {
     emit(io.out, &text)
 }
 
-fn cmd_compile(
-    args: &ModelArgs,
-    target: &str,
+/// `kiln compile`'s target and code-generation switches.
+struct AotArgs {
+    target: String,
     cpu: Option<String>,
     name: Option<String>,
-    output: &PathBuf,
     optimize: bool,
+    banded_chains: bool,
+}
+
+fn cmd_compile(
+    args: &ModelArgs,
+    aot: &AotArgs,
+    output: &PathBuf,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
+    let (target, optimize) = (aot.target.as_str(), aot.optimize);
+    let (cpu, name) = (aot.cpu.clone(), aot.name.clone());
     let loaded = load_model(&args.model, &args.options())?;
     let (model, _, _) = crate::compile::prepare(
         &loaded,
@@ -368,7 +405,10 @@ fn cmd_compile(
         target: target.to_string(),
         cpu,
         name,
-        compile: kiln_backends::CompileOptions::default(),
+        compile: kiln_backends::CompileOptions {
+            banded_chains: aot.banded_chains,
+            ..kiln_backends::CompileOptions::default()
+        },
     };
     let obj = kiln_backends::aot::compile_aot(&model, &opts)?;
     let header_path = output.with_extension("h");
@@ -427,13 +467,16 @@ fn cmd_export(args: &ModelArgs, output: &std::path::Path, io: Io<'_>) -> Result<
     emit(io.err, &format!("wrote {}\n", output.display()))
 }
 
+/// `kiln run`'s code-generation switches: optimise, `--tiles`,
+/// `--banded-chains`.
+type RunSwitches = (bool, Option<Tiles>, bool);
+
 fn cmd_run(
     args: &ModelArgs,
     inputs: &[PathBuf],
     outputs: &[PathBuf],
     backend: Backend,
-    optimize: bool,
-    tiles: Option<Tiles>,
+    (optimize, tiles, banded_chains): RunSwitches,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
     let model = load_model(&args.model, &args.options())?;
@@ -488,6 +531,7 @@ fn cmd_run(
     if let Some(t) = tiles {
         opts.backend.max_tiles = t.into();
     }
+    opts.backend.banded_chains = banded_chains;
     let results = run_model_with(&model, &tensors, backend, &opts)?;
     if !outputs.is_empty() {
         for (path, t) in outputs.iter().zip(&results) {

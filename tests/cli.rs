@@ -633,6 +633,35 @@ fn run_at_every_tile_level_agrees() {
     }
 }
 
+/// `--banded-chains` runs MobileViTv2's inverted residuals band by band:
+/// the same output, a smaller arena (the expanded tensors are gone).
+#[test]
+fn banded_chains_agree_and_shrink_the_arena() {
+    const MVIT: &str = "mobilevitv2_050";
+    let run = |extra: &[&str], name: &str| {
+        let y = scratch(name);
+        let mut args = vec!["run", MVIT, "--output", arg(&y)];
+        args.extend(extra);
+        kiln(args).ok();
+        npy::read(&y).unwrap()
+    };
+    let want = run(&[], "chains_split.npy");
+    assert_close(
+        "--banded-chains",
+        &run(&["--banded-chains"], "chains_banded.npy"),
+        &want,
+    );
+    let arena = |extra: &[&str]| {
+        let mut args = vec!["bench", MVIT, "--iters", "1", "--warmup", "0", "--json"];
+        args.extend(extra);
+        let json = kiln(args).ok().to_string();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["arena_bytes"].as_u64().unwrap()
+    };
+    let (split, banded) = (arena(&[]), arena(&["--banded-chains"]));
+    assert!(banded < split, "arena {banded} banded vs {split} split");
+}
+
 /// `got` is within 1e-4 of `want`'s largest magnitude, element by element.
 fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
     let (a, b) = (got.as_f32().unwrap(), want.as_f32().unwrap());

@@ -25,8 +25,10 @@ const POINTWISE: Op = Op::Conv2d {
 
 /// (C in, C out, H = W): the first three are mobilevitv2_050's
 /// (`M=64 N=16384 K=32`, `M=128 N=4096 K=64`, `M=256 N=1024 K=128`), where B
-/// rows are a power-of-two stride apart.
-const SHAPES: [(usize, usize, usize); 7] = [
+/// rows are a power-of-two stride apart; the last four are awkward for the
+/// 14×32 tile (`gemm::asm_tile_for`): mobilevitv2_050's `M=32 N=16384
+/// K=16`, Mobile-Former's `M=16 N=12544 K=32` and its 7×7 maps (N = 49).
+const SHAPES: [(usize, usize, usize); 11] = [
     (32, 64, 128),
     (64, 128, 64),
     (128, 256, 32),
@@ -34,6 +36,10 @@ const SHAPES: [(usize, usize, usize); 7] = [
     (96, 192, 28),
     (192, 384, 14),
     (320, 1280, 7),
+    (16, 32, 128),
+    (32, 16, 112),
+    (192, 1152, 7),
+    (1152, 192, 7),
 ];
 
 /// A tile shape (default when `None`), the level to compile it at, a label.

@@ -180,6 +180,12 @@ fn aot_run(what: &str, model: &Model, input: &Tensor, host: &Host) -> Tensor {
     aot_try_run(what, model, input, host, host.runner).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Whether [`aot_try_run`] compiles with `CompileOptions::banded_chains`:
+/// the tests that ship objects with banded chains say so in `what`.
+fn banded(what: &str) -> bool {
+    what.contains("banded chains")
+}
+
 /// [`aot_run`] under `runner`; a run that fails is an `Err` with its
 /// output (compiling and linking still panic).
 fn aot_try_run(
@@ -196,6 +202,7 @@ fn aot_try_run(
         name: name.into(),
         compile: CompileOptions {
             verify_ir: true,
+            banded_chains: banded(what),
             ..CompileOptions::default()
         },
     };
@@ -462,6 +469,12 @@ fn x86_64_v3_objects_with_avx2_tiles() {
     for name in ["mobile_former_26m", "mobilevitv2_050"] {
         check_optimised(name, &zoo_model(name), &[&X86_V3]);
     }
+    // `kiln compile --banded-chains`: the inverted residuals band by band
+    check_optimised(
+        "mobilevitv2_050 banded chains",
+        &zoo_model("mobilevitv2_050"),
+        &[&X86_V3],
+    );
 }
 
 #[test]

@@ -114,6 +114,101 @@ fn assembled_tile_edges() {
     }
 }
 
+/// The AVX-512 tile shapes fitted to awkward GEMMs (`gemm::asm_tile_for`):
+/// each case is an (M, N, K) the chooser gives a non-default shape — every
+/// width (16, 48, 64 columns and 32 with fewer rows), row counts past one
+/// and two tiles with a row tail, N = 49 and 97 (a last vector of one lane,
+/// run as ymm), tails of 9..15 lanes — plus the default 14×32 on N = 49.
+/// Each runs as a pointwise conv (A packed for that shape, B copied to a
+/// run-time panel of that width) and as a linear layer (B packed for that
+/// width), with activations, biases and residuals rotating, at every level
+/// the host has (the AVX2 tile stays 6×16); on an AVX-512 host it asserts
+/// the shape the kernel ran.
+#[test]
+fn gemmfit_tile_shapes() {
+    // (M, N, K, expected AVX-512 tile rows × columns)
+    let cases = [
+        (16, 49, 8, 6, 64),
+        (15, 49, 3, 5, 64),
+        (17, 97, 3, 6, 64),
+        (3, 49, 17, 3, 64),
+        (2, 97, 3, 2, 64),
+        (9, 97, 1, 9, 48),
+        (17, 33, 8, 9, 48),
+        (8, 97, 3, 8, 48),
+        (19, 33, 3, 7, 48),
+        (6, 40, 17, 6, 48),
+        (29, 1, 1, 15, 16),
+        (31, 5, 2, 16, 16),
+        (57, 16, 3, 19, 16),
+        (49, 97, 1, 25, 16),
+        (55, 33, 1, 28, 16),
+        (15, 17, 3, 8, 32),
+        (29, 17, 8, 10, 32),
+        (43, 17, 17, 11, 32),
+        (13, 49, 17, 14, 32),
+        (29, 49, 17, 6, 64),
+    ];
+    let avx512 = asm_levels().contains(&TileLevel::Avx512);
+    for (i, &(m, n, k, mr, nr)) in cases.iter().enumerate() {
+        let act = Act::ALL[i % Act::ALL.len()];
+        let (bias, residual) = (i % 3 != 0, i % 2 == 0);
+        let tile = format!("tile {mr}x{nr} avx512");
+        let (op, args) = fused_conv(&ConvSpec {
+            c: k,
+            o: m,
+            groups: 1,
+            k: 1,
+            h: 1,
+            w: n,
+            stride: 1,
+            pad: [0; 4],
+            shuffle: 1,
+            act,
+            bias,
+            residual,
+        });
+        let what = format!("fitted tile conv M={m} N={n} K={k} {act:?} bias {bias} res {residual}");
+        check_tiles(&what, op.clone(), &args, 1700 + i as u64, "pointwise conv");
+        if avx512 {
+            let mut rng = Rng(1700 + i as u64);
+            let (model, _) = single(Op::Fused(op), &args, &mut rng, Fill::Signed);
+            let ks = kernels(&model, &level_opts(1, TileLevel::Avx512));
+            assert!(
+                ks.iter().any(|d| d.contains(&tile)),
+                "{what}: not {tile}: {ks:?}"
+            );
+        }
+        if act == Act::DyRelu {
+            continue;
+        }
+        let mut args = vec![input(&[1, m, k]), weight(&[k, n])];
+        if bias {
+            args.push(weight(&[n]));
+        }
+        if residual {
+            args.push(input(&[1, m, n]));
+        }
+        let op = FusedOp::Linear {
+            bias,
+            act,
+            residual,
+        };
+        let what =
+            format!("fitted tile linear M={m} N={n} K={k} {act:?} bias {bias} res {residual}");
+        check_tiles(&what, op.clone(), &args, 1800 + i as u64, "linear");
+        if avx512 {
+            let mut rng = Rng(1800 + i as u64);
+            let (model, _) = single(Op::Fused(op), &args, &mut rng, Fill::Signed);
+            let ks = kernels(&model, &level_opts(1, TileLevel::Avx512));
+            assert!(
+                ks.iter().any(|d| d.contains(&tile)),
+                "{what}: not {tile}: {ks:?}"
+            );
+        }
+    }
+}
+
 /// [`check_fused`], then that at each assembled level the host has the
 /// fused GEMM kernel calls that level's tiles (its description names it).
 fn check_tiles(what: &str, op: FusedOp, args: &[Arg], seed: u64, what_kernel: &str) {
@@ -643,6 +738,158 @@ fn conv_chains_split_into_fused_convs() {
     }
 }
 
+/// Inverted-residual chains big enough for the banded kernel (chain.rs,
+/// an expanded tensor over 1 MB): stride 1 and 2, 3×3 and 5×5, odd and
+/// even maps (the last band's window reaching past the image, which the
+/// kernel zero-fills), asymmetric padding, two images (two slabs each),
+/// dynamic-ReLU slopes on every stage, stages without bias, a residual.
+/// `check` runs each at every tile level, at 1 and 2 threads bit for bit;
+/// every level must have run the chain kernel, not the split convs.
+#[test]
+fn conv_chains_in_bands() {
+    struct Case {
+        n: usize,
+        c: usize,
+        hw: [usize; 2],
+        e: usize,
+        o: usize,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+        acts: [Act; 3],
+        bias: [bool; 3],
+        residual: bool,
+    }
+    let cases = [
+        Case {
+            n: 1,
+            c: 8,
+            hw: [96, 80],
+            e: 36,
+            o: 8,
+            k: 3,
+            stride: 1,
+            pad: [1; 4],
+            acts: [Act::Silu, Act::Silu, Act::None],
+            bias: [true; 3],
+            residual: true,
+        },
+        Case {
+            n: 1,
+            c: 5,
+            hw: [97, 75],
+            e: 48,
+            o: 12,
+            k: 3,
+            stride: 2,
+            pad: [1; 4],
+            acts: [Act::DyRelu, Act::DyRelu, Act::DyRelu],
+            bias: [true; 3],
+            residual: false,
+        },
+        Case {
+            n: 2,
+            c: 6,
+            hw: [64, 96],
+            e: 44,
+            o: 7,
+            k: 5,
+            stride: 1,
+            pad: [2; 4],
+            acts: [Act::Relu6, Act::HardSwish, Act::Relu],
+            bias: [false, true, false],
+            residual: true,
+        },
+        Case {
+            n: 1,
+            c: 9,
+            hw: [96, 70],
+            e: 40,
+            o: 9,
+            k: 3,
+            stride: 2,
+            pad: [1, 0, 0, 1],
+            acts: [Act::Silu, Act::Relu, Act::None],
+            bias: [true, false, true],
+            residual: true,
+        },
+    ];
+    for (i, cs) in cases.iter().enumerate() {
+        let stage = |s: usize, stride: usize, pad: [usize; 4], groups: usize| ConvStage {
+            stride: [stride, stride],
+            pad,
+            groups,
+            bias: cs.bias[s],
+            shuffle: 1,
+            act: cs.acts[s],
+        };
+        let [h, w] = cs.hw;
+        let ho = (h + cs.pad[0] + cs.pad[2] - cs.k) / cs.stride + 1;
+        let wo = (w + cs.pad[1] + cs.pad[3] - cs.k) / cs.stride + 1;
+        let stages = vec![
+            stage(0, 1, [0; 4], 1),
+            stage(1, cs.stride, cs.pad, cs.e),
+            stage(2, 1, [0; 4], 1),
+        ];
+        let mut args = vec![input(&[cs.n, cs.c, h, w])];
+        for (s, (wshape, ch)) in [
+            (vec![cs.e, cs.c, 1, 1], cs.e),
+            (vec![cs.e, 1, cs.k, cs.k], cs.e),
+            (vec![cs.o, cs.e, 1, 1], cs.o),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            args.push(weight(&wshape));
+            if cs.bias[s] {
+                args.push(weight(&[ch]));
+            }
+            if cs.acts[s] == Act::DyRelu {
+                args.extend([input(&[1, ch, 1, 1]), input(&[1, ch, 1, 1])]);
+            }
+        }
+        if cs.residual {
+            args.push(input(&[cs.n, cs.o, ho, wo]));
+        }
+        let chain = FusedOp::ConvChain {
+            stages,
+            residual: cs.residual,
+        };
+        let what = format!(
+            "chain {}→{}→{} {k}x{k}/{} on {h}x{w}, {} image(s)",
+            cs.c,
+            cs.e,
+            cs.o,
+            cs.stride,
+            cs.n,
+            k = cs.k
+        );
+        let mut rng = Rng(400 + i as u64);
+        let (model, inputs) = single(Op::Fused(chain), &args, &mut rng, Fill::Signed);
+        common::check_tweaked(&what, &model, &inputs, banded);
+        for level in asm_levels().into_iter().chain([TileLevel::F32x4]) {
+            let mut o = level_opts(1, level);
+            banded(&mut o);
+            let ks = kernels(&model, &o);
+            assert!(
+                ks.iter().any(|k| k.starts_with("fused conv chain")),
+                "{what}: no chain kernel ({level} tiles): {ks:?}"
+            );
+            // without the option, the chain is split into three convs
+            let ks = kernels(&model, &level_opts(1, level));
+            assert!(
+                ks.iter().all(|k| !k.starts_with("fused conv chain")),
+                "{what}: chain kernel without --banded-chains ({level} tiles): {ks:?}"
+            );
+        }
+    }
+}
+
+/// Options with `CompileOptions::banded_chains` on.
+fn banded(o: &mut CompileOptions) {
+    o.banded_chains = true;
+}
+
 #[test]
 fn linear_epilogues() {
     let mut rng = Rng(5);
@@ -755,7 +1002,7 @@ fn zoo_mobile_former_26m_optimised() {
 fn zoo_mobilevitv2_050_optimised() {
     let opt = zoo_optimised("mobilevitv2_050");
     // every separable attention ran as its kernel: no expansion left
-    let ks = kernels(&opt, &opts(1));
+    let plain = kernels(&opt, &opts(1));
     let sep = opt
         .graph
         .node_ids()
@@ -766,12 +1013,28 @@ fn zoo_mobilevitv2_050_optimised() {
             )
         })
         .count();
-    let cores = ks
+    let cores = plain
         .iter()
         .filter(|k| k.starts_with("fused_sep_attn context"))
         .count();
     assert!(sep > 0, "mobilevitv2_050: no fused_sep_attn after optimize");
     assert_eq!(cores, sep, "mobilevitv2_050: fused_sep_attn kernels");
+    // with --banded-chains, the inverted residuals of the 128² and 64²
+    // stages run band by band, at 1 and 2 threads bit for bit (the
+    // optimised graph's interpreter run is the oracle here)
+    let mut o = opts(1);
+    banded(&mut o);
+    let ks = kernels(&opt, &o);
+    let chains = ks
+        .iter()
+        .filter(|k| k.starts_with("fused conv chain"))
+        .count();
+    assert!(chains >= 3, "mobilevitv2_050: {chains} chain kernels");
+    let inputs = common::graph_inputs(&opt.graph);
+    let one = common::check_with("mobilevitv2_050 banded chains", &opt, &inputs, &o);
+    o.threads = Some(2);
+    let two = common::check_with("mobilevitv2_050 banded chains", &opt, &inputs, &o);
+    common::assert_same_bits("mobilevitv2_050 banded chains", &one, &two);
 }
 
 #[test]

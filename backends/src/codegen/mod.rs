@@ -140,6 +140,9 @@ pub(crate) struct Emitter<'a> {
     powf: PowF,
     /// the constant blob's address, materialised once in the entry block
     cbase_value: Option<Value>,
+    /// an arena window `[from, from + len)` whose buffers live at a run-time
+    /// address instead (see [`Emitter::rebased`])
+    rebase: Option<(usize, usize, Value)>,
     /// the entry block's jump to the body: float constants are inserted
     /// before it (see [`Emitter::kc`])
     entry_jump: Inst,
@@ -175,6 +178,7 @@ impl<'a> Emitter<'a> {
             cbase: env.cbase,
             powf: env.powf,
             cbase_value: None,
+            rebase: None,
             entry_jump,
             consts: HashMap::new(),
             local: None,
@@ -292,13 +296,36 @@ impl<'a> Emitter<'a> {
     /// must dominate its uses.
     pub fn base(&mut self, buf: Buf) -> Value {
         match buf.loc {
-            Loc::Arena(off) => self.b.ins().iadd_imm_s(self.arena, off as i64),
+            Loc::Arena(off) => match self.rebase {
+                Some((from, len, to)) if (from..from + len).contains(&off) => {
+                    self.off(to, (off - from) as i64)
+                }
+                _ => self.b.ins().iadd_imm_s(self.arena, off as i64),
+            },
             Loc::Io(slot) => {
                 let f = MemFlagsData::trusted().with_readonly().with_can_move();
                 self.b.ins().load(I64, f, self.arena, slot as i32)
             }
             Loc::Const(off) => self.const_addr(off),
         }
+    }
+
+    /// Runs `body` with the arena bytes `[from, from + len)` moved to the
+    /// run-time address `to`: [`Emitter::base`] of a buffer in that window
+    /// points into `to` instead. A kernel that runs another kernel's code
+    /// on per-unit scratch (`chain::ChainConv`'s slots) plans that code on
+    /// the first slot and emits it rebased to the unit's own.
+    pub fn rebased<R>(
+        &mut self,
+        from: usize,
+        len: usize,
+        to: Value,
+        body: impl FnOnce(&mut Self) -> R,
+    ) -> R {
+        let saved = self.rebase.replace((from, len, to));
+        let r = body(self);
+        self.rebase = saved;
+        r
     }
 
     /// The address of byte `off` of the constant blob. The blob's base is

@@ -143,6 +143,11 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
                 a.vmovups(ymmword_ptr(rax + disp(p_off + 32 * z)), ymm(12 + z))?;
             }
         }
+        if v.b_pack && (v.act != Act::None || v.residual) {
+            // the next column panel's line of this B row, as the AVX-512
+            // tile does (see there why only under an epilogue)
+            a.prefetcht0(byte_ptr(rsi + disp(b_off + 4 * NR)))?;
+        }
         for i in 0..v.mr {
             a.vbroadcastss(ymm14, dword_ptr(rdi + disp(a_off + 4 * i * v.a_rs)))?;
             for z in 0..nz {
@@ -299,6 +304,7 @@ mod tests {
             k: 7,
             mr: MR,
             nt: NR,
+            nr: NR,
             a_rs: 1,
             a_ks: MR,
             b_ks: NR,
@@ -319,6 +325,8 @@ mod tests {
         assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3]);
         assert!(assemble(&Variant { mr: 7, ..v }).is_err());
         assert!(assemble(&Variant { nt: 17, ..v }).is_err());
+        // only the 16-column panel
+        assert!(assemble(&Variant { nr: 32, ..v }).is_err());
         assert!(assemble(&Variant { b_pack: true, ..v }).is_err());
         assert!(assemble(&Variant { c_rs: 1 << 30, ..v }).is_err());
     }

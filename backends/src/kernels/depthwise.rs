@@ -578,6 +578,24 @@ pub(crate) fn lower(
     title: Option<String>,
     shuffle: usize,
 ) -> Result<Kernels, BackendError> {
+    let (x, w, out) = (cx.ins[0].buf, cx.ins[1].buf, cx.outs[0].0);
+    let k = kernel(cx, [x, w, out], g, bias, epi, title, shuffle)?;
+    Ok(vec![Box::new(k)])
+}
+
+/// The depthwise convolution kernel of geometry `g` reading `x` and the
+/// weights `w` and writing `out` (`[x, w, out]`), one unit per output
+/// plane; [`lower`] gives it the node's operands, `chain::ChainConv` its
+/// band buffers.
+pub(crate) fn kernel(
+    cx: &mut NodeCx,
+    [x, w, out]: [Buf; 3],
+    g: Geom,
+    bias: Option<Buf>,
+    epi: Epilogue,
+    title: Option<String>,
+    shuffle: usize,
+) -> Result<impl Kernel + use<>, BackendError> {
     let asm = match cx.asm512() {
         Some(store) => match asm_spec(g, &epi) {
             Some(spec) => Some((
@@ -603,11 +621,11 @@ pub(crate) fn lower(
         }
         _ => None,
     };
-    Ok(vec![Box::new(Depthwise {
-        x: cx.ins[0].buf,
-        w: Some(cx.ins[1].buf),
+    Ok(Depthwise {
+        x,
+        w: Some(w),
         bias,
-        out: cx.outs[0].0,
+        out,
         g,
         mode: Mode::Conv,
         epi,
@@ -615,7 +633,7 @@ pub(crate) fn lower(
         asm,
         asm_silu,
         shuffle,
-    })])
+    })
 }
 
 /// The assembled interior for a conv of geometry `g` with epilogue `epi`:

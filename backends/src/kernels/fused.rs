@@ -6,9 +6,11 @@
 //! the few shapes these kernels do not take, are expanded into
 //! primitive ops before lowering ([`has_kernel`] decides,
 //! `compiled::front` expands). A
-//! `fused_conv_chain` is first split into one `fused_conv` per stage
-//! ([`split_conv_chains`]): the chain's intermediates still reach memory,
-//! but each convolution keeps its epilogue.
+//! `fused_conv_chain` is split into one `fused_conv` per stage
+//! ([`split_conv_chains`]), each convolution keeping its epilogue; with
+//! `CompileOptions::banded_chains`, an inverted-residual block (pointwise
+//! → depthwise → pointwise with a large expanded tensor) runs band by band
+//! in `chain.rs` instead, its expanded tensor never in memory.
 //!
 //! The residual is read at the index about to be written; it is never the
 //! output buffer, because fused nodes have no in-place operand
@@ -19,7 +21,7 @@ use kiln_ir::{Graph, IrError, NodeId, Op, TensorType, Value};
 
 use super::conv::{self, Geom};
 use super::epilogue::{Epilogue, Slopes};
-use super::{Kernels, NodeCx, attention, matmul, sep_attn};
+use super::{Kernels, NodeCx, attention, chain, matmul, sep_attn};
 use crate::error::BackendError;
 
 /// Where the operands of a `fused_conv` / `fused_linear` are: bias, the
@@ -52,7 +54,7 @@ fn layout(bias: bool, act: Act, residual: bool) -> Layout {
 /// `[N, O, H, W]`: `Some(0)` when one slope per channel serves every image,
 /// `Some(O)` for one per image and channel, `None` for any other broadcast
 /// (those run as the expansion).
-fn slope_batch_stride(t: &TensorType, out: &[usize]) -> Option<usize> {
+pub(crate) fn slope_batch_stride(t: &TensorType, out: &[usize]) -> Option<usize> {
     if t.shape.len() > 4 || out.len() != 4 {
         return None;
     }
@@ -133,21 +135,25 @@ pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {
         // XFormer's cross-feature attention has no kernel yet: it runs as
         // its expansion.
         FusedOp::CrossFeatureAttention { .. } => false,
-        FusedOp::ConvChain { .. } => false,
+        FusedOp::ConvChain { .. } => chain::has_kernel(g, id),
     }
 }
 
-/// Rewrites every `fused_conv_chain` of `g` into its stages, each a
+/// Rewrites every `fused_conv_chain` of `g` but those to `keep` (which
+/// run as `chain.rs` kernels) into its stages, each a
 /// `fused_conv` with the stage's bias and activation, the chain's residual
 /// on the last one. This is the chain's own expansion
 /// (`FusedOp::expand`: each stage is conv2d → epilogue, then the residual
 /// after the last activation) grouped per convolution. Returns how many
 /// chains were split.
-pub(crate) fn split_conv_chains(g: &mut Graph) -> Result<usize, IrError> {
+pub(crate) fn split_conv_chains(
+    g: &mut Graph,
+    keep: impl Fn(&Graph, NodeId) -> bool,
+) -> Result<usize, IrError> {
     let chains: Vec<NodeId> = g
         .topo_order()?
         .into_iter()
-        .filter(|&id| matches!(g.node(id).op, Op::Fused(FusedOp::ConvChain { .. })))
+        .filter(|&id| matches!(g.node(id).op, Op::Fused(FusedOp::ConvChain { .. })) && !keep(g, id))
         .collect();
     for &id in &chains {
         let Op::Fused(FusedOp::ConvChain { stages, residual }) = g.node(id).op.clone() else {
@@ -254,6 +260,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
             attention::lower(cx, f)
         }
         FusedOp::SepAttention { .. } => sep_attn::lower(cx, f),
+        FusedOp::ConvChain { .. } => chain::lower(cx),
         _ => Err(cx.unsupported(format!(
             "{} has no kernel (compile expands it into primitive ops first)",
             f.name()

@@ -17,7 +17,8 @@
 //! Fused conv/linear kernels add an [`Epilogue`] (activation, then a
 //! residual laid out like C) applied to the accumulators right before the
 //! store: in the Cranelift tile on the f32x4 accumulators; in the assembled
-//! tiles (AVX-512 14×32 or AVX2 6×16, by the `AsmStore`'s level) as vector
+//! tiles (AVX-512 shapes fitted per GEMM by [`asm_tile_for`], or AVX2
+//! 6×16, by the `AsmStore`'s level) as vector
 //! instructions, except GELU, which the driver applies
 //! in a sweep over the tile the assembled code just wrote (still in L1),
 //! together with the residual. The Cranelift tile sweeps its expensive
@@ -30,6 +31,7 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotK
 use cranelift_frontend::Variable;
 
 use super::asm_tile::{self, AsmStore};
+use super::asm_tile_avx2;
 use super::epilogue::Epilogue;
 use super::{Kernel, Opt};
 use crate::codegen::{Buf, Emitter, F32, I64, Loc, V4};
@@ -93,6 +95,78 @@ pub(crate) struct Tile {
 /// `benches/pointwise_conv.rs` for the comparison with other shapes.
 pub(crate) const DEFAULT_TILE: Tile = Tile { mr: 4, nv: 2 };
 
+/// Whether the assembled tiles of `level` come in shape `tile`: at AVX-512
+/// 16, 32, 48 or 64 columns with up to `asm_tile::max_rows` rows, at AVX2
+/// only 6×16.
+pub(crate) fn level_fits(level: TileLevel, tile: Tile) -> bool {
+    let nr = 4 * tile.nv;
+    match level {
+        TileLevel::Avx512 => asm_tile::max_rows(nr).is_some_and(|r| (1..=r).contains(&tile.mr)),
+        TileLevel::Avx2 => (tile.mr, nr) == (asm_tile_avx2::MR, asm_tile_avx2::NR),
+        TileLevel::F32x4 => false,
+    }
+}
+
+/// Estimated cycles of one assembled AVX-512 tile call of `r` rows and `c`
+/// columns over `k` (Zen 4: one zmm or two ymm FMAs per cycle, FMA latency
+/// 4, two loads per cycle): the K loop runs at the slowest of FMA
+/// throughput (a last vector of ≤ 8 lanes is a ymm, half a zmm), the
+/// latency of each accumulator's chain, and the loads (B row and A
+/// broadcasts); plus the call, seeding and storing.
+fn tile_cycles(r: usize, c: usize, k: usize) -> f64 {
+    if r == 0 || c == 0 {
+        return 0.0;
+    }
+    let nz = c.div_ceil(16);
+    let tail = c - 16 * (nz - 1);
+    let w = (nz - 1) as f64 + if tail <= 8 { 0.5 } else { 1.0 };
+    let per_k = (r as f64 * w).max(4.0).max((nz + r) as f64 / 2.0);
+    k as f64 * per_k + 20.0 + 2.0 * (r * nz) as f64
+}
+
+/// Estimated cycles of an `m × n` GEMM over `k` in `mr × nr` tiles.
+fn gemm_cycles(m: usize, n: usize, k: usize, mr: usize, nr: usize) -> f64 {
+    let (rf, rt) = ((m / mr) as f64, m % mr);
+    let (cf, ct) = ((n / nr) as f64, n % nr);
+    rf * cf * tile_cycles(mr, nr, k)
+        + rf * tile_cycles(mr, ct, k)
+        + cf * tile_cycles(rt, nr, k)
+        + tile_cycles(rt, ct, k)
+}
+
+/// The assembled tile shape for an `m × n` GEMM over `k` at `level` (what A
+/// or B must be packed for). AVX2 has one shape, 6×16; at AVX-512 the
+/// default 14×32 unless another width (16, 48, 64 columns, each with every
+/// row count that fits the registers) is estimated ([`gemm_cycles`]) at
+/// least 3 % faster: it wins where the default's tails leave FMA latency
+/// exposed (a lone row, a short column tail), and the margin keeps the
+/// measured default where the estimates tie.
+pub(crate) fn asm_tile_for(level: TileLevel, m: usize, n: usize, k: usize) -> Tile {
+    let shape = |mr: usize, nr: usize| Tile { mr, nv: nr / 4 };
+    // One row is a GEMV streaming its weights: memory-bound, and 1×64 was
+    // measured slower than 14×32 on Mobile-Former's classifier (9.7 against
+    // 14.5 GFLOP/s) although it hides the FMA latency better.
+    if level != TileLevel::Avx512 || m <= 1 || n == 0 {
+        return match level {
+            TileLevel::Avx2 => shape(asm_tile_avx2::MR, asm_tile_avx2::NR),
+            _ => shape(asm_tile::MR, asm_tile::NR),
+        };
+    }
+    let k = k.max(1);
+    let default = gemm_cycles(m, n, k, asm_tile::MR, asm_tile::NR);
+    let mut best = (0.97 * default, shape(asm_tile::MR, asm_tile::NR));
+    for nr in [16, 32, 48, 64] {
+        let rows = asm_tile::max_rows(nr).unwrap_or(1);
+        for mr in 1..=rows.min(m) {
+            let c = gemm_cycles(m, n, k, mr, nr);
+            if c < best.0 {
+                best = (c, shape(mr, nr));
+            }
+        }
+    }
+    best.1
+}
+
 /// A batched GEMM. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Gemm {
@@ -145,7 +219,8 @@ pub(crate) struct Gemm {
 /// The assembled tile variants a GEMM calls.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AsmTiles {
-    /// the instruction set they are assembled for (sets `MR × NR`)
+    /// the instruction set they are assembled for (the shape is the
+    /// GEMM's `tile`)
     pub level: TileLevel,
     /// variant numbers in the `AsmStore`, by
     /// `4·packs + 2·(rows < MR) + (columns < NR)`, where `packs` marks the
@@ -360,29 +435,26 @@ impl Gemm {
         });
     }
 
-    /// Whether the assembled tiles of shape `(mr, nr)` can compute this
-    /// GEMM: they read A packed or with non-negative strides, seed with zero
-    /// or a bias, and have no epilogue (no alpha, no `beta·C`); the GEMM
-    /// must have been set up (packed) for their shape.
-    fn asm_compatible(&self, (mr, nr): (usize, usize)) -> bool {
+    /// Whether the assembled tiles of `level` can compute this GEMM: they
+    /// read A packed or with non-negative strides, seed with zero or a bias,
+    /// and have no epilogue (no alpha, no `beta·C`); the GEMM must have been
+    /// set up (packed) for a tile shape the level builds ([`level_fits`]).
+    fn asm_compatible(&self, level: TileLevel) -> bool {
         let a_ok = match self.a {
             ASrc::Packed { .. } => true,
             ASrc::Strided { rs, ks, .. } => rs >= 0 && ks >= 0,
         };
-        a_ok && self.alpha == 1.0
-            && self.cin.is_none()
-            && self.tile.mr == mr
-            && 4 * self.tile.nv == nr
+        a_ok && self.alpha == 1.0 && self.cin.is_none() && level_fits(level, self.tile)
     }
 
     /// Assembles the tile variants this GEMM needs (full tiles, and the
     /// row and column tails it has) at the store's level and switches it to
     /// calling them.
     pub fn request_asm(&mut self, store: &mut AsmStore) -> Result<(), String> {
-        let (tmr, tnr) = store.tile_shape();
-        if !self.asm_compatible((tmr, tnr)) || self.m == 0 || self.n == 0 {
+        if !self.asm_compatible(store.level()) || self.m == 0 || self.n == 0 {
             return Ok(());
         }
+        let (tmr, tnr) = (self.tile.mr, self.nr());
         let (b_ks, b_padded) = match self.b {
             _ if self.packs_b_at_run_time() => (self.nr(), true),
             BSrc::Packed { .. } => (self.nr(), true),
@@ -406,6 +478,7 @@ impl Gemm {
                 k: self.k,
                 mr,
                 nt,
+                nr: tnr,
                 a_rs,
                 a_ks,
                 b_ks,
@@ -1040,5 +1113,50 @@ impl Kernel for Gemm {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shape the chooser returns is one the level assembles, never
+    /// estimated slower than the default, and the default where the zoo's
+    /// large GEMMs and one-row GEMVs are concerned.
+    #[test]
+    fn tile_choice_fits_and_beats_default() {
+        let default = Tile { mr: 14, nv: 8 };
+        for m in 1..70 {
+            for n in [1, 5, 16, 17, 33, 47, 49, 64, 97, 196, 3136] {
+                for k in [1, 3, 16, 27, 192] {
+                    let t = asm_tile_for(TileLevel::Avx512, m, n, k);
+                    assert!(level_fits(TileLevel::Avx512, t), "{m}x{n}x{k}: {t:?}");
+                    assert!(
+                        gemm_cycles(m, n, k, t.mr, 4 * t.nv) <= gemm_cycles(m, n, k, 14, 32),
+                        "{m}x{n}x{k}: {t:?}"
+                    );
+                    let avx2 = asm_tile_for(TileLevel::Avx2, m, n, k);
+                    assert_eq!(avx2, Tile { mr: 6, nv: 4 });
+                    assert!(level_fits(TileLevel::Avx2, avx2));
+                }
+            }
+        }
+        for (m, n, k) in [
+            (1, 1920, 1344),
+            (1152, 49, 192),
+            (192, 49, 1152),
+            (16, 12544, 32),
+            (64, 16384, 32),
+            (129, 1024, 64),
+        ] {
+            assert_eq!(asm_tile_for(TileLevel::Avx512, m, n, k), default);
+        }
+        assert_eq!(
+            asm_tile_for(TileLevel::Avx512, 16, 49, 8),
+            Tile { mr: 6, nv: 16 }
+        );
+        assert!(!level_fits(TileLevel::Avx512, Tile { mr: 15, nv: 8 }));
+        assert!(!level_fits(TileLevel::Avx512, Tile { mr: 4, nv: 6 }));
+        assert!(!level_fits(TileLevel::F32x4, default));
     }
 }

@@ -45,11 +45,24 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     }
 }
 
-/// The tile to pack for: the assembled one when it will be used.
+/// The tile to pack for: the assembled one (its default shape) when it
+/// will be used.
 pub(crate) fn tile_for(cx: &NodeCx, asm_ok: bool) -> Tile {
     match cx.asm.as_deref() {
         Some(store) if asm_ok => {
             let (mr, nr) = store.tile_shape();
+            Tile { mr, nv: nr / 4 }
+        }
+        _ => cx.tile,
+    }
+}
+
+/// The tile to pack an `m × n` product over `k` for: the assembled shape
+/// fitted to it (`gemm::asm_tile_for`) when assembled tiles will be used.
+pub(crate) fn tile_for_shape(cx: &NodeCx, asm_ok: bool, m: usize, n: usize, k: usize) -> Tile {
+    match cx.asm.as_deref() {
+        Some(store) if asm_ok => {
+            let (mr, nr) = store.tile_shape_for(m, n, k);
             Tile { mr, nv: nr / 4 }
         }
         _ => cx.tile,
@@ -92,8 +105,6 @@ fn lower_matmul(
     epi: Epilogue,
     title: Option<String>,
 ) -> Result<Kernels, BackendError> {
-    let tile = tile_for(cx, true);
-    let nr = 4 * tile.nv;
     let (out_buf, _) = cx.outs[0].clone();
     let a_sh = &cx.ins[0].ty.shape;
     let b_sh = &cx.ins[1].ty.shape;
@@ -121,6 +132,8 @@ fn lower_matmul(
     } else {
         (m, batches)
     };
+    let tile = tile_for_shape(cx, true, m_eff, n, k);
+    let nr = 4 * tile.nv;
     // batch strides counted in matrices
     let a_bs = broadcast_strides(a_batch, &batch_shape);
     let b_bs = broadcast_strides(b_batch, &batch_shape);
@@ -230,10 +243,10 @@ fn lower_gemm(
                 && c.ty.shape.iter().rev().skip(1).all(|&d| d == 1)
                 && c.ty.shape.last() == Some(&n)
         });
-    let tile = tile_for(cx, alpha == 1.0 && c_is_bias_row);
-    let nr = 4 * tile.nv;
     let a_sh = cx.ins[0].ty.shape.clone();
     let k = if trans_a { a_sh[0] } else { a_sh[1] };
+    let tile = tile_for_shape(cx, alpha == 1.0 && c_is_bias_row, m, n, k);
+    let nr = 4 * tile.nv;
     let mut kernels: Kernels = Vec::new();
     // B: element (k, j) of op(b)
     let b = match cx.ins[1].data {

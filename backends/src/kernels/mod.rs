@@ -18,6 +18,7 @@ pub(crate) mod asm_tile;
 pub(crate) mod asm_tile_avx2;
 pub(crate) mod asm_unary;
 pub(crate) mod attention;
+pub(crate) mod chain;
 pub(crate) mod conv;
 pub(crate) mod copy;
 pub(crate) mod depthwise;
@@ -175,6 +176,7 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
             conv::scratch_bytes(g, id)
         }
         Op::Gemm { .. } => matmul::scratch_bytes(g, id),
+        Op::Fused(kiln_ir::fused::FusedOp::ConvChain { .. }) => chain::scratch_bytes(g, id),
         Op::Fused(ref f) => {
             let ops: Vec<TensorType> = g
                 .operands(id)

@@ -268,17 +268,28 @@ pub fn assert_same_bits(what: &str, a: &[Tensor], b: &[Tensor]) {
 /// agree bit for bit; then the Cranelift f32x4 tiles (at 1 thread, or at
 /// 1 and 2 when nothing is assembled on this host).
 pub fn check(what: &str, model: &Model, inputs: &[Tensor]) {
+    check_tweaked(what, model, inputs, |_| {});
+}
+
+/// [`check`] with every option set changed by `tweak` (an opt-in code
+/// path such as `banded_chains`).
+pub fn check_tweaked(what: &str, model: &Model, inputs: &[Tensor], tweak: fn(&mut CompileOptions)) {
+    let at = |threads, level| {
+        let mut o = level_opts(threads, level);
+        tweak(&mut o);
+        o
+    };
     let levels = asm_levels();
     for &level in &levels {
         let what = format!("{what} ({level} tiles)");
-        let one = check_with(&what, model, inputs, &level_opts(1, level));
-        let two = check_with(&what, model, inputs, &level_opts(2, level));
+        let one = check_with(&what, model, inputs, &at(1, level));
+        let two = check_with(&what, model, inputs, &at(2, level));
         assert_same_bits(&what, &one, &two);
     }
     let what = format!("{what} (Cranelift tiles only)");
-    let one = check_with(&what, model, inputs, &level_opts(1, TileLevel::F32x4));
+    let one = check_with(&what, model, inputs, &at(1, TileLevel::F32x4));
     if levels.is_empty() {
-        let two = check_with(&what, model, inputs, &level_opts(2, TileLevel::F32x4));
+        let two = check_with(&what, model, inputs, &at(2, TileLevel::F32x4));
         assert_same_bits(&what, &one, &two);
     }
 }
