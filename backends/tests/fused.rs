@@ -1001,6 +1001,24 @@ fn zoo_mobile_former_26m_optimised() {
 #[test]
 fn zoo_mobilevitv2_050_optimised() {
     let opt = zoo_optimised("mobilevitv2_050");
+    // every separable attention ran as its kernel: no expansion left
+    let plain = kernels(&opt, &opts(1));
+    let sep = opt
+        .graph
+        .node_ids()
+        .filter(|&id| {
+            matches!(
+                opt.graph.node(id).op,
+                Op::Fused(FusedOp::SepAttention { .. })
+            )
+        })
+        .count();
+    let cores = plain
+        .iter()
+        .filter(|k| k.starts_with("fused_sep_attn context"))
+        .count();
+    assert!(sep > 0, "mobilevitv2_050: no fused_sep_attn after optimize");
+    assert_eq!(cores, sep, "mobilevitv2_050: fused_sep_attn kernels");
     // with --banded-chains, the inverted residuals of the 128² and 64²
     // stages run band by band, at 1 and 2 threads bit for bit (the
     // optimised graph's interpreter run is the oracle here)
@@ -1101,6 +1119,49 @@ fn f2m_bridges() {
     }
 }
 
+/// The bridges at 8 to `MAX_TOKENS` (12) tokens, where the assembled
+/// passes change shape (fewer channels per `P·X` block, up to 12 score
+/// registers), with channel blocks that leave a tail, pixel counts with a
+/// 16-lane tail, and a batch.
+#[test]
+fn bridges_with_many_tokens() {
+    let cases = [
+        (8usize, 2usize, 5usize, 3usize, 7usize),
+        (11, 1, 7, 9, 13),
+        (12, 3, 13, 5, 5),
+    ];
+    for (i, &(m, heads, dh, h, w)) in cases.iter().enumerate() {
+        let (n, c, d) = (2, heads * dh, 9);
+        let scale = Float(1.0 / (dh as f32).sqrt());
+        for gate in [false, true] {
+            let mut args = vec![input(&[n, c, h, w]), input(&[n, m, d])];
+            bridge_side(&mut args, true, n, m, d, c);
+            bridge_side(&mut args, gate, n, m, d, c);
+            args.extend([weight(&[c, d]), weight(&[d]), weight(&[d]), weight(&[d])]);
+            let op = FusedOp::M2fBridge {
+                heads,
+                scale,
+                eps: Float(1e-5),
+                proj_q: true,
+                gate,
+            };
+            let what = format!("m2f {n}x{c}x{h}x{w}, {m} tokens, {heads} heads, gate {gate}");
+            check_attention(&what, op, &args, 700 + i as u64, "fused_m2f attention");
+        }
+        let args = [
+            input(&[n, c, h, w]),
+            input(&[n, m, d]),
+            weight(&[d, c]),
+            weight(&[c]),
+            weight(&[d, c]),
+            weight(&[c]),
+        ];
+        let op = FusedOp::F2mBridge { heads, scale };
+        let what = format!("f2m {n}x{c}x{h}x{w}, {m} tokens, {heads} heads");
+        check_attention(&what, op, &args, 710 + i as u64, "fused_f2m attention");
+    }
+}
+
 /// More tokens than the bridge kernels hold in registers: the expansion
 /// runs, and is still right.
 #[test]
@@ -1165,5 +1226,63 @@ fn token_attention() {
             "mha b {b}, {tq} queries, {tk} keys, {heads} heads of {dh}/{dvh}, proj {proj_q} {proj_k} {proj_v}"
         );
         check_attention(&what, op, &args, 500 + i, "fused_mha");
+    }
+}
+
+/// MobileViTv2's separable attention against its expansion: the folded
+/// form with patches 2×2, 1×1, non-square, and widths that divide the
+/// f32x4 lanes (1, 2, 4: the slot pattern in lanes) or not (3: scalar),
+/// on maps whose rows have f32x4 tails; the unfolded form; `d` of 1, 3,
+/// 16 and 67; batches of 1 to 3; constant and run-time projection
+/// weights. `check_attention` runs every level at 1 and 2 threads and the
+/// scalarised path.
+#[test]
+fn separable_attention() {
+    let mut rng = Rng(35);
+    let patches: [Option<[usize; 2]>; 9] = [
+        Some([2, 2]),
+        Some([1, 1]),
+        Some([2, 1]),
+        Some([1, 2]),
+        Some([3, 2]),
+        Some([2, 4]),
+        Some([1, 3]),
+        Some([2, 3]),
+        None,
+    ];
+    for i in 0..18u64 {
+        let patch = patches[i as usize % patches.len()];
+        let d = *rng.pick(&[1usize, 3, 16, 67]);
+        let n = rng.range(1, 3);
+        let (h, w) = match patch {
+            Some([ph, pw]) => (
+                ph * *rng.pick(&[1usize, 3, 4, 5, 8]),
+                pw * *rng.pick(&[1usize, 3, 5, 8, 9, 16]),
+            ),
+            // [N, d, P, Np]: pixel slots, then patches
+            None => (
+                *rng.pick(&[1usize, 2, 4, 6]),
+                *rng.pick(&[1usize, 3, 5, 16, 17]),
+            ),
+        };
+        let r = 1 + 2 * d;
+        // run-time projection weights every fifth case (A read strided)
+        let w_arg = |shape: &[usize]| {
+            if i % 5 == 4 {
+                input(shape)
+            } else {
+                weight(shape)
+            }
+        };
+        let args = [
+            input(&[n, d, h, w]),
+            w_arg(&[r, d, 1, 1]),
+            weight(&[r]),
+            w_arg(&[d, d, 1, 1]),
+            weight(&[d]),
+        ];
+        let op = FusedOp::SepAttention { patch };
+        let what = format!("sep_attn {n}x{d}x{h}x{w}, patch {patch:?}, case {i}");
+        check_attention(&what, op, &args, 600 + i, "fused_sep_attn context");
     }
 }

@@ -1,6 +1,8 @@
 //! AVX-512 element-wise transcendentals (`exp`, `sigmoid`, `silu`), and
 //! the softmax routines built on the same `exp` (a long row; blocks of 16
-//! short rows), assembled at compile time with iced-x86.
+//! short rows), the Mobile→Former bridge's `P·X` pass and the
+//! Former→Mobile bridge's per-pixel attention, assembled at compile time
+//! with iced-x86.
 //!
 //! Cranelift lowers only 128-bit vectors on x86-64, and an `exp`-based
 //! activation in f32x4 runs at about 6.6 GB/s here — compute-bound: SiLU
@@ -510,6 +512,256 @@ fn emit_softmax_row() -> Result<Vec<u8>, IcedError> {
     a.assemble(0)
 }
 
+/// The most tokens [`assemble_m2f_px`] takes: one zmm accumulator per
+/// token and channel of a block, zmm4..zmm27.
+pub(crate) const M2F_PX_MAX_TOKENS: usize = 12;
+
+/// Channels per call of [`assemble_m2f_px`] for `m` tokens: up to four,
+/// `cb·m` accumulators at most 24.
+pub(crate) fn m2f_px_block(m: usize) -> usize {
+    (24 / m.max(1)).clamp(1, 4)
+}
+
+/// Whether [`assemble_m2f_px`] takes these dimensions: 1 to
+/// [`M2F_PX_MAX_TOKENS`] tokens, at least one pixel, every row and gate
+/// offset an `i32` displacement.
+pub(crate) fn m2f_px_fits(m: usize, l: usize, c: usize) -> bool {
+    let disp = |x: usize| {
+        x.checked_mul(4 * (m + 4))
+            .is_some_and(|b| i32::try_from(b).is_ok())
+    };
+    (1..=M2F_PX_MAX_TOKENS).contains(&m) && l > 0 && disp(l) && disp(c)
+}
+
+/// The key the assembled Mobile→Former `P·X` pass with these baked-in
+/// dimensions is cached under.
+pub(crate) fn m2f_px_key(m: usize, l: usize, c: usize, cb: usize, twice: bool) -> String {
+    format!("m2f px m={m} l={l} c={c} cb={cb} twice={twice}")
+}
+
+/// Assembles the Mobile→Former bridge's `P·X` pass for `cb` consecutive
+/// channels, `fn(x: *const f32, p: *const f32, g: *const f32, o: *mut
+/// f32)` (System V: rdi, rsi, rdx, rcx): for every channel `i < cb` and
+/// token `t < m`, `o[t·c + i] = (Σ_{j<l} p[t·l + j]·x[i·l + j]) · g[t·c +
+/// i]`, the gate doubled first when `twice` (exact). `x` is the first
+/// channel's row of `l` pixels, `p` the `m` rows of softmax weights.
+///
+/// 16 pixels per step, one accumulator per (channel, token); the last `l
+/// mod 16` pixels by zero-masked loads (nothing past a row is read). The
+/// `m` weight rows are read from L2 once per block of channels: one
+/// channel per pass left it L2-bound (the f32x4 form in `attention.rs`,
+/// one channel per pass, is bound by its instruction count). Each sum is
+/// reduced in a fixed order, so results do not depend on the thread.
+pub(crate) fn assemble_m2f_px(
+    m: usize,
+    l: usize,
+    c: usize,
+    cb: usize,
+    twice: bool,
+) -> Result<Vec<u8>, String> {
+    if !m2f_px_fits(m, l, c) || cb == 0 || cb > m2f_px_block(m) {
+        return Err(format!(
+            "no assembled m2f P·X pass for {m} tokens, {l} pixels, {c} channels, blocks of {cb}"
+        ));
+    }
+    emit_m2f_px(m, l, c, cb, twice).map_err(|e| e.to_string())
+}
+
+fn emit_m2f_px(m: usize, l: usize, c: usize, cb: usize, twice: bool) -> Result<Vec<u8>, IcedError> {
+    // accumulator of (channel i, token t); x rows in zmm28..zmm31
+    let acc = |i: usize, t: usize| zmm(4 + i * m + t);
+    let xr = |i: usize| zmm(28 + i);
+    let mut a = CodeAssembler::new(64)?;
+    for i in 0..cb {
+        for t in 0..m {
+            a.vxorps(acc(i, t), acc(i, t), acc(i, t))?;
+        }
+    }
+    // row t of p and row i of x are 4·t·l and 4·i·l bytes past the
+    // walking pointers
+    let row = |t: usize| (4 * t * l) as i32;
+    a.mov(r8, l as u64)?;
+    for_vectors(&mut a, &[rdi, rsi], |a, masked| {
+        for i in 0..cb {
+            if masked {
+                a.vmovups(xr(i).k1().z(), zmmword_ptr(rdi + row(i)))?;
+            } else {
+                a.vmovups(xr(i), zmmword_ptr(rdi + row(i)))?;
+            }
+        }
+        for t in 0..m {
+            if masked {
+                a.vmovups(zmm1.k1().z(), zmmword_ptr(rsi + row(t)))?;
+                for i in 0..cb {
+                    a.vfmadd231ps(acc(i, t), xr(i), zmm1)?;
+                }
+            } else {
+                for i in 0..cb {
+                    a.vfmadd231ps(acc(i, t), xr(i), zmmword_ptr(rsi + row(t)))?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    for i in 0..cb {
+        for t in 0..m {
+            // halves, quarters, then pairs: a fixed order (the upper half
+            // of zmm1 after the first add is never read)
+            a.vextractf64x4(ymm1, acc(i, t), 1)?;
+            a.vaddps(zmm1, zmm1, acc(i, t))?;
+            a.vextractf128(xmm2, ymm1, 1)?;
+            a.vaddps(xmm1, xmm1, xmm2)?;
+            a.vpermilps(xmm2, xmm1, 0x4E)?;
+            a.vaddps(xmm1, xmm1, xmm2)?;
+            a.vpermilps(xmm2, xmm1, 0xB1)?;
+            a.vaddss(xmm1, xmm1, xmm2)?;
+            let at = (4 * (t * c + i)) as i32;
+            a.vmovss(xmm2, dword_ptr(rdx + at))?;
+            if twice {
+                a.vaddss(xmm2, xmm2, xmm2)?;
+            }
+            a.vmulss(xmm1, xmm1, xmm2)?;
+            a.vmovss(dword_ptr(rcx + at), xmm1)?;
+        }
+    }
+    a.vzeroupper()?;
+    a.ret()?;
+    a.assemble(0)
+}
+
+/// The most tokens [`assemble_f2m_run`] takes: one zmm score per token,
+/// zmm4..zmm15.
+pub(crate) const F2M_MAX_TOKENS: usize = 12;
+
+/// Whether [`assemble_f2m_run`] takes these dimensions: 1 to
+/// [`F2M_MAX_TOKENS`] tokens, at least one channel per head, channel and
+/// token strides that fit an `i32` displacement.
+pub(crate) fn f2m_fits(m: usize, hc: usize, l: usize, c: usize) -> bool {
+    let disp = |x: usize| {
+        x.checked_mul(4 * m)
+            .is_some_and(|b| i32::try_from(b).is_ok())
+    };
+    (1..=F2M_MAX_TOKENS).contains(&m) && hc > 0 && disp(l) && disp(c)
+}
+
+/// The key the assembled Former→Mobile run with these baked-in dimensions
+/// is cached under.
+pub(crate) fn f2m_run_key(m: usize, hc: usize, l: usize, c: usize, scale: f32) -> String {
+    format!(
+        "f2m run m={m} hc={hc} l={l} c={c} scale={:#x}",
+        scale.to_bits()
+    )
+}
+
+/// Assembles the Former→Mobile bridge's per-pixel attention over a run of
+/// pixels of one (image, head): `fn(y: *const f32, o: *mut f32, k: *const
+/// f32, v: *const f32, n: usize)` (System V: rdi, rsi, rdx, rcx, r8). For
+/// each of the `n` pixels `p` (channel `ch`'s pixel at `y[ch·l + p]`, the
+/// head's `hc` channels): scores `s_t = scale · Σ_ch k[t·c + ch]·y[ch·l +
+/// p]` for the `m` tokens, `a = softmax(s)`, and `o[ch·l + p] = y[ch·l +
+/// p] + Σ_t a_t·v[t·c + ch]`. `k` and `v` point at the head's first channel
+/// of the projected `[M, C]` tokens (read by embedded broadcast, so no
+/// splatted copies).
+///
+/// 16 pixels per step, the last `n mod 16` masked: the `m` scores are
+/// zmm registers, their softmax runs across them (the same `exp` as
+/// [`assemble`], one division), then the values pass. This replaces f32x4
+/// code bound by its instruction count (4 pixels per `exp` and FMA).
+pub(crate) fn assemble_f2m_run(
+    m: usize,
+    hc: usize,
+    l: usize,
+    c: usize,
+    scale: f32,
+) -> Result<Vec<u8>, String> {
+    if !f2m_fits(m, hc, l, c) {
+        return Err(format!(
+            "no assembled f2m run for {m} tokens, {hc} channels per head, {l} pixels, {c} channels"
+        ));
+    }
+    emit_f2m_run(m, hc, l, c, scale).map_err(|e| e.to_string())
+}
+
+fn emit_f2m_run(m: usize, hc: usize, l: usize, c: usize, scale: f32) -> Result<Vec<u8>, IcedError> {
+    const K_SCALE: usize = 28;
+    const MAX: usize = 30;
+    const SUM: usize = 31;
+    let s = |t: usize| zmm(4 + t);
+    let tok = |t: usize| (4 * t * c) as i32;
+    let mut a = CodeAssembler::new(64)?;
+    exp_constants(&mut a)?;
+    constant(&mut a, K_SCALE, scale)?;
+    for_vectors(&mut a, &[rdi, rsi], |a, masked| {
+        let load_y = |a: &mut CodeAssembler, src: AsmRegister64| {
+            if masked {
+                a.vmovups(zmm0.k1().z(), zmmword_ptr(src))
+            } else {
+                a.vmovups(zmm0, zmmword_ptr(src))
+            }
+        };
+        // scores over the head's channels
+        for t in 0..m {
+            a.vxorps(s(t), s(t), s(t))?;
+        }
+        a.mov(r9, rdi)?;
+        a.mov(r10, rdx)?;
+        a.mov(r11, hc as u64)?;
+        let mut scores = a.create_label();
+        a.set_label(&mut scores)?;
+        load_y(a, r9)?;
+        for t in 0..m {
+            a.vfmadd231ps(s(t), zmm0, dword_bcst(r10 + tok(t)))?;
+        }
+        a.add(r9, (4 * l) as i32)?;
+        a.add(r10, 4)?;
+        a.dec(r11)?;
+        a.jnz(scores)?;
+        // softmax across the score registers
+        for t in 0..m {
+            a.vmulps(s(t), s(t), zmm(K_SCALE))?;
+        }
+        a.vmovaps(zmm(MAX), s(0))?;
+        for t in 1..m {
+            a.vmaxps(zmm(MAX), zmm(MAX), s(t))?;
+        }
+        a.vxorps(zmm(SUM), zmm(SUM), zmm(SUM))?;
+        for t in 0..m {
+            a.vsubps(zmm1, s(t), zmm(MAX))?;
+            exp(a)?;
+            a.vmovaps(s(t), zmm1)?;
+            a.vaddps(zmm(SUM), zmm(SUM), zmm1)?;
+        }
+        a.vdivps(zmm(SUM), zmm(K_ONE), zmm(SUM))?;
+        for t in 0..m {
+            a.vmulps(s(t), s(t), zmm(SUM))?;
+        }
+        // y + Σ_t a_t·v_t, channel by channel
+        a.mov(r9, rdi)?;
+        a.mov(rax, rsi)?;
+        a.mov(r10, rcx)?;
+        a.mov(r11, hc as u64)?;
+        let mut values = a.create_label();
+        a.set_label(&mut values)?;
+        load_y(a, r9)?;
+        for t in 0..m {
+            a.vfmadd231ps(zmm0, s(t), dword_bcst(r10 + tok(t)))?;
+        }
+        if masked {
+            a.vmovups(zmmword_ptr(rax).k1(), zmm0)?;
+        } else {
+            a.vmovups(zmmword_ptr(rax), zmm0)?;
+        }
+        a.add(r9, (4 * l) as i32)?;
+        a.add(rax, (4 * l) as i32)?;
+        a.add(r10, 4)?;
+        a.dec(r11)?;
+        a.jnz(values)
+    })?;
+    a.vzeroupper()?;
+    a.ret()?;
+    a.assemble(0)
+}
+
 /// `zmm0 = f(zmm0)`; clobbers zmm1..zmm3.
 fn apply(a: &mut CodeAssembler, f: Func) -> Result<(), IcedError> {
     match f {
@@ -549,5 +801,26 @@ mod tests {
             assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{len}");
         }
         assert!(assemble_softmax_lanes(LANES_MAX_LEN + 1).is_err());
+        for (m, l) in [(1, 1), (6, 49), (12, 3136)] {
+            for cb in 1..=m2f_px_block(m) {
+                let code = assemble_m2f_px(m, l, 64, cb, m == 6).unwrap();
+                assert_eq!(
+                    &code[code.len() - 4..],
+                    &[0xC5, 0xF8, 0x77, 0xC3],
+                    "{m} {l}"
+                );
+            }
+        }
+        assert!(assemble_m2f_px(M2F_PX_MAX_TOKENS + 1, 16, 8, 1, false).is_err());
+        assert!(assemble_m2f_px(6, 16, 8, 5, false).is_err());
+        for (m, hc) in [(1, 1), (6, 16), (12, 13)] {
+            let code = assemble_f2m_run(m, hc, 3136, 96, 0.25).unwrap();
+            assert_eq!(
+                &code[code.len() - 4..],
+                &[0xC5, 0xF8, 0x77, 0xC3],
+                "{m} {hc}"
+            );
+        }
+        assert!(assemble_f2m_run(F2M_MAX_TOKENS + 1, 4, 16, 8, 1.0).is_err());
     }
 }

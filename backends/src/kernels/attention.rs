@@ -14,9 +14,11 @@
 //!   one batched GEMM `Q_j [M×dh] · X_j [dh×L]` reading `X` in place; then
 //!   [`M2fCore`], one unit per (image, head), gives each token's row of
 //!   scores its softmax in place (the assembled row softmax on AVX-512,
-//!   else f32x4 passes) and sums `P·X` per channel over the pixels (f32x4
-//!   lanes, one accumulator per token: the map's second and last read),
-//!   times the gate (doubled here: `2·hsig`, exact). `Wo`, `bo` and `z` are
+//!   else f32x4 passes) and sums `P·X` per channel over the pixels (the
+//!   map's second and last read), times the gate (doubled here: `2·hsig`,
+//!   exact): on AVX-512 an assembled pass over blocks of up to 4 channels
+//!   (`asm_unary::assemble_m2f_px`, 16 pixels per step, one weight read
+//!   per block), else f32x4 lanes, one accumulator per token. `Wo`, `bo` and `z` are
 //!   a GEMM into the output and the shared layer-norm kernel finishes in
 //!   place.
 //! - **`fused_f2m`**: K and V are projected, then splatted to f32x4 per
@@ -24,14 +26,18 @@
 //!   head, run of pixels) and four pixels at a time: the `M` scores are `M`
 //!   f32x4 accumulators over the head's channels, their softmax runs across
 //!   the accumulators (lane-wise, in registers), and `y + Σ_m a_m V_m` is
-//!   stored channel by channel (one read of `y`, one write).
+//!   stored channel by channel (one read of `y`, one write). On AVX-512
+//!   the run is one assembled call instead (`asm_unary::assemble_f2m_run`:
+//!   16 pixels per step, the scores in zmm registers, K and V read
+//!   unsplatted by embedded broadcast, so [`Splat`] is skipped).
 //! - **`fused_mha`**: the projected sides go to scratch, then one unit per
 //!   batch element computes per query and head the scores over the keys,
 //!   their softmax and the weighted sum of the values ([`MhaKernel`]).
 //!
 //! Token counts above [`MAX_TOKENS`] keep the expansion (the bridges hold
 //! one accumulator per token), as do operand shapes that only broadcast
-//! (a batch of 1 against `N`); `fused_sep_attn` and `fused_xca` always do.
+//! (a batch of 1 against `N`); `fused_xca` always does. `fused_sep_attn`
+//! has its kernel in `sep_attn.rs`.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::I64;
@@ -415,6 +421,19 @@ struct M2fCore {
     so: Buf,
     /// the assembled row softmax, by its number in the `AsmStore`
     asm: Option<usize>,
+    /// the assembled `P·X` pass (`asm_unary::assemble_m2f_px`) for blocks
+    /// of `cb` channels and for the head's last `dh mod cb`, only with the
+    /// row softmax (it takes the weights normalised)
+    px: Option<PxFns>,
+}
+
+/// The assembled `P·X` functions of an `M2fCore`, by their numbers in the
+/// `AsmStore`.
+#[derive(Clone, Copy)]
+struct PxFns {
+    cb: usize,
+    block: usize,
+    tail: Option<usize>,
 }
 
 impl Kernel for M2fCore {
@@ -455,6 +474,14 @@ impl Kernel for M2fCore {
             }
             (e.b.import_signature(sig), id)
         });
+        // fn(x, p, g, o) of the assembled P·X pass
+        let px = self.px.filter(|_| self.asm.is_some()).map(|fns| {
+            let mut sig = Signature::new(CallConv::SystemV);
+            for _ in 0..4 {
+                sig.params.push(AbiParam::new(I64));
+            }
+            (e.b.import_signature(sig), fns)
+        });
         e.for_range(begin, end, 1, |e, u| {
             let n = e.b.ins().udiv_imm_u(u, b.heads as i64);
             let j = e.b.ins().urem_imm_u(u, b.heads as i64);
@@ -484,6 +511,26 @@ impl Kernel for M2fCore {
                     }
                 })
                 .collect();
+            if let Some((sig, fns)) = px {
+                // blocks of channels, 16 pixels at a time, gated and
+                // stored by the assembled pass
+                let call = |e: &mut Emitter, id: usize, ch: Value| {
+                    let xc = xh.at(e, ch, 4 * l as i64);
+                    let gc = gh.at(e, ch, 4);
+                    let oc = oh.at(e, ch, 4);
+                    let f = e.asm_fn(id);
+                    e.b.ins().call_indirect(sig, f, &[xc.p, sh.p, gc.p, oc.p]);
+                };
+                let full = fns.cb * (dh / fns.cb);
+                e.for_static(0, full as i64, fns.cb as i64, |e, ch| {
+                    call(e, fns.block, ch)
+                });
+                if let Some(id) = fns.tail {
+                    let ch = e.ic(full as i64);
+                    call(e, id, ch);
+                }
+                return;
+            }
             // per channel: Σ_l P[t,l]·X[ch,l] for every token t
             e.for_static(0, dh as i64, 1, |e, ch| {
                 let xc = xh.at(e, ch, 4 * l as i64);
@@ -536,6 +583,9 @@ struct F2mCore {
     k: Buf,
     v: Buf,
     out: Buf,
+    /// the assembled run (`asm_unary::assemble_f2m_run`), which reads the
+    /// projected `[N, M, C]` keys and values `kv` unsplatted
+    asm: Option<(usize, [Buf; 2])>,
 }
 
 /// `dst[n, c, m] = splat(src[n, m, c])` (f32x4) for `[N, M, C]` sources.
@@ -704,6 +754,14 @@ impl Kernel for F2mCore {
         let ks = base(e, self.k);
         let vs = base(e, self.v);
         let out = e.base(self.out);
+        // fn(y, o, k, v, n) of the assembled run
+        let asm = self.asm.map(|(id, [k, v])| {
+            let mut sig = Signature::new(CallConv::SystemV);
+            for _ in 0..5 {
+                sig.params.push(AbiParam::new(I64));
+            }
+            (e.b.import_signature(sig), id, base(e, k), base(e, v))
+        });
         e.for_range(begin, end, 1, |e, u| {
             let nj = e.b.ins().udiv_imm_u(u, runs as i64);
             let r = e.b.ins().urem_imm_u(u, runs as i64);
@@ -728,6 +786,22 @@ impl Kernel for F2mCore {
                 v: vh,
             };
             let last = l - (runs - 1) * F2M_RUN;
+            if let Some((sig, id, kp, vp)) = asm {
+                // the head's first channel of the [N, M, C] tokens
+                let nm = e.b.ins().imul_imm_s(n, (m * c) as i64);
+                let jd = e.b.ins().imul_imm_s(j, dh as i64);
+                let t0 = e.b.ins().iadd(nm, jd);
+                let kh = kp.at(e, t0, 4);
+                let vh = vp.at(e, t0, 4);
+                let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, r, (runs - 1) as i64);
+                let lc = e.ic(last as i64);
+                let rc = e.ic(F2M_RUN as i64);
+                let len = e.b.ins().select(is_last, lc, rc);
+                let f = e.asm_fn(id);
+                e.b.ins()
+                    .call_indirect(sig, f, &[yh.p, oh, kh.p, vh.p, len]);
+                return;
+            }
             if last == F2M_RUN {
                 self.run(e, h, F2M_RUN);
             } else {
@@ -1005,6 +1079,27 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                 )),
             };
             ks.push(Box::new(matmul::finish(cx, gm)?));
+            let px = match (asm, cx.asm512()) {
+                // (no channels: no pass, and no block size)
+                (Some(_), Some(store)) if b.dh() > 0 && asm_unary::m2f_px_fits(b.m, b.l, b.c) => {
+                    let (m, l, c) = (b.m, b.l, b.c);
+                    let mut get = |cb: usize| {
+                        store
+                            .request_named(asm_unary::m2f_px_key(m, l, c, cb, gate), || {
+                                asm_unary::assemble_m2f_px(m, l, c, cb, gate)
+                            })
+                            .map_err(BackendError::Jit)
+                    };
+                    let cb = asm_unary::m2f_px_block(m).min(b.dh());
+                    let tail = b.dh() % cb;
+                    Some(PxFns {
+                        cb,
+                        block: get(cb)?,
+                        tail: if tail > 0 { Some(get(tail)?) } else { None },
+                    })
+                }
+                _ => None,
+            };
             ks.push(Box::new(M2fCore {
                 b,
                 x: cx.ins[0].buf,
@@ -1013,6 +1108,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                 ss,
                 so,
                 asm,
+                px,
             }));
             // out = z + og·Wo + bo, then the layer norm in place
             let epi = Epilogue {
@@ -1048,12 +1144,28 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                     Epilogue::NONE,
                 )?);
             }
-            ks.push(Box::new(Splat {
-                n: b.n,
-                m: b.m,
-                c: b.c,
-                arrays: vec![(k, k4), (v, v4)],
-            }));
+            let asm = match cx.asm512() {
+                Some(store) if asm_unary::f2m_fits(b.m, b.dh(), b.l, b.c) => {
+                    let (m, hc, l, c, sc) = (b.m, b.dh(), b.l, b.c, scale.0);
+                    let id = store
+                        .request_named(asm_unary::f2m_run_key(m, hc, l, c, sc), || {
+                            asm_unary::assemble_f2m_run(m, hc, l, c, sc)
+                        })
+                        .map_err(BackendError::Jit)?;
+                    Some((id, [Buf::input(k.loc), Buf::input(v.loc)]))
+                }
+                _ => None,
+            };
+            // the f32x4 form reads the tokens splatted; the assembled one
+            // broadcasts them itself
+            if asm.is_none() {
+                ks.push(Box::new(Splat {
+                    n: b.n,
+                    m: b.m,
+                    c: b.c,
+                    arrays: vec![(k, k4), (v, v4)],
+                }));
+            }
             ks.push(Box::new(F2mCore {
                 b,
                 scale: scale.0,
@@ -1061,6 +1173,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                 k: k4,
                 v: v4,
                 out,
+                asm,
             }));
         }
         FusedOp::Attention {

@@ -2,8 +2,8 @@
 //! run as one convolution / GEMM kernel whose [`Epilogue`] applies the
 //! activation and the residual to the accumulators before the store (the
 //! bias seeds them). `fused_mha`, `fused_m2f` and `fused_f2m` have kernels
-//! in `attention.rs`. Every other fused op (`fused_sep_attn`, `fused_xca`),
-//! and the few shapes these kernels do not take, are expanded into
+//! in `attention.rs`, `fused_sep_attn` in `sep_attn.rs`. `fused_xca`, and
+//! the few shapes these kernels do not take, are expanded into
 //! primitive ops before lowering ([`has_kernel`] decides,
 //! `compiled::front` expands). A
 //! `fused_conv_chain` is split into one `fused_conv` per stage
@@ -21,7 +21,7 @@ use kiln_ir::{Graph, IrError, NodeId, Op, TensorType, Value};
 
 use super::conv::{self, Geom};
 use super::epilogue::{Epilogue, Slopes};
-use super::{Kernels, NodeCx, attention, chain, matmul};
+use super::{Kernels, NodeCx, attention, chain, matmul, sep_attn};
 use crate::error::BackendError;
 
 /// Where the operands of a `fused_conv` / `fused_linear` are: bias, the
@@ -131,9 +131,10 @@ pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {
         FusedOp::Attention { .. } | FusedOp::M2fBridge { .. } | FusedOp::F2mBridge { .. } => {
             attention::has_kernel(f, &ops)
         }
-        // MobileViTv2's separable attention and XFormer's cross-feature
-        // attention have no kernel yet: they run as their expansion.
-        FusedOp::SepAttention { .. } | FusedOp::CrossFeatureAttention { .. } => false,
+        FusedOp::SepAttention { .. } => sep_attn::has_kernel(f, &ops),
+        // XFormer's cross-feature attention has no kernel yet: it runs as
+        // its expansion.
+        FusedOp::CrossFeatureAttention { .. } => false,
         FusedOp::ConvChain { .. } => chain::has_kernel(g, id),
     }
 }
@@ -205,8 +206,8 @@ pub(crate) fn split_conv_chains(
     Ok(chains.len())
 }
 
-/// Lowers a `fused_conv`, `fused_linear`, `fused_mha`, `fused_m2f` or
-/// `fused_f2m` node that [`has_kernel`].
+/// Lowers a `fused_conv`, `fused_linear`, `fused_mha`, `fused_m2f`,
+/// `fused_f2m` or `fused_sep_attn` node that [`has_kernel`].
 pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendError> {
     match *f {
         FusedOp::Conv {
@@ -258,6 +259,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
         FusedOp::Attention { .. } | FusedOp::M2fBridge { .. } | FusedOp::F2mBridge { .. } => {
             attention::lower(cx, f)
         }
+        FusedOp::SepAttention { .. } => sep_attn::lower(cx, f),
         FusedOp::ConvChain { .. } => chain::lower(cx),
         _ => Err(cx.unsupported(format!(
             "{} has no kernel (compile expands it into primitive ops first)",

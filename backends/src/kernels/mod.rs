@@ -32,6 +32,7 @@ pub(crate) mod norm;
 pub(crate) mod pool;
 pub(crate) mod reduce;
 pub(crate) mod rows;
+pub(crate) mod sep_attn;
 pub(crate) mod softmax;
 
 use cranelift_codegen::ir::Value as ClValue;
@@ -182,7 +183,10 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
                 .iter()
                 .map(|&v| g.value_type(v).clone())
                 .collect();
-            attention::scratch_bytes(f, &ops)
+            match f {
+                kiln_ir::fused::FusedOp::SepAttention { .. } => sep_attn::scratch_bytes(f, &ops),
+                _ => attention::scratch_bytes(f, &ops),
+            }
         }
         _ => 0,
     }
