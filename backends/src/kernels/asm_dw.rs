@@ -917,7 +917,8 @@ mod tests {
                 assert!(!ins.is_invalid(), "{s:?}");
                 assert!(
                     matches!(ins.encoding(), EncodingKind::Legacy | EncodingKind::VEX),
-                    "{s:?}: {ins} is {:?}",
+                    "{s:?}: {:?} is {:?}",
+                    ins.code(),
                     ins.encoding()
                 );
                 for i in 0..ins.op_count() {
@@ -925,7 +926,7 @@ mod tests {
                         let r = ins.op_register(i);
                         assert!(
                             !r.is_zmm() && !r.is_k() && (!r.is_vector_register() || r.number() < 16),
-                            "{s:?}: {ins} names {r:?}"
+                            "{s:?}: {:?} names {r:?}", ins.code()
                         );
                     }
                 }

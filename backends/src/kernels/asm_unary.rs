@@ -929,7 +929,8 @@ mod tests {
                 assert!(!ins.is_invalid(), "{key}");
                 assert!(
                     matches!(ins.encoding(), EncodingKind::Legacy | EncodingKind::VEX),
-                    "{key}: {ins} is {:?}",
+                    "{key}: {:?} is {:?}",
+                    ins.code(),
                     ins.encoding()
                 );
                 for i in 0..ins.op_count() {
@@ -937,7 +938,7 @@ mod tests {
                         let r = ins.op_register(i);
                         assert!(
                             !r.is_zmm() && !r.is_k() && (!r.is_vector_register() || r.number() < 16),
-                            "{key}: {ins} names {r:?}"
+                            "{key}: {:?} names {r:?}", ins.code()
                         );
                     }
                 }
