@@ -711,6 +711,11 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
     // acc(r) += x·w(t), for the lanes of `mask` only (in ymm12 when set):
     // the FMA into a copy, blended in, so the other lanes keep exactly
     // their sum, as a merge-masked FMA does
+    // A plain stride-1 chunk holds the weights in ymm6..14 and loads into
+    // ymm15 (all 16 registers): as memory operands, the weights were two
+    // loads in three of the chunk's, and the loads bounded it. (The
+    // epilogue reuses those registers, so each such chunk reloads them.)
+    let wreg = !tail && s.sw == 1;
     let fma = |a: &mut CodeAssembler,
                r: usize,
                x: AsmRegisterYmm,
@@ -721,10 +726,17 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
             a.vmovaps(ymm14, acc(r))?;
             a.vfmadd231ps(ymm14, x, w(t))?;
             a.vblendvps(acc(r), acc(r), ymm14, ymm12)
+        } else if wreg {
+            a.vfmadd231ps(acc(r), x, ymm(6 + t))
         } else {
             a.vfmadd231ps(acc(r), x, w(t))
         }
     };
+    if wreg {
+        for t in 0..9 {
+            a.vmovups(ymm(6 + t), w(t))?;
+        }
+    }
     for r in 0..rows {
         a.vmovups(acc(r), slot(Y_BIAS))?;
     }
@@ -739,18 +751,19 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
         }
         let row = ir as i32 * w_row;
         if s.sw == 1 {
+            let x = if wreg { ymm15 } else { ymm6 };
             for j in 0..3 {
                 let src = ymmword_ptr(r9 + row + 4 * j as i32);
                 if tail {
                     // (masked-off lanes are never read: the edge lanes'
                     // padding taps, the columns past the tail)
                     a.vmovups(ymm12, edge(j).unwrap_or(YMask::Out).at(c))?;
-                    a.vmaskmovps(ymm6, ymm12, src)?;
+                    a.vmaskmovps(x, ymm12, src)?;
                 } else {
-                    a.vmovups(ymm6, src)?;
+                    a.vmovups(x, src)?;
                 }
                 for &(r, i) in &targets {
-                    fma(a, r, ymm6, 3 * i + j, edge(j).is_some())?;
+                    fma(a, r, x, 3 * i + j, edge(j).is_some())?;
                 }
             }
         } else {
