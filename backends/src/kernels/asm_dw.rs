@@ -817,7 +817,10 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
             a.vmovups(ymm15, slot(Y_ONE))?;
         }
     }
-    if tail {
+    // a chunk at an edge may still have all 8 output lanes: then its
+    // residual and output need no mask
+    let short = c.m < 8;
+    if short && s.residual {
         a.vmovups(ymm12, YMask::Out.at(c))?;
     }
     for r in 0..rows {
@@ -851,19 +854,50 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
         }
         let res = ymmword_ptr(r11 + off);
         let dst = ymmword_ptr(r10 + off);
-        if tail {
+        if short {
             if s.residual {
                 // masked: the residual is not read past the row
                 a.vmaskmovps(ymm6, ymm12, res)?;
                 a.vaddps(x, x, ymm6)?;
             }
-            a.vmaskmovps(dst, ymm12, x)?;
+            store_lanes(a, r, c.m, off)?;
         } else {
             if s.residual {
                 a.vaddps(x, x, res)?;
             }
             a.vmovups(dst, x)?;
         }
+    }
+    Ok(())
+}
+
+/// Stores the low `m < 8` lanes of ymm`r` at `[r10 + off]` with plain
+/// 16-, 8- and 4-byte stores (`m` is known here; a `vmaskmovps` store is
+/// microcoded on AMD CPUs and made masked chunks slower than f32x4 code).
+/// Clobbers xmm6 (free after the residual: the epilogue's constants are
+/// in ymm13..15).
+fn store_lanes(a: &mut CodeAssembler, r: usize, m: usize, off: i32) -> Result<(), IcedError> {
+    let mut x = asm_unary::xmm(r);
+    let (mut at, mut m) = (off, m);
+    if m >= 4 {
+        a.vmovups(xmmword_ptr(r10 + at), x)?;
+        a.vextractf128(xmm6, ymm(r), 1)?;
+        x = xmm6;
+        at += 16;
+        m -= 4;
+    }
+    if m >= 2 {
+        a.vmovlps(qword_ptr(r10 + at), x)?;
+        if m == 3 {
+            // lanes 2, 3 down
+            a.vpermilps(xmm6, x, 0x4E)?;
+            x = xmm6;
+        }
+        at += 8;
+        m -= 2;
+    }
+    if m == 1 {
+        a.vmovss(dword_ptr(r10 + at), x)?;
     }
     Ok(())
 }
