@@ -352,7 +352,9 @@ fn depthwise_asm_edges() {
                     let a = run(level);
                     assert!(
                         act == Act::Silu
-                            || a.iter().zip(&plain).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            || a.iter()
+                                .zip(&plain)
+                                .all(|(x, y)| x.to_bits() == y.to_bits()),
                         "{what}: assembled ({level}) and Cranelift interiors differ"
                     );
                 }

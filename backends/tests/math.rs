@@ -181,10 +181,15 @@ fn gelus_are_accurate() {
     );
     println!("gelu on [-6, 12]: max relative error {e:.3e} at {at}");
     assert!(e <= GELU_MAX_REL, "gelu: {e:.3e} at {at}");
-    let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-12.0, 12.0, 1_000_001), TileLevel::Avx512, |x| {
-        let r = gelu(x);
-        if r.abs() < 1e-30 { 0.0 } else { r }
-    });
+    let (e, at) = max_rel(
+        UnaryOp::Gelu,
+        &sweep(-12.0, 12.0, 1_000_001),
+        TileLevel::Avx512,
+        |x| {
+            let r = gelu(x);
+            if r.abs() < 1e-30 { 0.0 } else { r }
+        },
+    );
     println!("gelu on [-12, 12]: max relative error {e:.3e} at {at}");
     assert!(e <= 3e-5, "gelu: {e:.3e} at {at}");
     let c = (2.0 / std::f64::consts::PI).sqrt();

@@ -972,8 +972,11 @@ mod tests {
                     if ins.op_kind(i) == OpKind::Register {
                         let r = ins.op_register(i);
                         assert!(
-                            !r.is_zmm() && !r.is_k() && (!r.is_vector_register() || r.number() < 16),
-                            "{s:?}: {:?} names {r:?}", ins.code()
+                            !r.is_zmm()
+                                && !r.is_k()
+                                && (!r.is_vector_register() || r.number() < 16),
+                            "{s:?}: {:?} names {r:?}",
+                            ins.code()
                         );
                     }
                 }

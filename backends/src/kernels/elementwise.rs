@@ -190,7 +190,11 @@ impl Elementwise {
 
     /// Uses the assembled form of the function (width `w`) when there is
     /// one and every operand is contiguous along the innermost dimension.
-    fn request_asm(&mut self, store: &mut AsmStore, w: asm_unary::Width) -> Result<(), BackendError> {
+    fn request_asm(
+        &mut self,
+        store: &mut AsmStore,
+        w: asm_unary::Width,
+    ) -> Result<(), BackendError> {
         let Func::Unary(u) = self.func else {
             return Ok(());
         };

@@ -39,7 +39,6 @@ use crate::error::BackendError;
 /// Rows per unit of the Cranelift short-row form: one per f32x4 lane.
 const BLOCK: usize = 4;
 
-
 /// The longest contiguous row that takes the short-row form.
 const SHORT: usize = asm_unary::LANES_MAX_LEN;
 
