@@ -219,6 +219,15 @@ struct Band {
     bottom: bool,
 }
 
+/// The (output row, tap row) pairs of band `b` that read input row `ir`
+/// of the group (both widths walk input rows outer).
+fn targets(s: &Spec, b: Band, ir: usize) -> Vec<(usize, usize)> {
+    (0..b.rows)
+        .filter_map(|r| ir.checked_sub(r * s.sh).filter(|&i| i < 3).map(|i| (r, i)))
+        .filter(|&(r, i)| b.takes(r, i))
+        .collect()
+}
+
 impl Band {
     /// A whole interior group: the same code for every one (a loop).
     fn plain(self) -> bool {
@@ -456,11 +465,7 @@ fn chunk(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedErr
     // in the order row i, then column j.
     let (ta, tb, tc, td, te) = (zmm(T), zmm(T + 1), zmm(T + 2), zmm(T + 3), zmm(T + 4));
     for ir in 0..(rows - 1) * s.sh + 3 {
-        // (output row, tap row) pairs that read input row ir
-        let targets: Vec<(usize, usize)> = (0..rows)
-            .filter_map(|r| ir.checked_sub(r * s.sh).filter(|&i| i < 3).map(|i| (r, i)))
-            .filter(|&(r, i)| b.takes(r, i))
-            .collect();
+        let targets = targets(s, b, ir);
         if targets.is_empty() {
             continue;
         }
@@ -742,10 +747,7 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
     }
     // input rows outer, as in `chunk`
     for ir in 0..(rows - 1) * s.sh + 3 {
-        let targets: Vec<(usize, usize)> = (0..rows)
-            .filter_map(|r| ir.checked_sub(r * s.sh).filter(|&i| i < 3).map(|i| (r, i)))
-            .filter(|&(r, i)| b.takes(r, i))
-            .collect();
+        let targets = targets(s, b, ir);
         if targets.is_empty() {
             continue;
         }
