@@ -9,7 +9,7 @@ mod common;
 
 use common::{bench_model, cranelift_only, opts, single};
 use criterion::{Criterion, criterion_group, criterion_main};
-use kiln_backends::OptLevel;
+use kiln_backends::{CompileOptions, OptLevel, TileLevel};
 use kiln_ir::Op;
 
 /// (channels in, multiplier, H = W, stride): generic MobileNet blocks, then
@@ -44,9 +44,15 @@ fn depthwise(c: &mut Criterion) {
         // GB/s = (input + output + weights and bias) bytes / time: the
         // kernel is memory- and latency-bound
         let bytes = 4 * (ch * hw * hw + o * out * out + o * 10);
-        // the assembled AVX-512 interior, and the f32x4 Cranelift kernel
+        // the assembled AVX-512 and AVX2 interiors, and the f32x4
+        // Cranelift kernel
+        let avx2 = CompileOptions {
+            max_tiles: TileLevel::Avx2,
+            ..opts(None, OptLevel::None)
+        };
         for (what, o) in [
             ("avx512", opts(None, OptLevel::None)),
+            ("avx2", avx2),
             ("f32x4", cranelift_only(None, OptLevel::None)),
         ] {
             bench_model(

@@ -2,7 +2,8 @@
 //! bridge (each of 2×56×56 pixel queries over 3 tokens: many short rows),
 //! its Mobile→Former bridge (6 token queries over 56×56 pixels: few long
 //! rows) and MobileViTv2's separable attention (context scores over the 256
-//! patches of mobilevitv2_050's first stage, 4 pixels per patch). Memory
+//! patches of mobilevitv2_050's first stage, 4 pixels per patch), at the
+//! host's widest tile level and capped at `_avx2` and `_f32x4`. Memory
 //! traffic is the input read and the output written once, in bytes/s.
 
 // criterion's macros define undocumented functions.
@@ -12,7 +13,7 @@ mod common;
 
 use common::{bench_throughput, opts, single};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use kiln_backends::OptLevel;
+use kiln_backends::{CompileOptions, OptLevel, TileLevel};
 use kiln_ir::Op;
 
 fn softmax(c: &mut Criterion) {
@@ -25,15 +26,26 @@ fn softmax(c: &mut Criterion) {
         let axis = shape.len() - 1;
         let (model, inputs) = single(Op::Softmax { axis }, &shape, &[]);
         let bytes = 2 * 4 * shape.iter().product::<usize>() as u64;
-        bench_throughput(
-            c,
-            "softmax",
-            id,
-            &model,
-            &inputs,
-            Throughput::Bytes(bytes),
-            &o,
-        );
+        // the host's widest level under the plain name, then capped
+        for (suffix, level) in [
+            ("", TileLevel::Avx512),
+            ("_avx2", TileLevel::Avx2),
+            ("_f32x4", TileLevel::F32x4),
+        ] {
+            let o = CompileOptions {
+                max_tiles: level,
+                ..o.clone()
+            };
+            bench_throughput(
+                c,
+                "softmax",
+                &format!("{id}{suffix}"),
+                &model,
+                &inputs,
+                Throughput::Bytes(bytes),
+                &o,
+            );
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Times one unary op over a large tensor (developer aid):
 //! `cargo run -p kiln-backends --release --example unary_probe -- silu 1048576`
+//! (`KILN_TILES=avx2` caps the tile level, as `kiln bench --tiles`)
 use std::time::Instant;
 
 use kiln_backends::{CompileOptions, compile};
@@ -30,6 +31,10 @@ fn main() {
             } else {
                 kiln_backends::OptLevel::Speed
             },
+            max_tiles: std::env::var("KILN_TILES")
+                .ok()
+                .and_then(|t| kiln_backends::TileLevel::parse(&t))
+                .unwrap_or(kiln_backends::TileLevel::Avx512),
             ..CompileOptions::default()
         },
     )

@@ -86,9 +86,9 @@ pub struct CompileOptions {
     /// tile otherwise. `false` is `max_tiles: TileLevel::F32x4`.
     pub asm_tiles: bool,
     /// The widest tile level to use even when the target has more (for
-    /// comparing levels on one host; `kiln run/bench --tiles`). The
-    /// AVX-512-only assembled functions (transcendental rows, depthwise
-    /// interiors) are used only at `Avx512`.
+    /// comparing levels on one host; `kiln run/bench --tiles`). The other
+    /// assembled functions (transcendental rows, depthwise interiors) follow
+    /// it at `Avx2` and `Avx512`; the bridges' loops exist only at `Avx512`.
     pub max_tiles: TileLevel,
     /// Rewrite every kernel's vectors into scalars (`scalarize.rs`) even
     /// when the ISA has 128-bit SIMD: the code path of targets without it

@@ -1,18 +1,37 @@
 //! Accuracy of the inlined approximations (exp, log, tanh, sigmoid, SiLU,
 //! erf and the GELUs built on them) against `f64`, over dense sweeps. Each
 //! bound is the one documented in `codegen/math.rs`; the test prints what it
-//! measured. Every check runs twice: with the assembled AVX-512 forms
-//! (`kernels/asm_unary.rs`: exp, sigmoid, SiLU; used when the host has
-//! AVX-512F) and with the Cranelift f32x4 forms only.
+//! measured. Every check runs at every level the host has: the assembled
+//! AVX-512 and AVX2 forms (`kernels/asm_unary.rs`: exp, sigmoid, SiLU) and
+//! the Cranelift f32x4 forms.
 
 use kiln_backends::testing::{
     ERF_MAX_REL, EXP_MAX_REL, GELU_MAX_REL, LOG_MAX_REL, SIGMOID_MAX_REL, TANH_MAX_REL,
 };
-use kiln_backends::{CompileOptions, compile};
+use kiln_backends::{CompileOptions, TileLevel, compile};
 use kiln_ir::{Graph, Model, Op, Tensor, TensorType, UnaryOp, WeightStore};
 
-/// Runs `op` over `xs` through the JIT, with or without assembled code.
-fn jit(op: UnaryOp, xs: &[f32], asm: bool) -> Vec<f32> {
+/// The levels to test: f32x4 and the assembled ones this host runs.
+fn levels() -> Vec<TileLevel> {
+    #[cfg(target_arch = "x86_64")]
+    let (avx512, avx2) = (
+        std::arch::is_x86_feature_detected!("avx512f"),
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    let (avx512, avx2) = (false, false);
+    let mut out = vec![TileLevel::F32x4];
+    if avx2 {
+        out.push(TileLevel::Avx2);
+    }
+    if avx512 {
+        out.push(TileLevel::Avx512);
+    }
+    out
+}
+
+/// Runs `op` over `xs` through the JIT, with the tiles capped at `level`.
+fn jit(op: UnaryOp, xs: &[f32], level: TileLevel) -> Vec<f32> {
     let mut g = Graph::new("math");
     let x = g.add_input("x", TensorType::f32([xs.len()])).unwrap();
     let y = g.add(Op::Unary(op), &[x]).unwrap();
@@ -24,7 +43,7 @@ fn jit(op: UnaryOp, xs: &[f32], asm: bool) -> Vec<f32> {
     let opts = CompileOptions {
         threads: Some(1),
         verify_ir: true,
-        asm_tiles: asm,
+        max_tiles: level,
         ..CompileOptions::default()
     };
     let m = compile(&model, &opts).unwrap();
@@ -42,8 +61,13 @@ fn sweep(lo: f64, hi: f64, n: usize) -> Vec<f32> {
 
 /// Maximum relative error of `op` against `reference` over `xs`; also
 /// returns the worst input for the message.
-fn max_rel(op: UnaryOp, xs: &[f32], asm: bool, reference: impl Fn(f64) -> f64) -> (f64, f32) {
-    let ys = jit(op, xs, asm);
+fn max_rel(
+    op: UnaryOp,
+    xs: &[f32],
+    level: TileLevel,
+    reference: impl Fn(f64) -> f64,
+) -> (f64, f32) {
+    let ys = jit(op, xs, level);
     let mut worst = (0.0f64, 0.0f32);
     for (&x, &y) in xs.iter().zip(&ys) {
         let r = reference(f64::from(x));
@@ -63,15 +87,15 @@ fn max_rel(op: UnaryOp, xs: &[f32], asm: bool, reference: impl Fn(f64) -> f64) -
 }
 
 fn check(name: &str, op: UnaryOp, xs: &[f32], bound: f64, reference: impl Fn(f64) -> f64) {
-    for asm in [false, true] {
-        let (e, at) = max_rel(op, xs, asm, &reference);
+    for level in levels() {
+        let (e, at) = max_rel(op, xs, level, &reference);
         println!(
-            "{name} (asm {asm}): max relative error {e:.3e} (at x = {at}) over {} points",
+            "{name} ({level}): max relative error {e:.3e} (at x = {at}) over {} points",
             xs.len()
         );
         assert!(
             e <= bound,
-            "{name} (asm {asm}): max relative error {e:.3e} at x = {at} exceeds {bound:.1e}"
+            "{name} ({level}): max relative error {e:.3e} at x = {at} exceeds {bound:.1e}"
         );
     }
 }
@@ -149,20 +173,30 @@ fn gelus_are_accurate() {
     let gelu = |x: f64| 0.5 * x * libm::erfc(-x / std::f64::consts::SQRT_2);
     // On [-6, 12] the documented bound; in the far negative tail (|gelu|
     // down to 1e-30) the f32 rounding of exp's argument dominates.
-    let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-6.0, 12.0, 1_000_001), true, gelu);
+    let (e, at) = max_rel(
+        UnaryOp::Gelu,
+        &sweep(-6.0, 12.0, 1_000_001),
+        TileLevel::Avx512,
+        gelu,
+    );
     println!("gelu on [-6, 12]: max relative error {e:.3e} at {at}");
     assert!(e <= GELU_MAX_REL, "gelu: {e:.3e} at {at}");
-    let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-12.0, 12.0, 1_000_001), true, |x| {
-        let r = gelu(x);
-        if r.abs() < 1e-30 { 0.0 } else { r }
-    });
+    let (e, at) = max_rel(
+        UnaryOp::Gelu,
+        &sweep(-12.0, 12.0, 1_000_001),
+        TileLevel::Avx512,
+        |x| {
+            let r = gelu(x);
+            if r.abs() < 1e-30 { 0.0 } else { r }
+        },
+    );
     println!("gelu on [-12, 12]: max relative error {e:.3e} at {at}");
     assert!(e <= 3e-5, "gelu: {e:.3e} at {at}");
     let c = (2.0 / std::f64::consts::PI).sqrt();
     // x/2·(1 + tanh(u)) = x·sigmoid(2u), without cancellation in f64
     let gelu_tanh = |x: f64| x / (1.0 + (-2.0 * c * (x + 0.044715 * x * x * x)).exp());
     let xs = sweep(-12.0, 12.0, 1_000_001);
-    let (e, at) = max_rel(UnaryOp::GeluTanh, &xs, true, |x| {
+    let (e, at) = max_rel(UnaryOp::GeluTanh, &xs, TileLevel::Avx512, |x| {
         let r = gelu_tanh(x);
         if r.abs() < 1e-30 { 0.0 } else { r }
     });
@@ -173,20 +207,44 @@ fn gelus_are_accurate() {
 
 #[test]
 fn special_values() {
-    for asm in [false, true] {
-        special_values_with(asm);
+    for level in levels() {
+        special_values_with(level);
     }
 }
 
-fn special_values_with(asm: bool) {
-    let jit = |op, xs: &[f32]| jit(op, xs, asm);
+/// The AVX2 `exp` builds `2^n` as two exponent-field factors, the AVX-512
+/// one with `vscalefps`: both round once, at the same place, so every
+/// result agrees bit for bit — also where it underflows into the
+/// subnormals (x < -87.3) or overflows (x > 88.7).
+#[test]
+fn avx2_and_avx512_forms_agree_bit_for_bit() {
+    let lv = levels();
+    if !lv.contains(&TileLevel::Avx512) || !lv.contains(&TileLevel::Avx2) {
+        return;
+    }
+    let mut xs = sweep(-110.0, 95.0, 1_000_001);
+    xs.extend(sweep(-104.0, -86.0, 200_001));
+    for op in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Silu] {
+        let a = jit(op, &xs, TileLevel::Avx512);
+        let b = jit(op, &xs, TileLevel::Avx2);
+        for ((&x, &p), &q) in xs.iter().zip(&a).zip(&b) {
+            assert!(
+                p.to_bits() == q.to_bits(),
+                "{op:?}({x}): avx512 {p:e}, avx2 {q:e}"
+            );
+        }
+    }
+}
+
+fn special_values_with(level: TileLevel) {
+    let jit = |op, xs: &[f32]| jit(op, xs, level);
     let xs = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-45];
     // 17 elements: a full 16-lane vector and a masked tail in the assembled code
     let mut long = xs.to_vec();
     long.extend([0.5f32; 11]);
     let exp = jit(UnaryOp::Exp, &long);
-    assert!(exp[0].is_nan(), "asm {asm}");
-    assert_eq!(&exp[1..5], &[f32::INFINITY, 0.0, 1.0, 1.0], "asm {asm}");
+    assert!(exp[0].is_nan(), "{level}");
+    assert_eq!(&exp[1..5], &[f32::INFINITY, 0.0, 1.0, 1.0], "{level}");
     let log = jit(
         UnaryOp::Log,
         &[f32::NAN, f32::INFINITY, 0.0, -1.0, 1e-45, 1.0],
@@ -205,12 +263,12 @@ fn special_values_with(asm: bool) {
     assert!(t[0].is_nan());
     assert_eq!(&t[1..5], &[1.0, -1.0, 0.0, 0.0]);
     let s = jit(UnaryOp::Sigmoid, &long);
-    assert!(s[0].is_nan(), "asm {asm}");
-    assert_eq!(&s[1..4], &[1.0, 0.0, 0.5], "asm {asm}");
+    assert!(s[0].is_nan(), "{level}");
+    assert_eq!(&s[1..4], &[1.0, 0.0, 0.5], "{level}");
     let silu = jit(UnaryOp::Silu, &long);
-    assert!(silu[0].is_nan(), "asm {asm}");
-    assert_eq!(silu[1], f32::INFINITY, "asm {asm}");
-    assert_eq!(&silu[3..5], &[0.0, 0.0], "asm {asm}");
+    assert!(silu[0].is_nan(), "{level}");
+    assert_eq!(silu[1], f32::INFINITY, "{level}");
+    assert_eq!(&silu[3..5], &[0.0, 0.0], "{level}");
     // the far negative tail, where 1 + e^-x overflows to infinity (from
     // x ≈ -88.7; the assembled forms clamp exp's argument to 89): finite,
     // no NaN, and zero or tiny with the sign of x (a division-free
@@ -222,10 +280,10 @@ fn special_values_with(asm: bool) {
     let s = jit(UnaryOp::Sigmoid, &tail);
     let silu = jit(UnaryOp::Silu, &tail);
     for ((&x, &s), &y) in tail.iter().zip(&s).zip(&silu) {
-        assert!((0.0..1e-37).contains(&s), "sigmoid({x}) = {s}, asm {asm}");
+        assert!((0.0..1e-37).contains(&s), "sigmoid({x}) = {s}, {level}");
         assert!(
             y.is_finite() && y <= 0.0 && y > -1e-35,
-            "silu({x}) = {y}, asm {asm}"
+            "silu({x}) = {y}, {level}"
         );
     }
     let e = jit(UnaryOp::Erf, &xs);

@@ -17,7 +17,8 @@ fn unary_ops() {
             UnaryOp::Exp => Fill::Range(-10.0, 10.0),
             _ => Fill::Range(-6.0, 6.0),
         };
-        for shape in [&[7][..], &[2, 3, 5], &[1, 4, 9, 9], &[5000]] {
+        // tails of the 8- and 16-lane assembled forms, one vector, none
+        for shape in [&[7][..], &[2, 3, 5], &[1, 4, 9, 9], &[5000], &[8], &[23]] {
             check_op(
                 &format!("{} {shape:?}", u.name()),
                 Op::Unary(*u),
@@ -400,7 +401,8 @@ fn softmax() {
         (&[6, 3], 0),
         (&[2, 300], 1),
         // short rows in lanes: every short length, outer a multiple of
-        // the 4-row block and not, fewer rows than one block
+        // the 4-, 8- and 16-row blocks (f32x4, AVX2, AVX-512) and not,
+        // fewer rows than one block
         (&[9, 1], 1),
         (&[11, 2], 1),
         (&[2, 7, 3], 2),
@@ -409,15 +411,23 @@ fn softmax() {
         (&[2, 18, 6], 2),
         (&[3, 7], 1),
         (&[1, 2], 1),
+        (&[8, 4], 1),
+        (&[15, 5], 1),
+        (&[17, 7], 1),
+        (&[2, 16, 1], 2),
         // Mobile-Former's Former→Mobile bridge: 2 heads × 56×56 pixels
         // over 3 tokens
         (&[2, 3136, 3], 2),
-        // long rows (assembled on AVX-512): masked tails, one full vector,
+        // long rows (assembled on AVX-512 and AVX2): masked tails of
+        // either width, one full vector,
         // Mobile→Former's 6 tokens over 56×56 pixels, MobileViTv2's patches
         (&[5, 8], 1),
         (&[3, 16], 1),
         (&[5, 17], 1),
         (&[3, 33], 1),
+        (&[4, 9], 1),
+        (&[3, 12], 1),
+        (&[2, 23], 1),
         (&[6, 3136], 1),
         (&[1, 1, 4, 256], 3),
         // inner > 1: strided rows, short and long

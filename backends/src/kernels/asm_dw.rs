@@ -1,5 +1,6 @@
-//! AVX-512 interior of a 3×3 depthwise convolution plane, assembled at
-//! compile time with iced-x86.
+//! The interior of a 3×3 depthwise convolution plane, assembled at compile
+//! time with iced-x86 for AVX-512 (16 lanes) or AVX2 + FMA (8 lanes, VEX
+//! only; [`Spec::width`]).
 //!
 //! The f32x4 Cranelift kernel runs depthwise convolutions at ~25 GFLOP/s
 //! (stride 1) and ~14 GFLOP/s (stride 2, where every vector of inputs is
@@ -27,9 +28,14 @@
 //! by row, column by column: the order of the f32x4 path, so both compute
 //! bit-identical values. Stride 2 loads 32 consecutive inputs and compacts
 //! the even (tap 0), odd (tap 1) and shifted even (tap 2) lanes with
-//! `vpermi2ps`/`vpermt2ps`. Columns past the last multiple of 16 use masked
-//! loads and stores, which suppress faults on masked lanes, so nothing
-//! outside the taps' inputs and the outputs is touched.
+//! `vpermi2ps`/`vpermt2ps` (AVX2: 16 inputs, `vshufps` + `vpermpd`).
+//! Columns past the last whole vector use masked loads and stores (opmasks;
+//! AVX2 `vmaskmovps`), which suppress faults on masked lanes, so nothing
+//! outside the taps' inputs and the outputs is touched. AVX2 has no
+//! merge-masked FMA: an edge lane's skipped tap is an FMA into a copy and
+//! a `vblendvps`, so the lane keeps exactly its sum; with only 16 ymm
+//! registers the weights and constants are read from a stack frame as FMA
+//! memory operands (see `chunk_ymm`).
 //!
 //! The epilogue applied in registers is the one the Cranelift row applies
 //! inline (none, relu, relu6, the dynamic ReLU, and with this kernel also
@@ -41,12 +47,13 @@
 //! points at the top-left tap of the first interior output (rdi), `dst` and
 //! `res` at that output in the output and residual planes (rsi, rcx), `w` at
 //! the channel's nine weights (rdx), `bias` and the dynamic ReLU's slopes in
-//! xmm0..xmm2. The function uses the red zone for the stride-2 permutation
-//! tables and ends with `vzeroupper`.
+//! xmm0..xmm2. The AVX-512 function uses the red zone for the stride-2
+//! permutation tables, the AVX2 one a stack frame; both end with
+//! `vzeroupper`.
 
 use iced_x86::code_asm::*;
 
-use super::asm_unary;
+use super::asm_unary::{self, Width, ymm};
 
 /// The activation applied in registers (those the Cranelift row applies
 /// inline; the others are swept by the driver).
@@ -98,6 +105,8 @@ pub(crate) struct Spec {
     pub act: Act,
     /// whether a residual is added after the activation
     pub residual: bool,
+    /// the vector width (AVX-512 or AVX2)
+    pub width: Width,
 }
 
 impl Spec {
@@ -210,6 +219,15 @@ struct Band {
     bottom: bool,
 }
 
+/// The (output row, tap row) pairs of band `b` that read input row `ir`
+/// of the group (both widths walk input rows outer).
+fn targets(s: &Spec, b: Band, ir: usize) -> Vec<(usize, usize)> {
+    (0..b.rows)
+        .filter_map(|r| ir.checked_sub(r * s.sh).filter(|&i| i < 3).map(|i| (r, i)))
+        .filter(|&(r, i)| b.takes(r, i))
+        .collect()
+}
+
 impl Band {
     /// A whole interior group: the same code for every one (a loop).
     fn plain(self) -> bool {
@@ -223,20 +241,26 @@ impl Band {
     }
 }
 
-/// Where a chunk of 16 (or fewer) columns sits: its column count, whether
-/// it starts at the left edge column and whether it ends at the right one.
+/// Where a chunk of a vector's lanes (or fewer) of columns sits: its
+/// column count, whether it starts at the left edge column and whether it
+/// ends at the right one.
 #[derive(Clone, Copy)]
 struct Cut {
-    /// columns (1..=16)
+    /// columns (1..=lanes)
     m: usize,
     left: bool,
     right: bool,
+    /// lanes of a vector (16 or 8)
+    lanes: usize,
+    /// `Ymm`: which of the two non-plain chunks of a row (the first, the
+    /// last) this is, to find its masks in the frame
+    last: bool,
 }
 
 impl Cut {
     /// A whole interior chunk: no masks.
     fn plain(self) -> bool {
-        self.m == 16 && !self.left && !self.right
+        self.m == self.lanes && !self.left && !self.right
     }
 }
 
@@ -281,26 +305,9 @@ fn table(a: &mut CodeAssembler, r: usize, idx: impl Fn(u32) -> u32) -> Result<()
 fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
     assert!(s.sw == 1 || s.sw == 2, "stride {}", s.sw);
     let mut a = CodeAssembler::new(64)?;
-    // the float arguments first: the weights overwrite xmm0..xmm2
-    a.vbroadcastss(zmm(BIAS), xmm0)?;
-    a.vbroadcastss(zmm(S1), xmm1)?;
-    a.vbroadcastss(zmm(S2), xmm2)?;
-    for t in 0..9 {
-        a.vbroadcastss(zmm(W0 + t), dword_ptr(rdx + 4 * t as i32))?;
-    }
-    a.vxorps(zmm(ZERO), zmm(ZERO), zmm(ZERO))?;
-    a.mov(eax, 6.0f32.to_bits())?;
-    a.vpbroadcastd(zmm(SIX), eax)?;
-    for (r, x) in [(THREE, 3.0f32), (HALF, 0.5), (SIXTH, 1.0 / 6.0), (ONE, 1.0)] {
-        a.mov(eax, x.to_bits())?;
-        a.vpbroadcastd(zmm(r), eax)?;
-    }
-    if s.sw == 2 {
-        table(&mut a, P_EVEN, |l| 2 * l)?;
-        table(&mut a, P_ODD, |l| 2 * l + 1)?;
-        // inputs 2, 4, .., 32 from the loads at offsets 2 and 17: lanes
-        // 0, 2, .., 14 of the first, then 1, 3, .., 15 of the second
-        table(&mut a, P_SHIFT, |l| if l < 8 { 2 * l } else { 2 * l + 1 })?;
+    match s.width {
+        Width::Zmm => zmm_prologue(&mut a, s)?,
+        Width::Ymm => ymm_prologue(&mut a, s)?,
     }
     let in_row = (4 * s.sh * s.w) as i64;
     let out_row = (4 * s.wo) as i64;
@@ -336,9 +343,39 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
     for k in k..n {
         step(&mut a, band(k))?;
     }
+    if s.width == Width::Ymm {
+        a.add(rsp, Y_FRAME)?;
+    }
     a.vzeroupper()?;
     a.ret()?;
     a.assemble(0)
+}
+
+/// The AVX-512 prologue: weights, bias, slopes and epilogue constants into
+/// their zmm registers, the stride-2 permutations through the red zone.
+fn zmm_prologue(a: &mut CodeAssembler, s: &Spec) -> Result<(), IcedError> {
+    // the float arguments first: the weights overwrite xmm0..xmm2
+    a.vbroadcastss(zmm(BIAS), xmm0)?;
+    a.vbroadcastss(zmm(S1), xmm1)?;
+    a.vbroadcastss(zmm(S2), xmm2)?;
+    for t in 0..9 {
+        a.vbroadcastss(zmm(W0 + t), dword_ptr(rdx + 4 * t as i32))?;
+    }
+    a.vxorps(zmm(ZERO), zmm(ZERO), zmm(ZERO))?;
+    a.mov(eax, 6.0f32.to_bits())?;
+    a.vpbroadcastd(zmm(SIX), eax)?;
+    for (r, x) in [(THREE, 3.0f32), (HALF, 0.5), (SIXTH, 1.0 / 6.0), (ONE, 1.0)] {
+        a.mov(eax, x.to_bits())?;
+        a.vpbroadcastd(zmm(r), eax)?;
+    }
+    if s.sw == 2 {
+        table(a, P_EVEN, |l| 2 * l)?;
+        table(a, P_ODD, |l| 2 * l + 1)?;
+        // inputs 2, 4, .., 32 from the loads at offsets 2 and 17: lanes
+        // 0, 2, .., 14 of the first, then 1, 3, .., 15 of the second
+        table(a, P_SHIFT, |l| if l < 8 { 2 * l } else { 2 * l + 1 })?;
+    }
+    Ok(())
 }
 
 /// `rows` output rows from rdi (input), rsi (output), rcx (residual); uses
@@ -349,21 +386,30 @@ fn group(a: &mut CodeAssembler, s: &Spec, b: Band) -> Result<(), IcedError> {
     a.mov(r11, rcx)?;
     // chunks: the first (if it holds the left edge), a loop over the plain
     // ones, the last (if it holds the right edge or is short)
-    let n = s.cols.div_ceil(16);
+    let lanes = s.width.lanes();
+    let n = s.cols.div_ceil(lanes);
     let cut = |k: usize| Cut {
-        m: (s.cols - 16 * k).min(16),
+        m: (s.cols - lanes * k).min(lanes),
         left: s.left && k == 0,
         right: s.right && k == n - 1,
+        lanes,
+        last: k > 0,
     };
     let mut k = 0;
     let step = |a: &mut CodeAssembler, c: Cut| -> Result<(), IcedError> {
-        if !c.plain() {
-            set_chunk_masks(a, s, c)?;
+        let bytes = s.width.bytes();
+        match s.width {
+            Width::Zmm => {
+                if !c.plain() {
+                    set_chunk_masks(a, s, c)?;
+                }
+                chunk(a, s, b, c)?;
+            }
+            Width::Ymm => chunk_ymm(a, s, b, c)?,
         }
-        chunk(a, s, b, c)?;
-        a.add(r9, (64 * s.sw) as i32)?;
-        a.add(r10, 64)?;
-        a.add(r11, 64)
+        a.add(r9, bytes * s.sw as i32)?;
+        a.add(r10, bytes)?;
+        a.add(r11, bytes)
     };
     if !cut(0).plain() {
         step(a, cut(0))?;
@@ -386,7 +432,7 @@ fn group(a: &mut CodeAssembler, s: &Spec, b: Band) -> Result<(), IcedError> {
 }
 
 /// Sixteen columns (or the masked tail) of `rows` output rows at r9, r10,
-/// r11.
+/// r11 (AVX-512).
 fn chunk(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedError> {
     let rows = b.rows;
     let w_row = (4 * s.w) as i32;
@@ -419,11 +465,7 @@ fn chunk(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedErr
     // in the order row i, then column j.
     let (ta, tb, tc, td, te) = (zmm(T), zmm(T + 1), zmm(T + 2), zmm(T + 3), zmm(T + 4));
     for ir in 0..(rows - 1) * s.sh + 3 {
-        // (output row, tap row) pairs that read input row ir
-        let targets: Vec<(usize, usize)> = (0..rows)
-            .filter_map(|r| ir.checked_sub(r * s.sh).filter(|&i| i < 3).map(|i| (r, i)))
-            .filter(|&(r, i)| b.takes(r, i))
-            .collect();
+        let targets = targets(s, b, ir);
         if targets.is_empty() {
             continue;
         }
@@ -497,12 +539,379 @@ fn chunk(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedErr
     Ok(())
 }
 
+// The AVX2 form. Only 16 ymm registers: the accumulators are ymm0..5, the
+// loads ymm6..11, masks ymm12/13, temporaries ymm14/15; the weights, bias,
+// slopes and epilogue constants are broadcast once per call into a stack
+// frame (one 32-byte vector each) and read as FMA memory operands (no
+// embedded broadcast in VEX). The chunks' lane masks are computed when
+// assembling and written to the frame too: at most two chunks of a row are
+// not plain (the first, the last), so two sets.
+
+/// `Ymm` frame slots (32 bytes each, from rsp): the nine weights first.
+const Y_W0: i32 = 0;
+const Y_BIAS: i32 = 9;
+const Y_S1: i32 = 10;
+const Y_S2: i32 = 11;
+const Y_SIX: i32 = 12;
+const Y_THREE: i32 = 13;
+const Y_HALF: i32 = 14;
+const Y_SIXTH: i32 = 15;
+const Y_ONE: i32 = 16;
+/// The masks of the first (then the last) non-plain chunk, [`YMask`] order.
+const Y_MASKS: i32 = 17;
+/// Frame bytes.
+const Y_FRAME: i32 = 32 * (Y_MASKS + 2 * YMask::COUNT);
+
+/// The lane masks of a non-plain `Ymm` chunk.
+#[derive(Clone, Copy)]
+enum YMask {
+    /// stride 2: the loads at input offsets 0, 8, 2 and 9 (only the
+    /// inputs some lane's taps read)
+    LoadA,
+    LoadB,
+    LoadC,
+    LoadD,
+    /// the output lanes (stride 1: also the loads of tap column 1)
+    Out,
+    /// the lanes that take tap column 0 (not lane 0 at the left edge)
+    Tap0,
+    /// the lanes that take tap column 2 (not the last at the right edge)
+    Tap2,
+}
+
+impl YMask {
+    const COUNT: i32 = 7;
+    const ALL: [YMask; 7] = [
+        YMask::LoadA,
+        YMask::LoadB,
+        YMask::LoadC,
+        YMask::LoadD,
+        YMask::Out,
+        YMask::Tap0,
+        YMask::Tap2,
+    ];
+
+    /// The lanes of `self` for chunk `c` of `s` (bit `l`: lane `l`).
+    fn bits(self, c: Cut) -> u32 {
+        let m = c.m as i64;
+        let r = i64::from(c.right);
+        let out = lanes(m);
+        let not_first = if c.left { !1u32 } else { !0 };
+        // stride 2, the load at input offset `o`: lane i reads input o + i,
+        // read by some tap when o + i ≤ 2m - r (the last lane's tap 2 is
+        // input 2m, skipped at the right edge), except input 0 at the left
+        // edge (lane 0's tap 0: the padding)
+        let load = |o: i64| -> u32 {
+            (0..8i64)
+                .filter(|i| o + i <= 2 * m - r && !(c.left && o + i == 0))
+                .fold(0, |b, i| b | 1 << i)
+        };
+        match self {
+            YMask::LoadA => load(0),
+            YMask::LoadB => load(8),
+            YMask::LoadC => load(2),
+            YMask::LoadD => load(9),
+            YMask::Out => out,
+            YMask::Tap0 => out & not_first,
+            YMask::Tap2 => {
+                if c.right {
+                    lanes(m - 1)
+                } else {
+                    out
+                }
+            }
+        }
+    }
+
+    /// The mask's frame slot number for chunk `c`.
+    fn index(self, c: Cut) -> i32 {
+        let set = if c.last { YMask::COUNT } else { 0 };
+        Y_MASKS + set + self as i32
+    }
+
+    /// The mask's frame slot for chunk `c`.
+    fn at(self, c: Cut) -> AsmMemoryOperand {
+        slot(self.index(c))
+    }
+}
+
+/// Frame slot `i`.
+fn slot(i: i32) -> AsmMemoryOperand {
+    ymmword_ptr(rsp + 32 * i)
+}
+
+/// The AVX2 prologue: the frame (see above).
+fn ymm_prologue(a: &mut CodeAssembler, s: &Spec) -> Result<(), IcedError> {
+    // VEX encodings only: this runs on CPUs without AVX-512
+    a.set_prefer_vex(true);
+    a.sub(rsp, Y_FRAME)?;
+    // the float arguments first (xmm0..xmm2)
+    for (x, at) in [(xmm0, Y_BIAS), (xmm1, Y_S1), (xmm2, Y_S2)] {
+        a.vbroadcastss(ymm15, x)?;
+        a.vmovups(slot(at), ymm15)?;
+    }
+    for t in 0..9 {
+        a.vbroadcastss(ymm15, dword_ptr(rdx + 4 * t))?;
+        a.vmovups(slot(Y_W0 + t), ymm15)?;
+    }
+    for (at, x) in [
+        (Y_SIX, 6.0f32),
+        (Y_THREE, 3.0),
+        (Y_HALF, 0.5),
+        (Y_SIXTH, 1.0 / 6.0),
+        (Y_ONE, 1.0),
+    ] {
+        a.mov(eax, x.to_bits())?;
+        a.vmovd(xmm15, eax)?;
+        a.vbroadcastss(ymm15, xmm15)?;
+        a.vmovups(slot(at), ymm15)?;
+    }
+    // the two non-plain chunks' masks (see `group`'s cuts)
+    let n = s.cols.div_ceil(8);
+    for k in [0, n - 1].into_iter().take(n.min(2)) {
+        let c = Cut {
+            m: (s.cols - 8 * k).min(8),
+            left: s.left && k == 0,
+            right: s.right && k == n - 1,
+            lanes: 8,
+            last: k > 0,
+        };
+        if c.plain() {
+            continue;
+        }
+        let loads = [YMask::LoadA, YMask::LoadB, YMask::LoadC, YMask::LoadD];
+        for mask in YMask::ALL {
+            if s.sw == 1 && loads.iter().any(|&l| l as i32 == mask as i32) {
+                continue;
+            }
+            let bits = mask.bits(c);
+            for l in 0..8 {
+                let v: u32 = if bits >> l & 1 == 1 { u32::MAX } else { 0 };
+                a.mov(dword_ptr(rsp + 32 * mask.index(c) + 4 * l), v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Eight columns (or the masked tail) of `rows` output rows at r9, r10,
+/// r11 (AVX2): the same taps in the same order as [`chunk`], with
+/// `vmaskmovps` for masked loads and stores and a blend for the edge lanes'
+/// skipped taps.
+fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedError> {
+    let rows = b.rows;
+    let w_row = (4 * s.w) as i32;
+    let out_row = (4 * s.wo) as i32;
+    let tail = !c.plain();
+    let acc = |r: usize| ymm(r);
+    let w = |t: usize| slot(Y_W0 + t as i32);
+    // the edge mask of tap column j, if its FMA skips a lane
+    let edge = |j: usize| -> Option<YMask> {
+        match j {
+            0 if c.left => Some(YMask::Tap0),
+            2 if c.right => Some(YMask::Tap2),
+            _ => None,
+        }
+    };
+    // acc(r) += x·w(t), for the lanes of `mask` only (in ymm12 when set):
+    // the FMA into a copy, blended in, so the other lanes keep exactly
+    // their sum, as a merge-masked FMA does
+    // A plain stride-1 chunk holds the weights in ymm6..14 and loads into
+    // ymm15 (all 16 registers): as memory operands, the weights were two
+    // loads in three of the chunk's, and the loads bounded it. (The
+    // epilogue reuses those registers, so each such chunk reloads them.)
+    let wreg = !tail && s.sw == 1;
+    let fma = |a: &mut CodeAssembler,
+               r: usize,
+               x: AsmRegisterYmm,
+               t: usize,
+               masked: bool|
+     -> Result<(), IcedError> {
+        if masked {
+            a.vmovaps(ymm14, acc(r))?;
+            a.vfmadd231ps(ymm14, x, w(t))?;
+            a.vblendvps(acc(r), acc(r), ymm14, ymm12)
+        } else if wreg {
+            a.vfmadd231ps(acc(r), x, ymm(6 + t))
+        } else {
+            a.vfmadd231ps(acc(r), x, w(t))
+        }
+    };
+    if wreg {
+        for t in 0..9 {
+            a.vmovups(ymm(6 + t), w(t))?;
+        }
+    }
+    for r in 0..rows {
+        a.vmovups(acc(r), slot(Y_BIAS))?;
+    }
+    // input rows outer, as in `chunk`
+    for ir in 0..(rows - 1) * s.sh + 3 {
+        let targets = targets(s, b, ir);
+        if targets.is_empty() {
+            continue;
+        }
+        let row = ir as i32 * w_row;
+        if s.sw == 1 {
+            let x = if wreg { ymm15 } else { ymm6 };
+            for j in 0..3 {
+                let src = ymmword_ptr(r9 + row + 4 * j as i32);
+                if tail {
+                    // (masked-off lanes are never read: the edge lanes'
+                    // padding taps, the columns past the tail)
+                    a.vmovups(ymm12, edge(j).unwrap_or(YMask::Out).at(c))?;
+                    a.vmaskmovps(x, ymm12, src)?;
+                } else {
+                    a.vmovups(x, src)?;
+                }
+                for &(r, i) in &targets {
+                    fma(a, r, x, 3 * i + j, edge(j).is_some())?;
+                }
+            }
+        } else {
+            // inputs [0, 8), [8, 16), [2, 10), [9, 17) of the chunk (not
+            // [10, 18): input 17 is no tap's, and may lie past the plane)
+            for (reg, off, mask) in [
+                (ymm6, 0, YMask::LoadA),
+                (ymm7, 32, YMask::LoadB),
+                (ymm8, 8, YMask::LoadC),
+                (ymm9, 36, YMask::LoadD),
+            ] {
+                let src = ymmword_ptr(r9 + row + off);
+                if tail {
+                    a.vmovups(ymm12, mask.at(c))?;
+                    a.vmaskmovps(reg, ymm12, src)?;
+                } else {
+                    a.vmovups(reg, src)?;
+                }
+            }
+            // even inputs (tap 0) into ymm10, odd (tap 1) into ymm6,
+            // inputs 2, 4, .., 16 (tap 2: even lanes of the third load, odd
+            // lanes of the fourth) into ymm8: `vshufps` picks per 128-bit
+            // half, `vpermpd` puts the 64-bit pairs in order
+            a.vshufps(ymm10, ymm6, ymm7, 0x88)?;
+            a.vshufps(ymm6, ymm6, ymm7, 0xDD)?;
+            a.vshufps(ymm8, ymm8, ymm9, 0xD8)?;
+            for reg in [ymm10, ymm6, ymm8] {
+                a.vpermpd(reg, reg, 0xD8)?;
+            }
+            for (j, x) in [(0, ymm10), (1, ymm6), (2, ymm8)] {
+                if let Some(m) = edge(j) {
+                    a.vmovups(ymm12, m.at(c))?;
+                }
+                for &(r, i) in &targets {
+                    fma(a, r, x, 3 * i + j, edge(j).is_some())?;
+                }
+            }
+        }
+    }
+    // the epilogue's constants: ymm13 zero, ymm14/15 as each needs
+    match s.act {
+        Act::None | Act::DyRelu => {}
+        Act::Relu => a.vxorps(ymm13, ymm13, ymm13)?,
+        Act::Relu6 | Act::HardSwish => {
+            a.vxorps(ymm13, ymm13, ymm13)?;
+            a.vmovups(ymm14, slot(Y_SIX))?;
+        }
+        Act::HardSigmoid => {
+            a.vxorps(ymm13, ymm13, ymm13)?;
+            a.vmovups(ymm14, slot(Y_SIXTH))?;
+            a.vmovups(ymm15, slot(Y_ONE))?;
+        }
+    }
+    // a chunk at an edge may still have all 8 output lanes: then its
+    // residual and output need no mask
+    let short = c.m < 8;
+    if short && s.residual {
+        a.vmovups(ymm12, YMask::Out.at(c))?;
+    }
+    for r in 0..rows {
+        let x = acc(r);
+        let off = r as i32 * out_row;
+        // the formulas of `chunk`, operation for operation
+        match s.act {
+            Act::None => {}
+            Act::Relu => a.vmaxps(x, ymm13, x)?,
+            Act::Relu6 => {
+                a.vmaxps(x, ymm13, x)?;
+                a.vminps(x, ymm14, x)?;
+            }
+            Act::DyRelu => {
+                a.vmulps(ymm15, x, slot(Y_S1))?;
+                a.vmulps(x, x, slot(Y_S2))?;
+                a.vmaxps(x, ymm15, x)?;
+            }
+            Act::HardSwish => {
+                a.vaddps(ymm15, x, slot(Y_THREE))?;
+                a.vmaxps(ymm15, ymm13, ymm15)?;
+                a.vminps(ymm15, ymm14, ymm15)?;
+                a.vmulps(x, x, ymm15)?;
+                a.vdivps(x, x, slot(Y_SIX))?;
+            }
+            Act::HardSigmoid => {
+                a.vfmadd213ps(x, ymm14, slot(Y_HALF))?;
+                a.vmaxps(x, ymm13, x)?;
+                a.vminps(x, ymm15, x)?;
+            }
+        }
+        let res = ymmword_ptr(r11 + off);
+        let dst = ymmword_ptr(r10 + off);
+        if short {
+            if s.residual {
+                // masked: the residual is not read past the row
+                a.vmaskmovps(ymm6, ymm12, res)?;
+                a.vaddps(x, x, ymm6)?;
+            }
+            store_lanes(a, r, c.m, off)?;
+        } else {
+            if s.residual {
+                a.vaddps(x, x, res)?;
+            }
+            a.vmovups(dst, x)?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores the low `m < 8` lanes of ymm`r` at `[r10 + off]` with plain
+/// 16-, 8- and 4-byte stores (`m` is known here; a `vmaskmovps` store is
+/// microcoded on AMD CPUs and made masked chunks slower than f32x4 code).
+/// Clobbers xmm6 (free after the residual: the epilogue's constants are
+/// in ymm13..15).
+fn store_lanes(a: &mut CodeAssembler, r: usize, m: usize, off: i32) -> Result<(), IcedError> {
+    let mut x = asm_unary::xmm(r);
+    let (mut at, mut m) = (off, m);
+    if m >= 4 {
+        a.vmovups(xmmword_ptr(r10 + at), x)?;
+        a.vextractf128(xmm6, ymm(r), 1)?;
+        x = xmm6;
+        at += 16;
+        m -= 4;
+    }
+    if m >= 2 {
+        a.vmovlps(qword_ptr(r10 + at), x)?;
+        if m == 3 {
+            // lanes 2, 3 down
+            a.vpermilps(xmm6, x, 0x4E)?;
+            x = xmm6;
+        }
+        at += 8;
+        m -= 2;
+    }
+    if m == 1 {
+        a.vmovss(dword_ptr(r10 + at), x)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_variant_assembles_and_ends_with_vzeroupper_ret() {
+    /// Specs covering both strides, every epilogue, masked tails, whole and
+    /// partial row groups and every edge combination, at width `width`.
+    fn specs(width: Width) -> Vec<Spec> {
+        let mut out = Vec::new();
         for sw in [1, 2] {
             for act in [
                 Act::None,
@@ -512,8 +921,8 @@ mod tests {
                 Act::HardSwish,
                 Act::HardSigmoid,
             ] {
-                for (rows, cols) in [(1, 1), (5, 16), (8, 37), (3, 15)] {
-                    let s = Spec {
+                for (rows, cols) in [(1, 1), (5, 16), (8, 37), (3, 15), (7, 8), (13, 9)] {
+                    out.push(Spec {
                         sh: sw,
                         sw,
                         w: 80,
@@ -526,11 +935,56 @@ mod tests {
                         right: rows % 3 != 1,
                         act,
                         residual: rows % 2 == 1,
-                    };
-                    let code = assemble(&s).unwrap();
-                    assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{s:?}");
+                        width,
+                    });
                 }
             }
         }
+        out
+    }
+
+    #[test]
+    fn every_variant_assembles_and_ends_with_vzeroupper_ret() {
+        for width in [Width::Zmm, Width::Ymm] {
+            for s in specs(width) {
+                let code = assemble(&s).unwrap();
+                assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{s:?}");
+            }
+        }
+    }
+
+    /// No instruction of any AVX2 variant is EVEX-encoded or names a
+    /// vector register above 15 (either would fault on the AVX2 CPUs these
+    /// are for): every variant is decoded and each instruction checked.
+    #[test]
+    fn avx2_variants_have_no_avx512_encodings() {
+        use iced_x86::{Decoder, DecoderOptions, EncodingKind, OpKind};
+        let mut checked = 0;
+        for s in specs(Width::Ymm) {
+            let code = assemble(&s).unwrap();
+            for ins in &mut Decoder::new(64, &code, DecoderOptions::NONE) {
+                assert!(!ins.is_invalid(), "{s:?}");
+                assert!(
+                    matches!(ins.encoding(), EncodingKind::Legacy | EncodingKind::VEX),
+                    "{s:?}: {:?} is {:?}",
+                    ins.code(),
+                    ins.encoding()
+                );
+                for i in 0..ins.op_count() {
+                    if ins.op_kind(i) == OpKind::Register {
+                        let r = ins.op_register(i);
+                        assert!(
+                            !r.is_zmm()
+                                && !r.is_k()
+                                && (!r.is_vector_register() || r.number() < 16),
+                            "{s:?}: {:?} names {r:?}",
+                            ins.code()
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
     }
 }

@@ -503,8 +503,9 @@ enum Key {
 /// hands the addresses to the kernels that call them.
 pub(crate) struct AsmStore {
     /// the instruction set every function here is assembled for: the GEMM
-    /// tiles' generator and shape follow it, and the other assembled
-    /// functions (`asm_unary`, `asm_dw`) exist only for AVX-512
+    /// tiles' generator and shape follow it, and so does the width of the
+    /// other assembled functions (`asm_unary`, `asm_dw`: zmm or ymm; the
+    /// bridges' loops exist only for AVX-512)
     level: TileLevel,
     keys: Vec<Key>,
     code: Vec<Vec<u8>>,

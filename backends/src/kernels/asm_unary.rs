@@ -1,38 +1,96 @@
-//! AVX-512 element-wise transcendentals (`exp`, `sigmoid`, `silu`), and
-//! the softmax routines built on the same `exp` (a long row; blocks of 16
-//! short rows), the Mobile→Former bridge's `P·X` pass and the
-//! Former→Mobile bridge's per-pixel attention, assembled at compile time
-//! with iced-x86.
+//! Element-wise transcendentals (`exp`, `sigmoid`, `silu`), and the softmax
+//! routines built on the same `exp` (a long row; blocks of short rows, one
+//! per lane), assembled at compile time with iced-x86 for AVX-512 (zmm, 16
+//! lanes) or AVX2 + FMA (ymm, 8 lanes) by one generator ([`Width`]); and,
+//! for AVX-512 only, the Mobile→Former bridge's `P·X` pass and the
+//! Former→Mobile bridge's per-pixel attention.
 //!
 //! Cranelift lowers only 128-bit vectors on x86-64, and an `exp`-based
 //! activation in f32x4 runs at about 6.6 GB/s here — compute-bound: SiLU
-//! alone was a third of mobilevitv2_050's time. Sixteen lanes per
-//! instruction, and AVX-512's `vscalefps` (which applies `2^n` with correct
-//! overflow to infinity and underflow through the subnormals in one
-//! instruction), make the same algorithm several times faster.
+//! alone was a third of mobilevitv2_050's time. Wider vectors, and at
+//! AVX-512 `vscalefps` (which applies `2^n` with correct overflow to
+//! infinity and underflow through the subnormals in one instruction), make
+//! the same algorithm several times faster.
 //!
 //! The algorithm is `codegen::math::exp`'s: Cody–Waite reduction
 //! `x = n·ln2 + r` with `n = round(x·log2 e)`, `|r| ≤ ln2/2`, the Cephes
-//! `expf` polynomial for `e^r`, then `2^n` (here by `vscalefps`). Arguments
-//! are clamped to [-104, 89] first (beyond them the result is 0 or ∞ anyway),
-//! NaN-preserving: `vmaxps`/`vminps` return their second source when either
-//! is NaN, and the argument is always that source. `sigmoid(x) = 1/(1 +
-//! exp(-x))`, `silu(x) = x/(1 + exp(-x))` with a true division, as the
-//! Cranelift forms do. Errors are measured against f64 by
+//! `expf` polynomial for `e^r`, then `2^n` (by `vscalefps`, or at AVX2 as
+//! two exponent-field factors, which round the same: see [`Gen::exp`]).
+//! Arguments are clamped to [-104, 89] first (beyond them the result is 0
+//! or ∞ anyway), NaN-preserving: `vmaxps`/`vminps` return their second
+//! source when either is NaN, and the argument is always that source.
+//! `sigmoid(x) = 1/(1 + exp(-x))`, `silu(x) = x/(1 + exp(-x))` with a true
+//! division, as the Cranelift forms do. Errors are measured against f64 by
 //! `backends/tests/math.rs` with the same documented bounds as the f32x4
-//! versions.
+//! versions, at both widths.
 //!
 //! Calling convention: System V, `fn(src: *const f32, dst: *mut f32, n:
 //! usize)` in rdi, rsi, rdx; `src == dst` is allowed (each vector is loaded
-//! before it is stored). The last `n mod 16` elements are handled with a
-//! masked load and store, so nothing outside `[0, n)` is read or written.
-//! Constants are materialised from immediates (no data, no relocations);
-//! the function ends with `vzeroupper`.
+//! before it is stored). The last `n mod lanes` elements are handled with a
+//! masked load and store (an opmask, or `vmaskmovps` with a lane mask), so
+//! nothing outside `[0, n)` is read or written. Constants are materialised
+//! from immediates (no data, no relocations): in zmm16.. at AVX-512, in a
+//! stack frame (and the registers left over) at AVX2, whose functions use
+//! VEX encodings and ymm0..ymm15 only. Every function ends with
+//! `vzeroupper`.
 
 // The Cephes coefficients as published, rounded to f32 by the compiler.
 #![allow(clippy::excessive_precision)]
 
 use iced_x86::code_asm::*;
+
+use crate::target::TileLevel;
+
+/// The vector width a function is assembled for: the same generator emits
+/// both, so the algorithm (and every rounding step) is written once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Width {
+    /// AVX-512F: 16 lanes in zmm, opmask tails, `vscalefps`.
+    Zmm,
+    /// AVX2 + FMA: 8 lanes in ymm0..ymm15, VEX encodings only,
+    /// `vmaskmovps` tails, `2^n` built in the exponent bits.
+    Ymm,
+}
+
+impl Width {
+    /// The width of `level`'s assembled functions (none at `F32x4`).
+    pub fn of(level: TileLevel) -> Option<Width> {
+        match level {
+            TileLevel::Avx512 => Some(Width::Zmm),
+            TileLevel::Avx2 => Some(Width::Ymm),
+            TileLevel::F32x4 => None,
+        }
+    }
+
+    /// f32 lanes per vector.
+    pub fn lanes(self) -> usize {
+        match self {
+            Width::Zmm => 16,
+            Width::Ymm => 8,
+        }
+    }
+
+    /// Bytes per vector.
+    pub fn bytes(self) -> i32 {
+        4 * self.lanes() as i32
+    }
+
+    /// The level's name, for kernel descriptions.
+    pub fn name(self) -> &'static str {
+        match self {
+            Width::Zmm => "avx512",
+            Width::Ymm => "avx2",
+        }
+    }
+
+    /// A vector-sized memory operand at `m`.
+    pub fn mem(self, m: impl Into<AsmMemoryOperand>) -> AsmMemoryOperand {
+        match self {
+            Width::Zmm => zmmword_ptr(m),
+            Width::Ymm => ymmword_ptr(m),
+        }
+    }
+}
 
 /// The functions there is an assembled form of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,9 +114,9 @@ impl Func {
         }
     }
 
-    /// The key the assembled code is cached under.
-    pub fn key(self) -> String {
-        format!("unary {self:?}")
+    /// The key the assembled code of width `w` is cached under.
+    pub fn key(self, w: Width) -> String {
+        format!("unary {self:?} {w:?}")
     }
 }
 
@@ -75,17 +133,40 @@ const EXP_POLY: [f32; 6] = [
 const LN2_HI: f32 = 0.693_359_375;
 const LN2_LO: f32 = -2.121_944_400_5e-4;
 
-// Register use: zmm0 the argument, zmm1..zmm3 temporaries, zmm16.. the
-// constants below (broadcast once per call).
-const K_LO: usize = 16; // -104
-const K_HI: usize = 17; // 89
-const K_LOG2E: usize = 18;
-const K_LN2_HI: usize = 19;
-const K_LN2_LO: usize = 20;
-const K_ONE: usize = 21;
-const K_POLY: usize = 22; // .. 27
-const K_SIGN: usize = 28; // the sign bit
-const K_NINF: usize = 29; // -inf (softmax row)
+// The constants, by index. At `Zmm` constant `c` lives in zmm(16 + c)
+// (broadcast once per call); at `Ymm` there are only 16 registers, so they
+// live in a stack frame (one 32-byte vector each), and each function loads
+// the ones it has registers for (the others are memory operands).
+const C_LO: usize = 0; // -104
+const C_HI: usize = 1; // 89
+const C_LOG2E: usize = 2;
+const C_LN2_HI: usize = 3;
+const C_LN2_LO: usize = 4;
+const C_ONE: usize = 5;
+const C_POLY: usize = 6; // .. 11
+const C_SIGN: usize = 12; // the sign bit
+const C_NINF: usize = 13; // -inf (softmax row)
+/// `Ymm` only: the lane numbers 0..8 as integers (tail masks).
+const C_IOTA: usize = 14;
+/// Constants in the `Ymm` frame.
+const NK: usize = 15;
+/// zmm register of constant 0.
+const ZMM_K: usize = 16;
+
+/// The f32 bits of constant `c` (not [`C_IOTA`]).
+fn constant_bits(c: usize) -> u32 {
+    match c {
+        C_LO => (-104.0f32).to_bits(),
+        C_HI => 89.0f32.to_bits(),
+        C_LOG2E => std::f32::consts::LOG2_E.to_bits(),
+        C_LN2_HI => LN2_HI.to_bits(),
+        C_LN2_LO => LN2_LO.to_bits(),
+        C_ONE => 1.0f32.to_bits(),
+        C_SIGN => 0x8000_0000,
+        C_NINF => f32::NEG_INFINITY.to_bits(),
+        _ => EXP_POLY[c - C_POLY].to_bits(),
+    }
+}
 
 /// `zmm{i}`.
 pub(crate) fn zmm(i: usize) -> AsmRegisterZmm {
@@ -97,419 +178,710 @@ pub(crate) fn zmm(i: usize) -> AsmRegisterZmm {
     Z[i]
 }
 
-/// Broadcasts the f32 `x` into `zmm(r)` through eax.
-fn constant(a: &mut CodeAssembler, r: usize, x: f32) -> Result<(), IcedError> {
-    a.mov(eax, x.to_bits())?;
-    a.vpbroadcastd(zmm(r), eax)
+/// `ymm{i}` (`i < 16`: VEX can name no other).
+pub(crate) fn ymm(i: usize) -> AsmRegisterYmm {
+    const Y: [AsmRegisterYmm; 16] = [
+        ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13,
+        ymm14, ymm15,
+    ];
+    Y[i]
 }
 
-/// Broadcasts the constants [`exp`] reads into their registers (once per
-/// call of an assembled function).
-fn exp_constants(a: &mut CodeAssembler) -> Result<(), IcedError> {
-    constant(a, K_LO, -104.0)?;
-    constant(a, K_HI, 89.0)?;
-    constant(a, K_LOG2E, std::f32::consts::LOG2_E)?;
-    constant(a, K_LN2_HI, LN2_HI)?;
-    constant(a, K_LN2_LO, LN2_LO)?;
-    constant(a, K_ONE, 1.0)?;
-    for (i, &c) in EXP_POLY.iter().enumerate() {
-        constant(a, K_POLY + i, c)?;
-    }
-    Ok(())
+/// `xmm{i}` (`i < 16`).
+pub(crate) fn xmm(i: usize) -> AsmRegisterXmm {
+    const X: [AsmRegisterXmm; 16] = [
+        xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13,
+        xmm14, xmm15,
+    ];
+    X[i]
 }
 
-/// `zmm1 = exp(zmm1)`; clobbers zmm2, zmm3.
-fn exp(a: &mut CodeAssembler) -> Result<(), IcedError> {
-    // clamp, NaN-preserving (the argument is the second source)
-    a.vmaxps(zmm1, zmm(K_LO), zmm1)?;
-    a.vminps(zmm1, zmm(K_HI), zmm1)?;
-    // n = round(x · log2 e)  (imm 0: to nearest even)
-    a.vmulps(zmm2, zmm1, zmm(K_LOG2E))?;
-    a.vrndscaleps(zmm2, zmm2, 0)?;
-    // r = x - n·ln2_hi - n·ln2_lo
-    a.vfnmadd231ps(zmm1, zmm2, zmm(K_LN2_HI))?;
-    a.vfnmadd231ps(zmm1, zmm2, zmm(K_LN2_LO))?;
-    // p(r) by Horner, then e^r = p·r² + r + 1
-    a.vmovaps(zmm3, zmm(K_POLY))?;
-    for c in 1..EXP_POLY.len() {
-        a.vfmadd213ps(zmm3, zmm1, zmm(K_POLY + c))?;
-    }
-    a.vmulps(zmm3, zmm3, zmm1)?; // p·r
-    a.vfmadd213ps(zmm3, zmm1, zmm1)?; // p·r² + r
-    a.vaddps(zmm3, zmm3, zmm(K_ONE))?;
-    // · 2^n
-    a.vscalefps(zmm1, zmm3, zmm2)
+/// A vector operand: register number `R(i)` (zmm or ymm by the width) or a
+/// vector-sized memory operand.
+#[derive(Clone, Copy)]
+pub(crate) enum V {
+    R(usize),
+    M(AsmMemoryOperand),
 }
 
-/// Assembles `f`; the bytes are position-independent.
-pub(crate) fn assemble(f: Func) -> Result<Vec<u8>, String> {
-    emit(f).map_err(|e| e.to_string())
-}
-
-fn emit(f: Func) -> Result<Vec<u8>, IcedError> {
-    let mut a = CodeAssembler::new(64)?;
-    exp_constants(&mut a)?;
-    // sign mask for negation
-    a.mov(eax, 0x8000_0000u32)?;
-    a.vpbroadcastd(zmm(K_SIGN), eax)?;
-
-    a.mov(r8, rdx)?;
-    for_vectors(&mut a, &[rdi, rsi], |a, masked| {
-        if masked {
-            a.vmovups(zmm0.k1().z(), zmmword_ptr(rdi))?;
-        } else {
-            a.vmovups(zmm0, zmmword_ptr(rdi))?;
+/// Three-operand vector instructions `d = op(s1, s2)` at either width.
+macro_rules! op3 {
+    ($($name:ident),* $(,)?) => { $(
+        pub fn $name(&mut self, d: usize, s1: usize, s2: V) -> Result<(), IcedError> {
+            match (self.w, s2) {
+                (Width::Zmm, V::R(r)) => self.a.$name(zmm(d), zmm(s1), zmm(r)),
+                (Width::Zmm, V::M(m)) => self.a.$name(zmm(d), zmm(s1), m),
+                (Width::Ymm, V::R(r)) => self.a.$name(ymm(d), ymm(s1), ymm(r)),
+                (Width::Ymm, V::M(m)) => self.a.$name(ymm(d), ymm(s1), m),
+            }
         }
-        apply(a, f)?;
-        if masked {
-            a.vmovups(zmmword_ptr(rsi).k1(), zmm0)
-        } else {
-            a.vmovups(zmmword_ptr(rsi), zmm0)
+    )* };
+}
+
+/// An assembler for one function at one width: where the constants are,
+/// and (at `Ymm`) which register holds the tail mask.
+pub(crate) struct Gen {
+    pub a: CodeAssembler,
+    pub w: Width,
+    k: [V; NK],
+    /// bytes the function reserved below its return address
+    frame: i32,
+    /// `Ymm`: the register of the tail mask ([`Gen::tail_mask`])
+    mask: usize,
+}
+
+impl Gen {
+    /// The prologue: `extra` bytes of stack at `[rsp, rsp + extra)` for the
+    /// caller, and the constants. At `Ymm` they are written to a frame
+    /// above those bytes and the first `regs.len()` of them (in index
+    /// order) loaded into `regs`; `mask` is the tail mask's register. At
+    /// `Zmm` all live in zmm16.. and `regs`, `mask` are unused.
+    fn enter(w: Width, extra: i32, regs: &[usize], mask: usize) -> Result<Gen, IcedError> {
+        let mut a = CodeAssembler::new(64)?;
+        let mut k = [V::R(0); NK];
+        let mut frame = extra;
+        match w {
+            Width::Zmm => {
+                for (c, v) in k.iter_mut().enumerate().take(C_IOTA) {
+                    a.mov(eax, constant_bits(c))?;
+                    a.vpbroadcastd(zmm(ZMM_K + c), eax)?;
+                    *v = V::R(ZMM_K + c);
+                }
+            }
+            Width::Ymm => {
+                // VEX encodings only: these run on CPUs without AVX-512
+                a.set_prefer_vex(true);
+                frame += 32 * NK as i32;
+                a.sub(rsp, frame)?;
+                for (c, v) in k.iter_mut().enumerate() {
+                    let at = ymmword_ptr(rsp + extra + 32 * c as i32);
+                    if c == C_IOTA {
+                        for l in 0..8 {
+                            a.mov(dword_ptr(rsp + extra + 32 * c as i32 + 4 * l), l as u32)?;
+                        }
+                    } else {
+                        a.mov(eax, constant_bits(c))?;
+                        a.vmovd(xmm1, eax)?;
+                        a.vpbroadcastd(ymm1, xmm1)?;
+                        a.vmovups(at, ymm1)?;
+                    }
+                    *v = V::M(at);
+                }
+                for (c, &r) in regs.iter().enumerate() {
+                    if let V::M(m) = k[c] {
+                        a.vmovups(ymm(r), m)?;
+                    }
+                    k[c] = V::R(r);
+                }
+            }
         }
+        if w == Width::Zmm && extra > 0 {
+            a.sub(rsp, extra)?;
+        }
+        Ok(Gen {
+            a,
+            w,
+            k,
+            frame,
+            mask,
+        })
+    }
+
+    /// The epilogue: frees the frame, `vzeroupper`, `ret`; the bytes.
+    fn leave(mut self) -> Result<Vec<u8>, IcedError> {
+        if self.frame > 0 {
+            self.a.add(rsp, self.frame)?;
+        }
+        self.a.vzeroupper()?;
+        self.a.ret()?;
+        self.a.assemble(0)
+    }
+
+    /// Constant `c` as an operand.
+    fn k(&self, c: usize) -> V {
+        self.k[c]
+    }
+
+    /// A register holding constant `c`: its own, or `tmp` loaded with it
+    /// (for operand slots that take no memory).
+    fn kr(&mut self, c: usize, tmp: usize) -> Result<usize, IcedError> {
+        match self.k[c] {
+            V::R(r) => Ok(r),
+            m @ V::M(_) => {
+                self.mov(tmp, m)?;
+                Ok(tmp)
+            }
+        }
+    }
+
+    /// A vector-sized memory operand at `m`.
+    fn mem(&self, m: impl Into<AsmMemoryOperand>) -> V {
+        V::M(self.w.mem(m))
+    }
+
+    op3!(
+        vmaxps,
+        vminps,
+        vmulps,
+        vaddps,
+        vsubps,
+        vdivps,
+        vxorps,
+        vandps,
+        vfmadd213ps,
+        vfnmadd231ps,
+        vpaddd,
+    );
+
+    /// `d = s` (a register copy or a load).
+    fn mov(&mut self, d: usize, s: V) -> Result<(), IcedError> {
+        match (self.w, s) {
+            (Width::Zmm, V::R(r)) => self.a.vmovaps(zmm(d), zmm(r)),
+            (Width::Zmm, V::M(m)) => self.a.vmovups(zmm(d), m),
+            (Width::Ymm, V::R(r)) => self.a.vmovaps(ymm(d), ymm(r)),
+            (Width::Ymm, V::M(m)) => self.a.vmovups(ymm(d), m),
+        }
+    }
+
+    /// `d = round(s)` to nearest even.
+    fn round(&mut self, d: usize, s: usize) -> Result<(), IcedError> {
+        match self.w {
+            Width::Zmm => self.a.vrndscaleps(zmm(d), zmm(s), 0),
+            Width::Ymm => self.a.vroundps(ymm(d), ymm(s), 0),
+        }
+    }
+
+    /// A vector-sized memory operand at `m`, for [`Gen::load`] and
+    /// [`Gen::store`].
+    fn at(&self, m: impl Into<AsmMemoryOperand>) -> AsmMemoryOperand {
+        self.w.mem(m)
+    }
+
+    /// Loads the vector at `m` into `d`; `tail`: only the lanes of the tail
+    /// mask (the others zero, never read).
+    fn load(&mut self, d: usize, m: AsmMemoryOperand, tail: bool) -> Result<(), IcedError> {
+        match (self.w, tail) {
+            (_, false) => self.mov(d, V::M(m)),
+            (Width::Zmm, true) => self.a.vmovups(zmm(d).k1().z(), m),
+            (Width::Ymm, true) => self.a.vmaskmovps(ymm(d), ymm(self.mask), m),
+        }
+    }
+
+    /// Stores `s` at `m`; `tail`: only the lanes of the tail mask.
+    fn store(&mut self, m: AsmMemoryOperand, s: usize, tail: bool) -> Result<(), IcedError> {
+        match (self.w, tail) {
+            (Width::Zmm, false) => self.a.vmovups(m, zmm(s)),
+            (Width::Ymm, false) => self.a.vmovups(m, ymm(s)),
+            (Width::Zmm, true) => self.a.vmovups(m.k1(), zmm(s)),
+            (Width::Ymm, true) => self.a.vmaskmovps(m, ymm(self.mask), ymm(s)),
+        }
+    }
+
+    /// The tail mask = the low `n` lanes (`n < lanes`, in the 32-bit
+    /// register `n`): `k1` at `Zmm` (clobbers eax), the mask register at
+    /// `Ymm`.
+    fn tail_mask(&mut self, n: AsmRegister32) -> Result<(), IcedError> {
+        match self.w {
+            Width::Zmm => {
+                self.a.mov(eax, 1u32)?;
+                self.a.shlx(eax, eax, n)?;
+                self.a.dec(eax)?;
+                self.a.kmovw(k1, eax)
+            }
+            Width::Ymm => {
+                let m = self.mask;
+                self.a.vmovd(xmm(m), n)?;
+                self.a.vpbroadcastd(ymm(m), xmm(m))?;
+                // lane l: n > l
+                let iota = self.k(C_IOTA);
+                self.vpcmpgtd(m, iota)
+            }
+        }
+    }
+
+    /// `m = (m > s)` as 32-bit integers, per lane (`Ymm` only).
+    fn vpcmpgtd(&mut self, m: usize, s: V) -> Result<(), IcedError> {
+        match s {
+            V::R(r) => self.a.vpcmpgtd(ymm(m), ymm(m), ymm(r)),
+            V::M(at) => self.a.vpcmpgtd(ymm(m), ymm(m), at),
+        }
+    }
+
+    /// Walks `r8` elements a vector at a time, stepping every register of
+    /// `ptrs` by one vector: `body(g, false)` per whole vector, then, if
+    /// `r8 mod lanes` elements remain, `body(g, true)` once with the tail
+    /// mask holding those lanes (masked loads and stores keep everything
+    /// inside `[0, r8)`). Clobbers r8, eax and the mask.
+    fn for_vectors(
+        &mut self,
+        ptrs: &[AsmRegister64],
+        mut body: impl FnMut(&mut Gen, bool) -> Result<(), IcedError>,
+    ) -> Result<(), IcedError> {
+        let lanes = self.w.lanes() as i32;
+        let mut full = self.a.create_label();
+        let mut tail = self.a.create_label();
+        let mut done = self.a.create_label();
+        self.a.set_label(&mut full)?;
+        self.a.cmp(r8, lanes)?;
+        self.a.jb(tail)?;
+        body(self, false)?;
+        for &p in ptrs {
+            self.a.add(p, self.w.bytes())?;
+        }
+        self.a.sub(r8, lanes)?;
+        self.a.jmp(full)?;
+        self.a.set_label(&mut tail)?;
+        self.a.test(r8, r8)?;
+        self.a.jz(done)?;
+        self.tail_mask(r8d)?;
+        body(self, true)?;
+        self.a.set_label(&mut done)
+    }
+
+    /// Reduces vector 4 to its lane 0 with `op` (`vmaxps` or `vaddps`) in
+    /// a fixed order, then broadcasts the result to every lane of it.
+    /// Clobbers vector 1.
+    fn horizontal(
+        &mut self,
+        op: fn(
+            &mut CodeAssembler,
+            AsmRegisterXmm,
+            AsmRegisterXmm,
+            AsmRegisterXmm,
+        ) -> Result<(), IcedError>,
+        op_y: fn(
+            &mut CodeAssembler,
+            AsmRegisterYmm,
+            AsmRegisterYmm,
+            AsmRegisterYmm,
+        ) -> Result<(), IcedError>,
+    ) -> Result<(), IcedError> {
+        let a = &mut self.a;
+        if self.w == Width::Zmm {
+            a.vextractf64x4(ymm1, zmm4, 1)?;
+            op_y(a, ymm4, ymm4, ymm1)?;
+        }
+        a.vextractf128(xmm1, ymm4, 1)?;
+        op(a, xmm4, xmm4, xmm1)?;
+        a.vpermilps(xmm1, xmm4, 0x4E)?;
+        op(a, xmm4, xmm4, xmm1)?;
+        a.vpermilps(xmm1, xmm4, 0xB1)?;
+        op(a, xmm4, xmm4, xmm1)?;
+        match self.w {
+            Width::Zmm => a.vbroadcastss(zmm4, xmm4),
+            Width::Ymm => a.vbroadcastss(ymm4, xmm4),
+        }
+    }
+
+    /// Vector 1 = `exp(vector 1)`; clobbers vectors 2 and 3.
+    fn exp(&mut self) -> Result<(), IcedError> {
+        // clamp, NaN-preserving (the argument is the second source)
+        let lo = self.kr(C_LO, 2)?;
+        self.vmaxps(1, lo, V::R(1))?;
+        let hi = self.kr(C_HI, 2)?;
+        self.vminps(1, hi, V::R(1))?;
+        // n = round(x · log2 e)
+        self.vmulps(2, 1, self.k(C_LOG2E))?;
+        self.round(2, 2)?;
+        // r = x - n·ln2_hi - n·ln2_lo
+        self.vfnmadd231ps(1, 2, self.k(C_LN2_HI))?;
+        self.vfnmadd231ps(1, 2, self.k(C_LN2_LO))?;
+        // p(r) by Horner, then e^r = p·r² + r + 1
+        self.mov(3, self.k(C_POLY))?;
+        for c in 1..EXP_POLY.len() {
+            self.vfmadd213ps(3, 1, self.k(C_POLY + c))?;
+        }
+        self.vmulps(3, 3, V::R(1))?; // p·r
+        self.vfmadd213ps(3, 1, V::R(1))?; // p·r² + r
+        self.vaddps(3, 3, self.k(C_ONE))?;
+        // · 2^n
+        match self.w {
+            Width::Zmm => self.a.vscalefps(zmm1, zmm3, zmm2),
+            Width::Ymm => {
+                // n ∈ [-150, 128] after the clamp: 2^n as two factors
+                // 2^n1 · 2^n2 with n1 = n >> 1, n2 = n - n1 in [-75, 64],
+                // each a normal float built in the exponent field (n + 127
+                // << 23 = (n << 23) + bits(1.0)). e^r ∈ [2^-½, 2^½], so
+                // e^r · 2^n1 is exact and the one rounding is the second
+                // product's — into the subnormals or to infinity as
+                // `vscalefps` rounds: the same bits as the `Zmm` form.
+                let a = &mut self.a;
+                a.vcvtps2dq(ymm2, ymm2)?;
+                a.vpsrad(ymm1, ymm2, 1)?;
+                a.vpsubd(ymm2, ymm2, ymm1)?;
+                a.vpslld(ymm1, ymm1, 23)?;
+                a.vpslld(ymm2, ymm2, 23)?;
+                self.vpaddd(1, 1, self.k(C_ONE))?;
+                self.vpaddd(2, 2, self.k(C_ONE))?;
+                self.vmulps(3, 3, V::R(1))?;
+                self.vmulps(1, 3, V::R(2))
+            }
+        }
+    }
+
+    /// Vector 0 = `f(vector 0)`; clobbers vectors 1..3.
+    fn apply(&mut self, f: Func) -> Result<(), IcedError> {
+        match f {
+            Func::Exp => {
+                self.mov(1, V::R(0))?;
+                self.exp()?;
+                self.mov(0, V::R(1))
+            }
+            Func::Sigmoid | Func::Silu => {
+                // exp(-x): negation by the sign bit is exact and keeps NaN
+                self.vxorps(1, 0, self.k(C_SIGN))?;
+                self.exp()?;
+                self.vaddps(1, 1, self.k(C_ONE))?;
+                if f == Func::Silu {
+                    self.vdivps(0, 0, V::R(1))
+                } else {
+                    let one = self.kr(C_ONE, 2)?;
+                    self.vdivps(0, one, V::R(1))
+                }
+            }
+        }
+    }
+}
+
+/// Assembles `f` at width `w`; the bytes are position-independent.
+pub(crate) fn assemble(f: Func, w: Width) -> Result<Vec<u8>, String> {
+    emit(f, w).map_err(|e| e.to_string())
+}
+
+fn emit(f: Func, w: Width) -> Result<Vec<u8>, IcedError> {
+    // Ymm: vector 0 the value, 1..3 temporaries, 4 the tail mask, the exp
+    // constants up to the fifth polynomial coefficient in 5..15
+    let mut g = Gen::enter(w, 0, &[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], 4)?;
+    g.a.mov(r8, rdx)?;
+    g.for_vectors(&[rdi, rsi], |g, tail| {
+        g.load(0, g.at(rdi), tail)?;
+        g.apply(f)?;
+        g.store(g.at(rsi), 0, tail)
     })?;
-    a.vzeroupper()?;
-    a.ret()?;
-    a.assemble(0)
+    g.leave()
 }
 
-/// The key the assembled softmax row is cached under.
+/// The key the assembled softmax row of width `w` is cached under (the
+/// AVX-512 one is the attention kernels' [`SOFTMAX_ROW_KEY`]: one copy).
+pub(crate) fn softmax_row_key(w: Width) -> String {
+    match w {
+        Width::Zmm => SOFTMAX_ROW_KEY.into(),
+        Width::Ymm => format!("{SOFTMAX_ROW_KEY} {w:?}"),
+    }
+}
+
+/// The key the assembled softmax row is cached under (AVX-512).
 pub(crate) const SOFTMAX_ROW_KEY: &str = "softmax row";
 
 /// Assembles a whole softmax over one contiguous row, `fn(src: *const f32,
 /// dst: *mut f32, n: usize)` with `n ≥ 1` (System V, as above; `src ==
 /// dst` is allowed): the maximum, `dst[i] = exp(src[i] - max)` with their
-/// sum, then `dst[i] *= 1/sum`, each pass 16 lanes wide with a masked tail.
+/// sum, then `dst[i] *= 1/sum`, each pass a vector at a time with a masked
+/// tail.
 ///
 /// Long rows (Mobile-Former's tokens attending over 56×56 pixels) spent
 /// their time in the f32x4 `exp`; this is the same `exp` as
 /// [`assemble`]'s, one call per row, so the three passes stay in L1.
-/// Lanes past the end are `-inf` for the maximum (merge-masked load) and
-/// excluded from the sum (masked add). The sum's order depends only on `n`,
-/// so a row's result does not depend on which thread computes it.
+/// Lanes past the end are `-inf` for the maximum and excluded from the sum.
+/// The sum's order depends only on `n` (and the width), so a row's result
+/// does not depend on which thread computes it.
+pub(crate) fn assemble_softmax_row_at(w: Width) -> Result<Vec<u8>, String> {
+    emit_softmax_row(w).map_err(|e| e.to_string())
+}
+
+/// [`assemble_softmax_row_at`] AVX-512 (the attention kernels' row).
 pub(crate) fn assemble_softmax_row() -> Result<Vec<u8>, String> {
-    emit_softmax_row().map_err(|e| e.to_string())
+    assemble_softmax_row_at(Width::Zmm)
 }
 
 /// The longest row [`assemble_softmax_lanes`] takes (its element columns
-/// live in zmm4..zmm10).
+/// live in vectors 4..10).
 pub(crate) const LANES_MAX_LEN: usize = 7;
 
-/// The key the assembled short-row softmax of row length `len` is cached
-/// under.
-pub(crate) fn softmax_lanes_key(len: usize) -> String {
-    format!("softmax lanes {len}")
+/// The key the assembled short-row softmax of row length `len` and width
+/// `w` is cached under.
+pub(crate) fn softmax_lanes_key(len: usize, w: Width) -> String {
+    format!("softmax lanes {len} {w:?}")
 }
 
 /// Assembles a softmax over `rows ≥ 1` contiguous rows of `len ≤`
 /// [`LANES_MAX_LEN`] elements, `fn(src: *const f32, dst: *mut f32, rows:
-/// usize)` (System V; `src == dst` allowed), in blocks of 16 rows, one row
-/// per lane.
+/// usize)` (System V; `src == dst` allowed), in blocks of a vector's lanes
+/// of rows (16 or 8), one row per lane.
 ///
-/// A block is `len` contiguous vectors; element `j` of its 16 rows is
-/// gathered into one zmm by `len` merge-masked `vpermps` reading those
-/// vectors from memory, so the maximum, `exp`, sum and reciprocal are one
-/// vector operation per element column however short the rows are
-/// (Mobile-Former's pixels attend over 3–6 tokens: 16-lane `exp` along a
-/// 3-element row would waste 13 lanes). The inverse permutes build the
-/// output vectors, stored whole. (`vgatherdps`/`vscatterdps` were no faster
-/// than f32x4 lane inserts here.) Permute indices live on the stack, built
-/// from immediates on entry. The last `rows mod 16` rows go through a
+/// A block is `len` contiguous vectors; element `j` of its rows is
+/// gathered into one vector by `len` permutes reading those vectors from
+/// memory (merge-masked `vpermps` at `Zmm`; `vpermps` and `vblendps` at
+/// `Ymm`), so the maximum, `exp`, sum and reciprocal are one vector
+/// operation per element column however short the rows are (Mobile-Former's
+/// pixels attend over 3–6 tokens: 16-lane `exp` along a 3-element row
+/// would waste 13 lanes). The inverse permutes build the output vectors,
+/// stored whole. (`vgatherdps`/`vscatterdps` were no faster than f32x4
+/// lane inserts here.) Permute indices live on the stack, built from
+/// immediates on entry. The last `rows mod lanes` rows go through a
 /// zero-filled stack copy and are copied back with masked stores, so
 /// nothing outside the rows is read or written. Each row's arithmetic is
 /// the same whatever its lane or block, so results do not depend on how the
 /// caller splits the rows.
-pub(crate) fn assemble_softmax_lanes(len: usize) -> Result<Vec<u8>, String> {
+pub(crate) fn assemble_softmax_lanes(len: usize, w: Width) -> Result<Vec<u8>, String> {
     if len == 0 || len > LANES_MAX_LEN {
         return Err(format!(
             "softmax lanes: row length {len} not in 1..={LANES_MAX_LEN}"
         ));
     }
-    emit_softmax_lanes(len).map_err(|e| e.to_string())
+    emit_softmax_lanes(len, w).map_err(|e| e.to_string())
 }
 
-/// Lanes `r` of element column `j` that come from block vector `k`.
-fn gather_mask(len: usize, j: usize, k: usize) -> u32 {
-    (0..16)
-        .filter(|r| (r * len + j) / 16 == k)
+/// Lanes `r` (of `n`) of element column `j` that come from block vector
+/// `k`.
+fn gather_mask(n: usize, len: usize, j: usize, k: usize) -> u32 {
+    (0..n)
+        .filter(|r| (r * len + j) / n == k)
         .fold(0, |m, r| m | 1 << r)
 }
 
-/// Lanes `p` of output vector `k` that come from element column `j`.
-fn scatter_mask(len: usize, k: usize, j: usize) -> u32 {
-    (0..16)
-        .filter(|p| (16 * k + p) % len == j)
+/// Lanes `p` (of `n`) of output vector `k` that come from element column
+/// `j`.
+fn scatter_mask(n: usize, len: usize, k: usize, j: usize) -> u32 {
+    (0..n)
+        .filter(|p| (n * k + p) % len == j)
         .fold(0, |m, p| m | 1 << p)
 }
 
-/// `zmm(dst){mask} = permute(zmm13 indices, src)`, skipping empty masks.
-fn permute_masked(
-    a: &mut CodeAssembler,
-    dst: AsmRegisterZmm,
-    mask: u32,
-    src: AsmMemoryOperand,
-) -> Result<(), IcedError> {
-    match mask {
-        0 => Ok(()),
-        0xFFFF => a.vpermps(dst, zmm13, src),
-        m => {
-            a.mov(eax, m)?;
-            a.kmovw(k1, eax)?;
-            a.vpermps(dst.k1(), zmm13, src)
+/// `d = permute(indices in vector 13, s)` on the lanes of `mask` (16 or 8
+/// bits): a merge-masked `vpermps` at `Zmm` (skipping empty masks); at
+/// `Ymm`, a `vpermps` into `d` when `first` (its other lanes are written by
+/// later calls), else into vector 15 and blended in. Returns whether `d`
+/// has been written.
+fn permute_masked(g: &mut Gen, d: usize, mask: u32, s: V, first: bool) -> Result<bool, IcedError> {
+    let full = (1u32 << g.w.lanes()) - 1;
+    let a = &mut g.a;
+    match (g.w, mask, s) {
+        (_, 0, _) => return Ok(!first),
+        (Width::Zmm, m, s) => {
+            let dst = if m == full {
+                zmm(d)
+            } else {
+                a.mov(eax, m)?;
+                a.kmovw(k1, eax)?;
+                zmm(d).k1()
+            };
+            match s {
+                V::R(r) => a.vpermps(dst, zmm13, zmm(r))?,
+                V::M(at) => a.vpermps(dst, zmm13, at)?,
+            }
+        }
+        (Width::Ymm, m, s) => {
+            let t = if first { d } else { 15 };
+            match s {
+                V::R(r) => a.vpermps(ymm(t), ymm13, ymm(r))?,
+                V::M(at) => a.vpermps(ymm(t), ymm13, at)?,
+            }
+            if !first {
+                a.vblendps(ymm(d), ymm(d), ymm15, m)?;
+            }
         }
     }
+    Ok(true)
 }
 
-/// One block of 16 rows from `src` to `dst` (`len` vectors each). Gather
-/// indices at `[rsp + 64·j]`, scatter indices at `[rsp + 64·(len + k)]`;
-/// element columns in zmm4.., max in zmm11, sum in zmm12.
+/// One block of rows from `src` to `dst` (`len` vectors each). Gather
+/// indices at `[rsp + B·j]`, scatter indices at `[rsp + B·(len + k)]` (B
+/// the vector bytes); element columns in vectors 4.., max in 11, sum in
+/// 12, indices in 13, an output vector in 14.
 fn lanes_block(
-    a: &mut CodeAssembler,
+    g: &mut Gen,
     len: usize,
     src: AsmRegister64,
     dst: AsmRegister64,
 ) -> Result<(), IcedError> {
-    let col = |j: usize| zmm(4 + j);
+    let (n, b) = (g.w.lanes(), g.w.bytes());
+    let col = |j: usize| 4 + j;
     for j in 0..len {
-        a.vmovups(zmm13, zmmword_ptr(rsp + 64 * j as i32))?;
+        g.mov(13, g.mem(rsp + b * j as i32))?;
+        let mut written = false;
         for k in 0..len {
-            let m = gather_mask(len, j, k);
-            permute_masked(a, col(j), m, zmmword_ptr(src + 64 * k as i32))?;
+            let m = gather_mask(n, len, j, k);
+            let from = g.mem(src + b * k as i32);
+            written = permute_masked(g, col(j), m, from, !written)?;
         }
     }
-    a.vmovaps(zmm11, col(0))?;
+    g.mov(11, V::R(col(0)))?;
     for j in 1..len {
-        a.vmaxps(zmm11, zmm11, col(j))?;
+        g.vmaxps(11, 11, V::R(col(j)))?;
     }
     for j in 0..len {
-        a.vsubps(zmm1, col(j), zmm11)?;
-        exp(a)?;
-        a.vmovaps(col(j), zmm1)?;
+        g.vsubps(1, col(j), V::R(11))?;
+        g.exp()?;
+        g.mov(col(j), V::R(1))?;
     }
-    a.vmovaps(zmm12, col(0))?;
+    g.mov(12, V::R(col(0)))?;
     for j in 1..len {
-        a.vaddps(zmm12, zmm12, col(j))?;
+        g.vaddps(12, 12, V::R(col(j)))?;
     }
-    a.vdivps(zmm12, zmm(K_ONE), zmm12)?;
+    let one = g.kr(C_ONE, 1)?;
+    g.vdivps(12, one, V::R(12))?;
     for j in 0..len {
-        a.vmulps(col(j), col(j), zmm12)?;
+        g.vmulps(col(j), col(j), V::R(12))?;
     }
     for k in 0..len {
-        a.vmovups(zmm13, zmmword_ptr(rsp + 64 * (len + k) as i32))?;
+        g.mov(13, g.mem(rsp + b * (len + k) as i32))?;
+        let mut written = false;
         for j in 0..len {
-            let m = scatter_mask(len, k, j);
-            match m {
-                0 => {}
-                0xFFFF => a.vpermps(zmm14, zmm13, col(j))?,
-                m => {
-                    a.mov(eax, m)?;
-                    a.kmovw(k1, eax)?;
-                    a.vpermps(zmm14.k1(), zmm13, col(j))?;
-                }
-            }
+            let m = scatter_mask(n, len, k, j);
+            written = permute_masked(g, 14, m, V::R(col(j)), !written)?;
         }
-        a.vmovups(zmmword_ptr(dst + 64 * k as i32), zmm14)?;
+        g.store(g.at(dst + b * k as i32), 14, false)?;
     }
     Ok(())
 }
 
-/// `k1` = the lanes of vector `k` among the first `eax` elements (`r11d`
-/// is 0); clobbers ecx, r8d.
-fn count_mask(a: &mut CodeAssembler, k: usize) -> Result<(), IcedError> {
+/// The tail mask = the lanes of vector `k` among the first `eax` elements
+/// (`r11d` is 0); clobbers ecx, r8d.
+fn count_mask(g: &mut Gen, k: usize) -> Result<(), IcedError> {
+    let n = g.w.lanes();
+    let a = &mut g.a;
     a.mov(ecx, eax)?;
-    a.sub(ecx, 16 * k as i32)?;
+    a.sub(ecx, (n * k) as i32)?;
     a.cmovl(ecx, r11d)?;
-    a.mov(r8d, 0xFFFFu32)?;
-    a.bzhi(r8d, r8d, ecx)?;
-    a.kmovw(k1, r8d)
+    match g.w {
+        Width::Zmm => {
+            a.mov(r8d, 0xFFFFu32)?;
+            a.bzhi(r8d, r8d, ecx)?;
+            a.kmovw(k1, r8d)
+        }
+        // ecx may be ≥ 8 here: every lane
+        Width::Ymm => g.tail_mask(ecx),
+    }
 }
 
-fn emit_softmax_lanes(len: usize) -> Result<Vec<u8>, IcedError> {
-    let mut a = CodeAssembler::new(64)?;
-    exp_constants(&mut a)?;
+fn emit_softmax_lanes(len: usize, w: Width) -> Result<Vec<u8>, IcedError> {
+    let (n, b) = (w.lanes(), w.bytes());
     // stack frame (a leaf: no alignment needed): gather indices, scatter
     // indices, tail input copy, tail output copy, `len` vectors each
-    let v = 64 * len as i32;
-    a.sub(rsp, 4 * v)?;
+    let v = b * len as i32;
+    // Ymm: every register is taken, so the constants stay in memory; the
+    // tail mask in vector 0
+    let mut g = Gen::enter(w, 4 * v, &[], 0)?;
     for j in 0..len {
-        for r in 0..16 {
-            let at = 64 * j as i32 + 4 * r as i32;
-            a.mov(dword_ptr(rsp + at), ((r * len + j) % 16) as u32)?;
+        for r in 0..n {
+            let at = b * j as i32 + 4 * r as i32;
+            g.a.mov(dword_ptr(rsp + at), ((r * len + j) % n) as u32)?;
         }
     }
     for k in 0..len {
-        for p in 0..16 {
-            let at = v + 64 * k as i32 + 4 * p as i32;
-            a.mov(dword_ptr(rsp + at), ((16 * k + p) / len) as u32)?;
+        for p in 0..n {
+            let at = v + b * k as i32 + 4 * p as i32;
+            g.a.mov(dword_ptr(rsp + at), ((n * k + p) / len) as u32)?;
         }
     }
 
-    let mut full = a.create_label();
-    let mut tail = a.create_label();
-    let mut done = a.create_label();
-    a.set_label(&mut full)?;
-    a.cmp(rdx, 16)?;
-    a.jb(tail)?;
-    lanes_block(&mut a, len, rdi, rsi)?;
-    a.add(rdi, v)?;
-    a.add(rsi, v)?;
-    a.sub(rdx, 16)?;
-    a.jmp(full)?;
-    a.set_label(&mut tail)?;
-    a.test(rdx, rdx)?;
-    a.jz(done)?;
+    let mut full = g.a.create_label();
+    let mut tail = g.a.create_label();
+    let mut done = g.a.create_label();
+    g.a.set_label(&mut full)?;
+    g.a.cmp(rdx, n as i32)?;
+    g.a.jb(tail)?;
+    lanes_block(&mut g, len, rdi, rsi)?;
+    g.a.add(rdi, v)?;
+    g.a.add(rsi, v)?;
+    g.a.sub(rdx, n as i32)?;
+    g.a.jmp(full)?;
+    g.a.set_label(&mut tail)?;
+    g.a.test(rdx, rdx)?;
+    g.a.jz(done)?;
     // the last rows·len elements, through zero-filled copies on the stack
-    a.imul_3(eax, edx, len as i32)?;
-    a.xor(r11d, r11d)?;
+    g.a.imul_3(eax, edx, len as i32)?;
+    g.a.xor(r11d, r11d)?;
     for k in 0..len {
-        count_mask(&mut a, k)?;
-        a.vmovups(zmm13.k1().z(), zmmword_ptr(rdi + 64 * k as i32))?;
-        a.vmovups(zmmword_ptr(rsp + 2 * v + 64 * k as i32), zmm13)?;
+        count_mask(&mut g, k)?;
+        g.load(13, g.at(rdi + b * k as i32), true)?;
+        g.store(g.at(rsp + 2 * v + b * k as i32), 13, false)?;
     }
-    a.lea(r9, ptr(rsp + 2 * v))?;
-    a.lea(r10, ptr(rsp + 3 * v))?;
-    lanes_block(&mut a, len, r9, r10)?;
-    a.imul_3(eax, edx, len as i32)?;
+    g.a.lea(r9, ptr(rsp + 2 * v))?;
+    g.a.lea(r10, ptr(rsp + 3 * v))?;
+    lanes_block(&mut g, len, r9, r10)?;
+    g.a.imul_3(eax, edx, len as i32)?;
     for k in 0..len {
-        count_mask(&mut a, k)?;
-        a.vmovups(zmm13, zmmword_ptr(rsp + 3 * v + 64 * k as i32))?;
-        a.vmovups(zmmword_ptr(rsi + 64 * k as i32).k1(), zmm13)?;
+        count_mask(&mut g, k)?;
+        g.mov(13, g.mem(rsp + 3 * v + b * k as i32))?;
+        g.store(g.at(rsi + b * k as i32), 13, true)?;
     }
-    a.set_label(&mut done)?;
-    a.add(rsp, 4 * v)?;
-    a.vzeroupper()?;
-    a.ret()?;
-    a.assemble(0)
+    g.a.set_label(&mut done)?;
+    g.leave()
 }
 
-/// Walks `r8` elements 16 at a time, stepping every register of `ptrs` by
-/// one vector (64 bytes): `body(a, false)` per whole vector, then, if
-/// `r8 mod 16` elements remain, `body(a, true)` once with `k1` holding
-/// those lanes (masked loads and stores keep everything inside `[0, r8)`).
-/// Clobbers r8, eax and k1.
-fn for_vectors(
-    a: &mut CodeAssembler,
-    ptrs: &[AsmRegister64],
-    mut body: impl FnMut(&mut CodeAssembler, bool) -> Result<(), IcedError>,
-) -> Result<(), IcedError> {
-    let mut full = a.create_label();
-    let mut tail = a.create_label();
-    let mut done = a.create_label();
-    a.set_label(&mut full)?;
-    a.cmp(r8, 16)?;
-    a.jb(tail)?;
-    body(a, false)?;
-    for &p in ptrs {
-        a.add(p, 64)?;
-    }
-    a.sub(r8, 16)?;
-    a.jmp(full)?;
-    a.set_label(&mut tail)?;
-    a.test(r8, r8)?;
-    a.jz(done)?;
-    tail_mask(a)?;
-    body(a, true)?;
-    a.set_label(&mut done)
-}
+fn emit_softmax_row(w: Width) -> Result<Vec<u8>, IcedError> {
+    // Ymm: vector 0 the tail mask, 1..3 exp's, 4 the running max or sum, 5
+    // the max; the constants up to the fourth coefficient in 6..15
+    let mut g = Gen::enter(w, 0, &[6, 7, 8, 9, 10, 11, 12, 13, 14, 15], 0)?;
 
-/// `k1` = the low `r8` lanes (`r8 < 16`).
-fn tail_mask(a: &mut CodeAssembler) -> Result<(), IcedError> {
-    a.mov(eax, 1u32)?;
-    a.shlx(eax, eax, r8d)?;
-    a.dec(eax)?;
-    a.kmovw(k1, eax)
-}
-
-/// Reduces `zmm4` to its lane 0 with `op` (`vmaxps` or `vaddps`) in a fixed
-/// order, then broadcasts the result to every lane of `zmm4`.
-fn horizontal(
-    a: &mut CodeAssembler,
-    op: fn(
-        &mut CodeAssembler,
-        AsmRegisterXmm,
-        AsmRegisterXmm,
-        AsmRegisterXmm,
-    ) -> Result<(), IcedError>,
-    op_y: fn(
-        &mut CodeAssembler,
-        AsmRegisterYmm,
-        AsmRegisterYmm,
-        AsmRegisterYmm,
-    ) -> Result<(), IcedError>,
-) -> Result<(), IcedError> {
-    a.vextractf64x4(ymm1, zmm4, 1)?;
-    op_y(a, ymm4, ymm4, ymm1)?;
-    a.vextractf128(xmm1, ymm4, 1)?;
-    op(a, xmm4, xmm4, xmm1)?;
-    a.vpermilps(xmm1, xmm4, 0x4E)?;
-    op(a, xmm4, xmm4, xmm1)?;
-    a.vpermilps(xmm1, xmm4, 0xB1)?;
-    op(a, xmm4, xmm4, xmm1)?;
-    a.vbroadcastss(zmm4, xmm4)
-}
-
-fn emit_softmax_row() -> Result<Vec<u8>, IcedError> {
-    let mut a = CodeAssembler::new(64)?;
-    exp_constants(&mut a)?;
-    constant(&mut a, K_NINF, f32::NEG_INFINITY)?;
-
-    // pass 1: zmm4 = max over the row, in every lane
-    a.mov(rcx, rdi)?;
-    a.mov(r8, rdx)?;
-    a.vmovaps(zmm4, zmm(K_NINF))?;
-    for_vectors(&mut a, &[rcx], |a, masked| {
-        if masked {
-            // lanes past the row stay -inf
-            a.vmovaps(zmm1, zmm(K_NINF))?;
-            a.vmovups(zmm1.k1(), zmmword_ptr(rcx))?;
-            a.vmaxps(zmm4, zmm4, zmm1)
+    // pass 1: vector 4 = max over the row, in every lane
+    g.a.mov(rcx, rdi)?;
+    g.a.mov(r8, rdx)?;
+    g.mov(4, g.k(C_NINF))?;
+    g.for_vectors(&[rcx], |g, tail| {
+        if tail {
+            // lanes past the row are -inf
+            match g.w {
+                Width::Zmm => {
+                    g.mov(1, g.k(C_NINF))?;
+                    g.a.vmovups(zmm1.k1(), zmmword_ptr(rcx))?;
+                }
+                Width::Ymm => {
+                    g.load(1, g.at(rcx), true)?;
+                    let ninf = g.kr(C_NINF, 2)?;
+                    let m = g.mask;
+                    g.a.vblendvps(ymm1, ymm(ninf), ymm1, ymm(m))?;
+                }
+            }
+            g.vmaxps(4, 4, V::R(1))
         } else {
-            a.vmaxps(zmm4, zmm4, zmmword_ptr(rcx))
+            g.vmaxps(4, 4, g.mem(rcx))
         }
     })?;
-    horizontal(&mut a, CodeAssembler::vmaxps, CodeAssembler::vmaxps)?;
-    a.vmovaps(zmm5, zmm4)?;
+    g.horizontal(CodeAssembler::vmaxps, CodeAssembler::vmaxps)?;
+    g.mov(5, V::R(4))?;
 
-    // pass 2: dst = exp(src - max), zmm4 = Σ dst
-    a.mov(rcx, rdi)?;
-    a.mov(r9, rsi)?;
-    a.mov(r8, rdx)?;
-    a.vxorps(zmm4, zmm4, zmm4)?;
-    for_vectors(&mut a, &[rcx, r9], |a, masked| {
-        if masked {
-            a.vmovups(zmm1.k1().z(), zmmword_ptr(rcx))?;
-        } else {
-            a.vmovups(zmm1, zmmword_ptr(rcx))?;
-        }
-        a.vsubps(zmm1, zmm1, zmm5)?;
-        exp(a)?;
-        if masked {
-            a.vmovups(zmmword_ptr(r9).k1(), zmm1)?;
-            a.vaddps(zmm4.k1(), zmm4, zmm1)
-        } else {
-            a.vmovups(zmmword_ptr(r9), zmm1)?;
-            a.vaddps(zmm4, zmm4, zmm1)
+    // pass 2: dst = exp(src - max), vector 4 = Σ dst
+    g.a.mov(rcx, rdi)?;
+    g.a.mov(r9, rsi)?;
+    g.a.mov(r8, rdx)?;
+    g.vxorps(4, 4, V::R(4))?;
+    g.for_vectors(&[rcx, r9], |g, tail| {
+        g.load(1, g.at(rcx), tail)?;
+        g.vsubps(1, 1, V::R(5))?;
+        g.exp()?;
+        g.store(g.at(r9), 1, tail)?;
+        match (tail, g.w) {
+            (false, _) => g.vaddps(4, 4, V::R(1)),
+            (true, Width::Zmm) => g.a.vaddps(zmm4.k1(), zmm4, zmm1),
+            (true, Width::Ymm) => {
+                // the lanes past the row add +0: the sum is unchanged
+                let m = g.mask;
+                g.vandps(1, 1, V::R(m))?;
+                g.vaddps(4, 4, V::R(1))
+            }
         }
     })?;
-    horizontal(&mut a, CodeAssembler::vaddps, CodeAssembler::vaddps)?;
+    g.horizontal(CodeAssembler::vaddps, CodeAssembler::vaddps)?;
     // one division, then multiplies (as the Cranelift form)
-    a.vdivps(zmm4, zmm(K_ONE), zmm4)?;
+    let one = g.kr(C_ONE, 1)?;
+    g.vdivps(4, one, V::R(4))?;
 
     // pass 3: dst *= 1/sum
-    a.mov(r9, rsi)?;
-    a.mov(r8, rdx)?;
-    for_vectors(&mut a, &[r9], |a, masked| {
-        if masked {
-            a.vmovups(zmm1.k1().z(), zmmword_ptr(r9))?;
-            a.vmulps(zmm1, zmm1, zmm4)?;
-            a.vmovups(zmmword_ptr(r9).k1(), zmm1)
+    g.a.mov(r9, rsi)?;
+    g.a.mov(r8, rdx)?;
+    g.for_vectors(&[r9], |g, tail| {
+        if tail {
+            g.load(1, g.at(r9), true)?;
+            g.vmulps(1, 1, V::R(4))?;
         } else {
-            a.vmulps(zmm1, zmm4, zmmword_ptr(r9))?;
-            a.vmovups(zmmword_ptr(r9), zmm1)
+            g.vmulps(1, 4, g.mem(r9))?;
         }
+        g.store(g.at(r9), 1, tail)
     })?;
-    a.vzeroupper()?;
-    a.ret()?;
-    a.assemble(0)
+    g.leave()
 }
 
 /// The most tokens [`assemble_m2f_px`] takes: one zmm accumulator per
@@ -571,33 +943,33 @@ fn emit_m2f_px(m: usize, l: usize, c: usize, cb: usize, twice: bool) -> Result<V
     // accumulator of (channel i, token t); x rows in zmm28..zmm31
     let acc = |i: usize, t: usize| zmm(4 + i * m + t);
     let xr = |i: usize| zmm(28 + i);
-    let mut a = CodeAssembler::new(64)?;
+    let mut g = Gen::enter(Width::Zmm, 0, &[], 0)?;
     for i in 0..cb {
         for t in 0..m {
-            a.vxorps(acc(i, t), acc(i, t), acc(i, t))?;
+            g.a.vxorps(acc(i, t), acc(i, t), acc(i, t))?;
         }
     }
     // row t of p and row i of x are 4·t·l and 4·i·l bytes past the
     // walking pointers
     let row = |t: usize| (4 * t * l) as i32;
-    a.mov(r8, l as u64)?;
-    for_vectors(&mut a, &[rdi, rsi], |a, masked| {
+    g.a.mov(r8, l as u64)?;
+    g.for_vectors(&[rdi, rsi], |g, masked| {
         for i in 0..cb {
             if masked {
-                a.vmovups(xr(i).k1().z(), zmmword_ptr(rdi + row(i)))?;
+                g.a.vmovups(xr(i).k1().z(), zmmword_ptr(rdi + row(i)))?;
             } else {
-                a.vmovups(xr(i), zmmword_ptr(rdi + row(i)))?;
+                g.a.vmovups(xr(i), zmmword_ptr(rdi + row(i)))?;
             }
         }
         for t in 0..m {
             if masked {
-                a.vmovups(zmm1.k1().z(), zmmword_ptr(rsi + row(t)))?;
+                g.a.vmovups(zmm1.k1().z(), zmmword_ptr(rsi + row(t)))?;
                 for i in 0..cb {
-                    a.vfmadd231ps(acc(i, t), xr(i), zmm1)?;
+                    g.a.vfmadd231ps(acc(i, t), xr(i), zmm1)?;
                 }
             } else {
                 for i in 0..cb {
-                    a.vfmadd231ps(acc(i, t), xr(i), zmmword_ptr(rsi + row(t)))?;
+                    g.a.vfmadd231ps(acc(i, t), xr(i), zmmword_ptr(rsi + row(t)))?;
                 }
             }
         }
@@ -607,26 +979,24 @@ fn emit_m2f_px(m: usize, l: usize, c: usize, cb: usize, twice: bool) -> Result<V
         for t in 0..m {
             // halves, quarters, then pairs: a fixed order (the upper half
             // of zmm1 after the first add is never read)
-            a.vextractf64x4(ymm1, acc(i, t), 1)?;
-            a.vaddps(zmm1, zmm1, acc(i, t))?;
-            a.vextractf128(xmm2, ymm1, 1)?;
-            a.vaddps(xmm1, xmm1, xmm2)?;
-            a.vpermilps(xmm2, xmm1, 0x4E)?;
-            a.vaddps(xmm1, xmm1, xmm2)?;
-            a.vpermilps(xmm2, xmm1, 0xB1)?;
-            a.vaddss(xmm1, xmm1, xmm2)?;
+            g.a.vextractf64x4(ymm1, acc(i, t), 1)?;
+            g.a.vaddps(zmm1, zmm1, acc(i, t))?;
+            g.a.vextractf128(xmm2, ymm1, 1)?;
+            g.a.vaddps(xmm1, xmm1, xmm2)?;
+            g.a.vpermilps(xmm2, xmm1, 0x4E)?;
+            g.a.vaddps(xmm1, xmm1, xmm2)?;
+            g.a.vpermilps(xmm2, xmm1, 0xB1)?;
+            g.a.vaddss(xmm1, xmm1, xmm2)?;
             let at = (4 * (t * c + i)) as i32;
-            a.vmovss(xmm2, dword_ptr(rdx + at))?;
+            g.a.vmovss(xmm2, dword_ptr(rdx + at))?;
             if twice {
-                a.vaddss(xmm2, xmm2, xmm2)?;
+                g.a.vaddss(xmm2, xmm2, xmm2)?;
             }
-            a.vmulss(xmm1, xmm1, xmm2)?;
-            a.vmovss(dword_ptr(rcx + at), xmm1)?;
+            g.a.vmulss(xmm1, xmm1, xmm2)?;
+            g.a.vmovss(dword_ptr(rcx + at), xmm1)?;
         }
     }
-    a.vzeroupper()?;
-    a.ret()?;
-    a.assemble(0)
+    g.leave()
 }
 
 /// The most tokens [`assemble_f2m_run`] takes: one zmm score per token,
@@ -688,10 +1058,10 @@ fn emit_f2m_run(m: usize, hc: usize, l: usize, c: usize, scale: f32) -> Result<V
     const SUM: usize = 31;
     let s = |t: usize| zmm(4 + t);
     let tok = |t: usize| (4 * t * c) as i32;
-    let mut a = CodeAssembler::new(64)?;
-    exp_constants(&mut a)?;
-    constant(&mut a, K_SCALE, scale)?;
-    for_vectors(&mut a, &[rdi, rsi], |a, masked| {
+    let mut g = Gen::enter(Width::Zmm, 0, &[], 0)?;
+    g.a.mov(eax, scale.to_bits())?;
+    g.a.vpbroadcastd(zmm(K_SCALE), eax)?;
+    g.for_vectors(&[rdi, rsi], |g, masked| {
         let load_y = |a: &mut CodeAssembler, src: AsmRegister64| {
             if masked {
                 a.vmovups(zmm0.k1().z(), zmmword_ptr(src))
@@ -701,106 +1071,138 @@ fn emit_f2m_run(m: usize, hc: usize, l: usize, c: usize, scale: f32) -> Result<V
         };
         // scores over the head's channels
         for t in 0..m {
-            a.vxorps(s(t), s(t), s(t))?;
+            g.a.vxorps(s(t), s(t), s(t))?;
         }
-        a.mov(r9, rdi)?;
-        a.mov(r10, rdx)?;
-        a.mov(r11, hc as u64)?;
-        let mut scores = a.create_label();
-        a.set_label(&mut scores)?;
-        load_y(a, r9)?;
+        g.a.mov(r9, rdi)?;
+        g.a.mov(r10, rdx)?;
+        g.a.mov(r11, hc as u64)?;
+        let mut scores = g.a.create_label();
+        g.a.set_label(&mut scores)?;
+        load_y(&mut g.a, r9)?;
         for t in 0..m {
-            a.vfmadd231ps(s(t), zmm0, dword_bcst(r10 + tok(t)))?;
+            g.a.vfmadd231ps(s(t), zmm0, dword_bcst(r10 + tok(t)))?;
         }
-        a.add(r9, (4 * l) as i32)?;
-        a.add(r10, 4)?;
-        a.dec(r11)?;
-        a.jnz(scores)?;
+        g.a.add(r9, (4 * l) as i32)?;
+        g.a.add(r10, 4)?;
+        g.a.dec(r11)?;
+        g.a.jnz(scores)?;
         // softmax across the score registers
         for t in 0..m {
-            a.vmulps(s(t), s(t), zmm(K_SCALE))?;
+            g.a.vmulps(s(t), s(t), zmm(K_SCALE))?;
         }
-        a.vmovaps(zmm(MAX), s(0))?;
+        g.a.vmovaps(zmm(MAX), s(0))?;
         for t in 1..m {
-            a.vmaxps(zmm(MAX), zmm(MAX), s(t))?;
+            g.a.vmaxps(zmm(MAX), zmm(MAX), s(t))?;
         }
-        a.vxorps(zmm(SUM), zmm(SUM), zmm(SUM))?;
+        g.a.vxorps(zmm(SUM), zmm(SUM), zmm(SUM))?;
         for t in 0..m {
-            a.vsubps(zmm1, s(t), zmm(MAX))?;
-            exp(a)?;
-            a.vmovaps(s(t), zmm1)?;
-            a.vaddps(zmm(SUM), zmm(SUM), zmm1)?;
+            g.a.vsubps(zmm1, s(t), zmm(MAX))?;
+            g.exp()?;
+            g.a.vmovaps(s(t), zmm1)?;
+            g.a.vaddps(zmm(SUM), zmm(SUM), zmm1)?;
         }
-        a.vdivps(zmm(SUM), zmm(K_ONE), zmm(SUM))?;
+        g.a.vdivps(zmm(SUM), zmm(ZMM_K + C_ONE), zmm(SUM))?;
         for t in 0..m {
-            a.vmulps(s(t), s(t), zmm(SUM))?;
+            g.a.vmulps(s(t), s(t), zmm(SUM))?;
         }
         // y + Σ_t a_t·v_t, channel by channel
-        a.mov(r9, rdi)?;
-        a.mov(rax, rsi)?;
-        a.mov(r10, rcx)?;
-        a.mov(r11, hc as u64)?;
-        let mut values = a.create_label();
-        a.set_label(&mut values)?;
-        load_y(a, r9)?;
+        g.a.mov(r9, rdi)?;
+        g.a.mov(rax, rsi)?;
+        g.a.mov(r10, rcx)?;
+        g.a.mov(r11, hc as u64)?;
+        let mut values = g.a.create_label();
+        g.a.set_label(&mut values)?;
+        load_y(&mut g.a, r9)?;
         for t in 0..m {
-            a.vfmadd231ps(zmm0, s(t), dword_bcst(r10 + tok(t)))?;
+            g.a.vfmadd231ps(zmm0, s(t), dword_bcst(r10 + tok(t)))?;
         }
         if masked {
-            a.vmovups(zmmword_ptr(rax).k1(), zmm0)?;
+            g.a.vmovups(zmmword_ptr(rax).k1(), zmm0)?;
         } else {
-            a.vmovups(zmmword_ptr(rax), zmm0)?;
+            g.a.vmovups(zmmword_ptr(rax), zmm0)?;
         }
-        a.add(r9, (4 * l) as i32)?;
-        a.add(rax, (4 * l) as i32)?;
-        a.add(r10, 4)?;
-        a.dec(r11)?;
-        a.jnz(values)
+        g.a.add(r9, (4 * l) as i32)?;
+        g.a.add(rax, (4 * l) as i32)?;
+        g.a.add(r10, 4)?;
+        g.a.dec(r11)?;
+        g.a.jnz(values)
     })?;
-    a.vzeroupper()?;
-    a.ret()?;
-    a.assemble(0)
-}
-
-/// `zmm0 = f(zmm0)`; clobbers zmm1..zmm3.
-fn apply(a: &mut CodeAssembler, f: Func) -> Result<(), IcedError> {
-    match f {
-        Func::Exp => {
-            a.vmovaps(zmm1, zmm0)?;
-            exp(a)?;
-            a.vmovaps(zmm0, zmm1)
-        }
-        Func::Sigmoid | Func::Silu => {
-            // exp(-x): negation by the sign bit is exact and keeps NaN
-            a.vxorps(zmm1, zmm0, zmm(K_SIGN))?;
-            exp(a)?;
-            a.vaddps(zmm1, zmm1, zmm(K_ONE))?;
-            if f == Func::Silu {
-                a.vdivps(zmm0, zmm0, zmm1)
-            } else {
-                a.vdivps(zmm0, zmm(K_ONE), zmm1)
-            }
-        }
-    }
+    g.leave()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const WIDTHS: [Width; 2] = [Width::Zmm, Width::Ymm];
+
+    /// Every function of `w`: the element-wise ones, the row softmax and
+    /// the short-row softmax of every length.
+    fn all(w: Width) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for f in [Func::Exp, Func::Sigmoid, Func::Silu] {
+            out.push((f.key(w), assemble(f, w).unwrap()));
+        }
+        out.push((softmax_row_key(w), assemble_softmax_row_at(w).unwrap()));
+        for len in 1..=LANES_MAX_LEN {
+            out.push((
+                softmax_lanes_key(len, w),
+                assemble_softmax_lanes(len, w).unwrap(),
+            ));
+        }
+        out
+    }
+
     #[test]
     fn every_function_assembles_and_ends_with_vzeroupper_ret() {
-        for f in [Func::Exp, Func::Sigmoid, Func::Silu] {
-            let code = assemble(f).unwrap();
-            assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{f:?}");
+        for w in WIDTHS {
+            for (key, code) in all(w) {
+                assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{key}");
+            }
+            assert!(assemble_softmax_lanes(LANES_MAX_LEN + 1, w).is_err());
+            assert!(assemble_softmax_lanes(0, w).is_err());
         }
-        let code = assemble_softmax_row().unwrap();
-        assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3]);
-        for len in 1..=LANES_MAX_LEN {
-            let code = assemble_softmax_lanes(len).unwrap();
-            assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{len}");
+    }
+
+    /// No instruction of any AVX2 function is EVEX-encoded or names a
+    /// register above 15 (either would fault on the AVX2 CPUs these are
+    /// for): every function is decoded and each instruction checked.
+    #[test]
+    fn avx2_functions_have_no_avx512_encodings() {
+        use iced_x86::{Decoder, DecoderOptions, EncodingKind, OpKind};
+        let mut checked = 0;
+        for (key, code) in all(Width::Ymm) {
+            let mut d = Decoder::new(64, &code, DecoderOptions::NONE);
+            for ins in &mut d {
+                assert!(!ins.is_invalid(), "{key}");
+                assert!(
+                    matches!(ins.encoding(), EncodingKind::Legacy | EncodingKind::VEX),
+                    "{key}: {:?} is {:?}",
+                    ins.code(),
+                    ins.encoding()
+                );
+                for i in 0..ins.op_count() {
+                    if ins.op_kind(i) == OpKind::Register {
+                        let r = ins.op_register(i);
+                        assert!(
+                            !r.is_zmm()
+                                && !r.is_k()
+                                && (!r.is_vector_register() || r.number() < 16),
+                            "{key}: {:?} names {r:?}",
+                            ins.code()
+                        );
+                    }
+                }
+                checked += 1;
+            }
         }
-        assert!(assemble_softmax_lanes(LANES_MAX_LEN + 1).is_err());
+        assert!(checked > 1000, "{checked}");
+    }
+
+    /// The bridge functions assemble and end in `vzeroupper; ret` at the
+    /// shapes the zoo uses and the limits, and refuse what does not fit.
+    #[test]
+    fn bridge_functions_assemble() {
         for (m, l) in [(1, 1), (6, 49), (12, 3136)] {
             for cb in 1..=m2f_px_block(m) {
                 let code = assemble_m2f_px(m, l, 64, cb, m == 6).unwrap();

@@ -10,8 +10,9 @@
 //! fall inside (the padding contributes nothing, so nothing is loaded for
 //! it). Stride-2 columns are gathered with two loads and a shuffle where
 //! the second load stays inside the row, element by element at the edge.
-//! With AVX-512, 3×3 interiors (and their one-column left and right edges)
-//! are assembled (`asm_dw`), one call per plane; the border rows stay here.
+//! With AVX-512 or AVX2, 3×3 interiors (and their one-column left and right
+//! edges) are assembled (`asm_dw`), one call per plane; the border rows stay
+//! here.
 //!
 //! Every output element sums `bias + Σ_i Σ_j x·w` in the same order on every
 //! path, so results do not depend on which path or thread computed them.
@@ -62,8 +63,8 @@ struct Depthwise {
     epi: Epilogue,
     /// what a fused kernel computes, for descriptions
     title: Option<String>,
-    /// the assembled AVX-512 interior (`asm_dw`) by its number in the
-    /// `AsmStore`, and its geometry
+    /// the assembled interior (`asm_dw`, AVX-512 or AVX2) by its number in
+    /// the `AsmStore`, and its geometry
     asm: Option<(usize, asm_dw::Spec)>,
     /// the assembled silu (`asm_unary`) the sweep calls, by its number
     asm_silu: Option<usize>,
@@ -373,7 +374,10 @@ impl Depthwise {
 
 impl Kernel for Depthwise {
     fn describe(&self) -> String {
-        let avx = if self.asm.is_some() { " avx512" } else { "" };
+        let avx = match self.asm {
+            Some((_, spec)) => format!(" {}", spec.width.name()),
+            None => String::new(),
+        };
         match &self.title {
             Some(t) => format!("{t}: depthwise window {:?}{avx}", self.g),
             None => format!("depthwise window ({:?}) {:?}{avx}", self.mode, self.g),
@@ -596,8 +600,8 @@ pub(crate) fn kernel(
     title: Option<String>,
     shuffle: usize,
 ) -> Result<impl Kernel + use<>, BackendError> {
-    let asm = match cx.asm512() {
-        Some(store) => match asm_spec(g, &epi) {
+    let asm = match cx.asm_width() {
+        Some((store, w)) => match asm_spec(g, &epi, w) {
             Some(spec) => Some((
                 store
                     .request_named(spec.key(), || asm_dw::assemble(&spec))
@@ -610,12 +614,12 @@ pub(crate) fn kernel(
     };
     // the sweep's silu, assembled: the f32x4 exp made a silu-fused
     // depthwise conv (MobileViTv2) run at a third of its plain speed
-    let asm_silu = match cx.asm512() {
-        Some(store) if epi.act == Act::Silu => {
+    let asm_silu = match cx.asm_width() {
+        Some((store, w)) if epi.act == Act::Silu => {
             let f = asm_unary::Func::Silu;
             Some(
                 store
-                    .request_named(f.key(), || asm_unary::assemble(f))
+                    .request_named(f.key(w), || asm_unary::assemble(f, w))
                     .map_err(BackendError::Jit)?,
             )
         }
@@ -636,10 +640,17 @@ pub(crate) fn kernel(
     })
 }
 
-/// The assembled interior for a conv of geometry `g` with epilogue `epi`:
-/// 3×3, undilated, horizontal stride 1 or 2, a non-empty interior.
-fn asm_spec(g: Geom, epi: &Epilogue) -> Option<asm_dw::Spec> {
+/// The assembled interior for a conv of geometry `g` with epilogue `epi` at
+/// width `width`: 3×3, undilated, horizontal stride 1 or 2, a non-empty
+/// interior (at AVX2, at least 8 output columns).
+fn asm_spec(g: Geom, epi: &Epilogue, width: asm_unary::Width) -> Option<asm_dw::Spec> {
     if g.kh != 3 || g.kw != 3 || g.dil != [1, 1] || !matches!(g.stride[1], 1 | 2) {
+        return None;
+    }
+    // AVX2 planes narrower than one ymm are all masked chunk, where the
+    // f32x4 code was faster (`depthwise_conv` bench, 576×7×7: 9.5 against
+    // 11.1 GFLOP/s)
+    if width == asm_unary::Width::Ymm && g.wo < 8 {
         return None;
     }
     let (oh_lo, oh_hi) = interior(g.ho, g.h, g.kh, g.stride[0], g.dil[0], g.pad[0]);
@@ -672,6 +683,7 @@ fn asm_spec(g: Geom, epi: &Epilogue) -> Option<asm_dw::Spec> {
         right,
         act,
         residual: epi.residual.is_some() && !swept(epi, true),
+        width,
     })
 }
 

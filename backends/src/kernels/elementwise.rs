@@ -172,9 +172,9 @@ pub(crate) struct Elementwise {
     func: Func,
     nest: Nest,
     bufs: Vec<Buf>,
-    /// the assembled AVX-512 form of a unary `func` over contiguous data
-    /// (`asm_unary`), by its number in the `AsmStore`
-    asm: Option<usize>,
+    /// the assembled form of a unary `func` over contiguous data
+    /// (`asm_unary`), by its number in the `AsmStore`, and its width
+    asm: Option<(usize, asm_unary::Width)>,
 }
 
 impl Elementwise {
@@ -188,9 +188,13 @@ impl Elementwise {
         }
     }
 
-    /// Uses the assembled AVX-512 form of the function when there is one
-    /// and every operand is contiguous along the innermost dimension.
-    fn request_asm(&mut self, store: &mut AsmStore) -> Result<(), BackendError> {
+    /// Uses the assembled form of the function (width `w`) when there is
+    /// one and every operand is contiguous along the innermost dimension.
+    fn request_asm(
+        &mut self,
+        store: &mut AsmStore,
+        w: asm_unary::Width,
+    ) -> Result<(), BackendError> {
         let Func::Unary(u) = self.func else {
             return Ok(());
         };
@@ -201,9 +205,9 @@ impl Elementwise {
             return Ok(());
         }
         let id = store
-            .request_named(f.key(), || asm_unary::assemble(f))
+            .request_named(f.key(w), || asm_unary::assemble(f, w))
             .map_err(BackendError::Jit)?;
-        self.asm = Some(id);
+        self.asm = Some((id, w));
         Ok(())
     }
 }
@@ -213,7 +217,10 @@ impl Kernel for Elementwise {
         format!(
             "element-wise {:?}{} over {:?} (inner strides {:?})",
             self.func,
-            if self.asm.is_some() { " avx512" } else { "" },
+            match self.asm {
+                Some((_, w)) => format!(" {}", w.name()),
+                None => String::new(),
+            },
             self.nest.dims,
             (0..self.bufs.len())
                 .map(|k| self.nest.inner_stride(k))
@@ -231,7 +238,7 @@ impl Kernel for Elementwise {
 
     fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
         let bases: Vec<Value> = self.bufs.iter().map(|&b| e.base(b)).collect();
-        if let Some(id) = self.asm {
+        if let Some((id, _)) = self.asm {
             // one call per chunk: fn(src, dst, n) (asm_unary)
             let mut sig = Signature::new(CallConv::SystemV);
             for _ in 0..3 {
@@ -339,8 +346,8 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     }
     let nest = Nest::new(out, strides, vec![0; nin + 1]);
     let mut k = Elementwise::new(func, nest, bufs);
-    if let Some(store) = cx.asm512() {
-        k.request_asm(store)?;
+    if let Some((store, w)) = cx.asm_width() {
+        k.request_asm(store, w)?;
     }
     Ok(vec![Box::new(k)])
 }

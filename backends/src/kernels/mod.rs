@@ -104,12 +104,21 @@ pub(crate) struct NodeCx<'a> {
 }
 
 impl NodeCx<'_> {
-    /// The store, if its level is AVX-512: the assembled functions other
-    /// than GEMM tiles (`asm_unary`, `asm_dw`) exist only for AVX-512.
+    /// The store, if its level is AVX-512 (for assembled functions that
+    /// exist only at that width).
     pub fn asm512(&mut self) -> Option<&mut asm_tile::AsmStore> {
         self.asm
             .as_deref_mut()
             .filter(|s| s.level() == crate::target::TileLevel::Avx512)
+    }
+
+    /// The store and the vector width of its level, for the assembled
+    /// functions that exist at both AVX2 and AVX-512 (`asm_unary`,
+    /// `asm_dw`): each op gets the widest correct code for the target.
+    pub fn asm_width(&mut self) -> Option<(&mut asm_tile::AsmStore, asm_unary::Width)> {
+        let store = self.asm.as_deref_mut()?;
+        let w = asm_unary::Width::of(store.level())?;
+        Some((store, w))
     }
 
     /// An [`BackendError::Unsupported`] naming this node.

@@ -9,14 +9,15 @@
 //!   length is unrolled, and max, `exp`, sum and the reciprocal are each
 //!   one vector operation per element column; the results are scattered
 //!   back. A per-row loop spent its time in scalar `exp` and loop overhead.
-//!   On AVX-512 hosts a block is 16 rows, and one call per chunk of units
+//!   On AVX-512 (AVX2) hosts a block is 16 (8) rows, and one call per chunk of units
 //!   runs an assembled loop over them (`asm_unary::assemble_softmax_lanes`:
 //!   a register transpose by masked `vpermps`); otherwise 4 rows in f32x4
 //!   (scalar loads and lane inserts), a loop over units. A final partial
 //!   block computes its missing lanes on zeros without touching memory, so
 //!   every row goes through the same code whatever the thread split.
-//! - **Longer contiguous rows**: on AVX-512 hosts one call per row to the
-//!   assembled row softmax (`asm_unary::assemble_softmax_row`: 16 lanes);
+//! - **Longer contiguous rows**: on AVX-512 or AVX2 hosts one call per row
+//!   to the assembled row softmax (`asm_unary::assemble_softmax_row_at`: 16
+//!   or 8 lanes);
 //!   otherwise a vector max, a vector pass computing and summing the
 //!   exponentials, and a vector scale.
 //! - **Strided rows** (axis not innermost): the same three passes along the
@@ -38,9 +39,6 @@ use crate::error::BackendError;
 /// Rows per unit of the Cranelift short-row form: one per f32x4 lane.
 const BLOCK: usize = 4;
 
-/// Rows per unit of the assembled short-row form: one per zmm lane.
-const BLOCK_ASM: usize = 16;
-
 /// The longest contiguous row that takes the short-row form.
 const SHORT: usize = asm_unary::LANES_MAX_LEN;
 
@@ -51,8 +49,9 @@ struct Softmax {
     len: usize,
     inner: usize,
     /// the assembled row softmax (long rows) or short-row softmax, by its
-    /// number in the `AsmStore`
-    asm: Option<usize>,
+    /// number in the `AsmStore`, and its width (a short-row block is one
+    /// row per lane)
+    asm: Option<(usize, asm_unary::Width)>,
 }
 
 impl Softmax {
@@ -66,7 +65,7 @@ impl Softmax {
         match (self.short(), self.asm) {
             (false, _) => 1,
             (true, None) => BLOCK,
-            (true, Some(_)) => BLOCK_ASM,
+            (true, Some((_, w))) => w.lanes(),
         }
     }
 
@@ -114,11 +113,11 @@ impl Kernel for Softmax {
             self.len,
             self.outer,
             self.inner,
-            match (self.short(), self.asm.is_some()) {
-                (true, true) => " rows in lanes, avx512",
-                (true, false) => " rows in lanes",
-                (false, true) => " avx512",
-                (false, false) => "",
+            match (self.short(), self.asm) {
+                (true, Some((_, w))) => format!(" rows in lanes, {}", w.name()),
+                (true, None) => " rows in lanes".into(),
+                (false, Some((_, w))) => format!(" {}", w.name()),
+                (false, None) => String::new(),
             }
         )
     }
@@ -144,7 +143,7 @@ impl Kernel for Softmax {
         let (len, inner) = (self.len, self.inner);
         let row = 4 * (len * inner) as i64;
         // fn(src, dst, n) of the assembled forms (asm_unary)
-        let asm = self.asm.map(|id| {
+        let asm = self.asm.map(|(id, _)| {
             let mut sig = Signature::new(CallConv::SystemV);
             for _ in 0..3 {
                 sig.params.push(AbiParam::new(I64));
@@ -156,7 +155,7 @@ impl Kernel for Softmax {
             let per = self.rows_per_unit();
             let blk = row * per as i64;
             if let Some((sig, id)) = asm {
-                // one call per chunk: rows [16·begin, min(16·end, outer))
+                // one call per chunk: rows [per·begin, min(per·end, outer))
                 let first = e.b.ins().imul_imm_s(begin, per as i64);
                 let last = e.b.ins().imul_imm_s(end, per as i64);
                 let outer = e.ic(self.outer as i64);
@@ -284,22 +283,21 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         inner: shape[axis + 1..].iter().product(),
         asm: None,
     };
-    if let Some(store) = cx.asm512()
+    if let Some((store, w)) = cx.asm_width()
         && k.inner == 1
         && k.len > 0
     {
         let id = if k.short() {
             let len = k.len;
-            store.request_named(asm_unary::softmax_lanes_key(len), || {
-                asm_unary::assemble_softmax_lanes(len)
+            store.request_named(asm_unary::softmax_lanes_key(len, w), || {
+                asm_unary::assemble_softmax_lanes(len, w)
             })
         } else {
-            store.request_named(
-                asm_unary::SOFTMAX_ROW_KEY.into(),
-                asm_unary::assemble_softmax_row,
-            )
+            store.request_named(asm_unary::softmax_row_key(w), || {
+                asm_unary::assemble_softmax_row_at(w)
+            })
         };
-        k.asm = Some(id.map_err(BackendError::Jit)?);
+        k.asm = Some((id.map_err(BackendError::Jit)?, w));
     }
     Ok(vec![Box::new(k)])
 }
