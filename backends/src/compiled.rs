@@ -100,7 +100,7 @@ pub struct CompileOptions {
     /// pointwise with a large expanded tensor) band by band in one kernel,
     /// the expanded tensor never in memory (`kernels/chain.rs`), instead of
     /// as three convolutions. `false` by default: it shrinks the arena
-    /// (mobilevitv2_050: 6.0 → 3.6 MiB) but measured 3–5 % slower here,
+    /// (mobilevitv2_050: 6.0 → 4.1 MiB) but measured 1–3 % slower here,
     /// where the split kernels are compute-bound and their intermediates
     /// stay in L3; for memory-constrained devices (`kiln compile
     /// --banded-chains`).
