@@ -45,6 +45,7 @@ use cranelift_codegen::ir::{AbiParam, Signature, types::I64};
 use cranelift_codegen::isa::CallConv;
 use iced_x86::code_asm::*;
 
+use super::asm_unary::zmm;
 use crate::target::TileLevel;
 
 /// The tiles' signature: `fn(a, b, c, bias, residual, a1, a2, panel)`, all
@@ -133,6 +134,20 @@ pub(crate) enum Act {
     DyRelu,
 }
 
+#[cfg(test)]
+impl Act {
+    /// Every activation the tile applies (the tile tests' loop).
+    pub const ALL: [Act; 7] = [
+        Act::None,
+        Act::Relu,
+        Act::Relu6,
+        Act::HardSwish,
+        Act::HardSigmoid,
+        Act::Silu,
+        Act::DyRelu,
+    ];
+}
+
 /// The accumulators' starting values (pointer in rcx).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Bias {
@@ -151,15 +166,6 @@ fn ymm(i: usize) -> AsmRegisterYmm {
         ymm27, ymm28, ymm29, ymm30, ymm31,
     ];
     Y[i]
-}
-
-fn zmm(i: usize) -> AsmRegisterZmm {
-    const Z: [AsmRegisterZmm; 32] = [
-        zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13,
-        zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26,
-        zmm27, zmm28, zmm29, zmm30, zmm31,
-    ];
-    Z[i]
 }
 
 /// Checks that `v` fits a `what` tile of at most `mr × nr` built from
@@ -657,15 +663,7 @@ mod tests {
     #[test]
     fn every_width_decodes() {
         use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind};
-        let acts = [
-            Act::None,
-            Act::Relu,
-            Act::Relu6,
-            Act::HardSwish,
-            Act::HardSigmoid,
-            Act::Silu,
-            Act::DyRelu,
-        ];
+        let acts = Act::ALL;
         let mut checked = 0;
         for nr in [16, 32, 48, 64] {
             let rows = max_rows(nr).unwrap();

@@ -1130,6 +1130,37 @@ fn emit_f2m_run(m: usize, hc: usize, l: usize, c: usize, scale: f32) -> Result<V
     g.leave()
 }
 
+/// Decodes `code` (an AVX2 function, named `what`) and panics on any
+/// instruction an AVX2-only CPU would fault on: EVEX encodings, zmm or
+/// opmask registers, vector registers above 15. Returns the instruction
+/// count.
+#[cfg(test)]
+pub(crate) fn assert_vex_only(what: &str, code: &[u8]) -> usize {
+    use iced_x86::{Decoder, DecoderOptions, EncodingKind, OpKind};
+    let mut checked = 0;
+    for ins in &mut Decoder::new(64, code, DecoderOptions::NONE) {
+        assert!(!ins.is_invalid(), "{what}");
+        assert!(
+            matches!(ins.encoding(), EncodingKind::Legacy | EncodingKind::VEX),
+            "{what}: {:?} is {:?}",
+            ins.code(),
+            ins.encoding()
+        );
+        for i in 0..ins.op_count() {
+            if ins.op_kind(i) == OpKind::Register {
+                let r = ins.op_register(i);
+                assert!(
+                    !r.is_zmm() && !r.is_k() && (!r.is_vector_register() || r.number() < 16),
+                    "{what}: {:?} names {r:?}",
+                    ins.code()
+                );
+            }
+        }
+        checked += 1;
+    }
+    checked
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1169,33 +1200,10 @@ mod tests {
     /// for): every function is decoded and each instruction checked.
     #[test]
     fn avx2_functions_have_no_avx512_encodings() {
-        use iced_x86::{Decoder, DecoderOptions, EncodingKind, OpKind};
-        let mut checked = 0;
-        for (key, code) in all(Width::Ymm) {
-            let mut d = Decoder::new(64, &code, DecoderOptions::NONE);
-            for ins in &mut d {
-                assert!(!ins.is_invalid(), "{key}");
-                assert!(
-                    matches!(ins.encoding(), EncodingKind::Legacy | EncodingKind::VEX),
-                    "{key}: {:?} is {:?}",
-                    ins.code(),
-                    ins.encoding()
-                );
-                for i in 0..ins.op_count() {
-                    if ins.op_kind(i) == OpKind::Register {
-                        let r = ins.op_register(i);
-                        assert!(
-                            !r.is_zmm()
-                                && !r.is_k()
-                                && (!r.is_vector_register() || r.number() < 16),
-                            "{key}: {:?} names {r:?}",
-                            ins.code()
-                        );
-                    }
-                }
-                checked += 1;
-            }
-        }
+        let checked: usize = all(Width::Ymm)
+            .iter()
+            .map(|(key, code)| assert_vex_only(key, code))
+            .sum();
         assert!(checked > 1000, "{checked}");
     }
 

@@ -47,7 +47,7 @@ use kiln_ir::TensorType;
 use kiln_ir::fused::{Act, FusedOp};
 
 use super::epilogue::Epilogue;
-use super::gemm::{self, ASrc, BSrc, Gemm, Init};
+use super::gemm::{self, ASrc, BSrc, Gemm};
 use super::rows::{Fold, map_run, reduce_run};
 use super::{Kernel, Kernels, NodeCx, Operand, asm_unary, matmul, norm};
 use crate::codegen::math::exp;
@@ -1044,32 +1044,8 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                 })
                 .collect();
             let gm = Gemm {
-                what: "matmul",
-                m: b.m,
-                n: b.l,
-                k: b.dh(),
                 batch: b.n * heads,
                 offsets: gemm::offset_table(cx.consts, &offs),
-                a: ASrc::Strided {
-                    buf: sq2,
-                    rs: b.c as i64,
-                    ks: 1,
-                },
-                b: BSrc::Strided {
-                    buf: cx.ins[0].buf,
-                    ks: b.l as i64,
-                },
-                c: ss,
-                c_rs: b.l as i64,
-                init: Init::Zero,
-                alpha: 1.0,
-                cin: None,
-                tile: matmul::tile_for(cx, true),
-                rows_outer: true,
-                row_group: 1,
-                col_group: 1,
-                asm: None,
-                epi: Epilogue::NONE,
                 title: Some(format!(
                     "fused_m2f scores {}x{}x{} x{}",
                     b.m,
@@ -1077,6 +1053,21 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                     b.l,
                     b.n * heads
                 )),
+                ..Gemm::new(
+                    "matmul",
+                    [b.m, b.l, b.dh()],
+                    ASrc::Strided {
+                        buf: sq2,
+                        rs: b.c as i64,
+                        ks: 1,
+                    },
+                    BSrc::Strided {
+                        buf: cx.ins[0].buf,
+                        ks: b.l as i64,
+                    },
+                    (ss, b.l as i64),
+                    matmul::tile_for(cx, true),
+                )
             };
             ks.push(Box::new(matmul::finish(cx, gm)?));
             let px = match (asm, cx.asm512()) {

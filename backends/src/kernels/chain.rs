@@ -34,7 +34,7 @@ use super::conv::Geom;
 use super::copy::{emit_copy_run, emit_fill_run};
 use super::epilogue::{Epilogue, Slopes};
 use super::gemm::{self, ASrc, BSrc, Gemm, Init, Tile};
-use super::{Kernel, Kernels, NodeCx, Opt, depthwise, fused, is_const};
+use super::{Kernel, Kernels, NodeCx, Opt, depthwise, fused, is_const, matmul};
 use crate::codegen::{Buf, Emitter, Loc};
 use crate::error::BackendError;
 
@@ -521,39 +521,25 @@ fn stage_gemm(
     };
     let packed = gemm::pack_a(weights, m, k, k, 1, tile.mr);
     let addr = cx.consts.add(&packed);
-    let mut gm = Gemm {
-        what,
-        m,
-        n,
-        k,
+    let gm = Gemm {
         batch: offs.len(),
         offsets: gemm::offset_table(cx.consts, offs),
-        a: ASrc::Packed { addr },
-        b: BSrc::Strided {
-            buf: b,
-            ks: ks as i64,
-        },
-        c,
-        c_rs: c_rs as i64,
         init: bias.map_or(Init::Zero, Init::Row),
-        alpha: 1.0,
-        cin: None,
-        tile,
-        rows_outer: true,
-        row_group: 1,
-        col_group: 1,
-        asm: None,
         epi,
-        title: None,
+        ..Gemm::new(
+            what,
+            [m, n, k],
+            ASrc::Packed { addr },
+            BSrc::Strided {
+                buf: b,
+                ks: ks as i64,
+            },
+            (c, c_rs as i64),
+            tile,
+        )
     };
-    gm.partition(1);
+    let mut gm = matmul::finish(cx, gm)?;
     gm.one_unit_per_batch();
-    if let Some(store) = cx.asm.as_deref_mut() {
-        gm.request_asm(store).map_err(|msg| BackendError::Codegen {
-            node: cx.name.clone(),
-            msg: format!("assembling the GEMM tile: {msg}"),
-        })?;
-    }
     Ok(gm)
 }
 

@@ -652,31 +652,24 @@ pub(crate) fn lower_with(
         None => Init::Zero,
     };
     let mut gm = Gemm {
-        what: if g.is_pointwise() {
-            "pointwise conv"
-        } else {
-            "conv (im2col)"
-        },
-        m: rows,
-        n: band.map_or(p, |r| r * g.wo),
-        k,
         batch: offs.len(),
         offsets: gemm::offset_table(cx.consts, &offs),
-        a,
-        b,
-        c: out_buf,
-        // consecutive rows of a block are `shuffle` rows apart once stored
-        c_rs: (shuffle * p) as i64,
         init,
-        alpha: 1.0,
-        cin: None,
-        tile,
-        rows_outer: true,
-        row_group: 1,
-        col_group: 1,
-        asm: None,
         epi,
         title,
+        ..Gemm::new(
+            if g.is_pointwise() {
+                "pointwise conv"
+            } else {
+                "conv (im2col)"
+            },
+            [rows, band.map_or(p, |r| r * g.wo), k],
+            a,
+            b,
+            // consecutive rows of a block are `shuffle` rows apart once stored
+            (out_buf, (shuffle * p) as i64),
+            tile,
+        )
     };
     gm.partition(cx.threads);
     if banded.is_some() {

@@ -322,6 +322,42 @@ struct BView {
 const MAX_STACK_PANEL: usize = 64 * 1024;
 
 impl Gemm {
+    /// `C[m×n] = A·B` with C's rows `c_rs` elements apart: one batch,
+    /// accumulators from zero, no epilogue, rows outside columns, one group
+    /// each (before [`Gemm::partition`]); the other fields by struct update.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        what: &'static str,
+        [m, n, k]: [usize; 3],
+        a: ASrc,
+        b: BSrc,
+        (c, c_rs): (Buf, i64),
+        tile: Tile,
+    ) -> Gemm {
+        Gemm {
+            what,
+            m,
+            n,
+            k,
+            batch: 1,
+            offsets: None,
+            a,
+            b,
+            c,
+            c_rs,
+            init: Init::Zero,
+            alpha: 1.0,
+            cin: None,
+            tile,
+            rows_outer: true,
+            row_group: 1,
+            col_group: 1,
+            asm: None,
+            epi: Epilogue::NONE,
+            title: None,
+        }
+    }
+
     fn nr(&self) -> usize {
         4 * self.tile.nv
     }

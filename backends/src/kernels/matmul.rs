@@ -202,26 +202,12 @@ fn lower_matmul(
         }
     }
     let gm = Gemm {
-        what: "matmul",
-        m: m_eff,
-        n,
-        k,
         batch: batches_eff,
         offsets: gemm::offset_table(cx.consts, &offs),
-        a,
-        b,
-        c: out_buf,
-        c_rs: n as i64,
         init,
-        alpha: 1.0,
-        cin: None,
-        tile,
-        rows_outer: true,
-        row_group: 1,
-        col_group: 1,
-        asm: None,
         epi,
         title,
+        ..Gemm::new("matmul", [m_eff, n, k], a, b, (out_buf, n as i64), tile)
     };
     Ok(vec![Box::new(finish(cx, gm)?)])
 }
@@ -325,26 +311,10 @@ fn lower_gemm(
         _ => None,
     };
     let gm = Gemm {
-        what: "gemm",
-        m,
-        n,
-        k,
-        batch: 1,
-        offsets: None,
-        a,
-        b,
-        c: out_buf,
-        c_rs: n as i64,
         init,
         alpha,
         cin,
-        tile,
-        rows_outer: true,
-        row_group: 1,
-        col_group: 1,
-        asm: None,
-        epi: Epilogue::NONE,
-        title: None,
+        ..Gemm::new("gemm", [m, n, k], a, b, (out_buf, n as i64), tile)
     };
     kernels.push(Box::new(finish(cx, gm)?));
     Ok(kernels)

@@ -38,7 +38,6 @@ use cranelift_frontend::Variable;
 use kiln_ir::TensorType;
 use kiln_ir::fused::FusedOp;
 
-use super::epilogue::Epilogue;
 use super::gemm::{self, ASrc, BSrc, Gemm, Init};
 use super::{Kernel, Kernels, NodeCx, matmul};
 use crate::codegen::math::{exp, relu};
@@ -445,29 +444,21 @@ fn project(cx: &mut NodeCx, s: &Sep, p: Proj) -> Result<Gemm, BackendError> {
         .map(|n| [0, (n * p.b_img) as i64, (n * p.c_img) as i64, 0])
         .collect();
     let gm = Gemm {
-        what: "pointwise conv",
-        m: p.m,
-        n: s.l(),
-        k: p.k,
         batch: s.n,
         offsets: gemm::offset_table(cx.consts, &offs),
-        a,
-        b: BSrc::Strided {
-            buf: p.b,
-            ks: s.l() as i64,
-        },
-        c: p.c,
-        c_rs: s.l() as i64,
         init: Init::Row(cx.ins[p.bias].buf),
-        alpha: 1.0,
-        cin: None,
-        tile,
-        rows_outer: true,
-        row_group: 1,
-        col_group: 1,
-        asm: None,
-        epi: Epilogue::NONE,
         title: Some(p.title),
+        ..Gemm::new(
+            "pointwise conv",
+            [p.m, s.l(), p.k],
+            a,
+            BSrc::Strided {
+                buf: p.b,
+                ks: s.l() as i64,
+            },
+            (p.c, s.l() as i64),
+            tile,
+        )
     };
     matmul::finish(cx, gm)
 }
