@@ -47,18 +47,11 @@ type Variant = (Option<(usize, usize)>, OptLevel, &'static str);
 
 /// The assembled tile levels this host runs, widest first.
 fn asm_levels() -> Vec<TileLevel> {
-    let mut v = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            v.push(TileLevel::Avx512);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            v.push(TileLevel::Avx2);
-        }
-    }
-    v
+    let host = TileLevel::host();
+    [TileLevel::Avx512, TileLevel::Avx2]
+        .into_iter()
+        .filter(|&l| l <= host)
+        .collect()
 }
 
 fn pointwise(c: &mut Criterion) {

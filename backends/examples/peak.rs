@@ -50,109 +50,81 @@ mod x86 {
 
     use super::STEPS;
 
-    /// Runs `STEPS` FMAs on each listed accumulator. The chains are spelt
-    /// out (not a loop over an array) so that they stay in registers.
-    macro_rules! chains {
-        ($fma:ident($b:ident, $c:ident); $($a:ident)*) => {
-            for _ in 0..STEPS {
-                $($a = $fma($a, $b, $c);)*
+    /// An FMA probe `$name`: 12 independent chains of `$vec` (12 cover the
+    /// FMA latency on every x86-64 core we know; 24 zmm make LLVM spill),
+    /// each running `STEPS` FMAs, then the sum of every lane. The chains
+    /// are spelt out (not a loop over an array) so that they stay in
+    /// registers.
+    macro_rules! probe {
+        ($(#[$doc:meta])* $name:ident, $feature:literal, $vec:ty, $set1:ident, $fma:ident) => {
+            $(#[$doc])*
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $name() -> f32 {
+                let (b, c) = ($set1(0.999_9), $set1(1e-4));
+                let [
+                    mut a0,
+                    mut a1,
+                    mut a2,
+                    mut a3,
+                    mut a4,
+                    mut a5,
+                    mut a6,
+                    mut a7,
+                    mut a8,
+                    mut a9,
+                    mut a10,
+                    mut a11,
+                ] = [$set1(0.5); 12];
+                for _ in 0..STEPS {
+                    a0 = $fma(a0, b, c);
+                    a1 = $fma(a1, b, c);
+                    a2 = $fma(a2, b, c);
+                    a3 = $fma(a3, b, c);
+                    a4 = $fma(a4, b, c);
+                    a5 = $fma(a5, b, c);
+                    a6 = $fma(a6, b, c);
+                    a7 = $fma(a7, b, c);
+                    a8 = $fma(a8, b, c);
+                    a9 = $fma(a9, b, c);
+                    a10 = $fma(a10, b, c);
+                    a11 = $fma(a11, b, c);
+                }
+                const LANES: usize = size_of::<$vec>() / 4;
+                [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]
+                    .into_iter()
+                    .map(|a| {
+                        // SAFETY: a vector of `LANES` f32 has the size of
+                        // `[f32; LANES]`, and every bit pattern is valid
+                        // for both.
+                        let lanes: [f32; LANES] = unsafe { std::mem::transmute(a) };
+                        lanes.iter().sum::<f32>()
+                    })
+                    .sum()
             }
         };
     }
 
-    /// 12 zmm chains (24 make LLVM spill some of them).
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn zmm() -> f32 {
-        let (b, c) = (_mm512_set1_ps(0.999_9), _mm512_set1_ps(1e-4));
-        let [
-            mut a0,
-            mut a1,
-            mut a2,
-            mut a3,
-            mut a4,
-            mut a5,
-            mut a6,
-            mut a7,
-            mut a8,
-            mut a9,
-            mut a10,
-            mut a11,
-        ] = [_mm512_set1_ps(0.5); 12];
-        chains!(_mm512_fmadd_ps(b, c); a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11);
-        [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11]
-            .iter()
-            .map(|&a| _mm512_reduce_add_ps(a))
-            .sum()
-    }
-
-    /// 12 ymm chains.
-    ///
-    /// # Safety
-    /// The CPU must have AVX and FMA.
-    #[target_feature(enable = "avx,fma")]
-    pub unsafe fn ymm() -> f32 {
-        let (b, c) = (_mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-4));
-        let [
-            mut a0,
-            mut a1,
-            mut a2,
-            mut a3,
-            mut a4,
-            mut a5,
-            mut a6,
-            mut a7,
-            mut a8,
-            mut a9,
-            mut a10,
-            mut a11,
-        ] = [_mm256_set1_ps(0.5); 12];
-        chains!(_mm256_fmadd_ps(b, c); a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11);
-        let acc = [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11];
-        let mut out = [0f32; 8];
-        let mut sum = 0.0;
-        for a in acc {
-            // SAFETY: `out` holds 8 floats, one ymm.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), a) };
-            sum += out.iter().sum::<f32>();
-        }
-        sum
-    }
-
-    /// 12 xmm chains: the width the portable Cranelift tile uses.
-    ///
-    /// # Safety
-    /// The CPU must have FMA.
-    #[target_feature(enable = "fma")]
-    pub unsafe fn xmm() -> f32 {
-        let (b, c) = (_mm_set1_ps(0.999_9), _mm_set1_ps(1e-4));
-        let [
-            mut a0,
-            mut a1,
-            mut a2,
-            mut a3,
-            mut a4,
-            mut a5,
-            mut a6,
-            mut a7,
-            mut a8,
-            mut a9,
-            mut a10,
-            mut a11,
-        ] = [_mm_set1_ps(0.5); 12];
-        chains!(_mm_fmadd_ps(b, c); a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11);
-        let acc = [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11];
-        let mut out = [0f32; 4];
-        let mut sum = 0.0;
-        for a in acc {
-            // SAFETY: `out` holds 4 floats, one xmm.
-            unsafe { _mm_storeu_ps(out.as_mut_ptr(), a) };
-            sum += out.iter().sum::<f32>();
-        }
-        sum
-    }
+    probe!(
+        /// zmm chains.
+        ///
+        /// # Safety
+        /// The CPU must have AVX-512F.
+        zmm, "avx512f", __m512, _mm512_set1_ps, _mm512_fmadd_ps
+    );
+    probe!(
+        /// ymm chains.
+        ///
+        /// # Safety
+        /// The CPU must have AVX and FMA.
+        ymm, "avx,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps
+    );
+    probe!(
+        /// xmm chains: the width the portable Cranelift tile uses.
+        ///
+        /// # Safety
+        /// The CPU must have FMA.
+        xmm, "fma", __m128, _mm_set1_ps, _mm_fmadd_ps
+    );
 }
 
 /// `Σ buf` with 16 independent accumulators (plain Rust, so the baseline

@@ -54,6 +54,12 @@ impl TileLevel {
         }
     }
 
+    /// The widest level the JIT uses on this host (what `compile` picks
+    /// without a cap); `F32x4` when the host cannot be described.
+    pub fn host() -> TileLevel {
+        Target::host(false).map_or(TileLevel::F32x4, |t| t.tiles)
+    }
+
     /// The level named `s` (see [`TileLevel::name`]).
     pub fn parse(s: &str) -> Option<TileLevel> {
         TileLevel::ALL.into_iter().find(|l| l.name() == s)

@@ -176,14 +176,23 @@ fn symbols(obj: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
 
 /// Compiles `model` for `host`, links and runs it on `input`, checks the
 /// symbols, and returns the output tensor.
-fn aot_run(what: &str, model: &Model, input: &Tensor, host: &Host) -> Tensor {
-    aot_try_run(what, model, input, host, host.runner).unwrap_or_else(|e| panic!("{e}"))
+fn aot_run(
+    what: &str,
+    model: &Model,
+    input: &Tensor,
+    host: &Host,
+    compile: &CompileOptions,
+) -> Tensor {
+    aot_try_run(what, model, input, host, host.runner, compile).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Whether [`aot_try_run`] compiles with `CompileOptions::banded_chains`:
-/// the tests that ship objects with banded chains say so in `what`.
-fn banded(what: &str) -> bool {
-    what.contains("banded chains")
+/// The front-end options every object here is compiled with: Cranelift's
+/// verifier on.
+fn aot_options() -> CompileOptions {
+    CompileOptions {
+        verify_ir: true,
+        ..CompileOptions::default()
+    }
 }
 
 /// [`aot_run`] under `runner`; a run that fails is an `Err` with its
@@ -194,17 +203,14 @@ fn aot_try_run(
     input: &Tensor,
     host: &Host,
     runner: &[&str],
+    compile: &CompileOptions,
 ) -> Result<Tensor, String> {
     let name = "m";
     let opts = AotOptions {
         target: host.triple.into(),
         cpu: host.cpu.into(),
         name: name.into(),
-        compile: CompileOptions {
-            verify_ir: true,
-            banded_chains: banded(what),
-            ..CompileOptions::default()
-        },
+        compile: compile.clone(),
     };
     let obj = compile_aot(model, &opts).unwrap_or_else(|e| panic!("{what}: compile failed: {e}"));
     let dir = std::env::temp_dir().join(format!(
@@ -294,12 +300,17 @@ fn aot_try_run(
 /// Runs `model` through every host in `hosts` and compares with the
 /// interpreter.
 fn check(what: &str, model: &Model, hosts: &[&Host]) {
-    check_against(what, model, model, hosts);
+    check_against(what, model, model, hosts, &aot_options());
 }
 
 /// What `kiln compile` ships: the optimised model (fused kernels in the
 /// object), compared with the interpreter on the model as built.
 fn check_optimised(what: &str, model: &Model, hosts: &[&Host]) {
+    check_optimised_with(what, model, hosts, &aot_options());
+}
+
+/// [`check_optimised`] with these front-end options.
+fn check_optimised_with(what: &str, model: &Model, hosts: &[&Host], compile: &CompileOptions) {
     let (opt, _) = kiln_passes::optimize(model, &kiln_passes::OptOptions::default())
         .unwrap_or_else(|e| panic!("{what}: optimiser failed: {e}"));
     assert!(
@@ -308,12 +319,18 @@ fn check_optimised(what: &str, model: &Model, hosts: &[&Host]) {
             .any(|id| matches!(opt.graph.node(id).op, Op::Fused(_))),
         "{what}: nothing fused"
     );
-    check_against(&format!("{what} (optimised)"), &opt, model, hosts);
+    check_against(&format!("{what} (optimised)"), &opt, model, hosts, compile);
 }
 
 /// Runs `model` through every host and compares with the interpreter on
 /// `reference` (the same function, possibly before optimisation).
-fn check_against(what: &str, model: &Model, reference: &Model, hosts: &[&Host]) {
+fn check_against(
+    what: &str,
+    model: &Model,
+    reference: &Model,
+    hosts: &[&Host],
+    compile: &CompileOptions,
+) {
     let input = common::graph_inputs(&model.graph).remove(0);
     let want = kiln_ir::interp::run(
         &reference.graph,
@@ -325,7 +342,7 @@ fn check_against(what: &str, model: &Model, reference: &Model, hosts: &[&Host]) 
         if !tools(host) {
             continue;
         }
-        let got = aot_run(what, model, &input, host);
+        let got = aot_run(what, model, &input, host, compile);
         let e = rel_error(&got, &want[0]);
         assert!(
             e <= TOL,
@@ -470,10 +487,14 @@ fn x86_64_v3_objects_with_avx2_tiles() {
         check_optimised(name, &zoo_model(name), &[&X86_V3]);
     }
     // `kiln compile --banded-chains`: the inverted residuals band by band
-    check_optimised(
+    check_optimised_with(
         "mobilevitv2_050 banded chains",
         &zoo_model("mobilevitv2_050"),
         &[&X86_V3],
+        &CompileOptions {
+            banded_chains: true,
+            ..aot_options()
+        },
     );
 }
 
@@ -526,7 +547,14 @@ fn riscv64gcv_small_graph_and_no_v_cpu_rejects_it() {
     let g = &model.graph;
     let shape = g.value_type(Value::of(g.inputs()[0])).shape.clone();
     let input = tensor(&mut Rng(42), &shape, Fill::Range(-1.0, 1.0));
-    let r = aot_try_run("small_v_on_rv64", &model, &input, &RISCV64_V, RV64_NO_V);
+    let r = aot_try_run(
+        "small_v_on_rv64",
+        &model,
+        &input,
+        &RISCV64_V,
+        RV64_NO_V,
+        &aot_options(),
+    );
     let e = r.expect_err("an rv64gcv object ran on `-cpu rv64,v=false`: that CPU has V after all");
     // the harness calls the checked entry point: an error code, not SIGILL
     assert!(

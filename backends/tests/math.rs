@@ -5,6 +5,8 @@
 //! AVX-512 and AVX2 forms (`kernels/asm_unary.rs`: exp, sigmoid, SiLU) and
 //! the Cranelift f32x4 forms.
 
+mod common;
+
 use kiln_backends::testing::{
     ERF_MAX_REL, EXP_MAX_REL, GELU_MAX_REL, LOG_MAX_REL, SIGMOID_MAX_REL, TANH_MAX_REL,
 };
@@ -13,20 +15,8 @@ use kiln_ir::{Graph, Model, Op, Tensor, TensorType, UnaryOp, WeightStore};
 
 /// The levels to test: f32x4 and the assembled ones this host runs.
 fn levels() -> Vec<TileLevel> {
-    #[cfg(target_arch = "x86_64")]
-    let (avx512, avx2) = (
-        std::arch::is_x86_feature_detected!("avx512f"),
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
-    );
-    #[cfg(not(target_arch = "x86_64"))]
-    let (avx512, avx2) = (false, false);
     let mut out = vec![TileLevel::F32x4];
-    if avx2 {
-        out.push(TileLevel::Avx2);
-    }
-    if avx512 {
-        out.push(TileLevel::Avx512);
-    }
+    out.extend(common::asm_levels().into_iter().rev());
     out
 }
 

@@ -24,6 +24,10 @@
 //! kernel then only pads horizontally. Each output element is computed by
 //! the same instruction sequence as in the split convolutions, so results
 //! are identical for every thread count.
+//!
+//! Opt-in (`CompileOptions::banded_chains`): on the machine it was
+//! measured on, the split stages are compute-bound and keep their
+//! intermediates in L3, so this saves memory, not time.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -48,7 +52,7 @@ const MIN_EXPANDED_BYTES: usize = 1024 * 1024;
 /// Taller bands pay: the depthwise kernel keeps six output rows in flight
 /// and is called once per plane and band (measured on mobilevitv2_050:
 /// 320 KB slots, bands of 2–4 rows, made the chains 3–6 % slower than
-/// split; 640 KB, bands of 8, about even with split or slightly faster).
+/// split; 640 KB, bands of 8, 1–3 % slower; larger slots gained nothing).
 const SLOT_BYTES: usize = 640 * 1024;
 
 /// Slabs per image: two, so that a batch-1 model has a unit per core.
@@ -78,12 +82,8 @@ pub(crate) struct Plan {
     stride: [usize; 2],
     /// depthwise `[top, left, bottom, right]`
     pad: [usize; 4],
-    /// output rows per band
+    /// output rows per band (dividing `ho`)
     rows: usize,
-    /// bands per image
-    bands: usize,
-    /// slabs (units) per image
-    slabs: usize,
 }
 
 impl Plan {
@@ -143,20 +143,23 @@ impl Plan {
             stride: [sh, sw],
             pad,
             rows: 0,
-            bands: 0,
-            slabs: 0,
         };
         // the tallest band whose slot fits, with at least two bands
-        let rows = (1..=ho / 2).rev().find(|&r| {
-            plan.rows = r;
-            plan.bands = ho / r;
-            plan.slabs = SLABS.min(plan.bands);
-            ho.is_multiple_of(r) && plan.slot_bytes() <= SLOT_BYTES && plan.cuts_cleanly()
-        })?;
-        plan.rows = rows;
-        plan.bands = ho / rows;
-        plan.slabs = SLABS.min(plan.bands);
-        Some(plan)
+        (1..=ho / 2).rev().find_map(|rows| {
+            plan.rows = rows;
+            (ho.is_multiple_of(rows) && plan.slot_bytes() <= SLOT_BYTES && plan.cuts_cleanly())
+                .then_some(plan)
+        })
+    }
+
+    /// Bands per image.
+    fn bands(&self) -> usize {
+        self.ho / self.rows
+    }
+
+    /// Slabs (units) per image.
+    fn slabs(&self) -> usize {
+        SLABS.min(self.bands())
     }
 
     /// Window rows shared by consecutive bands.
@@ -181,7 +184,7 @@ impl Plan {
 
     /// The first band of slab `j`.
     fn slab_start(&self, j: usize) -> usize {
-        j * self.bands / self.slabs
+        j * self.bands() / self.slabs()
     }
 
     /// Fresh rows of band `b` inside the image.
@@ -198,11 +201,11 @@ impl Plan {
         self.kh >= self.stride[0]
             && self.halo() >= self.pad[0]
             && self.fresh() >= self.halo()
-            && (1..self.slabs).all(|j| {
+            && (1..self.slabs()).all(|j| {
                 let t = self.top(self.slab_start(j));
                 t >= 0 && t as usize + self.halo() <= self.h
             })
-            && (0..self.bands - 1).all(|b| self.valid(b) == self.fresh())
+            && (0..self.bands() - 1).all(|b| self.valid(b) == self.fresh())
     }
 
     /// Bytes of one slot: the window, then the depthwise band, each plane
@@ -214,7 +217,7 @@ impl Plan {
 
     /// Bytes of arena scratch: one slot per unit.
     fn scratch_bytes(&self) -> usize {
-        self.n * self.slabs * self.slot_bytes()
+        self.n * self.slabs() * self.slot_bytes()
     }
 }
 
@@ -405,7 +408,7 @@ impl Kernel for ChainConv {
             "{}: bands of {} rows, {} slabs per image, slot {} KB; expand [{}]; depthwise [{}]; project [{}]",
             self.title,
             p.rows,
-            p.slabs,
+            p.slabs(),
             p.slot_bytes() / 1024,
             self.fresh.describe(),
             self.depthwise.describe(),
@@ -414,13 +417,13 @@ impl Kernel for ChainConv {
     }
 
     fn units(&self) -> usize {
-        self.plan.n * self.plan.slabs
+        self.plan.n * self.plan.slabs()
     }
 
     fn cost(&self) -> f64 {
         let p = self.plan;
         let expand = 2.0 * (p.n * p.e * p.c * p.h * p.w) as f64;
-        expand + self.depthwise.cost() * (p.n * p.bands) as f64 + self.project.cost()
+        expand + self.depthwise.cost() * (p.n * p.bands()) as f64 + self.project.cost()
     }
 
     fn opt(&self) -> Opt {
@@ -440,15 +443,15 @@ impl Kernel for ChainConv {
         let slots = e.base(Buf::output(Loc::Arena(self.scratch)));
         e.for_range(begin, end, 1, |e, u| {
             let slot = e.index(slots, u, slot_bytes as i64);
-            let img = e.b.ins().udiv_imm_u(u, p.slabs as i64);
-            let j = e.b.ins().urem_imm_u(u, p.slabs as i64);
+            let img = e.b.ins().udiv_imm_u(u, p.slabs() as i64);
+            let j = e.b.ins().urem_imm_u(u, p.slabs() as i64);
             // bands [j·B/S, (j+1)·B/S) of image img
-            let b0 = e.b.ins().imul_imm_s(j, p.bands as i64);
-            let b0 = e.b.ins().udiv_imm_u(b0, p.slabs as i64);
+            let b0 = e.b.ins().imul_imm_s(j, p.bands() as i64);
+            let b0 = e.b.ins().udiv_imm_u(b0, p.slabs() as i64);
             let j1 = e.b.ins().iadd_imm_s(j, 1);
-            let b1 = e.b.ins().imul_imm_s(j1, p.bands as i64);
-            let b1 = e.b.ins().udiv_imm_u(b1, p.slabs as i64);
-            let gb_img = e.b.ins().imul_imm_s(img, p.bands as i64);
+            let b1 = e.b.ins().imul_imm_s(j1, p.bands() as i64);
+            let b1 = e.b.ins().udiv_imm_u(b1, p.slabs() as i64);
+            let gb_img = e.b.ins().imul_imm_s(img, p.bands() as i64);
             e.rebased(self.scratch, slot_bytes, slot, |e| {
                 let window = e.base(Buf::output(Loc::Arena(self.scratch)));
                 // the slab's first window rows: the halo
@@ -468,13 +471,14 @@ impl Kernel for ChainConv {
                 }
                 e.for_range(b0, b1, 1, |e, b| {
                     let gb = e.b.ins().iadd(gb_img, b);
-                    match p.valid(p.bands - 1) < p.fresh() {
+                    match p.valid(p.bands() - 1) < p.fresh() {
                         true => {
                             let is_last =
-                                e.b.ins().icmp_imm_u(IntCC::Equal, b, (p.bands - 1) as i64);
+                                e.b.ins()
+                                    .icmp_imm_u(IntCC::Equal, b, (p.bands() - 1) as i64);
                             let not_last =
                                 e.b.ins()
-                                    .icmp_imm_u(IntCC::NotEqual, b, (p.bands - 1) as i64);
+                                    .icmp_imm_u(IntCC::NotEqual, b, (p.bands() - 1) as i64);
                             e.if_then(not_last, |e| run_batch(e, &self.fresh, gb));
                             e.if_then(is_last, |e| {
                                 if let Some(last) = &self.last {
@@ -583,7 +587,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     let chw = (p.c * p.h * p.w) as i64;
     let w = p.w as i64;
     let gbs: Vec<(usize, usize)> = (0..p.n)
-        .flat_map(|i| (0..p.bands).map(move |b| (i, b)))
+        .flat_map(|i| (0..p.bands()).map(move |b| (i, b)))
         .collect();
     // the expansion: x rows → window rows, per (image, band)
     let expand = |cx: &mut NodeCx, rows: usize, offs: &[[i64; 4]]| {
@@ -608,7 +612,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     } else {
         None
     };
-    let prologue = if p.slabs > 1 && p.halo() > 0 {
+    let prologue = if p.slabs() > 1 && p.halo() > 0 {
         let offs: Vec<[i64; 4]> = gbs
             .iter()
             .map(|&(i, b)| [0, i as i64 * chw + p.top(b).max(0) * w, 0, 0])
@@ -625,7 +629,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         })
         .collect();
     let fresh = expand(cx, p.fresh(), &fresh_offs)?;
-    let last_valid = p.valid(p.bands - 1);
+    let last_valid = p.valid(p.bands() - 1);
     let last = if (1..p.fresh()).contains(&last_valid) {
         Some(expand(cx, last_valid, &fresh_offs)?)
     } else {
@@ -737,10 +741,10 @@ mod tests {
                 &[1, 24, ho, ho],
             )
             .unwrap_or_else(|| panic!("no plan for stride {s}, {h}x{h}, {e} channels"));
-            assert_eq!(p.rows * p.bands, ho);
-            assert!(p.slot_bytes() <= SLOT_BYTES && p.bands >= 2);
+            assert_eq!(p.rows * p.bands(), ho);
+            assert!(p.slot_bytes() <= SLOT_BYTES && p.bands() >= 2);
             // band b's window starts where its first output row reads
-            for b in 0..p.bands {
+            for b in 0..p.bands() {
                 assert_eq!(p.top(b), (b * p.rows * s) as i64 - 1);
                 // the window reaches the last row its last output reads
                 let last_read = p.top(b) + ((p.rows - 1) * s + 2) as i64;
