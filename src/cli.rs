@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_frontends::{npy, onnx, safetensors, zoo};
-use kiln_ir::{Tensor, Value, WeightStore, text};
+use kiln_ir::{Limits, Tensor, Value, WeightStore, text};
 
 use crate::bench;
 use crate::compile::CompileOptions;
@@ -45,15 +45,29 @@ pub struct ModelArgs {
     /// input of `run`)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
+    /// Set a resource limit (repeatable): tensor, weights, folded, arena,
+    /// consts (bytes: 512M, 8G, ...), nodes, extract (counts); see docs/cli.md
+    #[arg(long = "limit", value_name = "KEY=VALUE")]
+    pub limit: Vec<String>,
 }
 
 impl ModelArgs {
-    fn options(&self) -> LoadOptions {
-        LoadOptions {
+    fn options(&self) -> Result<LoadOptions, KilnError> {
+        Ok(LoadOptions {
             weights: self.weights.clone(),
             seed: self.seed,
             graph_only: false,
+            limits: self.limits()?,
+        })
+    }
+
+    /// The default limits with every `--limit` applied in order.
+    fn limits(&self) -> Result<Limits, KilnError> {
+        let mut l = Limits::default();
+        for spec in &self.limit {
+            l.set(spec).map_err(KilnError::Usage)?;
         }
+        Ok(l)
     }
 }
 
@@ -221,6 +235,9 @@ pub enum Command {
         /// tensors never in the scratch buffer, which shrinks
         #[arg(long)]
         banded_chains: bool,
+        /// Set a resource limit (repeatable; see `kiln run --help`)
+        #[arg(long = "limit", value_name = "KEY=VALUE")]
+        limit: Vec<String>,
     },
     /// Write a model and its weights as a self-contained ONNX file (opset 21)
     Export {
@@ -280,8 +297,9 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             emit: format,
         } => {
             // The optimiser needs weight values (batch-norm folding).
-            let m = load_model(&model.model, &model.options())?;
-            let (out, note) = cmd_opt(&m, json, format)?;
+            let lo = model.options()?;
+            let m = load_model(&model.model, &lo)?;
+            let (out, note) = cmd_opt(&m, json, format, lo.limits)?;
             emit(io.err, &note)?;
             emit(io.out, &out)
         }
@@ -305,6 +323,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                 profile,
                 tiles: tiles.map(Into::into),
                 banded_chains,
+                limits: model.limits()?,
             };
             cmd_bench(&model, &opts, json, io)
         }
@@ -326,12 +345,14 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             list_targets,
             no_opt,
             banded_chains,
+            limit,
         } => match (list_targets, model) {
             (false, Some(model)) => {
                 let args = ModelArgs {
                     model,
                     weights,
                     seed,
+                    limit,
                 };
                 let aot = AotArgs {
                     target,
@@ -372,13 +393,15 @@ fn cmd_compile(
 ) -> Result<(), KilnError> {
     let (target, optimize) = (aot.target.as_str(), aot.optimize);
     let (cpu, name) = (aot.cpu.clone(), aot.name.clone());
-    let loaded = load_model(&args.model, &args.options())?;
+    let lo = args.options()?;
+    let loaded = load_model(&args.model, &lo)?;
     let (model, _, _) = crate::compile::prepare(
         &loaded,
         &CompileOptions {
             optimize,
             ..CompileOptions::default()
-        },
+        }
+        .with_limits(lo.limits),
     )?;
     let cpu = match cpu {
         Some(c) => c,
@@ -407,6 +430,7 @@ fn cmd_compile(
         name,
         compile: kiln_backends::CompileOptions {
             banded_chains: aot.banded_chains,
+            limits: lo.limits,
             ..kiln_backends::CompileOptions::default()
         },
     };
@@ -443,7 +467,7 @@ fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
     // The report needs no weight values; given ones are still checked.
     let opts = LoadOptions {
         graph_only: true,
-        ..args.options()
+        ..args.options()?
     };
     let model = load_model(&args.model, &opts)?;
     let report = info::report(&model.graph);
@@ -462,7 +486,7 @@ fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
 }
 
 fn cmd_export(args: &ModelArgs, output: &std::path::Path, io: Io<'_>) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options())?;
+    let model = load_model(&args.model, &args.options()?)?;
     onnx::export(&model, output)?;
     emit(io.err, &format!("wrote {}\n", output.display()))
 }
@@ -479,7 +503,7 @@ fn cmd_run(
     (optimize, tiles, banded_chains): RunSwitches,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options())?;
+    let model = load_model(&args.model, &args.options()?)?;
     let g = &model.graph;
     if !inputs.is_empty() && inputs.len() != g.inputs().len() {
         return Err(KilnError::Usage(format!(
@@ -527,7 +551,8 @@ fn cmd_run(
     let mut opts = CompileOptions {
         optimize,
         ..CompileOptions::default()
-    };
+    }
+    .with_limits(args.limits()?);
     if let Some(t) = tiles {
         opts.backend.max_tiles = t.into();
     }
@@ -560,7 +585,7 @@ fn cmd_bench(
     io: Io<'_>,
 ) -> Result<(), KilnError> {
     opts.check()?;
-    let model = load_model(&args.model, &args.options())?;
+    let model = load_model(&args.model, &args.options()?)?;
     // Progress: optimising and compiling a large model takes a noticeable
     // fraction of a second; say what is happening (stderr, so stdout stays
     // one report).
@@ -619,7 +644,7 @@ fn cmd_export_kir(
     // Weight values are needed only to write them.
     let opts = LoadOptions {
         graph_only: weights_out.is_none(),
-        ..args.options()
+        ..args.options()?
     };
     let model = load_model(&args.model, &opts)?;
     std::fs::write(output, text::print(&model.graph)).map_err(|source| KilnError::Io {

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use kiln_backends::CompiledModel;
-use kiln_ir::Model;
+use kiln_ir::{Limits, Model};
 use kiln_passes::{OptOptions, OptReport, optimize};
 
 use crate::error::KilnError;
@@ -24,6 +24,15 @@ pub struct CompileOptions {
     pub passes: OptOptions,
     /// Threads, tiles and code-generation switches of the JIT.
     pub backend: kiln_backends::CompileOptions,
+}
+
+impl CompileOptions {
+    /// These options with `limits` for the optimiser and the JIT alike.
+    pub fn with_limits(mut self, limits: Limits) -> CompileOptions {
+        self.passes.limits = limits;
+        self.backend.limits = limits;
+        self
+    }
 }
 
 impl Default for CompileOptions {

@@ -23,6 +23,9 @@ pub(crate) struct ConstStore {
     lines: Vec<FLine>,
     /// first line of every range added, in order
     starts: Vec<usize>,
+    /// bounds `bytes()` (the `consts` limit); code that builds a large
+    /// table asks [`ConstStore::room`] before it allocates one
+    limits: kiln_ir::Limits,
 }
 
 /// Where the ranges [`ConstStore::retain_read`] kept went: sorted
@@ -84,7 +87,7 @@ impl ConstStore {
     pub fn retain_read(&self, read: &[usize]) -> (ConstStore, ConstMap) {
         let mut read = read.to_vec();
         read.sort_unstable();
-        let mut out = ConstStore::default();
+        let mut out = ConstStore::with_limits(self.limits);
         let mut map = Vec::new();
         for (i, &start) in self.starts.iter().enumerate() {
             let end = self.starts.get(i + 1).copied().unwrap_or(self.lines.len());
@@ -97,6 +100,22 @@ impl ConstStore {
             }
         }
         (out, ConstMap(map))
+    }
+
+    /// An empty store bounded by `limits.const_bytes`.
+    pub fn with_limits(limits: kiln_ir::Limits) -> ConstStore {
+        ConstStore {
+            limits,
+            ..ConstStore::default()
+        }
+    }
+
+    /// `Ok` when `bytes` more (named `what` in the error) fit under the
+    /// `consts` limit: asked before building a table whose size comes from
+    /// the model, so that a hostile shape is an error, not an abort.
+    pub fn room(&self, bytes: usize, what: &str) -> Result<(), kiln_ir::IrError> {
+        let mut used = self.bytes();
+        self.limits.charge(&mut used, bytes, "consts", &what)
     }
 
     /// Total bytes held.
