@@ -51,8 +51,9 @@ impl Default for Limits {
             arena_bytes: 8 * GIB,
             const_bytes: 16 * GIB,
             nodes: 1_000_000,
-            // about 1.6 GB of bitsets at most, a few seconds of work
-            extract_work: 200_000_000,
+            // at most about 800 MB of bitsets and seconds of work; the
+            // largest zoo model needs under a tenth of it
+            extract_work: 100_000_000,
         }
     }
 }

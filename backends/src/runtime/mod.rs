@@ -138,7 +138,12 @@ impl ConstStore {
     }
 }
 
-/// A per-call arena: 64-byte aligned, zero-initialised once.
+/// A per-call arena: 64-byte aligned.
+///
+/// No kernel reads arena bytes it has not written in the same call (an
+/// object's scratch is not zeroed either; docs/aot.md). Builds with debug
+/// assertions — every test — fill new arenas with all-ones bits (NaN as
+/// f32) so that a kernel breaking this shows up as a mismatch.
 pub(crate) struct Arena {
     lines: Box<[WLine]>,
 }
@@ -146,8 +151,9 @@ pub(crate) struct Arena {
 impl Arena {
     /// An arena of at least `bytes` bytes.
     pub fn new(bytes: usize) -> Arena {
+        let fill = if cfg!(debug_assertions) { u64::MAX } else { 0 };
         Arena {
-            lines: vec![WLine([0; 8]); bytes.div_ceil(64).max(1)].into_boxed_slice(),
+            lines: vec![WLine([fill; 8]); bytes.div_ceil(64).max(1)].into_boxed_slice(),
         }
     }
 
