@@ -23,6 +23,16 @@ pub fn load(path: &Path) -> Result<WeightStore, FrontendError> {
     decode(&bytes).map_err(|msg| err(path, msg))
 }
 
+/// [`load`] from bytes already in memory (errors name no file).
+pub fn load_bytes(bytes: &[u8]) -> Result<WeightStore, FrontendError> {
+    decode(bytes).map_err(FrontendError::Safetensors)
+}
+
+/// [`save`] into bytes in memory.
+pub fn save_bytes(weights: &WeightStore) -> Result<Vec<u8>, FrontendError> {
+    encode(weights).map_err(FrontendError::Safetensors)
+}
+
 /// Parses a safetensors byte buffer; the error is a message without the path.
 fn decode(bytes: &[u8]) -> Result<WeightStore, String> {
     let st = SafeTensors::deserialize(bytes).map_err(describe)?;

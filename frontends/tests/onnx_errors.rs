@@ -240,6 +240,24 @@ fn degenerate_sizes_are_errors() {
     assert!(e.contains("would exceed"), "{e}");
 }
 
+#[test]
+fn reshape_target_whose_size_overflows_is_an_error() {
+    // Found by the onnx_import fuzz target: the product of the known dims
+    // of a `-1` reshape overflowed (a panic with overflow checks on).
+    let m = model(
+        13,
+        vec![node("Reshape", &["x", "s"], &["y"], vec![])],
+        vec![tensor_i64("s", &[3], &[1 << 40, 1 << 40, -1])],
+        vec![vi("x", FLOAT, &[1, 4])],
+        vec![vi("y", FLOAT, &[1, 1, 4])],
+    );
+    let e = err(&m);
+    assert!(
+        e.contains("node 'Reshape_y' (Reshape)") && e.contains("has too many elements"),
+        "{e}"
+    );
+}
+
 /// A model touching many lowering paths, for the mutation test: every
 /// attribute and constant in it is a target for corruption.
 fn busy_model() -> ModelProto {

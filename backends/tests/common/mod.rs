@@ -3,67 +3,9 @@
 
 #![allow(dead_code)]
 
-use kiln_backends::{CompileOptions, CompiledModel, TileLevel, compile};
-use kiln_ir::{DType, Graph, Model, Op, Tensor, TensorType, Value, WeightStore, interp};
-
-/// SplitMix64: small, seedable, good enough for test data.
-#[derive(Clone, Debug)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, n)`.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-    /// Uniform in `[lo, hi]`.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-    /// Uniform in `[lo, hi)`.
-    pub fn f32_in(&mut self, lo: f32, hi: f32) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * u
-    }
-    /// Non-zero values in `[-1, -0.05] ∪ [0.05, 1]`.
-    pub fn nonzero(&mut self) -> f32 {
-        let m = self.f32_in(0.05, 1.0);
-        if self.next_u64() & 1 == 0 { m } else { -m }
-    }
-    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len())]
-    }
-    pub fn coin(&mut self) -> bool {
-        self.next_u64() & 1 == 0
-    }
-}
-
-/// How to fill a tensor.
-#[derive(Clone, Copy, Debug)]
-pub enum Fill {
-    /// non-zero values in ±[0.05, 1]
-    Signed,
-    /// values in [lo, hi]
-    Range(f32, f32),
-}
-
-/// A tensor of `shape` filled as `fill` says.
-pub fn tensor(rng: &mut Rng, shape: &[usize], fill: Fill) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .map(|_| match fill {
-            Fill::Signed => rng.nonzero(),
-            Fill::Range(lo, hi) => rng.f32_in(lo, hi),
-        })
-        .collect();
-    Tensor::from_f32(shape.to_vec(), data).unwrap()
-}
+pub use kiln_backends::testing::random::{Fill, Rng, TOL, poisoned, rel_error, tensor};
+use kiln_backends::{CompileOptions, TileLevel, compile};
+use kiln_ir::{Graph, Model, Op, Tensor, TensorType, Value, WeightStore, interp};
 
 /// Seeded inputs for every input of `g`, uniform in [-1, 1): the inputs
 /// the whole-model tests (zoo, fused zoo, AOT) feed.
@@ -143,48 +85,6 @@ pub fn opts(threads: usize) -> CompileOptions {
         ..CompileOptions::default()
     }
 }
-
-/// Output tensors of the model's output types, filled with NaN, so that an
-/// element the JIT fails to write shows up.
-pub fn poisoned(m: &CompiledModel) -> Vec<Tensor> {
-    m.outputs()
-        .iter()
-        .map(|(_, ty)| match ty.dtype {
-            DType::F32 => Tensor::from_f32(ty.shape.clone(), vec![f32::NAN; ty.numel()]).unwrap(),
-            DType::I64 => Tensor::zeros(ty),
-        })
-        .collect()
-}
-
-/// `max|a - b| / max|b|` (or the absolute difference when `b` is all zero);
-/// NaN anywhere in `a` that `b` does not have counts as infinite error.
-pub fn rel_error(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.shape(), b.shape(), "shapes differ");
-    let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
-    let mut max_ref = 0f64;
-    let mut max_diff = 0f64;
-    for (&x, &y) in a.iter().zip(b) {
-        if y.is_nan() {
-            if !x.is_nan() {
-                return f64::INFINITY;
-            }
-            continue;
-        }
-        if x.is_nan() {
-            return f64::INFINITY;
-        }
-        max_ref = max_ref.max(f64::from(y).abs());
-        max_diff = max_diff.max((f64::from(x) - f64::from(y)).abs());
-    }
-    if max_ref == 0.0 {
-        max_diff
-    } else {
-        max_diff / max_ref
-    }
-}
-
-/// The tolerance of every differential test.
-pub const TOL: f64 = 1e-4;
 
 /// Compiles `model` for `threads` threads, runs it into NaN-poisoned
 /// outputs, and compares every output with the interpreter. Returns the

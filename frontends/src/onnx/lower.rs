@@ -1334,7 +1334,6 @@ fn reshape(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
     let xs = im.shape(&a.vals[0]);
     let target = n.req_const(1, "shape")?.ints().map_err(E::Msg)?;
     let allowzero = n.attr_i("allowzero", 0)? != 0;
-    let numel: usize = xs.iter().product();
     let mut shape = Vec::with_capacity(target.len());
     let mut infer = None;
     for (i, &t) in target.iter().enumerate() {
@@ -1356,8 +1355,13 @@ fn reshape(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
             }
         }
     }
+    // Checked: a target such as [2^40, 2^40, -1] must be an error, not an
+    // overflow (the fuzzer's onnx_import target found it).
+    let too_many = || E::Msg(format!("reshape target {target:?} has too many elements"));
+    let product = |dims: &[usize]| dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if let Some(i) = infer {
-        let known: usize = shape.iter().product();
+        let known = product(&shape).ok_or_else(too_many)?;
+        let numel = product(&xs).ok_or_else(too_many)?;
         if known == 0 || !numel.is_multiple_of(known) {
             return Err(E::Msg(format!(
                 "cannot reshape {xs:?} ({numel} elements) to {target:?}"

@@ -1,0 +1,547 @@
+//! Seeded random test material shared by the backend tests and the fuzz
+//! targets (`fuzz/`): a SplitMix64 RNG, random tensors, NaN-poisoned
+//! outputs, the relative-error measure and tolerance of every differential
+//! test, and the random-graph generator (valid random DAGs of the primitive
+//! op set on small shapes).
+
+use crate::CompiledModel;
+use kiln_ir::{
+    BinaryOp, DType, Float, Graph, Model, Op, PadMode, PoolKind, ReduceKind, Tensor, TensorType,
+    UnaryOp, Value, WeightStore,
+};
+
+/// SplitMix64: small, seedable, good enough for test data.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[0, n)`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    /// Uniform in `[lo, hi]`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+    /// Uniform in `[lo, hi)`.
+    pub fn f32_in(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    /// Non-zero values in `[-1, -0.05] ∪ [0.05, 1]`.
+    pub fn nonzero(&mut self) -> f32 {
+        let m = self.f32_in(0.05, 1.0);
+        if self.next_u64() & 1 == 0 { m } else { -m }
+    }
+    /// A uniformly chosen element of `xs` (which must not be empty).
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len())]
+    }
+    /// A fair coin.
+    pub fn coin(&mut self) -> bool {
+        self.next_u64() & 1 == 0
+    }
+}
+
+/// How to fill a tensor.
+#[derive(Clone, Copy, Debug)]
+pub enum Fill {
+    /// non-zero values in ±[0.05, 1]
+    Signed,
+    /// values in [lo, hi]
+    Range(f32, f32),
+}
+
+/// A tensor of `shape` filled as `fill` says.
+pub fn tensor(rng: &mut Rng, shape: &[usize], fill: Fill) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|_| match fill {
+            Fill::Signed => rng.nonzero(),
+            Fill::Range(lo, hi) => rng.f32_in(lo, hi),
+        })
+        .collect();
+    Tensor::from_f32(shape.to_vec(), data).unwrap()
+}
+
+/// `max|a - b| / max|b|` (or the absolute difference when `b` is all zero);
+/// NaN anywhere in `a` that `b` does not have counts as infinite error.
+pub fn rel_error(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+    let mut max_ref = 0f64;
+    let mut max_diff = 0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        if y.is_nan() {
+            if !x.is_nan() {
+                return f64::INFINITY;
+            }
+            continue;
+        }
+        if x.is_nan() {
+            return f64::INFINITY;
+        }
+        max_ref = max_ref.max(f64::from(y).abs());
+        max_diff = max_diff.max((f64::from(x) - f64::from(y)).abs());
+    }
+    if max_ref == 0.0 {
+        max_diff
+    } else {
+        max_diff / max_ref
+    }
+}
+
+/// Output tensors of the model's output types, filled with NaN, so that an
+/// element the JIT fails to write shows up.
+pub fn poisoned(m: &CompiledModel) -> Vec<Tensor> {
+    m.outputs()
+        .iter()
+        .map(|(_, ty)| match ty.dtype {
+            DType::F32 => Tensor::from_f32(ty.shape.clone(), vec![f32::NAN; ty.numel()]).unwrap(),
+            DType::I64 => Tensor::zeros(ty),
+        })
+        .collect()
+}
+
+/// The tolerance of every differential test.
+pub const TOL: f64 = 1e-4;
+
+/// A random graph of seed `seed` with its weights, and input values: 4 to
+/// 18 ops built on one `[1-2, 1-12, 1-11, 1-11]` input, no value above
+/// 40,000 elements (so the interpreter stays quick), the last value (and
+/// sometimes one more) an output. The same seed gives the same model.
+pub fn random_graph(seed: u64) -> (Model, Vec<Tensor>) {
+    Gen::new(seed).build()
+}
+
+struct Gen {
+    rng: Rng,
+    g: Graph,
+    weights: WeightStore,
+    inputs: Vec<Tensor>,
+    /// values to build on, newest last
+    vals: Vec<Value>,
+}
+
+const SAFE_UNARY: [UnaryOp; 12] = [
+    UnaryOp::Relu,
+    UnaryOp::Relu6,
+    UnaryOp::Sigmoid,
+    UnaryOp::Tanh,
+    UnaryOp::Silu,
+    UnaryOp::HardSwish,
+    UnaryOp::Gelu,
+    UnaryOp::GeluTanh,
+    UnaryOp::Neg,
+    UnaryOp::Abs,
+    UnaryOp::Erf,
+    UnaryOp::Identity,
+];
+
+impl Gen {
+    fn new(seed: u64) -> Gen {
+        let mut g = Gen {
+            rng: Rng(seed),
+            g: Graph::new(format!("random_{seed}")),
+            weights: WeightStore::new(),
+            inputs: Vec::new(),
+            vals: Vec::new(),
+        };
+        let c = g.rng.range(1, 12);
+        let h = g.rng.range(1, 11);
+        let w = g.rng.range(1, 11);
+        let shape = [g.rng.range(1, 2), c, h, w];
+        let x = g.g.add_input("x", TensorType::f32(shape)).unwrap();
+        let t = tensor(&mut g.rng, &shape, Fill::Signed);
+        g.inputs.push(t);
+        g.vals.push(x);
+        g
+    }
+
+    fn shape(&self, v: Value) -> Vec<usize> {
+        self.g.value_type(v).shape.clone()
+    }
+
+    fn weight(&mut self, shape: &[usize], fill: Fill) -> Value {
+        let name = format!("w{}", self.weights.len());
+        let v = self.g.add_weight(&name, TensorType::f32(shape)).unwrap();
+        let t = tensor(&mut self.rng, shape, fill);
+        self.weights.insert(name, t);
+        v
+    }
+
+    /// A recent value (biased towards the newest), optionally of a rank.
+    fn pick(&mut self, rank: Option<usize>) -> Option<Value> {
+        let cands: Vec<Value> = self
+            .vals
+            .iter()
+            .copied()
+            .filter(|&v| rank.is_none_or(|r| self.g.value_type(v).rank() == r))
+            .collect();
+        if cands.is_empty() {
+            return None;
+        }
+        let n = cands.len();
+        let i = if self.rng.coin() {
+            n - 1
+        } else {
+            self.rng.below(n)
+        };
+        Some(cands[i])
+    }
+
+    fn add(&mut self, op: Op, args: &[Value]) -> Option<Value> {
+        let v = self.g.add(op, args).ok()?;
+        // keep tensors small so the interpreter stays quick
+        if self.g.value_type(v).numel() > 40_000 {
+            return None;
+        }
+        self.vals.push(v);
+        Some(v)
+    }
+
+    fn step(&mut self) -> Option<Value> {
+        let choice = self.rng.below(20);
+        match choice {
+            0..=3 => {
+                let x = self.pick(Some(4))?;
+                let s = self.shape(x);
+                let c = s[1];
+                let k = *self.rng.pick(&[1, 1, 3, 3, 5]);
+                let stride = *self.rng.pick(&[1, 1, 2]);
+                let depthwise = self.rng.below(3) == 0;
+                let (groups, o) = if depthwise {
+                    (c, c * self.rng.range(1, 2))
+                } else if c.is_multiple_of(2) && self.rng.below(4) == 0 {
+                    (2, 2 * self.rng.range(1, 6))
+                } else {
+                    (1, self.rng.range(1, 20))
+                };
+                let p = k / 2;
+                let pad = if self.rng.below(4) == 0 {
+                    [
+                        self.rng.range(0, p),
+                        self.rng.range(0, p),
+                        self.rng.range(0, p),
+                        self.rng.range(0, p),
+                    ]
+                } else {
+                    [p; 4]
+                };
+                let w = self.weight(&[o, c / groups, k, k], Fill::Range(-0.5, 0.5));
+                let mut args = vec![x, w];
+                if self.rng.coin() {
+                    args.push(self.weight(&[o], Fill::Signed));
+                }
+                self.add(
+                    Op::Conv2d {
+                        stride: [stride, stride],
+                        pad,
+                        dilation: [1, 1],
+                        groups,
+                    },
+                    &args,
+                )
+            }
+            4..=6 => {
+                let x = self.pick(None)?;
+                let u = *self.rng.pick(&SAFE_UNARY);
+                self.add(Op::Unary(u), &[x])
+            }
+            7..=8 => {
+                // residual or broadcast binary
+                let x = self.pick(None)?;
+                let s = self.shape(x);
+                let op = *self.rng.pick(&[
+                    BinaryOp::Add,
+                    BinaryOp::Add,
+                    BinaryOp::Mul,
+                    BinaryOp::Sub,
+                    BinaryOp::Max,
+                    BinaryOp::Min,
+                ]);
+                let same: Vec<Value> = self
+                    .vals
+                    .iter()
+                    .copied()
+                    .filter(|&v| v != x && self.shape(v) == s)
+                    .collect();
+                let y = if !same.is_empty() && self.rng.coin() {
+                    *self.rng.pick(&same)
+                } else if s.len() == 4 && self.rng.coin() {
+                    self.weight(&[1, s[1], 1, 1], Fill::Signed)
+                } else {
+                    self.weight(&[], Fill::Signed)
+                };
+                self.add(Op::Binary(op), &[x, y])
+            }
+            9 => {
+                let x = self.pick(Some(4))?;
+                let s = self.shape(x);
+                let eps = Float(1e-5);
+                match self.rng.below(3) {
+                    0 => {
+                        let c = s[1];
+                        let args = [
+                            x,
+                            self.weight(&[c], Fill::Signed),
+                            self.weight(&[c], Fill::Signed),
+                            self.weight(&[c], Fill::Signed),
+                            self.weight(&[c], Fill::Range(0.5, 2.0)),
+                        ];
+                        self.add(Op::BatchNorm { eps }, &args)
+                    }
+                    1 => {
+                        let c = s[1];
+                        let groups = *self.rng.pick(&[1, c]);
+                        let args = [
+                            x,
+                            self.weight(&[c], Fill::Signed),
+                            self.weight(&[c], Fill::Signed),
+                        ];
+                        self.add(Op::GroupNorm { groups, eps }, &args)
+                    }
+                    _ => {
+                        let axis = self.rng.range(1, 3);
+                        let p = s[axis..].to_vec();
+                        let args = [
+                            x,
+                            self.weight(&p, Fill::Signed),
+                            self.weight(&p, Fill::Signed),
+                        ];
+                        self.add(Op::LayerNorm { axis, eps }, &args)
+                    }
+                }
+            }
+            10 => {
+                let x = self.pick(None)?;
+                let r = self.shape(x).len();
+                if r == 0 {
+                    return None;
+                }
+                let axis = self.rng.below(r);
+                self.add(Op::Softmax { axis }, &[x])
+            }
+            11 => {
+                // token-style matmul: [N, C, H, W] -> [N, C, HW] @ W[HW, K]
+                let x = self.pick(Some(4))?;
+                let s = self.shape(x);
+                let t = self.add(
+                    Op::Reshape {
+                        shape: vec![s[0], s[1], s[2] * s[3]],
+                    },
+                    &[x],
+                )?;
+                let k = self.rng.range(1, 12);
+                let w = self.weight(&[s[2] * s[3], k], Fill::Range(-0.5, 0.5));
+                let m = self.add(Op::MatMul, &[t, w])?;
+                // attention-like product with its own transpose
+                if self.rng.coin() {
+                    let tt = self.add(
+                        Op::Transpose {
+                            perm: vec![0, 2, 1],
+                        },
+                        &[m],
+                    )?;
+                    self.add(Op::MatMul, &[m, tt])
+                } else {
+                    Some(m)
+                }
+            }
+            12 => {
+                let x = self.pick(Some(4))?;
+                let kind = *self.rng.pick(&[PoolKind::Max, PoolKind::Avg]);
+                let k = self.rng.range(1, 3);
+                let s = self.rng.range(1, 2);
+                let p = self.rng.range(0, k - 1);
+                let count_include_pad = self.rng.coin();
+                self.add(
+                    Op::Pool2d {
+                        kind,
+                        kernel: [k, k],
+                        stride: [s, s],
+                        pad: [p; 4],
+                        count_include_pad,
+                    },
+                    &[x],
+                )
+            }
+            13 => {
+                let x = self.pick(None)?;
+                let r = self.shape(x).len();
+                if r == 0 {
+                    return None;
+                }
+                let kind = *self
+                    .rng
+                    .pick(&[ReduceKind::Mean, ReduceKind::Sum, ReduceKind::Max]);
+                let axes: Vec<usize> = (0..r).filter(|_| self.rng.coin()).collect();
+                if axes.is_empty() {
+                    return self.add(Op::GlobalAvgPool, &[x]);
+                }
+                self.add(
+                    Op::Reduce {
+                        kind,
+                        axes,
+                        keepdims: true,
+                    },
+                    &[x],
+                )
+            }
+            14 => {
+                let x = self.pick(None)?;
+                let r = self.shape(x).len();
+                let mut perm: Vec<usize> = (0..r).collect();
+                for i in (1..r).rev() {
+                    let j = self.rng.below(i + 1);
+                    perm.swap(i, j);
+                }
+                self.add(Op::Transpose { perm }, &[x])
+            }
+            15 => {
+                let x = self.pick(Some(4))?;
+                let s = self.shape(x);
+                let same: Vec<Value> = self
+                    .vals
+                    .iter()
+                    .copied()
+                    .filter(|&v| {
+                        let t = self.shape(v);
+                        t.len() == 4 && t[0] == s[0] && t[2] == s[2] && t[3] == s[3]
+                    })
+                    .collect();
+                let y = *self.rng.pick(&same);
+                let c = self.add(Op::Concat { axis: 1 }, &[x, y])?;
+                let total = self.shape(c)[1];
+                let a = self.rng.range(1, total.max(2) - 1).min(total);
+                if a < total && self.rng.coin() {
+                    let parts = self
+                        .g
+                        .add_multi(
+                            Op::Split {
+                                axis: 1,
+                                sizes: vec![a, total - a],
+                            },
+                            &[c],
+                        )
+                        .ok()?;
+                    self.vals.extend(&parts);
+                    Some(parts[self.rng.below(2)])
+                } else {
+                    Some(c)
+                }
+            }
+            16 => {
+                let x = self.pick(None)?;
+                let s = self.shape(x);
+                if s.is_empty() {
+                    return None;
+                }
+                let axis = self.rng.below(s.len());
+                let d = s[axis] as i64;
+                let (start, end, step) = if self.rng.coin() {
+                    (
+                        self.rng.below(d as usize) as i64,
+                        d + 2,
+                        self.rng.range(1, 2) as i64,
+                    )
+                } else {
+                    (d - 1, -1, -(self.rng.range(1, 2) as i64))
+                };
+                self.add(
+                    Op::Slice {
+                        axes: vec![axis],
+                        starts: vec![start],
+                        ends: vec![end],
+                        steps: vec![step],
+                    },
+                    &[x],
+                )
+            }
+            17 => {
+                let x = self.pick(None)?;
+                let r = self.shape(x).len();
+                let pads: Vec<usize> = (0..2 * r).map(|_| self.rng.range(0, 1)).collect();
+                let mode = *self.rng.pick(&[PadMode::Constant, PadMode::Edge]);
+                self.add(
+                    Op::Pad {
+                        pads,
+                        mode,
+                        value: Float(0.25),
+                    },
+                    &[x],
+                )
+            }
+            18 => {
+                // a linear layer on the last axis via gemm
+                let x = self.pick(None)?;
+                let s = self.shape(x);
+                let k = *s.last()?;
+                let m = s.iter().product::<usize>() / k.max(1);
+                let f = self.add(Op::Reshape { shape: vec![m, k] }, &[x])?;
+                let n = self.rng.range(1, 16);
+                let w = self.weight(&[n, k], Fill::Range(-0.5, 0.5));
+                let b = self.weight(&[n], Fill::Signed);
+                self.add(
+                    Op::Gemm {
+                        alpha: Float(1.0),
+                        beta: Float(1.0),
+                        trans_a: false,
+                        trans_b: true,
+                    },
+                    &[f, w, b],
+                )
+            }
+            _ => {
+                let x = self.pick(None)?;
+                let op = if self.rng.coin() {
+                    Op::Clip {
+                        min: Float(-0.5),
+                        max: Float(0.7),
+                    }
+                } else {
+                    Op::HardSigmoid {
+                        alpha: Float(0.2),
+                        beta: Float(0.5),
+                    }
+                };
+                self.add(op, &[x])
+            }
+        }
+    }
+
+    fn build(mut self) -> (Model, Vec<Tensor>) {
+        let n = self.rng.range(4, 18);
+        let mut made = 0;
+        for _ in 0..200 {
+            if made >= n {
+                break;
+            }
+            if self.step().is_some() {
+                made += 1;
+            }
+        }
+        let last = *self.vals.last().unwrap_or(&self.vals[0]);
+        let mut outs = vec![last];
+        if self.vals.len() > 2 && self.rng.coin() {
+            let other = self.vals[self.rng.below(self.vals.len() - 1)];
+            outs.push(other);
+        }
+        self.g.set_outputs(outs);
+        (
+            Model {
+                graph: self.g,
+                weights: self.weights,
+            },
+            self.inputs,
+        )
+    }
+}
