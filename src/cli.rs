@@ -355,7 +355,6 @@ fn cmd_list_targets(io: Io<'_>) -> Result<(), KilnError> {
     emit(io.out, &text)
 }
 
-
 fn cmd_compile(
     args: &ModelArgs,
     aot: &crate::compile::AotRequest,

@@ -66,7 +66,9 @@ enum Phase {
 /// A kiln error as the matching Python exception, with the CLI's message.
 fn py_err(e: kiln::KilnError, phase: Phase) -> PyErr {
     use kiln::KilnError as K;
-    let msg = e.to_string();
+    // One line, as the CLI prints it (src/main.rs): a list of unsupported
+    // ops is several lines in the error itself.
+    let msg = e.to_string().lines().collect::<Vec<_>>().join("; ");
     match (&e, phase) {
         (K::Frontend(FrontendError::OnnxUnsupported(_)), _)
         | (K::Backend(BackendError::Unsupported { .. }), _) => UnsupportedOpError::new_err(msg),
@@ -144,17 +146,17 @@ struct Model {
     inner: RwLock<Option<Arc<kiln::Compiled>>>,
 }
 
-/// An input held for one call: borrowed in place, or a copy.
+/// An input held for one call: the caller's array, or a C-ordered aligned
+/// copy of it.
 enum Held<'py> {
     F32(PyReadonlyArrayDyn<'py, f32>),
     I64(PyReadonlyArrayDyn<'py, i64>),
-    F32Copy(Vec<usize>, Vec<f32>),
-    I64Copy(Vec<usize>, Vec<i64>),
 }
 
 impl Held<'_> {
     fn view(&self) -> TensorRef<'_> {
-        // `hold_input` only keeps arrays whose `as_slice` succeeded.
+        // `hold_input` only keeps arrays whose `as_slice` succeeds (a wrong
+        // length would be reported by `run_views`, never read).
         match self {
             Held::F32(a) => TensorRef {
                 shape: a.shape(),
@@ -163,14 +165,6 @@ impl Held<'_> {
             Held::I64(a) => TensorRef {
                 shape: a.shape(),
                 data: Elems::I64(a.as_slice().unwrap_or(&[])),
-            },
-            Held::F32Copy(s, d) => TensorRef {
-                shape: s,
-                data: Elems::F32(d),
-            },
-            Held::I64Copy(s, d) => TensorRef {
-                shape: s,
-                data: Elems::I64(d),
             },
         }
     }
@@ -192,57 +186,68 @@ fn describe(a: &Bound<'_, PyUntypedArray>) -> String {
     format!("{name}[{}]", dims.join(","))
 }
 
-fn is_c_order<T: numpy::Element>(a: &Bound<'_, PyArrayDyn<T>>) -> bool {
-    a.is_c_contiguous()
+/// Whether kernels can read `a` in place: C order, aligned (so that
+/// `as_slice` gives the elements in row-major order).
+fn in_place(a: &Bound<'_, PyUntypedArray>) -> bool {
+    a.is_c_contiguous() && a.is_aligned()
 }
 
 /// Input `k` of a call: the array itself when it is C-contiguous and
-/// aligned with the declared dtype; a C-ordered copy when only the layout
-/// differs; an error when the dtype does. Objects that are not arrays go
-/// through `numpy.asarray(obj, dtype=declared)`.
+/// aligned with the declared dtype; a C-ordered aligned copy (numpy's
+/// `require`) when only the layout differs; an error when the dtype does.
+/// Objects that are not arrays go through `numpy.asarray(obj,
+/// dtype=declared)`.
 fn hold_input<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
     k: usize,
     want: Option<&(String, TensorType)>,
 ) -> PyResult<Held<'py>> {
-    let np = py.import("numpy")?;
-    let arr: Bound<'py, PyUntypedArray> = match obj.cast::<PyUntypedArray>() {
+    let np = || py.import("numpy");
+    let mut arr: Bound<'py, PyUntypedArray> = match obj.cast::<PyUntypedArray>() {
         Ok(a) => a.clone(),
         Err(_) => {
             let dtype = want.map_or("float32", |(_, ty)| numpy_name(ty.dtype));
-            np.call_method1("asarray", (obj, dtype))?
+            np()?
+                .call_method1("asarray", (obj, dtype))?
                 .cast_into::<PyUntypedArray>()
                 .map_err(PyErr::from)?
         }
     };
-    if let Ok(a) = arr.cast::<PyArrayDyn<f32>>() {
-        let ro = a.try_readonly().map_err(|e| {
-            ShapeError::new_err(format!("input: input {k} is being written by another call: {e}"))
-        })?;
-        if is_c_order(a) && ro.as_slice().is_ok() {
-            return Ok(Held::F32(ro));
-        }
-        let copy: Vec<f32> = ro.as_array().iter().copied().collect();
-        return Ok(Held::F32Copy(a.shape().to_vec(), copy));
+    let is_f32 = arr.cast::<PyArrayDyn<f32>>().is_ok();
+    if !is_f32 && arr.cast::<PyArrayDyn<i64>>().is_err() {
+        return Err(ShapeError::new_err(match want {
+            Some((name, ty)) => format!(
+                "input: input {k} (%{name}) must be {ty}, got {}",
+                describe(&arr)
+            ),
+            None => format!("input: input {k} has unsupported type {}", describe(&arr)),
+        }));
     }
-    if let Ok(a) = arr.cast::<PyArrayDyn<i64>>() {
-        let ro = a.try_readonly().map_err(|e| {
-            ShapeError::new_err(format!("input: input {k} is being written by another call: {e}"))
-        })?;
-        if is_c_order(a) && ro.as_slice().is_ok() {
-            return Ok(Held::I64(ro));
-        }
-        let copy: Vec<i64> = ro.as_array().iter().copied().collect();
-        return Ok(Held::I64Copy(a.shape().to_vec(), copy));
+    if !in_place(&arr) {
+        arr = np()?
+            .call_method1("require", (&arr, py.None(), "CA"))?
+            .cast_into::<PyUntypedArray>()
+            .map_err(PyErr::from)?;
     }
-    Err(ShapeError::new_err(match want {
-        Some((name, ty)) => format!(
-            "input: input {k} (%{name}) must be {ty}, got {}",
-            describe(&arr)
-        ),
-        None => format!("input: input {k} has unsupported type {}", describe(&arr)),
-    }))
+    let busy = |e: numpy::BorrowError| {
+        ShapeError::new_err(format!(
+            "input: input {k} is being written by another call: {e}"
+        ))
+    };
+    Ok(if is_f32 {
+        Held::F32(
+            arr.cast::<PyArrayDyn<f32>>()?
+                .try_readonly()
+                .map_err(busy)?,
+        )
+    } else {
+        Held::I64(
+            arr.cast::<PyArrayDyn<i64>>()?
+                .try_readonly()
+                .map_err(busy)?,
+        )
+    })
 }
 
 /// An output of a call: a numpy array written in place.
@@ -263,7 +268,7 @@ fn hold_output<'py>(
     let arr = obj
         .cast::<PyUntypedArray>()
         .map_err(|_| bad("must be a numpy array".into()))?;
-    let layout_ok = arr.is_c_contiguous();
+    let layout_ok = in_place(arr);
     let held = if let Ok(a) = arr.cast::<PyArrayDyn<f32>>() {
         let rw = a.try_readwrite().map_err(|e| {
             bad(format!(
@@ -284,11 +289,7 @@ fn hold_output<'py>(
             None => format!("has unsupported type {}", describe(arr)),
         }));
     };
-    let aligned = match &held {
-        HeldOut::F32(a) => a.as_array().as_slice().is_some(),
-        HeldOut::I64(a) => a.as_array().as_slice().is_some(),
-    };
-    if !layout_ok || !aligned {
+    if !layout_ok {
         return Err(bad(
             "must be C-contiguous and aligned (it is written in place)".into(),
         ));
@@ -395,10 +396,12 @@ impl Model {
             None => want_out
                 .iter()
                 .map(|(_, ty)| match ty.dtype {
-                    DType::F32 => PyArrayDyn::<f32>::zeros(py, ty.shape.as_slice(), false)
-                        .into_any(),
-                    DType::I64 => PyArrayDyn::<i64>::zeros(py, ty.shape.as_slice(), false)
-                        .into_any(),
+                    DType::F32 => {
+                        PyArrayDyn::<f32>::zeros(py, ty.shape.as_slice(), false).into_any()
+                    }
+                    DType::I64 => {
+                        PyArrayDyn::<i64>::zeros(py, ty.shape.as_slice(), false).into_any()
+                    }
                 })
                 .collect(),
         };
@@ -619,13 +622,18 @@ fn load(
         input_shapes: input_shapes.to_vec(),
     };
     match src {
-        Source::Onnx(bytes) => {
-            kiln::load_onnx_bytes(bytes, "the ONNX model", &import, weights.map(|p| p.as_path()))
-        }
+        Source::Onnx(bytes) => kiln::load_onnx_bytes(
+            bytes,
+            "the ONNX model",
+            &import,
+            weights.map(|p| p.as_path()),
+        ),
         Source::Spec(spec) => match kiln::ModelSpec::parse(spec)? {
             kiln::ModelSpec::Onnx(path) if !input_shapes.is_empty() => {
-                let bytes = std::fs::read(&path)
-                    .map_err(|source| kiln::KilnError::Io { path: path.clone(), source })?;
+                let bytes = std::fs::read(&path).map_err(|source| kiln::KilnError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
                 let origin = path.display().to_string();
                 kiln::load_onnx_bytes(&bytes, &origin, &import, weights.map(|p| p.as_path()))
             }
@@ -725,12 +733,21 @@ fn compile_aot<'py>(
         .map_err(|(e, phase)| py_err(e, phase))?;
     let write = |file: PathBuf, data: &[u8]| -> PyResult<PathBuf> {
         std::fs::write(&file, data).map_err(|source| {
-            KilnError::new_err(kiln::KilnError::Io { path: file.clone(), source }.to_string())
+            KilnError::new_err(
+                kiln::KilnError::Io {
+                    path: file.clone(),
+                    source,
+                }
+                .to_string(),
+            )
         })?;
         Ok(file)
     };
     let object = write(out_dir.join(format!("{}.o", opts.name)), &obj.object)?;
-    let header = write(out_dir.join(format!("{}.h", opts.name)), obj.header.as_bytes())?;
+    let header = write(
+        out_dir.join(format!("{}.h", opts.name)),
+        obj.header.as_bytes(),
+    )?;
     let d = PyDict::new(py);
     d.set_item("object", object)?;
     d.set_item("header", header)?;
@@ -768,8 +785,12 @@ fn load_weights(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     for (name, t) in store.iter() {
         let arr = match (t.as_f32(), t.as_i64()) {
-            (Some(v), _) => numpy::PyArray1::from_slice(py, v).reshape(t.shape())?.into_any(),
-            (_, Some(v)) => numpy::PyArray1::from_slice(py, v).reshape(t.shape())?.into_any(),
+            (Some(v), _) => numpy::PyArray1::from_slice(py, v)
+                .reshape(t.shape())?
+                .into_any(),
+            (_, Some(v)) => numpy::PyArray1::from_slice(py, v)
+                .reshape(t.shape())?
+                .into_any(),
             _ => continue,
         };
         d.set_item(name, arr)?;

@@ -37,6 +37,11 @@ def ort_run(path_or_bytes, inputs):
     return sess.run(None, feed)
 
 
+def make_model(graph):
+    # IR version 9: what the pinned onnxruntime reads (onnx's default is newer)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
 def random_inputs(model, seed=0):
     rng = np.random.default_rng(seed)
     return [
@@ -92,13 +97,14 @@ def test_pytorch_exported_fixture_two_inputs_two_outputs():
 
 
 def test_input_shapes_resolve_symbolic_dims():
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    # (a symbolic batch axis defaults to 1; other axes must be given)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, "C"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, "C"])
     graph = helper.make_graph(
         [helper.make_node("Sigmoid", ["x"], ["y"], name="sig")], "g", [x], [y]
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(kiln.ModelImportError, match="N"):
+    proto = make_model(graph)
+    with pytest.raises(kiln.ModelImportError, match="symbolic dimension 'C'"):
         kiln.compile(proto)
     m = kiln.compile(proto, input_shapes={"x": (3, 4)})
     assert m.inputs[0].shape == [3, 4]
@@ -159,7 +165,7 @@ def test_output_may_not_alias_an_input():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
-    m = kiln.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    m = kiln.compile(make_model(graph))
     a = np.linspace(-1, 1, 8, dtype=np.float32)
     with pytest.raises(kiln.ShapeError, match="also passed as an input"):
         m.run([a], outputs=[a])
@@ -233,7 +239,7 @@ def test_unsupported_op_names_op_and_node(kiln_cli, tmp_path):
     graph = helper.make_graph(
         [helper.make_node("Det", ["x"], ["y"], name="the_det")], "g", [x], [y]
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto = make_model(graph)
     path = tmp_path / "det.onnx"
     onnx.save(proto, str(path))
     with pytest.raises(kiln.UnsupportedOpError) as e:
@@ -281,17 +287,18 @@ def test_explain_is_kiln_opt_report(mf26, kiln_cli):
     assert kiln.compile("mobile_former_26m", optimize=False).explain() is None
 
 
-def test_profile_rows_cover_the_compiled_graph(mf26):
+def test_profile_is_kiln_bench_profile(mf26, kiln_cli):
     rows = mf26.profile(iters=3)
     assert rows and {
         "node", "kernels", "ms", "share", "gflops", "gbps", "macs", "bytes", "parallel"
     } <= set(rows[0])
     assert abs(sum(r["share"] for r in rows) - 1.0) < 1e-6
     assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
-    kir = mf26.kir
-    for r in rows:
-        value = r["node"].split(" ")[0]  # `%name (op)`
-        assert f"{value} = " in kir, r["node"]
+    # the CLI's table has the same nodes (times differ)
+    cli = json.loads(
+        kiln_cli("bench", "mobile_former_26m", "--profile", "--json", "--iters", "1", "--warmup", "0")
+    )["profile"]
+    assert sorted(r["node"] for r in rows) == sorted(r["node"] for r in cli)
     with pytest.raises(kiln.KilnError, match="iters"):
         mf26.profile(iters=0)
 
@@ -320,7 +327,7 @@ def test_compile_aot_writes_object_and_header(tmp_path):
         FIXTURES / "mobilevitv2_block.torchscript.onnx", out_dir=tmp_path, name="blk"
     )
     obj, hdr = tmp_path / "blk.o", tmp_path / "blk.h"
-    assert res["object"] == str(obj) and res["header"] == str(hdr)
+    assert res["object"] == obj and res["header"] == hdr
     assert obj.read_bytes()[:4] == b"\x7fELF"
     assert res["entry"] == "kiln_blk_run" and "kiln_blk_run" in hdr.read_text()
     assert res["cpu"]  # the target's default level, resolved
