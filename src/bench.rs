@@ -237,7 +237,7 @@ fn median(xs: &mut [f64]) -> f64 {
 /// runs, summed per node, slowest first. A per-kernel median rather than
 /// the run with the median total, so one descheduled kernel does not
 /// colour the whole table.
-fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
+pub fn profile_rows(runs: &[Vec<KernelTime>]) -> Vec<ProfileRow> {
     let Some(first) = runs.first() else {
         return Vec::new();
     };

@@ -354,12 +354,13 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                     seed,
                     limit,
                 };
-                let aot = AotArgs {
+                let aot = crate::compile::AotRequest {
                     target,
                     cpu,
                     name,
                     optimize: !no_opt,
                     banded_chains,
+                    limits: args.limits()?,
                 };
                 cmd_compile(&args, &aot, &output, io)
             }
@@ -376,65 +377,14 @@ fn cmd_list_targets(io: Io<'_>) -> Result<(), KilnError> {
     emit(io.out, &text)
 }
 
-/// `kiln compile`'s target and code-generation switches.
-struct AotArgs {
-    target: String,
-    cpu: Option<String>,
-    name: Option<String>,
-    optimize: bool,
-    banded_chains: bool,
-}
-
 fn cmd_compile(
     args: &ModelArgs,
-    aot: &AotArgs,
+    aot: &crate::compile::AotRequest,
     output: &PathBuf,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
-    let (target, optimize) = (aot.target.as_str(), aot.optimize);
-    let (cpu, name) = (aot.cpu.clone(), aot.name.clone());
-    let lo = args.options()?;
-    let loaded = load_model(&args.model, &lo)?;
-    let (model, _, _) = crate::compile::prepare(
-        &loaded,
-        &CompileOptions {
-            optimize,
-            ..CompileOptions::default()
-        }
-        .with_limits(lo.limits),
-    )?;
-    let cpu = match cpu {
-        Some(c) => c,
-        None => kiln_backends::aot::aot_targets()
-            .into_iter()
-            .find(|(t, _)| *t == target)
-            .and_then(|(_, l)| l.first().map(|c| c.to_string()))
-            .unwrap_or_default(),
-    };
-    let name = name.unwrap_or_else(|| {
-        let n: String = model
-            .graph
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        if n.starts_with(|c: char| c.is_ascii_digit()) || n.is_empty() {
-            format!("m{n}")
-        } else {
-            n
-        }
-    });
-    let opts = kiln_backends::aot::AotOptions {
-        target: target.to_string(),
-        cpu,
-        name,
-        compile: kiln_backends::CompileOptions {
-            banded_chains: aot.banded_chains,
-            limits: lo.limits,
-            ..kiln_backends::CompileOptions::default()
-        },
-    };
-    let obj = kiln_backends::aot::compile_aot(&model, &opts)?;
+    let loaded = load_model(&args.model, &args.options()?)?;
+    let (obj, opts) = crate::compile::aot(&loaded, aot)?;
     let header_path = output.with_extension("h");
     std::fs::write(output, &obj.object).map_err(|source| KilnError::Io {
         path: output.clone(),

@@ -8,7 +8,8 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use kiln_backends::CompiledModel;
-use kiln_ir::{Limits, Model};
+use kiln_backends::aot::{AotObject, AotOptions, aot_targets, compile_aot};
+use kiln_ir::{Graph, Limits, Model};
 use kiln_passes::{OptOptions, OptReport, optimize};
 
 use crate::error::KilnError;
@@ -52,6 +53,9 @@ pub struct Compiled {
     pub model: CompiledModel,
     /// The optimiser's report, `None` when it did not run.
     pub report: Option<OptReport>,
+    /// The graph that was compiled: the optimised one, or the model's own
+    /// when the optimiser did not run (the Python binding's `Model.kir`).
+    pub graph: Graph,
     /// Wall time of the optimiser (zero when it did not run).
     pub passes_time: Duration,
     /// Wall time of lowering, code generation and tile assembly.
@@ -97,8 +101,73 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<Compiled, KilnErr
     let compiled = kiln_backends::compile(&prepared, &opts.backend)?;
     Ok(Compiled {
         model: compiled,
+        graph: prepared.into_owned().graph,
         report,
         passes_time,
         codegen_time: t.elapsed(),
     })
+}
+
+/// What [`aot`] compiles for (`kiln compile`'s switches).
+#[derive(Clone, Debug)]
+pub struct AotRequest {
+    /// the target triple (`kiln compile --list-targets`)
+    pub target: String,
+    /// the CPU level; `None`: the target's first, most portable one
+    pub cpu: Option<String>,
+    /// the symbol prefix; `None`: the graph name made an identifier
+    pub name: Option<String>,
+    /// run the optimiser first
+    pub optimize: bool,
+    /// run inverted-residual chains band by band
+    pub banded_chains: bool,
+    /// resource limits for the optimiser and the code generator
+    pub limits: Limits,
+}
+
+/// Optimises (unless `req.optimize` is off) and compiles `model` ahead of
+/// time into an object file and its C header (docs/aot.md); returns them
+/// with the options used (the resolved CPU level and symbol prefix).
+pub fn aot(model: &Model, req: &AotRequest) -> Result<(AotObject, AotOptions), KilnError> {
+    let (model, _, _) = prepare(
+        model,
+        &CompileOptions {
+            optimize: req.optimize,
+            ..CompileOptions::default()
+        }
+        .with_limits(req.limits),
+    )?;
+    let cpu = match &req.cpu {
+        Some(c) => c.clone(),
+        None => aot_targets()
+            .into_iter()
+            .find(|(t, _)| *t == req.target)
+            .and_then(|(_, l)| l.first().map(|c| c.to_string()))
+            .unwrap_or_default(),
+    };
+    let name = req.name.clone().unwrap_or_else(|| {
+        let n: String = model
+            .graph
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        if n.starts_with(|c: char| c.is_ascii_digit()) || n.is_empty() {
+            format!("m{n}")
+        } else {
+            n
+        }
+    });
+    let opts = AotOptions {
+        target: req.target.clone(),
+        cpu,
+        name,
+        compile: kiln_backends::CompileOptions {
+            banded_chains: req.banded_chains,
+            limits: req.limits,
+            ..kiln_backends::CompileOptions::default()
+        },
+    };
+    let obj = compile_aot(&model, &opts)?;
+    Ok((obj, opts))
 }

@@ -154,6 +154,30 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
     Ok(model)
 }
 
+/// Loads an ONNX model held in memory (the Python binding's bytes and
+/// `onnx.ModelProto`, or a file read with `import` options): imported with
+/// `import` (concrete shapes for symbolic input dims), verified, and its
+/// weights from `weights` (a safetensors file) when given, else its own
+/// initialisers; `origin` names it in messages.
+pub fn load_onnx_bytes(
+    bytes: &[u8],
+    origin: &str,
+    import: &onnx::ImportOptions,
+    weights: Option<&Path>,
+) -> Result<Model, KilnError> {
+    let (mut model, _) = onnx::import_bytes(bytes, import)?;
+    verify(&model.graph)?;
+    let from = match weights {
+        Some(path) => {
+            model.weights = safetensors::load(path)?;
+            path.display().to_string()
+        }
+        None => origin.to_string(),
+    };
+    check_weights(&model.graph, &model.weights, &from)?;
+    Ok(model)
+}
+
 /// [`verify_weights`], with its multi-line list turned into a one-line error
 /// that says where the values came from.
 pub fn check_weights(g: &Graph, weights: &WeightStore, from: &str) -> Result<(), KilnError> {

@@ -805,9 +805,53 @@ pub fn emit_clif(model: &Model, opts: &CompileOptions) -> Result<String, Backend
     Ok(out)
 }
 
-/// Checks tensors against the declared types without allocating (the
-/// message is built only on error).
-fn check(what: &str, want: &[(String, TensorType)], got: &[Tensor]) -> Result<(), String> {
+/// Elements of a tensor borrowed from the caller (a numpy array, a
+/// memory-mapped file, ...), for [`CompiledModel::run_views`].
+#[derive(Clone, Copy, Debug)]
+pub enum Elems<'a> {
+    /// `f32` elements, row-major.
+    F32(&'a [f32]),
+    /// `i64` elements, row-major.
+    I64(&'a [i64]),
+}
+
+/// Mutable elements of a tensor borrowed from the caller, for
+/// [`CompiledModel::run_views`].
+#[derive(Debug)]
+pub enum ElemsMut<'a> {
+    /// `f32` elements, row-major.
+    F32(&'a mut [f32]),
+    /// `i64` elements, row-major.
+    I64(&'a mut [i64]),
+}
+
+/// An input read in place: a shape and the caller's row-major elements.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorRef<'a> {
+    /// the shape; the elements must number its product
+    pub shape: &'a [usize],
+    /// the elements
+    pub data: Elems<'a>,
+}
+
+/// An output written in place: a shape and the caller's row-major elements.
+#[derive(Debug)]
+pub struct TensorMut<'a> {
+    /// the shape; the elements must number its product
+    pub shape: &'a [usize],
+    /// the elements
+    pub data: ElemsMut<'a>,
+}
+
+/// Checks arguments — `(dtype, shape, element count)` each — against the
+/// declared types without allocating (the message is built only on error).
+/// The element count matters for borrowed views, whose slices could be
+/// shorter than their shape says: kernels index by the shape.
+fn check<'t>(
+    what: &str,
+    want: &[(String, TensorType)],
+    got: impl ExactSizeIterator<Item = (DType, &'t [usize], usize)>,
+) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!(
             "the model has {} {what}s, {} given",
@@ -815,12 +859,56 @@ fn check(what: &str, want: &[(String, TensorType)], got: &[Tensor]) -> Result<()
             got.len()
         ));
     }
-    for (k, ((name, ty), t)) in want.iter().zip(got).enumerate() {
-        if t.dtype() != ty.dtype || t.shape() != ty.shape.as_slice() {
-            return Err(format!("{what} {k} (%{name}) must be {ty}, got {}", t.ty()));
+    for (k, ((name, ty), (dtype, shape, len))) in want.iter().zip(got).enumerate() {
+        if dtype != ty.dtype || shape != ty.shape.as_slice() {
+            let got = TensorType::new(dtype, shape.to_vec());
+            return Err(format!("{what} {k} (%{name}) must be {ty}, got {got}"));
+        }
+        if len != ty.numel() {
+            return Err(format!(
+                "{what} {k} (%{name}) has {len} elements, its shape {ty} needs {}",
+                ty.numel()
+            ));
         }
     }
     Ok(())
+}
+
+fn tensor_arg(t: &Tensor) -> (DType, &[usize], usize) {
+    (t.dtype(), t.shape(), t.numel())
+}
+
+fn tensor_addr(t: &Tensor) -> usize {
+    match t.data() {
+        TensorData::F32(d) => d.as_ptr() as usize,
+        TensorData::I64(d) => d.as_ptr() as usize,
+    }
+}
+
+/// The address of `t`'s elements, made unique first (copy-on-write).
+fn tensor_addr_mut(t: &mut Tensor) -> usize {
+    match t.dtype() {
+        DType::F32 => t.as_f32_mut().map_or(0, |d| d.as_mut_ptr() as usize),
+        DType::I64 => t.as_i64_mut().map_or(0, |d| d.as_mut_ptr() as usize),
+    }
+}
+
+impl Elems<'_> {
+    fn arg<'s>(&self, shape: &'s [usize]) -> (DType, &'s [usize], usize) {
+        match self {
+            Elems::F32(d) => (DType::F32, shape, d.len()),
+            Elems::I64(d) => (DType::I64, shape, d.len()),
+        }
+    }
+}
+
+impl ElemsMut<'_> {
+    fn arg<'s>(&self, shape: &'s [usize]) -> (DType, &'s [usize], usize) {
+        match self {
+            ElemsMut::F32(d) => (DType::F32, shape, d.len()),
+            ElemsMut::I64(d) => (DType::I64, shape, d.len()),
+        }
+    }
 }
 
 impl CompiledModel {
@@ -836,14 +924,70 @@ impl CompiledModel {
     /// call allocates it) and the output tensors own their data (a shared
     /// output tensor is copied on write, see [`Tensor::as_f32_mut`]).
     pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [Tensor]) -> Result<(), BackendError> {
-        self.execute(inputs, outputs, None)
+        self.check_args(
+            inputs.iter().map(tensor_arg),
+            outputs.iter().map(tensor_arg),
+        )?;
+        // SAFETY: the addresses are those of `inputs` and `outputs`, just
+        // checked and borrowed (outputs mutably, each made unique by
+        // `as_f32_mut`) for the whole call.
+        unsafe {
+            self.execute(
+                inputs.iter().map(tensor_addr),
+                outputs.iter_mut().map(tensor_addr_mut),
+                None,
+            )
+        };
+        Ok(())
+    }
+
+    /// [`CompiledModel::run_into`] on borrowed memory: reads the inputs and
+    /// writes the outputs in place, without copying either (the Python
+    /// binding passes numpy arrays this way). Each view's shape must be the
+    /// declared one and its slice hold exactly that many elements. The
+    /// elements may have any address their type allows (no alignment beyond
+    /// the element's is assumed, as for [`Tensor`] data).
+    pub fn run_views(
+        &self,
+        inputs: &[TensorRef<'_>],
+        outputs: &mut [TensorMut<'_>],
+    ) -> Result<(), BackendError> {
+        self.check_args(
+            inputs.iter().map(|t| t.data.arg(t.shape)),
+            outputs.iter().map(|t| t.data.arg(t.shape)),
+        )?;
+        // SAFETY: the addresses are those of `inputs` and `outputs`, just
+        // checked and borrowed (outputs mutably, so overlapping nothing
+        // else) for the whole call.
+        unsafe {
+            self.execute(
+                inputs.iter().map(|t| match t.data {
+                    Elems::F32(d) => d.as_ptr() as usize,
+                    Elems::I64(d) => d.as_ptr() as usize,
+                }),
+                outputs.iter_mut().map(|t| match &mut t.data {
+                    ElemsMut::F32(d) => d.as_mut_ptr() as usize,
+                    ElemsMut::I64(d) => d.as_mut_ptr() as usize,
+                }),
+                None,
+            )
+        };
+        Ok(())
     }
 
     /// Runs the model once, timing every kernel (the outputs are discarded).
     pub fn profile(&self, inputs: &[Tensor]) -> Result<Vec<KernelTime>, BackendError> {
         let mut outs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t)).collect();
+        self.check_args(inputs.iter().map(tensor_arg), outs.iter().map(tensor_arg))?;
         let mut times = Vec::with_capacity(self.steps.len());
-        self.execute(inputs, &mut outs, Some(&mut times))?;
+        // SAFETY: as in `run_into`.
+        unsafe {
+            self.execute(
+                inputs.iter().map(tensor_addr),
+                outs.iter_mut().map(tensor_addr_mut),
+                Some(&mut times),
+            )
+        };
         Ok(self
             .steps
             .iter()
@@ -858,33 +1002,41 @@ impl CompiledModel {
             .collect())
     }
 
-    fn execute(
+    /// Checks run arguments against the graph's inputs and outputs.
+    fn check_args<'a, 'b>(
         &self,
-        inputs: &[Tensor],
-        outputs: &mut [Tensor],
-        mut times: Option<&mut Vec<Duration>>,
+        inputs: impl ExactSizeIterator<Item = (DType, &'a [usize], usize)>,
+        outputs: impl ExactSizeIterator<Item = (DType, &'b [usize], usize)>,
     ) -> Result<(), BackendError> {
         check("input", &self.inputs, inputs).map_err(BackendError::Input)?;
-        check("output", &self.outputs, outputs).map_err(BackendError::Output)?;
+        check("output", &self.outputs, outputs).map_err(BackendError::Output)
+    }
+
+    /// Runs the kernels over the given input and output addresses.
+    ///
+    /// # Safety
+    ///
+    /// The addresses are those of the arguments the caller checked with
+    /// [`CompiledModel::check_args`] (declared dtype and shape, exactly
+    /// that many elements), in order, and the caller keeps them borrowed
+    /// (outputs mutably, not overlapping anything else) until this returns.
+    unsafe fn execute(
+        &self,
+        inputs: impl Iterator<Item = usize>,
+        outputs: impl Iterator<Item = usize>,
+        mut times: Option<&mut Vec<Duration>>,
+    ) {
         let mut arena = self
             .arenas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| Arena::new(self.arena_bytes));
-        for (k, t) in inputs.iter().enumerate() {
-            let p = match t.data() {
-                TensorData::F32(d) => d.as_ptr() as usize,
-                TensorData::I64(d) => d.as_ptr() as usize,
-            };
+        let n_in = self.inputs.len();
+        for (k, p) in inputs.enumerate() {
             arena.set_slot(k, p);
         }
-        let n_in = inputs.len();
-        for (k, t) in outputs.iter_mut().enumerate() {
-            let p = match t.dtype() {
-                DType::F32 => t.as_f32_mut().map_or(0, |d| d.as_mut_ptr() as usize),
-                DType::I64 => t.as_i64_mut().map_or(0, |d| d.as_mut_ptr() as usize),
-            };
+        for (k, p) in outputs.enumerate() {
             arena.set_slot(n_in + k, p);
         }
         let base = arena.base();
@@ -902,9 +1054,9 @@ impl CompiledModel {
             let f: KernelFn = unsafe { std::mem::transmute::<usize, KernelFn>(s.func) };
             match (&pool, s.parallel) {
                 // SAFETY: the arena was laid out by this model's plan: its
-                // header holds the addresses of `inputs` and `outputs`, whose
-                // types were checked above and which stay borrowed until we
-                // return; nobody else uses this arena.
+                // header holds the addresses of `inputs` and `outputs`, which
+                // by this function's contract are checked and stay borrowed
+                // until we return; nobody else uses this arena.
                 (Some(p), true) => unsafe { p.run(f, base, s.units) },
                 // SAFETY: as above, on this thread alone.
                 _ => unsafe { f(base, 0, s.units as i64) },
@@ -918,7 +1070,6 @@ impl CompiledModel {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(arena);
-        Ok(())
     }
 
     /// Every kernel in run order: the node it came from and what it

@@ -57,8 +57,8 @@ mod scalarize;
 mod target;
 
 pub use compiled::{
-    CompileOptions, CompileStats, CompiledModel, GemmTile, KernelTime, NodeWork, OptLevel, compile,
-    emit_clif, kernel_graph,
+    CompileOptions, CompileStats, CompiledModel, Elems, ElemsMut, GemmTile, KernelTime, NodeWork,
+    OptLevel, TensorMut, TensorRef, compile, emit_clif, kernel_graph,
 };
 pub use error::BackendError;
 pub use target::TileLevel;

@@ -341,3 +341,79 @@ fn parallel_kernels_and_barrier_cost() {
     let want = one.run(std::slice::from_ref(&x)).unwrap();
     assert_eq!(two.run(&[x]).unwrap(), want);
 }
+
+#[test]
+fn run_views_reads_and_writes_borrowed_memory() {
+    use kiln_backends::{Elems, ElemsMut, TensorMut, TensorRef};
+    let m = compile(&relu_model(&[2, 3]), &CompileOptions::default()).unwrap();
+    // An input at an odd element offset: views assume no alignment beyond
+    // the element's (numpy slices start anywhere).
+    let backing: Vec<f32> = (0..7).map(|i| i as f32 - 3.5).collect();
+    let x = &backing[1..];
+    let want = m
+        .run(&[Tensor::from_f32([2, 3], x.to_vec()).unwrap()])
+        .unwrap();
+    let mut out = [f32::NAN; 6];
+    let shape = [2, 3];
+    m.run_views(
+        &[TensorRef {
+            shape: &shape,
+            data: Elems::F32(x),
+        }],
+        &mut [TensorMut {
+            shape: &shape,
+            data: ElemsMut::F32(&mut out),
+        }],
+    )
+    .unwrap();
+    assert_eq!(&out[..], want[0].as_f32().unwrap());
+    // A slice shorter than its shape is an error, never read past its end.
+    let e = m
+        .run_views(
+            &[TensorRef {
+                shape: &shape,
+                data: Elems::F32(&x[..5]),
+            }],
+            &mut [TensorMut {
+                shape: &shape,
+                data: ElemsMut::F32(&mut out),
+            }],
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "input: input 0 (%x) has 5 elements, its shape f32[2,3] needs 6"
+    );
+    let mut short = [0.0f32; 5];
+    let e = m
+        .run_views(
+            &[TensorRef {
+                shape: &shape,
+                data: Elems::F32(x),
+            }],
+            &mut [TensorMut {
+                shape: &shape,
+                data: ElemsMut::F32(&mut short),
+            }],
+        )
+        .unwrap_err();
+    assert!(matches!(e, BackendError::Output(_)), "{e}");
+    // wrong dtype: the same message as for tensors
+    let ints = [0i64; 6];
+    let e = m
+        .run_views(
+            &[TensorRef {
+                shape: &shape,
+                data: Elems::I64(&ints),
+            }],
+            &mut [TensorMut {
+                shape: &shape,
+                data: ElemsMut::F32(&mut out),
+            }],
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "input: input 0 (%x) must be f32[2,3], got i64[2,3]"
+    );
+}
