@@ -15,6 +15,7 @@ use kiln_ir::{DType, Graph, IrError, Model, Op, TensorType, Value, WeightStore};
 use prost::Message;
 
 use super::consts::{self, Const, Kind, TensorError};
+use super::external::ExternalData;
 use super::lower;
 use super::proto::{self, GraphProto, ModelProto, NodeProto, type_proto};
 use super::{ImportOptions, ImportReport, Unsupported};
@@ -347,18 +348,24 @@ pub(crate) fn import_bytes(
     bytes: &[u8],
     opts: &ImportOptions,
 ) -> Result<(Model, ImportReport), FrontendError> {
-    let model = ModelProto::decode(bytes).map_err(|e| {
+    import_model(&decode(bytes)?, opts, None)
+}
+
+/// Decodes a serialised model.
+pub(crate) fn decode(bytes: &[u8]) -> Result<ModelProto, FrontendError> {
+    ModelProto::decode(bytes).map_err(|e| {
         onnx_err(format!(
             "not a valid ONNX model (protobuf decoding failed: {e})"
         ))
-    })?;
-    import_model(&model, opts)
+    })
 }
 
-/// Imports a decoded model.
+/// Imports a decoded model; `ext` resolves tensors kept in side files
+/// (`None`: the model has no folder, external data is an error).
 pub(crate) fn import_model(
     model: &ModelProto,
     opts: &ImportOptions,
+    ext: Option<&ExternalData>,
 ) -> Result<(Model, ImportReport), FrontendError> {
     let graph = model
         .graph
@@ -395,7 +402,7 @@ pub(crate) fn import_model(
 
     for t in &graph.initializer {
         let name = t.name.clone().unwrap_or_default();
-        let c = consts::from_proto(t).map_err(|e| match e {
+        let c = consts::from_proto_in(t, ext).map_err(|e| match e {
             TensorError::Bad(m) => onnx_err(format!("initialiser {m}")),
             TensorError::DType(d) => FrontendError::OnnxUnsupported(vec![Unsupported::DType {
                 dtype: d,

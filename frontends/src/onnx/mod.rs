@@ -12,10 +12,12 @@
 //!
 //! Module map: [`proto`] (generated protobuf types), `import` (the driver:
 //! checks, order, assembly), `lower` (one translation per operator),
-//! `fold` and `consts` (import-time evaluation), `export`.
+//! `fold` and `consts` (import-time evaluation), `external` (tensors kept
+//! in side files, memory-mapped), `export`.
 
 mod consts;
 mod export;
+mod external;
 mod fold;
 mod import;
 mod lower;
@@ -158,10 +160,13 @@ pub fn import_with_report(
     opts: &ImportOptions,
 ) -> Result<(Model, ImportReport), FrontendError> {
     let bytes = std::fs::read(path).map_err(|e| FrontendError::io(path, e))?;
-    import_bytes(&bytes, opts)
+    let model = import::decode(&bytes)?;
+    import::import_model(&model, opts, Some(&external::ExternalData::beside(path)))
 }
 
-/// Imports a serialised ONNX model held in memory.
+/// Imports a serialised ONNX model held in memory. Tensors stored as
+/// external data are an error here: their locations are relative to a
+/// model file ([`import`] reads them).
 pub fn import_bytes(
     bytes: &[u8],
     opts: &ImportOptions,
@@ -174,7 +179,7 @@ pub fn import_proto(
     model: &proto::ModelProto,
     opts: &ImportOptions,
 ) -> Result<(Model, ImportReport), FrontendError> {
-    import::import_model(model, opts)
+    import::import_model(model, opts, None)
 }
 
 /// A tensor proto as a kiln tensor: every float type becomes `f32`, every
