@@ -10,13 +10,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_frontends::{npy, onnx, safetensors, zoo};
-use kiln_ir::{Tensor, Value, WeightStore, text};
+use kiln_ir::{Model, Tensor, Value, WeightStore, text};
 
 use crate::bench;
 use crate::compile::CompileOptions;
 use crate::error::KilnError;
 use crate::info;
-use crate::load::{LoadOptions, ModelSpec, load_model};
+use crate::load::{LoadOptions, ModelSpec, load_model_with_notes, parse_input_shape};
 use crate::opt::{Emit, cmd_opt};
 use crate::run::{Backend, check_input, random_input, run_model_with, top_k};
 
@@ -45,6 +45,10 @@ pub struct ModelArgs {
     /// input of `run`)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
+    /// The shape of an input, NAME=D0,D1,... (repeatable): sizes an .onnx
+    /// input's symbolic dimensions, e.g. --input-shape input=4,3,224,224
+    #[arg(long, value_name = "NAME=DIMS", value_parser = parse_input_shape)]
+    pub input_shape: Vec<(String, Vec<usize>)>,
 }
 
 impl ModelArgs {
@@ -53,8 +57,18 @@ impl ModelArgs {
             weights: self.weights.clone(),
             seed: self.seed,
             graph_only: false,
+            input_shapes: self.input_shape.clone(),
         }
     }
+}
+
+/// [`load_model_with_notes`], with the notes on stderr.
+fn load(args: &ModelArgs, opts: &LoadOptions, err: &mut dyn Write) -> Result<Model, KilnError> {
+    let (model, notes) = load_model_with_notes(&args.model, opts)?;
+    for n in notes {
+        emit(err, &format!("note: {n}\n"))?;
+    }
+    Ok(model)
 }
 
 /// `--tiles`: the widest GEMM tile level the JIT may use.
@@ -194,6 +208,10 @@ pub enum Command {
         /// Seed of the deterministic weight initialisation
         #[arg(long, value_name = "N", default_value_t = 0)]
         seed: u64,
+        /// The shape of an input, NAME=D0,D1,... (repeatable): sizes an
+        /// .onnx input's symbolic dimensions
+        #[arg(long, value_name = "NAME=DIMS", value_parser = parse_input_shape)]
+        input_shape: Vec<(String, Vec<usize>)>,
         /// Target triple (see --list-targets)
         #[arg(
             long,
@@ -280,7 +298,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             emit: format,
         } => {
             // The optimiser needs weight values (batch-norm folding).
-            let m = load_model(&model.model, &model.options())?;
+            let m = load(&model, &model.options(), io.err)?;
             let (out, note) = cmd_opt(&m, json, format)?;
             emit(io.err, &note)?;
             emit(io.out, &out)
@@ -319,6 +337,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             model,
             weights,
             seed,
+            input_shape,
             target,
             cpu,
             name,
@@ -332,6 +351,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                     model,
                     weights,
                     seed,
+                    input_shape,
                 };
                 let aot = AotArgs {
                     target,
@@ -372,7 +392,9 @@ fn cmd_compile(
 ) -> Result<(), KilnError> {
     let (target, optimize) = (aot.target.as_str(), aot.optimize);
     let (cpu, name) = (aot.cpu.clone(), aot.name.clone());
-    let loaded = load_model(&args.model, &args.options())?;
+    // Before the (long) compilation, so a bad path fails at once.
+    prepare_output_folder(output, io.err)?;
+    let loaded = load(args, &args.options(), io.err)?;
     let (model, _, _) = crate::compile::prepare(
         &loaded,
         &CompileOptions {
@@ -439,13 +461,36 @@ fn cmd_compile(
     )
 }
 
+/// Creates the folder `output` goes in if it does not exist (saying so on
+/// stderr); a parent that exists but is not a folder is an error.
+fn prepare_output_folder(output: &std::path::Path, err: &mut dyn Write) -> Result<(), KilnError> {
+    let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let io_err = |source| KilnError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if dir.exists() {
+        return Err(io_err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "exists and is not a folder, so the output cannot go in it",
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(io_err)?;
+    emit(err, &format!("note: created folder {}\n", dir.display()))
+}
+
 fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
     // The report needs no weight values; given ones are still checked.
     let opts = LoadOptions {
         graph_only: true,
         ..args.options()
     };
-    let model = load_model(&args.model, &opts)?;
+    let model = load(args, &opts, io.err)?;
     let report = info::report(&model.graph);
     let text = if json {
         info::render_json(&report)
@@ -455,14 +500,14 @@ fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
     emit(io.out, &text)?;
     // For an ONNX file, also what the import folded away.
     if let (false, Ok(ModelSpec::Onnx(path))) = (json, ModelSpec::parse(&args.model)) {
-        let (_, import) = onnx::import_with_report(&path, &onnx::ImportOptions::default())?;
+        let (_, import) = onnx::import_with_report(&path, &crate::load::import_options(&opts))?;
         emit(io.out, &format!("\nimport: {import}\n"))?;
     }
     Ok(())
 }
 
 fn cmd_export(args: &ModelArgs, output: &std::path::Path, io: Io<'_>) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options())?;
+    let model = load(args, &args.options(), io.err)?;
     onnx::export(&model, output)?;
     emit(io.err, &format!("wrote {}\n", output.display()))
 }
@@ -479,7 +524,7 @@ fn cmd_run(
     (optimize, tiles, banded_chains): RunSwitches,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options())?;
+    let model = load(args, &args.options(), io.err)?;
     let g = &model.graph;
     if !inputs.is_empty() && inputs.len() != g.inputs().len() {
         return Err(KilnError::Usage(format!(
@@ -560,7 +605,7 @@ fn cmd_bench(
     io: Io<'_>,
 ) -> Result<(), KilnError> {
     opts.check()?;
-    let model = load_model(&args.model, &args.options())?;
+    let model = load(args, &args.options(), io.err)?;
     // Progress: optimising and compiling a large model takes a noticeable
     // fraction of a second; say what is happening (stderr, so stdout stays
     // one report).
@@ -621,7 +666,7 @@ fn cmd_export_kir(
         graph_only: weights_out.is_none(),
         ..args.options()
     };
-    let model = load_model(&args.model, &opts)?;
+    let model = load(args, &opts, io.err)?;
     std::fs::write(output, text::print(&model.graph)).map_err(|source| KilnError::Io {
         path: output.clone(),
         source,

@@ -22,6 +22,7 @@
 //!     weights: Some("examples/conv_norm_attention.safetensors".into()),
 //!     seed: 0,
 //!     graph_only: false,
+//!     input_shapes: vec![],
 //! })?;
 //! let input = kiln::ir::Value::of(model.graph.inputs()[0]);
 //! let x = random_input(model.graph.value_type(input), 0);
@@ -46,5 +47,5 @@ pub mod run;
 
 pub use compile::{CompileOptions, Compiled, compile};
 pub use error::KilnError;
-pub use load::{LoadOptions, ModelSpec, load_model};
+pub use load::{LoadOptions, ModelSpec, load_model, load_model_with_notes};
 pub use run::{Backend, random_input, run_model, run_model_with};

@@ -123,6 +123,7 @@ fn an_optimised_model_runs_on_the_jit() {
             weights: Some(example(WEIGHTS)),
             seed: 0,
             graph_only: false,
+            input_shapes: vec![],
         },
     )
     .unwrap();
