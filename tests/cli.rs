@@ -537,6 +537,12 @@ fn bench_prints_the_measurement_as_text_and_json() {
         assert!(v[key].is_number(), "{key}: {json}");
     }
     assert!(v["median_ms"].as_f64().unwrap() >= v["min_ms"].as_f64().unwrap());
+    // images/s is the batch over the median latency.
+    assert_eq!(v["batch"], 1, "{json}");
+    let ips = v["images_per_s"].as_f64().unwrap();
+    let want = 1e3 / v["median_ms"].as_f64().unwrap();
+    assert!((ips - want).abs() <= 1e-9 * want, "{ips} vs {want}");
+    assert!(text.contains(" images/s (batch 1)\n"), "{text}");
 }
 
 #[test]
