@@ -822,7 +822,8 @@ fn input_shape_of_a_static_input_must_repeat_it() {
     );
     let r = kiln(["bench", "mobile_former_26m", "--input-shape", "x=1,3,0,8"]);
     assert!(
-        r.fails_with(2).contains("dimension `0` is not a positive integer"),
+        r.fails_with(2)
+            .contains("dimension `0` is not a positive integer"),
         "{}",
         r.stderr
     );
@@ -834,7 +835,11 @@ fn input_shape_of_a_static_input_must_repeat_it() {
         "--input-shape",
         "x=1,3,8,8",
     ]);
-    assert!(r.fails_with(2).contains("given twice for 'x'"), "{}", r.stderr);
+    assert!(
+        r.fails_with(2).contains("given twice for 'x'"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -842,7 +847,11 @@ fn input_shape_sizes_a_symbolic_onnx_batch() {
     // A TorchScript export with a symbolic batch (tools/export_spellings.py).
     let onnx = common::root().join("tests/data/spellings/vit.ts13.onnx");
     let r = kiln(["info", arg(&onnx)]);
-    assert!(r.ok().contains("inputs:  %input f32[1,3,32,32]"), "{}", r.stdout);
+    assert!(
+        r.ok().contains("inputs:  %input f32[1,3,32,32]"),
+        "{}",
+        r.stdout
+    );
     assert!(
         r.stderr.contains(
             "note: input 'input' has a symbolic batch dimension 'batch': compiled for batch 1 \
@@ -852,14 +861,19 @@ fn input_shape_sizes_a_symbolic_onnx_batch() {
         r.stderr
     );
     let r = kiln(["info", arg(&onnx), "--input-shape", "input=3,3,32,32"]);
-    assert!(r.ok().contains("inputs:  %input f32[3,3,32,32]"), "{}", r.stdout);
+    assert!(
+        r.ok().contains("inputs:  %input f32[3,3,32,32]"),
+        "{}",
+        r.stdout
+    );
     assert!(!r.stderr.contains("note:"), "{}", r.stderr);
     // The batch runs: three images, each as the batch-1 model computes it.
     let r = kiln(["run", arg(&onnx), "--input-shape", "input=3,3,32,32"]);
     assert!(r.ok().contains("output %logits: f32[3,10]"), "{}", r.stdout);
     let r = kiln(["info", arg(&onnx), "--input-shape", "input=1,3,16,16"]);
     assert!(
-        r.fails_with(1).contains("does not fit its declared shape [batch,3,32,32]"),
+        r.fails_with(1)
+            .contains("does not fit its declared shape [batch,3,32,32]"),
         "{}",
         r.stderr
     );

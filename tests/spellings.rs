@@ -47,10 +47,7 @@ fn max_rel_err(got: &Tensor, want: &Tensor) -> f32 {
     let (g, w) = (got.as_f32().unwrap(), want.as_f32().unwrap());
     assert_eq!(got.shape(), want.shape());
     let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    g.iter()
-        .zip(w)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale
+    g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
 }
 
 /// Loads `model.spelling.onnx` and returns it optimised, after checking
@@ -67,7 +64,10 @@ fn load_and_optimise(model: &str, spelling: &str) -> (kiln::ir::Model, Vec<Strin
     let (opt, _) = optimize(&m, &OptOptions::default()).unwrap();
     let got = run_model(&opt, &[x], Backend::Interp).unwrap();
     let err = max_rel_err(&got[0], &want);
-    assert!(err <= 1e-4, "{model}.{spelling} optimised: {err} against PyTorch");
+    assert!(
+        err <= 1e-4,
+        "{model}.{spelling} optimised: {err} against PyTorch"
+    );
     (opt, notes)
 }
 
@@ -92,6 +92,42 @@ fn every_spelling_optimises_to_one_graph() {
                     "{model}: {spelling} optimises to another graph than {s0}"
                 ),
             }
+        }
+    }
+}
+
+/// A symbolic batch set with `--input-shape` (`LoadOptions::input_shapes`)
+/// compiles for that batch, and the JIT computes every image as the batch-1
+/// model does.
+#[test]
+fn a_symbolic_batch_runs_each_image_as_batch_one() {
+    const N: usize = 3;
+    for model in MODELS {
+        let file = data(&format!("{model}.ts17.onnx"));
+        let one = kiln::load_model(file.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let opts = LoadOptions {
+            input_shapes: vec![("input".into(), vec![N, 3, 32, 32])],
+            ..LoadOptions::default()
+        };
+        let (batched, notes) = load_model_with_notes(file.to_str().unwrap(), &opts).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        // Three different images: the seeded input, scaled.
+        let x = npy::read(&data(&format!("{model}.input0.npy"))).unwrap();
+        let x = x.as_f32().unwrap();
+        let images: Vec<Vec<f32>> = (0..N)
+            .map(|k| x.iter().map(|v| v * (1.0 - 0.3 * k as f32)).collect())
+            .collect();
+        let xb = Tensor::from_f32(vec![N, 3, 32, 32], images.concat()).unwrap();
+        let yb = run_model(&batched, &[xb], Backend::Jit).unwrap();
+        let classes = yb[0].shape()[1];
+        assert_eq!(yb[0].shape(), [N, classes]);
+        for (k, img) in images.into_iter().enumerate() {
+            let xk = Tensor::from_f32(vec![1, 3, 32, 32], img).unwrap();
+            let want = run_model(&one, &[xk], Backend::Interp).unwrap();
+            let row = &yb[0].as_f32().unwrap()[k * classes..(k + 1) * classes];
+            let got = Tensor::from_f32(vec![1, classes], row.to_vec()).unwrap();
+            let err = max_rel_err(&got, &want[0]);
+            assert!(err <= 1e-4, "{model} image {k}: {err}");
         }
     }
 }

@@ -198,7 +198,9 @@ fn dynamic_shapes_that_cannot_be_resolved() {
     };
     let e = import_proto(&small_model(), &opts).unwrap_err().to_string();
     assert!(
-        e.contains("'image' (--input-shape / ImportOptions::input_shapes), which is not a graph input"),
+        e.contains(
+            "'image' (--input-shape / ImportOptions::input_shapes), which is not a graph input"
+        ),
         "{e}"
     );
 }
@@ -215,18 +217,32 @@ fn symbolic_dims_name_the_flag_and_a_pinned_batch_is_noted() {
     );
     // The batch alone is pinned to 1, and the report says so.
     let (model, report) = import_proto(&small_model(), &ImportOptions::default()).unwrap();
-    assert_eq!(model.graph.value_type(kiln_ir::Value::of(model.graph.inputs()[0])).shape, [1, 1, 4, 4]);
+    assert_eq!(
+        model
+            .graph
+            .value_type(kiln_ir::Value::of(model.graph.inputs()[0]))
+            .shape,
+        [1, 1, 4, 4]
+    );
     assert_eq!(
         report.notes,
-        ["input 'x' has a symbolic batch dimension 'N': compiled for batch 1 \
-          (another size: --input-shape x=N,1,4,4)"]
+        [
+            "input 'x' has a symbolic batch dimension 'N': compiled for batch 1 \
+          (another size: --input-shape x=N,1,4,4)"
+        ]
     );
     // A given batch is no note, and a given static dim must match.
     let opts = ImportOptions {
         input_shapes: vec![("x".into(), vec![3, 1, 4, 4])],
     };
     let (model, report) = import_proto(&small_model(), &opts).unwrap();
-    assert_eq!(model.graph.value_type(kiln_ir::Value::of(model.graph.inputs()[0])).shape, [3, 1, 4, 4]);
+    assert_eq!(
+        model
+            .graph
+            .value_type(kiln_ir::Value::of(model.graph.inputs()[0]))
+            .shape,
+        [3, 1, 4, 4]
+    );
     assert!(report.notes.is_empty(), "{:?}", report.notes);
     let opts = ImportOptions {
         input_shapes: vec![("x".into(), vec![3, 2, 4, 4])],
@@ -405,7 +421,8 @@ fn unsupported_ops_are_one_line_each_op_once() {
     let mut m = small_model();
     let g = m.graph.as_mut().unwrap();
     for i in 0..3 {
-        g.node.push(node("LSTM", &["y"], &[&format!("l{i}")], vec![]));
+        g.node
+            .push(node("LSTM", &["y"], &[&format!("l{i}")], vec![]));
     }
     g.node.push(node("Sin", &["y"], &["s2"], vec![]));
     g.node.push(node("LSTM", &["y"], &["l3"], vec![]));

@@ -146,7 +146,11 @@ fn pathdiff(path: &Path, base: &Path) -> PathBuf {
 #[test]
 fn location_outside_the_folder_is_refused() {
     let dir = folder("escape");
-    std::fs::write(dir.parent().unwrap().join("onnx_external_outside.bin"), [0u8; 512]).unwrap();
+    std::fs::write(
+        dir.parent().unwrap().join("onnx_external_outside.bin"),
+        [0u8; 512],
+    )
+    .unwrap();
     for loc in ["../onnx_external_outside.bin", "/etc/passwd", "w/../../x"] {
         let path = write_split(&dir, "m.onnx.data", loc, "m.onnx.data");
         let e = import_err(&path);
@@ -189,7 +193,11 @@ fn range_past_the_end_is_refused() {
     let t = inline_tensors();
     std::fs::write(dir.join("d.bin"), [0u8; 300]).unwrap();
     let cases = [
-        (400, None, "offset 400 is past the end of 'd.bin' (300 bytes)"),
+        (
+            400,
+            None,
+            "offset 400 is past the end of 'd.bin' (300 bytes)",
+        ),
         (200, Some(216), "offset 200 + length 216 is past the end"),
         (0, Some(usize::MAX), "past the end"),
         // In the file, but not the tensor's size.
@@ -232,7 +240,9 @@ fn external_data_needs_a_model_file() {
     let dir = folder("bytes");
     let path = write_split(&dir, "m.onnx.data", "m.onnx.data", "m.onnx.data");
     let bytes = std::fs::read(path).unwrap();
-    let e = import_bytes(&bytes, &ImportOptions::default()).unwrap_err().to_string();
+    let e = import_bytes(&bytes, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("tensor 'w'") && e.contains("import the file by its path"),
         "{e}"

@@ -205,7 +205,8 @@ pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extractio
                         if c2 == c || pick[c2].is_some_and(|p| is_proj_of(&nodes[p], op)) {
                             continue;
                         }
-                        if let Some(&p2) = by_class[c2].iter().find(|&&n| is_proj_of(&nodes[n], op)) {
+                        if let Some(&p2) = by_class[c2].iter().find(|&&n| is_proj_of(&nodes[n], op))
+                        {
                             switched.push((c2, pick[c2]));
                             pick[c2] = Some(p2);
                         }

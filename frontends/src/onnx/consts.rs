@@ -317,9 +317,11 @@ pub(crate) fn from_proto_in(
     let bad = |m: String| TensorError::Bad(format!("tensor '{name}': {m}"));
     let region = if is_external(t) {
         let ext = ext.ok_or_else(|| {
-            bad("stored as external data, which kiln reads only beside a model file \
+            bad(
+                "stored as external data, which kiln reads only beside a model file \
                  (import the file by its path, or save the model with its weights inside)"
-                .into())
+                    .into(),
+            )
         })?;
         Some(ext.region(t).map_err(bad)?)
     } else {

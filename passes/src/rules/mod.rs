@@ -169,11 +169,7 @@ impl Searcher<KNode, KAnalysis> for RootSearcher {
         eclass: Id,
         limit: usize,
     ) -> Option<SearchMatches<'_, KNode>> {
-        let hit = limit > 0
-            && eg[eclass]
-                .nodes
-                .iter()
-                .any(|n| self.filter.hits(n));
+        let hit = limit > 0 && eg[eclass].nodes.iter().any(|n| self.filter.hits(n));
         hit.then(|| SearchMatches {
             eclass,
             substs: vec![Subst::with_capacity(0)],
