@@ -109,6 +109,10 @@ pub struct BenchReport {
     pub tiles: String,
     /// `2·MACs / median`, in GFLOP/s
     pub gflops: f64,
+    /// images per call: the first input's first (batch) dimension
+    pub batch: usize,
+    /// `batch / median`: images per second
+    pub images_per_s: f64,
     /// bytes of the per-call arena
     pub arena_bytes: usize,
     /// kernels split over the worker pool
@@ -188,6 +192,11 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         Vec::new()
     };
     let macs = stats::graph_macs(g);
+    let batch = g
+        .inputs()
+        .first()
+        .and_then(|&id| g.value_type(Value::of(id)).shape.first().copied())
+        .unwrap_or(1);
     let st = jit.stats();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(BenchReport {
@@ -209,6 +218,12 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         tiles: st.tiles.name().to_string(),
         gflops: if median_ms > 0.0 {
             2.0 * macs as f64 / (median_ms * 1e-3) / 1e9
+        } else {
+            0.0
+        },
+        batch,
+        images_per_s: if median_ms > 0.0 {
+            batch as f64 / (median_ms * 1e-3)
         } else {
             0.0
         },
@@ -387,7 +402,7 @@ pub fn render_text(r: &BenchReport) -> String {
         "passes off".to_string()
     };
     let mut s = format!(
-        "model:    {}\nthreads:  {}{}\ntiles:    {}\ncompile:  {:.1} ms ({passes}, codegen {:.1} ms, {} kernels)\nlatency:  median {:.3} ms, min {:.3} ms over {} runs\nthroughput: {:.2} GFLOP/s ({} MACs)\narena:    {} bytes ({:.2} MiB)\n",
+        "model:    {}\nthreads:  {}{}\ntiles:    {}\ncompile:  {:.1} ms ({passes}, codegen {:.1} ms, {} kernels)\nlatency:  median {:.3} ms, min {:.3} ms over {} runs\nthroughput: {:.2} GFLOP/s ({} MACs), {:.1} images/s (batch {})\narena:    {} bytes ({:.2} MiB)\n",
         r.model,
         r.threads,
         if r.threads > 1 {
@@ -407,6 +422,8 @@ pub fn render_text(r: &BenchReport) -> String {
         r.iters,
         r.gflops,
         r.macs,
+        r.images_per_s,
+        r.batch,
         r.arena_bytes,
         r.arena_bytes as f64 / (1024.0 * 1024.0)
     );
@@ -489,6 +506,8 @@ pub fn render_json(r: &BenchReport) -> String {
         "threads": r.threads,
         "tiles": r.tiles,
         "gflops": r.gflops,
+        "batch": r.batch,
+        "images_per_s": r.images_per_s,
         "arena_bytes": r.arena_bytes,
         "parallel_kernels": r.parallel_kernels,
         "barrier_us": r.barrier_us,

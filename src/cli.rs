@@ -10,13 +10,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_frontends::{npy, onnx, safetensors, zoo};
-use kiln_ir::{Limits, Tensor, Value, WeightStore, text};
+use kiln_ir::{Limits, Model, Tensor, Value, WeightStore, text};
 
 use crate::bench;
 use crate::compile::CompileOptions;
 use crate::error::KilnError;
 use crate::info;
-use crate::load::{LoadOptions, ModelSpec, load_model};
+use crate::load::{LoadOptions, ModelSpec, load_model_with_notes, parse_input_shape};
 use crate::opt::{Emit, cmd_opt};
 use crate::run::{Backend, check_input, random_input, run_model_with, top_k};
 
@@ -49,6 +49,10 @@ pub struct ModelArgs {
     /// consts (bytes: 512M, 8G, ...), nodes, extract (counts); see docs/cli.md
     #[arg(long = "limit", value_name = "KEY=VALUE")]
     pub limit: Vec<String>,
+    /// The shape of an input, NAME=D0,D1,... (repeatable): sizes an .onnx
+    /// input's symbolic dimensions, e.g. --input-shape input=4,3,224,224
+    #[arg(long, value_name = "NAME=DIMS", value_parser = parse_input_shape)]
+    pub input_shape: Vec<(String, Vec<usize>)>,
 }
 
 impl ModelArgs {
@@ -58,6 +62,7 @@ impl ModelArgs {
             seed: self.seed,
             graph_only: false,
             limits: self.limits()?,
+            input_shapes: self.input_shape.clone(),
         })
     }
 
@@ -69,6 +74,15 @@ impl ModelArgs {
         }
         Ok(l)
     }
+}
+
+/// [`load_model_with_notes`], with the notes on stderr.
+fn load(args: &ModelArgs, opts: &LoadOptions, err: &mut dyn Write) -> Result<Model, KilnError> {
+    let (model, notes) = load_model_with_notes(&args.model, opts)?;
+    for n in notes {
+        emit(err, &format!("note: {n}\n"))?;
+    }
+    Ok(model)
 }
 
 /// `--tiles`: the widest GEMM tile level the JIT may use.
@@ -208,6 +222,10 @@ pub enum Command {
         /// Seed of the deterministic weight initialisation
         #[arg(long, value_name = "N", default_value_t = 0)]
         seed: u64,
+        /// The shape of an input, NAME=D0,D1,... (repeatable): sizes an
+        /// .onnx input's symbolic dimensions
+        #[arg(long, value_name = "NAME=DIMS", value_parser = parse_input_shape)]
+        input_shape: Vec<(String, Vec<usize>)>,
         /// Target triple (see --list-targets)
         #[arg(
             long,
@@ -298,7 +316,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
         } => {
             // The optimiser needs weight values (batch-norm folding).
             let lo = model.options()?;
-            let m = load_model(&model.model, &lo)?;
+            let m = load(&model, &lo, io.err)?;
             let (out, note) = cmd_opt(&m, json, format, lo.limits)?;
             emit(io.err, &note)?;
             emit(io.out, &out)
@@ -338,6 +356,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             model,
             weights,
             seed,
+            input_shape,
             target,
             cpu,
             name,
@@ -353,6 +372,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                     weights,
                     seed,
                     limit,
+                    input_shape,
                 };
                 let aot = crate::compile::AotRequest {
                     target,
@@ -383,7 +403,9 @@ fn cmd_compile(
     output: &PathBuf,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
-    let loaded = load_model(&args.model, &args.options()?)?;
+    // Before the (long) compilation, so a bad path fails at once.
+    prepare_output_folder(output, io.err)?;
+    let loaded = load(args, &args.options()?, io.err)?;
     let (obj, opts) = crate::compile::aot(&loaded, aot)?;
     let header_path = output.with_extension("h");
     std::fs::write(output, &obj.object).map_err(|source| KilnError::Io {
@@ -413,13 +435,36 @@ fn cmd_compile(
     )
 }
 
+/// Creates the folder `output` goes in if it does not exist (saying so on
+/// stderr); a parent that exists but is not a folder is an error.
+fn prepare_output_folder(output: &std::path::Path, err: &mut dyn Write) -> Result<(), KilnError> {
+    let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let io_err = |source| KilnError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if dir.exists() {
+        return Err(io_err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "exists and is not a folder, so the output cannot go in it",
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(io_err)?;
+    emit(err, &format!("note: created folder {}\n", dir.display()))
+}
+
 fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
     // The report needs no weight values; given ones are still checked.
     let opts = LoadOptions {
         graph_only: true,
         ..args.options()?
     };
-    let model = load_model(&args.model, &opts)?;
+    let model = load(args, &opts, io.err)?;
     let report = info::report(&model.graph);
     let text = if json {
         info::render_json(&report)
@@ -429,14 +474,14 @@ fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
     emit(io.out, &text)?;
     // For an ONNX file, also what the import folded away.
     if let (false, Ok(ModelSpec::Onnx(path))) = (json, ModelSpec::parse(&args.model)) {
-        let (_, import) = onnx::import_with_report(&path, &onnx::ImportOptions::default())?;
+        let (_, import) = onnx::import_with_report(&path, &crate::load::import_options(&opts))?;
         emit(io.out, &format!("\nimport: {import}\n"))?;
     }
     Ok(())
 }
 
 fn cmd_export(args: &ModelArgs, output: &std::path::Path, io: Io<'_>) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options()?)?;
+    let model = load(args, &args.options()?, io.err)?;
     onnx::export(&model, output)?;
     emit(io.err, &format!("wrote {}\n", output.display()))
 }
@@ -453,7 +498,7 @@ fn cmd_run(
     (optimize, tiles, banded_chains): RunSwitches,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options()?)?;
+    let model = load(args, &args.options()?, io.err)?;
     let g = &model.graph;
     if !inputs.is_empty() && inputs.len() != g.inputs().len() {
         return Err(KilnError::Usage(format!(
@@ -535,7 +580,7 @@ fn cmd_bench(
     io: Io<'_>,
 ) -> Result<(), KilnError> {
     opts.check()?;
-    let model = load_model(&args.model, &args.options()?)?;
+    let model = load(args, &args.options()?, io.err)?;
     // Progress: optimising and compiling a large model takes a noticeable
     // fraction of a second; say what is happening (stderr, so stdout stays
     // one report).
@@ -596,7 +641,7 @@ fn cmd_export_kir(
         graph_only: weights_out.is_none(),
         ..args.options()?
     };
-    let model = load_model(&args.model, &opts)?;
+    let model = load(args, &opts, io.err)?;
     std::fs::write(output, text::print(&model.graph)).map_err(|source| KilnError::Io {
         path: output.clone(),
         source,

@@ -46,5 +46,5 @@ pub mod run;
 
 pub use compile::{CompileOptions, Compiled, compile};
 pub use error::KilnError;
-pub use load::{LoadOptions, ModelSpec, load_model, load_onnx_bytes};
+pub use load::{LoadOptions, ModelSpec, load_model, load_model_with_notes, load_onnx_bytes};
 pub use run::{Backend, random_input, run_model, run_model_with};

@@ -24,6 +24,11 @@ pub struct LoadOptions {
     /// Resource limits: the loaded graph's node count and value sizes are
     /// checked against them before any weight is allocated.
     pub limits: Limits,
+    /// Concrete shapes for inputs, by name (`--input-shape NAME=D0,D1,...`):
+    /// they size an ONNX input's symbolic dimensions; every static
+    /// dimension given — and every dimension of a `.kir` or zoo input,
+    /// which are all static — must equal the declared one.
+    pub input_shapes: Vec<(String, Vec<usize>)>,
 }
 
 /// What a `MODEL` argument names.
@@ -79,13 +84,32 @@ fn zoo_names() -> String {
 /// rejects tensors the graph does not declare. The result is verified, and its weights cover the graph (unless
 /// `opts.graph_only` left them out).
 pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
+    load_model_with_notes(spec, opts).map(|(m, _)| m)
+}
+
+/// [`load_model`], also returning what loading chose for the user where the
+/// model left it open (an ONNX input's symbolic batch pinned to 1), one
+/// sentence each: the CLI prints them as `note:` lines on stderr.
+pub fn load_model_with_notes(
+    spec: &str,
+    opts: &LoadOptions,
+) -> Result<(Model, Vec<String>), KilnError> {
     let spec = ModelSpec::parse(spec)?;
+    for (i, (name, _)) in opts.input_shapes.iter().enumerate() {
+        if opts.input_shapes[..i].iter().any(|(n, _)| n == name) {
+            return Err(KilnError::Usage(format!(
+                "--input-shape given twice for '{name}'"
+            )));
+        }
+    }
+    let mut notes = Vec::new();
     let own = match &spec {
         ModelSpec::Kir(_) => format!("the seeded initialiser (--seed {})", opts.seed),
         ModelSpec::Onnx(path) => path.display().to_string(),
         ModelSpec::Zoo(name) => format!("the zoo's `{name}`"),
     };
     let is_zoo = matches!(spec, ModelSpec::Zoo(_));
+    let is_onnx = matches!(spec, ModelSpec::Onnx(_));
     let mut model = match spec {
         ModelSpec::Kir(path) => {
             let src = std::fs::read_to_string(&path).map_err(|source| KilnError::Io {
@@ -103,7 +127,11 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
             };
             Model { graph, weights }
         }
-        ModelSpec::Onnx(path) => onnx::import(&path, &onnx::ImportOptions::default())?,
+        ModelSpec::Onnx(path) => {
+            let (m, report) = onnx::import_with_report(&path, &import_options(opts))?;
+            notes = report.notes;
+            m
+        }
         ModelSpec::Zoo(name) => {
             if !zoo::list().iter().any(|e| e.name == name) {
                 return Err(KilnError::Usage(format!(
@@ -128,6 +156,9 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
     };
     verify(&model.graph)?;
     opts.limits.check_graph(&model.graph)?;
+    if !is_onnx {
+        check_static_shapes(&model.graph, &opts.input_shapes)?;
+    }
     let from = match &opts.weights {
         Some(path) => {
             let given = safetensors::load(path)?;
@@ -147,11 +178,81 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
             };
             from
         }
-        None if opts.graph_only && model.weights.is_empty() => return Ok(model),
+        None if opts.graph_only && model.weights.is_empty() => return Ok((model, notes)),
         None => own,
     };
     check_weights(&model.graph, &model.weights, &from)?;
-    Ok(model)
+    Ok((model, notes))
+}
+
+/// The ONNX import options [`load_model`] uses for `opts`.
+pub fn import_options(opts: &LoadOptions) -> onnx::ImportOptions {
+    onnx::ImportOptions {
+        input_shapes: opts.input_shapes.clone(),
+    }
+}
+
+/// `.kir` and zoo inputs are static: a given shape must name an input and
+/// repeat its shape.
+fn check_static_shapes(g: &Graph, given: &[(String, Vec<usize>)]) -> Result<(), KilnError> {
+    for (name, shape) in given {
+        let found = g
+            .inputs()
+            .iter()
+            .map(|&id| g.value_info(kiln_ir::Value::of(id)))
+            .find(|info| &info.name == name);
+        let show = |s: &[usize]| {
+            s.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match found {
+            None => {
+                let names: Vec<String> = g
+                    .inputs()
+                    .iter()
+                    .map(|&id| g.value_info(kiln_ir::Value::of(id)).name.clone())
+                    .collect();
+                return Err(KilnError::Usage(format!(
+                    "--input-shape {name}={}: the model has no input '{name}' (inputs: {})",
+                    show(shape),
+                    names.join(", ")
+                )));
+            }
+            Some(info) if info.ty.shape != *shape => {
+                return Err(KilnError::Usage(format!(
+                    "--input-shape {name}={}: input '{name}' has the static shape {}; only an .onnx input's symbolic dimensions can be set",
+                    show(shape),
+                    show(&info.ty.shape)
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses one `--input-shape` value, `NAME=D0,D1,...` (dimensions positive).
+pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
+    let (name, dims) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=D0,D1,... (e.g. input=1,3,224,224)"))?;
+    if name.is_empty() {
+        return Err(format!("`{s}` names no input (NAME=D0,D1,...)"));
+    }
+    let mut shape = Vec::new();
+    for d in dims.split(',') {
+        match d.trim().parse::<usize>() {
+            Ok(v) if v > 0 => shape.push(v),
+            _ => {
+                return Err(format!(
+                    "`{s}`: dimension `{d}` is not a positive integer (NAME=D0,D1,...)"
+                ));
+            }
+        }
+    }
+    Ok((name.to_string(), shape))
 }
 
 /// Loads an ONNX model held in memory (the Python binding's bytes and
@@ -167,6 +268,7 @@ pub fn load_onnx_bytes(
 ) -> Result<Model, KilnError> {
     let (mut model, _) = onnx::import_bytes(bytes, import)?;
     verify(&model.graph)?;
+    Limits::default().check_graph(&model.graph)?;
     let from = match weights {
         Some(path) => {
             model.weights = safetensors::load(path)?;
@@ -213,6 +315,41 @@ mod tests {
             assert!(matches!(e, KilnError::Usage(_)), "{bad}");
             assert!(e.to_string().contains(".kir and .onnx"), "{e}");
         }
+    }
+
+    #[test]
+    fn input_shapes_parse() {
+        assert_eq!(
+            parse_input_shape("x=1,3,224,224").unwrap(),
+            ("x".to_string(), vec![1, 3, 224, 224])
+        );
+        // The last `=` splits: names may contain one.
+        assert_eq!(
+            parse_input_shape("a=b=2").unwrap(),
+            ("a=b".to_string(), vec![2])
+        );
+        for (bad, want) in [
+            ("x", "is not NAME=D0,D1,..."),
+            ("=1,2", "names no input"),
+            ("x=1,,2", "dimension `` is not a positive integer"),
+            ("x=1,0", "dimension `0`"),
+            ("x=-1", "dimension `-1`"),
+        ] {
+            let e = parse_input_shape(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn static_inputs_take_only_their_own_shape() {
+        let mut g = Graph::new("t");
+        g.add_input("x", kiln_ir::TensorType::f32([1, 3])).unwrap();
+        assert!(check_static_shapes(&g, &[("x".into(), vec![1, 3])]).is_ok());
+        let e = check_static_shapes(&g, &[("x".into(), vec![4, 3])]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("static shape 1,3"), "{e}");
+        let e = check_static_shapes(&g, &[("y".into(), vec![1, 3])]).unwrap_err();
+        assert!(e.to_string().contains("no input 'y' (inputs: x)"), "{e}");
     }
 
     #[test]

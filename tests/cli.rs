@@ -537,6 +537,12 @@ fn bench_prints_the_measurement_as_text_and_json() {
         assert!(v[key].is_number(), "{key}: {json}");
     }
     assert!(v["median_ms"].as_f64().unwrap() >= v["min_ms"].as_f64().unwrap());
+    // images/s is the batch over the median latency.
+    assert_eq!(v["batch"], 1, "{json}");
+    let ips = v["images_per_s"].as_f64().unwrap();
+    let want = 1e3 / v["median_ms"].as_f64().unwrap();
+    assert!((ips - want).abs() <= 1e-9 * want, "{ips} vs {want}");
+    assert!(text.contains(" images/s (batch 1)\n"), "{text}");
 }
 
 #[test]
@@ -759,6 +765,115 @@ fn compile_rejects_an_unknown_target_listing_the_supported_ones() {
         r.stderr.starts_with("error:")
             && r.stderr.contains("sparc64")
             && r.stderr.contains("x86_64-unknown-linux-gnu"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn compile_creates_the_output_folder_first() {
+    let dir = scratch("cli_compile_new_folder");
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = dir.join("sub").join("m.o");
+    let r = kiln([
+        "compile",
+        arg(&example(KIR)),
+        "--weights",
+        arg(&example(WEIGHTS)),
+        "-o",
+        arg(&o),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("note: created folder"), "{}", r.stderr);
+    assert!(o.is_file() && o.with_extension("h").is_file());
+}
+
+#[test]
+fn compile_into_a_file_fails_before_compiling() {
+    let file = write("cli_compile_not_a_folder", "x");
+    let o = file.join("m.o");
+    let r = kiln(["compile", "mobilevitv2_050", "-o", arg(&o)]);
+    let line = r.fails_with(1);
+    assert!(
+        line.contains("cli_compile_not_a_folder") && line.contains("is not a folder"),
+        "{line}"
+    );
+    // It failed before building the model (whose name it would print).
+    assert!(!r.stderr.contains("wrote"), "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------- --input-shape
+
+#[test]
+fn input_shape_of_a_static_input_must_repeat_it() {
+    let kir = example(KIR);
+    kiln(["info", arg(&kir), "--input-shape", "x=1,3,8,8"]).ok();
+    let r = kiln(["info", arg(&kir), "--input-shape", "x=4,3,8,8"]);
+    let line = r.fails_with(2);
+    assert!(
+        line.contains("--input-shape x=4,3,8,8: input 'x' has the static shape 1,3,8,8"),
+        "{line}"
+    );
+    let r = kiln(["run", arg(&kir), "--input-shape", "image=1,3,8,8"]);
+    assert!(
+        r.fails_with(2).contains("no input 'image' (inputs: x)"),
+        "{}",
+        r.stderr
+    );
+    let r = kiln(["bench", "mobile_former_26m", "--input-shape", "x=1,3,0,8"]);
+    assert!(
+        r.fails_with(2)
+            .contains("dimension `0` is not a positive integer"),
+        "{}",
+        r.stderr
+    );
+    let r = kiln([
+        "opt",
+        arg(&kir),
+        "--input-shape",
+        "x=1,3,8,8",
+        "--input-shape",
+        "x=1,3,8,8",
+    ]);
+    assert!(
+        r.fails_with(2).contains("given twice for 'x'"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn input_shape_sizes_a_symbolic_onnx_batch() {
+    // A TorchScript export with a symbolic batch (tools/export_spellings.py).
+    let onnx = common::root().join("tests/data/spellings/vit.ts13.onnx");
+    let r = kiln(["info", arg(&onnx)]);
+    assert!(
+        r.ok().contains("inputs:  %input f32[1,3,32,32]"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains(
+            "note: input 'input' has a symbolic batch dimension 'batch': compiled for batch 1 \
+             (another size: --input-shape input=N,3,32,32)"
+        ),
+        "{}",
+        r.stderr
+    );
+    let r = kiln(["info", arg(&onnx), "--input-shape", "input=3,3,32,32"]);
+    assert!(
+        r.ok().contains("inputs:  %input f32[3,3,32,32]"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stderr.contains("note:"), "{}", r.stderr);
+    // The batch runs: three images, each as the batch-1 model computes it.
+    let r = kiln(["run", arg(&onnx), "--input-shape", "input=3,3,32,32"]);
+    assert!(r.ok().contains("output %logits: f32[3,10]"), "{}", r.stdout);
+    let r = kiln(["info", arg(&onnx), "--input-shape", "input=1,3,16,16"]);
+    assert!(
+        r.fails_with(1)
+            .contains("does not fit its declared shape [batch,3,32,32]"),
         "{}",
         r.stderr
     );

@@ -197,7 +197,61 @@ fn dynamic_shapes_that_cannot_be_resolved() {
         input_shapes: vec![("image".into(), vec![1, 1, 4, 4])],
     };
     let e = import_proto(&small_model(), &opts).unwrap_err().to_string();
-    assert!(e.contains("'image', which is not a graph input"), "{e}");
+    assert!(
+        e.contains(
+            "'image' (--input-shape / ImportOptions::input_shapes), which is not a graph input"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn symbolic_dims_name_the_flag_and_a_pinned_batch_is_noted() {
+    let mut m = small_model();
+    m.graph.as_mut().unwrap().input[0] = vi("x", FLOAT, &[-1, 1, -1, 4]);
+    let e = err(&m);
+    assert!(
+        e.contains("symbolic dimension 'd2' at axis 2 ([N,1,d2,4])")
+            && e.contains("give its size with --input-shape x=1,1,D2,4"),
+        "{e}"
+    );
+    // The batch alone is pinned to 1, and the report says so.
+    let (model, report) = import_proto(&small_model(), &ImportOptions::default()).unwrap();
+    assert_eq!(
+        model
+            .graph
+            .value_type(kiln_ir::Value::of(model.graph.inputs()[0]))
+            .shape,
+        [1, 1, 4, 4]
+    );
+    assert_eq!(
+        report.notes,
+        [
+            "input 'x' has a symbolic batch dimension 'N': compiled for batch 1 \
+          (another size: --input-shape x=N,1,4,4)"
+        ]
+    );
+    // A given batch is no note, and a given static dim must match.
+    let opts = ImportOptions {
+        input_shapes: vec![("x".into(), vec![3, 1, 4, 4])],
+    };
+    let (model, report) = import_proto(&small_model(), &opts).unwrap();
+    assert_eq!(
+        model
+            .graph
+            .value_type(kiln_ir::Value::of(model.graph.inputs()[0]))
+            .shape,
+        [3, 1, 4, 4]
+    );
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
+    let opts = ImportOptions {
+        input_shapes: vec![("x".into(), vec![3, 2, 4, 4])],
+    };
+    let e = import_proto(&small_model(), &opts).unwrap_err().to_string();
+    assert!(
+        e.contains("the shape [3,2,4,4] given for input 'x' (--input-shape / ImportOptions::input_shapes) does not fit its declared shape [N,1,4,4]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -408,4 +462,22 @@ fn an_expand_to_a_shape_no_allocation_could_hold_is_an_error() {
         vec![vi("y", FLOAT, &[1 << 31, 1 << 31])],
     );
     assert!(err(&m).contains("too large"), "{}", err(&m));
+}
+
+#[test]
+fn unsupported_ops_are_one_line_each_op_once() {
+    let mut m = small_model();
+    let g = m.graph.as_mut().unwrap();
+    for i in 0..3 {
+        g.node
+            .push(node("LSTM", &["y"], &[&format!("l{i}")], vec![]));
+    }
+    g.node.push(node("Sin", &["y"], &["s2"], vec![]));
+    g.node.push(node("LSTM", &["y"], &["l3"], vec![]));
+    let e = err(&m);
+    assert_eq!(
+        e,
+        "onnx: kiln cannot import: operator LSTM (4 nodes, first node 'LSTM_l0' (LSTM)); \
+         operator Sin at node 'Sin_s2' (Sin)"
+    );
 }

@@ -17,7 +17,9 @@
 //! Greedy per class cannot see that another root needs a value anyway, so
 //! a second phase revisits each class of the extracted DAG and keeps an
 //! alternative e-node when the cost of the whole DAG, all roots at once,
-//! falls. docs/passes.md says why this rather than egg's `LpExtractor`.
+//! falls. An alternative that is an output of a multi-output op (`split`)
+//! is tried together with the op's other used outputs, which share its
+//! cost. docs/passes.md says why this rather than egg's `LpExtractor`.
 //!
 //! The sets make this quadratic in the number of classes (memory and
 //! time). Above a work budget (classes × bitset words, the `extract`
@@ -211,20 +213,43 @@ pub fn extract(
     }
     for _round in 0..4 {
         let mut improved = false;
-        for c in used_classes(&nodes, &pick, &root_idx) {
+        let used = used_classes(&nodes, &pick, &root_idx);
+        for &c in &used {
             let current = pick[c];
             for &alt in &by_class[c] {
                 if Some(alt) == current || nodes[alt].2.iter().any(|&k| pick[k].is_none()) {
                     continue;
                 }
+                // An output of a multi-output op pays for the whole op, so
+                // one output alone never beats its single-output spelling
+                // (a `split` output against a `slice`): switch every used
+                // output of that op at once.
+                let mut switched = vec![(c, current)];
                 pick[c] = Some(alt);
+                if let Head::Proj(_) = nodes[alt].1.head {
+                    let op = nodes[alt].2[0];
+                    for &c2 in &used {
+                        if c2 == c || pick[c2].is_some_and(|p| is_proj_of(&nodes[p], op)) {
+                            continue;
+                        }
+                        if let Some(&p2) = by_class[c2].iter().find(|&&n| is_proj_of(&nodes[n], op))
+                        {
+                            switched.push((c2, pick[c2]));
+                            pick[c2] = Some(p2);
+                        }
+                    }
+                }
                 match dag_cost(&nodes, &pick, &root_idx) {
                     Some(t) if t < cost - 1e-9 * cost.abs().max(1.0) => {
                         cost = t;
                         improved = true;
                         break;
                     }
-                    _ => pick[c] = current,
+                    _ => {
+                        for (c2, was) in switched {
+                            pick[c2] = was;
+                        }
+                    }
                 }
             }
         }
@@ -292,6 +317,11 @@ fn greedy_tree(nodes: &[FlatNode], parents: &[Vec<usize>], classes: usize) -> Ve
         }
     }
     best.into_iter().map(|b| b.map(|(_, ni)| ni)).collect()
+}
+
+/// Whether the flat node is an output of the multi-output op in class `op`.
+fn is_proj_of(n: &FlatNode, op: usize) -> bool {
+    matches!(n.1.head, Head::Proj(_)) && n.2 == [op]
 }
 
 /// A decided class: its node and the set of classes its DAG needs.

@@ -10,6 +10,7 @@
 
 use kiln_ir::{Tensor, TensorData};
 
+use super::external::{ExternalData, is_external};
 use super::proto::TensorProto;
 use super::proto::tensor_proto::DataType;
 
@@ -299,16 +300,33 @@ pub(crate) fn broadcast_index(src: &[usize], out: &[usize]) -> usize {
     flat
 }
 
-/// A constant from a tensor proto. External data is refused: kiln reads
-/// one self-contained file.
+/// A constant from a tensor proto held entirely in the model (no external
+/// data: see [`from_proto_in`]).
 pub(crate) fn from_proto(t: &TensorProto) -> Result<Const, TensorError> {
+    from_proto_in(t, None)
+}
+
+/// A constant from a tensor proto whose bytes may live in a side file,
+/// resolved by `ext` (the model file's folder). Without `ext` (a model
+/// decoded from memory) external data is an error.
+pub(crate) fn from_proto_in(
+    t: &TensorProto,
+    ext: Option<&ExternalData>,
+) -> Result<Const, TensorError> {
     let name = t.name.as_deref().unwrap_or("");
     let bad = |m: String| TensorError::Bad(format!("tensor '{name}': {m}"));
-    if t.data_location == Some(1) || !t.external_data.is_empty() {
-        return Err(bad(
-            "stored as external data, which kiln does not read (save the model with its weights inside)".into(),
-        ));
-    }
+    let region = if is_external(t) {
+        let ext = ext.ok_or_else(|| {
+            bad(
+                "stored as external data, which kiln reads only beside a model file \
+                 (import the file by its path, or save the model with its weights inside)"
+                    .into(),
+            )
+        })?;
+        Some(ext.region(t).map_err(bad)?)
+    } else {
+        None
+    };
     if t.segment.is_some() {
         return Err(bad("segmented tensors are not supported".into()));
     }
@@ -321,7 +339,10 @@ pub(crate) fn from_proto(t: &TensorProto) -> Result<Const, TensorError> {
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n <= (1usize << 40))
         .ok_or_else(|| bad(format!("dimensions {shape:?} are too large")))?;
-    let raw = t.raw_data.as_deref();
+    let raw = match &region {
+        Some(r) => Some(r.bytes()),
+        None => t.raw_data.as_deref(),
+    };
     let dt = t.data_type.unwrap_or(0);
     let dtype = DataType::try_from(dt).map_err(|_| bad(format!("unknown data type {dt}")))?;
     let check = |len: usize| {

@@ -15,6 +15,7 @@ use kiln_ir::{DType, Graph, IrError, Model, Op, TensorType, Value, WeightStore};
 use prost::Message;
 
 use super::consts::{self, Const, Kind, TensorError};
+use super::external::ExternalData;
 use super::lower;
 use super::proto::{self, GraphProto, ModelProto, NodeProto, type_proto};
 use super::{ImportOptions, ImportReport, Unsupported};
@@ -347,18 +348,24 @@ pub(crate) fn import_bytes(
     bytes: &[u8],
     opts: &ImportOptions,
 ) -> Result<(Model, ImportReport), FrontendError> {
-    let model = ModelProto::decode(bytes).map_err(|e| {
+    import_model(&decode(bytes)?, opts, None)
+}
+
+/// Decodes a serialised model.
+pub(crate) fn decode(bytes: &[u8]) -> Result<ModelProto, FrontendError> {
+    ModelProto::decode(bytes).map_err(|e| {
         onnx_err(format!(
             "not a valid ONNX model (protobuf decoding failed: {e})"
         ))
-    })?;
-    import_model(&model, opts)
+    })
 }
 
-/// Imports a decoded model.
+/// Imports a decoded model; `ext` resolves tensors kept in side files
+/// (`None`: the model has no folder, external data is an error).
 pub(crate) fn import_model(
     model: &ModelProto,
     opts: &ImportOptions,
+    ext: Option<&ExternalData>,
 ) -> Result<(Model, ImportReport), FrontendError> {
     let graph = model
         .graph
@@ -392,10 +399,12 @@ pub(crate) fn import_model(
     // Outputs that exist in ONNX but that kiln does not compute (training
     // statistics, dropout masks): using one is an error naming its producer.
     let mut unavailable: HashMap<String, String> = HashMap::new();
+    // What the import chose for the user (a pinned batch), for stderr.
+    let mut notes = Vec::new();
 
     for t in &graph.initializer {
         let name = t.name.clone().unwrap_or_default();
-        let c = consts::from_proto(t).map_err(|e| match e {
+        let c = consts::from_proto_in(t, ext).map_err(|e| match e {
             TensorError::Bad(m) => onnx_err(format!("initialiser {m}")),
             TensorError::DType(d) => FrontendError::OnnxUnsupported(vec![Unsupported::DType {
                 dtype: d,
@@ -415,7 +424,7 @@ pub(crate) fn import_model(
     for (name, _) in &opts.input_shapes {
         if !known.contains(&name.as_str()) {
             return Err(onnx_err(format!(
-                "ImportOptions gives a shape for '{name}', which is not a graph input (inputs: {})",
+                "a shape is given for '{name}' (--input-shape / ImportOptions::input_shapes), which is not a graph input (inputs: {})",
                 known.join(", ")
             )));
         }
@@ -427,7 +436,7 @@ pub(crate) fn import_model(
             // (IR < 4 style); kiln imports it as the constant.
             continue;
         }
-        let ty = input_type(input, opts)?;
+        let ty = input_type(input, opts, &mut notes)?;
         let v = im.g.add_input(name.clone(), ty)?;
         vals.insert(name, Val::Dyn(v));
     }
@@ -583,6 +592,7 @@ pub(crate) fn import_model(
         weights: weights.len(),
         ops_before,
         ops_after,
+        notes,
     };
     Ok((
         Model {
@@ -731,10 +741,12 @@ fn declared_dims(vi: &proto::ValueInfoProto) -> Option<Vec<Option<usize>>> {
 }
 
 /// The static type of a graph input: its element type must be float or
-/// int64; symbolic dims come from `opts` or, for the batch axis, default 1.
+/// int64; symbolic dims come from `opts` or, for the batch axis, default 1
+/// (which adds a note saying so).
 fn input_type(
     vi: &proto::ValueInfoProto,
     opts: &ImportOptions,
+    notes: &mut Vec<String>,
 ) -> Result<TensorType, FrontendError> {
     let name = vi.name.as_deref().unwrap_or("");
     let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref())
@@ -779,7 +791,8 @@ fn input_type(
                     .all(|(d, &s)| d.as_ref().map_or(true, |&d| d == s as i64));
             if !fits {
                 return Err(onnx_err(format!(
-                    "ImportOptions gives input '{name}' the shape {shape:?}, which does not fit its declared shape {}",
+                    "the shape {} given for input '{name}' (--input-shape / ImportOptions::input_shapes) does not fit its declared shape {}",
+                    show_dims(&shape.iter().map(|&d| Ok(d as i64)).collect::<Vec<_>>()),
                     show_dims(dims)
                 )));
             }
@@ -788,7 +801,8 @@ fn input_type(
     }
     let Some(dims) = dims else {
         return Err(onnx_err(format!(
-            "graph input '{name}' declares no shape; give one with ImportOptions::input_shapes"
+            "graph input '{name}' declares no shape; give one with --input-shape {name}=D0,D1,... \
+             (ImportOptions::input_shapes in the library)"
         )));
     };
     let mut shape = Vec::with_capacity(dims.len());
@@ -801,17 +815,43 @@ fn input_type(
                 )));
             }
             // The batch axis of a vision model: one image unless told otherwise.
-            Err(_) if axis == 0 => shape.push(1),
+            Err(p) if axis == 0 => {
+                shape.push(1);
+                notes.push(format!(
+                    "input '{name}' has a symbolic batch dimension '{p}': compiled for batch 1 \
+                     (another size: --input-shape {name}={})",
+                    suggest(&dims, "N")
+                ));
+            }
             Err(p) => {
                 return Err(onnx_err(format!(
                     "graph input '{name}' has a symbolic dimension '{p}' at axis {axis} ({}); \
-                     kiln needs static shapes: give one with ImportOptions::input_shapes",
-                    show_dims(&dims)
+                     kiln needs static shapes: give its size with --input-shape {name}={} \
+                     (ImportOptions::input_shapes in the library)",
+                    show_dims(&dims),
+                    suggest(&dims, "1")
                 )));
             }
         }
     }
     Ok(TensorType::new(dtype, shape))
+}
+
+/// A `--input-shape` value for `dims`: the static dims as they are, a
+/// symbolic batch axis as `batch`, every other symbolic dim as its name in
+/// capitals (`1,3,H,W`), for the user to replace.
+fn suggest(dims: &[Result<i64, String>], batch: &str) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .enumerate()
+        .map(|(axis, d)| match d {
+            Ok(v) => v.to_string(),
+            Err(_) if axis == 0 => batch.to_string(),
+            Err(p) if p.is_empty() || p == "?" => format!("D{axis}"),
+            Err(p) => p.to_uppercase(),
+        })
+        .collect();
+    parts.join(",")
 }
 
 fn show_dims(dims: &[Result<i64, String>]) -> String {

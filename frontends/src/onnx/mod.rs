@@ -12,10 +12,12 @@
 //!
 //! Module map: [`proto`] (generated protobuf types), `import` (the driver:
 //! checks, order, assembly), `lower` (one translation per operator),
-//! `fold` and `consts` (import-time evaluation), `export`.
+//! `fold` and `consts` (import-time evaluation), `external` (tensors kept
+//! in side files, memory-mapped), `export`.
 
 mod consts;
 mod export;
+mod external;
 mod fold;
 mod import;
 mod lower;
@@ -35,7 +37,9 @@ pub use import::OPSETS;
 /// Options for importing an ONNX file.
 #[derive(Clone, Debug, Default)]
 pub struct ImportOptions {
-    /// concrete shapes for inputs with symbolic dims, by input name
+    /// concrete shapes for inputs with symbolic dims, by input name (the
+    /// CLI's `--input-shape NAME=D0,D1,...`); every static dim given must
+    /// equal the declared one
     pub input_shapes: Vec<(String, Vec<usize>)>,
 }
 
@@ -95,14 +99,48 @@ impl fmt::Display for Unsupported {
     }
 }
 
-/// The text of [`FrontendError::OnnxUnsupported`]: one line per item.
+/// The text of [`FrontendError::OnnxUnsupported`], on one line: each
+/// unsupported operator once (same op type and reason), with how many nodes
+/// use it and the first of them, then the other items, `; `-separated.
 pub fn describe_unsupported(items: &[Unsupported]) -> String {
-    let mut s = String::from("kiln cannot import:");
+    // (item, node count) in order of first appearance.
+    let mut groups: Vec<(&Unsupported, usize)> = Vec::new();
     for it in items {
-        s.push_str("\n  ");
-        s.push_str(&it.to_string());
+        let same = |g: &&mut (&Unsupported, usize)| match (g.0, it) {
+            (
+                Unsupported::Op {
+                    op_type: a,
+                    note: na,
+                    ..
+                },
+                Unsupported::Op {
+                    op_type: b,
+                    note: nb,
+                    ..
+                },
+            ) => a == b && na == nb,
+            (a, b) => a == b,
+        };
+        match groups.iter_mut().find(same) {
+            Some(g) => g.1 += 1,
+            None => groups.push((it, 1)),
+        }
     }
-    s
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|&(it, n)| match it {
+            Unsupported::Op {
+                op_type,
+                node,
+                note,
+            } if n > 1 => {
+                let why = note.as_ref().map(|n| format!(", {n}")).unwrap_or_default();
+                format!("operator {op_type} ({n} nodes, first {node}{why})")
+            }
+            _ => it.to_string(),
+        })
+        .collect();
+    format!("kiln cannot import: {}", parts.join("; "))
 }
 
 /// What an import did: the ONNX graph's size before and the kiln graph's
@@ -125,6 +163,10 @@ pub struct ImportReport {
     pub ops_before: BTreeMap<String, usize>,
     /// kiln op name → count, after
     pub ops_after: BTreeMap<String, usize>,
+    /// what the import chose where the file left it open (a symbolic batch
+    /// dimension pinned to 1), one sentence each; the CLI prints them on
+    /// stderr as notes
+    pub notes: Vec<String>,
 }
 
 impl fmt::Display for ImportReport {
@@ -158,10 +200,13 @@ pub fn import_with_report(
     opts: &ImportOptions,
 ) -> Result<(Model, ImportReport), FrontendError> {
     let bytes = std::fs::read(path).map_err(|e| FrontendError::io(path, e))?;
-    import_bytes(&bytes, opts)
+    let model = import::decode(&bytes)?;
+    import::import_model(&model, opts, Some(&external::ExternalData::beside(path)))
 }
 
-/// Imports a serialised ONNX model held in memory.
+/// Imports a serialised ONNX model held in memory. Tensors stored as
+/// external data are an error here: their locations are relative to a
+/// model file ([`import`] reads them).
 pub fn import_bytes(
     bytes: &[u8],
     opts: &ImportOptions,
@@ -174,7 +219,7 @@ pub fn import_proto(
     model: &proto::ModelProto,
     opts: &ImportOptions,
 ) -> Result<(Model, ImportReport), FrontendError> {
-    import::import_model(model, opts)
+    import::import_model(model, opts, None)
 }
 
 /// A tensor proto as a kiln tensor: every float type becomes `f32`, every

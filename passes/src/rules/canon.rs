@@ -6,6 +6,13 @@
 //! `expand_as` before a broadcasting op, a constant per-channel scale after
 //! a linear layer.
 //!
+//! The TorchScript and dynamo exporters also spell a few ops differently;
+//! each pair is made one class here, so every spelling of a model extracts
+//! to the same graph: `split` outputs and the `slice`s that tile an axis
+//! (`chunk`/`unbind` are either), a global average pool and a mean over
+//! the spatial axes (`AdaptiveAvgPool2d(1)`), and a scalar constant per use
+//! or one shared (a scalar weight and the literal of its value).
+//!
 //! These rules add equal spellings to a class; they never delete one, so a
 //! matcher may rely on "some e-node of the class has this form". Each is
 //! bounded: merging two movement ops gives one, a scale moves only across
@@ -13,10 +20,13 @@
 //! without bound.
 
 use egg::Id;
-use kiln_ir::op::{BinaryOp, Float, Op, UnaryOp};
+use kiln_ir::DType;
+use kiln_ir::op::{BinaryOp, Float, Op, ReduceKind, UnaryOp};
 
-use super::{Found, R, Recipe, Rw, binary, is_scalar, konst, linears, ops, rule, scalar, ty};
-use crate::lang::{KGraph, KNode};
+use super::{
+    Found, R, Recipe, Rw, binary, is_scalar, konst, linears, node_rule, ops, rule, scalar, ty,
+};
+use crate::lang::{Head, KGraph, KNode};
 
 /// The canonicalisation rules.
 pub fn rules() -> Vec<Rw> {
@@ -93,7 +103,168 @@ pub fn rules() -> Vec<Rw> {
             |op| *op == Op::Binary(BinaryOp::Mul),
             scale_into_linear,
         ),
+        node_rule(
+            "canon-split-output-as-slice",
+            |n| matches!(n.head, Head::Proj(_)),
+            split_output_as_slice,
+        ),
+        rule(
+            "canon-slices-as-split",
+            |op| matches!(op, Op::Slice { axes, steps, .. } if axes.len() == 1 && steps == &[1]),
+            slices_as_split,
+        ),
+        rule(
+            "canon-spatial-mean-as-global-pool",
+            |op| {
+                matches!(
+                    op,
+                    Op::Reduce {
+                        kind: ReduceKind::Mean,
+                        ..
+                    }
+                )
+            },
+            spatial_mean_as_global_pool,
+        ),
+        rule(
+            "canon-global-pool-as-spatial-mean",
+            |op| *op == Op::GlobalAvgPool,
+            global_pool_as_spatial_mean,
+        ),
+        node_rule(
+            "canon-scalar-weight-as-literal",
+            |n| matches!(&n.head, Head::Weight(_, t) if t.dtype == DType::F32 && t.shape.is_empty()),
+            scalar_weight_as_literal,
+        ),
     ]
+}
+
+/// Output `i` of `split(x)` on axis `a` = `slice(x, a, [o, o + size_i))`.
+fn split_output_as_slice(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Head::Proj(i) = n.head else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (op, args) in ops(eg, n.args[0], |op| matches!(op, Op::Split { .. })) {
+        let Op::Split { axis, sizes } = op else {
+            continue;
+        };
+        let Some(&size) = sizes.get(i) else {
+            continue;
+        };
+        let start: usize = sizes[..i].iter().sum();
+        let mut r = Recipe::new();
+        let y = r.op(
+            Op::Slice {
+                axes: vec![*axis],
+                starts: vec![start as i64],
+                ends: vec![(start + size) as i64],
+                steps: vec![1],
+            },
+            &[R::Old(args[0])],
+        );
+        out.push((r, y));
+    }
+    out
+}
+
+/// `slice(x, a, [s, e))`, when the step-1 slices of `x` on axis `a` tile
+/// it exactly (`[0, e1), [e1, e2), ..., [ek, n)`, at least two), = output
+/// `j` of `split(x, a, sizes)`: what `chunk`/`unbind` export as slices.
+fn slices_as_split(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(Op::Slice {
+        axes, starts, ends, ..
+    }) = n.as_op()
+    else {
+        return vec![];
+    };
+    let (a, x) = (axes[0], eg.find(n.args[0]));
+    let dim = ty(eg, x).shape[a] as i64;
+    let me = (starts[0], ends[0]);
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for p in eg[x].parents() {
+        for m in &eg[p].nodes {
+            if let Some(Op::Slice {
+                axes,
+                starts,
+                ends,
+                steps,
+            }) = m.as_op()
+                && axes == &[a]
+                && steps == &[1]
+                && eg.find(m.args[0]) == x
+            {
+                ranges.push((starts[0], ends[0]));
+            }
+        }
+    }
+    ranges.sort_unstable();
+    ranges.dedup();
+    let tiles = ranges.len() >= 2
+        && ranges[0].0 == 0
+        && ranges.windows(2).all(|w| w[0].1 == w[1].0)
+        && ranges.last().is_some_and(|r| r.1 == dim)
+        && ranges.iter().all(|r| r.0 < r.1);
+    let Some(j) = ranges.iter().position(|r| *r == me).filter(|_| tiles) else {
+        return vec![];
+    };
+    let sizes = ranges.iter().map(|r| (r.1 - r.0) as usize).collect();
+    let mut r = Recipe::new();
+    let sp = r.op(Op::Split { axis: a, sizes }, &[R::Old(x)]);
+    let y = r.proj(sp, j);
+    vec![(r, y)]
+}
+
+/// The spatial axes `2..rank` of a rank-`rank` (≥ 3) tensor.
+fn spatial_axes(rank: usize) -> Vec<usize> {
+    (2..rank).collect()
+}
+
+/// `reduce_mean(x, axes 2.., keepdims)` = `global_avg_pool(x)` (reshaped
+/// when the axes are dropped).
+fn spatial_mean_as_global_pool(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let Some(Op::Reduce { axes, keepdims, .. }) = n.as_op() else {
+        return vec![];
+    };
+    let rank = ty(eg, n.args[0]).shape.len();
+    if rank < 3 || *axes != spatial_axes(rank) {
+        return vec![];
+    }
+    let mut r = Recipe::new();
+    let mut y = r.op(Op::GlobalAvgPool, &[R::Old(n.args[0])]);
+    if !keepdims {
+        y = r.reshape(y, &ty(eg, c).shape);
+    }
+    vec![(r, y)]
+}
+
+/// `global_avg_pool(x)` = `reduce_mean(x, axes 2.., keepdims)`: with the
+/// rule above, both spellings are in one class whichever a file used.
+fn global_pool_as_spatial_mean(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let rank = ty(eg, n.args[0]).shape.len();
+    let mut r = Recipe::new();
+    let y = r.op(
+        Op::Reduce {
+            kind: ReduceKind::Mean,
+            axes: spatial_axes(rank),
+            keepdims: true,
+        },
+        &[R::Old(n.args[0])],
+    );
+    vec![(r, y)]
+}
+
+/// A scalar `f32` weight = the literal of its value, so that exports that
+/// write one `Constant` per use (TorchScript) and those that share one
+/// (dynamo) give the same classes, and equal computations on equal
+/// constants merge.
+fn scalar_weight_as_literal(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let Some(v) = scalar(eg, c) else {
+        return vec![];
+    };
+    let mut r = Recipe::new();
+    let y = r.konst(v);
+    vec![(r, y)]
 }
 
 /// `gather` of one scalar index (the axis is dropped): `x[.., i, ..]`.

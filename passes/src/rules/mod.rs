@@ -67,6 +67,12 @@ impl Recipe {
         R::New(self.nodes.len() - 1)
     }
 
+    /// Adds output `i` of the multi-output op `x`.
+    pub fn proj(&mut self, x: R, i: usize) -> R {
+        self.nodes.push((Head::Proj(i), vec![x]));
+        R::New(self.nodes.len() - 1)
+    }
+
     /// Adds a fused op.
     pub fn fused(&mut self, f: FusedOp, args: &[R]) -> R {
         self.op(Op::Fused(f), args)
@@ -114,17 +120,46 @@ pub type MatchFn = fn(&KGraph, Id, &KNode) -> Found;
 /// A rule's root filter.
 pub type Filter = fn(&Op) -> bool;
 
+/// A root filter on whole e-nodes, for rules whose root is not an op (a
+/// weight, one output of a multi-output op).
+pub type NodeFilter = fn(&KNode) -> bool;
+
+/// Which e-nodes a rule's matcher is called on.
+#[derive(Clone, Copy)]
+enum Root {
+    Op(Filter),
+    Node(NodeFilter),
+}
+
+impl Root {
+    fn hits(self, n: &KNode) -> bool {
+        match self {
+            Root::Op(f) => n.as_op().is_some_and(f),
+            Root::Node(f) => f(n),
+        }
+    }
+}
+
 /// Builds a named rewrite from a root filter and a matcher.
 pub fn rule(name: &'static str, filter: Filter, f: MatchFn) -> Rw {
+    root_rule(name, Root::Op(filter), f)
+}
+
+/// [`rule`] with a filter on whole e-nodes (leaves and projections too).
+pub fn node_rule(name: &'static str, filter: NodeFilter, f: MatchFn) -> Rw {
+    root_rule(name, Root::Node(filter), f)
+}
+
+fn root_rule(name: &'static str, filter: Root, f: MatchFn) -> Rw {
     Rewrite::new(name, RootSearcher { filter }, RecipeApplier { filter, f })
         .unwrap_or_else(|e| panic!("invariant: rule {name} is well-formed: {e}"))
 }
 
-/// An e-graph searcher that matches every class with an e-node whose op
-/// passes the filter; the real matching happens in the applier, which can
-/// see the whole class and its analysis data.
+/// An e-graph searcher that matches every class with an e-node that passes
+/// the filter; the real matching happens in the applier, which can see the
+/// whole class and its analysis data.
 struct RootSearcher {
-    filter: Filter,
+    filter: Root,
 }
 
 impl Searcher<KNode, KAnalysis> for RootSearcher {
@@ -134,11 +169,7 @@ impl Searcher<KNode, KAnalysis> for RootSearcher {
         eclass: Id,
         limit: usize,
     ) -> Option<SearchMatches<'_, KNode>> {
-        let hit = limit > 0
-            && eg[eclass]
-                .nodes
-                .iter()
-                .any(|n| n.as_op().is_some_and(self.filter));
+        let hit = limit > 0 && eg[eclass].nodes.iter().any(|n| self.filter.hits(n));
         hit.then(|| SearchMatches {
             eclass,
             substs: vec![Subst::with_capacity(0)],
@@ -152,7 +183,7 @@ impl Searcher<KNode, KAnalysis> for RootSearcher {
 }
 
 struct RecipeApplier {
-    filter: Filter,
+    filter: Root,
     f: MatchFn,
 }
 
@@ -168,7 +199,7 @@ impl Applier<KNode, KAnalysis> for RecipeApplier {
         let roots: Vec<KNode> = eg[eclass]
             .nodes
             .iter()
-            .filter(|n| n.as_op().is_some_and(self.filter))
+            .filter(|n| self.filter.hits(n))
             .cloned()
             .collect();
         let mut found = Vec::new();
