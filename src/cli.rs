@@ -130,10 +130,15 @@ pub enum Command {
         /// With --explain: print JSON
         #[arg(long, requires = "explain")]
         json: bool,
-        /// Print the optimised graph instead: `ir` (.kir text) or `dot`
-        /// (Graphviz)
+        /// Print the optimised graph instead: `ir` (.kir text), `dot`
+        /// (Graphviz), `clif` (the JIT's Cranelift IR) or `plan` (the
+        /// kernel chosen for each node)
         #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "explain")]
         emit: Option<Emit>,
+        /// With --emit clif or plan: the widest GEMM tiles to use (default:
+        /// the widest the CPU has)
+        #[arg(long, value_enum, value_name = "LEVEL", requires = "emit")]
+        tiles: Option<Tiles>,
     },
     /// Compile a model with the JIT and time it: compile time, median and
     /// minimum latency, GFLOP/s, arena size
@@ -278,10 +283,11 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             explain: _,
             json,
             emit: format,
+            tiles,
         } => {
             // The optimiser needs weight values (batch-norm folding).
             let m = load_model(&model.model, &model.options())?;
-            let (out, note) = cmd_opt(&m, json, format)?;
+            let (out, note) = cmd_opt(&m, json, format, tiles.map(Into::into))?;
             emit(io.err, &note)?;
             emit(io.out, &out)
         }

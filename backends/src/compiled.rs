@@ -283,6 +283,9 @@ pub(crate) struct Front {
     /// the JIT, or local functions of an object)
     pub asm: AsmStore,
     pub lowered: Lowered,
+    /// the assembled functions each lowered node's kernels call, by the
+    /// node name in `lowered` ([`AsmStore::labels_since`]; none at `F32x4`)
+    pub asm_used: HashMap<String, Vec<String>>,
     /// each lowered node's work, by the node name in `lowered`
     pub work: HashMap<String, NodeWork>,
     pub plan: plan::Plan,
@@ -384,6 +387,7 @@ pub(crate) fn front(
     let use_asm = tiles > TileLevel::F32x4;
     let mut lowered: Lowered = Vec::new();
     let mut work = HashMap::new();
+    let mut asm_used = HashMap::new();
     for &id in &plan.kernels {
         let node = g.node(id);
         let inplace = plan.inplace.contains(&id);
@@ -414,6 +418,7 @@ pub(crate) fn front(
             ));
         }
         let name = g.display_node(id);
+        let mark = asm.request_count();
         let mut cx = NodeCx {
             name: name.clone(),
             op: &node.op,
@@ -428,6 +433,7 @@ pub(crate) fn front(
         for k in kernels::lower(&mut cx)? {
             lowered.push((name.clone(), k));
         }
+        asm_used.insert(name.clone(), asm.labels_since(mark));
         let bytes = g
             .operands(id)
             .iter()
@@ -461,6 +467,7 @@ pub(crate) fn front(
         weights: model.weights.clone(),
         asm,
         lowered,
+        asm_used,
         work,
         plan,
         consts,
@@ -746,6 +753,37 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
             modules
         }),
     })
+}
+
+/// The kernel plan of `model` for the host (capped by `opts`, like
+/// [`compile`]): the tile level, then every kernel in run order with the
+/// node it came from and what it computes, and after each node the
+/// assembled functions its kernels call. Lowering only, no code
+/// generation. For `kiln opt --emit plan` and the plan snapshots, which
+/// catch a kernel silently falling back to another path.
+pub fn kernel_plan(model: &Model, opts: &CompileOptions) -> Result<String, BackendError> {
+    let target = Target::host(false)?;
+    let front = front(model, opts, target.tiles)?;
+    let mut out = format!(
+        "tiles {}, {} kernels, {} assembled functions\n",
+        front.tiles,
+        front.lowered.len(),
+        front.asm.code().len()
+    );
+    for (i, (node, k)) in front.lowered.iter().enumerate() {
+        out.push_str(&format!("k{i} {node}: {}\n", k.describe()));
+        let last_of_node = front.lowered.get(i + 1).is_none_or(|(n, _)| n != node);
+        if let Some(used) = front
+            .asm_used
+            .get(node)
+            .filter(|u| last_of_node && !u.is_empty())
+        {
+            for label in used {
+                out.push_str(&format!("    asm {label}\n"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The Cranelift IR of every kernel `compile` would generate, each preceded

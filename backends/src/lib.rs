@@ -58,7 +58,7 @@ mod target;
 
 pub use compiled::{
     CompileOptions, CompileStats, CompiledModel, GemmTile, KernelTime, NodeWork, OptLevel, compile,
-    emit_clif, kernel_graph,
+    emit_clif, kernel_graph, kernel_plan,
 };
 pub use error::BackendError;
 pub use target::TileLevel;

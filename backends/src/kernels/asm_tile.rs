@@ -515,6 +515,37 @@ pub(crate) struct AsmStore {
     level: TileLevel,
     keys: Vec<Key>,
     code: Vec<Vec<u8>>,
+    /// the number of every request, in order, cached or not: which
+    /// functions each node's kernels call (`kernel_plan`)
+    requests: Vec<usize>,
+}
+
+impl Key {
+    /// A one-word-per-fact name: the tile's shape, reduction length and
+    /// epilogue, or the named function's key.
+    fn label(&self) -> String {
+        match self {
+            Key::Tile(v) => format!(
+                "tile {}x{}/{} k{}{}{}{}{}",
+                v.mr,
+                v.nt,
+                v.nr,
+                v.k,
+                match v.bias {
+                    Bias::None => "",
+                    Bias::Row => " +row-bias",
+                    Bias::Col => " +col-bias",
+                },
+                match v.act {
+                    Act::None => String::new(),
+                    a => format!(" {a:?}").to_lowercase(),
+                },
+                if v.residual { " +res" } else { "" },
+                if v.b_pack { " b-pack" } else { "" },
+            ),
+            Key::Named(s) => s.clone(),
+        }
+    }
 }
 
 impl AsmStore {
@@ -524,6 +555,7 @@ impl AsmStore {
             level,
             keys: Vec::new(),
             code: Vec::new(),
+            requests: Vec::new(),
         }
     }
 
@@ -574,12 +606,32 @@ impl AsmStore {
         key: Key,
         make: impl FnOnce() -> Result<Vec<u8>, String>,
     ) -> Result<usize, String> {
-        if let Some(i) = self.keys.iter().position(|x| *x == key) {
-            return Ok(i);
-        }
-        self.code.push(make()?);
-        self.keys.push(key);
-        Ok(self.keys.len() - 1)
+        let i = match self.keys.iter().position(|x| *x == key) {
+            Some(i) => i,
+            None => {
+                self.code.push(make()?);
+                self.keys.push(key);
+                self.keys.len() - 1
+            }
+        };
+        self.requests.push(i);
+        Ok(i)
+    }
+
+    /// How many requests were made so far (a mark for [`AsmStore::labels_since`]).
+    pub fn request_count(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// A short name of every distinct function requested since the mark
+    /// `since`, sorted: what a kernel plan lists after a node.
+    pub fn labels_since(&self, since: usize) -> Vec<String> {
+        let mut ids: Vec<usize> = self.requests[since..].to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut labels: Vec<String> = ids.iter().map(|&i| self.keys[i].label()).collect();
+        labels.sort();
+        labels
     }
 
     /// Machine code of every function, in number order.
