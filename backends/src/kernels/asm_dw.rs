@@ -55,22 +55,15 @@ use iced_x86::code_asm::*;
 
 use super::asm_unary::{self, Width, ymm};
 
-/// The activation applied in registers (those the Cranelift row applies
-/// inline; the others are swept by the driver).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Act {
-    /// nothing
-    None,
-    /// `x < 0 ? 0 : x`
-    Relu,
-    /// `clamp(x, 0, 6)`
-    Relu6,
-    /// `max(x·s1, x·s2)`
-    DyRelu,
-    /// `x·clamp(x + 3, 0, 6) / 6`
-    HardSwish,
-    /// `clamp(x/6 + 1/2, 0, 1)` (one FMA)
-    HardSigmoid,
+/// The activations: the IR's own vocabulary. The interiors apply those the
+/// Cranelift row applies inline ([`assembles`]); the driver sweeps the
+/// others over the plane.
+pub(crate) use kiln_ir::fused::Act;
+
+/// Whether the assembled interiors apply `act` in registers: not SiLU and
+/// GELU, whose polynomials the driver applies in a sweep.
+pub(crate) fn assembles(act: Act) -> bool {
+    !matches!(act, Act::Silu | Act::Gelu)
 }
 
 /// One interior: geometry in elements, and the epilogue.
@@ -291,6 +284,12 @@ fn set_chunk_masks(a: &mut CodeAssembler, s: &Spec, c: Cut) -> Result<(), IcedEr
 
 /// Assembles `s`; the bytes are position-independent.
 pub(crate) fn assemble(s: &Spec) -> Result<Vec<u8>, String> {
+    if !assembles(s.act) {
+        return Err(format!(
+            "depthwise interiors do not apply {}: {s:?}",
+            s.act.name()
+        ));
+    }
     emit(s).map_err(|e| e.to_string())
 }
 
@@ -505,6 +504,7 @@ fn chunk(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedErr
         let off = r as i32 * out_row;
         match s.act {
             Act::None => {}
+            Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
             // NaN-preserving like the Cranelift forms: vmaxps/vminps
             // return the second source (the value) when either is NaN
             Act::Relu => a.vmaxps(acc, zmm(ZERO), acc)?,
@@ -808,6 +808,7 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
     // the epilogue's constants: ymm13 zero, ymm14/15 as each needs
     match s.act {
         Act::None | Act::DyRelu => {}
+        Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
         Act::Relu => a.vxorps(ymm13, ymm13, ymm13)?,
         Act::Relu6 | Act::HardSwish => {
             a.vxorps(ymm13, ymm13, ymm13)?;
@@ -831,6 +832,7 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
         // the formulas of `chunk`, operation for operation
         match s.act {
             Act::None => {}
+            Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
             Act::Relu => a.vmaxps(x, ymm13, x)?,
             Act::Relu6 => {
                 a.vmaxps(x, ymm13, x)?;
@@ -914,14 +916,7 @@ mod tests {
     fn specs(width: Width) -> Vec<Spec> {
         let mut out = Vec::new();
         for sw in [1, 2] {
-            for act in [
-                Act::None,
-                Act::Relu,
-                Act::Relu6,
-                Act::DyRelu,
-                Act::HardSwish,
-                Act::HardSigmoid,
-            ] {
+            for act in Act::ALL.into_iter().filter(|&a| assembles(a)) {
                 for (rows, cols) in [(1, 1), (5, 16), (8, 37), (3, 15), (7, 8), (13, 9)] {
                     out.push(Spec {
                         sh: sw,

@@ -114,38 +114,14 @@ pub(crate) struct Variant {
     pub residual: bool,
 }
 
-/// The activations the tile applies itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Act {
-    /// none
-    None,
-    /// `max(x, 0)`
-    Relu,
-    /// `min(max(x, 0), 6)`
-    Relu6,
-    /// `x · min(max(x + 3, 0), 6) / 6`
-    HardSwish,
-    /// `min(max(x/6 + 0.5, 0), 1)`
-    HardSigmoid,
-    /// `x / (1 + exp(-x))`
-    Silu,
-    /// `max(a1[i]·x, a2[i]·x)` with one slope pair per row (r9 and the
-    /// stack argument point at row 0's)
-    DyRelu,
-}
+/// The activations: the IR's own vocabulary. The tiles apply every one
+/// but GELU, which the GEMM driver sweeps ([`assembles`]).
+pub(crate) use kiln_ir::fused::Act;
 
-#[cfg(test)]
-impl Act {
-    /// Every activation the tile applies (the tile tests' loop).
-    pub const ALL: [Act; 7] = [
-        Act::None,
-        Act::Relu,
-        Act::Relu6,
-        Act::HardSwish,
-        Act::HardSigmoid,
-        Act::Silu,
-        Act::DyRelu,
-    ];
+/// Whether the assembled tiles (both ISAs) apply `act` themselves: GELU
+/// (exact, through erf) is applied by the driver in a sweep after the tile.
+pub(crate) fn assembles(act: Act) -> bool {
+    act != Act::Gelu
 }
 
 /// The accumulators' starting values (pointer in rcx).
@@ -178,6 +154,9 @@ pub(crate) fn check_variant(
     vbytes: usize,
     what: &str,
 ) -> Result<(), String> {
+    if !assembles(v.act) {
+        return Err(format!("{what} tiles do not apply {}: {v:?}", v.act.name()));
+    }
     if v.mr == 0 || v.mr > mr || v.nt == 0 || v.nt > nr || v.nr != nr || (v.b_pack && v.b_padded) {
         return Err(format!("{what} tile variant out of range: {v:?}"));
     }
@@ -479,6 +458,7 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
                     a.vmulps(x, x, dword_bcst(r11 + disp(4 * i)))?;
                     a.vmaxps(x, zmm29, x)?;
                 }
+                Act::Gelu => unreachable!("check_variant rejects gelu"),
             }
             if v.residual {
                 let src = zmmword_ptr(r8 + disp(4 * (i * v.c_rs + 16 * z)));
@@ -696,6 +676,10 @@ mod tests {
         let code = &store.code()[0];
         assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3]);
         assert!(assemble(&Variant { mr: 15, ..v }).is_err());
+        // GELU is the driver's sweep, at both ISAs
+        let gelu = Variant { act: Act::Gelu, ..v };
+        assert!(assemble(&gelu).is_err());
+        assert!(super::super::asm_tile_avx2::assemble(&Variant { nr: 16, mr: 6, ..gelu }).is_err());
         // packing reads B unpadded
         assert!(assemble(&Variant { b_pack: true, ..v }).is_err());
         let pack = Variant {
@@ -715,7 +699,8 @@ mod tests {
     #[test]
     fn every_width_decodes() {
         use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind};
-        let acts = Act::ALL;
+        // GELU is refused (the driver sweeps it)
+        let acts: Vec<Act> = Act::ALL.into_iter().filter(|&a| assembles(a)).collect();
         let mut checked = 0;
         for nr in [16, 32, 48, 64] {
             let rows = max_rows(nr).unwrap();

@@ -662,13 +662,10 @@ fn asm_spec(g: Geom, epi: &Epilogue, width: asm_unary::Width) -> Option<asm_dw::
     let (top, bottom) = asm_edge_rows(g);
     // what the Cranelift row applies inline; swept activations (and then
     // the residual) stay in the sweep over the plane
-    let act = match epi.act {
-        Act::Relu => asm_dw::Act::Relu,
-        Act::Relu6 => asm_dw::Act::Relu6,
-        Act::DyRelu => asm_dw::Act::DyRelu,
-        Act::HardSwish => asm_dw::Act::HardSwish,
-        Act::HardSigmoid => asm_dw::Act::HardSigmoid,
-        Act::None | Act::Silu | Act::Gelu => asm_dw::Act::None,
+    let act = if asm_dw::assembles(epi.act) {
+        epi.act
+    } else {
+        Act::None
     };
     Some(asm_dw::Spec {
         sh: g.stride[0],

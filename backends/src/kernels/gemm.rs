@@ -527,7 +527,7 @@ impl Gemm {
                     Init::Col(_) => asm_tile::Bias::Col,
                 },
                 // GELU: the sweep after the call does act and residual
-                act: self.epi.asm_act().unwrap_or(asm_tile::Act::None),
+                act: self.epi.asm_act().unwrap_or(Act::None),
                 residual: self.epi.residual.is_some() && self.epi.asm_act().is_some(),
             };
             ids[slot] = Some(store.request(v)?);
