@@ -33,13 +33,13 @@ use kiln_ir::{DType, Graph, Model, NodeId, Tensor, TensorData, TensorType, Value
 
 use crate::codegen::{AsmLink, Buf, ConstBase, Emitter, Env, I64, Loc, PowF};
 use crate::error::BackendError;
-use crate::kernels::asm_tile::AsmStore;
 use crate::kernels::gemm::{DEFAULT_TILE, Tile};
 use crate::kernels::{self, Kernel, NodeCx, Operand, Opt, copy::Copy};
 use crate::plan;
 use crate::runtime::pool::{KernelFn, Pool};
 use crate::runtime::{Arena, ConstMap, ConstStore};
 use crate::target::{Target, TileLevel};
+use crate::ukernels::Registry;
 
 /// Cranelift optimisation level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,10 +281,10 @@ pub(crate) struct Front {
     pub weights: kiln_ir::WeightStore,
     /// functions assembled with iced-x86 that the kernels call (placed by
     /// the JIT, or local functions of an object)
-    pub asm: AsmStore,
+    pub asm: Registry,
     pub lowered: Lowered,
     /// the assembled functions each lowered node's kernels call, by the
-    /// node name in `lowered` ([`AsmStore::labels_since`]; none at `F32x4`)
+    /// node name in `lowered` ([`Registry::labels_since`]; none at `F32x4`)
     pub asm_used: HashMap<String, Vec<String>>,
     /// each lowered node's work, by the node name in `lowered`
     pub work: HashMap<String, NodeWork>,
@@ -383,7 +383,7 @@ pub(crate) fn front(
     }
     let plan = plan::plan(g, &weight_addr)?;
     let tiles = effective_tiles(tiles, opts);
-    let mut asm = AsmStore::new(tiles);
+    let mut asm = Registry::new(tiles);
     let use_asm = tiles > TileLevel::F32x4;
     let mut lowered: Lowered = Vec::new();
     let mut work = HashMap::new();
@@ -596,7 +596,7 @@ pub(crate) fn kernel_isa<'t>(
 /// Places the assembled tiles in a JIT module of their own, finalised first
 /// so that their addresses can be baked into the kernels that call them.
 fn place_asm(
-    asm: &AsmStore,
+    asm: &Registry,
     target: &Target,
     modules: &mut Vec<JITModule>,
 ) -> Result<Vec<usize>, BackendError> {
@@ -607,7 +607,7 @@ fn place_asm(
         target.speed.clone(),
         default_libcall_names(),
     ));
-    let sig = kernels::asm_tile::signature();
+    let sig = crate::ukernels::tile::signature();
     let mut ids = Vec::new();
     for (i, code) in asm.code().iter().enumerate() {
         let id = module

@@ -55,6 +55,7 @@ mod plan;
 mod runtime;
 mod scalarize;
 mod target;
+mod ukernels;
 
 pub use compiled::{
     CompileOptions, CompileStats, CompiledModel, GemmTile, KernelTime, NodeWork, OptLevel, compile,

@@ -17,7 +17,7 @@
 //!   else f32x4 passes) and sums `P·X` per channel over the pixels (the
 //!   map's second and last read), times the gate (doubled here: `2·hsig`,
 //!   exact): on AVX-512 an assembled pass over blocks of up to 4 channels
-//!   (`asm_unary::assemble_m2f_px`, 16 pixels per step, one weight read
+//!   (`vector::assemble_m2f_px`, 16 pixels per step, one weight read
 //!   per block), else f32x4 lanes, one accumulator per token. `Wo`, `bo` and `z` are
 //!   a GEMM into the output and the shared layer-norm kernel finishes in
 //!   place.
@@ -27,7 +27,7 @@
 //!   f32x4 accumulators over the head's channels, their softmax runs across
 //!   the accumulators (lane-wise, in registers), and `y + Σ_m a_m V_m` is
 //!   stored channel by channel (one read of `y`, one write). On AVX-512
-//!   the run is one assembled call instead (`asm_unary::assemble_f2m_run`:
+//!   the run is one assembled call instead (`vector::assemble_f2m_run`:
 //!   16 pixels per step, the scores in zmm registers, K and V read
 //!   unsplatted by embedded broadcast, so [`Splat`] is skipped).
 //! - **`fused_mha`**: the projected sides go to scratch, then one unit per
@@ -49,10 +49,12 @@ use kiln_ir::fused::{Act, FusedOp};
 use super::epilogue::Epilogue;
 use super::gemm::{self, ASrc, BSrc, Gemm};
 use super::rows::{Fold, map_run, reduce_run};
-use super::{Kernel, Kernels, NodeCx, Operand, asm_unary, matmul, norm};
+use super::{Kernel, Kernels, NodeCx, Operand, matmul, norm};
 use crate::codegen::math::exp;
 use crate::codegen::{Buf, Emitter, F32, Loc, V4};
 use crate::error::BackendError;
+use crate::ukernels::Spec;
+use crate::ukernels::vector::{self, Width};
 
 /// The most tokens a bridge kernel takes: one f32x4 accumulator per token
 /// is live in its inner loops (Mobile-Former has 3–6 tokens).
@@ -419,16 +421,16 @@ struct M2fCore {
     /// output `[N, M, C]`
     ss: Buf,
     so: Buf,
-    /// the assembled row softmax, by its number in the `AsmStore`
+    /// the assembled row softmax, by its number in the `Registry`
     asm: Option<usize>,
-    /// the assembled `P·X` pass (`asm_unary::assemble_m2f_px`) for blocks
+    /// the assembled `P·X` pass (`vector::assemble_m2f_px`) for blocks
     /// of `cb` channels and for the head's last `dh mod cb`, only with the
     /// row softmax (it takes the weights normalised)
     px: Option<PxFns>,
 }
 
 /// The assembled `P·X` functions of an `M2fCore`, by their numbers in the
-/// `AsmStore`.
+/// `Registry`.
 #[derive(Clone, Copy)]
 struct PxFns {
     cb: usize,
@@ -466,7 +468,7 @@ impl Kernel for M2fCore {
         let ss = base(e, self.ss);
         let so = base(e, self.so);
         let wf = Emitter::wflags();
-        // fn(src, dst, n) of the assembled row softmax (asm_unary)
+        // fn(src, dst, n) of the assembled row softmax (vector)
         let asm = self.asm.map(|id| {
             let mut sig = Signature::new(CallConv::SystemV);
             for _ in 0..3 {
@@ -583,7 +585,7 @@ struct F2mCore {
     k: Buf,
     v: Buf,
     out: Buf,
-    /// the assembled run (`asm_unary::assemble_f2m_run`), which reads the
+    /// the assembled run (`vector::assemble_f2m_run`), which reads the
     /// projected `[N, M, C]` keys and values `kv` unsplatted
     asm: Option<(usize, [Buf; 2])>,
 }
@@ -1012,10 +1014,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
             let asm = match cx.asm512() {
                 Some(store) => Some(
                     store
-                        .request_named(
-                            asm_unary::SOFTMAX_ROW_KEY.into(),
-                            asm_unary::assemble_softmax_row,
-                        )
+                        .request(Spec::SoftmaxRow(Width::Zmm))
                         .map_err(BackendError::Jit)?,
                 ),
                 None => None,
@@ -1072,16 +1071,20 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
             ks.push(Box::new(matmul::finish(cx, gm)?));
             let px = match (asm, cx.asm512()) {
                 // (no channels: no pass, and no block size)
-                (Some(_), Some(store)) if b.dh() > 0 && asm_unary::m2f_px_fits(b.m, b.l, b.c) => {
+                (Some(_), Some(store)) if b.dh() > 0 && vector::m2f_px_fits(b.m, b.l, b.c) => {
                     let (m, l, c) = (b.m, b.l, b.c);
                     let mut get = |cb: usize| {
                         store
-                            .request_named(asm_unary::m2f_px_key(m, l, c, cb, gate), || {
-                                asm_unary::assemble_m2f_px(m, l, c, cb, gate)
+                            .request(Spec::M2fPx {
+                                m,
+                                l,
+                                c,
+                                cb,
+                                twice: gate,
                             })
                             .map_err(BackendError::Jit)
                     };
-                    let cb = asm_unary::m2f_px_block(m).min(b.dh());
+                    let cb = vector::m2f_px_block(m).min(b.dh());
                     let tail = b.dh() % cb;
                     Some(PxFns {
                         cb,
@@ -1136,11 +1139,15 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
                 )?);
             }
             let asm = match cx.asm512() {
-                Some(store) if asm_unary::f2m_fits(b.m, b.dh(), b.l, b.c) => {
+                Some(store) if vector::f2m_fits(b.m, b.dh(), b.l, b.c) => {
                     let (m, hc, l, c, sc) = (b.m, b.dh(), b.l, b.c, scale.0);
                     let id = store
-                        .request_named(asm_unary::f2m_run_key(m, hc, l, c, sc), || {
-                            asm_unary::assemble_f2m_run(m, hc, l, c, sc)
+                        .request(Spec::F2mRun {
+                            m,
+                            hc,
+                            l,
+                            c,
+                            scale: sc.to_bits(),
                         })
                         .map_err(BackendError::Jit)?;
                     Some((id, [Buf::input(k.loc), Buf::input(v.loc)]))

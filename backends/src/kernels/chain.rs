@@ -518,7 +518,7 @@ fn stage_gemm(
 ) -> Result<Gemm, BackendError> {
     let tile = match cx.asm.as_deref() {
         Some(store) => {
-            let (mr, nr) = store.tile_shape_for(m, n, k);
+            let (mr, nr) = gemm::asm_shape_for(store.level(), m, n, k);
             Tile { mr, nv: nr / 4 }
         }
         None => cx.tile,

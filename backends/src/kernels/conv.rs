@@ -518,7 +518,7 @@ pub(crate) fn lower_with(
     // panel shapes; otherwise the Cranelift tile of the options.
     let tile = match cx.asm.as_deref() {
         Some(store) if cx.ins[1].data.is_some() => {
-            let (mr, nr) = store.tile_shape_for(rows, p, k);
+            let (mr, nr) = gemm::asm_shape_for(store.level(), rows, p, k);
             Tile { mr, nv: nr / 4 }
         }
         _ => cx.tile,

@@ -11,7 +11,7 @@
 //! it). Stride-2 columns are gathered with two loads and a shuffle where
 //! the second load stays inside the row, element by element at the edge.
 //! With AVX-512 or AVX2, 3×3 interiors (and their one-column left and right
-//! edges) are assembled (`asm_dw`), one call per plane; the border rows stay
+//! edges) are assembled (`dw_plane`), one call per plane; the border rows stay
 //! here.
 //!
 //! Every output element sums `bias + Σ_i Σ_j x·w` in the same order on every
@@ -31,9 +31,11 @@ use kiln_ir::fused::Act;
 use super::conv::Geom;
 use super::epilogue::Epilogue;
 use super::{Kernel, Kernels, NodeCx};
-use super::{asm_dw, asm_unary};
 use crate::codegen::{Buf, Emitter, F32, V4};
 use crate::error::BackendError;
+use crate::ukernels::Spec;
+use crate::ukernels::dw_plane;
+use crate::ukernels::vector;
 
 /// What the window computes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,10 +65,10 @@ struct Depthwise {
     epi: Epilogue,
     /// what a fused kernel computes, for descriptions
     title: Option<String>,
-    /// the assembled interior (`asm_dw`, AVX-512 or AVX2) by its number in
-    /// the `AsmStore`, and its geometry
-    asm: Option<(usize, asm_dw::Spec)>,
-    /// the assembled silu (`asm_unary`) the sweep calls, by its number
+    /// the assembled interior (`dw_plane`, AVX-512 or AVX2) by its number in
+    /// the `Registry`, and its geometry
+    asm: Option<(usize, dw_plane::Spec)>,
+    /// the assembled silu (`vector`) the sweep calls, by its number
     asm_silu: Option<usize>,
     /// channel-shuffle groups of the output (1 = none): output channel `oc`
     /// is stored, and takes its slopes and residual, at
@@ -535,7 +537,7 @@ impl Kernel for Depthwise {
                 });
             }
             if let (Some((id, spec)), Some((wp, _))) = (self.asm, wp) {
-                // fn(x, dst, w, res, bias, s1, s2), see asm_dw
+                // fn(x, dst, w, res, bias, s1, s2), see dw_plane
                 let mut sig = Signature::new(CallConv::SystemV);
                 for _ in 0..4 {
                     sig.params.push(AbiParam::new(I64));
@@ -604,7 +606,7 @@ pub(crate) fn kernel(
         Some((store, w)) => match asm_spec(g, &epi, w) {
             Some(spec) => Some((
                 store
-                    .request_named(spec.key(), || asm_dw::assemble(&spec))
+                    .request(Spec::DwPlane(spec))
                     .map_err(BackendError::Jit)?,
                 spec,
             )),
@@ -616,10 +618,10 @@ pub(crate) fn kernel(
     // depthwise conv (MobileViTv2) run at a third of its plain speed
     let asm_silu = match cx.asm_width() {
         Some((store, w)) if epi.act == Act::Silu => {
-            let f = asm_unary::Func::Silu;
+            let f = vector::Func::Silu;
             Some(
                 store
-                    .request_named(f.key(w), || asm_unary::assemble(f, w))
+                    .request(Spec::Unary(f, w))
                     .map_err(BackendError::Jit)?,
             )
         }
@@ -643,14 +645,14 @@ pub(crate) fn kernel(
 /// The assembled interior for a conv of geometry `g` with epilogue `epi` at
 /// width `width`: 3×3, undilated, horizontal stride 1 or 2, a non-empty
 /// interior (at AVX2, at least 8 output columns).
-fn asm_spec(g: Geom, epi: &Epilogue, width: asm_unary::Width) -> Option<asm_dw::Spec> {
+fn asm_spec(g: Geom, epi: &Epilogue, width: vector::Width) -> Option<dw_plane::Spec> {
     if g.kh != 3 || g.kw != 3 || g.dil != [1, 1] || !matches!(g.stride[1], 1 | 2) {
         return None;
     }
     // AVX2 planes narrower than one ymm are all masked chunk, where the
     // f32x4 code was faster (`depthwise_conv` bench, 576×7×7: 9.5 against
     // 11.1 GFLOP/s)
-    if width == asm_unary::Width::Ymm && g.wo < 8 {
+    if width == vector::Width::Ymm && g.wo < 8 {
         return None;
     }
     let (oh_lo, oh_hi) = interior(g.ho, g.h, g.kh, g.stride[0], g.dil[0], g.pad[0]);
@@ -662,12 +664,12 @@ fn asm_spec(g: Geom, epi: &Epilogue, width: asm_unary::Width) -> Option<asm_dw::
     let (top, bottom) = asm_edge_rows(g);
     // what the Cranelift row applies inline; swept activations (and then
     // the residual) stay in the sweep over the plane
-    let act = if asm_dw::assembles(epi.act) {
+    let act = if dw_plane::assembles(epi.act) {
         epi.act
     } else {
         Act::None
     };
-    Some(asm_dw::Spec {
+    Some(dw_plane::Spec {
         sh: g.stride[0],
         sw: g.stride[1],
         w: g.w,

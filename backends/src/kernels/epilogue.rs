@@ -8,7 +8,6 @@ use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use kiln_ir::UnaryOp;
 use kiln_ir::fused::Act;
 
-use super::asm_tile;
 use super::elementwise::{Func, apply};
 use crate::codegen::{Buf, Emitter};
 
@@ -78,7 +77,7 @@ impl Epilogue {
     /// The activation as the assembled tiles apply it, or `None` when the
     /// driver must apply it (GELU) in a sweep after the tile.
     pub fn asm_act(&self) -> Option<Act> {
-        asm_tile::assembles(self.act).then_some(self.act)
+        crate::ukernels::tile::assembles(self.act).then_some(self.act)
     }
 
     /// Applies the activation to `x` of lane type `ty` (`F32` or `V4`);

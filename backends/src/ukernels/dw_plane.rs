@@ -41,7 +41,7 @@
 //! inline (none, relu, relu6, the dynamic ReLU, and with this kernel also
 //! hard-swish and hard-sigmoid; then the residual), with the element-wise
 //! kernels' formulas; silu and GELU are left to the driver's sweep over
-//! the plane, silu by the assembled `asm_unary` function.
+//! the plane, silu by the assembled `vector.rs` function.
 //!
 //! Calling convention: System V, `fn(x, dst, w, res, bias, s1, s2)`: `x`
 //! points at the top-left tap of the first interior output (rdi), `dst` and
@@ -53,7 +53,7 @@
 
 use iced_x86::code_asm::*;
 
-use super::asm_unary::{self, Width, ymm};
+use super::vector::{self, Width, ymm};
 
 /// The activations: the IR's own vocabulary. The interiors apply those the
 /// Cranelift row applies inline ([`assembles`]); the driver sweeps the
@@ -102,13 +102,6 @@ pub(crate) struct Spec {
     pub width: Width,
 }
 
-impl Spec {
-    /// The key the assembled code is cached under.
-    pub fn key(&self) -> String {
-        format!("depthwise3x3 {self:?}")
-    }
-}
-
 /// Output rows computed together (independent accumulator chains, and the
 /// rows that share each loaded input row).
 const GROUP: usize = ACC.len();
@@ -135,7 +128,7 @@ const ACC: [usize; 6] = [20, 21, 22, 23, 30, 31];
 const T: usize = 24;
 
 fn zmm(i: usize) -> AsmRegisterZmm {
-    asm_unary::zmm(i)
+    vector::zmm(i)
 }
 
 /// The accumulator of output row `r` of a group.
@@ -881,7 +874,7 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
 /// Clobbers xmm6 (free after the residual: the epilogue's constants are
 /// in ymm13..15).
 fn store_lanes(a: &mut CodeAssembler, r: usize, m: usize, off: i32) -> Result<(), IcedError> {
-    let mut x = asm_unary::xmm(r);
+    let mut x = vector::xmm(r);
     let (mut at, mut m) = (off, m);
     if m >= 4 {
         a.vmovups(xmmword_ptr(r10 + at), x)?;
@@ -909,7 +902,7 @@ fn store_lanes(a: &mut CodeAssembler, r: usize, m: usize, off: i32) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::asm_unary::assert_vex_only;
+    use crate::ukernels::vector::assert_vex_only;
 
     /// Specs covering both strides, every epilogue, masked tails, whole and
     /// partial row groups and every edge combination, at width `width`.

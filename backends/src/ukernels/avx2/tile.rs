@@ -2,7 +2,7 @@
 //! second row of DESIGN.md's micro-kernel seam table, for x86-64 CPUs
 //! without AVX-512 (and `--cpu x86-64-v3` objects).
 //!
-//! Same contract as the AVX-512 tiles of `asm_tile` (the [`Variant`] fields,
+//! Same contract as the AVX-512 tiles (`ukernels/tile.rs`: the [`Variant`] fields,
 //! the signature, the bias modes and epilogues, the `b_pack` copy), on a
 //! 6×16 tile: 12 ymm accumulators, the B row in two ymm, one A element
 //! broadcast per row and k. AVX2 has no mask registers, no embedded
@@ -25,7 +25,7 @@
 
 use iced_x86::code_asm::*;
 
-use super::asm_tile::{
+use crate::ukernels::tile::{
     Act, Bias, EXP2_POLY, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE, Variant, check_variant, disp,
     k_loop, write_act_consts,
 };
@@ -338,9 +338,11 @@ mod tests {
     /// variant is decoded and each instruction's encoding checked.
     #[test]
     fn no_avx512_encodings() {
-        use crate::kernels::asm_unary::assert_vex_only;
+        use crate::ukernels::vector::assert_vex_only;
         // GELU is refused (the driver sweeps it)
-        let acts = Act::ALL.into_iter().filter(|&a| super::super::asm_tile::assembles(a));
+        let acts = Act::ALL
+            .into_iter()
+            .filter(|&a| crate::ukernels::tile::assembles(a));
         let mut checked = 0;
         for act in acts {
             for bias in [Bias::None, Bias::Row, Bias::Col] {
