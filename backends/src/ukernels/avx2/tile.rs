@@ -1,5 +1,5 @@
-//! AVX2 + FMA GEMM tiles assembled at compile time with iced-x86: the
-//! second row of DESIGN.md's micro-kernel seam table, for x86-64 CPUs
+//! AVX2 + FMA GEMM tiles assembled at compile time with iced-x86 (the
+//! `ukernels/tile.rs` contract), for x86-64 CPUs
 //! without AVX-512 (and `--cpu x86-64-v3` objects).
 //!
 //! Same contract as the AVX-512 tiles (`ukernels/tile.rs`: the [`Variant`] fields,

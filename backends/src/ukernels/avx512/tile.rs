@@ -1,5 +1,5 @@
-//! AVX-512 GEMM tiles assembled at compile time with iced-x86: the first
-//! row of DESIGN.md's micro-kernel seam table. Cranelift lowers only
+//! AVX-512 GEMM tiles assembled at compile time with iced-x86, the
+//! `ukernels/tile.rs` contract's widest emitter. Cranelift lowers only
 //! 128-bit vectors on x86-64, a quarter of what an AVX-512 core can do.
 //!
 //! A tile computes `C[mr × nt] = init + A[mr × K] · B[K × nt]` with
