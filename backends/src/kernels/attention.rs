@@ -998,7 +998,7 @@ fn lower_m2f(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
     };
     let out = cx.outs[0].0;
     let mut ks: Kernels = Vec::new();
-    let b = Bridge::of(&types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
+    let b = Bridge::of(types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
     let s = m2f_scratch(&b);
     let l = m2f_layout(proj_q, gate);
     let nmc = vec![b.n, b.m, b.c];
@@ -1142,7 +1142,7 @@ fn lower_f2m(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
     };
     let out = cx.outs[0].0;
     let mut ks: Kernels = Vec::new();
-    let b = Bridge::of(&types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
+    let b = Bridge::of(types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
     let s = f2m_scratch(&b);
     let (k, v) = (part(cx, &s, 0)?, part(cx, &s, 1)?);
     let (k4, v4) = (part(cx, &s, 2)?, part(cx, &s, 3)?);
@@ -1210,7 +1210,7 @@ fn lower_mha(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
     };
     let out = cx.outs[0].0;
     let mut ks: Kernels = Vec::new();
-    let a = mha_of(f, &types).ok_or_else(|| cx.unsupported("attention shape"))?;
+    let a = mha_of(f, types).ok_or_else(|| cx.unsupported("attention shape"))?;
     let s = mha_scratch(&a);
     let rows = [a.tq, a.tk, a.tk];
     let dout = [a.d, a.d, a.dvo];
