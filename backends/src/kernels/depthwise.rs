@@ -29,7 +29,7 @@ use cranelift_codegen::isa::CallConv;
 use kiln_ir::fused::Act;
 
 use super::conv::Geom;
-use super::epilogue::Epilogue;
+use super::epilogue::{Epilogue, Slopes};
 use super::{Kernel, Kernels, NodeCx};
 use crate::codegen::{Buf, Emitter, F32, V4};
 use crate::error::BackendError;
@@ -374,6 +374,71 @@ impl Depthwise {
     }
 }
 
+impl Depthwise {
+    /// Where output channel `oc` of image `n` (unit `u`) is stored: its
+    /// plane's slot and its stored channel (the shuffle permutes whole
+    /// planes).
+    fn stored_at(&self, e: &mut Emitter, u: Value, n: Value, oc: Value) -> (Value, Value) {
+        if self.shuffle == 1 {
+            return (u, oc);
+        }
+        let o = self.g.o;
+        let per = (o / self.shuffle) as i64;
+        let j = e.b.ins().urem_imm_u(oc, per);
+        let gi = e.b.ins().udiv_imm_u(oc, per);
+        let pos = e.b.ins().imul_imm_s(j, self.shuffle as i64);
+        let pos = e.b.ins().iadd(pos, gi);
+        let slot = e.b.ins().imul_imm_s(n, o as i64);
+        (e.b.ins().iadd(slot, pos), pos)
+    }
+
+    /// The accumulators' start: channel `oc`'s bias (at `bias`, the base
+    /// of `self.bias`), else the pooling identity.
+    fn start_value(&self, e: &mut Emitter, bias: Option<Value>, oc: Value) -> Value {
+        match (bias, self.bias, self.mode) {
+            (Some(bp), Some(bb), _) => {
+                let p = e.index(bp, oc, 4);
+                e.load(F32, Emitter::rflags(bb), p, 0)
+            }
+            (_, _, Mode::Max) => e.fc(f32::NEG_INFINITY),
+            _ => e.fc(0.0),
+        }
+    }
+}
+
+/// The dynamic ReLU's slopes of image `n`, stored channel `pos`
+/// (`n·batch_stride + pos`), from the bases of `a1` and `a2`.
+fn slopes_of(
+    e: &mut Emitter,
+    (p1, p2, s, f): (Value, Value, Slopes, MemFlagsData),
+    n: Value,
+    pos: Value,
+) -> (Value, Value) {
+    let i = if s.batch_stride == 0 {
+        pos
+    } else {
+        let nb = e.b.ins().imul_imm_s(n, s.batch_stride as i64);
+        e.b.ins().iadd(nb, pos)
+    };
+    let q1 = e.index(p1, i, 4);
+    let q2 = e.index(p2, i, 4);
+    let f2 = Emitter::rflags(s.a2);
+    (e.load(F32, f, q1, 0), e.load(F32, f2, q2, 0))
+}
+
+/// The assembled interior's signature: `fn(x, dst, w, res, bias, s1, s2)`
+/// (`ukernels/dw_plane.rs`).
+fn interior_signature() -> Signature {
+    let mut sig = Signature::new(CallConv::SystemV);
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(I64));
+    }
+    for _ in 0..3 {
+        sig.params.push(AbiParam::new(F32));
+    }
+    sig
+}
+
 impl Kernel for Depthwise {
     fn describe(&self) -> String {
         let avx = match self.asm {
@@ -420,43 +485,13 @@ impl Kernel for Depthwise {
             let plane = e.b.ins().imul_imm_s(n, g.c as i64);
             let plane = e.b.ins().iadd(plane, ic);
             let src = e.index(x, plane, 4 * (g.h * g.w) as i64);
-            // where channel oc is stored (the shuffle permutes whole planes)
-            let (slot, pos) = if self.shuffle == 1 {
-                (u, oc)
-            } else {
-                let per = (g.o / self.shuffle) as i64;
-                let j = e.b.ins().urem_imm_u(oc, per);
-                let gi = e.b.ins().udiv_imm_u(oc, per);
-                let pos = e.b.ins().imul_imm_s(j, self.shuffle as i64);
-                let pos = e.b.ins().iadd(pos, gi);
-                let slot = e.b.ins().imul_imm_s(n, g.o as i64);
-                (e.b.ins().iadd(slot, pos), pos)
-            };
+            let (slot, pos) = self.stored_at(e, u, n, oc);
             let dst = e.index(out, slot, 4 * (g.ho * g.wo) as i64);
             // the residual plane has the output's layout
             let res_plane = res.map(|r| e.index(r, slot, 4 * (g.ho * g.wo) as i64));
-            let slope_vals = slopes.map(|(p1, p2, s, f)| {
-                // slopes of image n, stored channel pos: n·batch_stride + pos
-                let i = if s.batch_stride == 0 {
-                    pos
-                } else {
-                    let nb = e.b.ins().imul_imm_s(n, s.batch_stride as i64);
-                    e.b.ins().iadd(nb, pos)
-                };
-                let q1 = e.index(p1, i, 4);
-                let q2 = e.index(p2, i, 4);
-                let f2 = Emitter::rflags(s.a2);
-                (e.load(F32, f, q1, 0), e.load(F32, f2, q2, 0))
-            });
+            let slope_vals = slopes.map(|sl| slopes_of(e, sl, n, pos));
             let wp = w.map(|(w, f)| (e.index(w, oc, 4 * taps as i64), f));
-            let b = match (bias, self.bias, self.mode) {
-                (Some(bp), Some(bb), _) => {
-                    let p = e.index(bp, oc, 4);
-                    e.load(F32, Emitter::rflags(bb), p, 0)
-                }
-                (_, _, Mode::Max) => e.fc(f32::NEG_INFINITY),
-                _ => e.fc(0.0),
-            };
+            let b = self.start_value(e, bias, oc);
             let pre: Vec<(Value, Value)> = match wp {
                 Some((wp, f)) if taps <= MAX_REG_TAPS => (0..taps)
                     .map(|t| {
@@ -537,15 +572,7 @@ impl Kernel for Depthwise {
                 });
             }
             if let (Some((id, spec)), Some((wp, _))) = (self.asm, wp) {
-                // fn(x, dst, w, res, bias, s1, s2), see dw_plane
-                let mut sig = Signature::new(CallConv::SystemV);
-                for _ in 0..4 {
-                    sig.params.push(AbiParam::new(I64));
-                }
-                for _ in 0..3 {
-                    sig.params.push(AbiParam::new(F32));
-                }
-                let sig = e.b.import_signature(sig);
+                let sig = e.b.import_signature(interior_signature());
                 let first = (asm_rows.0 * sh) as i64 - pt as i64;
                 let x0 = e.off(
                     src,
