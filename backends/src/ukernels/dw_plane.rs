@@ -691,6 +691,58 @@ fn ymm_prologue(a: &mut CodeAssembler, s: &Spec) -> Result<(), IcedError> {
 /// r11 (AVX2): the same taps in the same order as [`chunk`], with
 /// `vmaskmovps` for masked loads and stores and a blend for the edge lanes'
 /// skipped taps.
+/// The ymm epilogue's constants: ymm13 zero, ymm14/15 as `act` needs.
+fn act_consts_ymm(a: &mut CodeAssembler, act: Act) -> Result<(), IcedError> {
+    match act {
+        Act::None | Act::DyRelu => {}
+        Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
+        Act::Relu => a.vxorps(ymm13, ymm13, ymm13)?,
+        Act::Relu6 | Act::HardSwish => {
+            a.vxorps(ymm13, ymm13, ymm13)?;
+            a.vmovups(ymm14, slot(Y_SIX))?;
+        }
+        Act::HardSigmoid => {
+            a.vxorps(ymm13, ymm13, ymm13)?;
+            a.vmovups(ymm14, slot(Y_SIXTH))?;
+            a.vmovups(ymm15, slot(Y_ONE))?;
+        }
+    }
+    Ok(())
+}
+
+/// `act` on the accumulator `x`, with [`act_consts_ymm`]'s constants in
+/// place (ymm15 is also the temporary where `act` needs no constant
+/// there): the formulas of `chunk`, operation for operation.
+fn activate_ymm(a: &mut CodeAssembler, act: Act, x: AsmRegisterYmm) -> Result<(), IcedError> {
+    match act {
+        Act::None => {}
+        Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
+        Act::Relu => a.vmaxps(x, ymm13, x)?,
+        Act::Relu6 => {
+            a.vmaxps(x, ymm13, x)?;
+            a.vminps(x, ymm14, x)?;
+        }
+        Act::DyRelu => {
+            a.vmulps(ymm15, x, slot(Y_S1))?;
+            a.vmulps(x, x, slot(Y_S2))?;
+            a.vmaxps(x, ymm15, x)?;
+        }
+        Act::HardSwish => {
+            a.vaddps(ymm15, x, slot(Y_THREE))?;
+            a.vmaxps(ymm15, ymm13, ymm15)?;
+            a.vminps(ymm15, ymm14, ymm15)?;
+            a.vmulps(x, x, ymm15)?;
+            a.vdivps(x, x, slot(Y_SIX))?;
+        }
+        Act::HardSigmoid => {
+            a.vfmadd213ps(x, ymm14, slot(Y_HALF))?;
+            a.vmaxps(x, ymm13, x)?;
+            a.vminps(x, ymm15, x)?;
+        }
+    }
+    Ok(())
+}
+
 fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedError> {
     let rows = b.rows;
     let w_row = (4 * s.w) as i32;
@@ -798,21 +850,7 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
             }
         }
     }
-    // the epilogue's constants: ymm13 zero, ymm14/15 as each needs
-    match s.act {
-        Act::None | Act::DyRelu => {}
-        Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
-        Act::Relu => a.vxorps(ymm13, ymm13, ymm13)?,
-        Act::Relu6 | Act::HardSwish => {
-            a.vxorps(ymm13, ymm13, ymm13)?;
-            a.vmovups(ymm14, slot(Y_SIX))?;
-        }
-        Act::HardSigmoid => {
-            a.vxorps(ymm13, ymm13, ymm13)?;
-            a.vmovups(ymm14, slot(Y_SIXTH))?;
-            a.vmovups(ymm15, slot(Y_ONE))?;
-        }
-    }
+    act_consts_ymm(a, s.act)?;
     // a chunk at an edge may still have all 8 output lanes: then its
     // residual and output need no mask
     let short = c.m < 8;
@@ -822,33 +860,7 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
     for r in 0..rows {
         let x = acc(r);
         let off = r as i32 * out_row;
-        // the formulas of `chunk`, operation for operation
-        match s.act {
-            Act::None => {}
-            Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
-            Act::Relu => a.vmaxps(x, ymm13, x)?,
-            Act::Relu6 => {
-                a.vmaxps(x, ymm13, x)?;
-                a.vminps(x, ymm14, x)?;
-            }
-            Act::DyRelu => {
-                a.vmulps(ymm15, x, slot(Y_S1))?;
-                a.vmulps(x, x, slot(Y_S2))?;
-                a.vmaxps(x, ymm15, x)?;
-            }
-            Act::HardSwish => {
-                a.vaddps(ymm15, x, slot(Y_THREE))?;
-                a.vmaxps(ymm15, ymm13, ymm15)?;
-                a.vminps(ymm15, ymm14, ymm15)?;
-                a.vmulps(x, x, ymm15)?;
-                a.vdivps(x, x, slot(Y_SIX))?;
-            }
-            Act::HardSigmoid => {
-                a.vfmadd213ps(x, ymm14, slot(Y_HALF))?;
-                a.vmaxps(x, ymm13, x)?;
-                a.vminps(x, ymm15, x)?;
-            }
-        }
+        activate_ymm(a, s.act, x)?;
         let res = ymmword_ptr(r11 + off);
         let dst = ymmword_ptr(r10 + off);
         if short {
