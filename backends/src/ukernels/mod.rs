@@ -1,6 +1,6 @@
 //! Micro-kernels assembled at compile time with iced-x86 (docs/ARCHITECTURE.md,
-//! "Micro-kernels"): typed specs of what each computes, one registry that
-//! assembles and caches them, and the emitters.
+//! "Tile levels" and "Assembled tiles"): typed specs of what each computes,
+//! one registry that assembles and caches them, and the emitters.
 //!
 //! - `tile.rs`: the GEMM tile contract shared by every ISA (variant,
 //!   calling convention, the K loop and activation constants both x86
