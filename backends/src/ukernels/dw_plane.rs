@@ -15,9 +15,9 @@
 //!
 //! One call computes the plane's interior rectangle, where every tap reads
 //! inside the input: `rows × cols` outputs, the geometry baked into the code
-//! as immediates (one function per shape and epilogue, cached by
-//! [`Spec::key`]). With a padding of one column, the plane's left and right
-//! edge columns are computed here too ([`Spec::left`], [`Spec::right`]):
+//! as immediates (one function per shape and epilogue, cached by its
+//! `Spec` in the registry). With a padding of one column, the plane's left
+//! and right edge columns are computed here too ([`Spec::left`], [`Spec::right`]):
 //! their lane skips the tap column that falls in the padding (a zero-masked
 //! load, so it is never read, and a merge-masked FMA, so the sum holds
 //! exactly the taps inside the input, in order). When it then computes
