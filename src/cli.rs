@@ -158,10 +158,15 @@ pub enum Command {
         /// With --explain: print JSON
         #[arg(long, requires = "explain")]
         json: bool,
-        /// Print the optimised graph instead: `ir` (.kir text) or `dot`
-        /// (Graphviz)
+        /// Print the optimised graph instead: `ir` (.kir text), `dot`
+        /// (Graphviz), `clif` (the JIT's Cranelift IR) or `plan` (the
+        /// kernel chosen for each node)
         #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "explain")]
         emit: Option<Emit>,
+        /// With --emit clif or plan: the widest GEMM tiles to use (default:
+        /// the widest the CPU has)
+        #[arg(long, value_enum, value_name = "LEVEL", requires = "emit")]
+        tiles: Option<Tiles>,
     },
     /// Compile a model with the JIT and time it: compile time, median and
     /// minimum latency, GFLOP/s, arena size
@@ -313,11 +318,12 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             explain: _,
             json,
             emit: format,
+            tiles,
         } => {
             // The optimiser needs weight values (batch-norm folding).
             let lo = model.options()?;
             let m = load(&model, &lo, io.err)?;
-            let (out, note) = cmd_opt(&m, json, format, lo.limits)?;
+            let (out, note) = cmd_opt(&m, json, format, tiles.map(Into::into), lo.limits)?;
             emit(io.err, &note)?;
             emit(io.out, &out)
         }

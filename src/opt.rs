@@ -17,15 +17,22 @@ pub enum Emit {
     /// the Cranelift IR of every kernel the JIT generates for the optimised
     /// graph, each annotated with the node it came from
     Clif,
+    /// the kernel plan: every kernel the JIT lowers the optimised graph to
+    /// (one thread), in run order, with the node it came from and the
+    /// assembled functions it calls
+    Plan,
 }
 
 /// Optimises `model` and renders the result: the report (text, or JSON with
 /// `json`), or the graph when `emit` is given; plus a note with the
 /// timings (for stderr: stdout stays reproducible).
+/// `tiles` caps the JIT's tile level for `clif` and `plan` (default: the
+/// host's widest).
 pub fn cmd_opt(
     model: &Model,
     json: bool,
     emit: Option<Emit>,
+    tiles: Option<kiln_backends::TileLevel>,
     limits: Limits,
 ) -> Result<(String, String), KilnError> {
     let opts = OptOptions {
@@ -33,15 +40,22 @@ pub fn cmd_opt(
         ..OptOptions::default()
     };
     let (opt, report) = optimize(model, &opts)?;
+    let mut jit = kiln_backends::CompileOptions {
+        limits,
+        ..kiln_backends::CompileOptions::default()
+    };
+    if let Some(t) = tiles {
+        jit.max_tiles = t;
+    }
     let out = match emit {
         Some(Emit::Ir) => text::print(&opt.graph),
         Some(Emit::Dot) => to_dot(&opt.graph)?,
-        Some(Emit::Clif) => {
-            let copts = kiln_backends::CompileOptions {
-                limits,
-                ..kiln_backends::CompileOptions::default()
-            };
-            kiln_backends::emit_clif(&opt, &copts)?
+        Some(Emit::Clif) => kiln_backends::emit_clif(&opt, &jit)?,
+        Some(Emit::Plan) => {
+            // unit sizes follow the thread count: one thread keeps the
+            // plan the same on every machine with the level
+            jit.threads = Some(1);
+            kiln_backends::kernel_plan(&opt, &jit)?
         }
         None if json => report.to_json() + "\n",
         None => report.explain(),

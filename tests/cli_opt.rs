@@ -73,6 +73,27 @@ fn emit_clif_prints_every_kernel_with_its_node() {
 }
 
 #[test]
+fn emit_plan_prints_every_kernel_at_the_tile_level_asked() {
+    let out = opt(&["--emit", "plan", "--tiles", "f32x4"])
+        .ok()
+        .to_string();
+    assert!(out.starts_with("tiles f32x4, "), "{out}");
+    assert!(out.contains(" 0 assembled functions"), "{out}");
+    let kernels = out.lines().filter(|l| l.starts_with('k')).count();
+    assert!(kernels >= 2, "{out}");
+    // the fused conv is one kernel of its own, named after its node
+    assert!(out.contains("(fused_conv): fused "), "{out}");
+    // the plan is what the JIT compiles: as many kernels as `--emit clif`
+    let clif = opt(&["--emit", "clif", "--tiles", "f32x4"])
+        .ok()
+        .to_string();
+    assert_eq!(clif.matches("\n; kernel k").count(), kernels, "{out}");
+    // --tiles only shapes code: without --emit it is a usage error
+    let line = opt(&["--tiles", "avx2"]).fails_with(2).to_string();
+    assert!(line.contains("--emit"), "{line}");
+}
+
+#[test]
 fn json_without_explain_and_explain_with_emit_are_usage_errors() {
     let line = opt(&["--json"]).fails_with(2).to_string();
     assert!(line.contains("--explain"), "{line}");

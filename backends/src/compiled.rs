@@ -33,13 +33,13 @@ use kiln_ir::{DType, Graph, Model, NodeId, Tensor, TensorData, TensorType, Value
 
 use crate::codegen::{AsmLink, Buf, ConstBase, Emitter, Env, I64, Loc, PowF};
 use crate::error::BackendError;
-use crate::kernels::asm_tile::AsmStore;
 use crate::kernels::gemm::{DEFAULT_TILE, Tile};
 use crate::kernels::{self, Kernel, NodeCx, Operand, Opt, copy::Copy};
 use crate::plan;
 use crate::runtime::pool::{KernelFn, Pool};
 use crate::runtime::{Arena, ConstMap, ConstStore};
 use crate::target::{Target, TileLevel};
+use crate::ukernels::Registry;
 
 /// Cranelift optimisation level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,8 +285,11 @@ pub(crate) struct Front {
     pub weights: kiln_ir::WeightStore,
     /// functions assembled with iced-x86 that the kernels call (placed by
     /// the JIT, or local functions of an object)
-    pub asm: AsmStore,
+    pub asm: Registry,
     pub lowered: Lowered,
+    /// the assembled functions each lowered node's kernels call, by the
+    /// node name in `lowered` ([`Registry::labels_since`]; none at `F32x4`)
+    pub asm_used: HashMap<String, Vec<String>>,
     /// each lowered node's work, by the node name in `lowered`
     pub work: HashMap<String, NodeWork>,
     pub plan: plan::Plan,
@@ -386,10 +389,11 @@ pub(crate) fn front(
     }
     let plan = plan::plan(g, &weight_addr, &opts.limits)?;
     let tiles = effective_tiles(tiles, opts);
-    let mut asm = AsmStore::new(tiles);
+    let mut asm = Registry::new(tiles);
     let use_asm = tiles > TileLevel::F32x4;
     let mut lowered: Lowered = Vec::new();
     let mut work = HashMap::new();
+    let mut asm_used = HashMap::new();
     for &id in &plan.kernels {
         let node = g.node(id);
         if node.outputs.iter().all(|o| o.ty.numel() == 0) {
@@ -426,6 +430,7 @@ pub(crate) fn front(
             ));
         }
         let name = g.display_node(id);
+        let mark = asm.request_count();
         let mut cx = NodeCx {
             name: name.clone(),
             op: &node.op,
@@ -440,6 +445,7 @@ pub(crate) fn front(
         for k in kernels::lower(&mut cx)? {
             lowered.push((name.clone(), k));
         }
+        asm_used.insert(name.clone(), asm.labels_since(mark));
         let bytes = g
             .operands(id)
             .iter()
@@ -478,6 +484,7 @@ pub(crate) fn front(
         weights: model.weights.clone(),
         asm,
         lowered,
+        asm_used,
         work,
         plan,
         consts,
@@ -606,7 +613,7 @@ pub(crate) fn kernel_isa<'t>(
 /// Places the assembled tiles in a JIT module of their own, finalised first
 /// so that their addresses can be baked into the kernels that call them.
 fn place_asm(
-    asm: &AsmStore,
+    asm: &Registry,
     target: &Target,
     modules: &mut Vec<JITModule>,
 ) -> Result<Vec<usize>, BackendError> {
@@ -617,7 +624,7 @@ fn place_asm(
         target.speed.clone(),
         default_libcall_names(),
     ));
-    let sig = kernels::asm_tile::signature();
+    let sig = crate::ukernels::tile::signature();
     let mut ids = Vec::new();
     for (i, code) in asm.code().iter().enumerate() {
         let id = module
@@ -763,6 +770,37 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
             modules
         }),
     })
+}
+
+/// The kernel plan of `model` for the host (capped by `opts`, like
+/// [`compile`]): the tile level, then every kernel in run order with the
+/// node it came from and what it computes, and after each node the
+/// assembled functions its kernels call. Lowering only, no code
+/// generation. For `kiln opt --emit plan` and the plan snapshots, which
+/// catch a kernel silently falling back to another path.
+pub fn kernel_plan(model: &Model, opts: &CompileOptions) -> Result<String, BackendError> {
+    let target = Target::host(false)?;
+    let front = front(model, opts, target.tiles)?;
+    let mut out = format!(
+        "tiles {}, {} kernels, {} assembled functions\n",
+        front.tiles,
+        front.lowered.len(),
+        front.asm.code().len()
+    );
+    for (i, (node, k)) in front.lowered.iter().enumerate() {
+        out.push_str(&format!("k{i} {node}: {}\n", k.describe()));
+        let last_of_node = front.lowered.get(i + 1).is_none_or(|(n, _)| n != node);
+        if let Some(used) = front
+            .asm_used
+            .get(node)
+            .filter(|u| last_of_node && !u.is_empty())
+        {
+            for label in used {
+                out.push_str(&format!("    asm {label}\n"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The Cranelift IR of every kernel `compile` would generate, each preceded

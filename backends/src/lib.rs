@@ -55,10 +55,11 @@ mod plan;
 mod runtime;
 mod scalarize;
 mod target;
+mod ukernels;
 
 pub use compiled::{
     CompileOptions, CompileStats, CompiledModel, Elems, ElemsMut, GemmTile, KernelTime, NodeWork,
-    OptLevel, TensorMut, TensorRef, compile, emit_clif, kernel_graph,
+    OptLevel, TensorMut, TensorRef, compile, emit_clif, kernel_graph, kernel_plan,
 };
 pub use error::BackendError;
 pub use target::TileLevel;

@@ -27,7 +27,7 @@ pub(crate) struct Target {
 }
 
 /// Which GEMM tiles (and other assembled functions) a target uses, from the
-/// narrowest to the widest; see DESIGN.md's micro-kernel seam.
+/// narrowest to the widest; see the micro-kernel seam in docs/ARCHITECTURE.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TileLevel {
     /// The Cranelift f32x4 tile (4×8) everywhere; nothing assembled.

@@ -2,7 +2,7 @@
 //! erf and the GELUs built on them) against `f64`, over dense sweeps. Each
 //! bound is the one documented in `codegen/math.rs`; the test prints what it
 //! measured. Every check runs at every level the host has: the assembled
-//! AVX-512 and AVX2 forms (`kernels/asm_unary.rs`: exp, sigmoid, SiLU) and
+//! AVX-512 and AVX2 forms (`ukernels/vector.rs`: exp, sigmoid, SiLU) and
 //! the Cranelift f32x4 forms.
 
 mod common;

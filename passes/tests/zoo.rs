@@ -1,5 +1,5 @@
 //! The optimiser on every zoo model: fused-op counts derived from the model
-//! specs' layer tables (shared/models/*.md), not from running the
+//! specs' layer tables (docs/models/*.md), not from running the
 //! optimiser; and, for the smallest model of each family, the optimised
 //! graph checked against the interpreter.
 

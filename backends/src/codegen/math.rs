@@ -12,7 +12,7 @@
 //! Maximum relative errors against `f64` over dense sweeps (2·10⁶ points),
 //! measured by `backends/tests/math.rs` on an AVX-512 Xeon with FMA; the
 //! test fails if one exceeds its documented bound. The assembled AVX-512
-//! forms of `exp`, `sigmoid` and SiLU (`kernels/asm_unary.rs`) are held to
+//! forms of `exp`, `sigmoid` and SiLU (`ukernels/vector.rs`) are held to
 //! the same bounds (measured: 8.4e-8, 1.5e-7, 1.7e-7):
 //!
 //! | function | domain swept | measured | documented bound |

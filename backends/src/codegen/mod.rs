@@ -88,7 +88,7 @@ pub(crate) struct Env {
 }
 
 /// How a kernel reaches the functions assembled at compile time
-/// (`kernels::asm_*`), by their number in the `AsmStore`.
+/// (`ukernels/`), by their number in the `Registry`.
 #[derive(Clone, Debug)]
 pub(crate) enum AsmLink {
     /// JIT: their absolute addresses (empty when only printing)

@@ -17,7 +17,7 @@
 //!   else f32x4 passes) and sums `P·X` per channel over the pixels (the
 //!   map's second and last read), times the gate (doubled here: `2·hsig`,
 //!   exact): on AVX-512 an assembled pass over blocks of up to 4 channels
-//!   (`asm_unary::assemble_m2f_px`, 16 pixels per step, one weight read
+//!   (`vector::assemble_m2f_px`, 16 pixels per step, one weight read
 //!   per block), else f32x4 lanes, one accumulator per token. `Wo`, `bo` and `z` are
 //!   a GEMM into the output and the shared layer-norm kernel finishes in
 //!   place.
@@ -27,7 +27,7 @@
 //!   f32x4 accumulators over the head's channels, their softmax runs across
 //!   the accumulators (lane-wise, in registers), and `y + Σ_m a_m V_m` is
 //!   stored channel by channel (one read of `y`, one write). On AVX-512
-//!   the run is one assembled call instead (`asm_unary::assemble_f2m_run`:
+//!   the run is one assembled call instead (`vector::assemble_f2m_run`:
 //!   16 pixels per step, the scores in zmm registers, K and V read
 //!   unsplatted by embedded broadcast, so [`Splat`] is skipped).
 //! - **`fused_mha`**: the projected sides go to scratch, then one unit per
@@ -49,10 +49,12 @@ use kiln_ir::fused::{Act, FusedOp};
 use super::epilogue::Epilogue;
 use super::gemm::{self, ASrc, BSrc, Gemm};
 use super::rows::{Fold, map_run, reduce_run};
-use super::{Kernel, Kernels, NodeCx, Operand, asm_unary, matmul, norm};
+use super::{Kernel, Kernels, NodeCx, Operand, matmul, norm};
 use crate::codegen::math::exp;
 use crate::codegen::{Buf, Emitter, F32, Loc, V4};
 use crate::error::BackendError;
+use crate::ukernels::Spec;
+use crate::ukernels::vector::{self, Width};
 
 /// The most tokens a bridge kernel takes: one f32x4 accumulator per token
 /// is live in its inner loops (Mobile-Former has 3–6 tokens).
@@ -419,16 +421,16 @@ struct M2fCore {
     /// output `[N, M, C]`
     ss: Buf,
     so: Buf,
-    /// the assembled row softmax, by its number in the `AsmStore`
+    /// the assembled row softmax, by its number in the `Registry`
     asm: Option<usize>,
-    /// the assembled `P·X` pass (`asm_unary::assemble_m2f_px`) for blocks
+    /// the assembled `P·X` pass (`vector::assemble_m2f_px`) for blocks
     /// of `cb` channels and for the head's last `dh mod cb`, only with the
     /// row softmax (it takes the weights normalised)
     px: Option<PxFns>,
 }
 
 /// The assembled `P·X` functions of an `M2fCore`, by their numbers in the
-/// `AsmStore`.
+/// `Registry`.
 #[derive(Clone, Copy)]
 struct PxFns {
     cb: usize,
@@ -466,7 +468,7 @@ impl Kernel for M2fCore {
         let ss = base(e, self.ss);
         let so = base(e, self.so);
         let wf = Emitter::wflags();
-        // fn(src, dst, n) of the assembled row softmax (asm_unary)
+        // fn(src, dst, n) of the assembled row softmax (vector)
         let asm = self.asm.map(|id| {
             let mut sig = Signature::new(CallConv::SystemV);
             for _ in 0..3 {
@@ -583,7 +585,7 @@ struct F2mCore {
     k: Buf,
     v: Buf,
     out: Buf,
-    /// the assembled run (`asm_unary::assemble_f2m_run`), which reads the
+    /// the assembled run (`vector::assemble_f2m_run`), which reads the
     /// projected `[N, M, C]` keys and values `kv` unsplatted
     asm: Option<(usize, [Buf; 2])>,
 }
@@ -974,231 +976,262 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
     if !has_kernel(f, &types) {
         return Err(cx.unsupported(format!("{} operands this kernel does not take", f.name())));
     }
+    match f {
+        FusedOp::M2fBridge { .. } => lower_m2f(cx, f, &types),
+        FusedOp::F2mBridge { .. } => lower_f2m(cx, f, &types),
+        FusedOp::Attention { .. } => lower_mha(cx, f, &types),
+        _ => Err(cx.unsupported(format!("{} has no attention kernel", f.name()))),
+    }
+}
+
+/// The Mobile→Former bridge: projections, scores, the core, the output projection and its layer norm.
+fn lower_m2f(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kernels, BackendError> {
+    let FusedOp::M2fBridge {
+        heads,
+        scale,
+        eps,
+        proj_q,
+        gate,
+    } = *f
+    else {
+        return Err(cx.unsupported(format!("{} is not fused_m2f", f.name())));
+    };
     let out = cx.outs[0].0;
     let mut ks: Kernels = Vec::new();
-    match *f {
-        FusedOp::M2fBridge {
-            heads,
-            scale,
-            eps,
-            proj_q,
-            gate,
-        } => {
-            let b = Bridge::of(&types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
-            let s = m2f_scratch(&b);
-            let l = m2f_layout(proj_q, gate);
-            let nmc = vec![b.n, b.m, b.c];
-            let (sq, sg, so) = (part(cx, &s, 0)?, part(cx, &s, 1)?, part(cx, &s, 3)?);
-            let q = match (l.wq, l.q) {
-                (Some((w, bias)), _) => {
-                    let z = operand(cx, 1);
-                    ks.extend(project(cx, z, w, bias, (sq, nmc.clone()), Epilogue::NONE)?);
-                    sq
-                }
-                (None, given) => cx.ins[given.unwrap_or(0)].buf,
-            };
-            let g = match (l.wa, l.g) {
-                (Some((w, bias)), _) => {
-                    let z = operand(cx, 1);
-                    let epi = Epilogue {
-                        act: Act::HardSigmoid,
-                        ..Epilogue::NONE
-                    };
-                    ks.extend(project(cx, z, w, bias, (sg, nmc.clone()), epi)?);
-                    sg
-                }
-                (None, given) => cx.ins[given.unwrap_or(0)].buf,
-            };
-            let asm = match cx.asm512() {
-                Some(store) => Some(
-                    store
-                        .request_named(
-                            asm_unary::SOFTMAX_ROW_KEY.into(),
-                            asm_unary::assemble_softmax_row,
-                        )
-                        .map_err(BackendError::Jit)?,
-                ),
-                None => None,
-            };
-            // scale·Q, so that the scores' GEMM has no alpha (the
-            // assembled tiles have none)
-            let sq2 = part(cx, &s, 4)?;
-            ks.push(Box::new(Scale {
-                src: q,
-                dst: sq2,
-                len: b.n * b.m * b.c,
-                k: scale.0,
-            }));
-            // the scores of every (image, head): Q_j [M, dh] · X_j [dh, L]
-            // with X read in place
-            let ss = part(cx, &s, 2)?;
-            let offs: Vec<[i64; 4]> = (0..b.n * heads)
-                .map(|u| {
-                    let (n, j) = (u / heads, u % heads);
-                    [
-                        (n * b.m * b.c + j * b.dh()) as i64,
-                        (u * b.dh() * b.l) as i64,
-                        (u * b.m * b.l) as i64,
-                        0,
-                    ]
-                })
-                .collect();
-            let gm = Gemm {
-                batch: b.n * heads,
-                offsets: gemm::offset_table(cx.consts, &offs),
-                title: Some(format!(
-                    "fused_m2f scores {}x{}x{} x{}",
-                    b.m,
-                    b.dh(),
-                    b.l,
-                    b.n * heads
-                )),
-                ..Gemm::new(
-                    "matmul",
-                    [b.m, b.l, b.dh()],
-                    ASrc::Strided {
-                        buf: sq2,
-                        rs: b.c as i64,
-                        ks: 1,
-                    },
-                    BSrc::Strided {
-                        buf: cx.ins[0].buf,
-                        ks: b.l as i64,
-                    },
-                    (ss, b.l as i64),
-                    matmul::tile_for(cx, true),
-                )
-            };
-            ks.push(Box::new(matmul::finish(cx, gm)?));
-            let px = match (asm, cx.asm512()) {
-                // (no channels: no pass, and no block size)
-                (Some(_), Some(store)) if b.dh() > 0 && asm_unary::m2f_px_fits(b.m, b.l, b.c) => {
-                    let (m, l, c) = (b.m, b.l, b.c);
-                    let mut get = |cb: usize| {
-                        store
-                            .request_named(asm_unary::m2f_px_key(m, l, c, cb, gate), || {
-                                asm_unary::assemble_m2f_px(m, l, c, cb, gate)
-                            })
-                            .map_err(BackendError::Jit)
-                    };
-                    let cb = asm_unary::m2f_px_block(m).min(b.dh());
-                    let tail = b.dh() % cb;
-                    Some(PxFns {
-                        cb,
-                        block: get(cb)?,
-                        tail: if tail > 0 { Some(get(tail)?) } else { None },
-                    })
-                }
-                _ => None,
-            };
-            ks.push(Box::new(M2fCore {
-                b,
-                x: cx.ins[0].buf,
-                g,
-                twice: gate,
-                ss,
-                so,
-                asm,
-                px,
-            }));
-            // out = z + og·Wo + bo, then the layer norm in place
+    let b = Bridge::of(types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
+    let s = m2f_scratch(&b);
+    let l = m2f_layout(proj_q, gate);
+    let nmc = vec![b.n, b.m, b.c];
+    let (sq, sg, so) = (part(cx, &s, 0)?, part(cx, &s, 1)?, part(cx, &s, 3)?);
+    let q = match (l.wq, l.q) {
+        (Some((w, bias)), _) => {
+            let z = operand(cx, 1);
+            ks.extend(project(cx, z, w, bias, (sq, nmc.clone()), Epilogue::NONE)?);
+            sq
+        }
+        (None, given) => cx.ins[given.unwrap_or(0)].buf,
+    };
+    let g = match (l.wa, l.g) {
+        (Some((w, bias)), _) => {
+            let z = operand(cx, 1);
             let epi = Epilogue {
-                residual: Some(cx.ins[1].buf),
+                act: Act::HardSigmoid,
                 ..Epilogue::NONE
             };
-            let og = scratch_operand(so, nmc);
-            ks.extend(project(
-                cx,
-                og,
-                l.tail,
-                l.tail + 1,
-                (out, vec![b.n, b.m, b.d]),
-                epi,
-            )?);
-            let params = [cx.ins[l.tail + 2].buf, cx.ins[l.tail + 3].buf];
-            ks.push(norm::layer_norm(out, params, out, b.d, b.n * b.m, eps.0));
+            ks.extend(project(cx, z, w, bias, (sg, nmc.clone()), epi)?);
+            sg
         }
-        FusedOp::F2mBridge { heads, scale } => {
-            let b = Bridge::of(&types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
-            let s = f2m_scratch(&b);
-            let (k, v) = (part(cx, &s, 0)?, part(cx, &s, 1)?);
-            let (k4, v4) = (part(cx, &s, 2)?, part(cx, &s, 3)?);
-            let nmc = vec![b.n, b.m, b.c];
-            for (dst, w) in [(k, 2), (v, 4)] {
-                let z = operand(cx, 1);
-                ks.extend(project(
-                    cx,
-                    z,
-                    w,
-                    w + 1,
-                    (dst, nmc.clone()),
-                    Epilogue::NONE,
-                )?);
-            }
-            let asm = match cx.asm512() {
-                Some(store) if asm_unary::f2m_fits(b.m, b.dh(), b.l, b.c) => {
-                    let (m, hc, l, c, sc) = (b.m, b.dh(), b.l, b.c, scale.0);
-                    let id = store
-                        .request_named(asm_unary::f2m_run_key(m, hc, l, c, sc), || {
-                            asm_unary::assemble_f2m_run(m, hc, l, c, sc)
-                        })
-                        .map_err(BackendError::Jit)?;
-                    Some((id, [Buf::input(k.loc), Buf::input(v.loc)]))
-                }
-                _ => None,
+        (None, given) => cx.ins[given.unwrap_or(0)].buf,
+    };
+    let asm = match cx.asm512() {
+        Some(store) => Some(
+            store
+                .request(Spec::SoftmaxRow(Width::Zmm))
+                .map_err(BackendError::Jit)?,
+        ),
+        None => None,
+    };
+    // scale·Q, so that the scores' GEMM has no alpha (the
+    // assembled tiles have none)
+    let sq2 = part(cx, &s, 4)?;
+    ks.push(Box::new(Scale {
+        src: q,
+        dst: sq2,
+        len: b.n * b.m * b.c,
+        k: scale.0,
+    }));
+    // the scores of every (image, head): Q_j [M, dh] · X_j [dh, L]
+    // with X read in place
+    let ss = part(cx, &s, 2)?;
+    let offs: Vec<[i64; 4]> = (0..b.n * heads)
+        .map(|u| {
+            let (n, j) = (u / heads, u % heads);
+            [
+                (n * b.m * b.c + j * b.dh()) as i64,
+                (u * b.dh() * b.l) as i64,
+                (u * b.m * b.l) as i64,
+                0,
+            ]
+        })
+        .collect();
+    let gm = Gemm {
+        batch: b.n * heads,
+        offsets: gemm::offset_table(cx.consts, &offs),
+        title: Some(format!(
+            "fused_m2f scores {}x{}x{} x{}",
+            b.m,
+            b.dh(),
+            b.l,
+            b.n * heads
+        )),
+        ..Gemm::new(
+            "matmul",
+            [b.m, b.l, b.dh()],
+            ASrc::Strided {
+                buf: sq2,
+                rs: b.c as i64,
+                ks: 1,
+            },
+            BSrc::Strided {
+                buf: cx.ins[0].buf,
+                ks: b.l as i64,
+            },
+            (ss, b.l as i64),
+            matmul::tile_for(cx, true),
+        )
+    };
+    ks.push(Box::new(matmul::finish(cx, gm)?));
+    let px = match (asm, cx.asm512()) {
+        // (no channels: no pass, and no block size)
+        (Some(_), Some(store)) if b.dh() > 0 && vector::m2f_px_fits(b.m, b.l, b.c) => {
+            let (m, l, c) = (b.m, b.l, b.c);
+            let mut get = |cb: usize| {
+                store
+                    .request(Spec::M2fPx {
+                        m,
+                        l,
+                        c,
+                        cb,
+                        twice: gate,
+                    })
+                    .map_err(BackendError::Jit)
             };
-            // the f32x4 form reads the tokens splatted; the assembled one
-            // broadcasts them itself
-            if asm.is_none() {
-                ks.push(Box::new(Splat {
-                    n: b.n,
-                    m: b.m,
-                    c: b.c,
-                    arrays: vec![(k, k4), (v, v4)],
-                }));
-            }
-            ks.push(Box::new(F2mCore {
-                b,
-                scale: scale.0,
-                y: cx.ins[0].buf,
-                k: k4,
-                v: v4,
-                out,
-                asm,
-            }));
+            let cb = vector::m2f_px_block(m).min(b.dh());
+            let tail = b.dh() % cb;
+            Some(PxFns {
+                cb,
+                block: get(cb)?,
+                tail: if tail > 0 { Some(get(tail)?) } else { None },
+            })
         }
-        FusedOp::Attention {
-            scale,
-            proj_q,
-            proj_k,
-            proj_v,
-            ..
-        } => {
-            let a = mha_of(f, &types).ok_or_else(|| cx.unsupported("attention shape"))?;
-            let s = mha_scratch(&a);
-            let rows = [a.tq, a.tk, a.tk];
-            let dout = [a.d, a.d, a.dvo];
-            let mut w = 3;
-            let mut qkv = [cx.ins[0].buf, cx.ins[1].buf, cx.ins[2].buf];
-            for (side, on) in [proj_q, proj_k, proj_v].into_iter().enumerate() {
-                if on {
-                    let dst = part(cx, &s, side)?;
-                    let x = operand(cx, side);
-                    let shape = vec![a.b, rows[side], dout[side]];
-                    ks.extend(project(cx, x, w, w + 1, (dst, shape), Epilogue::NONE)?);
-                    qkv[side] = dst;
-                    w += 2;
-                }
-            }
-            ks.push(Box::new(MhaKernel {
-                a,
-                scale: scale.0,
-                qkv,
-                srow: part(cx, &s, 3)?,
-                out,
-            }));
-        }
-        _ => return Err(cx.unsupported(format!("{} has no attention kernel", f.name()))),
+        _ => None,
+    };
+    ks.push(Box::new(M2fCore {
+        b,
+        x: cx.ins[0].buf,
+        g,
+        twice: gate,
+        ss,
+        so,
+        asm,
+        px,
+    }));
+    // out = z + og·Wo + bo, then the layer norm in place
+    let epi = Epilogue {
+        residual: Some(cx.ins[1].buf),
+        ..Epilogue::NONE
+    };
+    let og = scratch_operand(so, nmc);
+    ks.extend(project(
+        cx,
+        og,
+        l.tail,
+        l.tail + 1,
+        (out, vec![b.n, b.m, b.d]),
+        epi,
+    )?);
+    let params = [cx.ins[l.tail + 2].buf, cx.ins[l.tail + 3].buf];
+    ks.push(norm::layer_norm(out, params, out, b.d, b.n * b.m, eps.0));
+    Ok(ks)
+}
+
+/// The Former→Mobile bridge: the token projections, then the per-pixel core.
+fn lower_f2m(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kernels, BackendError> {
+    let FusedOp::F2mBridge { heads, scale } = *f else {
+        return Err(cx.unsupported(format!("{} is not fused_f2m", f.name())));
+    };
+    let out = cx.outs[0].0;
+    let mut ks: Kernels = Vec::new();
+    let b = Bridge::of(types, heads).ok_or_else(|| cx.unsupported("bridge shape"))?;
+    let s = f2m_scratch(&b);
+    let (k, v) = (part(cx, &s, 0)?, part(cx, &s, 1)?);
+    let (k4, v4) = (part(cx, &s, 2)?, part(cx, &s, 3)?);
+    let nmc = vec![b.n, b.m, b.c];
+    for (dst, w) in [(k, 2), (v, 4)] {
+        let z = operand(cx, 1);
+        ks.extend(project(
+            cx,
+            z,
+            w,
+            w + 1,
+            (dst, nmc.clone()),
+            Epilogue::NONE,
+        )?);
     }
+    let asm = match cx.asm512() {
+        Some(store) if vector::f2m_fits(b.m, b.dh(), b.l, b.c) => {
+            let (m, hc, l, c, sc) = (b.m, b.dh(), b.l, b.c, scale.0);
+            let id = store
+                .request(Spec::F2mRun {
+                    m,
+                    hc,
+                    l,
+                    c,
+                    scale: sc.to_bits(),
+                })
+                .map_err(BackendError::Jit)?;
+            Some((id, [Buf::input(k.loc), Buf::input(v.loc)]))
+        }
+        _ => None,
+    };
+    // the f32x4 form reads the tokens splatted; the assembled one
+    // broadcasts them itself
+    if asm.is_none() {
+        ks.push(Box::new(Splat {
+            n: b.n,
+            m: b.m,
+            c: b.c,
+            arrays: vec![(k, k4), (v, v4)],
+        }));
+    }
+    ks.push(Box::new(F2mCore {
+        b,
+        scale: scale.0,
+        y: cx.ins[0].buf,
+        k: k4,
+        v: v4,
+        out,
+        asm,
+    }));
+    Ok(ks)
+}
+
+/// Multi-head attention: the optional Q/K/V projections, then the core.
+fn lower_mha(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kernels, BackendError> {
+    let FusedOp::Attention {
+        scale,
+        proj_q,
+        proj_k,
+        proj_v,
+        ..
+    } = *f
+    else {
+        return Err(cx.unsupported(format!("{} is not fused_mha", f.name())));
+    };
+    let out = cx.outs[0].0;
+    let mut ks: Kernels = Vec::new();
+    let a = mha_of(f, types).ok_or_else(|| cx.unsupported("attention shape"))?;
+    let s = mha_scratch(&a);
+    let rows = [a.tq, a.tk, a.tk];
+    let dout = [a.d, a.d, a.dvo];
+    let mut w = 3;
+    let mut qkv = [cx.ins[0].buf, cx.ins[1].buf, cx.ins[2].buf];
+    for (side, on) in [proj_q, proj_k, proj_v].into_iter().enumerate() {
+        if on {
+            let dst = part(cx, &s, side)?;
+            let x = operand(cx, side);
+            let shape = vec![a.b, rows[side], dout[side]];
+            ks.extend(project(cx, x, w, w + 1, (dst, shape), Epilogue::NONE)?);
+            qkv[side] = dst;
+            w += 2;
+        }
+    }
+    ks.push(Box::new(MhaKernel {
+        a,
+        scale: scale.0,
+        qkv,
+        srow: part(cx, &s, 3)?,
+        out,
+    }));
     Ok(ks)
 }

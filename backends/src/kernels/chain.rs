@@ -518,7 +518,7 @@ fn stage_gemm(
 ) -> Result<Gemm, BackendError> {
     let tile = match cx.asm.as_deref() {
         Some(store) => {
-            let (mr, nr) = store.tile_shape_for(m, n, k);
+            let (mr, nr) = gemm::asm_shape_for(store.level(), m, n, k);
             Tile { mr, nv: nr / 4 }
         }
         None => cx.tile,
@@ -545,6 +545,27 @@ fn stage_gemm(
     let mut gm = matmul::finish(cx, gm)?;
     gm.one_unit_per_batch();
     Ok(gm)
+}
+
+/// The depthwise conv of one band: window → band, its rows all inside (the
+/// window holds the halo; only the columns are padded).
+fn band_geom(p: &Plan) -> Geom {
+    Geom {
+        n: 1,
+        c: p.e,
+        h: p.window(),
+        w: p.w,
+        o: p.e,
+        cg: 1,
+        kh: p.kh,
+        kw: p.kw,
+        ho: p.rows,
+        wo: p.wo,
+        stride: p.stride,
+        pad: [0, p.pad[1], 0, p.pad[3]],
+        dil: [1, 1],
+        groups: p.e,
+    }
 }
 
 /// Lowers a `fused_conv_chain` that [`has_kernel`].
@@ -635,23 +656,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     } else {
         None
     };
-    // the depthwise conv of one band: window → band, rows all inside
-    let g = Geom {
-        n: 1,
-        c: p.e,
-        h: p.window(),
-        w: p.w,
-        o: p.e,
-        cg: 1,
-        kh: p.kh,
-        kw: p.kw,
-        ho: p.rows,
-        wo: p.wo,
-        stride: p.stride,
-        pad: [0, p.pad[1], 0, p.pad[3]],
-        dil: [1, 1],
-        groups: p.e,
-    };
+    let g = band_geom(&p);
     let w1 = cx.ins[l.w[1]].buf;
     let depthwise = Box::new(depthwise::kernel(
         cx,

@@ -474,28 +474,7 @@ pub(crate) fn lower_with(
         &out_ty.shape,
     )
     .ok_or_else(|| cx.unsupported("not a conv2d"))?;
-    let title = matches!(cx.op, Op::Fused(_)).then(|| {
-        let kind = if g.is_depthwise() {
-            "depthwise"
-        } else if g.is_pointwise() {
-            "pointwise"
-        } else {
-            "im2col"
-        };
-        format!(
-            "fused {kind} conv {}→{} {}x{}{}{}",
-            g.c,
-            g.o,
-            g.kh,
-            g.kw,
-            epi.suffix(bias.is_some()),
-            if shuffle > 1 {
-                format!(" shuffle {shuffle}")
-            } else {
-                String::new()
-            }
-        )
-    });
+    let title = conv_title(cx.op, &g, &epi, bias.is_some(), shuffle);
     if shuffle == 0 || !g.o.is_multiple_of(shuffle) {
         return Err(cx.unsupported(format!("a shuffle in {shuffle} groups of {} channels", g.o)));
     }
@@ -518,107 +497,21 @@ pub(crate) fn lower_with(
     // panel shapes; otherwise the Cranelift tile of the options.
     let tile = match cx.asm.as_deref() {
         Some(store) if cx.ins[1].data.is_some() => {
-            let (mr, nr) = store.tile_shape_for(rows, p, k);
+            let (mr, nr) = gemm::asm_shape_for(store.level(), rows, p, k);
             Tile { mr, nv: nr / 4 }
         }
         _ => cx.tile,
     };
     let mut kernels: Kernels = Vec::new();
-    let mut banded: Option<(Im2col, usize)> = None;
     // im2col band by band inside the GEMM kernel (see `BandedConv`)
     let band = band_rows(&g, shuffle, cx.ins[1].data.is_some());
-    let (b, b_off): (BSrc, Box<dyn Fn(usize, usize) -> i64>) = if g.is_pointwise() {
-        let chw = g.c * g.h * g.w;
-        let cghw = g.cg * g.h * g.w;
-        (
-            BSrc::Strided {
-                buf: cx.ins[0].buf,
-                ks: p as i64,
-            },
-            Box::new(move |n, gi| (n * chw + gi * cghw) as i64),
-        )
-    } else {
-        // An empty im2col matrix (a zero-sized dimension) is never read:
-        // the plan gives it no bytes, and any location will do.
-        let col = match cx.scratch {
-            Some(b) => b,
-            None if g.im2col_len() == 0 => Buf::output(Loc::Arena(0)),
-            None => return Err(cx.unsupported("im2col scratch was not planned")),
-        };
-        let im2col = Im2col {
-            x: cx.ins[0].buf,
-            col,
-            g,
-        };
-        match band {
-            Some(r) => {
-                // batch (image, band) reads its own band of the matrix
-                let per = k * r * g.wo;
-                let bands = g.ho / r;
-                banded = Some((im2col, r));
-                (
-                    BSrc::Strided {
-                        buf: Buf::input(col.loc),
-                        ks: (r * g.wo) as i64,
-                    },
-                    Box::new(move |n, bi| ((n * bands + bi) * per) as i64),
-                )
-            }
-            None => {
-                kernels.push(Box::new(im2col));
-                let per = k * p;
-                (
-                    BSrc::Strided {
-                        buf: Buf::input(col.loc),
-                        ks: p as i64,
-                    },
-                    Box::new(move |n, gi| ((n * groups + gi) * per) as i64),
-                )
-            }
-        }
-    };
-    if shuffle > 1
-        && let Some(s) = epi.slopes
-    {
-        // the slopes are indexed by stored channel: copy them into row
-        // order behind the im2col matrix
-        let at = match cx.scratch.map(|b| b.loc) {
-            Some(Loc::Arena(off)) => off + im2col_bytes(&g),
-            _ => return Err(cx.unsupported("slope scratch was not planned")),
-        };
-        kernels.push(Box::new(UnshuffleSlopes {
-            a1: s.a1,
-            a2: s.a2,
-            dst: Buf::output(Loc::Arena(at)),
-            channels: g.o,
-            shuffle,
-        }));
-        epi.slopes = Some(Slopes {
-            a1: Buf::input(Loc::Arena(at)),
-            a2: Buf::input(Loc::Arena(at + 4 * g.o)),
-            batch_stride: 0,
-        });
+    let BSide { b, b_off, banded } = conv_b(cx, g, band, k, &mut kernels)?;
+    if shuffle > 1 {
+        unshuffle_slopes(cx, &g, &mut epi, shuffle, &mut kernels)?;
     }
     // A, one block of `rows` rows per GEMM batch
     let blocks = groups * subs;
-    let (a, a_per_block) = match cx.ins[1].data {
-        Some(w) => {
-            let mut packed = Vec::with_capacity(blocks * gemm::packed_a_len(rows, k, tile.mr));
-            for blk in 0..blocks {
-                packed.extend(gemm::pack_a(&w[blk * rows * k..], rows, k, k, 1, tile.mr));
-            }
-            let addr = cx.consts.add(&packed);
-            (ASrc::Packed { addr }, gemm::packed_a_len(rows, k, tile.mr))
-        }
-        None => (
-            ASrc::Strided {
-                buf: cx.ins[1].buf,
-                rs: k as i64,
-                ks: 1,
-            },
-            rows * k,
-        ),
-    };
+    let (a, a_per_block) = conv_a(cx, rows, k, blocks, tile.mr);
     let mut offs = Vec::with_capacity(g.n * blocks);
     if let Some(r) = band {
         // one group, one block: batch (image, band) writes the band's
@@ -687,6 +580,167 @@ pub(crate) fn lower_with(
         None => kernels.push(Box::new(gm)),
     }
     Ok(kernels)
+}
+
+/// Element offset of batch `(image, group or band)` into the GEMM's B.
+type BOffset = Box<dyn Fn(usize, usize) -> i64>;
+
+/// A conv's GEMM operand B, from [`conv_b`].
+struct BSide {
+    b: BSrc,
+    b_off: BOffset,
+    /// the im2col and band height of a banded conv (`BandedConv`)
+    banded: Option<(Im2col, usize)>,
+}
+
+/// The GEMM's B: the activations in place (pointwise), the whole im2col
+/// matrix (filled by a kernel pushed to `kernels` first), or the bands the
+/// GEMM kernel fills itself (`band`: the im2col and its band height are
+/// returned for `BandedConv`); and batch `(image, group or band)`'s offset
+/// into it.
+fn conv_b(
+    cx: &NodeCx,
+    g: Geom,
+    band: Option<usize>,
+    k: usize,
+    kernels: &mut Kernels,
+) -> Result<BSide, BackendError> {
+    let p = g.ho * g.wo;
+    let groups = g.groups;
+    let mut banded = None;
+    let (b, b_off): (BSrc, BOffset) = if g.is_pointwise() {
+        let chw = g.c * g.h * g.w;
+        let cghw = g.cg * g.h * g.w;
+        (
+            BSrc::Strided {
+                buf: cx.ins[0].buf,
+                ks: p as i64,
+            },
+            Box::new(move |n, gi| (n * chw + gi * cghw) as i64),
+        )
+    } else {
+        // An empty im2col matrix (a zero-sized dimension) is never read:
+        // the plan gives it no bytes, and any location will do.
+        let col = match cx.scratch {
+            Some(b) => b,
+            None if g.im2col_len() == 0 => Buf::output(Loc::Arena(0)),
+            None => return Err(cx.unsupported("im2col scratch was not planned")),
+        };
+        let im2col = Im2col {
+            x: cx.ins[0].buf,
+            col,
+            g,
+        };
+        match band {
+            Some(r) => {
+                // batch (image, band) reads its own band of the matrix
+                let per = k * r * g.wo;
+                let bands = g.ho / r;
+                banded = Some((im2col, r));
+                (
+                    BSrc::Strided {
+                        buf: Buf::input(col.loc),
+                        ks: (r * g.wo) as i64,
+                    },
+                    Box::new(move |n, bi| ((n * bands + bi) * per) as i64),
+                )
+            }
+            None => {
+                kernels.push(Box::new(im2col));
+                let per = k * p;
+                (
+                    BSrc::Strided {
+                        buf: Buf::input(col.loc),
+                        ks: p as i64,
+                    },
+                    Box::new(move |n, gi| ((n * groups + gi) * per) as i64),
+                )
+            }
+        }
+    };
+    Ok(BSide { b, b_off, banded })
+}
+
+/// The description of a fused conv's kernel (`None` for a plain conv2d).
+fn conv_title(op: &Op, g: &Geom, epi: &Epilogue, bias: bool, shuffle: usize) -> Option<String> {
+    matches!(op, Op::Fused(_)).then(|| {
+        let kind = if g.is_depthwise() {
+            "depthwise"
+        } else if g.is_pointwise() {
+            "pointwise"
+        } else {
+            "im2col"
+        };
+        format!(
+            "fused {kind} conv {}→{} {}x{}{}{}",
+            g.c,
+            g.o,
+            g.kh,
+            g.kw,
+            epi.suffix(bias),
+            if shuffle > 1 {
+                format!(" shuffle {shuffle}")
+            } else {
+                String::new()
+            }
+        )
+    })
+}
+
+/// A shuffled conv's dynamic-ReLU slopes are indexed by stored channel:
+/// a kernel copies them into row order behind the im2col matrix, and the
+/// epilogue reads that copy.
+fn unshuffle_slopes(
+    cx: &NodeCx,
+    g: &Geom,
+    epi: &mut Epilogue,
+    shuffle: usize,
+    kernels: &mut Kernels,
+) -> Result<(), BackendError> {
+    let Some(s) = epi.slopes else {
+        return Ok(());
+    };
+    let at = match cx.scratch.map(|b| b.loc) {
+        Some(Loc::Arena(off)) => off + im2col_bytes(g),
+        _ => return Err(cx.unsupported("slope scratch was not planned")),
+    };
+    kernels.push(Box::new(UnshuffleSlopes {
+        a1: s.a1,
+        a2: s.a2,
+        dst: Buf::output(Loc::Arena(at)),
+        channels: g.o,
+        shuffle,
+    }));
+    epi.slopes = Some(Slopes {
+        a1: Buf::input(Loc::Arena(at)),
+        a2: Buf::input(Loc::Arena(at + 4 * g.o)),
+        batch_stride: 0,
+    });
+    Ok(())
+}
+
+/// The weights as the GEMM's A, one block of `rows` rows per batch: packed
+/// when constant, read in place otherwise; and the elements between
+/// consecutive blocks.
+fn conv_a(cx: &mut NodeCx, rows: usize, k: usize, blocks: usize, mr: usize) -> (ASrc, usize) {
+    match cx.ins[1].data {
+        Some(w) => {
+            let mut packed = Vec::with_capacity(blocks * gemm::packed_a_len(rows, k, mr));
+            for blk in 0..blocks {
+                packed.extend(gemm::pack_a(&w[blk * rows * k..], rows, k, k, 1, mr));
+            }
+            let addr = cx.consts.add(&packed);
+            (ASrc::Packed { addr }, gemm::packed_a_len(rows, k, mr))
+        }
+        None => (
+            ASrc::Strided {
+                buf: cx.ins[1].buf,
+                rs: k as i64,
+                ks: 1,
+            },
+            rows * k,
+        ),
+    }
 }
 
 fn cx_err(node: &str, msg: &str) -> BackendError {

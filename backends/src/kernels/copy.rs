@@ -316,13 +316,6 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     let xs = contiguous(&x.ty.shape);
     let (out_buf, out_ty) = cx.outs[0].clone();
     let out = out_ty.shape.clone();
-    let region = |dims: &[usize], dst_strides, dst_off, src_strides, src_off, dst, src| {
-        Region::copy(
-            Nest::new(dims, vec![dst_strides, src_strides], vec![dst_off, src_off]),
-            dst,
-            src,
-        )
-    };
     let kernel: Box<dyn Kernel> = match cx.op {
         Op::Transpose { perm } => {
             let src: Vec<i64> = perm.iter().map(|&p| xs[p]).collect();
@@ -406,75 +399,107 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
             ]);
         }
         Op::Pad { pads, mode, .. } => {
-            let r = out.len();
-            let maps: Vec<Vec<i64>> = (0..r)
-                .map(|d| {
-                    let n = x.ty.shape[d] as i64;
-                    (0..out[d] as i64)
-                        .map(|o| {
-                            let i = o - pads[d] as i64;
-                            let j = if *mode == PadMode::Reflect {
-                                // mirror without repeating the edge
-                                let period = 2 * (n - 1).max(1);
-                                let m = i.rem_euclid(period);
-                                if m < n { m } else { period - m }
-                            } else {
-                                i.clamp(0, n - 1)
-                            };
-                            j * xs[d]
-                        })
-                        .collect()
-                })
-                .collect();
+            let maps = pad_maps(&x.ty.shape, &xs, &out, pads, *mode);
             let table = table_of(cx, &out, &maps)?;
             return Ok(vec![table_copy(cx, table, 0.0)]);
         }
-        Op::Gather {
-            axis,
-            indices,
-            indices_shape: _,
-        } => {
-            let d = x.ty.shape[*axis] as i64;
-            let outer: usize = x.ty.shape[..*axis].iter().product();
-            let inner: usize = x.ty.shape[*axis + 1..].iter().product();
-            let idx: Vec<i64> = indices
-                .iter()
-                .map(|&i| if i < 0 { i + d } else { i })
-                .collect();
-            if idx.len() <= 16 {
-                // one strided region per index: vector copies, no table
-                let n = idx.len();
-                let dims = [outer, inner];
-                let regions = idx
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &i)| {
-                        region(
-                            &dims,
-                            vec![(n * inner) as i64, 1],
-                            (j * inner) as i64,
-                            vec![d * inner as i64, 1],
-                            i * inner as i64,
-                            out_buf,
-                            x.buf,
-                        )
-                    })
-                    .collect();
-                Box::new(Copy::new("gather", regions))
-            } else {
-                let dims = [outer, idx.len(), inner];
-                let maps = vec![
-                    (0..outer as i64).map(|o| o * d * inner as i64).collect(),
-                    idx.iter().map(|&i| i * inner as i64).collect(),
-                    (0..inner as i64).collect(),
-                ];
-                let table = table_of(cx, &dims, &maps)?;
-                return Ok(vec![table_copy(cx, table, 0.0)]);
-            }
-        }
+        Op::Gather { axis, indices, .. } => return gather(cx, *axis, indices),
         other => return Err(cx.unsupported(format!("{} is not a copy", other.name()))),
     };
     Ok(vec![kernel])
+}
+
+/// A copy region: `dims` walked with the destination's and the source's
+/// strides and offsets.
+fn region(
+    dims: &[usize],
+    dst_strides: Vec<i64>,
+    dst_off: i64,
+    src_strides: Vec<i64>,
+    src_off: i64,
+    dst: Buf,
+    src: Buf,
+) -> Region {
+    Region::copy(
+        Nest::new(dims, vec![dst_strides, src_strides], vec![dst_off, src_off]),
+        dst,
+        src,
+    )
+}
+
+/// Per output dim, the source offset of every output index of an edge or
+/// reflect pad of `shape` (strides `xs`) to `out`.
+fn pad_maps(
+    shape: &[usize],
+    xs: &[i64],
+    out: &[usize],
+    pads: &[usize],
+    mode: PadMode,
+) -> Vec<Vec<i64>> {
+    let r = out.len();
+    (0..r)
+        .map(|d| {
+            let n = shape[d] as i64;
+            (0..out[d] as i64)
+                .map(|o| {
+                    let i = o - pads[d] as i64;
+                    let j = if mode == PadMode::Reflect {
+                        // mirror without repeating the edge
+                        let period = 2 * (n - 1).max(1);
+                        let m = i.rem_euclid(period);
+                        if m < n { m } else { period - m }
+                    } else {
+                        i.clamp(0, n - 1)
+                    };
+                    j * xs[d]
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A gather along `axis`: one strided region per index when there are a
+/// few, an index table otherwise.
+fn gather(cx: &mut NodeCx, axis: usize, indices: &[i64]) -> Result<Kernels, BackendError> {
+    let x = &cx.ins[0];
+    let out_buf = cx.outs[0].0;
+    let d = x.ty.shape[axis] as i64;
+    let outer: usize = x.ty.shape[..axis].iter().product();
+    let inner: usize = x.ty.shape[axis + 1..].iter().product();
+    let idx: Vec<i64> = indices
+        .iter()
+        .map(|&i| if i < 0 { i + d } else { i })
+        .collect();
+    if idx.len() <= 16 {
+        // one strided region per index: vector copies, no table
+        let n = idx.len();
+        let dims = [outer, inner];
+        let regions = idx
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                region(
+                    &dims,
+                    vec![(n * inner) as i64, 1],
+                    (j * inner) as i64,
+                    vec![d * inner as i64, 1],
+                    i * inner as i64,
+                    out_buf,
+                    x.buf,
+                )
+            })
+            .collect();
+        Ok(vec![Box::new(Copy::new("gather", regions))])
+    } else {
+        let dims = [outer, idx.len(), inner];
+        let maps = vec![
+            (0..outer as i64).map(|o| o * d * inner as i64).collect(),
+            idx.iter().map(|&i| i * inner as i64).collect(),
+            (0..inner as i64).collect(),
+        ];
+        let table = table_of(cx, &dims, &maps)?;
+        Ok(vec![table_copy(cx, table, 0.0)])
+    }
 }
 
 /// The flat index table of a nest whose per-dim source offsets are `maps`;

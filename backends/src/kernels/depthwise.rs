@@ -11,7 +11,7 @@
 //! it). Stride-2 columns are gathered with two loads and a shuffle where
 //! the second load stays inside the row, element by element at the edge.
 //! With AVX-512 or AVX2, 3×3 interiors (and their one-column left and right
-//! edges) are assembled (`asm_dw`), one call per plane; the border rows stay
+//! edges) are assembled (`dw_plane`), one call per plane; the border rows stay
 //! here.
 //!
 //! Every output element sums `bias + Σ_i Σ_j x·w` in the same order on every
@@ -29,11 +29,13 @@ use cranelift_codegen::isa::CallConv;
 use kiln_ir::fused::Act;
 
 use super::conv::Geom;
-use super::epilogue::Epilogue;
+use super::epilogue::{Epilogue, Slopes};
 use super::{Kernel, Kernels, NodeCx};
-use super::{asm_dw, asm_unary};
 use crate::codegen::{Buf, Emitter, F32, V4};
 use crate::error::BackendError;
+use crate::ukernels::Spec;
+use crate::ukernels::dw_plane;
+use crate::ukernels::vector;
 
 /// What the window computes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,10 +65,10 @@ struct Depthwise {
     epi: Epilogue,
     /// what a fused kernel computes, for descriptions
     title: Option<String>,
-    /// the assembled interior (`asm_dw`, AVX-512 or AVX2) by its number in
-    /// the `AsmStore`, and its geometry
-    asm: Option<(usize, asm_dw::Spec)>,
-    /// the assembled silu (`asm_unary`) the sweep calls, by its number
+    /// the assembled interior (`dw_plane`, AVX-512 or AVX2) by its number in
+    /// the `Registry`, and its geometry
+    asm: Option<(usize, dw_plane::Spec)>,
+    /// the assembled silu (`vector`) the sweep calls, by its number
     asm_silu: Option<usize>,
     /// channel-shuffle groups of the output (1 = none): output channel `oc`
     /// is stored, and takes its slopes and residual, at
@@ -372,6 +374,71 @@ impl Depthwise {
     }
 }
 
+impl Depthwise {
+    /// Where output channel `oc` of image `n` (unit `u`) is stored: its
+    /// plane's slot and its stored channel (the shuffle permutes whole
+    /// planes).
+    fn stored_at(&self, e: &mut Emitter, u: Value, n: Value, oc: Value) -> (Value, Value) {
+        if self.shuffle == 1 {
+            return (u, oc);
+        }
+        let o = self.g.o;
+        let per = (o / self.shuffle) as i64;
+        let j = e.b.ins().urem_imm_u(oc, per);
+        let gi = e.b.ins().udiv_imm_u(oc, per);
+        let pos = e.b.ins().imul_imm_s(j, self.shuffle as i64);
+        let pos = e.b.ins().iadd(pos, gi);
+        let slot = e.b.ins().imul_imm_s(n, o as i64);
+        (e.b.ins().iadd(slot, pos), pos)
+    }
+
+    /// The accumulators' start: channel `oc`'s bias (at `bias`, the base
+    /// of `self.bias`), else the pooling identity.
+    fn start_value(&self, e: &mut Emitter, bias: Option<Value>, oc: Value) -> Value {
+        match (bias, self.bias, self.mode) {
+            (Some(bp), Some(bb), _) => {
+                let p = e.index(bp, oc, 4);
+                e.load(F32, Emitter::rflags(bb), p, 0)
+            }
+            (_, _, Mode::Max) => e.fc(f32::NEG_INFINITY),
+            _ => e.fc(0.0),
+        }
+    }
+}
+
+/// The dynamic ReLU's slopes of image `n`, stored channel `pos`
+/// (`n·batch_stride + pos`), from the bases of `a1` and `a2`.
+fn slopes_of(
+    e: &mut Emitter,
+    (p1, p2, s, f): (Value, Value, Slopes, MemFlagsData),
+    n: Value,
+    pos: Value,
+) -> (Value, Value) {
+    let i = if s.batch_stride == 0 {
+        pos
+    } else {
+        let nb = e.b.ins().imul_imm_s(n, s.batch_stride as i64);
+        e.b.ins().iadd(nb, pos)
+    };
+    let q1 = e.index(p1, i, 4);
+    let q2 = e.index(p2, i, 4);
+    let f2 = Emitter::rflags(s.a2);
+    (e.load(F32, f, q1, 0), e.load(F32, f2, q2, 0))
+}
+
+/// The assembled interior's signature: `fn(x, dst, w, res, bias, s1, s2)`
+/// (`ukernels/dw_plane.rs`).
+fn interior_signature() -> Signature {
+    let mut sig = Signature::new(CallConv::SystemV);
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(I64));
+    }
+    for _ in 0..3 {
+        sig.params.push(AbiParam::new(F32));
+    }
+    sig
+}
+
 impl Kernel for Depthwise {
     fn describe(&self) -> String {
         let avx = match self.asm {
@@ -418,43 +485,13 @@ impl Kernel for Depthwise {
             let plane = e.b.ins().imul_imm_s(n, g.c as i64);
             let plane = e.b.ins().iadd(plane, ic);
             let src = e.index(x, plane, 4 * (g.h * g.w) as i64);
-            // where channel oc is stored (the shuffle permutes whole planes)
-            let (slot, pos) = if self.shuffle == 1 {
-                (u, oc)
-            } else {
-                let per = (g.o / self.shuffle) as i64;
-                let j = e.b.ins().urem_imm_u(oc, per);
-                let gi = e.b.ins().udiv_imm_u(oc, per);
-                let pos = e.b.ins().imul_imm_s(j, self.shuffle as i64);
-                let pos = e.b.ins().iadd(pos, gi);
-                let slot = e.b.ins().imul_imm_s(n, g.o as i64);
-                (e.b.ins().iadd(slot, pos), pos)
-            };
+            let (slot, pos) = self.stored_at(e, u, n, oc);
             let dst = e.index(out, slot, 4 * (g.ho * g.wo) as i64);
             // the residual plane has the output's layout
             let res_plane = res.map(|r| e.index(r, slot, 4 * (g.ho * g.wo) as i64));
-            let slope_vals = slopes.map(|(p1, p2, s, f)| {
-                // slopes of image n, stored channel pos: n·batch_stride + pos
-                let i = if s.batch_stride == 0 {
-                    pos
-                } else {
-                    let nb = e.b.ins().imul_imm_s(n, s.batch_stride as i64);
-                    e.b.ins().iadd(nb, pos)
-                };
-                let q1 = e.index(p1, i, 4);
-                let q2 = e.index(p2, i, 4);
-                let f2 = Emitter::rflags(s.a2);
-                (e.load(F32, f, q1, 0), e.load(F32, f2, q2, 0))
-            });
+            let slope_vals = slopes.map(|sl| slopes_of(e, sl, n, pos));
             let wp = w.map(|(w, f)| (e.index(w, oc, 4 * taps as i64), f));
-            let b = match (bias, self.bias, self.mode) {
-                (Some(bp), Some(bb), _) => {
-                    let p = e.index(bp, oc, 4);
-                    e.load(F32, Emitter::rflags(bb), p, 0)
-                }
-                (_, _, Mode::Max) => e.fc(f32::NEG_INFINITY),
-                _ => e.fc(0.0),
-            };
+            let b = self.start_value(e, bias, oc);
             let pre: Vec<(Value, Value)> = match wp {
                 Some((wp, f)) if taps <= MAX_REG_TAPS => (0..taps)
                     .map(|t| {
@@ -535,15 +572,7 @@ impl Kernel for Depthwise {
                 });
             }
             if let (Some((id, spec)), Some((wp, _))) = (self.asm, wp) {
-                // fn(x, dst, w, res, bias, s1, s2), see asm_dw
-                let mut sig = Signature::new(CallConv::SystemV);
-                for _ in 0..4 {
-                    sig.params.push(AbiParam::new(I64));
-                }
-                for _ in 0..3 {
-                    sig.params.push(AbiParam::new(F32));
-                }
-                let sig = e.b.import_signature(sig);
+                let sig = e.b.import_signature(interior_signature());
                 let first = (asm_rows.0 * sh) as i64 - pt as i64;
                 let x0 = e.off(
                     src,
@@ -604,7 +633,7 @@ pub(crate) fn kernel(
         Some((store, w)) => match asm_spec(g, &epi, w) {
             Some(spec) => Some((
                 store
-                    .request_named(spec.key(), || asm_dw::assemble(&spec))
+                    .request(Spec::DwPlane(spec))
                     .map_err(BackendError::Jit)?,
                 spec,
             )),
@@ -616,10 +645,10 @@ pub(crate) fn kernel(
     // depthwise conv (MobileViTv2) run at a third of its plain speed
     let asm_silu = match cx.asm_width() {
         Some((store, w)) if epi.act == Act::Silu => {
-            let f = asm_unary::Func::Silu;
+            let f = vector::Func::Silu;
             Some(
                 store
-                    .request_named(f.key(w), || asm_unary::assemble(f, w))
+                    .request(Spec::Unary(f, w))
                     .map_err(BackendError::Jit)?,
             )
         }
@@ -643,14 +672,14 @@ pub(crate) fn kernel(
 /// The assembled interior for a conv of geometry `g` with epilogue `epi` at
 /// width `width`: 3×3, undilated, horizontal stride 1 or 2, a non-empty
 /// interior (at AVX2, at least 8 output columns).
-fn asm_spec(g: Geom, epi: &Epilogue, width: asm_unary::Width) -> Option<asm_dw::Spec> {
+fn asm_spec(g: Geom, epi: &Epilogue, width: vector::Width) -> Option<dw_plane::Spec> {
     if g.kh != 3 || g.kw != 3 || g.dil != [1, 1] || !matches!(g.stride[1], 1 | 2) {
         return None;
     }
     // AVX2 planes narrower than one ymm are all masked chunk, where the
     // f32x4 code was faster (`depthwise_conv` bench, 576×7×7: 9.5 against
     // 11.1 GFLOP/s)
-    if width == asm_unary::Width::Ymm && g.wo < 8 {
+    if width == vector::Width::Ymm && g.wo < 8 {
         return None;
     }
     let (oh_lo, oh_hi) = interior(g.ho, g.h, g.kh, g.stride[0], g.dil[0], g.pad[0]);
@@ -662,15 +691,12 @@ fn asm_spec(g: Geom, epi: &Epilogue, width: asm_unary::Width) -> Option<asm_dw::
     let (top, bottom) = asm_edge_rows(g);
     // what the Cranelift row applies inline; swept activations (and then
     // the residual) stay in the sweep over the plane
-    let act = match epi.act {
-        Act::Relu => asm_dw::Act::Relu,
-        Act::Relu6 => asm_dw::Act::Relu6,
-        Act::DyRelu => asm_dw::Act::DyRelu,
-        Act::HardSwish => asm_dw::Act::HardSwish,
-        Act::HardSigmoid => asm_dw::Act::HardSigmoid,
-        Act::None | Act::Silu | Act::Gelu => asm_dw::Act::None,
+    let act = if dw_plane::assembles(epi.act) {
+        epi.act
+    } else {
+        Act::None
     };
-    Some(asm_dw::Spec {
+    Some(dw_plane::Spec {
         sh: g.stride[0],
         sw: g.stride[1],
         w: g.w,

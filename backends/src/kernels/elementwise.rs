@@ -15,13 +15,13 @@ use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::ir::{AbiParam, Signature};
 use cranelift_codegen::isa::CallConv;
 
-use super::asm_tile::AsmStore;
-use super::asm_unary;
 use super::nest::{Nest, broadcast_strides, contiguous};
 use super::{Kernel, Kernels, NodeCx};
 use crate::codegen::math::{self, clamp};
 use crate::codegen::{Buf, Emitter, F32, V4};
 use crate::error::BackendError;
+use crate::ukernels::vector;
+use crate::ukernels::{Registry, Spec};
 
 /// The per-element function.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -173,8 +173,8 @@ pub(crate) struct Elementwise {
     nest: Nest,
     bufs: Vec<Buf>,
     /// the assembled form of a unary `func` over contiguous data
-    /// (`asm_unary`), by its number in the `AsmStore`, and its width
-    asm: Option<(usize, asm_unary::Width)>,
+    /// (`vector`), by its number in the `Registry`, and its width
+    asm: Option<(usize, vector::Width)>,
 }
 
 impl Elementwise {
@@ -190,22 +190,18 @@ impl Elementwise {
 
     /// Uses the assembled form of the function (width `w`) when there is
     /// one and every operand is contiguous along the innermost dimension.
-    fn request_asm(
-        &mut self,
-        store: &mut AsmStore,
-        w: asm_unary::Width,
-    ) -> Result<(), BackendError> {
+    fn request_asm(&mut self, store: &mut Registry, w: vector::Width) -> Result<(), BackendError> {
         let Func::Unary(u) = self.func else {
             return Ok(());
         };
-        let Some(f) = asm_unary::Func::of(u) else {
+        let Some(f) = vector::Func::of(u) else {
             return Ok(());
         };
         if self.bufs.len() != 2 || (0..2).any(|k| self.nest.inner_stride(k) != 1) {
             return Ok(());
         }
         let id = store
-            .request_named(f.key(w), || asm_unary::assemble(f, w))
+            .request(Spec::Unary(f, w))
             .map_err(BackendError::Jit)?;
         self.asm = Some((id, w));
         Ok(())
@@ -239,7 +235,7 @@ impl Kernel for Elementwise {
     fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
         let bases: Vec<Value> = self.bufs.iter().map(|&b| e.base(b)).collect();
         if let Some((id, _)) = self.asm {
-            // one call per chunk: fn(src, dst, n) (asm_unary)
+            // one call per chunk: fn(src, dst, n) (vector)
             let mut sig = Signature::new(CallConv::SystemV);
             for _ in 0..3 {
                 sig.params.push(AbiParam::new(I64));

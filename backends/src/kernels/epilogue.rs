@@ -8,7 +8,6 @@ use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use kiln_ir::UnaryOp;
 use kiln_ir::fused::Act;
 
-use super::asm_tile;
 use super::elementwise::{Func, apply};
 use crate::codegen::{Buf, Emitter};
 
@@ -75,19 +74,10 @@ impl Epilogue {
         )
     }
 
-    /// The activation as the assembled AVX-512 tile applies it, or `None`
-    /// when the driver must apply it (GELU) in a sweep after the tile.
-    pub fn asm_act(&self) -> Option<asm_tile::Act> {
-        Some(match self.act {
-            Act::None => asm_tile::Act::None,
-            Act::Relu => asm_tile::Act::Relu,
-            Act::Relu6 => asm_tile::Act::Relu6,
-            Act::HardSwish => asm_tile::Act::HardSwish,
-            Act::HardSigmoid => asm_tile::Act::HardSigmoid,
-            Act::DyRelu => asm_tile::Act::DyRelu,
-            Act::Silu => asm_tile::Act::Silu,
-            Act::Gelu => return None,
-        })
+    /// The activation as the assembled tiles apply it, or `None` when the
+    /// driver must apply it (GELU) in a sweep after the tile.
+    pub fn asm_act(&self) -> Option<Act> {
+        crate::ukernels::tile::assembles(self.act).then_some(self.act)
     }
 
     /// Applies the activation to `x` of lane type `ty` (`F32` or `V4`);

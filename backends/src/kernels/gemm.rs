@@ -18,7 +18,7 @@
 //! residual laid out like C) applied to the accumulators right before the
 //! store: in the Cranelift tile on the f32x4 accumulators; in the assembled
 //! tiles (AVX-512 shapes fitted per GEMM by [`asm_tile_for`], or AVX2
-//! 6×16, by the `AsmStore`'s level) as vector
+//! 6×16, by the `Registry`'s level) as vector
 //! instructions, except GELU, which the driver applies
 //! in a sweep over the tile the assembled code just wrote (still in L1),
 //! together with the residual. The Cranelift tile sweeps its expensive
@@ -30,13 +30,15 @@
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value};
 use cranelift_frontend::Variable;
 
-use super::asm_tile::{self, AsmStore};
-use super::asm_tile_avx2;
 use super::epilogue::Epilogue;
 use super::{Kernel, Opt};
 use crate::codegen::{Buf, Emitter, F32, I64, Loc, V4};
 use crate::runtime::ConstStore;
 use crate::target::TileLevel;
+use crate::ukernels::avx2::tile as avx2_tile;
+use crate::ukernels::avx512::tile as avx512_tile;
+use crate::ukernels::tile::{self, Bias};
+use crate::ukernels::{Registry, Spec};
 use kiln_ir::fused::Act;
 
 /// Where A (`M×K`, broadcast element by element) comes from.
@@ -96,13 +98,13 @@ pub(crate) struct Tile {
 pub(crate) const DEFAULT_TILE: Tile = Tile { mr: 4, nv: 2 };
 
 /// Whether the assembled tiles of `level` come in shape `tile`: at AVX-512
-/// 16, 32, 48 or 64 columns with up to `asm_tile::max_rows` rows, at AVX2
+/// 16, 32, 48 or 64 columns with up to `avx512_tile::max_rows` rows, at AVX2
 /// only 6×16.
 pub(crate) fn level_fits(level: TileLevel, tile: Tile) -> bool {
     let nr = 4 * tile.nv;
     match level {
-        TileLevel::Avx512 => asm_tile::max_rows(nr).is_some_and(|r| (1..=r).contains(&tile.mr)),
-        TileLevel::Avx2 => (tile.mr, nr) == (asm_tile_avx2::MR, asm_tile_avx2::NR),
+        TileLevel::Avx512 => avx512_tile::max_rows(nr).is_some_and(|r| (1..=r).contains(&tile.mr)),
+        TileLevel::Avx2 => (tile.mr, nr) == (avx2_tile::MR, avx2_tile::NR),
         TileLevel::F32x4 => false,
     }
 }
@@ -148,15 +150,15 @@ pub(crate) fn asm_tile_for(level: TileLevel, m: usize, n: usize, k: usize) -> Ti
     // 14.5 GFLOP/s) although it hides the FMA latency better.
     if level != TileLevel::Avx512 || m <= 1 || n == 0 {
         return match level {
-            TileLevel::Avx2 => shape(asm_tile_avx2::MR, asm_tile_avx2::NR),
-            _ => shape(asm_tile::MR, asm_tile::NR),
+            TileLevel::Avx2 => shape(avx2_tile::MR, avx2_tile::NR),
+            _ => shape(avx512_tile::MR, avx512_tile::NR),
         };
     }
     let k = k.max(1);
-    let default = gemm_cycles(m, n, k, asm_tile::MR, asm_tile::NR);
-    let mut best = (0.97 * default, shape(asm_tile::MR, asm_tile::NR));
+    let default = gemm_cycles(m, n, k, avx512_tile::MR, avx512_tile::NR);
+    let mut best = (0.97 * default, shape(avx512_tile::MR, avx512_tile::NR));
     for nr in [16, 32, 48, 64] {
-        let rows = asm_tile::max_rows(nr).unwrap_or(1);
+        let rows = avx512_tile::max_rows(nr).unwrap_or(1);
         for mr in 1..=rows.min(m) {
             let c = gemm_cycles(m, n, k, mr, nr);
             if c < best.0 {
@@ -165,6 +167,13 @@ pub(crate) fn asm_tile_for(level: TileLevel, m: usize, n: usize, k: usize) -> Ti
         }
     }
     best.1
+}
+
+/// [`asm_tile_for`] as (rows, columns): what conv.rs, matmul.rs and
+/// chain.rs pack the weights for.
+pub(crate) fn asm_shape_for(level: TileLevel, m: usize, n: usize, k: usize) -> (usize, usize) {
+    let t = asm_tile_for(level, m, n, k);
+    (t.mr, 4 * t.nv)
 }
 
 /// A batched GEMM. See the module docs.
@@ -222,7 +231,7 @@ pub(crate) struct AsmTiles {
     /// the instruction set they are assembled for (the shape is the
     /// GEMM's `tile`)
     pub level: TileLevel,
-    /// variant numbers in the `AsmStore`, by
+    /// variant numbers in the `Registry`, by
     /// `4·packs + 2·(rows < MR) + (columns < NR)`, where `packs` marks the
     /// variants that copy B into the run-time panel as they read it
     pub ids: [Option<usize>; 8],
@@ -432,7 +441,7 @@ impl Gemm {
     /// of a tile then fall into one L1 set and evict each other on every
     /// tile. The copy costs `K·NR` moves per column tile and is reused by
     /// every row block; with assembled tiles the first row block's tile
-    /// makes it while it reads B (`asm_tile::Variant::b_pack`).
+    /// makes it while it reads B (`tile::Variant::b_pack`).
     fn packs_b_at_run_time(&self) -> bool {
         matches!(self.b, BSrc::Strided { .. })
             && self.k * self.nr() * 4 <= MAX_STACK_PANEL
@@ -486,7 +495,7 @@ impl Gemm {
     /// Assembles the tile variants this GEMM needs (full tiles, and the
     /// row and column tails it has) at the store's level and switches it to
     /// calling them.
-    pub fn request_asm(&mut self, store: &mut AsmStore) -> Result<(), String> {
+    pub fn request_asm(&mut self, store: &mut Registry) -> Result<(), String> {
         if !self.asm_compatible(store.level()) || self.m == 0 || self.n == 0 {
             return Ok(());
         }
@@ -510,7 +519,7 @@ impl Gemm {
             if mr == 0 || nt == 0 || (slot < 2 && self.m < tmr) || (slot % 2 == 0 && self.n < tnr) {
                 continue;
             }
-            let v = asm_tile::Variant {
+            let v = tile::Variant {
                 k: self.k,
                 mr,
                 nt,
@@ -522,22 +531,22 @@ impl Gemm {
                 b_pack: false,
                 c_rs: self.c_rs as usize,
                 bias: match self.init {
-                    Init::Zero => asm_tile::Bias::None,
-                    Init::Row(_) => asm_tile::Bias::Row,
-                    Init::Col(_) => asm_tile::Bias::Col,
+                    Init::Zero => Bias::None,
+                    Init::Row(_) => Bias::Row,
+                    Init::Col(_) => Bias::Col,
                 },
                 // GELU: the sweep after the call does act and residual
-                act: self.epi.asm_act().unwrap_or(asm_tile::Act::None),
+                act: self.epi.asm_act().unwrap_or(Act::None),
                 residual: self.epi.residual.is_some() && self.epi.asm_act().is_some(),
             };
-            ids[slot] = Some(store.request(v)?);
+            ids[slot] = Some(store.request(Spec::Tile(v))?);
             if let (true, BSrc::Strided { ks, .. }) = (runtime_pack, self.b) {
-                ids[4 + slot] = Some(store.request(asm_tile::Variant {
+                ids[4 + slot] = Some(store.request(Spec::Tile(tile::Variant {
                     b_ks: ks as usize,
                     b_padded: false,
                     b_pack: true,
                     ..v
-                })?);
+                }))?);
             }
         }
         self.asm = Some(AsmTiles {
@@ -550,7 +559,7 @@ impl Gemm {
     /// Calls assembled variant `id` on the tile at `p` (`mr × nt`), then
     /// sweeps the activation and residual the tile could not apply.
     fn call_asm(&self, e: &mut Emitter, p: TilePtrs, id: usize, mr: usize, nt: usize) {
-        let sig = e.b.import_signature(asm_tile::signature());
+        let sig = e.b.import_signature(tile::signature());
         let f = e.asm_fn(id);
         let zero = e.ic(0);
         let (s1, s2) = p.slopes.unwrap_or((zero, zero));

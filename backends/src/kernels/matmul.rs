@@ -62,7 +62,7 @@ pub(crate) fn tile_for(cx: &NodeCx, asm_ok: bool) -> Tile {
 pub(crate) fn tile_for_shape(cx: &NodeCx, asm_ok: bool, m: usize, n: usize, k: usize) -> Tile {
     match cx.asm.as_deref() {
         Some(store) if asm_ok => {
-            let (mr, nr) = store.tile_shape_for(m, n, k);
+            let (mr, nr) = gemm::asm_shape_for(store.level(), m, n, k);
             Tile { mr, nv: nr / 4 }
         }
         _ => cx.tile,

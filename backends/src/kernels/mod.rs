@@ -13,10 +13,6 @@
 //! which order (so results are identical for every thread count), and units
 //! never write the same bytes.
 
-pub(crate) mod asm_dw;
-pub(crate) mod asm_tile;
-pub(crate) mod asm_tile_avx2;
-pub(crate) mod asm_unary;
 pub(crate) mod attention;
 pub(crate) mod chain;
 pub(crate) mod conv;
@@ -41,6 +37,8 @@ use kiln_ir::{DType, Graph, NodeId, Op, TensorType, UnaryOp};
 use crate::codegen::{Buf, Emitter};
 use crate::error::BackendError;
 use crate::runtime::ConstStore;
+use crate::ukernels::Registry;
+use crate::ukernels::vector::Width;
 
 /// Which Cranelift optimisation level a kernel wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,24 +98,24 @@ pub(crate) struct NodeCx<'a> {
     pub consts: &'a mut ConstStore,
     /// assembled functions (GEMM tiles at the store's level, AVX2 or
     /// AVX-512), when the target has them and the options allow them
-    pub asm: Option<&'a mut asm_tile::AsmStore>,
+    pub asm: Option<&'a mut Registry>,
 }
 
 impl NodeCx<'_> {
     /// The store, if its level is AVX-512 (for assembled functions that
     /// exist only at that width).
-    pub fn asm512(&mut self) -> Option<&mut asm_tile::AsmStore> {
+    pub fn asm512(&mut self) -> Option<&mut Registry> {
         self.asm
             .as_deref_mut()
             .filter(|s| s.level() == crate::target::TileLevel::Avx512)
     }
 
     /// The store and the vector width of its level, for the assembled
-    /// functions that exist at both AVX2 and AVX-512 (`asm_unary`,
-    /// `asm_dw`): each op gets the widest correct code for the target.
-    pub fn asm_width(&mut self) -> Option<(&mut asm_tile::AsmStore, asm_unary::Width)> {
+    /// functions that exist at both AVX2 and AVX-512 (`ukernels/vector.rs`,
+    /// `ukernels/dw_plane.rs`): each op gets the widest correct code for the target.
+    pub fn asm_width(&mut self) -> Option<(&mut Registry, Width)> {
         let store = self.asm.as_deref_mut()?;
-        let w = asm_unary::Width::of(store.level())?;
+        let w = Width::of(store.level())?;
         Some((store, w))
     }
 

@@ -10,13 +10,13 @@
 //!   one vector operation per element column; the results are scattered
 //!   back. A per-row loop spent its time in scalar `exp` and loop overhead.
 //!   On AVX-512 (AVX2) hosts a block is 16 (8) rows, and one call per chunk of units
-//!   runs an assembled loop over them (`asm_unary::assemble_softmax_lanes`:
+//!   runs an assembled loop over them (`vector::assemble_softmax_lanes`:
 //!   a register transpose by masked `vpermps`); otherwise 4 rows in f32x4
 //!   (scalar loads and lane inserts), a loop over units. A final partial
 //!   block computes its missing lanes on zeros without touching memory, so
 //!   every row goes through the same code whatever the thread split.
 //! - **Longer contiguous rows**: on AVX-512 or AVX2 hosts one call per row
-//!   to the assembled row softmax (`asm_unary::assemble_softmax_row_at`: 16
+//!   to the assembled row softmax (`ukernels/vector.rs, `assemble_softmax_row``: 16
 //!   or 8 lanes);
 //!   otherwise a vector max, a vector pass computing and summing the
 //!   exponentials, and a vector scale.
@@ -29,18 +29,19 @@ use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Signature, Type
 use cranelift_codegen::isa::CallConv;
 use kiln_ir::Op;
 
-use super::asm_unary;
 use super::rows::{Fold, map_run, reduce_run};
 use super::{Kernel, Kernels, NodeCx};
 use crate::codegen::math::exp;
 use crate::codegen::{Buf, Emitter, F32, V4};
 use crate::error::BackendError;
+use crate::ukernels::Spec;
+use crate::ukernels::vector;
 
 /// Rows per unit of the Cranelift short-row form: one per f32x4 lane.
 const BLOCK: usize = 4;
 
 /// The longest contiguous row that takes the short-row form.
-const SHORT: usize = asm_unary::LANES_MAX_LEN;
+const SHORT: usize = vector::LANES_MAX_LEN;
 
 struct Softmax {
     x: Buf,
@@ -49,9 +50,9 @@ struct Softmax {
     len: usize,
     inner: usize,
     /// the assembled row softmax (long rows) or short-row softmax, by its
-    /// number in the `AsmStore`, and its width (a short-row block is one
+    /// number in the `Registry`, and its width (a short-row block is one
     /// row per lane)
-    asm: Option<(usize, asm_unary::Width)>,
+    asm: Option<(usize, vector::Width)>,
 }
 
 impl Softmax {
@@ -142,7 +143,7 @@ impl Kernel for Softmax {
         let wf = Emitter::wflags();
         let (len, inner) = (self.len, self.inner);
         let row = 4 * (len * inner) as i64;
-        // fn(src, dst, n) of the assembled forms (asm_unary)
+        // fn(src, dst, n) of the assembled forms (vector)
         let asm = self.asm.map(|(id, _)| {
             let mut sig = Signature::new(CallConv::SystemV);
             for _ in 0..3 {
@@ -289,13 +290,9 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     {
         let id = if k.short() {
             let len = k.len;
-            store.request_named(asm_unary::softmax_lanes_key(len, w), || {
-                asm_unary::assemble_softmax_lanes(len, w)
-            })
+            store.request(Spec::SoftmaxLanes { len, width: w })
         } else {
-            store.request_named(asm_unary::softmax_row_key(w), || {
-                asm_unary::assemble_softmax_row_at(w)
-            })
+            store.request(Spec::SoftmaxRow(w))
         };
         k.asm = Some((id.map_err(BackendError::Jit)?, w));
     }

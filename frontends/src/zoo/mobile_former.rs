@@ -1,5 +1,5 @@
 //! Mobile-Former (Chen et al., CVPR 2022), all seven ImageNet variants,
-//! built per `shared/models/mobile-former.md` with the reference
+//! built per `docs/models/mobile-former.md` with the reference
 //! checkpoint's (AAboys/MobileFormer) weight names and layouts.
 //!
 //! The block builders are public so that tests can build one block on a

@@ -1,5 +1,5 @@
 //! MobileViTv2 (Mehta & Rastegari, 2022), the seven widths 0.5 … 2.0, built
-//! per `shared/models/mobilevitv2.md` with timm's state-dict names and
+//! per `docs/models/mobilevitv2.md` with timm's state-dict names and
 //! layouts (`timm/models/mobilevit.py`), so that a timm checkpoint saved as
 //! safetensors binds as is (1×1 convs stay `[out,in,1,1]` convs, the
 //! classifier is a `[1000, C5]` Linear).

@@ -1,5 +1,5 @@
 //! XFormer-R: a **reconstruction** of XFormer (Zhao et al., arXiv
-//! 2207.07268) per `shared/models/xformer.md` sections 2–3. Neither the
+//! 2207.07268) per `docs/models/xformer.md` sections 2–3. Neither the
 //! paper's XFA formula nor its layout could be verified; this is the
 //! MobileViT-S skeleton with every self-attention replaced by XFA-R (XCiT's
 //! cross-covariance attention). It must be reported as "XFormer-R

@@ -2,7 +2,7 @@
 """Independent reference outputs for the zoo's block-level tests.
 
 Each block is computed here straight from the formulas of the model specs
-(shared/models/mobile-former.md sections 2.3-2.5, 2.8; mobilevitv2.md
+(docs/models/mobile-former.md sections 2.3-2.5, 2.8; mobilevitv2.md
 sections 2.2-2.4; xformer.md section 2) in float64 numpy -- per-head loops,
 explicit index formulas for unfold/fold -- not by mirroring the graph the
 Rust builder emits. For every case it writes, under <case>/:

@@ -15,9 +15,9 @@
 //!
 //! One call computes the plane's interior rectangle, where every tap reads
 //! inside the input: `rows × cols` outputs, the geometry baked into the code
-//! as immediates (one function per shape and epilogue, cached by
-//! [`Spec::key`]). With a padding of one column, the plane's left and right
-//! edge columns are computed here too ([`Spec::left`], [`Spec::right`]):
+//! as immediates (one function per shape and epilogue, cached by its
+//! `Spec` in the registry). With a padding of one column, the plane's left
+//! and right edge columns are computed here too ([`Spec::left`], [`Spec::right`]):
 //! their lane skips the tap column that falls in the padding (a zero-masked
 //! load, so it is never read, and a merge-masked FMA, so the sum holds
 //! exactly the taps inside the input, in order). When it then computes
@@ -41,7 +41,7 @@
 //! inline (none, relu, relu6, the dynamic ReLU, and with this kernel also
 //! hard-swish and hard-sigmoid; then the residual), with the element-wise
 //! kernels' formulas; silu and GELU are left to the driver's sweep over
-//! the plane, silu by the assembled `asm_unary` function.
+//! the plane, silu by the assembled `vector.rs` function.
 //!
 //! Calling convention: System V, `fn(x, dst, w, res, bias, s1, s2)`: `x`
 //! points at the top-left tap of the first interior output (rdi), `dst` and
@@ -53,24 +53,17 @@
 
 use iced_x86::code_asm::*;
 
-use super::asm_unary::{self, Width, ymm};
+use super::vector::{self, Width, ymm};
 
-/// The activation applied in registers (those the Cranelift row applies
-/// inline; the others are swept by the driver).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Act {
-    /// nothing
-    None,
-    /// `x < 0 ? 0 : x`
-    Relu,
-    /// `clamp(x, 0, 6)`
-    Relu6,
-    /// `max(x·s1, x·s2)`
-    DyRelu,
-    /// `x·clamp(x + 3, 0, 6) / 6`
-    HardSwish,
-    /// `clamp(x/6 + 1/2, 0, 1)` (one FMA)
-    HardSigmoid,
+/// The activations: the IR's own vocabulary. The interiors apply those the
+/// Cranelift row applies inline ([`assembles`]); the driver sweeps the
+/// others over the plane.
+pub(crate) use kiln_ir::fused::Act;
+
+/// Whether the assembled interiors apply `act` in registers: not SiLU and
+/// GELU, whose polynomials the driver applies in a sweep.
+pub(crate) fn assembles(act: Act) -> bool {
+    !matches!(act, Act::Silu | Act::Gelu)
 }
 
 /// One interior: geometry in elements, and the epilogue.
@@ -109,13 +102,6 @@ pub(crate) struct Spec {
     pub width: Width,
 }
 
-impl Spec {
-    /// The key the assembled code is cached under.
-    pub fn key(&self) -> String {
-        format!("depthwise3x3 {self:?}")
-    }
-}
-
 /// Output rows computed together (independent accumulator chains, and the
 /// rows that share each loaded input row).
 const GROUP: usize = ACC.len();
@@ -142,7 +128,7 @@ const ACC: [usize; 6] = [20, 21, 22, 23, 30, 31];
 const T: usize = 24;
 
 fn zmm(i: usize) -> AsmRegisterZmm {
-    asm_unary::zmm(i)
+    vector::zmm(i)
 }
 
 /// The accumulator of output row `r` of a group.
@@ -291,6 +277,12 @@ fn set_chunk_masks(a: &mut CodeAssembler, s: &Spec, c: Cut) -> Result<(), IcedEr
 
 /// Assembles `s`; the bytes are position-independent.
 pub(crate) fn assemble(s: &Spec) -> Result<Vec<u8>, String> {
+    if !assembles(s.act) {
+        return Err(format!(
+            "depthwise interiors do not apply {}: {s:?}",
+            s.act.name()
+        ));
+    }
     emit(s).map_err(|e| e.to_string())
 }
 
@@ -505,6 +497,7 @@ fn chunk(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedErr
         let off = r as i32 * out_row;
         match s.act {
             Act::None => {}
+            Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
             // NaN-preserving like the Cranelift forms: vmaxps/vminps
             // return the second source (the value) when either is NaN
             Act::Relu => a.vmaxps(acc, zmm(ZERO), acc)?,
@@ -698,6 +691,58 @@ fn ymm_prologue(a: &mut CodeAssembler, s: &Spec) -> Result<(), IcedError> {
 /// r11 (AVX2): the same taps in the same order as [`chunk`], with
 /// `vmaskmovps` for masked loads and stores and a blend for the edge lanes'
 /// skipped taps.
+/// The ymm epilogue's constants: ymm13 zero, ymm14/15 as `act` needs.
+fn act_consts_ymm(a: &mut CodeAssembler, act: Act) -> Result<(), IcedError> {
+    match act {
+        Act::None | Act::DyRelu => {}
+        Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
+        Act::Relu => a.vxorps(ymm13, ymm13, ymm13)?,
+        Act::Relu6 | Act::HardSwish => {
+            a.vxorps(ymm13, ymm13, ymm13)?;
+            a.vmovups(ymm14, slot(Y_SIX))?;
+        }
+        Act::HardSigmoid => {
+            a.vxorps(ymm13, ymm13, ymm13)?;
+            a.vmovups(ymm14, slot(Y_SIXTH))?;
+            a.vmovups(ymm15, slot(Y_ONE))?;
+        }
+    }
+    Ok(())
+}
+
+/// `act` on the accumulator `x`, with [`act_consts_ymm`]'s constants in
+/// place (ymm15 is also the temporary where `act` needs no constant
+/// there): the formulas of `chunk`, operation for operation.
+fn activate_ymm(a: &mut CodeAssembler, act: Act, x: AsmRegisterYmm) -> Result<(), IcedError> {
+    match act {
+        Act::None => {}
+        Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
+        Act::Relu => a.vmaxps(x, ymm13, x)?,
+        Act::Relu6 => {
+            a.vmaxps(x, ymm13, x)?;
+            a.vminps(x, ymm14, x)?;
+        }
+        Act::DyRelu => {
+            a.vmulps(ymm15, x, slot(Y_S1))?;
+            a.vmulps(x, x, slot(Y_S2))?;
+            a.vmaxps(x, ymm15, x)?;
+        }
+        Act::HardSwish => {
+            a.vaddps(ymm15, x, slot(Y_THREE))?;
+            a.vmaxps(ymm15, ymm13, ymm15)?;
+            a.vminps(ymm15, ymm14, ymm15)?;
+            a.vmulps(x, x, ymm15)?;
+            a.vdivps(x, x, slot(Y_SIX))?;
+        }
+        Act::HardSigmoid => {
+            a.vfmadd213ps(x, ymm14, slot(Y_HALF))?;
+            a.vmaxps(x, ymm13, x)?;
+            a.vminps(x, ymm15, x)?;
+        }
+    }
+    Ok(())
+}
+
 fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedError> {
     let rows = b.rows;
     let w_row = (4 * s.w) as i32;
@@ -805,20 +850,7 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
             }
         }
     }
-    // the epilogue's constants: ymm13 zero, ymm14/15 as each needs
-    match s.act {
-        Act::None | Act::DyRelu => {}
-        Act::Relu => a.vxorps(ymm13, ymm13, ymm13)?,
-        Act::Relu6 | Act::HardSwish => {
-            a.vxorps(ymm13, ymm13, ymm13)?;
-            a.vmovups(ymm14, slot(Y_SIX))?;
-        }
-        Act::HardSigmoid => {
-            a.vxorps(ymm13, ymm13, ymm13)?;
-            a.vmovups(ymm14, slot(Y_SIXTH))?;
-            a.vmovups(ymm15, slot(Y_ONE))?;
-        }
-    }
+    act_consts_ymm(a, s.act)?;
     // a chunk at an edge may still have all 8 output lanes: then its
     // residual and output need no mask
     let short = c.m < 8;
@@ -828,32 +860,7 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
     for r in 0..rows {
         let x = acc(r);
         let off = r as i32 * out_row;
-        // the formulas of `chunk`, operation for operation
-        match s.act {
-            Act::None => {}
-            Act::Relu => a.vmaxps(x, ymm13, x)?,
-            Act::Relu6 => {
-                a.vmaxps(x, ymm13, x)?;
-                a.vminps(x, ymm14, x)?;
-            }
-            Act::DyRelu => {
-                a.vmulps(ymm15, x, slot(Y_S1))?;
-                a.vmulps(x, x, slot(Y_S2))?;
-                a.vmaxps(x, ymm15, x)?;
-            }
-            Act::HardSwish => {
-                a.vaddps(ymm15, x, slot(Y_THREE))?;
-                a.vmaxps(ymm15, ymm13, ymm15)?;
-                a.vminps(ymm15, ymm14, ymm15)?;
-                a.vmulps(x, x, ymm15)?;
-                a.vdivps(x, x, slot(Y_SIX))?;
-            }
-            Act::HardSigmoid => {
-                a.vfmadd213ps(x, ymm14, slot(Y_HALF))?;
-                a.vmaxps(x, ymm13, x)?;
-                a.vminps(x, ymm15, x)?;
-            }
-        }
+        activate_ymm(a, s.act, x)?;
         let res = ymmword_ptr(r11 + off);
         let dst = ymmword_ptr(r10 + off);
         if short {
@@ -879,7 +886,7 @@ fn chunk_ymm(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), Ice
 /// Clobbers xmm6 (free after the residual: the epilogue's constants are
 /// in ymm13..15).
 fn store_lanes(a: &mut CodeAssembler, r: usize, m: usize, off: i32) -> Result<(), IcedError> {
-    let mut x = asm_unary::xmm(r);
+    let mut x = vector::xmm(r);
     let (mut at, mut m) = (off, m);
     if m >= 4 {
         a.vmovups(xmmword_ptr(r10 + at), x)?;
@@ -907,21 +914,14 @@ fn store_lanes(a: &mut CodeAssembler, r: usize, m: usize, off: i32) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::asm_unary::assert_vex_only;
+    use crate::ukernels::vector::assert_vex_only;
 
     /// Specs covering both strides, every epilogue, masked tails, whole and
     /// partial row groups and every edge combination, at width `width`.
     fn specs(width: Width) -> Vec<Spec> {
         let mut out = Vec::new();
         for sw in [1, 2] {
-            for act in [
-                Act::None,
-                Act::Relu,
-                Act::Relu6,
-                Act::DyRelu,
-                Act::HardSwish,
-                Act::HardSigmoid,
-            ] {
+            for act in Act::ALL.into_iter().filter(|&a| assembles(a)) {
                 for (rows, cols) in [(1, 1), (5, 16), (8, 37), (3, 15), (7, 8), (13, 9)] {
                     out.push(Spec {
                         sh: sw,

@@ -113,11 +113,6 @@ impl Func {
             _ => None,
         }
     }
-
-    /// The key the assembled code of width `w` is cached under.
-    pub fn key(self, w: Width) -> String {
-        format!("unary {self:?} {w:?}")
-    }
 }
 
 /// Cephes `expf` polynomial, highest degree first.
@@ -561,18 +556,6 @@ fn emit(f: Func, w: Width) -> Result<Vec<u8>, IcedError> {
     g.leave()
 }
 
-/// The key the assembled softmax row of width `w` is cached under (the
-/// AVX-512 one is the attention kernels' [`SOFTMAX_ROW_KEY`]: one copy).
-pub(crate) fn softmax_row_key(w: Width) -> String {
-    match w {
-        Width::Zmm => SOFTMAX_ROW_KEY.into(),
-        Width::Ymm => format!("{SOFTMAX_ROW_KEY} {w:?}"),
-    }
-}
-
-/// The key the assembled softmax row is cached under (AVX-512).
-pub(crate) const SOFTMAX_ROW_KEY: &str = "softmax row";
-
 /// Assembles a whole softmax over one contiguous row, `fn(src: *const f32,
 /// dst: *mut f32, n: usize)` with `n ≥ 1` (System V, as above; `src ==
 /// dst` is allowed): the maximum, `dst[i] = exp(src[i] - max)` with their
@@ -585,24 +568,13 @@ pub(crate) const SOFTMAX_ROW_KEY: &str = "softmax row";
 /// Lanes past the end are `-inf` for the maximum and excluded from the sum.
 /// The sum's order depends only on `n` (and the width), so a row's result
 /// does not depend on which thread computes it.
-pub(crate) fn assemble_softmax_row_at(w: Width) -> Result<Vec<u8>, String> {
+pub(crate) fn assemble_softmax_row(w: Width) -> Result<Vec<u8>, String> {
     emit_softmax_row(w).map_err(|e| e.to_string())
-}
-
-/// [`assemble_softmax_row_at`] AVX-512 (the attention kernels' row).
-pub(crate) fn assemble_softmax_row() -> Result<Vec<u8>, String> {
-    assemble_softmax_row_at(Width::Zmm)
 }
 
 /// The longest row [`assemble_softmax_lanes`] takes (its element columns
 /// live in vectors 4..10).
 pub(crate) const LANES_MAX_LEN: usize = 7;
-
-/// The key the assembled short-row softmax of row length `len` and width
-/// `w` is cached under.
-pub(crate) fn softmax_lanes_key(len: usize, w: Width) -> String {
-    format!("softmax lanes {len} {w:?}")
-}
 
 /// Assembles a softmax over `rows ≥ 1` contiguous rows of `len ≤`
 /// [`LANES_MAX_LEN`] elements, `fn(src: *const f32, dst: *mut f32, rows:
@@ -905,12 +877,6 @@ pub(crate) fn m2f_px_fits(m: usize, l: usize, c: usize) -> bool {
     (1..=M2F_PX_MAX_TOKENS).contains(&m) && l > 0 && disp(l) && disp(c)
 }
 
-/// The key the assembled Mobile→Former `P·X` pass with these baked-in
-/// dimensions is cached under.
-pub(crate) fn m2f_px_key(m: usize, l: usize, c: usize, cb: usize, twice: bool) -> String {
-    format!("m2f px m={m} l={l} c={c} cb={cb} twice={twice}")
-}
-
 /// Assembles the Mobile→Former bridge's `P·X` pass for `cb` consecutive
 /// channels, `fn(x: *const f32, p: *const f32, g: *const f32, o: *mut
 /// f32)` (System V: rdi, rsi, rdx, rcx): for every channel `i < cb` and
@@ -1012,15 +978,6 @@ pub(crate) fn f2m_fits(m: usize, hc: usize, l: usize, c: usize) -> bool {
             .is_some_and(|b| i32::try_from(b).is_ok())
     };
     (1..=F2M_MAX_TOKENS).contains(&m) && hc > 0 && disp(l) && disp(c)
-}
-
-/// The key the assembled Former→Mobile run with these baked-in dimensions
-/// is cached under.
-pub(crate) fn f2m_run_key(m: usize, hc: usize, l: usize, c: usize, scale: f32) -> String {
-    format!(
-        "f2m run m={m} hc={hc} l={l} c={c} scale={:#x}",
-        scale.to_bits()
-    )
 }
 
 /// Assembles the Former→Mobile bridge's per-pixel attention over a run of
@@ -1170,14 +1127,18 @@ mod tests {
     /// Every function of `w`: the element-wise ones, the row softmax and
     /// the short-row softmax of every length.
     fn all(w: Width) -> Vec<(String, Vec<u8>)> {
+        use crate::ukernels::Spec;
         let mut out = Vec::new();
         for f in [Func::Exp, Func::Sigmoid, Func::Silu] {
-            out.push((f.key(w), assemble(f, w).unwrap()));
+            out.push((Spec::Unary(f, w).label(), assemble(f, w).unwrap()));
         }
-        out.push((softmax_row_key(w), assemble_softmax_row_at(w).unwrap()));
+        out.push((
+            Spec::SoftmaxRow(w).label(),
+            assemble_softmax_row(w).unwrap(),
+        ));
         for len in 1..=LANES_MAX_LEN {
             out.push((
-                softmax_lanes_key(len, w),
+                Spec::SoftmaxLanes { len, width: w }.label(),
                 assemble_softmax_lanes(len, w).unwrap(),
             ));
         }

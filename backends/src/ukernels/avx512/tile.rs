@@ -1,11 +1,11 @@
-//! AVX-512 GEMM tiles assembled at compile time with iced-x86: the first
-//! row of DESIGN.md's micro-kernel seam table. Cranelift lowers only
+//! AVX-512 GEMM tiles assembled at compile time with iced-x86, the
+//! `ukernels/tile.rs` contract's widest emitter. Cranelift lowers only
 //! 128-bit vectors on x86-64, a quarter of what an AVX-512 core can do.
 //!
 //! A tile computes `C[mr × nt] = init + A[mr × K] · B[K × nt]` with
 //! `nt ≤ nr` columns, `nr` one of 16, 32, 48, 64, and as many rows as fit
 //! 28 zmm accumulators ([`max_rows`]: 14 at the default 32 columns); the
-//! GEMM driver picks the shape per product (`gemm::asm_tile_for`).
+//! GEMM driver picks the shape per product (`kernels/gemm.rs`, `asm_tile_for`).
 //! A (a packed panel, or activations with baked strides) is broadcast one
 //! element at a time;
 //! B rows are loaded as one to four zmm vectors (column tails are masked,
@@ -41,22 +41,13 @@
 //! memory operands, which leaves the four vector registers the K loop frees
 //! for temporaries. The bytes need no relocations.
 
-use cranelift_codegen::ir::{AbiParam, Signature, types::I64};
-use cranelift_codegen::isa::CallConv;
 use iced_x86::code_asm::*;
 
-use super::asm_unary::zmm;
-use crate::target::TileLevel;
-
-/// The tiles' signature: `fn(a, b, c, bias, residual, a1, a2, panel)`, all
-/// pointers (0 when unused), System V.
-pub(crate) fn signature() -> Signature {
-    let mut sig = Signature::new(CallConv::SystemV);
-    for _ in 0..8 {
-        sig.params.push(AbiParam::new(I64));
-    }
-    sig
-}
+use crate::ukernels::tile::{
+    Act, Bias, EXP2_POLY, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE, Variant, check_variant, disp,
+    k_loop, write_act_consts,
+};
+use crate::ukernels::vector::zmm;
 
 /// Rows of the default full tile (AVX-512; `asm_tile_avx2` has its own).
 pub(crate) const MR: usize = 14;
@@ -77,88 +68,6 @@ pub(crate) fn max_rows(nr: usize) -> Option<usize> {
     }
 }
 
-/// One assembled tile variant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Variant {
-    /// reduction length
-    pub k: usize,
-    /// rows computed (≤ [`MR`])
-    pub mr: usize,
-    /// columns computed (≤ `nr`)
-    pub nt: usize,
-    /// columns of the GEMM's full tile: the row stride of the run-time B
-    /// panel a `b_pack` variant writes (16, 32, 48 or 64 at AVX-512, see
-    /// [`max_rows`]; [`asm_tile_avx2::NR`](super::asm_tile_avx2::NR) at AVX2)
-    pub nr: usize,
-    /// elements between consecutive rows of A (1 in a packed panel)
-    pub a_rs: usize,
-    /// elements between consecutive k of one row of A (the panel height
-    /// when packed)
-    pub a_ks: usize,
-    /// B row stride in elements
-    pub b_ks: usize,
-    /// whether B rows are padded to whole vectors (a packed panel)
-    pub b_padded: bool,
-    /// whether every B row loaded is also stored, zero-padded to whole
-    /// vectors, to the panel (the eighth argument) with row stride [`NR`];
-    /// B itself is read unpadded with stride `b_ks`
-    pub b_pack: bool,
-    /// C row stride in elements
-    pub c_rs: usize,
-    /// what seeds the accumulators
-    pub bias: Bias,
-    /// activation applied before the store
-    pub act: Act,
-    /// whether a residual (pointer in r8, laid out like C) is added after
-    /// the activation
-    pub residual: bool,
-}
-
-/// The activations the tile applies itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Act {
-    /// none
-    None,
-    /// `max(x, 0)`
-    Relu,
-    /// `min(max(x, 0), 6)`
-    Relu6,
-    /// `x · min(max(x + 3, 0), 6) / 6`
-    HardSwish,
-    /// `min(max(x/6 + 0.5, 0), 1)`
-    HardSigmoid,
-    /// `x / (1 + exp(-x))`
-    Silu,
-    /// `max(a1[i]·x, a2[i]·x)` with one slope pair per row (r9 and the
-    /// stack argument point at row 0's)
-    DyRelu,
-}
-
-#[cfg(test)]
-impl Act {
-    /// Every activation the tile applies (the tile tests' loop).
-    pub const ALL: [Act; 7] = [
-        Act::None,
-        Act::Relu,
-        Act::Relu6,
-        Act::HardSwish,
-        Act::HardSigmoid,
-        Act::Silu,
-        Act::DyRelu,
-    ];
-}
-
-/// The accumulators' starting values (pointer in rcx).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Bias {
-    /// zero
-    None,
-    /// `bias[i]` for row `i` (convolution bias)
-    Row,
-    /// `bias[j]` for column `j` (a linear layer's bias)
-    Col,
-}
-
 fn ymm(i: usize) -> AsmRegisterYmm {
     const Y: [AsmRegisterYmm; 32] = [
         ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13,
@@ -168,76 +77,11 @@ fn ymm(i: usize) -> AsmRegisterYmm {
     Y[i]
 }
 
-/// Checks that `v` fits a `what` tile of at most `mr × nr` built from
-/// `vbytes`-byte vectors, and that every displacement its emitter forms
-/// (C rows, two k steps of A and B, the panel) fits in 32 bits.
-pub(crate) fn check_variant(
-    v: &Variant,
-    mr: usize,
-    nr: usize,
-    vbytes: usize,
-    what: &str,
-) -> Result<(), String> {
-    if v.mr == 0 || v.mr > mr || v.nt == 0 || v.nt > nr || v.nr != nr || (v.b_pack && v.b_padded) {
-        return Err(format!("{what} tile variant out of range: {v:?}"));
-    }
-    // every displacement of the emitters is at most one of these
-    let largest = [
-        4 * (v.mr * v.c_rs + nr),
-        8 * v.a_ks + 4 * mr * v.a_rs + vbytes,
-        8 * v.b_ks + 2 * vbytes,
-        // a `b_pack` variant's prefetch of the next panel
-        8 * v.b_ks + 8 * nr,
-        8 * nr + 2 * vbytes,
-    ];
-    if largest.iter().any(|&x| i32::try_from(x).is_err()) {
-        return Err(format!("strides too large for 32-bit displacements: {v:?}"));
-    }
-    Ok(())
-}
-
 /// Assembles `v`; the bytes are position-independent.
 pub(crate) fn assemble(v: &Variant) -> Result<Vec<u8>, String> {
     let rows = max_rows(v.nr).ok_or_else(|| format!("AVX-512 tile width out of range: {v:?}"))?;
     check_variant(v, rows, v.nr, 64, "AVX-512")?;
     emit(v).map_err(|e| e.to_string())
-}
-
-/// The K loop of a tile with `nr`-column panels, unrolled by two (loop
-/// overhead is a tenth of a step): `step(a, a_off, b_off, panel_off)` emits
-/// one k step at those byte offsets from rdi, rsi and rax (the panel, when
-/// `v.b_pack`), which the loop then advances; an odd K ends with one more
-/// step.
-pub(crate) fn k_loop(
-    a: &mut CodeAssembler,
-    v: &Variant,
-    nr: usize,
-    mut step: impl FnMut(&mut CodeAssembler, usize, usize, usize) -> Result<(), IcedError>,
-) -> Result<(), IcedError> {
-    let (a_step, b_step) = (4 * v.a_ks, 4 * v.b_ks);
-    if v.k >= 2 {
-        a.mov(r10, (v.k / 2) as u64)?;
-        let mut top = a.create_label();
-        a.set_label(&mut top)?;
-        step(a, 0, 0, 0)?;
-        step(a, a_step, b_step, 4 * nr)?;
-        a.add(rdi, disp(2 * a_step))?;
-        a.add(rsi, disp(2 * b_step))?;
-        if v.b_pack {
-            a.add(rax, disp(8 * nr))?;
-        }
-        a.dec(r10)?;
-        a.jnz(top)?;
-    }
-    if v.k % 2 == 1 {
-        step(a, 0, 0, 0)?;
-    }
-    Ok(())
-}
-
-/// A displacement [`check_variant`] has range-checked.
-pub(crate) fn disp(x: usize) -> i32 {
-    x as i32
 }
 
 fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
@@ -371,49 +215,6 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
     a.assemble(0)
 }
 
-/// Red-zone slots of the epilogue's constants (bytes below rsp), shared
-/// with the AVX2 tile (`asm_tile_avx2`).
-pub(crate) const SIX: i32 = 4;
-pub(crate) const THREE: i32 = 8;
-pub(crate) const SIXTH: i32 = 12;
-pub(crate) const HALF: i32 = 16;
-pub(crate) const ONE: i32 = 20;
-pub(crate) const NEG_LOG2E: i32 = 24;
-/// `2^f ≈ Σ c_k f^k` (Taylor, `c_k = ln2^k / k!`), highest degree first;
-/// `c_0 = 1` is [`ONE`].
-pub(crate) const EXP2_POLY: [(i32, f32); 6] = [
-    (28, 1.540_353e-4),
-    (32, 1.333_355_8e-3),
-    (36, 9.618_129e-3),
-    (40, 5.550_411e-2),
-    (44, 2.402_265e-1),
-    (48, std::f32::consts::LN_2),
-];
-
-/// Writes the activations' scalar constants to their red-zone slots (and
-/// silu's `-log2 e` and exp2 polynomial when `silu`).
-pub(crate) fn write_act_consts(a: &mut CodeAssembler, silu: bool) -> Result<(), IcedError> {
-    for (slot, x) in [
-        (SIX, 6.0f32),
-        (THREE, 3.0),
-        (SIXTH, 1.0 / 6.0),
-        (HALF, 0.5),
-        (ONE, 1.0),
-    ] {
-        a.mov(dword_ptr(rsp - slot), x.to_bits())?;
-    }
-    if silu {
-        a.mov(
-            dword_ptr(rsp - NEG_LOG2E),
-            (-std::f32::consts::LOG2_E).to_bits(),
-        )?;
-        for (slot, c) in EXP2_POLY {
-            a.mov(dword_ptr(rsp - slot), c.to_bits())?;
-        }
-    }
-    Ok(())
-}
-
 /// Activation and residual on the accumulators (zmm0..27); zmm28..31 are
 /// free once the K loop is done: zmm31 holds zero, zmm30 1/6, zmm29 is a
 /// temporary. `max(0, x)` is written `vmaxps x, zero, x` so that a NaN
@@ -479,6 +280,7 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
                     a.vmulps(x, x, dword_bcst(r11 + disp(4 * i)))?;
                     a.vmaxps(x, zmm29, x)?;
                 }
+                Act::Gelu => unreachable!("check_variant rejects gelu"),
             }
             if v.residual {
                 let src = zmmword_ptr(r8 + disp(4 * (i * v.c_rs + 16 * z)));
@@ -495,102 +297,12 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
     Ok(())
 }
 
-/// What an assembled function is cached under.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Key {
-    /// a GEMM tile
-    Tile(Variant),
-    /// another assembled function, by a descriptive key
-    Named(String),
-}
-
-/// Assembled functions (GEMM tile variants and the element-wise functions
-/// of `asm_unary`), numbered in request order; the JIT places them and
-/// hands the addresses to the kernels that call them.
-pub(crate) struct AsmStore {
-    /// the instruction set every function here is assembled for: the GEMM
-    /// tiles' generator and shape follow it, and so does the width of the
-    /// other assembled functions (`asm_unary`, `asm_dw`: zmm or ymm; the
-    /// bridges' loops exist only for AVX-512)
-    level: TileLevel,
-    keys: Vec<Key>,
-    code: Vec<Vec<u8>>,
-}
-
-impl AsmStore {
-    /// An empty store for `level` (`Avx2` or `Avx512`).
-    pub fn new(level: TileLevel) -> AsmStore {
-        AsmStore {
-            level,
-            keys: Vec::new(),
-            code: Vec::new(),
-        }
-    }
-
-    /// The instruction set of the functions assembled here.
-    pub fn level(&self) -> TileLevel {
-        self.level
-    }
-
-    /// Rows and columns of a full GEMM tile at this level.
-    pub fn tile_shape(&self) -> (usize, usize) {
-        match self.level {
-            TileLevel::Avx2 => (super::asm_tile_avx2::MR, super::asm_tile_avx2::NR),
-            TileLevel::Avx512 | TileLevel::F32x4 => (MR, NR),
-        }
-    }
-
-    /// The GEMM tile (rows, columns) for an `m × n` product over `k` at
-    /// this level: what conv.rs and matmul.rs pack the weights for
-    /// (`gemm::asm_tile_for`).
-    pub fn tile_shape_for(&self, m: usize, n: usize, k: usize) -> (usize, usize) {
-        let t = super::gemm::asm_tile_for(self.level, m, n, k);
-        (t.mr, 4 * t.nv)
-    }
-
-    /// The number of `v`, assembling it (for this store's level) if it is
-    /// new.
-    pub fn request(&mut self, v: Variant) -> Result<usize, String> {
-        let level = self.level;
-        self.get_or_assemble(Key::Tile(v), || match level {
-            TileLevel::Avx512 => assemble(&v),
-            TileLevel::Avx2 => super::asm_tile_avx2::assemble(&v),
-            TileLevel::F32x4 => Err("no assembled tiles at the f32x4 level".into()),
-        })
-    }
-
-    /// The number of the function cached under `key`, assembling it with
-    /// `make` if it is new.
-    pub fn request_named(
-        &mut self,
-        key: String,
-        make: impl FnOnce() -> Result<Vec<u8>, String>,
-    ) -> Result<usize, String> {
-        self.get_or_assemble(Key::Named(key), make)
-    }
-
-    fn get_or_assemble(
-        &mut self,
-        key: Key,
-        make: impl FnOnce() -> Result<Vec<u8>, String>,
-    ) -> Result<usize, String> {
-        if let Some(i) = self.keys.iter().position(|x| *x == key) {
-            return Ok(i);
-        }
-        self.code.push(make()?);
-        self.keys.push(key);
-        Ok(self.keys.len() - 1)
-    }
-
-    /// Machine code of every function, in number order.
-    pub fn code(&self) -> &[Vec<u8>] {
-        &self.code
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::TileLevel;
+    use crate::ukernels::tile::assembles;
+    use crate::ukernels::{Registry, Spec};
 
     #[test]
     fn variants_assemble_and_are_cached() {
@@ -609,19 +321,19 @@ mod tests {
             act: Act::None,
             residual: false,
         };
-        let mut store = AsmStore::new(TileLevel::Avx512);
-        assert_eq!(store.request(v).unwrap(), 0);
+        let mut store = Registry::new(TileLevel::Avx512);
+        assert_eq!(store.request(Spec::Tile(v)).unwrap(), 0);
         assert_eq!(
             store
-                .request(Variant {
+                .request(Spec::Tile(Variant {
                     nt: 5,
                     b_padded: false,
                     ..v
-                })
+                }))
                 .unwrap(),
             1
         );
-        assert_eq!(store.request(v).unwrap(), 0);
+        assert_eq!(store.request(Spec::Tile(v)).unwrap(), 0);
         assert_eq!(store.code().len(), 2);
         for act in [
             Act::Relu,
@@ -638,12 +350,26 @@ mod tests {
                 b_padded: false,
                 ..v
             };
-            assert!(store.request(fused).is_ok(), "{act:?}");
+            assert!(store.request(Spec::Tile(fused)).is_ok(), "{act:?}");
         }
         // ends with vzeroupper; ret
         let code = &store.code()[0];
         assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3]);
         assert!(assemble(&Variant { mr: 15, ..v }).is_err());
+        // GELU is the driver's sweep, at both ISAs
+        let gelu = Variant {
+            act: Act::Gelu,
+            ..v
+        };
+        assert!(assemble(&gelu).is_err());
+        assert!(
+            crate::ukernels::avx2::tile::assemble(&Variant {
+                nr: 16,
+                mr: 6,
+                ..gelu
+            })
+            .is_err()
+        );
         // packing reads B unpadded
         assert!(assemble(&Variant { b_pack: true, ..v }).is_err());
         let pack = Variant {
@@ -652,7 +378,7 @@ mod tests {
             b_ks: 4096,
             ..v
         };
-        assert!(store.request(pack).is_ok());
+        assert!(store.request(Spec::Tile(pack)).is_ok());
     }
 
     /// Every tile width at its largest row count and below, with full
@@ -663,7 +389,8 @@ mod tests {
     #[test]
     fn every_width_decodes() {
         use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind};
-        let acts = Act::ALL;
+        // GELU is refused (the driver sweeps it)
+        let acts: Vec<Act> = Act::ALL.into_iter().filter(|&a| assembles(a)).collect();
         let mut checked = 0;
         for nr in [16, 32, 48, 64] {
             let rows = max_rows(nr).unwrap();

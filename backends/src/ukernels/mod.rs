@@ -1,0 +1,35 @@
+//! Micro-kernels assembled at compile time with iced-x86 (docs/ARCHITECTURE.md,
+//! "Tile levels" and "Assembled tiles"): typed specs of what each computes,
+//! one registry that assembles and caches them, and the emitters.
+//!
+//! - `tile.rs`: the GEMM tile contract shared by every ISA (variant,
+//!   calling convention, the K loop and activation constants both x86
+//!   emitters use); `avx512/tile.rs` and `avx2/tile.rs` its emitters. The
+//!   portable Cranelift f32x4 tile (`kernels/gemm.rs`) computes the same
+//!   contract where nothing is assembled.
+//! - `vector.rs`: the width-generic vector assembler (`Gen`, zmm or ymm)
+//!   and what is built on it: transcendental rows, softmax rows, and the
+//!   Mobile-Former bridges' loops (AVX-512 only).
+//! - `dw_plane.rs`: 3×3 depthwise plane interiors (zmm or ymm).
+//! - `registry.rs`: [`Registry`], asked by drivers for a [`Spec`].
+//!
+//! Activations are the IR's `fused::Act` everywhere; each emitter states
+//! which it applies (`tile::assembles`, `dw_plane::assembles`) and refuses
+//! the others, which the driver sweeps.
+
+pub(crate) mod dw_plane;
+pub(crate) mod registry;
+pub(crate) mod tile;
+pub(crate) mod vector;
+
+/// Emitters for AVX-512F (zmm, opmask tails).
+pub(crate) mod avx512 {
+    pub(crate) mod tile;
+}
+
+/// Emitters for AVX2 + FMA (ymm, VEX encodings only).
+pub(crate) mod avx2 {
+    pub(crate) mod tile;
+}
+
+pub(crate) use registry::{Registry, Spec};

@@ -1,0 +1,191 @@
+//! The GEMM tile contract, the same for every ISA: what a tile variant
+//! computes ([`Variant`]: `C[mr × nt] = init + A[mr × K] · B[K × nt]`, then
+//! the activation and an optional residual), its calling convention
+//! ([`signature`]), and the x86 pieces both assembled tiles share (the
+//! unrolled K loop, the red-zone constants of the activations). The ISAs'
+//! emitters are `avx512/tile.rs` and `avx2/tile.rs`; the portable Cranelift
+//! f32x4 tile computing the same contract is `kernels/gemm.rs`'s
+//! `Gemm::tile`.
+
+use cranelift_codegen::ir::{AbiParam, Signature, types::I64};
+use cranelift_codegen::isa::CallConv;
+use iced_x86::code_asm::*;
+
+/// The tiles' signature: `fn(a, b, c, bias, residual, a1, a2, panel)`, all
+/// pointers (0 when unused), System V.
+pub(crate) fn signature() -> Signature {
+    let mut sig = Signature::new(CallConv::SystemV);
+    for _ in 0..8 {
+        sig.params.push(AbiParam::new(I64));
+    }
+    sig
+}
+
+/// One assembled tile variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Variant {
+    /// reduction length
+    pub k: usize,
+    /// rows computed (at most the ISA's row count)
+    pub mr: usize,
+    /// columns computed (≤ `nr`)
+    pub nt: usize,
+    /// columns of the GEMM's full tile: the row stride of the run-time B
+    /// panel a `b_pack` variant writes (16, 32, 48 or 64 at AVX-512, see
+    /// `avx512::tile::max_rows`; `avx2::tile::NR` at AVX2)
+    pub nr: usize,
+    /// elements between consecutive rows of A (1 in a packed panel)
+    pub a_rs: usize,
+    /// elements between consecutive k of one row of A (the panel height
+    /// when packed)
+    pub a_ks: usize,
+    /// B row stride in elements
+    pub b_ks: usize,
+    /// whether B rows are padded to whole vectors (a packed panel)
+    pub b_padded: bool,
+    /// whether every B row loaded is also stored, zero-padded to whole
+    /// vectors, to the panel (the eighth argument) with row stride `nr`;
+    /// B itself is read unpadded with stride `b_ks`
+    pub b_pack: bool,
+    /// C row stride in elements
+    pub c_rs: usize,
+    /// what seeds the accumulators
+    pub bias: Bias,
+    /// activation applied before the store
+    pub act: Act,
+    /// whether a residual (pointer in r8, laid out like C) is added after
+    /// the activation
+    pub residual: bool,
+}
+
+/// The activations: the IR's own vocabulary. The tiles apply every one
+/// but GELU, which the GEMM driver sweeps ([`assembles`]).
+pub(crate) use kiln_ir::fused::Act;
+
+/// Whether the assembled tiles (both ISAs) apply `act` themselves: GELU
+/// (exact, through erf) is applied by the driver in a sweep after the tile.
+pub(crate) fn assembles(act: Act) -> bool {
+    act != Act::Gelu
+}
+
+/// The accumulators' starting values (pointer in rcx).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Bias {
+    /// zero
+    None,
+    /// `bias[i]` for row `i` (convolution bias)
+    Row,
+    /// `bias[j]` for column `j` (a linear layer's bias)
+    Col,
+}
+
+/// Checks that `v` fits a `what` tile of at most `mr × nr` built from
+/// `vbytes`-byte vectors, and that every displacement its emitter forms
+/// (C rows, two k steps of A and B, the panel) fits in 32 bits.
+pub(crate) fn check_variant(
+    v: &Variant,
+    mr: usize,
+    nr: usize,
+    vbytes: usize,
+    what: &str,
+) -> Result<(), String> {
+    if !assembles(v.act) {
+        return Err(format!("{what} tiles do not apply {}: {v:?}", v.act.name()));
+    }
+    if v.mr == 0 || v.mr > mr || v.nt == 0 || v.nt > nr || v.nr != nr || (v.b_pack && v.b_padded) {
+        return Err(format!("{what} tile variant out of range: {v:?}"));
+    }
+    // every displacement of the emitters is at most one of these
+    let largest = [
+        4 * (v.mr * v.c_rs + nr),
+        8 * v.a_ks + 4 * mr * v.a_rs + vbytes,
+        8 * v.b_ks + 2 * vbytes,
+        // a `b_pack` variant's prefetch of the next panel
+        8 * v.b_ks + 8 * nr,
+        8 * nr + 2 * vbytes,
+    ];
+    if largest.iter().any(|&x| i32::try_from(x).is_err()) {
+        return Err(format!("strides too large for 32-bit displacements: {v:?}"));
+    }
+    Ok(())
+}
+
+/// The K loop of a tile with `nr`-column panels, unrolled by two (loop
+/// overhead is a tenth of a step): `step(a, a_off, b_off, panel_off)` emits
+/// one k step at those byte offsets from rdi, rsi and rax (the panel, when
+/// `v.b_pack`), which the loop then advances; an odd K ends with one more
+/// step.
+pub(crate) fn k_loop(
+    a: &mut CodeAssembler,
+    v: &Variant,
+    nr: usize,
+    mut step: impl FnMut(&mut CodeAssembler, usize, usize, usize) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    let (a_step, b_step) = (4 * v.a_ks, 4 * v.b_ks);
+    if v.k >= 2 {
+        a.mov(r10, (v.k / 2) as u64)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        step(a, 0, 0, 0)?;
+        step(a, a_step, b_step, 4 * nr)?;
+        a.add(rdi, disp(2 * a_step))?;
+        a.add(rsi, disp(2 * b_step))?;
+        if v.b_pack {
+            a.add(rax, disp(8 * nr))?;
+        }
+        a.dec(r10)?;
+        a.jnz(top)?;
+    }
+    if v.k % 2 == 1 {
+        step(a, 0, 0, 0)?;
+    }
+    Ok(())
+}
+
+/// A displacement [`check_variant`] has range-checked.
+pub(crate) fn disp(x: usize) -> i32 {
+    x as i32
+}
+
+/// Red-zone slots of the epilogue's constants (bytes below rsp), shared
+/// with the AVX2 tile.
+pub(crate) const SIX: i32 = 4;
+pub(crate) const THREE: i32 = 8;
+pub(crate) const SIXTH: i32 = 12;
+pub(crate) const HALF: i32 = 16;
+pub(crate) const ONE: i32 = 20;
+pub(crate) const NEG_LOG2E: i32 = 24;
+/// `2^f ≈ Σ c_k f^k` (Taylor, `c_k = ln2^k / k!`), highest degree first;
+/// `c_0 = 1` is [`ONE`].
+pub(crate) const EXP2_POLY: [(i32, f32); 6] = [
+    (28, 1.540_353e-4),
+    (32, 1.333_355_8e-3),
+    (36, 9.618_129e-3),
+    (40, 5.550_411e-2),
+    (44, 2.402_265e-1),
+    (48, std::f32::consts::LN_2),
+];
+
+/// Writes the activations' scalar constants to their red-zone slots (and
+/// silu's `-log2 e` and exp2 polynomial when `silu`).
+pub(crate) fn write_act_consts(a: &mut CodeAssembler, silu: bool) -> Result<(), IcedError> {
+    for (slot, x) in [
+        (SIX, 6.0f32),
+        (THREE, 3.0),
+        (SIXTH, 1.0 / 6.0),
+        (HALF, 0.5),
+        (ONE, 1.0),
+    ] {
+        a.mov(dword_ptr(rsp - slot), x.to_bits())?;
+    }
+    if silu {
+        a.mov(
+            dword_ptr(rsp - NEG_LOG2E),
+            (-std::f32::consts::LOG2_E).to_bits(),
+        )?;
+        for (slot, c) in EXP2_POLY {
+            a.mov(dword_ptr(rsp - slot), c.to_bits())?;
+        }
+    }
+    Ok(())
+}
