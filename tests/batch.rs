@@ -10,7 +10,10 @@ fn a_zoo_model_runs_each_image_of_a_batch_as_batch_one() {
     const N: usize = 3;
     let name = "mobile_former_26m";
     let one = load_model(name, &LoadOptions::default()).unwrap();
-    let ty = one.graph.value_type(Value::of(one.graph.inputs()[0])).clone();
+    let ty = one
+        .graph
+        .value_type(Value::of(one.graph.inputs()[0]))
+        .clone();
     let shape = ty.shape.clone();
     let batched = load_model(
         name,
