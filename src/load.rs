@@ -139,8 +139,16 @@ pub fn load_model_with_notes(
                     zoo_names()
                 )));
             }
+            // A zoo model is built for any batch: the first dimension of a
+            // shape given for its input (the rest is checked below).
+            let batch = opts
+                .input_shapes
+                .first()
+                .and_then(|(_, s)| s.first().copied())
+                .unwrap_or(1);
             let zo = zoo::ZooOptions {
                 seed: opts.seed,
+                batch,
                 ..Default::default()
             };
             if opts.weights.is_some() || opts.graph_only {
@@ -222,7 +230,7 @@ fn check_static_shapes(g: &Graph, given: &[(String, Vec<usize>)]) -> Result<(), 
             }
             Some(info) if info.ty.shape != *shape => {
                 return Err(KilnError::Usage(format!(
-                    "--input-shape {name}={}: input '{name}' has the static shape {}; only an .onnx input's symbolic dimensions can be set",
+                    "--input-shape {name}={}: input '{name}' has the static shape {}; only an .onnx input's symbolic dimensions and a zoo model's batch (first dimension) can be set",
                     show(shape),
                     show(&info.ty.shape)
                 )));

@@ -878,3 +878,30 @@ fn input_shape_sizes_a_symbolic_onnx_batch() {
         r.stderr
     );
 }
+
+#[test]
+fn input_shape_sets_a_zoo_models_batch() {
+    let r = kiln([
+        "info",
+        "mobile_former_26m",
+        "--input-shape",
+        "image=4,3,224,224",
+    ]);
+    assert!(
+        r.ok().contains("inputs:  %image f32[4,3,224,224]"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains(" f32[4,1000]\n"), "{}", r.stdout);
+    let r = kiln([
+        "info",
+        "mobile_former_26m",
+        "--input-shape",
+        "image=4,3,256,256",
+    ]);
+    assert!(
+        r.fails_with(2).contains("has the static shape 4,3,224,224"),
+        "{}",
+        r.stderr
+    );
+}

@@ -518,10 +518,9 @@ fn head(b: &mut GraphBuilder, x: Value, z: Value, cfg: &MfConfig) -> Result<Valu
     b.scope("classifier.1").linear(y, 1000, true)
 }
 
-/// Builds the whole network for `cfg` (input `f32[1,3,224,224]`, output
-/// logits `f32[1,1000]`).
-pub fn build(cfg: &MfConfig) -> Result<kiln_ir::Graph, FrontendError> {
-    let n = 1;
+/// Builds the whole network for `cfg` and a batch of `n` (input
+/// `f32[n,3,224,224]`, output logits `f32[n,1000]`).
+pub fn build(cfg: &MfConfig, n: usize) -> Result<kiln_ir::Graph, FrontendError> {
     let mut b = GraphBuilder::new(cfg.name);
     let image = b.input("image", &[n, 3, cfg.resolution, cfg.resolution])?;
     let tokens = b.param("tokens.weight", &[cfg.tokens, cfg.dim])?;

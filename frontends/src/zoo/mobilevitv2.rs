@@ -160,9 +160,9 @@ pub fn mobilevit_block(
     conv_norm_act(&mut b.scope("conv_proj"), f, c, 1, 1, 1, false)
 }
 
-/// Builds the whole network (input `f32[1,3,256,256]`, output `f32[1,1000]`).
-pub fn build(cfg: &MvConfig) -> Result<Graph, FrontendError> {
-    let n = 1;
+/// Builds the whole network for a batch of `n` (input `f32[n,3,256,256]`,
+/// output `f32[n,1000]`).
+pub fn build(cfg: &MvConfig, n: usize) -> Result<Graph, FrontendError> {
     let mut b = GraphBuilder::new(cfg.name);
     let image = b.input("image", &[n, 3, cfg.resolution, cfg.resolution])?;
     let mut x = conv_norm_act(&mut b.scope("stem"), image, cfg.c0, 3, 2, 1, true)?;

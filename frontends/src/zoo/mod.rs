@@ -29,13 +29,26 @@ pub struct ZooEntry {
 }
 
 /// Options for building a zoo model.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ZooOptions {
     /// seed of the deterministic weight initialisation
     pub seed: u64,
     /// attention of XFormer-R's transformer layers (ignored by the other
     /// families): XFA-R by default, or the XNorm-style alternative
     pub xformer_attention: XfaKind,
+    /// images per call: the input's first dimension (default 1; the CLI's
+    /// `--input-shape image=N,...`)
+    pub batch: usize,
+}
+
+impl Default for ZooOptions {
+    fn default() -> ZooOptions {
+        ZooOptions {
+            seed: 0,
+            xformer_attention: XfaKind::default(),
+            batch: 1,
+        }
+    }
 }
 
 const MF: &str = "Mobile-Former";
@@ -75,12 +88,15 @@ pub fn list() -> &'static [ZooEntry] {
 
 /// Builds the graph of a zoo model (no weight values).
 pub fn build_graph(name: &str, opts: &ZooOptions) -> Result<Graph, FrontendError> {
+    if opts.batch == 0 {
+        return Err(FrontendError::Zoo("a batch of 0 images".into()));
+    }
     if let Some(cfg) = mobile_former::config(name) {
-        mobile_former::build(&cfg)
+        mobile_former::build(&cfg, opts.batch)
     } else if let Some(cfg) = mobilevitv2::config(name) {
-        mobilevitv2::build(&cfg)
+        mobilevitv2::build(&cfg, opts.batch)
     } else if name == xformer::NAME {
-        xformer::build(opts.xformer_attention)
+        xformer::build(opts.xformer_attention, opts.batch)
     } else {
         let names: Vec<&str> = ENTRIES.iter().map(|e| e.name).collect();
         Err(FrontendError::Zoo(format!(

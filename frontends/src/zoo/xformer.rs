@@ -174,9 +174,9 @@ pub fn xformer_block(
     conv_norm_act(&mut b.scope("conv_fusion"), cat, c, 3, 1, 1, true)
 }
 
-/// Builds XFormer-R (input `f32[1,3,256,256]`, output `f32[1,1000]`).
-pub fn build(kind: XfaKind) -> Result<Graph, FrontendError> {
-    let n = 1;
+/// Builds XFormer-R for a batch of `n` (input `f32[n,3,256,256]`, output
+/// `f32[n,1000]`).
+pub fn build(kind: XfaKind, n: usize) -> Result<Graph, FrontendError> {
     let mut b = GraphBuilder::new(NAME);
     let image = b.input("image", &[n, 3, 256, 256])?;
     let mut x = conv_norm_act(&mut b.scope("stem"), image, 16, 3, 2, 1, true)?;
