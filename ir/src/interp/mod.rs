@@ -235,7 +235,7 @@ fn f32s(t: &Tensor) -> &[f32] {
 pub fn eval(op: &Op, operands: &[&Tensor]) -> Result<Vec<Tensor>, String> {
     let types: Vec<TensorType> = operands.iter().map(|t| t.ty()).collect();
     let out_types = shape::infer(op, &types)?;
-    crate::verify::check_empty(&types, &out_types)?;
+    crate::verify::check_empty(op, &types, &out_types)?;
     if out_types.iter().all(|t| t.numel() == 0) {
         // nothing to compute (see `verify::check_empty`); the op's own code
         // may divide by a dimension
