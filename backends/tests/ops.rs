@@ -845,3 +845,28 @@ fn matmul_random_shapes() {
         );
     }
 }
+
+/// A depthwise window taller (or wider) than the padded input has no
+/// interior; its first interior row was computed past the last output row,
+/// and the edge code wrote one row beyond the plane — heap corruption found
+/// by the `jit_vs_interp` fuzz target (tests/corpus/dw_multiplier2_h1.kir).
+/// Multipliers 1 and 2, both axes, every level and the scalarised path.
+#[test]
+fn depthwise_windows_larger_than_the_input() {
+    for (x, w, groups) in [
+        ([1, 2, 1, 8], [4, 1, 5, 5], 2),
+        ([1, 2, 1, 8], [2, 1, 5, 5], 2),
+        ([1, 3, 7, 1], [3, 1, 5, 5], 3),
+        ([1, 4, 2, 2], [8, 1, 7, 7], 4),
+    ] {
+        let pad = w[2] / 2;
+        let op = Op::Conv2d {
+            stride: [1, 1],
+            pad: [pad, pad, pad, pad],
+            dilation: [1, 1],
+            groups,
+        };
+        let what = format!("depthwise {w:?} over {x:?}");
+        check_op(&what, op, &[input(&x), weight(&w)], 7, Fill::Signed);
+    }
+}

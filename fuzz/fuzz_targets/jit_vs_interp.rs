@@ -21,26 +21,6 @@ use kiln_backends::{CompileOptions, OptLevel, TileLevel, compile};
 use kiln_ir::interp;
 use libfuzzer_sys::fuzz_target;
 
-/// TEMPORARY, until the backend bug is fixed: a grouped (depthwise)
-/// convolution on an input smaller than its window corrupts the heap —
-/// with channel multiplier 2 on the vector path
-/// (tests/corpus/dw_multiplier2_h1.kir, tests/corpus/jit_heap_corruption_seed),
-/// with multiplier 1 on the scalarised path
-/// (tests/corpus/jit_heap_corruption_scalarised_seed). The process then
-/// aborts, or hangs in libFuzzer's crash handler, which stops every other
-/// finding; such graphs are skipped. Delete this and its call with the fix.
-fn known_heap_corruption(g: &kiln_ir::Graph) -> bool {
-    g.node_ids().any(|id| match &g.node(id).op {
-        kiln_ir::Op::Conv2d { groups, .. } if *groups > 1 => {
-            let ops = g.operands(id);
-            let x = &g.value_type(ops[0]).shape;
-            let w = &g.value_type(ops[1]).shape;
-            x[2] < w[2] || x[3] < w[3]
-        }
-        _ => false,
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut seed = [0u8; 8];
     let n = data.len().min(8);
@@ -49,9 +29,6 @@ fuzz_target!(|data: &[u8]| {
     let flags = data.get(8).copied().unwrap_or(0);
 
     let (model, inputs) = random_graph(seed);
-    if known_heap_corruption(&model.graph) {
-        return;
-    }
     // For reproducers that crash before the comparison can print the graph
     // (an out-of-bounds write found at a later free, say).
     if std::env::var_os("KILN_FUZZ_PRINT").is_some() {

@@ -154,6 +154,11 @@ fn interior(out: usize, len: usize, taps: usize, s: usize, d: usize, p: usize) -
         lo = lo.max(l);
         hi = hi.min(h);
     }
+    // A window larger than the padded input has no interior, and its first
+    // interior index can lie past the last output (h = 1, 5 taps, pad 2:
+    // lo = 2 > out = 1); clamped, the edge rows or columns [0, lo) stay
+    // inside the output. Unclamped they wrote one row past the plane.
+    let lo = lo.min(out);
     (lo, hi.max(lo))
 }
 
