@@ -277,6 +277,17 @@ def test_inputs_outputs_and_options(mf26):
     assert kiln.compile("mobile_former_26m", threads=1).threads == 1
 
 
+def test_kir_is_the_compiled_graph_as_text(mf26, kiln_cli, tmp_path):
+    path = tmp_path / "opt.kir"
+    path.write_text(mf26.kir)
+    # kiln parses and verifies it: the model's inputs, outputs, node count
+    info = json.loads(kiln_cli("info", path, "--json"))
+    io = lambda infos: [(i.name, i.shape) for i in infos]
+    assert [(i["name"], i["shape"]) for i in info["inputs"]] == io(mf26.inputs)
+    assert [(i["name"], i["shape"]) for i in info["outputs"]] == io(mf26.outputs)
+    assert len(info["layers"]) == mf26.explain()["nodes_after"]
+
+
 def test_explain_is_kiln_opt_report(mf26, kiln_cli):
     report = mf26.explain()
     assert report == json.loads(kiln_cli("opt", "mobile_former_26m", "--explain", "--json"))
@@ -299,8 +310,13 @@ def test_profile_is_kiln_bench_profile(mf26, kiln_cli):
         kiln_cli("bench", "mobile_former_26m", "--profile", "--json", "--iters", "1", "--warmup", "0")
     )["profile"]
     assert sorted(r["node"] for r in rows) == sorted(r["node"] for r in cli)
+    (x,) = random_inputs(mf26, 4)
+    given = mf26.profile(iters=1, inputs=[x])
+    assert sorted(r["node"] for r in given) == sorted(r["node"] for r in rows)
     with pytest.raises(kiln.KilnError, match="iters"):
         mf26.profile(iters=0)
+    with pytest.raises(kiln.ShapeError, match="must be f32"):
+        mf26.profile(iters=1, inputs=[x.astype(np.float64)])
 
 
 def test_zoo_is_kiln_list(kiln_cli):
@@ -331,6 +347,10 @@ def test_compile_aot_writes_object_and_header(tmp_path):
     assert obj.read_bytes()[:4] == b"\x7fELF"
     assert res["entry"] == "kiln_blk_run" and "kiln_blk_run" in hdr.read_text()
     assert res["cpu"]  # the target's default level, resolved
+    import shutil, subprocess
+
+    if shutil.which("gcc"):  # the header is valid C
+        subprocess.run(["gcc", "-fsyntax-only", "-x", "c", str(hdr)], check=True)
     with pytest.raises(kiln.CompileError, match="target"):
         kiln.compile_aot("mobile_former_26m", target="sparc-sun-solaris", out_dir=tmp_path)
 
