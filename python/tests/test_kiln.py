@@ -3,6 +3,7 @@ zero-copy inputs, bad input, threads."""
 
 import json
 import threading
+import time
 
 import numpy as np
 import onnx
@@ -381,6 +382,34 @@ def test_four_threads_share_one_model(mf26):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_gil_is_released_while_kernels_run():
+    # a slow call (tens of ms), so that scheduling noise is small next to it
+    m = kiln.compile("xformer", threads=1)
+    (x,) = random_inputs(m)
+    m(x)
+    t0 = time.perf_counter()
+    m(x)
+    one = time.perf_counter() - t0
+    started, start = threading.Event(), []
+
+    def worker():
+        started.set()
+        start.append(time.perf_counter())
+        m(x)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    started.wait()
+    time.sleep(one / 10)
+    # Were the GIL held during the call, this thread could not run again
+    # before the call returned, a whole call after it started.
+    resumed = time.perf_counter()
+    t.join()
+    assert resumed - start[0] < one / 2, (
+        f"main thread resumed {(resumed - start[0]) * 1e3:.1f} ms into a {one * 1e3:.1f} ms call"
+    )
 
 
 def test_close_while_other_threads_run():
