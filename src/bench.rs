@@ -36,6 +36,8 @@ pub struct BenchOptions {
     pub tiles: Option<kiln_backends::TileLevel>,
     /// run inverted-residual chains band by band (`--banded-chains`)
     pub banded_chains: bool,
+    /// resource limits for the optimiser and the JIT (`--limit`)
+    pub limits: kiln_ir::Limits,
 }
 
 /// One row of the profile: a graph node of the compiled (optimised) graph
@@ -155,7 +157,8 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
     let mut copts = CompileOptions {
         optimize: opts.optimize,
         ..CompileOptions::default()
-    };
+    }
+    .with_limits(opts.limits);
     copts.backend.threads = opts.threads;
     if let Some(t) = opts.tiles {
         copts.backend.max_tiles = t;
@@ -556,6 +559,7 @@ mod tests {
             profile: true,
             tiles: Some(kiln_backends::TileLevel::F32x4),
             banded_chains: false,
+            limits: kiln_ir::Limits::default(),
         };
         let r = bench_model(&tiny(), &opts).unwrap();
         assert_eq!(r.threads, 1);
@@ -703,6 +707,7 @@ mod tests {
             profile: false,
             tiles: None,
             banded_chains: false,
+            limits: kiln_ir::Limits::default(),
         };
         assert!(bench_model(&tiny(), &opts).is_err());
         opts.iters = 1;

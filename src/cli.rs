@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_frontends::{npy, onnx, safetensors, zoo};
-use kiln_ir::{Tensor, Value, WeightStore, text};
+use kiln_ir::{Limits, Tensor, Value, WeightStore, text};
 
 use crate::bench;
 use crate::compile::CompileOptions;
@@ -45,15 +45,29 @@ pub struct ModelArgs {
     /// input of `run`)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
+    /// Set a resource limit (repeatable): tensor, weights, folded, arena,
+    /// consts (bytes: 512M, 8G, ...), nodes, extract (counts); see docs/cli.md
+    #[arg(long = "limit", value_name = "KEY=VALUE")]
+    pub limit: Vec<String>,
 }
 
 impl ModelArgs {
-    fn options(&self) -> LoadOptions {
-        LoadOptions {
+    fn options(&self) -> Result<LoadOptions, KilnError> {
+        Ok(LoadOptions {
             weights: self.weights.clone(),
             seed: self.seed,
             graph_only: false,
+            limits: self.limits()?,
+        })
+    }
+
+    /// The default limits with every `--limit` applied in order.
+    fn limits(&self) -> Result<Limits, KilnError> {
+        let mut l = Limits::default();
+        for spec in &self.limit {
+            l.set(spec).map_err(KilnError::Usage)?;
         }
+        Ok(l)
     }
 }
 
@@ -221,6 +235,9 @@ pub enum Command {
         /// tensors never in the scratch buffer, which shrinks
         #[arg(long)]
         banded_chains: bool,
+        /// Set a resource limit (repeatable; see `kiln run --help`)
+        #[arg(long = "limit", value_name = "KEY=VALUE")]
+        limit: Vec<String>,
     },
     /// Write a model and its weights as a self-contained ONNX file (opset 21)
     Export {
@@ -280,8 +297,9 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             emit: format,
         } => {
             // The optimiser needs weight values (batch-norm folding).
-            let m = load_model(&model.model, &model.options())?;
-            let (out, note) = cmd_opt(&m, json, format)?;
+            let lo = model.options()?;
+            let m = load_model(&model.model, &lo)?;
+            let (out, note) = cmd_opt(&m, json, format, lo.limits)?;
             emit(io.err, &note)?;
             emit(io.out, &out)
         }
@@ -305,6 +323,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                 profile,
                 tiles: tiles.map(Into::into),
                 banded_chains,
+                limits: model.limits()?,
             };
             cmd_bench(&model, &opts, json, io)
         }
@@ -326,19 +345,23 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             list_targets,
             no_opt,
             banded_chains,
+            limit,
         } => match (list_targets, model) {
             (false, Some(model)) => {
                 let args = ModelArgs {
                     model,
                     weights,
                     seed,
+                    limit,
                 };
+                // the limits come from the model arguments (`--limit`)
                 let aot = crate::compile::AotRequest {
                     target,
                     cpu,
                     name,
                     optimize: !no_opt,
                     banded_chains,
+                    limits: Limits::default(),
                 };
                 cmd_compile(&args, &aot, &output, io)
             }
@@ -361,8 +384,13 @@ fn cmd_compile(
     output: &PathBuf,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
-    let loaded = load_model(&args.model, &args.options())?;
-    let (obj, opts) = crate::compile::aot(&loaded, aot)?;
+    let lo = args.options()?;
+    let loaded = load_model(&args.model, &lo)?;
+    let req = crate::compile::AotRequest {
+        limits: lo.limits,
+        ..aot.clone()
+    };
+    let (obj, opts) = crate::compile::aot(&loaded, &req)?;
     let header_path = output.with_extension("h");
     std::fs::write(output, &obj.object).map_err(|source| KilnError::Io {
         path: output.clone(),
@@ -395,7 +423,7 @@ fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
     // The report needs no weight values; given ones are still checked.
     let opts = LoadOptions {
         graph_only: true,
-        ..args.options()
+        ..args.options()?
     };
     let model = load_model(&args.model, &opts)?;
     let report = info::report(&model.graph);
@@ -414,7 +442,7 @@ fn cmd_info(args: &ModelArgs, json: bool, io: Io<'_>) -> Result<(), KilnError> {
 }
 
 fn cmd_export(args: &ModelArgs, output: &std::path::Path, io: Io<'_>) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options())?;
+    let model = load_model(&args.model, &args.options()?)?;
     onnx::export(&model, output)?;
     emit(io.err, &format!("wrote {}\n", output.display()))
 }
@@ -431,7 +459,7 @@ fn cmd_run(
     (optimize, tiles, banded_chains): RunSwitches,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
-    let model = load_model(&args.model, &args.options())?;
+    let model = load_model(&args.model, &args.options()?)?;
     let g = &model.graph;
     if !inputs.is_empty() && inputs.len() != g.inputs().len() {
         return Err(KilnError::Usage(format!(
@@ -479,7 +507,8 @@ fn cmd_run(
     let mut opts = CompileOptions {
         optimize,
         ..CompileOptions::default()
-    };
+    }
+    .with_limits(args.limits()?);
     if let Some(t) = tiles {
         opts.backend.max_tiles = t.into();
     }
@@ -512,7 +541,7 @@ fn cmd_bench(
     io: Io<'_>,
 ) -> Result<(), KilnError> {
     opts.check()?;
-    let model = load_model(&args.model, &args.options())?;
+    let model = load_model(&args.model, &args.options()?)?;
     // Progress: optimising and compiling a large model takes a noticeable
     // fraction of a second; say what is happening (stderr, so stdout stays
     // one report).
@@ -571,7 +600,7 @@ fn cmd_export_kir(
     // Weight values are needed only to write them.
     let opts = LoadOptions {
         graph_only: weights_out.is_none(),
-        ..args.options()
+        ..args.options()?
     };
     let model = load_model(&args.model, &opts)?;
     std::fs::write(output, text::print(&model.graph)).map_err(|source| KilnError::Io {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kiln_backends::CompiledModel;
 use kiln_backends::aot::{AotObject, AotOptions, aot_targets, compile_aot};
-use kiln_ir::{Graph, Model};
+use kiln_ir::{Graph, Limits, Model};
 use kiln_passes::{OptOptions, OptReport, optimize};
 
 use crate::error::KilnError;
@@ -25,6 +25,15 @@ pub struct CompileOptions {
     pub passes: OptOptions,
     /// Threads, tiles and code-generation switches of the JIT.
     pub backend: kiln_backends::CompileOptions,
+}
+
+impl CompileOptions {
+    /// These options with `limits` for the optimiser and the JIT alike.
+    pub fn with_limits(mut self, limits: Limits) -> CompileOptions {
+        self.passes.limits = limits;
+        self.backend.limits = limits;
+        self
+    }
 }
 
 impl Default for CompileOptions {
@@ -112,6 +121,8 @@ pub struct AotRequest {
     pub optimize: bool,
     /// run inverted-residual chains band by band
     pub banded_chains: bool,
+    /// resource limits of the optimiser and the code generator
+    pub limits: Limits,
 }
 
 /// Optimises (unless `req.optimize` is off) and compiles `model` ahead of
@@ -123,7 +134,8 @@ pub fn aot(model: &Model, req: &AotRequest) -> Result<(AotObject, AotOptions), K
         &CompileOptions {
             optimize: req.optimize,
             ..CompileOptions::default()
-        },
+        }
+        .with_limits(req.limits),
     )?;
     let cpu = match &req.cpu {
         Some(c) => c.clone(),
@@ -152,6 +164,7 @@ pub fn aot(model: &Model, req: &AotRequest) -> Result<(AotObject, AotOptions), K
         name,
         compile: kiln_backends::CompileOptions {
             banded_chains: req.banded_chains,
+            limits: req.limits,
             ..kiln_backends::CompileOptions::default()
         },
     };

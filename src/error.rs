@@ -85,3 +85,39 @@ impl KilnError {
         }
     }
 }
+
+/// A message as the one line the CLI prints after `error: `: its lines
+/// joined with `; `, and every other control character (an ANSI escape in
+/// an ONNX op type, a NUL in a name) written as a visible escape, so that
+/// text from a model file cannot drive the terminal.
+pub fn one_line(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for (i, line) in msg.lines().enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        for c in line.chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_joins_lines_and_escapes_control_characters() {
+        assert_eq!(one_line("a\nb"), "a; b");
+        assert_eq!(
+            one_line("op '\u{1b}[31mRed' (\u{0}x\t)"),
+            "op '\\u{1b}[31mRed' (\\u{0}x\\t)"
+        );
+        assert_eq!(one_line("plain ünïcode"), "plain ünïcode");
+    }
+}

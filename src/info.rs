@@ -175,24 +175,27 @@ pub fn render_text(r: &Report) -> String {
     let mut width = header.map(str::len);
     for row in &rows {
         for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(cell.chars().count());
         }
     }
     let line = |cells: [&str; 5]| {
-        // Text columns left-aligned, numbers right-aligned.
-        let row = format!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            cells[4],
-            w0 = width[0],
-            w1 = width[1],
-            w2 = width[2],
-            w3 = width[3],
-            w4 = width[4],
-        );
+        // Text columns left-aligned, numbers right-aligned. Padded by hand:
+        // `format!`'s width is a u16 and panics past 65,535, and a value
+        // name can be longer than that.
+        let mut row = String::new();
+        for (i, (cell, &w)) in cells.iter().zip(&width).enumerate() {
+            let pad = " ".repeat(w.saturating_sub(cell.chars().count()));
+            if i > 0 {
+                row.push_str("  ");
+            }
+            if i < 3 {
+                row.push_str(cell);
+                row.push_str(&pad);
+            } else {
+                row.push_str(&pad);
+                row.push_str(cell);
+            }
+        }
         format!("{}\n", row.trim_end())
     };
     out.push_str(&line(header));

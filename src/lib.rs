@@ -21,7 +21,7 @@
 //! let model = load_model("examples/conv_norm_attention.kir", &LoadOptions {
 //!     weights: Some("examples/conv_norm_attention.safetensors".into()),
 //!     seed: 0,
-//!     graph_only: false,
+//!     ..LoadOptions::default()
 //! })?;
 //! let input = kiln::ir::Value::of(model.graph.inputs()[0]);
 //! let x = random_input(model.graph.value_type(input), 0);

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use kiln_frontends::{FrontendError, init, onnx, safetensors, zoo};
-use kiln_ir::{Graph, IrError, Model, WeightStore, text, verify, verify_weights};
+use kiln_ir::{Graph, IrError, Limits, Model, WeightStore, text, verify, verify_weights};
 
 use crate::error::KilnError;
 
@@ -21,6 +21,9 @@ pub struct LoadOptions {
     /// `weights` gets no seeded values and an empty store. Weights that are
     /// given are still loaded and checked against the graph.
     pub graph_only: bool,
+    /// Resource limits: the loaded graph's node count and value sizes are
+    /// checked against them before any weight is allocated.
+    pub limits: Limits,
 }
 
 /// What a `MODEL` argument names.
@@ -90,6 +93,8 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
                 source,
             })?;
             let graph = text::parse(&src).map_err(|source| KilnError::Kir { path, source })?;
+            // before the seeded initialiser allocates what the text declares
+            opts.limits.check_graph(&graph)?;
             let weights = if opts.weights.is_some() || opts.graph_only {
                 // Loaded below, once for every kind of model, or not needed.
                 WeightStore::new()
@@ -122,6 +127,7 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
         }
     };
     verify(&model.graph)?;
+    opts.limits.check_graph(&model.graph)?;
     let from = match &opts.weights {
         Some(path) => {
             let given = safetensors::load(path)?;
@@ -152,15 +158,18 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<Model, KilnError> {
 /// `onnx.ModelProto`, or a file read with `import` options): imported with
 /// `import` (concrete shapes for symbolic input dims), verified, and its
 /// weights from `weights` (a safetensors file) when given, else its own
-/// initialisers; `origin` names it in messages.
+/// initialisers, and checked against `limits`; `origin` names it in
+/// messages.
 pub fn load_onnx_bytes(
     bytes: &[u8],
     origin: &str,
     import: &onnx::ImportOptions,
     weights: Option<&Path>,
+    limits: &Limits,
 ) -> Result<Model, KilnError> {
     let (mut model, _) = onnx::import_bytes(bytes, import)?;
     verify(&model.graph)?;
+    limits.check_graph(&model.graph)?;
     let from = match weights {
         Some(path) => {
             model.weights = safetensors::load(path)?;

@@ -43,9 +43,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            // One line, whatever the message: scripts grep for `error:`.
-            let msg = e.to_string().lines().collect::<Vec<_>>().join("; ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", kiln::error::one_line(&e.to_string()));
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }

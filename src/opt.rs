@@ -2,7 +2,7 @@
 //! the optimised graph (`.kir` text or Graphviz).
 
 use clap::ValueEnum;
-use kiln_ir::{Graph, Model, text};
+use kiln_ir::{Graph, Limits, Model, text};
 use kiln_passes::{OptOptions, optimize};
 
 use crate::error::KilnError;
@@ -26,13 +26,22 @@ pub fn cmd_opt(
     model: &Model,
     json: bool,
     emit: Option<Emit>,
+    limits: Limits,
 ) -> Result<(String, String), KilnError> {
-    let (opt, report) = optimize(model, &OptOptions::default())?;
+    let opts = OptOptions {
+        limits,
+        ..OptOptions::default()
+    };
+    let (opt, report) = optimize(model, &opts)?;
     let out = match emit {
         Some(Emit::Ir) => text::print(&opt.graph),
         Some(Emit::Dot) => to_dot(&opt.graph)?,
         Some(Emit::Clif) => {
-            kiln_backends::emit_clif(&opt, &kiln_backends::CompileOptions::default())?
+            let copts = kiln_backends::CompileOptions {
+                limits,
+                ..kiln_backends::CompileOptions::default()
+            };
+            kiln_backends::emit_clif(&opt, &copts)?
         }
         None if json => report.to_json() + "\n",
         None => report.explain(),

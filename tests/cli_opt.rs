@@ -121,8 +121,7 @@ fn an_optimised_model_runs_on_the_jit() {
         example(KIR).to_str().unwrap(),
         &LoadOptions {
             weights: Some(example(WEIGHTS)),
-            seed: 0,
-            graph_only: false,
+            ..LoadOptions::default()
         },
     )
     .unwrap();

@@ -105,6 +105,9 @@ pub struct CompileOptions {
     /// stay in L3; for memory-constrained devices (`kiln compile
     /// --banded-chains`).
     pub banded_chains: bool,
+    /// Resource limits: the model's sizes, compile-time folding, the
+    /// constant blob and the arena are checked against them.
+    pub limits: kiln_ir::Limits,
 }
 
 /// Shape of the GEMM register tile: `mr` rows by `nr` columns (`nr` a
@@ -147,6 +150,7 @@ impl Default for CompileOptions {
             max_tiles: TileLevel::Avx512,
             scalarize: false,
             banded_chains: false,
+            limits: kiln_ir::Limits::default(),
         }
     }
 }
@@ -342,7 +346,8 @@ pub fn kernel_graph(model: &Model) -> Result<Model, BackendError> {
     let model = unfused.as_ref().unwrap_or(model);
     kiln_ir::verify(&model.graph)?;
     kiln_ir::verify_weights(&model.graph, &model.weights)?;
-    Ok(crate::fold::fold_constants(model)?.unwrap_or_else(|| model.clone()))
+    let limits = CompileOptions::default().limits;
+    Ok(crate::fold::fold_constants(model, &limits)?.unwrap_or_else(|| model.clone()))
 }
 
 /// Verifies, folds, plans and lowers `model`: everything before code
@@ -357,7 +362,8 @@ pub(crate) fn front(
     let model = unfused.as_ref().unwrap_or(model);
     kiln_ir::verify(&model.graph)?;
     kiln_ir::verify_weights(&model.graph, &model.weights)?;
-    let folded = crate::fold::fold_constants(model)?;
+    opts.limits.check_graph(&model.graph)?;
+    let folded = crate::fold::fold_constants(model, &opts.limits)?;
     let model = folded.as_ref().unwrap_or(model);
     let g = &model.graph;
     let threads = opts
@@ -366,7 +372,7 @@ pub(crate) fn front(
         .max(1);
     // Weights go into the constant blob, so that kernels address them by
     // offset like packed constants (relocatable in an object file).
-    let mut consts = ConstStore::default();
+    let mut consts = ConstStore::with_limits(opts.limits);
     let mut weight_addr: HashMap<NodeId, usize> = HashMap::new();
     for &w in g.weights() {
         let name = &g.node(w).outputs[0].name;
@@ -378,7 +384,7 @@ pub(crate) fn front(
             weight_addr.insert(w, off);
         }
     }
-    let plan = plan::plan(g, &weight_addr)?;
+    let plan = plan::plan(g, &weight_addr, &opts.limits)?;
     let tiles = effective_tiles(tiles, opts);
     let mut asm = AsmStore::new(tiles);
     let use_asm = tiles > TileLevel::F32x4;
@@ -386,6 +392,12 @@ pub(crate) fn front(
     let mut work = HashMap::new();
     for &id in &plan.kernels {
         let node = g.node(id);
+        if node.outputs.iter().all(|o| o.ty.numel() == 0) {
+            // Empty results: nothing to compute, and no kernel may see an
+            // empty tensor (the verifier refuses empty operands of a node
+            // with a non-empty result; see `kiln_ir::verify`).
+            continue;
+        }
         let inplace = plan.inplace.contains(&id);
         let loc = |v: &Value| {
             plan.loc.get(v).copied().ok_or_else(|| {
@@ -442,10 +454,15 @@ pub(crate) fn front(
             },
         );
     }
+    // packed weights and tables added during lowering count too
+    consts.room(0, "the constant blob")?;
     let n_in = g.inputs().len();
     for &(k, src) in &plan.copies {
         let v = g.outputs()[k];
         let words = g.value_type(v).size_bytes() / 4;
+        if words == 0 {
+            continue;
+        }
         let dst = Buf::output(Loc::Io(8 * (n_in + k)));
         let name = format!("output {k} ({})", g.display_value(v));
         work.insert(

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use kiln_ir::{Graph, Model, NodeId, Op, Tensor, Value};
+use kiln_ir::{Graph, Limits, Model, NodeId, Op, Tensor, Value};
 
 use crate::error::BackendError;
 
@@ -22,8 +22,14 @@ const PREFIX: &str = "__kiln_folded";
 
 /// Returns `model` with every constant computation replaced by a weight, or
 /// `None` when there is nothing to fold.
-pub(crate) fn fold_constants(model: &Model) -> Result<Option<Model>, BackendError> {
+/// Folded values count against `limits.folded_bytes` (checked before each
+/// is computed).
+pub(crate) fn fold_constants(
+    model: &Model,
+    limits: &Limits,
+) -> Result<Option<Model>, BackendError> {
     let g = &model.graph;
+    let mut used = 0usize;
     let order = g.topo_order()?;
     let mut known: HashMap<Value, Tensor> = HashMap::new();
     let mut folded: Vec<NodeId> = Vec::new();
@@ -47,6 +53,13 @@ pub(crate) fn fold_constants(model: &Model) -> Result<Option<Model>, BackendErro
         else {
             continue;
         };
+        for (o, info) in node.outputs.iter().enumerate() {
+            let what = g.display_value(Value {
+                node: id,
+                output: o,
+            });
+            limits.charge(&mut used, info.ty.size_bytes(), "folded", &what)?;
+        }
         let results = kiln_ir::interp::eval(&node.op, &args).map_err(|msg| {
             BackendError::unsupported(
                 g.display_node(id),

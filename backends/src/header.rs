@@ -110,16 +110,19 @@ pub(crate) fn header(h: &HeaderInfo) -> String {
  * Undefined symbols the object needs (C library / libm): {needs}.
  *
  * Usage: allocate KILN_{up}_SCRATCH_BYTES (or kiln_{n}_scratch_bytes())
- * bytes of scratch, 64-byte aligned and zero-filled before the first call
- * (e.g. aligned_alloc + memset, or calloc rounded up); reuse it across
- * calls, one scratch per concurrent call. The object is single-threaded and
+ * bytes of scratch, 64-byte aligned (aligned_alloc); it needs no
+ * initialisation (no kernel reads scratch it has not written in the same
+ * call). Reuse it across calls, one scratch per concurrent call. Call
+ * kiln_{n}_run_sized: it checks the sizes, the alignment, overlap and the
+ * CPU, and returns a KILN_{up}_* code. The object is single-threaded and
  * reentrant given distinct scratch buffers. Tensors are dense row-major
- * (NCHW) float32, at least 16-byte aligned.
+ * (NCHW) float32.
  */
 #ifndef {guard}
 #define {guard}
 
 #include <stddef.h>
+#include <stdint.h>
 {cpu_include}
 #ifdef __cplusplus
 extern \"C\" {{
@@ -137,12 +140,21 @@ extern \"C\" {{
 #define KILN_{up}_OUTPUT_ELEMS {out_elems}
 #define KILN_{up}_SCRATCH_BYTES {scratch}
 #define KILN_{up}_SCRATCH_ALIGN 64
-/* What kiln_{n}_run_checked returns on a CPU without the features the
- * object was compiled for. */
-#define KILN_{up}_ERR_CPU (-2)
+/* What kiln_{n}_run_sized (and kiln_{n}_run_checked) return. */
+#define KILN_{up}_OK 0
+#define KILN_{up}_ERR_NULL (-1)          /* a pointer argument is NULL */
+#define KILN_{up}_ERR_CPU (-2)           /* this CPU lacks the object's features */
+#define KILN_{up}_ERR_INPUT_SIZE (-3)    /* input_elems != KILN_{up}_INPUT_ELEMS */
+#define KILN_{up}_ERR_OUTPUT_SIZE (-4)   /* output_elems != KILN_{up}_OUTPUT_ELEMS */
+#define KILN_{up}_ERR_SCRATCH_SIZE (-5)  /* scratch_bytes < KILN_{up}_SCRATCH_BYTES */
+#define KILN_{up}_ERR_ALIGN (-6)         /* scratch is not 64-byte aligned */
+#define KILN_{up}_ERR_OVERLAP (-7)       /* output overlaps the input or the scratch */
 
-/* Runs the model on `input` (KILN_{up}_INPUT_ELEMS floats), writing
- * `output` (KILN_{up}_OUTPUT_ELEMS floats). Returns 0. */
+/* UNCHECKED: runs the model on `input` (KILN_{up}_INPUT_ELEMS floats),
+ * writing `output` (KILN_{up}_OUTPUT_ELEMS floats), with `scratch` of
+ * KILN_{up}_SCRATCH_BYTES bytes, 64-byte aligned. Returns 0. Wrong sizes
+ * are out-of-bounds reads and writes, and a CPU without the object's
+ * features executes an illegal instruction: prefer kiln_{n}_run_sized. */
 int kiln_{n}_run(const float *input, float *output, void *scratch);
 
 /* Bytes of scratch one call needs (== KILN_{up}_SCRATCH_BYTES). */
@@ -155,13 +167,63 @@ static inline int kiln_{n}_cpu_supported(void) {{
     return {cpu_test};
 }}
 
-/* kiln_{n}_run after checking the CPU: KILN_{up}_ERR_CPU if
+/* kiln_{n}_run after checking the CPU only: KILN_{up}_ERR_CPU if
  * kiln_{n}_cpu_supported() is false, else what kiln_{n}_run returns. */
 static inline int kiln_{n}_run_checked(const float *input, float *output, void *scratch) {{
     if (!kiln_{n}_cpu_supported()) {{
         return KILN_{up}_ERR_CPU;
     }}
     return kiln_{n}_run(input, output, scratch);
+}}
+
+/* The checked entry point: runs the model when `input` holds exactly
+ * KILN_{up}_INPUT_ELEMS floats, `output` room for exactly
+ * KILN_{up}_OUTPUT_ELEMS, `scratch` at least KILN_{up}_SCRATCH_BYTES bytes
+ * at a 64-byte aligned address, the output overlaps neither of the others,
+ * and the CPU has the object's features; returns KILN_{up}_OK, or the
+ * first KILN_{up}_ERR_* that applies without touching any buffer. */
+static inline int kiln_{n}_run_sized(const float *input, size_t input_elems,
+                                     float *output, size_t output_elems,
+                                     void *scratch, size_t scratch_bytes) {{
+    if (input == NULL || output == NULL || scratch == NULL) {{
+        return KILN_{up}_ERR_NULL;
+    }}
+    if (input_elems != (size_t)KILN_{up}_INPUT_ELEMS) {{
+        return KILN_{up}_ERR_INPUT_SIZE;
+    }}
+    if (output_elems != (size_t)KILN_{up}_OUTPUT_ELEMS) {{
+        return KILN_{up}_ERR_OUTPUT_SIZE;
+    }}
+    if (scratch_bytes < (size_t)KILN_{up}_SCRATCH_BYTES) {{
+        return KILN_{up}_ERR_SCRATCH_SIZE;
+    }}
+    if (((uintptr_t)scratch & 63u) != 0) {{
+        return KILN_{up}_ERR_ALIGN;
+    }}
+    {{
+        uintptr_t o = (uintptr_t)output, oe = o + output_elems * sizeof(float);
+        uintptr_t i = (uintptr_t)input, ie = i + input_elems * sizeof(float);
+        uintptr_t s = (uintptr_t)scratch, se = s + (size_t)KILN_{up}_SCRATCH_BYTES;
+        if ((o < ie && i < oe) || (o < se && s < oe)) {{
+            return KILN_{up}_ERR_OVERLAP;
+        }}
+    }}
+    return kiln_{n}_run_checked(input, output, scratch);
+}}
+
+/* A short English description of a KILN_{up}_* code. */
+static inline const char *kiln_{n}_strerror(int code) {{
+    switch (code) {{
+    case KILN_{up}_OK: return \"ok\";
+    case KILN_{up}_ERR_NULL: return \"a buffer pointer is NULL\";
+    case KILN_{up}_ERR_CPU: return \"this CPU lacks the object's instruction-set features\";
+    case KILN_{up}_ERR_INPUT_SIZE: return \"the input does not have the model's input size\";
+    case KILN_{up}_ERR_OUTPUT_SIZE: return \"the output does not have the model's output size\";
+    case KILN_{up}_ERR_SCRATCH_SIZE: return \"the scratch buffer is smaller than the model needs\";
+    case KILN_{up}_ERR_ALIGN: return \"the scratch buffer is not 64-byte aligned\";
+    case KILN_{up}_ERR_OVERLAP: return \"the output overlaps the input or the scratch buffer\";
+    default: return \"unknown kiln error code\";
+    }}
 }}
 
 #ifdef __cplusplus

@@ -20,7 +20,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use kiln_ir::{Graph, NodeId, Op, Value};
+use kiln_ir::limits::Bytes;
+use kiln_ir::{Graph, Limits, NodeId, Op, Value};
 
 use crate::codegen::Loc;
 use crate::error::BackendError;
@@ -69,12 +70,31 @@ struct Interval {
 }
 
 fn align_up(x: usize) -> usize {
+    // sizes of valid types are at most isize::MAX, so this cannot wrap
     x.div_ceil(ALIGN) * ALIGN
+}
+
+/// `a + b`, or the error of an arena too large to address.
+fn add(a: usize, b: usize) -> Result<usize, BackendError> {
+    a.checked_add(b)
+        .filter(|&s| s <= kiln_ir::limits::MAX_TYPE_BYTES)
+        .ok_or_else(|| {
+            BackendError::Invalid(kiln_ir::IrError::Limit(
+                "the arena's size does not fit in 63 bits".into(),
+            ))
+        })
 }
 
 /// Plans `g` (verified), whose weights are at the given offsets of the
 /// constant blob.
-pub(crate) fn plan(g: &Graph, weight_addr: &HashMap<NodeId, usize>) -> Result<Plan, BackendError> {
+///
+/// Sizes add with overflow checks, and the arena must fit under
+/// `limits.arena_bytes`: a graph's values are each bounded, but not their sum.
+pub(crate) fn plan(
+    g: &Graph,
+    weight_addr: &HashMap<NodeId, usize>,
+    limits: &Limits,
+) -> Result<Plan, BackendError> {
     let order = g.topo_order()?;
     let n_in = g.inputs().len();
     let n_out = g.outputs().len();
@@ -176,7 +196,7 @@ pub(crate) fn plan(g: &Graph, weight_addr: &HashMap<NodeId, usize>) -> Result<Pl
             if claimed.contains_key(&v) {
                 continue;
             }
-            unshared_bytes += align_up(info.ty.size_bytes().max(1));
+            unshared_bytes = add(unshared_bytes, align_up(info.ty.size_bytes().max(1)))?;
             if done_inplace && o == 0 {
                 continue;
             }
@@ -190,7 +210,7 @@ pub(crate) fn plan(g: &Graph, weight_addr: &HashMap<NodeId, usize>) -> Result<Pl
             });
         }
         let s = kernels::scratch_bytes(g, id);
-        unshared_bytes += align_up(s);
+        unshared_bytes = add(unshared_bytes, align_up(s))?;
         if s > 0 {
             scratch_iv.push((id, intervals.len()));
             intervals.push(Interval {
@@ -235,7 +255,17 @@ pub(crate) fn plan(g: &Graph, weight_addr: &HashMap<NodeId, usize>) -> Result<Pl
             off = off.max(hi);
         }
         intervals[i].offset = off;
-        arena_end = arena_end.max(off + intervals[i].bytes);
+        // every placed interval ends below the arena limit (checked here),
+        // and the limit is at most isize::MAX, so the sums above cannot wrap
+        arena_end = arena_end.max(add(off, intervals[i].bytes)?);
+        if arena_end > limits.arena_bytes {
+            return Err(kiln_ir::limits::exceeded(
+                &format!("the arena needs at least {}", Bytes(arena_end)),
+                limits.arena_bytes,
+                "arena",
+            )
+            .into());
+        }
         placed.push(i);
     }
 

@@ -8,8 +8,9 @@
 //!
 //! Cross tests need `aarch64-linux-gnu-gcc`, `riscv64-linux-gnu-gcc`,
 //! `qemu-aarch64` and `qemu-riscv64` (Debian: `apt-get install
-//! gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu qemu-user`). Without them
-//! the tests fail, unless `KILN_AOT_CROSS=skip` is set.
+//! gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu qemu-user`; `scripts/test`
+//! installs them where it can). Without them the cross parts are reported
+//! as skipped (`kiln_ir::skip`), or fail when `KILN_AOT_CROSS=require`.
 
 mod common;
 
@@ -96,8 +97,8 @@ fn present(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Whether `host`'s tools are installed; panics when they are missing
-/// unless `KILN_AOT_CROSS=skip`.
+/// Whether `host`'s tools are installed; when they are missing, reports a
+/// skip — or panics when `KILN_AOT_CROSS=require`.
 fn tools(host: &Host) -> bool {
     let mut missing: Vec<&str> = Vec::new();
     for t in std::iter::once(host.cc).chain(host.runner.first().copied()) {
@@ -108,21 +109,15 @@ fn tools(host: &Host) -> bool {
     if missing.is_empty() {
         return true;
     }
-    if std::env::var("KILN_AOT_CROSS").as_deref() == Ok("skip") {
-        eprintln!(
-            "SKIPPED {} ({}): missing {} and KILN_AOT_CROSS=skip",
-            host.triple,
-            host.cpu,
-            missing.join(", ")
-        );
-        return false;
-    }
-    panic!(
-        "{}: missing {} (apt-get install gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu qemu-user, \
-         or set KILN_AOT_CROSS=skip to skip cross tests)",
-        host.triple,
+    let why = format!(
+        "missing {} (apt-get install gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu qemu-user)",
         missing.join(", ")
     );
+    if std::env::var("KILN_AOT_CROSS").as_deref() == Ok("require") {
+        panic!("{}: {why} and KILN_AOT_CROSS=require", host.triple);
+    }
+    kiln_ir::skip::skip(&format!("aot {} ({})", host.triple, host.cpu), &why);
+    false
 }
 
 fn harness() -> PathBuf {
@@ -281,7 +276,8 @@ fn aot_try_run(
         }
         None => Command::new(&exe),
     };
-    let ran = try_run(cmd.arg(&inp).arg("1").arg(&outp), what);
+    // two runs: the second reuses the scratch the first left dirty
+    let ran = try_run(cmd.arg(&inp).arg("2").arg(&outp), what);
     if let Err(e) = ran {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
@@ -439,7 +435,10 @@ fn x86_64_v4_objects_with_assembled_functions() {
     .unwrap();
     assert!(obj.header.contains("__builtin_cpu_supports(\"avx512f\")"));
     if !avx512 {
-        eprintln!("x86_64_v4_objects_with_assembled_functions: skipped running (no AVX-512 here)");
+        kiln_ir::skip::skip(
+            "x86_64_v4_objects_with_assembled_functions (running the object)",
+            "no AVX-512 here",
+        );
         return;
     }
     check("small", &small_graph(6), &[&X86_V4]);
@@ -479,7 +478,10 @@ fn x86_64_v3_objects_with_avx2_tiles() {
     assert_eq!(v2.asm_functions, 0);
     assert!(v2.header.contains("#define KILN_V3_TILES \"f32x4\""));
     if !avx2 {
-        eprintln!("x86_64_v3_objects_with_avx2_tiles: skipped running (no AVX2 + FMA here)");
+        kiln_ir::skip::skip(
+            "x86_64_v3_objects_with_avx2_tiles (running the object)",
+            "no AVX2 + FMA here",
+        );
         return;
     }
     check("small", &small_graph(7), &[&X86_V3]);
@@ -696,6 +698,7 @@ fn the_header_checks_the_cpu_features_of_the_level() {
     let v3 = header(&X86_V3);
     for h in [&v2, &v3] {
         assert!(h.contains("static inline int kiln_m_run_checked("), "{h}");
+        assert!(h.contains("static inline int kiln_m_run_sized("), "{h}");
         assert!(h.contains("#define KILN_M_ERR_CPU (-2)"), "{h}");
         assert!(h.contains("__builtin_cpu_supports(\"sse4.1\")"), "{h}");
     }

@@ -5,9 +5,14 @@
  * usage: main [INPUT|-] [RUNS] [OUTPUT.raw]
  *   INPUT  .npy or raw float32 file ("-" or absent: a fixed pattern)
  *   RUNS   times to run (for timing; default 1)
- *   OUTPUT write the whole output tensor here as raw float32 Built by the Makefile beside
- * this file, which compiles the model with `kiln compile` and passes
- * -DKILN_MODEL_HEADER="model.h" -DKILN_NAME=<name>. */
+ *   OUTPUT write the whole output tensor here as raw float32
+ *
+ * It calls the checked entry point, kiln_<name>_run_sized, after checking
+ * that each of its error codes comes back for the mistake it names (and
+ * that the output is then untouched); the scratch is filled with garbage,
+ * not zeros, because the object needs no initialised scratch. Built by the
+ * Makefile beside this file, which compiles the model with `kiln compile`
+ * and passes -DKILN_MODEL_HEADER="model.h" -DKILN_NAME=<name>. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +71,40 @@ bad:
     return -1;
 }
 
+#define RUN_SIZED SYM(KILN_NAME, _run_sized)
+#define CODE(suffix) MAC(KILN_UPPER, suffix)
+
+/* Each mistake gets its own code and leaves the output as it was. */
+static int check_errors(const float *in, size_t n_in, float *out, size_t n_out,
+                        unsigned char *scratch, size_t sb) {
+    struct {
+        const char *what;
+        int got, want;
+    } cases[] = {
+        {"NULL input", RUN_SIZED(NULL, n_in, out, n_out, scratch, sb), CODE(_ERR_NULL)},
+        {"short input", RUN_SIZED(in, n_in - 1, out, n_out, scratch, sb), CODE(_ERR_INPUT_SIZE)},
+        {"long output", RUN_SIZED(in, n_in, out, n_out + 1, scratch, sb), CODE(_ERR_OUTPUT_SIZE)},
+        {"small scratch", RUN_SIZED(in, n_in, out, n_out, scratch, sb - 1), CODE(_ERR_SCRATCH_SIZE)},
+        {"misaligned scratch", RUN_SIZED(in, n_in, out, n_out, scratch + 4, sb), CODE(_ERR_ALIGN)},
+        {"output in scratch", RUN_SIZED(in, n_in, (float *)scratch, n_out, scratch, sb),
+         CODE(_ERR_OVERLAP)},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        if (cases[c].got != cases[c].want) {
+            fprintf(stderr, "%s: returned %d (%s), expected %d\n", cases[c].what, cases[c].got,
+                    SYM(KILN_NAME, _strerror)(cases[c].got), cases[c].want);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < n_out; i++) {
+        if (out[i] != -7.0f) {
+            fprintf(stderr, "a refused call wrote output[%zu]\n", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const size_t n_in = MAC(KILN_UPPER, _INPUT_ELEMS);
     const size_t n_out = MAC(KILN_UPPER, _OUTPUT_ELEMS);
@@ -77,20 +116,22 @@ int main(int argc, char **argv) {
         fprintf(stderr, "out of memory\n");
         return 1;
     }
-    memset(scratch, 0, sb);
+    /* garbage, not zeros: the object must not read scratch it did not write */
+    memset(scratch, 0xA5, sb);
     if (argc > 1 && strcmp(argv[1], "-") != 0) {
         if (read_input(argv[1], in, n_in) < 0) return 1;
     } else {
         for (size_t i = 0; i < n_in; i++) in[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
     }
+    for (size_t i = 0; i < n_out; i++) out[i] = -7.0f;
+    if (check_errors(in, n_in, out, n_out, scratch, sb) != 0) return 3;
     int runs = argc > 2 ? atoi(argv[2]) : 1;
     for (int r = 0; r < runs; r++) {
         /* the checked entry point: a clear error, not SIGILL, on a CPU
-         * without the object's features */
-        int rc = SYM(KILN_NAME, _run_checked)(in, out, scratch);
-        if (rc != 0) {
-            fprintf(stderr, "run failed (%d%s)\n", rc,
-                    rc == -2 ? ": this CPU lacks the object's instruction-set features" : "");
+         * without the object's features, nor out-of-bounds accesses */
+        int rc = RUN_SIZED(in, n_in, out, n_out, scratch, sb);
+        if (rc != CODE(_OK)) {
+            fprintf(stderr, "run failed (%d: %s)\n", rc, SYM(KILN_NAME, _strerror)(rc));
             return 1;
         }
     }

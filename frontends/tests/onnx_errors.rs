@@ -361,3 +361,33 @@ proptest! {
         let _ = import_proto(&m, &opts);
     }
 }
+
+/// The fuzzer's 162-byte file: an `Expand` of a runtime value to
+/// [2^33, 2^31], then a softmax. Its element count wrapped to 0 in release
+/// builds, the plan gave the tensor 64 bytes and the softmax kernel wrote
+/// 2^31 floats per row. The type cannot exist, so the import stops there.
+#[test]
+fn an_expand_to_a_shape_no_allocation_could_hold_is_an_error() {
+    let m = model(
+        13,
+        vec![
+            node("Expand", &["x", "s"], &["e"], vec![]),
+            node("Softmax", &["e"], &["y"], vec![attr_i("axis", -1)]),
+        ],
+        vec![tensor_i64("s", &[2], &[1 << 33, 1 << 31])],
+        vec![vi("x", FLOAT, &[1, 1])],
+        vec![vi("y", FLOAT, &[1 << 33, 1 << 31])],
+    );
+    let e = err(&m);
+    assert!(e.contains("too large"), "{e}");
+    // and a shape whose byte count fits but whose element count times 4
+    // does not stops at the same check
+    let m = model(
+        13,
+        vec![node("Expand", &["x", "s"], &["y"], vec![])],
+        vec![tensor_i64("s", &[2], &[1 << 31, 1 << 31])],
+        vec![vi("x", FLOAT, &[1, 1])],
+        vec![vi("y", FLOAT, &[1 << 31, 1 << 31])],
+    );
+    assert!(err(&m).contains("too large"), "{}", err(&m));
+}

@@ -231,7 +231,10 @@ fn op_zoo() -> Model {
 fn python() -> Option<PathBuf> {
     match std::env::var("KILN_ONNX_PYTHON") {
         Ok(s) if s == "skip" => {
-            eprintln!("onnxruntime check skipped on purpose (KILN_ONNX_PYTHON=skip)");
+            kiln_ir::skip::skip(
+                "onnxruntime check of exported models",
+                "KILN_ONNX_PYTHON=skip",
+            );
             None
         }
         Ok(s) => Some(PathBuf::from(s)),

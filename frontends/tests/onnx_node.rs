@@ -194,7 +194,7 @@ fn try_run(dir: &Path) -> Result<Outcome, String> {
 fn onnx_backend_node_tests() {
     let dir = match std::env::var("KILN_ONNX_NODE_TESTS") {
         Ok(s) if s == "skip" => {
-            eprintln!("ONNX node tests skipped on purpose (KILN_ONNX_NODE_TESTS=skip)");
+            kiln_ir::skip::skip("onnx_backend_node_tests", "KILN_ONNX_NODE_TESTS=skip");
             return;
         }
         Ok(s) => PathBuf::from(s),

@@ -40,4 +40,8 @@ pub enum IrError {
     /// The interpreter was given inputs that do not match the graph.
     #[error("{0}")]
     Input(String),
+    /// A resource limit ([`crate::Limits`]) would be exceeded: says what,
+    /// the limit, and the `--limit` flag that raises it.
+    #[error("{0}")]
+    Limit(String),
 }

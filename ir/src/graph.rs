@@ -180,11 +180,15 @@ impl Graph {
     }
 
     /// Adds a node with the given op and declared outputs but no operands;
-    /// checks only that names are new. Inputs and weights are registered in
+    /// checks only that names are new and that each type can exist
+    /// ([`TensorType::check_size`]). Inputs and weights are registered in
     /// declaration order. Used by the parser; see [`Graph::connect`].
     pub fn add_raw(&mut self, op: Op, outputs: Vec<ValueInfo>) -> Result<NodeId, IrError> {
         let is_weight = op == Op::Weight;
         for info in &outputs {
+            info.ty
+                .check_size()
+                .map_err(|msg| IrError::Graph(format!("value {}: {msg}", info.name)))?;
             let taken = if is_weight {
                 self.weight_names.contains_key(&info.name)
             } else {

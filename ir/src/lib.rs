@@ -6,7 +6,8 @@
 //! - [`graph`]: the petgraph-based graph; [`verify`](mod@verify): its checker;
 //! - [`text`]: the `.kir` text format (printer and parser);
 //! - [`interp`]: the reference interpreter, the oracle for every backend;
-//! - [`stats`]: parameter and MAC counts.
+//! - [`stats`]: parameter and MAC counts; [`limits`]: resource limits;
+//! - [`skip`](mod@skip): how tests that cannot run on this host report it.
 //!
 //! Nothing here knows about egg or Cranelift (see docs/ARCHITECTURE.md).
 
@@ -14,8 +15,10 @@ pub mod error;
 pub mod fused;
 pub mod graph;
 pub mod interp;
+pub mod limits;
 pub mod op;
 pub mod shape;
+pub mod skip;
 pub mod stats;
 pub mod tensor;
 pub mod text;
@@ -25,6 +28,7 @@ pub mod verify;
 pub use error::IrError;
 pub use fused::{Act, ConvStage, FusedOp};
 pub use graph::{Edge, Graph, Node, NodeId, Value, ValueInfo};
+pub use limits::Limits;
 pub use op::{Attr, BinaryOp, Float, Op, PadMode, PoolKind, ReduceKind, UnaryOp};
 pub use tensor::{Tensor, TensorData, WeightStore};
 pub use types::{DType, TensorType};

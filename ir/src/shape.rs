@@ -7,8 +7,18 @@
 use crate::op::{BinaryOp, Op, PadMode, UnaryOp};
 use crate::types::{DType, TensorType, broadcast_shapes};
 
-/// The output types of `op` applied to operands of types `inputs`.
+/// The output types of `op` applied to operands of types `inputs`. Every
+/// type it returns passes [`TensorType::check_size`] (a result too large to
+/// exist is an error here, so no graph can hold one).
 pub fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+    let out = infer_unchecked(op, inputs)?;
+    for t in &out {
+        t.check_size()?;
+    }
+    Ok(out)
+}
+
+fn infer_unchecked(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
     let ar = op.arity();
     if inputs.len() < ar.min || inputs.len() > ar.max {
         return Err(format!(

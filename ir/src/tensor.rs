@@ -65,6 +65,33 @@ impl Tensor {
         }
     }
 
+    /// Like [`Tensor::zeros`], but an error instead of an abort when the
+    /// type cannot exist or the memory cannot be had: for sizes that come
+    /// from a model file or the command line.
+    pub fn try_zeros(ty: &TensorType) -> Result<Tensor, IrError> {
+        let bytes = ty.check_size().map_err(IrError::Tensor)?;
+        let n = ty.numel();
+        let oom = |_| IrError::Tensor(format!("cannot allocate {ty} ({bytes} bytes)"));
+        let data = match ty.dtype {
+            DType::F32 => {
+                let mut v: Vec<f32> = Vec::new();
+                v.try_reserve_exact(n).map_err(oom)?;
+                v.resize(n, 0.0);
+                TensorData::F32(v.into())
+            }
+            DType::I64 => {
+                let mut v: Vec<i64> = Vec::new();
+                v.try_reserve_exact(n).map_err(oom)?;
+                v.resize(n, 0);
+                TensorData::I64(v.into())
+            }
+        };
+        Ok(Tensor {
+            shape: ty.shape.clone(),
+            data,
+        })
+    }
+
     /// The shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape

@@ -80,14 +80,35 @@ impl TensorType {
         self.shape.len()
     }
 
-    /// Number of elements (1 for a scalar).
+    /// Number of elements (1 for a scalar). Saturates instead of wrapping:
+    /// a type that [`TensorType::check_size`] refuses — none can be in a
+    /// graph — gives `usize::MAX`, never a small count that would
+    /// under-allocate.
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 
-    /// Size of the whole tensor in bytes.
+    /// Size of the whole tensor in bytes; saturates like [`TensorType::numel`].
     pub fn size_bytes(&self) -> usize {
-        self.numel() * self.dtype.size_bytes()
+        self.numel().saturating_mul(self.dtype.size_bytes())
+    }
+
+    /// The size in bytes, or why this type cannot exist: every type in a
+    /// graph passes this check (the graph builder, the parser, shape
+    /// inference and the verifier apply it), so kernels, the memory plan and
+    /// the interpreter may compute sizes and offsets of a valid type without
+    /// overflow.
+    pub fn check_size(&self) -> Result<usize, String> {
+        self.shape
+            .iter()
+            .try_fold(self.dtype.size_bytes(), |a, &d| a.checked_mul(d))
+            .filter(|&b| b <= crate::limits::MAX_TYPE_BYTES)
+            .ok_or_else(|| {
+                format!("type {self} is too large: its size in bytes does not fit in 63 bits")
+            })
     }
 }
 

@@ -49,6 +49,7 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
                     "a graph input or weight must be a registered leaf with one value".into(),
                 ));
             }
+            node.outputs[0].ty.check_size().map_err(bad)?;
             continue;
         }
         let types: Vec<TensorType> = edges
@@ -56,6 +57,7 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             .map(|(_, v)| g.value_type(*v).clone())
             .collect();
         let inferred = shape::infer(&node.op, &types).map_err(bad)?;
+        check_empty(&types, &inferred).map_err(bad)?;
         let declared: Vec<&TensorType> = node.outputs.iter().map(|o| &o.ty).collect();
         if inferred.len() != declared.len() {
             return Err(bad(format!(
@@ -82,6 +84,29 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
     }
     for v in g.outputs() {
         g.try_value_info(*v)?;
+    }
+    Ok(())
+}
+
+/// Empty tensors (a dimension of size 0): an op whose results are all empty
+/// computes nothing, so any op may produce them (backends emit no kernel,
+/// the interpreter returns the empty value). An op with a non-empty result
+/// may not read an empty operand: that is a reduction over an empty set
+/// (a convolution over 0 input channels, a matmul with K = 0, a softmax or
+/// pool over an empty axis) or a concat with an empty part, whose meaning
+/// kiln does not compute; it is refused here, naming the operand and the
+/// dimension, so no kernel ever sees an empty operand.
+pub(crate) fn check_empty(operands: &[TensorType], results: &[TensorType]) -> Result<(), String> {
+    if results.iter().all(|t| t.numel() == 0) {
+        return Ok(());
+    }
+    for (i, t) in operands.iter().enumerate() {
+        if let Some(d) = t.shape.iter().position(|&d| d == 0) {
+            return Err(format!(
+                "operand {i} ({t}) is empty (dimension {d} is 0) but the result is not: \
+                 kiln does not compute ops over empty tensors with non-empty results"
+            ));
+        }
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kiln_frontends::zoo::{ZooOptions, build};
-use kiln_passes::saturate::{Limits, saturate};
+use kiln_passes::saturate::{SaturationLimits, saturate};
 use kiln_passes::{OptOptions, Stop, convert, cost::CostModel, extract, optimize, rules};
 
 fn bench(c: &mut Criterion) {
@@ -30,9 +30,9 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("saturate+extract/{name}"), |b| {
             b.iter(|| {
                 let l = convert::load(&m).expect("loads");
-                let (eg, _) = saturate(l.egraph, &rules, &Limits::default());
+                let (eg, _) = saturate(l.egraph, &rules, &SaturationLimits::default());
                 let roots: Vec<_> = l.outputs.iter().chain(&l.inputs).copied().collect();
-                extract::extract(&eg, &roots, &CostModel::default()).expect("extracts")
+                extract::extract(&eg, &roots, &CostModel::default(), usize::MAX).expect("extracts")
             })
         });
     }

@@ -10,13 +10,17 @@
 //! folded.
 
 use kiln_ir::interp::eval;
-use kiln_ir::{IrError, Model, Value};
+use kiln_ir::{IrError, Limits, Model, Value};
 
 /// Folds every weight-only node into a new weight named `fold.{value}`;
 /// returns how many nodes were folded.
-pub fn const_fold(model: &mut Model) -> Result<usize, IrError> {
+///
+/// New weights count against `limits.folded_bytes`: a node whose value would
+/// exceed it is an error, checked before the value is computed.
+pub fn const_fold(model: &mut Model, limits: &Limits) -> Result<usize, IrError> {
     let g = &mut model.graph;
     let mut folded = 0;
+    let mut used = 0usize;
     for id in g.topo_order()? {
         let node = g.node(id);
         if node.op.is_leaf() || node.outputs.len() != 1 {
@@ -33,6 +37,8 @@ pub fn const_fold(model: &mut Model) -> Result<usize, IrError> {
                 IrError::Weights(vec![format!("@{name}: missing during constant folding")])
             })?);
         }
+        let bytes = node.outputs[0].ty.size_bytes();
+        limits.charge(&mut used, bytes, "folded", &g.display_node(id))?;
         let Ok(mut t) = eval(&node.op, &ins) else {
             continue;
         };

@@ -18,6 +18,11 @@
 //! a second phase revisits each class of the extracted DAG and keeps an
 //! alternative e-node when the cost of the whole DAG, all roots at once,
 //! falls. docs/passes.md says why this rather than egg's `LpExtractor`.
+//!
+//! The sets make this quadratic in the number of classes (memory and
+//! time). Above a work budget (classes × bitset words, the `extract`
+//! resource limit) extraction falls back to a linear-time greedy choice by
+//! tree cost ([`greedy_tree`]), and says so ([`Extraction::greedy`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -36,6 +41,10 @@ pub struct Extraction {
     pub choice: HashMap<Id, KNode>,
     /// estimated microseconds of the extracted graph (cost model units)
     pub cost: f64,
+    /// the work the DAG-aware extractor would have taken (classes × bitset
+    /// words), when it was over the budget and the greedy tree-cost choice
+    /// was made instead
+    pub greedy: Option<usize>,
 }
 
 /// The local cost of one e-node (its own kernel only).
@@ -64,12 +73,20 @@ struct Best {
     node: usize,
 }
 
-/// Extracts the cheapest DAG for `roots`.
-pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extraction, PassError> {
+/// Extracts the cheapest DAG for `roots`, or — when the DAG-aware search
+/// would take more than `work_budget` (classes × bitset words) — a greedy
+/// choice by tree cost.
+pub fn extract(
+    eg: &KGraph,
+    roots: &[Id],
+    model: &CostModel,
+    work_budget: usize,
+) -> Result<Extraction, PassError> {
     let mut class_ids: Vec<Id> = eg.classes().map(|c| c.id).collect();
     class_ids.sort();
     let index: HashMap<Id, usize> = class_ids.iter().enumerate().map(|(i, &c)| (c, i)).collect();
     let words = class_ids.len().div_ceil(64);
+    let work = class_ids.len().saturating_mul(words);
     // Flatten every e-node: (class index, node, child class indices, cost).
     let mut nodes: Vec<FlatNode> = Vec::new();
     for (ci, &c) in class_ids.iter().enumerate() {
@@ -86,6 +103,25 @@ pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extractio
                 parents[k].push(ni);
             }
         }
+    }
+    let root_idx = roots
+        .iter()
+        .map(|r| {
+            index
+                .get(&eg.find(*r))
+                .copied()
+                .ok_or_else(|| PassError::Internal("root class missing".into()))
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    if work > work_budget {
+        let pick = greedy_tree(&nodes, &parents, class_ids.len());
+        let cost = dag_cost(&nodes, &pick, &root_idx)
+            .ok_or_else(|| PassError::Internal("no acyclic extraction for the roots".into()))?;
+        return Ok(Extraction {
+            choice: choices(&class_ids, &nodes, &pick),
+            cost,
+            greedy: Some(work),
+        });
     }
     let mut local = vec![0.0f64; class_ids.len()];
     let mut best: Vec<Option<Best>> = (0..class_ids.len()).map(|_| None).collect();
@@ -157,15 +193,6 @@ pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extractio
         }
     }
     let mut pick: Vec<Option<usize>> = best.iter().map(|b| b.as_ref().map(|b| b.node)).collect();
-    let root_idx = roots
-        .iter()
-        .map(|r| {
-            index
-                .get(&eg.find(*r))
-                .copied()
-                .ok_or_else(|| PassError::Internal("root class missing".into()))
-        })
-        .collect::<Result<Vec<usize>, _>>()?;
     // Each class's choice was acyclic when it was made, but a child may
     // later have switched to a choice that needs the parent (seen on a
     // MobileViTv2 block once the cost constants were calibrated). Then
@@ -205,16 +232,67 @@ pub fn extract(eg: &KGraph, roots: &[Id], model: &CostModel) -> Result<Extractio
             break;
         }
     }
-    let mut choice = HashMap::new();
-    for (ci, p) in pick.iter().enumerate() {
-        if let Some(p) = p {
-            choice.insert(class_ids[ci], nodes[*p].1.clone());
-        }
-    }
-    Ok(Extraction { choice, cost })
+    Ok(Extraction {
+        choice: choices(&class_ids, &nodes, &pick),
+        cost,
+        greedy: None,
+    })
 }
 
 type FlatNode = (usize, KNode, Vec<usize>, f64);
+
+/// The chosen e-node of every class that has a pick.
+fn choices(class_ids: &[Id], nodes: &[FlatNode], pick: &[Option<usize>]) -> HashMap<Id, KNode> {
+    pick.iter()
+        .enumerate()
+        .filter_map(|(ci, p)| p.map(|p| (class_ids[ci], nodes[p].1.clone())))
+        .collect()
+}
+
+/// The greedy fallback: each class takes the e-node of least *tree* cost
+/// (its own cost plus its children's, a shared child counted once per use),
+/// found by a worklist that revisits a node's parents when its class
+/// improves. No sets: memory and time are linear in the e-graph, times the
+/// few rounds until costs settle. A class only changes for a strictly lower
+/// cost, and costs are non-negative, so a choice can never come to need its
+/// own class (that would cost at least as much as the class already does).
+fn greedy_tree(nodes: &[FlatNode], parents: &[Vec<usize>], classes: usize) -> Vec<Option<usize>> {
+    let mut best: Vec<Option<(f64, usize)>> = vec![None; classes];
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    let mut queued = vec![false; nodes.len()];
+    for (ni, n) in nodes.iter().enumerate() {
+        if n.2.is_empty() {
+            queue.push_back(ni);
+            queued[ni] = true;
+        }
+    }
+    while let Some(ni) = queue.pop_front() {
+        queued[ni] = false;
+        let (ci, _, kids, cost) = &nodes[ni];
+        let mut total = cost.max(0.0);
+        let mut ready = true;
+        for &k in kids {
+            match best[k] {
+                Some((t, _)) => total += t,
+                None => {
+                    ready = false;
+                    break;
+                }
+            }
+        }
+        if !ready || best[*ci].is_some_and(|(t, _)| t <= total) {
+            continue;
+        }
+        best[*ci] = Some((total, ni));
+        for &p in &parents[*ci] {
+            if !queued[p] {
+                queued[p] = true;
+                queue.push_back(p);
+            }
+        }
+    }
+    best.into_iter().map(|b| b.map(|(_, ni)| ni)).collect()
+}
 
 /// A decided class: its node and the set of classes its DAG needs.
 type Final = Option<(usize, Rc<[u64]>)>;

@@ -28,4 +28,4 @@ pub mod saturate;
 
 pub use error::PassError;
 pub use pipeline::{Family, OptOptions, OptReport, optimize};
-pub use saturate::{Limits, Stop};
+pub use saturate::{SaturationLimits, Stop};

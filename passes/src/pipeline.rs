@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use kiln_ir::{Model, Op, verify, verify_weights};
+use kiln_ir::{Limits, Model, Op, verify, verify_weights};
 
 use crate::const_fold::const_fold;
 use crate::cost::CostModel;
@@ -18,7 +18,7 @@ use crate::cse::cse;
 use crate::dce::dce;
 use crate::error::PassError;
 use crate::rules::{self, Rw};
-use crate::saturate::{Limits, Stop, saturate};
+use crate::saturate::{SaturationLimits, Stop, saturate};
 use crate::{convert, extract};
 
 /// A rule family (one file under `rules/`).
@@ -82,22 +82,25 @@ impl Family {
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptOptions {
     /// saturation limits
-    pub limits: Limits,
+    pub saturation: SaturationLimits,
     /// the cost model extraction minimises
     pub cost: CostModel,
     /// which rule families run (all by default; none gives the identity)
     pub families: Vec<Family>,
     /// fold weight-only expressions into new weights after extraction
     pub fold_constants: bool,
+    /// resource limits: graph size, folded constants, extraction work
+    pub limits: Limits,
 }
 
 impl Default for OptOptions {
     fn default() -> Self {
         OptOptions {
-            limits: Limits::default(),
+            saturation: SaturationLimits::default(),
             cost: CostModel::default(),
             families: Family::ALL.to_vec(),
             fold_constants: true,
+            limits: Limits::default(),
         }
     }
 }
@@ -131,6 +134,9 @@ pub struct OptReport {
     pub saturate_time: Duration,
     /// time spent extracting and rebuilding
     pub extract_time: Duration,
+    /// `Some(work)` when the DAG-aware extraction would have taken `work`
+    /// (over the `extract` limit) and the greedy tree-cost choice was made
+    pub greedy_extraction: Option<usize>,
 }
 
 impl OptReport {
@@ -154,8 +160,12 @@ impl OptReport {
                 .collect();
             format!("{{{}}}", items.join(", "))
         };
+        // only present when it happened, so the usual output is unchanged
+        let greedy = self
+            .greedy_extraction
+            .map_or(String::new(), |w| format!(", \"greedy_extraction\": {w}"));
         format!(
-            "{{\"ops\": {}, \"rules\": {}, \"stop_reason\": \"{}\", \"cost_before\": {:.3}, \"cost_after\": {:.3}, \"nodes_before\": {}, \"nodes_after\": {}, \"iterations\": {}, \"egraph_nodes\": {}, \"folded\": {}}}",
+            "{{\"ops\": {}, \"rules\": {}, \"stop_reason\": \"{}\", \"cost_before\": {:.3}, \"cost_after\": {:.3}, \"nodes_before\": {}, \"nodes_after\": {}, \"iterations\": {}, \"egraph_nodes\": {}, \"folded\": {}{greedy}}}",
             map(&self.ops),
             map(&self.rules),
             json_escape(&self.stop.to_string()),
@@ -199,6 +209,13 @@ impl OptReport {
             self.cost_after,
             100.0 * (self.cost_after - self.cost_before) / self.cost_before.max(1e-12)
         );
+        if let Some(work) = self.greedy_extraction {
+            let _ = writeln!(
+                s,
+                "extraction: greedy by tree cost (the DAG-aware search would take {work} bitset \
+                 words, over the extract limit; --limit extract=N raises it)"
+            );
+        }
         let _ = writeln!(s, "rules fired:");
         for (k, v) in &self.rules {
             let _ = writeln!(s, "  {k:<32} {v}");
@@ -242,6 +259,7 @@ pub fn op_histogram(m: &Model) -> BTreeMap<String, usize> {
 pub fn optimize(model: &Model, opts: &OptOptions) -> Result<(Model, OptReport), PassError> {
     verify(&model.graph)?;
     verify_weights(&model.graph, &model.weights)?;
+    opts.limits.check_graph(&model.graph)?;
     let nodes_before = model.graph.op_count();
     let cost_before = opts.cost.graph_cost(&model.graph);
 
@@ -253,7 +271,7 @@ pub fn optimize(model: &Model, opts: &OptOptions) -> Result<(Model, OptReport), 
     let t0 = Instant::now();
     let loaded = convert::load(&m)?;
     let rules: Vec<Rw> = opts.families.iter().flat_map(|f| f.rules()).collect();
-    let (egraph, sat) = saturate(loaded.egraph, &rules, &opts.limits);
+    let (egraph, sat) = saturate(loaded.egraph, &rules, &opts.saturation);
     let loaded = convert::Loaded { egraph, ..loaded };
     let saturate_time = t0.elapsed();
 
@@ -264,13 +282,13 @@ pub fn optimize(model: &Model, opts: &OptOptions) -> Result<(Model, OptReport), 
         .chain(&loaded.inputs)
         .copied()
         .collect();
-    let ex = extract::extract(&loaded.egraph, &roots, &opts.cost)?;
+    let ex = extract::extract(&loaded.egraph, &roots, &opts.cost, opts.limits.extract_work)?;
     let mut out = convert::rebuild(&loaded, &ex.choice)?;
     let extract_time = t1.elapsed();
     check(&out)?;
 
     let folded = if opts.fold_constants {
-        const_fold(&mut out)?
+        const_fold(&mut out, &opts.limits)?
     } else {
         0
     };
@@ -292,6 +310,7 @@ pub fn optimize(model: &Model, opts: &OptOptions) -> Result<(Model, OptReport), 
         folded,
         saturate_time,
         extract_time,
+        greedy_extraction: ex.greedy,
     };
     Ok((out, report))
 }

@@ -18,7 +18,7 @@ use crate::rules::Rw;
 
 /// Bounds on one saturation run.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Limits {
+pub struct SaturationLimits {
     /// most rule-application rounds; the deepest fusion here (a bridge on
     /// top of canonicalised views, linears and a gate) needs about ten
     pub iterations: usize,
@@ -28,9 +28,9 @@ pub struct Limits {
     pub time: Duration,
 }
 
-impl Default for Limits {
+impl Default for SaturationLimits {
     fn default() -> Self {
-        Limits {
+        SaturationLimits {
             iterations: 40,
             nodes: 400_000,
             time: Duration::from_secs(20),
@@ -81,7 +81,7 @@ pub struct SatReport {
 }
 
 /// Runs `rules` on `egraph` until saturation or a limit.
-pub fn saturate(egraph: KGraph, rules: &[Rw], limits: &Limits) -> (KGraph, SatReport) {
+pub fn saturate(egraph: KGraph, rules: &[Rw], limits: &SaturationLimits) -> (KGraph, SatReport) {
     // The simple scheduler: the backoff scheduler would ban a rule whose
     // root filter matches many classes (every add, every reshape) and so
     // stop short of fusions that need it on the last block.

@@ -59,7 +59,7 @@ fn const_fold_turns_weight_expressions_into_weights() {
     let y = b.op(Op::MatMul, &[x, w2]);
     let m = b.finish(&[y]);
     let mut f = m.clone();
-    assert_eq!(const_fold(&mut f).unwrap(), 2);
+    assert_eq!(const_fold(&mut f, &kiln_ir::Limits::default()).unwrap(), 2);
     dce(&mut f);
     checked(&f);
     assert_eq!(histogram(&f).get("matmul"), Some(&1));

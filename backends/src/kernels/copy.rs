@@ -426,7 +426,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
                         .collect()
                 })
                 .collect();
-            let table = table_of(&out, &maps);
+            let table = table_of(cx, &out, &maps)?;
             return Ok(vec![table_copy(cx, table, 0.0)]);
         }
         Op::Gather {
@@ -468,7 +468,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
                     idx.iter().map(|&i| i * inner as i64).collect(),
                     (0..inner as i64).collect(),
                 ];
-                let table = table_of(&dims, &maps);
+                let table = table_of(cx, &dims, &maps)?;
                 return Ok(vec![table_copy(cx, table, 0.0)]);
             }
         }
@@ -477,9 +477,12 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     Ok(vec![kernel])
 }
 
-/// The flat index table of a nest whose per-dim source offsets are `maps`.
-fn table_of(dims: &[usize], maps: &[Vec<i64>]) -> Vec<i64> {
+/// The flat index table of a nest whose per-dim source offsets are `maps`;
+/// an error when it would not fit under the constant blob's limit.
+fn table_of(cx: &NodeCx, dims: &[usize], maps: &[Vec<i64>]) -> Result<Vec<i64>, BackendError> {
     let n: usize = dims.iter().product();
+    let what = format!("{}: an index table of {n} entries", cx.name);
+    cx.consts.room(n.saturating_mul(8), &what)?;
     let mut t = Vec::with_capacity(n);
     let mut idx = vec![0usize; dims.len()];
     for _ in 0..n {
@@ -492,7 +495,7 @@ fn table_of(dims: &[usize], maps: &[Vec<i64>]) -> Vec<i64> {
             idx[d] = 0;
         }
     }
-    t
+    Ok(t)
 }
 
 fn table_copy(cx: &mut NodeCx, table: Vec<i64>, fill: f32) -> Box<dyn Kernel> {

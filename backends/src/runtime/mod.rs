@@ -23,6 +23,9 @@ pub(crate) struct ConstStore {
     lines: Vec<FLine>,
     /// first line of every range added, in order
     starts: Vec<usize>,
+    /// bounds `bytes()` (the `consts` limit); code that builds a large
+    /// table asks [`ConstStore::room`] before it allocates one
+    limits: kiln_ir::Limits,
 }
 
 /// Where the ranges [`ConstStore::retain_read`] kept went: sorted
@@ -84,7 +87,7 @@ impl ConstStore {
     pub fn retain_read(&self, read: &[usize]) -> (ConstStore, ConstMap) {
         let mut read = read.to_vec();
         read.sort_unstable();
-        let mut out = ConstStore::default();
+        let mut out = ConstStore::with_limits(self.limits);
         let mut map = Vec::new();
         for (i, &start) in self.starts.iter().enumerate() {
             let end = self.starts.get(i + 1).copied().unwrap_or(self.lines.len());
@@ -97,6 +100,22 @@ impl ConstStore {
             }
         }
         (out, ConstMap(map))
+    }
+
+    /// An empty store bounded by `limits.const_bytes`.
+    pub fn with_limits(limits: kiln_ir::Limits) -> ConstStore {
+        ConstStore {
+            limits,
+            ..ConstStore::default()
+        }
+    }
+
+    /// `Ok` when `bytes` more (named `what` in the error) fit under the
+    /// `consts` limit: asked before building a table whose size comes from
+    /// the model, so that a hostile shape is an error, not an abort.
+    pub fn room(&self, bytes: usize, what: &str) -> Result<(), kiln_ir::IrError> {
+        let mut used = self.bytes();
+        self.limits.charge(&mut used, bytes, "consts", &what)
     }
 
     /// Total bytes held.
@@ -119,7 +138,12 @@ impl ConstStore {
     }
 }
 
-/// A per-call arena: 64-byte aligned, zero-initialised once.
+/// A per-call arena: 64-byte aligned.
+///
+/// No kernel reads arena bytes it has not written in the same call (an
+/// object's scratch is not zeroed either; docs/aot.md). Builds with debug
+/// assertions — every test — fill new arenas with all-ones bits (NaN as
+/// f32) so that a kernel breaking this shows up as a mismatch.
 pub(crate) struct Arena {
     lines: Box<[WLine]>,
 }
@@ -127,8 +151,9 @@ pub(crate) struct Arena {
 impl Arena {
     /// An arena of at least `bytes` bytes.
     pub fn new(bytes: usize) -> Arena {
+        let fill = if cfg!(debug_assertions) { u64::MAX } else { 0 };
         Arena {
-            lines: vec![WLine([0; 8]); bytes.div_ceil(64).max(1)].into_boxed_slice(),
+            lines: vec![WLine([fill; 8]); bytes.div_ceil(64).max(1)].into_boxed_slice(),
         }
     }
 

@@ -231,9 +231,9 @@ pub fn asm_levels() -> Vec<TileLevel> {
     SKIPPED.call_once(|| {
         if !skip.is_empty() {
             let names: Vec<&str> = skip.iter().map(|l| l.name()).collect();
-            eprintln!(
-                "tile levels this host lacks, not tested: {}",
-                names.join(", ")
+            kiln_ir::skip::skip(
+                &format!("tile levels {}", names.join(", ")),
+                "this host lacks them: not tested",
             );
         }
     });

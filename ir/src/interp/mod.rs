@@ -235,6 +235,12 @@ fn f32s(t: &Tensor) -> &[f32] {
 pub fn eval(op: &Op, operands: &[&Tensor]) -> Result<Vec<Tensor>, String> {
     let types: Vec<TensorType> = operands.iter().map(|t| t.ty()).collect();
     let out_types = shape::infer(op, &types)?;
+    crate::verify::check_empty(&types, &out_types)?;
+    if out_types.iter().all(|t| t.numel() == 0) {
+        // nothing to compute (see `verify::check_empty`); the op's own code
+        // may divide by a dimension
+        return Ok(out_types.iter().map(Tensor::zeros).collect());
+    }
     let results = match operands.first().map(|t| t.dtype()) {
         Some(DType::I64) => eval_typed::<i64>(op, operands, &out_types)?,
         _ => eval_typed::<f32>(op, operands, &out_types)?,

@@ -281,18 +281,8 @@ impl<'a> Parser<'a> {
             }
         }
         let ty = TensorType::new(dtype, shape);
-        // Shape inference and the interpreter compute element counts and
-        // byte sizes in `usize`; a type no allocation could hold is refused
-        // here so that they never overflow.
-        let bytes = ty
-            .shape
-            .iter()
-            .try_fold(dtype.size_bytes(), |a, &d| a.checked_mul(d));
-        if bytes.is_none_or(|b| b > isize::MAX as usize) {
-            return Err(start.error(format!(
-                "type {ty} is too large: its size in bytes does not fit in 63 bits"
-            )));
-        }
+        // refused here too (not only by the graph) to point at the text
+        ty.check_size().map_err(|msg| start.error(msg))?;
         Ok(ty)
     }
 
