@@ -380,6 +380,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                     limit,
                     input_shape,
                 };
+                // the limits come from the model arguments (`--limit`)
                 let aot = crate::compile::AotRequest {
                     target,
                     cpu,

@@ -121,7 +121,7 @@ pub struct AotRequest {
     pub optimize: bool,
     /// run inverted-residual chains band by band
     pub banded_chains: bool,
-    /// resource limits for the optimiser and the code generator
+    /// resource limits of the optimiser and the code generator
     pub limits: Limits,
 }
 

@@ -267,16 +267,18 @@ pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
 /// `onnx.ModelProto`, or a file read with `import` options): imported with
 /// `import` (concrete shapes for symbolic input dims), verified, and its
 /// weights from `weights` (a safetensors file) when given, else its own
-/// initialisers; `origin` names it in messages.
+/// initialisers, and checked against `limits`; `origin` names it in
+/// messages.
 pub fn load_onnx_bytes(
     bytes: &[u8],
     origin: &str,
     import: &onnx::ImportOptions,
     weights: Option<&Path>,
+    limits: &Limits,
 ) -> Result<Model, KilnError> {
     let (mut model, _) = onnx::import_bytes(bytes, import)?;
     verify(&model.graph)?;
-    Limits::default().check_graph(&model.graph)?;
+    limits.check_graph(&model.graph)?;
     let from = match weights {
         Some(path) => {
             model.weights = safetensors::load(path)?;

@@ -54,6 +54,14 @@ def _is_torch_module(obj: Any) -> bool:
     return False
 
 
+def _torch_version(torch: Any) -> tuple:
+    parts = []
+    for p in torch.__version__.split("+")[0].split(".")[:2]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
 def _torch_to_onnx(module: Any, example_inputs: Any) -> bytes:
     """Exports a torch.nn.Module in memory with torch's default exporter."""
     import torch  # optional dependency: only needed here
@@ -68,13 +76,16 @@ def _torch_to_onnx(module: Any, example_inputs: Any) -> bytes:
     was_training = module.training
     module.eval()
     try:
-        buf = io.BytesIO()
         with torch.no_grad():
-            result = torch.onnx.export(module, example_inputs, buf)
-        data = buf.getvalue()
-        if not data and result is not None and hasattr(result, "model_proto"):
-            # The dynamo-based exporter returns an ONNXProgram.
-            data = result.model_proto.SerializeToString()
+            if _torch_version(torch) >= (2, 9):
+                # The default exporter (dynamo) returns an ONNXProgram when
+                # given no file; its writer takes paths, not buffers.
+                data = torch.onnx.export(module, example_inputs).model_proto.SerializeToString()
+            else:
+                # The default exporter (TorchScript) writes to a buffer.
+                buf = io.BytesIO()
+                torch.onnx.export(module, example_inputs, buf)
+                data = buf.getvalue()
     finally:
         module.train(was_training)
     if not data:

@@ -627,6 +627,7 @@ fn load(
             "the ONNX model",
             &import,
             weights.map(|p| p.as_path()),
+            &kiln::ir::Limits::default(),
         ),
         Source::Spec(spec) => match kiln::ModelSpec::parse(spec)? {
             kiln::ModelSpec::Onnx(path) if !input_shapes.is_empty() => {
@@ -635,7 +636,13 @@ fn load(
                     source,
                 })?;
                 let origin = path.display().to_string();
-                kiln::load_onnx_bytes(&bytes, &origin, &import, weights.map(|p| p.as_path()))
+                kiln::load_onnx_bytes(
+                    &bytes,
+                    &origin,
+                    &import,
+                    weights.map(|p| p.as_path()),
+                    &kiln::ir::Limits::default(),
+                )
             }
             _ if !input_shapes.is_empty() => Err(kiln::KilnError::Usage(
                 "input_shapes applies to ONNX models only (zoo and .kir models have static shapes)"

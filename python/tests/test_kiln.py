@@ -3,6 +3,7 @@ zero-copy inputs, bad input, threads."""
 
 import json
 import threading
+import time
 
 import numpy as np
 import onnx
@@ -277,6 +278,17 @@ def test_inputs_outputs_and_options(mf26):
     assert kiln.compile("mobile_former_26m", threads=1).threads == 1
 
 
+def test_kir_is_the_compiled_graph_as_text(mf26, kiln_cli, tmp_path):
+    path = tmp_path / "opt.kir"
+    path.write_text(mf26.kir)
+    # kiln parses and verifies it: the model's inputs, outputs, node count
+    info = json.loads(kiln_cli("info", path, "--json"))
+    io = lambda infos: [(i.name, i.shape) for i in infos]
+    assert [(i["name"], i["shape"]) for i in info["inputs"]] == io(mf26.inputs)
+    assert [(i["name"], i["shape"]) for i in info["outputs"]] == io(mf26.outputs)
+    assert len(info["layers"]) == mf26.explain()["nodes_after"]
+
+
 def test_explain_is_kiln_opt_report(mf26, kiln_cli):
     report = mf26.explain()
     assert report == json.loads(kiln_cli("opt", "mobile_former_26m", "--explain", "--json"))
@@ -299,8 +311,13 @@ def test_profile_is_kiln_bench_profile(mf26, kiln_cli):
         kiln_cli("bench", "mobile_former_26m", "--profile", "--json", "--iters", "1", "--warmup", "0")
     )["profile"]
     assert sorted(r["node"] for r in rows) == sorted(r["node"] for r in cli)
+    (x,) = random_inputs(mf26, 4)
+    given = mf26.profile(iters=1, inputs=[x])
+    assert sorted(r["node"] for r in given) == sorted(r["node"] for r in rows)
     with pytest.raises(kiln.KilnError, match="iters"):
         mf26.profile(iters=0)
+    with pytest.raises(kiln.ShapeError, match="must be f32"):
+        mf26.profile(iters=1, inputs=[x.astype(np.float64)])
 
 
 def test_zoo_is_kiln_list(kiln_cli):
@@ -331,6 +348,10 @@ def test_compile_aot_writes_object_and_header(tmp_path):
     assert obj.read_bytes()[:4] == b"\x7fELF"
     assert res["entry"] == "kiln_blk_run" and "kiln_blk_run" in hdr.read_text()
     assert res["cpu"]  # the target's default level, resolved
+    import shutil, subprocess
+
+    if shutil.which("gcc"):  # the header is valid C
+        subprocess.run(["gcc", "-fsyntax-only", "-x", "c", str(hdr)], check=True)
     with pytest.raises(kiln.CompileError, match="target"):
         kiln.compile_aot("mobile_former_26m", target="sparc-sun-solaris", out_dir=tmp_path)
 
@@ -361,6 +382,34 @@ def test_four_threads_share_one_model(mf26):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_gil_is_released_while_kernels_run():
+    # a slow call (tens of ms), so that scheduling noise is small next to it
+    m = kiln.compile("xformer", threads=1)
+    (x,) = random_inputs(m)
+    m(x)
+    t0 = time.perf_counter()
+    m(x)
+    one = time.perf_counter() - t0
+    started, start = threading.Event(), []
+
+    def worker():
+        started.set()
+        start.append(time.perf_counter())
+        m(x)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    started.wait()
+    time.sleep(one / 10)
+    # Were the GIL held during the call, this thread could not run again
+    # before the call returned, a whole call after it started.
+    resumed = time.perf_counter()
+    t.join()
+    assert resumed - start[0] < one / 2, (
+        f"main thread resumed {(resumed - start[0]) * 1e3:.1f} ms into a {one * 1e3:.1f} ms call"
+    )
 
 
 def test_close_while_other_threads_run():
