@@ -24,7 +24,7 @@
 //! The sets make this quadratic in the number of classes (memory and
 //! time). Above a work budget (classes × bitset words, the `extract`
 //! resource limit) extraction falls back to a linear-time greedy choice by
-//! tree cost ([`greedy_tree`]), and says so ([`Extraction::greedy`]).
+//! tree cost (`greedy_tree`), and says so ([`Extraction::greedy`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
