@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 const CITED: [&str; 7] = [".rs", ".md", ".kir", ".py", ".toml", ".snap", ".sh"];
 
 /// Cited paths that are not the repository's, each with why.
-const NOT_OURS: [&str; 6] = [
+const NOT_OURS: [&str; 7] = [
     // placeholders for the user's model files (docs/cli.md)
     "path.kir",
     "m.kir",
+    // the Python attribute `Model.kir` (docs/python.md), not a file
+    "model.kir",
     // files of the user's crate that links an object (docs/aot.md)
     "build.rs",
     ".cargo/config.toml",
