@@ -91,11 +91,12 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
 /// Empty tensors (a dimension of size 0): an op whose results are all empty
 /// computes nothing, so any op may produce them (backends emit no kernel,
 /// the interpreter returns the empty value). A non-empty result from an
-/// empty operand is computed by three ops whose kernels are tested on it
-/// (`backends/tests/api.rs`, `zero_sized_dimensions`): a matmul with K = 0
-/// (zeros), a sum over an empty axis (zeros) and a concat with an empty
+/// empty operand is computed by the ops whose kernels are tested on it
+/// (`backends/tests/api.rs`, `zero_sized_dimensions`, and the ONNX node
+/// tests `reduce_{max,min}_empty_set`): a matmul with K = 0 (zeros), a sum
+/// (zeros) or max (-inf) over an empty axis, and a concat with an empty
 /// part. Any other op with a non-empty result may not read an empty operand
-/// — a convolution over 0 input channels, a mean or max over nothing: it is
+/// — a convolution over 0 input channels, a mean over nothing: it is
 /// refused here, naming the operand and the dimension, so no other kernel
 /// ever sees an empty operand.
 pub(crate) fn check_empty(
@@ -108,7 +109,7 @@ pub(crate) fn check_empty(
         Op::MatMul
             | Op::Concat { .. }
             | Op::Reduce {
-                kind: ReduceKind::Sum,
+                kind: ReduceKind::Sum | ReduceKind::Max,
                 ..
             }
     );
