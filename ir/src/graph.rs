@@ -153,10 +153,13 @@ impl Graph {
             .iter()
             .map(|v| self.try_value_info(*v).map(|i| i.ty.clone()))
             .collect::<Result<_, _>>()?;
-        let out = shape::infer(&op, &types).map_err(|msg| IrError::Node {
-            node: format!("new {} node", op.name()),
-            msg,
-        })?;
+        // the verifier's rules for a new node: types, and empty operands
+        let out = shape::infer(&op, &types)
+            .and_then(|out| crate::verify::check_empty(&op, &types, &out).map(|()| out))
+            .map_err(|msg| IrError::Node {
+                node: format!("new {} node", op.name()),
+                msg,
+            })?;
         if names.len() != out.len() {
             return Err(IrError::Graph(format!(
                 "{} produces {} values, {} names given",
