@@ -176,6 +176,24 @@ pub(crate) fn asm_shape_for(level: TileLevel, m: usize, n: usize, k: usize) -> (
     (t.mr, 4 * t.nv)
 }
 
+/// The first `valid` (< 4) f32 lanes at `base + off`, the others those of
+/// `zero`: a vector never read past the end of a row.
+fn load_lanes(
+    e: &mut Emitter,
+    f: MemFlagsData,
+    base: Value,
+    off: i64,
+    valid: usize,
+    zero: Value,
+) -> Value {
+    let mut y = zero;
+    for l in 0..valid {
+        let s = e.load(F32, f, base, off + 4 * l as i64);
+        y = e.b.ins().insertlane(y, s, l as u8);
+    }
+    y
+}
+
 /// A batched GEMM. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Gemm {
@@ -614,6 +632,52 @@ impl Gemm {
     }
 
     /// Emits one tile of `mr` rows and `nt` valid columns.
+    /// The accumulators of an `mr × nt` tile (`nv` vectors and `ns` scalar
+    /// columns a row), seeded with the bias at `bias` or zero.
+    fn seed(
+        &self,
+        e: &mut Emitter,
+        bias: Option<Value>,
+        mr: usize,
+        nt: usize,
+        (nv, ns): (usize, usize),
+    ) -> (Vec<Vec<Variable>>, Vec<Vec<Variable>>) {
+        let zero_v = e.kc(V4, 0.0);
+        let zero_s = e.fc(0.0);
+        let mut acc: Vec<Vec<Variable>> = Vec::with_capacity(mr);
+        let mut accs: Vec<Vec<Variable>> = Vec::with_capacity(mr);
+        for i in 0..mr {
+            let (iv, is): (Vec<Value>, Vec<Value>) = match (self.init, bias) {
+                (Init::Row(buf), Some(bp)) => {
+                    let s = e.load(F32, Emitter::rflags(buf), bp, 4 * i as i64);
+                    let v = e.b.ins().splat(V4, s);
+                    (vec![v; nv], vec![s; ns])
+                }
+                (Init::Col(buf), Some(bp)) => {
+                    let f = Emitter::rflags(buf);
+                    // vectors only where the bias has 4 valid columns
+                    let vs = (0..nv)
+                        .map(|v| {
+                            if 4 * v + 4 <= nt {
+                                e.load(V4, f, bp, 16 * v as i64)
+                            } else {
+                                load_lanes(e, f, bp, 16 * v as i64, nt - 4 * v, zero_v)
+                            }
+                        })
+                        .collect();
+                    let ss = (0..ns)
+                        .map(|s| e.load(F32, f, bp, 4 * (4 * nv + s) as i64))
+                        .collect();
+                    (vs, ss)
+                }
+                _ => (vec![zero_v; nv], vec![zero_s; ns]),
+            };
+            acc.push(iv.iter().map(|&x| e.var(V4, x)).collect());
+            accs.push(is.iter().map(|&x| e.var(F32, x)).collect());
+        }
+        (acc, accs)
+    }
+
     fn tile(&self, e: &mut Emitter, p: TilePtrs, bv: BView, mr: usize, nt: usize) {
         if let Some(asm) = self.asm {
             // the GEMM's tile is the assembled one (`asm_compatible`)
@@ -653,43 +717,7 @@ impl Gemm {
         let (b_ks, bf) = (bv.ks, bv.flags);
         // accumulators
         let zero_v = e.kc(V4, 0.0);
-        let zero_s = e.fc(0.0);
-        let mut acc: Vec<Vec<Variable>> = Vec::with_capacity(mr);
-        let mut accs: Vec<Vec<Variable>> = Vec::with_capacity(mr);
-        for i in 0..mr {
-            let (iv, is): (Vec<Value>, Vec<Value>) = match (self.init, p.bias) {
-                (Init::Row(buf), Some(bp)) => {
-                    let s = e.load(F32, Emitter::rflags(buf), bp, 4 * i as i64);
-                    let v = e.b.ins().splat(V4, s);
-                    (vec![v; nv], vec![s; ns])
-                }
-                (Init::Col(buf), Some(bp)) => {
-                    let f = Emitter::rflags(buf);
-                    // vectors only where the bias has 4 valid columns
-                    let vs = (0..nv)
-                        .map(|v| {
-                            if 4 * v + 4 <= nt {
-                                e.load(V4, f, bp, 16 * v as i64)
-                            } else {
-                                let mut x = zero_v;
-                                for l in 0..(nt - 4 * v) {
-                                    let s = e.load(F32, f, bp, 4 * (4 * v + l) as i64);
-                                    x = e.b.ins().insertlane(x, s, l as u8);
-                                }
-                                x
-                            }
-                        })
-                        .collect();
-                    let ss = (0..ns)
-                        .map(|s| e.load(F32, f, bp, 4 * (4 * nv + s) as i64))
-                        .collect();
-                    (vs, ss)
-                }
-                _ => (vec![zero_v; nv], vec![zero_s; ns]),
-            };
-            acc.push(iv.iter().map(|&x| e.var(V4, x)).collect());
-            accs.push(is.iter().map(|&x| e.var(F32, x)).collect());
-        }
+        let (acc, accs) = self.seed(e, p.bias, mr, nt, (nv, ns));
         // K loop, unrolled by U
         const U: usize = 4;
         let pa = e.var(I64, p.a);
@@ -780,12 +808,7 @@ impl Gemm {
                         } else if valid == 4 {
                             e.load(V4, f, cp, off)
                         } else {
-                            let mut y = zero_v;
-                            for l in 0..valid {
-                                let s = e.load(F32, f, cp, off + 4 * l as i64);
-                                y = e.b.ins().insertlane(y, s, l as u8);
-                            }
-                            y
+                            load_lanes(e, f, cp, off, valid, zero_v)
                         };
                         x = e.mul_add(y, bv, x);
                     }
@@ -797,12 +820,7 @@ impl Gemm {
                         let y = if valid == 4 {
                             e.load(V4, f, rp, off)
                         } else {
-                            let mut y = zero_v;
-                            for l in 0..valid {
-                                let s = e.load(F32, f, rp, off + 4 * l as i64);
-                                y = e.b.ins().insertlane(y, s, l as u8);
-                            }
-                            y
+                            load_lanes(e, f, rp, off, valid, zero_v)
                         };
                         x = e.b.ins().fadd(x, y);
                     }
