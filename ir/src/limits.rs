@@ -96,16 +96,10 @@ impl Limits {
             .ok_or_else(|| format!("limit `{spec}`: expected KEY=VALUE ({})", keys()))?;
         let n = parse_size(value.trim())
             .ok_or_else(|| format!("limit `{spec}`: `{value}` is not a size (e.g. 512M, 8G)"))?;
-        let slot = match key.trim() {
-            "tensor" => &mut self.tensor_bytes,
-            "weights" => &mut self.weight_bytes,
-            "folded" => &mut self.folded_bytes,
-            "arena" => &mut self.arena_bytes,
-            "consts" => &mut self.const_bytes,
-            "nodes" => &mut self.nodes,
-            "extract" => &mut self.extract_work,
-            k => return Err(format!("limit `{spec}`: unknown key `{k}` ({})", keys())),
-        };
+        let k = key.trim();
+        let slot = self
+            .slot(k)
+            .ok_or_else(|| format!("limit `{spec}`: unknown key `{k}` ({})", keys()))?;
         *slot = n;
         Ok(())
     }
@@ -183,16 +177,24 @@ impl Limits {
     /// The value of limit `key` (one of [`LIMIT_KEYS`]); panics on an
     /// unknown key, which is a bug in the caller, not in its input.
     pub fn get(&self, key: &str) -> usize {
-        match key {
-            "tensor" => self.tensor_bytes,
-            "weights" => self.weight_bytes,
-            "folded" => self.folded_bytes,
-            "arena" => self.arena_bytes,
-            "consts" => self.const_bytes,
-            "nodes" => self.nodes,
-            "extract" => self.extract_work,
-            k => panic!("no limit named {k}"),
-        }
+        let mut copy = *self;
+        *copy
+            .slot(key)
+            .unwrap_or_else(|| panic!("no limit named {key}"))
+    }
+
+    /// The field a key names: the one place keys map to fields.
+    fn slot(&mut self, key: &str) -> Option<&mut usize> {
+        Some(match key {
+            "tensor" => &mut self.tensor_bytes,
+            "weights" => &mut self.weight_bytes,
+            "folded" => &mut self.folded_bytes,
+            "arena" => &mut self.arena_bytes,
+            "consts" => &mut self.const_bytes,
+            "nodes" => &mut self.nodes,
+            "extract" => &mut self.extract_work,
+            _ => return None,
+        })
     }
 }
 
@@ -285,6 +287,14 @@ mod tests {
                 .contains("unknown key `bogus`")
         );
         assert!(l.set("arena=lots").unwrap_err().contains("not a size"));
+    }
+
+    #[test]
+    fn every_listed_key_names_a_limit() {
+        let mut l = Limits::default();
+        for (k, _) in LIMIT_KEYS {
+            assert!(l.slot(k).is_some(), "{k}");
+        }
     }
 
     #[test]
