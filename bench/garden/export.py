@@ -82,18 +82,27 @@ MODELS = [
 FAMILY = dict(MODELS)
 
 
-def enliven(model, gen):
-    """Redraws what timm initialises to a constant, from the seeded `gen`.
+def enliven(model, gen, calib):
+    """Redraws what timm initialises to a constant, then calibrates batch norms.
 
     timm's init leaves norm scales at 1, biases at 0, layer scales at
     1e-6..1e-5 and zero-initialises the last norm of many residual
     branches: a whole branch then adds (almost) nothing to the logits, and
     a wrong kernel in it would pass a 1e-4 comparison. So every
-    constant-valued parameter is redrawn (zero: N(0, 0.02); below 0.1 in
-    magnitude, the layer scales: U(0.2, 0.6); else c * U(0.5, 1.5)) and
-    batch-norm running statistics are drawn (mean N(0, 0.1), var
-    U(0.5, 1.5)). Random weights are no worse than trained ones for timing
-    and make every path of the graph count in the comparison.
+    constant-valued parameter is redrawn from `gen` (zero: N(0, 0.02);
+    below 0.1 in magnitude, the layer scales: U(0.2, 0.6); else
+    c * U(0.5, 1.5)).
+
+    Batch-norm running statistics are then set as training would leave
+    them: the mean and variance of each BN's input on `calib` (two other
+    seeded images, not the test input), so activations keep their scale
+    through the network; with random statistics instead, multi-branch
+    blocks (MobileOne) grow the logits to 1e16 and deep ReLU stacks
+    (MobileNetV3) to cancellation that PyTorch's own float32 misses by
+    1e-4. A BN that sees fewer than 16 values per channel in one image
+    (the 1-D norm of a pooled head) keeps drawn statistics (mean N(0, 0.1),
+    var U(0.5, 1.5)). Random weights are no worse than trained ones for
+    timing and make every path of the graph count in the comparison.
     """
     import torch
 
@@ -111,10 +120,36 @@ def enliven(model, gen):
                 p.copy_(0.2 + 0.4 * torch.rand(p.shape, generator=gen))
             else:
                 p.copy_(c * (0.5 + torch.rand(p.shape, generator=gen)))
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+        bns = [m for m in model.modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               and m.running_mean is not None]
+        drawn, seen, hooks = {}, {}, []
+        for m in bns:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+            drawn[m] = (m.running_mean.clone(), m.running_var.clone())
+
+            def count(mod, args):
+                # shape[0] may be batch x tokens (LeViT's flattened BatchNorm1d)
+                per_image = args[0].numel() // args[0].shape[1] // calib.shape[0]
+                seen[mod] = min(seen.get(mod, 1 << 62), per_image)
+
+            hooks.append(m.register_forward_pre_hook(count))
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: the statistics of `calib`
+        model.eval()
+        for m in bns:
+            m.train()
+        model(calib)
+        for h in hooks:
+            h.remove()
+        for m in bns:
+            m.momentum = 0.1
+            if seen.get(m, 0) < 16:
+                m.running_mean.copy_(drawn[m][0])
+                m.running_var.copy_(drawn[m][1])
+    model.eval()
+    return len(bns), sum(seen.get(m, 0) < 16 for m in bns)
 
 
 # Families trained with parallel branches that timm folds into one conv for
@@ -141,23 +176,26 @@ def export_one(name, out_dir):
         "versions": {"torch": torch.__version__, "timm": timm.__version__,
                      "onnx": onnx.__version__, "numpy": np.__version__},
         "seed": SEED,
-        "init": "timm init, pretrained=False, torch.manual_seed(0); then "
-                "constant parameters and BN statistics redrawn (export.py: enliven)",
+        "init": "timm init, pretrained=False, torch.manual_seed(0); then constant "
+                "parameters redrawn and BN statistics calibrated on a second seeded "
+                "input (export.py: enliven)",
         "spellings": {},
     }
     t0 = time.time()
     torch.manual_seed(SEED)
     model = timm.create_model(name, pretrained=False)
     gen = torch.Generator().manual_seed(SEED)
-    enliven(model, gen)
-    model.eval()
+    shape = [1] + list(model.pretrained_cfg["input_size"])
+    # Two images: a BN over one value per channel cannot train on one.
+    calib = torch.from_numpy(np.random.default_rng(SEED + 1)
+                             .standard_normal([2] + shape[1:]).astype(np.float32))
+    meta["batch_norms"], meta["batch_norms_drawn"] = enliven(model, gen, calib)
     meta["reparameterized"] = reparameterizable(name)
     if meta["reparameterized"]:
         from timm.utils import reparameterize_model
 
         model = reparameterize_model(model)
         model.eval()
-    shape = [1] + list(model.pretrained_cfg["input_size"])
     meta["input_shape"] = shape
     meta["params"] = sum(p.numel() for p in model.parameters())
     x = np.random.default_rng(SEED).standard_normal(shape).astype(np.float32)
