@@ -255,6 +255,38 @@ def print_table(rows, threads, rounds, iters, timed):
             print(f"  {r['model']} {SHORT[r['spelling']]}: {r['status']}: {r.get('error', '')}")
 
 
+def markdown(rows, threads, title):
+    """The table as Markdown: one row per model and spelling, the ratio and
+    both times per thread count (docs/perf pages)."""
+    out = [title, ""]
+    head = "| model | family | sp |"
+    rule = "|---|---|---|"
+    for t in threads:
+        head += f" kiln {t}T | best peer {t}T | ratio {t}T |"
+        rule += "---:|---|---:|"
+    out += [head + " status |", rule + "---|"]
+    for row in rows:
+        line = f"| {row['model']} | {row['family']} | {SHORT[row['spelling']]} |"
+        for t in threads:
+            k, peers, best, ratio = summarise(row, t)
+            if k is None:
+                line += " | | |"
+            else:
+                line += (f" {k:.2f} | {peers[best]:.2f} ({best}) | "
+                         f"{'**' if ratio > 1 else ''}{ratio:.2f}{'**' if ratio > 1 else ''} |")
+        out.append(line + f" {status_text(row).replace('|', '/')} |")
+    out.append("")
+    for t in threads:
+        rs = [summarise(r, t)[3] for r in rows if r["status"] == "ok"]
+        rs = [x for x in rs if x]
+        if rs:
+            g = math.exp(sum(math.log(x) for x in rs) / len(rs))
+            out.append(f"- geometric mean of kiln / best peer at {t} thread(s): **{g:.2f}** "
+                       f"over {len(rs)} model-spellings that import and match "
+                       f"({sum(x <= 1 for x in rs)} at or below 1.0, max {max(rs):.2f})")
+    return "\n".join(out) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", help="comma-separated timm names (default: export.py's list)")
@@ -267,7 +299,22 @@ def main():
     ap.add_argument("--force", action="store_true", help="re-export (export.py --force)")
     ap.add_argument("--no-time", action="store_true", help="import and correctness only")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per process")
+    ap.add_argument("--markdown", help="also write the table as Markdown to this file")
+    ap.add_argument("--from-results", metavar="JSON",
+                    help="run nothing: print the table of a results.json written before")
     a = ap.parse_args()
+    if a.from_results:
+        with open(a.from_results) as f:
+            saved = json.load(f)
+        sa = saved["args"]
+        rows = saved["rows"]
+        threads = [int(t) for t in sa["threads"].split(",")]
+        timed = not sa["no_time"]
+        print_table(rows, threads, sa["rounds"], sa["iters"], timed)
+        if a.markdown:
+            with open(a.markdown, "w") as f:
+                f.write(markdown(rows, threads if timed else [], "kiln garden"))
+        return
     models = a.models.split(",") if a.models else [m for m, _ in export.MODELS]
     spellings = a.spellings.split(",")
     threads = [int(t) for t in a.threads.split(",")]
@@ -293,6 +340,9 @@ def main():
         profile_rows(runnable, a.iters, a.timeout)
 
     print_table(rows, threads, a.rounds, a.iters, timed)
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(markdown(rows, threads if timed else [], "kiln garden"))
     versions = next((load_meta(m) or {}).get("versions") for m in models if load_meta(m))
     out = os.path.join(RESULTS, "results.json")
     with open(out, "w") as f:
