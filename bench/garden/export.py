@@ -287,8 +287,10 @@ def main():
         if failed:
             with open(log) as f:
                 tail = f.read()[-1500:]
+            last = ([ln for ln in tail.splitlines() if ln.strip()] or [""])[-1].strip()
             meta = {"model": name, "family": FAMILY.get(name, "?"), "error": failed, "log_tail": tail,
-                    "spellings": {s: {"ok": False, "error": f"export process failed: {failed}"}
+                    "spellings": {s: {"ok": False,
+                                      "error": f"export process failed ({failed}): {last}"}
                                   for s in SPELLINGS}}
             with open(os.path.join(out_dir, "meta.json"), "w") as f:
                 json.dump(meta, f, indent=1)

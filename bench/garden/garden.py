@@ -226,6 +226,9 @@ def print_table(rows, threads, rounds, iters, timed):
         for t in threads:
             k, peers, best, ratio = summarise(row, t)
             comp = row["times"][str(t)].get("kiln", {}).get("compile_ms")
+            # a runtime that failed to time this row says why
+            errs = [f"{rt}: {c['error']}" for rt, c in row["times"][str(t)].items() if "error" in c]
+            st = "; ".join([status_text(row)] + errs)
             print(f"{model:<26} {sp:>3} {t:>3} {fmt(k, '.3f')} {fmt(peers['ort'], '.3f')} "
                   f"{fmt(peers['openvino'], '.3f')} {(best or '-'):>8} {fmt(ratio, '.2f', 9)} "
                   f"{fmt(comp, '.0f', 6)}ms  {st[:110]}")
@@ -343,7 +346,7 @@ def main():
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write(markdown(rows, threads if timed else [], "kiln garden"))
-    versions = next((load_meta(m) or {}).get("versions") for m in models if load_meta(m))
+    versions = next(((load_meta(m) or {}).get("versions") for m in models if load_meta(m)), None)
     out = os.path.join(RESULTS, "results.json")
     with open(out, "w") as f:
         json.dump({"args": vars(a), "versions": versions, "tolerance": TOL,
