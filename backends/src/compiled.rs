@@ -248,6 +248,20 @@ impl Drop for JitCode {
 /// over threads costs more in synchronisation than it saves.
 const PARALLEL_MIN_COST: f64 = 30_000.0;
 
+/// Whether a kernel compiled for `threads` threads is split over them (the
+/// JIT's pool and an object's parallel entry point decide alike); the
+/// others run whole on the calling thread.
+pub(crate) fn splits(k: &dyn Kernel, threads: usize) -> bool {
+    threads > 1 && k.units() > 1 && k.cost() >= PARALLEL_MIN_COST
+}
+
+/// Into how many chunks a split kernel of `units` units is cut for
+/// `threads` threads: a few per thread, small enough to balance, large
+/// enough that claiming one costs nothing next to its work.
+pub(crate) fn chunks_for(units: usize, threads: usize) -> usize {
+    units.min(4 * threads).max(1)
+}
+
 /// A model compiled to native code for the host. See the module docs for
 /// how it may be shared between threads.
 pub struct CompiledModel {
@@ -730,7 +744,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
         .map(|(&id, (node, k))| Step {
             func: module.get_finalized_function(id) as usize,
             units: k.units(),
-            parallel: front.threads > 1 && k.units() > 1 && k.cost() >= PARALLEL_MIN_COST,
+            parallel: splits(k.as_ref(), front.threads),
             node: node.clone(),
             what: k.describe(),
             work: front.work.get(node).copied().unwrap_or_default(),
