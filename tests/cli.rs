@@ -751,7 +751,9 @@ fn compile_writes_an_object_and_its_header() {
     let h = std::fs::read_to_string(o.with_extension("h")).unwrap();
     assert!(h.contains("int kiln_cna_run(const float *input, float *output, void *scratch);"));
     assert!(h.contains("size_t kiln_cna_scratch_bytes(void);"));
-    assert!(h.contains("int kiln_cna_run_parallel(const float *input, float *output, void *scratch,"));
+    assert!(
+        h.contains("int kiln_cna_run_parallel(const float *input, float *output, void *scratch,")
+    );
     assert!(h.contains("#define KILN_CNA_ABI_VERSION 2"));
     assert!(h.contains("#define KILN_CNA_THREADS 2"));
     assert!(h.contains("#define KILN_CNA_TARGET \"aarch64-unknown-linux-gnu\""));

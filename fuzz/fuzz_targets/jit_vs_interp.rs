@@ -16,7 +16,7 @@
 
 #![no_main]
 
-use kiln_backends::testing::random::{TOL, poisoned, random_graph, rel_error};
+use kiln_backends::testing::random::{poisoned, random_graph, rel_error, tolerances};
 use kiln_backends::{CompileOptions, OptLevel, TileLevel, compile};
 use kiln_ir::interp;
 use libfuzzer_sys::fuzz_target;
@@ -84,12 +84,17 @@ fuzz_target!(|data: &[u8]| {
     // every differential test (backends/tests, tests/zoo_all.rs): the
     // interpreter accumulates in f64, the JIT in f32 in another order and
     // with polynomial exp/tanh/erf (errors in codegen/math.rs), and a
-    // random graph chains up to 18 such ops.
-    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+    // random graph chains up to 18 such ops. Where the graph itself
+    // amplifies rounding noise past that (a norm over a group whose spread
+    // is rounding noise), the tolerance is ten times the measured
+    // amplification of 4-ulp noise instead (`testing::random::tolerances`).
+    let tols = tolerances(&model, &inputs, &want)
+        .unwrap_or_else(|e| panic!("{what}: rounding sensitivity failed: {e}"));
+    for (k, ((g, w), tol)) in got.iter().zip(&want).zip(tols).enumerate() {
         let e = rel_error(g, w);
         assert!(
-            e <= TOL,
-            "{what}: output {k} differs from the interpreter: relative error {e:.3e}\n{}",
+            e <= tol,
+            "{what}: output {k} differs from the interpreter: relative error {e:.3e} (tolerance {tol:.3e})\n{}",
             kiln_ir::text::print(&compiled_model.graph)
         );
     }
