@@ -26,7 +26,6 @@
 use std::collections::BTreeSet;
 
 use cranelift_codegen::Context;
-use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::{
     AbiParam, Function, InstBuilder, MemFlagsData, Signature, StackSlotData, StackSlotKind, types,
 };
@@ -34,14 +33,14 @@ use cranelift_codegen::ir::{UserExternalName, UserFuncName};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{
-    DataDescription, FuncId, Linkage, Module, ModuleReloc, ModuleRelocTarget, default_libcall_names,
+    DataDescription, FuncId, Linkage, Module, ModuleRelocTarget, default_libcall_names,
 };
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use kiln_ir::{DType, Model, TensorType, Value};
 
 use crate::codegen::{AsmLink, ConstBase, Env, I64, POWF_NAME, PowF};
 use crate::compiled::{
-    CompileOptions, build_function, drop_unread_consts, front, kernel_isa, kernel_signature,
+    CompileOptions, define_kernels, drop_unread_consts, front, kernel_signature,
 };
 use crate::error::BackendError;
 use crate::header;
@@ -362,58 +361,29 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
             .map_err(obj_err)?;
         asm_ids.push(id);
     }
-    let mut fctx = FunctionBuilderContext::new();
-    let mut kernel_ids = Vec::new();
     let mut powf = None;
     let libcall_name = default_libcall_names();
     let mut undefined = BTreeSet::new();
-    for (i, (node, k)) in front.lowered.iter().enumerate() {
-        let func = build_function(
-            k.as_ref(),
-            i as u32,
-            target.speed.frontend_config(),
-            |f: &mut Function| {
-                let env = Env {
-                    fma: target.fma,
-                    call_conv: cc,
-                    cbase: ConstBase::Symbol(module.declare_data_in_func(blob, f)),
-                    powf: PowF::Import,
-                };
-                let refs = asm_ids
-                    .iter()
-                    .map(|&id| module.declare_func_in_func(id, f))
-                    .collect();
-                (env, AsmLink::Refs(refs))
-            },
-            front.const_map.as_ref(),
-            &mut fctx,
-        );
-        let id = module
-            .declare_function(
-                &format!("kiln_{name}_k{i}"),
-                Linkage::Local,
-                &kernel_signature(cc),
-            )
-            .map_err(obj_err)?;
-        let (isa, _) = kernel_isa(k.as_ref(), &copts, &target);
-        let func = crate::scalarize::prepare(func, target.scalar || copts.scalarize, isa, &copts)
-            .map_err(|msg| BackendError::Codegen {
-            node: node.clone(),
-            msg,
-        })?;
-        let mut ctx = Context::for_function(func);
-        let code = ctx
-            .compile(isa, &mut ControlPlane::default())
-            .map_err(|e| BackendError::Codegen {
-                node: node.clone(),
-                msg: cranelift_codegen::print_errors::pretty_error(e.func, e.inner),
-            })?;
-        let align = u64::from(code.buffer.alignment).max(16);
-        let bytes = code.code_buffer().to_vec();
-        let mach_relocs = code.buffer.relocs().to_vec();
-        let mut relocs = Vec::with_capacity(mach_relocs.len());
-        for r in &mach_relocs {
-            let mut m = ModuleReloc::from_mach_reloc(r, &ctx.func, id);
+    let kernel_ids = define_kernels(
+        &mut module,
+        &front,
+        &target,
+        &copts,
+        &|i| format!("kiln_{name}_k{i}"),
+        &mut |module, f| {
+            let env = Env {
+                fma: target.fma,
+                call_conv: cc,
+                cbase: ConstBase::Symbol(module.declare_data_in_func(blob, f)),
+                powf: PowF::Import,
+            };
+            let refs = asm_ids
+                .iter()
+                .map(|&id| module.declare_func_in_func(id, f))
+                .collect();
+            (env, AsmLink::Refs(refs))
+        },
+        &mut |module, mut m| {
             match m.name {
                 ModuleRelocTarget::User { namespace, index }
                     if namespace == POWF_NAME.namespace && index == POWF_NAME.index =>
@@ -440,16 +410,10 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
                 }
                 _ => {}
             }
-            relocs.push(m);
-        }
-        module
-            .define_function_bytes(id, align, &bytes, &relocs)
-            .map_err(|e| BackendError::Codegen {
-                node: node.clone(),
-                msg: e.to_string(),
-            })?;
-        kernel_ids.push(id);
-    }
+            Ok(m)
+        },
+    )?;
+    let mut fctx = FunctionBuilderContext::new();
 
     // The entry points: header slots, then every kernel over all its units,
     // on the calling thread or (`_run_parallel`) split through the caller's

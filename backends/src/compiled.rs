@@ -28,7 +28,7 @@ use cranelift_codegen::ir::{AbiParam, Function, InstBuilder, Signature, UserFunc
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{Linkage, Module, ModuleReloc, default_libcall_names};
+use cranelift_module::{FuncId, Linkage, Module, ModuleReloc, default_libcall_names};
 use kiln_ir::{DType, Graph, Model, NodeId, Tensor, TensorData, TensorType, Value};
 
 use crate::codegen::{AsmLink, Buf, ConstBase, Emitter, Env, I64, Loc, PowF};
@@ -624,6 +624,85 @@ pub(crate) fn kernel_isa<'t>(
     (isa, level)
 }
 
+/// Compiles every lowered kernel of `front` and defines it in `module` as
+/// local function `symbol(i)`: the one kernel loop of the JIT and of object
+/// files (any `cranelift_module::Module`). What differs is passed in:
+/// `link` makes a kernel's environment once its function exists (where the
+/// constants are, how `powf` is reached, the assembled functions), and
+/// `reloc` may rewrite each relocation before it is recorded (an object
+/// turns the `powf` placeholder into an import). Developer aids:
+/// `KILN_JIT_DISASM=1` prints each kernel's machine code,
+/// `KILN_COMPILE_TIMES=1` the kernels that took 5 ms or more.
+pub(crate) fn define_kernels<M: Module>(
+    module: &mut M,
+    front: &Front,
+    target: &Target,
+    opts: &CompileOptions,
+    symbol: &dyn Fn(usize) -> String,
+    link: &mut dyn FnMut(&mut M, &mut Function) -> (Env, AsmLink),
+    reloc: &mut dyn FnMut(&mut M, ModuleReloc) -> Result<ModuleReloc, BackendError>,
+) -> Result<Vec<FuncId>, BackendError> {
+    let mut fctx = FunctionBuilderContext::new();
+    let disasm = std::env::var_os("KILN_JIT_DISASM").is_some();
+    let times = std::env::var_os("KILN_COMPILE_TIMES").is_some();
+    let mut ids = Vec::with_capacity(front.lowered.len());
+    for (i, (node, k)) in front.lowered.iter().enumerate() {
+        let codegen_err = |msg: String| BackendError::Codegen {
+            node: node.clone(),
+            msg,
+        };
+        let func = build_function(
+            k.as_ref(),
+            i as u32,
+            target.speed.frontend_config(),
+            |f: &mut Function| link(module, f),
+            front.const_map.as_ref(),
+            &mut fctx,
+        );
+        let id = module
+            .declare_function(&symbol(i), Linkage::Local, &func.signature)
+            .map_err(|e| codegen_err(e.to_string()))?;
+        let (isa, _) = kernel_isa(k.as_ref(), opts, target);
+        let func = crate::scalarize::prepare(func, target.scalar || opts.scalarize, isa, opts)
+            .map_err(codegen_err)?;
+        let tk = Instant::now();
+        let mut ctx = Context::for_function(func);
+        ctx.set_disasm(disasm);
+        let code = ctx
+            .compile(isa, &mut ControlPlane::default())
+            .map_err(|e| {
+                codegen_err(cranelift_codegen::print_errors::pretty_error(
+                    e.func, e.inner,
+                ))
+            })?;
+        if let (true, Some(text)) = (disasm, &code.vcode) {
+            eprintln!(
+                "; kernel {} from {node}: {}\n{text}",
+                symbol(i),
+                k.describe()
+            );
+        }
+        let align = u64::from(code.buffer.alignment).max(16);
+        let bytes = code.code_buffer().to_vec();
+        let mach_relocs = code.buffer.relocs().to_vec();
+        let mut relocs = Vec::with_capacity(mach_relocs.len());
+        for r in &mach_relocs {
+            relocs.push(reloc(
+                module,
+                ModuleReloc::from_mach_reloc(r, &ctx.func, id),
+            )?);
+        }
+        module
+            .define_function_bytes(id, align, &bytes, &relocs)
+            .map_err(|e| codegen_err(e.to_string()))?;
+        ids.push(id);
+        if times && tk.elapsed().as_millis() >= 5 {
+            eprintln!("{:?} {node}: {}", tk.elapsed(), k.describe());
+        }
+    }
+    Ok(ids)
+}
+
 /// Places the assembled tiles in a JIT module of their own, finalised first
 /// so that their addresses can be baked into the kernels that call them.
 fn place_asm(
@@ -682,59 +761,20 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
         target.speed.clone(),
         default_libcall_names(),
     ));
-    let mut fctx = FunctionBuilderContext::new();
-    let mut ids = Vec::new();
-    for (i, (node, k)) in front.lowered.iter().enumerate() {
-        let env = jit_env(&target, &front.consts);
-        let func = build_function(
-            k.as_ref(),
-            i as u32,
-            target.speed.frontend_config(),
-            |_| (env, AsmLink::Addrs(asm_addrs.clone())),
-            front.const_map.as_ref(),
-            &mut fctx,
-        );
-        let id = module
-            .declare_function(&format!("k{i}"), Linkage::Local, &func.signature)
-            .map_err(|e| BackendError::Jit(e.to_string()))?;
-        let (isa, _) = kernel_isa(k.as_ref(), opts, &target);
-        let func = crate::scalarize::prepare(func, target.scalar || opts.scalarize, isa, opts)
-            .map_err(|msg| BackendError::Codegen {
-                node: node.clone(),
-                msg,
-            })?;
-        let tk = Instant::now();
-        let mut ctx = Context::for_function(func);
-        // A developer aid: KILN_JIT_DISASM=1 prints each kernel's machine code.
-        let disasm = std::env::var_os("KILN_JIT_DISASM").is_some();
-        ctx.set_disasm(disasm);
-        let code = ctx
-            .compile(isa, &mut ControlPlane::default())
-            .map_err(|e| BackendError::Codegen {
-                node: node.clone(),
-                msg: cranelift_codegen::print_errors::pretty_error(e.func, e.inner),
-            })?;
-        if let (true, Some(text)) = (disasm, &code.vcode) {
-            eprintln!("; kernel k{i} from {node}: {}\n{text}", k.describe());
-        }
-        let align = u64::from(code.buffer.alignment).max(16);
-        let bytes = code.code_buffer().to_vec();
-        let mach_relocs = code.buffer.relocs().to_vec();
-        let relocs: Vec<ModuleReloc> = mach_relocs
-            .iter()
-            .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id))
-            .collect();
-        module
-            .define_function_bytes(id, align, &bytes, &relocs)
-            .map_err(|e| BackendError::Codegen {
-                node: node.clone(),
-                msg: e.to_string(),
-            })?;
-        ids.push(id);
-        if std::env::var_os("KILN_COMPILE_TIMES").is_some() && tk.elapsed().as_millis() >= 5 {
-            eprintln!("{:?} {node}: {}", tk.elapsed(), k.describe());
-        }
-    }
+    let ids = define_kernels(
+        &mut module,
+        &front,
+        &target,
+        opts,
+        &|i| format!("k{i}"),
+        &mut |_, _| {
+            (
+                jit_env(&target, &front.consts),
+                AsmLink::Addrs(asm_addrs.clone()),
+            )
+        },
+        &mut |_, r| Ok(r),
+    )?;
     module
         .finalize_definitions()
         .map_err(|e| BackendError::Jit(e.to_string()))?;

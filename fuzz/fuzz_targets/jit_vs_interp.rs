@@ -68,6 +68,9 @@ fuzz_target!(|data: &[u8]| {
     // The oracle runs the graph as generated, like `kiln run` does.
     let want = interp::run(&model.graph, &model.weights, &inputs)
         .unwrap_or_else(|e| panic!("{what}: interpreter failed: {e}"));
+    // See the comparison below.
+    let tols = tolerances(&model, &inputs, &want)
+        .unwrap_or_else(|e| panic!("{what}: rounding sensitivity failed: {e}"));
     let compiled_model = if flags & 16 != 0 {
         kiln_passes::optimize(&model, &Default::default())
             .unwrap_or_else(|e| panic!("{what}: optimiser failed: {e}"))
@@ -88,8 +91,6 @@ fuzz_target!(|data: &[u8]| {
     // amplifies rounding noise past that (a norm over a group whose spread
     // is rounding noise), the tolerance is ten times the measured
     // amplification of 4-ulp noise instead (`testing::random::tolerances`).
-    let tols = tolerances(&model, &inputs, &want)
-        .unwrap_or_else(|e| panic!("{what}: rounding sensitivity failed: {e}"));
     for (k, ((g, w), tol)) in got.iter().zip(&want).zip(tols).enumerate() {
         let e = rel_error(g, w);
         assert!(

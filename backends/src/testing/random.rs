@@ -172,7 +172,7 @@ pub fn rounding_sensitivity(
 ) -> Result<Vec<f64>, String> {
     let g = &model.graph;
     let order = g.topo_order().map_err(|e| e.to_string())?;
-    let mut rng = Rng(0x5eed_0f_2011d);
+    let mut rng = Rng(0x05ee_d0f2_011d);
     let mut values: std::collections::HashMap<Value, Tensor> = Default::default();
     let input_pos: std::collections::HashMap<_, _> = g
         .inputs()
