@@ -154,7 +154,7 @@ fn rounds(op: &Op) -> bool {
 
 /// How much a graph amplifies rounding: the reference outputs recomputed
 /// with every intermediate f32 result of an op that rounds (not data
-/// movement or selections: [`rounds`]) multiplied by
+/// movement or selections, which are exact) multiplied by
 /// `1 + r·ROUNDING_NOISE`, `r` a seeded uniform draw in `[-1, 1]` per
 /// element, then [`rel_error`] of each against `want` (the unperturbed
 /// outputs).
