@@ -32,7 +32,7 @@ pub(super) fn jit_env(target: &Target, consts: &ConstStore) -> Env {
 
 /// Places the assembled tiles in a JIT module of their own, finalised first
 /// so that their addresses can be baked into the kernels that call them.
-fn place_asm(
+pub(crate) fn place_asm(
     asm: &Registry,
     target: &Target,
     modules: &mut Vec<JITModule>,
