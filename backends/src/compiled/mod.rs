@@ -39,6 +39,7 @@ mod options;
 pub(crate) use front::*;
 pub use front::{emit_clif, kernel_graph, kernel_plan};
 pub use jit::compile;
+#[cfg(test)]
 pub(crate) use jit::place_asm;
 pub use model::{
     CompileStats, CompiledModel, Elems, ElemsMut, KernelTime, NodeWork, TensorMut, TensorRef,

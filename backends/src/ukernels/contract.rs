@@ -121,8 +121,8 @@ fn tile_variants(level: TileLevel) -> Vec<Variant> {
                 for k in [1, 2, 3, 8] {
                     i += 1;
                     let act = acts[i % acts.len()];
-                    let b_pack = i % 3 == 0;
-                    let packed_a = i % 2 == 0;
+                    let b_pack = i.is_multiple_of(3);
+                    let packed_a = i.is_multiple_of(2);
                     out.push(Variant {
                         k,
                         mr,
