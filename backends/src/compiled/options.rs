@@ -34,7 +34,7 @@ pub struct CompileOptions {
     pub opt_level: OptLevel,
     /// Optimisation level of register-tiled GEMM kernels. `none` by default:
     /// measured faster, because `speed` spills the tile's accumulators (see
-    /// docs/ARCHITECTURE.md and `benches/pointwise_conv.rs`).
+    /// docs/kernels.md and `benches/pointwise_conv.rs`).
     pub tile_opt_level: OptLevel,
     /// Run Cranelift's IR verifier on every kernel (slower compiles; tests
     /// turn it on so a lowering bug is an error, not a miscompile).

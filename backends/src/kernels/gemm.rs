@@ -1,4 +1,4 @@
-//! The GEMM driver around the micro-kernel seam (docs/ARCHITECTURE.md):
+//! The GEMM driver around the micro-kernel seam (docs/kernels.md, "GEMM"):
 //! `C[M×N] = alpha · (init + A[M×K] · B[K×N]) + beta · Cin`, batched.
 //!
 //! The leaf is an `MR × NR` register tile (`NR = 4·nv` columns as f32x4

@@ -1,4 +1,4 @@
-//! Micro-kernels assembled at compile time with iced-x86 (docs/ARCHITECTURE.md,
+//! Micro-kernels assembled at compile time with iced-x86 (docs/kernels.md,
 //! "Tile levels" and "Assembled tiles"): typed specs of what each computes,
 //! one registry that assembles and caches them, and the emitters.
 //!
