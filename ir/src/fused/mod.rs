@@ -792,6 +792,93 @@ pub fn lower_fused_where(
 mod tests {
     use super::*;
 
+    /// The operand layouts kernels read through: positions as each op's
+    /// doc lists them, and counts equal to `num_operands`.
+    #[test]
+    fn operand_layouts() {
+        let l = conv::operands(true, Act::DyRelu, true);
+        assert_eq!(
+            (l.x, l.w, l.bias, l.slopes, l.residual, l.count),
+            (0, 1, Some(2), Some((3, 4)), Some(5), 6)
+        );
+        let l = linear::operands(false, Act::Relu, true);
+        assert_eq!(
+            (l.bias, l.slopes, l.residual, l.count),
+            (None, None, Some(2), 3)
+        );
+        let stage = |bias, act| ConvStage {
+            stride: [1, 1],
+            pad: [0; 4],
+            groups: 1,
+            bias,
+            shuffle: 1,
+            act,
+        };
+        let stages = [
+            stage(true, Act::Relu),
+            stage(false, Act::DyRelu),
+            stage(true, Act::None),
+        ];
+        let l = conv_chain::operands(&stages, true);
+        let at: Vec<_> = l.stages.iter().map(|s| (s.w, s.bias, s.slopes)).collect();
+        assert_eq!(
+            at,
+            [
+                (1, Some(2), None),
+                (3, None, Some((4, 5))),
+                (6, Some(7), None)
+            ]
+        );
+        assert_eq!((l.residual, l.count), (Some(8), 9));
+        let l = mha::operands(true, false, true);
+        assert_eq!(
+            (l.q, l.k, l.v, l.count),
+            (Some((3, 4)), None, Some((5, 6)), 7)
+        );
+        let l = m2f::operands(false, true);
+        assert_eq!(
+            (l.q, l.gate, l.wo, l.beta, l.count),
+            (m2f::Source::Given(2), m2f::Source::Projected(3, 4), 5, 8, 9)
+        );
+        for (op, count) in [
+            (conv_op(Act::DyRelu, true), 6),
+            (
+                FusedOp::ConvChain {
+                    stages: stages.to_vec(),
+                    residual: true,
+                },
+                9,
+            ),
+            (
+                FusedOp::M2fBridge {
+                    heads: 2,
+                    scale: Float(1.0),
+                    eps: Float(1e-5),
+                    proj_q: false,
+                    gate: true,
+                },
+                9,
+            ),
+            (
+                FusedOp::F2mBridge {
+                    heads: 2,
+                    scale: Float(1.0),
+                },
+                f2m::OPERANDS.count,
+            ),
+            (FusedOp::SepAttention { patch: None }, 5),
+            (
+                FusedOp::CrossFeatureAttention {
+                    heads: 2,
+                    eps: Float(1e-6),
+                },
+                8,
+            ),
+        ] {
+            assert_eq!(op.num_operands(), count, "{}", op.name());
+        }
+    }
+
     fn conv_op(act: Act, residual: bool) -> FusedOp {
         FusedOp::Conv {
             stride: [1, 1],
