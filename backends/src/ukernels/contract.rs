@@ -239,6 +239,10 @@ fn row_reference(row: Row, x: &[f32]) -> Vec<f64> {
         Row::Unary(Func::Exp) => x.iter().map(|v| v.exp()).collect(),
         Row::Unary(Func::Sigmoid) => x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect(),
         Row::Unary(Func::Silu) => x.iter().map(|v| v / (1.0 + (-v).exp())).collect(),
+        Row::Unary(Func::Gelu) => x
+            .iter()
+            .map(|&v| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2)))
+            .collect(),
         Row::Softmax => {
             let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();
@@ -246,6 +250,31 @@ fn row_reference(row: Row, x: &[f32]) -> Vec<f64> {
             e.iter().map(|v| v / s).collect()
         }
     }
+}
+
+/// `erf` in f64 (Abramowitz–Stegun 7.1.26 is too coarse for a reference;
+/// this is the series below 3 and the continued fraction above, both to
+/// about 1e-15).
+fn erf(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 3.0 {
+        // erf(a) = 2/√π · Σ (-1)^n a^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum, mut n) = (a, a, 0.0f64);
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    } else {
+        // erfc(a) = exp(-a²)/√π · 1/(a + 1/2/(a + 1/(a + 3/2/(a + ...))))
+        let mut f = a;
+        for k in (1..60).rev() {
+            f = a + (k as f64 / 2.0) / f;
+        }
+        1.0 - (-a * a).exp() / (std::f64::consts::PI.sqrt() * f)
+    };
+    if x < 0.0 { -r } else { r }
 }
 
 /// Every row function at `level`'s width over lengths 1 to 3 vectors plus
@@ -266,6 +295,7 @@ fn check_row_contract(level: TileLevel, test: &str) {
         Row::Unary(Func::Exp),
         Row::Unary(Func::Sigmoid),
         Row::Unary(Func::Silu),
+        Row::Unary(Func::Gelu),
         Row::Softmax,
     ];
     let mut reg = Registry::new(level);
