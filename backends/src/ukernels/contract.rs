@@ -243,6 +243,12 @@ fn row_reference(row: Row, x: &[f32]) -> Vec<f64> {
             .iter()
             .map(|&v| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2)))
             .collect(),
+        Row::Unary(Func::GeluTanh) => {
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            x.iter()
+                .map(|&v| 0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh()))
+                .collect()
+        }
         Row::Softmax => {
             let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();
@@ -296,6 +302,7 @@ fn check_row_contract(level: TileLevel, test: &str) {
         Row::Unary(Func::Sigmoid),
         Row::Unary(Func::Silu),
         Row::Unary(Func::Gelu),
+        Row::Unary(Func::GeluTanh),
         Row::Softmax,
     ];
     let mut reg = Registry::new(level);

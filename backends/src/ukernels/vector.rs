@@ -104,8 +104,11 @@ pub(crate) enum Func {
     Sigmoid,
     /// `x / (1 + exp(-x))`
     Silu,
-    /// exact GELU `x/2 · (1 + erf(x/√2))`, `codegen/math.rs`'s algorithm
+    /// exact GELU `x/2 · (1 + erf(x/√2))` (see [`Gen::gelu`])
     Gelu,
+    /// tanh-form GELU `x · sigmoid(2u)`, `u = √(2/π)·(x + 0.044715·x³)`,
+    /// as `codegen/math.rs`'s `gelu_tanh`
+    GeluTanh,
 }
 
 impl Func {
@@ -116,6 +119,7 @@ impl Func {
             kiln_ir::UnaryOp::Sigmoid => Some(Func::Sigmoid),
             kiln_ir::UnaryOp::Silu => Some(Func::Silu),
             kiln_ir::UnaryOp::Gelu => Some(Func::Gelu),
+            kiln_ir::UnaryOp::GeluTanh => Some(Func::GeluTanh),
             _ => None,
         }
     }
@@ -664,6 +668,21 @@ impl Gen {
     fn apply(&mut self, f: Func) -> Result<(), IcedError> {
         match f {
             Func::Gelu => self.gelu(),
+            Func::GeluTanh => {
+                // 1 = 2u = √(8/π)·x·(1 + 0.044715·x²), then -2u
+                self.vmulps(1, 0, V::R(0))?;
+                let k = self.data(0.044_715);
+                self.vmulps(1, 1, k)?;
+                let one = self.k(C_ONE);
+                self.vaddps(1, 1, one)?;
+                self.vmulps(1, 1, V::R(0))?;
+                let c = self.data(-(8.0f64 / std::f64::consts::PI).sqrt() as f32);
+                self.vmulps(1, 1, c)?;
+                // x / (1 + exp(-2u))
+                self.exp()?;
+                self.vaddps(1, 1, self.k(C_ONE))?;
+                self.vdivps(0, 0, V::R(1))
+            }
             Func::Exp => {
                 self.mov(1, V::R(0))?;
                 self.exp()?;
@@ -1308,7 +1327,13 @@ mod tests {
     fn all(w: Width) -> Vec<(String, Vec<u8>)> {
         use crate::ukernels::Spec;
         let mut out = Vec::new();
-        for f in [Func::Exp, Func::Sigmoid, Func::Silu, Func::Gelu] {
+        for f in [
+            Func::Exp,
+            Func::Sigmoid,
+            Func::Silu,
+            Func::Gelu,
+            Func::GeluTanh,
+        ] {
             out.push((Spec::Unary(f, w).label(), assemble(f, w).unwrap()));
         }
         out.push((
