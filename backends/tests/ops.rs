@@ -45,6 +45,9 @@ fn binary_ops_with_broadcasting() {
     for (i, b) in BinaryOp::ALL.iter().enumerate() {
         let fill = match b {
             BinaryOp::Pow | BinaryOp::Div => Fill::Range(0.5, 2.0),
+            // divisors away from zero; signs and large quotients are in
+            // remainders_and_periodic_functions_on_wide_ranges
+            BinaryOp::Mod | BinaryOp::Fmod => Fill::Range(0.5, 2.0),
             _ => Fill::Signed,
         };
         for (j, (x, y)) in pairs.iter().enumerate() {
@@ -64,6 +67,33 @@ fn binary_ops_with_broadcasting() {
                 fill,
             );
         }
+    }
+}
+
+/// mod and fmod on dividends up to ±1000 and divisors of both signs and
+/// sizes (quotients up to 10^6): the JIT's f64 remainder is exact there, as
+/// the interpreter's is. Sin and cos on a wide range of arguments.
+#[test]
+fn remainders_and_periodic_functions_on_wide_ranges() {
+    for (i, op) in [BinaryOp::Mod, BinaryOp::Fmod].into_iter().enumerate() {
+        for (j, d) in [3.0f32, -2.5, 0.7, -1e-3, 7.25, 1e3].into_iter().enumerate() {
+            check_op(
+                &format!("{} by {d}", op.name()),
+                Op::Binary(op),
+                &[input(&[3, 37]), Arg::WData(vec![], vec![d])],
+                (i * 8 + j) as u64,
+                Fill::Range(-1000.0, 1000.0),
+            );
+        }
+    }
+    for u in [UnaryOp::Sin, UnaryOp::Cos] {
+        check_op(
+            u.name(),
+            Op::Unary(u),
+            &[input(&[5, 41])],
+            3,
+            Fill::Range(-3000.0, 3000.0),
+        );
     }
 }
 

@@ -84,11 +84,15 @@ pub enum UnaryOp {
     GeluTanh,
     /// `x`
     Identity,
+    /// `sin(x)` (radians)
+    Sin,
+    /// `cos(x)` (radians)
+    Cos,
 }
 
 impl UnaryOp {
     /// Every unary op, for tables and tests.
-    pub const ALL: [UnaryOp; 16] = [
+    pub const ALL: [UnaryOp; 18] = [
         UnaryOp::Relu,
         UnaryOp::Relu6,
         UnaryOp::Sigmoid,
@@ -105,6 +109,8 @@ impl UnaryOp {
         UnaryOp::Gelu,
         UnaryOp::GeluTanh,
         UnaryOp::Identity,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
     ];
 
     /// Text-format name.
@@ -126,6 +132,8 @@ impl UnaryOp {
             UnaryOp::Gelu => "gelu",
             UnaryOp::GeluTanh => "gelu_tanh",
             UnaryOp::Identity => "identity",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
         }
     }
 }
@@ -147,11 +155,17 @@ pub enum BinaryOp {
     Max,
     /// `min(a, b)`
     Min,
+    /// floored remainder `a - floor(a/b)·b`: the sign of `b` (Python's and
+    /// numpy's `%`, ONNX `Mod` with `fmod=0`)
+    Mod,
+    /// truncated remainder `a - trunc(a/b)·b`: the sign of `a` (C's
+    /// `fmod`, ONNX `Mod` with `fmod=1`)
+    Fmod,
 }
 
 impl BinaryOp {
     /// Every binary op.
-    pub const ALL: [BinaryOp; 7] = [
+    pub const ALL: [BinaryOp; 9] = [
         BinaryOp::Add,
         BinaryOp::Sub,
         BinaryOp::Mul,
@@ -159,6 +173,8 @@ impl BinaryOp {
         BinaryOp::Pow,
         BinaryOp::Max,
         BinaryOp::Min,
+        BinaryOp::Mod,
+        BinaryOp::Fmod,
     ];
 
     /// Text-format name.
@@ -171,6 +187,8 @@ impl BinaryOp {
             BinaryOp::Pow => "pow",
             BinaryOp::Max => "max",
             BinaryOp::Min => "min",
+            BinaryOp::Mod => "mod",
+            BinaryOp::Fmod => "fmod",
         }
     }
 }
@@ -489,6 +507,8 @@ pub const OP_NAMES: &[&str] = &[
     "gelu",
     "gelu_tanh",
     "identity",
+    "sin",
+    "cos",
     "add",
     "sub",
     "mul",
@@ -496,6 +516,8 @@ pub const OP_NAMES: &[&str] = &[
     "pow",
     "max",
     "min",
+    "mod",
+    "fmod",
     "clip",
     "hard_sigmoid",
     "softmax",

@@ -363,9 +363,9 @@ fn apply_step(g: &mut Graph, vals: &[Value], s: &Step) -> Vec<Value> {
     let dim = t.shape.get(ax).copied().unwrap_or(0);
     let nm = &s.name;
     match s.kind % 24 {
-        0 => add(g, Op::Unary(UnaryOp::ALL[c(0, 16)]), &[x], nm),
+        0 => add(g, Op::Unary(UnaryOp::ALL[c(0, UnaryOp::ALL.len() as u64)]), &[x], nm),
         1 => {
-            let op = Op::Binary(BinaryOp::ALL[c(0, 7)]);
+            let op = Op::Binary(BinaryOp::ALL[c(0, BinaryOp::ALL.len() as u64)]);
             let v = add(g, op.clone(), &[x, y], nm);
             if v.is_empty() {
                 add(g, op, &[x, x], nm)

@@ -131,7 +131,7 @@ struct Gen {
     vals: Vec<Value>,
 }
 
-const SAFE_UNARY: [UnaryOp; 12] = [
+const SAFE_UNARY: [UnaryOp; 14] = [
     UnaryOp::Relu,
     UnaryOp::Relu6,
     UnaryOp::Sigmoid,
@@ -144,6 +144,8 @@ const SAFE_UNARY: [UnaryOp; 12] = [
     UnaryOp::Abs,
     UnaryOp::Erf,
     UnaryOp::Identity,
+    UnaryOp::Sin,
+    UnaryOp::Cos,
 ];
 
 impl Gen {
@@ -255,6 +257,20 @@ impl Gen {
                 let x = self.pick(None)?;
                 let u = *self.rng.pick(&SAFE_UNARY);
                 self.add(Op::Unary(u), &[x])
+            }
+            7..=8 if self.rng.below(8) == 0 => {
+                // A remainder jumps by |y| where x/y crosses an integer, so
+                // it takes the graph input (the same bits in the JIT and
+                // the interpreter), never a computed value.
+                let x = self.vals[0];
+                let op = *self.rng.pick(&[BinaryOp::Mod, BinaryOp::Fmod]);
+                let y = self.weight(&[], Fill::Range(0.3, 0.9));
+                let y = if self.rng.coin() {
+                    self.add(Op::Unary(UnaryOp::Neg), &[y])?
+                } else {
+                    y
+                };
+                self.add(Op::Binary(op), &[x, y])
             }
             7..=8 => {
                 // residual or broadcast binary
