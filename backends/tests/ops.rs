@@ -900,3 +900,47 @@ fn depthwise_windows_larger_than_the_input() {
         check_op(&what, op, &[input(&x), weight(&w)], 7, Fill::Signed);
     }
 }
+
+/// resize: every mode, rounding and coordinate mapping, up and down, with
+/// scales and with sizes, odd plane sizes and a 1-pixel axis.
+#[test]
+fn resize_all_modes() {
+    use kiln_ir::{CoordMode, NearestMode, ResizeMode};
+    let cases: [(&[usize], [usize; 2], Option<[f32; 2]>); 6] = [
+        (&[1, 3, 4, 5], [8, 10], Some([2.0, 2.0])),
+        (&[2, 2, 7, 9], [3, 4], None),
+        (&[1, 1, 5, 3], [11, 7], None),
+        (&[1, 5, 6, 6], [9, 15], Some([1.5, 2.5])),
+        (&[1, 2, 1, 6], [4, 1], None),
+        (&[1, 2, 9, 8], [4, 3], Some([0.5, 0.4])),
+    ];
+    let mut seed = 0;
+    for mode in ResizeMode::ALL {
+        let nearests: &[NearestMode] = if *mode == ResizeMode::Nearest {
+            NearestMode::ALL
+        } else {
+            &[NearestMode::RoundPreferFloor]
+        };
+        for nearest in nearests {
+            for coord in CoordMode::ALL {
+                for (x, size, scale) in &cases {
+                    seed += 1;
+                    let op = Op::Resize {
+                        mode: *mode,
+                        nearest: *nearest,
+                        coord: *coord,
+                        size: *size,
+                        scale: scale.map(|[h, w]| [Float(h), Float(w)]),
+                    };
+                    check_op(
+                        &format!("{op} of {x:?}"),
+                        op,
+                        &[input(x)],
+                        seed,
+                        Fill::Signed,
+                    );
+                }
+            }
+        }
+    }
+}

@@ -554,6 +554,37 @@ fn emit(
             one(ex, "Gather", ins, vec![int("axis", *axis as i64)]);
         }
         Op::Cast { to } => one(ex, "Cast", ins, vec![int("to", onnx_dtype(*to) as i64)]),
+        Op::Resize {
+            mode,
+            nearest,
+            coord,
+            size,
+            scale,
+        } => {
+            // Resize-19 over axes 2 and 3: the given scales, or the sizes.
+            ins.push(String::new());
+            match scale {
+                Some([h, w]) => {
+                    let t = Tensor::from_f32([2], vec![h.0, w.0]).expect("two scales");
+                    let s = ex.init(&format!("{base}__scales"), &t);
+                    ins.push(s);
+                }
+                None => {
+                    ins.push(String::new());
+                    let s = ex.init_i64(&format!("{base}__sizes"), &us(size));
+                    ins.push(s);
+                }
+            }
+            let mut attrs = vec![
+                ints("axes", [2, 3]),
+                string("mode", mode.name()),
+                string("coordinate_transformation_mode", coord.name()),
+            ];
+            if *mode == kiln_ir::ResizeMode::Nearest {
+                attrs.push(string("nearest_mode", nearest.name()));
+            }
+            one(ex, "Resize", ins, attrs);
+        }
         // export_bytes lowers fused ops first; reaching one is a caller bug
         Op::Fused(f) => {
             return Err(FrontendError::Onnx(format!(

@@ -605,6 +605,7 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
         "Where" => where_(im, n),
         "CumSum" => super::spelled::cumsum(im, n),
         "Einsum" => super::spelled::einsum(im, n),
+        "Resize" => super::spelled::resize(im, n),
         _ => Err(E::Unsupported(Unsupported::Op {
             op_type: op.to_string(),
             node: String::new(),

@@ -471,3 +471,136 @@ fn contract(
     let labels = batch.iter().chain(&fa).chain(&fb).copied().collect();
     Ok(Term { val, labels })
 }
+
+/// `Resize` (opsets 11–21) of the two spatial axes of an NCHW tensor:
+/// nearest (floor, ceil, round_prefer_floor, round_prefer_ceil) or linear;
+/// coordinate modes half_pixel, pytorch_half_pixel, align_corners and
+/// asymmetric; scales or sizes (with `axes` from opset 18). Cubic,
+/// antialiasing, tf_crop_and_resize, half_pixel_symmetric, a
+/// keep_aspect_ratio_policy other than stretch, and resizing N or C are
+/// refused with the reason.
+pub(crate) fn resize(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
+    use kiln_ir::{CoordMode, Float, NearestMode, ResizeMode};
+    let out = n.out_name(0);
+    let x = n.req(0)?.clone();
+    let shape = im.shape(&x);
+    let rank = shape.len();
+    let mode = match n.attr_s("mode", "nearest")?.as_str() {
+        "nearest" => ResizeMode::Nearest,
+        "linear" => ResizeMode::Linear,
+        other => return Err(unsupported(n, format!("with mode \"{other}\""))),
+    };
+    let nearest = match n.attr_s("nearest_mode", "round_prefer_floor")?.as_str() {
+        "floor" => NearestMode::Floor,
+        "ceil" => NearestMode::Ceil,
+        "round_prefer_floor" => NearestMode::RoundPreferFloor,
+        "round_prefer_ceil" => NearestMode::RoundPreferCeil,
+        other => return Err(E::Msg(format!("unknown nearest_mode \"{other}\""))),
+    };
+    let coord = match n
+        .attr_s("coordinate_transformation_mode", "half_pixel")?
+        .as_str()
+    {
+        "half_pixel" => CoordMode::HalfPixel,
+        "pytorch_half_pixel" => CoordMode::PytorchHalfPixel,
+        "align_corners" => CoordMode::AlignCorners,
+        "asymmetric" => CoordMode::Asymmetric,
+        other => {
+            return Err(unsupported(
+                n,
+                format!("with coordinate_transformation_mode \"{other}\""),
+            ));
+        }
+    };
+    if n.attr_i("antialias", 0)? != 0 && mode == ResizeMode::Linear {
+        return Err(unsupported(n, "with antialias=1"));
+    }
+    let policy = n.attr_s("keep_aspect_ratio_policy", "stretch")?;
+    if policy != "stretch" {
+        return Err(unsupported(
+            n,
+            format!("with keep_aspect_ratio_policy \"{policy}\""),
+        ));
+    }
+    let axes = match n.attr_ints("axes") {
+        Some(a) => a
+            .iter()
+            .map(|&a| norm_axis(a, rank))
+            .collect::<R<Vec<_>>>()?,
+        None => (0..rank).collect(),
+    };
+    let scales = n.opt_const(2, "scales")?.filter(|c| c.numel() > 0);
+    let sizes = n.opt_const(3, "sizes")?.filter(|c| c.numel() > 0);
+    // per-axis (output length, scale if given), over every axis of x
+    let mut target: Vec<(usize, Option<f32>)> = shape.iter().map(|&d| (d, None)).collect();
+    match (scales, sizes) {
+        (Some(s), None) => {
+            let v = s.floats();
+            if v.len() != axes.len() {
+                return Err(E::Msg(format!(
+                    "scales {v:?} must have one entry per axis ({})",
+                    axes.len()
+                )));
+            }
+            for (&a, &f) in axes.iter().zip(&v) {
+                if !(f.is_finite() && f > 0.0) {
+                    return Err(E::Msg(format!("scale {f} must be finite and positive")));
+                }
+                let len = (shape[a] as f64 * f64::from(f)).floor();
+                if len > u32::MAX as f64 {
+                    return Err(E::Msg(format!("scale {f} makes axis {a} too long")));
+                }
+                target[a] = (len as usize, Some(f));
+            }
+        }
+        (None, Some(s)) => {
+            let v = s.ints().map_err(E::Msg)?;
+            if v.len() != axes.len() {
+                return Err(E::Msg(format!(
+                    "sizes {v:?} must have one entry per axis ({})",
+                    axes.len()
+                )));
+            }
+            for (&a, &d) in axes.iter().zip(&v) {
+                let d = usize::try_from(d)
+                    .map_err(|_| E::Msg(format!("sizes {v:?} has a negative entry")))?;
+                target[a] = (d, None);
+            }
+        }
+        (Some(_), Some(_)) => return Err(E::Msg("both scales and sizes are given".into())),
+        (None, None) => return Err(E::Msg("neither scales nor sizes is given".into())),
+    }
+    // Only H and W of NCHW: anything else changing is refused.
+    for (a, &(len, s)) in target.iter().enumerate() {
+        let spatial = rank == 4 && a >= 2;
+        if !spatial && (len != shape[a] || s.is_some_and(|s| s != 1.0)) {
+            return Err(unsupported(
+                n,
+                format!(
+                    "resizing axis {a} of a rank-{rank} tensor (kiln resizes H and W of NCHW only)"
+                ),
+            ));
+        }
+    }
+    if rank != 4 {
+        // nothing changes: the identity
+        return Ok(vec![x]);
+    }
+    let size = [target[2].0, target[3].0];
+    let scale = match (target[2].1, target[3].1) {
+        (None, None) => None,
+        (h, w) => Some([Float(h.unwrap_or(1.0)), Float(w.unwrap_or(1.0))]),
+    };
+    let op = Op::Resize {
+        mode,
+        nearest: if mode == ResizeMode::Nearest {
+            nearest
+        } else {
+            NearestMode::RoundPreferFloor
+        },
+        coord,
+        size,
+        scale,
+    };
+    Ok(vec![im.apply(op, &[(&x, &n.in_name(0))], &out)?])
+}
