@@ -575,6 +575,23 @@ fn apply_step(g: &mut Graph, vals: &[Value], s: &Step) -> Vec<Value> {
                 add(g, op, &[x, params[0], params[1]], nm)
             }
         }
+        18 if r == 4 && p & (1 << 40) != 0 => {
+            use kiln_ir::{CoordMode, NearestMode, ResizeMode};
+            let mode = ResizeMode::ALL[c(41, 2)];
+            let op = Op::Resize {
+                mode,
+                nearest: if mode == ResizeMode::Nearest {
+                    NearestMode::ALL[c(43, 4)]
+                } else {
+                    NearestMode::RoundPreferFloor
+                },
+                coord: CoordMode::ALL[c(45, 4)],
+                size: [1 + c(47, 6), 1 + c(50, 6)],
+                scale: (p & (1 << 53) != 0)
+                    .then(|| [Float(0.5 + c(54, 4) as f32), Float(1.5)]),
+            };
+            add(g, op, &[x], nm)
+        }
         18 if r == 4 => {
             let kind = if p & 1 == 0 {
                 PoolKind::Max
