@@ -202,7 +202,10 @@ fn gelus_are_accurate() {
 /// exist, so one level suffices; both lane types run (odd sweep length).
 #[test]
 fn sin_cos_are_accurate() {
-    for (op, f) in [(UnaryOp::Sin, f64::sin as fn(f64) -> f64), (UnaryOp::Cos, f64::cos)] {
+    for (op, f) in [
+        (UnaryOp::Sin, f64::sin as fn(f64) -> f64),
+        (UnaryOp::Cos, f64::cos),
+    ] {
         let xs = sweep(-8192.0, 8192.0, 2_000_001);
         let ys = jit(op, &xs, TileLevel::F32x4);
         let (mut worst, mut at) = (0.0f64, 0.0f32);
@@ -222,8 +225,15 @@ fn sin_cos_are_accurate() {
         let (e, at) = max_rel(op, &xs, TileLevel::F32x4, f);
         println!("{op:?} on [-pi, pi], |result| >= 1e-3: max relative error {e:.3e} at {at}");
         assert!(e <= SIN_COS_MAX_REL, "{op:?}: {e:.3e} at {at}");
-        let special = jit(op, &[f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0, -0.0], TileLevel::F32x4);
-        assert!(special[..3].iter().all(|y| y.is_nan()), "{op:?}: {special:?}");
+        let special = jit(
+            op,
+            &[f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0, -0.0],
+            TileLevel::F32x4,
+        );
+        assert!(
+            special[..3].iter().all(|y| y.is_nan()),
+            "{op:?}: {special:?}"
+        );
         let at0 = if op == UnaryOp::Sin { 0.0 } else { 1.0 };
         assert_eq!(&special[3..], &[at0, at0], "{op:?} at ±0");
     }

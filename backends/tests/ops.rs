@@ -76,7 +76,10 @@ fn binary_ops_with_broadcasting() {
 #[test]
 fn remainders_and_periodic_functions_on_wide_ranges() {
     for (i, op) in [BinaryOp::Mod, BinaryOp::Fmod].into_iter().enumerate() {
-        for (j, d) in [3.0f32, -2.5, 0.7, -1e-3, 7.25, 1e3].into_iter().enumerate() {
+        for (j, d) in [3.0f32, -2.5, 0.7, -1e-3, 7.25, 1e3]
+            .into_iter()
+            .enumerate()
+        {
             check_op(
                 &format!("{} by {d}", op.name()),
                 Op::Binary(op),

@@ -451,19 +451,37 @@ fn sinusoidal_table_of_a_constant_range_folds() {
 #[test]
 fn mod_folds_on_shapes_and_runs_on_floats() {
     let c = |name: &str, v: &[i64]| {
-        node("Constant", &[], &[name], vec![attr_t("value", tensor_i64("", &[4], v))])
+        node(
+            "Constant",
+            &[],
+            &[name],
+            vec![attr_t("value", tensor_i64("", &[4], v))],
+        )
     };
     let nodes = vec![
         c("a", &[7, -7, 7, -7]),
         c("b", &[3, 3, -3, -3]),
         node("Mod", &["a", "b"], &["floored"], vec![]),
         node("Mod", &["a", "b"], &["trunc"], vec![attr_i("fmod", 1)]),
-        node("Concat", &["floored", "trunc"], &["both"], vec![attr_i("axis", 0)]),
+        node(
+            "Concat",
+            &["floored", "trunc"],
+            &["both"],
+            vec![attr_i("axis", 0)],
+        ),
         node("Reshape", &["x", "both"], &["never"], vec![]),
     ];
     // The folded values are checked through the error they give as a shape.
-    let m = model(17, nodes, vec![], vec![vi("x", FLOAT, &[8])], vec![vi("never", FLOAT, &[8])]);
-    let e = import_proto(&m, &ImportOptions::default()).unwrap_err().to_string();
+    let m = model(
+        17,
+        nodes,
+        vec![],
+        vec![vi("x", FLOAT, &[8])],
+        vec![vi("never", FLOAT, &[8])],
+    );
+    let e = import_proto(&m, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("[1, 2, -2, -1, 1, -1, 1, -1]"), "{e}");
 
     let nodes = vec![
@@ -493,9 +511,17 @@ fn cumsum_folds_or_becomes_a_triangular_matmul() {
             "Constant",
             &[],
             &["v"],
-            vec![attr_t("value", tensor_i64("", &[2, 3], &[1, 2, 3, 4, 5, 6]))],
+            vec![attr_t(
+                "value",
+                tensor_i64("", &[2, 3], &[1, 2, 3, 4, 5, 6]),
+            )],
         ),
-        node("Constant", &[], &["ax"], vec![attr_t("value", tensor_i64("", &[], &[1]))]),
+        node(
+            "Constant",
+            &[],
+            &["ax"],
+            vec![attr_t("value", tensor_i64("", &[], &[1]))],
+        ),
         node(
             "CumSum",
             &["v", "ax"],
@@ -504,8 +530,16 @@ fn cumsum_folds_or_becomes_a_triangular_matmul() {
         ),
         node("Reshape", &["x", "cs"], &["never"], vec![]),
     ];
-    let m = model(17, nodes, vec![], vec![vi("x", FLOAT, &[6])], vec![vi("never", FLOAT, &[6])]);
-    let e = import_proto(&m, &ImportOptions::default()).unwrap_err().to_string();
+    let m = model(
+        17,
+        nodes,
+        vec![],
+        vec![vi("x", FLOAT, &[6])],
+        vec![vi("never", FLOAT, &[6])],
+    );
+    let e = import_proto(&m, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
     // reverse exclusive sums of [1,2,3] and [4,5,6]
     assert!(e.contains("[5, 3, 0, 11, 6, 0]"), "{e}");
 
@@ -532,7 +566,11 @@ fn cumsum_folds_or_becomes_a_triangular_matmul() {
             .map(|k| {
                 let (i, j) = (k / 4, k % 4);
                 let range: Vec<usize> = if a == 0 {
-                    if reverse == 1 { (i..3).collect() } else { (0..=i).collect() }
+                    if reverse == 1 {
+                        (i..3).collect()
+                    } else {
+                        (0..=i).collect()
+                    }
                 } else if reverse == 1 {
                     (j..4).collect()
                 } else {
@@ -555,12 +593,22 @@ fn cumsum_folds_or_becomes_a_triangular_matmul() {
 fn einsum_lowers_to_matmuls() {
     // "bhqd,bhkd->bhqk" (attention scores), "bij,jk->bik", "ij->j" sums
     let cases: [(&str, &[i64], &[i64], &[i64]); 3] = [
-        ("bhqd,bhkd->bhqk", &[2, 3, 4, 5], &[2, 3, 6, 5], &[2, 3, 4, 6]),
+        (
+            "bhqd,bhkd->bhqk",
+            &[2, 3, 4, 5],
+            &[2, 3, 6, 5],
+            &[2, 3, 4, 6],
+        ),
         ("bij,jk->bik", &[2, 3, 4], &[4, 5], &[2, 3, 5]),
         ("...ij,...jk", &[2, 3, 4], &[2, 4, 5], &[2, 3, 5]),
     ];
     for (eq, sa, sb, so) in cases {
-        let nodes = vec![node("Einsum", &["a", "b"], &["y"], vec![attr_s("equation", eq)])];
+        let nodes = vec![node(
+            "Einsum",
+            &["a", "b"],
+            &["y"],
+            vec![attr_s("equation", eq)],
+        )];
         let m = model(
             17,
             nodes,
@@ -569,7 +617,11 @@ fn einsum_lowers_to_matmuls() {
             vec![vi("y", FLOAT, so)],
         );
         let (km, _) = import_proto(&m, &ImportOptions::default()).unwrap();
-        assert!(ops(&km).contains(&"matmul".to_string()), "{eq}: {:?}", ops(&km));
+        assert!(
+            ops(&km).contains(&"matmul".to_string()),
+            "{eq}: {:?}",
+            ops(&km)
+        );
         let us = |s: &[i64]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
         let (a, b) = (f32_tensor(&us(sa), 1), f32_tensor(&us(sb), 2));
         let y = interp::run(&km.graph, &km.weights, &[a.clone(), b.clone()])
@@ -583,14 +635,21 @@ fn einsum_lowers_to_matmuls() {
                 .map(|o| {
                     let (bh, q, k) = (o / 24, (o / 6) % 4, o % 6);
                     (0..5)
-                        .map(|d| f64::from(av[(bh * 4 + q) * 5 + d]) * f64::from(bv[(bh * 6 + k) * 5 + d]))
+                        .map(|d| {
+                            f64::from(av[(bh * 4 + q) * 5 + d])
+                                * f64::from(bv[(bh * 6 + k) * 5 + d])
+                        })
                         .sum::<f64>() as f32
                 })
                 .collect(),
             _ => (0..2 * 3 * 5)
                 .map(|o| {
                     let (bi, k) = (o / 5, o % 5);
-                    let boff = if eq.starts_with("bij") { 0 } else { (bi / 3) * 20 };
+                    let boff = if eq.starts_with("bij") {
+                        0
+                    } else {
+                        (bi / 3) * 20
+                    };
                     (0..4)
                         .map(|j| f64::from(av[bi * 4 + j]) * f64::from(bv[boff + j * 5 + k]))
                         .sum::<f64>() as f32
@@ -599,9 +658,22 @@ fn einsum_lowers_to_matmuls() {
         };
         assert_close(y.as_f32().unwrap(), &want, 1e-6, 1e-6, eq);
     }
-    let nodes = vec![node("Einsum", &["a"], &["y"], vec![attr_s("equation", "ii->i")])];
-    let m = model(17, nodes, vec![], vec![vi("a", FLOAT, &[3, 3])], vec![vi("y", FLOAT, &[3])]);
-    let e = import_proto(&m, &ImportOptions::default()).unwrap_err().to_string();
+    let nodes = vec![node(
+        "Einsum",
+        &["a"],
+        &["y"],
+        vec![attr_s("equation", "ii->i")],
+    )];
+    let m = model(
+        17,
+        nodes,
+        vec![],
+        vec![vi("a", FLOAT, &[3, 3])],
+        vec![vi("y", FLOAT, &[3])],
+    );
+    let e = import_proto(&m, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("Einsum") && e.contains("diagonal"), "{e}");
 }
 
@@ -642,7 +714,11 @@ fn resize_imports_and_refuses_clearly() {
         "Resize",
         &["x", "", "scales"],
         &["y"],
-        vec![attr_s("mode", "nearest"), attr_s("nearest_mode", "floor"), attr_s("coordinate_transformation_mode", "asymmetric")],
+        vec![
+            attr_s("mode", "nearest"),
+            attr_s("nearest_mode", "floor"),
+            attr_s("coordinate_transformation_mode", "asymmetric"),
+        ],
     )];
     let m = model(
         17,
@@ -682,7 +758,10 @@ fn resize_imports_and_refuses_clearly() {
     let e = bad(vec![attr_s("mode", "linear")], &[1, 4, 6, 6]);
     assert!(e.contains("Resize") && e.contains("axis 1"), "{e}");
     let e = bad(
-        vec![attr_s("coordinate_transformation_mode", "tf_crop_and_resize")],
+        vec![attr_s(
+            "coordinate_transformation_mode",
+            "tf_crop_and_resize",
+        )],
         &[1, 2, 6, 6],
     );
     assert!(e.contains("tf_crop_and_resize"), "{e}");

@@ -258,15 +258,16 @@ pub enum NearestMode {
 }
 
 /// How [`Op::Resize`] maps an output coordinate `x` to an input one, with
-/// `s` the scale, `len_in`/`len_out` the axis lengths (ONNX's
+/// `s` the scale, `len_in` the input length and `len_r` the resized length
+/// (`len_in · s` when the model gave scales, else the output length; ONNX's
 /// `coordinate_transformation_mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CoordMode {
     /// `(x + 0.5) / s - 0.5`
     HalfPixel,
-    /// as `HalfPixel`, but `0` when `len_out == 1`
+    /// as `HalfPixel`, but `0` when `len_r ≤ 1`
     PytorchHalfPixel,
-    /// `x · (len_in - 1) / (len_out - 1)`, `0` when `len_out == 1`
+    /// `x · (len_in - 1) / (len_r - 1)`, `0` when `len_r ≤ 1`
     AlignCorners,
     /// `x / s`
     Asymmetric,
@@ -977,8 +978,9 @@ impl Op {
             "resize" => {
                 let word = |a: &mut AttrReader, k: &str| a.word(k);
                 let w = word(&mut a, "mode")?;
-                let mode = ResizeMode::from_word(&w)
-                    .ok_or_else(|| format!("resize: unknown mode `{w}` (expected nearest or linear)"))?;
+                let mode = ResizeMode::from_word(&w).ok_or_else(|| {
+                    format!("resize: unknown mode `{w}` (expected nearest or linear)")
+                })?;
                 let nearest = match a.opt("nearest", word)? {
                     None => NearestMode::RoundPreferFloor,
                     Some(w) if mode == ResizeMode::Nearest => NearestMode::from_word(&w)

@@ -363,7 +363,12 @@ fn apply_step(g: &mut Graph, vals: &[Value], s: &Step) -> Vec<Value> {
     let dim = t.shape.get(ax).copied().unwrap_or(0);
     let nm = &s.name;
     match s.kind % 24 {
-        0 => add(g, Op::Unary(UnaryOp::ALL[c(0, UnaryOp::ALL.len() as u64)]), &[x], nm),
+        0 => add(
+            g,
+            Op::Unary(UnaryOp::ALL[c(0, UnaryOp::ALL.len() as u64)]),
+            &[x],
+            nm,
+        ),
         1 => {
             let op = Op::Binary(BinaryOp::ALL[c(0, BinaryOp::ALL.len() as u64)]);
             let v = add(g, op.clone(), &[x, y], nm);
@@ -587,8 +592,7 @@ fn apply_step(g: &mut Graph, vals: &[Value], s: &Step) -> Vec<Value> {
                 },
                 coord: CoordMode::ALL[c(45, 4)],
                 size: [1 + c(47, 6), 1 + c(50, 6)],
-                scale: (p & (1 << 53) != 0)
-                    .then(|| [Float(0.5 + c(54, 4) as f32), Float(1.5)]),
+                scale: (p & (1 << 53) != 0).then(|| [Float(0.5 + c(54, 4) as f32), Float(1.5)]),
             };
             add(g, op, &[x], nm)
         }

@@ -1,4 +1,4 @@
-//! Inlined approximations of the transcendental functions, emitted as
+//! Inlined approximations of the transcendental functions (and sin/cos), emitted as
 //! Cranelift IR for one lane type at a time (`F32` scalar or `F32X4`).
 //!
 //! Cranelift has no vector `exp`/`log`/`tanh`, and a call per element to the
@@ -24,6 +24,8 @@
 //! | SiLU `x/(1+e^-x)` | [-80, 20] | 1.7e-7 | [`SIGMOID_MAX_REL`] = 2.5e-7 |
 //! | `erf` | [-6, 6] | 1.7e-7 | [`ERF_MAX_REL`] = 2.5e-7 |
 //! | `gelu` | [-6, 12] | 2.1e-6 | [`GELU_MAX_REL`] = 3e-6 |
+//! | `sin`, `cos` (absolute) | [-8192, 8192] | 9.2e-8 | [`SIN_COS_MAX_ABS`] = 1.5e-7 |
+//! | `sin`, `cos` (|y| ≥ 1e-3) | [-π, π] | 1.3e-7 | [`SIN_COS_MAX_REL`] = 2.5e-7 |
 //!
 //! In GELU's far negative tail (x < -6, |gelu| < 1e-8) the f32 rounding of
 //! the argument of `exp(-x²/2 …)`, about 19 there, bounds the relative error
@@ -473,7 +475,11 @@ pub fn sin_cos(e: &mut Emitter, ty: Type, x: Value, cos: bool) -> Value {
         e,
         ty,
         z,
-        &[2.443_315_711_809_948e-5, -1.388_731_625_493_765e-3, 4.166_664_568_298_827e-2],
+        &[
+            2.443_315_711_809_948e-5,
+            -1.388_731_625_493_765e-3,
+            4.166_664_568_298_827e-2,
+        ],
     );
     let z2 = e.b.ins().fmul(z, z);
     let mhalf = e.kc(ty, -0.5);

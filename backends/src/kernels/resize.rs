@@ -137,7 +137,11 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     let (h, w) = (x[2], x[3]);
     let th = resize_taps(mode, nearest, coord, h, size[0], scale.map(|s| s[0]));
     let tw = resize_taps(mode, nearest, coord, w, size[1], scale.map(|s| s[1]));
-    let what = format!("{}: resize tables of {} entries", cx.name, th.len() + tw.len());
+    let what = format!(
+        "{}: resize tables of {} entries",
+        cx.name,
+        th.len() + tw.len()
+    );
     cx.consts
         .room((th.len() + tw.len()).saturating_mul(24), &what)?;
     let offs = |taps: &[kiln_ir::interp::Tap], stride: usize| -> Vec<i64> {

@@ -401,13 +401,28 @@ fn emit(
                         u(ex, "fix"),
                         u(ex, "moved"),
                     );
-                    ex.node("Less", vec![r.clone(), zero.clone()], vec![rneg.clone()], vec![]);
-                    ex.node("Less", vec![ins[1].clone(), zero.clone()], vec![bneg.clone()], vec![]);
+                    ex.node(
+                        "Less",
+                        vec![r.clone(), zero.clone()],
+                        vec![rneg.clone()],
+                        vec![],
+                    );
+                    ex.node(
+                        "Less",
+                        vec![ins[1].clone(), zero.clone()],
+                        vec![bneg.clone()],
+                        vec![],
+                    );
                     ex.node("Xor", vec![rneg, bneg], vec![diff.clone()], vec![]);
                     ex.node("Equal", vec![r.clone(), zero], vec![rz.clone()], vec![]);
                     ex.node("Not", vec![rz], vec![nz.clone()], vec![]);
                     ex.node("And", vec![nz, diff], vec![fix.clone()], vec![]);
-                    ex.node("Add", vec![r.clone(), ins[1].clone()], vec![moved.clone()], vec![]);
+                    ex.node(
+                        "Add",
+                        vec![r.clone(), ins[1].clone()],
+                        vec![moved.clone()],
+                        vec![],
+                    );
                     one(ex, "Where", vec![fix, moved, r], vec![]);
                     return Ok(());
                 }

@@ -164,7 +164,11 @@ fn eval_native(op: &Op, ins: &[&Const]) -> Option<Result<Vec<Const>, String>> {
                 BinaryOp::Fmod => |a: i64, b: i64| a.checked_rem(b).or((b == -1).then_some(0)),
                 BinaryOp::Mod => |a: i64, b: i64| {
                     let r = a.checked_rem(b).or((b == -1).then_some(0))?;
-                    Some(if r != 0 && (r < 0) != (b < 0) { r + b } else { r })
+                    Some(if r != 0 && (r < 0) != (b < 0) {
+                        r + b
+                    } else {
+                        r
+                    })
                 },
             };
             one(binary_ints(ins[0], ins[1], f))

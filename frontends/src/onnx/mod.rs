@@ -23,8 +23,8 @@ mod external;
 mod fold;
 mod import;
 mod lower;
-mod spelled;
 pub mod proto;
+mod spelled;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -168,9 +168,7 @@ pub(crate) fn select_const(
             )?
         };
         flat.push(im.apply(
-            Op::Reshape {
-                shape: vec![count],
-            },
+            Op::Reshape { shape: vec![count] },
             &[(&e, &name)],
             &format!("{out}.flat{i}"),
         )?);
@@ -181,9 +179,7 @@ pub(crate) fn select_const(
         &format!("{out}.both"),
     )?;
     let cs = c.bools();
-    let idx = super::consts::index_map(&shape, |o| {
-        super::consts::broadcast_index(&c.shape, o)
-    });
+    let idx = super::consts::index_map(&shape, |o| super::consts::broadcast_index(&c.shape, o));
     let indices = idx
         .iter()
         .enumerate()
@@ -198,7 +194,11 @@ pub(crate) fn select_const(
         &[(&both, "")],
         &format!("{out}.picked"),
     )?;
-    Ok(vec![im.apply(Op::Reshape { shape }, &[(&picked, "")], &out)?])
+    Ok(vec![im.apply(
+        Op::Reshape { shape },
+        &[(&picked, "")],
+        &out,
+    )?])
 }
 
 /// One einsum operand: its value and one label per axis.

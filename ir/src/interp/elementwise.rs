@@ -268,7 +268,11 @@ pub(super) fn binary(
                     } else {
                         z(|p, q| {
                             let r = p.wrapping_rem(q);
-                            Some(if r != 0 && ((r < 0) != (q < 0)) { r + q } else { r })
+                            Some(if r != 0 && ((r < 0) != (q < 0)) {
+                                r + q
+                            } else {
+                                r
+                            })
                         })?
                     }
                 }

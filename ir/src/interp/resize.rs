@@ -34,6 +34,10 @@ pub fn resize_taps(
     scale: Option<Float>,
 ) -> Vec<Tap> {
     let s = scale.map_or(len_out as f64 / len_in as f64, |f| f64::from(f.0));
+    // The spec's "length of the resized axis" is `len_in · scale` — not
+    // floored — when the model gave scales (align_corners and
+    // pytorch_half_pixel use it).
+    let len_r = scale.map_or(len_out as f64, |_| len_in as f64 * s);
     let last = len_in.saturating_sub(1) as i64;
     let clamp = |i: i64| i.clamp(0, last) as usize;
     (0..len_out)
@@ -41,11 +45,9 @@ pub fn resize_taps(
             let x = o as f64;
             let src = match coord {
                 CoordMode::HalfPixel => (x + 0.5) / s - 0.5,
-                CoordMode::PytorchHalfPixel if len_out > 1 => (x + 0.5) / s - 0.5,
+                CoordMode::PytorchHalfPixel if len_r > 1.0 => (x + 0.5) / s - 0.5,
                 CoordMode::PytorchHalfPixel => 0.0,
-                CoordMode::AlignCorners if len_out > 1 => {
-                    x * (len_in as f64 - 1.0) / (len_out as f64 - 1.0)
-                }
+                CoordMode::AlignCorners if len_r > 1.0 => x * (len_in as f64 - 1.0) / (len_r - 1.0),
                 CoordMode::AlignCorners => 0.0,
                 CoordMode::Asymmetric => x / s,
             };
@@ -59,7 +61,11 @@ pub fn resize_taps(
                         _ => src.round(),
                     };
                     let i = clamp(r as i64);
-                    Tap { i0: i, i1: i, w1: 0.0 }
+                    Tap {
+                        i0: i,
+                        i1: i,
+                        w1: 0.0,
+                    }
                 }
                 ResizeMode::Linear => {
                     let f = src.floor();
