@@ -909,7 +909,9 @@ fn depthwise_windows_larger_than_the_input() {
 #[test]
 fn resize_all_modes() {
     use kiln_ir::{CoordMode, NearestMode, ResizeMode};
-    let cases: [(&[usize], [usize; 2], Option<[f32; 2]>); 6] = [
+    // input shape, output size, scales (None: from the sizes)
+    type Case<'a> = (&'a [usize], [usize; 2], Option<[f32; 2]>);
+    let cases: [Case; 6] = [
         (&[1, 3, 4, 5], [8, 10], Some([2.0, 2.0])),
         (&[2, 2, 7, 9], [3, 4], None),
         (&[1, 1, 5, 3], [11, 7], None),

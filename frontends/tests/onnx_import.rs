@@ -592,7 +592,9 @@ fn cumsum_folds_or_becomes_a_triangular_matmul() {
 #[test]
 fn einsum_lowers_to_matmuls() {
     // "bhqd,bhkd->bhqk" (attention scores), "bij,jk->bik", "ij->j" sums
-    let cases: [(&str, &[i64], &[i64], &[i64]); 3] = [
+    // equation, shapes of a, b and the output
+    type Case<'a> = (&'a str, &'a [i64], &'a [i64], &'a [i64]);
+    let cases: [Case; 3] = [
         (
             "bhqd,bhkd->bhqk",
             &[2, 3, 4, 5],

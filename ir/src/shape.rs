@@ -116,11 +116,10 @@ fn resize(
             s[0], s[1]
         ));
     }
-    for a in 0..2 {
-        if x.shape[2 + a] == 0 && size[a] != 0 {
+    for (&d, &len) in x.shape[2..].iter().zip(&size) {
+        if d == 0 && len != 0 {
             return Err(format!(
-                "resize: cannot resize an empty axis of {x} to {}",
-                size[a]
+                "resize: cannot resize an empty axis of {x} to {len}"
             ));
         }
     }
