@@ -1,6 +1,7 @@
 //! Random graphs: valid random DAGs of the primitive op set (convolutions of
-//! every kind, matrix products, norms, softmax, reductions, pooling, data
-//! movement, element-wise chains with residuals) on random small shapes,
+//! every kind, matrix products, norms, softmax, reductions, pooling, resize, data
+//! movement, element-wise chains with residuals, sin/cos and remainders of
+//! the input) on random small shapes,
 //! compiled and compared with the interpreter at 1 and 2 threads.
 //!
 //! CI runs a bounded number; `KILN_RANDOM_GRAPHS=N` runs N. A failure
@@ -57,5 +58,21 @@ fn random_graphs_match_the_interpreter() {
         .unwrap_or(60);
     for seed in 0..n {
         run_seed(seed);
+    }
+}
+
+/// The generator draws the ops added for the timm exports (issue 15), so
+/// the test above and the fuzzer exercise them.
+#[test]
+fn random_graphs_draw_the_newer_ops() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..400 {
+        let (m, _) = kiln_backends::testing::random::random_graph(seed);
+        for id in m.graph.node_ids() {
+            seen.insert(m.graph.node(id).op.name());
+        }
+    }
+    for op in ["sin", "cos", "mod", "fmod", "resize"] {
+        assert!(seen.contains(op), "{op} never drawn in 400 graphs");
     }
 }

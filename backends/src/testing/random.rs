@@ -6,8 +6,8 @@
 
 use crate::CompiledModel;
 use kiln_ir::{
-    BinaryOp, DType, Float, Graph, Model, Op, PadMode, PoolKind, ReduceKind, Tensor, TensorType,
-    UnaryOp, Value, WeightStore,
+    BinaryOp, CoordMode, DType, Float, Graph, Model, NearestMode, Op, PadMode, PoolKind,
+    ReduceKind, ResizeMode, Tensor, TensorType, UnaryOp, Value, WeightStore,
 };
 
 /// SplitMix64: small, seedable, good enough for test data.
@@ -371,6 +371,40 @@ impl Gen {
                 } else {
                     Some(m)
                 }
+            }
+            12 if self.rng.below(3) == 0 => {
+                // resize up or down; which pixels are read depends on the
+                // shapes only, so nearest mode is as safe as bilinear
+                let x = self.pick(Some(4))?;
+                let s = self.shape(x);
+                let mode = *self.rng.pick(ResizeMode::ALL);
+                let size = [
+                    self.rng.range(1, 2 * s[2] + 1),
+                    self.rng.range(1, 2 * s[3] + 1),
+                ];
+                let scale = if self.rng.coin() {
+                    let f = |d: usize, o: usize| Float(o as f32 / d.max(1) as f32);
+                    Some([f(s[2], size[0]), f(s[3], size[1])])
+                } else {
+                    None
+                };
+                let nearest = *self.rng.pick(NearestMode::ALL);
+                let coord = *self.rng.pick(CoordMode::ALL);
+                self.add(
+                    Op::Resize {
+                        mode,
+                        // the canonical value where it is unused
+                        nearest: if mode == ResizeMode::Nearest {
+                            nearest
+                        } else {
+                            NearestMode::RoundPreferFloor
+                        },
+                        coord,
+                        size,
+                        scale,
+                    },
+                    &[x],
+                )
             }
             12 => {
                 let x = self.pick(Some(4))?;
