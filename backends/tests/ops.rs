@@ -911,7 +911,12 @@ fn resize_all_modes() {
     use kiln_ir::{CoordMode, NearestMode, ResizeMode};
     // input shape, output size, scales (None: from the sizes)
     type Case<'a> = (&'a [usize], [usize; 2], Option<[f32; 2]>);
-    let cases: [Case; 6] = [
+    // (the nearest kernel's column paths: 2× duplication with vector steps
+    // and a tail, identity columns, a 3× table)
+    let cases: [Case; 9] = [
+        (&[1, 3, 6, 13], [12, 26], Some([2.0, 2.0])),
+        (&[1, 2, 5, 9], [10, 9], None),
+        (&[1, 2, 4, 4], [12, 12], Some([3.0, 3.0])),
         (&[1, 3, 4, 5], [8, 10], Some([2.0, 2.0])),
         (&[2, 2, 7, 9], [3, 4], None),
         (&[1, 1, 5, 3], [11, 7], None),
