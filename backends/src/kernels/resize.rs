@@ -15,6 +15,12 @@
 //! nearest 2× upsampling as torch spells it, `nearest` = asymmetric + floor
 //! and `nearest-exact` = half_pixel + round_prefer_floor), lane shuffles of
 //! one loaded vector; otherwise a table of source columns.
+//!
+//! Measured (`kiln bench F.kir --threads 1 --iters 500`, one resize of
+//! `[1,48,28,28]` to `[1,48,56,56]`, loaded shared machine): nearest
+//! (asymmetric, floor) 0.016 ms, 46 GB/s of compulsory traffic; bilinear
+//! (half_pixel) 0.159 ms, about 1 Gelem/s — scalar, the next thing to
+//! vectorise if a model spends time there.
 
 use cranelift_codegen::ir::{InstBuilder, Value};
 use kiln_ir::interp::{Tap, resize_taps};
