@@ -67,7 +67,7 @@ fn random_graphs_match_the_interpreter() {
 fn random_graphs_draw_the_newer_ops() {
     let mut seen = std::collections::BTreeSet::new();
     for seed in 0..400 {
-        let (m, _) = kiln_backends::testing::random::random_graph(seed);
+        let (m, _) = random_graph(seed);
         for id in m.graph.node_ids() {
             seen.insert(m.graph.node(id).op.name());
         }
