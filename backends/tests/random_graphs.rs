@@ -89,8 +89,14 @@ fn the_tolerance_widens_only_for_ill_conditioned_graphs() {
     .unwrap();
     let mut rng = Rng(3_567_966_930_646_308_543);
     let mut weights = kiln_ir::WeightStore::new();
-    weights.insert("w0".to_string(), tensor(&mut rng, &[1], Fill::Range(0.5, 2.0)));
-    weights.insert("w1".to_string(), tensor(&mut rng, &[1], Fill::Range(-1.0, 1.0)));
+    weights.insert(
+        "w0".to_string(),
+        tensor(&mut rng, &[1], Fill::Range(0.5, 2.0)),
+    );
+    weights.insert(
+        "w1".to_string(),
+        tensor(&mut rng, &[1], Fill::Range(-1.0, 1.0)),
+    );
     let inputs = vec![tensor(&mut rng, &[2, 8, 6, 4], Fill::Range(-3.0, 3.0))];
     let model = kiln_ir::Model { graph: g, weights };
     let want = kiln_ir::interp::run(&model.graph, &model.weights, &inputs).unwrap();
