@@ -385,3 +385,55 @@ fn in_order_gather_is_a_reshape() {
         assert_eq!(count(&o, "gather"), gathers);
     }
 }
+
+/// TensorFlow "same" padding: TorchScript exports a zero `Pad` on H and W
+/// before an unpadded conv, dynamo the conv's own padding; both give one
+/// conv. A pad with another value, or on the channels, stays.
+#[test]
+fn zero_spatial_pad_folds_into_the_conv() {
+    for (value, pads, pads_left) in [
+        (0.0, vec![0, 0, 0, 0, 0, 0, 1, 1], 0),
+        (0.5, vec![0, 0, 0, 0, 0, 0, 1, 1], 1),
+        (0.0, vec![0, 1, 0, 0, 0, 0, 1, 1], 1),
+    ] {
+        let mut b = B::new("tf_same");
+        let x = b.input("x", &[1, 4, 8, 8]);
+        let p = b.op(
+            Op::Pad {
+                pads,
+                mode: kiln_ir::op::PadMode::Constant,
+                value: Float(value),
+            },
+            &[x],
+        );
+        let y = b.conv(p, 8, 3, 2, 1, true);
+        let y = b.un(UnaryOp::Relu, y);
+        let m = b.finish(&[y]);
+        let o = run(&m);
+        assert_eq!(count(&o, "pad"), pads_left, "value {value}");
+    }
+}
+
+/// GhostNet's `cat([a, b], 1)[:, :oup]` when `oup` is every channel: the
+/// slice is the identity.
+#[test]
+fn a_slice_that_keeps_everything_is_the_identity() {
+    let mut b = B::new("ghost");
+    let x = b.input("x", &[1, 4, 5, 5]);
+    let y = b.un(UnaryOp::Relu, x);
+    let z = b.un(UnaryOp::Sigmoid, x);
+    let c = b.op(Op::Concat { axis: 1 }, &[y, z]);
+    let s = b.op(
+        Op::Slice {
+            axes: vec![1],
+            starts: vec![0],
+            ends: vec![8],
+            steps: vec![1],
+        },
+        &[c],
+    );
+    let s = b.un(UnaryOp::Tanh, s);
+    let m = b.finish(&[s]);
+    let o = run(&m);
+    assert_eq!(count(&o, "slice"), 0);
+}

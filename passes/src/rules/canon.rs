@@ -24,7 +24,7 @@
 
 use egg::Id;
 use kiln_ir::DType;
-use kiln_ir::op::{BinaryOp, Float, Op, ReduceKind, UnaryOp};
+use kiln_ir::op::{BinaryOp, Float, Op, PadMode, ReduceKind, UnaryOp};
 
 use super::{
     Found, R, Recipe, Rw, binary, is_scalar, konst, linears, node_rule, ops, rule, scalar, ty,
@@ -133,6 +133,11 @@ pub fn rules() -> Vec<Rw> {
             "canon-global-pool-as-spatial-mean",
             |op| *op == Op::GlobalAvgPool,
             global_pool_as_spatial_mean,
+        ),
+        rule(
+            "canon-zero-pad-into-conv",
+            |op| matches!(op, Op::Conv2d { .. }),
+            zero_pad_into_conv,
         ),
         rule(
             "canon-gather-in-order-as-reshape",
@@ -550,11 +555,14 @@ fn is_identity_candidate(op: &Op) -> bool {
         Op::Unary(UnaryOp::Identity)
             | Op::Binary(BinaryOp::Mul | BinaryOp::Div | BinaryOp::Add | BinaryOp::Sub)
             | Op::Cast { .. }
+            | Op::Slice { .. }
     )
 }
 
-/// `identity(x)`, `x·1`, `x/1`, `x+0`, `x-0`, a cast to the same type: `x`
-/// (only when the result has `x`'s type — a broadcast is not an identity).
+/// `identity(x)`, `x·1`, `x/1`, `x+0`, `x-0`, a cast to the same type, a
+/// slice with unit steps that keeps the shape (GhostNet's
+/// `cat(...)[:, :oup]` when `oup` is every channel): `x` (only when the
+/// result has `x`'s type — a broadcast is not an identity).
 fn identity(eg: &KGraph, c: Id, n: &KNode) -> Found {
     let keep = |x: Id| {
         if ty(eg, x) == ty(eg, c) {
@@ -565,6 +573,7 @@ fn identity(eg: &KGraph, c: Id, n: &KNode) -> Found {
     };
     match n.as_op() {
         Some(Op::Unary(UnaryOp::Identity) | Op::Cast { .. }) => keep(n.args[0]),
+        Some(Op::Slice { steps, .. }) if steps.iter().all(|&st| st == 1) => keep(n.args[0]),
         Some(Op::Binary(b)) => {
             let (unit, commutes) = match b {
                 BinaryOp::Mul => (1.0, true),
@@ -836,4 +845,54 @@ fn gather_in_order_as_reshape(eg: &KGraph, c: Id, n: &KNode) -> Found {
     let mut r = Recipe::new();
     let y = r.reshape(R::Old(n.args[0]), &ty(eg, c).shape);
     vec![(r, y)]
+}
+
+/// `conv2d(pad(x, 0 on H and W only))` is a conv with that padding added
+/// to its own: TensorFlow-style "same" padding, which TorchScript exports
+/// as a `Pad` and dynamo folds into the conv.
+fn zero_pad_into_conv(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(Op::Conv2d {
+        stride,
+        pad,
+        dilation,
+        groups,
+    }) = n.as_op()
+    else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (op, a) in ops(eg, n.args[0], |op| matches!(op, Op::Pad { .. })) {
+        let Op::Pad {
+            pads,
+            mode: PadMode::Constant,
+            value,
+        } = op
+        else {
+            continue;
+        };
+        // [N, C, H, W] begins then ends: only H and W padded, with zeros
+        if value.0 != 0.0 || pads.len() != 8 || pads[0] + pads[1] + pads[4] + pads[5] != 0 {
+            continue;
+        }
+        let merged = [
+            pad[0] + pads[2],
+            pad[1] + pads[3],
+            pad[2] + pads[6],
+            pad[3] + pads[7],
+        ];
+        let mut r = Recipe::new();
+        let mut args = vec![R::Old(a[0])];
+        args.extend(n.args[1..].iter().map(|&w| R::Old(w)));
+        let y = r.op(
+            Op::Conv2d {
+                stride: *stride,
+                pad: merged,
+                dilation: *dilation,
+                groups: *groups,
+            },
+            &args,
+        );
+        out.push((r, y));
+    }
+    out
 }
