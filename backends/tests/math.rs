@@ -8,7 +8,8 @@
 mod common;
 
 use kiln_backends::testing::{
-    ERF_MAX_REL, EXP_MAX_REL, GELU_MAX_REL, LOG_MAX_REL, SIGMOID_MAX_REL, TANH_MAX_REL,
+    ERF_MAX_REL, EXP_MAX_REL, GELU_MAX_REL, LOG_MAX_REL, SIGMOID_MAX_REL, SIN_COS_MAX_ABS,
+    SIN_COS_MAX_REL, TANH_MAX_REL,
 };
 use kiln_backends::{CompileOptions, TileLevel, compile};
 use kiln_ir::{Graph, Model, Op, Tensor, TensorType, UnaryOp, WeightStore};
@@ -187,6 +188,49 @@ fn gelus_are_accurate() {
         println!("gelu_tanh ({level}): max relative error {e:.3e} at {at}");
         // the same tail effect as exact GELU: exp of a large negative argument
         assert!(e <= 3e-5, "gelu_tanh ({level}): {e:.3e} at {at}");
+    }
+}
+
+/// sin and cos: absolute error over a wide range (position embeddings
+/// reach arguments of a few thousand), relative error on one period away
+/// from the zeros, and NaN for ±inf and NaN. Only the Cranelift forms
+/// exist, so one level suffices; both lane types run (odd sweep length).
+#[test]
+fn sin_cos_are_accurate() {
+    for (op, f) in [
+        (UnaryOp::Sin, f64::sin as fn(f64) -> f64),
+        (UnaryOp::Cos, f64::cos),
+    ] {
+        let xs = sweep(-8192.0, 8192.0, 2_000_001);
+        let ys = jit(op, &xs, TileLevel::F32x4);
+        let (mut worst, mut at) = (0.0f64, 0.0f32);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let e = (f64::from(y) - f(f64::from(x))).abs();
+            assert!(!e.is_nan(), "{op:?}({x}) = {y}");
+            if e > worst {
+                (worst, at) = (e, x);
+            }
+        }
+        println!("{op:?} on [-8192, 8192]: max absolute error {worst:.3e} at {at}");
+        assert!(worst <= SIN_COS_MAX_ABS, "{op:?}: {worst:.3e} at {at}");
+        let xs: Vec<f32> = sweep(-std::f64::consts::PI, std::f64::consts::PI, 2_000_001)
+            .into_iter()
+            .filter(|&x| f(f64::from(x)).abs() >= 1e-3)
+            .collect();
+        let (e, at) = max_rel(op, &xs, TileLevel::F32x4, f);
+        println!("{op:?} on [-pi, pi], |result| >= 1e-3: max relative error {e:.3e} at {at}");
+        assert!(e <= SIN_COS_MAX_REL, "{op:?}: {e:.3e} at {at}");
+        let special = jit(
+            op,
+            &[f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0, -0.0],
+            TileLevel::F32x4,
+        );
+        assert!(
+            special[..3].iter().all(|y| y.is_nan()),
+            "{op:?}: {special:?}"
+        );
+        let at0 = if op == UnaryOp::Sin { 0.0 } else { 1.0 };
+        assert_eq!(&special[3..], &[at0, at0], "{op:?} at ±0");
     }
 }
 

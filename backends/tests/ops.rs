@@ -45,6 +45,9 @@ fn binary_ops_with_broadcasting() {
     for (i, b) in BinaryOp::ALL.iter().enumerate() {
         let fill = match b {
             BinaryOp::Pow | BinaryOp::Div => Fill::Range(0.5, 2.0),
+            // divisors away from zero; signs and large quotients are in
+            // remainders_and_periodic_functions_on_wide_ranges
+            BinaryOp::Mod | BinaryOp::Fmod => Fill::Range(0.5, 2.0),
             _ => Fill::Signed,
         };
         for (j, (x, y)) in pairs.iter().enumerate() {
@@ -64,6 +67,36 @@ fn binary_ops_with_broadcasting() {
                 fill,
             );
         }
+    }
+}
+
+/// mod and fmod on dividends up to ±1000 and divisors of both signs and
+/// sizes (quotients up to 10^6): the JIT's f64 remainder is exact there, as
+/// the interpreter's is. Sin and cos on a wide range of arguments.
+#[test]
+fn remainders_and_periodic_functions_on_wide_ranges() {
+    for (i, op) in [BinaryOp::Mod, BinaryOp::Fmod].into_iter().enumerate() {
+        for (j, d) in [3.0f32, -2.5, 0.7, -1e-3, 7.25, 1e3]
+            .into_iter()
+            .enumerate()
+        {
+            check_op(
+                &format!("{} by {d}", op.name()),
+                Op::Binary(op),
+                &[input(&[3, 37]), Arg::WData(vec![], vec![d])],
+                (i * 8 + j) as u64,
+                Fill::Range(-1000.0, 1000.0),
+            );
+        }
+    }
+    for u in [UnaryOp::Sin, UnaryOp::Cos] {
+        check_op(
+            u.name(),
+            Op::Unary(u),
+            &[input(&[5, 41])],
+            3,
+            Fill::Range(-3000.0, 3000.0),
+        );
     }
 }
 
@@ -868,5 +901,56 @@ fn depthwise_windows_larger_than_the_input() {
         };
         let what = format!("depthwise {w:?} over {x:?}");
         check_op(&what, op, &[input(&x), weight(&w)], 7, Fill::Signed);
+    }
+}
+
+/// resize: every mode, rounding and coordinate mapping, up and down, with
+/// scales and with sizes, odd plane sizes and a 1-pixel axis.
+#[test]
+fn resize_all_modes() {
+    use kiln_ir::{CoordMode, NearestMode, ResizeMode};
+    // input shape, output size, scales (None: from the sizes)
+    type Case<'a> = (&'a [usize], [usize; 2], Option<[f32; 2]>);
+    // (the nearest kernel's column paths: 2× duplication with vector steps
+    // and a tail, identity columns, a 3× table)
+    let cases: [Case; 9] = [
+        (&[1, 3, 6, 13], [12, 26], Some([2.0, 2.0])),
+        (&[1, 2, 5, 9], [10, 9], None),
+        (&[1, 2, 4, 4], [12, 12], Some([3.0, 3.0])),
+        (&[1, 3, 4, 5], [8, 10], Some([2.0, 2.0])),
+        (&[2, 2, 7, 9], [3, 4], None),
+        (&[1, 1, 5, 3], [11, 7], None),
+        (&[1, 5, 6, 6], [9, 15], Some([1.5, 2.5])),
+        (&[1, 2, 1, 6], [4, 1], None),
+        (&[1, 2, 9, 8], [4, 3], Some([0.5, 0.4])),
+    ];
+    let mut seed = 0;
+    for mode in ResizeMode::ALL {
+        let nearests: &[NearestMode] = if *mode == ResizeMode::Nearest {
+            NearestMode::ALL
+        } else {
+            &[NearestMode::RoundPreferFloor]
+        };
+        for nearest in nearests {
+            for coord in CoordMode::ALL {
+                for (x, size, scale) in &cases {
+                    seed += 1;
+                    let op = Op::Resize {
+                        mode: *mode,
+                        nearest: *nearest,
+                        coord: *coord,
+                        size: *size,
+                        scale: scale.map(|[h, w]| [Float(h), Float(w)]),
+                    };
+                    check_op(
+                        &format!("{op} of {x:?}"),
+                        op,
+                        &[input(x)],
+                        seed,
+                        Fill::Signed,
+                    );
+                }
+            }
+        }
     }
 }

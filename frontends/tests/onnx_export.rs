@@ -143,8 +143,38 @@ fn op_zoo() -> Model {
         &[sl],
     );
     let cat = add(&mut g, Op::Concat { axis: 1 }, &[hs, c]);
+    // resize both ways: nearest from scales, bilinear from sizes
+    let cs = g.value_type(cat).shape.clone();
+    let up = add(
+        &mut g,
+        Op::Resize {
+            mode: kiln_ir::ResizeMode::Nearest,
+            nearest: kiln_ir::NearestMode::Floor,
+            coord: kiln_ir::CoordMode::Asymmetric,
+            size: [cs[2] * 2, cs[3] * 3],
+            scale: Some([Float(2.0), Float(3.0)]),
+        },
+        &[cat],
+    );
+    let cat = add(
+        &mut g,
+        Op::Resize {
+            mode: kiln_ir::ResizeMode::Linear,
+            nearest: kiln_ir::NearestMode::RoundPreferFloor,
+            coord: kiln_ir::CoordMode::HalfPixel,
+            size: [cs[2] + 1, cs[3] * 2 - 1],
+            scale: None,
+        },
+        &[up],
+    );
+    let dv = weight(&mut g, "mod.d", &[cs[3] * 2 - 1], 9);
+    // (floored f32 mod exports as a Where construction kiln cannot import
+    // back: floored_mod_runs_on_onnxruntime checks it)
+    let cat = add(&mut g, Op::Binary(BinaryOp::Fmod), &[cat, dv]);
     let mut v = cat;
     for u in [
+        UnaryOp::Sin,
+        UnaryOp::Cos,
         UnaryOp::HardSwish,
         UnaryOp::Relu6,
         UnaryOp::Silu,
@@ -309,6 +339,20 @@ fn check_with_onnxruntime(py: &Path, name: &str, m: &Model) {
 fn exported_models_run_on_onnxruntime() {
     let Some(py) = python() else { return };
     check_with_onnxruntime(&py, "ops", &op_zoo());
+    // floored f32 mod: ONNX allows only fmod=1 on floats, so it exports as
+    // fmod plus a sign fix (Less, Xor, Equal, Not, And, Add, Where)
+    let mut g = Graph::new("floored_mod");
+    let x = g.add_input("x", TensorType::f32([3, 7])).unwrap();
+    let d = g.add_weight("d", TensorType::f32([7])).unwrap();
+    let y = g.add(Op::Binary(BinaryOp::Mod), &[x, d]).unwrap();
+    g.set_outputs(vec![y]);
+    let mut w = WeightStore::new();
+    w.insert("d", f32_tensor(&[7], 11));
+    let m = Model {
+        graph: g,
+        weights: w,
+    };
+    check_with_onnxruntime(&py, "floored mod", &m);
     for name in ["mobile_former_26m", "mobilevitv2_050", "xformer"] {
         let m = zoo::build(name, &ZooOptions::default()).unwrap();
         check_with_onnxruntime(&py, name, &m);

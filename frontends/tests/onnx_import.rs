@@ -4,6 +4,7 @@
 
 mod onnx_common;
 
+use kiln_frontends::onnx::proto::{AttributeProto, TensorProto};
 use kiln_frontends::onnx::{ImportOptions, import_proto};
 use kiln_ir::{Tensor, interp};
 use onnx_common::*;
@@ -400,4 +401,370 @@ fn report_prints_counts() {
     let text = r.to_string();
     assert!(text.contains("2 nodes -> 1 kiln ops (1 folded)"), "{text}");
     assert!(text.contains("reshape"), "{text}");
+}
+
+/// A sinusoidal position table as exports spell it: `Range` → `Cast` →
+/// `Mul` by a constant frequency → `Sin`/`Cos` → `Concat`, on constants
+/// only, folds to one weight; the graph keeps only the `Add` to `x`. The
+/// table equals f64 `sin`/`cos` of the positions rounded once.
+#[test]
+fn sinusoidal_table_of_a_constant_range_folds() {
+    let c = |name: &str, t: TensorProto| node("Constant", &[], &[name], vec![attr_t("value", t)]);
+    let nodes = vec![
+        c("start", tensor_i64("", &[], &[0])),
+        c("limit", tensor_i64("", &[], &[6])),
+        c("delta", tensor_i64("", &[], &[1])),
+        node("Range", &["start", "limit", "delta"], &["pos_i"], vec![]),
+        node("Cast", &["pos_i"], &["pos"], vec![attr_i("to", 1)]),
+        c("freq", tensor_f32("", &[], &[0.37])),
+        node("Mul", &["pos", "freq"], &["arg"], vec![]),
+        node("Sin", &["arg"], &["s"], vec![]),
+        node("Cos", &["arg"], &["co"], vec![]),
+        node("Concat", &["s", "co"], &["table"], vec![attr_i("axis", 0)]),
+        node("Add", &["x", "table"], &["y"], vec![]),
+    ];
+    let m = model(
+        17,
+        nodes,
+        vec![],
+        vec![vi("x", FLOAT, &[2, 12])],
+        vec![vi("y", FLOAT, &[2, 12])],
+    );
+    let (km, _) = import_proto(&m, &ImportOptions::default()).unwrap();
+    assert_eq!(ops(&km), ["add"]);
+    let x = Tensor::from_f32([2, 12], vec![0.0; 24]).unwrap();
+    let y = run1(&km, &x);
+    let arg = |i: usize| f64::from((i as f32) * 0.37f32);
+    let want: Vec<f32> = (0..2)
+        .flat_map(|_| {
+            (0..6)
+                .map(move |i| arg(i).sin() as f32)
+                .chain((0..6).map(move |i| arg(i).cos() as f32))
+        })
+        .collect();
+    assert_eq!(y.as_f32().unwrap(), &want[..]);
+}
+
+/// `Mod` on integer shapes folds with both sign conventions (`fmod=0`:
+/// the divisor's sign, Python's `%`; `fmod=1`: the dividend's, C's), and on
+/// runtime floats becomes kiln's `fmod`/`mod`.
+#[test]
+fn mod_folds_on_shapes_and_runs_on_floats() {
+    let c = |name: &str, v: &[i64]| {
+        node(
+            "Constant",
+            &[],
+            &[name],
+            vec![attr_t("value", tensor_i64("", &[4], v))],
+        )
+    };
+    let nodes = vec![
+        c("a", &[7, -7, 7, -7]),
+        c("b", &[3, 3, -3, -3]),
+        node("Mod", &["a", "b"], &["floored"], vec![]),
+        node("Mod", &["a", "b"], &["trunc"], vec![attr_i("fmod", 1)]),
+        node(
+            "Concat",
+            &["floored", "trunc"],
+            &["both"],
+            vec![attr_i("axis", 0)],
+        ),
+        node("Reshape", &["x", "both"], &["never"], vec![]),
+    ];
+    // The folded values are checked through the error they give as a shape.
+    let m = model(
+        17,
+        nodes,
+        vec![],
+        vec![vi("x", FLOAT, &[8])],
+        vec![vi("never", FLOAT, &[8])],
+    );
+    let e = import_proto(&m, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[1, 2, -2, -1, 1, -1, 1, -1]"), "{e}");
+
+    let nodes = vec![
+        node("Mod", &["x", "d"], &["t"], vec![attr_i("fmod", 1)]),
+        node("Mod", &["t", "d"], &["y"], vec![]),
+    ];
+    let m = model(
+        17,
+        nodes,
+        vec![tensor_f32("d", &[], &[-1.5])],
+        vec![vi("x", FLOAT, &[4])],
+        vec![vi("y", FLOAT, &[4])],
+    );
+    let (km, _) = import_proto(&m, &ImportOptions::default()).unwrap();
+    assert_eq!(ops(&km), ["fmod", "mod"]);
+    let x = Tensor::from_f32([4], vec![4.0, -4.0, 0.5, -0.5]).unwrap();
+    // fmod(4, -1.5) = 1, then floored by -1.5: 1 - 1.5 = -0.5
+    assert_eq!(run1(&km, &x).as_f32().unwrap(), &[-0.5, -1.0, -1.0, -0.5]);
+}
+
+/// `CumSum` folds on constants (exclusive and reverse included) and on a
+/// runtime float tensor becomes one matmul with a triangular 0/1 matrix.
+#[test]
+fn cumsum_folds_or_becomes_a_triangular_matmul() {
+    let nodes = vec![
+        node(
+            "Constant",
+            &[],
+            &["v"],
+            vec![attr_t(
+                "value",
+                tensor_i64("", &[2, 3], &[1, 2, 3, 4, 5, 6]),
+            )],
+        ),
+        node(
+            "Constant",
+            &[],
+            &["ax"],
+            vec![attr_t("value", tensor_i64("", &[], &[1]))],
+        ),
+        node(
+            "CumSum",
+            &["v", "ax"],
+            &["cs"],
+            vec![attr_i("exclusive", 1), attr_i("reverse", 1)],
+        ),
+        node("Reshape", &["x", "cs"], &["never"], vec![]),
+    ];
+    let m = model(
+        17,
+        nodes,
+        vec![],
+        vec![vi("x", FLOAT, &[6])],
+        vec![vi("never", FLOAT, &[6])],
+    );
+    let e = import_proto(&m, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    // reverse exclusive sums of [1,2,3] and [4,5,6]
+    assert!(e.contains("[5, 3, 0, 11, 6, 0]"), "{e}");
+
+    for (axis, reverse) in [(1i64, 0i64), (0, 1), (-1, 1)] {
+        let nodes = vec![node(
+            "CumSum",
+            &["x", "ax"],
+            &["y"],
+            vec![attr_i("reverse", reverse)],
+        )];
+        let m = model(
+            17,
+            nodes,
+            vec![tensor_i64("ax", &[], &[axis])],
+            vec![vi("x", FLOAT, &[3, 4])],
+            vec![vi("y", FLOAT, &[3, 4])],
+        );
+        let (km, _) = import_proto(&m, &ImportOptions::default()).unwrap();
+        assert!(ops(&km).contains(&"matmul".to_string()), "{:?}", ops(&km));
+        let x = f32_tensor(&[3, 4], 5);
+        let xv = x.as_f32().unwrap();
+        let a = if axis == 0 { 0 } else { 1 };
+        let want: Vec<f32> = (0..12)
+            .map(|k| {
+                let (i, j) = (k / 4, k % 4);
+                let range: Vec<usize> = if a == 0 {
+                    if reverse == 1 {
+                        (i..3).collect()
+                    } else {
+                        (0..=i).collect()
+                    }
+                } else if reverse == 1 {
+                    (j..4).collect()
+                } else {
+                    (0..=j).collect()
+                };
+                range
+                    .iter()
+                    .map(|&t| f64::from(if a == 0 { xv[t * 4 + j] } else { xv[i * 4 + t] }))
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        assert_close(run1(&km, &x).as_f32().unwrap(), &want, 1e-6, 1e-7, "cumsum");
+    }
+}
+
+/// `Einsum` in the forms torch emits becomes transposes, reshapes and one
+/// batched matmul per pair (a lone label a sum); the result equals the
+/// explicit sum. A diagonal is refused naming the op.
+#[test]
+fn einsum_lowers_to_matmuls() {
+    // "bhqd,bhkd->bhqk" (attention scores), "bij,jk->bik", "ij->j" sums
+    // equation, shapes of a, b and the output
+    type Case<'a> = (&'a str, &'a [i64], &'a [i64], &'a [i64]);
+    let cases: [Case; 3] = [
+        (
+            "bhqd,bhkd->bhqk",
+            &[2, 3, 4, 5],
+            &[2, 3, 6, 5],
+            &[2, 3, 4, 6],
+        ),
+        ("bij,jk->bik", &[2, 3, 4], &[4, 5], &[2, 3, 5]),
+        ("...ij,...jk", &[2, 3, 4], &[2, 4, 5], &[2, 3, 5]),
+    ];
+    for (eq, sa, sb, so) in cases {
+        let nodes = vec![node(
+            "Einsum",
+            &["a", "b"],
+            &["y"],
+            vec![attr_s("equation", eq)],
+        )];
+        let m = model(
+            17,
+            nodes,
+            vec![],
+            vec![vi("a", FLOAT, sa), vi("b", FLOAT, sb)],
+            vec![vi("y", FLOAT, so)],
+        );
+        let (km, _) = import_proto(&m, &ImportOptions::default()).unwrap();
+        assert!(
+            ops(&km).contains(&"matmul".to_string()),
+            "{eq}: {:?}",
+            ops(&km)
+        );
+        let us = |s: &[i64]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
+        let (a, b) = (f32_tensor(&us(sa), 1), f32_tensor(&us(sb), 2));
+        let y = interp::run(&km.graph, &km.weights, &[a.clone(), b.clone()])
+            .unwrap()
+            .remove(0);
+        assert_eq!(y.shape(), &us(so)[..], "{eq}");
+        // the explicit sum over the contracted label
+        let (av, bv) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+        let want: Vec<f32> = match eq {
+            "bhqd,bhkd->bhqk" => (0..2 * 3 * 4 * 6)
+                .map(|o| {
+                    let (bh, q, k) = (o / 24, (o / 6) % 4, o % 6);
+                    (0..5)
+                        .map(|d| {
+                            f64::from(av[(bh * 4 + q) * 5 + d])
+                                * f64::from(bv[(bh * 6 + k) * 5 + d])
+                        })
+                        .sum::<f64>() as f32
+                })
+                .collect(),
+            _ => (0..2 * 3 * 5)
+                .map(|o| {
+                    let (bi, k) = (o / 5, o % 5);
+                    let boff = if eq.starts_with("bij") {
+                        0
+                    } else {
+                        (bi / 3) * 20
+                    };
+                    (0..4)
+                        .map(|j| f64::from(av[bi * 4 + j]) * f64::from(bv[boff + j * 5 + k]))
+                        .sum::<f64>() as f32
+                })
+                .collect(),
+        };
+        assert_close(y.as_f32().unwrap(), &want, 1e-6, 1e-6, eq);
+    }
+    let nodes = vec![node(
+        "Einsum",
+        &["a"],
+        &["y"],
+        vec![attr_s("equation", "ii->i")],
+    )];
+    let m = model(
+        17,
+        nodes,
+        vec![],
+        vec![vi("a", FLOAT, &[3, 3])],
+        vec![vi("y", FLOAT, &[3])],
+    );
+    let e = import_proto(&m, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Einsum") && e.contains("diagonal"), "{e}");
+}
+
+/// `Where` with a constant condition that mixes true and false, on a
+/// runtime branch, selects element by element (a gather of both branches).
+#[test]
+fn where_with_a_mixed_constant_condition_selects() {
+    let cond = TensorProto {
+        name: Some("c".into()),
+        dims: vec![2, 1],
+        data_type: Some(9), // BOOL
+        int32_data: vec![1, 0],
+        ..Default::default()
+    };
+    let nodes = vec![node("Where", &["c", "x", "fill"], &["y"], vec![])];
+    let m = model(
+        17,
+        nodes,
+        vec![cond, tensor_f32("fill", &[], &[f32::NEG_INFINITY])],
+        vec![vi("x", FLOAT, &[2, 3])],
+        vec![vi("y", FLOAT, &[2, 3])],
+    );
+    let (km, _) = import_proto(&m, &ImportOptions::default()).unwrap();
+    assert!(ops(&km).contains(&"gather".to_string()), "{:?}", ops(&km));
+    let x = f32_tensor(&[2, 3], 3);
+    let mut want = x.as_f32().unwrap()[..3].to_vec();
+    want.extend([f32::NEG_INFINITY; 3]);
+    assert_eq!(run1(&km, &x).as_f32().unwrap(), &want[..]);
+}
+
+/// `Resize` as torch exports it (`F.interpolate`): scales or sizes, nearest
+/// and bilinear, import to one `resize`; uses kiln cannot run are clear
+/// errors naming the op and the reason.
+#[test]
+fn resize_imports_and_refuses_clearly() {
+    let scales = tensor_f32("scales", &[4], &[1.0, 1.0, 2.0, 2.0]);
+    let nodes = vec![node(
+        "Resize",
+        &["x", "", "scales"],
+        &["y"],
+        vec![
+            attr_s("mode", "nearest"),
+            attr_s("nearest_mode", "floor"),
+            attr_s("coordinate_transformation_mode", "asymmetric"),
+        ],
+    )];
+    let m = model(
+        17,
+        nodes,
+        vec![scales],
+        vec![vi("x", FLOAT, &[1, 2, 3, 3])],
+        vec![vi("y", FLOAT, &[1, 2, 6, 6])],
+    );
+    let (km, _) = import_proto(&m, &ImportOptions::default()).unwrap();
+    assert_eq!(ops(&km), ["resize"]);
+    let x = f32_tensor(&[1, 2, 3, 3], 4);
+    let y = run1(&km, &x);
+    let xv = x.as_f32().unwrap();
+    let want: Vec<f32> = (0..72)
+        .map(|o| {
+            let (p, i, j) = (o / 36, (o / 6) % 6, o % 6);
+            xv[p * 9 + (i / 2) * 3 + j / 2]
+        })
+        .collect();
+    assert_eq!(y.as_f32().unwrap(), &want[..]);
+
+    let bad = |attrs: Vec<AttributeProto>, sizes: &[i64]| {
+        let nodes = vec![node("Resize", &["x", "", "", "sizes"], &["y"], attrs)];
+        let m = model(
+            18,
+            nodes,
+            vec![tensor_i64("sizes", &[4], sizes)],
+            vec![vi("x", FLOAT, &[1, 2, 3, 3])],
+            vec![vi("y", FLOAT, &[-1, -1, -1, -1])],
+        );
+        import_proto(&m, &ImportOptions::default())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = bad(vec![attr_s("mode", "cubic")], &[1, 2, 6, 6]);
+    assert!(e.contains("Resize") && e.contains("cubic"), "{e}");
+    let e = bad(vec![attr_s("mode", "linear")], &[1, 4, 6, 6]);
+    assert!(e.contains("Resize") && e.contains("axis 1"), "{e}");
+    let e = bad(
+        vec![attr_s(
+            "coordinate_transformation_mode",
+            "tf_crop_and_resize",
+        )],
+        &[1, 2, 6, 6],
+    );
+    assert!(e.contains("tf_crop_and_resize"), "{e}");
 }

@@ -10,7 +10,9 @@
 //!   integer outputs must be equal; NaN matches NaN.
 //! - **Specialisation**: kiln compiles static shapes, so `int64` and `bool`
 //!   graph inputs (shapes, axes, indices, masks) are bound to the test's
-//!   values as constants before import; float inputs stay runtime inputs.
+//!   values as constants before import; float inputs stay runtime inputs,
+//!   unless the importer needs one constant (Resize's `scales`): then every
+//!   input after the first is bound, on a second try.
 //! - **Skips**: a model the importer rejects as unsupported (an operator
 //!   kiln lacks, an element type it cannot hold, an opset outside 11–21) is
 //!   skipped with that reason, automatically. Every other skip is listed
@@ -147,28 +149,49 @@ fn try_run(dir: &Path) -> Result<Outcome, String> {
         .unwrap_or_default();
 
     // Bind integer and bool inputs (shapes, indices, masks) as constants;
-    // this needs one data set, as every node test has.
+    // this needs one data set, as every node test has. A float input the
+    // importer needs constant (Resize's scales: a parameter, which a model
+    // holds as an initialiser) is bound too, on a second try that binds
+    // every input after the first.
     let first = sets.first().ok_or("no test data set")?;
+    let pristine = model.clone();
     let mut runtime_inputs = Vec::new();
-    for (j, name) in input_names.iter().enumerate() {
-        let et = elem_type(&model, name);
-        let binds = et == Some(DataType::Int64 as i32) || et == Some(DataType::Bool as i32);
-        if binds && sets.len() == 1 {
-            let mut t = read_tensor(&first.join(format!("input_{j}.pb")))?;
-            t.name = Some(name.clone());
-            let g = model.graph.as_mut().ok_or("no graph")?;
-            g.initializer.push(t);
-        } else {
-            runtime_inputs.push(j);
+    let mut km = None;
+    for bind_params in [false, true] {
+        model = pristine.clone();
+        runtime_inputs.clear();
+        for (j, name) in input_names.iter().enumerate() {
+            let et = elem_type(&model, name);
+            let binds = et == Some(DataType::Int64 as i32)
+                || et == Some(DataType::Bool as i32)
+                || (bind_params && j > 0);
+            if binds && sets.len() == 1 {
+                let mut t = read_tensor(&first.join(format!("input_{j}.pb")))?;
+                t.name = Some(name.clone());
+                let g = model.graph.as_mut().ok_or("no graph")?;
+                g.initializer.push(t);
+            } else {
+                runtime_inputs.push(j);
+            }
+        }
+        match import_proto(&model, &ImportOptions::default()) {
+            Ok((m, _)) => {
+                km = Some(m);
+                break;
+            }
+            Err(FrontendError::OnnxUnsupported(items)) => {
+                let needs_const = items.iter().any(|u| {
+                    matches!(u, Unsupported::Op { note: Some(n), .. }
+                        if n.contains("is computed at run time; kiln needs it constant"))
+                });
+                if bind_params || !needs_const || input_names.len() < 2 {
+                    return Ok(Outcome::Skip(unsupported_reason(&items)));
+                }
+            }
+            Err(e) => return Err(format!("import: {e}")),
         }
     }
-    let km = match import_proto(&model, &ImportOptions::default()) {
-        Ok((m, _)) => m,
-        Err(FrontendError::OnnxUnsupported(items)) => {
-            return Ok(Outcome::Skip(unsupported_reason(&items)));
-        }
-        Err(e) => return Err(format!("import: {e}")),
-    };
+    let km = km.ok_or("no import attempt succeeded")?;
     for set in &sets {
         let mut inputs = Vec::new();
         for &j in &runtime_inputs {

@@ -29,7 +29,10 @@ pub use error::IrError;
 pub use fused::{Act, ConvStage, FusedOp};
 pub use graph::{Edge, Graph, Node, NodeId, Value, ValueInfo};
 pub use limits::Limits;
-pub use op::{Attr, BinaryOp, Float, Op, PadMode, PoolKind, ReduceKind, UnaryOp};
+pub use op::{
+    Attr, BinaryOp, CoordMode, Float, NearestMode, Op, PadMode, PoolKind, ReduceKind, ResizeMode,
+    UnaryOp,
+};
 pub use tensor::{Tensor, TensorData, WeightStore};
 pub use types::{DType, TensorType};
 pub use verify::{verify, verify_weights};

@@ -84,11 +84,15 @@ pub enum UnaryOp {
     GeluTanh,
     /// `x`
     Identity,
+    /// `sin(x)` (radians)
+    Sin,
+    /// `cos(x)` (radians)
+    Cos,
 }
 
 impl UnaryOp {
     /// Every unary op, for tables and tests.
-    pub const ALL: [UnaryOp; 16] = [
+    pub const ALL: [UnaryOp; 18] = [
         UnaryOp::Relu,
         UnaryOp::Relu6,
         UnaryOp::Sigmoid,
@@ -105,6 +109,8 @@ impl UnaryOp {
         UnaryOp::Gelu,
         UnaryOp::GeluTanh,
         UnaryOp::Identity,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
     ];
 
     /// Text-format name.
@@ -126,6 +132,8 @@ impl UnaryOp {
             UnaryOp::Gelu => "gelu",
             UnaryOp::GeluTanh => "gelu_tanh",
             UnaryOp::Identity => "identity",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
         }
     }
 }
@@ -147,11 +155,17 @@ pub enum BinaryOp {
     Max,
     /// `min(a, b)`
     Min,
+    /// floored remainder `a - floor(a/b)·b`: the sign of `b` (Python's and
+    /// numpy's `%`, ONNX `Mod` with `fmod=0`)
+    Mod,
+    /// truncated remainder `a - trunc(a/b)·b`: the sign of `a` (C's
+    /// `fmod`, ONNX `Mod` with `fmod=1`)
+    Fmod,
 }
 
 impl BinaryOp {
     /// Every binary op.
-    pub const ALL: [BinaryOp; 7] = [
+    pub const ALL: [BinaryOp; 9] = [
         BinaryOp::Add,
         BinaryOp::Sub,
         BinaryOp::Mul,
@@ -159,6 +173,8 @@ impl BinaryOp {
         BinaryOp::Pow,
         BinaryOp::Max,
         BinaryOp::Min,
+        BinaryOp::Mod,
+        BinaryOp::Fmod,
     ];
 
     /// Text-format name.
@@ -171,6 +187,8 @@ impl BinaryOp {
             BinaryOp::Pow => "pow",
             BinaryOp::Max => "max",
             BinaryOp::Min => "min",
+            BinaryOp::Mod => "mod",
+            BinaryOp::Fmod => "fmod",
         }
     }
 }
@@ -215,6 +233,75 @@ impl PadMode {
         }
     }
 }
+
+/// How [`Op::Resize`] interpolates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResizeMode {
+    /// the nearest input pixel, chosen by a [`NearestMode`]
+    Nearest,
+    /// bilinear: separable linear interpolation of the two nearest rows
+    /// and columns (indices clamped to the edge)
+    Linear,
+}
+
+/// How [`Op::Resize`] in nearest mode rounds a source coordinate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NearestMode {
+    /// `floor(x)` (PyTorch's `nearest`)
+    Floor,
+    /// `ceil(x)`
+    Ceil,
+    /// nearest, halves down
+    RoundPreferFloor,
+    /// nearest, halves up
+    RoundPreferCeil,
+}
+
+/// How [`Op::Resize`] maps an output coordinate `x` to an input one, with
+/// `s` the scale, `len_in` the input length and `len_r` the resized length
+/// (`len_in · s` when the model gave scales, else the output length; ONNX's
+/// `coordinate_transformation_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CoordMode {
+    /// `(x + 0.5) / s - 0.5`
+    HalfPixel,
+    /// as `HalfPixel`, but `0` when `len_r ≤ 1`
+    PytorchHalfPixel,
+    /// `x · (len_in - 1) / (len_r - 1)`, `0` when `len_r ≤ 1`
+    AlignCorners,
+    /// `x / s`
+    Asymmetric,
+}
+
+/// A word-named enum of the text format.
+macro_rules! words {
+    ($t:ty { $($v:ident => $w:literal),* $(,)? }) => {
+        impl $t {
+            /// Every value, for tables and parsing.
+            pub const ALL: &'static [$t] = &[$(<$t>::$v),*];
+            /// Text-format word.
+            pub fn name(self) -> &'static str {
+                match self { $(<$t>::$v => $w),* }
+            }
+            fn from_word(w: &str) -> Option<$t> {
+                Self::ALL.iter().copied().find(|v| v.name() == w)
+            }
+        }
+    };
+}
+words!(ResizeMode { Nearest => "nearest", Linear => "linear" });
+words!(NearestMode {
+    Floor => "floor",
+    Ceil => "ceil",
+    RoundPreferFloor => "round_prefer_floor",
+    RoundPreferCeil => "round_prefer_ceil",
+});
+words!(CoordMode {
+    HalfPixel => "half_pixel",
+    PytorchHalfPixel => "pytorch_half_pixel",
+    AlignCorners => "align_corners",
+    Asymmetric => "asymmetric",
+});
 
 /// One operation. Attribute conventions: axes are non-negative and already
 /// normalised (frontends resolve negative axes); shapes in attributes are
@@ -397,6 +484,22 @@ pub enum Op {
         /// shape of the index tensor (`[]` for a scalar index, which drops the axis)
         indices_shape: Vec<usize>,
     },
+    /// Spatial resize of `x [N,C,H,W]` to `[N,C,size[0],size[1]]` (ONNX
+    /// `Resize` on the two last axes); the per-axis rule is
+    /// [`crate::interp::resize_taps`].
+    Resize {
+        /// nearest or linear
+        mode: ResizeMode,
+        /// rounding of nearest mode (ignored, and left unprinted, in linear)
+        nearest: NearestMode,
+        /// output → input coordinate mapping
+        coord: CoordMode,
+        /// `[Ho, Wo]`
+        size: [usize; 2],
+        /// the scales `[sh, sw]` the coordinate mapping divides by, when the
+        /// model gave scales; `None`: `Ho / H` and `Wo / W` (given sizes)
+        scale: Option<[Float; 2]>,
+    },
     /// Convert the element type.
     Cast {
         /// the new element type
@@ -489,6 +592,8 @@ pub const OP_NAMES: &[&str] = &[
     "gelu",
     "gelu_tanh",
     "identity",
+    "sin",
+    "cos",
     "add",
     "sub",
     "mul",
@@ -496,6 +601,8 @@ pub const OP_NAMES: &[&str] = &[
     "pow",
     "max",
     "min",
+    "mod",
+    "fmod",
     "clip",
     "hard_sigmoid",
     "softmax",
@@ -520,6 +627,7 @@ pub const OP_NAMES: &[&str] = &[
     "expand",
     "gather",
     "cast",
+    "resize",
 ];
 
 impl Op {
@@ -561,6 +669,7 @@ impl Op {
             Op::Expand { .. } => "expand",
             Op::Gather { .. } => "gather",
             Op::Cast { .. } => "cast",
+            Op::Resize { .. } => "resize",
             Op::Fused(f) => f.name(),
         }
     }
@@ -707,6 +816,25 @@ impl Op {
                 ("indices_shape", ints(indices_shape)),
             ],
             Op::Cast { to } => vec![("to", Attr::Word(to.name().into()))],
+            Op::Resize {
+                mode,
+                nearest,
+                coord,
+                size,
+                scale,
+            } => {
+                let mut v = vec![("mode", Attr::Word(mode.name().into()))];
+                if *mode == ResizeMode::Nearest {
+                    v.push(("nearest", Attr::Word(nearest.name().into())));
+                }
+                v.push(("coord", Attr::Word(coord.name().into())));
+                v.push(("size", ints(size)));
+                if let Some([h, w]) = scale {
+                    v.push(("scale_h", Attr::Float(h.0)));
+                    v.push(("scale_w", Attr::Float(w.0)));
+                }
+                v
+            }
             Op::Fused(f) => f.attrs(),
         }
     }
@@ -847,6 +975,41 @@ impl Op {
                 indices: a.ints("indices")?,
                 indices_shape: a.usizes("indices_shape")?,
             },
+            "resize" => {
+                let word = |a: &mut AttrReader, k: &str| a.word(k);
+                let w = word(&mut a, "mode")?;
+                let mode = ResizeMode::from_word(&w).ok_or_else(|| {
+                    format!("resize: unknown mode `{w}` (expected nearest or linear)")
+                })?;
+                let nearest = match a.opt("nearest", word)? {
+                    None => NearestMode::RoundPreferFloor,
+                    Some(w) if mode == ResizeMode::Nearest => NearestMode::from_word(&w)
+                        .ok_or_else(|| format!("resize: unknown nearest mode `{w}`"))?,
+                    Some(_) => return Err("resize: `nearest` is only for mode=nearest".into()),
+                };
+                let w = word(&mut a, "coord")?;
+                let coord = CoordMode::from_word(&w)
+                    .ok_or_else(|| format!("resize: unknown coord mode `{w}`"))?;
+                let size = a.array("size")?;
+                let sh = a.opt("scale_h", |a, k| a.float(k))?;
+                let sw = a.opt("scale_w", |a, k| a.float(k))?;
+                let scale = match (sh, sw) {
+                    (Some(h), Some(w)) => Some([Float(h), Float(w)]),
+                    (None, None) => None,
+                    _ => return Err("resize: give both scale_h and scale_w or neither".into()),
+                };
+                Op::Resize {
+                    mode,
+                    nearest: if mode == ResizeMode::Nearest {
+                        nearest
+                    } else {
+                        NearestMode::RoundPreferFloor
+                    },
+                    coord,
+                    size,
+                    scale,
+                }
+            }
             "cast" => {
                 let w = a.word("to")?;
                 Op::Cast {
@@ -1070,6 +1233,20 @@ mod tests {
             Op::LayerNorm {
                 axis: 2,
                 eps: Float(1e-5),
+            },
+            Op::Resize {
+                mode: ResizeMode::Nearest,
+                nearest: NearestMode::Floor,
+                coord: CoordMode::Asymmetric,
+                size: [8, 6],
+                scale: Some([Float(2.0), Float(1.5)]),
+            },
+            Op::Resize {
+                mode: ResizeMode::Linear,
+                nearest: NearestMode::RoundPreferFloor,
+                coord: CoordMode::PytorchHalfPixel,
+                size: [3, 5],
+                scale: None,
             },
         ];
         for op in samples {

@@ -91,9 +91,41 @@ fn infer_unchecked(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, St
             indices_shape,
         } => one(gather(&inputs[0], *axis, indices, indices_shape)?),
         Op::Cast { to } => one(TensorType::new(*to, inputs[0].shape.clone())),
+        Op::Resize { size, scale, .. } => one(resize(&inputs[0], *size, *scale)?),
         // The fused ops' rules live with their definitions (crate::fused).
         Op::Fused(f) => one(f.infer(inputs)?),
     }
+}
+
+/// resize: `x` f32 `[N,C,H,W]` → `[N,C,size[0],size[1]]`; given scales are
+/// finite and positive; an empty plane cannot become a non-empty one.
+fn resize(
+    x: &TensorType,
+    size: [usize; 2],
+    scale: Option<[crate::op::Float; 2]>,
+) -> Result<TensorType, String> {
+    want_f32("resize", x)?;
+    if x.rank() != 4 {
+        return Err(format!("resize: x must be [N,C,H,W], got {x}"));
+    }
+    if let Some(s) = scale
+        && s.iter().any(|f| !(f.0.is_finite() && f.0 > 0.0))
+    {
+        return Err(format!(
+            "resize: scales must be finite and positive, got [{}, {}]",
+            s[0], s[1]
+        ));
+    }
+    for (&d, &len) in x.shape[2..].iter().zip(&size) {
+        if d == 0 && len != 0 {
+            return Err(format!(
+                "resize: cannot resize an empty axis of {x} to {len}"
+            ));
+        }
+    }
+    let out = TensorType::f32([x.shape[0], x.shape[1], size[0], size[1]]);
+    out.check_size()?;
+    Ok(out)
 }
 
 fn check_axis(op: &Op, axis: usize, rank: usize) -> Result<(), String> {

@@ -363,9 +363,14 @@ fn apply_step(g: &mut Graph, vals: &[Value], s: &Step) -> Vec<Value> {
     let dim = t.shape.get(ax).copied().unwrap_or(0);
     let nm = &s.name;
     match s.kind % 24 {
-        0 => add(g, Op::Unary(UnaryOp::ALL[c(0, 16)]), &[x], nm),
+        0 => add(
+            g,
+            Op::Unary(UnaryOp::ALL[c(0, UnaryOp::ALL.len() as u64)]),
+            &[x],
+            nm,
+        ),
         1 => {
-            let op = Op::Binary(BinaryOp::ALL[c(0, 7)]);
+            let op = Op::Binary(BinaryOp::ALL[c(0, BinaryOp::ALL.len() as u64)]);
             let v = add(g, op.clone(), &[x, y], nm);
             if v.is_empty() {
                 add(g, op, &[x, x], nm)
@@ -574,6 +579,22 @@ fn apply_step(g: &mut Graph, vals: &[Value], s: &Step) -> Vec<Value> {
                 };
                 add(g, op, &[x, params[0], params[1]], nm)
             }
+        }
+        18 if r == 4 && p & (1 << 40) != 0 => {
+            use kiln_ir::{CoordMode, NearestMode, ResizeMode};
+            let mode = ResizeMode::ALL[c(41, 2)];
+            let op = Op::Resize {
+                mode,
+                nearest: if mode == ResizeMode::Nearest {
+                    NearestMode::ALL[c(43, 4)]
+                } else {
+                    NearestMode::RoundPreferFloor
+                },
+                coord: CoordMode::ALL[c(45, 4)],
+                size: [1 + c(47, 6), 1 + c(50, 6)],
+                scale: (p & (1 << 53) != 0).then(|| [Float(0.5 + c(54, 4) as f32), Float(1.5)]),
+            };
+            add(g, op, &[x], nm)
         }
         18 if r == 4 => {
             let kind = if p & 1 == 0 {

@@ -170,6 +170,7 @@ fn fold_scalar(op: &Op, args: &[Option<f32>]) -> Option<f32> {
                 BinaryOp::Pow => x.powf(y),
                 BinaryOp::Max => x.max(y),
                 BinaryOp::Min => x.min(y),
+                BinaryOp::Mod | BinaryOp::Fmod => return None,
             }
         }
         Op::Reshape { .. }

@@ -1,4 +1,4 @@
-//! Inlined approximations of the transcendental functions, emitted as
+//! Inlined approximations of the transcendental functions (and sin/cos), emitted as
 //! Cranelift IR for one lane type at a time (`F32` scalar or `F32X4`).
 //!
 //! Cranelift has no vector `exp`/`log`/`tanh`, and a call per element to the
@@ -25,6 +25,8 @@
 //! | SiLU `x/(1+e^-x)` | [-80, 20] | 1.7e-7 | [`SIGMOID_MAX_REL`] = 2.5e-7 |
 //! | `erf` | [-6, 6] | 1.7e-7 | [`ERF_MAX_REL`] = 2.5e-7 |
 //! | `gelu` | [-6, 12] | 2.1e-6 | [`GELU_MAX_REL`] = 3e-6 |
+//! | `sin`, `cos` (absolute) | [-8192, 8192] | 9.2e-8 | [`SIN_COS_MAX_ABS`] = 1.5e-7 |
+//! | `sin`, `cos` (|y| ≥ 1e-3) | [-π, π] | 1.3e-7 | [`SIN_COS_MAX_REL`] = 2.5e-7 |
 //!
 //! In GELU's far negative tail (x < -6, |gelu| < 1e-8) the f32 rounding of
 //! the argument of `exp(-x²/2 …)`, about 19 there, bounds the relative error
@@ -55,6 +57,12 @@ pub const SIGMOID_MAX_REL: f64 = 2.5e-7;
 pub const ERF_MAX_REL: f64 = 2.5e-7;
 /// Documented bound on exact GELU's relative error on [-6, 12] (checked by a test).
 pub const GELU_MAX_REL: f64 = 3e-6;
+/// Documented bound on `sin`'s and `cos`'s absolute error on |x| ≤ 2^13
+/// (checked by a test; see [`sin_cos`]).
+pub const SIN_COS_MAX_ABS: f64 = 1.5e-7;
+/// Documented bound on `sin`'s and `cos`'s relative error on |x| ≤ π where
+/// the result is at least 1e-3 in magnitude (checked by a test).
+pub const SIN_COS_MAX_REL: f64 = 2.5e-7;
 
 /// `1.5 · 2^23`: adding it rounds an `f32` of magnitude below `2^22` to an
 /// integer (in the current, round-to-nearest-even mode), and the sum's low
@@ -431,4 +439,80 @@ pub fn gelu_tanh(e: &mut Emitter, ty: Type, x: Value) -> Value {
     let u2 = e.b.ins().fmul(inner, c);
     let s = sigmoid(e, ty, u2);
     e.b.ins().fmul(x, s)
+}
+
+/// `sin(x)` (`cos == false`) or `cos(x)`: `x = n·π/2 + r` with `n` rounded
+/// to nearest and `π/2` split three ways as Cephes does (the first two parts
+/// have few enough bits that `n·part` is exact for |n| < 2^16), so
+/// |r| ≤ π/4; then the Cephes `sinf`/`cosf` polynomials on `r`, the pair
+/// chosen and signed by the quadrant `n mod 4` (`cos(x) = sin(x + π/2)`: the
+/// quadrant plus one). The reduction's error grows with |x| (about
+/// `|n|·6e-15` in `r`); measured against f64 on |x| ≤ 2^13 the absolute
+/// error stays below [`SIN_COS_MAX_ABS`]. Beyond |x| ≈ 6.6e6 the rounding
+/// trick no longer gives the quadrant and the result is meaningless (f32
+/// spacing there is already 0.5); ±inf and NaN give NaN.
+pub fn sin_cos(e: &mut Emitter, ty: Type, x: Value, cos: bool) -> Value {
+    let two_over_pi = e.kc(ty, std::f32::consts::FRAC_2_PI);
+    let magic = e.kc(ty, ROUND_MAGIC);
+    let t = e.b.ins().fmul(x, two_over_pi);
+    let y = e.b.ins().fadd(t, magic);
+    let n = e.b.ins().fsub(y, magic);
+    // Cephes DP1..DP3 (for π/4) doubled: π/2 = P1 + P2 + P3.
+    let p1 = e.kc(ty, -1.570_312_5);
+    let p2 = e.kc(ty, -4.837_512_969_970_703_125e-4);
+    let p3 = e.kc(ty, -7.549_789_954_891_882e-8);
+    let r = e.mul_add(n, p1, x);
+    let r = e.mul_add(n, p2, r);
+    let r = e.mul_add(n, p3, r);
+    let z = e.b.ins().fmul(r, r);
+    // sin r = r + r·z·S(z)
+    let ps = horner(
+        e,
+        ty,
+        z,
+        &[-1.951_529_589_1e-4, 8.332_160_873_6e-3, -1.666_665_461_1e-1],
+    );
+    let rz = e.b.ins().fmul(r, z);
+    let sin_r = e.mul_add(rz, ps, r);
+    // cos r = 1 - z/2 + z²·C(z)
+    let pc = horner(
+        e,
+        ty,
+        z,
+        &[
+            2.443_315_711_809_948e-5,
+            -1.388_731_625_493_765e-3,
+            4.166_664_568_298_827e-2,
+        ],
+    );
+    let z2 = e.b.ins().fmul(z, z);
+    let mhalf = e.kc(ty, -0.5);
+    let one = e.kc(ty, 1.0);
+    let c = e.mul_add(z, mhalf, one);
+    let cos_r = e.mul_add(z2, pc, c);
+    // the quadrant as an integer: the low bits of y = n + 1.5·2^23
+    let yi = to_bits(e, ty, y);
+    let magic_bits = ik(e, ty, ROUND_MAGIC.to_bits() as i32);
+    let mut q = e.b.ins().isub(yi, magic_bits);
+    if cos {
+        let k1 = ik(e, ty, 1);
+        q = e.b.ins().iadd(q, k1);
+    }
+    // odd quadrants take the other polynomial: mask = -(q & 1)
+    let k1 = ik(e, ty, 1);
+    let odd = e.b.ins().band(q, k1);
+    let mask = e.b.ins().ineg(odd);
+    let sb = to_bits(e, ty, sin_r);
+    let cb = to_bits(e, ty, cos_r);
+    let pick_c = e.b.ins().band(cb, mask);
+    // band + bnot rather than band_not: the scalariser maps these lane-wise
+    let nmask = e.b.ins().bnot(mask);
+    let pick_s = e.b.ins().band(sb, nmask);
+    let v = e.b.ins().bor(pick_c, pick_s);
+    // quadrants 2 and 3 are negated: sign bit = (q & 2) << 30
+    let k2 = ik(e, ty, 2);
+    let neg = e.b.ins().band(q, k2);
+    let neg = e.b.ins().ishl_imm_u(neg, 30);
+    let v = e.b.ins().bxor(v, neg);
+    from_bits(e, ty, v)
 }

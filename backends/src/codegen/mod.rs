@@ -448,6 +448,19 @@ impl<'a> Emitter<'a> {
         self.b.ins().bitcast(V4, le, s)
     }
 
+    /// The f32x4 `[v[l0], v[l1], v[l2], v[l3]]` (one byte shuffle).
+    pub fn pick_lanes(&mut self, v: Value, lanes: [u8; 4]) -> Value {
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let b = self.b.ins().bitcast(types::I8X16, le, v);
+        let mask: Vec<u8> = lanes
+            .iter()
+            .flat_map(|&l| (0..4).map(move |k| l * 4 + k))
+            .collect();
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(mask));
+        let s = self.b.ins().shuffle(b, b, imm);
+        self.b.ins().bitcast(V4, le, s)
+    }
+
     /// Stores `v` at `p + off` bytes.
     pub fn store(&mut self, f: MemFlagsData, v: Value, p: Value, off: i64) {
         match i32::try_from(off) {

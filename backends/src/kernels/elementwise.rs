@@ -6,7 +6,8 @@
 //! tail, and a scalar body for other strides. `pow` with a constant exponent
 //! becomes multiplies or a square root; a general `pow` calls the host's
 //! `powf` per element (no inlined approximation: it is rare in these models
-//! and `exp(b·log a)` is wrong for negative bases).
+//! and `exp(b·log a)` is wrong for negative bases). `mod`/`fmod` run
+//! per element in f64 (`remainder`).
 
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use kiln_ir::{BinaryOp, Op, UnaryOp};
@@ -42,7 +43,7 @@ impl Func {
     /// Whether a vector form exists (a general `pow` calls `powf` per element).
     fn vectorises(self) -> bool {
         match self {
-            Func::Binary(BinaryOp::Pow) => false,
+            Func::Binary(BinaryOp::Pow | BinaryOp::Mod | BinaryOp::Fmod) => false,
             Func::PowConst(p) => pow_special(p).is_some(),
             _ => true,
         }
@@ -59,9 +60,12 @@ impl Func {
                 | UnaryOp::Erf
                 | UnaryOp::Silu
                 | UnaryOp::Gelu
-                | UnaryOp::GeluTanh,
+                | UnaryOp::GeluTanh
+                | UnaryOp::Sin
+                | UnaryOp::Cos,
             ) => 20.0,
             Func::Binary(BinaryOp::Pow) => 40.0,
+            Func::Binary(BinaryOp::Mod | BinaryOp::Fmod) => 10.0,
             _ => 1.0,
         }
     }
@@ -106,6 +110,8 @@ pub(crate) fn apply(e: &mut Emitter, ty: Type, func: Func, args: &[Value]) -> Va
                 BinaryOp::Max => e.b.ins().fmax(x, y),
                 BinaryOp::Min => e.b.ins().fmin(x, y),
                 BinaryOp::Pow => e.powf(x, y),
+                BinaryOp::Mod => remainder(e, x, y, true),
+                BinaryOp::Fmod => remainder(e, x, y, false),
             }
         }
         Func::PowConst(p) => match pow_special(p) {
@@ -127,6 +133,60 @@ pub(crate) fn apply(e: &mut Emitter, ty: Type, func: Func, args: &[Value]) -> Va
             }
         },
     }
+}
+
+/// The remainder of two f32 scalars in f64: `r = x - trunc(x/y)·y`, exact
+/// while |x/y| < 2^29 (the product of a 29-bit quotient and a 24-bit `y`
+/// fits in f64's 53 bits, and so does the difference), then moved by one
+/// `|y|` if the rounded quotient was one off (`r` must have `x`'s sign and
+/// be smaller than `y`). `floored`: then moved by `y` when its sign differs
+/// from `y`'s (zero takes `y`'s sign), numpy's `mod`. `y = 0`, `x = ±inf`
+/// and NaN give NaN; `y = ±inf` gives `x` (truncated). Beyond 2^29 the
+/// quotient is rounded, so the result can be off by a multiple of `y`'s
+/// unit in the last place; the interpreter computes it exactly.
+fn remainder(e: &mut Emitter, x: Value, y: Value, floored: bool) -> Value {
+    use cranelift_codegen::ir::condcodes::FloatCC;
+    use cranelift_codegen::ir::types::F64;
+    let xd = e.b.ins().fpromote(F64, x);
+    let yd = e.b.ins().fpromote(F64, y);
+    let q = e.b.ins().fdiv(xd, yd);
+    // fcvt rather than trunc: trunc of f64 needs SSE4.1 or a libcall on x86
+    let qi = e.b.ins().fcvt_to_sint_sat(I64, q);
+    let q = e.b.ins().fcvt_from_sint(F64, qi);
+    let qy = e.b.ins().fmul(q, yd);
+    let r = e.b.ins().fsub(xd, qy);
+    let zero = e.b.ins().f64const(0.0);
+    let ay = e.b.ins().fabs(yd);
+    let sy = e.b.ins().fcopysign(ay, xd);
+    // r of the wrong sign: the quotient was one too large
+    let rx = e.b.ins().fmul(r, xd);
+    let wrong = e.b.ins().fcmp(FloatCC::LessThan, rx, zero);
+    let up = e.b.ins().fadd(r, sy);
+    let r = e.b.ins().select(wrong, up, r);
+    // |r| ≥ |y|: one too small
+    let ar = e.b.ins().fabs(r);
+    let big = e.b.ins().fcmp(FloatCC::GreaterThanOrEqual, ar, ay);
+    let down = e.b.ins().fsub(r, sy);
+    let r = e.b.ins().select(big, down, r);
+    let inf = e.b.ins().f64const(f64::INFINITY);
+    let yinf = e.b.ins().fcmp(FloatCC::Equal, ay, inf);
+    let mut r = e.b.ins().select(yinf, xd, r);
+    if floored {
+        let ry = e.b.ins().fmul(r, yd);
+        let differ = e.b.ins().fcmp(FloatCC::LessThan, ry, zero);
+        let moved = e.b.ins().fadd(r, yd);
+        r = e.b.ins().select(differ, moved, r);
+        let is0 = e.b.ins().fcmp(FloatCC::Equal, r, zero);
+        let z = e.b.ins().fcopysign(zero, yd);
+        r = e.b.ins().select(is0, z, r);
+    }
+    let ax = e.b.ins().fabs(xd);
+    let xinf = e.b.ins().fcmp(FloatCC::Equal, ax, inf);
+    let y0 = e.b.ins().fcmp(FloatCC::Equal, yd, zero);
+    let bad = e.b.ins().bor(xinf, y0);
+    let nan = e.b.ins().f64const(f64::NAN);
+    let r = e.b.ins().select(bad, nan, r);
+    e.b.ins().fdemote(F32, r)
 }
 
 fn unary(e: &mut Emitter, ty: Type, u: UnaryOp, x: Value) -> Value {
@@ -163,6 +223,8 @@ fn unary(e: &mut Emitter, ty: Type, u: UnaryOp, x: Value) -> Value {
         }
         UnaryOp::Gelu => math::gelu(e, ty, x),
         UnaryOp::GeluTanh => math::gelu_tanh(e, ty, x),
+        UnaryOp::Sin => math::sin_cos(e, ty, x, false),
+        UnaryOp::Cos => math::sin_cos(e, ty, x, true),
         UnaryOp::Identity => x,
     }
 }

@@ -30,6 +30,7 @@ pub(crate) mod nest;
 pub(crate) mod norm;
 pub(crate) mod pool;
 pub(crate) mod reduce;
+pub(crate) mod resize;
 pub(crate) mod rows;
 pub(crate) mod sep_attn;
 pub(crate) mod softmax;
@@ -216,6 +217,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         Op::LayerNorm { .. } | Op::GroupNorm { .. } | Op::BatchNorm { .. } => norm::lower(cx),
         Op::Reduce { .. } | Op::GlobalAvgPool => reduce::lower(cx),
         Op::Pool2d { .. } => pool::lower(cx),
+        Op::Resize { .. } => resize::lower(cx),
         Op::Transpose { .. }
         | Op::Concat { .. }
         | Op::Slice { .. }

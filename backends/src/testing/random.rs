@@ -6,8 +6,8 @@
 
 use crate::CompiledModel;
 use kiln_ir::{
-    BinaryOp, DType, Float, Graph, Model, Op, PadMode, PoolKind, ReduceKind, Tensor, TensorType,
-    UnaryOp, Value, WeightStore,
+    BinaryOp, CoordMode, DType, Float, Graph, Model, NearestMode, Op, PadMode, PoolKind,
+    ReduceKind, ResizeMode, Tensor, TensorType, UnaryOp, Value, WeightStore,
 };
 
 /// SplitMix64: small, seedable, good enough for test data.
@@ -256,7 +256,7 @@ struct Gen {
     vals: Vec<Value>,
 }
 
-const SAFE_UNARY: [UnaryOp; 12] = [
+const SAFE_UNARY: [UnaryOp; 14] = [
     UnaryOp::Relu,
     UnaryOp::Relu6,
     UnaryOp::Sigmoid,
@@ -269,6 +269,8 @@ const SAFE_UNARY: [UnaryOp; 12] = [
     UnaryOp::Abs,
     UnaryOp::Erf,
     UnaryOp::Identity,
+    UnaryOp::Sin,
+    UnaryOp::Cos,
 ];
 
 impl Gen {
@@ -381,6 +383,20 @@ impl Gen {
                 let u = *self.rng.pick(&SAFE_UNARY);
                 self.add(Op::Unary(u), &[x])
             }
+            7..=8 if self.rng.below(8) == 0 => {
+                // A remainder jumps by |y| where x/y crosses an integer, so
+                // it takes the graph input (the same bits in the JIT and
+                // the interpreter), never a computed value.
+                let x = self.vals[0];
+                let op = *self.rng.pick(&[BinaryOp::Mod, BinaryOp::Fmod]);
+                let y = self.weight(&[], Fill::Range(0.3, 0.9));
+                let y = if self.rng.coin() {
+                    self.add(Op::Unary(UnaryOp::Neg), &[y])?
+                } else {
+                    y
+                };
+                self.add(Op::Binary(op), &[x, y])
+            }
             7..=8 => {
                 // residual or broadcast binary
                 let x = self.pick(None)?;
@@ -480,6 +496,40 @@ impl Gen {
                 } else {
                     Some(m)
                 }
+            }
+            12 if self.rng.below(3) == 0 => {
+                // resize up or down; which pixels are read depends on the
+                // shapes only, so nearest mode is as safe as bilinear
+                let x = self.pick(Some(4))?;
+                let s = self.shape(x);
+                let mode = *self.rng.pick(ResizeMode::ALL);
+                let size = [
+                    self.rng.range(1, 2 * s[2] + 1),
+                    self.rng.range(1, 2 * s[3] + 1),
+                ];
+                let scale = if self.rng.coin() {
+                    let f = |d: usize, o: usize| Float(o as f32 / d.max(1) as f32);
+                    Some([f(s[2], size[0]), f(s[3], size[1])])
+                } else {
+                    None
+                };
+                let nearest = *self.rng.pick(NearestMode::ALL);
+                let coord = *self.rng.pick(CoordMode::ALL);
+                self.add(
+                    Op::Resize {
+                        mode,
+                        // the canonical value where it is unused
+                        nearest: if mode == ResizeMode::Nearest {
+                            nearest
+                        } else {
+                            NearestMode::RoundPreferFloor
+                        },
+                        coord,
+                        size,
+                        scale,
+                    },
+                    &[x],
+                )
             }
             12 => {
                 let x = self.pick(Some(4))?;

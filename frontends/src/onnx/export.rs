@@ -342,6 +342,8 @@ fn emit(
                 UnaryOp::Abs => "Abs",
                 UnaryOp::HardSwish => "HardSwish",
                 UnaryOp::Identity => "Identity",
+                UnaryOp::Sin => "Sin",
+                UnaryOp::Cos => "Cos",
                 UnaryOp::Gelu | UnaryOp::GeluTanh => {
                     let approx = if *u == UnaryOp::Gelu { "none" } else { "tanh" };
                     one(ex, "Gelu", ins, vec![string("approximate", approx)]);
@@ -374,6 +376,56 @@ fn emit(
                 BinaryOp::Pow => "Pow",
                 BinaryOp::Max => "Max",
                 BinaryOp::Min => "Min",
+                BinaryOp::Fmod => {
+                    one(ex, "Mod", ins, vec![int("fmod", 1)]);
+                    return Ok(());
+                }
+                BinaryOp::Mod if in_ty[0].dtype == DType::I64 => {
+                    one(ex, "Mod", ins, vec![int("fmod", 0)]);
+                    return Ok(());
+                }
+                BinaryOp::Mod => {
+                    // ONNX allows only fmod=1 on floats: the truncated
+                    // remainder, moved by one `b` where it is non-zero and
+                    // its sign differs from b's (exact, as the interpreter).
+                    let u = |ex: &mut Exporter, s: &str| ex.unique(&format!("{base}__{s}"));
+                    let r = u(ex, "fmod");
+                    ex.node("Mod", ins.clone(), vec![r.clone()], vec![int("fmod", 1)]);
+                    let zero = ex.init_scalar(&format!("{base}__zero"), DType::F32, 0.0);
+                    let (rneg, bneg, diff, rz, nz, fix, moved) = (
+                        u(ex, "rneg"),
+                        u(ex, "bneg"),
+                        u(ex, "diff"),
+                        u(ex, "rzero"),
+                        u(ex, "nonzero"),
+                        u(ex, "fix"),
+                        u(ex, "moved"),
+                    );
+                    ex.node(
+                        "Less",
+                        vec![r.clone(), zero.clone()],
+                        vec![rneg.clone()],
+                        vec![],
+                    );
+                    ex.node(
+                        "Less",
+                        vec![ins[1].clone(), zero.clone()],
+                        vec![bneg.clone()],
+                        vec![],
+                    );
+                    ex.node("Xor", vec![rneg, bneg], vec![diff.clone()], vec![]);
+                    ex.node("Equal", vec![r.clone(), zero], vec![rz.clone()], vec![]);
+                    ex.node("Not", vec![rz], vec![nz.clone()], vec![]);
+                    ex.node("And", vec![nz, diff], vec![fix.clone()], vec![]);
+                    ex.node(
+                        "Add",
+                        vec![r.clone(), ins[1].clone()],
+                        vec![moved.clone()],
+                        vec![],
+                    );
+                    one(ex, "Where", vec![fix, moved, r], vec![]);
+                    return Ok(());
+                }
             };
             one(ex, t, ins, vec![]);
         }
@@ -517,6 +569,37 @@ fn emit(
             one(ex, "Gather", ins, vec![int("axis", *axis as i64)]);
         }
         Op::Cast { to } => one(ex, "Cast", ins, vec![int("to", onnx_dtype(*to) as i64)]),
+        Op::Resize {
+            mode,
+            nearest,
+            coord,
+            size,
+            scale,
+        } => {
+            // Resize-19 over axes 2 and 3: the given scales, or the sizes.
+            ins.push(String::new());
+            match scale {
+                Some([h, w]) => {
+                    let t = Tensor::from_f32([2], vec![h.0, w.0]).expect("two scales");
+                    let s = ex.init(&format!("{base}__scales"), &t);
+                    ins.push(s);
+                }
+                None => {
+                    ins.push(String::new());
+                    let s = ex.init_i64(&format!("{base}__sizes"), &us(size));
+                    ins.push(s);
+                }
+            }
+            let mut attrs = vec![
+                ints("axes", [2, 3]),
+                string("mode", mode.name()),
+                string("coordinate_transformation_mode", coord.name()),
+            ];
+            if *mode == kiln_ir::ResizeMode::Nearest {
+                attrs.push(string("nearest_mode", nearest.name()));
+            }
+            one(ex, "Resize", ins, attrs);
+        }
         // export_bytes lowers fused ops first; reaching one is a caller bug
         Op::Fused(f) => {
             return Err(FrontendError::Onnx(format!(

@@ -161,6 +161,15 @@ fn eval_native(op: &Op, ins: &[&Const]) -> Option<Result<Vec<Const>, String>> {
                 BinaryOp::Max => |a: i64, b: i64| Some(a.max(b)),
                 BinaryOp::Min => |a: i64, b: i64| Some(a.min(b)),
                 BinaryOp::Pow => |a: i64, b: i64| u32::try_from(b).ok().map(|e| a.wrapping_pow(e)),
+                BinaryOp::Fmod => |a: i64, b: i64| a.checked_rem(b).or((b == -1).then_some(0)),
+                BinaryOp::Mod => |a: i64, b: i64| {
+                    let r = a.checked_rem(b).or((b == -1).then_some(0))?;
+                    Some(if r != 0 && (r < 0) != (b < 0) {
+                        r + b
+                    } else {
+                        r
+                    })
+                },
             };
             one(binary_ints(ins[0], ins[1], f))
         }

@@ -35,8 +35,11 @@ const SUPPORTED: &[&str] = &[
     "Constant",
     "ConstantOfShape",
     "Conv",
+    "Cos",
+    "CumSum",
     "DepthToSpace",
     "Div",
+    "Einsum",
     "Dropout",
     "Elu",
     "Equal",
@@ -68,6 +71,7 @@ const SUPPORTED: &[&str] = &[
     "MaxPool",
     "Mean",
     "Min",
+    "Mod",
     "Mish",
     "Mul",
     "Neg",
@@ -90,11 +94,13 @@ const SUPPORTED: &[&str] = &[
     "ReduceSumSquare",
     "Relu",
     "Reshape",
+    "Resize",
     "Round",
     "Selu",
     "Shape",
     "Sigmoid",
     "Sign",
+    "Sin",
     "Size",
     "Slice",
     "Softmax",
@@ -151,7 +157,7 @@ pub(crate) fn is_supported(op: &str, opset: i64) -> bool {
 
 /// An "unsupported" error for this node's op with a note on what use of
 /// it kiln cannot express.
-fn unsupported(n: &NodeCtx, note: impl Into<String>) -> E {
+pub(crate) fn unsupported(n: &NodeCtx, note: impl Into<String>) -> E {
     E::Unsupported(Unsupported::Op {
         op_type: n.op_type().to_string(),
         node: String::new(),
@@ -275,6 +281,8 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
         "Erf" => unary(im, UnaryOp::Erf),
         "Abs" => unary(im, UnaryOp::Abs),
         "HardSwish" => unary(im, UnaryOp::HardSwish),
+        "Sin" => unary(im, UnaryOp::Sin),
+        "Cos" => unary(im, UnaryOp::Cos),
         "Gelu" => match n.attr_s("approximate", "none")?.as_str() {
             "none" => unary(im, UnaryOp::Gelu),
             "tanh" => unary(im, UnaryOp::GeluTanh),
@@ -305,6 +313,12 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
         "Mul" => binary(im, BinaryOp::Mul),
         "Div" => binary(im, BinaryOp::Div),
         "Pow" => binary(im, BinaryOp::Pow),
+        "Mod" => {
+            // fmod=0 on floats is outside the spec; numpy's floored
+            // remainder (what onnx's reference computes) is kept for it.
+            let fmod = n.attr_i("fmod", 0)? != 0;
+            binary(im, if fmod { BinaryOp::Fmod } else { BinaryOp::Mod })
+        }
         "Max" | "Min" | "Sum" | "Mean" => variadic(im, n, op),
         "MatMul" => {
             let a = args(n, 2, 2)?;
@@ -589,6 +603,9 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
             Ok(vec![cval(c)])
         }
         "Where" => where_(im, n),
+        "CumSum" => super::spelled::cumsum(im, n),
+        "Einsum" => super::spelled::einsum(im, n),
+        "Resize" => super::spelled::resize(im, n),
         _ => Err(E::Unsupported(Unsupported::Op {
             op_type: op.to_string(),
             node: String::new(),
@@ -1800,7 +1817,7 @@ fn where_(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
     } else if !b.iter().any(|&t| t) {
         (&y, n.in_name(2))
     } else {
-        return Err(unsupported(n, "with a mixed condition on runtime data"));
+        return super::spelled::select_const(im, n, cc, shape);
     };
     Ok(vec![im.apply(
         Op::Expand { shape },

@@ -12,6 +12,8 @@
 //!
 //! Module map: [`proto`] (generated protobuf types), `import` (the driver:
 //! checks, order, assembly), `lower` (one translation per operator),
+//! `spelled` (CumSum, Einsum and a mixed constant Where spelled with
+//! primitive ops),
 //! `fold` and `consts` (import-time evaluation), `external` (tensors kept
 //! in side files, memory-mapped), `export`.
 
@@ -22,6 +24,7 @@ mod fold;
 mod import;
 mod lower;
 pub mod proto;
+mod spelled;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -11,6 +11,9 @@
 //! Integer semantics (i64): `div` truncates toward zero (C, Rust and ONNX
 //! behaviour, not Python's floor division); division by zero and overflow
 //! (`i64::MIN / -1`, a sum out of range) are errors, never wrap-around.
+//! `mod` is the floored remainder (sign of the divisor, Python's `%`),
+//! `fmod` the truncated one (sign of the dividend, C's `%`), on both
+//! dtypes; a zero integer divisor is an error.
 
 use crate::op::{BinaryOp, UnaryOp};
 use crate::tensor::{Tensor, TensorData};
@@ -34,6 +37,19 @@ pub(super) fn min_nan(a: f64, b: f64) -> f64 {
         f64::NAN
     } else {
         a.min(b)
+    }
+}
+
+/// The floored remainder (numpy's `mod`): C's `fmod`, moved by one `b`
+/// when its sign differs from `b`'s; a zero result takes `b`'s sign.
+pub(crate) fn floor_mod(a: f64, b: f64) -> f64 {
+    let r = a % b;
+    if r == 0.0 {
+        0f64.copysign(b)
+    } else if (r < 0.0) != (b < 0.0) {
+        r + b
+    } else {
+        r
     }
 }
 
@@ -82,6 +98,8 @@ pub(super) fn unary(u: UnaryOp, x: &Tensor) -> Result<Tensor, String> {
                 0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())
             })
         }
+        UnaryOp::Sin => map_f32(data, f64::sin),
+        UnaryOp::Cos => map_f32(data, f64::cos),
         UnaryOp::Identity => return Ok(x.clone()),
     };
     Ok(f32::tensor(shape, y))
@@ -210,6 +228,10 @@ pub(super) fn binary(
                 BinaryOp::Pow => z(xa, yb, out_shape, f64::powf),
                 BinaryOp::Max => z(xa, yb, out_shape, max_nan),
                 BinaryOp::Min => z(xa, yb, out_shape, min_nan),
+                BinaryOp::Mod => z(xa, yb, out_shape, floor_mod),
+                // f64 `%` is C's fmod, exact (the remainder of two f32
+                // values is an f32 value).
+                BinaryOp::Fmod => z(xa, yb, out_shape, |p, q| p % q),
             };
             Ok(f32::tensor(shape, data))
         }
@@ -236,6 +258,24 @@ pub(super) fn binary(
                 }
                 BinaryOp::Max => z(|p, q| Some(p.max(q)))?,
                 BinaryOp::Min => z(|p, q| Some(p.min(q)))?,
+                BinaryOp::Mod | BinaryOp::Fmod => {
+                    if y.contains(&0) {
+                        return Err(format!("{name}: i64 division by zero"));
+                    }
+                    // wrapping_rem: i64::MIN % -1 is 0, not an overflow.
+                    if op == BinaryOp::Fmod {
+                        z(|p, q| Some(p.wrapping_rem(q)))?
+                    } else {
+                        z(|p, q| {
+                            let r = p.wrapping_rem(q);
+                            Some(if r != 0 && ((r < 0) != (q < 0)) {
+                                r + q
+                            } else {
+                                r
+                            })
+                        })?
+                    }
+                }
                 BinaryOp::Pow => return Err("pow is defined on f32 only".into()),
             };
             Ok(i64::tensor(shape, data))

@@ -22,6 +22,7 @@ mod linalg;
 mod movement;
 mod norm;
 mod reduce;
+mod resize;
 mod view;
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +36,8 @@ use crate::types::{DType, TensorType};
 use crate::verify::{verify, verify_weights};
 
 use view::{Elem, elems};
+
+pub use resize::{Tap, resize_taps};
 
 /// Runs `g` on `inputs` (one per graph input, in order) with weight values
 /// from `weights`; returns one tensor per graph output, in order.
@@ -410,6 +413,21 @@ fn eval_typed<T: Elem>(op: &Op, x: &[&Tensor], out: &[TensorType]) -> Result<Vec
             one(movement::gather(elems::<T>(x0), sh, *axis, indices))
         }
         Op::Cast { to } => Ok(vec![elementwise::cast(x0, *to)?]),
+        Op::Resize {
+            mode,
+            nearest,
+            coord,
+            size,
+            scale,
+        } => one_f32(resize::resize(
+            f32s(x0),
+            sh,
+            *mode,
+            *nearest,
+            *coord,
+            *size,
+            *scale,
+        )),
         // A fused op is evaluated as the composition of primitive ops it
         // stands for (crate::fused): the oracle stays obviously correct.
         Op::Fused(f) => {
