@@ -604,3 +604,61 @@ pub(crate) fn resize(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
     };
     Ok(vec![im.apply(op, &[(&x, &n.in_name(0))], &out)?])
 }
+
+/// `GatherND(data, indices)` with constant indices and `batch_dims = 0`:
+/// each index tuple `(i₀, …, i_{k-1})` (the last axis of `indices`, `k ≤
+/// rank`) selects `data[i₀, …, i_{k-1}, …]`, so it is a `Gather` on axis 0
+/// of `data` with its first `k` axes merged, at the row-major linear index
+/// of each tuple. Constant data (timm's attention-bias tables, which
+/// dynamo spells this way) folds at import.
+pub(crate) fn gather_nd(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
+    let out = n.out_name(0);
+    if n.attr_i("batch_dims", 0)? != 0 {
+        return Err(unsupported(n, "batch_dims ≠ 0"));
+    }
+    let x = n.req(0)?.clone();
+    let shape = im.shape(&x);
+    let idx = n.req_const(1, "indices")?;
+    let k = *idx
+        .shape
+        .last()
+        .ok_or_else(|| E::Msg("GatherND indices must have rank ≥ 1".into()))?;
+    if k == 0 || k > shape.len() {
+        return Err(E::Msg(format!(
+            "GatherND index tuples of {k} over data of rank {}",
+            shape.len()
+        )));
+    }
+    let ints = idx.ints().map_err(E::Msg)?;
+    let mut linear = Vec::with_capacity(ints.len() / k);
+    for tuple in ints.chunks(k) {
+        let mut at = 0i64;
+        for (j, &i) in tuple.iter().enumerate() {
+            let d = shape[j] as i64;
+            let i = if i < 0 { i + d } else { i };
+            if !(0..d).contains(&i) {
+                return Err(E::Msg(format!(
+                    "GatherND index {i} out of range for axis {j} of size {d}"
+                )));
+            }
+            at = at * d + i;
+        }
+        linear.push(at);
+    }
+    let rows: usize = shape[..k].iter().product();
+    let mut merged = vec![rows];
+    merged.extend(&shape[k..]);
+    let xn = n.in_name(0);
+    let flat = im.apply(
+        Op::Reshape { shape: merged },
+        &[(&x, &xn)],
+        &format!("{out}.rows"),
+    )?;
+    let g = Op::Gather {
+        axis: 0,
+        indices: linear,
+        indices_shape: idx.shape[..idx.shape.len() - 1].to_vec(),
+    };
+    Ok(vec![im.apply(g, &[(&flat, "")], &out)?])
+}
+
