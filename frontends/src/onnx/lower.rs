@@ -49,6 +49,7 @@ const SUPPORTED: &[&str] = &[
     "Flatten",
     "Floor",
     "Gather",
+    "GatherND",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -606,6 +607,7 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
         "CumSum" => super::spelled::cumsum(im, n),
         "Einsum" => super::spelled::einsum(im, n),
         "Resize" => super::spelled::resize(im, n),
+        "GatherND" => super::spelled::gather_nd(im, n),
         _ => Err(E::Unsupported(Unsupported::Op {
             op_type: op.to_string(),
             node: String::new(),
