@@ -258,6 +258,10 @@ pub enum Command {
         /// tensors never in the scratch buffer, which shrinks
         #[arg(long)]
         banded_chains: bool,
+        /// Partition the kernels for up to N threads: the most
+        /// `kiln_<NAME>_run_parallel` can use (default 4)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+        threads: Option<u32>,
         /// Set a resource limit (repeatable; see `kiln run --help`)
         #[arg(long = "limit", value_name = "KEY=VALUE")]
         limit: Vec<String>,
@@ -370,6 +374,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             list_targets,
             no_opt,
             banded_chains,
+            threads,
             limit,
         } => match (list_targets, model) {
             (false, Some(model)) => {
@@ -387,6 +392,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                     name,
                     optimize: !no_opt,
                     banded_chains,
+                    threads: threads.map(|t| t as usize),
                     limits: args.limits()?,
                 };
                 cmd_compile(&args, &aot, &output, io)
@@ -426,12 +432,15 @@ fn cmd_compile(
     emit(
         io.err,
         &format!(
-            "wrote {} ({} bytes: {} of constants; scratch {} bytes; entry kiln_{}_run; needs {}) and {}\n",
+            "wrote {} ({} bytes: {} of constants; scratch {} bytes; entry kiln_{}_run, or _run_parallel splitting {} of {} kernels for up to {} threads; needs {}) and {}\n",
             output.display(),
             obj.object.len(),
             obj.const_bytes,
             obj.scratch_bytes,
             opts.name,
+            obj.parallel_kernels,
+            obj.kernels,
+            obj.threads,
             if obj.undefined.is_empty() {
                 "no symbols".to_string()
             } else {

@@ -121,6 +121,9 @@ pub struct AotRequest {
     pub optimize: bool,
     /// run inverted-residual chains band by band
     pub banded_chains: bool,
+    /// threads the kernels are partitioned for (`None`:
+    /// [`kiln_backends::aot::DEFAULT_THREADS`])
+    pub threads: Option<usize>,
     /// resource limits of the optimiser and the code generator
     pub limits: Limits,
 }
@@ -165,6 +168,7 @@ pub fn aot(model: &Model, req: &AotRequest) -> Result<(AotObject, AotOptions), K
         compile: kiln_backends::CompileOptions {
             banded_chains: req.banded_chains,
             limits: req.limits,
+            threads: req.threads,
             ..kiln_backends::CompileOptions::default()
         },
     };

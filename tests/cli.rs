@@ -737,10 +737,13 @@ fn compile_writes_an_object_and_its_header() {
         "aarch64-unknown-linux-gnu",
         "--name",
         "cna",
+        "--threads",
+        "2",
         "-o",
         arg(&o),
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("for up to 2 threads"), "{}", r.stderr);
     let obj = std::fs::read(&o).unwrap();
     assert_eq!(&obj[..4], b"\x7fELF");
     // e_machine 183 = EM_AARCH64
@@ -748,7 +751,11 @@ fn compile_writes_an_object_and_its_header() {
     let h = std::fs::read_to_string(o.with_extension("h")).unwrap();
     assert!(h.contains("int kiln_cna_run(const float *input, float *output, void *scratch);"));
     assert!(h.contains("size_t kiln_cna_scratch_bytes(void);"));
-    assert!(h.contains("#define KILN_CNA_ABI_VERSION 1"));
+    assert!(
+        h.contains("int kiln_cna_run_parallel(const float *input, float *output, void *scratch,")
+    );
+    assert!(h.contains("#define KILN_CNA_ABI_VERSION 2"));
+    assert!(h.contains("#define KILN_CNA_THREADS 2"));
     assert!(h.contains("#define KILN_CNA_TARGET \"aarch64-unknown-linux-gnu\""));
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct HeaderInfo<'a> {
     pub isa_flags: &'a [String],
     /// the GEMM tiles the object carries
     pub tiles: TileLevel,
+    /// threads the kernels are partitioned for
+    pub threads: usize,
 }
 
 /// The C test, one `&&`-joined expression, that the running CPU has what
@@ -90,6 +92,201 @@ fn dims(t: &TensorType) -> String {
 }
 
 /// Renders `model.h`.
+/// The parallel-for types, shared by every model header (guarded, so two
+/// models' headers can be included together).
+const PARALLEL_TYPES: &str = "#ifndef KILN_PARALLEL_TYPES
+#define KILN_PARALLEL_TYPES
+/* One chunk of a kernel, as kiln hands it to a parallel-for. */
+typedef void (*kiln_task_fn)(void *context, size_t index);
+/* Calls task(context, i) for every i in [0, range), on any threads, and
+ * returns when every call has returned (pthreadpool_parallelize_1d with
+ * flags 0 has this shape). */
+typedef void (*kiln_parallel_for_fn)(void *pool, kiln_task_fn task, void *context,
+                                     size_t range);
+#endif
+";
+
+/// The default parallel-for on POSIX threads, compiled only when the
+/// includer defines `KILN_PTHREAD_POOL` (guarded like the types). The
+/// protocol is the JIT pool's (`runtime/pool.rs`): the job's generation and
+/// the next index share one atomic word, so a worker that wakes late can
+/// never claim an index of a newer job; the caller claims too and then
+/// waits for the finished count, so a worker that is not scheduled costs
+/// nothing; idle workers spin, then sleep on a condition variable, and the
+/// caller wakes sleepers after publishing (sequentially consistent on both
+/// sides, so no wake-up is lost).
+const PTHREAD_POOL: &str = r#"#if defined(KILN_PTHREAD_POOL) && !defined(KILN_PTHREAD_POOL_DEFINED)
+#define KILN_PTHREAD_POOL_DEFINED
+#ifdef __cplusplus
+#error "kiln's default pthread pool is C11 (stdatomic.h); from C++ pass your own parallel-for"
+#endif
+/* A small default parallel-for on POSIX threads, for applications that have
+ * none: `threads - 1` workers plus the calling thread claim indices from one
+ * atomic counter; idle workers spin briefly, then sleep. One job at a time:
+ * do not call kiln_pthread_pool_parallel_for on one pool from two threads
+ * at once (use one pool per concurrent inference). Link with -pthread. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+/* Iterations an idle worker polls for the next job before it sleeps:
+ * enough to bridge the gap between two kernels of one inference. */
+#ifndef KILN_PTHREAD_POOL_SPINS
+#define KILN_PTHREAD_POOL_SPINS 200000u
+#endif
+
+typedef struct kiln_pthread_pool {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    _Atomic uint64_t state;   /* generation << 32 | next index to claim */
+    _Atomic size_t finished;  /* indices finished in the current job */
+    _Atomic(kiln_task_fn) task;
+    _Atomic(void *) context;
+    _Atomic size_t range;
+    atomic_int sleepers;
+    atomic_int stop;
+    int threads;
+    pthread_t *workers;
+} kiln_pthread_pool;
+
+/* Claims and runs indices of job `gen` until none are left. */
+static inline void kiln_pthread_pool_work_(kiln_pthread_pool *p, uint64_t gen) {
+    /* read after observing `gen`: a newer job's values only ever meet a
+     * failing claim below */
+    kiln_task_fn task = atomic_load_explicit(&p->task, memory_order_relaxed);
+    void *context = atomic_load_explicit(&p->context, memory_order_relaxed);
+    size_t range = atomic_load_explicit(&p->range, memory_order_relaxed);
+    uint64_t cur = atomic_load_explicit(&p->state, memory_order_acquire);
+    for (;;) {
+        if ((cur >> 32) != gen || (cur & 0xffffffffu) >= range) {
+            return;
+        }
+        if (atomic_compare_exchange_weak_explicit(&p->state, &cur, cur + 1,
+                                                  memory_order_acq_rel, memory_order_acquire)) {
+            task(context, (size_t)(cur & 0xffffffffu));
+            atomic_fetch_add_explicit(&p->finished, 1, memory_order_release);
+            cur = atomic_load_explicit(&p->state, memory_order_acquire);
+        }
+    }
+}
+
+static void *kiln_pthread_pool_worker_(void *arg) {
+    kiln_pthread_pool *p = (kiln_pthread_pool *)arg;
+    uint64_t seen = 0;
+    for (;;) {
+        uint64_t gen;
+        unsigned spins = 0;
+        for (;;) {
+            gen = atomic_load_explicit(&p->state, memory_order_acquire) >> 32;
+            if (gen != seen || atomic_load(&p->stop)) {
+                break;
+            }
+            if (++spins < KILN_PTHREAD_POOL_SPINS) {
+                continue;
+            }
+            pthread_mutex_lock(&p->lock);
+            atomic_fetch_add(&p->sleepers, 1);
+            if ((atomic_load(&p->state) >> 32) == seen && !atomic_load(&p->stop)) {
+                pthread_cond_wait(&p->wake, &p->lock);
+            }
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->lock);
+            spins = 0;
+        }
+        if (atomic_load(&p->stop)) {
+            return NULL;
+        }
+        seen = gen;
+        kiln_pthread_pool_work_(p, gen);
+    }
+}
+
+/* A pool of `threads` threads in all (the caller of parallel_for included),
+ * or NULL when out of memory. If the system refuses to start a thread, the
+ * pool runs on the threads it has. */
+static inline kiln_pthread_pool *kiln_pthread_pool_create(int threads) {
+    kiln_pthread_pool *p = (kiln_pthread_pool *)calloc(1, sizeof *p);
+    if (p == NULL) {
+        return NULL;
+    }
+    p->threads = threads < 1 ? 1 : threads;
+    p->workers = (pthread_t *)calloc((size_t)p->threads, sizeof(pthread_t));
+    if (p->workers == NULL) {
+        free(p);
+        return NULL;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    atomic_init(&p->state, 0);
+    atomic_init(&p->finished, 0);
+    atomic_init(&p->task, (kiln_task_fn)0);
+    atomic_init(&p->context, (void *)0);
+    atomic_init(&p->range, 0);
+    atomic_init(&p->sleepers, 0);
+    atomic_init(&p->stop, 0);
+    for (int t = 1; t < p->threads; t++) {
+        if (pthread_create(&p->workers[t], NULL, kiln_pthread_pool_worker_, p) != 0) {
+            p->threads = t;
+            break;
+        }
+    }
+    return p;
+}
+
+/* The kiln_parallel_for_fn of a kiln_pthread_pool (passed as `pool`). */
+static inline void kiln_pthread_pool_parallel_for(void *pool, kiln_task_fn task, void *context,
+                                                  size_t range) {
+    kiln_pthread_pool *p = (kiln_pthread_pool *)pool;
+    if (p == NULL || p->threads <= 1 || range <= 1 || range >= 0xffffffffu) {
+        for (size_t i = 0; i < range; i++) {
+            task(context, i);
+        }
+        return;
+    }
+    atomic_store_explicit(&p->task, task, memory_order_relaxed);
+    atomic_store_explicit(&p->context, context, memory_order_relaxed);
+    atomic_store_explicit(&p->range, range, memory_order_relaxed);
+    atomic_store_explicit(&p->finished, 0, memory_order_relaxed);
+    uint64_t gen = ((atomic_load_explicit(&p->state, memory_order_relaxed) >> 32) + 1) & 0xffffffffu;
+    if (gen == 0) {
+        gen = 1; /* workers start having seen generation 0 */
+    }
+    atomic_store(&p->state, gen << 32);
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->lock);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->lock);
+    }
+    kiln_pthread_pool_work_(p, gen);
+    unsigned spins = 0;
+    while (atomic_load_explicit(&p->finished, memory_order_acquire) < range) {
+        if (++spins % 64u == 0) {
+            sched_yield(); /* a worker holding a chunk may need this core */
+        }
+    }
+}
+
+/* Stops and joins the workers and frees the pool (NULL is a no-op). */
+static inline void kiln_pthread_pool_destroy(kiln_pthread_pool *p) {
+    if (p == NULL) {
+        return;
+    }
+    atomic_store(&p->stop, 1);
+    pthread_mutex_lock(&p->lock);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    for (int t = 1; t < p->threads; t++) {
+        pthread_join(p->workers[t], NULL);
+    }
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->wake);
+    free(p->workers);
+    free(p);
+}
+#endif /* KILN_PTHREAD_POOL */
+"#;
+
 pub(crate) fn header(h: &HeaderInfo) -> String {
     let n = h.name;
     let up = n.to_ascii_uppercase();
@@ -114,9 +311,18 @@ pub(crate) fn header(h: &HeaderInfo) -> String {
  * initialisation (no kernel reads scratch it has not written in the same
  * call). Reuse it across calls, one scratch per concurrent call. Call
  * kiln_{n}_run_sized: it checks the sizes, the alignment, overlap and the
- * CPU, and returns a KILN_{up}_* code. The object is single-threaded and
- * reentrant given distinct scratch buffers. Tensors are dense row-major
- * (NCHW) float32.
+ * CPU, and returns a KILN_{up}_* code. Tensors are dense row-major (NCHW)
+ * float32. The object is reentrant given distinct scratch buffers.
+ *
+ * Threads: kiln_{n}_run and kiln_{n}_run_sized run on the calling thread.
+ * kiln_{n}_run_parallel and kiln_{n}_run_sized_parallel split each large
+ * kernel through a parallel-for the application passes (the shape of
+ * pthreadpool's parallelize_1d), so the application keeps control of its
+ * threads; the kernels are partitioned for up to {threads} threads. The
+ * results are bit-identical to the one-thread call. Define
+ * KILN_PTHREAD_POOL before including this header for a small default
+ * pool on POSIX threads (kiln_pthread_pool_create / _parallel_for /
+ * _destroy; link with -pthread).
  */
 #ifndef {guard}
 #define {guard}
@@ -140,6 +346,7 @@ extern \"C\" {{
 #define KILN_{up}_OUTPUT_ELEMS {out_elems}
 #define KILN_{up}_SCRATCH_BYTES {scratch}
 #define KILN_{up}_SCRATCH_ALIGN 64
+#define KILN_{up}_THREADS {threads}   /* threads the kernels are partitioned for */
 /* What kiln_{n}_run_sized (and kiln_{n}_run_checked) return. */
 #define KILN_{up}_OK 0
 #define KILN_{up}_ERR_NULL (-1)          /* a pointer argument is NULL */
@@ -156,6 +363,16 @@ extern \"C\" {{
  * are out-of-bounds reads and writes, and a CPU without the object's
  * features executes an illegal instruction: prefer kiln_{n}_run_sized. */
 int kiln_{n}_run(const float *input, float *output, void *scratch);
+
+{parallel_types}
+/* UNCHECKED, like kiln_{n}_run, but each kernel large enough to split is
+ * cut into chunks and run as parallel_for(pool, task, context, chunks),
+ * which must call task(context, i) once for every i in [0, chunks), on any
+ * threads, and return when all calls have returned. parallel_for == NULL
+ * runs everything on the calling thread. Same results as kiln_{n}_run, bit
+ * for bit. Returns 0. */
+int kiln_{n}_run_parallel(const float *input, float *output, void *scratch,
+                          kiln_parallel_for_fn parallel_for, void *pool);
 
 /* Bytes of scratch one call needs (== KILN_{up}_SCRATCH_BYTES). */
 size_t kiln_{n}_scratch_bytes(void);
@@ -176,15 +393,15 @@ static inline int kiln_{n}_run_checked(const float *input, float *output, void *
     return kiln_{n}_run(input, output, scratch);
 }}
 
-/* The checked entry point: runs the model when `input` holds exactly
- * KILN_{up}_INPUT_ELEMS floats, `output` room for exactly
+/* The checks of the sized entry points: KILN_{up}_OK when `input` holds
+ * exactly KILN_{up}_INPUT_ELEMS floats, `output` room for exactly
  * KILN_{up}_OUTPUT_ELEMS, `scratch` at least KILN_{up}_SCRATCH_BYTES bytes
  * at a 64-byte aligned address, the output overlaps neither of the others,
- * and the CPU has the object's features; returns KILN_{up}_OK, or the
- * first KILN_{up}_ERR_* that applies without touching any buffer. */
-static inline int kiln_{n}_run_sized(const float *input, size_t input_elems,
-                                     float *output, size_t output_elems,
-                                     void *scratch, size_t scratch_bytes) {{
+ * and the CPU has the object's features; else the first KILN_{up}_ERR_*
+ * that applies. */
+static inline int kiln_{n}_check(const float *input, size_t input_elems,
+                                 const float *output, size_t output_elems,
+                                 const void *scratch, size_t scratch_bytes) {{
     if (input == NULL || output == NULL || scratch == NULL) {{
         return KILN_{up}_ERR_NULL;
     }}
@@ -208,7 +425,31 @@ static inline int kiln_{n}_run_sized(const float *input, size_t input_elems,
             return KILN_{up}_ERR_OVERLAP;
         }}
     }}
-    return kiln_{n}_run_checked(input, output, scratch);
+    if (!kiln_{n}_cpu_supported()) {{
+        return KILN_{up}_ERR_CPU;
+    }}
+    return KILN_{up}_OK;
+}}
+
+/* The checked entry point: runs the model on the calling thread when
+ * kiln_{n}_check passes; else returns its KILN_{up}_ERR_* code without
+ * touching any buffer. */
+static inline int kiln_{n}_run_sized(const float *input, size_t input_elems,
+                                     float *output, size_t output_elems,
+                                     void *scratch, size_t scratch_bytes) {{
+    int rc = kiln_{n}_check(input, input_elems, output, output_elems, scratch, scratch_bytes);
+    return rc != KILN_{up}_OK ? rc : kiln_{n}_run(input, output, scratch);
+}}
+
+/* kiln_{n}_run_sized, with the kernels split through `parallel_for` as
+ * kiln_{n}_run_parallel does. */
+static inline int kiln_{n}_run_sized_parallel(const float *input, size_t input_elems,
+                                              float *output, size_t output_elems,
+                                              void *scratch, size_t scratch_bytes,
+                                              kiln_parallel_for_fn parallel_for, void *pool) {{
+    int rc = kiln_{n}_check(input, input_elems, output, output_elems, scratch, scratch_bytes);
+    return rc != KILN_{up}_OK ? rc
+                             : kiln_{n}_run_parallel(input, output, scratch, parallel_for, pool);
 }}
 
 /* A short English description of a KILN_{up}_* code. */
@@ -226,12 +467,16 @@ static inline const char *kiln_{n}_strerror(int code) {{
     }}
 }}
 
+{pthread_pool}
 #ifdef __cplusplus
 }}
 #endif
 
 #endif /* {guard} */
 ",
+        parallel_types = PARALLEL_TYPES,
+        pthread_pool = PTHREAD_POOL,
+        threads = h.threads,
         target = h.target,
         cpu = h.cpu,
         fma = if h.fma { "yes" } else { "no" },

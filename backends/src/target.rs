@@ -10,7 +10,7 @@ use crate::error::BackendError;
 /// The ISAs kernels are compiled for and the host facts lowering depends on.
 pub(crate) struct Target {
     /// `opt_level=none`: register-heavy GEMM tiles spill less here (measured,
-    /// see docs/ARCHITECTURE.md).
+    /// see docs/kernels.md).
     pub none: OwnedTargetIsa,
     /// `opt_level=speed`: the default for everything else.
     pub speed: OwnedTargetIsa,
@@ -27,7 +27,7 @@ pub(crate) struct Target {
 }
 
 /// Which GEMM tiles (and other assembled functions) a target uses, from the
-/// narrowest to the widest; see the micro-kernel seam in docs/ARCHITECTURE.md.
+/// narrowest to the widest; see "Tile levels" in docs/kernels.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TileLevel {
     /// The Cranelift f32x4 tile (4×8) everywhere; nothing assembled.

@@ -178,7 +178,7 @@ fn aot_run(
     host: &Host,
     compile: &CompileOptions,
 ) -> Tensor {
-    aot_try_run(what, model, input, host, host.runner, compile).unwrap_or_else(|e| panic!("{e}"))
+    aot_try_run(what, model, input, host, host.runner, compile, 1).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The front-end options every object here is compiled with: Cranelift's
@@ -190,8 +190,10 @@ fn aot_options() -> CompileOptions {
     }
 }
 
-/// [`aot_run`] under `runner`; a run that fails is an `Err` with its
-/// output (compiling and linking still panic).
+/// [`aot_run`] under `runner`, through the parallel entry point on the
+/// header's pthread pool when `threads > 1` (the harness then fails unless
+/// the output equals the serial call's bit for bit); a run that fails is an
+/// `Err` with its output (compiling and linking still panic).
 fn aot_try_run(
     what: &str,
     model: &Model,
@@ -199,6 +201,7 @@ fn aot_try_run(
     host: &Host,
     runner: &[&str],
     compile: &CompileOptions,
+    threads: usize,
 ) -> Result<Tensor, String> {
     let name = "m";
     let opts = AotOptions {
@@ -223,6 +226,7 @@ fn aot_try_run(
     let (def, undef) = symbols(&o);
     let want: BTreeSet<String> = [
         format!("kiln_{name}_run"),
+        format!("kiln_{name}_run_parallel"),
         format!("kiln_{name}_scratch_bytes"),
     ]
     .into_iter()
@@ -254,7 +258,7 @@ fn aot_try_run(
             .arg(format!("-DKILN_UPPER={}", name.to_ascii_uppercase()))
             .arg(harness())
             .arg(&o)
-            .arg("-lm")
+            .args(["-lm", "-pthread"])
             .arg("-o")
             .arg(&exe),
         what,
@@ -277,7 +281,10 @@ fn aot_try_run(
         None => Command::new(&exe),
     };
     // two runs: the second reuses the scratch the first left dirty
-    let ran = try_run(cmd.arg(&inp).arg("2").arg(&outp), what);
+    let ran = try_run(
+        cmd.arg(&inp).arg("2").arg(&outp).arg(threads.to_string()),
+        what,
+    );
     if let Err(e) = ran {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
@@ -509,6 +516,70 @@ fn aarch64_optimised_mobile_former_26m() {
     );
 }
 
+/// The parallel entry point on the header's pthread pool at 1, 2 and 4
+/// threads: each run equals the serial call bit for bit (the harness
+/// checks) and the interpreter within TOL; natively and on aarch64 under
+/// qemu. The object says which kernels it splits.
+#[test]
+fn parallel_entry_point_is_bit_identical_at_any_thread_count() {
+    let model = zoo_model("mobilevitv2_050");
+    let (opt, _) = kiln_passes::optimize(&model, &kiln_passes::OptOptions::default()).unwrap();
+    let input = common::graph_inputs(&model.graph).remove(0);
+    let want = kiln_ir::interp::run(&model.graph, &model.weights, std::slice::from_ref(&input))
+        .unwrap()
+        .remove(0);
+    for host in [&X86_V2, &X86_V3, &AARCH64] {
+        if !tools(host) {
+            continue;
+        }
+        let opts = AotOptions {
+            target: host.triple.into(),
+            cpu: host.cpu.into(),
+            name: "m".into(),
+            compile: aot_options(),
+        };
+        let obj = compile_aot(&opt, &opts).unwrap();
+        assert_eq!(obj.threads, kiln_backends::aot::DEFAULT_THREADS);
+        assert!(
+            obj.parallel_kernels * 2 > obj.kernels,
+            "{}: only {} of {} kernels split",
+            host.triple,
+            obj.parallel_kernels,
+            obj.kernels
+        );
+        let mut outs = Vec::new();
+        for threads in [1, 2, 4] {
+            let what = format!("parallel_{threads}");
+            let got = aot_try_run(
+                &what,
+                &opt,
+                &input,
+                host,
+                host.runner,
+                &aot_options(),
+                threads,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let e = rel_error(&got, &want);
+            assert!(
+                e <= TOL,
+                "{what} on {}: relative error {e:.3e}",
+                host.triple
+            );
+            outs.push(got);
+        }
+        // and across processes: the 2- and 4-thread runs equal the 1-thread one
+        for (o, threads) in outs[1..].iter().zip([2, 4]) {
+            let (a, b) = (outs[0].as_f32().unwrap(), o.as_f32().unwrap());
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{} at {threads} threads differs from 1 thread",
+                host.triple
+            );
+        }
+    }
+}
+
 #[test]
 fn x86_64_small_graph() {
     check("small", &small_graph(1), &[&X86_V2, &X86_V3]);
@@ -556,6 +627,7 @@ fn riscv64gcv_small_graph_and_no_v_cpu_rejects_it() {
         &RISCV64_V,
         RV64_NO_V,
         &aot_options(),
+        1,
     );
     let e = r.expect_err("an rv64gcv object ran on `-cpu rv64,v=false`: that CPU has V after all");
     // the harness calls the checked entry point: an error code, not SIGILL

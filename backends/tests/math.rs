@@ -2,7 +2,7 @@
 //! erf and the GELUs built on them) against `f64`, over dense sweeps. Each
 //! bound is the one documented in `codegen/math.rs`; the test prints what it
 //! measured. Every check runs at every level the host has: the assembled
-//! AVX-512 and AVX2 forms (`ukernels/vector.rs`: exp, sigmoid, SiLU) and
+//! AVX-512 and AVX2 forms (`ukernels/vector.rs`: exp, sigmoid, SiLU, GELU) and
 //! the Cranelift f32x4 forms.
 
 mod common;
@@ -163,37 +163,32 @@ fn gelus_are_accurate() {
     // 1 + erf(u) = erfc(-u): the f64 reference must not cancel either.
     let gelu = |x: f64| 0.5 * x * libm::erfc(-x / std::f64::consts::SQRT_2);
     // On [-6, 12] the documented bound; in the far negative tail (|gelu|
-    // down to 1e-30) the f32 rounding of exp's argument dominates.
-    let (e, at) = max_rel(
-        UnaryOp::Gelu,
-        &sweep(-6.0, 12.0, 1_000_001),
-        TileLevel::Avx512,
-        gelu,
-    );
-    println!("gelu on [-6, 12]: max relative error {e:.3e} at {at}");
-    assert!(e <= GELU_MAX_REL, "gelu: {e:.3e} at {at}");
-    let (e, at) = max_rel(
-        UnaryOp::Gelu,
-        &sweep(-12.0, 12.0, 1_000_001),
-        TileLevel::Avx512,
-        |x| {
+    // down to 1e-30) the f32 rounding of exp's argument dominates. Every
+    // level: the assembled AVX-512 and AVX2 forms too.
+    for level in levels() {
+        let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-6.0, 12.0, 1_000_001), level, gelu);
+        println!("gelu ({level}) on [-6, 12]: max relative error {e:.3e} at {at}");
+        assert!(e <= GELU_MAX_REL, "gelu ({level}): {e:.3e} at {at}");
+        let (e, at) = max_rel(UnaryOp::Gelu, &sweep(-12.0, 12.0, 1_000_001), level, |x| {
             let r = gelu(x);
             if r.abs() < 1e-30 { 0.0 } else { r }
-        },
-    );
-    println!("gelu on [-12, 12]: max relative error {e:.3e} at {at}");
-    assert!(e <= 3e-5, "gelu: {e:.3e} at {at}");
+        });
+        println!("gelu ({level}) on [-12, 12]: max relative error {e:.3e} at {at}");
+        assert!(e <= 3e-5, "gelu ({level}): {e:.3e} at {at}");
+    }
     let c = (2.0 / std::f64::consts::PI).sqrt();
     // x/2·(1 + tanh(u)) = x·sigmoid(2u), without cancellation in f64
     let gelu_tanh = |x: f64| x / (1.0 + (-2.0 * c * (x + 0.044715 * x * x * x)).exp());
     let xs = sweep(-12.0, 12.0, 1_000_001);
-    let (e, at) = max_rel(UnaryOp::GeluTanh, &xs, TileLevel::Avx512, |x| {
-        let r = gelu_tanh(x);
-        if r.abs() < 1e-30 { 0.0 } else { r }
-    });
-    println!("gelu_tanh: max relative error {e:.3e} at {at}");
-    // the same tail effect as exact GELU: exp of a large negative argument
-    assert!(e <= 3e-5, "gelu_tanh: {e:.3e} at {at}");
+    for level in levels() {
+        let (e, at) = max_rel(UnaryOp::GeluTanh, &xs, level, |x| {
+            let r = gelu_tanh(x);
+            if r.abs() < 1e-30 { 0.0 } else { r }
+        });
+        println!("gelu_tanh ({level}): max relative error {e:.3e} at {at}");
+        // the same tail effect as exact GELU: exp of a large negative argument
+        assert!(e <= 3e-5, "gelu_tanh ({level}): {e:.3e} at {at}");
+    }
 }
 
 /// sin and cos: absolute error over a wide range (position embeddings

@@ -61,6 +61,53 @@ fn random_graphs_match_the_interpreter() {
     }
 }
 
+/// The differential tolerance widens only where the graph itself amplifies
+/// rounding: the fuzzer's one mismatch (tests/corpus/
+/// jit_groupnorm_near_constant_seed: a group norm over six values that are
+/// all 32 up to rounding, so its output is amplified rounding noise) gets
+/// a wider tolerance on that output and matches within it, under the
+/// options it failed with; its other output, and every output of the
+/// first 60 random graphs, keep TOL.
+#[test]
+fn the_tolerance_widens_only_for_ill_conditioned_graphs() {
+    use kiln_backends::testing::random::{TOL, poisoned, rel_error, tolerances};
+    let (model, inputs) = random_graph(3_567_966_930_646_308_543);
+    let want = kiln_ir::interp::run(&model.graph, &model.weights, &inputs).unwrap();
+    let tols = tolerances(&model, &inputs, &want).unwrap();
+    assert_eq!(
+        tols[0], TOL,
+        "hard_sigmoid of a softmax is well conditioned"
+    );
+    assert!(
+        tols[1] > 10.0 * TOL,
+        "group norm of rounding noise: {tols:?}"
+    );
+    let m = kiln_backends::compile(
+        &model,
+        &CompileOptions {
+            max_tiles: kiln_backends::TileLevel::Avx2.min(kiln_backends::TileLevel::host()),
+            ..opts(2)
+        },
+    )
+    .unwrap();
+    let mut got = poisoned(&m);
+    m.run_into(&inputs, &mut got).unwrap();
+    for ((g, w), tol) in got.iter().zip(&want).zip(&tols) {
+        let e = rel_error(g, w);
+        assert!(e <= *tol, "relative error {e:.3e} > {tol:.3e}");
+    }
+    for seed in 0..60 {
+        let (model, inputs) = random_graph(seed);
+        let want = kiln_ir::interp::run(&model.graph, &model.weights, &inputs).unwrap();
+        let tols = tolerances(&model, &inputs, &want).unwrap();
+        assert!(
+            tols.iter().all(|&t| t == TOL),
+            "seed {seed}: {tols:?}\n{}",
+            kiln_ir::text::print(&model.graph)
+        );
+    }
+}
+
 /// The generator draws the ops added for the timm exports (issue 15), so
 /// the test above and the fuzzer exercise them.
 #[test]

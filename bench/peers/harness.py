@@ -16,14 +16,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-KILN = os.path.join(ROOT, "target", "release", "kiln")
+from runners import KILN, ROOT, kiln_bench, peer, rel_diff, rotation, sh
+
 OUT = os.path.join(ROOT, "target", "peers")
 
 # The models the performance issue sets targets on.
@@ -36,13 +34,6 @@ DEFAULT_MODELS = [
     "mobilevitv2_075",
     "mobilevitv2_100",
 ]
-
-
-def sh(args):
-    r = subprocess.run(args, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"failed: {' '.join(args)}\n{r.stderr}")
-    return r.stdout
 
 
 def prepare(model):
@@ -61,25 +52,19 @@ def prepare(model):
 
 
 def time_kiln(model, threads, iters, warmup):
-    out = sh(
-        [KILN, "bench", model, "--threads", str(threads), "--iters", str(iters),
-         "--warmup", str(warmup), "--json"]
-    )
-    return json.loads(out)
+    try:
+        return kiln_bench(model, threads, iters, warmup)
+    except Exception as e:  # noqa: BLE001 - the harness stops with the process's error
+        sys.exit(str(e))
 
 
 def time_peer(runtime, onnx, x_path, threads, iters, warmup, model):
     y_path = os.path.join(OUT, f"{model}.{runtime}.npy")
-    out = sh(
-        [sys.executable, os.path.join(HERE, "peer.py"), runtime, onnx,
-         str(threads), str(iters), str(warmup), x_path, y_path]
-    )
-    return json.loads(out), np.load(y_path)
-
-
-def rel_diff(a, b):
-    a, b = a.reshape(-1), b.reshape(-1)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+    try:
+        j = peer(runtime, onnx, x_path, y_path, threads, iters, warmup)
+    except Exception as e:  # noqa: BLE001 - as above
+        sys.exit(str(e))
+    return j, np.load(y_path)
 
 
 def main():
@@ -108,8 +93,7 @@ def main():
         for m in models:
             onnx, x_path, y_kiln = prepared[m]
             for t in threads:
-                k = (r + threads.index(t)) % len(runtimes)
-                for rt in runtimes[k:] + runtimes[:k]:
+                for rt in rotation(runtimes, r, threads.index(t)):
                     if rt == "kiln":
                         j = time_kiln(m, t, a.iters, a.warmup)
                         extra[(m, t)] = (j["compile_ms"], j["gflops"])

@@ -2,10 +2,16 @@
  * (float32, C order, the model's input shape) or a raw float32 file, runs
  * the model and prints the top-5 logits.
  *
- * usage: main [INPUT|-] [RUNS] [OUTPUT.raw]
- *   INPUT  .npy or raw float32 file ("-" or absent: a fixed pattern)
- *   RUNS   times to run (for timing; default 1)
- *   OUTPUT write the whole output tensor here as raw float32
+ * usage: main [INPUT|-] [RUNS] [OUTPUT.raw|-] [THREADS]
+ *   INPUT   .npy or raw float32 file ("-" or absent: a fixed pattern)
+ *   RUNS    times to run (for timing; default 1)
+ *   OUTPUT  write the whole output tensor here as raw float32
+ *   THREADS run through the parallel entry point on model.h's default
+ *           pthread pool of this many threads (default 1: the serial
+ *           entry point); the output must then equal the serial call's
+ *           bit for bit, or main fails
+ *
+ * It prints the median and minimum time per run (ms) and the top-5 logits.
  *
  * It calls the checked entry point, kiln_<name>_run_sized, after checking
  * that each of its error codes comes back for the mistake it names (and
@@ -13,11 +19,14 @@
  * not zeros, because the object needs no initialised scratch. Built by the
  * Makefile beside this file, which compiles the model with `kiln compile`
  * and passes -DKILN_MODEL_HEADER="model.h" -DKILN_NAME=<name>. */
+#define _POSIX_C_SOURCE 199309L /* clock_gettime */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#define KILN_PTHREAD_POOL /* the header's default parallel-for */
 #include KILN_MODEL_HEADER
 
 #define CAT3(a, b, c) a##b##c
@@ -72,6 +81,18 @@ bad:
 }
 
 #define RUN_SIZED SYM(KILN_NAME, _run_sized)
+#define RUN_SIZED_PARALLEL SYM(KILN_NAME, _run_sized_parallel)
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
 #define CODE(suffix) MAC(KILN_UPPER, suffix)
 
 /* Each mistake gets its own code and leaves the output as it was. */
@@ -126,16 +147,61 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < n_out; i++) out[i] = -7.0f;
     if (check_errors(in, n_in, out, n_out, scratch, sb) != 0) return 3;
     int runs = argc > 2 ? atoi(argv[2]) : 1;
+    if (runs < 1) runs = 1;
+    int threads = argc > 4 ? atoi(argv[4]) : 1;
+    /* with threads: the serial call's output, to compare bit for bit */
+    float *serial = NULL;
+    kiln_pthread_pool *pool = NULL;
+    if (threads > 1) {
+        serial = malloc(n_out * sizeof(float));
+        pool = kiln_pthread_pool_create(threads);
+        if (!serial || !pool) {
+            fprintf(stderr, "out of memory\n");
+            return 1;
+        }
+        int rc = RUN_SIZED(in, n_in, serial, n_out, scratch, sb);
+        if (rc != CODE(_OK)) {
+            fprintf(stderr, "serial run failed (%d: %s)\n", rc, SYM(KILN_NAME, _strerror)(rc));
+            return 1;
+        }
+        /* the parallel call must write every element itself */
+        memset(scratch, 0xA5, sb);
+    }
+    double *ms = malloc((size_t)runs * sizeof(double));
+    if (!ms) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
     for (int r = 0; r < runs; r++) {
         /* the checked entry point: a clear error, not SIGILL, on a CPU
          * without the object's features, nor out-of-bounds accesses */
-        int rc = RUN_SIZED(in, n_in, out, n_out, scratch, sb);
+        double t0 = now_ms();
+        int rc = threads > 1 ? RUN_SIZED_PARALLEL(in, n_in, out, n_out, scratch, sb,
+                                                  kiln_pthread_pool_parallel_for, pool)
+                             : RUN_SIZED(in, n_in, out, n_out, scratch, sb);
+        ms[r] = now_ms() - t0;
         if (rc != CODE(_OK)) {
             fprintf(stderr, "run failed (%d: %s)\n", rc, SYM(KILN_NAME, _strerror)(rc));
             return 1;
         }
+        if (serial && memcmp(serial, out, n_out * sizeof(float)) != 0) {
+            for (size_t i = 0; i < n_out; i++) {
+                if (memcmp(&serial[i], &out[i], sizeof(float)) != 0) {
+                    fprintf(stderr, "run %d on %d threads: output[%zu] = %.9g, serial %.9g\n", r,
+                            threads, i, out[i], serial[i]);
+                    break;
+                }
+            }
+            return 4;
+        }
     }
-    if (argc > 3) { /* the whole output, raw float32, for tests */
+    qsort(ms, (size_t)runs, sizeof(double), cmp_double);
+    printf("%d run(s) on %d thread(s): median %.3f ms, min %.3f ms\n", runs, threads, ms[runs / 2],
+           ms[0]);
+    free(ms);
+    kiln_pthread_pool_destroy(pool);
+    free(serial);
+    if (argc > 3 && strcmp(argv[3], "-") != 0) { /* the whole output, raw float32, for tests */
         FILE *f = fopen(argv[3], "wb");
         if (!f || fwrite(out, sizeof(float), n_out, f) != n_out || fclose(f) != 0) {
             perror(argv[3]);

@@ -16,7 +16,7 @@
 
 #![no_main]
 
-use kiln_backends::testing::random::{TOL, poisoned, random_graph, rel_error};
+use kiln_backends::testing::random::{poisoned, random_graph, rel_error, tolerances};
 use kiln_backends::{CompileOptions, OptLevel, TileLevel, compile};
 use kiln_ir::interp;
 use libfuzzer_sys::fuzz_target;
@@ -68,6 +68,9 @@ fuzz_target!(|data: &[u8]| {
     // The oracle runs the graph as generated, like `kiln run` does.
     let want = interp::run(&model.graph, &model.weights, &inputs)
         .unwrap_or_else(|e| panic!("{what}: interpreter failed: {e}"));
+    // See the comparison below.
+    let tols = tolerances(&model, &inputs, &want)
+        .unwrap_or_else(|e| panic!("{what}: rounding sensitivity failed: {e}"));
     let compiled_model = if flags & 16 != 0 {
         kiln_passes::optimize(&model, &Default::default())
             .unwrap_or_else(|e| panic!("{what}: optimiser failed: {e}"))
@@ -84,12 +87,15 @@ fuzz_target!(|data: &[u8]| {
     // every differential test (backends/tests, tests/zoo_all.rs): the
     // interpreter accumulates in f64, the JIT in f32 in another order and
     // with polynomial exp/tanh/erf (errors in codegen/math.rs), and a
-    // random graph chains up to 18 such ops.
-    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+    // random graph chains up to 18 such ops. Where the graph itself
+    // amplifies rounding noise past that (a norm over a group whose spread
+    // is rounding noise), the tolerance is ten times the measured
+    // amplification of 4-ulp noise instead (`testing::random::tolerances`).
+    for (k, ((g, w), tol)) in got.iter().zip(&want).zip(tols).enumerate() {
         let e = rel_error(g, w);
         assert!(
-            e <= TOL,
-            "{what}: output {k} differs from the interpreter: relative error {e:.3e}\n{}",
+            e <= tol,
+            "{what}: output {k} differs from the interpreter: relative error {e:.3e} (tolerance {tol:.3e})\n{}",
             kiln_ir::text::print(&compiled_model.graph)
         );
     }

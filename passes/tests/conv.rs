@@ -55,6 +55,41 @@ fn bn1d_folds_into_a_linear_layer() {
 }
 
 #[test]
+fn bn1d_over_flattened_tokens_folds_into_the_linear_layer() {
+    // LeViT's LinearNorm: bn(linear(x).flatten(0, 1)).reshape_as(...)
+    let mut b = B::new("levit_bn");
+    let x = b.input("x", &[2, 7, 12]);
+    let y = b.linear(x, 10);
+    let y = b.op(
+        Op::Reshape {
+            shape: vec![14, 10],
+        },
+        &[y],
+    );
+    let y = b.bn(y);
+    let y = b.op(
+        Op::Reshape {
+            shape: vec![2, 7, 10],
+        },
+        &[y],
+    );
+    let y = b.un(UnaryOp::HardSwish, y);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(count(&o, "batch_norm"), 0);
+    assert_eq!(count(&o, "fused_linear"), 1);
+    // a reshape whose last axis is not the channel does not fold
+    let mut b = B::new("levit_bn_no");
+    let x = b.input("x", &[2, 7, 12]);
+    let y = b.linear(x, 10);
+    let y = b.op(Op::Reshape { shape: vec![28, 5] }, &[y]);
+    let y = b.bn(y);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(count(&o, "batch_norm"), 1);
+}
+
+#[test]
 fn bn_with_computed_statistics_does_not_fold() {
     let mut b = B::new("bn_dynamic");
     let x = b.input("x", &[1, 4, 5, 5]);

@@ -157,6 +157,7 @@ def compile_aot(
     weights: Optional[str | os.PathLike] = None,
     input_shapes: Optional[dict] = None,
     example_inputs: Any = None,
+    threads: Optional[int] = None,
 ) -> dict:
     """Compiles ``model`` ahead of time into ``out_dir/<name>.o`` and
     ``out_dir/<name>.h`` (``kiln compile``; docs/aot.md).
@@ -165,8 +166,11 @@ def compile_aot(
     --list-targets``; default: the target's most portable level); ``name``
     is the symbol prefix (default: the graph name). Returns a dict with the
     ``object`` and ``header`` paths, the ``entry`` symbol, ``target``,
-    ``cpu``, ``scratch_bytes``, ``const_bytes`` and the ``undefined``
-    symbols the object needs.
+    ``cpu``, ``scratch_bytes``, ``const_bytes``, the ``undefined``
+    symbols the object needs, and ``threads`` (what the kernels are
+    partitioned for: ``threads``, default 4, the most
+    ``kiln_<name>_run_parallel`` can use) with ``parallel_kernels`` of
+    ``kernels`` split by it.
     """
     shapes = None
     if input_shapes is not None:
@@ -180,4 +184,5 @@ def compile_aot(
         optimize=optimize,
         weights=None if weights is None else os.fspath(weights),
         input_shapes=shapes,
+        threads=threads,
     )

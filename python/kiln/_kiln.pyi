@@ -129,6 +129,7 @@ def compile_aot(
     optimize: bool = True,
     weights: Optional[str] = None,
     input_shapes: Optional[list[tuple[str, list[int]]]] = None,
+    threads: Optional[int] = None,
 ) -> dict[str, Any]:
     """The extension's ahead-of-time compile (see ``kiln.compile_aot``)."""
 

@@ -709,7 +709,7 @@ fn compile(
 
 /// Compiles a model ahead of time; see `kiln.compile_aot` in the stubs.
 #[pyfunction]
-#[pyo3(signature = (model, *, target = "x86_64-unknown-linux-gnu", cpu = None, out_dir = None, name = None, optimize = true, weights = None, input_shapes = None))]
+#[pyo3(signature = (model, *, target = "x86_64-unknown-linux-gnu", cpu = None, out_dir = None, name = None, optimize = true, weights = None, input_shapes = None, threads = None))]
 #[allow(clippy::too_many_arguments)]
 fn compile_aot<'py>(
     py: Python<'py>,
@@ -721,7 +721,11 @@ fn compile_aot<'py>(
     optimize: bool,
     weights: Option<PathBuf>,
     input_shapes: Option<Vec<(String, Vec<usize>)>>,
+    threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    if threads == Some(0) {
+        return Err(KilnError::new_err("threads must be at least 1"));
+    }
     let out_dir = out_dir.unwrap_or_else(|| PathBuf::from("."));
     let src = source(model)?;
     let shapes = input_shapes.unwrap_or_default();
@@ -731,6 +735,7 @@ fn compile_aot<'py>(
         name,
         optimize,
         banded_chains: false,
+        threads,
         limits: kiln::ir::Limits::default(),
     };
     let (obj, opts) = py
@@ -765,6 +770,9 @@ fn compile_aot<'py>(
     d.set_item("scratch_bytes", obj.scratch_bytes)?;
     d.set_item("const_bytes", obj.const_bytes)?;
     d.set_item("undefined", obj.undefined)?;
+    d.set_item("threads", obj.threads)?;
+    d.set_item("parallel_kernels", obj.parallel_kernels)?;
+    d.set_item("kernels", obj.kernels)?;
     Ok(d)
 }
 

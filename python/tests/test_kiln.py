@@ -350,8 +350,19 @@ def test_compile_aot_writes_object_and_header(tmp_path):
     assert res["cpu"]  # the target's default level, resolved
     import shutil, subprocess
 
-    if shutil.which("gcc"):  # the header is valid C
+    if shutil.which("gcc"):  # the header is valid C, with its pthread pool too
         subprocess.run(["gcc", "-fsyntax-only", "-x", "c", str(hdr)], check=True)
+        subprocess.run(
+            ["gcc", "-fsyntax-only", "-std=c11", "-DKILN_PTHREAD_POOL", "-x", "c", str(hdr)],
+            check=True,
+        )
+    assert res["threads"] == 4 and 0 < res["parallel_kernels"] <= res["kernels"]
+    two = kiln.compile_aot(
+        FIXTURES / "mobilevitv2_block.torchscript.onnx", out_dir=tmp_path, name="blk2", threads=2
+    )
+    assert two["threads"] == 2
+    with pytest.raises(kiln.KilnError, match="threads"):
+        kiln.compile_aot("mobile_former_26m", out_dir=tmp_path, threads=0)
     with pytest.raises(kiln.CompileError, match="target"):
         kiln.compile_aot("mobile_former_26m", target="sparc-sun-solaris", out_dir=tmp_path)
 

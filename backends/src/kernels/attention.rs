@@ -106,42 +106,8 @@ impl Bridge {
     }
 }
 
-/// Where a `fused_m2f`'s operands and scratch arrays are.
-struct M2fLayout {
-    wq: Option<(usize, usize)>,
-    q: Option<usize>,
-    wa: Option<(usize, usize)>,
-    g: Option<usize>,
-    /// `wo, bo, gamma, beta`
-    tail: usize,
-}
-
-fn m2f_layout(proj_q: bool, gate: bool) -> M2fLayout {
-    let mut i = 2;
-    let mut take = |k: usize| {
-        i += k;
-        i - k
-    };
-    let (wq, q) = if proj_q {
-        let a = take(2);
-        (Some((a, a + 1)), None)
-    } else {
-        (None, Some(take(1)))
-    };
-    let (wa, g) = if gate {
-        let a = take(2);
-        (Some((a, a + 1)), None)
-    } else {
-        (None, Some(take(1)))
-    };
-    M2fLayout {
-        wq,
-        q,
-        wa,
-        g,
-        tail: take(4),
-    }
-}
+use kiln_ir::fused::f2m::OPERANDS as F2M;
+use kiln_ir::fused::m2f::{Source, operands as m2f_layout};
 
 /// Byte offsets of the scratch arrays of a bridge, and the total.
 struct Scratch {
@@ -200,7 +166,8 @@ fn mha_of(f: &FusedOp, ops: &[TensorType]) -> Option<Mha> {
     else {
         return None;
     };
-    let (xq, xk, xv) = (ops.first()?, ops.get(1)?, ops.get(2)?);
+    let l = kiln_ir::fused::mha::operands(proj_q, proj_k, proj_v);
+    let (xq, xk, xv) = (ops.get(l.xq)?, ops.get(l.xk)?, ops.get(l.xv)?);
     if [xq, xk, xv].iter().any(|t| t.rank() != 3) || heads == 0 {
         return None;
     }
@@ -209,19 +176,17 @@ fn mha_of(f: &FusedOp, ops: &[TensorType]) -> Option<Mha> {
         return None;
     }
     let (dq, dk, dv) = (xq.shape[2], xk.shape[2], xv.shape[2]);
-    let mut i = 3;
-    let mut width = |on: bool, din: usize| -> Option<usize> {
-        if !on {
+    let width = |proj: Option<(usize, usize)>, din: usize| -> Option<usize> {
+        let Some((w, bias)) = proj else {
             return Some(din);
-        }
-        let (w, bias) = (ops.get(i)?, ops.get(i + 1)?);
-        i += 2;
+        };
+        let (w, bias) = (ops.get(w)?, ops.get(bias)?);
         let dout = *w.shape.get(1)?;
         (w.shape == [din, dout] && bias.shape == [dout]).then_some(dout)
     };
-    let d = width(proj_q, dq)?;
-    let dkk = width(proj_k, dk)?;
-    let dvo = width(proj_v, dv)?;
+    let d = width(l.q, dq)?;
+    let dkk = width(l.k, dk)?;
+    let dvo = width(l.v, dv)?;
     (d == dkk && d % heads == 0 && dvo % heads == 0).then_some(Mha {
         b,
         tq,
@@ -258,26 +223,30 @@ pub(crate) fn has_kernel(f: &FusedOp, ops: &[TensorType]) -> bool {
             };
             let l = m2f_layout(proj_q, gate);
             let (nmc, dc, cd) = ([b.n, b.m, b.c], [b.d, b.c], [b.c, b.d]);
-            let proj_ok = |w: Option<(usize, usize)>, given: Option<usize>| match (w, given) {
-                (Some((w, bias)), _) => {
+            let proj_ok = |src: Source| match src {
+                Source::Projected(w, bias) => {
                     shape_is(ops.get(w), &dc) && shape_is(ops.get(bias), &[b.c])
                 }
-                (None, Some(i)) => shape_is(ops.get(i), &nmc),
-                (None, None) => false,
+                Source::Given(i) => shape_is(ops.get(i), &nmc),
             };
-            proj_ok(l.wq, l.q)
-                && proj_ok(l.wa, l.g)
-                && shape_is(ops.get(l.tail), &cd)
-                && (1..4).all(|k| shape_is(ops.get(l.tail + k), &[b.d]))
-                && ops.len() == l.tail + 4
+            proj_ok(l.q)
+                && proj_ok(l.gate)
+                && shape_is(ops.get(l.wo), &cd)
+                && [l.bo, l.gamma, l.beta]
+                    .iter()
+                    .all(|&k| shape_is(ops.get(k), &[b.d]))
+                && ops.len() == l.count
         }
         FusedOp::F2mBridge { heads, .. } => {
             let Some(b) = Bridge::of(ops, heads) else {
                 return false;
             };
-            ops.len() == 6
-                && [2, 4].iter().all(|&i| shape_is(ops.get(i), &[b.d, b.c]))
-                && [3, 5].iter().all(|&i| shape_is(ops.get(i), &[b.c]))
+            let l = F2M;
+            ops.len() == l.count
+                && [l.wk, l.wv]
+                    .iter()
+                    .all(|&i| shape_is(ops.get(i), &[b.d, b.c]))
+                && [l.bk, l.bv].iter().all(|&i| shape_is(ops.get(i), &[b.c]))
         }
         FusedOp::Attention { .. } => mha_of(f, ops).is_some() && ops.len() == f.num_operands(),
         _ => false,
@@ -1003,17 +972,17 @@ fn lower_m2f(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
     let l = m2f_layout(proj_q, gate);
     let nmc = vec![b.n, b.m, b.c];
     let (sq, sg, so) = (part(cx, &s, 0)?, part(cx, &s, 1)?, part(cx, &s, 3)?);
-    let q = match (l.wq, l.q) {
-        (Some((w, bias)), _) => {
-            let z = operand(cx, 1);
+    let q = match l.q {
+        Source::Projected(w, bias) => {
+            let z = operand(cx, l.z);
             ks.extend(project(cx, z, w, bias, (sq, nmc.clone()), Epilogue::NONE)?);
             sq
         }
-        (None, given) => cx.ins[given.unwrap_or(0)].buf,
+        Source::Given(q) => cx.ins[q].buf,
     };
-    let g = match (l.wa, l.g) {
-        (Some((w, bias)), _) => {
-            let z = operand(cx, 1);
+    let g = match l.gate {
+        Source::Projected(w, bias) => {
+            let z = operand(cx, l.z);
             let epi = Epilogue {
                 act: Act::HardSigmoid,
                 ..Epilogue::NONE
@@ -1021,7 +990,7 @@ fn lower_m2f(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
             ks.extend(project(cx, z, w, bias, (sg, nmc.clone()), epi)?);
             sg
         }
-        (None, given) => cx.ins[given.unwrap_or(0)].buf,
+        Source::Given(g) => cx.ins[g].buf,
     };
     let asm = match cx.asm512() {
         Some(store) => Some(
@@ -1073,7 +1042,7 @@ fn lower_m2f(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
                 ks: 1,
             },
             BSrc::Strided {
-                buf: cx.ins[0].buf,
+                buf: cx.ins[l.x].buf,
                 ks: b.l as i64,
             },
             (ss, b.l as i64),
@@ -1108,7 +1077,7 @@ fn lower_m2f(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
     };
     ks.push(Box::new(M2fCore {
         b,
-        x: cx.ins[0].buf,
+        x: cx.ins[l.x].buf,
         g,
         twice: gate,
         ss,
@@ -1118,19 +1087,19 @@ fn lower_m2f(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
     }));
     // out = z + og·Wo + bo, then the layer norm in place
     let epi = Epilogue {
-        residual: Some(cx.ins[1].buf),
+        residual: Some(cx.ins[l.z].buf),
         ..Epilogue::NONE
     };
     let og = scratch_operand(so, nmc);
     ks.extend(project(
         cx,
         og,
-        l.tail,
-        l.tail + 1,
+        l.wo,
+        l.bo,
         (out, vec![b.n, b.m, b.d]),
         epi,
     )?);
-    let params = [cx.ins[l.tail + 2].buf, cx.ins[l.tail + 3].buf];
+    let params = [cx.ins[l.gamma].buf, cx.ins[l.beta].buf];
     ks.push(norm::layer_norm(out, params, out, b.d, b.n * b.m, eps.0));
     Ok(ks)
 }
@@ -1147,16 +1116,10 @@ fn lower_f2m(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
     let (k, v) = (part(cx, &s, 0)?, part(cx, &s, 1)?);
     let (k4, v4) = (part(cx, &s, 2)?, part(cx, &s, 3)?);
     let nmc = vec![b.n, b.m, b.c];
-    for (dst, w) in [(k, 2), (v, 4)] {
-        let z = operand(cx, 1);
-        ks.extend(project(
-            cx,
-            z,
-            w,
-            w + 1,
-            (dst, nmc.clone()),
-            Epilogue::NONE,
-        )?);
+    let l = F2M;
+    for (dst, w, bias) in [(k, l.wk, l.bk), (v, l.wv, l.bv)] {
+        let z = operand(cx, l.z);
+        ks.extend(project(cx, z, w, bias, (dst, nmc.clone()), Epilogue::NONE)?);
     }
     let asm = match cx.asm512() {
         Some(store) if vector::f2m_fits(b.m, b.dh(), b.l, b.c) => {
@@ -1187,7 +1150,7 @@ fn lower_f2m(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
     ks.push(Box::new(F2mCore {
         b,
         scale: scale.0,
-        y: cx.ins[0].buf,
+        y: cx.ins[l.y].buf,
         k: k4,
         v: v4,
         out,
@@ -1214,16 +1177,16 @@ fn lower_mha(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kerne
     let s = mha_scratch(&a);
     let rows = [a.tq, a.tk, a.tk];
     let dout = [a.d, a.d, a.dvo];
-    let mut w = 3;
-    let mut qkv = [cx.ins[0].buf, cx.ins[1].buf, cx.ins[2].buf];
-    for (side, on) in [proj_q, proj_k, proj_v].into_iter().enumerate() {
-        if on {
+    let l = kiln_ir::fused::mha::operands(proj_q, proj_k, proj_v);
+    let inputs = [l.xq, l.xk, l.xv];
+    let mut qkv = inputs.map(|i| cx.ins[i].buf);
+    for (side, proj) in [l.q, l.k, l.v].into_iter().enumerate() {
+        if let Some((w, bias)) = proj {
             let dst = part(cx, &s, side)?;
-            let x = operand(cx, side);
+            let x = operand(cx, inputs[side]);
             let shape = vec![a.b, rows[side], dout[side]];
-            ks.extend(project(cx, x, w, w + 1, (dst, shape), Epilogue::NONE)?);
+            ks.extend(project(cx, x, w, bias, (dst, shape), Epilogue::NONE)?);
             qkv[side] = dst;
-            w += 2;
         }
     }
     ks.push(Box::new(MhaKernel {

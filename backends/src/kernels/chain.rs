@@ -31,7 +31,7 @@
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
-use kiln_ir::fused::{Act, ConvStage, FusedOp};
+use kiln_ir::fused::{ConvStage, FusedOp};
 use kiln_ir::{Graph, NodeId, Op, TensorType};
 
 use super::conv::Geom;
@@ -230,7 +230,7 @@ fn chain_op(op: &Op) -> Option<(&[ConvStage], bool)> {
 }
 
 /// Operand indices of each stage's weight, bias and slopes, and of the
-/// residual.
+/// residual: the IR's layout.
 struct Layout {
     w: Vec<usize>,
     bias: Vec<Option<usize>>,
@@ -239,23 +239,13 @@ struct Layout {
 }
 
 fn layout(stages: &[ConvStage], residual: bool) -> Layout {
-    let mut i = 1;
-    let mut l = Layout {
-        w: vec![],
-        bias: vec![],
-        slopes: vec![],
-        residual: None,
-    };
-    for s in stages {
-        l.w.push(i);
-        i += 1;
-        l.bias.push(s.bias.then_some(i));
-        i += usize::from(s.bias);
-        l.slopes.push((s.act == Act::DyRelu).then_some((i, i + 1)));
-        i += 2 * usize::from(s.act == Act::DyRelu);
+    let l = kiln_ir::fused::conv_chain::operands(stages, residual);
+    Layout {
+        w: l.stages.iter().map(|s| s.w).collect(),
+        bias: l.stages.iter().map(|s| s.bias).collect(),
+        slopes: l.stages.iter().map(|s| s.slopes).collect(),
+        residual: l.residual,
     }
-    l.residual = residual.then_some(i);
-    l
 }
 
 /// The plan of a chain with these operand types and output shape, when its
@@ -714,6 +704,7 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_ir::fused::Act;
     use kiln_ir::fused::ConvStage;
 
     fn stage(stride: usize, pad: usize, groups: usize) -> ConvStage {

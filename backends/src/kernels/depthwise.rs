@@ -68,8 +68,8 @@ struct Depthwise {
     /// the assembled interior (`dw_plane`, AVX-512 or AVX2) by its number in
     /// the `Registry`, and its geometry
     asm: Option<(usize, dw_plane::Spec)>,
-    /// the assembled silu (`vector`) the sweep calls, by its number
-    asm_silu: Option<usize>,
+    /// the assembled silu or GELU row (`vector`) the sweep calls, by its number
+    asm_act: Option<usize>,
     /// channel-shuffle groups of the output (1 = none): output channel `oc`
     /// is stored, and takes its slopes and residual, at
     /// `conv::shuffled(oc, O, shuffle)`
@@ -331,7 +331,7 @@ impl Depthwise {
         let rf = MemFlagsData::new().with_notrap();
         let wf = Emitter::wflags();
         let resf = self.epi.residual.map(Emitter::rflags);
-        if let Some(id) = self.asm_silu {
+        if let Some(id) = self.asm_act {
             // fn(src, dst, n) in place, then only the residual below
             let mut sig = Signature::new(CallConv::SystemV);
             for _ in 0..3 {
@@ -346,7 +346,7 @@ impl Depthwise {
             }
         }
         let act = |e: &mut Emitter, ty, x| {
-            if self.asm_silu.is_some() {
+            if self.asm_act.is_some() {
                 x
             } else {
                 self.epi.activate(e, ty, x, None)
@@ -646,17 +646,20 @@ pub(crate) fn kernel(
         },
         None => None,
     };
-    // the sweep's silu, assembled: the f32x4 exp made a silu-fused
-    // depthwise conv (MobileViTv2) run at a third of its plain speed
-    let asm_silu = match cx.asm_width() {
-        Some((store, w)) if epi.act == Act::Silu => {
-            let f = vector::Func::Silu;
-            Some(
-                store
-                    .request(Spec::Unary(f, w))
-                    .map_err(BackendError::Jit)?,
-            )
-        }
+    // the sweep's silu or GELU, assembled: the f32x4 exp made a
+    // silu-fused depthwise conv (MobileViTv2) run at a third of its plain
+    // speed
+    let row_func = match epi.act {
+        Act::Silu => Some(vector::Func::Silu),
+        Act::Gelu => Some(vector::Func::Gelu),
+        _ => None,
+    };
+    let asm_act = match (cx.asm_width(), row_func) {
+        (Some((store, w)), Some(f)) => Some(
+            store
+                .request(Spec::Unary(f, w))
+                .map_err(BackendError::Jit)?,
+        ),
         _ => None,
     };
     Ok(Depthwise {
@@ -669,7 +672,7 @@ pub(crate) fn kernel(
         epi,
         title,
         asm,
-        asm_silu,
+        asm_act,
         shuffle,
     })
 }
@@ -778,7 +781,7 @@ pub(crate) fn lower_pool(cx: &mut NodeCx, g: Geom, mode: Mode) -> Result<Kernels
         epi: Epilogue::NONE,
         title: None,
         asm: None,
-        asm_silu: None,
+        asm_act: None,
         shuffle: 1,
     })])
 }

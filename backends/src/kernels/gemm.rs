@@ -1,4 +1,4 @@
-//! The GEMM driver around the micro-kernel seam (docs/ARCHITECTURE.md):
+//! The GEMM driver around the micro-kernel seam (docs/kernels.md, "GEMM"):
 //! `C[M×N] = alpha · (init + A[M×K] · B[K×N]) + beta · Cin`, batched.
 //!
 //! The leaf is an `MR × NR` register tile (`NR = 4·nv` columns as f32x4
@@ -253,6 +253,9 @@ pub(crate) struct AsmTiles {
     /// `4·packs + 2·(rows < MR) + (columns < NR)`, where `packs` marks the
     /// variants that copy B into the run-time panel as they read it
     pub ids: [Option<usize>; 8],
+    /// the assembled row function of an activation the tiles do not apply
+    /// (GELU), which the sweep calls on each row of the tile
+    pub act_row: Option<usize>,
 }
 
 /// Packs a row-major `rows×cols` matrix (element `(i, k)` at
@@ -567,9 +570,26 @@ impl Gemm {
                 }))?);
             }
         }
+        // GELU, which the tiles leave to the sweep: the assembled row
+        // function, a vector as wide as the tile's, instead of the f32x4
+        // polynomial (which ran a K = 40 pointwise conv at a third of the
+        // speed of the same conv with SiLU)
+        let act_row = match (
+            self.epi.asm_act(),
+            crate::ukernels::vector::Width::of(store.level()),
+        ) {
+            (None, Some(w)) => match self.epi.act {
+                Act::Gelu => {
+                    Some(store.request(Spec::Unary(crate::ukernels::vector::Func::Gelu, w))?)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
         self.asm = Some(AsmTiles {
             level: store.level(),
             ids,
+            act_row,
         });
         Ok(())
     }
@@ -592,16 +612,35 @@ impl Gemm {
             p.panel.unwrap_or(zero),
         ];
         e.b.ins().call_indirect(sig, f, &args);
-        if self.epi.asm_act().is_none() {
-            self.sweep(e, p, mr, nt);
+        if self.epi.asm_act().is_some() {
+            return;
+        }
+        match self.asm.as_ref().and_then(|a| a.act_row) {
+            Some(row) => {
+                // fn(src, dst, n) in place on each row, then the residual
+                let sig =
+                    e.b.import_signature(crate::ukernels::vector::row_signature());
+                let n = e.ic(nt as i64);
+                for i in 0..mr {
+                    let f = e.asm_fn(row);
+                    let c =
+                        e.b.ins()
+                            .iadd_imm_s(p.c, (4 * i * self.c_rs as usize) as i64);
+                    e.b.ins().call_indirect(sig, f, &[c, c, n]);
+                }
+                if p.res.is_some() {
+                    self.sweep(e, p, mr, nt, false);
+                }
+            }
+            None => self.sweep(e, p, mr, nt, true),
         }
     }
 
-    /// Applies the activation (never the dynamic ReLU, which is always
-    /// inline) and the residual to the `mr × nt` block at `p.c`, which the
-    /// tile has just written: one row per loop iteration, f32x4 vectors and
-    /// a scalar column tail, constants local to the sweep.
-    fn sweep(&self, e: &mut Emitter, p: TilePtrs, mr: usize, nt: usize) {
+    /// Applies the activation (when `act`; never the dynamic ReLU, which is
+    /// always inline) and the residual to the `mr × nt` block at `p.c`,
+    /// which the tile has just written: one row per loop iteration, f32x4
+    /// vectors and a scalar column tail, constants local to the sweep.
+    fn sweep(&self, e: &mut Emitter, p: TilePtrs, mr: usize, nt: usize, act: bool) {
         let wf = Emitter::wflags();
         let rf = MemFlagsData::new().with_notrap();
         let res = self.epi.residual.map(Emitter::rflags);
@@ -611,7 +650,11 @@ impl Gemm {
                 let r = p.res.map(|r| e.index(r, i, 4 * self.c_rs));
                 for v in 0..nt / 4 {
                     let x = e.load(V4, rf, c, 16 * v as i64);
-                    let mut x = self.epi.activate(e, V4, x, None);
+                    let mut x = if act {
+                        self.epi.activate(e, V4, x, None)
+                    } else {
+                        x
+                    };
                     if let (Some(r), Some(f)) = (r, res) {
                         let y = e.load(V4, f, r, 16 * v as i64);
                         x = e.b.ins().fadd(x, y);
@@ -620,7 +663,11 @@ impl Gemm {
                 }
                 for col in 4 * (nt / 4)..nt {
                     let x = e.load(F32, rf, c, 4 * col as i64);
-                    let mut x = self.epi.activate(e, F32, x, None);
+                    let mut x = if act {
+                        self.epi.activate(e, F32, x, None)
+                    } else {
+                        x
+                    };
                     if let (Some(r), Some(f)) = (r, res) {
                         let y = e.load(F32, f, r, 4 * col as i64);
                         x = e.b.ins().fadd(x, y);
@@ -861,7 +908,7 @@ impl Gemm {
             epilogue(e);
         }
         if !inline {
-            self.sweep(e, p, mr, nt);
+            self.sweep(e, p, mr, nt, true);
         }
     }
 }

@@ -3,10 +3,13 @@
 //! `fn(arena, begin, end)` computing units `[begin, end)` of the kernel's
 //! outer (parallel) loop.
 //!
-//! Adding an op (e.g. a fused op from the passes crate) is one new module
-//! with a `lower(&mut NodeCx) -> Result<Vec<Box<dyn Kernel>>, BackendError>`
-//! and one line in [`lower`]; the planner asks [`inplace_operand`] and
-//! [`scratch_bytes`] about it, both of which default to "no".
+//! Adding a primitive op is one new module with a `lower(&mut NodeCx) ->
+//! Result<Vec<Box<dyn Kernel>>, BackendError>` and one line in [`lower`];
+//! the planner asks [`inplace_operand`] and [`scratch_bytes`] about it,
+//! both of which default to "no". A fused op's kernel is one entry of the
+//! table in `fused.rs` (`fused::kernel`: supports, scratch, lower), which
+//! `lower`, `scratch_bytes` and the driver's unfusing read; it reads its
+//! operands through the IR's layout (`kiln_ir::fused::<op>::operands`).
 //!
 //! Contract of every kernel: the units partition the work, each unit's
 //! results do not depend on which other units run on the same thread or in
@@ -179,23 +182,10 @@ pub(crate) fn is_const(g: &Graph, mut v: kiln_ir::Value) -> bool {
 
 /// Bytes of arena scratch a node's kernels need (live only during the node).
 pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
-    match g.node(id).op {
-        Op::Conv2d { .. } | Op::Fused(kiln_ir::fused::FusedOp::Conv { .. }) => {
-            conv::scratch_bytes(g, id)
-        }
+    match &g.node(id).op {
+        Op::Conv2d { .. } => conv::scratch_bytes(g, id),
         Op::Gemm { .. } => matmul::scratch_bytes(g, id),
-        Op::Fused(kiln_ir::fused::FusedOp::ConvChain { .. }) => chain::scratch_bytes(g, id),
-        Op::Fused(ref f) => {
-            let ops: Vec<TensorType> = g
-                .operands(id)
-                .iter()
-                .map(|&v| g.value_type(v).clone())
-                .collect();
-            match f {
-                kiln_ir::fused::FusedOp::SepAttention { .. } => sep_attn::scratch_bytes(f, &ops),
-                _ => attention::scratch_bytes(f, &ops),
-            }
-        }
+        Op::Fused(f) => fused::kernel(f).map_or(0, |k| (k.scratch)(g, id)),
         _ => 0,
     }
 }

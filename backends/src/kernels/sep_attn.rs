@@ -37,6 +37,7 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 use kiln_ir::TensorType;
 use kiln_ir::fused::FusedOp;
+use kiln_ir::fused::sep_attn::OPERANDS;
 
 use super::gemm::{self, ASrc, BSrc, Gemm, Init};
 use super::{Kernel, Kernels, NodeCx, matmul};
@@ -61,8 +62,9 @@ impl Sep {
         let FusedOp::SepAttention { patch } = *f else {
             return None;
         };
-        let u = ops.first()?;
-        if u.rank() != 4 || ops.len() != 5 {
+        let l = OPERANDS;
+        let u = ops.get(l.u)?;
+        if u.rank() != 4 || ops.len() != l.count {
             return None;
         }
         let (n, d, h, w) = (u.shape[0], u.shape[1], u.shape[2], u.shape[3]);
@@ -71,10 +73,10 @@ impl Sep {
             Some([ph, pw]) => (ph, pw),
         };
         let r = 1 + 2 * d;
-        let shapes_ok = ops[1].shape == [r, d, 1, 1]
-            && ops[2].shape == [r]
-            && ops[3].shape == [d, d, 1, 1]
-            && ops[4].shape == [d];
+        let shapes_ok = ops[l.wqkv].shape == [r, d, 1, 1]
+            && ops[l.bqkv].shape == [r]
+            && ops[l.wo].shape == [d, d, 1, 1]
+            && ops[l.bo].shape == [d];
         let fits = ph > 0 && pw > 0 && h % ph == 0 && w % pw == 0;
         (shapes_ok && fits && n * d * h * w > 0).then_some(Sep { n, d, h, w, ph, pw })
     }
@@ -478,9 +480,9 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
         cx,
         &s,
         Proj {
-            w: 1,
-            bias: 2,
-            b: cx.ins[0].buf,
+            w: OPERANDS.wqkv,
+            bias: OPERANDS.bqkv,
+            b: cx.ins[OPERANDS.u].buf,
             b_img: d * l,
             c: qkv,
             c_img: img,
@@ -495,8 +497,8 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
         cx,
         &s,
         Proj {
-            w: 3,
-            bias: 4,
+            w: OPERANDS.wo,
+            bias: OPERANDS.bo,
             b: y,
             b_img: img,
             c: cx.outs[0].0,

@@ -169,9 +169,7 @@ impl Pool {
             unsafe { func(arena, 0, units as i64) };
             return;
         }
-        // a few chunks per thread: small enough to balance, large enough
-        // that claiming costs nothing next to the work
-        let chunks = units.min(4 * threads).max(1);
+        let chunks = crate::compiled::chunks_for(units, threads);
         s.func.store(func as usize, Ordering::Relaxed);
         s.arena.store(arena as usize, Ordering::Relaxed);
         s.units.store(units, Ordering::Relaxed);

@@ -1,4 +1,4 @@
-//! Micro-kernels assembled at compile time with iced-x86 (docs/ARCHITECTURE.md,
+//! Micro-kernels assembled at compile time with iced-x86 (docs/kernels.md,
 //! "Tile levels" and "Assembled tiles"): typed specs of what each computes,
 //! one registry that assembles and caches them, and the emitters.
 //!
@@ -12,11 +12,15 @@
 //!   Mobile-Former bridges' loops (AVX-512 only).
 //! - `dw_plane.rs`: 3×3 depthwise plane interiors (zmm or ymm).
 //! - `registry.rs`: [`Registry`], asked by drivers for a [`Spec`].
+//! - `contract.rs` (tests): one test per contract and ISA (`contract_tests!`),
+//!   the assembled code run on the host against the contract in f64.
 //!
 //! Activations are the IR's `fused::Act` everywhere; each emitter states
 //! which it applies (`tile::assembles`, `dw_plane::assembles`) and refuses
 //! the others, which the driver sweeps.
 
+#[cfg(test)]
+mod contract;
 pub(crate) mod dw_plane;
 pub(crate) mod registry;
 pub(crate) mod tile;

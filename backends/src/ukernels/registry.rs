@@ -2,7 +2,7 @@
 //! [`Spec`] (what the function computes, with every parameter baked in) and
 //! get the function's number; it assembles each spec once, for its level's
 //! ISA, and caches by spec. The JIT (or an object file) places the code
-//! and hands the addresses to the kernels that call them (`compiled.rs`,
+//! and hands the addresses to the kernels that call them (`compiled/`,
 //! `aot.rs`). At `F32x4` there is no registry: drivers take their portable
 //! Cranelift path.
 

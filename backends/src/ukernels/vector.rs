@@ -1,4 +1,5 @@
-//! Element-wise transcendentals (`exp`, `sigmoid`, `silu`), and the softmax
+//! Element-wise transcendentals (`exp`, `sigmoid`, `silu`, exact `gelu`),
+//! and the softmax
 //! routines built on the same `exp` (a long row; blocks of short rows, one
 //! per lane), assembled at compile time with iced-x86 for AVX-512 (zmm, 16
 //! lanes) or AVX2 + FMA (ymm, 8 lanes) by one generator ([`Width`]); and,
@@ -29,10 +30,12 @@
 //! before it is stored). The last `n mod lanes` elements are handled with a
 //! masked load and store (an opmask, or `vmaskmovps` with a lane mask), so
 //! nothing outside `[0, n)` is read or written. Constants are materialised
-//! from immediates (no data, no relocations): in zmm16.. at AVX-512, in a
-//! stack frame (and the registers left over) at AVX2, whose functions use
-//! VEX encodings and ymm0..ymm15 only. Every function ends with
-//! `vzeroupper`.
+//! from immediates (no relocations): in zmm16.. at AVX-512, in a stack
+//! frame (and the registers left over) at AVX2, whose functions use VEX
+//! encodings and ymm0..ymm15 only; a function needing more (GELU) reads
+//! the rest RIP-relative from data placed after its `ret` ([`Gen::data`]),
+//! which keeps the bytes position-independent. Every function ends with
+//! `vzeroupper; ret`.
 
 // The Cephes coefficients as published, rounded to f32 by the compiler.
 #![allow(clippy::excessive_precision)]
@@ -101,6 +104,11 @@ pub(crate) enum Func {
     Sigmoid,
     /// `x / (1 + exp(-x))`
     Silu,
+    /// exact GELU `x/2 · (1 + erf(x/√2))` (see [`Gen::gelu`])
+    Gelu,
+    /// tanh-form GELU `x · sigmoid(2u)`, `u = √(2/π)·(x + 0.044715·x³)`,
+    /// as `codegen/math.rs`'s `gelu_tanh`
+    GeluTanh,
 }
 
 impl Func {
@@ -110,6 +118,8 @@ impl Func {
             kiln_ir::UnaryOp::Exp => Some(Func::Exp),
             kiln_ir::UnaryOp::Sigmoid => Some(Func::Sigmoid),
             kiln_ir::UnaryOp::Silu => Some(Func::Silu),
+            kiln_ir::UnaryOp::Gelu => Some(Func::Gelu),
+            kiln_ir::UnaryOp::GeluTanh => Some(Func::GeluTanh),
             _ => None,
         }
     }
@@ -223,6 +233,8 @@ pub(crate) struct Gen {
     frame: i32,
     /// `Ymm`: the register of the tail mask ([`Gen::tail_mask`])
     mask: usize,
+    /// constants placed after the code ([`Gen::data`]): bits and label
+    data: Vec<(u32, CodeLabel)>,
 }
 
 impl Gen {
@@ -279,17 +291,88 @@ impl Gen {
             k,
             frame,
             mask,
+            data: Vec::new(),
         })
     }
 
-    /// The epilogue: frees the frame, `vzeroupper`, `ret`; the bytes.
+    /// The epilogue: frees the frame, `vzeroupper`, `ret`, then the data
+    /// constants; the bytes.
     fn leave(mut self) -> Result<Vec<u8>, IcedError> {
         if self.frame > 0 {
             self.a.add(rsp, self.frame)?;
         }
         self.a.vzeroupper()?;
         self.a.ret()?;
+        for (bits, mut label) in std::mem::take(&mut self.data) {
+            self.a.set_label(&mut label)?;
+            match self.w {
+                // read with an embedded broadcast
+                Width::Zmm => self.a.dd(&[bits])?,
+                // read as a whole vector (AVX2 has no embedded broadcast)
+                Width::Ymm => self.a.dd(&[bits; 8])?,
+            }
+        }
         self.a.assemble(0)
+    }
+
+    /// A constant placed after the code and read RIP-relative (so the
+    /// function stays position-independent), as a vector operand: for
+    /// functions that need more constants than the frame holds. Equal
+    /// constants share one slot.
+    fn data(&mut self, x: f32) -> V {
+        self.data_bits(x.to_bits())
+    }
+
+    /// [`Gen::data`] by bit pattern.
+    fn data_bits(&mut self, bits: u32) -> V {
+        let label = self.data_label(bits);
+        V::M(match self.w {
+            Width::Zmm => dword_bcst(label),
+            Width::Ymm => ymmword_ptr(label),
+        })
+    }
+
+    /// The label of the data constant `bits`, placing it if new.
+    fn data_label(&mut self, bits: u32) -> CodeLabel {
+        match self.data.iter().find(|(b, _)| *b == bits) {
+            Some(&(_, l)) => l,
+            None => {
+                let l = self.a.create_label();
+                self.data.push((bits, l));
+                l
+            }
+        }
+    }
+
+    /// Vector `d` = the data constant `x` in every lane.
+    fn load_data(&mut self, d: usize, x: f32) -> Result<(), IcedError> {
+        let label = self.data_label(x.to_bits());
+        match self.w {
+            Width::Zmm => self.a.vbroadcastss(zmm(d), dword_ptr(label)),
+            Width::Ymm => self.a.vmovups(ymm(d), ymmword_ptr(label)),
+        }
+    }
+
+    /// `d = (x < y) ? if_lt : other` per lane (an ordered compare: NaN
+    /// takes `other`). `Ymm` uses vector 14 for the mask, `Zmm` `k2`.
+    fn select_lt(
+        &mut self,
+        d: usize,
+        (x, y): (usize, usize),
+        if_lt: usize,
+        other: usize,
+    ) -> Result<(), IcedError> {
+        const LT_OS: u32 = 1;
+        match self.w {
+            Width::Zmm => {
+                self.a.vcmpps(k2, zmm(x), zmm(y), LT_OS)?;
+                self.a.vblendmps(zmm(d).k2(), zmm(other), zmm(if_lt))
+            }
+            Width::Ymm => {
+                self.a.vcmpps(ymm(14), ymm(x), ymm(y), LT_OS)?;
+                self.a.vblendvps(ymm(d), ymm(other), ymm(if_lt), ymm(14))
+            }
+        }
     }
 
     /// Constant `c` as an operand.
@@ -325,6 +408,7 @@ impl Gen {
         vandps,
         vfmadd213ps,
         vfnmadd231ps,
+        vfmsub231ps,
         vpaddd,
     );
 
@@ -514,9 +598,91 @@ impl Gen {
         }
     }
 
-    /// Vector 0 = `f(vector 0)`; clobbers vectors 1..3.
+    /// Vector 0 = exact GELU of vector 0, `x/2 · (1 + erf(u))` with `u =
+    /// x/√2`, from erfc alone: the bracket is `erfc(|u|)` for `u < 0` and
+    /// `2 - erfc(|u|)` otherwise, and the Numerical Recipes fit `erfc(a) =
+    /// t·exp(-a² + Q(t))`, `t = 1/(1 + a/2)`, has a fractional error below
+    /// 1.2e-7 for every `a ≥ 0` — so, unlike `erf` itself, GELU needs no
+    /// Taylor branch near 0 (the bracket is near 1 there), which saves a
+    /// third of the work of `codegen/math.rs`'s form. `a² = x²/2` is an
+    /// exact two-part sum from `x` clamped to ±14 (exp amplifies an error
+    /// in it by `a²`). Clobbers vectors 1..3 and 5..14 (4 is the `Ymm`
+    /// tail mask) and, at `Zmm`, `k2`; constants are data ([`Gen::data`])
+    /// besides exp's.
+    fn gelu(&mut self) -> Result<(), IcedError> {
+        use crate::codegen::math::ERFCC;
+        // 5 = u = x/√2, 6 = a = min(|u|, 10) (NaN kept: second source)
+        let c = self.data(std::f32::consts::FRAC_1_SQRT_2);
+        self.vmulps(5, 0, c)?;
+        let abs = self.data_bits(0x7fff_ffff);
+        self.vandps(6, 5, abs)?;
+        self.load_data(12, 10.0)?;
+        self.vminps(6, 12, V::R(6))?;
+        // 7 = clamp(x, -14, 14); 8 + 9 = its square, exact (hi, lo)
+        self.load_data(12, 14.0)?;
+        self.vminps(7, 12, V::R(0))?;
+        self.load_data(12, -14.0)?;
+        self.vmaxps(7, 12, V::R(7))?;
+        self.vmulps(8, 7, V::R(7))?;
+        self.mov(9, V::R(8))?;
+        self.vfmsub231ps(9, 7, V::R(7))?;
+        // 7 + 8 = a² = x²/2
+        let half = self.data(0.5);
+        self.vmulps(7, 8, half)?;
+        self.vmulps(8, 9, half)?;
+        // 10 = t = 1/(1 + a/2): the reciprocal estimate (2^-14 at Zmm,
+        // 2^-12 at Ymm) and one Newton step, t = r + r·(1 - d·r), to about
+        // 2^-24
+        self.load_data(13, 0.5)?;
+        let one = self.k(C_ONE);
+        self.vfmadd213ps(13, 6, one)?;
+        match self.w {
+            Width::Zmm => self.a.vrcp14ps(zmm(10), zmm(13))?,
+            Width::Ymm => self.a.vrcpps(ymm(10), ymm(13))?,
+        }
+        self.mov(12, self.k(C_ONE))?;
+        self.vfnmadd231ps(12, 13, V::R(10))?; // 1 - d·r
+        self.vfmadd213ps(12, 10, V::R(10))?; // r·(1 - d·r) + r
+        self.mov(10, V::R(12))?;
+        // 11 = Q(t); 1 = Q - a²; 11 = erfc = t·exp(1)
+        self.load_data(11, ERFCC[0])?;
+        for &c in &ERFCC[1..] {
+            let c = self.data(c);
+            self.vfmadd213ps(11, 10, c)?;
+        }
+        self.vsubps(1, 11, V::R(7))?;
+        self.vsubps(1, 1, V::R(8))?;
+        self.exp()?;
+        self.vmulps(11, 10, V::R(1))?;
+        // 13 = the bracket: u < 0 ? erfc : 2 - erfc; 0 = x/2 · bracket
+        self.vxorps(3, 3, V::R(3))?;
+        self.load_data(1, 2.0)?;
+        self.vsubps(13, 1, V::R(11))?;
+        self.select_lt(13, (5, 3), 11, 13)?;
+        self.vmulps(0, 0, half)?;
+        self.vmulps(0, 0, V::R(13))
+    }
+
+    /// Vector 0 = `f(vector 0)`; clobbers vectors 1..3 (GELU more: see
+    /// [`Gen::gelu`]).
     fn apply(&mut self, f: Func) -> Result<(), IcedError> {
         match f {
+            Func::Gelu => self.gelu(),
+            Func::GeluTanh => {
+                // 1 = 2u = √(8/π)·x·(1 + 0.044715·x²), then -2u
+                self.vmulps(1, 0, V::R(0))?;
+                let k = self.data(0.044_715);
+                self.vmulps(1, 1, k)?;
+                let one = self.k(C_ONE);
+                self.vaddps(1, 1, one)?;
+                self.vmulps(1, 1, V::R(0))?;
+                let c = self.data(-(8.0f64 / std::f64::consts::PI).sqrt() as f32);
+                self.vmulps(1, 1, c)?;
+                // x / (1 + exp(-2u))
+                self.exp()?;
+                self.vaddps(1, 1, self.k(C_ONE))?;
+                self.vdivps(0, 0, V::R(1))
+            }
             Func::Exp => {
                 self.mov(1, V::R(0))?;
                 self.exp()?;
@@ -538,6 +704,17 @@ impl Gen {
     }
 }
 
+/// The signature of the row functions, `fn(src, dst, n)` (System V), for
+/// the kernels that call them.
+pub(crate) fn row_signature() -> cranelift_codegen::ir::Signature {
+    use cranelift_codegen::ir::{AbiParam, Signature, types::I64};
+    let mut sig = Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+    for _ in 0..3 {
+        sig.params.push(AbiParam::new(I64));
+    }
+    sig
+}
+
 /// Assembles `f` at width `w`; the bytes are position-independent.
 pub(crate) fn assemble(f: Func, w: Width) -> Result<Vec<u8>, String> {
     emit(f, w).map_err(|e| e.to_string())
@@ -545,8 +722,14 @@ pub(crate) fn assemble(f: Func, w: Width) -> Result<Vec<u8>, String> {
 
 fn emit(f: Func, w: Width) -> Result<Vec<u8>, IcedError> {
     // Ymm: vector 0 the value, 1..3 temporaries, 4 the tail mask, the exp
-    // constants up to the fifth polynomial coefficient in 5..15
-    let mut g = Gen::enter(w, 0, &[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], 4)?;
+    // constants up to the fifth polynomial coefficient in 5..15 — except
+    // for GELU, which needs 5..14 for itself and reads every constant from
+    // memory
+    let regs: &[usize] = match f {
+        Func::Gelu => &[],
+        _ => &[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    };
+    let mut g = Gen::enter(w, 0, regs, 4)?;
     g.a.mov(r8, rdx)?;
     g.for_vectors(&[rdi, rsi], |g, tail| {
         g.load(0, g.at(rdi), tail)?;
@@ -1087,6 +1270,21 @@ fn emit_f2m_run(m: usize, hc: usize, l: usize, c: usize, scale: f32) -> Result<V
     g.leave()
 }
 
+/// The instruction bytes of an assembled function: up to and including
+/// its `ret` (the one every function ends with); data constants
+/// ([`Gen::data`]) follow it.
+#[cfg(test)]
+pub(crate) fn instructions(code: &[u8]) -> &[u8] {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let mut d = Decoder::new(64, code, DecoderOptions::NONE);
+    for ins in &mut d {
+        if ins.mnemonic() == Mnemonic::Ret {
+            return &code[..ins.next_ip() as usize];
+        }
+    }
+    code
+}
+
 /// Decodes `code` (an AVX2 function, named `what`) and panics on any
 /// instruction an AVX2-only CPU would fault on: EVEX encodings, zmm or
 /// opmask registers, vector registers above 15. Returns the instruction
@@ -1095,7 +1293,7 @@ fn emit_f2m_run(m: usize, hc: usize, l: usize, c: usize, scale: f32) -> Result<V
 pub(crate) fn assert_vex_only(what: &str, code: &[u8]) -> usize {
     use iced_x86::{Decoder, DecoderOptions, EncodingKind, OpKind};
     let mut checked = 0;
-    for ins in &mut Decoder::new(64, code, DecoderOptions::NONE) {
+    for ins in &mut Decoder::new(64, instructions(code), DecoderOptions::NONE) {
         assert!(!ins.is_invalid(), "{what}");
         assert!(
             matches!(ins.encoding(), EncodingKind::Legacy | EncodingKind::VEX),
@@ -1129,7 +1327,13 @@ mod tests {
     fn all(w: Width) -> Vec<(String, Vec<u8>)> {
         use crate::ukernels::Spec;
         let mut out = Vec::new();
-        for f in [Func::Exp, Func::Sigmoid, Func::Silu] {
+        for f in [
+            Func::Exp,
+            Func::Sigmoid,
+            Func::Silu,
+            Func::Gelu,
+            Func::GeluTanh,
+        ] {
             out.push((Spec::Unary(f, w).label(), assemble(f, w).unwrap()));
         }
         out.push((
@@ -1149,6 +1353,7 @@ mod tests {
     fn every_function_assembles_and_ends_with_vzeroupper_ret() {
         for w in WIDTHS {
             for (key, code) in all(w) {
+                let code = instructions(&code);
                 assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3], "{key}");
             }
             assert!(assemble_softmax_lanes(LANES_MAX_LEN + 1, w).is_err());

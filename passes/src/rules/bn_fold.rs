@@ -1,6 +1,7 @@
 //! Batch-norm folding into the preceding convolution (dense, grouped,
 //! depthwise, depthwise-expanding — all alike, since the conv weight's first
-//! axis is always the output channel) or linear layer.
+//! axis is always the output channel) or linear layer (also through the
+//! reshape that flattens its tokens into rows, as LeViT normalises them).
 //!
 //! With `s = γ / sqrt(σ² + eps)`, `BN(conv(x, w) + b) = conv(x, w·s) +
 //! (β + (b − μ)·s)`, the scale broadcast over the output-channel axis of
@@ -79,19 +80,41 @@ fn fold_linear(eg: &KGraph, _c: Id, n: &KNode) -> Found {
         return vec![];
     };
     // BatchNorm1d on [N, F]: the channel axis is the linear layer's output.
-    if ty(eg, n.args[0]).rank() != 2 || !params_const(eg, n) {
+    let bn_in = ty(eg, n.args[0]);
+    if bn_in.rank() != 2 || !params_const(eg, n) {
         return vec![];
     }
+    let f = bn_in.shape[1];
+    // The linear's output, or — as timm's LeViT spells `LinearNorm`,
+    // `bn(x.flatten(0, 1)).reshape_as(x)` — its tokens flattened into rows:
+    // a row-major reshape to [N, F] from a shape whose last axis is F keeps
+    // every element's channel, so the fold is the same, then the reshape.
+    let mut sources = vec![(n.args[0], None)];
+    for (_, a) in ops(eg, n.args[0], |op| {
+        matches!(op, Op::Reshape { .. } | Op::Flatten { .. })
+    }) {
+        if ty(eg, a[0]).shape.last() == Some(&f) {
+            sources.push((a[0], Some(bn_in.shape.clone())));
+        }
+    }
     let mut out = Vec::new();
-    for l in linears(eg, n.args[0]) {
-        let f = ty(eg, l.w).shape[1];
-        let mut r = Recipe::new();
-        let (s, shift) = scale_shift(&mut r, n, eps.0, l.b);
-        let s2 = r.reshape(s, &[1, f]);
-        let w = r.bin(BinaryOp::Mul, R::Old(l.w), s2);
-        let m = r.op(Op::MatMul, &[R::Old(l.x), w]);
-        let y = r.bin(BinaryOp::Add, m, shift);
-        out.push((r, y));
+    for (src, reshape) in sources {
+        for l in linears(eg, src) {
+            if ty(eg, l.w).shape[1] != f {
+                continue;
+            }
+            let mut r = Recipe::new();
+            let (s, shift) = scale_shift(&mut r, n, eps.0, l.b);
+            let s2 = r.reshape(s, &[1, f]);
+            let w = r.bin(BinaryOp::Mul, R::Old(l.w), s2);
+            let m = r.op(Op::MatMul, &[R::Old(l.x), w]);
+            let y = r.bin(BinaryOp::Add, m, shift);
+            let y = match &reshape {
+                Some(shape) => r.reshape(y, shape),
+                None => y,
+            };
+            out.push((r, y));
+        }
     }
     out
 }

@@ -18,10 +18,27 @@
 //! attributes through [`crate::Op::attrs`] / [`crate::Op::from_parts`], so the
 //! `.kir` printer and parser need no special case.
 //!
+//! One file per fused op (`conv.rs`, `linear.rs`, `conv_chain.rs`,
+//! `mha.rs`, `m2f.rs`, `f2m.rs`, `sep_attn.rs`, `xca.rs`, named by the
+//! op's stem) states its name, its operand layout (an `Operands` value the
+//! backend's kernels read operands through, so the IR and a kernel cannot
+//! disagree on the order), its attributes and its expansion; this module
+//! holds the enum, the activation vocabulary, the shared expansion pieces
+//! and the dispatch.
+//!
 //! Weight operands of linear maps are in *matmul layout* `[in, out]`
 //! (`y = x @ w + b`): a PyTorch-style `[out, in]` weight arrives as
 //! `transpose(@w)`, which constant folding turns into a new weight, while an
 //! ONNX export that already stores `[in, out]` needs nothing.
+
+pub mod conv;
+pub mod conv_chain;
+pub mod f2m;
+pub mod linear;
+pub mod m2f;
+pub mod mha;
+pub mod sep_attn;
+pub mod xca;
 
 use crate::error::IrError;
 use crate::graph::{Graph, NodeId, Value};
@@ -148,12 +165,6 @@ pub struct ConvStage {
     pub shuffle: usize,
     /// the activation after the (biased, shuffled) conv
     pub act: Act,
-}
-
-impl ConvStage {
-    fn operands(&self) -> usize {
-        1 + usize::from(self.bias) + self.act.extra_operands()
-    }
 }
 
 /// A fused kernel-level op. Operand lists are given per variant; optional
@@ -299,14 +310,14 @@ pub enum FusedOp {
 
 /// Every fused op name, for docs and error messages.
 pub const FUSED_OP_NAMES: &[&str] = &[
-    "fused_conv",
-    "fused_linear",
-    "fused_conv_chain",
-    "fused_mha",
-    "fused_m2f",
-    "fused_f2m",
-    "fused_sep_attn",
-    "fused_xca",
+    conv::NAME,
+    linear::NAME,
+    conv_chain::NAME,
+    mha::NAME,
+    m2f::NAME,
+    f2m::NAME,
+    sep_attn::NAME,
+    xca::NAME,
 ];
 
 /// Something primitive ops can be applied to: types (shape inference),
@@ -402,24 +413,27 @@ fn broadcasts_to(what: &str, v: &TensorType, out: &TensorType) -> Result<(), IrE
     )
 }
 
-/// Adds conv epilogue operands (bias reshaped per channel, activation,
-/// residual) to `y`, consuming operands from `it`.
-fn epilogue<E: Emitter>(
+/// Applies an epilogue to `y`: the activation (the dynamic ReLU's slopes
+/// at `slopes` in `args`), then the residual at `residual`.
+fn act_epilogue<E: Emitter>(
     e: &mut E,
     mut y: E::V,
     act: Act,
-    it: &mut std::slice::Iter<'_, E::V>,
-    residual: bool,
+    slopes: Option<(usize, usize)>,
+    residual: Option<usize>,
+    args: &[E::V],
 ) -> Result<E::V, IrError> {
     let mut coeffs = Vec::new();
-    for _ in 0..act.extra_operands() {
-        let a = next(it)?;
-        broadcasts_to("dynamic-ReLU coefficient", &e.ty(&a), &e.ty(&y))?;
-        coeffs.push(a);
+    if let Some((a1, a2)) = slopes {
+        for a in [a1, a2] {
+            let a = args[a].clone();
+            broadcasts_to("dynamic-ReLU coefficient", &e.ty(&a), &e.ty(&y))?;
+            coeffs.push(a);
+        }
     }
     y = act.apply(e, y, &coeffs)?;
-    if residual {
-        let r = next(it)?;
+    if let Some(r) = residual {
+        let r = args[r].clone();
         let (rt, yt) = (e.ty(&r), e.ty(&y));
         want(rt == yt, || {
             format!("residual {rt} must have the output type {yt}")
@@ -429,10 +443,20 @@ fn epilogue<E: Emitter>(
     Ok(y)
 }
 
-fn next<V: Clone>(it: &mut std::slice::Iter<'_, V>) -> Result<V, IrError> {
-    it.next()
-        .cloned()
-        .ok_or_else(|| IrError::Graph("too few operands".into()))
+/// An attribute list of sizes.
+fn ints(v: &[usize]) -> Attr {
+    Attr::Ints(v.iter().map(|&x| x as i64).collect())
+}
+
+/// Reads activation attribute `key` of op `name`.
+fn read_act(a: &mut AttrReader<'_>, name: &str, key: &str) -> Result<Act, String> {
+    let w = a.word(key)?;
+    Act::from_name(&w).ok_or_else(|| {
+        format!(
+            "{name}: unknown activation `{w}` (expected one of {})",
+            Act::ALL.map(Act::name).join(", ")
+        )
+    })
 }
 
 /// Q/K/V in per-head layout `[B, h, T, dh]` from `[B, T, D]`.
@@ -458,18 +482,19 @@ impl FusedOp {
     /// The text-format name.
     pub fn name(&self) -> &'static str {
         match self {
-            FusedOp::Conv { .. } => "fused_conv",
-            FusedOp::Linear { .. } => "fused_linear",
-            FusedOp::ConvChain { .. } => "fused_conv_chain",
-            FusedOp::Attention { .. } => "fused_mha",
-            FusedOp::M2fBridge { .. } => "fused_m2f",
-            FusedOp::F2mBridge { .. } => "fused_f2m",
-            FusedOp::SepAttention { .. } => "fused_sep_attn",
-            FusedOp::CrossFeatureAttention { .. } => "fused_xca",
+            FusedOp::Conv { .. } => conv::NAME,
+            FusedOp::Linear { .. } => linear::NAME,
+            FusedOp::ConvChain { .. } => conv_chain::NAME,
+            FusedOp::Attention { .. } => mha::NAME,
+            FusedOp::M2fBridge { .. } => m2f::NAME,
+            FusedOp::F2mBridge { .. } => f2m::NAME,
+            FusedOp::SepAttention { .. } => sep_attn::NAME,
+            FusedOp::CrossFeatureAttention { .. } => xca::NAME,
         }
     }
 
-    /// How many operands the op takes (exact: flags decide).
+    /// How many operands the op takes (exact: flags decide), from its
+    /// operand layout.
     pub fn num_operands(&self) -> usize {
         match self {
             FusedOp::Conv {
@@ -477,122 +502,39 @@ impl FusedOp {
                 act,
                 residual,
                 ..
-            }
-            | FusedOp::Linear {
+            } => conv::operands(*bias, *act, *residual).count,
+            FusedOp::Linear {
                 bias,
                 act,
                 residual,
-            } => 2 + usize::from(*bias) + act.extra_operands() + usize::from(*residual),
+            } => linear::operands(*bias, *act, *residual).count,
             FusedOp::ConvChain { stages, residual } => {
-                1 + stages.iter().map(ConvStage::operands).sum::<usize>() + usize::from(*residual)
+                conv_chain::operands(stages, *residual).count
             }
             FusedOp::Attention {
                 proj_q,
                 proj_k,
                 proj_v,
                 ..
-            } => 3 + 2 * (usize::from(*proj_q) + usize::from(*proj_k) + usize::from(*proj_v)),
-            FusedOp::M2fBridge { proj_q, gate, .. } => {
-                8 + usize::from(*proj_q) + usize::from(*gate)
-            }
-            FusedOp::F2mBridge { .. } => 6,
-            FusedOp::SepAttention { .. } => 5,
-            FusedOp::CrossFeatureAttention { .. } => 8,
+            } => mha::operands(*proj_q, *proj_k, *proj_v).count,
+            FusedOp::M2fBridge { proj_q, gate, .. } => m2f::operands(*proj_q, *gate).count,
+            FusedOp::F2mBridge { .. } => f2m::OPERANDS.count,
+            FusedOp::SepAttention { .. } => sep_attn::OPERANDS.count,
+            FusedOp::CrossFeatureAttention { .. } => xca::OPERANDS.count,
         }
     }
 
     /// The attributes in canonical order (see [`crate::Op::attrs`]).
     pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
-        let ints = |v: &[usize]| Attr::Ints(v.iter().map(|&x| x as i64).collect());
-        let int = |x: usize| Attr::Int(x as i64);
-        let word = |a: Act| Attr::Word(a.name().into());
         match self {
-            FusedOp::Conv {
-                stride,
-                pad,
-                dilation,
-                groups,
-                bias,
-                shuffle,
-                act,
-                residual,
-            } => {
-                let mut a = vec![("stride", ints(stride)), ("pad", ints(pad))];
-                if *dilation != [1, 1] {
-                    a.push(("dilation", ints(dilation)));
-                }
-                a.extend([("groups", int(*groups)), ("bias", Attr::Bool(*bias))]);
-                // printed only when present, so texts without shuffles
-                // read as before
-                if *shuffle != 1 {
-                    a.push(("shuffle", int(*shuffle)));
-                }
-                a.extend([("act", word(*act)), ("residual", Attr::Bool(*residual))]);
-                a
-            }
-            FusedOp::Linear {
-                bias,
-                act,
-                residual,
-            } => vec![
-                ("bias", Attr::Bool(*bias)),
-                ("act", word(*act)),
-                ("residual", Attr::Bool(*residual)),
-            ],
-            FusedOp::ConvChain { stages, residual } => {
-                let mut a = Vec::new();
-                for (i, s) in stages.iter().enumerate() {
-                    let k = &STAGE_KEYS[i.min(STAGE_KEYS.len() - 1)];
-                    a.extend([
-                        (k[0], ints(&s.stride)),
-                        (k[1], ints(&s.pad)),
-                        (k[2], int(s.groups)),
-                        (k[3], Attr::Bool(s.bias)),
-                    ]);
-                    if s.shuffle != 1 {
-                        a.push((k[5], int(s.shuffle)));
-                    }
-                    a.push((k[4], word(s.act)));
-                }
-                a.push(("residual", Attr::Bool(*residual)));
-                a
-            }
-            FusedOp::Attention {
-                heads,
-                scale,
-                proj_q,
-                proj_k,
-                proj_v,
-            } => vec![
-                ("heads", int(*heads)),
-                ("scale", Attr::Float(scale.0)),
-                ("proj_q", Attr::Bool(*proj_q)),
-                ("proj_k", Attr::Bool(*proj_k)),
-                ("proj_v", Attr::Bool(*proj_v)),
-            ],
-            FusedOp::M2fBridge {
-                heads,
-                scale,
-                eps,
-                proj_q,
-                gate,
-            } => vec![
-                ("heads", int(*heads)),
-                ("scale", Attr::Float(scale.0)),
-                ("eps", Attr::Float(eps.0)),
-                ("proj_q", Attr::Bool(*proj_q)),
-                ("gate", Attr::Bool(*gate)),
-            ],
-            FusedOp::F2mBridge { heads, scale } => {
-                vec![("heads", int(*heads)), ("scale", Attr::Float(scale.0))]
-            }
-            FusedOp::SepAttention { patch } => match patch {
-                Some(p) => vec![("patch", ints(p))],
-                None => vec![],
-            },
-            FusedOp::CrossFeatureAttention { heads, eps } => {
-                vec![("heads", int(*heads)), ("eps", Attr::Float(eps.0))]
-            }
+            FusedOp::Conv { .. } => conv::attrs(self),
+            FusedOp::Linear { .. } => linear::attrs(self),
+            FusedOp::ConvChain { .. } => conv_chain::attrs(self),
+            FusedOp::Attention { .. } => mha::attrs(self),
+            FusedOp::M2fBridge { .. } => m2f::attrs(self),
+            FusedOp::F2mBridge { .. } => f2m::attrs(self),
+            FusedOp::SepAttention { .. } => sep_attn::attrs(self),
+            FusedOp::CrossFeatureAttention { .. } => xca::attrs(self),
         }
     }
 
@@ -602,76 +544,15 @@ impl FusedOp {
         name: &str,
         a: &mut AttrReader<'_>,
     ) -> Result<Option<FusedOp>, String> {
-        let act = |a: &mut AttrReader<'_>, k: &str| -> Result<Act, String> {
-            let w = a.word(k)?;
-            Act::from_name(&w).ok_or_else(|| {
-                format!(
-                    "{name}: unknown activation `{w}` (expected one of {})",
-                    Act::ALL.map(Act::name).join(", ")
-                )
-            })
-        };
         let op = match name {
-            "fused_conv" => FusedOp::Conv {
-                stride: a.array("stride")?,
-                pad: a.array("pad")?,
-                dilation: a.opt("dilation", |a, k| a.array(k))?.unwrap_or([1, 1]),
-                groups: a.usize("groups")?,
-                bias: a.bool("bias")?,
-                shuffle: a.opt("shuffle", |a, k| a.usize(k))?.unwrap_or(1),
-                act: act(a, "act")?,
-                residual: a.bool("residual")?,
-            },
-            "fused_linear" => FusedOp::Linear {
-                bias: a.bool("bias")?,
-                act: act(a, "act")?,
-                residual: a.bool("residual")?,
-            },
-            "fused_conv_chain" => {
-                let mut stages = Vec::new();
-                for k in &STAGE_KEYS {
-                    let Some(stride) = a.opt(k[0], |a, key| a.array::<2>(key))? else {
-                        break;
-                    };
-                    stages.push(ConvStage {
-                        stride,
-                        pad: a.array(k[1])?,
-                        groups: a.usize(k[2])?,
-                        bias: a.bool(k[3])?,
-                        shuffle: a.opt(k[5], |a, key| a.usize(key))?.unwrap_or(1),
-                        act: act(a, k[4])?,
-                    });
-                }
-                FusedOp::ConvChain {
-                    stages,
-                    residual: a.bool("residual")?,
-                }
-            }
-            "fused_mha" => FusedOp::Attention {
-                heads: a.usize("heads")?,
-                scale: Float(a.float("scale")?),
-                proj_q: a.bool("proj_q")?,
-                proj_k: a.bool("proj_k")?,
-                proj_v: a.bool("proj_v")?,
-            },
-            "fused_m2f" => FusedOp::M2fBridge {
-                heads: a.usize("heads")?,
-                scale: Float(a.float("scale")?),
-                eps: Float(a.float("eps")?),
-                proj_q: a.bool("proj_q")?,
-                gate: a.bool("gate")?,
-            },
-            "fused_f2m" => FusedOp::F2mBridge {
-                heads: a.usize("heads")?,
-                scale: Float(a.float("scale")?),
-            },
-            "fused_sep_attn" => FusedOp::SepAttention {
-                patch: a.opt("patch", |a, k| a.array(k))?,
-            },
-            "fused_xca" => FusedOp::CrossFeatureAttention {
-                heads: a.usize("heads")?,
-                eps: Float(a.float("eps")?),
-            },
+            conv::NAME => conv::read(a)?,
+            linear::NAME => linear::read(a)?,
+            conv_chain::NAME => conv_chain::read(a)?,
+            mha::NAME => mha::read(a)?,
+            m2f::NAME => m2f::read(a)?,
+            f2m::NAME => f2m::read(a)?,
+            sep_attn::NAME => sep_attn::read(a)?,
+            xca::NAME => xca::read(a)?,
             _ => return Ok(None),
         };
         op.check_attrs().map_err(|e| format!("{name}: {e}"))?;
@@ -737,287 +618,18 @@ impl FusedOp {
                 args.len()
             )
         })?;
-        let mut it = args.iter();
         match self {
-            FusedOp::Conv {
-                stride,
-                pad,
-                dilation,
-                groups,
-                bias,
-                shuffle,
-                act,
-                residual,
-            } => {
-                let x = next(&mut it)?;
-                let w = next(&mut it)?;
-                let mut ops = vec![x, w];
-                if *bias {
-                    ops.push(next(&mut it)?);
-                }
-                let conv = Op::Conv2d {
-                    stride: *stride,
-                    pad: *pad,
-                    dilation: *dilation,
-                    groups: *groups,
-                };
-                let y = e.op(conv, &ops)?;
-                let y = channel_shuffle(e, y, *shuffle)?;
-                epilogue(e, y, *act, &mut it, *residual)
-            }
-            FusedOp::Linear {
-                bias,
-                act,
-                residual,
-            } => {
-                let x = next(&mut it)?;
-                let w = next(&mut it)?;
-                let b = if *bias { Some(next(&mut it)?) } else { None };
-                if let Some(b) = &b {
-                    let (bt, wt) = (e.ty(b), e.ty(&w));
-                    want(bt.rank() == 1 && wt.shape.last() == bt.shape.last(), || {
-                        format!("bias {bt} must be one value per output column of {wt}")
-                    })?;
-                }
-                let y = linear(e, &x, &w, b.as_ref())?;
-                epilogue(e, y, *act, &mut it, *residual)
-            }
-            FusedOp::ConvChain { stages, residual } => {
-                let mut y = next(&mut it)?;
-                for s in stages {
-                    let w = next(&mut it)?;
-                    let mut ops = vec![y, w];
-                    if s.bias {
-                        ops.push(next(&mut it)?);
-                    }
-                    let conv = Op::Conv2d {
-                        stride: s.stride,
-                        pad: s.pad,
-                        dilation: [1, 1],
-                        groups: s.groups,
-                    };
-                    y = e.op(conv, &ops)?;
-                    y = channel_shuffle(e, y, s.shuffle)?;
-                    y = epilogue(e, y, s.act, &mut it, false)?;
-                }
-                epilogue(e, y, Act::None, &mut it, *residual)
-            }
-            FusedOp::Attention {
-                heads,
-                scale,
-                proj_q,
-                proj_k,
-                proj_v,
-            } => {
-                let (xq, xk, xv) = (next(&mut it)?, next(&mut it)?, next(&mut it)?);
-                let mut project = |e: &mut E, x: E::V, on: bool| -> Result<E::V, IrError> {
-                    if on {
-                        let w = next(&mut it)?;
-                        let b = next(&mut it)?;
-                        linear(e, &x, &w, Some(&b))
-                    } else {
-                        Ok(x)
-                    }
-                };
-                let q = project(e, xq, *proj_q)?;
-                let k = project(e, xk, *proj_k)?;
-                let v = project(e, xv, *proj_v)?;
-                let q = heads_first(e, q, *heads)?;
-                let k = heads_first(e, k, *heads)?;
-                let v = heads_first(e, v, *heads)?;
-                let kt = transpose(e, k, &[0, 1, 3, 2])?;
-                let s = e.op(Op::MatMul, &[q, kt])?;
-                let c = e.scalar(scale.0)?;
-                let s = bin(e, BinaryOp::Mul, s, c)?;
-                let a = e.op(Op::Softmax { axis: 3 }, &[s])?;
-                let o = e.op(Op::MatMul, &[a, v])?;
-                heads_merge(e, o)
-            }
-            FusedOp::M2fBridge {
-                heads,
-                scale,
-                eps,
-                proj_q,
-                gate,
-            } => {
-                let (x, z) = (next(&mut it)?, next(&mut it)?);
-                let q = if *proj_q {
-                    let (wq, bq) = (next(&mut it)?, next(&mut it)?);
-                    linear(e, &z, &wq, Some(&bq))?
-                } else {
-                    next(&mut it)?
-                };
-                let g = if *gate {
-                    let (wa, ba) = (next(&mut it)?, next(&mut it)?);
-                    let g = linear(e, &z, &wa, Some(&ba))?;
-                    let g = e.op(Act::HardSigmoid.primitive().expect("hsig"), &[g])?;
-                    let two = e.scalar(2.0)?;
-                    bin(e, BinaryOp::Mul, g, two)?
-                } else {
-                    next(&mut it)?
-                };
-                let (wo, bo) = (next(&mut it)?, next(&mut it)?);
-                let (gamma, beta) = (next(&mut it)?, next(&mut it)?);
-                let xt = e.ty(&x);
-                want(xt.rank() == 4 && xt.shape[1] % heads == 0, || {
-                    format!("x must be [N,C,H,W] with C divisible by {heads} heads, got {xt}")
-                })?;
-                let (n, c, l) = (xt.shape[0], xt.shape[1], xt.shape[2] * xt.shape[3]);
-                let xf = reshape(e, x, &[n, *heads, c / heads, l])?;
-                let q = heads_first(e, q, *heads)?;
-                let s = e.op(Op::MatMul, &[q, xf.clone()])?;
-                let cs = e.scalar(scale.0)?;
-                let s = bin(e, BinaryOp::Mul, s, cs)?;
-                let a = e.op(Op::Softmax { axis: 3 }, &[s])?;
-                let xv = transpose(e, xf, &[0, 1, 3, 2])?;
-                let o = e.op(Op::MatMul, &[a, xv])?;
-                let o = heads_merge(e, o)?;
-                let (ot, gt) = (e.ty(&o), e.ty(&g));
-                want(ot == gt, || {
-                    format!("the gate {gt} must match the attention {ot}")
-                })?;
-                let og = bin(e, BinaryOp::Mul, o, g)?;
-                let p = linear(e, &og, &wo, Some(&bo))?;
-                let r = bin(e, BinaryOp::Add, z, p)?;
-                let axis = e.ty(&r).rank() - 1;
-                e.op(Op::LayerNorm { axis, eps: *eps }, &[r, gamma, beta])
-            }
-            FusedOp::F2mBridge { heads, scale } => {
-                let [y, z, wk, bk, wv, bv] = take::<E, 6>(args)?;
-                let yt = e.ty(&y);
-                want(yt.rank() == 4 && yt.shape[1] % heads == 0, || {
-                    format!("y must be [N,C,H,W] with C divisible by {heads} heads, got {yt}")
-                })?;
-                let (n, c, l) = (yt.shape[0], yt.shape[1], yt.shape[2] * yt.shape[3]);
-                let yf = reshape(e, y.clone(), &[n, *heads, c / heads, l])?;
-                let q = transpose(e, yf, &[0, 1, 3, 2])?;
-                let k = linear(e, &z, &wk, Some(&bk))?;
-                let k = heads_first(e, k, *heads)?;
-                let kt = transpose(e, k, &[0, 1, 3, 2])?;
-                let v = linear(e, &z, &wv, Some(&bv))?;
-                let v = heads_first(e, v, *heads)?;
-                let s = e.op(Op::MatMul, &[q, kt])?;
-                let cs = e.scalar(scale.0)?;
-                let s = bin(e, BinaryOp::Mul, s, cs)?;
-                let a = e.op(Op::Softmax { axis: 3 }, &[s])?;
-                let o = e.op(Op::MatMul, &[a, v])?;
-                let o = transpose(e, o, &[0, 1, 3, 2])?;
-                let o = reshape(e, o, &yt.shape)?;
-                bin(e, BinaryOp::Add, y, o)
-            }
-            FusedOp::SepAttention { patch } => {
-                let [u, wqkv, bqkv, wo, bo] = take::<E, 5>(args)?;
-                let ut = e.ty(&u);
-                want(ut.rank() == 4, || format!("u must be rank 4, got {ut}"))?;
-                let unfolded = match patch {
-                    None => u,
-                    Some([ph, pw]) => unfold(e, u, *ph, *pw)?,
-                };
-                let d = ut.shape[1];
-                let qkv = e.op(
-                    Op::Conv2d {
-                        stride: [1, 1],
-                        pad: [0; 4],
-                        dilation: [1, 1],
-                        groups: 1,
-                    },
-                    &[unfolded, wqkv, bqkv],
-                )?;
-                want(e.ty(&qkv).shape[1] == 1 + 2 * d, || {
-                    format!("wqkv must produce 1+2·{d} channels")
-                })?;
-                let q = channel_slice(e, qkv.clone(), 0, 1)?;
-                let k = channel_slice(e, qkv.clone(), 1, 1 + d)?;
-                let v = channel_slice(e, qkv, 1 + d, 1 + 2 * d)?;
-                let s = e.op(Op::Softmax { axis: 3 }, &[q])?;
-                let sk = bin(e, BinaryOp::Mul, s, k)?;
-                let cv = e.op(
-                    Op::Reduce {
-                        kind: ReduceKind::Sum,
-                        axes: vec![3],
-                        keepdims: true,
-                    },
-                    &[sk],
-                )?;
-                let v = e.op(Op::Unary(UnaryOp::Relu), &[v])?;
-                let y = bin(e, BinaryOp::Mul, v, cv)?;
-                let out = e.op(
-                    Op::Conv2d {
-                        stride: [1, 1],
-                        pad: [0; 4],
-                        dilation: [1, 1],
-                        groups: 1,
-                    },
-                    &[y, wo, bo],
-                )?;
-                match patch {
-                    None => Ok(out),
-                    Some([ph, pw]) => fold(e, out, &ut.shape, *ph, *pw),
-                }
-            }
-            FusedOp::CrossFeatureAttention { heads, eps } => {
-                let [x, wq, bq, wk, bk, wv, bv, tau] = take::<E, 8>(args)?;
-                let h = *heads;
-                let xt = e.ty(&x);
-                want(xt.rank() == 3 && xt.shape[2] % h == 0, || {
-                    format!("x must be [N,T,D] with D divisible by {h} heads, got {xt}")
-                })?;
-                let (n, t, d) = (xt.shape[0], xt.shape[1], xt.shape[2]);
-                let tt = e.ty(&tau);
-                want(tt.shape == [h], || {
-                    format!("tau must be f32[{h}], got {tt}")
-                })?;
-                // [N,T,D] -> [N,h,dh,T]: one row per feature, tokens along the row
-                let feature_rows = |e: &mut E, w: &E::V, b: &E::V| {
-                    let y = linear(e, &x, w, Some(b))?;
-                    let y = reshape(e, y, &[n, t, h, d / h])?;
-                    transpose(e, y, &[0, 2, 3, 1])
-                };
-                let q = feature_rows(e, &wq, &bq)?;
-                let k = feature_rows(e, &wk, &bk)?;
-                let v = feature_rows(e, &wv, &bv)?;
-                let q = l2_normalize(e, q, eps.0)?;
-                let k = l2_normalize(e, k, eps.0)?;
-                let kt = transpose(e, k, &[0, 1, 3, 2])?;
-                let a = e.op(Op::MatMul, &[q, kt])?;
-                let tau = reshape(e, tau, &[1, h, 1, 1])?;
-                let a = bin(e, BinaryOp::Mul, a, tau)?;
-                let a = e.op(Op::Softmax { axis: 3 }, &[a])?;
-                let o = e.op(Op::MatMul, &[a, v])?;
-                let o = transpose(e, o, &[0, 3, 1, 2])?;
-                reshape(e, o, &[n, t, d])
-            }
+            FusedOp::Conv { .. } => conv::expand(self, e, args),
+            FusedOp::Linear { .. } => linear::expand(self, e, args),
+            FusedOp::ConvChain { .. } => conv_chain::expand(self, e, args),
+            FusedOp::Attention { .. } => mha::expand(self, e, args),
+            FusedOp::M2fBridge { .. } => m2f::expand(self, e, args),
+            FusedOp::F2mBridge { .. } => f2m::expand(self, e, args),
+            FusedOp::SepAttention { .. } => sep_attn::expand(self, e, args),
+            FusedOp::CrossFeatureAttention { .. } => xca::expand(self, e, args),
         }
     }
 }
-
-/// Attribute names of conv-chain stages (static strings for [`Op::attrs`]).
-const STAGE_KEYS: [[&str; 6]; 3] = [
-    [
-        "s0_stride",
-        "s0_pad",
-        "s0_groups",
-        "s0_bias",
-        "s0_act",
-        "s0_shuffle",
-    ],
-    [
-        "s1_stride",
-        "s1_pad",
-        "s1_groups",
-        "s1_bias",
-        "s1_act",
-        "s1_shuffle",
-    ],
-    [
-        "s2_stride",
-        "s2_pad",
-        "s2_groups",
-        "s2_bias",
-        "s2_act",
-        "s2_shuffle",
-    ],
-];
 
 /// ShuffleNet's channel shuffle of `y [N,C,H,W]` with `g` groups (identity
 /// for `g = 1`): view channels as `[g, C/g]`, swap, flatten.
@@ -1033,12 +645,6 @@ fn channel_shuffle<E: Emitter>(e: &mut E, y: E::V, g: usize) -> Result<E::V, IrE
     let v = reshape(e, y, &[n, g, c / g, h, w])?;
     let v = transpose(e, v, &[0, 2, 1, 3, 4])?;
     reshape(e, v, &[n, c, h, w])
-}
-
-fn take<E: Emitter, const K: usize>(args: &[E::V]) -> Result<[E::V; K], IrError> {
-    args.to_vec()
-        .try_into()
-        .map_err(|_| IrError::Graph(format!("takes {K} operands, got {}", args.len())))
 }
 
 /// `x / max(sqrt(sum(x², last axis)), eps)`
@@ -1185,6 +791,93 @@ pub fn lower_fused_where(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The operand layouts kernels read through: positions as each op's
+    /// doc lists them, and counts equal to `num_operands`.
+    #[test]
+    fn operand_layouts() {
+        let l = conv::operands(true, Act::DyRelu, true);
+        assert_eq!(
+            (l.x, l.w, l.bias, l.slopes, l.residual, l.count),
+            (0, 1, Some(2), Some((3, 4)), Some(5), 6)
+        );
+        let l = linear::operands(false, Act::Relu, true);
+        assert_eq!(
+            (l.bias, l.slopes, l.residual, l.count),
+            (None, None, Some(2), 3)
+        );
+        let stage = |bias, act| ConvStage {
+            stride: [1, 1],
+            pad: [0; 4],
+            groups: 1,
+            bias,
+            shuffle: 1,
+            act,
+        };
+        let stages = [
+            stage(true, Act::Relu),
+            stage(false, Act::DyRelu),
+            stage(true, Act::None),
+        ];
+        let l = conv_chain::operands(&stages, true);
+        let at: Vec<_> = l.stages.iter().map(|s| (s.w, s.bias, s.slopes)).collect();
+        assert_eq!(
+            at,
+            [
+                (1, Some(2), None),
+                (3, None, Some((4, 5))),
+                (6, Some(7), None)
+            ]
+        );
+        assert_eq!((l.residual, l.count), (Some(8), 9));
+        let l = mha::operands(true, false, true);
+        assert_eq!(
+            (l.q, l.k, l.v, l.count),
+            (Some((3, 4)), None, Some((5, 6)), 7)
+        );
+        let l = m2f::operands(false, true);
+        assert_eq!(
+            (l.q, l.gate, l.wo, l.beta, l.count),
+            (m2f::Source::Given(2), m2f::Source::Projected(3, 4), 5, 8, 9)
+        );
+        for (op, count) in [
+            (conv_op(Act::DyRelu, true), 6),
+            (
+                FusedOp::ConvChain {
+                    stages: stages.to_vec(),
+                    residual: true,
+                },
+                9,
+            ),
+            (
+                FusedOp::M2fBridge {
+                    heads: 2,
+                    scale: Float(1.0),
+                    eps: Float(1e-5),
+                    proj_q: false,
+                    gate: true,
+                },
+                9,
+            ),
+            (
+                FusedOp::F2mBridge {
+                    heads: 2,
+                    scale: Float(1.0),
+                },
+                f2m::OPERANDS.count,
+            ),
+            (FusedOp::SepAttention { patch: None }, 5),
+            (
+                FusedOp::CrossFeatureAttention {
+                    heads: 2,
+                    eps: Float(1e-6),
+                },
+                8,
+            ),
+        ] {
+            assert_eq!(op.num_operands(), count, "{}", op.name());
+        }
+    }
 
     fn conv_op(act: Act, residual: bool) -> FusedOp {
         FusedOp::Conv {

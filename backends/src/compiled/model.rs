@@ -1,0 +1,466 @@
+//! The compiled model at run time: checking and binding tensors, running
+//! the kernels over a per-call arena (on the worker pool), profiling.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cranelift_jit::JITModule;
+use kiln_ir::{DType, Tensor, TensorData, TensorType};
+
+use crate::error::BackendError;
+use crate::runtime::pool::{KernelFn, Pool};
+use crate::runtime::{Arena, ConstStore};
+use crate::target::TileLevel;
+
+/// Facts about a compiled model, for `kiln bench` and reports.
+#[derive(Clone, Debug)]
+pub struct CompileStats {
+    /// wall time of [`compile`](super::compile)
+    pub compile_time: Duration,
+    /// kernel functions generated
+    pub kernels: usize,
+    /// size of the per-call arena (intermediates and scratch, after reuse)
+    pub arena_bytes: usize,
+    /// what the intermediates would take without buffer reuse
+    pub unshared_bytes: usize,
+    /// bytes of packed weights and tables owned by the model
+    pub const_bytes: usize,
+    /// element-wise kernels that write over their operand
+    pub inplace_kernels: usize,
+    /// assembled functions (tile variants and, at `Avx512`, the other
+    /// assembled kernels; 0 at the f32x4 level)
+    pub asm_variants: usize,
+    /// the tile level the model was compiled at: the target's, capped by
+    /// the options
+    pub tiles: TileLevel,
+    /// threads the model runs on
+    pub threads: usize,
+    /// the host target and the features kiln uses
+    pub target: String,
+}
+
+/// A kernel function ready to call.
+pub(super) struct Step {
+    pub(super) func: usize,
+    pub(super) units: usize,
+    pub(super) parallel: bool,
+    /// the node it came from and what it does, for profiles
+    pub(super) node: String,
+    pub(super) what: String,
+    pub(super) work: NodeWork,
+}
+
+/// The compulsory work of one graph node: what a profile divides a
+/// kernel's time by (GFLOP/s for compute, GB/s for memory traffic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeWork {
+    /// multiply-accumulates (`kiln_ir::stats::node_macs`)
+    pub macs: u64,
+    /// bytes of the node's operands plus its outputs: the traffic a kernel
+    /// cannot avoid (each read and written once)
+    pub bytes: u64,
+}
+
+/// Time spent in one kernel during [`CompiledModel::profile`].
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// the node the kernel came from (`%12 (conv2d)`)
+    pub node: String,
+    /// what the kernel does
+    pub kernel: String,
+    /// wall time
+    pub time: Duration,
+    /// the node's work; a node lowered to several kernels (im2col, then a
+    /// GEMM) repeats it on each, so sum times per node before dividing
+    pub work: NodeWork,
+    /// whether the kernel was split over the worker pool (always false at
+    /// one thread)
+    pub parallel: bool,
+}
+
+/// Owns the JIT's executable memory (the assembled tiles' module and the
+/// kernels' module) and frees it on drop.
+pub(super) struct JitCode(pub(super) Vec<JITModule>);
+
+// SAFETY: after `finalize_definitions` the module is never used again except
+// to free its memory in `drop`, which needs `&mut self` (so no other thread
+// can be using it); the code it owns is immutable and callable from any thread.
+unsafe impl Send for JitCode {}
+// SAFETY: as above — no method of the module is called through `&JitCode`.
+unsafe impl Sync for JitCode {}
+
+impl Drop for JitCode {
+    fn drop(&mut self) {
+        for m in self.0.drain(..) {
+            // SAFETY: the only pointers into this memory are the `Step`s of the
+            // `CompiledModel` being dropped (and the tile addresses baked into
+            // its kernels); no run can be in progress because running borrows
+            // the model.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// A model compiled to native code for the host. See the module docs for
+/// how it may be shared between threads.
+pub struct CompiledModel {
+    pub(super) steps: Vec<Step>,
+    pub(super) inputs: Vec<(String, TensorType)>,
+    pub(super) outputs: Vec<(String, TensorType)>,
+    pub(super) arena_bytes: usize,
+    pub(super) arenas: Mutex<Vec<Arena>>,
+    pub(super) pool: Mutex<Pool>,
+    pub(super) stats: CompileStats,
+    // Kept alive because compiled code holds their addresses.
+    pub(super) _consts: ConstStore,
+    pub(super) _weights: kiln_ir::WeightStore,
+    pub(super) _code: JitCode,
+}
+
+/// Elements of a tensor borrowed from the caller (a numpy array, a
+/// memory-mapped file, ...), for [`CompiledModel::run_views`].
+#[derive(Clone, Copy, Debug)]
+pub enum Elems<'a> {
+    /// `f32` elements, row-major.
+    F32(&'a [f32]),
+    /// `i64` elements, row-major.
+    I64(&'a [i64]),
+}
+
+/// Mutable elements of a tensor borrowed from the caller, for
+/// [`CompiledModel::run_views`].
+#[derive(Debug)]
+pub enum ElemsMut<'a> {
+    /// `f32` elements, row-major.
+    F32(&'a mut [f32]),
+    /// `i64` elements, row-major.
+    I64(&'a mut [i64]),
+}
+
+/// An input read in place: a shape and the caller's row-major elements.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorRef<'a> {
+    /// the shape; the elements must number its product
+    pub shape: &'a [usize],
+    /// the elements
+    pub data: Elems<'a>,
+}
+
+/// An output written in place: a shape and the caller's row-major elements.
+#[derive(Debug)]
+pub struct TensorMut<'a> {
+    /// the shape; the elements must number its product
+    pub shape: &'a [usize],
+    /// the elements
+    pub data: ElemsMut<'a>,
+}
+
+/// Checks arguments — `(dtype, shape, element count)` each — against the
+/// declared types without allocating (the message is built only on error).
+/// The element count matters for borrowed views, whose slices could be
+/// shorter than their shape says: kernels index by the shape.
+fn check<'t>(
+    what: &str,
+    want: &[(String, TensorType)],
+    got: impl ExactSizeIterator<Item = (DType, &'t [usize], usize)>,
+) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "the model has {} {what}s, {} given",
+            want.len(),
+            got.len()
+        ));
+    }
+    for (k, ((name, ty), (dtype, shape, len))) in want.iter().zip(got).enumerate() {
+        if dtype != ty.dtype || shape != ty.shape.as_slice() {
+            let got = TensorType::new(dtype, shape.to_vec());
+            return Err(format!("{what} {k} (%{name}) must be {ty}, got {got}"));
+        }
+        if len != ty.numel() {
+            return Err(format!(
+                "{what} {k} (%{name}) has {len} elements, its shape {ty} needs {}",
+                ty.numel()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn tensor_arg(t: &Tensor) -> (DType, &[usize], usize) {
+    (t.dtype(), t.shape(), t.numel())
+}
+
+fn tensor_addr(t: &Tensor) -> usize {
+    match t.data() {
+        TensorData::F32(d) => d.as_ptr() as usize,
+        TensorData::I64(d) => d.as_ptr() as usize,
+    }
+}
+
+/// The address of `t`'s elements, made unique first (copy-on-write).
+fn tensor_addr_mut(t: &mut Tensor) -> usize {
+    match t.dtype() {
+        DType::F32 => t.as_f32_mut().map_or(0, |d| d.as_mut_ptr() as usize),
+        DType::I64 => t.as_i64_mut().map_or(0, |d| d.as_mut_ptr() as usize),
+    }
+}
+
+impl Elems<'_> {
+    fn arg<'s>(&self, shape: &'s [usize]) -> (DType, &'s [usize], usize) {
+        match self {
+            Elems::F32(d) => (DType::F32, shape, d.len()),
+            Elems::I64(d) => (DType::I64, shape, d.len()),
+        }
+    }
+}
+
+impl ElemsMut<'_> {
+    fn arg<'s>(&self, shape: &'s [usize]) -> (DType, &'s [usize], usize) {
+        match self {
+            ElemsMut::F32(d) => (DType::F32, shape, d.len()),
+            ElemsMut::I64(d) => (DType::I64, shape, d.len()),
+        }
+    }
+}
+
+impl CompiledModel {
+    /// Runs the model; returns one tensor per graph output.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+        let mut outs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t)).collect();
+        self.run_into(inputs, &mut outs)?;
+        Ok(outs)
+    }
+
+    /// Runs the model writing into `outputs`, which must already have the
+    /// outputs' types. Allocates nothing once an arena is pooled (the first
+    /// call allocates it) and the output tensors own their data (a shared
+    /// output tensor is copied on write, see [`Tensor::as_f32_mut`]).
+    pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [Tensor]) -> Result<(), BackendError> {
+        self.check_args(
+            inputs.iter().map(tensor_arg),
+            outputs.iter().map(tensor_arg),
+        )?;
+        // SAFETY: the addresses are those of `inputs` and `outputs`, just
+        // checked and borrowed (outputs mutably, each made unique by
+        // `as_f32_mut`) for the whole call.
+        unsafe {
+            self.execute(
+                inputs.iter().map(tensor_addr),
+                outputs.iter_mut().map(tensor_addr_mut),
+                None,
+            )
+        };
+        Ok(())
+    }
+
+    /// [`CompiledModel::run_into`] on borrowed memory: reads the inputs and
+    /// writes the outputs in place, without copying either (the Python
+    /// binding passes numpy arrays this way). Each view's shape must be the
+    /// declared one and its slice hold exactly that many elements. The
+    /// elements may have any address their type allows (no alignment beyond
+    /// the element's is assumed, as for [`Tensor`] data).
+    pub fn run_views(
+        &self,
+        inputs: &[TensorRef<'_>],
+        outputs: &mut [TensorMut<'_>],
+    ) -> Result<(), BackendError> {
+        self.check_args(
+            inputs.iter().map(|t| t.data.arg(t.shape)),
+            outputs.iter().map(|t| t.data.arg(t.shape)),
+        )?;
+        // SAFETY: the addresses are those of `inputs` and `outputs`, just
+        // checked and borrowed (outputs mutably, so overlapping nothing
+        // else) for the whole call.
+        unsafe {
+            self.execute(
+                inputs.iter().map(|t| match t.data {
+                    Elems::F32(d) => d.as_ptr() as usize,
+                    Elems::I64(d) => d.as_ptr() as usize,
+                }),
+                outputs.iter_mut().map(|t| match &mut t.data {
+                    ElemsMut::F32(d) => d.as_mut_ptr() as usize,
+                    ElemsMut::I64(d) => d.as_mut_ptr() as usize,
+                }),
+                None,
+            )
+        };
+        Ok(())
+    }
+
+    /// Runs the model once, timing every kernel (the outputs are discarded).
+    pub fn profile(&self, inputs: &[Tensor]) -> Result<Vec<KernelTime>, BackendError> {
+        let mut outs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t)).collect();
+        self.check_args(inputs.iter().map(tensor_arg), outs.iter().map(tensor_arg))?;
+        let mut times = Vec::with_capacity(self.steps.len());
+        // SAFETY: as in `run_into`.
+        unsafe {
+            self.execute(
+                inputs.iter().map(tensor_addr),
+                outs.iter_mut().map(tensor_addr_mut),
+                Some(&mut times),
+            )
+        };
+        Ok(self
+            .steps
+            .iter()
+            .zip(times)
+            .map(|(s, time)| KernelTime {
+                node: s.node.clone(),
+                kernel: s.what.clone(),
+                time,
+                work: s.work,
+                parallel: s.parallel,
+            })
+            .collect())
+    }
+
+    /// Checks run arguments against the graph's inputs and outputs.
+    fn check_args<'a, 'b>(
+        &self,
+        inputs: impl ExactSizeIterator<Item = (DType, &'a [usize], usize)>,
+        outputs: impl ExactSizeIterator<Item = (DType, &'b [usize], usize)>,
+    ) -> Result<(), BackendError> {
+        check("input", &self.inputs, inputs).map_err(BackendError::Input)?;
+        check("output", &self.outputs, outputs).map_err(BackendError::Output)
+    }
+
+    /// Runs the kernels over the given input and output addresses.
+    ///
+    /// # Safety
+    ///
+    /// The addresses are those of the arguments the caller checked with
+    /// [`CompiledModel::check_args`] (declared dtype and shape, exactly
+    /// that many elements), in order, and the caller keeps them borrowed
+    /// (outputs mutably, not overlapping anything else) until this returns.
+    unsafe fn execute(
+        &self,
+        inputs: impl Iterator<Item = usize>,
+        outputs: impl Iterator<Item = usize>,
+        mut times: Option<&mut Vec<Duration>>,
+    ) {
+        let mut arena = self
+            .arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| Arena::new(self.arena_bytes));
+        let n_in = self.inputs.len();
+        for (k, p) in inputs.enumerate() {
+            arena.set_slot(k, p);
+        }
+        for (k, p) in outputs.enumerate() {
+            arena.set_slot(n_in + k, p);
+        }
+        let base = arena.base();
+        let pool = self.pool.try_lock().ok();
+        for s in &self.steps {
+            let t0 = times.is_some().then(Instant::now);
+            if s.units == 0 {
+                if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                    t.push(t0.elapsed());
+                }
+                continue;
+            }
+            // SAFETY: `s.func` is a finalized kernel of this model's JIT module
+            // (kept alive by `self`) with signature `KernelFn`.
+            let f: KernelFn = unsafe { std::mem::transmute::<usize, KernelFn>(s.func) };
+            match (&pool, s.parallel) {
+                // SAFETY: the arena was laid out by this model's plan: its
+                // header holds the addresses of `inputs` and `outputs`, which
+                // by this function's contract are checked and stay borrowed
+                // until we return; nobody else uses this arena.
+                (Some(p), true) => unsafe { p.run(f, base, s.units) },
+                // SAFETY: as above, on this thread alone.
+                _ => unsafe { f(base, 0, s.units as i64) },
+            }
+            if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                t.push(t0.elapsed());
+            }
+        }
+        drop(pool);
+        self.arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(arena);
+    }
+
+    /// Every kernel in run order: the node it came from and what it
+    /// computes (the names [`CompiledModel::profile`] reports, e.g. `fused
+    /// pointwise conv 96→24 1x1 +bias relu6 +res: gemm ...`).
+    pub fn kernel_descriptions(&self) -> Vec<(String, String)> {
+        self.steps
+            .iter()
+            .map(|s| (s.node.clone(), s.what.clone()))
+            .collect()
+    }
+
+    /// Compile-time facts: time, kernel count, arena size, threads.
+    pub fn stats(&self) -> &CompileStats {
+        &self.stats
+    }
+
+    /// Bytes of the per-call arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena_bytes
+    }
+
+    /// Kernels split over the worker pool (each pays one fork/join).
+    pub fn parallel_kernels(&self) -> usize {
+        self.steps.iter().filter(|s| s.parallel).count()
+    }
+
+    /// The median overhead of one fork/join of the worker pool over
+    /// `samples` rounds (zero at one thread): a job of `4·threads` units
+    /// that each spin for 1 µs is timed, and the ideal split of its work
+    /// (`4 µs` per thread) subtracted. What remains is publishing the job,
+    /// waking or reaching the workers, claiming chunks and waiting for the
+    /// last one — including the cost of a worker that arrives late. Times
+    /// [`CompiledModel::parallel_kernels`], it estimates what
+    /// synchronisation costs a run. Waits for any run in progress on
+    /// another thread.
+    pub fn barrier_cost(&self, samples: usize) -> Duration {
+        const SPIN: Duration = Duration::from_micros(1);
+        /// One unit of work: a 1 µs spin per unit in `[begin, end)`.
+        unsafe extern "C" fn spin(_: *mut u8, begin: i64, end: i64) {
+            for _ in begin..end {
+                let t = Instant::now();
+                while t.elapsed() < SPIN {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        let threads = self.stats.threads;
+        if threads <= 1 || samples == 0 {
+            return Duration::ZERO;
+        }
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let units = 4 * threads;
+        let ideal = SPIN * (units / threads) as u32;
+        let mut times: Vec<Duration> = (0..samples)
+            .map(|_| {
+                let t = Instant::now();
+                // SAFETY: `spin` touches no memory, so any arena pointer
+                // (here null) satisfies `run`'s contract.
+                unsafe { pool.run(spin, std::ptr::null_mut(), units) };
+                t.elapsed().saturating_sub(ideal)
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    }
+
+    /// Threads a run uses.
+    pub fn threads(&self) -> usize {
+        self.stats.threads
+    }
+
+    /// Names and types of the graph inputs, in order.
+    pub fn inputs(&self) -> &[(String, TensorType)] {
+        &self.inputs
+    }
+
+    /// Names and types of the graph outputs, in order.
+    pub fn outputs(&self) -> &[(String, TensorType)] {
+        &self.outputs
+    }
+}

@@ -1,0 +1,396 @@
+//! One test per micro-kernel contract and ISA: a macro instantiates the
+//! contract's check for every ISA, each check runs the assembled code on
+//! the host (when it has the ISA; otherwise the test says it is skipped,
+//! through `kiln_ir::skip`) over edge cases — every row count class, column
+//! tails, odd and even K, every epilogue the ISA assembles, packed and
+//! strided operands — and compares with the contract computed in f64. The
+//! portable Cranelift path computes the same contracts inside its drivers;
+//! the backend's kernel tests (`backends/tests/ops.rs`) compare every
+//! level, that one included, with the interpreter.
+
+// Calling assembled code through raw function pointers.
+#![allow(unsafe_code)]
+
+use super::tile::{Act, Bias, Variant, assembles};
+use super::vector::{Func, Width};
+use super::{Registry, Spec, avx2, avx512};
+use crate::target::{Target, TileLevel};
+use crate::testing::random::{Rng, TOL};
+
+/// The GEMM tile contract in f64: `C[i][j] = act(init(i, j) + Σ_k
+/// A[i·a_rs + k·a_ks]·B[k·b_ks + j]) + residual[i·c_rs + j]` for `i < mr`,
+/// `j < nt`; `init` is 0, `bias[i]` or `bias[j]`; the dynamic ReLU's slopes
+/// are per row.
+fn tile_reference(v: &Variant, io: &TileIo) -> Vec<f64> {
+    let mut c: Vec<f64> = io.c.iter().map(|&x| f64::from(x)).collect();
+    for i in 0..v.mr {
+        for j in 0..v.nt {
+            let mut s = match v.bias {
+                Bias::None => 0.0,
+                Bias::Row => f64::from(io.bias[i]),
+                Bias::Col => f64::from(io.bias[j]),
+            };
+            for k in 0..v.k {
+                s += f64::from(io.a[i * v.a_rs + k * v.a_ks]) * f64::from(io.b[k * v.b_ks + j]);
+            }
+            let relu6 = |x: f64| x.clamp(0.0, 6.0);
+            let y = match v.act {
+                Act::None => s,
+                Act::Relu => s.max(0.0),
+                Act::Relu6 => relu6(s),
+                Act::HardSwish => s * relu6(s + 3.0) / 6.0,
+                Act::HardSigmoid => relu6(s + 3.0) / 6.0,
+                Act::Silu => s / (1.0 + (-s).exp()),
+                Act::Gelu => unreachable!("the tiles do not assemble GELU"),
+                Act::DyRelu => (f64::from(io.a1[i]) * s).max(f64::from(io.a2[i]) * s),
+            };
+            let r = if v.residual {
+                f64::from(io.residual[i * v.c_rs + j])
+            } else {
+                0.0
+            };
+            c[i * v.c_rs + j] = y + r;
+        }
+    }
+    c
+}
+
+/// The buffers of one tile call, each with room for whole-vector reads
+/// past its last element.
+struct TileIo {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    bias: Vec<f32>,
+    residual: Vec<f32>,
+    a1: Vec<f32>,
+    a2: Vec<f32>,
+    panel: Vec<f32>,
+}
+
+impl TileIo {
+    fn new(v: &Variant, rng: &mut Rng) -> TileIo {
+        let mut fill = |n: usize| (0..n).map(|_| rng.f32_in(-2.0, 2.0)).collect::<Vec<f32>>();
+        let slack = 64;
+        let c_len = v.mr * v.c_rs + slack;
+        TileIo {
+            a: fill(v.mr * v.a_rs + v.k * v.a_ks + slack),
+            b: fill(v.k * v.b_ks + v.nr + slack),
+            c: fill(c_len),
+            bias: fill(v.mr.max(v.nr) + slack),
+            residual: fill(c_len),
+            a1: fill(v.mr + slack),
+            a2: fill(v.mr + slack),
+            panel: vec![f32::NAN; v.k * v.nr + slack],
+        }
+    }
+}
+
+/// The tile signature: System V, eight pointers.
+type TileFn = unsafe extern "sysv64" fn(
+    *const f32,
+    *const f32,
+    *mut f32,
+    *const f32,
+    *const f32,
+    *const f32,
+    *const f32,
+    *mut f32,
+);
+
+/// The variants a tile contract test covers at `level`: for each column
+/// width the level builds, one row, about half and the most rows; full
+/// columns and vector tails; K of 1, 2, 3 and 8; each epilogue the tiles
+/// assemble, each bias, with and without a residual; packed-A and strided
+/// A, padded B, and B copied to the panel as it is read.
+fn tile_variants(level: TileLevel) -> Vec<Variant> {
+    let widths: Vec<(usize, usize)> = match level {
+        TileLevel::Avx512 => [16, 32, 48, 64]
+            .into_iter()
+            .map(|nr| (nr, avx512::tile::max_rows(nr).expect("a built width")))
+            .collect(),
+        TileLevel::Avx2 => vec![(avx2::tile::NR, avx2::tile::MR)],
+        TileLevel::F32x4 => Vec::new(),
+    };
+    let acts: Vec<Act> = Act::ALL.into_iter().filter(|&a| assembles(a)).collect();
+    let mut out = Vec::new();
+    let mut i = 0usize;
+    for (nr, rows) in widths {
+        for mr in [1, rows.div_ceil(2), rows] {
+            for nt in [nr, nr - 1, nr - 7, 1] {
+                for k in [1, 2, 3, 8] {
+                    i += 1;
+                    let act = acts[i % acts.len()];
+                    let b_pack = i.is_multiple_of(3);
+                    let packed_a = i.is_multiple_of(2);
+                    out.push(Variant {
+                        k,
+                        mr,
+                        nt,
+                        nr,
+                        a_rs: if packed_a { 1 } else { k + 3 },
+                        a_ks: if packed_a { mr } else { 1 },
+                        b_ks: if b_pack { nr + 5 } else { nr },
+                        b_padded: !b_pack,
+                        b_pack,
+                        c_rs: nr + 3,
+                        bias: [Bias::None, Bias::Row, Bias::Col][i % 3],
+                        act,
+                        residual: i % 4 < 2,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Assembles every variant at `level`, runs each on random data and checks
+/// the written tile against [`tile_reference`] (within TOL of the largest
+/// magnitude), that nothing outside the tile changed, and that a `b_pack`
+/// variant copied B to the panel exactly.
+fn check_tile_contract(level: TileLevel, test: &str) {
+    if TileLevel::host() < level {
+        kiln_ir::skip::skip(test, &format!("this CPU lacks {level:?}"));
+        return;
+    }
+    let variants = tile_variants(level);
+    assert!(!variants.is_empty());
+    let mut reg = Registry::new(level);
+    let ids: Vec<usize> = variants
+        .iter()
+        .map(|v| {
+            reg.request(Spec::Tile(*v))
+                .unwrap_or_else(|e| panic!("{v:?}: {e}"))
+        })
+        .collect();
+    let target = Target::host(false).expect("the host target");
+    let mut modules = Vec::new();
+    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let mut rng = Rng(0xc0de_7e57);
+    for (v, id) in variants.iter().zip(ids) {
+        let mut io = TileIo::new(v, &mut rng);
+        let want = tile_reference(v, &io);
+        let before = io.c.clone();
+        // SAFETY: `addrs[id]` is the finalised code of `v`, assembled for
+        // this level, which the host runs (checked above); every buffer
+        // holds what `v`'s strides reach plus a vector of slack, and the
+        // modules stay alive until the end of this function.
+        unsafe {
+            let f: TileFn = std::mem::transmute::<usize, TileFn>(addrs[id]);
+            f(
+                io.a.as_ptr(),
+                io.b.as_ptr(),
+                io.c.as_mut_ptr(),
+                io.bias.as_ptr(),
+                io.residual.as_ptr(),
+                io.a1.as_ptr(),
+                io.a2.as_ptr(),
+                io.panel.as_mut_ptr(),
+            );
+        }
+        let scale = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        for (idx, (&got, &w)) in io.c.iter().zip(&want).enumerate() {
+            let (i, j) = (idx / v.c_rs, idx % v.c_rs);
+            if i < v.mr && j < v.nt {
+                let e = (f64::from(got) - w).abs() / scale;
+                assert!(
+                    e <= TOL,
+                    "{level:?} {v:?}: C[{i}][{j}] = {got}, want {w} ({e:.2e})"
+                );
+            } else {
+                assert_eq!(
+                    got.to_bits(),
+                    before[idx].to_bits(),
+                    "{level:?} {v:?}: wrote outside the tile at {idx}"
+                );
+            }
+        }
+        if v.b_pack {
+            for k in 0..v.k {
+                for j in 0..v.nt {
+                    assert_eq!(
+                        io.panel[k * v.nr + j].to_bits(),
+                        io.b[k * v.b_ks + j].to_bits(),
+                        "{level:?} {v:?}: panel[{k}][{j}]"
+                    );
+                }
+            }
+        }
+    }
+    drop(modules);
+}
+
+/// A row function: `fn(src, dst, n)`, System V.
+type RowFn = unsafe extern "sysv64" fn(*const f32, *mut f32, usize);
+
+/// The row contracts: `dst[i] = f(src[i])` for an element-wise function,
+/// or the softmax of the row, for `i < n`; nothing outside `[0, n)` read
+/// or written; `src == dst` allowed.
+#[derive(Clone, Copy, Debug)]
+enum Row {
+    Unary(Func),
+    Softmax,
+}
+
+fn row_reference(row: Row, x: &[f32]) -> Vec<f64> {
+    let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    match row {
+        Row::Unary(Func::Exp) => x.iter().map(|v| v.exp()).collect(),
+        Row::Unary(Func::Sigmoid) => x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect(),
+        Row::Unary(Func::Silu) => x.iter().map(|v| v / (1.0 + (-v).exp())).collect(),
+        Row::Unary(Func::Gelu) => x
+            .iter()
+            .map(|&v| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2)))
+            .collect(),
+        Row::Unary(Func::GeluTanh) => {
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            x.iter()
+                .map(|&v| 0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh()))
+                .collect()
+        }
+        Row::Softmax => {
+            let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        }
+    }
+}
+
+/// `erf` in f64 (Abramowitz–Stegun 7.1.26 is too coarse for a reference;
+/// this is the series below 3 and the continued fraction above, both to
+/// about 1e-15).
+fn erf(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 3.0 {
+        // erf(a) = 2/√π · Σ (-1)^n a^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum, mut n) = (a, a, 0.0f64);
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    } else {
+        // erfc(a) = exp(-a²)/√π · 1/(a + 1/2/(a + 1/(a + 3/2/(a + ...))))
+        let mut f = a;
+        for k in (1..60).rev() {
+            f = a + (k as f64 / 2.0) / f;
+        }
+        1.0 - (-a * a).exp() / (std::f64::consts::PI.sqrt() * f)
+    };
+    if x < 0.0 { -r } else { r }
+}
+
+/// Every row function at `level`'s width over lengths 1 to 3 vectors plus
+/// every tail, out of place and in place, against [`row_reference`]
+/// (within TOL of the largest magnitude), with guard elements on both
+/// sides that must stay untouched.
+fn check_row_contract(level: TileLevel, test: &str) {
+    if TileLevel::host() < level {
+        kiln_ir::skip::skip(test, &format!("this CPU lacks {level:?}"));
+        return;
+    }
+    let width = match level {
+        TileLevel::Avx512 => Width::Zmm,
+        TileLevel::Avx2 => Width::Ymm,
+        TileLevel::F32x4 => unreachable!("no assembled rows at f32x4"),
+    };
+    let rows = [
+        Row::Unary(Func::Exp),
+        Row::Unary(Func::Sigmoid),
+        Row::Unary(Func::Silu),
+        Row::Unary(Func::Gelu),
+        Row::Unary(Func::GeluTanh),
+        Row::Softmax,
+    ];
+    let mut reg = Registry::new(level);
+    let ids: Vec<usize> = rows
+        .iter()
+        .map(|&r| {
+            let spec = match r {
+                Row::Unary(f) => Spec::Unary(f, width),
+                Row::Softmax => Spec::SoftmaxRow(width),
+            };
+            reg.request(spec).unwrap_or_else(|e| panic!("{r:?}: {e}"))
+        })
+        .collect();
+    let target = Target::host(false).expect("the host target");
+    let mut modules = Vec::new();
+    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let lanes = match width {
+        Width::Zmm => 16,
+        Width::Ymm => 8,
+    };
+    let mut rng = Rng(0x0a11_2025);
+    const GUARD: usize = 32;
+    for (&row, id) in rows.iter().zip(ids) {
+        for n in 1..=3 * lanes + 1 {
+            for in_place in [false, true] {
+                let src: Vec<f32> = (0..n).map(|_| rng.f32_in(-30.0, 30.0)).collect();
+                let want = row_reference(row, &src);
+                let mut buf = vec![f32::NAN; n + 2 * GUARD];
+                let mut dst = vec![-7.0f32; n + 2 * GUARD];
+                buf[GUARD..GUARD + n].copy_from_slice(&src);
+                // SAFETY: `addrs[id]` is the finalised code of this row
+                // function at a level the host runs; both pointers have
+                // `n` elements (the guards stay outside the call's range,
+                // which the contract says it never leaves).
+                unsafe {
+                    let f: RowFn = std::mem::transmute::<usize, RowFn>(addrs[id]);
+                    let s = buf.as_mut_ptr().add(GUARD);
+                    let d = if in_place {
+                        s
+                    } else {
+                        dst.as_mut_ptr().add(GUARD)
+                    };
+                    f(s, d, n);
+                }
+                let out = if in_place { &buf } else { &dst };
+                let fill = if in_place { f32::NAN } else { -7.0 };
+                let scale = want.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+                for (i, &got) in out.iter().enumerate() {
+                    if (GUARD..GUARD + n).contains(&i) {
+                        let w = want[i - GUARD];
+                        let e = (f64::from(got) - w).abs() / scale;
+                        assert!(
+                            e <= TOL,
+                            "{level:?} {row:?} n={n} in_place={in_place}: [{}] = {got}, want {w} ({e:.2e})",
+                            i - GUARD
+                        );
+                    } else {
+                        assert_eq!(
+                            got.to_bits(),
+                            fill.to_bits(),
+                            "{level:?} {row:?} n={n}: wrote outside the row at {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    drop(modules);
+}
+
+/// One test per ISA for a contract.
+macro_rules! contract_tests {
+    ($check:ident: $($name:ident => $level:expr),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $check($level, concat!("ukernels::contract::", stringify!($name)));
+            }
+        )+
+    };
+}
+
+contract_tests!(check_tile_contract:
+    avx512_gemm_tiles_meet_the_tile_contract => TileLevel::Avx512,
+    avx2_gemm_tiles_meet_the_tile_contract => TileLevel::Avx2,
+);
+
+contract_tests!(check_row_contract:
+    avx512_row_functions_meet_the_row_contract => TileLevel::Avx512,
+    avx2_row_functions_meet_the_row_contract => TileLevel::Avx2,
+);
