@@ -18,8 +18,8 @@
 //! and `nearest-exact` = half_pixel + round_prefer_floor), lane shuffles of
 //! one loaded vector; otherwise a table of source columns.
 //!
-//! Measured (`kiln bench F.kir --threads 1 --iters 500`, one resize of
-//! `[1,48,28,28]`, shared machine, medians): nearest 2× (asymmetric, floor)
+//! Measured (`kiln bench` of a `.kir` graph holding one resize of
+//! `[1,48,28,28]`, `--threads 1 --iters 500`, shared machine, medians): nearest 2× (asymmetric, floor)
 //! 0.015 ms, 46 GB/s of compulsory traffic; bilinear 2× (half_pixel)
 //! 0.033 ms (0.159 ms when every column went through the table); bilinear
 //! 1.5× (table path) to `[1,48,42,42]` 0.070 ms, 1.2 Gelem/s.
