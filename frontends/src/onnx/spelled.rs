@@ -605,60 +605,66 @@ pub(crate) fn resize(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
     Ok(vec![im.apply(op, &[(&x, &n.in_name(0))], &out)?])
 }
 
-/// `GatherND(data, indices)` with constant indices and `batch_dims = 0`:
-/// each index tuple `(i₀, …, i_{k-1})` (the last axis of `indices`, `k ≤
-/// rank`) selects `data[i₀, …, i_{k-1}, …]`, so it is a `Gather` on axis 0
-/// of `data` with its first `k` axes merged, at the row-major linear index
-/// of each tuple. Constant data (timm's attention-bias tables, which
-/// dynamo spells this way) folds at import.
+/// `GatherND(data, indices)` with constant indices (the attention-bias
+/// lookup `biases[:, idx]` of LeViT, TinyViT, EfficientFormerV2 and GCViT
+/// as torch's dynamo exporter spells it): `data` viewed as `[B·E, rest..]`
+/// (`B` the `batch_dims` axes, `E` the indexed ones) and one `gather` along
+/// axis 0 of the flat positions `lin(batch)·|E| + lin(index)`, so it folds
+/// on constants and is pure data movement otherwise.
 pub(crate) fn gather_nd(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
     let out = n.out_name(0);
-    if n.attr_i("batch_dims", 0)? != 0 {
-        return Err(unsupported(n, "batch_dims ≠ 0"));
-    }
-    let x = n.req(0)?.clone();
-    let shape = im.shape(&x);
+    let data = n.req(0)?.clone();
     let idx = n.req_const(1, "indices")?;
-    let k = *idx
-        .shape
+    let ds = im.shape(&data);
+    let b = usize::try_from(n.attr_i("batch_dims", 0)?)
+        .map_err(|_| E::Msg("batch_dims must be non-negative".into()))?;
+    let is = &idx.shape;
+    let k = *is
         .last()
-        .ok_or_else(|| E::Msg("GatherND indices must have rank ≥ 1".into()))?;
-    if k == 0 || k > shape.len() {
+        .ok_or_else(|| E::Msg("indices must have rank ≥ 1".into()))?;
+    if k == 0 {
+        return Err(unsupported(
+            n,
+            "with an empty index tuple (indices.shape[-1] = 0)",
+        ));
+    }
+    if b >= is.len() || b + k > ds.len() || ds[..b] != is[..b] {
         return Err(E::Msg(format!(
-            "GatherND index tuples of {k} over data of rank {}",
-            shape.len()
+            "indices {is:?} with batch_dims {b} do not fit data {ds:?}"
         )));
     }
-    let ints = idx.ints().map_err(E::Msg)?;
-    let mut linear = Vec::with_capacity(ints.len() / k);
-    for tuple in ints.chunks(k) {
-        let mut at = 0i64;
-        for (j, &i) in tuple.iter().enumerate() {
-            let d = shape[j] as i64;
+    let iv = idx.ints().map_err(E::Msg)?;
+    let (bdims, edims, rest) = (&ds[..b], &ds[b..b + k], &ds[b + k..]);
+    let e_count: usize = edims.iter().product();
+    let b_count: usize = bdims.iter().product();
+    let per_batch: usize = is[b..is.len() - 1].iter().product();
+    let mut flat = Vec::with_capacity(iv.len() / k.max(1));
+    for (t, tuple) in iv.chunks(k).enumerate() {
+        let batch = t / per_batch.max(1);
+        let mut lin = 0i64;
+        for (&i, &d) in tuple.iter().zip(edims) {
+            let d = d as i64;
             let i = if i < 0 { i + d } else { i };
             if !(0..d).contains(&i) {
                 return Err(E::Msg(format!(
-                    "GatherND index {i} out of range for axis {j} of size {d}"
+                    "index {i} is out of range for a dimension of {d}"
                 )));
             }
-            at = at * d + i;
+            lin = lin * d + i;
         }
-        linear.push(at);
+        flat.push((batch * e_count) as i64 + lin);
     }
-    let rows: usize = shape[..k].iter().product();
-    let mut merged = vec![rows];
-    merged.extend(&shape[k..]);
-    let xn = n.in_name(0);
-    let flat = im.apply(
-        Op::Reshape { shape: merged },
-        &[(&x, &xn)],
+    let mut view = vec![b_count * e_count];
+    view.extend_from_slice(rest);
+    let v = im.apply(
+        Op::Reshape { shape: view },
+        &[(&data, &n.in_name(0))],
         &format!("{out}.rows"),
     )?;
     let g = Op::Gather {
         axis: 0,
-        indices: linear,
-        indices_shape: idx.shape[..idx.shape.len() - 1].to_vec(),
+        indices: flat,
+        indices_shape: is[..is.len() - 1].to_vec(),
     };
-    Ok(vec![im.apply(g, &[(&flat, "")], &out)?])
+    Ok(vec![im.apply(g, &[(&v, "")], &out)?])
 }
-
