@@ -2,7 +2,7 @@
 """Exports small PyTorch blocks of the model families kiln targets as ONNX
 fixtures for kiln's importer tests (frontends/tests/onnx_fixtures.rs).
 
-Two blocks, written here at reduced widths:
+Three blocks, written here at reduced widths:
 
 - MobileViTv2Block: depthwise 3x3 conv + BN + SiLU, 1x1 conv, unfold into
   patches, separable self-attention (GroupNorm(1), a 1+2d-channel 1x1 qkv
@@ -12,6 +12,12 @@ Two blocks, written here at reduced widths:
   gated), Former (multi-head self-attention + FFN with LayerNorm), a Mobile
   sub-block with dynamic ReLU driven by the first token, and the
   Former->Mobile bridge (pixels attend to tokens).
+
+- GardenOpsBlock: the operators timm's exports added (issue 15): an
+  EdgeNeXt-style Fourier position encoding (cumsum of a ones grid, sin,
+  cos), a GhostNetV2-style nearest-upsampled gate, EfficientFormerV2-style
+  bilinear 2x upsampling, a LeViT-style attention-bias lookup by index,
+  two einsums and an fmod.
 
 The forward passes read `x.shape` the way model code does, so the
 TorchScript exporter emits the usual Shape -> Gather -> Unsqueeze -> Concat
@@ -155,6 +161,33 @@ def randomise_bn(module, gen):
                 mod.bias.copy_(torch.randn(mod.num_features, generator=gen) * 0.1)
 
 
+class GardenOpsBlock(nn.Module):
+    def __init__(self, c=8, n=64, heads=4):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.bias = nn.Parameter(torch.randn(heads, n))
+        self.register_buffer("idx", torch.randint(0, n, (n, n)))
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        ones = torch.ones(b, h, w)
+        xx = ones.cumsum(2)
+        dim_t = torch.arange(4, dtype=torch.float32)
+        dim_t = 10000 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / 4)
+        px = xx[:, :, :, None] / dim_t
+        pos = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), dim=4)
+        pos = pos.flatten(3).permute(0, 3, 1, 2)
+        x = x + torch.cat([pos, pos], 1)
+        g = torch.sigmoid(F.avg_pool2d(self.conv(x), 2))
+        x = x * F.interpolate(g, size=(h, w), mode="nearest")
+        up = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        x = x + up
+        t = x.flatten(2)
+        att = torch.einsum("bcn,bcm->bnm", t, t) / 8 + self.bias[:, self.idx].mean(0)
+        out = torch.einsum("bnm,bcm->bcn", att.softmax(-1), t)
+        return out.reshape(b, c, h, w) + torch.fmod(x, 0.7)
+
+
 def export(name, module, inputs, input_names, output_names, out):
     module.eval()
     with torch.no_grad():
@@ -212,6 +245,10 @@ def main():
     x = torch.randn(1, 16, 8, 8, generator=gen)
     z = torch.randn(1, 4, 32, generator=gen)
     export("mobileformer_block", mf, (x, z), ["x", "z"], ["y", "z_out"], out)
+
+    ops = GardenOpsBlock()
+    x = torch.randn(1, 8, 8, 8, generator=gen)
+    export("garden_ops_block", ops, (x,), ["x"], ["y"], out)
 
 
 if __name__ == "__main__":

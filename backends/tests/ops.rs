@@ -911,10 +911,12 @@ fn resize_all_modes() {
     use kiln_ir::{CoordMode, NearestMode, ResizeMode};
     // input shape, output size, scales (None: from the sizes)
     type Case<'a> = (&'a [usize], [usize; 2], Option<[f32; 2]>);
-    // (the nearest kernel's column paths: 2× duplication with vector steps
-    // and a tail, identity columns, a 3× table)
-    let cases: [Case; 9] = [
+    // (the kernel's column paths: 2× duplication — and half-pixel 2×
+    // bilinear — with vector steps and a tail, and of a 1-pixel width;
+    // identity columns; a 3× table)
+    let cases: [Case; 10] = [
         (&[1, 3, 6, 13], [12, 26], Some([2.0, 2.0])),
+        (&[1, 2, 2, 1], [4, 2], None),
         (&[1, 2, 5, 9], [10, 9], None),
         (&[1, 2, 4, 4], [12, 12], Some([3.0, 3.0])),
         (&[1, 3, 4, 5], [8, 10], Some([2.0, 2.0])),

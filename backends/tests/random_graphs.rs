@@ -62,10 +62,11 @@ fn random_graphs_match_the_interpreter() {
 }
 
 /// The differential tolerance widens only where the graph itself amplifies
-/// rounding: the fuzzer's one mismatch (the graph below, which
-/// tests/corpus/jit_groupnorm_near_constant_seed generated before the
-/// generator drew more ops: a group norm over six values that are all 32
-/// up to rounding, so its output is amplified rounding noise) gets a wider
+/// rounding: the fuzzer's one mismatch (the graph below, the one
+/// tests/corpus/jit_groupnorm_near_constant_seed generates, written out so
+/// the test does not depend on the generator: a group norm over six values
+/// that are all 32 up to rounding, so its output is amplified rounding
+/// noise) gets a wider
 /// tolerance on that output and matches within it, under the options it
 /// failed with; its other output, and every output of the first 60 random
 /// graphs, keep TOL.

@@ -768,3 +768,54 @@ fn resize_imports_and_refuses_clearly() {
     );
     assert!(e.contains("tf_crop_and_resize"), "{e}");
 }
+
+/// `GatherND` with constant indices: the attention-bias lookup folds when
+/// the table is an initialiser, and on a runtime tensor becomes one gather;
+/// `batch_dims` and negative indices follow the ONNX definition.
+#[test]
+fn gather_nd_folds_or_gathers() {
+    // runtime data [4, 3, 2], index pairs into the first two axes
+    let nodes = vec![node("GatherND", &["x", "idx"], &["y"], vec![])];
+    let m = model(
+        17,
+        nodes,
+        vec![tensor_i64("idx", &[2, 2, 2], &[0, 1, 3, -1, 2, 0, 1, 2])],
+        vec![vi("x", FLOAT, &[4, 3, 2])],
+        vec![vi("y", FLOAT, &[2, 2, 2])],
+    );
+    let (km, _) = import_proto(&m, &ImportOptions::default()).unwrap();
+    assert!(ops(&km).contains(&"gather".to_string()), "{:?}", ops(&km));
+    let x = f32_tensor(&[4, 3, 2], 7);
+    let xv = x.as_f32().unwrap();
+    let pick = |i: usize, j: usize| [xv[(i * 3 + j) * 2], xv[(i * 3 + j) * 2 + 1]];
+    let want: Vec<f32> = [pick(0, 1), pick(3, 2), pick(2, 0), pick(1, 2)].concat();
+    assert_eq!(run1(&km, &x).as_f32().unwrap(), &want[..]);
+
+    // a constant table with batch_dims = 1 folds: row b picks its own entries
+    let nodes = vec![
+        node(
+            "GatherND",
+            &["table", "bidx"],
+            &["bias"],
+            vec![attr_i("batch_dims", 1)],
+        ),
+        node("Add", &["x", "bias"], &["y"], vec![]),
+    ];
+    let m = model(
+        17,
+        nodes,
+        vec![
+            tensor_f32("table", &[2, 3], &[10.0, 11.0, 12.0, 20.0, 21.0, 22.0]),
+            tensor_i64("bidx", &[2, 2, 1], &[2, 0, 1, 1]),
+        ],
+        vec![vi("x", FLOAT, &[2, 2])],
+        vec![vi("y", FLOAT, &[2, 2])],
+    );
+    let (km, _) = import_proto(&m, &ImportOptions::default()).unwrap();
+    assert_eq!(ops(&km), ["add"]);
+    let zero = Tensor::from_f32([2, 2], vec![0.0; 4]).unwrap();
+    assert_eq!(
+        run1(&km, &zero).as_f32().unwrap(),
+        &[12.0, 10.0, 21.0, 21.0]
+    );
+}

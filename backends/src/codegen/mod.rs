@@ -461,6 +461,20 @@ impl<'a> Emitter<'a> {
         self.b.ins().bitcast(V4, le, s)
     }
 
+    /// The f32x4 of lanes `lanes` of `a ++ b` (0–3 from `a`, 4–7 from `b`).
+    pub fn pick_lanes2(&mut self, a: Value, b: Value, lanes: [u8; 4]) -> Value {
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let ab = self.b.ins().bitcast(types::I8X16, le, a);
+        let bb = self.b.ins().bitcast(types::I8X16, le, b);
+        let mask: Vec<u8> = lanes
+            .iter()
+            .flat_map(|&l| (0..4).map(move |k| l * 4 + k))
+            .collect();
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(mask));
+        let s = self.b.ins().shuffle(ab, bb, imm);
+        self.b.ins().bitcast(V4, le, s)
+    }
+
     /// Stores `v` at `p + off` bytes.
     pub fn store(&mut self, f: MemFlagsData, v: Value, p: Value, off: i64) {
         match i32::try_from(off) {

@@ -49,6 +49,7 @@ const SUPPORTED: &[&str] = &[
     "Flatten",
     "Floor",
     "Gather",
+    "GatherND",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -604,6 +605,7 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
         }
         "Where" => where_(im, n),
         "CumSum" => super::spelled::cumsum(im, n),
+        "GatherND" => super::spelled::gather_nd(im, n),
         "Einsum" => super::spelled::einsum(im, n),
         "Resize" => super::spelled::resize(im, n),
         _ => Err(E::Unsupported(Unsupported::Op {

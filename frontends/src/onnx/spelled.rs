@@ -604,3 +604,67 @@ pub(crate) fn resize(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
     };
     Ok(vec![im.apply(op, &[(&x, &n.in_name(0))], &out)?])
 }
+
+/// `GatherND(data, indices)` with constant indices (the attention-bias
+/// lookup `biases[:, idx]` of LeViT, TinyViT, EfficientFormerV2 and GCViT
+/// as torch's dynamo exporter spells it): `data` viewed as `[B·E, rest..]`
+/// (`B` the `batch_dims` axes, `E` the indexed ones) and one `gather` along
+/// axis 0 of the flat positions `lin(batch)·|E| + lin(index)`, so it folds
+/// on constants and is pure data movement otherwise.
+pub(crate) fn gather_nd(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
+    let out = n.out_name(0);
+    let data = n.req(0)?.clone();
+    let idx = n.req_const(1, "indices")?;
+    let ds = im.shape(&data);
+    let b = usize::try_from(n.attr_i("batch_dims", 0)?)
+        .map_err(|_| E::Msg("batch_dims must be non-negative".into()))?;
+    let is = &idx.shape;
+    let k = *is
+        .last()
+        .ok_or_else(|| E::Msg("indices must have rank ≥ 1".into()))?;
+    if k == 0 {
+        return Err(unsupported(
+            n,
+            "with an empty index tuple (indices.shape[-1] = 0)",
+        ));
+    }
+    if b >= is.len() || b + k > ds.len() || ds[..b] != is[..b] {
+        return Err(E::Msg(format!(
+            "indices {is:?} with batch_dims {b} do not fit data {ds:?}"
+        )));
+    }
+    let iv = idx.ints().map_err(E::Msg)?;
+    let (bdims, edims, rest) = (&ds[..b], &ds[b..b + k], &ds[b + k..]);
+    let e_count: usize = edims.iter().product();
+    let b_count: usize = bdims.iter().product();
+    let per_batch: usize = is[b..is.len() - 1].iter().product();
+    let mut flat = Vec::with_capacity(iv.len() / k.max(1));
+    for (t, tuple) in iv.chunks(k).enumerate() {
+        let batch = t / per_batch.max(1);
+        let mut lin = 0i64;
+        for (&i, &d) in tuple.iter().zip(edims) {
+            let d = d as i64;
+            let i = if i < 0 { i + d } else { i };
+            if !(0..d).contains(&i) {
+                return Err(E::Msg(format!(
+                    "index {i} is out of range for a dimension of {d}"
+                )));
+            }
+            lin = lin * d + i;
+        }
+        flat.push((batch * e_count) as i64 + lin);
+    }
+    let mut view = vec![b_count * e_count];
+    view.extend_from_slice(rest);
+    let v = im.apply(
+        Op::Reshape { shape: view },
+        &[(&data, &n.in_name(0))],
+        &format!("{out}.rows"),
+    )?;
+    let g = Op::Gather {
+        axis: 0,
+        indices: flat,
+        indices_shape: is[..is.len() - 1].to_vec(),
+    };
+    Ok(vec![im.apply(g, &[(&v, "")], &out)?])
+}
