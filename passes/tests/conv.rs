@@ -324,3 +324,116 @@ fn permutations_that_are_not_shuffles_stay() {
     let o = run(&m);
     assert_eq!(count(&o, "transpose"), 2, "{}", common::dump(&o.graph));
 }
+
+/// PyTorch's two spellings of `GroupNorm(G, C)` give one node: TorchScript
+/// writes `reshape [N, G, -1] → group norm of G rows → reshape back → · γ
+/// + β`, dynamo one group norm with per-channel γ, β.
+#[test]
+fn group_norm_spellings_become_one_group_norm() {
+    for groups in [1, 2] {
+        let mut b = B::new("gn_ts");
+        let x = b.input("x", &[1, 8, 4, 4]);
+        let v = b.reshape(x, &[1, groups, 128 / groups]);
+        let g0 = b.positive("g0", &[groups], 0.5);
+        let b0 = b.weight("b0", &[groups], 0.3);
+        let n = b.op(
+            Op::GroupNorm {
+                groups,
+                eps: Float(1e-5),
+            },
+            &[v, g0, b0],
+        );
+        let y = b.reshape(n, &[1, 8, 4, 4]);
+        let g = b.positive("g", &[8, 1, 1], 0.5);
+        let y = b.bin(BinaryOp::Mul, y, g);
+        let be = b.weight("be", &[8, 1, 1], 0.3);
+        let y = b.bin(BinaryOp::Add, y, be);
+        let y = b.un(UnaryOp::Gelu, y);
+        let m = b.finish(&[y]);
+        let o = run(&m);
+        assert_eq!(count(&o, "group_norm"), 1, "groups {groups}");
+        assert_eq!(
+            count(&o, "reshape") + count(&o, "mul") + count(&o, "add"),
+            0
+        );
+        assert_eq!(o.graph.op_count(), 2, "group_norm and gelu");
+    }
+}
+
+/// A gather of every index of its axis in order (dynamo's `as_strided`) is
+/// a reshape; one out of order is not.
+#[test]
+fn in_order_gather_is_a_reshape() {
+    for (indices, gathers) in [
+        ((0..8).collect::<Vec<i64>>(), 0),
+        (vec![1, 0, 2, 3, 4, 5, 6, 7], 1),
+    ] {
+        let mut b = B::new("as_strided");
+        let x = b.input("x", &[1, 8, 1, 1]);
+        let f = b.reshape(x, &[8]);
+        let y = b.op(
+            Op::Gather {
+                axis: 0,
+                indices,
+                indices_shape: vec![1, 8, 1, 1],
+            },
+            &[f],
+        );
+        let y = b.un(UnaryOp::Relu, y);
+        let m = b.finish(&[y]);
+        let o = run(&m);
+        assert_eq!(count(&o, "gather"), gathers);
+    }
+}
+
+/// TensorFlow "same" padding: TorchScript exports a zero `Pad` on H and W
+/// before an unpadded conv, dynamo the conv's own padding; both give one
+/// conv. A pad with another value, or on the channels, stays.
+#[test]
+fn zero_spatial_pad_folds_into_the_conv() {
+    for (value, pads, pads_left) in [
+        (0.0, vec![0, 0, 0, 0, 0, 0, 1, 1], 0),
+        (0.5, vec![0, 0, 0, 0, 0, 0, 1, 1], 1),
+        (0.0, vec![0, 1, 0, 0, 0, 0, 1, 1], 1),
+    ] {
+        let mut b = B::new("tf_same");
+        let x = b.input("x", &[1, 4, 8, 8]);
+        let p = b.op(
+            Op::Pad {
+                pads,
+                mode: kiln_ir::op::PadMode::Constant,
+                value: Float(value),
+            },
+            &[x],
+        );
+        let y = b.conv(p, 8, 3, 2, 1, true);
+        let y = b.un(UnaryOp::Relu, y);
+        let m = b.finish(&[y]);
+        let o = run(&m);
+        assert_eq!(count(&o, "pad"), pads_left, "value {value}");
+    }
+}
+
+/// GhostNet's `cat([a, b], 1)[:, :oup]` when `oup` is every channel: the
+/// slice is the identity.
+#[test]
+fn a_slice_that_keeps_everything_is_the_identity() {
+    let mut b = B::new("ghost");
+    let x = b.input("x", &[1, 4, 5, 5]);
+    let y = b.un(UnaryOp::Relu, x);
+    let z = b.un(UnaryOp::Sigmoid, x);
+    let c = b.op(Op::Concat { axis: 1 }, &[y, z]);
+    let s = b.op(
+        Op::Slice {
+            axes: vec![1],
+            starts: vec![0],
+            ends: vec![8],
+            steps: vec![1],
+        },
+        &[c],
+    );
+    let s = b.un(UnaryOp::Tanh, s);
+    let m = b.finish(&[s]);
+    let o = run(&m);
+    assert_eq!(count(&o, "slice"), 0);
+}

@@ -605,9 +605,9 @@ pub(crate) fn lower(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
         }
         "Where" => where_(im, n),
         "CumSum" => super::spelled::cumsum(im, n),
+        "GatherND" => super::spelled::gather_nd(im, n),
         "Einsum" => super::spelled::einsum(im, n),
         "Resize" => super::spelled::resize(im, n),
-        "GatherND" => super::spelled::gather_nd(im, n),
         _ => Err(E::Unsupported(Unsupported::Op {
             op_type: op.to_string(),
             node: String::new(),

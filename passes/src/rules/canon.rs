@@ -11,7 +11,10 @@
 //! to the same graph: `split` outputs and the `slice`s that tile an axis
 //! (`chunk`/`unbind` are either), a global average pool and a mean over
 //! the spatial axes (`AdaptiveAvgPool2d(1)`), and a scalar constant per use
-//! or one shared (a scalar weight and the literal of its value).
+//! or one shared (a scalar weight and the literal of its value), and
+//! `GroupNorm` — TorchScript writes `reshape [N, G, -1] → instance norm →
+//! reshape back → · γ + β`, dynamo one `GroupNormalization` with per-channel
+//! `γ, β`.
 //!
 //! These rules add equal spellings to a class; they never delete one, so a
 //! matcher may rely on "some e-node of the class has this form". Each is
@@ -21,7 +24,7 @@
 
 use egg::Id;
 use kiln_ir::DType;
-use kiln_ir::op::{BinaryOp, Float, Op, ReduceKind, UnaryOp};
+use kiln_ir::op::{BinaryOp, Float, Op, PadMode, ReduceKind, UnaryOp};
 
 use super::{
     Found, R, Recipe, Rw, binary, is_scalar, konst, linears, node_rule, ops, rule, scalar, ty,
@@ -130,6 +133,26 @@ pub fn rules() -> Vec<Rw> {
             "canon-global-pool-as-spatial-mean",
             |op| *op == Op::GlobalAvgPool,
             global_pool_as_spatial_mean,
+        ),
+        rule(
+            "canon-zero-pad-into-conv",
+            |op| matches!(op, Op::Conv2d { .. }),
+            zero_pad_into_conv,
+        ),
+        rule(
+            "canon-gather-in-order-as-reshape",
+            |op| matches!(op, Op::Gather { .. }),
+            gather_in_order_as_reshape,
+        ),
+        rule(
+            "canon-group-norm-of-grouped-view",
+            |op| matches!(op, Op::Reshape { .. }),
+            group_norm_of_grouped_view,
+        ),
+        rule(
+            "canon-affine-into-group-norm",
+            |op| matches!(op, Op::Binary(BinaryOp::Mul | BinaryOp::Add)),
+            affine_into_group_norm,
         ),
         node_rule(
             "canon-scalar-weight-as-literal",
@@ -532,11 +555,14 @@ fn is_identity_candidate(op: &Op) -> bool {
         Op::Unary(UnaryOp::Identity)
             | Op::Binary(BinaryOp::Mul | BinaryOp::Div | BinaryOp::Add | BinaryOp::Sub)
             | Op::Cast { .. }
+            | Op::Slice { .. }
     )
 }
 
-/// `identity(x)`, `x·1`, `x/1`, `x+0`, `x-0`, a cast to the same type: `x`
-/// (only when the result has `x`'s type — a broadcast is not an identity).
+/// `identity(x)`, `x·1`, `x/1`, `x+0`, `x-0`, a cast to the same type, a
+/// slice with unit steps that keeps the shape (GhostNet's
+/// `cat(...)[:, :oup]` when `oup` is every channel): `x` (only when the
+/// result has `x`'s type — a broadcast is not an identity).
 fn identity(eg: &KGraph, c: Id, n: &KNode) -> Found {
     let keep = |x: Id| {
         if ty(eg, x) == ty(eg, c) {
@@ -547,6 +573,7 @@ fn identity(eg: &KGraph, c: Id, n: &KNode) -> Found {
     };
     match n.as_op() {
         Some(Op::Unary(UnaryOp::Identity) | Op::Cast { .. }) => keep(n.args[0]),
+        Some(Op::Slice { steps, .. }) if steps.iter().all(|&st| st == 1) => keep(n.args[0]),
         Some(Op::Binary(b)) => {
             let (unit, commutes) = match b {
                 BinaryOp::Mul => (1.0, true),
@@ -686,6 +713,186 @@ fn softmax_through_transpose(eg: &KGraph, _c: Id, n: &KNode) -> Found {
         let s = r.op(Op::Softmax { axis: perm[*axis] }, &[R::Old(a[0])]);
         let t = r.transpose(s, perm);
         out.push((r, t));
+    }
+    out
+}
+
+/// TorchScript's group norm: `reshape(group_norm(reshape(x, [N, G, L]),
+/// γ₀, β₀) {groups = G}, shape(x))` for `x [N, C, ...]`, `L = C/G·…`, is
+/// `group_norm(x, γ, β) {groups = G}` with each channel taking its group's
+/// `γ₀, β₀` (`[G] → [G, C/G] → [C]`): the statistics are the same
+/// `C/G·…` values either way.
+fn group_norm_of_grouped_view(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let xt = ty(eg, c).clone();
+    if xt.rank() < 3 {
+        return vec![];
+    }
+    let (batch, ch) = (xt.shape[0], xt.shape[1]);
+    let mut out = Vec::new();
+    for (op, a) in ops(eg, n.args[0], |op| matches!(op, Op::GroupNorm { .. })) {
+        let Op::GroupNorm { groups, eps } = op else {
+            continue;
+        };
+        let [gv, g0, b0] = [a[0], a[1], a[2]];
+        let vt = ty(eg, gv);
+        // the inner norm: one group per row of the [N, G, L] view
+        if vt.rank() != 3 || vt.shape[0] != batch || vt.shape[1] != *groups {
+            continue;
+        }
+        let g = *groups;
+        if g == 0 || !ch.is_multiple_of(g) || !konst(eg, g0) || !konst(eg, b0) {
+            continue;
+        }
+        for (_, v) in ops(eg, gv, |op| matches!(op, Op::Reshape { .. })) {
+            if ty(eg, v[0]) != &xt {
+                continue;
+            }
+            let mut r = Recipe::new();
+            let per_channel = |r: &mut Recipe, p: Id| {
+                let col = r.reshape(R::Old(p), &[g, 1]);
+                let full = r.op(
+                    Op::Expand {
+                        shape: vec![g, ch / g],
+                    },
+                    &[col],
+                );
+                r.reshape(full, &[ch])
+            };
+            let gamma = per_channel(&mut r, g0);
+            let beta = per_channel(&mut r, b0);
+            let y = r.op(
+                Op::GroupNorm {
+                    groups: g,
+                    eps: *eps,
+                },
+                &[R::Old(v[0]), gamma, beta],
+            );
+            out.push((r, y));
+        }
+    }
+    out
+}
+
+/// `group_norm(x, γ, β) · s` and `group_norm(x, γ, β) + d` with constant
+/// `s`, `d` of one value per channel (varying along axis 1 only) are
+/// `group_norm(x, γ·s, β·s)` and `group_norm(x, γ, β + d)`: the affine
+/// after the norm folds into its own (dynamo writes it inside).
+fn affine_into_group_norm(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let Some(Op::Binary(b)) = n.as_op() else {
+        return vec![];
+    };
+    let b = *b;
+    let yt = ty(eg, c).clone();
+    if yt.rank() < 3 {
+        return vec![];
+    }
+    let ch = yt.shape[1];
+    let mut out = Vec::new();
+    for (y, p) in binary(eg, c, b) {
+        if ty(eg, y) != &yt || !konst(eg, p) {
+            continue;
+        }
+        // one value per channel: [C, 1, …] or [1, C, 1, …] (rank ≤ y's)
+        let pt = &ty(eg, p).shape;
+        let mut full = vec![1; yt.rank().saturating_sub(pt.len())];
+        full.extend(pt);
+        let per_channel = full.len() == yt.rank()
+            && full[1] == ch
+            && full.iter().enumerate().all(|(i, &d)| i == 1 || d == 1);
+        if !per_channel {
+            continue;
+        }
+        for (op, a) in ops(eg, y, |op| matches!(op, Op::GroupNorm { .. })) {
+            if !konst(eg, a[1]) || !konst(eg, a[2]) {
+                continue;
+            }
+            let mut r = Recipe::new();
+            let pv = r.reshape(R::Old(p), &[ch]);
+            let (gamma, beta) = match b {
+                BinaryOp::Mul => (
+                    r.bin(BinaryOp::Mul, R::Old(a[1]), pv),
+                    r.bin(BinaryOp::Mul, R::Old(a[2]), pv),
+                ),
+                _ => (R::Old(a[1]), r.bin(BinaryOp::Add, R::Old(a[2]), pv)),
+            };
+            let y = r.op(op.clone(), &[R::Old(a[0]), gamma, beta]);
+            out.push((r, y));
+        }
+    }
+    out
+}
+
+/// A gather that takes every index of its axis once, in order (dynamo's
+/// `as_strided` of a contiguous tensor: `Gather(reshape(x, [-1]),
+/// arange(n).reshape(shape))`) only reshapes: the indices' shape replaces
+/// the axis.
+fn gather_in_order_as_reshape(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let Some(Op::Gather { axis, indices, .. }) = n.as_op() else {
+        return vec![];
+    };
+    let xt = ty(eg, n.args[0]);
+    let Some(&dim) = xt.shape.get(*axis) else {
+        return vec![];
+    };
+    let in_order = indices.len() == dim
+        && indices.iter().enumerate().all(|(i, &k)| {
+            let k = if k < 0 { k + dim as i64 } else { k };
+            k == i as i64
+        });
+    if !in_order {
+        return vec![];
+    }
+    let mut r = Recipe::new();
+    let y = r.reshape(R::Old(n.args[0]), &ty(eg, c).shape);
+    vec![(r, y)]
+}
+
+/// `conv2d(pad(x, 0 on H and W only))` is a conv with that padding added
+/// to its own: TensorFlow-style "same" padding, which TorchScript exports
+/// as a `Pad` and dynamo folds into the conv.
+fn zero_pad_into_conv(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(Op::Conv2d {
+        stride,
+        pad,
+        dilation,
+        groups,
+    }) = n.as_op()
+    else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (op, a) in ops(eg, n.args[0], |op| matches!(op, Op::Pad { .. })) {
+        let Op::Pad {
+            pads,
+            mode: PadMode::Constant,
+            value,
+        } = op
+        else {
+            continue;
+        };
+        // [N, C, H, W] begins then ends: only H and W padded, with zeros
+        if value.0 != 0.0 || pads.len() != 8 || pads[0] + pads[1] + pads[4] + pads[5] != 0 {
+            continue;
+        }
+        let merged = [
+            pad[0] + pads[2],
+            pad[1] + pads[3],
+            pad[2] + pads[6],
+            pad[3] + pads[7],
+        ];
+        let mut r = Recipe::new();
+        let mut args = vec![R::Old(a[0])];
+        args.extend(n.args[1..].iter().map(|&w| R::Old(w)));
+        let y = r.op(
+            Op::Conv2d {
+                stride: *stride,
+                pad: merged,
+                dilation: *dilation,
+                groups: *groups,
+            },
+            &args,
+        );
+        out.push((r, y));
     }
     out
 }
