@@ -437,3 +437,32 @@ fn a_slice_that_keeps_everything_is_the_identity() {
     let o = run(&m);
     assert_eq!(count(&o, "slice"), 0);
 }
+
+/// TorchScript's multi-query attention key, `k.transpose(1, 2)
+/// .unsqueeze(1).transpose(-1, -2)`, is a reshape (as dynamo writes it):
+/// the transposes cancel through the unit-axis reshape between them. A
+/// reshape that regroups axes keeps its transposes.
+#[test]
+fn transposes_cancel_through_a_unit_axis_reshape() {
+    for (mid, transposes) in [(vec![1, 1, 6, 5], 0), (vec![1, 3, 2, 5], 2)] {
+        let mut b = B::new("mqa_k");
+        let x = b.input("x", &[1, 5, 6]);
+        let t = b.op(
+            Op::Transpose {
+                perm: vec![0, 2, 1],
+            },
+            &[x],
+        );
+        let u = b.reshape(t, &mid);
+        let y = b.op(
+            Op::Transpose {
+                perm: vec![0, 1, 3, 2],
+            },
+            &[u],
+        );
+        let y = b.un(UnaryOp::Relu, y);
+        let m = b.finish(&[y]);
+        let o = run(&m);
+        assert_eq!(count(&o, "transpose"), transposes, "{mid:?}");
+    }
+}

@@ -58,7 +58,7 @@ pub const ERF_MAX_REL: f64 = 2.5e-7;
 /// Documented bound on exact GELU's relative error on [-6, 12] (checked by a test).
 pub const GELU_MAX_REL: f64 = 3e-6;
 /// Documented bound on `sin`'s and `cos`'s absolute error on |x| ≤ 2^13
-/// (checked by a test; see [`sin_cos`]).
+/// (checked by a test; see `codegen::math::sin_cos`).
 pub const SIN_COS_MAX_ABS: f64 = 1.5e-7;
 /// Documented bound on `sin`'s and `cos`'s relative error on |x| ≤ π where
 /// the result is at least 1e-3 in magnitude (checked by a test).

@@ -135,6 +135,11 @@ pub fn rules() -> Vec<Rw> {
             global_pool_as_spatial_mean,
         ),
         rule(
+            "canon-transpose-of-unit-reshape",
+            |op| matches!(op, Op::Transpose { .. }),
+            transpose_of_unit_reshape,
+        ),
+        rule(
             "canon-zero-pad-into-conv",
             |op| matches!(op, Op::Conv2d { .. }),
             zero_pad_into_conv,
@@ -892,6 +897,66 @@ fn zero_pad_into_conv(eg: &KGraph, _c: Id, n: &KNode) -> Found {
             },
             &args,
         );
+        out.push((r, y));
+    }
+    out
+}
+
+/// `transpose_P(reshape(x))` where the reshape only inserts or removes
+/// size-1 axes is `reshape(transpose_P'(x))`, `P'` moving `x`'s other
+/// axes as `P` moves them (its size-1 axes stay put): the reshape moves out
+/// of the way, so the transpose meets the one before it (TorchScript's
+/// multi-query attention: `k.transpose(1, 2).unsqueeze(1).transpose(-1,
+/// -2)`, which dynamo writes as one reshape). Bounded: the reshape only
+/// ever moves outward, where reshapes merge.
+fn transpose_of_unit_reshape(eg: &KGraph, c: Id, n: &KNode) -> Found {
+    let Some(Op::Transpose { perm }) = n.as_op() else {
+        return vec![];
+    };
+    let t = ty(eg, n.args[0]).shape.clone();
+    let out_shape = ty(eg, c).shape.clone();
+    let non_unit = |s: &[usize]| -> Vec<usize> { s.iter().copied().filter(|&d| d != 1).collect() };
+    let mut out = Vec::new();
+    // A transpose that keeps its non-unit axes in order moves only size-1
+    // axes: a reshape (a pooled [N, C, 1, 1] map permuted to channels-last
+    // for a layer norm, as timm's heads do).
+    let kept: Vec<usize> = perm.iter().copied().filter(|&p| t[p] != 1).collect();
+    if kept.windows(2).all(|w| w[0] < w[1]) {
+        let mut r = Recipe::new();
+        let y = r.reshape(R::Old(n.args[0]), &out_shape);
+        out.push((r, y));
+    }
+    for (_, a) in ops(eg, n.args[0], |op| matches!(op, Op::Reshape { .. })) {
+        let s = ty(eg, a[0]).shape.clone();
+        if s.len() == t.len() || non_unit(&s) != non_unit(&t) {
+            continue;
+        }
+        // the rank among t's non-unit axes of each non-unit axis, in the
+        // order the transpose puts them
+        let t_axes: Vec<usize> = (0..t.len()).filter(|&i| t[i] != 1).collect();
+        let order: Vec<usize> = perm
+            .iter()
+            .filter(|&&p| t[p] != 1)
+            .map(|&p| {
+                t_axes
+                    .iter()
+                    .position(|&q| q == p)
+                    .expect("a non-unit axis")
+            })
+            .collect();
+        // the same moves on x's non-unit axes, its unit axes fixed
+        let s_axes: Vec<usize> = (0..s.len()).filter(|&i| s[i] != 1).collect();
+        let mut p2: Vec<usize> = (0..s.len()).collect();
+        for (slot, &k) in s_axes.iter().zip(&order) {
+            p2[*slot] = s_axes[k];
+        }
+        let mut r = Recipe::new();
+        let moved = if p2.iter().enumerate().all(|(i, &p)| i == p) {
+            R::Old(a[0])
+        } else {
+            r.transpose(R::Old(a[0]), &p2)
+        };
+        let y = r.reshape(moved, &out_shape);
         out.push((r, y));
     }
     out
