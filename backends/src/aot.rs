@@ -40,7 +40,7 @@ use kiln_ir::{DType, Model, TensorType, Value};
 
 use crate::codegen::{AsmLink, ConstBase, Env, I64, POWF_NAME, PowF};
 use crate::compiled::{
-    CompileOptions, define_kernels, drop_unread_consts, front, kernel_signature,
+    CompileOptions, define_kernels, drop_unread_consts, entry_params, front, kernel_signature,
 };
 use crate::error::BackendError;
 use crate::header;
@@ -144,11 +144,7 @@ fn define_task(
     let mut func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
     {
         let mut b = FunctionBuilder::new(&mut func, fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        b.seal_block(entry);
-        let p = b.block_params(entry).to_vec();
+        let p = entry_params(&mut b);
         // the context lives on the entry point's stack until the
         // parallel-for returns, and nobody writes it meanwhile
         let f = MemFlagsData::trusted().with_readonly();
@@ -212,11 +208,7 @@ fn define_entry(
     let mut func = Function::with_name_signature(UserFuncName::user(0, run_id.as_u32()), sig);
     {
         let mut b = FunctionBuilder::new(&mut func, fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        b.seal_block(entry);
-        let p = b.block_params(entry).to_vec();
+        let p = entry_params(&mut b);
         let f = MemFlagsData::trusted();
         b.ins().store(f, p[0], p[2], 0);
         b.ins().store(f, p[1], p[2], 8 * n_in);

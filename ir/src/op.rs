@@ -631,6 +631,29 @@ pub const OP_NAMES: &[&str] = &[
 ];
 
 impl Op {
+    /// A resize with its nearest-rounding mode made canonical: the given one
+    /// in nearest mode, `round_prefer_floor` (ignored, unprinted) in linear
+    /// mode, so equal resizes compare equal whoever built them.
+    pub fn resize(
+        mode: ResizeMode,
+        nearest: NearestMode,
+        coord: CoordMode,
+        size: [usize; 2],
+        scale: Option<[Float; 2]>,
+    ) -> Op {
+        Op::Resize {
+            mode,
+            nearest: if mode == ResizeMode::Nearest {
+                nearest
+            } else {
+                NearestMode::RoundPreferFloor
+            },
+            coord,
+            size,
+            scale,
+        }
+    }
+
     /// The text-format name (`conv2d`, `layer_norm`, ...).
     pub fn name(&self) -> &'static str {
         match self {
@@ -998,17 +1021,7 @@ impl Op {
                     (None, None) => None,
                     _ => return Err("resize: give both scale_h and scale_w or neither".into()),
                 };
-                Op::Resize {
-                    mode,
-                    nearest: if mode == ResizeMode::Nearest {
-                        nearest
-                    } else {
-                        NearestMode::RoundPreferFloor
-                    },
-                    coord,
-                    size,
-                    scale,
-                }
+                Op::resize(mode, nearest, coord, size, scale)
             }
             "cast" => {
                 let w = a.word("to")?;

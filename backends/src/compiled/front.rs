@@ -310,6 +310,16 @@ pub(crate) fn kernel_signature(cc: CallConv) -> Signature {
     sig
 }
 
+/// Opens the function's entry block, with its parameters: where every
+/// generated function (kernels, an object's entry points and task) starts.
+pub(crate) fn entry_params(b: &mut FunctionBuilder) -> Vec<cranelift_codegen::ir::Value> {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.seal_block(entry);
+    b.block_params(entry).to_vec()
+}
+
 /// Builds the Cranelift function of kernel number `index`. `env` makes the
 /// environment and the links to assembled functions once the function
 /// exists (an object file declares the constant blob's symbol and the
@@ -345,11 +355,7 @@ fn build(
     let mut func = Function::with_name_signature(UserFuncName::user(0, index), sig);
     let (env, asm) = env(&mut func);
     let mut b = FunctionBuilder::new(&mut func, fctx);
-    let entry = b.create_block();
-    b.append_block_params_for_function_params(entry);
-    b.switch_to_block(entry);
-    b.seal_block(entry);
-    let p = b.block_params(entry).to_vec();
+    let p = entry_params(&mut b);
     let mut e = Emitter::new(b, p[0], env);
     e.asm = asm;
     e.const_map = const_map;

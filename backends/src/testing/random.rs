@@ -708,21 +708,7 @@ impl Gen {
         };
         let nearest = *self.rng.pick(NearestMode::ALL);
         let coord = *self.rng.pick(CoordMode::ALL);
-        self.add(
-            Op::Resize {
-                mode,
-                // the canonical value where it is unused
-                nearest: if mode == ResizeMode::Nearest {
-                    nearest
-                } else {
-                    NearestMode::RoundPreferFloor
-                },
-                coord,
-                size,
-                scale,
-            },
-            &[x],
-        )
+        self.add(Op::resize(mode, nearest, coord, size, scale), &[x])
     }
 
     fn build(mut self) -> (Model, Vec<Tensor>) {

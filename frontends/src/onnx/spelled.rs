@@ -591,17 +591,7 @@ pub(crate) fn resize(im: &mut Importer, n: &NodeCtx) -> R<Vec<Val>> {
         (None, None) => None,
         (h, w) => Some([Float(h.unwrap_or(1.0)), Float(w.unwrap_or(1.0))]),
     };
-    let op = Op::Resize {
-        mode,
-        nearest: if mode == ResizeMode::Nearest {
-            nearest
-        } else {
-            NearestMode::RoundPreferFloor
-        },
-        coord,
-        size,
-        scale,
-    };
+    let op = Op::resize(mode, nearest, coord, size, scale);
     Ok(vec![im.apply(op, &[(&x, &n.in_name(0))], &out)?])
 }
 
