@@ -466,6 +466,117 @@ fn depthwise_asm_edges() {
     }
 }
 
+/// The assembled whole depthwise planes of any window (`dw_window`, AVX-512)
+/// on random geometries: windows 1×7 to 11×11 (and 3×3 where `dw_plane`
+/// has no interior), paddings from none to wider than the window's reach,
+/// vertical strides 1–3, horizontal 1–2, dilations, planes of 1 to 58
+/// columns (tails, whole vectors, several chunks, edges in one chunk) and
+/// 1 to 20 rows (bands of 8 and their remainders), channel multipliers 1
+/// and 2, every epilogue. Each is checked against the interpreter at every
+/// level (`check_fused`), and the assembled planes against the f32x4
+/// kernel bit for bit: both sum `bias` and the taps inside the input in
+/// the same order (but for silu and GELU, whose sweep uses the assembled
+/// row functions). The test also asserts the planes were assembled.
+#[test]
+fn depthwise_window_planes() {
+    let mut rng = Rng(0xd1_7e);
+    let mut assembled = 0;
+    let windows = [
+        (5, 5),
+        (7, 7),
+        (9, 9),
+        (11, 11),
+        (3, 5),
+        (1, 7),
+        (7, 1),
+        (2, 2),
+        (4, 6),
+        (3, 3),
+    ];
+    let mut i = 0;
+    while i < 120 {
+        let (kh, kw) = windows[i % windows.len()];
+        let (sh, sw) = (rng.range(1, 3), rng.range(1, 2));
+        let dh = rng.range(1, 2);
+        let dw = if sw == 1 { rng.range(1, 2) } else { 1 };
+        let pad = [
+            rng.range(0, kh),
+            rng.range(0, kw),
+            rng.range(0, kh),
+            rng.range(0, kw),
+        ];
+        let h = *rng.pick(&[1usize, 2, 5, 7, 8, 9, 14, 17, 20]);
+        let w = *rng.pick(&[1usize, 3, 7, 14, 15, 16, 17, 28, 31, 33, 47, 56, 58]);
+        let eh = (kh - 1) * dh + 1;
+        let ew = (kw - 1) * dw + 1;
+        if h + pad[0] + pad[2] < eh || w + pad[1] + pad[3] < ew {
+            continue;
+        }
+        let ho = (h + pad[0] + pad[2] - eh) / sh + 1;
+        let wo = (w + pad[1] + pad[3] - ew) / sw + 1;
+        let act = Act::ALL[i % Act::ALL.len()];
+        let (bias, residual) = (i % 2 == 0, i % 3 != 1);
+        let c = 2 + i % 2;
+        let o = c * (1 + i % 4 / 3);
+        let mut args = vec![input(&[1, c, h, w]), weight(&[o, 1, kh, kw])];
+        if bias {
+            args.push(weight(&[o]));
+        }
+        if act == Act::DyRelu {
+            args.push(input(&[1, o, 1, 1]));
+            args.push(input(&[1, o, 1, 1]));
+        }
+        if residual {
+            args.push(input(&[1, o, ho, wo]));
+        }
+        let op = FusedOp::Conv {
+            stride: [sh, sw],
+            pad,
+            dilation: [dh, dw],
+            groups: c,
+            bias,
+            shuffle: 1,
+            act,
+            residual,
+        };
+        let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
+        check_fused(&what, op.clone(), &args, 900 + i as u64, "depthwise");
+        let (model, inputs) = single(Op::Fused(op), &args, &mut rng, Fill::Signed);
+        let run = |level: TileLevel| {
+            let m = compile(&model, &level_opts(1, level)).unwrap();
+            let mut got = common::poisoned(&m);
+            m.run_into(&inputs, &mut got).unwrap();
+            got[0].as_f32().unwrap().to_vec()
+        };
+        let plain = run(TileLevel::F32x4);
+        // An output whose taps all fall in the padding is the bias; with
+        // none, 0, and the dynamic ReLU's max(0·s1, 0·s2) ties +0 with -0:
+        // `vmaxps` returns its second operand on a tie, Cranelift's `fmax`
+        // orders -0 below +0. Those two agree as zeros, not as bits.
+        let same = |x: &f32, y: &f32| {
+            x.to_bits() == y.to_bits() || (act == Act::DyRelu && *x == 0.0 && *y == 0.0)
+        };
+        if asm_levels().contains(&TileLevel::Avx512) {
+            let ks = kernels(&model, &level_opts(1, TileLevel::Avx512));
+            assembled += ks.iter().filter(|k| k.contains("avx512")).count();
+            let a = run(TileLevel::Avx512);
+            assert!(
+                matches!(act, Act::Silu | Act::Gelu)
+                    || a.iter().zip(&plain).all(|(x, y)| same(x, y)),
+                "{what}: assembled and Cranelift planes differ: {:?}",
+                a.iter()
+                    .zip(&plain)
+                    .enumerate()
+                    .find(|(_, (x, y))| !same(x, y))
+            );
+        }
+        i += 1;
+    }
+    if asm_levels().contains(&TileLevel::Avx512) {
+        assert!(assembled > 100, "only {assembled} assembled planes");
+    }
+}
+
 /// Channel-shuffled fused convs (Mobile-Former-26M's grouped convs): the
 /// shuffle only moves whole output rows (GEMM) or planes (depthwise), so
 /// every kernel path keeps its fused kernel. Shuffle blocks equal to, larger

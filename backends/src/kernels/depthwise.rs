@@ -34,8 +34,8 @@ use super::{Kernel, Kernels, NodeCx};
 use crate::codegen::{Buf, Emitter, F32, V4};
 use crate::error::BackendError;
 use crate::ukernels::Spec;
-use crate::ukernels::dw_plane;
 use crate::ukernels::vector;
+use crate::ukernels::{dw_plane, dw_window};
 
 /// What the window computes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,6 +68,9 @@ struct Depthwise {
     /// the assembled interior (`dw_plane`, AVX-512 or AVX2) by its number in
     /// the `Registry`, and its geometry
     asm: Option<(usize, dw_plane::Spec)>,
+    /// the assembled whole plane (`dw_window`, AVX-512) for the windows
+    /// `dw_plane` does not take, by its number in the `Registry`
+    window: Option<(usize, dw_window::Spec)>,
     /// the assembled silu or GELU row (`vector`) the sweep calls, by its number
     asm_act: Option<usize>,
     /// channel-shuffle groups of the output (1 = none): output channel `oc`
@@ -100,7 +103,7 @@ fn swept(epi: &Epilogue, asm: bool) -> bool {
 impl Depthwise {
     /// See [`swept`].
     fn swept(&self) -> bool {
-        swept(&self.epi, self.asm.is_some())
+        swept(&self.epi, self.asm.is_some() || self.window.is_some())
     }
 
     /// Folds one input value into an accumulator.
@@ -446,9 +449,10 @@ fn interior_signature() -> Signature {
 
 impl Kernel for Depthwise {
     fn describe(&self) -> String {
-        let avx = match self.asm {
-            Some((_, spec)) => format!(" {}", spec.width.name()),
-            None => String::new(),
+        let avx = match (self.asm, self.window) {
+            (Some((_, spec)), _) => format!(" {}", spec.width.name()),
+            (None, Some(_)) => format!(" {}", vector::Width::Zmm.name()),
+            (None, None) => String::new(),
         };
         match &self.title {
             Some(t) => format!("{t}: depthwise window {:?}{avx}", self.g),
@@ -497,6 +501,28 @@ impl Kernel for Depthwise {
             let slope_vals = slopes.map(|sl| slopes_of(e, sl, n, pos));
             let wp = w.map(|(w, f)| (e.index(w, oc, 4 * taps as i64), f));
             let b = self.start_value(e, bias, oc);
+            if let (Some((id, spec)), Some((wp, _))) = (self.window, wp) {
+                // the whole plane in one call
+                let sig = e.b.import_signature(interior_signature());
+                let r0 = match res_plane {
+                    Some(r) if spec.residual => r,
+                    _ => e.ic(0),
+                };
+                let (s1, s2) = match slope_vals {
+                    Some(sv) => sv,
+                    None => {
+                        let z = e.fc(0.0);
+                        (z, z)
+                    }
+                };
+                let f = e.asm_fn(id);
+                e.b.ins()
+                    .call_indirect(sig, f, &[src, dst, wp, r0, b, s1, s2]);
+                if self.swept() {
+                    self.sweep_plane(e, dst, res_plane);
+                }
+                return;
+            }
             let pre: Vec<(Value, Value)> = match wp {
                 Some((wp, f)) if taps <= MAX_REG_TAPS => (0..taps)
                     .map(|t| {
@@ -646,6 +672,18 @@ pub(crate) fn kernel(
         },
         None => None,
     };
+    let window = match (&asm, cx.asm512()) {
+        (None, Some(store)) => match window_spec(g, &epi) {
+            Some(spec) => Some((
+                store
+                    .request(Spec::DwWindow(spec))
+                    .map_err(BackendError::Jit)?,
+                spec,
+            )),
+            None => None,
+        },
+        _ => None,
+    };
     // the sweep's silu or GELU, assembled: the f32x4 exp made a
     // silu-fused depthwise conv (MobileViTv2) run at a third of its plain
     // speed
@@ -672,6 +710,7 @@ pub(crate) fn kernel(
         epi,
         title,
         asm,
+        window,
         asm_act,
         shuffle,
     })
@@ -719,6 +758,33 @@ fn asm_spec(g: Geom, epi: &Epilogue, width: vector::Width) -> Option<dw_plane::S
         residual: epi.residual.is_some() && !swept(epi, true),
         width,
     })
+}
+
+/// The assembled whole plane for a conv of geometry `g` with epilogue
+/// `epi` (AVX-512), when `dw_window` takes it.
+fn window_spec(g: Geom, epi: &Epilogue) -> Option<dw_window::Spec> {
+    let act = if dw_plane::assembles(epi.act) {
+        epi.act
+    } else {
+        Act::None
+    };
+    let spec = dw_window::Spec {
+        kh: g.kh,
+        kw: g.kw,
+        sh: g.stride[0],
+        sw: g.stride[1],
+        dh: g.dil[0],
+        dw: g.dil[1],
+        pt: g.pad[0],
+        pl: g.pad[1],
+        h: g.h,
+        w: g.w,
+        ho: g.ho,
+        wo: g.wo,
+        act,
+        residual: epi.residual.is_some() && !swept(epi, true),
+    };
+    spec.fits().then_some(spec)
 }
 
 /// Whether the assembled interior of a 3×3 conv of geometry `g` also
@@ -781,6 +847,7 @@ pub(crate) fn lower_pool(cx: &mut NodeCx, g: Geom, mode: Mode) -> Result<Kernels
         epi: Epilogue::NONE,
         title: None,
         asm: None,
+        window: None,
         asm_act: None,
         shuffle: 1,
     })])

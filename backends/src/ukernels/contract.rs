@@ -13,7 +13,7 @@
 
 use super::tile::{Act, Bias, Variant, assembles};
 use super::vector::{Func, Width};
-use super::{Registry, Spec, avx2, avx512};
+use super::{Registry, Spec, avx2, avx512, dw_window};
 use crate::target::{Target, TileLevel};
 use crate::testing::random::{Rng, TOL};
 
@@ -33,17 +33,7 @@ fn tile_reference(v: &Variant, io: &TileIo) -> Vec<f64> {
             for k in 0..v.k {
                 s += f64::from(io.a[i * v.a_rs + k * v.a_ks]) * f64::from(io.b[k * v.b_ks + j]);
             }
-            let relu6 = |x: f64| x.clamp(0.0, 6.0);
-            let y = match v.act {
-                Act::None => s,
-                Act::Relu => s.max(0.0),
-                Act::Relu6 => relu6(s),
-                Act::HardSwish => s * relu6(s + 3.0) / 6.0,
-                Act::HardSigmoid => relu6(s + 3.0) / 6.0,
-                Act::Silu => s / (1.0 + (-s).exp()),
-                Act::Gelu => unreachable!("the tiles do not assemble GELU"),
-                Act::DyRelu => (f64::from(io.a1[i]) * s).max(f64::from(io.a2[i]) * s),
-            };
+            let y = act_reference(v.act, s, io.a1[i], io.a2[i]);
             let r = if v.residual {
                 f64::from(io.residual[i * v.c_rs + j])
             } else {
@@ -53,6 +43,21 @@ fn tile_reference(v: &Variant, io: &TileIo) -> Vec<f64> {
         }
     }
     c
+}
+
+/// `act` of `s` in f64, with the dynamic ReLU's slopes `a1`, `a2`.
+fn act_reference(act: Act, s: f64, a1: f32, a2: f32) -> f64 {
+    let relu6 = |x: f64| x.clamp(0.0, 6.0);
+    match act {
+        Act::None => s,
+        Act::Relu => s.max(0.0),
+        Act::Relu6 => relu6(s),
+        Act::HardSwish => s * relu6(s + 3.0) / 6.0,
+        Act::HardSigmoid => relu6(s + 3.0) / 6.0,
+        Act::Silu => s / (1.0 + (-s).exp()),
+        Act::Gelu => 0.5 * s * (1.0 + erf(s / std::f64::consts::SQRT_2)),
+        Act::DyRelu => (f64::from(a1) * s).max(f64::from(a2) * s),
+    }
 }
 
 /// The buffers of one tile call, each with room for whole-vector reads
@@ -393,4 +398,193 @@ contract_tests!(check_tile_contract:
 contract_tests!(check_row_contract:
     avx512_row_functions_meet_the_row_contract => TileLevel::Avx512,
     avx2_row_functions_meet_the_row_contract => TileLevel::Avx2,
+);
+
+/// A depthwise window function: System V, `fn(x, dst, w, res, bias, s1, s2)`.
+type WindowFn =
+    unsafe extern "sysv64" fn(*const f32, *mut f32, *const f32, *const f32, f32, f32, f32);
+
+/// The depthwise window contract in f64: output `(r, c)` of the plane is
+/// `act(bias + Σ_i Σ_j x[r·sh + i·dh - pt][c·sw + j·dw - pl]·w[i][j])`
+/// over the taps inside the input, plus the residual at `(r, c)`.
+fn window_reference(
+    s: &dw_window::Spec,
+    x: &[f32],
+    w: &[f32],
+    res: &[f32],
+    k: [f32; 3],
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(s.ho * s.wo);
+    for r in 0..s.ho {
+        for c in 0..s.wo {
+            let mut acc = f64::from(k[0]);
+            for i in 0..s.kh {
+                for j in 0..s.kw {
+                    let (y, xx) = (r * s.sh + i * s.dh, c * s.sw + j * s.dw);
+                    if y >= s.pt && y - s.pt < s.h && xx >= s.pl && xx - s.pl < s.w {
+                        let v = x[(y - s.pt) * s.w + xx - s.pl];
+                        acc += f64::from(v) * f64::from(w[i * s.kw + j]);
+                    }
+                }
+            }
+            let y = act_reference(s.act, acc, k[1], k[2]);
+            out.push(
+                y + if s.residual {
+                    f64::from(res[r * s.wo + c])
+                } else {
+                    0.0
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The window planes a contract test covers: windows 1×1 to 11×11 and
+/// oblong ones, strides, dilations, paddings from none to past the
+/// window, planes narrower than a vector to several vectors and several
+/// bands, every epilogue the code assembles, with and without residual.
+fn window_specs() -> Vec<dw_window::Spec> {
+    let mut rng = Rng(0x0d3_317);
+    let acts: Vec<Act> = Act::ALL
+        .into_iter()
+        .filter(|&a| super::dw_plane::assembles(a))
+        .collect();
+    let windows = [(1, 1), (3, 3), (5, 5), (7, 7), (11, 11), (1, 9), (6, 2)];
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < 60 {
+        i += 1;
+        let (kh, kw) = windows[i % windows.len()];
+        let (sh, sw) = (rng.below(3) + 1, rng.below(2) + 1);
+        let dh = rng.below(2) + 1;
+        let dw = if sw == 1 { rng.below(2) + 1 } else { 1 };
+        let pad = [
+            rng.below(kh + 1),
+            rng.below(kw + 1),
+            rng.below(kh + 1),
+            rng.below(kw + 1),
+        ];
+        let h = 1 + rng.below(20);
+        let w = [1, 5, 16, 17, 31, 40, 64][i % 7];
+        let (eh, ew) = ((kh - 1) * dh + 1, (kw - 1) * dw + 1);
+        if h + pad[0] + pad[2] < eh || w + pad[1] + pad[3] < ew {
+            continue;
+        }
+        let s = dw_window::Spec {
+            kh,
+            kw,
+            sh,
+            sw,
+            dh,
+            dw,
+            pt: pad[0],
+            pl: pad[1],
+            h,
+            w,
+            ho: (h + pad[0] + pad[2] - eh) / sh + 1,
+            wo: (w + pad[1] + pad[3] - ew) / sw + 1,
+            act: acts[i % acts.len()],
+            residual: i % 3 != 0,
+        };
+        assert!(s.fits(), "{s:?}");
+        out.push(s);
+    }
+    out
+}
+
+/// Assembles every window spec, runs each on a random plane between
+/// guard regions, and checks the output against [`window_reference`]
+/// (within TOL of the largest magnitude), that nothing outside the output
+/// plane was written, and that the input, weights and residual are intact.
+fn check_window_contract(level: TileLevel, test: &str) {
+    if TileLevel::host() < level {
+        kiln_ir::skip::skip(test, &format!("this CPU lacks {level:?}"));
+        return;
+    }
+    let specs = window_specs();
+    let mut reg = Registry::new(level);
+    let ids: Vec<usize> = specs
+        .iter()
+        .map(|s| {
+            reg.request(Spec::DwWindow(*s))
+                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        })
+        .collect();
+    let target = Target::host(false).expect("the host target");
+    let mut modules = Vec::new();
+    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let mut rng = Rng(0x3d_3d);
+    const GUARD: usize = 64;
+    for (s, id) in specs.iter().zip(ids) {
+        let mut fill = |n: usize| -> Vec<f32> {
+            let mut v = vec![f32::NAN; n + 2 * GUARD];
+            for x in &mut v[GUARD..GUARD + n] {
+                *x = rng.f32_in(-2.0, 2.0);
+            }
+            v
+        };
+        let x = fill(s.h * s.w);
+        let w = fill(s.kh * s.kw);
+        let res = fill(s.ho * s.wo);
+        let k = [
+            rng.f32_in(-1.0, 1.0),
+            rng.f32_in(-1.0, 1.0),
+            rng.f32_in(-1.0, 1.0),
+        ];
+        let mut dst = vec![-7.0f32; s.ho * s.wo + 2 * GUARD];
+        let (x0, w0, r0) = (x.clone(), w.clone(), res.clone());
+        // SAFETY: `addrs[id]` is the finalised code of `s`, assembled for a
+        // level the host runs (checked above); each pointer is the start of
+        // a plane of `s`'s size with guards on both sides, which the
+        // contract says the code never touches; the modules outlive the call.
+        unsafe {
+            let f: WindowFn = std::mem::transmute::<usize, WindowFn>(addrs[id]);
+            f(
+                x.as_ptr().add(GUARD),
+                dst.as_mut_ptr().add(GUARD),
+                w.as_ptr().add(GUARD),
+                res.as_ptr().add(GUARD),
+                k[0],
+                k[1],
+                k[2],
+            );
+        }
+        let inner = |v: &[f32], n: usize| v[GUARD..GUARD + n].to_vec();
+        let want = window_reference(
+            s,
+            &inner(&x, s.h * s.w),
+            &inner(&w, s.kh * s.kw),
+            &inner(&res, s.ho * s.wo),
+            k,
+        );
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (idx, &got) in dst.iter().enumerate() {
+            if (GUARD..GUARD + s.ho * s.wo).contains(&idx) {
+                let want = want[idx - GUARD];
+                let e = (f64::from(got) - want).abs() / scale;
+                assert!(
+                    e <= TOL,
+                    "{s:?}: [{}] = {got}, want {want} ({e:.2e})",
+                    idx - GUARD
+                );
+            } else {
+                assert_eq!(
+                    got.to_bits(),
+                    (-7.0f32).to_bits(),
+                    "{s:?}: wrote outside the plane at {idx}"
+                );
+            }
+        }
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(
+            same(&x, &x0) && same(&w, &w0) && same(&res, &r0),
+            "{s:?}: changed an input"
+        );
+    }
+    drop(modules);
+}
+
+contract_tests!(check_window_contract:
+    avx512_depthwise_windows_meet_the_window_contract => TileLevel::Avx512,
 );

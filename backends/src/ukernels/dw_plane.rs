@@ -127,6 +127,87 @@ const ONE: usize = 29;
 const ACC: [usize; 6] = [20, 21, 22, 23, 30, 31];
 const T: usize = 24;
 
+/// Where an AVX-512 epilogue finds its constants and the dynamic ReLU's
+/// slopes (zmm numbers): shared by this file and `dw_window.rs`.
+pub(super) struct ActRegs {
+    pub zero: usize,
+    pub six: usize,
+    pub three: usize,
+    pub half: usize,
+    pub sixth: usize,
+    pub one: usize,
+    pub s1: usize,
+    pub s2: usize,
+}
+
+const ZMM_CONSTS: ActRegs = ActRegs {
+    zero: ZERO,
+    six: SIX,
+    three: THREE,
+    half: HALF,
+    sixth: SIXTH,
+    one: ONE,
+    s1: S1,
+    s2: S2,
+};
+
+/// Loads the epilogue constants of `r` (not the slopes); uses eax.
+pub(super) fn act_consts_zmm(a: &mut CodeAssembler, r: &ActRegs) -> Result<(), IcedError> {
+    a.vxorps(zmm(r.zero), zmm(r.zero), zmm(r.zero))?;
+    for (reg, x) in [
+        (r.six, 6.0f32),
+        (r.three, 3.0),
+        (r.half, 0.5),
+        (r.sixth, 1.0 / 6.0),
+        (r.one, 1.0),
+    ] {
+        a.mov(eax, x.to_bits())?;
+        a.vpbroadcastd(zmm(reg), eax)?;
+    }
+    Ok(())
+}
+
+/// Applies `act` to `acc` in place (AVX-512; `t` a temporary): the
+/// element-wise kernels' formulas, operation for operation, so the
+/// assembled planes and the Cranelift rows agree bit for bit.
+pub(super) fn act_zmm(
+    a: &mut CodeAssembler,
+    act: Act,
+    acc: AsmRegisterZmm,
+    t: AsmRegisterZmm,
+    r: &ActRegs,
+) -> Result<(), IcedError> {
+    match act {
+        Act::None => {}
+        Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
+        // NaN-preserving like the Cranelift forms: vmaxps/vminps
+        // return the second source (the value) when either is NaN
+        Act::Relu => a.vmaxps(acc, zmm(r.zero), acc)?,
+        Act::Relu6 => {
+            a.vmaxps(acc, zmm(r.zero), acc)?;
+            a.vminps(acc, zmm(r.six), acc)?;
+        }
+        Act::DyRelu => {
+            a.vmulps(t, acc, zmm(r.s1))?;
+            a.vmulps(acc, acc, zmm(r.s2))?;
+            a.vmaxps(acc, t, acc)?;
+        }
+        Act::HardSwish => {
+            a.vaddps(t, acc, zmm(r.three))?;
+            a.vmaxps(t, zmm(r.zero), t)?;
+            a.vminps(t, zmm(r.six), t)?;
+            a.vmulps(acc, acc, t)?;
+            a.vdivps(acc, acc, zmm(r.six))?;
+        }
+        Act::HardSigmoid => {
+            a.vfmadd213ps(acc, zmm(r.sixth), zmm(r.half))?;
+            a.vmaxps(acc, zmm(r.zero), acc)?;
+            a.vminps(acc, zmm(r.one), acc)?;
+        }
+    }
+    Ok(())
+}
+
 fn zmm(i: usize) -> AsmRegisterZmm {
     vector::zmm(i)
 }
@@ -137,7 +218,7 @@ fn acc(r: usize) -> AsmRegisterZmm {
 }
 
 /// `z` with opmask `k` (0: unmasked).
-fn with_k(z: AsmRegisterZmm, k: u8) -> AsmRegisterZmm {
+pub(super) fn with_k(z: AsmRegisterZmm, k: u8) -> AsmRegisterZmm {
     match k {
         0 => z,
         1 => z.k1(),
@@ -151,12 +232,12 @@ fn with_k(z: AsmRegisterZmm, k: u8) -> AsmRegisterZmm {
 }
 
 /// Zero-masked `z` with opmask `k` (0: unmasked).
-fn with_kz(z: AsmRegisterZmm, k: u8) -> AsmRegisterZmm {
+pub(super) fn with_kz(z: AsmRegisterZmm, k: u8) -> AsmRegisterZmm {
     if k == 0 { z } else { with_k(z, k).z() }
 }
 
 /// The memory operand `m` with opmask `k` (0: unmasked).
-fn mem_k(m: AsmMemoryOperand, k: u8) -> AsmMemoryOperand {
+pub(super) fn mem_k(m: AsmMemoryOperand, k: u8) -> AsmMemoryOperand {
     match k {
         0 => m,
         1 => m.k1(),
@@ -353,13 +434,7 @@ fn zmm_prologue(a: &mut CodeAssembler, s: &Spec) -> Result<(), IcedError> {
     for t in 0..9 {
         a.vbroadcastss(zmm(W0 + t), dword_ptr(rdx + 4 * t as i32))?;
     }
-    a.vxorps(zmm(ZERO), zmm(ZERO), zmm(ZERO))?;
-    a.mov(eax, 6.0f32.to_bits())?;
-    a.vpbroadcastd(zmm(SIX), eax)?;
-    for (r, x) in [(THREE, 3.0f32), (HALF, 0.5), (SIXTH, 1.0 / 6.0), (ONE, 1.0)] {
-        a.mov(eax, x.to_bits())?;
-        a.vpbroadcastd(zmm(r), eax)?;
-    }
+    act_consts_zmm(a, &ZMM_CONSTS)?;
     if s.sw == 2 {
         table(a, P_EVEN, |l| 2 * l)?;
         table(a, P_ODD, |l| 2 * l + 1)?;
@@ -495,35 +570,7 @@ fn chunk(a: &mut CodeAssembler, s: &Spec, b: Band, c: Cut) -> Result<(), IcedErr
     for r in 0..rows {
         let acc = acc(r);
         let off = r as i32 * out_row;
-        match s.act {
-            Act::None => {}
-            Act::Silu | Act::Gelu => unreachable!("assemble rejects swept activations"),
-            // NaN-preserving like the Cranelift forms: vmaxps/vminps
-            // return the second source (the value) when either is NaN
-            Act::Relu => a.vmaxps(acc, zmm(ZERO), acc)?,
-            Act::Relu6 => {
-                a.vmaxps(acc, zmm(ZERO), acc)?;
-                a.vminps(acc, zmm(SIX), acc)?;
-            }
-            Act::DyRelu => {
-                a.vmulps(zmm(T), acc, zmm(S1))?;
-                a.vmulps(acc, acc, zmm(S2))?;
-                a.vmaxps(acc, zmm(T), acc)?;
-            }
-            // the element-wise kernels' formulas, operation for operation
-            Act::HardSwish => {
-                a.vaddps(zmm(T), acc, zmm(THREE))?;
-                a.vmaxps(zmm(T), zmm(ZERO), zmm(T))?;
-                a.vminps(zmm(T), zmm(SIX), zmm(T))?;
-                a.vmulps(acc, acc, zmm(T))?;
-                a.vdivps(acc, acc, zmm(SIX))?;
-            }
-            Act::HardSigmoid => {
-                a.vfmadd213ps(acc, zmm(SIXTH), zmm(HALF))?;
-                a.vmaxps(acc, zmm(ZERO), acc)?;
-                a.vminps(acc, zmm(ONE), acc)?;
-            }
-        }
+        act_zmm(a, s.act, acc, zmm(T), &ZMM_CONSTS)?;
         if s.residual {
             a.vaddps(with_k(acc, ko), acc, zmmword_ptr(r11 + off))?;
         }

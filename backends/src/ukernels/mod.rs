@@ -11,6 +11,7 @@
 //!   and what is built on it: transcendental rows, softmax rows, and the
 //!   Mobile-Former bridges' loops (AVX-512 only).
 //! - `dw_plane.rs`: 3×3 depthwise plane interiors (zmm or ymm).
+//! - `dw_window.rs`: whole depthwise planes of any other window (zmm).
 //! - `registry.rs`: [`Registry`], asked by drivers for a [`Spec`].
 //! - `contract.rs` (tests): one test per contract and ISA (`contract_tests!`),
 //!   the assembled code run on the host against the contract in f64.
@@ -22,6 +23,7 @@
 #[cfg(test)]
 mod contract;
 pub(crate) mod dw_plane;
+pub(crate) mod dw_window;
 pub(crate) mod registry;
 pub(crate) mod tile;
 pub(crate) mod vector;

@@ -8,7 +8,7 @@
 
 use super::tile::{Act, Bias, Variant};
 use super::vector::{self, Func, Width};
-use super::{avx2, avx512, dw_plane};
+use super::{avx2, avx512, dw_plane, dw_window};
 use crate::target::TileLevel;
 
 /// What an assembled function computes: the cache key.
@@ -29,6 +29,8 @@ pub(crate) enum Spec {
     },
     /// a 3×3 depthwise plane interior (`dw_plane.rs`)
     DwPlane(dw_plane::Spec),
+    /// a whole depthwise plane of any window (`dw_window.rs`, AVX-512)
+    DwWindow(dw_window::Spec),
     /// the Mobile→Former bridge's `P·X` pass (AVX-512)
     M2fPx {
         /// tokens
@@ -84,6 +86,7 @@ impl Spec {
             Spec::SoftmaxRow(w) => format!("softmax row {w:?}"),
             Spec::SoftmaxLanes { len, width } => format!("softmax lanes {len} {width:?}"),
             Spec::DwPlane(s) => format!("depthwise3x3 {s:?}"),
+            Spec::DwWindow(s) => dw_window::label(&s),
             Spec::M2fPx { m, l, c, cb, twice } => {
                 format!("m2f px m={m} l={l} c={c} cb={cb} twice={twice}")
             }
@@ -106,6 +109,7 @@ impl Spec {
             Spec::SoftmaxRow(w) => vector::assemble_softmax_row(w),
             Spec::SoftmaxLanes { len, width } => vector::assemble_softmax_lanes(len, width),
             Spec::DwPlane(s) => dw_plane::assemble(&s),
+            Spec::DwWindow(s) => dw_window::assemble(&s),
             Spec::M2fPx { m, l, c, cb, twice } => vector::assemble_m2f_px(m, l, c, cb, twice),
             Spec::F2mRun { m, hc, l, c, scale } => {
                 vector::assemble_f2m_run(m, hc, l, c, f32::from_bits(scale))
