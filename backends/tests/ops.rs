@@ -956,3 +956,75 @@ fn resize_all_modes() {
         }
     }
 }
+
+/// Transposes as transposed panels (`ukernels/transpose.rs`, AVX-512) on
+/// random shapes and permutations: panels of 4 to 16 columns and more
+/// (whole 16-column chunks and a short last one), 4 to 70 rows (whole
+/// 16-row blocks and a short last one), outer dims walked around them,
+/// and the layouts the models move (NCHW ↔ NHWC, heads). Copies are exact:
+/// every level must reproduce the input's bits, and at AVX-512 most of
+/// these shapes must have run as panels.
+#[test]
+fn transpose_panels() {
+    use kiln_backends::{CompileOptions, TileLevel, compile};
+    let mut rng = common::Rng(0x7a_05e);
+    let mut cases: Vec<(Vec<usize>, Vec<usize>)> = vec![
+        (vec![1, 40, 56, 56], vec![0, 2, 3, 1]),
+        (vec![1, 56, 56, 40], vec![0, 3, 1, 2]),
+        (vec![2, 17, 33], vec![0, 2, 1]),
+        (vec![16, 16], vec![1, 0]),
+        (vec![1, 4, 49, 32], vec![0, 2, 1, 3]),
+        (vec![1, 197, 3, 64], vec![0, 2, 3, 1]),
+    ];
+    let dims = [1usize, 3, 4, 5, 15, 16, 17, 33, 40, 70];
+    while cases.len() < 40 {
+        let rank = rng.range(2, 4);
+        let shape: Vec<usize> = (0..rank).map(|_| *rng.pick(&dims)).collect();
+        let mut perm: Vec<usize> = (0..rank).collect();
+        for i in (1..rank).rev() {
+            perm.swap(i, rng.below(i + 1));
+        }
+        cases.push((shape, perm));
+    }
+    let mut panels = 0;
+    for (i, (shape, perm)) in cases.into_iter().enumerate() {
+        let what = format!("transpose {shape:?} by {perm:?}");
+        let op = Op::Transpose { perm };
+        check_op(
+            &what,
+            op.clone(),
+            &[input(&shape)],
+            40 + i as u64,
+            Fill::Signed,
+        );
+        if common::asm_levels().contains(&TileLevel::Avx512) {
+            let mut rng = common::Rng(i as u64);
+            let (model, inputs) = common::single(op, &[input(&shape)], &mut rng, Fill::Signed);
+            let run = |level: TileLevel| {
+                let options = CompileOptions {
+                    max_tiles: level,
+                    ..common::opts(2)
+                };
+                let m = compile(&model, &options).unwrap();
+                let n = m
+                    .kernel_descriptions()
+                    .iter()
+                    .filter(|(_, k)| k.contains("transpose panels"))
+                    .count();
+                (m.run(&inputs).unwrap(), n)
+            };
+            // the f32x4 level copies element by element
+            let (want, _) = run(TileLevel::F32x4);
+            let (got, n) = run(TileLevel::Avx512);
+            panels += n;
+            let (g, w) = (got[0].as_f32().unwrap(), want[0].as_f32().unwrap());
+            assert!(
+                g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{what}: not the input's bits"
+            );
+        }
+    }
+    if common::asm_levels().contains(&TileLevel::Avx512) {
+        assert!(panels >= 15, "only {panels} transposes ran as panels");
+    }
+}

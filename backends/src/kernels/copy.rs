@@ -17,6 +17,9 @@ use super::nest::{CHUNK, Nest, contiguous};
 use super::{Kernel, Kernels, NodeCx};
 use crate::codegen::{Buf, Emitter, F32, I64, Loc, V4};
 use crate::error::BackendError;
+use crate::ukernels::{Spec, transpose};
+use cranelift_codegen::ir::{AbiParam, Signature};
+use cranelift_codegen::isa::CallConv;
 
 /// One strided region: `dst[...] = src[...]`, or `dst[...] = fill` without a source.
 pub(crate) struct Region {
@@ -319,10 +322,16 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
     let kernel: Box<dyn Kernel> = match cx.op {
         Op::Transpose { perm } => {
             let src: Vec<i64> = perm.iter().map(|&p| xs[p]).collect();
-            Box::new(Copy::new(
-                "transpose",
-                vec![region(&out, contiguous(&out), 0, src, 0, out_buf, x.buf)],
-            ))
+            let r = region(&out, contiguous(&out), 0, src, 0, out_buf, x.buf);
+            let p = if x.ty.dtype == kiln_ir::DType::F32 {
+                panels(cx, &r.nest, out_buf, x.buf)?
+            } else {
+                None
+            };
+            match p {
+                Some(k) => Box::new(k),
+                None => Box::new(Copy::new("transpose", vec![r])),
+            }
         }
         Op::Slice {
             axes,
@@ -407,6 +416,123 @@ pub(crate) fn lower(cx: &mut NodeCx) -> Result<Kernels, BackendError> {
         other => return Err(cx.unsupported(format!("{} is not a copy", other.name()))),
     };
     Ok(vec![kernel])
+}
+
+/// A transpose as transposed panels (`ukernels/transpose.rs`, AVX-512): the
+/// copy's innermost dim B is contiguous in the destination and strided in
+/// the source, and another dim A is contiguous in the source. A unit is one
+/// panel: up to 16 consecutive elements along A (after the other dims,
+/// walked by `nest`) for every element along B, transposed in registers.
+pub(crate) struct Panels {
+    dst: Buf,
+    src: Buf,
+    /// the dims but B, A innermost in chunks of 16 (operand 0 the
+    /// destination)
+    nest: Nest,
+    /// the functions for a whole chunk of 16 and for the last, shorter one
+    full: Option<usize>,
+    tail: Option<usize>,
+    /// elements along B
+    b: usize,
+}
+
+/// Dims shorter than this along A or B stay element copies: a panel of a
+/// few lanes moves too little per call.
+const PANEL_MIN: usize = 4;
+
+/// The panels of the copy `nest` (destination operand 0), when the target
+/// assembles AVX-512 and the copy is a transpose of f32 panels; `None`
+/// leaves it to [`Copy`].
+fn panels(
+    cx: &mut NodeCx,
+    nest: &Nest,
+    dst: Buf,
+    src: Buf,
+) -> Result<Option<Panels>, BackendError> {
+    let r = nest.dims.len();
+    let Some(store) = cx.asm512() else {
+        return Ok(None);
+    };
+    if r < 2 || nest.strides[0][r - 1] != 1 || nest.strides[1][r - 1] <= 1 {
+        return Ok(None);
+    }
+    let Some(ad) = (0..r - 1).find(|&d| nest.strides[1][d] == 1) else {
+        return Ok(None);
+    };
+    let (b, sb, da) = (
+        nest.dims[r - 1],
+        nest.strides[1][r - 1],
+        nest.strides[0][ad],
+    );
+    if b < PANEL_MIN || nest.dims[ad] < PANEL_MIN || da <= 0 {
+        return Ok(None);
+    }
+    let order: Vec<usize> = (0..r - 1).filter(|&d| d != ad).chain([ad]).collect();
+    let strides = (0..2)
+        .map(|k| order.iter().map(|&d| nest.strides[k][d]).collect())
+        .collect();
+    let dims: Vec<usize> = order.iter().map(|&d| nest.dims[d]).collect();
+    let mut sub = Nest::new(&dims, strides, nest.offsets.clone());
+    sub.chunk = 16;
+    // merging keeps A innermost, contiguous in the source
+    if sub.inner_stride(1) != 1 {
+        return Ok(None);
+    }
+    let spec = |a: usize| transpose::Spec {
+        a,
+        b,
+        sb: sb as usize,
+        da: da as usize,
+    };
+    let a = sub.inner();
+    let (full, tail) = (spec(16), spec(a % 16));
+    if !full.fits() || (!a.is_multiple_of(16) && !tail.fits()) {
+        return Ok(None);
+    }
+    let mut id = |s: transpose::Spec| store.request(Spec::Transpose(s)).map_err(BackendError::Jit);
+    Ok(Some(Panels {
+        dst,
+        src,
+        full: if a >= 16 { Some(id(full)?) } else { None },
+        tail: if !a.is_multiple_of(16) { Some(id(tail)?) } else { None },
+        nest: sub,
+        b,
+    }))
+}
+
+impl Kernel for Panels {
+    fn describe(&self) -> String {
+        format!(
+            "transpose panels {:?} x {} (16x16 blocks) avx512",
+            self.nest.dims, self.b
+        )
+    }
+
+    fn units(&self) -> usize {
+        self.nest.units()
+    }
+
+    fn cost(&self) -> f64 {
+        (self.nest.numel() * self.b) as f64
+    }
+
+    fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
+        let bases = [e.base(self.dst), e.base(self.src)];
+        let mut body = |e: &mut Emitter, ptrs: &[Value], len: usize| {
+            let id = if len == 16 { self.full } else { self.tail };
+            // `panels` requested a function for every chunk length
+            let Some(id) = id else {
+                unreachable!("no transpose panel of {len} columns")
+            };
+            let mut sig = Signature::new(CallConv::SystemV);
+            sig.params.push(AbiParam::new(I64));
+            sig.params.push(AbiParam::new(I64));
+            let sig = e.b.import_signature(sig);
+            let f = e.asm_fn(id);
+            e.b.ins().call_indirect(sig, f, &[ptrs[1], ptrs[0]]);
+        };
+        self.nest.emit(e, &bases, begin, end, 0, &mut body);
+    }
 }
 
 /// A copy region: `dims` walked with the destination's and the source's

@@ -13,7 +13,7 @@
 
 use super::tile::{Act, Bias, Variant, assembles};
 use super::vector::{Func, Width};
-use super::{Registry, Spec, avx2, avx512, dw_window};
+use super::{Registry, Spec, avx2, avx512, dw_window, transpose};
 use crate::target::{Target, TileLevel};
 use crate::testing::random::{Rng, TOL};
 
@@ -587,4 +587,78 @@ fn check_window_contract(level: TileLevel, test: &str) {
 
 contract_tests!(check_window_contract:
     avx512_depthwise_windows_meet_the_window_contract => TileLevel::Avx512,
+);
+
+/// A transpose panel: System V, `fn(src, dst)`.
+type PanelFn = unsafe extern "sysv64" fn(*const f32, *mut f32);
+
+/// The transpose panel contract: `dst[j·da + i] = src[i·sb + j]` for
+/// `j < a`, `i < b`, nothing else written; checked for every panel width
+/// 1..=16, row counts around the 16-row blocks, and strides wider than
+/// the panel on both sides, with NaN guards around and between the rows.
+fn check_panel_contract(level: TileLevel, test: &str) {
+    if TileLevel::host() < level {
+        kiln_ir::skip::skip(test, &format!("this CPU lacks {level:?}"));
+        return;
+    }
+    let mut specs = Vec::new();
+    for a in 1..=16 {
+        for b in [1, 5, 16, 17, 40] {
+            specs.push(transpose::Spec {
+                a,
+                b,
+                sb: a + (a * b) % 7,
+                da: b + a % 3,
+            });
+        }
+    }
+    let mut reg = Registry::new(level);
+    let ids: Vec<usize> = specs
+        .iter()
+        .map(|s| {
+            reg.request(Spec::Transpose(*s))
+                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        })
+        .collect();
+    let target = Target::host(false).expect("the host target");
+    let mut modules = Vec::new();
+    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let mut rng = Rng(0x7a_11e1);
+    const GUARD: usize = 64;
+    for (s, id) in specs.iter().zip(ids) {
+        let src_len = (s.b - 1) * s.sb + s.a;
+        let dst_len = (s.a - 1) * s.da + s.b;
+        let mut src = vec![f32::NAN; src_len + 2 * GUARD];
+        for i in 0..s.b {
+            for j in 0..s.a {
+                src[GUARD + i * s.sb + j] = rng.f32_in(-2.0, 2.0);
+            }
+        }
+        let mut dst = vec![-7.0f32; dst_len + 2 * GUARD];
+        // SAFETY: `addrs[id]` is the finalised code of `s` at a level the
+        // host runs; `src` and `dst` hold the panel's extent between guards
+        // the contract says are never touched; the modules outlive the call.
+        unsafe {
+            let f: PanelFn = std::mem::transmute::<usize, PanelFn>(addrs[id]);
+            f(src.as_ptr().add(GUARD), dst.as_mut_ptr().add(GUARD));
+        }
+        let mut want = vec![-7.0f32; dst_len + 2 * GUARD];
+        for i in 0..s.b {
+            for j in 0..s.a {
+                want[GUARD + j * s.da + i] = src[GUARD + i * s.sb + j];
+            }
+        }
+        for (k, (g, w)) in dst.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{s:?}: element {k} (guards of {GUARD})"
+            );
+        }
+    }
+    drop(modules);
+}
+
+contract_tests!(check_panel_contract:
+    avx512_transpose_panels_meet_the_panel_contract => TileLevel::Avx512,
 );

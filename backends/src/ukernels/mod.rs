@@ -12,6 +12,7 @@
 //!   Mobile-Former bridges' loops (AVX-512 only).
 //! - `dw_plane.rs`: 3×3 depthwise plane interiors (zmm or ymm).
 //! - `dw_window.rs`: whole depthwise planes of any other window (zmm).
+//! - `transpose.rs`: transposed panels of 16×16 blocks (zmm).
 //! - `registry.rs`: [`Registry`], asked by drivers for a [`Spec`].
 //! - `contract.rs` (tests): one test per contract and ISA (`contract_tests!`),
 //!   the assembled code run on the host against the contract in f64.
@@ -26,6 +27,7 @@ pub(crate) mod dw_plane;
 pub(crate) mod dw_window;
 pub(crate) mod registry;
 pub(crate) mod tile;
+pub(crate) mod transpose;
 pub(crate) mod vector;
 
 /// Emitters for AVX-512F (zmm, opmask tails).

@@ -8,7 +8,7 @@
 
 use super::tile::{Act, Bias, Variant};
 use super::vector::{self, Func, Width};
-use super::{avx2, avx512, dw_plane, dw_window};
+use super::{avx2, avx512, dw_plane, dw_window, transpose};
 use crate::target::TileLevel;
 
 /// What an assembled function computes: the cache key.
@@ -31,6 +31,8 @@ pub(crate) enum Spec {
     DwPlane(dw_plane::Spec),
     /// a whole depthwise plane of any window (`dw_window.rs`, AVX-512)
     DwWindow(dw_window::Spec),
+    /// a transposed panel (`transpose.rs`, AVX-512)
+    Transpose(transpose::Spec),
     /// the Mobile→Former bridge's `P·X` pass (AVX-512)
     M2fPx {
         /// tokens
@@ -87,6 +89,7 @@ impl Spec {
             Spec::SoftmaxLanes { len, width } => format!("softmax lanes {len} {width:?}"),
             Spec::DwPlane(s) => format!("depthwise3x3 {s:?}"),
             Spec::DwWindow(s) => dw_window::label(&s),
+            Spec::Transpose(s) => s.label(),
             Spec::M2fPx { m, l, c, cb, twice } => {
                 format!("m2f px m={m} l={l} c={c} cb={cb} twice={twice}")
             }
@@ -110,6 +113,7 @@ impl Spec {
             Spec::SoftmaxLanes { len, width } => vector::assemble_softmax_lanes(len, width),
             Spec::DwPlane(s) => dw_plane::assemble(&s),
             Spec::DwWindow(s) => dw_window::assemble(&s),
+            Spec::Transpose(s) => transpose::assemble(&s),
             Spec::M2fPx { m, l, c, cb, twice } => vector::assemble_m2f_px(m, l, c, cb, twice),
             Spec::F2mRun { m, hc, l, c, scale } => {
                 vector::assemble_f2m_run(m, hc, l, c, f32::from_bits(scale))
