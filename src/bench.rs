@@ -338,6 +338,8 @@ pub fn kernel_kind(row: &ProfileRow) -> String {
         "pointwise conv".into()
     } else if k.contains("depthwise") {
         "depthwise conv".into()
+    } else if k.contains("direct conv") {
+        "direct conv".into()
     } else if k.contains("im2col") {
         "im2col conv".into()
     } else if matches!(op, "fused_linear" | "gemm") && k.contains("gemm M=1 ") {
@@ -686,6 +688,14 @@ mod tests {
                 0,
                 1_000_000,
             ),
+            // a narrow k×k conv computed directly (`conv_direct`)
+            row(
+                "%7 (fused_conv)",
+                "fused direct conv 3→16 3x3: direct conv 3→16 in tiles of 16 output channels",
+                0.0625,
+                100,
+                0,
+            ),
         ];
         let kinds = kind_rows(&rows);
         let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
@@ -696,7 +706,8 @@ mod tests {
                 "depthwise conv",
                 "linear (one row)",
                 "linear",
-                "transpose"
+                "transpose",
+                "direct conv"
             ]
         );
         // 2·4M MACs in 2 ms
@@ -712,7 +723,7 @@ mod tests {
             "{:?}",
             kinds[4]
         );
-        assert!((kinds[0].share - 2.0 / 3.125).abs() < 1e-9);
+        assert!((kinds[0].share - 2.0 / 3.1875).abs() < 1e-9);
     }
 
     #[test]

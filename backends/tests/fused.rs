@@ -26,7 +26,9 @@ fn kernels(model: &Model, options: &CompileOptions) -> Vec<String> {
 }
 
 /// Checks `op` on `args` and that it compiled to a fused kernel (not the
-/// expansion) whose description mentions `what_kernel`.
+/// expansion) whose description mentions `what_kernel` (or one of the
+/// `|`-separated alternatives: a narrow k×k conv runs as a direct conv at
+/// AVX-512 and through im2col elsewhere).
 fn check_fused(what: &str, op: FusedOp, args: &[Arg], seed: u64, what_kernel: &str) {
     let mut rng = Rng(seed);
     let (model, inputs) = single(Op::Fused(op), args, &mut rng, Fill::Signed);
@@ -36,7 +38,7 @@ fn check_fused(what: &str, op: FusedOp, args: &[Arg], seed: u64, what_kernel: &s
         let ks = kernels(&model, &level_opts(1, level));
         assert!(
             ks.iter()
-                .any(|k| k.starts_with("fused") && k.contains(what_kernel)),
+                .any(|k| k.starts_with("fused") && what_kernel.split('|').any(|w| k.contains(w))),
             "{what}: no fused {what_kernel} kernel ({level} tiles): {ks:?}"
         );
     }
@@ -368,7 +370,7 @@ fn pointwise_conv_epilogues() {
 
 #[test]
 fn im2col_conv_epilogues() {
-    conv_kind(Kind::Im2col, "im2col conv", 2);
+    conv_kind(Kind::Im2col, "im2col conv|direct conv", 2);
 }
 
 #[test]
@@ -628,8 +630,100 @@ fn shuffled_conv_epilogues() {
     }
 }
 
-/// A stem (RGB in, 3×3 stride 2) runs band by band: each unit writes a few
-/// output rows' im2col matrix and multiplies it at once.
+/// Direct convolutions (`conv_direct`, AVX-512) on random narrow convs:
+/// 1 to 32 output channels per group (one tile, tiles of equal and of
+/// unequal width), 1 to 3 groups, 1 to 20 input channels per group, windows
+/// 2×2 to 5×5 and oblong, strides 1–2 (and a vertical 3), dilation,
+/// paddings none to past the window, planes of 1 to 40 columns and rows,
+/// batches of 1 and 2, every activation it takes (SiLU and GELU swept
+/// afterwards, then without residual), with and without bias and
+/// residual; each against the interpreter at every level, and asserted to
+/// have run directly at AVX-512.
+#[test]
+fn direct_conv_planes() {
+    let mut rng = Rng(0xd12ec7);
+    let mut direct = 0;
+    let mut i = 0;
+    while i < 60 {
+        let groups = *rng.pick(&[1usize, 1, 2, 3]);
+        let og = *rng.pick(&[1usize, 3, 8, 15, 16, 17, 24, 32]);
+        let cg = *rng.pick(&[1usize, 3, 4, 9, 20]);
+        let (kh, kw) = *rng.pick(&[(3usize, 3usize), (2, 2), (5, 5), (3, 1), (1, 4), (3, 3)]);
+        let (sh, sw) = (*rng.pick(&[1usize, 2, 2, 3]), rng.range(1, 2));
+        let dh = rng.range(1, 2);
+        let dw = if sw == 1 { rng.range(1, 2) } else { 1 };
+        let pad = [
+            rng.range(0, kh),
+            rng.range(0, kw),
+            rng.range(0, kh),
+            rng.range(0, kw),
+        ];
+        let (h, w) = (
+            *rng.pick(&[1usize, 5, 8, 13, 20, 40]),
+            *rng.pick(&[1usize, 7, 16, 17, 33, 40]),
+        );
+        let (eh, ew) = ((kh - 1) * dh + 1, (kw - 1) * dw + 1);
+        if h + pad[0] + pad[2] < eh || w + pad[1] + pad[3] < ew {
+            continue;
+        }
+        let ho = (h + pad[0] + pad[2] - eh) / sh + 1;
+        let wo = (w + pad[1] + pad[3] - ew) / sw + 1;
+        let act = [
+            Act::None,
+            Act::Relu,
+            Act::Relu6,
+            Act::HardSwish,
+            Act::HardSigmoid,
+            Act::Silu,
+            Act::Gelu,
+        ][i % 7];
+        let bias = i % 2 == 0;
+        let residual = i % 3 != 1 && !matches!(act, Act::Silu | Act::Gelu);
+        let n = 1 + i % 4 / 3;
+        let (c, o) = (groups * cg, groups * og);
+        let mut args = vec![input(&[n, c, h, w]), weight(&[o, cg, kh, kw])];
+        if bias {
+            args.push(weight(&[o]));
+        }
+        if residual {
+            args.push(input(&[n, o, ho, wo]));
+        }
+        let op = FusedOp::Conv {
+            stride: [sh, sw],
+            pad,
+            dilation: [dh, dw],
+            groups,
+            bias,
+            shuffle: 1,
+            act,
+            residual,
+        };
+        let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
+        let mut r = Rng(700 + i as u64);
+        let (model, inputs) = single(Op::Fused(op), &args, &mut r, Fill::Signed);
+        check(&what, &model, &inputs);
+        if asm_levels().contains(&TileLevel::Avx512) {
+            let ks = kernels(&model, &level_opts(1, TileLevel::Avx512));
+            let ran = ks.iter().any(|k| k.contains("direct conv"));
+            // narrower planes stay im2col (`conv_direct::MIN_COLUMNS`);
+            // one input channel per group is a depthwise conv
+            assert_eq!(
+                ran,
+                wo >= 8 && (cg > 1 || groups == 1),
+                "{what}: direct? {ks:?}"
+            );
+            direct += usize::from(ran);
+        }
+        i += 1;
+    }
+    if asm_levels().contains(&TileLevel::Avx512) {
+        assert!(direct >= 30, "only {direct} direct convs");
+    }
+}
+
+/// A stem (RGB in, 3×3 stride 2) with more output channels than a direct
+/// conv takes (`kernels/conv_direct.rs`) runs band by band: each unit
+/// writes a few output rows' im2col matrix and multiplies it at once.
 #[test]
 fn stem_conv_in_bands() {
     for (i, act) in [Act::Relu6, Act::Silu, Act::HardSwish]
@@ -638,7 +732,7 @@ fn stem_conv_in_bands() {
     {
         let (op, args) = fused_conv(&ConvSpec {
             c: 3,
-            o: 16,
+            o: 48,
             groups: 1,
             k: 3,
             h: 64,
@@ -662,7 +756,7 @@ fn stem_conv_in_bands() {
 
 #[test]
 fn grouped_conv_epilogues() {
-    conv_kind(Kind::Grouped, "im2col conv", 4);
+    conv_kind(Kind::Grouped, "im2col conv|direct conv", 4);
 }
 
 /// Weights that are run-time values (no packing, no assembled tile) and a

@@ -481,6 +481,11 @@ pub(crate) fn lower_with(
     if g.is_depthwise() {
         return depthwise::lower(cx, g, bias, epi, title, shuffle);
     }
+    let direct = conv_title(cx.op, &g, &epi, bias.is_some(), shuffle)
+        .map(|t| t.replacen("fused im2col conv", "fused direct conv", 1));
+    if let Some(k) = super::conv_direct::kernel(cx, g, bias, &epi, &direct, shuffle)? {
+        return Ok(vec![k]);
+    }
     let groups = g.groups;
     let og = g.o / groups;
     // rows per GEMM batch, `subs` batches per group

@@ -494,7 +494,11 @@ fn panels(
         dst,
         src,
         full: if a >= 16 { Some(id(full)?) } else { None },
-        tail: if !a.is_multiple_of(16) { Some(id(tail)?) } else { None },
+        tail: if !a.is_multiple_of(16) {
+            Some(id(tail)?)
+        } else {
+            None
+        },
         nest: sub,
         b,
     }))

@@ -19,6 +19,7 @@
 pub(crate) mod attention;
 pub(crate) mod chain;
 pub(crate) mod conv;
+pub(crate) mod conv_direct;
 pub(crate) mod copy;
 pub(crate) mod depthwise;
 pub(crate) mod elementwise;

@@ -13,7 +13,7 @@
 
 use super::tile::{Act, Bias, Variant, assembles};
 use super::vector::{Func, Width};
-use super::{Registry, Spec, avx2, avx512, dw_window, transpose};
+use super::{Registry, Spec, avx2, avx512, conv_direct, dw_window, transpose};
 use crate::target::{Target, TileLevel};
 use crate::testing::random::{Rng, TOL};
 
@@ -661,4 +661,156 @@ fn check_panel_contract(level: TileLevel, test: &str) {
 
 contract_tests!(check_panel_contract:
     avx512_transpose_panels_meet_the_panel_contract => TileLevel::Avx512,
+);
+
+/// A direct conv call: System V, `fn(x, dst, w, res, bias)`.
+type DirectFn = unsafe extern "sysv64" fn(*const f32, *mut f32, *const f32, *const f32, *const f32);
+
+/// The direct conv contract in f64: for output channel `o < cout` and
+/// output row `r` in the call's rows, `act(bias[o] + Σ_ic Σ_i Σ_j
+/// x[ic][tap row][tap col]·w[o][ic][i][j])` over the taps inside the
+/// input, plus the residual; planes contiguous.
+fn direct_reference(
+    s: &conv_direct::Spec,
+    x: &[f32],
+    w: &[f32],
+    res: &[f32],
+    bias: &[f32],
+) -> Vec<(usize, f64)> {
+    let g = &s.win;
+    let (plane, taps) = (g.ho * g.wo, g.kh * g.kw);
+    let mut out = Vec::new();
+    for o in 0..s.cout {
+        for r in s.r0..s.r0 + s.rows {
+            for c in 0..g.wo {
+                let mut acc = if s.bias { f64::from(bias[o]) } else { 0.0 };
+                for ic in 0..s.cin {
+                    for i in 0..g.kh {
+                        for j in 0..g.kw {
+                            let (y, xx) = (r * g.sh + i * g.dh, c * g.sw + j * g.dw);
+                            if y >= g.pt && y - g.pt < g.h && xx >= g.pl && xx - g.pl < g.w {
+                                let v = x[ic * g.h * g.w + (y - g.pt) * g.w + xx - g.pl];
+                                let wt = w[(o * s.cin + ic) * taps + i * g.kw + j];
+                                acc += f64::from(v) * f64::from(wt);
+                            }
+                        }
+                    }
+                }
+                let at = o * plane + r * g.wo + c;
+                let y = act_reference(g.act, acc, 0.0, 0.0);
+                out.push((at, y + if g.residual { f64::from(res[at]) } else { 0.0 }));
+            }
+        }
+    }
+    out
+}
+
+/// Runs direct conv calls over random channels, windows, strides, row
+/// blocks and epilogues against [`direct_reference`] (within TOL of the
+/// largest magnitude), checking that only the call's rows of its planes
+/// were written and that no operand changed.
+fn check_direct_contract(level: TileLevel, test: &str) {
+    if TileLevel::host() < level {
+        kiln_ir::skip::skip(test, &format!("this CPU lacks {level:?}"));
+        return;
+    }
+    let mut specs = Vec::new();
+    for (n, win) in window_specs().into_iter().enumerate() {
+        if !conv_direct::assembles(win.act) {
+            continue;
+        }
+        let cout = [1, 3, 8, 16][n % 4];
+        let r0 = if n % 3 == 0 { win.ho / 2 } else { 0 };
+        let spec = conv_direct::Spec {
+            win,
+            cin: 1 + n % 5,
+            cout,
+            bias: n % 2 == 0,
+            r0,
+            rows: win.ho - r0,
+        };
+        assert!(spec.fits(), "{spec:?}");
+        specs.push(spec);
+    }
+    let mut reg = Registry::new(level);
+    let ids: Vec<usize> = specs
+        .iter()
+        .map(|s| {
+            reg.request(Spec::ConvDirect(*s))
+                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        })
+        .collect();
+    let target = Target::host(false).expect("the host target");
+    let mut modules = Vec::new();
+    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let mut rng = Rng(0xd1_2ec7);
+    const GUARD: usize = 64;
+    for (s, id) in specs.iter().zip(ids) {
+        let g = &s.win;
+        let mut fill = |n: usize| -> Vec<f32> {
+            let mut v = vec![f32::NAN; n + 2 * GUARD];
+            for x in &mut v[GUARD..GUARD + n] {
+                *x = rng.f32_in(-2.0, 2.0);
+            }
+            v
+        };
+        let out_len = s.cout * g.ho * g.wo;
+        let x = fill(s.cin * g.h * g.w);
+        let w = fill(s.cout * s.cin * g.kh * g.kw);
+        let res = fill(out_len);
+        let bias = fill(s.cout);
+        let mut dst = vec![-7.0f32; out_len + 2 * GUARD];
+        let before = (x.clone(), w.clone(), res.clone(), bias.clone());
+        // SAFETY: `addrs[id]` is the finalised code of `s` at a level the
+        // host runs; every pointer starts an operand of `s`'s size between
+        // guards the contract says are never touched; the modules outlive
+        // the call.
+        unsafe {
+            let f: DirectFn = std::mem::transmute::<usize, DirectFn>(addrs[id]);
+            f(
+                x.as_ptr().add(GUARD),
+                dst.as_mut_ptr().add(GUARD),
+                w.as_ptr().add(GUARD),
+                res.as_ptr().add(GUARD),
+                bias.as_ptr().add(GUARD),
+            );
+        }
+        let inner = |v: &[f32]| v[GUARD..v.len() - GUARD].to_vec();
+        let want = direct_reference(s, &inner(&x), &inner(&w), &inner(&res), &inner(&bias));
+        let scale = want.iter().fold(1.0f64, |m, (_, v)| m.max(v.abs()));
+        let mut expect = vec![None; dst.len()];
+        for &(at, v) in &want {
+            expect[GUARD + at] = Some(v);
+        }
+        for (k, (&got, want)) in dst.iter().zip(&expect).enumerate() {
+            match want {
+                Some(v) => {
+                    let e = (f64::from(got) - v).abs() / scale;
+                    assert!(
+                        e <= TOL,
+                        "{s:?}: [{}] = {got}, want {v} ({e:.2e})",
+                        k as i64 - GUARD as i64
+                    );
+                }
+                None => assert_eq!(
+                    got.to_bits(),
+                    (-7.0f32).to_bits(),
+                    "{s:?}: wrote outside its rows at {k}"
+                ),
+            }
+        }
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(
+            same(&x, &before.0)
+                && same(&w, &before.1)
+                && same(&res, &before.2)
+                && same(&bias, &before.3),
+            "{s:?}: changed an operand"
+        );
+    }
+    drop(modules);
+}
+
+contract_tests!(check_direct_contract:
+    avx512_direct_convs_meet_the_direct_contract => TileLevel::Avx512,
 );

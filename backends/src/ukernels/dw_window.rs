@@ -52,7 +52,7 @@ pub(crate) use kiln_ir::fused::Act;
 pub(crate) const ROWS: usize = 8;
 
 /// Lanes of a vector.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// The largest window assembled (taps): the code of one chunk grows with
 /// it, and past 11×11 a plane's code would no longer fit the L1 cache.
@@ -133,14 +133,14 @@ impl Spec {
     }
 
     /// Whether output row `ro`'s tap row `i` reads inside the input.
-    fn row_ok(&self, ro: usize, i: usize) -> bool {
+    pub(super) fn row_ok(&self, ro: usize, i: usize) -> bool {
         let r = ro * self.sh + i * self.dh;
         r >= self.pt && r - self.pt < self.h
     }
 
     /// The lanes (bit `l`: output column `c0 + l`, `l < m`) whose tap
     /// column `j` reads inside the input.
-    fn col_mask(&self, c0: usize, m: usize, j: usize) -> u32 {
+    pub(super) fn col_mask(&self, c0: usize, m: usize, j: usize) -> u32 {
         (0..m)
             .filter(|l| {
                 let c = (c0 + l) * self.sw + j * self.dw;
@@ -149,9 +149,11 @@ impl Spec {
             .fold(0, |b, l| b | 1 << l)
     }
 
-    fn label(&self) -> String {
+    /// The window, strides, dilations, padding, planes and epilogue, for
+    /// labels.
+    pub(super) fn geometry(&self) -> String {
         format!(
-            "depthwise {}x{} s{}x{} d{}x{} p{}x{} {}x{}→{}x{}{}{}",
+            "{}x{} s{}x{} d{}x{} p{}x{} {}x{}→{}x{}{}{}",
             self.kh,
             self.kw,
             self.sh,
@@ -175,7 +177,7 @@ impl Spec {
 
 /// A short name for kernel plans.
 pub(crate) fn label(s: &Spec) -> String {
-    s.label()
+    format!("depthwise {}", s.geometry())
 }
 
 /// Assembles `s`; the bytes are position-independent.
@@ -188,7 +190,7 @@ pub(crate) fn assemble(s: &Spec) -> Result<Vec<u8>, String> {
 
 /// The opmasks k1..k7 as a cache of lane masks while the code is emitted
 /// (straight-line code between labels: what a register holds is known).
-struct Masks {
+pub(super) struct Masks {
     /// the bits in k1..k7, and when each was last used
     held: [Option<u32>; 7],
     used: [u64; 7],
@@ -196,7 +198,7 @@ struct Masks {
 }
 
 impl Masks {
-    fn new() -> Masks {
+    pub(super) fn new() -> Masks {
         Masks {
             held: [None; 7],
             used: [0; 7],
@@ -205,14 +207,14 @@ impl Masks {
     }
 
     /// Forgets every register: before a label that a jump reaches.
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.held = [None; 7];
     }
 
     /// The opmask holding `bits` (0: all sixteen lanes, no mask), setting
     /// the least recently used one when none does. A step uses at most
     /// four masks at once, which stay the most recently used.
-    fn get(&mut self, a: &mut CodeAssembler, bits: u32) -> Result<u8, IcedError> {
+    pub(super) fn get(&mut self, a: &mut CodeAssembler, bits: u32) -> Result<u8, IcedError> {
         if bits == 0xffff {
             return Ok(0);
         }
@@ -244,9 +246,9 @@ struct Band {
 
 /// A chunk of output columns: the first, and how many (1..=16).
 #[derive(Clone, Copy)]
-struct Cut {
-    c0: usize,
-    m: usize,
+pub(super) struct Cut {
+    pub c0: usize,
+    pub m: usize,
 }
 
 impl Spec {
@@ -257,7 +259,7 @@ impl Spec {
     }
 
     /// Whether `c` is sixteen columns whose every tap reads inside.
-    fn plain_cut(&self, c: Cut) -> bool {
+    pub(super) fn plain_cut(&self, c: Cut) -> bool {
         c.m == LANES && (0..self.kw).all(|j| self.col_mask(c.c0, c.m, j) == 0xffff)
     }
 }
@@ -363,7 +365,7 @@ fn group(a: &mut CodeAssembler, s: &Spec, b: Band, masks: &mut Masks) -> Result<
 /// The lanes of the two 16-input loads at stride 2 for the pair of tap
 /// columns `j` (even lanes) and `j + 1` (odd lanes; `m1` 0 when absent):
 /// input `q` of the 32 is read when its lane's tap reads inside.
-fn pair_loads(m0: u32, m1: u32) -> (u32, u32) {
+pub(super) fn pair_loads(m0: u32, m1: u32) -> (u32, u32) {
     let wide = |m: u32, odd: u32| -> u64 {
         (0..16u32)
             .filter(|l| m >> l & 1 == 1)

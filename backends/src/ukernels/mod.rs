@@ -13,6 +13,7 @@
 //! - `dw_plane.rs`: 3×3 depthwise plane interiors (zmm or ymm).
 //! - `dw_window.rs`: whole depthwise planes of any other window (zmm).
 //! - `transpose.rs`: transposed panels of 16×16 blocks (zmm).
+//! - `conv_direct.rs`: direct convolutions of a few output channels (zmm).
 //! - `registry.rs`: [`Registry`], asked by drivers for a [`Spec`].
 //! - `contract.rs` (tests): one test per contract and ISA (`contract_tests!`),
 //!   the assembled code run on the host against the contract in f64.
@@ -23,6 +24,7 @@
 
 #[cfg(test)]
 mod contract;
+pub(crate) mod conv_direct;
 pub(crate) mod dw_plane;
 pub(crate) mod dw_window;
 pub(crate) mod registry;

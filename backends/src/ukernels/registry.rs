@@ -8,7 +8,7 @@
 
 use super::tile::{Act, Bias, Variant};
 use super::vector::{self, Func, Width};
-use super::{avx2, avx512, dw_plane, dw_window, transpose};
+use super::{avx2, avx512, conv_direct, dw_plane, dw_window, transpose};
 use crate::target::TileLevel;
 
 /// What an assembled function computes: the cache key.
@@ -31,6 +31,9 @@ pub(crate) enum Spec {
     DwPlane(dw_plane::Spec),
     /// a whole depthwise plane of any window (`dw_window.rs`, AVX-512)
     DwWindow(dw_window::Spec),
+    /// a direct convolution of a few output channels (`conv_direct.rs`,
+    /// AVX-512)
+    ConvDirect(conv_direct::Spec),
     /// a transposed panel (`transpose.rs`, AVX-512)
     Transpose(transpose::Spec),
     /// the Mobile→Former bridge's `P·X` pass (AVX-512)
@@ -90,6 +93,7 @@ impl Spec {
             Spec::DwPlane(s) => format!("depthwise3x3 {s:?}"),
             Spec::DwWindow(s) => dw_window::label(&s),
             Spec::Transpose(s) => s.label(),
+            Spec::ConvDirect(s) => s.label(),
             Spec::M2fPx { m, l, c, cb, twice } => {
                 format!("m2f px m={m} l={l} c={c} cb={cb} twice={twice}")
             }
@@ -114,6 +118,7 @@ impl Spec {
             Spec::DwPlane(s) => dw_plane::assemble(&s),
             Spec::DwWindow(s) => dw_window::assemble(&s),
             Spec::Transpose(s) => transpose::assemble(&s),
+            Spec::ConvDirect(s) => conv_direct::assemble(&s),
             Spec::M2fPx { m, l, c, cb, twice } => vector::assemble_m2f_px(m, l, c, cb, twice),
             Spec::F2mRun { m, hc, l, c, scale } => {
                 vector::assemble_f2m_run(m, hc, l, c, f32::from_bits(scale))
