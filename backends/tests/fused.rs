@@ -630,6 +630,53 @@ fn shuffled_conv_epilogues() {
     }
 }
 
+/// A pointwise conv over 1×1 planes (a classifier's `conv_head`) runs as a
+/// linear layer: one GEMM row per image, the output channels across the
+/// tile (`conv::pointwise_as_linear`); batches of 1 to 3, channel counts
+/// around the tile widths, every epilogue but the dynamic ReLU (whose
+/// slopes keep the conv form), with and without bias and residual.
+#[test]
+fn pointwise_conv_on_one_pixel() {
+    let mut i = 0;
+    for (n, c, o) in [
+        (1, 576, 1024),
+        (2, 40, 33),
+        (3, 7, 16),
+        (1, 960, 1280),
+        (2, 1, 5),
+    ] {
+        for act in Act::ALL.into_iter().filter(|&a| a != Act::DyRelu) {
+            let (bias, residual) = (i % 2 == 0, i % 3 == 1);
+            let mut args = vec![input(&[n, c, 1, 1]), weight(&[o, c, 1, 1])];
+            if bias {
+                args.push(weight(&[o]));
+            }
+            if residual {
+                args.push(input(&[n, o, 1, 1]));
+            }
+            let op = FusedOp::Conv {
+                stride: [1, 1],
+                pad: [0; 4],
+                dilation: [1, 1],
+                groups: 1,
+                bias,
+                shuffle: 1,
+                act,
+                residual,
+            };
+            let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
+            check_fused(
+                &what,
+                op.clone(),
+                &args,
+                1200 + i as u64,
+                &format!("gemm M={n} N={o} K={c}"),
+            );
+            i += 1;
+        }
+    }
+}
+
 /// Direct convolutions (`conv_direct`, AVX-512) on random narrow convs:
 /// 1 to 32 output channels per group (one tile, tiles of equal and of
 /// unequal width), 1 to 3 groups, 1 to 20 input channels per group, windows

@@ -457,6 +457,39 @@ impl Kernel for UnshuffleSlopes {
     }
 }
 
+/// A pointwise conv over 1×1 planes (a classifier head's `conv_head`) is a
+/// linear layer: `[N, C] @ Wᵀ`, one GEMM row per image and the output
+/// channels across the tile's columns, the weights packed transposed. As
+/// a conv it was a GEMM with one column: every tile used one lane of each
+/// vector (MobileNetV3's 576→1024 at 9 GFLOP/s).
+fn pointwise_as_linear(
+    cx: &mut NodeCx,
+    g: Geom,
+    w: &[f32],
+    bias: Option<Buf>,
+    epi: Epilogue,
+    title: Option<String>,
+) -> Result<Kernels, BackendError> {
+    let (m, n, k) = (g.n, g.o, g.c);
+    let tile = super::matmul::tile_for_shape(cx, true, m, n, k);
+    let b = BSrc::Packed {
+        addr: cx.consts.add(&gemm::pack_b(w, k, n, 1, k, 4 * tile.nv)),
+    };
+    let a = ASrc::Strided {
+        buf: cx.ins[0].buf,
+        rs: k as i64,
+        ks: 1,
+    };
+    let out = cx.outs[0].0;
+    let gm = Gemm {
+        init: bias.map_or(Init::Zero, Init::Col),
+        epi,
+        title,
+        ..Gemm::new("pointwise conv", [m, n, k], a, b, (out, n as i64), tile)
+    };
+    Ok(vec![Box::new(super::matmul::finish(cx, gm)?)])
+}
+
 /// Lowers the convolution of a conv2d or `fused_conv` node (`cx.op`) with
 /// this bias, epilogue and output channel shuffle (1 = none). Operands 0
 /// and 1 are `x` and `w`.
@@ -485,6 +518,11 @@ pub(crate) fn lower_with(
         .map(|t| t.replacen("fused im2col conv", "fused direct conv", 1));
     if let Some(k) = super::conv_direct::kernel(cx, g, bias, &epi, &direct, shuffle)? {
         return Ok(vec![k]);
+    }
+    if g.is_pointwise() && g.ho * g.wo == 1 && shuffle == 1 && epi.slopes.is_none() {
+        if let Some(w) = cx.ins[1].data {
+            return pointwise_as_linear(cx, g, w, bias, epi, title);
+        }
     }
     let groups = g.groups;
     let og = g.o / groups;
