@@ -519,10 +519,13 @@ pub(crate) fn lower_with(
     if let Some(k) = super::conv_direct::kernel(cx, g, bias, &epi, &direct, shuffle)? {
         return Ok(vec![k]);
     }
-    if g.is_pointwise() && g.ho * g.wo == 1 && shuffle == 1 && epi.slopes.is_none() {
-        if let Some(w) = cx.ins[1].data {
-            return pointwise_as_linear(cx, g, w, bias, epi, title);
-        }
+    if g.is_pointwise()
+        && g.ho * g.wo == 1
+        && shuffle == 1
+        && epi.slopes.is_none()
+        && let Some(w) = cx.ins[1].data
+    {
+        return pointwise_as_linear(cx, g, w, bias, epi, title);
     }
     let groups = g.groups;
     let og = g.o / groups;
