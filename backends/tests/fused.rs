@@ -634,9 +634,30 @@ fn shuffled_conv_epilogues() {
 /// linear layer: one GEMM row per image, the output channels across the
 /// tile (`conv::pointwise_as_linear`); batches of 1 to 3, channel counts
 /// around the tile widths, every epilogue but the dynamic ReLU (whose
-/// slopes keep the conv form), with and without bias and residual.
+/// slopes keep the conv form), with and without bias and residual. A
+/// grouped one stays a conv: taken as linear, its weights were packed as
+/// if dense and the packing read past them (the `jit_vs_interp` fuzz
+/// target's `grouped_pointwise_on_1x1_planes`).
 #[test]
 fn pointwise_conv_on_one_pixel() {
+    for (n, groups, cg, og) in [(4, 2, 2, 5), (1, 3, 8, 16), (2, 4, 1, 3)] {
+        let (c, o) = (groups * cg, groups * og);
+        let op = FusedOp::Conv {
+            stride: [1, 1],
+            pad: [0; 4],
+            dilation: [1, 1],
+            groups,
+            bias: true,
+            shuffle: 1,
+            act: Act::Relu,
+            residual: false,
+        };
+        let args = [input(&[n, c, 1, 1]), weight(&[o, cg, 1, 1]), weight(&[o])];
+        let what = format!("grouped {op:?} {args:?}");
+        let mut r = Rng(groups as u64);
+        let (model, inputs) = single(Op::Fused(op), &args, &mut r, Fill::Signed);
+        check(&what, &model, &inputs);
+    }
     let mut i = 0;
     for (n, c, o) in [
         (1, 576, 1024),

@@ -520,6 +520,7 @@ pub(crate) fn lower_with(
         return Ok(vec![k]);
     }
     if g.is_pointwise()
+        && g.groups == 1
         && g.ho * g.wo == 1
         && shuffle == 1
         && epi.slopes.is_none()
