@@ -11,6 +11,8 @@
 //! expects from the base (with [`View::reshape`] / [`View::transpose`]) and
 //! compares.
 
+use std::collections::HashMap;
+
 use egg::Id;
 use kiln_ir::op::Op;
 use kiln_ir::types::strides_of;
@@ -156,28 +158,47 @@ pub fn is_movement(op: &Op) -> bool {
 /// `depth` deep), including the identity view of the class itself and of
 /// every class passed on the way. Bounded so that a class with many
 /// equivalent spellings cannot make matching expensive.
+///
+/// The views of each (class, depth) are computed once per call: a class
+/// whose movement e-nodes lead back to itself (two transposes of a
+/// `[1,1,1,1]` tensor are both the identity, so the class holds a dozen
+/// spellings of itself) made the walk exponential in the depth — 15 s of
+/// saturation for a two-node graph, found by the `jit_vs_interp` fuzz
+/// target. The memo returns exactly what the walk would.
 pub fn views(eg: &KGraph, id: Id, depth: usize) -> Vec<View> {
+    views_memo(eg, id, depth, &mut HashMap::new())
+}
+
+fn views_memo(
+    eg: &KGraph,
+    id: Id,
+    depth: usize,
+    memo: &mut HashMap<(Id, usize), Vec<View>>,
+) -> Vec<View> {
     let id = eg.find(id);
-    let mut out = vec![View::contiguous(id, &eg[id].data.ty().shape)];
-    if depth == 0 {
-        return out;
+    if let Some(v) = memo.get(&(id, depth)) {
+        return v.clone();
     }
-    let shape = eg[id].data.ty().shape.clone();
-    for n in &eg[id].nodes {
-        let Some(op) = n.as_op().filter(|op| is_movement(op)) else {
-            continue;
-        };
-        for v in views(eg, n.args[0], depth - 1) {
-            if let Some(w) = v.apply(op, &shape)
-                && !out.contains(&w)
-            {
-                out.push(w);
-            }
-            if out.len() >= 32 {
-                return out;
+    let mut out = vec![View::contiguous(id, &eg[id].data.ty().shape)];
+    if depth > 0 {
+        let shape = eg[id].data.ty().shape.clone();
+        'nodes: for n in &eg[id].nodes {
+            let Some(op) = n.as_op().filter(|op| is_movement(op)) else {
+                continue;
+            };
+            for v in views_memo(eg, n.args[0], depth - 1, memo) {
+                if let Some(w) = v.apply(op, &shape)
+                    && !out.contains(&w)
+                {
+                    out.push(w);
+                }
+                if out.len() >= 32 {
+                    break 'nodes;
+                }
             }
         }
     }
+    memo.insert((id, depth), out.clone());
     out
 }
 
