@@ -157,12 +157,40 @@ fn rounds(op: &Op) -> bool {
     }
 }
 
+/// Whether `op` sums many terms (reductions, products, convolutions,
+/// averages), so that an f32 kernel's rounding error scales with the sum of
+/// the terms' magnitudes rather than with the result: a sum of `x` and `-x`
+/// is exactly 0 in the reference but rounding noise of the size of `x` in
+/// f32 (the fuzzer's `tests/corpus/jit_cancelled_sum_group_norm_seed`).
+fn accumulates(op: &Op) -> bool {
+    match op {
+        Op::Reduce { kind, .. } => matches!(kind, ReduceKind::Sum | ReduceKind::Mean),
+        Op::Pool2d { kind, .. } => *kind != PoolKind::Max,
+        Op::MatMul | Op::Gemm { .. } | Op::Conv2d { .. } => true,
+        _ => false,
+    }
+}
+
+/// `t` with every f32 element replaced by its magnitude (other dtypes, such
+/// as indices, unchanged).
+fn magnitudes(t: &Tensor) -> Tensor {
+    match t.as_f32() {
+        Some(x) => Tensor::from_f32(
+            t.shape().to_vec(),
+            x.iter().map(|v| v.abs()).collect::<Vec<f32>>(),
+        )
+        .expect("same shape and length"),
+        None => t.clone(),
+    }
+}
+
 /// How much a graph amplifies rounding: the reference outputs recomputed
-/// with every intermediate f32 result of an op that rounds (not data
-/// movement or selections, which are exact) multiplied by
-/// `1 + r·ROUNDING_NOISE`, `r` a seeded uniform draw in `[-1, 1]` per
-/// element, then [`rel_error`] of each against `want` (the unperturbed
-/// outputs).
+/// with every intermediate f32 result `v` of an op that rounds (not data
+/// movement or selections, which are exact) moved by `r·ROUNDING_NOISE·m`,
+/// `r` a seeded uniform draw in `[-1, 1]` per element and `m` the result's
+/// magnitude `|v|` — or, for an op that [`accumulates`], the same op
+/// computed over the operands' magnitudes — then [`rel_error`] of each
+/// against `want` (the unperturbed outputs).
 ///
 /// A well-conditioned graph stays near 1e-6. A graph that normalises a
 /// group whose spread is itself rounding noise (a group norm over values
@@ -199,15 +227,31 @@ pub fn rounding_sensitivity(
             _ => {
                 let operands: Vec<Value> = g.operands(id);
                 let operands: Vec<&Tensor> = operands.iter().map(|v| &values[v]).collect();
+                // a sum's rounding scales with its terms, not with its
+                // result: the same op over the operands' magnitudes
+                let scale = if accumulates(&node.op) {
+                    let abs: Vec<Tensor> = operands.iter().map(|t| magnitudes(t)).collect();
+                    let abs: Vec<&Tensor> = abs.iter().collect();
+                    Some(kiln_ir::interp::eval(&node.op, &abs)?)
+                } else {
+                    None
+                };
                 kiln_ir::interp::eval(&node.op, &operands)?
                     .into_iter()
-                    .map(|t| match t.as_f32() {
+                    .enumerate()
+                    .map(|(k, t)| match t.as_f32() {
                         Some(x) if rounds(&node.op) => {
+                            let mag = scale.as_ref().and_then(|s| s.get(k)?.as_f32());
                             let noisy: Vec<f32> = x
                                 .iter()
-                                .map(|&v| {
+                                .enumerate()
+                                .map(|(i, &v)| {
                                     let r = f64::from(rng.f32_in(-1.0, 1.0));
-                                    (f64::from(v) * (1.0 + r * ROUNDING_NOISE)) as f32
+                                    let m = match mag {
+                                        Some(m) => f64::from(m[i]).abs(),
+                                        None => f64::from(v).abs(),
+                                    };
+                                    (f64::from(v) + r * ROUNDING_NOISE * m) as f32
                                 })
                                 .collect();
                             Tensor::from_f32(t.shape().to_vec(), noisy)
