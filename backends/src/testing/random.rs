@@ -188,7 +188,7 @@ fn magnitudes(t: &Tensor) -> Tensor {
 /// with every intermediate f32 result `v` of an op that rounds (not data
 /// movement or selections, which are exact) moved by `r·ROUNDING_NOISE·m`,
 /// `r` a seeded uniform draw in `[-1, 1]` per element and `m` the result's
-/// magnitude `|v|` — or, for an op that [`accumulates`], the same op
+/// magnitude `|v|` — or, for an op that sums many terms (`accumulates`), the same op
 /// computed over the operands' magnitudes — then [`rel_error`] of each
 /// against `want` (the unperturbed outputs).
 ///
