@@ -20,7 +20,7 @@ use super::epilogue::Epilogue;
 use super::{Kernel, NodeCx};
 use crate::codegen::{Buf, Emitter};
 use crate::error::BackendError;
-use crate::ukernels::{Spec, conv_direct, dw_window, vector};
+use crate::ukernels::{Spec, conv_direct, vector};
 
 /// Output channels per group up to which a conv runs directly: above, the
 /// im2col GEMM's 14-row tiles are full and reuse each column enough.
@@ -84,22 +84,8 @@ pub(crate) fn kernel(
     let Some(store) = cx.asm512() else {
         return Ok(None);
     };
-    let win = dw_window::Spec {
-        kh: g.kh,
-        kw: g.kw,
-        sh: g.stride[0],
-        sw: g.stride[1],
-        dh: g.dil[0],
-        dw: g.dil[1],
-        pt: g.pad[0],
-        pl: g.pad[1],
-        h: g.h,
-        w: g.w,
-        ho: g.ho,
-        wo: g.wo,
-        act: if swept { Act::None } else { epi.act },
-        residual: epi.residual.is_some(),
-    };
+    let act = if swept { Act::None } else { epi.act };
+    let win = super::depthwise::window_of(g, act, epi.residual.is_some());
     let nt = og.div_ceil(16);
     let ct = og.div_ceil(nt);
     let last = og - (nt - 1) * ct;

@@ -434,6 +434,27 @@ fn slopes_of(
     (e.load(F32, f, q1, 0), e.load(F32, f2, q2, 0))
 }
 
+/// Calls assembled function `id` (a `dw_plane` interior or a `dw_window`
+/// plane) on `[x, dst, w]`, the residual (none: a null pointer it never
+/// reads), the start value and the dynamic ReLU's slopes (none: zeros).
+fn call_interior(
+    e: &mut Emitter,
+    id: usize,
+    [x, dst, w]: [Value; 3],
+    res: Option<Value>,
+    b: Value,
+    slopes: Option<(Value, Value)>,
+) {
+    let sig = e.b.import_signature(interior_signature());
+    let r = res.unwrap_or_else(|| e.ic(0));
+    let (s1, s2) = slopes.unwrap_or_else(|| {
+        let z = e.fc(0.0);
+        (z, z)
+    });
+    let f = e.asm_fn(id);
+    e.b.ins().call_indirect(sig, f, &[x, dst, w, r, b, s1, s2]);
+}
+
 /// The assembled interior's signature: `fn(x, dst, w, res, bias, s1, s2)`
 /// (`ukernels/dw_plane.rs`).
 fn interior_signature() -> Signature {
@@ -503,21 +524,8 @@ impl Kernel for Depthwise {
             let b = self.start_value(e, bias, oc);
             if let (Some((id, spec)), Some((wp, _))) = (self.window, wp) {
                 // the whole plane in one call
-                let sig = e.b.import_signature(interior_signature());
-                let r0 = match res_plane {
-                    Some(r) if spec.residual => r,
-                    _ => e.ic(0),
-                };
-                let (s1, s2) = match slope_vals {
-                    Some(sv) => sv,
-                    None => {
-                        let z = e.fc(0.0);
-                        (z, z)
-                    }
-                };
-                let f = e.asm_fn(id);
-                e.b.ins()
-                    .call_indirect(sig, f, &[src, dst, wp, r0, b, s1, s2]);
+                let res = res_plane.filter(|_| spec.residual);
+                call_interior(e, id, [src, dst, wp], res, b, slope_vals);
                 if self.swept() {
                     self.sweep_plane(e, dst, res_plane);
                 }
@@ -603,7 +611,6 @@ impl Kernel for Depthwise {
                 });
             }
             if let (Some((id, spec)), Some((wp, _))) = (self.asm, wp) {
-                let sig = e.b.import_signature(interior_signature());
                 let first = (asm_rows.0 * sh) as i64 - pt as i64;
                 let x0 = e.off(
                     src,
@@ -611,20 +618,11 @@ impl Kernel for Depthwise {
                 );
                 let o0 = 4 * (asm_rows.0 * g.wo + ow_lo) as i64;
                 let d0 = e.off(dst, o0);
-                let r0 = match res_plane {
-                    Some(r) if spec.residual => e.off(r, o0),
-                    _ => e.ic(0),
+                let res = match res_plane {
+                    Some(r) if spec.residual => Some(e.off(r, o0)),
+                    _ => None,
                 };
-                let (s1, s2) = match slope_vals {
-                    Some(sv) => sv,
-                    None => {
-                        let z = e.fc(0.0);
-                        (z, z)
-                    }
-                };
-                let f = e.asm_fn(id);
-                e.b.ins()
-                    .call_indirect(sig, f, &[x0, d0, wp, r0, b, s1, s2]);
+                call_interior(e, id, [x0, d0, wp], res, b, slope_vals);
             }
             if self.swept() {
                 self.sweep_plane(e, dst, res_plane);
@@ -768,7 +766,14 @@ fn window_spec(g: Geom, epi: &Epilogue) -> Option<dw_window::Spec> {
     } else {
         Act::None
     };
-    let spec = dw_window::Spec {
+    let spec = window_of(g, act, epi.residual.is_some() && !swept(epi, true));
+    spec.fits().then_some(spec)
+}
+
+/// The plane geometry of `g` as the assembled window kernels take it
+/// (`dw_window`, and `conv_direct` per input channel), with this epilogue.
+pub(crate) fn window_of(g: Geom, act: Act, residual: bool) -> dw_window::Spec {
+    dw_window::Spec {
         kh: g.kh,
         kw: g.kw,
         sh: g.stride[0],
@@ -782,9 +787,8 @@ fn window_spec(g: Geom, epi: &Epilogue) -> Option<dw_window::Spec> {
         ho: g.ho,
         wo: g.wo,
         act,
-        residual: epi.residual.is_some() && !swept(epi, true),
-    };
-    spec.fits().then_some(spec)
+        residual,
+    }
 }
 
 /// Whether the assembled interior of a 3×3 conv of geometry `g` also

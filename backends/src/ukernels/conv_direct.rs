@@ -30,7 +30,7 @@
 use iced_x86::code_asm::*;
 
 use super::dw_plane::{ActRegs, act_consts_zmm, act_zmm, mem_k, with_k, with_kz};
-use super::dw_window::{self, Cut, LANES, Masks, pair_loads};
+use super::dw_window::{self, Cut, Masks, columns, pair_loads, runs};
 use super::vector::zmm;
 use kiln_ir::fused::Act;
 
@@ -170,23 +170,14 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
         a.add(rsi, out_step)?;
         a.add(rcx, out_step)
     };
-    let mut k = 0;
-    while k < n {
-        if plain(band(k)) {
-            let count = (k..n).take_while(|&k| plain(band(k))).count();
-            let mut next = a.create_label();
-            a.mov(r12, count as u64)?;
-            masks.reset();
-            a.set_label(&mut next)?;
-            step(&mut a, &mut masks, band(k))?;
-            a.dec(r12)?;
-            a.jnz(next)?;
-            k += count;
-        } else {
-            step(&mut a, &mut masks, band(k))?;
-            k += 1;
-        }
-    }
+    runs(
+        &mut a,
+        &mut masks,
+        n,
+        r12,
+        |k| plain(band(k)),
+        |a, masks, k| step(a, masks, band(k)),
+    )?;
     a.vzeroupper()?;
     for r in [r15, r14, r13, r12, rbx] {
         a.pop(r)?;
@@ -195,42 +186,9 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
     a.assemble(0)
 }
 
-/// The rows of band `b` at rdi, rsi, rcx; column pointers r9..r11, chunk
-/// counter rax.
+/// The rows of band `b` at rdi, rsi, rcx.
 fn group(a: &mut CodeAssembler, s: &Spec, b: Band, masks: &mut Masks) -> Result<(), IcedError> {
-    let w = &s.win;
-    a.mov(r9, rdi)?;
-    a.mov(r10, rsi)?;
-    a.mov(r11, rcx)?;
-    let n = w.wo.div_ceil(LANES);
-    let cut = |k: usize| Cut {
-        c0: k * LANES,
-        m: (w.wo - k * LANES).min(LANES),
-    };
-    let step = |a: &mut CodeAssembler, masks: &mut Masks, c: Cut| -> Result<(), IcedError> {
-        chunk(a, s, b, c, masks)?;
-        a.add(r9, (4 * LANES * w.sw) as i32)?;
-        a.add(r10, 4 * LANES as i32)?;
-        a.add(r11, 4 * LANES as i32)
-    };
-    let mut k = 0;
-    while k < n {
-        if w.plain_cut(cut(k)) {
-            let count = (k..n).take_while(|&k| w.plain_cut(cut(k))).count();
-            let mut next = a.create_label();
-            a.mov(rax, count as u64)?;
-            masks.reset();
-            a.set_label(&mut next)?;
-            step(a, masks, cut(k))?;
-            a.dec(rax)?;
-            a.jnz(next)?;
-            k += count;
-        } else {
-            step(a, masks, cut(k))?;
-            k += 1;
-        }
-    }
-    Ok(())
+    columns(a, &s.win, masks, |a, masks, c| chunk(a, s, b, c, masks))
 }
 
 /// Columns `c` of the rows of band `b` of every output channel: the input

@@ -302,64 +302,85 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
         a.add(rsi, out_step)?;
         a.add(rcx, out_step)
     };
-    let mut k = 0;
-    while k < n {
-        if s.plain_band(band(k), rows) {
-            let plain = (k..n).take_while(|&k| s.plain_band(band(k), rows)).count();
-            let mut next = a.create_label();
-            a.mov(r8, plain as u64)?;
-            masks.reset();
-            a.set_label(&mut next)?;
-            step(&mut a, &mut masks, band(k))?;
-            a.dec(r8)?;
-            a.jnz(next)?;
-            k += plain;
-        } else {
-            step(&mut a, &mut masks, band(k))?;
-            k += 1;
-        }
-    }
+    runs(
+        &mut a,
+        &mut masks,
+        n,
+        r8,
+        |k| s.plain_band(band(k), rows),
+        |a, masks, k| step(a, masks, band(k)),
+    )?;
     a.vzeroupper()?;
     a.pop(rbx)?;
     a.ret()?;
     a.assemble(0)
 }
 
-/// The rows of band `b` from rdi (input), rsi (output), rcx (residual);
-/// uses r9..r11 as the column pointers and rax as the chunk counter.
+/// The rows of band `b` from rdi (input), rsi (output), rcx (residual).
 fn group(a: &mut CodeAssembler, s: &Spec, b: Band, masks: &mut Masks) -> Result<(), IcedError> {
-    a.mov(r9, rdi)?;
-    a.mov(r10, rsi)?;
-    a.mov(r11, rcx)?;
-    let n = s.wo.div_ceil(LANES);
-    let cut = |k: usize| Cut {
-        c0: k * LANES,
-        m: (s.wo - k * LANES).min(LANES),
-    };
-    let step = |a: &mut CodeAssembler, masks: &mut Masks, c: Cut| -> Result<(), IcedError> {
-        chunk(a, s, b, c, masks)?;
-        a.add(r9, (4 * LANES * s.sw) as i32)?;
-        a.add(r10, 4 * LANES as i32)?;
-        a.add(r11, 4 * LANES as i32)
-    };
+    columns(a, s, masks, |a, masks, c| chunk(a, s, b, c, masks))
+}
+
+/// Emits `step` for items `0..n`: each run of plain items (`plain(k)`:
+/// the same code for all) as one loop counted in `counter`, the others one
+/// by one. The mask cache is forgotten at the loop's label.
+pub(super) fn runs(
+    a: &mut CodeAssembler,
+    masks: &mut Masks,
+    n: usize,
+    counter: AsmRegister64,
+    plain: impl Fn(usize) -> bool,
+    mut step: impl FnMut(&mut CodeAssembler, &mut Masks, usize) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
     let mut k = 0;
     while k < n {
-        if s.plain_cut(cut(k)) {
-            let plain = (k..n).take_while(|&k| s.plain_cut(cut(k))).count();
+        if plain(k) {
+            let count = (k..n).take_while(|&k| plain(k)).count();
             let mut next = a.create_label();
-            a.mov(rax, plain as u64)?;
+            a.mov(counter, count as u64)?;
             masks.reset();
             a.set_label(&mut next)?;
-            step(a, masks, cut(k))?;
-            a.dec(rax)?;
+            step(a, masks, k)?;
+            a.dec(counter)?;
             a.jnz(next)?;
-            k += plain;
+            k += count;
         } else {
-            step(a, masks, cut(k))?;
+            step(a, masks, k)?;
             k += 1;
         }
     }
     Ok(())
+}
+
+/// The 16-column chunks of the output rows at rdi (input), rsi (output),
+/// rcx (residual): r9..r11 walk the columns, rax counts the interior
+/// chunks' loop, `chunk` emits one chunk at r9..r11.
+pub(super) fn columns(
+    a: &mut CodeAssembler,
+    s: &Spec,
+    masks: &mut Masks,
+    mut chunk: impl FnMut(&mut CodeAssembler, &mut Masks, Cut) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    a.mov(r9, rdi)?;
+    a.mov(r10, rsi)?;
+    a.mov(r11, rcx)?;
+    let cut = |k: usize| Cut {
+        c0: k * LANES,
+        m: (s.wo - k * LANES).min(LANES),
+    };
+    runs(
+        a,
+        masks,
+        s.wo.div_ceil(LANES),
+        rax,
+        |k| s.plain_cut(cut(k)),
+        |a, masks, k| {
+            chunk(a, masks, cut(k))?;
+            a.add(r9, (4 * LANES * s.sw) as i32)?;
+            a.add(r10, 4 * LANES as i32)?;
+            a.add(r11, 4 * LANES as i32)
+        },
+    )
 }
 
 /// The lanes of the two 16-input loads at stride 2 for the pair of tap
