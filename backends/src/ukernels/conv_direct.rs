@@ -29,8 +29,8 @@
 
 use iced_x86::code_asm::*;
 
-use super::dw_plane::{ActRegs, act_consts_zmm, act_zmm, mem_k, with_k, with_kz};
-use super::dw_window::{self, Cut, Masks, columns, pair_loads, runs};
+use super::dw_plane::{ActRegs, act_consts_zmm, act_zmm, mem_k, with_k};
+use super::dw_window::{self, Band, Cut, Masks, TapRegs, columns, pair_perms, runs, taps};
 use super::vector::zmm;
 use kiln_ir::fused::Act;
 
@@ -60,6 +60,11 @@ pub(crate) struct Spec {
 const T: usize = 20;
 const P_EVEN: usize = 23;
 const P_ODD: usize = 24;
+const REGS: TapRegs = TapRegs {
+    t: T,
+    p_even: P_EVEN,
+    p_odd: P_ODD,
+};
 const TMP: usize = 31;
 const CONSTS: ActRegs = ActRegs {
     zero: 25,
@@ -121,13 +126,6 @@ pub(crate) fn assemble(s: &Spec) -> Result<Vec<u8>, String> {
     emit(s).map_err(|e| e.to_string())
 }
 
-/// A band of output rows (absolute first row, count).
-#[derive(Clone, Copy)]
-struct Band {
-    r0: usize,
-    rows: usize,
-}
-
 fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
     let w = &s.win;
     let mut a = CodeAssembler::new(64)?;
@@ -137,12 +135,7 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
     }
     act_consts_zmm(&mut a, &CONSTS)?;
     if w.sw == 2 {
-        for (r, odd) in [(P_EVEN, 0u32), (P_ODD, 1)] {
-            for l in 0..16u32 {
-                a.mov(dword_ptr(rsp - 64 + 4 * l as i32), 2 * l + odd)?;
-            }
-            a.vmovups(zmm(r), zmmword_ptr(rsp - 64))?;
-        }
+        pair_perms(&mut a, &REGS)?;
     }
     // rdi: where tap (0, 0) of output (r0, 0) would read
     let origin = 4 * (s.r0 * w.sh * w.w) as i64 - 4 * (w.pt * w.w + w.pl) as i64;
@@ -222,76 +215,12 @@ fn chunk(
     let wt = |o: usize, i: usize, j: usize| {
         dword_bcst(r15 + 4 * (o as i32 * per_oc + (i * w.kw + j) as i32))
     };
-    let w_row = (4 * w.w) as i32;
-    let (ta, tb, te) = (zmm(T), zmm(T + 1), zmm(T + 2));
-    for q in 0..=(b.rows - 1) * w.sh + (w.kh - 1) * w.dh {
-        let targets: Vec<(usize, usize)> = (0..b.rows)
-            .filter_map(|r| {
-                let d = q.checked_sub(r * w.sh)?;
-                (d % w.dh == 0 && d / w.dh < w.kh).then_some((r, d / w.dh))
-            })
-            .filter(|&(r, i)| w.row_ok(b.r0 + r, i))
-            .collect();
-        if targets.is_empty() {
-            continue;
+    taps(a, w, b, c, masks, r14, &REGS, |a, r, i, j, x, k| {
+        for o in 0..s.cout {
+            a.vfmadd231ps(with_k(acc(r, o), k), x, wt(o, i, j))?;
         }
-        let row = q as i32 * w_row;
-        if w.sw == 1 {
-            for j in 0..w.kw {
-                let mj = w.col_mask(c.c0, c.m, j);
-                if mj == 0 {
-                    continue;
-                }
-                let k = masks.get(a, mj)?;
-                a.vmovups(
-                    with_kz(ta, k),
-                    zmmword_ptr(r14 + row + (4 * j * w.dw) as i32),
-                )?;
-                for &(r, i) in &targets {
-                    for o in 0..s.cout {
-                        a.vfmadd231ps(with_k(acc(r, o), k), ta, wt(o, i, j))?;
-                    }
-                }
-            }
-        } else {
-            for j in (0..w.kw).step_by(2) {
-                let m0 = w.col_mask(c.c0, c.m, j);
-                let m1 = if j + 1 < w.kw {
-                    w.col_mask(c.c0, c.m, j + 1)
-                } else {
-                    0
-                };
-                if m0 == 0 && m1 == 0 {
-                    continue;
-                }
-                let (la, lb) = pair_loads(m0, m1);
-                let at = r14 + row + (4 * j) as i32;
-                let ka = masks.get(a, la)?;
-                a.vmovups(with_kz(ta, ka), zmmword_ptr(at))?;
-                let kb = masks.get(a, lb)?;
-                a.vmovups(with_kz(tb, kb), zmmword_ptr(at + 64))?;
-                if m0 != 0 {
-                    a.vmovaps(te, zmm(P_EVEN))?;
-                    a.vpermi2ps(te, ta, tb)?;
-                }
-                if m1 != 0 {
-                    a.vpermt2ps(ta, zmm(P_ODD), tb)?;
-                }
-                let km0 = if m0 != 0 { masks.get(a, m0)? } else { 0 };
-                let km1 = if m1 != 0 { masks.get(a, m1)? } else { 0 };
-                for &(r, i) in &targets {
-                    for o in 0..s.cout {
-                        if m0 != 0 {
-                            a.vfmadd231ps(with_k(acc(r, o), km0), te, wt(o, i, j))?;
-                        }
-                        if m1 != 0 {
-                            a.vfmadd231ps(with_k(acc(r, o), km1), ta, wt(o, i, j + 1))?;
-                        }
-                    }
-                }
-            }
-        }
-    }
+        Ok(())
+    })?;
     a.add(r14, (4 * w.h * w.w) as i32)?;
     a.add(r15, (4 * w.kh * w.kw) as i32)?;
     a.dec(r13)?;

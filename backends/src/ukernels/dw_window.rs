@@ -102,6 +102,11 @@ const CONSTS: ActRegs = ActRegs {
 const P_EVEN: usize = 25;
 const P_ODD: usize = 26;
 const T: usize = 27;
+const REGS: TapRegs = TapRegs {
+    t: T,
+    p_even: P_EVEN,
+    p_odd: P_ODD,
+};
 const TMP: usize = 30;
 
 impl Spec {
@@ -239,9 +244,9 @@ impl Masks {
 
 /// A band of output rows: the first, and how many.
 #[derive(Clone, Copy)]
-struct Band {
-    r0: usize,
-    rows: usize,
+pub(super) struct Band {
+    pub r0: usize,
+    pub rows: usize,
 }
 
 /// A chunk of output columns: the first, and how many (1..=16).
@@ -274,13 +279,7 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
     a.vbroadcastss(zmm(CONSTS.s2), xmm2)?;
     act_consts_zmm(&mut a, &CONSTS)?;
     if s.sw == 2 {
-        // through the red zone
-        for (r, odd) in [(P_EVEN, 0u32), (P_ODD, 1)] {
-            for l in 0..16u32 {
-                a.mov(dword_ptr(rsp - 64 + 4 * l as i32), 2 * l + odd)?;
-            }
-            a.vmovups(zmm(r), zmmword_ptr(rsp - 64))?;
-        }
+        pair_perms(&mut a, &REGS)?;
     }
     // rdi: where tap (0, 0) of output (0, 0) would read (in the padding
     // when there is some: only offsets inside the input are dereferenced)
@@ -383,10 +382,125 @@ pub(super) fn columns(
     )
 }
 
+/// The registers [`taps`] uses: three loads from zmm `t`, and the stride-2
+/// permutations.
+pub(super) struct TapRegs {
+    pub t: usize,
+    pub p_even: usize,
+    pub p_odd: usize,
+}
+
+/// Loads the stride-2 permutations of `regs` (even lanes, odd lanes of 32
+/// inputs) through the red zone.
+pub(super) fn pair_perms(a: &mut CodeAssembler, regs: &TapRegs) -> Result<(), IcedError> {
+    for (r, odd) in [(regs.p_even, 0u32), (regs.p_odd, 1)] {
+        for l in 0..16u32 {
+            a.mov(dword_ptr(rsp - 64 + 4 * l as i32), 2 * l + odd)?;
+        }
+        a.vmovups(zmm(r), zmmword_ptr(rsp - 64))?;
+    }
+    Ok(())
+}
+
+/// The taps of band `b`, chunk `c`, the input at `base`: for each input
+/// row, each tap column (at stride 2, each pair of them) is loaded once
+/// under its lanes' mask, then `fma(a, r, i, j, x, k)` runs for every
+/// (output row `r`, tap row `i`) of the band it feeds, with the input
+/// vector `x` and the opmask `k` of the lanes whose tap is inside. Input
+/// rows go outer, so output row `r` still receives its taps in the order
+/// row `i`, then column `j`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn taps(
+    a: &mut CodeAssembler,
+    s: &Spec,
+    b: Band,
+    c: Cut,
+    masks: &mut Masks,
+    base: AsmRegister64,
+    regs: &TapRegs,
+    mut fma: impl FnMut(
+        &mut CodeAssembler,
+        usize,
+        usize,
+        usize,
+        AsmRegisterZmm,
+        u8,
+    ) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    let w_row = (4 * s.w) as i32;
+    let (ta, tb, te) = (zmm(regs.t), zmm(regs.t + 1), zmm(regs.t + 2));
+    for q in 0..=(b.rows - 1) * s.sh + (s.kh - 1) * s.dh {
+        let targets: Vec<(usize, usize)> = (0..b.rows)
+            .filter_map(|r| {
+                let d = q.checked_sub(r * s.sh)?;
+                (d % s.dh == 0 && d / s.dh < s.kh).then_some((r, d / s.dh))
+            })
+            .filter(|&(r, i)| s.row_ok(b.r0 + r, i))
+            .collect();
+        if targets.is_empty() {
+            continue;
+        }
+        let row = q as i32 * w_row;
+        if s.sw == 1 {
+            for j in 0..s.kw {
+                let mj = s.col_mask(c.c0, c.m, j);
+                if mj == 0 {
+                    continue;
+                }
+                let k = masks.get(a, mj)?;
+                a.vmovups(
+                    with_kz(ta, k),
+                    zmmword_ptr(base + row + (4 * j * s.dw) as i32),
+                )?;
+                for &(r, i) in &targets {
+                    fma(a, r, i, j, ta, k)?;
+                }
+            }
+        } else {
+            for j in (0..s.kw).step_by(2) {
+                let m0 = s.col_mask(c.c0, c.m, j);
+                let m1 = if j + 1 < s.kw {
+                    s.col_mask(c.c0, c.m, j + 1)
+                } else {
+                    0
+                };
+                if m0 == 0 && m1 == 0 {
+                    continue;
+                }
+                let (la, lb) = pair_loads(m0, m1);
+                let at = base + row + (4 * j) as i32;
+                let ka = masks.get(a, la)?;
+                a.vmovups(with_kz(ta, ka), zmmword_ptr(at))?;
+                let kb = masks.get(a, lb)?;
+                a.vmovups(with_kz(tb, kb), zmmword_ptr(at + 64))?;
+                // te = the even inputs (tap j), ta = the odd ones (tap j + 1)
+                if m0 != 0 {
+                    a.vmovaps(te, zmm(regs.p_even))?;
+                    a.vpermi2ps(te, ta, tb)?;
+                }
+                if m1 != 0 {
+                    a.vpermt2ps(ta, zmm(regs.p_odd), tb)?;
+                }
+                let km0 = if m0 != 0 { masks.get(a, m0)? } else { 0 };
+                let km1 = if m1 != 0 { masks.get(a, m1)? } else { 0 };
+                for &(r, i) in &targets {
+                    if m0 != 0 {
+                        fma(a, r, i, j, te, km0)?;
+                    }
+                    if m1 != 0 {
+                        fma(a, r, i, j + 1, ta, km1)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The lanes of the two 16-input loads at stride 2 for the pair of tap
 /// columns `j` (even lanes) and `j + 1` (odd lanes; `m1` 0 when absent):
 /// input `q` of the 32 is read when its lane's tap reads inside.
-pub(super) fn pair_loads(m0: u32, m1: u32) -> (u32, u32) {
+fn pair_loads(m0: u32, m1: u32) -> (u32, u32) {
     let wide = |m: u32, odd: u32| -> u64 {
         (0..16u32)
             .filter(|l| m >> l & 1 == 1)
@@ -409,78 +523,11 @@ fn chunk(
     for r in 0..b.rows {
         a.vmovaps(acc(r), zmm(BIAS))?;
     }
-    let w_row = (4 * s.w) as i32;
     let wt = |i: usize, j: usize| dword_bcst(rdx + (4 * (i * s.kw + j)) as i32);
-    let (ta, tb, te) = (zmm(T), zmm(T + 1), zmm(T + 2));
-    // Input rows outer: each row's vectors are loaded once and feed every
-    // output row of the band whose window covers it; output row r still
-    // receives its taps in the order row i, then column j.
-    for q in 0..=(b.rows - 1) * s.sh + (s.kh - 1) * s.dh {
-        let targets: Vec<(usize, usize)> = (0..b.rows)
-            .filter_map(|r| {
-                let d = q.checked_sub(r * s.sh)?;
-                (d % s.dh == 0 && d / s.dh < s.kh).then_some((r, d / s.dh))
-            })
-            .filter(|&(r, i)| s.row_ok(b.r0 + r, i))
-            .collect();
-        if targets.is_empty() {
-            continue;
-        }
-        let row = q as i32 * w_row;
-        if s.sw == 1 {
-            for j in 0..s.kw {
-                let mj = s.col_mask(c.c0, c.m, j);
-                if mj == 0 {
-                    continue;
-                }
-                let k = masks.get(a, mj)?;
-                a.vmovups(
-                    with_kz(ta, k),
-                    zmmword_ptr(r9 + row + (4 * j * s.dw) as i32),
-                )?;
-                for &(r, i) in &targets {
-                    // acc += w·x (the product commutes: same bits as x·w)
-                    a.vfmadd231ps(with_k(acc(r), k), ta, wt(i, j))?;
-                }
-            }
-        } else {
-            for j in (0..s.kw).step_by(2) {
-                let m0 = s.col_mask(c.c0, c.m, j);
-                let m1 = if j + 1 < s.kw {
-                    s.col_mask(c.c0, c.m, j + 1)
-                } else {
-                    0
-                };
-                if m0 == 0 && m1 == 0 {
-                    continue;
-                }
-                let (la, lb) = pair_loads(m0, m1);
-                let at = r9 + row + (4 * j) as i32;
-                let ka = masks.get(a, la)?;
-                a.vmovups(with_kz(ta, ka), zmmword_ptr(at))?;
-                let kb = masks.get(a, lb)?;
-                a.vmovups(with_kz(tb, kb), zmmword_ptr(at + 64))?;
-                // te = the even inputs (tap j), ta = the odd ones (tap j + 1)
-                if m0 != 0 {
-                    a.vmovaps(te, zmm(P_EVEN))?;
-                    a.vpermi2ps(te, ta, tb)?;
-                }
-                if m1 != 0 {
-                    a.vpermt2ps(ta, zmm(P_ODD), tb)?;
-                }
-                let km0 = if m0 != 0 { masks.get(a, m0)? } else { 0 };
-                let km1 = if m1 != 0 { masks.get(a, m1)? } else { 0 };
-                for &(r, i) in &targets {
-                    if m0 != 0 {
-                        a.vfmadd231ps(with_k(acc(r), km0), te, wt(i, j))?;
-                    }
-                    if m1 != 0 {
-                        a.vfmadd231ps(with_k(acc(r), km1), ta, wt(i, j + 1))?;
-                    }
-                }
-            }
-        }
-    }
+    taps(a, s, b, c, masks, r9, &REGS, |a, r, i, j, x, k| {
+        // acc += w·x (the product commutes: same bits as x·w)
+        a.vfmadd231ps(with_k(acc(r), k), x, wt(i, j))
+    })?;
     let ko = masks.get(a, ((1u64 << c.m) - 1) as u32)?;
     let out_row = (4 * s.wo) as i32;
     for r in 0..b.rows {
