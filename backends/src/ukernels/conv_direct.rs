@@ -30,7 +30,7 @@
 use iced_x86::code_asm::*;
 
 use super::dw_plane::{ActRegs, act_consts_zmm, act_zmm, mem_k, with_k};
-use super::dw_window::{self, Band, Cut, Masks, TapRegs, columns, pair_perms, runs, taps};
+use super::dw_window::{self, Band, Cut, Masks, TapRegs, bands, columns, pair_perms, taps};
 use super::vector::zmm;
 use kiln_ir::fused::Act;
 
@@ -148,28 +148,14 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
         a.add(rcx, out0)?;
     }
     let rows = Spec::band_rows(s.cout).min(s.rows);
-    let n = s.rows.div_ceil(rows);
-    let band = |k: usize| Band {
-        r0: s.r0 + k * rows,
-        rows: (s.rows - k * rows).min(rows),
-    };
-    let plain =
-        |b: Band| b.rows == rows && (0..b.rows).all(|r| (0..w.kh).all(|i| w.row_ok(b.r0 + r, i)));
-    let in_step = (4 * rows * w.sh * w.w) as i32;
-    let out_step = (4 * rows * w.wo) as i32;
-    let step = |a: &mut CodeAssembler, masks: &mut Masks, b: Band| -> Result<(), IcedError> {
-        group(a, s, b, masks)?;
-        a.add(rdi, in_step)?;
-        a.add(rsi, out_step)?;
-        a.add(rcx, out_step)
-    };
-    runs(
+    bands(
         &mut a,
         &mut masks,
-        n,
+        w,
+        (s.r0, s.rows),
+        rows,
         r12,
-        |k| plain(band(k)),
-        |a, masks, k| step(a, masks, band(k)),
+        |a, masks, b| group(a, s, b, masks),
     )?;
     a.vzeroupper()?;
     for r in [r15, r14, r13, r12, rbx] {

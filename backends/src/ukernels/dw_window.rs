@@ -287,32 +287,54 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
     if origin != 0 {
         a.sub(rdi, origin as i32)?;
     }
-    let rows = ROWS.min(s.ho);
-    let n = s.ho.div_ceil(rows);
-    let band = |k: usize| Band {
-        r0: k * rows,
-        rows: (s.ho - k * rows).min(rows),
-    };
-    let in_step = (4 * rows * s.sh * s.w) as i32;
-    let out_step = (4 * rows * s.wo) as i32;
-    let step = |a: &mut CodeAssembler, masks: &mut Masks, b: Band| -> Result<(), IcedError> {
-        group(a, s, b, masks)?;
-        a.add(rdi, in_step)?;
-        a.add(rsi, out_step)?;
-        a.add(rcx, out_step)
-    };
-    runs(
+    bands(
         &mut a,
         &mut masks,
-        n,
+        s,
+        (0, s.ho),
+        ROWS.min(s.ho),
         r8,
-        |k| s.plain_band(band(k), rows),
-        |a, masks, k| step(a, masks, band(k)),
+        |a, masks, b| group(a, s, b, masks),
     )?;
     a.vzeroupper()?;
     a.pop(rbx)?;
     a.ret()?;
     a.assemble(0)
+}
+
+/// The output rows `[r0, r0 + total)` in bands of `rows` from rdi (input),
+/// rsi (output), rcx (residual), which advance band by band: `group`
+/// emits one band, and the interior bands (every tap row inside) are one
+/// loop counted in `counter`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn bands(
+    a: &mut CodeAssembler,
+    masks: &mut Masks,
+    s: &Spec,
+    (r0, total): (usize, usize),
+    rows: usize,
+    counter: AsmRegister64,
+    mut group: impl FnMut(&mut CodeAssembler, &mut Masks, Band) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    let band = |k: usize| Band {
+        r0: r0 + k * rows,
+        rows: (total - k * rows).min(rows),
+    };
+    let in_step = (4 * rows * s.sh * s.w) as i32;
+    let out_step = (4 * rows * s.wo) as i32;
+    runs(
+        a,
+        masks,
+        total.div_ceil(rows),
+        counter,
+        |k| s.plain_band(band(k), rows),
+        |a, masks, k| {
+            group(a, masks, band(k))?;
+            a.add(rdi, in_step)?;
+            a.add(rsi, out_step)?;
+            a.add(rcx, out_step)
+        },
+    )
 }
 
 /// The rows of band `b` from rdi (input), rsi (output), rcx (residual).
