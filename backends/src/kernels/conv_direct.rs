@@ -199,13 +199,9 @@ impl Kernel for Direct {
             sig.params.push(AbiParam::new(I64));
         }
         let sig = e.b.import_signature(sig);
-        let row_sig = self.sweep.map(|_| {
-            let mut s = Signature::new(CallConv::SystemV);
-            for _ in 0..3 {
-                s.params.push(AbiParam::new(I64));
-            }
-            e.b.import_signature(s)
-        });
+        let row_sig = self
+            .sweep
+            .map(|_| e.b.import_signature(vector::row_signature()));
         e.for_range(begin, end, 1, |e, u| {
             let p = e.b.ins().urem_imm_u(u, np);
             let rest = e.b.ins().udiv_imm_u(u, np);

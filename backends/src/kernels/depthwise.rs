@@ -336,11 +336,7 @@ impl Depthwise {
         let resf = self.epi.residual.map(Emitter::rflags);
         if let Some(id) = self.asm_act {
             // fn(src, dst, n) in place, then only the residual below
-            let mut sig = Signature::new(CallConv::SystemV);
-            for _ in 0..3 {
-                sig.params.push(AbiParam::new(I64));
-            }
-            let sig = e.b.import_signature(sig);
+            let sig = e.b.import_signature(vector::row_signature());
             let f = e.asm_fn(id);
             let n = e.ic(wo as i64);
             e.b.ins().call_indirect(sig, f, &[dst, dst, n]);

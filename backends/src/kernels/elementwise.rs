@@ -13,8 +13,6 @@ use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use kiln_ir::{BinaryOp, Op, UnaryOp};
 
 use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{AbiParam, Signature};
-use cranelift_codegen::isa::CallConv;
 
 use super::nest::{Nest, broadcast_strides, contiguous};
 use super::{Kernel, Kernels, NodeCx};
@@ -298,11 +296,7 @@ impl Kernel for Elementwise {
         let bases: Vec<Value> = self.bufs.iter().map(|&b| e.base(b)).collect();
         if let Some((id, _)) = self.asm {
             // one call per chunk: fn(src, dst, n) (vector)
-            let mut sig = Signature::new(CallConv::SystemV);
-            for _ in 0..3 {
-                sig.params.push(AbiParam::new(I64));
-            }
-            let sig = e.b.import_signature(sig);
+            let sig = e.b.import_signature(vector::row_signature());
             let mut body = |e: &mut Emitter, ptrs: &[Value], len: usize| {
                 let f = e.asm_fn(id);
                 let n = e.ic(len as i64);

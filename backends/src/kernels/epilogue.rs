@@ -74,12 +74,6 @@ impl Epilogue {
         )
     }
 
-    /// The activation as the assembled tiles apply it, or `None` when the
-    /// driver must apply it (GELU) in a sweep after the tile.
-    pub fn asm_act(&self) -> Option<Act> {
-        crate::ukernels::tile::assembles(self.act).then_some(self.act)
-    }
-
     /// Applies the activation to `x` of lane type `ty` (`F32` or `V4`);
     /// `slopes` are the dynamic ReLU's coefficients of `x`'s channel, of the
     /// same type. The functions are the element-wise kernels' own, so a

@@ -19,10 +19,9 @@
 //! store: in the Cranelift tile on the f32x4 accumulators; in the assembled
 //! tiles (AVX-512 shapes fitted per GEMM by [`asm_tile_for`], or AVX2
 //! 6×16, by the `Registry`'s level) as vector
-//! instructions, except GELU, which the driver applies
-//! in a sweep over the tile the assembled code just wrote (still in L1),
-//! together with the residual. The Cranelift tile sweeps its expensive
-//! activations the same way (`Epilogue::swept`).
+//! instructions, GELU included. The Cranelift tile sweeps its expensive
+//! activations (`Epilogue::swept`) and then the residual over the tile it
+//! has just stored (still in L1).
 //!
 //! Each output tile is computed by the same instruction sequence whichever
 //! unit it falls in, so results do not depend on the thread count.
@@ -253,9 +252,6 @@ pub(crate) struct AsmTiles {
     /// `4·packs + 2·(rows < MR) + (columns < NR)`, where `packs` marks the
     /// variants that copy B into the run-time panel as they read it
     pub ids: [Option<usize>; 8],
-    /// the assembled row function of an activation the tiles do not apply
-    /// (GELU), which the sweep calls on each row of the tile
-    pub act_row: Option<usize>,
 }
 
 /// Packs a row-major `rows×cols` matrix (element `(i, k)` at
@@ -556,9 +552,8 @@ impl Gemm {
                     Init::Row(_) => Bias::Row,
                     Init::Col(_) => Bias::Col,
                 },
-                // GELU: the sweep after the call does act and residual
-                act: self.epi.asm_act().unwrap_or(Act::None),
-                residual: self.epi.residual.is_some() && self.epi.asm_act().is_some(),
+                act: self.epi.act,
+                residual: self.epi.residual.is_some(),
             };
             ids[slot] = Some(store.request(Spec::Tile(v))?);
             if let (true, BSrc::Strided { ks, .. }) = (runtime_pack, self.b) {
@@ -570,33 +565,16 @@ impl Gemm {
                 }))?);
             }
         }
-        // GELU, which the tiles leave to the sweep: the assembled row
-        // function, a vector as wide as the tile's, instead of the f32x4
-        // polynomial (which ran a K = 40 pointwise conv at a third of the
-        // speed of the same conv with SiLU)
-        let act_row = match (
-            self.epi.asm_act(),
-            crate::ukernels::vector::Width::of(store.level()),
-        ) {
-            (None, Some(w)) => match self.epi.act {
-                Act::Gelu => {
-                    Some(store.request(Spec::Unary(crate::ukernels::vector::Func::Gelu, w))?)
-                }
-                _ => None,
-            },
-            _ => None,
-        };
         self.asm = Some(AsmTiles {
             level: store.level(),
             ids,
-            act_row,
         });
         Ok(())
     }
 
-    /// Calls assembled variant `id` on the tile at `p` (`mr × nt`), then
-    /// sweeps the activation and residual the tile could not apply.
-    fn call_asm(&self, e: &mut Emitter, p: TilePtrs, id: usize, mr: usize, nt: usize) {
+    /// Calls assembled variant `id` on the tile at `p` (`mr × nt`), which
+    /// applies the whole epilogue.
+    fn call_asm(&self, e: &mut Emitter, p: TilePtrs, id: usize) {
         let sig = e.b.import_signature(tile::signature());
         let f = e.asm_fn(id);
         let zero = e.ic(0);
@@ -612,35 +590,13 @@ impl Gemm {
             p.panel.unwrap_or(zero),
         ];
         e.b.ins().call_indirect(sig, f, &args);
-        if self.epi.asm_act().is_some() {
-            return;
-        }
-        match self.asm.as_ref().and_then(|a| a.act_row) {
-            Some(row) => {
-                // fn(src, dst, n) in place on each row, then the residual
-                let sig =
-                    e.b.import_signature(crate::ukernels::vector::row_signature());
-                let n = e.ic(nt as i64);
-                for i in 0..mr {
-                    let f = e.asm_fn(row);
-                    let c =
-                        e.b.ins()
-                            .iadd_imm_s(p.c, (4 * i * self.c_rs as usize) as i64);
-                    e.b.ins().call_indirect(sig, f, &[c, c, n]);
-                }
-                if p.res.is_some() {
-                    self.sweep(e, p, mr, nt, false);
-                }
-            }
-            None => self.sweep(e, p, mr, nt, true),
-        }
     }
 
-    /// Applies the activation (when `act`; never the dynamic ReLU, which is
-    /// always inline) and the residual to the `mr × nt` block at `p.c`,
+    /// Applies the activation (never the dynamic ReLU, which is always
+    /// inline) and the residual to the `mr × nt` block at `p.c`,
     /// which the tile has just written: one row per loop iteration, f32x4
     /// vectors and a scalar column tail, constants local to the sweep.
-    fn sweep(&self, e: &mut Emitter, p: TilePtrs, mr: usize, nt: usize, act: bool) {
+    fn sweep(&self, e: &mut Emitter, p: TilePtrs, mr: usize, nt: usize) {
         let wf = Emitter::wflags();
         let rf = MemFlagsData::new().with_notrap();
         let res = self.epi.residual.map(Emitter::rflags);
@@ -650,11 +606,7 @@ impl Gemm {
                 let r = p.res.map(|r| e.index(r, i, 4 * self.c_rs));
                 for v in 0..nt / 4 {
                     let x = e.load(V4, rf, c, 16 * v as i64);
-                    let mut x = if act {
-                        self.epi.activate(e, V4, x, None)
-                    } else {
-                        x
-                    };
+                    let mut x = self.epi.activate(e, V4, x, None);
                     if let (Some(r), Some(f)) = (r, res) {
                         let y = e.load(V4, f, r, 16 * v as i64);
                         x = e.b.ins().fadd(x, y);
@@ -663,11 +615,7 @@ impl Gemm {
                 }
                 for col in 4 * (nt / 4)..nt {
                     let x = e.load(F32, rf, c, 4 * col as i64);
-                    let mut x = if act {
-                        self.epi.activate(e, F32, x, None)
-                    } else {
-                        x
-                    };
+                    let mut x = self.epi.activate(e, F32, x, None);
                     if let (Some(r), Some(f)) = (r, res) {
                         let y = e.load(F32, f, r, 4 * col as i64);
                         x = e.b.ins().fadd(x, y);
@@ -732,7 +680,7 @@ impl Gemm {
                 + 2 * usize::from(mr < self.tile.mr)
                 + usize::from(nt < self.nr());
             if let Some(id) = asm.ids[slot] {
-                self.call_asm(e, p, id, mr, nt);
+                self.call_asm(e, p, id);
                 return;
             }
         }
@@ -908,7 +856,7 @@ impl Gemm {
             epilogue(e);
         }
         if !inline {
-            self.sweep(e, p, mr, nt, true);
+            self.sweep(e, p, mr, nt);
         }
     }
 }

@@ -24,9 +24,7 @@
 //!   axis with f32x4 lanes across the trailing (contiguous) axes.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Signature, Type, Value};
-use cranelift_codegen::isa::CallConv;
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use kiln_ir::Op;
 
 use super::rows::{Fold, map_run, reduce_run};
@@ -145,11 +143,7 @@ impl Kernel for Softmax {
         let row = 4 * (len * inner) as i64;
         // fn(src, dst, n) of the assembled forms (vector)
         let asm = self.asm.map(|(id, _)| {
-            let mut sig = Signature::new(CallConv::SystemV);
-            for _ in 0..3 {
-                sig.params.push(AbiParam::new(I64));
-            }
-            let sig = e.b.import_signature(sig);
+            let sig = e.b.import_signature(vector::row_signature());
             (sig, id)
         });
         if self.short() {

@@ -18,9 +18,10 @@
 //! - `contract.rs` (tests): one test per contract and ISA (`contract_tests!`),
 //!   the assembled code run on the host against the contract in f64.
 //!
-//! Activations are the IR's `fused::Act` everywhere; each emitter states
-//! which it applies (`tile::assembles`, `dw_plane::assembles`) and refuses
-//! the others, which the driver sweeps.
+//! Activations are the IR's `fused::Act` everywhere. The GEMM tiles apply
+//! every one; the other emitters state which they apply
+//! (`dw_plane::assembles`, `conv_direct::assembles`) and refuse the others,
+//! which the driver sweeps.
 
 #[cfg(test)]
 mod contract;

@@ -58,15 +58,11 @@ pub(crate) struct Variant {
     pub residual: bool,
 }
 
-/// The activations: the IR's own vocabulary. The tiles apply every one
-/// but GELU, which the GEMM driver sweeps ([`assembles`]).
+/// The activations: the IR's own vocabulary, every one of which the
+/// assembled tiles apply (GELU's erf as the rational [`GELU_P`] /
+/// [`GELU_Q`]); the portable tile sweeps the polynomial ones after its
+/// store (`kernels/gemm.rs`).
 pub(crate) use kiln_ir::fused::Act;
-
-/// Whether the assembled tiles (both ISAs) apply `act` themselves: GELU
-/// (exact, through erf) is applied by the driver in a sweep after the tile.
-pub(crate) fn assembles(act: Act) -> bool {
-    act != Act::Gelu
-}
 
 /// The accumulators' starting values (pointer in rcx).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,9 +85,6 @@ pub(crate) fn check_variant(
     vbytes: usize,
     what: &str,
 ) -> Result<(), String> {
-    if !assembles(v.act) {
-        return Err(format!("{what} tiles do not apply {}: {v:?}", v.act.name()));
-    }
     if v.mr == 0 || v.mr > mr || v.nt == 0 || v.nt > nr || v.nr != nr || (v.b_pack && v.b_padded) {
         return Err(format!("{what} tile variant out of range: {v:?}"));
     }
@@ -166,9 +159,64 @@ pub(crate) const EXP2_POLY: [(i32, f32); 6] = [
     (48, std::f32::consts::LN_2),
 ];
 
+/// GELU in a tile's epilogue: `gelu(x) = x/2 · (1 + erf(z))`, `z = x/√2`
+/// clamped to ±[`GELU_ZMAX`] (where erf is 1 in f32), and
+/// `erf(z) ≈ z·P(z²)/Q(z²)`. Both polynomials are degree 5 in `z²`, lowest
+/// degree first ([`GELU_P`], [`GELU_Q`], `Q(0) = 1`), fitted minimax on
+/// `[0, 3.92]` by `tools/fit_gelu_erf.py` (which prints these values):
+/// 1.6e-8 from erf in exact arithmetic, 2.6e-7 (absolute) evaluated in f32
+/// as the tiles do, so the GELU is within 1.8e-7 · max(|x|, 1) of the exact
+/// one. Seventeen FMA-pipe instructions and one division (which runs beside
+/// the FMA pipes) per vector with four temporaries, where the row
+/// function's erfc form (`vector.rs`, accurate to 1.2e-7 *relative* far
+/// into the negative tail) takes ~40 and fourteen registers. An absolute
+/// error is what PyTorch's own vectorised erf and oneDNN's GELU have too.
+pub(crate) const GELU_ZMAX: f32 = 3.92;
+/// Numerator of [`GELU_ZMAX`]'s rational erf, lowest degree in `z²` first.
+// P(0) is the fit's, one f32 step from 2/√π (the Taylor slope), which
+// minimises the error over the whole range, not at 0
+#[allow(clippy::approx_constant)]
+pub(crate) const GELU_P: [f32; 6] = [
+    1.128_379,
+    0.192_763_05,
+    0.053_060_01,
+    0.003_868_176_6,
+    0.000_287_457_9,
+    2.034_517_1e-6,
+];
+/// Denominator, lowest degree first (`Q(0) = 1`).
+pub(crate) const GELU_Q: [f32; 6] = [
+    1.0,
+    0.504_163_5,
+    0.115_083_89,
+    0.015_172_029,
+    0.001_188_043_5,
+    3.806_723e-5,
+];
+/// Red-zone slots of GELU's constants: `1/√2`, `±ZMAX`, then P and Q
+/// (index `k` of each at `GELU_P_SLOT + 4k`, `GELU_Q_SLOT + 4k`; Q's `k = 0`
+/// is [`ONE`]). They reuse SiLU's slots (a tile has one activation) and
+/// stay below the AVX2 tile's tail mask.
+pub(crate) const GELU_SCALE: i32 = 24;
+pub(crate) const GELU_HI: i32 = 28;
+pub(crate) const GELU_LO: i32 = 32;
+pub(crate) const GELU_P_SLOT: i32 = 36;
+pub(crate) const GELU_Q_SLOT: i32 = 56;
+
+/// The red-zone slot of GELU's numerator (`p`) or denominator coefficient
+/// `k`.
+pub(crate) fn gelu_slot(numerator: bool, k: usize) -> i32 {
+    match (numerator, k) {
+        (false, 0) => ONE,
+        (true, _) => GELU_P_SLOT + 4 * k as i32,
+        (false, _) => GELU_Q_SLOT + 4 * k as i32,
+    }
+}
+
 /// Writes the activations' scalar constants to their red-zone slots (and
-/// silu's `-log2 e` and exp2 polynomial when `silu`).
-pub(crate) fn write_act_consts(a: &mut CodeAssembler, silu: bool) -> Result<(), IcedError> {
+/// silu's `-log2 e` and exp2 polynomial, or GELU's scale, clamp and
+/// polynomials, when `act` is one of those).
+pub(crate) fn write_act_consts(a: &mut CodeAssembler, act: Act) -> Result<(), IcedError> {
     for (slot, x) in [
         (SIX, 6.0f32),
         (THREE, 3.0),
@@ -178,7 +226,22 @@ pub(crate) fn write_act_consts(a: &mut CodeAssembler, silu: bool) -> Result<(), 
     ] {
         a.mov(dword_ptr(rsp - slot), x.to_bits())?;
     }
-    if silu {
+    if act == Act::Gelu {
+        for (slot, x) in [
+            (GELU_SCALE, std::f32::consts::FRAC_1_SQRT_2),
+            (GELU_HI, GELU_ZMAX),
+            (GELU_LO, -GELU_ZMAX),
+        ] {
+            a.mov(dword_ptr(rsp - slot), x.to_bits())?;
+        }
+        for k in 0..6 {
+            a.mov(dword_ptr(rsp - gelu_slot(true, k)), GELU_P[k].to_bits())?;
+            if k > 0 {
+                a.mov(dword_ptr(rsp - gelu_slot(false, k)), GELU_Q[k].to_bits())?;
+            }
+        }
+    }
+    if act == Act::Silu {
         a.mov(
             dword_ptr(rsp - NEG_LOG2E),
             (-std::f32::consts::LOG2_E).to_bits(),

@@ -26,8 +26,8 @@
 use iced_x86::code_asm::*;
 
 use crate::ukernels::tile::{
-    Act, Bias, EXP2_POLY, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE, Variant, check_variant, disp,
-    k_loop, write_act_consts,
+    Act, Bias, EXP2_POLY, GELU_HI, GELU_LO, GELU_SCALE, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE,
+    Variant, check_variant, disp, gelu_slot, k_loop, write_act_consts,
 };
 
 /// Rows of a full tile.
@@ -51,6 +51,9 @@ const _: () = {
     }
     // slot `s` is the bytes `[rsp - s, rsp - s + 4)`
     assert!(NEG_LOG2E < EXP_LO && EXP_LO < EXP_HI && EXP_HI <= MASK - 32);
+    // GELU's (which reuse SiLU's) end below the mask too
+    assert!(GELU_SCALE < GELU_HI && GELU_HI < GELU_LO);
+    assert!(crate::ukernels::tile::GELU_Q_SLOT + 4 * 5 <= MASK - 32);
 };
 
 fn ymm(i: usize) -> AsmRegisterYmm {
@@ -205,11 +208,10 @@ fn activation(a: &mut CodeAssembler, v: &Variant, nz: usize) -> Result<(), IcedE
     if v.act == Act::None {
         return Ok(());
     }
-    write_act_consts(a, v.act == Act::Silu)?;
+    write_act_consts(a, v.act)?;
     let (t0, t1, t2, t3) = (ymm12, ymm13, ymm14, ymm15);
     match v.act {
-        Act::None | Act::DyRelu | Act::Silu => {}
-        Act::Gelu => unreachable!("check_variant rejects gelu"),
+        Act::None | Act::DyRelu | Act::Silu | Act::Gelu => {}
         Act::Relu => a.vxorps(t0, t0, t0)?,
         Act::Relu6 => {
             a.vxorps(t0, t0, t0)?;
@@ -290,7 +292,33 @@ fn activation(a: &mut CodeAssembler, v: &Variant, nz: usize) -> Result<(), IcedE
                     a.vmulps(x, x, t1)?;
                     a.vmaxps(x, t2, x)?;
                 }
-                Act::Gelu => unreachable!("check_variant rejects gelu"),
+                Act::Gelu => {
+                    // as the AVX-512 tile's `gelu`, with each constant
+                    // broadcast into t3 (AVX2 has no broadcast operands):
+                    // t0 = z, t1 = z², t2 = P·z, t0 = Q
+                    bcst(a, t3, GELU_SCALE)?;
+                    a.vmulps(t0, x, t3)?;
+                    bcst(a, t3, GELU_HI)?;
+                    a.vminps(t0, t0, t3)?;
+                    bcst(a, t3, GELU_LO)?;
+                    a.vmaxps(t0, t0, t3)?;
+                    a.vmulps(t1, t0, t0)?;
+                    bcst(a, t2, gelu_slot(true, 5))?;
+                    for k in (0..5).rev() {
+                        bcst(a, t3, gelu_slot(true, k))?;
+                        a.vfmadd213ps(t2, t1, t3)?;
+                    }
+                    a.vmulps(t2, t2, t0)?;
+                    bcst(a, t0, gelu_slot(false, 5))?;
+                    for k in (0..5).rev() {
+                        bcst(a, t3, gelu_slot(false, k))?;
+                        a.vfmadd213ps(t0, t1, t3)?;
+                    }
+                    a.vdivps(t2, t2, t0)?;
+                    bcst(a, t3, HALF)?;
+                    a.vmulps(x, x, t3)?;
+                    a.vfmadd213ps(x, t2, x)?;
+                }
             }
         }
     }
@@ -339,12 +367,8 @@ mod tests {
     #[test]
     fn no_avx512_encodings() {
         use crate::ukernels::vector::assert_vex_only;
-        // GELU is refused (the driver sweeps it)
-        let acts = Act::ALL
-            .into_iter()
-            .filter(|&a| crate::ukernels::tile::assembles(a));
         let mut checked = 0;
-        for act in acts {
+        for act in Act::ALL {
             for bias in [Bias::None, Bias::Row, Bias::Col] {
                 for (nt, b_padded, b_pack) in [
                     (16, true, false),

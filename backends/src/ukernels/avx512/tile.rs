@@ -19,10 +19,9 @@
 //! hard-swish, hard-sigmoid and the dynamic ReLU are a few vector
 //! instructions each; silu is `x / (1 + 2^(-x·log2 e))` with a degree-6
 //! polynomial for `2^f`, `|f| ≤ 1/2` (relative error ~1e-7), and
-//! `vscalefps` for the power of two. GELU (exact, through erf) is not
-//! assembled here: the GEMM driver applies it with `codegen/math.rs`'s
-//! polynomial (and then the residual) in a sweep over the tile the
-//! assembled code has just written, while it is still in L1 (see `gemm.rs`).
+//! `vscalefps` for the power of two; GELU (exact, through erf) is
+//! `x/2 · (1 + erf(x/√2))` with erf as a degree-5/5 rational
+//! (`ukernels/tile.rs`, `GELU_P`), in registers like the others.
 //!
 //! B read in place with a large row stride (activations: whole feature maps,
 //! often a power of two apart, so the K rows of a tile share one L1 set) is
@@ -44,8 +43,8 @@
 use iced_x86::code_asm::*;
 
 use crate::ukernels::tile::{
-    Act, Bias, EXP2_POLY, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE, Variant, check_variant, disp,
-    k_loop, write_act_consts,
+    Act, Bias, EXP2_POLY, GELU_HI, GELU_LO, GELU_SCALE, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE,
+    Variant, check_variant, disp, gelu_slot, k_loop, write_act_consts,
 };
 use crate::ukernels::vector::zmm;
 
@@ -226,9 +225,9 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
     }
     let acc = |i: usize, z: usize| zmm(i * nz + z);
     if v.act != Act::None {
-        write_act_consts(a, v.act == Act::Silu)?;
+        write_act_consts(a, v.act)?;
         a.vxorps(zmm31, zmm31, zmm31)?;
-        if v.act != Act::Silu {
+        if !matches!(v.act, Act::Silu | Act::Gelu) {
             // silu uses zmm30 as its polynomial's accumulator
             a.vbroadcastss(zmm30, dword_ptr(rsp - SIXTH))?;
         }
@@ -280,7 +279,7 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
                     a.vmulps(x, x, dword_bcst(r11 + disp(4 * i)))?;
                     a.vmaxps(x, zmm29, x)?;
                 }
-                Act::Gelu => unreachable!("check_variant rejects gelu"),
+                Act::Gelu => gelu(a, x)?,
             }
             if v.residual {
                 let src = zmmword_ptr(r8 + disp(4 * (i * v.c_rs + 16 * z)));
@@ -297,11 +296,32 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
     Ok(())
 }
 
+/// `x = gelu(x)` with zmm28..31 as temporaries and the constants in the
+/// red zone ([`write_act_consts`]): `z = clamp(x/√2)`,
+/// `erf = z·P(z²)/Q(z²)`, `x = x/2 + x/2 · erf`. A NaN `x` stays NaN (the
+/// clamp may turn `z` into a bound, but the last step multiplies by `x`).
+fn gelu(a: &mut CodeAssembler, x: AsmRegisterZmm) -> Result<(), IcedError> {
+    let (z, u, p, q) = (zmm28, zmm29, zmm30, zmm31);
+    a.vmulps(z, x, dword_bcst(rsp - GELU_SCALE))?;
+    a.vminps(z, z, dword_bcst(rsp - GELU_HI))?;
+    a.vmaxps(z, z, dword_bcst(rsp - GELU_LO))?;
+    a.vmulps(u, z, z)?;
+    for (numerator, acc) in [(true, p), (false, q)] {
+        a.vbroadcastss(acc, dword_ptr(rsp - gelu_slot(numerator, 5)))?;
+        for k in (0..5).rev() {
+            a.vfmadd213ps(acc, u, dword_bcst(rsp - gelu_slot(numerator, k)))?;
+        }
+    }
+    a.vmulps(p, p, z)?;
+    a.vdivps(p, p, q)?;
+    a.vmulps(x, x, dword_bcst(rsp - HALF))?;
+    a.vfmadd213ps(x, p, x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::target::TileLevel;
-    use crate::ukernels::tile::assembles;
     use crate::ukernels::{Registry, Spec};
 
     #[test]
@@ -341,6 +361,7 @@ mod tests {
             Act::HardSwish,
             Act::HardSigmoid,
             Act::Silu,
+            Act::Gelu,
             Act::DyRelu,
         ] {
             let fused = Variant {
@@ -356,20 +377,6 @@ mod tests {
         let code = &store.code()[0];
         assert_eq!(&code[code.len() - 4..], &[0xC5, 0xF8, 0x77, 0xC3]);
         assert!(assemble(&Variant { mr: 15, ..v }).is_err());
-        // GELU is the driver's sweep, at both ISAs
-        let gelu = Variant {
-            act: Act::Gelu,
-            ..v
-        };
-        assert!(assemble(&gelu).is_err());
-        assert!(
-            crate::ukernels::avx2::tile::assemble(&Variant {
-                nr: 16,
-                mr: 6,
-                ..gelu
-            })
-            .is_err()
-        );
         // packing reads B unpadded
         assert!(assemble(&Variant { b_pack: true, ..v }).is_err());
         let pack = Variant {
@@ -389,8 +396,7 @@ mod tests {
     #[test]
     fn every_width_decodes() {
         use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind};
-        // GELU is refused (the driver sweeps it)
-        let acts: Vec<Act> = Act::ALL.into_iter().filter(|&a| assembles(a)).collect();
+        let acts: Vec<Act> = Act::ALL.to_vec();
         let mut checked = 0;
         for nr in [16, 32, 48, 64] {
             let rows = max_rows(nr).unwrap();
