@@ -781,10 +781,11 @@ fn direct_conv_planes() {
             let ks = kernels(&model, &level_opts(1, TileLevel::Avx512));
             let ran = ks.iter().any(|k| k.contains("direct conv"));
             // narrower planes stay im2col (`conv_direct::MIN_COLUMNS`);
-            // one input channel per group is a depthwise conv
+            // one input channel per group is a depthwise conv; GELU after
+            // a shallow conv stays im2col (`conv_direct::MIN_GELU_DEPTH`)
             assert_eq!(
                 ran,
-                wo >= 8 && (cg > 1 || groups == 1),
+                wo >= 8 && (cg > 1 || groups == 1) && (act != Act::Gelu || cg * kh * kw >= 96),
                 "{what}: direct? {ks:?}"
             );
             direct += usize::from(ran);

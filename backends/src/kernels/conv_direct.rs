@@ -32,6 +32,15 @@ const MAX_GROUP_CHANNELS: usize = 32;
 /// time).
 const MIN_COLUMNS: usize = 8;
 
+/// Products per output (`cg·kh·kw`) below which a conv with GELU stays
+/// with im2col: the direct kernel leaves GELU to a row sweep costing ~3.5
+/// cycles an element, which a shallow conv does not amortise, while the
+/// im2col GEMM's tiles apply it in registers. Measured at 1 thread
+/// (GFLOP/s direct vs im2col): 3→32 3×3 s2 stem 69 vs 103, 3→24 68 vs
+/// 94; 32→32 3×3 s2 (K = 288) 158 vs 106; 16→16 3×3 (K = 144) 150 vs 73.
+/// SiLU's sweep is cheap enough everywhere (stem 127 vs 115).
+const MIN_GELU_DEPTH: usize = 96;
+
 /// Units a conv should offer at least (row blocks are cut to reach it).
 const MIN_UNITS: usize = 4;
 
@@ -77,6 +86,7 @@ pub(crate) fn kernel(
         || g.kh * g.kw == 1
         || epi.slopes.is_some()
         || (swept && epi.residual.is_some())
+        || (epi.act == Act::Gelu && g.cg * g.kh * g.kw < MIN_GELU_DEPTH)
         || !(conv_direct::assembles(epi.act) || swept)
     {
         return Ok(None);
