@@ -27,7 +27,7 @@ use iced_x86::code_asm::*;
 
 use crate::ukernels::tile::{
     Act, Bias, EXP2_POLY, GELU_HI, GELU_LO, GELU_SCALE, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE,
-    Variant, check_variant, disp, gelu_slot, k_loop, write_act_consts,
+    Variant, check_variant, disp, gelu_slot, k_loop, prefetch_step, write_act_consts,
 };
 
 /// Rows of a full tile.
@@ -134,6 +134,7 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
                 b_off: usize,
                 p_off: usize|
      -> Result<(), IcedError> {
+        prefetch_step(a, v, a_off, b_off)?;
         for z in 0..nz {
             let src = ymmword_ptr(rsi + disp(b_off + 32 * z));
             if z == nz - 1 && !v.b_padded {

@@ -44,7 +44,7 @@ use iced_x86::code_asm::*;
 
 use crate::ukernels::tile::{
     Act, Bias, EXP2_POLY, GELU_HI, GELU_LO, GELU_SCALE, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE,
-    Variant, check_variant, disp, gelu_slot, k_loop, write_act_consts,
+    Variant, check_variant, disp, gelu_slot, k_loop, prefetch_step, write_act_consts,
 };
 use crate::ukernels::vector::zmm;
 
@@ -140,6 +140,7 @@ fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
                 b_off: usize,
                 p_off: usize|
      -> Result<(), IcedError> {
+        prefetch_step(a, v, a_off, b_off)?;
         for z in 0..nz {
             let masked = z == nz - 1 && tail < 16 && !v.b_padded;
             if z == nz - 1 && half {
