@@ -781,11 +781,10 @@ fn direct_conv_planes() {
             let ks = kernels(&model, &level_opts(1, TileLevel::Avx512));
             let ran = ks.iter().any(|k| k.contains("direct conv"));
             // narrower planes stay im2col (`conv_direct::MIN_COLUMNS`);
-            // one input channel per group is a depthwise conv; GELU after
-            // a shallow conv stays im2col (`conv_direct::MIN_GELU_DEPTH`)
+            // one input channel per group is a depthwise conv
             assert_eq!(
                 ran,
-                wo >= 8 && (cg > 1 || groups == 1) && (act != Act::Gelu || cg * kh * kw >= 96),
+                wo >= 8 && (cg > 1 || groups == 1),
                 "{what}: direct? {ks:?}"
             );
             direct += usize::from(ran);

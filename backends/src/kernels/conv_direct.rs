@@ -7,7 +7,10 @@
 //! with a single tile (a stem) still spreads over threads. Each (tile
 //! width, row block) pair is one assembled function. SiLU and GELU, which
 //! the assembled code does not apply, are swept over the tile's rows
-//! afterwards with `vector.rs`'s row functions.
+//! afterwards with `vector.rs`'s row functions (GELU the epilogue form, as
+//! the GEMM tiles compute it: with the relatively accurate standalone form,
+//! ~3.5 cycles an element, a stem with GELU ran at 68 GFLOP/s, slower than
+//! through im2col; with it, 123–127 against im2col's 96–104).
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::I64;
@@ -31,15 +34,6 @@ const MAX_GROUP_CHANNELS: usize = 32;
 /// im2col, 0.050 direct; on 14×14 and larger planes direct took 0.5× the
 /// time).
 const MIN_COLUMNS: usize = 8;
-
-/// Products per output (`cg·kh·kw`) below which a conv with GELU stays
-/// with im2col: the direct kernel leaves GELU to a row sweep costing ~3.5
-/// cycles an element, which a shallow conv does not amortise, while the
-/// im2col GEMM's tiles apply it in registers. Measured at 1 thread
-/// (GFLOP/s direct vs im2col): 3→32 3×3 s2 stem 69 vs 103, 3→24 68 vs
-/// 94; 32→32 3×3 s2 (K = 288) 158 vs 106; 16→16 3×3 (K = 144) 150 vs 73.
-/// SiLU's sweep is cheap enough everywhere (stem 127 vs 115).
-const MIN_GELU_DEPTH: usize = 96;
 
 /// Units a conv should offer at least (row blocks are cut to reach it).
 const MIN_UNITS: usize = 4;
@@ -86,7 +80,6 @@ pub(crate) fn kernel(
         || g.kh * g.kw == 1
         || epi.slopes.is_some()
         || (swept && epi.residual.is_some())
-        || (epi.act == Act::Gelu && g.cg * g.kh * g.kw < MIN_GELU_DEPTH)
         || !(conv_direct::assembles(epi.act) || swept)
     {
         return Ok(None);
@@ -134,7 +127,7 @@ pub(crate) fn kernel(
     }
     let sweep = match epi.act {
         Act::Silu => Some(vector::Func::Silu),
-        Act::Gelu => Some(vector::Func::Gelu),
+        Act::Gelu => Some(vector::Func::GeluEpilogue),
         _ => None,
     };
     let sweep = match sweep {

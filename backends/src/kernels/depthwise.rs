@@ -683,7 +683,7 @@ pub(crate) fn kernel(
     // speed
     let row_func = match epi.act {
         Act::Silu => Some(vector::Func::Silu),
-        Act::Gelu => Some(vector::Func::Gelu),
+        Act::Gelu => Some(vector::Func::GeluEpilogue),
         _ => None,
     };
     let asm_act = match (cx.asm_width(), row_func) {

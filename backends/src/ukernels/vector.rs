@@ -104,8 +104,14 @@ pub(crate) enum Func {
     Sigmoid,
     /// `x / (1 + exp(-x))`
     Silu,
-    /// exact GELU `x/2 · (1 + erf(x/√2))` (see [`Gen::gelu`])
+    /// exact GELU `x/2 · (1 + erf(x/√2))` (see [`Gen::gelu`]), accurate
+    /// relatively everywhere: the standalone GELU op
     Gelu,
+    /// the same GELU as a fused conv's epilogue computes it: the GEMM
+    /// tiles' rational erf (`tile::GELU_P`), accurate to 2.6e-7 absolute
+    /// (see [`Gen::gelu_epilogue`]); for the kernels that sweep it after
+    /// their assembled code
+    GeluEpilogue,
     /// tanh-form GELU `x · sigmoid(2u)`, `u = √(2/π)·(x + 0.044715·x³)`,
     /// as `codegen/math.rs`'s `gelu_tanh`
     GeluTanh,
@@ -663,11 +669,41 @@ impl Gen {
         self.vmulps(0, 0, V::R(13))
     }
 
+    /// Vector 0 = GELU of vector 0 as the GEMM tiles' epilogue computes it:
+    /// `x/2 + x/2 · erf(z)`, `z = x/√2` clamped to ±`GELU_ZMAX`, erf the
+    /// rational `z·P(z²)/Q(z²)` of `tile.rs` — 17 FMA-pipe instructions
+    /// and a division a vector, against [`Gen::gelu`]'s ~40 (which keeps a
+    /// relative bound far into the negative tail, where this one's error
+    /// is absolute). Clobbers vectors 5..8; constants are data.
+    fn gelu_epilogue(&mut self) -> Result<(), IcedError> {
+        use super::tile::{GELU_P, GELU_Q, GELU_ZMAX};
+        let c = self.data(std::f32::consts::FRAC_1_SQRT_2);
+        self.vmulps(5, 0, c)?;
+        let hi = self.data(GELU_ZMAX);
+        self.vminps(5, 5, hi)?;
+        let lo = self.data(-GELU_ZMAX);
+        self.vmaxps(5, 5, lo)?;
+        self.vmulps(6, 5, V::R(5))?;
+        for (d, poly) in [(7, &GELU_P), (8, &GELU_Q)] {
+            self.load_data(d, poly[5])?;
+            for &ck in poly[..5].iter().rev() {
+                let ck = self.data(ck);
+                self.vfmadd213ps(d, 6, ck)?;
+            }
+        }
+        self.vmulps(7, 7, V::R(5))?;
+        self.vdivps(7, 7, V::R(8))?;
+        let half = self.data(0.5);
+        self.vmulps(0, 0, half)?;
+        self.vfmadd213ps(0, 7, V::R(0))
+    }
+
     /// Vector 0 = `f(vector 0)`; clobbers vectors 1..3 (GELU more: see
     /// [`Gen::gelu`]).
     fn apply(&mut self, f: Func) -> Result<(), IcedError> {
         match f {
             Func::Gelu => self.gelu(),
+            Func::GeluEpilogue => self.gelu_epilogue(),
             Func::GeluTanh => {
                 // 1 = 2u = √(8/π)·x·(1 + 0.044715·x²), then -2u
                 self.vmulps(1, 0, V::R(0))?;
@@ -726,7 +762,7 @@ fn emit(f: Func, w: Width) -> Result<Vec<u8>, IcedError> {
     // for GELU, which needs 5..14 for itself and reads every constant from
     // memory
     let regs: &[usize] = match f {
-        Func::Gelu => &[],
+        Func::Gelu | Func::GeluEpilogue => &[],
         _ => &[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
     };
     let mut g = Gen::enter(w, 0, regs, 4)?;
@@ -1332,6 +1368,7 @@ mod tests {
             Func::Sigmoid,
             Func::Silu,
             Func::Gelu,
+            Func::GeluEpilogue,
             Func::GeluTanh,
         ] {
             out.push((Spec::Unary(f, w).label(), assemble(f, w).unwrap()));
