@@ -18,8 +18,6 @@ use super::{Kernel, Kernels, NodeCx};
 use crate::codegen::{Buf, Emitter, F32, I64, Loc, V4};
 use crate::error::BackendError;
 use crate::ukernels::{Spec, transpose};
-use cranelift_codegen::ir::{AbiParam, Signature};
-use cranelift_codegen::isa::CallConv;
 
 /// One strided region: `dst[...] = src[...]`, or `dst[...] = fill` without a source.
 pub(crate) struct Region {
@@ -483,6 +481,7 @@ fn panels(
         b,
         sb: sb as usize,
         da: da as usize,
+        res: false,
     };
     let a = sub.inner();
     let (full, tail) = (spec(16), spec(a % 16));
@@ -528,12 +527,10 @@ impl Kernel for Panels {
             let Some(id) = id else {
                 unreachable!("no transpose panel of {len} columns")
             };
-            let mut sig = Signature::new(CallConv::SystemV);
-            sig.params.push(AbiParam::new(I64));
-            sig.params.push(AbiParam::new(I64));
-            let sig = e.b.import_signature(sig);
+            let sig = e.b.import_signature(transpose::signature());
             let f = e.asm_fn(id);
-            e.b.ins().call_indirect(sig, f, &[ptrs[1], ptrs[0]]);
+            let none = e.ic(0);
+            e.b.ins().call_indirect(sig, f, &[ptrs[1], ptrs[0], none]);
         };
         self.nest.emit(e, &bases, begin, end, 0, &mut body);
     }

@@ -633,12 +633,13 @@ contract_tests!(check_window_contract:
 );
 
 /// A transpose panel: System V, `fn(src, dst)`.
-type PanelFn = unsafe extern "sysv64" fn(*const f32, *mut f32);
+type PanelFn = unsafe extern "sysv64" fn(*const f32, *mut f32, *const f32);
 
-/// The transpose panel contract: `dst[j·da + i] = src[i·sb + j]` for
-/// `j < a`, `i < b`, nothing else written; checked for every panel width
-/// 1..=16, row counts around the 16-row blocks, and strides wider than
-/// the panel on both sides, with NaN guards around and between the rows.
+/// The transpose panel contract: `dst[j·da + i] = src[i·sb + j]` (plus
+/// `res[j·da + i]` with a residual) for `j < a`, `i < b`, nothing else
+/// written; checked for every panel width 1..=16, row counts around the
+/// 16-row blocks, and strides wider than the panel on both sides, with
+/// NaN guards around and between the rows (of the residual too).
 fn check_panel_contract(level: TileLevel, test: &str) {
     if TileLevel::host() < level {
         kiln_ir::skip::skip(test, &format!("this CPU lacks {level:?}"));
@@ -652,6 +653,7 @@ fn check_panel_contract(level: TileLevel, test: &str) {
                 b,
                 sb: a + (a * b) % 7,
                 da: b + a % 3,
+                res: (a + b) % 2 == 0,
             });
         }
     }
@@ -678,17 +680,33 @@ fn check_panel_contract(level: TileLevel, test: &str) {
             }
         }
         let mut dst = vec![-7.0f32; dst_len + 2 * GUARD];
+        let mut res = vec![f32::NAN; dst_len + 2 * GUARD];
+        for i in 0..s.b {
+            for j in 0..s.a {
+                res[GUARD + j * s.da + i] = rng.f32_in(-2.0, 2.0);
+            }
+        }
         // SAFETY: `addrs[id]` is the finalised code of `s` at a level the
-        // host runs; `src` and `dst` hold the panel's extent between guards
-        // the contract says are never touched; the modules outlive the call.
+        // host runs; `src`, `dst` and `res` hold the panel's extent between
+        // guards the contract says are never touched; the modules outlive
+        // the call.
         unsafe {
             let f: PanelFn = std::mem::transmute::<usize, PanelFn>(addrs[id]);
-            f(src.as_ptr().add(GUARD), dst.as_mut_ptr().add(GUARD));
+            f(
+                src.as_ptr().add(GUARD),
+                dst.as_mut_ptr().add(GUARD),
+                res.as_ptr().add(GUARD),
+            );
         }
         let mut want = vec![-7.0f32; dst_len + 2 * GUARD];
         for i in 0..s.b {
             for j in 0..s.a {
-                want[GUARD + j * s.da + i] = src[GUARD + i * s.sb + j];
+                let x = src[GUARD + i * s.sb + j];
+                want[GUARD + j * s.da + i] = if s.res {
+                    x + res[GUARD + j * s.da + i]
+                } else {
+                    x
+                };
             }
         }
         for (k, (g, w)) in dst.iter().zip(&want).enumerate() {

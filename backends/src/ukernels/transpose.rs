@@ -12,11 +12,13 @@
 //! rounds of `vshuff32x4`: 64 shuffles per 256 elements), and stored as
 //! sixteen vectors. A panel narrower than 16 loads under an opmask, and
 //! the last block of fewer than 16 rows stores under one: nothing outside
-//! the panel is read or written.
+//! the panel is read or written. With [`Spec::res`] each destination row
+//! adds the residual laid out like the destination before its store (a
+//! conv computed transposed, `kernels/conv.rs`, finishes here).
 //!
-//! Calling convention: System V, `fn(src, dst)`: the panel's first source
-//! element (rdi) and its first destination element (rsi). Ends with
-//! `vzeroupper`.
+//! Calling convention: System V, `fn(src, dst, res)`: the panel's first
+//! source element (rdi), its first destination element (rsi) and residual
+//! element (rdx, read only with [`Spec::res`]). Ends with `vzeroupper`.
 
 use iced_x86::code_asm::*;
 
@@ -33,6 +35,8 @@ pub(crate) struct Spec {
     pub sb: usize,
     /// elements from one destination row to the next
     pub da: usize,
+    /// whether a residual laid out like the destination is added
+    pub res: bool,
 }
 
 impl Spec {
@@ -49,10 +53,25 @@ impl Spec {
     /// A short name for kernel plans.
     pub fn label(&self) -> String {
         format!(
-            "transpose panel {}x{} sb{} da{}",
-            self.a, self.b, self.sb, self.da
+            "transpose panel {}x{} sb{} da{}{}",
+            self.a,
+            self.b,
+            self.sb,
+            self.da,
+            if self.res { " +res" } else { "" }
         )
     }
+}
+
+/// The panels' signature, `fn(src, dst, res)` (System V), for the kernels
+/// that call them.
+pub(crate) fn signature() -> cranelift_codegen::ir::Signature {
+    use cranelift_codegen::ir::{AbiParam, Signature, types::I64};
+    let mut sig = Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+    for _ in 0..3 {
+        sig.params.push(AbiParam::new(I64));
+    }
+    sig
 }
 
 /// Assembles `s`; the bytes are position-independent.
@@ -79,14 +98,17 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
         block(&mut a, s, 16, masked)?;
         a.add(rdi, (16 * s.sb * 4) as i32)?;
         a.add(rsi, 64)?;
+        if s.res {
+            a.add(rdx, 64)?;
+        }
         a.dec(rax)?;
         a.jnz(next)?;
     }
     let rest = s.b % 16;
     if rest > 0 {
         // k2: the stores' lanes (the last source rows)
-        a.mov(edx, (1u32 << rest) - 1)?;
-        a.kmovw(k2, edx)?;
+        a.mov(eax, (1u32 << rest) - 1)?;
+        a.kmovw(k2, eax)?;
         block(&mut a, s, rest, masked)?;
     }
     a.vzeroupper()?;
@@ -139,6 +161,17 @@ fn block(a: &mut CodeAssembler, s: &Spec, rows: usize, masked: bool) -> Result<(
         a.vshuff32x4(zmm(c + 12), v(1), v(3), 0xdd)?;
     }
     for j in 0..s.a {
+        if s.res {
+            // zmm16.. are free after stage 4; the residual is read under
+            // the stores' mask, never past the panel
+            let r = zmmword_ptr(rdx + j as i32 * da);
+            if rows < 16 {
+                a.vmovups(zmm(16).k2().z(), r)?;
+                a.vaddps(zmm(j), zmm(j), zmm(16))?;
+            } else {
+                a.vaddps(zmm(j), zmm(j), r)?;
+            }
+        }
         let m = zmmword_ptr(rsi + j as i32 * da);
         if rows < 16 {
             a.vmovups(m.k2(), zmm(j))?;
