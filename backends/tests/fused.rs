@@ -705,6 +705,62 @@ fn pointwise_conv_on_one_pixel() {
     }
 }
 
+/// Convs over small planes (17..63 pixels, not a multiple of 16) with
+/// 64+ output channels in whole vectors compute their output transposed
+/// at AVX-512 (`conv.rs`, `transposed`): pixels as the GEMM's rows, then
+/// 16-channel panels transposed into the planes, adding the residual.
+/// Pointwise and 3×3 (through im2col, stride 1 and 2), one and two
+/// images, every activation but the dynamic ReLU, with and without bias
+/// and residual; against the interpreter at every level, and at AVX-512
+/// the transposed kernels must be the ones that ran.
+#[test]
+fn convs_over_small_planes_run_transposed() {
+    let mut i = 0u64;
+    for (n, c, o, h, k, stride) in [
+        (1, 96, 64, 7, 1, 1),
+        (2, 40, 128, 5, 1, 1),
+        (1, 32, 80, 7, 3, 1),
+        (2, 24, 64, 14, 3, 2),
+        (1, 16, 96, 9, 3, 2),
+    ] {
+        for act in Act::ALL.into_iter().filter(|&a| a != Act::DyRelu) {
+            let (bias, residual) = (i.is_multiple_of(2), i % 3 != 1);
+            let pad = k / 2;
+            let ho = (h + 2 * pad - k) / stride + 1;
+            let mut args = vec![input(&[n, c, h, h]), weight(&[o, c, k, k])];
+            if bias {
+                args.push(weight(&[o]));
+            }
+            if residual {
+                args.push(input(&[n, o, ho, ho]));
+            }
+            let op = FusedOp::Conv {
+                stride: [stride, stride],
+                pad: [pad; 4],
+                dilation: [1, 1],
+                groups: 1,
+                bias,
+                shuffle: 1,
+                act,
+                residual,
+            };
+            let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
+            let mut r = Rng(1700 + i);
+            let (model, inputs) = single(Op::Fused(op), &args, &mut r, Fill::Signed);
+            check(&what, &model, &inputs);
+            if asm_levels().contains(&TileLevel::Avx512) {
+                let ks = kernels(&model, &level_opts(1, TileLevel::Avx512));
+                assert!(
+                    ks.iter().any(|k| k.contains("transposed"))
+                        && ks.iter().any(|k| k.starts_with("transpose ")),
+                    "{what}: not transposed: {ks:?}"
+                );
+            }
+            i += 1;
+        }
+    }
+}
+
 /// Direct convolutions (`conv_direct`, AVX-512) on random narrow convs:
 /// 1 to 32 output channels per group (one tile, tiles of equal and of
 /// unequal width), 1 to 3 groups, 1 to 20 input channels per group, windows
