@@ -518,8 +518,12 @@ impl Kernel for Depthwise {
             let slope_vals = slopes.map(|sl| slopes_of(e, sl, n, pos));
             let wp = w.map(|(w, f)| (e.index(w, oc, 4 * taps as i64), f));
             let b = self.start_value(e, bias, oc);
-            if let (Some((id, spec)), Some((wp, _))) = (self.window, wp) {
-                // the whole plane in one call
+            if let Some((id, spec)) = self.window {
+                // the whole plane in one call (a max pool reads no weights)
+                let wp = match wp {
+                    Some((wp, _)) => wp,
+                    None => e.ic(0),
+                };
                 let res = res_plane.filter(|_| spec.residual);
                 call_interior(e, id, [src, dst, wp], res, b, slope_vals);
                 if self.swept() {
@@ -784,6 +788,7 @@ pub(crate) fn window_of(g: Geom, act: Act, residual: bool) -> dw_window::Spec {
         wo: g.wo,
         act,
         residual,
+        max: false,
     }
 }
 
@@ -837,6 +842,20 @@ fn asm_cols(g: Geom) -> (usize, usize) {
 /// Lowers a pooling window of geometry `g` (as a depthwise conv with one
 /// tap-free "channel multiplier" of 1).
 pub(crate) fn lower_pool(cx: &mut NodeCx, g: Geom, mode: Mode) -> Result<Kernels, BackendError> {
+    // max pooling: whole planes assembled (`dw_window`, AVX-512)
+    let spec = dw_window::Spec {
+        max: true,
+        ..window_of(g, Act::None, false)
+    };
+    let window = match (mode, cx.asm512()) {
+        (Mode::Max, Some(store)) if spec.fits() => Some((
+            store
+                .request(Spec::DwWindow(spec))
+                .map_err(BackendError::Jit)?,
+            spec,
+        )),
+        _ => None,
+    };
     Ok(vec![Box::new(Depthwise {
         x: cx.ins[0].buf,
         w: None,
@@ -847,7 +866,7 @@ pub(crate) fn lower_pool(cx: &mut NodeCx, g: Geom, mode: Mode) -> Result<Kernels
         epi: Epilogue::NONE,
         title: None,
         asm: None,
-        window: None,
+        window,
         asm_act: None,
         shuffle: 1,
     })])
