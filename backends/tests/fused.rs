@@ -762,7 +762,7 @@ fn convs_over_small_planes_run_transposed() {
 }
 
 /// Direct convolutions (`conv_direct`, AVX-512) on random narrow convs:
-/// 1 to 32 output channels per group (one tile, tiles of equal and of
+/// 1 to 48 output channels per group (one tile, tiles of equal and of
 /// unequal width), 1 to 3 groups, 1 to 20 input channels per group, windows
 /// 2×2 to 5×5 and oblong, strides 1–2 (and a vertical 3), dilation,
 /// paddings none to past the window, planes of 1 to 40 columns and rows,
@@ -777,7 +777,7 @@ fn direct_conv_planes() {
     let mut i = 0;
     while i < 60 {
         let groups = *rng.pick(&[1usize, 1, 2, 3]);
-        let og = *rng.pick(&[1usize, 3, 8, 15, 16, 17, 24, 32]);
+        let og = *rng.pick(&[1usize, 3, 8, 15, 16, 17, 24, 32, 40, 48]);
         let cg = *rng.pick(&[1usize, 3, 4, 9, 20]);
         let (kh, kw) = *rng.pick(&[(3usize, 3usize), (2, 2), (5, 5), (3, 1), (1, 4), (3, 3)]);
         let (sh, sw) = (*rng.pick(&[1usize, 2, 2, 3]), rng.range(1, 2));
