@@ -863,7 +863,7 @@ fn stem_conv_in_bands() {
     {
         let (op, args) = fused_conv(&ConvSpec {
             c: 3,
-            o: 48,
+            o: 64,
             groups: 1,
             k: 3,
             h: 64,
