@@ -863,7 +863,7 @@ fn stem_conv_in_bands() {
     {
         let (op, args) = fused_conv(&ConvSpec {
             c: 3,
-            o: 64,
+            o: 96,
             groups: 1,
             k: 3,
             h: 64,
@@ -882,6 +882,44 @@ fn stem_conv_in_bands() {
             900 + i as u64,
             "bands of 8 rows",
         );
+    }
+}
+
+/// RGB stems up to 64 output channels run directly at AVX-512
+/// (`conv_direct::MAX_STEM_CHANNELS`), a 7×7 one (ResNet's) included;
+/// 65 channels go back to im2col bands.
+#[test]
+fn rgb_stems_up_to_64_channels_run_directly() {
+    for (i, (o, k, direct)) in [(64, 7, true), (64, 3, true), (65, 3, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let (op, args) = fused_conv(&ConvSpec {
+            c: 3,
+            o,
+            groups: 1,
+            k,
+            h: 40,
+            w: 36,
+            stride: 2,
+            pad: [k / 2; 4],
+            act: Act::Relu,
+            bias: true,
+            residual: false,
+            shuffle: 1,
+        });
+        let what = format!("stem 3→{o} {k}x{k}");
+        let mut r = Rng(950 + i as u64);
+        let (model, inputs) = single(Op::Fused(op), &args, &mut r, Fill::Signed);
+        check(&what, &model, &inputs);
+        if asm_levels().contains(&TileLevel::Avx512) {
+            let ks = kernels(&model, &level_opts(1, TileLevel::Avx512));
+            assert_eq!(
+                ks.iter().any(|k| k.contains("direct conv")),
+                direct,
+                "{what}: {ks:?}"
+            );
+        }
     }
 }
 
