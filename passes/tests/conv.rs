@@ -125,6 +125,28 @@ fn conv_epilogue_takes_bias_activation_and_residual() {
     }
 }
 
+/// PVT v2's MLP: tokens → NCHW → depthwise conv → tokens → GELU. The
+/// activation is element-wise, so it moves before the views into the
+/// conv's epilogue; the views stay (the tokens layout is the output's).
+#[test]
+fn an_activation_after_a_view_of_a_conv_is_its_epilogue() {
+    for act in [UnaryOp::Gelu, UnaryOp::Silu, UnaryOp::Relu] {
+        let mut b = B::new("pvt_mlp");
+        let x = b.input("x", &[1, 16, 24]);
+        let t = b.transpose(x, &[0, 2, 1]);
+        let t = b.reshape(t, &[1, 24, 4, 4]);
+        let y = b.conv(t, 24, 3, 1, 24, true);
+        let y = b.reshape(y, &[1, 24, 16]);
+        let y = b.transpose(y, &[0, 2, 1]);
+        let y = b.un(act, y);
+        let m = b.finish(&[y]);
+        let o = run(&m);
+        assert_eq!(count(&o, "fused_conv"), 1, "{act:?}");
+        let name = format!("{act:?}").to_lowercase();
+        assert_eq!(count(&o, &name), 0, "{act:?}: {:?}", histogram(&o));
+    }
+}
+
 #[test]
 fn clip_relu6_and_onnx_bias_add_are_epilogues() {
     let mut b = B::new("onnx_conv");

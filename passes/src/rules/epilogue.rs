@@ -218,10 +218,31 @@ fn conv_act(eg: &KGraph, _c: Id, n: &KNode) -> Found {
     let Some(act) = n.as_op().and_then(Act::from_primitive) else {
         return vec![];
     };
-    bare_convs(eg, n.args[0])
+    let mut out: Found = bare_convs(eg, n.args[0])
         .into_iter()
         .map(|(f, a)| fused_with(with_act(&f, act), &a, &[]))
-        .collect()
+        .collect();
+    // An activation after a view of a conv — PVT v2's MLP flattens its
+    // depthwise conv back to tokens (`conv → reshape → transpose → GELU`)
+    // — is element-wise, so it is the view of the conv with that
+    // activation: `act(view(conv(x))) = view(conv_act(x))`. The views are
+    // pure rearrangements (`realize` refuses a broadcast).
+    let x = eg.find(n.args[0]);
+    for v in views(eg, x, DEPTH) {
+        if v.base == x {
+            continue;
+        }
+        let base_shape = ty(eg, v.base).shape.clone();
+        for (f, a) in bare_convs(eg, v.base) {
+            let mut r = Recipe::new();
+            let all: Vec<R> = a.iter().map(|&a| R::Old(a)).collect();
+            let y = r.fused(with_act(&f, act), &all);
+            if let Some(root) = super::layout::realize(&mut r, y, &base_shape, &v) {
+                out.push((r, root));
+            }
+        }
+    }
+    out
 }
 
 /// `max(y·a1, y·a2)` over a bare conv `y` → conv with the dynamic ReLU.

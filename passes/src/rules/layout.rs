@@ -139,7 +139,7 @@ fn spatial_operands(eg: &KGraph, op: &Op, args: &[Id], out: &[usize]) -> Option<
 /// Emits `view` applied to the contiguous class `x` (same shape as the
 /// view's base): reshape into the view's factors in memory order,
 /// transpose into the view's order, reshape to the view's shape.
-fn realize(r: &mut Recipe, x: R, base_shape: &[usize], view: &View) -> Option<R> {
+pub(super) fn realize(r: &mut Recipe, x: R, base_shape: &[usize], view: &View) -> Option<R> {
     let mut factors: Vec<(usize, usize)> = view.dims.iter().flatten().copied().collect();
     let order: Vec<(usize, usize)> = factors.clone();
     factors.sort_by_key(|f| std::cmp::Reverse(f.1));
