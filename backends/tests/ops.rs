@@ -669,6 +669,20 @@ fn data_movement() {
             },
             vec![input(&[2, 6, 700])],
         ),
+        // runs contiguous on both sides but shorter than a vector, also
+        // blocked (MobileViT v1's 2×2 unfold moves pairs; runs of 3)
+        (
+            Op::Transpose {
+                perm: vec![0, 2, 1, 3],
+            },
+            vec![input(&[64, 2, 16, 2])],
+        ),
+        (
+            Op::Transpose {
+                perm: vec![1, 0, 2],
+            },
+            vec![input(&[5, 70, 3])],
+        ),
         (Op::Transpose { perm: vec![1, 0] }, vec![input(&[3, 4100])]),
         (
             Op::Concat { axis: 1 },

@@ -70,11 +70,14 @@ impl Region {
 /// The blocking of a strided copy whose innermost dim is short (a transpose
 /// moving a dim of 2 or 6 innermost: one unit per handful of elements
 /// spent more time on index arithmetic than on copying — 1.4 GB/s on
-/// MobileViTv2's unfold). Contiguous copies keep their f32x4 runs.
+/// MobileViTv2's unfold). Contiguous copies keep their f32x4 runs, unless
+/// a run is shorter than one vector (MobileViT v1's 2×2 unfold moves
+/// contiguous pairs: 2.4 GB/s as runs of 2).
 fn blocking(nest: &Nest) -> Option<(usize, usize)> {
     let r = nest.dims.len();
     let contiguous = nest.inner_stride(0) == 1 && nest.inner_stride(1) == 1;
-    if contiguous || r < 2 || nest.inner() >= BLOCK_MIN || nest.numel() == 0 {
+    if (contiguous && nest.inner() >= 4) || r < 2 || nest.inner() >= BLOCK_MIN || nest.numel() == 0
+    {
         return None;
     }
     // trailing dims until the block holds BLOCK_MIN elements
