@@ -177,11 +177,11 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
 }
 
 /// Output planes of at most this many pixels may be computed transposed
-/// ([`Transposed`]).
+/// ([`transposed`]).
 const TRANSPOSED_MAX_PIXELS: usize = 64;
 
 /// Whether a conv of this shape is computed transposed when the target
-/// assembles AVX-512 and the weights are constant ([`Transposed`]): one
+/// assembles AVX-512 and the weights are constant ([`transposed`]): one
 /// group, no shuffle or dynamic ReLU, small planes whose pixel count fills
 /// the tile's 16-lane vectors badly (7×7 = 49: 3 vectors and 1 lane), and
 /// output channels that fill them exactly.
