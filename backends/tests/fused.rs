@@ -725,25 +725,31 @@ fn convs_over_small_planes_run_transposed() {
     ] {
         for act in Act::ALL.into_iter().filter(|&a| a != Act::DyRelu) {
             let (bias, residual) = (i.is_multiple_of(2), i % 3 != 1);
-            let pad = k / 2;
-            let ho = (h + 2 * pad - k) / stride + 1;
-            let mut args = vec![input(&[n, c, h, h]), weight(&[o, c, k, k])];
-            if bias {
-                args.push(weight(&[o]));
-            }
-            if residual {
-                args.push(input(&[n, o, ho, ho]));
-            }
-            let op = FusedOp::Conv {
-                stride: [stride, stride],
-                pad: [pad; 4],
-                dilation: [1, 1],
+            let (op, args) = fused_conv(&ConvSpec {
+                c,
+                o,
                 groups: 1,
-                bias,
-                shuffle: 1,
+                k,
+                h,
+                w: h,
+                stride,
+                pad: [k / 2; 4],
                 act,
+                bias,
                 residual,
-            };
+                shuffle: 1,
+            });
+            // `n` images: the graph inputs' batch (weights have none)
+            let args: Vec<Arg> = args
+                .into_iter()
+                .map(|a| match a {
+                    Arg::In(mut shape) => {
+                        shape[0] = n;
+                        Arg::In(shape)
+                    }
+                    other => other,
+                })
+                .collect();
             let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
             let mut r = Rng(1700 + i);
             let (model, inputs) = single(Op::Fused(op), &args, &mut r, Fill::Signed);
