@@ -683,6 +683,20 @@ fn data_movement() {
             },
             vec![input(&[5, 70, 3])],
         ),
+        // and runs under 32 (attention heads split in runs of 16; a run of
+        // 7: one vector and a tail)
+        (
+            Op::Transpose {
+                perm: vec![1, 0, 2, 3],
+            },
+            vec![input(&[3, 10, 4, 16])],
+        ),
+        (
+            Op::Transpose {
+                perm: vec![0, 2, 1, 3],
+            },
+            vec![input(&[2, 6, 5, 7])],
+        ),
         (Op::Transpose { perm: vec![1, 0] }, vec![input(&[3, 4100])]),
         (
             Op::Concat { axis: 1 },
