@@ -72,7 +72,7 @@ fn random_graphs_match_the_interpreter() {
 /// graphs, keep TOL.
 #[test]
 fn the_tolerance_widens_only_for_ill_conditioned_graphs() {
-    use kiln_backends::testing::random::{Fill, Rng, TOL, poisoned, rel_error, tensor, tolerances};
+    use kiln_backends::testing::random::{Fill, Rng, TOL, tensor, tolerances};
     let g = kiln_ir::text::parse(
         "graph near_constant_group {
           input %x : f32[2,8,6,4]
@@ -118,12 +118,7 @@ fn the_tolerance_widens_only_for_ill_conditioned_graphs() {
         },
     )
     .unwrap();
-    let mut got = poisoned(&m);
-    m.run_into(&inputs, &mut got).unwrap();
-    for ((g, w), tol) in got.iter().zip(&want).zip(&tols) {
-        let e = rel_error(g, w);
-        assert!(e <= *tol, "relative error {e:.3e} > {tol:.3e}");
-    }
+    assert_within(&m, &inputs, &want, &tols);
     for seed in 0..60 {
         let (model, inputs) = random_graph(seed);
         let want = kiln_ir::interp::run(&model.graph, &model.weights, &inputs).unwrap();
@@ -147,7 +142,7 @@ fn the_tolerance_widens_only_for_ill_conditioned_graphs() {
 /// the conv chain beside it keeps TOL.
 #[test]
 fn a_sum_that_cancels_to_zero_is_ill_conditioned() {
-    use kiln_backends::testing::random::{TOL, poisoned, rel_error, tolerances};
+    use kiln_backends::testing::random::{TOL, tolerances};
     let (model, inputs) = random_graph(8_793_559_748_074_515_984);
     let want = kiln_ir::interp::run(&model.graph, &model.weights, &inputs).unwrap();
     let tols = tolerances(&model, &inputs, &want).unwrap();
@@ -167,12 +162,7 @@ fn a_sum_that_cancels_to_zero_is_ill_conditioned() {
         },
     )
     .unwrap();
-    let mut got = poisoned(&m);
-    m.run_into(&inputs, &mut got).unwrap();
-    for ((g, w), tol) in got.iter().zip(&want).zip(&tols) {
-        let e = rel_error(g, w);
-        assert!(e <= *tol, "relative error {e:.3e} > {tol:.3e}");
-    }
+    assert_within(&m, &inputs, &want, &tols);
 }
 
 /// The generator draws the ops added for the timm exports (issue 15), so
@@ -188,5 +178,22 @@ fn random_graphs_draw_the_newer_ops() {
     }
     for op in ["sin", "cos", "mod", "fmod", "resize"] {
         assert!(seen.contains(op), "{op} never drawn in 400 graphs");
+    }
+}
+
+/// Runs `m` on `inputs` into poisoned outputs and checks each output
+/// against the interpreter's `want` within its tolerance.
+fn assert_within(
+    m: &kiln_backends::CompiledModel,
+    inputs: &[kiln_ir::Tensor],
+    want: &[kiln_ir::Tensor],
+    tols: &[f64],
+) {
+    use kiln_backends::testing::random::{poisoned, rel_error};
+    let mut got = poisoned(m);
+    m.run_into(inputs, &mut got).unwrap();
+    for ((g, w), tol) in got.iter().zip(want).zip(tols) {
+        let e = rel_error(g, w);
+        assert!(e <= *tol, "relative error {e:.3e} > {tol:.3e}");
     }
 }

@@ -168,6 +168,8 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
         Op::Fused(FusedOp::Conv { shuffle, act, .. }) => (shuffle, act == Act::DyRelu),
         _ => (1, false),
     };
+    // planned from the shape alone: at levels without AVX-512 (or with
+    // run-time weights) the lowering computes in place and leaves it unused
     let transposed = if transposed_shape(&gm, shuffle, dyrelu) {
         4 * gm.n * gm.ho * gm.wo * gm.o
     } else {

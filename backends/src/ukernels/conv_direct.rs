@@ -89,6 +89,11 @@ impl Spec {
         (ACC / cout.max(1)).max(1)
     }
 
+    /// The output rows of each band of this call.
+    fn rows_per_band(&self) -> usize {
+        Spec::band_rows(self.cout).min(self.rows)
+    }
+
     /// Whether this call is assembled.
     pub fn fits(&self) -> bool {
         let w = &self.win;
@@ -147,7 +152,7 @@ fn emit(s: &Spec) -> Result<Vec<u8>, IcedError> {
         a.add(rsi, out0)?;
         a.add(rcx, out0)?;
     }
-    let rows = Spec::band_rows(s.cout).min(s.rows);
+    let rows = s.rows_per_band();
     bands(
         &mut a,
         &mut masks,
@@ -208,7 +213,7 @@ fn chunk(
     // three direct convs 0.87 → 0.47 ms, EfficientNet-B0's stem 0.40 →
     // 0.19, GhostNet's 0.22 → 0.07, FastViT-T8's 0.67 → 0.38, RepViT's
     // 0.79 → 0.51 (two and four bands ahead: no better)
-    let ahead = Some((4 * Spec::band_rows(s.cout).min(s.rows) * w.sh * w.w) as i32);
+    let ahead = Some((4 * s.rows_per_band() * w.sh * w.w) as i32);
     taps(a, w, b, c, masks, r14, &REGS, ahead, |a, r, i, j, x, k| {
         for o in 0..s.cout {
             a.vfmadd231ps(with_k(acc(r, o), k), x, wt(o, i, j))?;

@@ -200,6 +200,23 @@ fn bcst(a: &mut CodeAssembler, dst: AsmRegisterYmm, slot: i32) -> Result<(), Ice
     a.vbroadcastss(dst, dword_ptr(rsp - slot))
 }
 
+/// `acc = Σ c_k · var^k` by Horner's rule: `acc` starts at the constant in
+/// red-zone slot `top`, then `acc = acc·var + c` for each slot of `rest`,
+/// each broadcast into `tmp`.
+fn horner(
+    a: &mut CodeAssembler,
+    (acc, var, tmp): (AsmRegisterYmm, AsmRegisterYmm, AsmRegisterYmm),
+    top: i32,
+    rest: impl IntoIterator<Item = i32>,
+) -> Result<(), IcedError> {
+    bcst(a, acc, top)?;
+    for slot in rest {
+        bcst(a, tmp, slot)?;
+        a.vfmadd213ps(acc, var, tmp)?;
+    }
+    Ok(())
+}
+
 /// The activation on the accumulators (ymm0..11); ymm12..15 are free once
 /// the K loop is done (the caller reloads the tail mask into ymm15).
 /// `max(0, x)` is written `vmaxps x, zero, x` so that a NaN accumulator
@@ -273,13 +290,8 @@ fn activation(a: &mut CodeAssembler, v: &Variant, nz: usize) -> Result<(), IcedE
                     a.vroundps(t1, t0, 0)?;
                     a.vsubps(t0, t0, t1)?;
                     let (first, rest) = EXP2_POLY.split_first().expect("non-empty polynomial");
-                    bcst(a, t2, first.0)?;
-                    for &(slot, _) in rest {
-                        bcst(a, t3, slot)?;
-                        a.vfmadd213ps(t2, t0, t3)?;
-                    }
-                    bcst(a, t3, ONE)?;
-                    a.vfmadd213ps(t2, t0, t3)?;
+                    let rest = rest.iter().map(|&(slot, _)| slot).chain([ONE]);
+                    horner(a, (t2, t0, t3), first.0, rest)?;
                     // 2^f · 2^n: n (an integer in [-126, 127]) into the
                     // exponent field; 2^f ∈ [2^-½, 2^½] keeps it in range
                     a.vcvtps2dq(t1, t1)?;
@@ -304,17 +316,10 @@ fn activation(a: &mut CodeAssembler, v: &Variant, nz: usize) -> Result<(), IcedE
                     bcst(a, t3, GELU_LO)?;
                     a.vmaxps(t0, t0, t3)?;
                     a.vmulps(t1, t0, t0)?;
-                    bcst(a, t2, gelu_slot(true, 5))?;
-                    for k in (0..5).rev() {
-                        bcst(a, t3, gelu_slot(true, k))?;
-                        a.vfmadd213ps(t2, t1, t3)?;
-                    }
+                    let coeffs = |p: bool| (0..5).rev().map(move |k| gelu_slot(p, k));
+                    horner(a, (t2, t1, t3), gelu_slot(true, 5), coeffs(true))?;
                     a.vmulps(t2, t2, t0)?;
-                    bcst(a, t0, gelu_slot(false, 5))?;
-                    for k in (0..5).rev() {
-                        bcst(a, t3, gelu_slot(false, k))?;
-                        a.vfmadd213ps(t0, t1, t3)?;
-                    }
+                    horner(a, (t0, t1, t3), gelu_slot(false, 5), coeffs(false))?;
                     a.vdivps(t2, t2, t0)?;
                     bcst(a, t3, HALF)?;
                     a.vmulps(x, x, t3)?;

@@ -261,11 +261,8 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
                     a.vrndscaleps(zmm28, zmm29, 0)?;
                     a.vsubps(zmm29, zmm29, zmm28)?;
                     let (first, rest) = EXP2_POLY.split_first().expect("non-empty polynomial");
-                    a.vbroadcastss(zmm30, dword_ptr(rsp - first.0))?;
-                    for &(slot, _) in rest {
-                        a.vfmadd213ps(zmm30, zmm29, dword_bcst(rsp - slot))?;
-                    }
-                    a.vfmadd213ps(zmm30, zmm29, dword_bcst(rsp - ONE))?;
+                    let rest = rest.iter().map(|&(slot, _)| slot).chain([ONE]);
+                    horner(a, zmm30, zmm29, first.0, rest)?;
                     a.vscalefps(zmm30, zmm30, zmm28)?;
                     a.vaddps(zmm30, zmm30, dword_bcst(rsp - ONE))?;
                     // exact division: 1 + 2^t = inf gives -0 like the reference.
@@ -297,6 +294,23 @@ fn epilogue(a: &mut CodeAssembler, v: &Variant, nz: usize, tail: usize) -> Resul
     Ok(())
 }
 
+/// `acc = Σ c_k · var^k` by Horner's rule: `acc` starts at the constant in
+/// red-zone slot `top`, then `acc = acc·var + c` for each slot of `rest`
+/// (broadcast memory operands).
+fn horner(
+    a: &mut CodeAssembler,
+    acc: AsmRegisterZmm,
+    var: AsmRegisterZmm,
+    top: i32,
+    rest: impl IntoIterator<Item = i32>,
+) -> Result<(), IcedError> {
+    a.vbroadcastss(acc, dword_ptr(rsp - top))?;
+    for slot in rest {
+        a.vfmadd213ps(acc, var, dword_bcst(rsp - slot))?;
+    }
+    Ok(())
+}
+
 /// `x = gelu(x)` with zmm28..31 as temporaries and the constants in the
 /// red zone ([`write_act_consts`]): `z = clamp(x/√2)`,
 /// `erf = z·P(z²)/Q(z²)`, `x = x/2 + x/2 · erf`. A NaN `x` stays NaN (the
@@ -308,10 +322,8 @@ fn gelu(a: &mut CodeAssembler, x: AsmRegisterZmm) -> Result<(), IcedError> {
     a.vmaxps(z, z, dword_bcst(rsp - GELU_LO))?;
     a.vmulps(u, z, z)?;
     for (numerator, acc) in [(true, p), (false, q)] {
-        a.vbroadcastss(acc, dword_ptr(rsp - gelu_slot(numerator, 5)))?;
-        for k in (0..5).rev() {
-            a.vfmadd213ps(acc, u, dword_bcst(rsp - gelu_slot(numerator, k)))?;
-        }
+        let rest = (0..5).rev().map(|k| gelu_slot(numerator, k));
+        horner(a, acc, u, gelu_slot(numerator, 5), rest)?;
     }
     a.vmulps(p, p, z)?;
     a.vdivps(p, p, q)?;
