@@ -340,6 +340,8 @@ pub fn kernel_kind(row: &ProfileRow) -> String {
         "depthwise conv".into()
     } else if k.contains("direct conv") {
         "direct conv".into()
+    } else if k.contains("winograd") {
+        "winograd conv".into()
     } else if k.contains("im2col") {
         "im2col conv".into()
     } else if matches!(op, "fused_linear" | "gemm") && k.contains("gemm M=1 ") {

@@ -35,6 +35,7 @@ pub(crate) mod resize;
 pub(crate) mod rows;
 pub(crate) mod sep_attn;
 pub(crate) mod softmax;
+pub(crate) mod winograd;
 
 use cranelift_codegen::ir::Value as ClValue;
 use kiln_ir::{DType, Graph, NodeId, Op, TensorType, UnaryOp};

@@ -903,3 +903,197 @@ fn check_direct_contract(level: TileLevel, test: &str) {
 contract_tests!(check_direct_contract:
     avx512_direct_convs_meet_the_direct_contract => TileLevel::Avx512,
 );
+
+/// A Winograd input transform: System V, `fn(src, dst)`.
+type WinoInFn = unsafe extern "sysv64" fn(*const f32, *mut f32);
+/// A Winograd output transform: System V, `fn(m, dst, res, bias)`.
+type WinoOutFn = unsafe extern "sysv64" fn(*const f32, *mut f32, *const f32, f32);
+
+/// The Winograd transform contracts in f64. Input: for tile `t < tiles`
+/// and position `ξ = 6k + l`, `dst[ξ·stride + t] = Σ_i Σ_j Bᵀ[k][i]·d[i][j]·
+/// Bᵀ[l][j]` with `d[i][j]` the plane's row `i` (of the tile row's six,
+/// zero outside `lo..hi`) at column `4t + j - pl` (zero outside the row);
+/// nothing else written. Output: for row `i < rows` and pixel `x < wo`
+/// (tile `x / 4`, column `j = x mod 4`), `dst[i·wo + x] = act(Σ_k Σ_l
+/// Aᵀ[i][k]·M[6k + l]·Aᵀ[j][l] + bias) + res[i·wo + x]`; nothing else
+/// written. Each within a few roundings of the sum of the terms'
+/// magnitudes (the transforms are short sums with exact coefficients);
+/// checked for rows cut at the top and bottom, tiles in one and several
+/// chunks with and without a tail, left paddings 0–2 and every
+/// activation the output assembles, between NaN guards.
+fn check_winograd_contract(level: TileLevel, test: &str) {
+    use super::winograd::{AT, BT, InSpec, OutSpec, POSITIONS};
+    if TileLevel::host() < level {
+        kiln_ir::skip::skip(test, &format!("this CPU lacks {level:?}"));
+        return;
+    }
+    const GUARD: usize = 256;
+    let mut ins = Vec::new();
+    for (w, tiles, pl) in [
+        (7, 2, 1),
+        (56, 14, 1),
+        (58, 14, 0),
+        (20, 6, 2),
+        (130, 33, 1),
+        (64, 16, 0),
+    ] {
+        for (lo, hi) in [(0, 6), (1, 6), (0, 3), (2, 5), (0, 0)] {
+            ins.push(InSpec {
+                w,
+                tiles,
+                pl,
+                lo,
+                hi,
+                stride: tiles * 3 + 5,
+            });
+        }
+    }
+    let mut outs = Vec::new();
+    for (wo, tiles) in [(7, 2), (56, 14), (8, 2), (130, 33), (64, 16), (17, 5)] {
+        for (rows, act) in [
+            (4, Act::Relu),
+            (1, Act::None),
+            (3, Act::HardSwish),
+            (2, Act::Relu6),
+            (4, Act::HardSigmoid),
+        ] {
+            for res in [false, true] {
+                outs.push(OutSpec {
+                    wo,
+                    tiles,
+                    rows,
+                    stride: tiles * 2 + 3,
+                    act,
+                    res,
+                });
+            }
+        }
+    }
+    let mut reg = Registry::new(level);
+    let in_ids: Vec<usize> = ins
+        .iter()
+        .map(|s| {
+            reg.request(Spec::WinoIn(*s))
+                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        })
+        .collect();
+    let out_ids: Vec<usize> = outs
+        .iter()
+        .map(|s| {
+            reg.request(Spec::WinoOut(*s))
+                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        })
+        .collect();
+    let target = Target::host(false).expect("the host target");
+    let mut modules = Vec::new();
+    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let mut rng = Rng(0x3133_0a7);
+    for (s, id) in ins.iter().zip(in_ids) {
+        // six rows of `w`, inside guards: rows outside lo..hi are NaN
+        let mut src = vec![f32::NAN; 6 * s.w + 2 * GUARD];
+        for i in s.lo..s.hi {
+            for x in 0..s.w {
+                src[GUARD + i * s.w + x] = rng.f32_in(-2.0, 2.0);
+            }
+        }
+        let dst_len = (POSITIONS - 1) * s.stride + s.tiles;
+        let mut dst = vec![-7.0f32; dst_len + 2 * GUARD];
+        // SAFETY: `addrs[id]` is the finalised code of `s` at a level the
+        // host runs; it reads rows lo..hi of `src` (inside the guards) and
+        // writes the tiles of `dst`; the modules outlive the call.
+        unsafe {
+            let f: WinoInFn = std::mem::transmute::<usize, WinoInFn>(addrs[id]);
+            f(src.as_ptr().add(GUARD), dst.as_mut_ptr().add(GUARD));
+        }
+        let d = |i: usize, x: i64| -> f64 {
+            if (s.lo..s.hi).contains(&i) && (0..s.w as i64).contains(&x) {
+                f64::from(src[GUARD + i * s.w + x as usize])
+            } else {
+                0.0
+            }
+        };
+        let mut want = vec![-7.0f64; dst.len()];
+        let mut bound = vec![0f64; dst.len()];
+        for t in 0..s.tiles {
+            for k in 0..6 {
+                for l in 0..6 {
+                    let (mut v, mut mag) = (0f64, 0f64);
+                    for i in 0..6 {
+                        for j in 0..6 {
+                            let x = d(i, (4 * t + j) as i64 - s.pl as i64);
+                            v += BT[k][i] * x * BT[l][j];
+                            mag += (BT[k][i] * x * BT[l][j]).abs();
+                        }
+                    }
+                    let at = GUARD + (6 * k + l) * s.stride + t;
+                    want[at] = v;
+                    bound[at] = 8.0 * f64::from(f32::EPSILON) * mag;
+                }
+            }
+        }
+        for (k, ((g, w), b)) in dst.iter().zip(&want).zip(&bound).enumerate() {
+            let e = (f64::from(*g) - w).abs();
+            assert!(e <= *b, "{s:?}: element {k}: {g} against {w} (bound {b:e})");
+        }
+    }
+    for (s, id) in outs.iter().zip(out_ids) {
+        let m_len = (POSITIONS - 1) * s.stride + s.tiles;
+        let mut m = vec![f32::NAN; m_len + 2 * GUARD];
+        for p in 0..POSITIONS {
+            for t in 0..s.tiles {
+                m[GUARD + p * s.stride + t] = rng.f32_in(-2.0, 2.0);
+            }
+        }
+        let len = s.rows * s.wo;
+        let mut dst = vec![-7.0f32; len + 2 * GUARD];
+        let mut res = vec![f32::NAN; len + 2 * GUARD];
+        for r in &mut res[GUARD..GUARD + len] {
+            *r = rng.f32_in(-2.0, 2.0);
+        }
+        let bias = rng.f32_in(-1.0, 1.0);
+        // SAFETY: as above: `m` holds every tile of every position, `dst`
+        // and `res` the rows the call writes and reads, inside guards.
+        unsafe {
+            let f: WinoOutFn = std::mem::transmute::<usize, WinoOutFn>(addrs[id]);
+            f(
+                m.as_ptr().add(GUARD),
+                dst.as_mut_ptr().add(GUARD),
+                res.as_ptr().add(GUARD),
+                bias,
+            );
+        }
+        let mut want = vec![-7.0f64; dst.len()];
+        let mut bound = vec![0f64; dst.len()];
+        for i in 0..s.rows {
+            for x in 0..s.wo {
+                let (t, j) = (x / 4, x % 4);
+                let (mut y, mut mag) = (f64::from(bias), f64::from(bias).abs());
+                for k in 0..6 {
+                    for l in 0..6 {
+                        let v =
+                            AT[i][k] * f64::from(m[GUARD + (6 * k + l) * s.stride + t]) * AT[j][l];
+                        y += v;
+                        mag += v.abs();
+                    }
+                }
+                let r = if s.res {
+                    f64::from(res[GUARD + i * s.wo + x])
+                } else {
+                    0.0
+                };
+                let at = GUARD + i * s.wo + x;
+                want[at] = act_reference(s.act, y, 0.0, 0.0) + r;
+                bound[at] = 8.0 * f64::from(f32::EPSILON) * (mag + r.abs());
+            }
+        }
+        for (k, ((g, w), b)) in dst.iter().zip(&want).zip(&bound).enumerate() {
+            let e = (f64::from(*g) - w).abs();
+            assert!(e <= *b, "{s:?}: element {k}: {g} against {w} (bound {b:e})");
+        }
+    }
+    drop(modules);
+}
+
+contract_tests!(check_winograd_contract:
+    avx512_winograd_transforms_meet_their_contract => TileLevel::Avx512,
+);

@@ -14,6 +14,7 @@
 //! - `dw_window.rs`: whole depthwise planes of any other window (zmm).
 //! - `transpose.rs`: transposed panels of 16×16 blocks (zmm).
 //! - `conv_direct.rs`: direct convolutions of a few output channels (zmm).
+//! - `winograd.rs`: Winograd F(4×4, 3×3) input and output transforms (zmm).
 //! - `registry.rs`: [`Registry`], asked by drivers for a [`Spec`].
 //! - `contract.rs` (tests): one test per contract and ISA (`contract_tests!`),
 //!   the assembled code run on the host against the contract in f64.
@@ -32,6 +33,7 @@ pub(crate) mod registry;
 pub(crate) mod tile;
 pub(crate) mod transpose;
 pub(crate) mod vector;
+pub(crate) mod winograd;
 
 /// Emitters for AVX-512F (zmm, opmask tails).
 pub(crate) mod avx512 {

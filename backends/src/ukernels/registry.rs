@@ -8,7 +8,7 @@
 
 use super::tile::{Act, Bias, Variant};
 use super::vector::{self, Func, Width};
-use super::{avx2, avx512, conv_direct, dw_plane, dw_window, transpose};
+use super::{avx2, avx512, conv_direct, dw_plane, dw_window, transpose, winograd};
 use crate::target::TileLevel;
 
 /// What an assembled function computes: the cache key.
@@ -36,6 +36,12 @@ pub(crate) enum Spec {
     ConvDirect(conv_direct::Spec),
     /// a transposed panel (`transpose.rs`, AVX-512)
     Transpose(transpose::Spec),
+    /// a Winograd F(4,3) input transform of one tile row (`winograd.rs`,
+    /// AVX-512)
+    WinoIn(winograd::InSpec),
+    /// a Winograd F(4,3) output transform of one tile row with its
+    /// epilogue (`winograd.rs`, AVX-512)
+    WinoOut(winograd::OutSpec),
     /// the Mobile→Former bridge's `P·X` pass (AVX-512)
     M2fPx {
         /// tokens
@@ -93,6 +99,8 @@ impl Spec {
             Spec::DwPlane(s) => format!("depthwise3x3 {s:?}"),
             Spec::DwWindow(s) => dw_window::label(&s),
             Spec::Transpose(s) => s.label(),
+            Spec::WinoIn(s) => s.label(),
+            Spec::WinoOut(s) => s.label(),
             Spec::ConvDirect(s) => s.label(),
             Spec::M2fPx { m, l, c, cb, twice } => {
                 format!("m2f px m={m} l={l} c={c} cb={cb} twice={twice}")
@@ -118,6 +126,8 @@ impl Spec {
             Spec::DwPlane(s) => dw_plane::assemble(&s),
             Spec::DwWindow(s) => dw_window::assemble(&s),
             Spec::Transpose(s) => transpose::assemble(&s),
+            Spec::WinoIn(s) => winograd::assemble_in(&s),
+            Spec::WinoOut(s) => winograd::assemble_out(&s),
             Spec::ConvDirect(s) => conv_direct::assemble(&s),
             Spec::M2fPx { m, l, c, cb, twice } => vector::assemble_m2f_px(m, l, c, cb, twice),
             Spec::F2mRun { m, hc, l, c, scale } => {
