@@ -175,12 +175,12 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
     } else {
         0
     };
-    let act = match node.op {
-        Op::Fused(FusedOp::Conv { act, .. }) => act,
-        _ => Act::None,
+    let (act, residual) = match node.op {
+        Op::Fused(FusedOp::Conv { act, residual, .. }) => (act, residual),
+        _ => (Act::None, false),
     };
     // one or the other path uses the scratch, never both
-    let wino = if super::winograd::shape(&gm, shuffle, act) {
+    let wino = if super::winograd::shape(&gm, shuffle, act, residual) {
         super::winograd::scratch_bytes(&gm)
     } else {
         0
@@ -703,7 +703,7 @@ pub(crate) fn lower_with(
     }
     // before the direct convs: at 16–64 channels Winograd took HGNetV2's
     // 3×3 convs from 0.07 to 0.035 ms (16→16 on 56×56, 32→32 on 28×28)
-    if super::winograd::shape(&g, shuffle, epi.act)
+    if super::winograd::shape(&g, shuffle, epi.act, epi.residual.is_some())
         && cx.asm512().is_some()
         && let Some(w) = cx.ins[1].data
     {

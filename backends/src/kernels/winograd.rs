@@ -27,6 +27,7 @@ use crate::codegen::{Buf, Emitter, F32, Loc};
 use crate::error::BackendError;
 use crate::ukernels::Spec;
 use crate::ukernels::dw_plane::assembles;
+use crate::ukernels::vector::{self, Func, Width};
 use crate::ukernels::winograd::{self, InSpec, OutSpec, POSITIONS, TILE};
 
 /// Tile rows and columns of the output.
@@ -34,37 +35,56 @@ fn tiles(g: &Geom) -> (usize, usize) {
     (g.ho.div_ceil(TILE), g.wo.div_ceil(TILE))
 }
 
-/// Fewest input and output channels: below, the GEMMs' K is too short to
-/// pay for the transforms.
-const MIN_CHANNELS: usize = 16;
+/// Fewest input and output channels. One 3×3 conv with bias alone
+/// (`kiln bench` on a one-op `.kir`, 1 thread, im2col or direct →
+/// Winograd): 8→8 on 56×56 0.018 → 0.013 ms, 8→16 on 112×112 0.120 →
+/// 0.086, 16→16 on 56×56 0.069 → 0.037; 3→16 on 112×112 0.047 → 0.053,
+/// a loss.
+const MIN_CHANNELS: usize = 8;
 
 /// Fewest tiles per image: the GEMMs stream 2/T bytes of transformed
-/// filters per flop, which at T = 4 (a 7×7 plane) is memory-bound.
-/// ResNet-18 at 1 thread, im2col → Winograd: 3×3 convs of 64 channels on
-/// 56×56 (196 tiles) 1.2 → 0.33 ms, 128 on 28×28 (49) 1.05 → 0.37 ms,
-/// 256 on 14×14 (16) 1.0 → 0.45 ms, 512 on 7×7 (4) 1.05 → 1.6 ms.
-const MIN_TILES: usize = 16;
+/// filters per flop and have T columns. Same measurements: 64→64 on
+/// 12×12 (9 tiles) 0.050 → 0.032 ms, 256→256 on 10×10 (9) 0.534 → 0.383,
+/// 512→512 on 14×14 (16) 3.99 → 1.70; on 8×8 and 7×7 (4 tiles) a loss
+/// at every width (64: 0.022 → 0.029, 512: 1.20 → 1.53). Above, every
+/// shape tried won by 1.4–3.4× (8 to 512 channels, planes 12 to 112).
+const MIN_TILES: usize = 9;
 
 /// Most bytes of transformed filters (36 floats per 9 of the conv's): a
 /// bound on the constants one conv adds, far above the garden's largest
 /// eligible conv (512→512 on 16×16 planes, 38 MB).
 const MAX_FILTER_BYTES: usize = 64 << 20;
 
-/// Whether a conv of this shape (with this output shuffle and activation)
-/// runs as Winograd F(4,3) when the target assembles AVX-512 and the
-/// weights are constant: 3×3, stride and dilation 1, one group, paddings
-/// of at most 2, an activation the output transform applies, and a shape
-/// where the cost model expects it to win.
-pub(crate) fn shape(g: &Geom, shuffle: usize, act: Act) -> bool {
+/// The row function that applies `act` after the output transform, for
+/// the activations it does not assemble (SiLU, GELU).
+fn swept(act: Act) -> Option<Func> {
+    match act {
+        Act::Silu => Some(Func::Silu),
+        Act::Gelu => Some(Func::GeluEpilogue),
+        _ => None,
+    }
+}
+
+/// Whether a conv of this shape (with this output shuffle, activation and
+/// residual) runs as Winograd F(4,3) when the target assembles AVX-512 and
+/// the weights are constant: 3×3, stride and dilation 1, one group,
+/// paddings of at most 2, an activation the output transform applies or
+/// one swept over the plane afterwards (SiLU, GELU: then no residual,
+/// which would have to follow it), and a shape where the cost model
+/// expects it to win.
+pub(crate) fn shape(g: &Geom, shuffle: usize, act: Act, residual: bool) -> bool {
     let (ty, tx) = tiles(g);
+    let act_ok = match swept(act) {
+        Some(_) => !residual,
+        None => assembles(act) && act != Act::DyRelu,
+    };
     g.kh == 3
         && g.kw == 3
         && g.stride == [1, 1]
         && g.dil == [1, 1]
         && g.groups == 1
         && shuffle == 1
-        && assembles(act)
-        && act != Act::DyRelu
+        && act_ok
         && g.pad.iter().all(|&p| p <= 2)
         && g.c >= MIN_CHANNELS
         && g.o >= MIN_CHANNELS
@@ -110,6 +130,15 @@ pub(crate) fn lower(
     let m_at = v_at + 4 * g.n * POSITIONS * vs;
     let unsupported = cx.unsupported("a Winograd conv without AVX-512");
     let store = cx.asm512().ok_or(unsupported)?;
+    let sweep = match swept(epi.act) {
+        Some(f) => Some(
+            store
+                .request(Spec::Unary(f, Width::Zmm))
+                .map_err(BackendError::Jit)?,
+        ),
+        None => None,
+    };
+    let act = if sweep.is_some() { Act::None } else { epi.act };
     let mut in_ids = Vec::with_capacity(ty);
     let mut out_ids = Vec::with_capacity(ty);
     for r in 0..ty {
@@ -131,7 +160,7 @@ pub(crate) fn lower(
             tiles: tx,
             rows: (g.ho - TILE * r).min(TILE),
             stride: ms,
-            act: epi.act,
+            act,
             res: epi.residual.is_some(),
         };
         out_ids.push(store.request(Spec::WinoOut(s)).map_err(BackendError::Jit)?);
@@ -189,6 +218,7 @@ pub(crate) fn lower(
             g,
             stride: ms,
             ids: out_ids,
+            sweep,
             title,
         }),
     ])
@@ -280,6 +310,8 @@ struct WinoOutput {
     stride: usize,
     /// the function of each tile row
     ids: Vec<usize>,
+    /// the row function applying the activation to the finished plane
+    sweep: Option<usize>,
     /// the fused conv's description
     title: Option<String>,
 }
@@ -341,6 +373,13 @@ impl Kernel for WinoOutput {
                 let f = e.asm_fn(id);
                 e.b.ins().call_indirect(sig, f, &[s, d, rp, b]);
             });
+            if let Some(id) = self.sweep {
+                // fn(src, dst, n) in place over the plane, still in L1/L2
+                let sig = e.b.import_signature(vector::row_signature());
+                let f = e.asm_fn(id);
+                let n = e.ic(p);
+                e.b.ins().call_indirect(sig, f, &[dst, dst, n]);
+            }
         });
     }
 }
