@@ -7,6 +7,7 @@
 mod common;
 
 use common::{Arg, Fill, check_op, input, weight};
+use kiln_backends::{TileLevel, kernel_plan};
 use kiln_ir::{BinaryOp, DType, Float, Op, PadMode, PoolKind, ReduceKind, UnaryOp};
 
 #[test]
@@ -823,6 +824,46 @@ fn data_movement() {
 /// Random convolution geometries: any group structure (dense, grouped,
 /// depthwise, depthwise-expanding), kernel 1..5, stride 1..3, dilation 1..2,
 /// asymmetric padding, odd and tiny planes.
+/// Convs whose horizontal taps are one run per output (stride = width, no
+/// horizontal padding: patchify stems, 2×2 downsamples) write their im2col
+/// rows with transposed panels at AVX-512, whole-tensor and band by band;
+/// against the interpreter at every level, vertical padding and a row
+/// wider than the patches included, and the panels asserted to run.
+#[test]
+fn patchify_convs() {
+    let cases: [(usize, usize, usize, usize, usize, usize, [usize; 4]); 4] = [
+        // (n, c, h, w, o, k, pad): the stem bands, the others do not
+        (1, 3, 32, 32, 96, 4, [0; 4]),
+        (2, 56, 16, 21, 64, 2, [1, 0, 1, 0]),
+        (1, 3, 128, 128, 96, 16, [0; 4]),
+        (1, 40, 28, 28, 80, 2, [0; 4]),
+    ];
+    for (i, (n, c, h, w, o, k, pad)) in cases.into_iter().enumerate() {
+        let op = Op::Conv2d {
+            stride: [k, k],
+            pad,
+            dilation: [1, 1],
+            groups: 1,
+        };
+        for constant in [true, false] {
+            let wt = [o, c, k, k];
+            let wa = if constant { weight(&wt) } else { input(&wt) };
+            let args = vec![input(&[n, c, h, w]), wa, weight(&[o])];
+            let what = format!("patchify case {i} (constant weights: {constant})");
+            check_op(&what, op.clone(), &args, 900 + i as u64, Fill::Signed);
+            if common::asm_levels().contains(&TileLevel::Avx512) {
+                let mut rng = common::Rng(1);
+                let (model, _) = common::single(op.clone(), &args, &mut rng, Fill::Signed);
+                let plan = kernel_plan(&model, &common::level_opts(1, TileLevel::Avx512)).unwrap();
+                assert!(
+                    plan.contains("transpose panel"),
+                    "{what}: no panel:\n{plan}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn conv2d_random_shapes() {
     let mut rng = common::Rng(77);
