@@ -214,6 +214,10 @@ pub fn extract(
     for _round in 0..4 {
         let mut improved = false;
         let used = used_classes(&nodes, &pick, &root_idx);
+        let mut in_use = vec![false; pick.len()];
+        for &c in &used {
+            in_use[c] = true;
+        }
         for &c in &used {
             let current = pick[c];
             for &alt in &by_class[c] {
@@ -239,14 +243,42 @@ pub fn extract(
                         }
                     }
                 }
-                match dag_cost(&nodes, &pick, &root_idx) {
+                let mut t = dag_cost(&nodes, &pick, &root_idx);
+                // The alternative may need a class the DAG did not use,
+                // whose own greedy pick recomputes what the DAG has
+                // (layer scale folded into a conv whose plain output is
+                // still needed: the folded class picks the second conv).
+                // Re-pick each such child by the whole DAG's cost too.
+                for &k in &nodes[alt].2 {
+                    if in_use[k] {
+                        continue;
+                    }
+                    let was = pick[k];
+                    for &alt2 in &by_class[k] {
+                        if Some(alt2) == pick[k] || nodes[alt2].2.iter().any(|&j| pick[j].is_none())
+                        {
+                            continue;
+                        }
+                        let keep = pick[k];
+                        pick[k] = Some(alt2);
+                        match (dag_cost(&nodes, &pick, &root_idx), t) {
+                            (Some(t2), Some(t1)) if t2 < t1 => t = Some(t2),
+                            (Some(t2), None) => t = Some(t2),
+                            _ => pick[k] = keep,
+                        }
+                    }
+                    if pick[k] != was {
+                        switched.push((k, was));
+                    }
+                }
+                match t {
                     Some(t) if t < cost - 1e-9 * cost.abs().max(1.0) => {
                         cost = t;
                         improved = true;
                         break;
                     }
                     _ => {
-                        for (c2, was) in switched {
+                        for (c2, was) in switched.into_iter().rev() {
                             pick[c2] = was;
                         }
                     }

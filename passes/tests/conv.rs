@@ -488,3 +488,61 @@ fn transposes_cancel_through_a_unit_axis_reshape() {
         assert_eq!(count(&o, "transpose"), transposes, "{mid:?}");
     }
 }
+
+#[test]
+fn layer_scale_folds_into_the_conv_and_its_add_becomes_the_residual() {
+    // EfficientFormer's `x + ls · proj(mixer(x))`, the scale one value per
+    // channel: one fused conv, its residual x
+    let mut b = B::new("layer_scale");
+    let x = b.input("x", &[1, 8, 5, 5]);
+    let y = b.conv(x, 8, 1, 1, 1, true);
+    let s = b.weight("ls", &[8, 1, 1], 1.0);
+    let y = b.bin(BinaryOp::Mul, y, s);
+    let y = b.bin(BinaryOp::Add, x, y);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(count(&o, "mul"), 0);
+    assert_eq!(count(&o, "add"), 0);
+    assert_eq!(count(&o, "fused_conv"), 1);
+    assert_eq!(o.graph.op_count(), 1);
+}
+
+#[test]
+fn a_scaled_conv_whose_plain_output_is_needed_is_not_computed_twice() {
+    // PoolFormerV2's residual scale on the downsample conv whose output also
+    // feeds the block's mixer (`x·s + pool(gn(x)) - gn(x)`): folding the
+    // scale into a second conv (then a residual epilogue) would redo the
+    // whole conv to save a mul and an add. Greedy extraction took that
+    // fold (the folded class's own best node is the second conv); the
+    // DAG-wide revisit must switch the add and that class back together.
+    let mut b = B::new("res_scale");
+    let x = b.input("x", &[1, 128, 28, 28]);
+    let d = b.conv(x, 320, 3, 2, 1, true);
+    let s = b.weight("res_scale", &[320, 1, 1], 1.0);
+    let t = b.bin(BinaryOp::Mul, d, s);
+    let gamma = b.weight("gn.g", &[320], 1.0);
+    let beta = b.weight("gn.b", &[320], 1.0);
+    let n = b.op(
+        Op::GroupNorm {
+            groups: 1,
+            eps: Float(1e-6),
+        },
+        &[d, gamma, beta],
+    );
+    let p = b.op(
+        Op::Pool2d {
+            kind: kiln_ir::op::PoolKind::Avg,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pad: [1, 1, 1, 1],
+            count_include_pad: false,
+        },
+        &[n],
+    );
+    let mixer = b.bin(BinaryOp::Sub, p, n);
+    let y = b.bin(BinaryOp::Add, t, mixer);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    let convs = count(&o, "conv2d") + count(&o, "fused_conv");
+    assert_eq!(convs, 1, "{:?}", histogram(&o));
+}

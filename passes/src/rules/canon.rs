@@ -106,6 +106,11 @@ pub fn rules() -> Vec<Rw> {
             |op| *op == Op::Binary(BinaryOp::Mul),
             scale_into_linear,
         ),
+        rule(
+            "canon-scale-into-conv",
+            |op| *op == Op::Binary(BinaryOp::Mul),
+            scale_into_conv,
+        ),
         node_rule(
             "canon-split-output-as-slice",
             |n| matches!(n.head, Head::Proj(_)),
@@ -501,6 +506,50 @@ fn scale_into_linear(eg: &KGraph, c: Id, _n: &KNode) -> Found {
                 y = r.bin(BinaryOp::Add, y, b);
             }
             out.push((r, y));
+        }
+    }
+    out
+}
+
+/// `conv(x, w, b) · s` with constant weights and a constant `s` that is
+/// one value per output channel (`[O,1,1]`, `[1,O,1,1]`) or one for all:
+/// `conv(x, w·s, b·s)`. Layer scale (EfficientFormer, PoolFormer, ConvNeXt
+/// in its conv form) multiplies a conv's output by a learnt per-channel
+/// vector before the residual add; folded, the add becomes the conv's
+/// residual epilogue instead of two element-wise passes.
+fn scale_into_conv(eg: &KGraph, c: Id, _n: &KNode) -> Found {
+    let mut out = Vec::new();
+    for (y, s) in binary(eg, c, BinaryOp::Mul) {
+        if !konst(eg, s) || ty(eg, y) != ty(eg, c) || ty(eg, c).rank() != 4 {
+            continue;
+        }
+        let o = ty(eg, c).shape[1];
+        let st = &ty(eg, s).shape;
+        // the scale's shape aligned to the output's trailing axes
+        let per_channel = st.len() >= 3
+            && st.len() <= 4
+            && st[st.len() - 3] == o
+            && st[st.len() - 2..] == [1, 1]
+            && st[..st.len() - 3].iter().all(|&d| d == 1);
+        let uniform = st.iter().all(|&d| d == 1);
+        if !per_channel && !uniform {
+            continue;
+        }
+        let k = if per_channel { o } else { 1 };
+        for (op, a) in ops(eg, y, |op| matches!(op, Op::Conv2d { .. })) {
+            if !a[1..].iter().all(|&p| konst(eg, p)) || ty(eg, a[1]).shape[0] != o {
+                continue;
+            }
+            let mut r = Recipe::new();
+            let s4 = r.reshape(R::Old(s), &[k, 1, 1, 1]);
+            let w = r.bin(BinaryOp::Mul, R::Old(a[1]), s4);
+            let mut args = vec![R::Old(a[0]), w];
+            if let Some(&b) = a.get(2) {
+                let s1 = r.reshape(R::Old(s), &[k]);
+                args.push(r.bin(BinaryOp::Mul, R::Old(b), s1));
+            }
+            let z = r.op(op.clone(), &args);
+            out.push((r, z));
         }
     }
     out
