@@ -831,8 +831,10 @@ fn data_movement() {
 /// wider than the patches included, and the panels asserted to run.
 #[test]
 fn patchify_convs() {
-    let cases: [(usize, usize, usize, usize, usize, usize, [usize; 4]); 4] = [
-        // (n, c, h, w, o, k, pad): the stem bands, the others do not
+    // (n, c, h, w, o, k, pad)
+    type Case = (usize, usize, usize, usize, usize, usize, [usize; 4]);
+    let cases: [Case; 4] = [
+        // the stem bands, the others do not
         (1, 3, 32, 32, 96, 4, [0; 4]),
         (2, 56, 16, 21, 64, 2, [1, 0, 1, 0]),
         (1, 3, 128, 128, 96, 16, [0; 4]),

@@ -987,7 +987,7 @@ fn check_winograd_contract(level: TileLevel, test: &str) {
     let target = Target::host(false).expect("the host target");
     let mut modules = Vec::new();
     let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
-    let mut rng = Rng(0x3133_0a7);
+    let mut rng = Rng(0x0313_30a7);
     for (s, id) in ins.iter().zip(in_ids) {
         // six rows of `w`, inside guards: rows outside lo..hi are NaN
         let mut src = vec![f32::NAN; 6 * s.w + 2 * GUARD];
@@ -1015,14 +1015,14 @@ fn check_winograd_contract(level: TileLevel, test: &str) {
         let mut want = vec![-7.0f64; dst.len()];
         let mut bound = vec![0f64; dst.len()];
         for t in 0..s.tiles {
-            for k in 0..6 {
-                for l in 0..6 {
+            for (k, bk) in BT.iter().enumerate() {
+                for (l, bl) in BT.iter().enumerate() {
                     let (mut v, mut mag) = (0f64, 0f64);
-                    for i in 0..6 {
-                        for j in 0..6 {
-                            let x = d(i, (4 * t + j) as i64 - s.pl as i64);
-                            v += BT[k][i] * x * BT[l][j];
-                            mag += (BT[k][i] * x * BT[l][j]).abs();
+                    for (i, &bki) in bk.iter().enumerate() {
+                        for (j, &blj) in bl.iter().enumerate() {
+                            let term = bki * d(i, (4 * t + j) as i64 - s.pl as i64) * blj;
+                            v += term;
+                            mag += term.abs();
                         }
                     }
                     let at = GUARD + (6 * k + l) * s.stride + t;
@@ -1068,10 +1068,9 @@ fn check_winograd_contract(level: TileLevel, test: &str) {
             for x in 0..s.wo {
                 let (t, j) = (x / 4, x % 4);
                 let (mut y, mut mag) = (f64::from(bias), f64::from(bias).abs());
-                for k in 0..6 {
-                    for l in 0..6 {
-                        let v =
-                            AT[i][k] * f64::from(m[GUARD + (6 * k + l) * s.stride + t]) * AT[j][l];
+                for (k, &aik) in AT[i].iter().enumerate() {
+                    for (l, &ajl) in AT[j].iter().enumerate() {
+                        let v = aik * f64::from(m[GUARD + (6 * k + l) * s.stride + t]) * ajl;
                         y += v;
                         mag += v.abs();
                     }
