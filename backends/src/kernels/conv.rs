@@ -322,7 +322,12 @@ fn patch_rows(g: &Geom) -> bool {
 /// The transposed panel for [`patch_rows`] when the target assembles
 /// AVX-512: `kw` columns of `wo` source rows into `kw` matrix rows `da`
 /// apart.
-fn patch_panel(cx: &mut NodeCx, g: &Geom, da: usize) -> Result<Option<usize>, BackendError> {
+fn patch_panel(
+    cx: &mut NodeCx,
+    g: &Geom,
+    da: usize,
+    ahead: usize,
+) -> Result<Option<usize>, BackendError> {
     if !patch_rows(g) {
         return Ok(None);
     }
@@ -335,6 +340,7 @@ fn patch_panel(cx: &mut NodeCx, g: &Geom, da: usize) -> Result<Option<usize>, Ba
         sb: g.kw,
         da,
         res: false,
+        ahead,
     };
     if !spec.fits() {
         return Ok(None);
@@ -668,6 +674,7 @@ fn transposed(
                 sb: g.o,
                 da: p,
                 res: residual.is_some(),
+                ahead: 0,
             }))
             .map_err(BackendError::Jit)
     };
@@ -973,7 +980,11 @@ fn conv_b(
             None if g.im2col_len() == 0 => Buf::output(Loc::Arena(0)),
             None => return Err(cx.unsupported("im2col scratch was not planned")),
         };
-        let panel = patch_panel(cx, &g, band.unwrap_or(g.ho) * g.wo)?;
+        // a band prefetches the next band's input rows as it reads its own
+        // (a stem reads the image cold: FasterNet's 4×4 stride-4 stem
+        // 0.072 ms alone, 0.18 in the model)
+        let ahead = band.map_or(0, |r| 4 * r * g.stride[0] * g.w);
+        let panel = patch_panel(cx, &g, band.unwrap_or(g.ho) * g.wo, ahead)?;
         let im2col = Im2col {
             x: cx.ins[0].buf,
             col,

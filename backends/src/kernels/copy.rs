@@ -516,6 +516,7 @@ fn panels(
         sb: sb as usize,
         da: da as usize,
         res: false,
+        ahead: 0,
     };
     let a = sub.inner();
     let (full, tail) = (spec(16), spec(a % 16));

@@ -682,6 +682,9 @@ fn check_panel_contract(level: TileLevel, test: &str) {
                 sb: a + (a * b) % 7,
                 da: b + a % 3,
                 res: (a + b) % 2 == 0,
+                // a prefetch never faults nor changes a value: some panels
+                // prefetch past their source, far past it
+                ahead: if (a + b) % 3 == 0 { 4096 * a } else { 0 },
             });
         }
     }

@@ -37,6 +37,10 @@ pub(crate) struct Spec {
     pub da: usize,
     /// whether a residual laid out like the destination is added
     pub res: bool,
+    /// bytes ahead of the source to prefetch as it is read (0: none): a
+    /// banded im2col's next band, whose input rows the hardware
+    /// prefetchers do not fetch in time (`kernels/conv.rs`)
+    pub ahead: usize,
 }
 
 impl Spec {
@@ -47,18 +51,27 @@ impl Spec {
             x.checked_mul(16 * 4)
                 .is_some_and(|v| v < i32::MAX as usize / 2)
         };
-        (1..=16).contains(&self.a) && self.b > 0 && far(self.sb) && far(self.da)
+        (1..=16).contains(&self.a)
+            && self.b > 0
+            && far(self.sb)
+            && far(self.da)
+            && self.ahead < i32::MAX as usize / 4
     }
 
     /// A short name for kernel plans.
     pub fn label(&self) -> String {
         format!(
-            "transpose panel {}x{} sb{} da{}{}",
+            "transpose panel {}x{} sb{} da{}{}{}",
             self.a,
             self.b,
             self.sb,
             self.da,
-            if self.res { " +res" } else { "" }
+            if self.res { " +res" } else { "" },
+            if self.ahead > 0 {
+                format!(" prefetch+{}", self.ahead)
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -127,6 +140,13 @@ fn block(a: &mut CodeAssembler, s: &Spec, rows: usize, masked: bool) -> Result<(
             a.vmovups(zmm(i).k1().z(), m)?;
         } else {
             a.vmovups(zmm(i), m)?;
+        }
+    }
+    if s.ahead > 0 {
+        // every line the block's rows span, `ahead` bytes further
+        let span = (rows - 1) * 4 * s.sb + 4 * s.a;
+        for line in 0..span.div_ceil(64) {
+            a.prefetcht0(byte_ptr(rdi + (s.ahead + 64 * line) as i32))?;
         }
     }
     // rows past the block's end only reach lanes the stores leave alone
