@@ -824,25 +824,33 @@ fn data_movement() {
 /// Random convolution geometries: any group structure (dense, grouped,
 /// depthwise, depthwise-expanding), kernel 1..5, stride 1..3, dilation 1..2,
 /// asymmetric padding, odd and tiny planes.
-/// Convs whose horizontal taps are one run per output (stride = width, no
-/// horizontal padding: patchify stems, 2×2 downsamples) write their im2col
-/// rows with transposed panels at AVX-512, whole-tensor and band by band;
-/// against the interpreter at every level, vertical padding and a row
-/// wider than the patches included, and the panels asserted to run.
+/// Stem-like strided convs through im2col (stride and window of 4 or
+/// more) write each input row's taps with one transposed panel at AVX-512
+/// (`kernels/conv.rs`, `panel_cols`), the edge columns whose taps reach
+/// into the padding one by one; narrower windows keep the strided copy.
+/// Patchify stems, a 7×7 stride-4 stem with padding 3 on an even and an
+/// odd width (left and right edges), and — copied, no panel — 2×2, 3×3,
+/// 5×5 and 1×1 stride-2 convs; whole-tensor and band by band (constant
+/// small weights band), vertical padding included; against the
+/// interpreter at every level, and whether the panels ran asserted.
 #[test]
-fn patchify_convs() {
-    // (n, c, h, w, o, k, pad)
-    type Case = (usize, usize, usize, usize, usize, usize, [usize; 4]);
-    let cases: [Case; 4] = [
-        // the stem bands, the others do not
-        (1, 3, 32, 32, 96, 4, [0; 4]),
-        (2, 56, 16, 21, 64, 2, [1, 0, 1, 0]),
-        (1, 3, 128, 128, 96, 16, [0; 4]),
-        (1, 40, 28, 28, 80, 2, [0; 4]),
+fn strided_convs_im2col_by_panels() {
+    // (n, c, h, w, o, k, stride, pad), whether a panel writes the rows
+    type Case = (usize, usize, usize, usize, usize, usize, usize, [usize; 4]);
+    let cases: [(Case, bool); 9] = [
+        ((1, 3, 32, 32, 96, 4, 4, [0; 4]), true),
+        ((1, 3, 128, 128, 96, 16, 16, [0; 4]), true),
+        ((1, 3, 48, 50, 64, 7, 4, [3; 4]), true),
+        ((2, 8, 41, 47, 72, 7, 4, [2, 3, 1, 3]), true),
+        ((2, 56, 16, 21, 64, 2, 2, [1, 0, 1, 0]), false),
+        ((1, 40, 28, 28, 80, 2, 2, [0; 4]), false),
+        ((1, 16, 24, 37, 96, 3, 2, [1; 4]), false),
+        ((1, 8, 20, 40, 72, 5, 2, [2; 4]), false),
+        ((1, 32, 28, 29, 96, 1, 2, [0; 4]), false),
     ];
-    for (i, (n, c, h, w, o, k, pad)) in cases.into_iter().enumerate() {
+    for (i, ((n, c, h, w, o, k, s, pad), panel)) in cases.into_iter().enumerate() {
         let op = Op::Conv2d {
-            stride: [k, k],
+            stride: [s, s],
             pad,
             dilation: [1, 1],
             groups: 1,
@@ -851,16 +859,13 @@ fn patchify_convs() {
             let wt = [o, c, k, k];
             let wa = if constant { weight(&wt) } else { input(&wt) };
             let args = vec![input(&[n, c, h, w]), wa, weight(&[o])];
-            let what = format!("patchify case {i} (constant weights: {constant})");
+            let what = format!("strided case {i} (constant weights: {constant})");
             check_op(&what, op.clone(), &args, 900 + i as u64, Fill::Signed);
             if common::asm_levels().contains(&TileLevel::Avx512) {
                 let mut rng = common::Rng(1);
                 let (model, _) = common::single(op.clone(), &args, &mut rng, Fill::Signed);
                 let plan = kernel_plan(&model, &common::level_opts(1, TileLevel::Avx512)).unwrap();
-                assert!(
-                    plan.contains("transpose panel"),
-                    "{what}: no panel:\n{plan}"
-                );
+                assert_eq!(plan.contains("transpose panel"), panel, "{what}:\n{plan}");
             }
         }
     }

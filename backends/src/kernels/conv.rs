@@ -298,46 +298,67 @@ struct Im2col {
     x: Buf,
     col: Buf,
     g: Geom,
-    /// for a patchify conv ([`patch_rows`]): the transposed panel that
-    /// writes one input row's `kw` taps at once (`ukernels/transpose.rs`)
-    panel: Option<usize>,
+    /// for a strided conv ([`panel_cols`]): the transposed panel that
+    /// writes one input row's `kw` taps of the interior output columns at
+    /// once (`ukernels/transpose.rs`)
+    panel: Option<Panel>,
 }
 
-/// Whether every output column's horizontal taps are one run of `kw`
-/// input columns, the runs of consecutive outputs adjacent and all inside
-/// the row (stride = width, no horizontal padding or dilation: a patchify
-/// stem or a 2×2 downsample), with enough outputs per row for a panel.
-/// Then the `kw` matrix rows of one input row are its `[wo][kw]`
-/// transpose; the strided copy moved them one element at a time (DeiT's
-/// 16×16 patches: 0.10 ms of im2col for 0.15 MB).
-fn patch_rows(g: &Geom) -> bool {
-    g.stride[1] == g.kw
-        && g.dil[1] == 1
-        && g.pad[1] == 0
-        && (2..=16).contains(&g.kw)
-        && g.wo >= 8
-        && g.wo * g.kw <= g.w
+/// The transposed panel of a strided im2col ([`panel_cols`]).
+#[derive(Clone, Copy)]
+struct Panel {
+    /// the assembled panel
+    id: usize,
+    /// the output columns `[lo, hi)` whose taps all lie inside the row
+    lo: usize,
+    hi: usize,
+    /// elements from one tap's matrix row to the next
+    da: usize,
 }
 
-/// The transposed panel for [`patch_rows`] when the target assembles
-/// AVX-512: `kw` columns of `wo` source rows into `kw` matrix rows `da`
-/// apart.
-fn patch_panel(
+/// The output columns `[lo, hi)` whose `kw` horizontal taps all lie inside
+/// the input row, for a stem-like stride of 4 or more and a window of 4 to
+/// 16 columns: then output `ow`'s taps are the `kw` input columns from
+/// `s·ow - pl` on, and the `kw` matrix rows of the interior are the
+/// `[hi - lo][kw]` transpose of source rows `s` apart (overlapping when
+/// `s < kw`), one panel call instead of `kw` strided copies moving one
+/// element at a time. Whole-tensor im2col, 1 thread, strided copy →
+/// panel: DeiT's 16×16 patches 0.10 → 0.03 ms, PVT's 7×7 stride-4 stem
+/// 0.097 → 0.059, a 4×4 stride-4 stem 0.033 either way (and the panel
+/// prefetches the next band, below); but a panel transposes 16 source
+/// rows whatever their width, so narrow or overlapping windows lose: 3×3
+/// stride 2 (64 channels on 56²) 0.079 → 0.148, 5×5 stride 2 0.102 →
+/// 0.134, 2×2 stride 2 0.023 → 0.038, 1×1 stride 2 0.009 → 0.028. `None`
+/// without dilation 1, or with fewer than 8 interior columns.
+fn panel_cols(g: &Geom) -> Option<(usize, usize)> {
+    let (s, kw, pl) = (g.stride[1], g.kw, g.pad[1]);
+    if s < 4 || g.dil[1] != 1 || !(4..=16).contains(&kw) || g.w + pl < kw {
+        return None;
+    }
+    let lo = pl.div_ceil(s);
+    let hi = ((g.w + pl - kw) / s + 1).min(g.wo);
+    (hi >= lo + 8).then_some((lo, hi))
+}
+
+/// The transposed panel for [`panel_cols`] when the target assembles
+/// AVX-512: `kw` columns of the interior's source rows into `kw` matrix
+/// rows `da` apart, prefetching `ahead` bytes further.
+fn im2col_panel(
     cx: &mut NodeCx,
     g: &Geom,
     da: usize,
     ahead: usize,
-) -> Result<Option<usize>, BackendError> {
-    if !patch_rows(g) {
+) -> Result<Option<Panel>, BackendError> {
+    let Some((lo, hi)) = panel_cols(g) else {
         return Ok(None);
-    }
+    };
     let Some(store) = cx.asm512() else {
         return Ok(None);
     };
     let spec = transpose::Spec {
         a: g.kw,
-        b: g.wo,
-        sb: g.kw,
+        b: hi - lo,
+        sb: g.stride[1],
         da,
         res: false,
         ahead,
@@ -345,22 +366,40 @@ fn patch_panel(
     if !spec.fits() {
         return Ok(None);
     }
-    store
+    let id = store
         .request(Spec::Transpose(spec))
-        .map(Some)
-        .map_err(BackendError::Jit)
+        .map_err(BackendError::Jit)?;
+    Ok(Some(Panel { id, lo, hi, da }))
 }
 
 impl Im2col {
     /// Writes the `kw` matrix rows of input row `ih` (inside the plane at
-    /// `plane`) at `d`, one output row each: the patch panel, `fn(src,
-    /// dst, res)` with no residual.
-    fn emit_patch_row(&self, e: &mut Emitter, id: usize, d: Value, plane: Value, ih: Value) {
-        let s = e.index(plane, ih, 4 * self.g.w as i64);
+    /// `plane`) at `d`, one output row each: the interior columns by the
+    /// panel (`fn(src, dst, res)`, no residual), the few edge columns one
+    /// element at a time (zero where a tap falls in the padding).
+    fn emit_panel_row(&self, e: &mut Emitter, p: Panel, d: Value, plane: Value, ih: Value) {
+        let g = self.g;
+        let (s, pl) = (g.stride[1] as i64, g.pad[1] as i64);
+        let row = e.index(plane, ih, 4 * g.w as i64);
+        let src = e.off(row, 4 * (s * p.lo as i64 - pl));
+        let dst = e.off(d, 4 * p.lo as i64);
         let sig = e.b.import_signature(transpose::signature());
-        let f = e.asm_fn(id);
+        let f = e.asm_fn(p.id);
         let null = e.ic(0);
-        e.b.ins().call_indirect(sig, f, &[s, d, null]);
+        e.b.ins().call_indirect(sig, f, &[src, dst, null]);
+        let rf = Emitter::rflags(self.x);
+        let wf = Emitter::wflags();
+        for ow in (0..p.lo).chain(p.hi..g.wo) {
+            for j in 0..g.kw {
+                let x = s * ow as i64 + j as i64 - pl;
+                let v = if (0..g.w as i64).contains(&x) {
+                    e.load(F32, rf, row, 4 * x)
+                } else {
+                    e.fc(0.0)
+                };
+                e.store(wf, v, d, 4 * (j * p.da + ow) as i64);
+            }
+        }
     }
 
     /// Writes one output row of the matrix row of horizontal tap `j` at `d`:
@@ -404,7 +443,7 @@ impl Im2col {
         for c in 0..g.c {
             let plane = e.off(src, 4 * (c * g.h * g.w) as i64);
             for i in 0..g.kh {
-                if let Some(id) = self.panel {
+                if let Some(pn) = self.panel {
                     let row0 = e.off(dst, 4 * ((c * g.kh + i) * g.kw * r * g.wo) as i64);
                     e.for_static(0, r as i64, 1, |e, t| {
                         let d = e.index(row0, t, 4 * g.wo as i64);
@@ -425,7 +464,7 @@ impl Im2col {
                                 emit_fill_run(e, dj, g.wo, 0.0);
                             }
                         });
-                        e.if_then(inside, |e| self.emit_patch_row(e, id, d, plane, ih));
+                        e.if_then(inside, |e| self.emit_panel_row(e, pn, d, plane, ih));
                     });
                     continue;
                 }
@@ -477,7 +516,7 @@ impl Kernel for Im2col {
             let dst = e.index(col, u, 4 * (g.kh * g.kw * p) as i64);
             for i in 0..g.kh {
                 let (oh_lo, oh_hi) = Geom::valid(g.ho, g.h, i, g.stride[0], g.dil[0], g.pad[0]);
-                if let Some(id) = self.panel {
+                if let Some(pn) = self.panel {
                     let row0 = e.off(dst, 4 * (i * g.kw * p) as i64);
                     for j in 0..g.kw {
                         let row = e.off(row0, 4 * (j * p) as i64);
@@ -491,7 +530,7 @@ impl Kernel for Im2col {
                         let ih =
                             e.b.ins()
                                 .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64);
-                        self.emit_patch_row(e, id, d, src, ih);
+                        self.emit_panel_row(e, pn, d, src, ih);
                     });
                     continue;
                 }
@@ -984,7 +1023,7 @@ fn conv_b(
         // (a stem reads the image cold: FasterNet's 4×4 stride-4 stem
         // 0.072 ms alone, 0.18 in the model)
         let ahead = band.map_or(0, |r| 4 * r * g.stride[0] * g.w);
-        let panel = patch_panel(cx, &g, band.unwrap_or(g.ho) * g.wo, ahead)?;
+        let panel = im2col_panel(cx, &g, band.unwrap_or(g.ho) * g.wo, ahead)?;
         let im2col = Im2col {
             x: cx.ins[0].buf,
             col,
