@@ -554,6 +554,22 @@ impl Gemm {
                 },
                 act: self.epi.act,
                 residual: self.epi.residual.is_some(),
+                cols_in_lanes: false,
+            };
+            // a narrow column tail with its rows across the lanes
+            // (`avx512::tile::lanes_tail_fits`); the panel-packing variant
+            // stays row-major
+            let lanes = tile::Variant {
+                cols_in_lanes: true,
+                ..v
+            };
+            let v = if slot % 2 == 1
+                && store.level() == TileLevel::Avx512
+                && avx512_tile::lanes_tail_fits(&lanes)
+            {
+                lanes
+            } else {
+                v
             };
             ids[slot] = Some(store.request(Spec::Tile(v))?);
             if let (true, BSrc::Strided { ks, .. }) = (runtime_pack, self.b) {
@@ -561,6 +577,7 @@ impl Gemm {
                     b_ks: ks as usize,
                     b_padded: false,
                     b_pack: true,
+                    cols_in_lanes: false,
                     ..v
                 }))?);
             }

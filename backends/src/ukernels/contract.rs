@@ -142,8 +142,49 @@ fn tile_variants(level: TileLevel) -> Vec<Variant> {
                         bias: [Bias::None, Bias::Row, Bias::Col][i % 3],
                         act,
                         residual: i % 4 < 2,
+                        cols_in_lanes: false,
                     });
                 }
+            }
+        }
+    }
+    if level == TileLevel::Avx512 {
+        // narrow column tails with the rows across the lanes: every tail
+        // width, 1 to 16 rows, odd and even K, every epilogue but the
+        // dynamic ReLU, each bias, packed and rows-contiguous strided A (at
+        // most the 14 rows of a 32-column tile; 16 lanes would take more)
+        for (nt, mr, k) in [
+            (1, 14, 8),
+            (2, 9, 3),
+            (3, 13, 1),
+            (4, 14, 24),
+            (4, 1, 2),
+            (2, 5, 7),
+        ] {
+            for (n, act) in Act::ALL
+                .into_iter()
+                .filter(|&a| a != Act::DyRelu)
+                .enumerate()
+            {
+                i += 1;
+                let packed_a = i.is_multiple_of(2);
+                let padded = i.is_multiple_of(3);
+                out.push(Variant {
+                    k,
+                    mr,
+                    nt,
+                    nr: 32,
+                    a_rs: 1,
+                    a_ks: if packed_a { 14.max(mr) } else { mr + 5 },
+                    b_ks: if padded { 32 } else { nt + 9 },
+                    b_padded: padded,
+                    b_pack: false,
+                    c_rs: 37,
+                    bias: [Bias::None, Bias::Row, Bias::Col][(i + n) % 3],
+                    act,
+                    residual: n % 2 == 0,
+                    cols_in_lanes: true,
+                });
             }
         }
     }
@@ -221,6 +262,53 @@ fn check_tile_contract(level: TileLevel, test: &str) {
                     );
                 }
             }
+        }
+    }
+    // A rows-in-lanes tail and its row-major twin give the same bits
+    // (a GEMM split differently over threads computes a tail with either)
+    let mut twins = Registry::new(level);
+    let pairs: Vec<(Variant, usize, usize)> = variants
+        .iter()
+        .filter(|v| v.cols_in_lanes)
+        .map(|v| {
+            let lanes = twins.request(Spec::Tile(*v)).expect("assembled above");
+            let rows = Variant {
+                cols_in_lanes: false,
+                ..*v
+            };
+            let rows = twins
+                .request(Spec::Tile(rows))
+                .unwrap_or_else(|e| panic!("{rows:?}: {e}"));
+            (*v, lanes, rows)
+        })
+        .collect();
+    let twin_addrs =
+        crate::compiled::place_asm(&twins, &target, &mut modules).expect("placing the code");
+    for (v, lanes, rows) in pairs {
+        let mut io = TileIo::new(&v, &mut rng);
+        let mut c = [io.c.clone(), io.c.clone()];
+        for (out, id) in c.iter_mut().zip([lanes, rows]) {
+            // SAFETY: as above, for the twins' registry.
+            unsafe {
+                let f: TileFn = std::mem::transmute::<usize, TileFn>(twin_addrs[id]);
+                f(
+                    io.a.as_ptr(),
+                    io.b.as_ptr(),
+                    out.as_mut_ptr(),
+                    io.bias.as_ptr(),
+                    io.residual.as_ptr(),
+                    io.a1.as_ptr(),
+                    io.a2.as_ptr(),
+                    io.panel.as_mut_ptr(),
+                );
+            }
+        }
+        for (idx, (x, y)) in c[0].iter().zip(&c[1]).enumerate() {
+            assert_eq!(
+                x.to_bits(),
+                y.to_bits(),
+                "{v:?}: element {idx} differs from the row-major tile"
+            );
         }
     }
     drop(modules);

@@ -75,11 +75,16 @@ impl Spec {
     pub fn label(&self) -> String {
         match *self {
             Spec::Tile(v) => format!(
-                "tile {}x{}/{} k{}{}{}{}{}",
+                "tile {}x{}/{} k{}{}{}{}{}{}",
                 v.mr,
                 v.nt,
                 v.nr,
                 v.k,
+                if v.cols_in_lanes {
+                    " rows-in-lanes"
+                } else {
+                    ""
+                },
                 match v.bias {
                     Bias::None => "",
                     Bias::Row => " +row-bias",

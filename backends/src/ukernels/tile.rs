@@ -56,7 +56,16 @@ pub(crate) struct Variant {
     /// whether a residual (pointer in r8, laid out like C) is added after
     /// the activation
     pub residual: bool,
+    /// a narrow column tail computed with the rows across the lanes: one
+    /// accumulator per column (`nt ≤` [`LANES_TAIL_COLS`]), A's packed
+    /// panel column loaded as a vector, B broadcast (AVX-512 only; see
+    /// `avx512/tile.rs`)
+    pub cols_in_lanes: bool,
 }
+
+/// The widest column tail computed with the rows across the lanes
+/// ([`Variant::cols_in_lanes`]).
+pub(crate) const LANES_TAIL_COLS: usize = 4;
 
 /// The activations: the IR's own vocabulary, every one of which the
 /// assembled tiles apply (GELU's erf as the rational [`GELU_P`] /

@@ -73,6 +73,9 @@ fn acc(i: usize, z: usize) -> AsmRegisterYmm {
 /// position-independent.
 pub(crate) fn assemble(v: &Variant) -> Result<Vec<u8>, String> {
     check_variant(v, MR, NR, 32, "AVX2")?;
+    if v.cols_in_lanes {
+        return Err(format!("no lanes tail at AVX2: {v:?}"));
+    }
     emit(v).map_err(|e| e.to_string())
 }
 
@@ -350,6 +353,7 @@ mod tests {
             bias: Bias::Row,
             act: Act::None,
             residual: false,
+            cols_in_lanes: false,
         }
     }
 

@@ -43,8 +43,8 @@
 use iced_x86::code_asm::*;
 
 use crate::ukernels::tile::{
-    Act, Bias, EXP2_POLY, GELU_HI, GELU_LO, GELU_SCALE, HALF, NEG_LOG2E, ONE, SIX, SIXTH, THREE,
-    Variant, check_variant, disp, gelu_slot, k_loop, prefetch_step, write_act_consts,
+    Act, Bias, EXP2_POLY, GELU_HI, GELU_LO, GELU_SCALE, HALF, LANES_TAIL_COLS, NEG_LOG2E, ONE, SIX,
+    SIXTH, THREE, Variant, check_variant, disp, gelu_slot, k_loop, prefetch_step, write_act_consts,
 };
 use crate::ukernels::vector::zmm;
 
@@ -80,7 +80,91 @@ fn ymm(i: usize) -> AsmRegisterYmm {
 pub(crate) fn assemble(v: &Variant) -> Result<Vec<u8>, String> {
     let rows = max_rows(v.nr).ok_or_else(|| format!("AVX-512 tile width out of range: {v:?}"))?;
     check_variant(v, rows, v.nr, 64, "AVX-512")?;
+    if v.cols_in_lanes {
+        if !lanes_tail_fits(v) {
+            return Err(format!("AVX-512 lanes tail out of range: {v:?}"));
+        }
+        return emit_cols_in_lanes(v).map_err(|e| e.to_string());
+    }
     emit(v).map_err(|e| e.to_string())
+}
+
+/// Whether `v` can be computed with its rows across the lanes: a narrow
+/// column tail, at most 16 rows contiguous in A at each k (a packed panel
+/// or rows one element apart), B read as it is, and no per-row slopes.
+pub(crate) fn lanes_tail_fits(v: &Variant) -> bool {
+    v.nt <= LANES_TAIL_COLS && v.mr <= 16 && v.a_rs == 1 && !v.b_pack && v.act != Act::DyRelu
+}
+
+/// A column tail of `nt ≤ 4` columns with the rows across the lanes. As a
+/// row-major tile it costs a full vector FMA per row and k for `nt` useful
+/// lanes (N = 196 = 6·32 + 4: the 4-column tail took 14 of the 182 FMA
+/// slots of each k step); here it takes `nt`: A's column `k` (the `mr`
+/// rows, contiguous) is one masked load, each B element a broadcast, and
+/// each column one accumulator of `mr` lanes. Every element is the same
+/// chain of FMAs in the same order as in the row-major tile, so both give
+/// the same bits (which tile computes a tail depends on how the GEMM was
+/// split over threads: a split's first row block packs B with a row-major
+/// variant); `nt` chains leave FMA latency exposed (4 cycles a k step at
+/// `nt` = 4 against the row-major tail's 7). The epilogue is the row-major
+/// tile's on those accumulators; the residual is gathered and the result
+/// scattered, `c_rs` apart per lane.
+fn emit_cols_in_lanes(v: &Variant) -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    a.set_prefer_vex(false);
+    let mut iota = a.create_label();
+    let nt = v.nt;
+    a.mov(eax, ((1u64 << v.mr) - 1) as u32)?;
+    a.kmovw(k1, eax)?;
+    for j in 0..nt {
+        match v.bias {
+            Bias::Row => a.vmovups(zmm(j).k1().z(), zmmword_ptr(rcx))?,
+            Bias::Col => a.vbroadcastss(zmm(j), dword_ptr(rcx + disp(4 * j)))?,
+            Bias::None => a.vxorps(zmm(j), zmm(j), zmm(j))?,
+        }
+    }
+    let col = zmm(2 * LANES_TAIL_COLS);
+    let step = |a: &mut CodeAssembler, a_off: usize, b_off: usize, _p: usize| {
+        prefetch_step(a, v, a_off, b_off)?;
+        a.vmovups(col.k1().z(), zmmword_ptr(rdi + disp(a_off)))?;
+        for j in 0..nt {
+            a.vfmadd231ps(zmm(j), col, dword_bcst(rsi + disp(b_off + 4 * j)))?;
+        }
+        Ok(())
+    };
+    k_loop(&mut a, v, v.nr, step)?;
+    // the activation on accumulators 0..nt, as a one-vector-per-row tile's
+    epilogue(
+        &mut a,
+        &Variant {
+            mr: nt,
+            residual: false,
+            ..*v
+        },
+        1,
+        16,
+    )?;
+    // lane i is row i: C and the residual `c_rs` elements apart
+    let idx = zmm(2 * LANES_TAIL_COLS + 1);
+    a.mov(eax, v.c_rs as u32)?;
+    a.vpbroadcastd(idx, eax)?;
+    a.vpmulld(idx, idx, zmmword_ptr(iota))?;
+    let tmp = zmm(2 * LANES_TAIL_COLS + 2);
+    for j in 0..nt {
+        if v.residual {
+            a.kmovw(k2, k1)?;
+            a.vxorps(tmp, tmp, tmp)?;
+            a.vgatherdps(tmp.k2(), zmmword_ptr(r8 + idx * 4 + disp(4 * j)))?;
+            a.vaddps(zmm(j), zmm(j), tmp)?;
+        }
+        a.kmovw(k2, k1)?;
+        a.vscatterdps(zmmword_ptr(rdx + idx * 4 + disp(4 * j)).k2(), zmm(j))?;
+    }
+    a.vzeroupper()?;
+    a.ret()?;
+    a.set_label(&mut iota)?;
+    a.dd(&(0..16).collect::<Vec<u32>>())?;
+    a.assemble(0)
 }
 
 fn emit(v: &Variant) -> Result<Vec<u8>, IcedError> {
@@ -353,6 +437,7 @@ mod tests {
             bias: Bias::Row,
             act: Act::None,
             residual: false,
+            cols_in_lanes: false,
         };
         let mut store = Registry::new(TileLevel::Avx512);
         assert_eq!(store.request(Spec::Tile(v)).unwrap(), 0);
@@ -431,6 +516,7 @@ mod tests {
                             bias: [Bias::None, Bias::Row, Bias::Col][i % 3],
                             act: *act,
                             residual: i % 3 != 1,
+                            cols_in_lanes: false,
                         };
                         let code = assemble(&v).unwrap_or_else(|e| panic!("{v:?}: {e}"));
                         let tail = nt - 16 * (nt.div_ceil(16) - 1);
@@ -485,6 +571,7 @@ mod tests {
                 bias: Bias::None,
                 act: Act::None,
                 residual: false,
+                cols_in_lanes: false,
             };
             assert!(assemble(&v).is_err(), "{v:?}");
             assert!(
