@@ -546,3 +546,22 @@ fn a_scaled_conv_whose_plain_output_is_needed_is_not_computed_twice() {
     let convs = count(&o, "conv2d") + count(&o, "fused_conv");
     assert_eq!(convs, 1, "{:?}", histogram(&o));
 }
+
+#[test]
+fn batch_norm_and_activation_after_a_concat_fold_into_its_convs() {
+    // MixNet's mixed conv: per-group convs of different windows,
+    // concatenated, then one BN and an activation over the whole
+    let mut b = B::new("mixed");
+    let x = b.input("x", &[1, 8, 10, 10]);
+    let y3 = b.conv(x, 6, 3, 1, 1, false);
+    let y5 = b.conv(x, 10, 5, 1, 1, false);
+    let cat = b.op(Op::Concat { axis: 1 }, &[y3, y5]);
+    let y = b.bn(cat);
+    let y = b.un(UnaryOp::Relu, y);
+    let m = b.finish(&[y]);
+    let o = run(&m);
+    assert_eq!(count(&o, "batch_norm"), 0, "{:?}", histogram(&o));
+    assert_eq!(count(&o, "relu"), 0, "{:?}", histogram(&o));
+    assert_eq!(count(&o, "fused_conv"), 2, "{:?}", histogram(&o));
+    assert_eq!(o.graph.op_count(), 3);
+}

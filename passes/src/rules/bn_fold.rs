@@ -28,7 +28,56 @@ pub fn rules() -> Vec<Rw> {
             |op| matches!(op, Op::BatchNorm { .. }),
             fold_linear,
         ),
+        rule(
+            "bn-through-concat",
+            |op| matches!(op, Op::BatchNorm { .. }),
+            through_concat,
+        ),
     ]
+}
+
+/// `BN(concat(x₁ … xₙ, axis 1))` with constant parameters =
+/// `concat(BN₁(x₁) … BNₙ(xₙ))`, each with its channels' slice of the
+/// parameters: MixNet normalises the concatenation of its mixed-kernel
+/// depthwise convs (and of its grouped pointwise ones), where no conv can
+/// take the whole BN; per part, each folds into its conv (`bn-fold-conv`)
+/// and the activation after it can follow (`act-through-concat`).
+fn through_concat(eg: &KGraph, _c: Id, n: &KNode) -> Found {
+    let Some(Op::BatchNorm { eps }) = n.as_op() else {
+        return vec![];
+    };
+    if !params_const(eg, n) || ty(eg, n.args[0]).rank() < 2 {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for (_, parts) in ops(eg, n.args[0], |op| matches!(op, Op::Concat { axis: 1 })) {
+        if parts.len() < 2 {
+            continue;
+        }
+        let mut r = Recipe::new();
+        let mut pieces = Vec::with_capacity(parts.len());
+        let mut start = 0i64;
+        for &x in parts {
+            let width = ty(eg, x).shape[1] as i64;
+            let mut args = vec![R::Old(x)];
+            for &p in &n.args[1..] {
+                args.push(r.op(
+                    Op::Slice {
+                        axes: vec![0],
+                        starts: vec![start],
+                        ends: vec![start + width],
+                        steps: vec![1],
+                    },
+                    &[R::Old(p)],
+                ));
+            }
+            pieces.push(r.op(Op::BatchNorm { eps: *eps }, &args));
+            start += width;
+        }
+        let y = r.op(Op::Concat { axis: 1 }, &pieces);
+        out.push((r, y));
+    }
+    out
 }
 
 /// `(s, shift)` recipe nodes: `s = γ/sqrt(σ²+eps)`, `shift = β − μ·s`
