@@ -6,7 +6,19 @@
 //! for it at every kernel. (Which thread runs a chunk never changes a
 //! result: kernels compute each unit the same way wherever it runs.)
 //!
-//! The counter and the job's epoch share one atomic word, so a worker that
+//! The caller claims chunks from the front, the workers from the back,
+//! until the two ends meet: at two threads each thread takes the same end
+//! of every kernel's units, so what one kernel writes the next one mostly
+//! reads on the same core. With one shared counter either thread took any
+//! chunk, and the halves of a tensor could cross between the cores from
+//! kernel to kernel. (Seen on this 2-vCPU machine for an hour: PVT-v2-B0
+//! at two threads 7.7 ms against 6.8 at one, its transposes and attention
+//! products 2.5–3.6× slower than at one thread, then 3.8 ms again with the
+//! same binary; with claims from both ends it measured 3.77–3.82 against
+//! 3.84–3.88 in the good state, and the bad state has not come back to
+//! measure it in. docs/kernels.md, "Session 9".)
+//!
+//! Both ends and the job's epoch share one atomic word, so a worker that
 //! wakes up late can only ever claim chunks of the job it read: once the
 //! caller has published the next job, its compare-and-swap fails.
 //!
@@ -33,7 +45,8 @@ const YIELD: Duration = Duration::from_millis(1);
 
 struct Shared {
     threads: usize,
-    /// `epoch << 32 | next chunk to claim`
+    /// `epoch << 24 | front << 12 | back`: chunks `[front, back)` are
+    /// unclaimed ([`pack`])
     state: AtomicU64,
     func: AtomicUsize,
     arena: AtomicUsize,
@@ -47,6 +60,22 @@ struct Shared {
     started: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
+}
+
+/// Bits of each end of the unclaimed chunks in the state word; a job has
+/// fewer chunks than `1 << END_BITS` (`compiled::chunks_for`: 8 a thread).
+const END_BITS: u32 = 12;
+const END_MASK: u64 = (1 << END_BITS) - 1;
+
+/// The state word of `epoch` (its low 40 bits) with chunks `[front, back)`
+/// unclaimed.
+fn pack(epoch: u64, front: u64, back: u64) -> u64 {
+    (epoch << (2 * END_BITS)) | (front << END_BITS) | back
+}
+
+/// The epoch (low 40 bits) of a state word.
+fn epoch_of(state: u64) -> u64 {
+    state >> (2 * END_BITS)
 }
 
 /// Units `[lo, hi)` of chunk `c` of `chunks` over `units`.
@@ -75,20 +104,32 @@ impl Shared {
     /// # Safety
     /// `func`, `arena`, `units` and `chunks` must have been read after
     /// observing `epoch` (see the module docs for why a stale read is harmless).
-    unsafe fn work(&self, epoch: u64, func: usize, arena: usize, units: usize, chunks: usize) {
+    unsafe fn work(
+        &self,
+        epoch: u64,
+        func: usize,
+        arena: usize,
+        units: usize,
+        chunks: usize,
+        from_back: bool,
+    ) {
         let mut cur = self.state.load(Ordering::Acquire);
         loop {
-            if cur >> 32 != epoch & 0xffff_ffff || (cur & 0xffff_ffff) as usize >= chunks {
+            let (front, back) = ((cur >> END_BITS) & END_MASK, cur & END_MASK);
+            if epoch_of(cur) != epoch || front >= back {
                 return;
             }
-            match self.state.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            let (next, c) = if from_back {
+                (cur - 1, back - 1)
+            } else {
+                (cur + (1 << END_BITS), front)
+            };
+            match self
+                .state
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
-                    let c = (cur & 0xffff_ffff) as usize;
+                    let c = c as usize;
                     let (lo, hi) = chunk_range(c, chunks, units);
                     if lo < hi {
                         // SAFETY: the claim succeeded under `epoch`, so the job
@@ -169,22 +210,24 @@ impl Pool {
             unsafe { func(arena, 0, units as i64) };
             return;
         }
-        let chunks = crate::compiled::chunks_for(units, threads);
+        // the state word holds each end in END_BITS
+        let chunks = crate::compiled::chunks_for(units, threads).min(END_MASK as usize);
         s.func.store(func as usize, Ordering::Relaxed);
         s.arena.store(arena as usize, Ordering::Relaxed);
         s.units.store(units, Ordering::Relaxed);
         s.chunks.store(chunks, Ordering::Relaxed);
         s.done.store(0, Ordering::Relaxed);
-        let epoch = (s.state.load(Ordering::Relaxed) >> 32) + 1;
+        let epoch = (epoch_of(s.state.load(Ordering::Relaxed)) + 1) & ((1 << 40) - 1);
         // SeqCst pairs with the sleepers protocol in `worker`: either we see
         // a sleeper and notify it, or it sees the new epoch before sleeping.
-        s.state.store((epoch & 0xffff_ffff) << 32, Ordering::SeqCst);
+        s.state
+            .store(pack(epoch, 0, chunks as u64), Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
         // SAFETY: the fields above were written before publishing `epoch`.
-        unsafe { s.work(epoch, func as usize, arena as usize, units, chunks) };
+        unsafe { s.work(epoch, func as usize, arena as usize, units, chunks, false) };
         wait_until(|| s.done.load(Ordering::Acquire) == chunks);
     }
 }
@@ -195,7 +238,7 @@ fn worker(s: &Shared) {
         let start = Instant::now();
         let mut n = 0u32;
         let epoch = loop {
-            let ep = s.state.load(Ordering::Acquire) >> 32;
+            let ep = epoch_of(s.state.load(Ordering::Acquire));
             if ep != seen {
                 break ep;
             }
@@ -215,7 +258,7 @@ fn worker(s: &Shared) {
             } else {
                 let g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, Ordering::SeqCst);
-                if s.state.load(Ordering::SeqCst) >> 32 == seen
+                if epoch_of(s.state.load(Ordering::SeqCst)) == seen
                     && !s.shutdown.load(Ordering::SeqCst)
                 {
                     // The timeout only guards against a lost wake-up bug;
@@ -235,7 +278,7 @@ fn worker(s: &Shared) {
         let chunks = s.chunks.load(Ordering::Relaxed);
         // SAFETY: read after observing `epoch` with Acquire; a claim only
         // succeeds while that job is still the current one.
-        unsafe { s.work(epoch, func, arena, units, chunks) };
+        unsafe { s.work(epoch, func, arena, units, chunks, true) };
     }
 }
 
