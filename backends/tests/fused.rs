@@ -276,6 +276,19 @@ struct ConvSpec {
     shuffle: usize,
 }
 
+/// `args` with `n` images: the graph inputs' batch (weights have none).
+fn batched(args: Vec<Arg>, n: usize) -> Vec<Arg> {
+    args.into_iter()
+        .map(|a| match a {
+            Arg::In(mut shape) => {
+                shape[0] = n;
+                Arg::In(shape)
+            }
+            other => other,
+        })
+        .collect()
+}
+
 /// The op of `s` and its operands: input, weight, then the bias, the
 /// run-time dynamic-ReLU slopes and the residual as the epilogue asks.
 fn fused_conv(s: &ConvSpec) -> (FusedOp, Vec<Arg>) {
@@ -741,17 +754,7 @@ fn convs_over_small_planes_run_transposed() {
                 residual,
                 shuffle: 1,
             });
-            // `n` images: the graph inputs' batch (weights have none)
-            let args: Vec<Arg> = args
-                .into_iter()
-                .map(|a| match a {
-                    Arg::In(mut shape) => {
-                        shape[0] = n;
-                        Arg::In(shape)
-                    }
-                    other => other,
-                })
-                .collect();
+            let args = batched(args, n);
             let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
             let mut r = Rng(1700 + i);
             let (model, inputs) = single(Op::Fused(op), &args, &mut r, Fill::Signed);
@@ -812,16 +815,7 @@ fn winograd_convs_meet_their_error_bound() {
             residual,
             shuffle: 1,
         });
-        let args: Vec<Arg> = args
-            .into_iter()
-            .map(|a| match a {
-                Arg::In(mut shape) => {
-                    shape[0] = n;
-                    Arg::In(shape)
-                }
-                other => other,
-            })
-            .collect();
+        let args = batched(args, n);
         let what = format!("{act:?} bias {bias} res {residual}: {op:?} {args:?}");
         let mut r = Rng(0x3170 + i as u64);
         let (model, inputs) = single(Op::Fused(op), &args, &mut r, Fill::Signed);

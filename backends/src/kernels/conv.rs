@@ -425,6 +425,37 @@ impl Im2col {
         emit_fill_run(e, dt, g.wo - ow_hi, 0.0);
     }
 
+    /// For each of a band's `r` output rows `t` (from output row `oh0`),
+    /// with `d` the row `t` of the matrix rows at `base` and `ih` the input
+    /// row of tap row `i`: `inside(e, d, ih)` when that input row exists,
+    /// `outside(e, d)` when it falls in the padding.
+    fn for_band_rows(
+        &self,
+        e: &mut Emitter,
+        (oh0, r, i, base): (Value, usize, usize, Value),
+        inside: &dyn Fn(&mut Emitter, Value, Value),
+        outside: &dyn Fn(&mut Emitter, Value),
+    ) {
+        let g = self.g;
+        e.for_static(0, r as i64, 1, |e, t| {
+            let d = e.index(base, t, 4 * g.wo as i64);
+            // input row oh·sh + i·dh - pt: inside when unsigned < h
+            let oh = e.b.ins().iadd(oh0, t);
+            let ih = e.b.ins().imul_imm_s(oh, g.stride[0] as i64);
+            let ih =
+                e.b.ins()
+                    .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64);
+            let is_in =
+                e.b.ins()
+                    .icmp_imm_u(IntCC::UnsignedLessThan, ih, g.h as i64);
+            let is_out =
+                e.b.ins()
+                    .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, ih, g.h as i64);
+            e.if_then(is_out, |e| outside(e, d));
+            e.if_then(is_in, |e| inside(e, d, ih));
+        });
+    }
+
     /// Writes band `u` (image `u / bands`, output rows `[r·b, r·b + r)` for
     /// band `b = u mod bands`) of the matrix at `col + u·K·r·wo`, rows of
     /// `r·wo`: the same rows as the whole-tensor kernel, cut into bands. A
@@ -445,48 +476,27 @@ impl Im2col {
             for i in 0..g.kh {
                 if let Some(pn) = self.panel {
                     let row0 = e.off(dst, 4 * ((c * g.kh + i) * g.kw * r * g.wo) as i64);
-                    e.for_static(0, r as i64, 1, |e, t| {
-                        let d = e.index(row0, t, 4 * g.wo as i64);
-                        let oh = e.b.ins().iadd(oh0, t);
-                        let ih = e.b.ins().imul_imm_s(oh, g.stride[0] as i64);
-                        let ih =
-                            e.b.ins()
-                                .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64);
-                        let inside =
-                            e.b.ins()
-                                .icmp_imm_u(IntCC::UnsignedLessThan, ih, g.h as i64);
-                        let outside =
-                            e.b.ins()
-                                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, ih, g.h as i64);
-                        e.if_then(outside, |e| {
+                    self.for_band_rows(
+                        e,
+                        (oh0, r, i, row0),
+                        &|e, d, ih| self.emit_panel_row(e, pn, d, plane, ih),
+                        &|e, d| {
                             for j in 0..g.kw {
                                 let dj = e.off(d, 4 * (j * r * g.wo) as i64);
                                 emit_fill_run(e, dj, g.wo, 0.0);
                             }
-                        });
-                        e.if_then(inside, |e| self.emit_panel_row(e, pn, d, plane, ih));
-                    });
+                        },
+                    );
                     continue;
                 }
                 for j in 0..g.kw {
                     let row = e.off(dst, 4 * (((c * g.kh + i) * g.kw + j) * r * g.wo) as i64);
-                    e.for_static(0, r as i64, 1, |e, t| {
-                        let d = e.index(row, t, 4 * g.wo as i64);
-                        // input row oh·sh + i·dh - pt: inside when unsigned < h
-                        let oh = e.b.ins().iadd(oh0, t);
-                        let ih = e.b.ins().imul_imm_s(oh, g.stride[0] as i64);
-                        let ih =
-                            e.b.ins()
-                                .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64);
-                        let inside =
-                            e.b.ins()
-                                .icmp_imm_u(IntCC::UnsignedLessThan, ih, g.h as i64);
-                        let outside =
-                            e.b.ins()
-                                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, ih, g.h as i64);
-                        e.if_then(outside, |e| emit_fill_run(e, d, g.wo, 0.0));
-                        e.if_then(inside, |e| self.emit_tap_row(e, d, plane, ih, j));
-                    });
+                    self.for_band_rows(
+                        e,
+                        (oh0, r, i, row),
+                        &|e, d, ih| self.emit_tap_row(e, d, plane, ih, j),
+                        &|e, d| emit_fill_run(e, d, g.wo, 0.0),
+                    );
                 }
             }
         }
