@@ -425,6 +425,15 @@ impl Im2col {
         emit_fill_run(e, dt, g.wo - ow_hi, 0.0);
     }
 
+    /// The input row of tap row `i` for output row `oh`: `oh·sh + i·dh - pt`
+    /// (outside the input when it is negative or past the last row).
+    fn input_row(&self, e: &mut Emitter, oh: Value, i: usize) -> Value {
+        let g = self.g;
+        let ih = e.b.ins().imul_imm_s(oh, g.stride[0] as i64);
+        e.b.ins()
+            .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64)
+    }
+
     /// For each of a band's `r` output rows `t` (from output row `oh0`),
     /// with `d` the row `t` of the matrix rows at `base` and `ih` the input
     /// row of tap row `i`: `inside(e, d, ih)` when that input row exists,
@@ -441,10 +450,7 @@ impl Im2col {
             let d = e.index(base, t, 4 * g.wo as i64);
             // input row oh·sh + i·dh - pt: inside when unsigned < h
             let oh = e.b.ins().iadd(oh0, t);
-            let ih = e.b.ins().imul_imm_s(oh, g.stride[0] as i64);
-            let ih =
-                e.b.ins()
-                    .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64);
+            let ih = self.input_row(e, oh, i);
             let is_in =
                 e.b.ins()
                     .icmp_imm_u(IntCC::UnsignedLessThan, ih, g.h as i64);
@@ -536,10 +542,7 @@ impl Kernel for Im2col {
                     }
                     e.for_static(oh_lo as i64, oh_hi as i64, 1, |e, oh| {
                         let d = e.index(row0, oh, 4 * g.wo as i64);
-                        let ih = e.b.ins().imul_imm_s(oh, g.stride[0] as i64);
-                        let ih =
-                            e.b.ins()
-                                .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64);
+                        let ih = self.input_row(e, oh, i);
                         self.emit_panel_row(e, pn, d, src, ih);
                     });
                     continue;
@@ -558,10 +561,7 @@ impl Kernel for Im2col {
                     e.for_static(oh_lo as i64, oh_hi as i64, 1, |e, oh| {
                         let d = e.index(row, oh, 4 * g.wo as i64);
                         // input row oh·sh + i·dh - pt, column ow_lo·sw + j·dw - pl
-                        let ih = e.b.ins().imul_imm_s(oh, g.stride[0] as i64);
-                        let ih =
-                            e.b.ins()
-                                .iadd_imm_s(ih, (i * g.dil[0]) as i64 - g.pad[0] as i64);
+                        let ih = self.input_row(e, oh, i);
                         self.emit_tap_row(e, d, src, ih, j);
                     });
                 }
