@@ -156,17 +156,20 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
     let Some(gm) = geom else {
         return 0;
     };
-    let slopes = match node.op {
+    let (shuffle, act, residual) = match node.op {
         Op::Fused(FusedOp::Conv {
             shuffle,
-            act: Act::DyRelu,
+            act,
+            residual,
             ..
-        }) if shuffle > 1 && !gm.is_depthwise() => 8 * gm.o,
-        _ => 0,
+        }) => (shuffle, act, residual),
+        _ => (1, Act::None, false),
     };
-    let (shuffle, dyrelu) = match node.op {
-        Op::Fused(FusedOp::Conv { shuffle, act, .. }) => (shuffle, act == Act::DyRelu),
-        _ => (1, false),
+    let dyrelu = act == Act::DyRelu;
+    let slopes = if dyrelu && shuffle > 1 && !gm.is_depthwise() {
+        8 * gm.o
+    } else {
+        0
     };
     // planned from the shape alone: at levels without AVX-512 (or with
     // run-time weights) the lowering computes in place and leaves it unused
@@ -174,10 +177,6 @@ pub(crate) fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
         4 * gm.n * gm.ho * gm.wo * gm.o
     } else {
         0
-    };
-    let (act, residual) = match node.op {
-        Op::Fused(FusedOp::Conv { act, residual, .. }) => (act, residual),
-        _ => (Act::None, false),
     };
     // one or the other path uses the scratch, never both
     let wino = if super::winograd::shape(&gm, shuffle, act, residual) {

@@ -294,3 +294,59 @@ impl Drop for Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU8;
+    use std::thread::ThreadId;
+
+    /// What a test job records: which thread ran each unit.
+    struct Owners {
+        caller: ThreadId,
+        owner: [AtomicU8; 16],
+    }
+
+    /// Marks units `[lo, hi)` as run by the caller (1) or a worker (2).
+    unsafe extern "C" fn mark(arena: *mut u8, lo: i64, hi: i64) {
+        // SAFETY: the test passes a live `Owners` as the arena.
+        let o = unsafe { &*(arena as *const Owners) };
+        let who = if std::thread::current().id() == o.caller {
+            1
+        } else {
+            2
+        };
+        for u in lo..hi {
+            o.owner[u as usize].store(who, Ordering::Relaxed);
+        }
+    }
+
+    /// Every chunk runs once, the caller's a prefix and the worker's the
+    /// rest: the caller claims from the front, the worker from the back,
+    /// so neither ever takes a chunk between two of the other's (with one
+    /// shared counter they interleave).
+    #[test]
+    fn the_caller_takes_the_front_and_the_worker_the_back() {
+        let pool = Pool::new(2).expect("a pool");
+        let mut o = Owners {
+            caller: std::thread::current().id(),
+            owner: std::array::from_fn(|_| AtomicU8::new(0)),
+        };
+        let mut both = 0;
+        for _ in 0..500 {
+            for x in &o.owner {
+                x.store(0, Ordering::Relaxed);
+            }
+            // SAFETY: `mark` reads the arena as the `Owners` it is, which
+            // outlives the call and is only read through atomics.
+            unsafe { pool.run(mark, (&mut o as *mut Owners).cast(), 16) };
+            let who: Vec<u8> = o.owner.iter().map(|x| x.load(Ordering::Relaxed)).collect();
+            assert!(who.iter().all(|&w| w != 0), "a chunk did not run: {who:?}");
+            let split = who.iter().take_while(|&&w| w == 1).count();
+            assert!(who[split..].iter().all(|&w| w == 2), "interleaved: {who:?}");
+            both += usize::from(split > 0 && split < 16);
+        }
+        // the worker is spinning between jobs: it takes part in most
+        assert!(both > 0, "the worker never ran a chunk");
+    }
+}

@@ -230,7 +230,8 @@ pub(crate) fn assemble_out(s: &OutSpec) -> Result<Vec<u8>, String> {
     emit_out(s).map_err(|e| e.to_string())
 }
 
-// Constants shared by both transforms.
+// Constants: 2 and 4 in both transforms; zmm26 holds 5 in the input
+// transform (`Bᵀ`) and 8 in the output transform (`Aᵀ`), which never meet.
 const C2: usize = 24;
 const C4: usize = 25;
 const C5: usize = 26;
