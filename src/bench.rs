@@ -36,6 +36,9 @@ pub struct BenchOptions {
     pub tiles: Option<kiln_backends::TileLevel>,
     /// run inverted-residual chains band by band (`--banded-chains`)
     pub banded_chains: bool,
+    /// images per group of a batch (`--batch-group`; `None`: the whole
+    /// batch in one program; see [`crate::CompileOptions::batch_group`])
+    pub batch_group: Option<usize>,
     /// resource limits for the optimiser and the JIT (`--limit`)
     pub limits: kiln_ir::Limits,
 }
@@ -113,6 +116,11 @@ pub struct BenchReport {
     pub batch: usize,
     /// `batch / median`: images per second
     pub images_per_s: f64,
+    /// runs of the kernels per call: the batch's groups of images (1 for
+    /// one image or a batch compiled whole)
+    pub groups: usize,
+    /// why a batch of several images was compiled whole
+    pub whole_batch: Option<String>,
     /// bytes of the per-call arena
     pub arena_bytes: usize,
     /// kernels split over the worker pool
@@ -168,6 +176,7 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         copts.backend.max_tiles = t;
     }
     copts.backend.banded_chains = opts.banded_chains;
+    copts.batch_group = opts.batch_group;
     let compiled = compile(model, &copts)?;
     let jit = &compiled.model;
     let mut outputs = jit.run(&inputs)?;
@@ -227,6 +236,8 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         } else {
             0.0
         },
+        groups: jit.groups(),
+        whole_batch: compiled.whole_batch.clone(),
         arena_bytes: st.arena_bytes,
         parallel_kernels: jit.parallel_kernels(),
         barrier_us: jit.barrier_cost(2000).as_secs_f64() * 1e6,
@@ -431,6 +442,15 @@ pub fn render_text(r: &BenchReport) -> String {
         r.arena_bytes,
         r.arena_bytes as f64 / (1024.0 * 1024.0)
     );
+    if r.groups > 1 {
+        s += &format!(
+            "batch:    {} groups of {} image(s), each on one thread with its own arena\n",
+            r.groups,
+            r.batch / r.groups
+        );
+    } else if let Some(why) = &r.whole_batch {
+        s += &format!("batch:    compiled whole ({why})\n");
+    }
     if !r.profile.is_empty() {
         s += &render_profile(&r.profile);
     }
@@ -512,6 +532,8 @@ pub fn render_json(r: &BenchReport) -> String {
         "gflops": r.gflops,
         "batch": r.batch,
         "images_per_s": r.images_per_s,
+        "groups": r.groups,
+        "whole_batch": r.whole_batch,
         "arena_bytes": r.arena_bytes,
         "parallel_kernels": r.parallel_kernels,
         "barrier_us": r.barrier_us,
@@ -582,6 +604,7 @@ mod tests {
             profile: true,
             tiles: Some(kiln_backends::TileLevel::F32x4),
             banded_chains: false,
+            batch_group: Some(1),
             limits: kiln_ir::Limits::default(),
         };
         let r = bench_model(&tiny(), &opts).unwrap();
@@ -739,6 +762,7 @@ mod tests {
             profile: false,
             tiles: None,
             banded_chains: false,
+            batch_group: Some(1),
             limits: kiln_ir::Limits::default(),
         };
         assert!(bench_model(&tiny(), &opts).is_err());

@@ -144,6 +144,12 @@ pub enum Command {
         /// JIT only)
         #[arg(long)]
         banded_chains: bool,
+        /// Images per group of a batch: the kernels are compiled for a
+        /// group and each call runs them per group, groups on separate
+        /// threads (default 1); `all` compiles the whole batch into the
+        /// kernels. A batch whose images the graph mixes is compiled whole
+        #[arg(long, value_name = "N|all", value_parser = parse_batch_group, default_value = "1")]
+        batch_group: BatchGroup,
     },
     /// Optimise a model: discover fusions by equality saturation and
     /// explain the result or print the optimised graph
@@ -200,6 +206,12 @@ pub enum Command {
         /// Run inverted-residual conv chains band by band (smaller arena)
         #[arg(long)]
         banded_chains: bool,
+        /// Images per group of a batch: the kernels are compiled for a
+        /// group and each call runs them per group, groups on separate
+        /// threads (default 1); `all` compiles the whole batch into the
+        /// kernels. A batch whose images the graph mixes is compiled whole
+        #[arg(long, value_name = "N|all", value_parser = parse_batch_group, default_value = "1")]
+        batch_group: BatchGroup,
     },
     /// List the zoo's models
     List,
@@ -309,12 +321,13 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             no_opt,
             tiles,
             banded_chains,
+            batch_group,
         } => cmd_run(
             &model,
             &input,
             &output,
             backend,
-            (!no_opt, tiles, banded_chains),
+            (!no_opt, tiles, banded_chains, batch_group.0),
             io,
         ),
         Command::Opt {
@@ -341,6 +354,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
             profile,
             tiles,
             banded_chains,
+            batch_group,
         } => {
             let opts = bench::BenchOptions {
                 threads,
@@ -351,6 +365,7 @@ pub fn run(cli: Cli, io: Io<'_>) -> Result<(), KilnError> {
                 profile,
                 tiles: tiles.map(Into::into),
                 banded_chains,
+                batch_group: batch_group.0,
                 limits: model.limits()?,
             };
             cmd_bench(&model, &opts, json, io)
@@ -503,15 +518,31 @@ fn cmd_export(args: &ModelArgs, output: &std::path::Path, io: Io<'_>) -> Result<
 }
 
 /// `kiln run`'s code-generation switches: optimise, `--tiles`,
-/// `--banded-chains`.
-type RunSwitches = (bool, Option<Tiles>, bool);
+/// `--banded-chains`, `--batch-group`.
+type RunSwitches = (bool, Option<Tiles>, bool, Option<usize>);
+
+/// `--batch-group`: images per group, `None` for `all`.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchGroup(Option<usize>);
+
+fn parse_batch_group(s: &str) -> Result<BatchGroup, String> {
+    if s == "all" {
+        return Ok(BatchGroup(None));
+    }
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(BatchGroup(Some(n))),
+        _ => Err(format!(
+            "expected a positive number of images or `all`, got `{s}`"
+        )),
+    }
+}
 
 fn cmd_run(
     args: &ModelArgs,
     inputs: &[PathBuf],
     outputs: &[PathBuf],
     backend: Backend,
-    (optimize, tiles, banded_chains): RunSwitches,
+    (optimize, tiles, banded_chains, batch_group): RunSwitches,
     io: Io<'_>,
 ) -> Result<(), KilnError> {
     let model = load(args, &args.options()?, io.err)?;
@@ -568,6 +599,7 @@ fn cmd_run(
         opts.backend.max_tiles = t.into();
     }
     opts.backend.banded_chains = banded_chains;
+    opts.batch_group = batch_group;
     let results = run_model_with(&model, &tensors, backend, &opts)?;
     if !outputs.is_empty() {
         for (path, t) in outputs.iter().zip(&results) {

@@ -3,13 +3,19 @@
 //! CSE) and then the JIT (kiln-backends). `kiln run` and `kiln bench` go
 //! through here, so what users run is the optimised graph; the reference
 //! interpreter always runs the graph as loaded (it is the oracle).
+//!
+//! A batch of more than one image is compiled as the program for a group
+//! of images (one by default) that each call runs once per group, the
+//! groups spread over the threads, when `kiln_ir::batch` proves the graph
+//! computes its images independently; otherwise the kernels compute the
+//! whole batch.
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use kiln_backends::CompiledModel;
 use kiln_backends::aot::{AotObject, AotOptions, aot_targets, compile_aot};
-use kiln_ir::{Graph, Limits, Model};
+use kiln_ir::{Graph, Limits, Model, TensorType, Value, batch};
 use kiln_passes::{OptOptions, OptReport, optimize};
 
 use crate::error::KilnError;
@@ -25,6 +31,13 @@ pub struct CompileOptions {
     pub passes: OptOptions,
     /// Threads, tiles and code-generation switches of the JIT.
     pub backend: kiln_backends::CompileOptions,
+    /// Images a group of a batch holds (default 1): the kernels are
+    /// compiled for one group and a call runs them per group, groups on
+    /// separate threads. `None` compiles the kernels for the whole batch
+    /// (`--batch-group all`). A batch the graph cannot split (see
+    /// `kiln_ir::batch`) or that the group does not divide is compiled
+    /// whole, and [`Compiled::whole_batch`] says why.
+    pub batch_group: Option<usize>,
 }
 
 impl CompileOptions {
@@ -42,6 +55,7 @@ impl Default for CompileOptions {
             optimize: true,
             passes: OptOptions::default(),
             backend: kiln_backends::CompileOptions::default(),
+            batch_group: Some(1),
         }
     }
 }
@@ -60,6 +74,10 @@ pub struct Compiled {
     pub passes_time: Duration,
     /// Wall time of lowering, code generation and tile assembly.
     pub codegen_time: Duration,
+    /// Why a batch of more than one image was compiled whole rather than
+    /// in groups (`None` for batch 1 and for a batch run in groups,
+    /// `model.groups()` of them).
+    pub whole_batch: Option<String>,
 }
 
 impl Compiled {
@@ -96,6 +114,39 @@ pub fn prepare<'m>(
 /// # Ok::<(), kiln::KilnError>(())
 /// ```
 pub fn compile(model: &Model, opts: &CompileOptions) -> Result<Compiled, KilnError> {
+    let (group, whole_batch) = match batch::batch_size(&model.graph) {
+        Some(n) if n > 1 => match opts.batch_group {
+            Some(images) => match batch::rebatch(model, images) {
+                Ok(one) if images < n => (Some((one, n / images)), None),
+                Ok(_) => (None, None),
+                Err(why) => (None, Some(why)),
+            },
+            None => (None, Some("--batch-group all".to_string())),
+        },
+        _ => (None, None),
+    };
+    let Some((one, groups)) = group else {
+        let mut c = compile_graph(model, opts)?;
+        c.whole_batch = whole_batch;
+        return Ok(c);
+    };
+    let mut c = compile_graph(&one, opts)?;
+    let types = |vs: Vec<Value>| -> Vec<TensorType> {
+        vs.into_iter()
+            .map(|v| model.graph.value_type(v).clone())
+            .collect()
+    };
+    let g = &model.graph;
+    c.model = c.model.in_groups(
+        groups,
+        &types(g.inputs().iter().map(|&i| Value::of(i)).collect()),
+        &types(g.outputs().to_vec()),
+    )?;
+    Ok(c)
+}
+
+/// [`compile`] without splitting the batch.
+fn compile_graph(model: &Model, opts: &CompileOptions) -> Result<Compiled, KilnError> {
     let (prepared, report, passes_time) = prepare(model, opts)?;
     let t = Instant::now();
     let compiled = kiln_backends::compile(&prepared, &opts.backend)?;
@@ -105,6 +156,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<Compiled, KilnErr
         report,
         passes_time,
         codegen_time: t.elapsed(),
+        whole_batch: None,
     })
 }
 

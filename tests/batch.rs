@@ -1,48 +1,137 @@
 //! Batch N > 1: a zoo model built for a batch (`--input-shape image=N,...`,
 //! `LoadOptions::input_shapes`) computes every image on the JIT as the
-//! batch-1 model does.
+//! batch-1 model does — run in groups of images (the default), bit for bit
+//! at any thread count; compiled whole (`batch_group: None`), within the
+//! JIT's tolerance. A graph that mixes its images is compiled whole and
+//! says why.
 
-use kiln::ir::{Tensor, Value};
-use kiln::{Backend, LoadOptions, load_model, random_input, run_model};
+use kiln::frontends::zoo;
+use kiln::ir::batch::rebatch;
+use kiln::ir::{Model, Tensor, Value};
+use kiln::{CompileOptions, LoadOptions, compile, load_model, random_input};
 
-#[test]
-fn a_zoo_model_runs_each_image_of_a_batch_as_batch_one() {
-    const N: usize = 3;
-    let name = "mobile_former_26m";
+const N: usize = 4;
+
+/// The zoo model `name` at batch 1 and at batch `n`.
+fn one_and_batch(name: &str, n: usize) -> (Model, Model) {
     let one = load_model(name, &LoadOptions::default()).unwrap();
-    let ty = one
+    let shape = one
         .graph
         .value_type(Value::of(one.graph.inputs()[0]))
+        .shape
         .clone();
-    let shape = ty.shape.clone();
     let batched = load_model(
         name,
         &LoadOptions {
-            input_shapes: vec![("image".into(), [vec![N], shape[1..].to_vec()].concat())],
+            input_shapes: vec![("image".into(), [vec![n], shape[1..].to_vec()].concat())],
             ..LoadOptions::default()
         },
     )
     .unwrap();
+    (one, batched)
+}
+
+fn options(threads: usize, batch_group: Option<usize>) -> CompileOptions {
+    let mut o = CompileOptions {
+        batch_group,
+        ..CompileOptions::default()
+    };
+    o.backend.threads = Some(threads);
+    o
+}
+
+#[test]
+fn a_zoo_model_runs_each_image_of_a_batch_as_batch_one() {
+    let name = "mobile_former_26m";
+    let (one, batched) = one_and_batch(name, N);
     // The weights do not depend on the batch.
     assert_eq!(one.weights, batched.weights);
+    let ty = one
+        .graph
+        .value_type(Value::of(one.graph.inputs()[0]))
+        .clone();
     let images: Vec<Tensor> = (0..N).map(|k| random_input(&ty, k as u64)).collect();
     let data: Vec<f32> = images
         .iter()
         .flat_map(|t| t.as_f32().unwrap().to_vec())
         .collect();
-    let xb = Tensor::from_f32([vec![N], shape[1..].to_vec()].concat(), data).unwrap();
-    let yb = run_model(&batched, &[xb], Backend::Jit).unwrap();
-    let classes = yb[0].shape()[1];
-    assert_eq!(yb[0].shape(), [N, classes]);
-    for (k, x) in images.into_iter().enumerate() {
-        let want = run_model(&one, &[x], Backend::Jit).unwrap();
-        let want = want[0].as_f32().unwrap();
-        let got = &yb[0].as_f32().unwrap()[k * classes..(k + 1) * classes];
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = got
+    let xb = Tensor::from_f32([vec![N], ty.shape[1..].to_vec()].concat(), data).unwrap();
+    for threads in [1, 2] {
+        let single = compile(&one, &options(threads, Some(1))).unwrap().model;
+        let want: Vec<Tensor> = images
             .iter()
-            .zip(want)
+            .map(|x| single.run(std::slice::from_ref(x)).unwrap().remove(0))
+            .collect();
+        let classes = want[0].shape()[1];
+        // in groups of one and of two images: each image bit for bit
+        for group in [1, 2] {
+            let c = compile(&batched, &options(threads, Some(group))).unwrap();
+            assert_eq!(c.model.groups(), N / group);
+            assert_eq!(c.whole_batch, None);
+            assert_eq!(c.model.inputs()[0].1.shape[0], N);
+            let yb = c.model.run(std::slice::from_ref(&xb)).unwrap();
+            assert_eq!(yb[0].shape(), [N, classes]);
+            for (k, w) in want.iter().enumerate() {
+                let got = &yb[0].as_f32().unwrap()[k * classes..(k + 1) * classes];
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(got),
+                    bits(w.as_f32().unwrap()),
+                    "image {k}, groups of {group}, {threads} thread(s)"
+                );
+            }
+        }
+        // the whole batch in the kernels
+        let c = compile(&batched, &options(threads, None)).unwrap();
+        assert_eq!(c.model.groups(), 1);
+        assert!(c.whole_batch.as_deref().unwrap().contains("all"));
+        let yb = c.model.run(std::slice::from_ref(&xb)).unwrap();
+        for (k, w) in want.iter().enumerate() {
+            let w = w.as_f32().unwrap();
+            let got = &yb[0].as_f32().unwrap()[k * classes..(k + 1) * classes];
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(w)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-4 * scale, "image {k}: {err} (scale {scale})");
+        }
+    }
+}
+
+#[test]
+fn every_zoo_model_splits_its_batch_into_images() {
+    for e in zoo::list() {
+        let (_, batched) = one_and_batch(e.name, 2);
+        if let Err(why) = rebatch(&batched, 1) {
+            panic!("{}: {why}", e.name);
+        }
+    }
+}
+
+#[test]
+fn a_graph_that_mixes_its_images_is_compiled_whole() {
+    // softmax over the batch axis: each image's result depends on the others
+    let text = "graph mix {\n  input %x : f32[3,8]\n  weight @w : f32[8,8]\n  %m = matmul(%x, @w) : f32[3,8]\n  %s = softmax(%m) {axis=0} : f32[3,8]\n  output %s\n}\n";
+    let graph = kiln::ir::text::parse(text).unwrap();
+    let mut weights = kiln::ir::WeightStore::new();
+    weights.insert("w", random_input(&kiln::ir::TensorType::f32([8, 8]), 7));
+    let model = Model { graph, weights };
+    let x = random_input(&kiln::ir::TensorType::f32([3, 8]), 1);
+    let want =
+        kiln::ir::interp::run(&model.graph, &model.weights, std::slice::from_ref(&x)).unwrap();
+    for threads in [1, 2] {
+        let c = compile(&model, &options(threads, Some(1))).unwrap();
+        assert_eq!(c.model.groups(), 1);
+        let why = c.whole_batch.unwrap();
+        assert!(why.contains("softmax") && why.contains("mixes"), "{why}");
+        let got = c.model.run(std::slice::from_ref(&x)).unwrap();
+        let err = got[0]
+            .as_f32()
+            .unwrap()
+            .iter()
+            .zip(want[0].as_f32().unwrap())
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= 1e-4 * scale, "image {k}: {err} (scale {scale})");
+        assert!(err <= 1e-5, "{err}");
     }
 }

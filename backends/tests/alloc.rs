@@ -18,6 +18,9 @@ struct Counting;
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+/// The counter is global: the tests take turns, so that one's compiling
+/// is not counted as the other's run.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 // SAFETY: every method forwards to `System` with the caller's arguments, so
 // the allocator contract is `System`'s; the counter has no effect on it.
@@ -49,6 +52,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn run_into_does_not_allocate() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng(9);
     let (model, inputs) = single(
         Op::Conv2d {
@@ -79,6 +83,56 @@ fn run_into_does_not_allocate() {
             ALLOCATIONS.load(Ordering::SeqCst),
             0,
             "run_into allocated at {threads} thread(s)"
+        );
+    }
+}
+
+/// A batch run in groups of images allocates nothing either: its arenas
+/// (one per group running at once, plus one for the call's addresses) are
+/// made when the model is.
+#[test]
+fn grouped_runs_do_not_allocate() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = Rng(10);
+    let (model, inputs) = single(
+        Op::Conv2d {
+            stride: [1, 1],
+            pad: [1, 1, 1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        },
+        &[
+            common::input(&[4, 8, 20, 20]),
+            common::weight(&[16, 8, 3, 3]),
+            common::weight(&[16]),
+        ],
+        &mut rng,
+        Fill::Signed,
+    );
+    let one = kiln_ir::batch::rebatch(&model, 1).unwrap();
+    let types = |vs: &[kiln_ir::Value]| -> Vec<kiln_ir::TensorType> {
+        vs.iter()
+            .map(|v| model.graph.value_type(*v).clone())
+            .collect()
+    };
+    let g = &model.graph;
+    let ins: Vec<kiln_ir::Value> = g.inputs().iter().map(|&i| kiln_ir::Value::of(i)).collect();
+    for threads in [1, 2] {
+        let m = compile(&one, &opts(threads))
+            .unwrap()
+            .in_groups(4, &types(&ins), &types(g.outputs()))
+            .unwrap();
+        let mut out = poisoned(&m);
+        ALLOCATIONS.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        for _ in 0..10 {
+            m.run_into(&inputs, &mut out).unwrap();
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+        assert_eq!(
+            ALLOCATIONS.load(Ordering::SeqCst),
+            0,
+            "a grouped run_into allocated at {threads} thread(s)"
         );
     }
 }

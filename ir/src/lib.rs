@@ -6,11 +6,14 @@
 //! - [`graph`]: the petgraph-based graph; [`verify`](mod@verify): its checker;
 //! - [`text`]: the `.kir` text format (printer and parser);
 //! - [`interp`]: the reference interpreter, the oracle for every backend;
+//! - [`batch`]: whether a graph computes its images independently, and
+//!   the same graph for fewer images;
 //! - [`stats`]: parameter and MAC counts; [`limits`]: resource limits;
 //! - [`skip`](mod@skip): how tests that cannot run on this host report it.
 //!
 //! Nothing here knows about egg or Cranelift (see docs/ARCHITECTURE.md).
 
+pub mod batch;
 pub mod error;
 pub mod fused;
 pub mod graph;

@@ -143,6 +143,8 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
         arena_bytes: front.plan.arena_bytes,
         arenas: Mutex::new(Vec::new()),
         pool: Mutex::new(pool),
+        groups: 1,
+        group_bytes: Vec::new(),
         stats,
         _consts: front.consts,
         _weights: front.weights,

@@ -1,5 +1,6 @@
 //! The compiled model at run time: checking and binding tensors, running
-//! the kernels over a per-call arena (on the worker pool), profiling.
+//! the kernels over a per-call arena (on the worker pool), running a batch
+//! as groups of images (on the pool's threads), profiling.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -110,6 +111,11 @@ pub struct CompiledModel {
     pub(super) arena_bytes: usize,
     pub(super) arenas: Mutex<Vec<Arena>>,
     pub(super) pool: Mutex<Pool>,
+    /// runs of the kernels per call, each on the next group of images
+    /// ([`CompiledModel::in_groups`]); 1: the kernels compute the whole call
+    pub(super) groups: usize,
+    /// per input then output: bytes from one group's elements to the next
+    pub(super) group_bytes: Vec<usize>,
     pub(super) stats: CompileStats,
     // Kept alive because compiled code holds their addresses.
     pub(super) _consts: ConstStore,
@@ -336,14 +342,9 @@ impl CompiledModel {
         &self,
         inputs: impl Iterator<Item = usize>,
         outputs: impl Iterator<Item = usize>,
-        mut times: Option<&mut Vec<Duration>>,
+        times: Option<&mut Vec<Duration>>,
     ) {
-        let mut arena = self
-            .arenas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| Arena::new(self.arena_bytes));
+        let mut arena = self.take_arena();
         let n_in = self.inputs.len();
         for (k, p) in inputs.enumerate() {
             arena.set_slot(k, p);
@@ -351,37 +352,174 @@ impl CompiledModel {
         for (k, p) in outputs.enumerate() {
             arena.set_slot(n_in + k, p);
         }
-        let base = arena.base();
         let pool = self.pool.try_lock().ok();
+        if self.groups == 1 {
+            // SAFETY: the arena was laid out by this model's plan: its header
+            // holds the addresses of `inputs` and `outputs`, which by this
+            // function's contract are checked and stay borrowed until we
+            // return; nobody else uses this arena.
+            unsafe { self.run_steps(arena.base(), pool.as_deref(), times) };
+        } else {
+            // SAFETY: as above; `arena` holds the first group's addresses.
+            unsafe { self.run_groups(&arena, pool.as_deref(), times) };
+        }
+        drop(pool);
+        self.put_arena(arena);
+    }
+
+    /// An arena from the model's free list, or a new one.
+    fn take_arena(&self) -> Arena {
+        self.arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| Arena::new(self.arena_bytes))
+    }
+
+    /// Returns an arena to the free list.
+    fn put_arena(&self, arena: Arena) {
+        self.arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(arena);
+    }
+
+    /// Runs every kernel once over the arena at `base`, splitting the
+    /// parallel ones over `pool`; pushes each kernel's time to `times`.
+    ///
+    /// # Safety
+    ///
+    /// `base` is an arena of this model whose header holds the addresses of
+    /// checked inputs and outputs that stay borrowed (outputs mutably, not
+    /// overlapping anything else) until this returns; nobody else uses it.
+    unsafe fn run_steps(
+        &self,
+        base: *mut u8,
+        pool: Option<&Pool>,
+        mut times: Option<&mut Vec<Duration>>,
+    ) {
         for s in &self.steps {
             let t0 = times.is_some().then(Instant::now);
-            if s.units == 0 {
-                if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
-                    t.push(t0.elapsed());
+            if s.units > 0 {
+                // SAFETY: `s.func` is a finalized kernel of this model's JIT
+                // module (kept alive by `self`) with signature `KernelFn`.
+                let f: KernelFn = unsafe { std::mem::transmute::<usize, KernelFn>(s.func) };
+                match (pool, s.parallel) {
+                    // SAFETY: the arena is this model's, bound as this
+                    // function's contract says.
+                    (Some(p), true) => unsafe { p.run(f, base, s.units) },
+                    // SAFETY: as above, on this thread alone.
+                    _ => unsafe { f(base, 0, s.units as i64) },
                 }
-                continue;
-            }
-            // SAFETY: `s.func` is a finalized kernel of this model's JIT module
-            // (kept alive by `self`) with signature `KernelFn`.
-            let f: KernelFn = unsafe { std::mem::transmute::<usize, KernelFn>(s.func) };
-            match (&pool, s.parallel) {
-                // SAFETY: the arena was laid out by this model's plan: its
-                // header holds the addresses of `inputs` and `outputs`, which
-                // by this function's contract are checked and stay borrowed
-                // until we return; nobody else uses this arena.
-                (Some(p), true) => unsafe { p.run(f, base, s.units) },
-                // SAFETY: as above, on this thread alone.
-                _ => unsafe { f(base, 0, s.units as i64) },
             }
             if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
                 t.push(t0.elapsed());
             }
         }
-        drop(pool);
-        self.arenas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(arena);
+    }
+
+    /// Runs the kernels once per group of images. `first` holds the first
+    /// group's addresses; group `g`'s are `g` group strides further on.
+    /// With a pool of `t` threads, groups run `t` at a time, one per thread
+    /// with its own arena and every kernel on that thread; the groups left
+    /// over (fewer than `t`) run one after the other with their kernels
+    /// split over the pool, as are all groups when profiling (`times` then
+    /// gets each kernel's time summed over the groups).
+    ///
+    /// # Safety
+    ///
+    /// As [`CompiledModel::run_steps`], for every group: the addresses in
+    /// `first` plus `g` strides are of checked, borrowed tensors.
+    unsafe fn run_groups(
+        &self,
+        first: &Arena,
+        pool: Option<&Pool>,
+        times: Option<&mut Vec<Duration>>,
+    ) {
+        let threads = pool.map_or(1, |_| self.stats.threads);
+        let together = if threads > 1 && times.is_none() {
+            self.groups - self.groups % threads
+        } else {
+            0
+        };
+        if let (Some(p), true) = (pool, together > 0) {
+            let job = GroupJob { model: self, first };
+            // SAFETY: `group_task` reads `job` through the pointer only while
+            // `run` has not returned, and `job` outlives the call; each group
+            // runs on its own arena with addresses of this call's tensors
+            // (this function's contract), disjoint between groups.
+            unsafe { p.run(group_task, (&raw const job).cast_mut().cast(), together) };
+        }
+        let mut sum: Vec<Duration> = Vec::new();
+        for g in together..self.groups {
+            let mut arena = self.take_arena();
+            for (k, step) in self.group_bytes.iter().enumerate() {
+                arena.set_slot(k, first.slot(k) + g * step);
+            }
+            let mut t = times.as_ref().map(|_| Vec::with_capacity(self.steps.len()));
+            // SAFETY: group `g`'s addresses, by this function's contract.
+            unsafe { self.run_steps(arena.base(), pool, t.as_mut()) };
+            self.put_arena(arena);
+            if let Some(t) = t {
+                sum.resize(t.len(), Duration::ZERO);
+                sum.iter_mut().zip(t).for_each(|(s, t)| *s += t);
+            }
+        }
+        if let Some(times) = times {
+            times.extend(sum);
+        }
+    }
+
+    /// Runs each call as `groups` runs of these kernels, on consecutive
+    /// groups of images: the kernels compute one group (as built by
+    /// `kiln_ir::batch::rebatch`), and a call takes the whole batch,
+    /// `inputs` and `outputs` being its types (the names stay the
+    /// compiled ones). Each group's part of every
+    /// input and output must be one contiguous slice, the `g`-th of
+    /// `groups` equal ones (the batch is the major axis).
+    pub fn in_groups(
+        mut self,
+        groups: usize,
+        inputs: &[TensorType],
+        outputs: &[TensorType],
+    ) -> Result<CompiledModel, BackendError> {
+        let fits = |mine: &[(String, TensorType)], call: &[TensorType]| {
+            mine.len() == call.len()
+                && mine
+                    .iter()
+                    .zip(call)
+                    .all(|((_, t), c)| t.dtype == c.dtype && t.numel() * groups == c.numel())
+        };
+        if groups == 0 || !fits(&self.inputs, inputs) || !fits(&self.outputs, outputs) {
+            return Err(BackendError::Invalid(kiln_ir::IrError::Graph(format!(
+                "{groups} groups of the compiled inputs and outputs do not make the call's"
+            ))));
+        }
+        self.group_bytes = self
+            .inputs
+            .iter()
+            .chain(&self.outputs)
+            .map(|(_, t)| t.size_bytes())
+            .collect();
+        self.groups = groups;
+        // A call holds one arena for the addresses and one per group
+        // running at once: made now, so that no call allocates (a worker
+        // that joins for the first time in a later call would otherwise).
+        let arenas = 1 + groups.min(self.stats.threads);
+        *self.arenas.get_mut().unwrap_or_else(|e| e.into_inner()) =
+            (0..arenas).map(|_| Arena::new(self.arena_bytes)).collect();
+        for ((_, t), c) in self.inputs.iter_mut().zip(inputs) {
+            *t = c.clone();
+        }
+        for ((_, t), c) in self.outputs.iter_mut().zip(outputs) {
+            *t = c.clone();
+        }
+        Ok(self)
+    }
+
+    /// Runs of the kernels per call (1 unless [`CompiledModel::in_groups`]).
+    pub fn groups(&self) -> usize {
+        self.groups
     }
 
     /// Every kernel in run order: the node it came from and what it
@@ -462,5 +600,34 @@ impl CompiledModel {
     /// Names and types of the graph outputs, in order.
     pub fn outputs(&self) -> &[(String, TensorType)] {
         &self.outputs
+    }
+}
+
+/// What [`group_task`] runs: the model and the first group's addresses.
+struct GroupJob<'a> {
+    model: &'a CompiledModel,
+    first: &'a Arena,
+}
+
+/// A pool job over groups of images: groups `[begin, end)`, each on its
+/// own arena with every kernel on this thread.
+///
+/// # Safety
+///
+/// `job` points to a live [`GroupJob`] whose addresses satisfy
+/// [`CompiledModel::run_groups`]' contract for these groups.
+unsafe extern "C" fn group_task(job: *mut u8, begin: i64, end: i64) {
+    // SAFETY: the caller's contract.
+    let job = unsafe { &*(job as *const GroupJob<'_>) };
+    let m = job.model;
+    for g in begin as usize..end as usize {
+        let mut arena = m.take_arena();
+        for (k, step) in m.group_bytes.iter().enumerate() {
+            arena.set_slot(k, job.first.slot(k) + g * step);
+        }
+        // SAFETY: group `g`'s addresses, by the caller's contract; no pool,
+        // since this runs inside one of its jobs.
+        unsafe { m.run_steps(arena.base(), None, None) };
+        m.put_arena(arena);
     }
 }

@@ -162,6 +162,11 @@ impl Arena {
         self.lines[slot / 8].0[slot % 8] = p as u64;
     }
 
+    /// The pointer in header slot `slot`.
+    pub fn slot(&self, slot: usize) -> usize {
+        self.lines[slot / 8].0[slot % 8] as usize
+    }
+
     /// The base address handed to kernels.
     pub fn base(&mut self) -> *mut u8 {
         self.lines.as_mut_ptr().cast()
