@@ -587,6 +587,17 @@ impl CompiledModel {
         times[times.len() / 2]
     }
 
+    /// How many times the worker pool has gone to running kernels on the
+    /// caller alone because its workers missed jobs (`runtime::pool`,
+    /// "When the workers stay away"); 0 at one thread. Waits for any run
+    /// in progress on another thread.
+    pub fn solo_spells(&self) -> u32 {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .solo_spells()
+    }
+
     /// Threads a run uses.
     pub fn threads(&self) -> usize {
         self.stats.threads
