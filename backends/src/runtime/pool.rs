@@ -30,7 +30,11 @@
 //! took 24.9 ms against 9.3 in its other processes and 17.2 at one
 //! thread; bench/threads/run). The caller therefore judges each job: it
 //! is *missed* when awake workers claimed none of it, or when the caller
-//! waited longer for their chunks than its own share took. After
+//! waited longer for their chunks than its own share took, or when a
+//! worker that took chunks ran on the caller's own CPU (the OS put both
+//! threads on one CPU while another process held the other: then every
+//! split kernel ran 1.5x slower than alone, mobile_former_26m 0.60–0.65 ms
+//! at two threads against 0.42–0.45 at one). After
 //! [`MISSES`] missed jobs in a row the caller runs the next jobs alone —
 //! exactly as one thread would — then splits again to probe; each probe
 //! that fails doubles the time alone (from [`SOLO_MIN`] to [`SOLO_MAX`]
@@ -47,7 +51,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -74,6 +78,8 @@ struct Shared {
     sleepers: AtomicUsize,
     /// workers that have started running `worker`
     started: AtomicUsize,
+    /// the CPU the last worker to take a job ran on ([`current_cpu`])
+    worker_cpu: AtomicI64,
     /// tests: workers see jobs but claim nothing, as if never scheduled
     #[cfg(test)]
     muted: AtomicBool,
@@ -217,6 +223,7 @@ impl Pool {
             shutdown: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
+            worker_cpu: AtomicI64::new(-1),
             #[cfg(test)]
             muted: AtomicBool::new(false),
             lock: Mutex::new(()),
@@ -336,7 +343,14 @@ impl Pool {
         // waited longer for their chunks than its own share took (a worker
         // descheduled holding one). A worker woken from its sleep is late
         // by design: its job counts neither way.
-        self.judge(if waited > own + MISS_SLACK {
+        // On the caller's CPU a worker only takes turns with it (the OS
+        // put both threads on one CPU while another process holds the
+        // other): each kernel split that way ran 1.5x slower than alone.
+        let shared_cpu = mine < chunks && {
+            let cpu = current_cpu();
+            cpu >= 0 && s.worker_cpu.load(Ordering::Relaxed) == cpu
+        };
+        self.judge(if waited > own + MISS_SLACK || shared_cpu {
             Some(true)
         } else if mine == chunks {
             // a job the caller finished before an awake, spinning worker
@@ -345,6 +359,24 @@ impl Pool {
         } else {
             Some(false)
         });
+    }
+}
+
+/// The CPU this thread is running on, or -1 where the OS does not say.
+fn current_cpu() -> i64 {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            /// glibc and musl: the CPU the calling thread runs on, or -1
+            fn sched_getcpu() -> std::ffi::c_int;
+        }
+        // SAFETY: `sched_getcpu` takes no arguments and touches no memory
+        // of ours; it only reads the kernel's per-thread CPU number.
+        i64::from(unsafe { sched_getcpu() })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        -1
     }
 }
 
@@ -399,6 +431,7 @@ fn worker(s: &Shared) {
         if s.muted.load(Ordering::Acquire) {
             continue;
         }
+        s.worker_cpu.store(current_cpu(), Ordering::Relaxed);
         let func = s.func.load(Ordering::Relaxed);
         let arena = s.arena.load(Ordering::Relaxed);
         let units = s.units.load(Ordering::Relaxed);
