@@ -797,7 +797,7 @@ fn plane_reference(
 /// edge marking alone and together, every epilogue the code assembles,
 /// with and without residual, input rows longer than the taps need.
 fn plane_specs(width: Width) -> Vec<super::dw_plane::Spec> {
-    let mut rng = Rng(0x3_3d3);
+    let mut rng = Rng(0x33d3);
     let acts: Vec<Act> = Act::ALL
         .into_iter()
         .filter(|&a| super::dw_plane::assembles(a))
@@ -854,7 +854,7 @@ fn check_plane_contract(level: TileLevel, test: &str) {
     let target = Target::host(false).expect("the host target");
     let mut modules = Vec::new();
     let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
-    let mut rng = Rng(0x91a_e);
+    let mut rng = Rng(0x91ae);
     const GUARD: usize = 64;
     for (s, id) in specs.iter().zip(ids) {
         let in_rows = (s.rows - 1) * s.sh + 3;
