@@ -531,6 +531,10 @@ contract_tests!(check_row_contract:
     avx2_row_functions_meet_the_row_contract => TileLevel::Avx2,
 );
 
+/// Elements of NaN (or sentinel) guard before and after each buffer a
+/// plane contract test hands the code.
+const GUARD: usize = 64;
+
 /// A depthwise window function: System V, `fn(x, dst, w, res, bias, s1, s2)`.
 type WindowFn =
     unsafe extern "sysv64" fn(*const f32, *mut f32, *const f32, *const f32, f32, f32, f32);
@@ -671,7 +675,6 @@ fn check_window_contract(level: TileLevel, test: &str) {
     let mut modules = Vec::new();
     let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
     let mut rng = Rng(0x3d_3d);
-    const GUARD: usize = 64;
     for (s, id) in specs.iter().zip(ids) {
         let mut fill = |n: usize| -> Vec<f32> {
             let mut v = vec![f32::NAN; n + 2 * GUARD];
@@ -691,24 +694,6 @@ fn check_window_contract(level: TileLevel, test: &str) {
         if s.max {
             k[0] = f32::NEG_INFINITY;
         }
-        let mut dst = vec![-7.0f32; s.ho * s.wo + 2 * GUARD];
-        let (x0, w0, r0) = (x.clone(), w.clone(), res.clone());
-        // SAFETY: `addrs[id]` is the finalised code of `s`, assembled for a
-        // level the host runs (checked above); each pointer is the start of
-        // a plane of `s`'s size with guards on both sides, which the
-        // contract says the code never touches; the modules outlive the call.
-        unsafe {
-            let f: WindowFn = std::mem::transmute::<usize, WindowFn>(addrs[id]);
-            f(
-                x.as_ptr().add(GUARD),
-                dst.as_mut_ptr().add(GUARD),
-                w.as_ptr().add(GUARD),
-                res.as_ptr().add(GUARD),
-                k[0],
-                k[1],
-                k[2],
-            );
-        }
         let inner = |v: &[f32], n: usize| v[GUARD..GUARD + n].to_vec();
         let want = window_reference(
             s,
@@ -717,31 +702,84 @@ fn check_window_contract(level: TileLevel, test: &str) {
             &inner(&res, s.ho * s.wo),
             k,
         );
-        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        for (idx, &got) in dst.iter().enumerate() {
-            if (GUARD..GUARD + s.ho * s.wo).contains(&idx) {
-                let want = want[idx - GUARD];
+        // SAFETY: `addrs[id]` is the finalised code of `s`, assembled for a
+        // level the host runs (checked above), reading planes of `s`'s size.
+        unsafe {
+            call_plane_fn(
+                addrs[id],
+                [&x, &w, &res],
+                k,
+                s.ho * s.wo,
+                |i| Some(want[i]),
+                s,
+            )
+        };
+    }
+    drop(modules);
+}
+
+/// Calls the plane function at `addr` (`fn(x, dst, w, res, bias, s1, s2)`,
+/// [`WindowFn`]) on `x`, `w` and `res` — each with [`GUARD`] elements
+/// before and after — into an output of `out` elements between guards,
+/// then checks output element `i` against `want(i)` within TOL of the
+/// largest wanted magnitude (`None`: it must stay unwritten), that nothing
+/// outside the output was written, and that no input changed. `case`
+/// names the case in failures.
+///
+/// # Safety
+///
+/// `addr` is finalised code of that signature for an ISA the host runs,
+/// reading and writing only what its contract lets it within those
+/// buffers (guards excluded), and the code's module outlives the call.
+unsafe fn call_plane_fn(
+    addr: usize,
+    [x, w, res]: [&[f32]; 3],
+    k: [f32; 3],
+    out: usize,
+    want: impl Fn(usize) -> Option<f64>,
+    case: &dyn std::fmt::Debug,
+) {
+    let mut dst = vec![-7.0f32; out + 2 * GUARD];
+    let (x0, w0, r0) = (x.to_vec(), w.to_vec(), res.to_vec());
+    // SAFETY: the caller's contract; each pointer is past the guard
+    // before its buffer.
+    unsafe {
+        let f: WindowFn = std::mem::transmute::<usize, WindowFn>(addr);
+        f(
+            x.as_ptr().add(GUARD),
+            dst.as_mut_ptr().add(GUARD),
+            w.as_ptr().add(GUARD),
+            res.as_ptr().add(GUARD),
+            k[0],
+            k[1],
+            k[2],
+        );
+    }
+    let scale = (0..out)
+        .filter_map(&want)
+        .fold(1.0f64, |m, v| m.max(v.abs()));
+    for (idx, &got) in dst.iter().enumerate() {
+        match idx.checked_sub(GUARD).filter(|&i| i < out).and_then(&want) {
+            Some(want) => {
                 let e = (f64::from(got) - want).abs() / scale;
                 assert!(
                     e <= TOL,
-                    "{s:?}: [{}] = {got}, want {want} ({e:.2e})",
+                    "{case:?}: [{}] = {got}, want {want} ({e:.2e})",
                     idx - GUARD
                 );
-            } else {
-                assert_eq!(
-                    got.to_bits(),
-                    (-7.0f32).to_bits(),
-                    "{s:?}: wrote outside the plane at {idx}"
-                );
             }
+            None => assert_eq!(
+                got.to_bits(),
+                (-7.0f32).to_bits(),
+                "{case:?}: wrote outside the output at {idx}"
+            ),
         }
-        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(
-            same(&x, &x0) && same(&w, &w0) && same(&res, &r0),
-            "{s:?}: changed an input"
-        );
     }
-    drop(modules);
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+    assert!(
+        same(x, &x0) && same(w, &w0) && same(res, &r0),
+        "{case:?}: changed an input"
+    );
 }
 
 contract_tests!(check_window_contract:
@@ -855,7 +893,6 @@ fn check_plane_contract(level: TileLevel, test: &str) {
     let mut modules = Vec::new();
     let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
     let mut rng = Rng(0x91ae);
-    const GUARD: usize = 64;
     for (s, id) in specs.iter().zip(ids) {
         let in_rows = (s.rows - 1) * s.sh + 3;
         let mut x = vec![f32::NAN; in_rows * s.w + 2 * GUARD];
@@ -884,26 +921,6 @@ fn check_plane_contract(level: TileLevel, test: &str) {
             rng.f32_in(-1.0, 1.0),
             rng.f32_in(-1.0, 1.0),
         ];
-        let mut dst = vec![-7.0f32; s.rows * s.wo + 2 * GUARD];
-        let (x0, w0, r0) = (x.clone(), w.clone(), res.clone());
-        // SAFETY: `addrs[id]` is the finalised code of `s`, assembled for a
-        // level the host runs (checked above); `x` points at the first
-        // output's top-left tap of a block of `s`'s taps, `dst` and `res` at
-        // planes of `s.rows` rows of `s.wo`, each with guards on both sides
-        // that the contract says the code never writes; the modules outlive
-        // the call.
-        unsafe {
-            let f: WindowFn = std::mem::transmute::<usize, WindowFn>(addrs[id]);
-            f(
-                x.as_ptr().add(GUARD),
-                dst.as_mut_ptr().add(GUARD),
-                w.as_ptr().add(GUARD),
-                res.as_ptr().add(GUARD),
-                k[0],
-                k[1],
-                k[2],
-            );
-        }
         let inner = |v: &[f32], n: usize| v[GUARD..GUARD + n].to_vec();
         let want = plane_reference(
             s,
@@ -912,27 +929,13 @@ fn check_plane_contract(level: TileLevel, test: &str) {
             &inner(&res, s.rows * s.wo),
             k,
         );
-        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        for (idx, &got) in dst.iter().enumerate() {
-            let at = idx.checked_sub(GUARD).filter(|&i| i < s.rows * s.wo);
-            match at.map(|i| (i / s.wo, i % s.wo)) {
-                Some((r, c)) if c < s.cols => {
-                    let want = want[r * s.cols + c];
-                    let e = (f64::from(got) - want).abs() / scale;
-                    assert!(e <= TOL, "{s:?}: ({r}, {c}) = {got}, want {want} ({e:.2e})");
-                }
-                _ => assert_eq!(
-                    got.to_bits(),
-                    (-7.0f32).to_bits(),
-                    "{s:?}: wrote outside the block at {idx}"
-                ),
-            }
-        }
-        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(
-            same(&x, &x0) && same(&w, &w0) && same(&res, &r0),
-            "{s:?}: changed an input"
-        );
+        // the block's columns of each output row, the rest untouched
+        let at = |i: usize| (i % s.wo < s.cols).then(|| want[i / s.wo * s.cols + i % s.wo]);
+        // SAFETY: `addrs[id]` is the finalised code of `s`, assembled for a
+        // level the host runs (checked above); `x` holds the taps of `s`'s
+        // block from the first output's top-left one, `res` and the output
+        // `s.rows` rows of `s.wo`.
+        unsafe { call_plane_fn(addrs[id], [&x, &w, &res], k, s.rows * s.wo, at, s) };
     }
     drop(modules);
 }
