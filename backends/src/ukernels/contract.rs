@@ -1013,12 +1013,48 @@ type WinoOutFn = unsafe extern "sysv64" fn(*const f32, *mut f32, *const f32, f32
 /// chunks with and without a tail, left paddings 0–2 and every
 /// activation the output assembles, between NaN guards.
 fn check_winograd_contract(level: TileLevel, test: &str) {
-    use super::winograd::{AT, BT, InSpec, OutSpec, POSITIONS};
     if TileLevel::host() < level {
         kiln_ir::skip::skip(test, &format!("this CPU lacks {level:?}"));
         return;
     }
-    const GUARD: usize = 256;
+    let ins = winograd_in_specs();
+    let outs = winograd_out_specs();
+    let mut reg = Registry::new(level);
+    let in_ids: Vec<usize> = ins
+        .iter()
+        .map(|s| {
+            reg.request(Spec::WinoIn(*s))
+                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        })
+        .collect();
+    let out_ids: Vec<usize> = outs
+        .iter()
+        .map(|s| {
+            reg.request(Spec::WinoOut(*s))
+                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        })
+        .collect();
+    let target = Target::host(false).expect("the host target");
+    let mut modules = Vec::new();
+    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let mut rng = Rng(0x0313_30a7);
+    for (s, id) in ins.iter().zip(in_ids) {
+        check_winograd_in(s, addrs[id], &mut rng);
+    }
+    for (s, id) in outs.iter().zip(out_ids) {
+        check_winograd_out(s, addrs[id], &mut rng);
+    }
+    drop(modules);
+}
+
+/// Floats of NaN (or of a marker) around each buffer a Winograd transform
+/// reads or writes, so a read or write outside it shows.
+const WINO_GUARD: usize = 256;
+
+/// The input transforms checked: plane widths with whole and partial last
+/// tiles, left paddings 0–2, and every band of valid rows (`lo..hi`).
+fn winograd_in_specs() -> Vec<super::winograd::InSpec> {
+    use super::winograd::InSpec;
     let mut ins = Vec::new();
     for (w, tiles, pl) in [
         (7, 2, 1),
@@ -1039,6 +1075,13 @@ fn check_winograd_contract(level: TileLevel, test: &str) {
             });
         }
     }
+    ins
+}
+
+/// The output transforms checked: widths with whole and partial last
+/// tiles, 1–4 rows, several activations, with and without a residual.
+fn winograd_out_specs() -> Vec<super::winograd::OutSpec> {
+    use super::winograd::OutSpec;
     let mut outs = Vec::new();
     for (wo, tiles) in [(7, 2), (56, 14), (8, 2), (130, 33), (64, 16), (17, 5)] {
         for (rows, act) in [
@@ -1060,128 +1103,121 @@ fn check_winograd_contract(level: TileLevel, test: &str) {
             }
         }
     }
-    let mut reg = Registry::new(level);
-    let in_ids: Vec<usize> = ins
-        .iter()
-        .map(|s| {
-            reg.request(Spec::WinoIn(*s))
-                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        })
-        .collect();
-    let out_ids: Vec<usize> = outs
-        .iter()
-        .map(|s| {
-            reg.request(Spec::WinoOut(*s))
-                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        })
-        .collect();
-    let target = Target::host(false).expect("the host target");
-    let mut modules = Vec::new();
-    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
-    let mut rng = Rng(0x0313_30a7);
-    for (s, id) in ins.iter().zip(in_ids) {
-        // six rows of `w`, inside guards: rows outside lo..hi are NaN
-        let mut src = vec![f32::NAN; 6 * s.w + 2 * GUARD];
-        for i in s.lo..s.hi {
-            for x in 0..s.w {
-                src[GUARD + i * s.w + x] = rng.f32_in(-2.0, 2.0);
+    outs
+}
+
+/// Runs the input transform `s` assembled at `addr` on random rows inside
+/// guards and checks every tile it writes (and nothing else) against
+/// `Bᵀ d B` in f64.
+fn check_winograd_in(s: &super::winograd::InSpec, addr: usize, rng: &mut Rng) {
+    use super::winograd::{BT, POSITIONS};
+    const GUARD: usize = WINO_GUARD;
+    // six rows of `w`, inside guards: rows outside lo..hi are NaN
+    let mut src = vec![f32::NAN; 6 * s.w + 2 * GUARD];
+    for i in s.lo..s.hi {
+        for x in 0..s.w {
+            src[GUARD + i * s.w + x] = rng.f32_in(-2.0, 2.0);
+        }
+    }
+    let dst_len = (POSITIONS - 1) * s.stride + s.tiles;
+    let mut dst = vec![-7.0f32; dst_len + 2 * GUARD];
+    // SAFETY: `addr` is the finalised code of `s` at a level the
+    // host runs; it reads rows lo..hi of `src` (inside the guards) and
+    // writes the tiles of `dst`; the modules outlive the call.
+    unsafe {
+        let f: WinoInFn = std::mem::transmute::<usize, WinoInFn>(addr);
+        f(src.as_ptr().add(GUARD), dst.as_mut_ptr().add(GUARD));
+    }
+    let d = |i: usize, x: i64| -> f64 {
+        if (s.lo..s.hi).contains(&i) && (0..s.w as i64).contains(&x) {
+            f64::from(src[GUARD + i * s.w + x as usize])
+        } else {
+            0.0
+        }
+    };
+    let mut want = vec![-7.0f64; dst.len()];
+    let mut bound = vec![0f64; dst.len()];
+    for t in 0..s.tiles {
+        for (k, bk) in BT.iter().enumerate() {
+            for (l, bl) in BT.iter().enumerate() {
+                let (mut v, mut mag) = (0f64, 0f64);
+                for (i, &bki) in bk.iter().enumerate() {
+                    for (j, &blj) in bl.iter().enumerate() {
+                        let term = bki * d(i, (4 * t + j) as i64 - s.pl as i64) * blj;
+                        v += term;
+                        mag += term.abs();
+                    }
+                }
+                let at = GUARD + (6 * k + l) * s.stride + t;
+                want[at] = v;
+                bound[at] = 8.0 * f64::from(f32::EPSILON) * mag;
             }
         }
-        let dst_len = (POSITIONS - 1) * s.stride + s.tiles;
-        let mut dst = vec![-7.0f32; dst_len + 2 * GUARD];
-        // SAFETY: `addrs[id]` is the finalised code of `s` at a level the
-        // host runs; it reads rows lo..hi of `src` (inside the guards) and
-        // writes the tiles of `dst`; the modules outlive the call.
-        unsafe {
-            let f: WinoInFn = std::mem::transmute::<usize, WinoInFn>(addrs[id]);
-            f(src.as_ptr().add(GUARD), dst.as_mut_ptr().add(GUARD));
+    }
+    for (k, ((g, w), b)) in dst.iter().zip(&want).zip(&bound).enumerate() {
+        let e = (f64::from(*g) - w).abs();
+        assert!(e <= *b, "{s:?}: element {k}: {g} against {w} (bound {b:e})");
+    }
+}
+
+/// Runs the output transform `s` assembled at `addr` on random tiles, bias
+/// and residual, and checks every row it writes (and nothing else) against
+/// `Aᵀ m A`, the bias, the activation and the residual in f64.
+fn check_winograd_out(s: &super::winograd::OutSpec, addr: usize, rng: &mut Rng) {
+    use super::winograd::{AT, POSITIONS};
+    const GUARD: usize = WINO_GUARD;
+    let m_len = (POSITIONS - 1) * s.stride + s.tiles;
+    let mut m = vec![f32::NAN; m_len + 2 * GUARD];
+    for p in 0..POSITIONS {
+        for t in 0..s.tiles {
+            m[GUARD + p * s.stride + t] = rng.f32_in(-2.0, 2.0);
         }
-        let d = |i: usize, x: i64| -> f64 {
-            if (s.lo..s.hi).contains(&i) && (0..s.w as i64).contains(&x) {
-                f64::from(src[GUARD + i * s.w + x as usize])
+    }
+    let len = s.rows * s.wo;
+    let mut dst = vec![-7.0f32; len + 2 * GUARD];
+    let mut res = vec![f32::NAN; len + 2 * GUARD];
+    for r in &mut res[GUARD..GUARD + len] {
+        *r = rng.f32_in(-2.0, 2.0);
+    }
+    let bias = rng.f32_in(-1.0, 1.0);
+    // SAFETY: as above: `m` holds every tile of every position, `dst`
+    // and `res` the rows the call writes and reads, inside guards.
+    unsafe {
+        let f: WinoOutFn = std::mem::transmute::<usize, WinoOutFn>(addr);
+        f(
+            m.as_ptr().add(GUARD),
+            dst.as_mut_ptr().add(GUARD),
+            res.as_ptr().add(GUARD),
+            bias,
+        );
+    }
+    let mut want = vec![-7.0f64; dst.len()];
+    let mut bound = vec![0f64; dst.len()];
+    for i in 0..s.rows {
+        for x in 0..s.wo {
+            let (t, j) = (x / 4, x % 4);
+            let (mut y, mut mag) = (f64::from(bias), f64::from(bias).abs());
+            for (k, &aik) in AT[i].iter().enumerate() {
+                for (l, &ajl) in AT[j].iter().enumerate() {
+                    let v = aik * f64::from(m[GUARD + (6 * k + l) * s.stride + t]) * ajl;
+                    y += v;
+                    mag += v.abs();
+                }
+            }
+            let r = if s.res {
+                f64::from(res[GUARD + i * s.wo + x])
             } else {
                 0.0
-            }
-        };
-        let mut want = vec![-7.0f64; dst.len()];
-        let mut bound = vec![0f64; dst.len()];
-        for t in 0..s.tiles {
-            for (k, bk) in BT.iter().enumerate() {
-                for (l, bl) in BT.iter().enumerate() {
-                    let (mut v, mut mag) = (0f64, 0f64);
-                    for (i, &bki) in bk.iter().enumerate() {
-                        for (j, &blj) in bl.iter().enumerate() {
-                            let term = bki * d(i, (4 * t + j) as i64 - s.pl as i64) * blj;
-                            v += term;
-                            mag += term.abs();
-                        }
-                    }
-                    let at = GUARD + (6 * k + l) * s.stride + t;
-                    want[at] = v;
-                    bound[at] = 8.0 * f64::from(f32::EPSILON) * mag;
-                }
-            }
-        }
-        for (k, ((g, w), b)) in dst.iter().zip(&want).zip(&bound).enumerate() {
-            let e = (f64::from(*g) - w).abs();
-            assert!(e <= *b, "{s:?}: element {k}: {g} against {w} (bound {b:e})");
+            };
+            let at = GUARD + i * s.wo + x;
+            want[at] = act_reference(s.act, y, 0.0, 0.0) + r;
+            bound[at] = 8.0 * f64::from(f32::EPSILON) * (mag + r.abs());
         }
     }
-    for (s, id) in outs.iter().zip(out_ids) {
-        let m_len = (POSITIONS - 1) * s.stride + s.tiles;
-        let mut m = vec![f32::NAN; m_len + 2 * GUARD];
-        for p in 0..POSITIONS {
-            for t in 0..s.tiles {
-                m[GUARD + p * s.stride + t] = rng.f32_in(-2.0, 2.0);
-            }
-        }
-        let len = s.rows * s.wo;
-        let mut dst = vec![-7.0f32; len + 2 * GUARD];
-        let mut res = vec![f32::NAN; len + 2 * GUARD];
-        for r in &mut res[GUARD..GUARD + len] {
-            *r = rng.f32_in(-2.0, 2.0);
-        }
-        let bias = rng.f32_in(-1.0, 1.0);
-        // SAFETY: as above: `m` holds every tile of every position, `dst`
-        // and `res` the rows the call writes and reads, inside guards.
-        unsafe {
-            let f: WinoOutFn = std::mem::transmute::<usize, WinoOutFn>(addrs[id]);
-            f(
-                m.as_ptr().add(GUARD),
-                dst.as_mut_ptr().add(GUARD),
-                res.as_ptr().add(GUARD),
-                bias,
-            );
-        }
-        let mut want = vec![-7.0f64; dst.len()];
-        let mut bound = vec![0f64; dst.len()];
-        for i in 0..s.rows {
-            for x in 0..s.wo {
-                let (t, j) = (x / 4, x % 4);
-                let (mut y, mut mag) = (f64::from(bias), f64::from(bias).abs());
-                for (k, &aik) in AT[i].iter().enumerate() {
-                    for (l, &ajl) in AT[j].iter().enumerate() {
-                        let v = aik * f64::from(m[GUARD + (6 * k + l) * s.stride + t]) * ajl;
-                        y += v;
-                        mag += v.abs();
-                    }
-                }
-                let r = if s.res {
-                    f64::from(res[GUARD + i * s.wo + x])
-                } else {
-                    0.0
-                };
-                let at = GUARD + i * s.wo + x;
-                want[at] = act_reference(s.act, y, 0.0, 0.0) + r;
-                bound[at] = 8.0 * f64::from(f32::EPSILON) * (mag + r.abs());
-            }
-        }
-        for (k, ((g, w), b)) in dst.iter().zip(&want).zip(&bound).enumerate() {
-            let e = (f64::from(*g) - w).abs();
-            assert!(e <= *b, "{s:?}: element {k}: {g} against {w} (bound {b:e})");
-        }
+    for (k, ((g, w), b)) in dst.iter().zip(&want).zip(&bound).enumerate() {
+        let e = (f64::from(*g) - w).abs();
+        assert!(e <= *b, "{s:?}: element {k}: {g} against {w} (bound {b:e})");
     }
-    drop(modules);
 }
 
 contract_tests!(check_winograd_contract:
