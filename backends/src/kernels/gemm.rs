@@ -16,7 +16,8 @@
 //!
 //! Fused conv/linear kernels add an [`Epilogue`] (activation, then a
 //! residual laid out like C) applied to the accumulators right before the
-//! store: in the Cranelift tile on the f32x4 accumulators; in the assembled
+//! store: in the portable Cranelift tile (`ukernels/f32x4/tile.rs`) on the
+//! f32x4 accumulators; in the assembled
 //! tiles (AVX-512 shapes fitted per GEMM by [`asm_tile_for`], or AVX2
 //! 6×16, by the `Registry`'s level) as vector
 //! instructions, GELU included. The Cranelift tile sweeps its expensive
@@ -27,7 +28,6 @@
 //! unit it falls in, so results do not depend on the thread count.
 
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value};
-use cranelift_frontend::Variable;
 
 use super::epilogue::Epilogue;
 use super::{Kernel, Opt};
@@ -36,9 +36,10 @@ use crate::runtime::ConstStore;
 use crate::target::TileLevel;
 use crate::ukernels::avx2::tile as avx2_tile;
 use crate::ukernels::avx512::tile as avx512_tile;
+use crate::ukernels::f32x4::tile::{self as f32x4, AView, BView, Ptrs};
 use crate::ukernels::tile::{self, Bias};
 use crate::ukernels::{Registry, Spec};
-use kiln_ir::fused::Act;
+pub(crate) use f32x4::{CIn, Init};
 
 /// Where A (`M×K`, broadcast element by element) comes from.
 #[derive(Clone, Copy, Debug)]
@@ -56,30 +57,6 @@ pub(crate) enum BSrc {
     Packed { addr: usize },
     /// In place: element `(k, j)` at `base + 4·(off + k·ks + j)`.
     Strided { buf: Buf, ks: i64 },
-}
-
-/// The accumulators' starting values.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Init {
-    /// zero
-    Zero,
-    /// `bias[off + i]` for row `i` (convolution bias)
-    Row(Buf),
-    /// `bias[j]` for column `j` (a linear layer's bias)
-    Col(Buf),
-}
-
-/// `beta · Cin[i·rs + j·cs]` added to the result (gemm's `c`; `cs` is 0 or 1).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct CIn {
-    /// scale
-    pub beta: f32,
-    /// the tensor
-    pub buf: Buf,
-    /// row stride (0 when broadcast)
-    pub rs: i64,
-    /// column stride, 0 or 1
-    pub cs: i64,
 }
 
 /// Tile shape: `mr` rows × `4·nv` columns.
@@ -173,24 +150,6 @@ pub(crate) fn asm_tile_for(level: TileLevel, m: usize, n: usize, k: usize) -> Ti
 pub(crate) fn asm_shape_for(level: TileLevel, m: usize, n: usize, k: usize) -> (usize, usize) {
     let t = asm_tile_for(level, m, n, k);
     (t.mr, 4 * t.nv)
-}
-
-/// The first `valid` (< 4) f32 lanes at `base + off`, the others those of
-/// `zero`: a vector never read past the end of a row.
-fn load_lanes(
-    e: &mut Emitter,
-    f: MemFlagsData,
-    base: Value,
-    off: i64,
-    valid: usize,
-    zero: Value,
-) -> Value {
-    let mut y = zero;
-    for l in 0..valid {
-        let s = e.load(F32, f, base, off + 4 * l as i64);
-        y = e.b.ins().insertlane(y, s, l as u8);
-    }
-    y
 }
 
 /// A batched GEMM. See the module docs.
@@ -332,15 +291,6 @@ struct TilePtrs {
     /// the run-time B panel this tile fills as it reads B in place (`b`
     /// then points at B itself): the first tile of a column panel
     panel: Option<Value>,
-}
-
-/// How a tile reads B: row stride in elements, whether rows are padded to
-/// whole vectors (packed panels), and the memory flags.
-#[derive(Clone, Copy)]
-struct BView {
-    ks: i64,
-    padded: bool,
-    flags: MemFlagsData,
 }
 
 /// Largest B panel (`K × NR` floats) packed at run time into the kernel's
@@ -609,87 +559,8 @@ impl Gemm {
         e.b.ins().call_indirect(sig, f, &args);
     }
 
-    /// Applies the activation (never the dynamic ReLU, which is always
-    /// inline) and the residual to the `mr × nt` block at `p.c`,
-    /// which the tile has just written: one row per loop iteration, f32x4
-    /// vectors and a scalar column tail, constants local to the sweep.
-    fn sweep(&self, e: &mut Emitter, p: TilePtrs, mr: usize, nt: usize) {
-        let wf = Emitter::wflags();
-        let rf = MemFlagsData::new().with_notrap();
-        let res = self.epi.residual.map(Emitter::rflags);
-        e.local_consts(|e| {
-            e.for_static(0, mr as i64, 1, |e, i| {
-                let c = e.index(p.c, i, 4 * self.c_rs);
-                let r = p.res.map(|r| e.index(r, i, 4 * self.c_rs));
-                for v in 0..nt / 4 {
-                    let x = e.load(V4, rf, c, 16 * v as i64);
-                    let mut x = self.epi.activate(e, V4, x, None);
-                    if let (Some(r), Some(f)) = (r, res) {
-                        let y = e.load(V4, f, r, 16 * v as i64);
-                        x = e.b.ins().fadd(x, y);
-                    }
-                    e.store(wf, x, c, 16 * v as i64);
-                }
-                for col in 4 * (nt / 4)..nt {
-                    let x = e.load(F32, rf, c, 4 * col as i64);
-                    let mut x = self.epi.activate(e, F32, x, None);
-                    if let (Some(r), Some(f)) = (r, res) {
-                        let y = e.load(F32, f, r, 4 * col as i64);
-                        x = e.b.ins().fadd(x, y);
-                    }
-                    e.store(wf, x, c, 4 * col as i64);
-                }
-            });
-        });
-    }
-
-    /// Emits one tile of `mr` rows and `nt` valid columns.
-    /// The accumulators of an `mr × nt` tile (`nv` vectors and `ns` scalar
-    /// columns a row), seeded with the bias at `bias` or zero.
-    fn seed(
-        &self,
-        e: &mut Emitter,
-        bias: Option<Value>,
-        mr: usize,
-        nt: usize,
-        (nv, ns): (usize, usize),
-    ) -> (Vec<Vec<Variable>>, Vec<Vec<Variable>>) {
-        let zero_v = e.kc(V4, 0.0);
-        let zero_s = e.fc(0.0);
-        let mut acc: Vec<Vec<Variable>> = Vec::with_capacity(mr);
-        let mut accs: Vec<Vec<Variable>> = Vec::with_capacity(mr);
-        for i in 0..mr {
-            let (iv, is): (Vec<Value>, Vec<Value>) = match (self.init, bias) {
-                (Init::Row(buf), Some(bp)) => {
-                    let s = e.load(F32, Emitter::rflags(buf), bp, 4 * i as i64);
-                    let v = e.b.ins().splat(V4, s);
-                    (vec![v; nv], vec![s; ns])
-                }
-                (Init::Col(buf), Some(bp)) => {
-                    let f = Emitter::rflags(buf);
-                    // vectors only where the bias has 4 valid columns
-                    let vs = (0..nv)
-                        .map(|v| {
-                            if 4 * v + 4 <= nt {
-                                e.load(V4, f, bp, 16 * v as i64)
-                            } else {
-                                load_lanes(e, f, bp, 16 * v as i64, nt - 4 * v, zero_v)
-                            }
-                        })
-                        .collect();
-                    let ss = (0..ns)
-                        .map(|s| e.load(F32, f, bp, 4 * (4 * nv + s) as i64))
-                        .collect();
-                    (vs, ss)
-                }
-                _ => (vec![zero_v; nv], vec![zero_s; ns]),
-            };
-            acc.push(iv.iter().map(|&x| e.var(V4, x)).collect());
-            accs.push(is.iter().map(|&x| e.var(F32, x)).collect());
-        }
-        (acc, accs)
-    }
-
+    /// Emits one tile of `mr` rows and `nt` valid columns: the GEMM's
+    /// assembled variant for it when it has one, else the portable tile.
     fn tile(&self, e: &mut Emitter, p: TilePtrs, bv: BView, mr: usize, nt: usize) {
         if let Some(asm) = self.asm {
             // the GEMM's tile is the assembled one (`asm_compatible`)
@@ -711,169 +582,41 @@ impl Gemm {
             };
             return self.tile(e, p, bv, mr, nt);
         }
-        let b_packed = bv.padded;
-        // vectors computed; scalar columns computed (only from unpacked B)
-        let (nv, ns) = if b_packed {
-            (nt.div_ceil(4), 0)
-        } else {
-            (nt / 4, nt % 4)
+        let p = Ptrs {
+            a: p.a,
+            b: p.b,
+            c: p.c,
+            bias: p.bias,
+            cin: p.cin,
+            res: p.res,
+            slopes: p.slopes,
         };
-        let (a_rs, a_ks, af) = match self.a {
-            ASrc::Packed { addr } => (
-                1,
-                self.tile.mr as i64,
-                Emitter::rflags(Buf::input(Loc::Const(addr))),
-            ),
-            ASrc::Strided { buf, rs, ks } => (rs, ks, Emitter::rflags(buf)),
+        self.portable(bv).emit(e, p, mr, nt);
+    }
+
+    /// The portable tile of this GEMM, reading B as `b`.
+    fn portable(&self, b: BView) -> f32x4::Tile<'_> {
+        let a = match self.a {
+            ASrc::Packed { addr } => AView {
+                rs: 1,
+                ks: self.tile.mr as i64,
+                flags: Emitter::rflags(Buf::input(Loc::Const(addr))),
+            },
+            ASrc::Strided { buf, rs, ks } => AView {
+                rs,
+                ks,
+                flags: Emitter::rflags(buf),
+            },
         };
-        let (b_ks, bf) = (bv.ks, bv.flags);
-        // accumulators
-        let zero_v = e.kc(V4, 0.0);
-        let (acc, accs) = self.seed(e, p.bias, mr, nt, (nv, ns));
-        // K loop, unrolled by U
-        const U: usize = 4;
-        let pa = e.var(I64, p.a);
-        let pb = e.var(I64, p.b);
-        let step = |e: &mut Emitter, u: usize| {
-            let a = e.b.use_var(pa);
-            let b = e.b.use_var(pb);
-            let ao = 4 * (u as i64) * a_ks;
-            let bo = 4 * (u as i64) * b_ks;
-            let bv: Vec<Value> = (0..nv)
-                .map(|v| e.load(V4, bf, b, bo + 16 * v as i64))
-                .collect();
-            let bs: Vec<Value> = (0..ns)
-                .map(|s| e.load(F32, bf, b, bo + 4 * (4 * nv + s) as i64))
-                .collect();
-            for i in 0..mr {
-                let x = e.load(F32, af, a, ao + 4 * i as i64 * a_rs);
-                if nv > 0 {
-                    let xv = e.b.ins().splat(V4, x);
-                    for (v, &bvv) in bv.iter().enumerate() {
-                        let c = e.b.use_var(acc[i][v]);
-                        let r = e.mul_add(xv, bvv, c);
-                        e.b.def_var(acc[i][v], r);
-                    }
-                }
-                for (s, &bss) in bs.iter().enumerate() {
-                    let c = e.b.use_var(accs[i][s]);
-                    let r = e.mul_add(x, bss, c);
-                    e.b.def_var(accs[i][s], r);
-                }
-            }
-        };
-        let main = self.k / U;
-        e.for_static(0, main as i64, 1, |e, _| {
-            for u in 0..U {
-                step(e, u);
-            }
-            let a = e.b.use_var(pa);
-            let a = e.off(a, 4 * (U as i64) * a_ks);
-            e.b.def_var(pa, a);
-            let b = e.b.use_var(pb);
-            let b = e.off(b, 4 * (U as i64) * b_ks);
-            e.b.def_var(pb, b);
-        });
-        for u in 0..self.k % U {
-            step(e, u);
-        }
-        // Epilogue. Activations with polynomials or several constants run
-        // in a sweep after the store (see `sweep`); the others inline, with
-        // their constants local to the epilogue (`Emitter::local_consts`).
-        let inline = !self.epi.swept();
-        let epilogue = |e: &mut Emitter| {
-            let wf = Emitter::wflags();
-            let alpha = (self.alpha != 1.0).then(|| (e.kc(V4, self.alpha), e.fc(self.alpha)));
-            let cin = self.cin.map(|c| (c, e.kc(V4, c.beta), e.fc(c.beta)));
-            let res = self
-                .epi
-                .residual
-                .map(Emitter::rflags)
-                .zip(p.res)
-                .filter(|_| inline);
-            for i in 0..mr {
-                let row_off = 4 * i as i64 * self.c_rs;
-                // this row's dynamic-ReLU slopes, scalar and splat
-                let sl = self
-                    .epi
-                    .slopes
-                    .zip(p.slopes)
-                    .filter(|_| inline)
-                    .map(|(s, (p1, p2))| {
-                        let s1 = e.load(F32, Emitter::rflags(s.a1), p1, 4 * i as i64);
-                        let s2 = e.load(F32, Emitter::rflags(s.a2), p2, 4 * i as i64);
-                        (s1, s2)
-                    });
-                let slv = sl.map(|(s1, s2)| (e.b.ins().splat(V4, s1), e.b.ins().splat(V4, s2)));
-                for (v, &var) in acc[i].iter().enumerate() {
-                    let mut x = e.b.use_var(var);
-                    if let Some((av, _)) = alpha {
-                        x = e.b.ins().fmul(x, av);
-                    }
-                    let valid = (nt - 4 * v).min(4);
-                    if let (Some((c, bv, _)), Some(cp)) = (cin, p.cin) {
-                        let off = 4 * (i as i64 * c.rs) + 16 * c.cs * v as i64;
-                        let f = Emitter::rflags(c.buf);
-                        let y = if c.cs == 0 {
-                            let s = e.load(F32, f, cp, off);
-                            e.b.ins().splat(V4, s)
-                        } else if valid == 4 {
-                            e.load(V4, f, cp, off)
-                        } else {
-                            load_lanes(e, f, cp, off, valid, zero_v)
-                        };
-                        x = e.mul_add(y, bv, x);
-                    }
-                    if inline {
-                        x = self.epi.activate(e, V4, x, slv);
-                    }
-                    if let Some((f, rp)) = res {
-                        let off = row_off + 16 * v as i64;
-                        let y = if valid == 4 {
-                            e.load(V4, f, rp, off)
-                        } else {
-                            load_lanes(e, f, rp, off, valid, zero_v)
-                        };
-                        x = e.b.ins().fadd(x, y);
-                    }
-                    if valid == 4 {
-                        e.store(wf, x, p.c, row_off + 16 * v as i64);
-                    } else {
-                        for l in 0..valid {
-                            let s = e.b.ins().extractlane(x, l as u8);
-                            e.store(wf, s, p.c, row_off + 4 * (4 * v + l) as i64);
-                        }
-                    }
-                }
-                for (s, &var) in accs[i].iter().enumerate() {
-                    let mut x = e.b.use_var(var);
-                    if let Some((_, a)) = alpha {
-                        x = e.b.ins().fmul(x, a);
-                    }
-                    let col = 4 * nv + s;
-                    if let (Some((c, _, bs)), Some(cp)) = (cin, p.cin) {
-                        let off = 4 * (i as i64 * c.rs + c.cs * col as i64);
-                        let y = e.load(F32, Emitter::rflags(c.buf), cp, off);
-                        x = e.mul_add(y, bs, x);
-                    }
-                    if inline {
-                        x = self.epi.activate(e, F32, x, sl);
-                    }
-                    if let Some((f, rp)) = res {
-                        let y = e.load(F32, f, rp, row_off + 4 * col as i64);
-                        x = e.b.ins().fadd(x, y);
-                    }
-                    e.store(wf, x, p.c, row_off + 4 * col as i64);
-                }
-            }
-        };
-        if inline && self.epi.act != Act::None {
-            e.local_consts(epilogue);
-        } else {
-            epilogue(e);
-        }
-        if !inline {
-            self.sweep(e, p, mr, nt);
+        f32x4::Tile {
+            k: self.k,
+            a,
+            b,
+            init: self.init,
+            alpha: self.alpha,
+            cin: self.cin,
+            c_rs: self.c_rs,
+            epi: &self.epi,
         }
     }
 }
