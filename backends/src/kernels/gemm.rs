@@ -27,6 +27,7 @@
 //! Each output tile is computed by the same instruction sequence whichever
 //! unit it falls in, so results do not depend on the thread count.
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value};
 
 use super::epilogue::Epilogue;
@@ -621,6 +622,303 @@ impl Gemm {
     }
 }
 
+/// The operands' base pointers (before a batch's offsets).
+#[derive(Clone, Copy)]
+struct Bases {
+    a: Value,
+    b: Value,
+    c: Value,
+    bias: Option<Value>,
+    cin: Option<Value>,
+    res: Option<Value>,
+    slopes: Option<(Value, Value)>,
+}
+
+/// One parallel unit's share: its batch's operands (Cin is never offset
+/// per batch), its row blocks `rb_lo..rb_hi` and column tiles
+/// `ct_lo..ct_hi`, and the numbers of full row blocks and column tiles.
+#[derive(Clone, Copy)]
+struct Unit {
+    at: Bases,
+    rb_lo: Value,
+    rb_hi: Value,
+    ct_lo: Value,
+    ct_hi: Value,
+    rb_full: Value,
+    ct_full: Value,
+}
+
+impl Gemm {
+    /// Loads the operands' base pointers.
+    fn bases(&self, e: &mut Emitter) -> Bases {
+        let a = match self.a {
+            ASrc::Packed { addr } => e.const_addr(addr),
+            ASrc::Strided { buf, .. } => e.base(buf),
+        };
+        let b = match self.b {
+            BSrc::Packed { addr } => e.const_addr(addr),
+            BSrc::Strided { buf, .. } => e.base(buf),
+        };
+        let c = e.base(self.c);
+        let bias = match self.init {
+            Init::Zero => None,
+            Init::Row(b) | Init::Col(b) => Some(e.base(b)),
+        };
+        let cin = self.cin.map(|c| e.base(c.buf));
+        let res = self.epi.residual.map(|r| e.base(r));
+        let slopes = self.epi.slopes.map(|s| (e.base(s.a1), e.base(s.a2)));
+        Bases {
+            a,
+            b,
+            c,
+            bias,
+            cin,
+            res,
+            slopes,
+        }
+    }
+
+    /// How the tiles read B: the run-time panel, the packed panels, or B in
+    /// place.
+    fn b_view(&self, runtime_pack: bool) -> BView {
+        let nr = self.nr();
+        match self.b {
+            _ if runtime_pack => BView {
+                ks: nr as i64,
+                padded: true,
+                flags: MemFlagsData::new().with_notrap(),
+            },
+            BSrc::Packed { addr } => BView {
+                ks: nr as i64,
+                padded: true,
+                flags: Emitter::rflags(Buf::input(Loc::Const(addr))),
+            },
+            BSrc::Strided { buf, ks } => BView {
+                ks,
+                padded: false,
+                flags: Emitter::rflags(buf),
+            },
+        }
+    }
+
+    /// The run-time B panel (`K × NR` floats) in the kernel's stack frame,
+    /// aligned to a cache line: the assembled tiles read and write it as
+    /// whole zmm vectors, and a vector straddling two lines costs two
+    /// accesses.
+    fn panel_slot(&self, e: &mut Emitter) -> Value {
+        let slot = e.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (4 * self.k * self.nr() + 64) as u32,
+            4,
+        ));
+        let addr = e.b.ins().stack_addr(I64, slot, 0);
+        let addr = e.b.ins().iadd_imm_s(addr, 63);
+        e.b.ins().band_imm_s(addr, -64)
+    }
+
+    /// Decodes unit `u` (batch, row group, column group): its batch's
+    /// operands, through the offset `table`, and its ranges of tiles.
+    fn unit(&self, e: &mut Emitter, u: Value, bases: Bases, table: Option<Value>) -> Unit {
+        let (rg, cg) = (self.row_groups(), self.col_groups());
+        let tf = Emitter::rflags(Buf::input(Loc::Const(0)));
+        let row_bias = matches!(self.init, Init::Row(_));
+        let per_batch = (rg * cg) as i64;
+        let bidx = e.b.ins().udiv_imm_u(u, per_batch);
+        let r = e.b.ins().urem_imm_u(u, per_batch);
+        let rgi = e.b.ins().udiv_imm_u(r, cg as i64);
+        let cgi = e.b.ins().urem_imm_u(r, cg as i64);
+        let mut at = bases;
+        if let Some(t) = table {
+            let row = e.index(t, bidx, 32);
+            let ao = e.load(I64, tf, row, 0);
+            let bo = e.load(I64, tf, row, 8);
+            let co = e.load(I64, tf, row, 16);
+            at.a = e.index(at.a, ao, 4);
+            at.b = e.index(at.b, bo, 4);
+            at.c = e.index(at.c, co, 4);
+            // the residual is laid out like C
+            at.res = at.res.map(|r| e.index(r, co, 4));
+            if (row_bias && at.bias.is_some()) || at.slopes.is_some() {
+                let bo = e.load(I64, tf, row, 24);
+                if row_bias && let Some(bb) = at.bias {
+                    at.bias = Some(e.index(bb, bo, 4));
+                }
+                at.slopes = at
+                    .slopes
+                    .map(|(s1, s2)| (e.index(s1, bo, 4), e.index(s2, bo, 4)));
+            }
+        }
+        let rb_lo = e.b.ins().imul_imm_s(rgi, self.row_group as i64);
+        let rb_hi = e.b.ins().iadd_imm_s(rb_lo, self.row_group as i64);
+        let rb_end = e.ic(self.row_blocks() as i64);
+        let rb_hi = e.imin(rb_hi, rb_end);
+        let ct_lo = e.b.ins().imul_imm_s(cgi, self.col_group as i64);
+        let ct_hi = e.b.ins().iadd_imm_s(ct_lo, self.col_group as i64);
+        let ct_end = e.ic(self.col_tiles() as i64);
+        let ct_hi = e.imin(ct_hi, ct_end);
+        let rb_full = e.ic((self.m / self.tile.mr) as i64);
+        let ct_full = e.ic((self.n / self.nr()) as i64);
+        Unit {
+            at,
+            rb_lo,
+            rb_hi,
+            ct_lo,
+            ct_hi,
+            rb_full,
+            ct_full,
+        }
+    }
+
+    /// The pointers of tile (`rbi`, `cti`) of unit `u`, without a panel.
+    fn ptrs(&self, e: &mut Emitter, u: &Unit, rbi: Value, cti: Value) -> TilePtrs {
+        let (mr, nr) = (self.tile.mr, self.nr());
+        // per row block / column tile strides in bytes
+        let a_rb = match self.a {
+            ASrc::Packed { .. } => 4 * (mr * self.k) as i64,
+            ASrc::Strided { rs, .. } => 4 * mr as i64 * rs,
+        };
+        let b_ct = self.b_col_stride();
+        let c_rb = 4 * mr as i64 * self.c_rs;
+        let c_ct = 4 * nr as i64;
+        let at = u.at;
+        TilePtrs {
+            a: e.index(at.a, rbi, a_rb),
+            b: e.index(at.b, cti, b_ct),
+            c: {
+                let c = e.index(at.c, rbi, c_rb);
+                e.index(c, cti, c_ct)
+            },
+            bias: at.bias.map(|bb| match self.init {
+                Init::Row(_) => e.index(bb, rbi, 4 * mr as i64),
+                Init::Col(_) => e.index(bb, cti, 4 * nr as i64),
+                Init::Zero => bb,
+            }),
+            cin: self.cin.zip(at.cin).map(|(c, cb)| {
+                let x = e.index(cb, rbi, 4 * mr as i64 * c.rs);
+                e.index(x, cti, 4 * nr as i64 * c.cs)
+            }),
+            res: at.res.map(|r| {
+                let x = e.index(r, rbi, c_rb);
+                e.index(x, cti, c_ct)
+            }),
+            slopes: at.slopes.map(|(s1, s2)| {
+                (
+                    e.index(s1, rbi, 4 * mr as i64),
+                    e.index(s2, rbi, 4 * mr as i64),
+                )
+            }),
+            panel: None,
+        }
+    }
+
+    /// Bytes between consecutive column tiles of B.
+    fn b_col_stride(&self) -> i64 {
+        match self.b {
+            BSrc::Packed { .. } => 4 * (self.nr() * self.k) as i64,
+            BSrc::Strided { .. } => 4 * self.nr() as i64,
+        }
+    }
+
+    /// The unit's tiles of row block `rbi` (`mrows` rows): its full column
+    /// tiles, then the column tail if its range reaches it. Loops with no
+    /// full tile at all are not emitted: their body would be dead code, and
+    /// the biggest tile to compile.
+    fn row_of_tiles(&self, e: &mut Emitter, u: &Unit, bview: BView, rbi: Value, mrows: usize) {
+        let nr = self.nr();
+        let (ct_full, n_tail) = (self.n / nr, self.n % nr);
+        if ct_full > 0 {
+            let hi_full = e.imin(u.ct_hi, u.ct_full);
+            e.for_range(u.ct_lo, hi_full, 1, |e, cti| {
+                let p = self.ptrs(e, u, rbi, cti);
+                self.tile(e, p, bview, mrows, nr);
+            });
+        }
+        if n_tail > 0 {
+            // the tail tile belongs to the unit whose range reaches it
+            let has = e.b.ins().icmp(IntCC::SignedGreaterThan, u.ct_hi, u.ct_full);
+            e.if_then(has, |e| {
+                let p = self.ptrs(e, u, rbi, u.ct_full);
+                self.tile(e, p, bview, mrows, n_tail);
+            });
+        }
+    }
+
+    /// The unit's tiles of column tile `cti` (`ncols` columns): its full row
+    /// blocks, then the row tail. With a run-time B panel, the Cranelift
+    /// tiles have it packed first; with assembled tiles the unit's first
+    /// row block fills it while computing (a `b_pack` variant) and the
+    /// others read it.
+    fn column_of_tiles(
+        &self,
+        e: &mut Emitter,
+        u: &Unit,
+        bview: BView,
+        panel: Option<Value>,
+        cti: Value,
+        ncols: usize,
+    ) {
+        let mr = self.tile.mr;
+        let (rb_full, m_tail) = (self.m / mr, self.m % mr);
+        // tile pointers, with B redirected to the packed panel
+        let ptrs_in = |e: &mut Emitter, rbi: Value| {
+            let mut p = self.ptrs(e, u, rbi, cti);
+            if let Some(panel) = panel {
+                p.b = panel;
+            }
+            p
+        };
+        // the first tile of a column panel, which also fills the panel
+        let ptrs_fill = |e: &mut Emitter, rbi: Value| TilePtrs {
+            panel,
+            ..self.ptrs(e, u, rbi, cti)
+        };
+        if let (Some(panel), None) = (panel, self.asm) {
+            let src = e.index(u.at.b, cti, self.b_col_stride());
+            self.pack_panel(e, panel, src, ncols);
+        }
+        let fill_first = panel.is_some() && self.asm.is_some();
+        if rb_full > 0 {
+            let hi_full = e.imin(u.rb_hi, u.rb_full);
+            let mut lo = u.rb_lo;
+            if fill_first {
+                let has = e.b.ins().icmp(IntCC::SignedLessThan, u.rb_lo, hi_full);
+                e.if_then(has, |e| {
+                    let p = ptrs_fill(e, u.rb_lo);
+                    self.tile(e, p, bview, mr, ncols);
+                });
+                lo = e.b.ins().iadd_imm_s(u.rb_lo, 1);
+            }
+            e.for_range(lo, hi_full, 1, |e, rbi| {
+                let p = ptrs_in(e, rbi);
+                self.tile(e, p, bview, mr, ncols);
+            });
+        }
+        if m_tail > 0 {
+            let has = e.b.ins().icmp(IntCC::SignedGreaterThan, u.rb_hi, u.rb_full);
+            e.if_then(has, |e| {
+                if fill_first {
+                    // the panel is filled iff a full row block ran
+                    let filled = e.b.ins().icmp(IntCC::SignedLessThan, u.rb_lo, u.rb_full);
+                    e.if_then(filled, |e| {
+                        let p = ptrs_in(e, u.rb_full);
+                        self.tile(e, p, bview, m_tail, ncols);
+                    });
+                    let empty =
+                        e.b.ins()
+                            .icmp(IntCC::SignedGreaterThanOrEqual, u.rb_lo, u.rb_full);
+                    e.if_then(empty, |e| {
+                        let p = ptrs_fill(e, u.rb_full);
+                        self.tile(e, p, bview, m_tail, ncols);
+                    });
+                } else {
+                    let p = ptrs_in(e, u.rb_full);
+                    self.tile(e, p, bview, m_tail, ncols);
+                }
+            });
+        }
+    }
+}
+
 impl Kernel for Gemm {
     fn describe(&self) -> String {
         format!(
@@ -670,264 +968,45 @@ impl Kernel for Gemm {
     }
 
     fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
-        let (mr, nr) = (self.tile.mr, self.nr());
-        let (rb, ct) = (self.row_blocks(), self.col_tiles());
-        let (rg, cg) = (self.row_groups(), self.col_groups());
-        let (rb_full, m_tail) = (self.m / mr, self.m % mr);
-        let (ct_full, n_tail) = (self.n / nr, self.n % nr);
-        let a_base = match self.a {
-            ASrc::Packed { addr } => e.const_addr(addr),
-            ASrc::Strided { buf, .. } => e.base(buf),
-        };
-        let b_base = match self.b {
-            BSrc::Packed { addr } => e.const_addr(addr),
-            BSrc::Strided { buf, .. } => e.base(buf),
-        };
-        let c_base = e.base(self.c);
-        let bias_base = match self.init {
-            Init::Zero => None,
-            Init::Row(b) | Init::Col(b) => Some(e.base(b)),
-        };
-        let cin_base = self.cin.map(|c| e.base(c.buf));
-        let res_base = self.epi.residual.map(|r| e.base(r));
-        let slope_base = self.epi.slopes.map(|s| (e.base(s.a1), e.base(s.a2)));
+        let bases = self.bases(e);
         let table = self.offsets.map(|t| e.const_addr(t));
-        let tf = Emitter::rflags(Buf::input(Loc::Const(0)));
-        // per row block / column tile strides in bytes
-        let (a_rb, a_pack) = match self.a {
-            ASrc::Packed { .. } => (4 * (mr * self.k) as i64, true),
-            ASrc::Strided { rs, .. } => (4 * mr as i64 * rs, false),
-        };
-        let _ = a_pack;
-        let b_ct = match self.b {
-            BSrc::Packed { .. } => 4 * (nr * self.k) as i64,
-            BSrc::Strided { .. } => 4 * nr as i64,
-        };
-        let c_rb = 4 * mr as i64 * self.c_rs;
-        let c_ct = 4 * nr as i64;
-        let row_bias = matches!(self.init, Init::Row(_));
-        let col_bias = matches!(self.init, Init::Col(_));
-        let cin = self.cin;
         let runtime_pack = self.packs_b_at_run_time();
-        let bview = match self.b {
-            _ if runtime_pack => BView {
-                ks: nr as i64,
-                padded: true,
-                flags: MemFlagsData::new().with_notrap(),
-            },
-            BSrc::Packed { addr } => BView {
-                ks: nr as i64,
-                padded: true,
-                flags: Emitter::rflags(Buf::input(Loc::Const(addr))),
-            },
-            BSrc::Strided { buf, ks } => BView {
-                ks,
-                padded: false,
-                flags: Emitter::rflags(buf),
-            },
-        };
-        let panel = runtime_pack.then(|| {
-            // 64 spare bytes to align the panel to a cache line: the
-            // assembled tiles read and write it as whole zmm vectors, and a
-            // vector straddling two lines costs two accesses
-            let slot = e.b.create_sized_stack_slot(StackSlotData::new(
-                StackSlotKind::ExplicitSlot,
-                (4 * self.k * nr + 64) as u32,
-                4,
-            ));
-            let addr = e.b.ins().stack_addr(I64, slot, 0);
-            let addr = e.b.ins().iadd_imm_s(addr, 63);
-            e.b.ins().band_imm_s(addr, -64)
-        });
+        let bview = self.b_view(runtime_pack);
+        let panel = runtime_pack.then(|| self.panel_slot(e));
         e.for_range(begin, end, 1, |e, u| {
-            // decode the unit: batch, row group, column group
-            let per_batch = (rg * cg) as i64;
-            let bidx = e.b.ins().udiv_imm_u(u, per_batch);
-            let r = e.b.ins().urem_imm_u(u, per_batch);
-            let rgi = e.b.ins().udiv_imm_u(r, cg as i64);
-            let cgi = e.b.ins().urem_imm_u(r, cg as i64);
-            let (mut a0, mut b0, mut c0, mut bias0) = (a_base, b_base, c_base, bias_base);
-            let (mut res0, mut slopes0) = (res_base, slope_base);
-            if let Some(t) = table {
-                let row = e.index(t, bidx, 32);
-                let ao = e.load(I64, tf, row, 0);
-                let bo = e.load(I64, tf, row, 8);
-                let co = e.load(I64, tf, row, 16);
-                a0 = e.index(a0, ao, 4);
-                b0 = e.index(b0, bo, 4);
-                c0 = e.index(c0, co, 4);
-                // the residual is laid out like C
-                res0 = res0.map(|r| e.index(r, co, 4));
-                if (row_bias && bias0.is_some()) || slopes0.is_some() {
-                    let bo = e.load(I64, tf, row, 24);
-                    if row_bias && let Some(bb) = bias0 {
-                        bias0 = Some(e.index(bb, bo, 4));
-                    }
-                    slopes0 = slopes0.map(|(s1, s2)| (e.index(s1, bo, 4), e.index(s2, bo, 4)));
-                }
-            }
-            let rb_lo = e.b.ins().imul_imm_s(rgi, self.row_group as i64);
-            let rb_hi = e.b.ins().iadd_imm_s(rb_lo, self.row_group as i64);
-            let rb_end = e.ic(rb as i64);
-            let rb_hi = e.imin(rb_hi, rb_end);
-            let ct_lo = e.b.ins().imul_imm_s(cgi, self.col_group as i64);
-            let ct_hi = e.b.ins().iadd_imm_s(ct_lo, self.col_group as i64);
-            let ct_end = e.ic(ct as i64);
-            let ct_hi = e.imin(ct_hi, ct_end);
-            let rb_full_v = e.ic(rb_full as i64);
-            let ct_full_v = e.ic(ct_full as i64);
-            // pointers of tile (rbi, cti)
-            let ptrs = |e: &mut Emitter, rbi: Value, cti: Value| TilePtrs {
-                a: e.index(a0, rbi, a_rb),
-                b: e.index(b0, cti, b_ct),
-                c: {
-                    let c = e.index(c0, rbi, c_rb);
-                    e.index(c, cti, c_ct)
-                },
-                bias: bias0.map(|bb| {
-                    if row_bias {
-                        e.index(bb, rbi, 4 * mr as i64)
-                    } else if col_bias {
-                        e.index(bb, cti, 4 * nr as i64)
-                    } else {
-                        bb
-                    }
-                }),
-                cin: cin.zip(cin_base).map(|(c, cb)| {
-                    let x = e.index(cb, rbi, 4 * mr as i64 * c.rs);
-                    e.index(x, cti, 4 * nr as i64 * c.cs)
-                }),
-                res: res0.map(|r| {
-                    let x = e.index(r, rbi, c_rb);
-                    e.index(x, cti, c_ct)
-                }),
-                slopes: slopes0.map(|(s1, s2)| {
-                    (
-                        e.index(s1, rbi, 4 * mr as i64),
-                        e.index(s2, rbi, 4 * mr as i64),
-                    )
-                }),
-                panel: None,
-            };
-            // all tiles of rows [lo, hi) × columns [clo, chi), full and tails
-            let rows = |e: &mut Emitter, rbi: Value, mrows: usize| {
-                // Loops with no full tile at all are not emitted: their
-                // body would be dead code, and the biggest tile to compile.
-                if ct_full > 0 {
-                    let hi_full = e.imin(ct_hi, ct_full_v);
-                    e.for_range(ct_lo, hi_full, 1, |e, cti| {
-                        let p = ptrs(e, rbi, cti);
-                        self.tile(e, p, bview, mrows, nr);
-                    });
-                }
-                if n_tail > 0 {
-                    // the tail tile belongs to the unit whose range reaches it
-                    let has = e.b.ins().icmp(
-                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
-                        ct_hi,
-                        ct_full_v,
-                    );
-                    e.if_then(has, |e| {
-                        let p = ptrs(e, rbi, ct_full_v);
-                        self.tile(e, p, bview, mrows, n_tail);
-                    });
-                }
-            };
-            // tile pointers, with B redirected to the packed panel
-            let ptrs_in = |e: &mut Emitter, rbi: Value, cti: Value| {
-                let mut p = ptrs(e, rbi, cti);
-                if let Some(panel) = panel {
-                    p.b = panel;
-                }
-                p
-            };
-            // the first tile of a column panel, which also fills the panel
-            let ptrs_fill = |e: &mut Emitter, rbi: Value, cti: Value| TilePtrs {
-                panel,
-                ..ptrs(e, rbi, cti)
-            };
-            let cols = |e: &mut Emitter, cti: Value, ncols: usize| {
-                if let (Some(panel), None) = (panel, self.asm) {
-                    let src = e.index(b0, cti, b_ct);
-                    self.pack_panel(e, panel, src, ncols);
-                }
-                // With assembled tiles the unit's first row block fills the
-                // panel while computing (a `b_pack` variant), the rest read it.
-                let fill_first = panel.is_some() && self.asm.is_some();
-                if rb_full > 0 {
-                    let hi_full = e.imin(rb_hi, rb_full_v);
-                    let mut lo = rb_lo;
-                    if fill_first {
-                        let has = e.b.ins().icmp(
-                            cranelift_codegen::ir::condcodes::IntCC::SignedLessThan,
-                            rb_lo,
-                            hi_full,
-                        );
-                        e.if_then(has, |e| {
-                            let p = ptrs_fill(e, rb_lo, cti);
-                            self.tile(e, p, bview, mr, ncols);
-                        });
-                        lo = e.b.ins().iadd_imm_s(rb_lo, 1);
-                    }
-                    e.for_range(lo, hi_full, 1, |e, rbi| {
-                        let p = ptrs_in(e, rbi, cti);
-                        self.tile(e, p, bview, mr, ncols);
-                    });
-                }
-                if m_tail > 0 {
-                    let has = e.b.ins().icmp(
-                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
-                        rb_hi,
-                        rb_full_v,
-                    );
-                    e.if_then(has, |e| {
-                        if fill_first {
-                            // the panel is filled iff a full row block ran
-                            use cranelift_codegen::ir::condcodes::IntCC;
-                            let filled = e.b.ins().icmp(IntCC::SignedLessThan, rb_lo, rb_full_v);
-                            e.if_then(filled, |e| {
-                                let p = ptrs_in(e, rb_full_v, cti);
-                                self.tile(e, p, bview, m_tail, ncols);
-                            });
-                            let empty =
-                                e.b.ins()
-                                    .icmp(IntCC::SignedGreaterThanOrEqual, rb_lo, rb_full_v);
-                            e.if_then(empty, |e| {
-                                let p = ptrs_fill(e, rb_full_v, cti);
-                                self.tile(e, p, bview, m_tail, ncols);
-                            });
-                        } else {
-                            let p = ptrs_in(e, rb_full_v, cti);
-                            self.tile(e, p, bview, m_tail, ncols);
-                        }
-                    });
-                }
-            };
+            let unit = self.unit(e, u, bases, table);
+            let (mr, nr) = (self.tile.mr, self.nr());
+            let (rb_full, m_tail) = (self.m / mr, self.m % mr);
+            let (ct_full, n_tail) = (self.n / nr, self.n % nr);
             if self.rows_outer {
                 if rb_full > 0 {
-                    let hi_full = e.imin(rb_hi, rb_full_v);
-                    e.for_range(rb_lo, hi_full, 1, |e, rbi| rows(e, rbi, mr));
+                    let hi_full = e.imin(unit.rb_hi, unit.rb_full);
+                    e.for_range(unit.rb_lo, hi_full, 1, |e, rbi| {
+                        self.row_of_tiles(e, &unit, bview, rbi, mr)
+                    });
                 }
                 if m_tail > 0 {
-                    let has = e.b.ins().icmp(
-                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
-                        rb_hi,
-                        rb_full_v,
-                    );
-                    e.if_then(has, |e| rows(e, rb_full_v, m_tail));
+                    let has =
+                        e.b.ins()
+                            .icmp(IntCC::SignedGreaterThan, unit.rb_hi, unit.rb_full);
+                    e.if_then(has, |e| {
+                        self.row_of_tiles(e, &unit, bview, unit.rb_full, m_tail)
+                    });
                 }
             } else {
                 if ct_full > 0 {
-                    let hi_full = e.imin(ct_hi, ct_full_v);
-                    e.for_range(ct_lo, hi_full, 1, |e, cti| cols(e, cti, nr));
+                    let hi_full = e.imin(unit.ct_hi, unit.ct_full);
+                    e.for_range(unit.ct_lo, hi_full, 1, |e, cti| {
+                        self.column_of_tiles(e, &unit, bview, panel, cti, nr)
+                    });
                 }
                 if n_tail > 0 {
-                    let has = e.b.ins().icmp(
-                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
-                        ct_hi,
-                        ct_full_v,
-                    );
-                    e.if_then(has, |e| cols(e, ct_full_v, n_tail));
+                    let has =
+                        e.b.ins()
+                            .icmp(IntCC::SignedGreaterThan, unit.ct_hi, unit.ct_full);
+                    e.if_then(has, |e| {
+                        self.column_of_tiles(e, &unit, bview, panel, unit.ct_full, n_tail)
+                    });
                 }
             }
         });
