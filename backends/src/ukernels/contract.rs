@@ -4,16 +4,27 @@
 //! through `kiln_ir::skip`) over edge cases — every row count class, column
 //! tails, odd and even K, every epilogue the ISA assembles, packed and
 //! strided operands — and compares with the contract computed in f64. The
-//! portable Cranelift path computes the same contracts inside its drivers;
-//! the backend's kernel tests (`backends/tests/ops.rs`) compare every
-//! level, that one included, with the interpreter.
+//! portable f32x4 GEMM tile (`f32x4/tile.rs`) meets the tile contract too,
+//! compiled by Cranelift for the host as a kernel of its own; the other
+//! portable paths compute their contracts inside their drivers, and the
+//! backend's kernel tests (`backends/tests/ops.rs`) compare every level,
+//! the portable one included, with the interpreter.
 
 // Calling assembled code through raw function pointers.
 #![allow(unsafe_code)]
 
+use cranelift_codegen::Context;
+use cranelift_codegen::ir::Value;
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
+
+use super::f32x4::tile::{self as f32x4, AView, BView, Init, Ptrs};
 use super::tile::{Act, Bias, Variant};
 use super::vector::{Func, Width};
 use super::{Registry, Spec, avx2, avx512, conv_direct, dw_window, transpose};
+use crate::codegen::{AsmLink, Buf, ConstBase, Emitter, Env, Loc, PowF};
+use crate::kernels::epilogue::{Epilogue, Slopes};
 use crate::target::{Target, TileLevel};
 use crate::testing::random::{Rng, TOL};
 
@@ -103,11 +114,153 @@ type TileFn = unsafe extern "sysv64" fn(
     *mut f32,
 );
 
+/// A kernel's signature: `fn(arena, begin, end)`, System V on the hosts
+/// the contract tests run on.
+type KernelFn = unsafe extern "sysv64" fn(*const u64, u64, u64);
+
+impl TileIo {
+    /// The tile's arguments as the portable tile's kernel reads them from
+    /// its arena: `[a, b, c, bias, residual, a1, a2]`.
+    fn args(&mut self) -> [u64; 7] {
+        [
+            self.a.as_ptr() as u64,
+            self.b.as_ptr() as u64,
+            self.c.as_mut_ptr() as u64,
+            self.bias.as_ptr() as u64,
+            self.residual.as_ptr() as u64,
+            self.a1.as_ptr() as u64,
+            self.a2.as_ptr() as u64,
+        ]
+    }
+}
+
+/// The portable f32x4 tile of a variant as a kernel of its own: the
+/// tile's arguments are the arena's first seven slots ([`TileIo::args`]).
+struct PortableTile(Variant);
+
+impl crate::kernels::Kernel for PortableTile {
+    fn describe(&self) -> String {
+        format!("portable tile {:?}", self.0)
+    }
+
+    fn units(&self) -> usize {
+        1
+    }
+
+    fn cost(&self) -> f64 {
+        0.0
+    }
+
+    fn emit(&self, e: &mut Emitter, _: Value, _: Value) {
+        let v = &self.0;
+        let arg = |k: usize| Buf::input(Loc::Io(8 * k));
+        let p: Vec<Value> = (0..7)
+            .map(|k| match k {
+                2 => e.base(Buf::output(Loc::Io(16))),
+                _ => e.base(arg(k)),
+            })
+            .collect();
+        let dyrelu = v.act == Act::DyRelu;
+        let epi = Epilogue {
+            act: v.act,
+            slopes: dyrelu.then_some(Slopes {
+                a1: arg(5),
+                a2: arg(6),
+                batch_stride: 0,
+            }),
+            residual: v.residual.then_some(arg(4)),
+        };
+        let init = match v.bias {
+            Bias::None => Init::Zero,
+            Bias::Row => Init::Row(arg(3)),
+            Bias::Col => Init::Col(arg(3)),
+        };
+        let tile = f32x4::Tile {
+            k: v.k,
+            a: AView {
+                rs: v.a_rs as i64,
+                ks: v.a_ks as i64,
+                flags: Emitter::rflags(arg(0)),
+            },
+            b: BView {
+                ks: v.b_ks as i64,
+                padded: v.b_padded,
+                flags: Emitter::rflags(arg(1)),
+            },
+            init,
+            alpha: 1.0,
+            cin: None,
+            c_rs: v.c_rs as i64,
+            epi: &epi,
+        };
+        let ptrs = Ptrs {
+            a: p[0],
+            b: p[1],
+            c: p[2],
+            bias: (v.bias != Bias::None).then_some(p[3]),
+            cin: None,
+            res: v.residual.then_some(p[4]),
+            slopes: dyrelu.then_some((p[5], p[6])),
+        };
+        tile.emit(e, ptrs, v.mr, v.nt);
+    }
+}
+
+/// Compiles the portable tile of every variant for the host, in a JIT
+/// module pushed to `modules`; returns their addresses ([`KernelFn`]s).
+fn portable_tiles(
+    variants: &[Variant],
+    target: &Target,
+    modules: &mut Vec<JITModule>,
+) -> Vec<usize> {
+    let env = || Env {
+        fma: target.fma,
+        call_conv: target.speed.default_call_conv(),
+        cbase: ConstBase::Addr(0),
+        powf: PowF::Addr(crate::kernels::elementwise::host_powf as *const () as usize),
+    };
+    let mut module = JITModule::new(JITBuilder::with_isa(
+        target.speed.clone(),
+        default_libcall_names(),
+    ));
+    let mut fctx = FunctionBuilderContext::new();
+    let ids: Vec<FuncId> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let func = crate::compiled::build_function(
+                &PortableTile(*v),
+                i as u32,
+                target.speed.frontend_config(),
+                |_| (env(), AsmLink::Addrs(Vec::new())),
+                None,
+                &mut fctx,
+            );
+            let id = module
+                .declare_function(&format!("tile{i}"), Linkage::Local, &func.signature)
+                .expect("declaring a tile");
+            let mut ctx = Context::for_function(func);
+            module
+                .define_function(id, &mut ctx)
+                .unwrap_or_else(|e| panic!("{v:?}: {e:?}"));
+            id
+        })
+        .collect();
+    module.finalize_definitions().expect("finalising the tiles");
+    let addrs = ids
+        .iter()
+        .map(|&id| module.get_finalized_function(id) as usize)
+        .collect();
+    modules.push(module);
+    addrs
+}
+
 /// The variants a tile contract test covers at `level`: for each column
 /// width the level builds, one row, about half and the most rows; full
 /// columns and vector tails; K of 1, 2, 3 and 8; each epilogue the tiles
 /// assemble, each bias, with and without a residual; packed-A and strided
-/// A, padded B, and B copied to the panel as it is read.
+/// A, padded B, and B copied to the panel as it is read (at f32x4, which
+/// never fills a panel, B read unpadded instead: its scalar columns).
 fn tile_variants(level: TileLevel) -> Vec<Variant> {
     let widths: Vec<(usize, usize)> = match level {
         TileLevel::Avx512 => [16, 32, 48, 64]
@@ -115,18 +268,22 @@ fn tile_variants(level: TileLevel) -> Vec<Variant> {
             .map(|nr| (nr, avx512::tile::max_rows(nr).expect("a built width")))
             .collect(),
         TileLevel::Avx2 => vec![(avx2::tile::NR, avx2::tile::MR)],
-        TileLevel::F32x4 => Vec::new(),
+        // the default 4×8, and a narrow and a wide shape (`--gemm-tile`)
+        TileLevel::F32x4 => vec![(8, 4), (4, 6), (16, 3)],
     };
     let acts: Vec<Act> = Act::ALL.to_vec();
     let mut out = Vec::new();
     let mut i = 0usize;
     for (nr, rows) in widths {
         for mr in [1, rows.div_ceil(2), rows] {
-            for nt in [nr, nr - 1, nr - 7, 1] {
+            for nt in [nr, nr - 1, nr.saturating_sub(7).max(1), 1] {
                 for k in [1, 2, 3, 8] {
                     i += 1;
                     let act = acts[i % acts.len()];
-                    let b_pack = i.is_multiple_of(3);
+                    // the portable tile never fills a panel (its driver
+                    // packs one first): it reads B unpadded instead
+                    let unpadded = i.is_multiple_of(3);
+                    let b_pack = unpadded && level != TileLevel::F32x4;
                     let packed_a = i.is_multiple_of(2);
                     out.push(Variant {
                         k,
@@ -135,8 +292,8 @@ fn tile_variants(level: TileLevel) -> Vec<Variant> {
                         nr,
                         a_rs: if packed_a { 1 } else { k + 3 },
                         a_ks: if packed_a { mr } else { 1 },
-                        b_ks: if b_pack { nr + 5 } else { nr },
-                        b_padded: !b_pack,
+                        b_ks: if unpadded { nr + 5 } else { nr },
+                        b_padded: !unpadded,
                         b_pack,
                         c_rs: nr + 3,
                         bias: [Bias::None, Bias::Row, Bias::Col][i % 3],
@@ -202,38 +359,50 @@ fn check_tile_contract(level: TileLevel, test: &str) {
     }
     let variants = tile_variants(level);
     assert!(!variants.is_empty());
-    let mut reg = Registry::new(level);
-    let ids: Vec<usize> = variants
-        .iter()
-        .map(|v| {
-            reg.request(Spec::Tile(*v))
-                .unwrap_or_else(|e| panic!("{v:?}: {e}"))
-        })
-        .collect();
     let target = Target::host(false).expect("the host target");
     let mut modules = Vec::new();
-    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let addrs = if level == TileLevel::F32x4 {
+        portable_tiles(&variants, &target, &mut modules)
+    } else {
+        let mut reg = Registry::new(level);
+        let ids: Vec<usize> = variants
+            .iter()
+            .map(|v| {
+                reg.request(Spec::Tile(*v))
+                    .unwrap_or_else(|e| panic!("{v:?}: {e}"))
+            })
+            .collect();
+        let addrs =
+            crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+        ids.into_iter().map(|id| addrs[id]).collect()
+    };
     let mut rng = Rng(0xc0de_7e57);
-    for (v, id) in variants.iter().zip(ids) {
+    for (v, &addr) in variants.iter().zip(&addrs) {
         let mut io = TileIo::new(v, &mut rng);
         let want = tile_reference(v, &io);
         let before = io.c.clone();
-        // SAFETY: `addrs[id]` is the finalised code of `v`, assembled for
-        // this level, which the host runs (checked above); every buffer
+        // SAFETY: `addr` is the finalised code of `v`, assembled or compiled
+        // for this level, which the host runs (checked above); every buffer
         // holds what `v`'s strides reach plus a vector of slack, and the
         // modules stay alive until the end of this function.
         unsafe {
-            let f: TileFn = std::mem::transmute::<usize, TileFn>(addrs[id]);
-            f(
-                io.a.as_ptr(),
-                io.b.as_ptr(),
-                io.c.as_mut_ptr(),
-                io.bias.as_ptr(),
-                io.residual.as_ptr(),
-                io.a1.as_ptr(),
-                io.a2.as_ptr(),
-                io.panel.as_mut_ptr(),
-            );
+            if level == TileLevel::F32x4 {
+                let args = io.args();
+                let f: KernelFn = std::mem::transmute::<usize, KernelFn>(addr);
+                f(args.as_ptr(), 0, 1);
+            } else {
+                let f: TileFn = std::mem::transmute::<usize, TileFn>(addr);
+                f(
+                    io.a.as_ptr(),
+                    io.b.as_ptr(),
+                    io.c.as_mut_ptr(),
+                    io.bias.as_ptr(),
+                    io.residual.as_ptr(),
+                    io.a1.as_ptr(),
+                    io.a2.as_ptr(),
+                    io.panel.as_mut_ptr(),
+                );
+            }
         }
         let scale = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
         for (idx, (&got, &w)) in io.c.iter().zip(&want).enumerate() {
@@ -524,6 +693,7 @@ macro_rules! contract_tests {
 contract_tests!(check_tile_contract:
     avx512_gemm_tiles_meet_the_tile_contract => TileLevel::Avx512,
     avx2_gemm_tiles_meet_the_tile_contract => TileLevel::Avx2,
+    f32x4_gemm_tiles_meet_the_tile_contract => TileLevel::F32x4,
 );
 
 contract_tests!(check_row_contract:
