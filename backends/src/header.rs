@@ -91,7 +91,6 @@ fn dims(t: &TensorType) -> String {
         .join(", ")
 }
 
-/// Renders `model.h`.
 /// The parallel-for types, shared by every model header (guarded, so two
 /// models' headers can be included together).
 const PARALLEL_TYPES: &str = "#ifndef KILN_PARALLEL_TYPES
@@ -287,7 +286,8 @@ static inline void kiln_pthread_pool_destroy(kiln_pthread_pool *p) {
 #endif /* KILN_PTHREAD_POOL */
 "#;
 
-/// The C header of the object `h` describes, section by section.
+/// Renders `model.h`, the C header of the object `h` describes, section by
+/// section.
 pub(crate) fn header(h: &HeaderInfo) -> String {
     let up = h.name.to_ascii_uppercase();
     [
@@ -403,7 +403,8 @@ extern \"C\" {{
     )
 }
 
-/// The object's three exported functions.
+/// The object's three exported functions, with the parallel-for types the
+/// parallel one takes.
 fn declarations(h: &HeaderInfo, up: &str) -> String {
     let n = h.name;
     format!(
