@@ -10,7 +10,7 @@
 //! entries whose major factor is the image. The factor form lets the batch
 //! merge with other axes and split off again, as MobileViT's unfolding
 //! reshapes `[N, C, H, W]` into `[N·C·h, p, w, p]`. Each op has a rule
-//! (written on [`rule`]) saying whether it keeps images apart and where the
+//! (written on `rule`) saying whether it keeps images apart and where the
 //! batch axis of its result is; an op that would mix images (a softmax or a
 //! reduction over the batch axis, a reshape that interleaves them, a
 //! product summing over them) makes the graph inseparable, with a reason
