@@ -1204,7 +1204,7 @@ fn conv_chains_split_into_fused_convs() {
     }
 }
 
-/// Inverted-residual chains big enough for the banded kernel (chain.rs,
+/// Inverted-residual chains big enough for the banded kernel (conv_chain.rs,
 /// an expanded tensor over 1 MB): stride 1 and 2, 3×3 and 5×5, odd and
 /// even maps (the last band's window reaching past the image, which the
 /// kernel zero-fills), asymmetric padding, two images (two slabs each),
