@@ -231,7 +231,7 @@ fn f2m_whose_attention_map_is_needed_elsewhere_is_chosen_by_cost() {
     let no_bridges = OptOptions {
         families: kiln_passes::Family::ALL
             .into_iter()
-            .filter(|f| *f != kiln_passes::Family::Bridges)
+            .filter(|f| ![kiln_passes::Family::M2f, kiln_passes::Family::F2m].contains(f))
             .collect(),
         ..OptOptions::default()
     };

@@ -11,7 +11,7 @@ use egg::Id;
 use kiln_ir::FusedOp;
 use kiln_ir::op::{BinaryOp, Float, Op, ReduceKind, UnaryOp};
 
-use super::attention::{merged_from, softmax_times};
+use super::mha::{merged_from, softmax_times};
 use super::view::{DEPTH, View, views};
 use super::{
     Found, R, Recipe, Rw, bias_arg, binary, is_scalar, konst, linear_maps, ops, rule, scalar, ty,
