@@ -1,7 +1,7 @@
 //! The table of the optimiser's fused ops' kernels ([`kernel`]: supports,
 //! scratch, lower), the one place `kernels::lower`, `kernels::scratch_bytes`
 //! and `compiled::front`'s unfusing ask. Each op's kernel is in the file
-//! named by its stem (`ir/src/fused/STEM.rs` defines the op):
+//! named by its stem, as the op is in `ir/src/fused/`:
 //! `conv.rs` and `linear.rs` (one convolution / GEMM kernel whose
 //! [`Epilogue`](super::epilogue::Epilogue) applies the activation and the residual to the
 //! accumulators before the store, the bias seeding them), `conv_chain.rs`,
@@ -232,8 +232,8 @@ mod tests {
     use super::*;
 
     /// Every entry of the fused-kernel table names a kernel file that
-    /// exists and is named by the op's stem (`fused_STEM` is defined in
-    /// `ir/src/fused/STEM.rs`, its kernel is `kernels/STEM.rs`).
+    /// exists and is named by the op's stem (`fused_<stem>` is defined in
+    /// `ir/src/fused/<stem>.rs`, its kernel is `kernels/<stem>.rs`).
     #[test]
     fn the_table_names_each_ops_stem_file() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels");
