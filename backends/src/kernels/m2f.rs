@@ -3,18 +3,18 @@
 //! element-wise ops of its expansion (`FusedOp::expand`, the definition
 //! they are tested against). The feature map is never transposed.
 //!
-//! `scale·Q` is copied to scratch ([`Scale`]: the
-//! assembled tiles take no alpha); the scores of every (image, head) are
-//! one batched GEMM `Q_j [M×dh] · X_j [dh×L]` reading `X` in place; then
-//! [`M2fCore`], one unit per (image, head), gives each token's row of
-//! scores its softmax in place (the assembled row softmax on AVX-512,
-//! else f32x4 passes) and sums `P·X` per channel over the pixels (the
-//! map's second and last read), times the gate (doubled here: `2·hsig`,
-//! exact): on AVX-512 an assembled pass over blocks of up to 4 channels
-//! (`vector::assemble_m2f_px`, 16 pixels per step, one weight read
-//! per block), else f32x4 lanes, one accumulator per token. `Wo`, `bo` and `z` are
-//! a GEMM into the output and the shared layer-norm kernel finishes in
-//! place. The token-side projections are `attn_parts::project`.
+//! `scale·Q` is copied to scratch ([`Scale`]: the assembled tiles take no
+//! alpha); the scores of every (image, head) are one batched GEMM
+//! `Q_j [M×dh] · X_j [dh×L]` reading `X` in place; then [`M2fCore`], one
+//! unit per (image, head), gives each token's row of scores its softmax in
+//! place (the assembled row softmax on AVX-512, else f32x4 passes) and sums
+//! `P·X` per channel over the pixels (the map's second and last read),
+//! times the gate (doubled here: `2·hsig`, exact): on AVX-512 an assembled
+//! pass over blocks of up to 4 channels (`vector::assemble_m2f_px`, 16
+//! pixels per step, one weight read per block), else f32x4 lanes, one
+//! accumulator per token. `Wo`, `bo` and `z` are a GEMM into the output and
+//! the shared layer-norm kernel finishes in place. The token-side
+//! projections are `attn_parts::project`.
 //!
 //! Token counts above `attn_parts::MAX_TOKENS` keep the expansion (the
 //! kernel holds one accumulator per token), as do operand shapes that only
