@@ -121,6 +121,9 @@ pub struct BenchReport {
     pub groups: usize,
     /// why a batch of several images was compiled whole
     pub whole_batch: Option<String>,
+    /// times the worker pool ran kernels on the caller alone because its
+    /// workers missed jobs (over the warm-up and timed runs)
+    pub solo_spells: u32,
     /// bytes of the per-call arena
     pub arena_bytes: usize,
     /// kernels split over the worker pool
@@ -189,6 +192,7 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
         jit.run_into(&inputs, &mut outputs)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let solo_spells = jit.solo_spells();
     let n = times.len();
     let median_ms = median(&mut times);
     let profile = if opts.profile {
@@ -237,6 +241,7 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
             0.0
         },
         groups: jit.groups(),
+        solo_spells,
         whole_batch: compiled.whole_batch.clone(),
         arena_bytes: st.arena_bytes,
         parallel_kernels: jit.parallel_kernels(),
@@ -422,8 +427,17 @@ pub fn render_text(r: &BenchReport) -> String {
         r.threads,
         if r.threads > 1 {
             format!(
-                " ({} parallel kernels; one fork/join of the pool costs {:.2} µs)",
-                r.parallel_kernels, r.barrier_us
+                " ({} parallel kernels; one fork/join of the pool costs {:.2} µs{})",
+                r.parallel_kernels,
+                r.barrier_us,
+                if r.solo_spells > 0 {
+                    format!(
+                        "; the workers missed jobs {} time(s), then the caller ran them alone",
+                        r.solo_spells
+                    )
+                } else {
+                    String::new()
+                }
             )
         } else {
             String::new()
@@ -533,6 +547,7 @@ pub fn render_json(r: &BenchReport) -> String {
         "batch": r.batch,
         "images_per_s": r.images_per_s,
         "groups": r.groups,
+        "solo_spells": r.solo_spells,
         "whole_batch": r.whole_batch,
         "arena_bytes": r.arena_bytes,
         "parallel_kernels": r.parallel_kernels,

@@ -78,6 +78,9 @@ pub struct Compiled {
     /// in groups (`None` for batch 1 and for a batch run in groups,
     /// `model.groups()` of them).
     pub whole_batch: Option<String>,
+    /// For a batch run in groups whose last nodes run once for the whole
+    /// batch: those nodes' graph, optimised (`graph` is then the groups').
+    pub tail_graph: Option<Graph>,
 }
 
 impl Compiled {
@@ -116,33 +119,80 @@ pub fn prepare<'m>(
 pub fn compile(model: &Model, opts: &CompileOptions) -> Result<Compiled, KilnError> {
     let (group, whole_batch) = match batch::batch_size(&model.graph) {
         Some(n) if n > 1 => match opts.batch_group {
-            Some(images) => match batch::rebatch(model, images) {
-                Ok(one) if images < n => (Some((one, n / images)), None),
-                Ok(_) => (None, None),
+            Some(images) if images < n => match grouped(model, images) {
+                Ok(parts) => (Some((parts, n / images)), None),
                 Err(why) => (None, Some(why)),
             },
+            Some(_) => (None, None),
             None => (None, Some("--batch-group all".to_string())),
         },
         _ => (None, None),
     };
-    let Some((one, groups)) = group else {
+    let Some(((head, tail), groups)) = group else {
         let mut c = compile_graph(model, opts)?;
         c.whole_batch = whole_batch;
         return Ok(c);
     };
-    let mut c = compile_graph(&one, opts)?;
+    let mut c = compile_graph(&head.group, opts)?;
+    let g = &head.batch.graph;
     let types = |vs: Vec<Value>| -> Vec<TensorType> {
-        vs.into_iter()
-            .map(|v| model.graph.value_type(v).clone())
-            .collect()
+        vs.into_iter().map(|v| g.value_type(v).clone()).collect()
     };
-    let g = &model.graph;
     c.model = c.model.in_groups(
         groups,
         &types(g.inputs().iter().map(|&i| Value::of(i)).collect()),
         &types(g.outputs().to_vec()),
     )?;
+    if let Some(tail) = tail {
+        // the tail's kernels are small next to the groups': they run on the
+        // calling thread, and its model starts no workers of its own
+        let mut one = opts.clone();
+        one.backend.threads = Some(1);
+        let t = compile_graph(&tail, &one)?;
+        c.passes_time += t.passes_time;
+        c.codegen_time += t.codegen_time;
+        c.model = c.model.with_tail(t.model)?;
+        c.tail_graph = Some(t.graph);
+    }
     Ok(c)
+}
+
+/// Bytes an image's values may hold, from some node to the outputs, for
+/// that part of a batch model to run once on the whole batch after the
+/// groups (`kiln_ir::batch::split_tail`): a classifier on pooled features
+/// (Mobile-Former-294m's 1344 → 1920 → 1000 head holds 7.5 KiB an image).
+const TAIL_BYTES: usize = 16 << 10;
+
+/// The group part of a batch model.
+struct Head {
+    /// the model (its head, when a tail is cut off) at the whole batch
+    batch: Model,
+    /// the same for one group of images
+    group: Model,
+}
+
+/// `model` for groups of `images` images: the head for a group, and the
+/// tail (if one is cut off) for the whole batch; or why not.
+fn grouped(model: &Model, images: usize) -> Result<(Head, Option<Model>), String> {
+    if let Some(split) = batch::split_tail(model, TAIL_BYTES)
+        && let Ok(group) = batch::rebatch(&split.head, images)
+    {
+        return Ok((
+            Head {
+                batch: split.head,
+                group,
+            },
+            Some(split.tail),
+        ));
+    }
+    let group = batch::rebatch(model, images)?;
+    Ok((
+        Head {
+            batch: model.clone(),
+            group,
+        },
+        None,
+    ))
 }
 
 /// [`compile`] without splitting the batch.
@@ -157,6 +207,7 @@ fn compile_graph(model: &Model, opts: &CompileOptions) -> Result<Compiled, KilnE
         passes_time,
         codegen_time: t.elapsed(),
         whole_batch: None,
+        tail_graph: None,
     })
 }
 

@@ -1,8 +1,8 @@
 //! Batch N > 1: a zoo model built for a batch (`--input-shape image=N,...`,
 //! `LoadOptions::input_shapes`) computes every image on the JIT as the
-//! batch-1 model does — run in groups of images (the default), bit for bit
-//! at any thread count; compiled whole (`batch_group: None`), within the
-//! JIT's tolerance. A graph that mixes its images is compiled whole and
+//! batch-1 model does — run in groups of images (the default) with the
+//! classifier once for the batch, or compiled whole (`batch_group:
+//! None`), within the JIT's tolerance. A graph that mixes its images is compiled whole and
 //! says why.
 
 use kiln::frontends::zoo;
@@ -29,6 +29,16 @@ fn one_and_batch(name: &str, n: usize) -> (Model, Model) {
     )
     .unwrap();
     (one, batched)
+}
+
+/// The largest difference between `got` and `want`, relative to the
+/// largest magnitude of `want`.
+fn max_err(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
 }
 
 fn options(threads: usize, batch_group: Option<usize>) -> CompileOptions {
@@ -63,21 +73,23 @@ fn a_zoo_model_runs_each_image_of_a_batch_as_batch_one() {
             .map(|x| single.run(std::slice::from_ref(x)).unwrap().remove(0))
             .collect();
         let classes = want[0].shape()[1];
-        // in groups of one and of two images: each image bit for bit
+        // in groups of one and of two images, the classifier once for the
+        // batch: the same as batch 1 up to the rounding of the classifier's
+        // products, which are matrix products of N rows instead of 1
         for group in [1, 2] {
             let c = compile(&batched, &options(threads, Some(group))).unwrap();
             assert_eq!(c.model.groups(), N / group);
             assert_eq!(c.whole_batch, None);
+            assert!(c.tail_graph.is_some(), "the classifier is cut off");
             assert_eq!(c.model.inputs()[0].1.shape[0], N);
             let yb = c.model.run(std::slice::from_ref(&xb)).unwrap();
             assert_eq!(yb[0].shape(), [N, classes]);
             for (k, w) in want.iter().enumerate() {
                 let got = &yb[0].as_f32().unwrap()[k * classes..(k + 1) * classes];
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(got),
-                    bits(w.as_f32().unwrap()),
-                    "image {k}, groups of {group}, {threads} thread(s)"
+                let err = max_err(got, w.as_f32().unwrap());
+                assert!(
+                    err <= 1e-5,
+                    "image {k}, groups of {group}, {threads} thread(s): {err}"
                 );
             }
         }
@@ -87,14 +99,9 @@ fn a_zoo_model_runs_each_image_of_a_batch_as_batch_one() {
         assert!(c.whole_batch.as_deref().unwrap().contains("all"));
         let yb = c.model.run(std::slice::from_ref(&xb)).unwrap();
         for (k, w) in want.iter().enumerate() {
-            let w = w.as_f32().unwrap();
             let got = &yb[0].as_f32().unwrap()[k * classes..(k + 1) * classes];
-            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = got
-                .iter()
-                .zip(w)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= 1e-4 * scale, "image {k}: {err} (scale {scale})");
+            let err = max_err(got, w.as_f32().unwrap());
+            assert!(err <= 1e-4, "image {k}: {err}");
         }
     }
 }

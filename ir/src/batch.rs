@@ -24,10 +24,10 @@
 //! Constants an importer folded to the batch's size (the same values once
 //! per image) are sliced to the group's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::Model;
-use crate::graph::{Graph, Value};
+use crate::graph::{Graph, NodeId, Value};
 use crate::op::Op;
 use crate::tensor::{Tensor, WeightStore};
 use crate::types::TensorType;
@@ -193,6 +193,157 @@ pub fn rebatch(model: &Model, images: usize) -> Result<Model, String> {
     Ok(Model {
         graph: out,
         weights,
+    })
+}
+
+/// A batch model cut in two: the `head` computes the `cut` values from the
+/// inputs, the `tail` the outputs from them (see [`split_tail`]).
+#[derive(Debug)]
+pub struct Split {
+    /// the graph up to the cut: the model's inputs, the cut values as
+    /// outputs
+    pub head: Model,
+    /// the rest: the cut values as inputs (same names and types), the
+    /// model's outputs
+    pub tail: Model,
+}
+
+/// Cuts off the *tail* of a batch model: the nodes whose results, and
+/// those of everything after them, hold at most `bytes` bytes per image
+/// (a classifier after its global pooling). Run on the whole batch, the
+/// tail's matrix–vector products become matrix products that read each
+/// weight once per batch instead of once per image, while the head runs
+/// image by image. `None` when no node qualifies, when the cut would pass
+/// a graph input straight to the tail, or when an output comes from the
+/// head.
+pub fn split_tail(model: &Model, bytes: usize) -> Option<Split> {
+    let g = &model.graph;
+    let n = batch_size(g)?;
+    let order = g.topo_order().ok()?;
+    // nodes computed from weights alone (a transposed classifier weight):
+    // each part gets its own copy of those it uses
+    let mut constant: HashSet<NodeId> = HashSet::new();
+    for &id in &order {
+        let op = &g.node(id).op;
+        if *op != Op::Input
+            && g.operands(id)
+                .iter()
+                .all(|v| g.node(v.node).op == Op::Weight || constant.contains(&v.node))
+        {
+            constant.insert(id);
+        }
+    }
+    let mut tail: HashSet<NodeId> = HashSet::new();
+    let outputs: HashSet<Value> = g.outputs().iter().copied().collect();
+    for &id in order.iter().rev() {
+        let node = g.node(id);
+        if matches!(node.op, Op::Input | Op::Weight) || constant.contains(&id) {
+            continue;
+        }
+        let thin = node.outputs.iter().enumerate().all(|(k, o)| {
+            let v = Value {
+                node: id,
+                output: k,
+            };
+            o.ty.size_bytes() <= bytes.saturating_mul(n)
+                && g.users(v).iter().all(|(u, _)| tail.contains(u))
+                && (outputs.contains(&v) || !g.users(v).is_empty())
+        });
+        if thin {
+            tail.insert(id);
+        }
+    }
+    if tail.is_empty() || g.outputs().iter().any(|v| !tail.contains(&v.node)) {
+        return None;
+    }
+    // the values the tail reads from the head, in a fixed order
+    let mut cut: Vec<Value> = Vec::new();
+    for &id in &order {
+        if !tail.contains(&id) {
+            continue;
+        }
+        for v in g.operands(id) {
+            let from = &g.node(v.node).op;
+            if *from == Op::Input {
+                return None;
+            }
+            if *from != Op::Weight
+                && !constant.contains(&v.node)
+                && !tail.contains(&v.node)
+                && !cut.contains(&v)
+            {
+                cut.push(v);
+            }
+        }
+    }
+    let part =
+        |member: &dyn Fn(NodeId) -> bool, inputs: &[Value], outs: &[Value]| -> Option<Model> {
+            // the part's nodes and the constant nodes they read
+            let mut kept: HashSet<NodeId> = HashSet::new();
+            for &id in order.iter().rev() {
+                let node = g.node(id);
+                if matches!(node.op, Op::Input | Op::Weight) {
+                    continue;
+                }
+                let used = || {
+                    (0..node.outputs.len()).any(|k| {
+                        g.users(Value {
+                            node: id,
+                            output: k,
+                        })
+                        .iter()
+                        .any(|(u, _)| kept.contains(u))
+                    })
+                };
+                if (member(id) && !constant.contains(&id)) || (constant.contains(&id) && used()) {
+                    kept.insert(id);
+                }
+            }
+            let keep = |id: NodeId| kept.contains(&id);
+            let mut p = Graph::new(g.name.clone());
+            let mut map: HashMap<Value, Value> = HashMap::new();
+            for &w in g.weights() {
+                let used = g.users(Value::of(w)).iter().any(|(u, _)| keep(*u));
+                if used {
+                    let info = &g.node(w).outputs[0];
+                    map.insert(
+                        Value::of(w),
+                        p.add_weight(info.name.clone(), info.ty.clone()).ok()?,
+                    );
+                }
+            }
+            for v in inputs {
+                let info = g.value_info(*v);
+                map.insert(*v, p.add_input(info.name.clone(), info.ty.clone()).ok()?);
+            }
+            for &id in &order {
+                let node = g.node(id);
+                if matches!(node.op, Op::Input | Op::Weight) || !keep(id) {
+                    continue;
+                }
+                let operands: Vec<Value> = g.operands(id).iter().map(|v| map[v]).collect();
+                let names = node.outputs.iter().map(|o| o.name.clone()).collect();
+                let made = p.add_named(node.op.clone(), &operands, names).ok()?;
+                for (k, v) in made.into_iter().enumerate() {
+                    map.insert(
+                        Value {
+                            node: id,
+                            output: k,
+                        },
+                        v,
+                    );
+                }
+            }
+            p.set_outputs(outs.iter().map(|v| map[v]).collect());
+            Some(Model {
+                graph: p,
+                weights: model.weights.clone(),
+            })
+        };
+    let inputs: Vec<Value> = g.inputs().iter().map(|&i| Value::of(i)).collect();
+    Some(Split {
+        head: part(&|id| !tail.contains(&id), &inputs, &cut)?,
+        tail: part(&|id| tail.contains(&id), &cut, g.outputs())?,
     })
 }
 

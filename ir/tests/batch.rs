@@ -375,3 +375,38 @@ fn constants_repeated_per_image_are_sliced_to_the_group() {
     let e = rebatch(&m, 1).unwrap_err();
     assert!(e.contains("concat"), "{e}");
 }
+
+/// The tail of thin values after the last wide one runs on the whole
+/// batch: the head's groups, then the tail, give the batch's result.
+#[test]
+fn a_thin_tail_is_cut_off_and_runs_on_the_whole_batch() {
+    use kiln_ir::batch::split_tail;
+    let m = model(&conv_head());
+    // the reduction (6 floats an image) and the gemm (5) are thin at 100
+    // bytes; the layer norm's 216 floats are not
+    let split = split_tail(&m, 100).unwrap();
+    let ops = |g: &Graph| -> Vec<String> {
+        g.node_ids()
+            .map(|id| g.node(id).op.name().to_string())
+            .filter(|n| n != "input" && n != "weight")
+            .collect()
+    };
+    assert_eq!(ops(&split.tail.graph), ["reduce_mean", "gemm"]);
+    assert_eq!(split.head.graph.outputs().len(), 1);
+    let x = values(m.graph.value_type(Value::of(m.graph.inputs()[0])), 0);
+    let whole = run(&m.graph, &m.weights, std::slice::from_ref(&x)).unwrap();
+    let cut = run(
+        &split.head.graph,
+        &split.head.weights,
+        std::slice::from_ref(&x),
+    )
+    .unwrap();
+    let got = run(&split.tail.graph, &split.tail.weights, &cut).unwrap();
+    assert_eq!(got[0].as_f32().unwrap(), whole[0].as_f32().unwrap());
+    // the head still splits into images
+    groups_match(&split.head, 1);
+    // everything thin reaches back to the input: no cut
+    assert!(split_tail(&m, 1 << 20).is_none());
+    // nothing thin: no cut
+    assert!(split_tail(&m, 4).is_none());
+}

@@ -145,6 +145,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, Ba
         pool: Mutex::new(pool),
         groups: 1,
         group_bytes: Vec::new(),
+        tail: None,
         stats,
         _consts: front.consts,
         _weights: front.weights,

@@ -116,11 +116,27 @@ pub struct CompiledModel {
     pub(super) groups: usize,
     /// per input then output: bytes from one group's elements to the next
     pub(super) group_bytes: Vec<usize>,
+    /// the kernels run once for the whole batch after the groups
+    /// ([`CompiledModel::with_tail`])
+    pub(super) tail: Option<Box<Tail>>,
     pub(super) stats: CompileStats,
     // Kept alive because compiled code holds their addresses.
     pub(super) _consts: ConstStore,
     pub(super) _weights: kiln_ir::WeightStore,
     pub(super) _code: JitCode,
+}
+
+/// The part of a batch model run once for the whole batch after its
+/// groups: its inputs are this model's (the groups') outputs, held in a
+/// buffer of the model's.
+pub(super) struct Tail {
+    model: CompiledModel,
+    /// byte offset of each cut tensor in a cut buffer
+    offsets: Vec<usize>,
+    /// bytes of a cut buffer
+    bytes: usize,
+    /// cut buffers, one per call in flight (as arenas)
+    cuts: Mutex<Vec<Arena>>,
 }
 
 /// Elements of a tensor borrowed from the caller (a numpy array, a
@@ -297,7 +313,7 @@ impl CompiledModel {
     pub fn profile(&self, inputs: &[Tensor]) -> Result<Vec<KernelTime>, BackendError> {
         let mut outs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t)).collect();
         self.check_args(inputs.iter().map(tensor_arg), outs.iter().map(tensor_arg))?;
-        let mut times = Vec::with_capacity(self.steps.len());
+        let mut times = Vec::with_capacity(self.all_steps().count());
         // SAFETY: as in `run_into`.
         unsafe {
             self.execute(
@@ -307,8 +323,7 @@ impl CompiledModel {
             )
         };
         Ok(self
-            .steps
-            .iter()
+            .all_steps()
             .zip(times)
             .map(|(s, time)| KernelTime {
                 node: s.node.clone(),
@@ -342,26 +357,58 @@ impl CompiledModel {
         &self,
         inputs: impl Iterator<Item = usize>,
         outputs: impl Iterator<Item = usize>,
-        times: Option<&mut Vec<Duration>>,
+        mut times: Option<&mut Vec<Duration>>,
     ) {
         let mut arena = self.take_arena();
         let n_in = self.inputs.len();
         for (k, p) in inputs.enumerate() {
             arena.set_slot(k, p);
         }
-        for (k, p) in outputs.enumerate() {
-            arena.set_slot(n_in + k, p);
+        // with a tail, the groups write the cut buffer and the tail the outputs
+        let mut tail = self.tail.as_deref().map(|t| {
+            let mut cut = t
+                .cuts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or_else(|| Arena::new(t.bytes));
+            let mut ta = t.model.take_arena();
+            let base = cut.base() as usize;
+            for (k, off) in t.offsets.iter().enumerate() {
+                arena.set_slot(n_in + k, base + off);
+                ta.set_slot(k, base + off);
+            }
+            (t, cut, ta)
+        });
+        match &mut tail {
+            Some((t, _, ta)) => {
+                for (k, p) in outputs.enumerate() {
+                    ta.set_slot(t.offsets.len() + k, p);
+                }
+            }
+            None => {
+                for (k, p) in outputs.enumerate() {
+                    arena.set_slot(n_in + k, p);
+                }
+            }
         }
         let pool = self.pool.try_lock().ok();
         if self.groups == 1 {
             // SAFETY: the arena was laid out by this model's plan: its header
-            // holds the addresses of `inputs` and `outputs`, which by this
-            // function's contract are checked and stay borrowed until we
-            // return; nobody else uses this arena.
-            unsafe { self.run_steps(arena.base(), pool.as_deref(), times) };
+            // holds the addresses of `inputs` and `outputs` (or of the cut
+            // buffer, ours), which by this function's contract are checked
+            // and stay borrowed until we return; nobody else uses this arena.
+            unsafe { self.run_steps(arena.base(), pool.as_deref(), times.as_deref_mut()) };
         } else {
             // SAFETY: as above; `arena` holds the first group's addresses.
-            unsafe { self.run_groups(&arena, pool.as_deref(), times) };
+            unsafe { self.run_groups(&arena, pool.as_deref(), times.as_deref_mut()) };
+        }
+        if let Some((t, cut, mut ta)) = tail {
+            // SAFETY: the tail's arena holds the cut buffer's addresses (ours,
+            // written by the groups just run) and the caller's outputs.
+            unsafe { t.model.run_steps(ta.base(), pool.as_deref(), times) };
+            t.model.put_arena(ta);
+            t.cuts.lock().unwrap_or_else(|e| e.into_inner()).push(cut);
         }
         drop(pool);
         self.put_arena(arena);
@@ -517,6 +564,43 @@ impl CompiledModel {
         Ok(self)
     }
 
+    /// Runs `tail` once per call after this model's kernels (its groups),
+    /// on the whole batch: `tail`'s inputs are this model's outputs (same
+    /// count, dtypes and shapes, as `kiln_ir::batch::split_tail` cuts
+    /// them), which then live in a buffer of the model's, and the call's
+    /// outputs are `tail`'s. `tail` runs its kernels on this model's pool.
+    pub fn with_tail(mut self, mut tail: CompiledModel) -> Result<CompiledModel, BackendError> {
+        let fits = self.outputs.len() == tail.inputs.len()
+            && self
+                .outputs
+                .iter()
+                .zip(&tail.inputs)
+                .all(|((_, a), (_, b))| a == b);
+        if !fits || self.tail.is_some() || tail.tail.is_some() {
+            return Err(BackendError::Invalid(kiln_ir::IrError::Graph(
+                "the tail's inputs are not the outputs of the model before it".into(),
+            )));
+        }
+        let mut offsets = Vec::with_capacity(self.outputs.len());
+        let mut bytes = 0usize;
+        for (_, t) in &self.outputs {
+            offsets.push(bytes);
+            bytes += t.size_bytes().next_multiple_of(64);
+        }
+        let outputs = tail.outputs.clone();
+        // made now, so that no call allocates
+        *tail.arenas.get_mut().unwrap_or_else(|e| e.into_inner()) =
+            vec![Arena::new(tail.arena_bytes)];
+        self.tail = Some(Box::new(Tail {
+            model: tail,
+            offsets,
+            bytes,
+            cuts: Mutex::new(vec![Arena::new(bytes)]),
+        }));
+        self.outputs = outputs;
+        Ok(self)
+    }
+
     /// Runs of the kernels per call (1 unless [`CompiledModel::in_groups`]).
     pub fn groups(&self) -> usize {
         self.groups
@@ -526,10 +610,15 @@ impl CompiledModel {
     /// computes (the names [`CompiledModel::profile`] reports, e.g. `fused
     /// pointwise conv 96→24 1x1 +bias relu6 +res: gemm ...`).
     pub fn kernel_descriptions(&self) -> Vec<(String, String)> {
-        self.steps
-            .iter()
+        self.all_steps()
             .map(|s| (s.node.clone(), s.what.clone()))
             .collect()
+    }
+
+    /// This model's kernels, then its tail's.
+    fn all_steps(&self) -> impl Iterator<Item = &Step> {
+        let tail = self.tail.as_deref().map(|t| t.model.steps.iter());
+        self.steps.iter().chain(tail.into_iter().flatten())
     }
 
     /// Compile-time facts: time, kernel count, arena size, threads.
@@ -544,7 +633,7 @@ impl CompiledModel {
 
     /// Kernels split over the worker pool (each pays one fork/join).
     pub fn parallel_kernels(&self) -> usize {
-        self.steps.iter().filter(|s| s.parallel).count()
+        self.all_steps().filter(|s| s.parallel).count()
     }
 
     /// The median overhead of one fork/join of the worker pool over
@@ -585,6 +674,17 @@ impl CompiledModel {
             .collect();
         times.sort();
         times[times.len() / 2]
+    }
+
+    /// How many times the worker pool has gone to running kernels on the
+    /// caller alone because its workers missed jobs (`runtime::pool`,
+    /// "When the workers stay away"); 0 at one thread. Waits for any run
+    /// in progress on another thread.
+    pub fn solo_spells(&self) -> u32 {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .solo_spells()
     }
 
     /// Threads a run uses.

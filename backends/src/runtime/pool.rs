@@ -22,6 +22,25 @@
 //! wakes up late can only ever claim chunks of the job it read: once the
 //! caller has published the next job, its compare-and-swap fails.
 //!
+//! **When the workers stay away.** On a shared machine the OS sometimes
+//! leaves a worker unscheduled, or runs it on the caller's core, for
+//! seconds: then every split kernel pays for publishing a job the caller
+//! ends up doing alone, and worse, for waiting on a chunk a worker claimed
+//! just before it was descheduled (one process of xformer at two threads
+//! took 24.9 ms against 9.3 in its other processes and 17.2 at one
+//! thread; bench/threads/run). The caller therefore judges each job: it
+//! is *missed* when awake workers claimed none of it, or when the caller
+//! waited longer for their chunks than its own share took, or when a
+//! worker that took chunks ran on the caller's own CPU (the OS put both
+//! threads on one CPU while another process held the other: then every
+//! split kernel ran 1.5x slower than alone, mobile_former_26m 0.60–0.65 ms
+//! at two threads against 0.42–0.45 at one). After
+//! [`MISSES`] missed jobs in a row the caller runs the next jobs alone —
+//! exactly as one thread would — then splits again to probe; each probe
+//! that fails doubles the time alone (from [`SOLO_MIN`] to [`SOLO_MAX`]
+//! jobs, a few runs of a model), and a job the workers join resets it.
+//! Which thread runs a unit never changes a result, so neither does this.
+//!
 //! A run dispatches a few hundred kernels back to back, so waking workers
 //! through the OS for each would cost more than small kernels take. Workers
 //! therefore spin on an epoch counter for a while after each job, then yield,
@@ -31,7 +50,8 @@
 // unsafe; this module and `compiled` are the only places that do it.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -58,6 +78,11 @@ struct Shared {
     sleepers: AtomicUsize,
     /// workers that have started running `worker`
     started: AtomicUsize,
+    /// the CPU the last worker to take a job ran on ([`current_cpu`])
+    worker_cpu: AtomicI64,
+    /// tests: workers see jobs but claim nothing, as if never scheduled
+    #[cfg(test)]
+    muted: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -112,12 +137,13 @@ impl Shared {
         units: usize,
         chunks: usize,
         from_back: bool,
-    ) {
+    ) -> usize {
+        let mut ran = 0;
         let mut cur = self.state.load(Ordering::Acquire);
         loop {
             let (front, back) = ((cur >> END_BITS) & END_MASK, cur & END_MASK);
             if epoch_of(cur) != epoch || front >= back {
-                return;
+                return ran;
             }
             let (next, c) = if from_back {
                 (cur - 1, back - 1)
@@ -143,6 +169,7 @@ impl Shared {
                         }
                     }
                     self.done.fetch_add(1, Ordering::Release);
+                    ran += 1;
                     cur = self.state.load(Ordering::Acquire);
                 }
                 Err(now) => cur = now,
@@ -155,6 +182,29 @@ impl Shared {
 pub(crate) struct Pool {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
+    /// when the workers stay away: see [`Solo`]
+    solo: Cell<Solo>,
+}
+
+/// Jobs in a row the workers miss before the caller runs jobs alone.
+const MISSES: u32 = 8;
+/// Jobs run alone after the first run of misses; doubled each time the
+/// jobs after it are missed again, up to [`SOLO_MAX`].
+const SOLO_MIN: u32 = 256;
+const SOLO_MAX: u32 = 8192;
+
+/// The caller's judgement of whether splitting jobs pays (see the module
+/// docs, "When the workers stay away").
+#[derive(Clone, Copy, Debug)]
+struct Solo {
+    /// consecutive missed jobs
+    misses: u32,
+    /// jobs still to run alone
+    left: u32,
+    /// how many to run alone after the next run of misses
+    next: u32,
+    /// runs of misses so far (each started a time alone)
+    spells: u32,
 }
 
 impl Pool {
@@ -173,6 +223,9 @@ impl Pool {
             shutdown: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
+            worker_cpu: AtomicI64::new(-1),
+            #[cfg(test)]
+            muted: AtomicBool::new(false),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -193,7 +246,56 @@ impl Pool {
         // time, not inside the first `run_into` that needs the worker
         // (`run_into` allocates nothing; backends/tests/alloc.rs).
         wait_until(|| shared.started.load(Ordering::Acquire) == threads - 1);
-        Ok(Pool { shared, handles })
+        Ok(Pool {
+            shared,
+            handles,
+            solo: Cell::new(Solo {
+                misses: 0,
+                left: 0,
+                next: SOLO_MIN,
+                spells: 0,
+            }),
+        })
+    }
+
+    /// How many times so far the workers missed [`MISSES`] jobs in a row,
+    /// so that the caller ran jobs alone.
+    pub fn solo_spells(&self) -> u32 {
+        self.solo.get().spells
+    }
+
+    /// Whether this job runs on the caller alone (and counts it).
+    fn alone(&self) -> bool {
+        let mut solo = self.solo.get();
+        let alone = solo.left > 0;
+        if alone {
+            solo.left -= 1;
+            self.solo.set(solo);
+        }
+        alone
+    }
+
+    /// Records whether the workers missed the job just run (`None`: no
+    /// evidence either way): after [`MISSES`] misses in a row the next
+    /// jobs run alone.
+    fn judge(&self, missed: Option<bool>) {
+        let Some(missed) = missed else {
+            return;
+        };
+        let mut solo = self.solo.get();
+        if !missed {
+            solo.misses = 0;
+            solo.next = SOLO_MIN;
+        } else {
+            solo.misses += 1;
+            if solo.misses >= MISSES {
+                solo.misses = 0;
+                solo.spells += 1;
+                solo.left = solo.next;
+                solo.next = (solo.next * 2).min(SOLO_MAX);
+            }
+        }
+        self.solo.set(solo);
     }
 
     /// Runs units `[0, units)` of `func` over every thread and returns when
@@ -205,7 +307,7 @@ impl Pool {
     pub unsafe fn run(&self, func: KernelFn, arena: *mut u8, units: usize) {
         let s = &*self.shared;
         let threads = s.threads;
-        if threads == 1 {
+        if threads == 1 || self.alone() {
             // SAFETY: the caller's contract.
             unsafe { func(arena, 0, units as i64) };
             return;
@@ -218,19 +320,72 @@ impl Pool {
         s.chunks.store(chunks, Ordering::Relaxed);
         s.done.store(0, Ordering::Relaxed);
         let epoch = (epoch_of(s.state.load(Ordering::Relaxed)) + 1) & ((1 << 40) - 1);
+        let start = Instant::now();
         // SeqCst pairs with the sleepers protocol in `worker`: either we see
         // a sleeper and notify it, or it sees the new epoch before sleeping.
         s.state
             .store(pack(epoch, 0, chunks as u64), Ordering::SeqCst);
-        if s.sleepers.load(Ordering::SeqCst) > 0 {
+        let asleep = s.sleepers.load(Ordering::SeqCst) > 0;
+        if asleep {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
         // SAFETY: the fields above were written before publishing `epoch`.
-        unsafe { s.work(epoch, func as usize, arena as usize, units, chunks, false) };
-        wait_until(|| s.done.load(Ordering::Acquire) == chunks);
+        let mine = unsafe { s.work(epoch, func as usize, arena as usize, units, chunks, false) };
+        let own = start.elapsed();
+        let waited = if s.done.load(Ordering::Acquire) == chunks {
+            Duration::ZERO
+        } else {
+            wait_until(|| s.done.load(Ordering::Acquire) == chunks);
+            start.elapsed() - own
+        };
+        // Missed: awake workers took nothing (not scheduled), or the caller
+        // waited longer for their chunks than its own share took (a worker
+        // descheduled holding one). A worker woken from its sleep is late
+        // by design: its job counts neither way.
+        // On the caller's CPU a worker only takes turns with it (the OS
+        // put both threads on one CPU while another process holds the
+        // other): each kernel split that way ran 1.5x slower than alone.
+        let shared_cpu = mine < chunks && {
+            let cpu = current_cpu();
+            cpu >= 0 && s.worker_cpu.load(Ordering::Relaxed) == cpu
+        };
+        self.judge(if waited > own + MISS_SLACK || shared_cpu {
+            Some(true)
+        } else if mine == chunks {
+            // a job the caller finished before an awake, spinning worker
+            // could notice it says nothing either
+            (!asleep && own > MISS_SLACK).then_some(true)
+        } else {
+            Some(false)
+        });
     }
 }
+
+/// The CPU this thread is running on, or -1 where the OS does not say.
+fn current_cpu() -> i64 {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            /// glibc and musl: the CPU the calling thread runs on, or -1
+            fn sched_getcpu() -> std::ffi::c_int;
+        }
+        // SAFETY: `sched_getcpu` takes no arguments and touches no memory
+        // of ours; it only reads the kernel's per-thread CPU number.
+        i64::from(unsafe { sched_getcpu() })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        -1
+    }
+}
+
+/// How much longer than its own share the caller may wait for the
+/// workers' last chunks before the job counts as missed (a chunk's end
+/// varies by a few microseconds of cache misses), and how long a job the
+/// caller ran entirely must have taken to count as missed (a spinning
+/// worker notices a job within a microsecond or two).
+const MISS_SLACK: Duration = Duration::from_micros(20);
 
 fn worker(s: &Shared) {
     let mut seen = 0u64;
@@ -272,6 +427,11 @@ fn worker(s: &Shared) {
         if s.shutdown.load(Ordering::Acquire) {
             return;
         }
+        #[cfg(test)]
+        if s.muted.load(Ordering::Acquire) {
+            continue;
+        }
+        s.worker_cpu.store(current_cpu(), Ordering::Relaxed);
         let func = s.func.load(Ordering::Relaxed);
         let arena = s.arena.load(Ordering::Relaxed);
         let units = s.units.load(Ordering::Relaxed);
@@ -361,5 +521,57 @@ mod tests {
                 "the worker never ran a chunk (the machine did not schedule it)",
             );
         }
+    }
+
+    /// Workers that see every job but claim none (as when the OS never
+    /// schedules them): after `MISSES` such jobs the caller stops
+    /// publishing jobs for `SOLO_MIN` of them, then probes, and a failed
+    /// probe doubles the time alone. Every unit still runs, on the caller.
+    #[test]
+    fn jobs_run_alone_while_the_workers_stay_away() {
+        let pool = Pool::new(2).expect("a pool");
+        pool.shared.muted.store(true, Ordering::SeqCst);
+        let mut o = Owners {
+            caller: std::thread::current().id(),
+            owner: std::array::from_fn(|_| AtomicU8::new(0)),
+        };
+        let epoch = || epoch_of(pool.shared.state.load(Ordering::SeqCst));
+        let job = |o: &mut Owners| {
+            for x in &o.owner {
+                x.store(0, Ordering::Relaxed);
+            }
+            // SAFETY: as in the test above.
+            unsafe { pool.run(mark, (o as *mut Owners).cast(), 16) };
+            assert!(o.owner.iter().all(|x| x.load(Ordering::Relaxed) == 1));
+        };
+        let e0 = epoch();
+        for _ in 0..MISSES {
+            job(&mut o);
+        }
+        assert_eq!(
+            epoch() - e0,
+            u64::from(MISSES),
+            "each missed job was published"
+        );
+        for _ in 0..SOLO_MIN {
+            job(&mut o);
+        }
+        assert_eq!(
+            epoch() - e0,
+            u64::from(MISSES),
+            "jobs alone are not published"
+        );
+        // the probe: published again (the first job wakes the worker, which
+        // slept meanwhile, and counts neither way), missed again, then
+        // twice as long alone
+        let mut probes = 0;
+        while pool.solo.get().left == 0 {
+            job(&mut o);
+            probes += 1;
+            assert!(probes <= MISSES + 1, "{probes} missed probes did not stop");
+        }
+        assert!(probes >= MISSES);
+        assert_eq!(epoch() - e0, u64::from(MISSES + probes));
+        assert_eq!(pool.solo.get().left, 2 * SOLO_MIN);
     }
 }

@@ -748,6 +748,200 @@ contract_tests!(check_window_contract:
     avx512_depthwise_windows_meet_the_window_contract => TileLevel::Avx512,
 );
 
+/// The 3×3 depthwise plane-interior contract in f64: output `(r, c)` of
+/// the `rows × cols` block is `act(bias + Σ_i Σ_j x[(r·sh + i)·w + c·sw +
+/// j]·w[i][j])` — `x` pointing at the first output's top-left tap — over
+/// the taps that are not in the padding of an edge the spec marks (tap row
+/// 0 of the top row, row 2 of the bottom row, column 0 of the left column,
+/// column 2 of the right one), plus the residual at `(r, c)` (row length
+/// `wo`).
+fn plane_reference(
+    s: &super::dw_plane::Spec,
+    x: &[f32],
+    w: &[f32],
+    res: &[f32],
+    k: [f32; 3],
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(s.rows * s.cols);
+    for r in 0..s.rows {
+        for c in 0..s.cols {
+            let mut acc = f64::from(k[0]);
+            for i in 0..3 {
+                if (s.top && r == 0 && i == 0) || (s.bottom && r == s.rows - 1 && i == 2) {
+                    continue;
+                }
+                for j in 0..3 {
+                    if (s.left && c == 0 && j == 0) || (s.right && c == s.cols - 1 && j == 2) {
+                        continue;
+                    }
+                    acc +=
+                        f64::from(x[(r * s.sh + i) * s.w + c * s.sw + j]) * f64::from(w[i * 3 + j]);
+                }
+            }
+            let y = act_reference(s.act, acc, k[1], k[2]);
+            out.push(
+                y + if s.residual {
+                    f64::from(res[r * s.wo + c])
+                } else {
+                    0.0
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The plane interiors a contract test covers at `width`: strides 1 and 2
+/// both ways, 1 to 14 rows (around the six-row groups), columns from one
+/// (AVX2: eight, its smallest) to several vectors with masked tails, every
+/// edge marking alone and together, every epilogue the code assembles,
+/// with and without residual, input rows longer than the taps need.
+fn plane_specs(width: Width) -> Vec<super::dw_plane::Spec> {
+    let mut rng = Rng(0x3_3d3);
+    let acts: Vec<Act> = Act::ALL
+        .into_iter()
+        .filter(|&a| super::dw_plane::assembles(a))
+        .collect();
+    let widths: &[usize] = match width {
+        Width::Zmm => &[1, 5, 15, 16, 17, 31, 33, 40],
+        Width::Ymm => &[8, 9, 15, 16, 17, 31, 33, 40],
+    };
+    (0..64)
+        .map(|i| {
+            let (sh, sw) = (1 + rng.below(2), 1 + rng.below(2));
+            let (top, bottom, left, right) = (i % 4 == 1, i % 5 == 2, i % 3 == 1, i % 7 == 3);
+            let rows = (1 + rng.below(14)).max(1 + usize::from(top && bottom));
+            let cols = widths[i % widths.len()].max(1 + usize::from(left && right));
+            super::dw_plane::Spec {
+                sh,
+                sw,
+                w: (cols - 1) * sw + 3 + rng.below(5),
+                wo: cols + rng.below(4),
+                rows,
+                cols,
+                top,
+                bottom,
+                left,
+                right,
+                act: acts[i % acts.len()],
+                residual: i % 2 == 0,
+                width,
+            }
+        })
+        .collect()
+}
+
+/// Assembles every plane spec, runs each on random taps between guard
+/// regions — the padding taps of marked edges NaN, so that reading one
+/// shows — and checks the block against [`plane_reference`] (within TOL
+/// of the largest magnitude), that nothing outside the block was written
+/// (the rest of each output row included), and that no input changed.
+fn check_plane_contract(level: TileLevel, test: &str) {
+    if TileLevel::host() < level {
+        kiln_ir::skip::skip(test, &format!("this CPU lacks {level:?}"));
+        return;
+    }
+    let width = Width::of(level).expect("an assembling level");
+    let specs = plane_specs(width);
+    let mut reg = Registry::new(level);
+    let ids: Vec<usize> = specs
+        .iter()
+        .map(|s| {
+            reg.request(Spec::DwPlane(*s))
+                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        })
+        .collect();
+    let target = Target::host(false).expect("the host target");
+    let mut modules = Vec::new();
+    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let mut rng = Rng(0x91a_e);
+    const GUARD: usize = 64;
+    for (s, id) in specs.iter().zip(ids) {
+        let in_rows = (s.rows - 1) * s.sh + 3;
+        let mut x = vec![f32::NAN; in_rows * s.w + 2 * GUARD];
+        for r in 0..in_rows {
+            for c in 0..s.w {
+                let pad = (s.top && r == 0)
+                    || (s.bottom && r == in_rows - 1)
+                    || (s.left && c == 0)
+                    || (s.right && c == (s.cols - 1) * s.sw + 2);
+                if !pad {
+                    x[GUARD + r * s.w + c] = rng.f32_in(-2.0, 2.0);
+                }
+            }
+        }
+        let mut fill = |n: usize| -> Vec<f32> {
+            let mut v = vec![f32::NAN; n + 2 * GUARD];
+            for x in &mut v[GUARD..GUARD + n] {
+                *x = rng.f32_in(-2.0, 2.0);
+            }
+            v
+        };
+        let w = fill(9);
+        let res = fill(s.rows * s.wo);
+        let k = [
+            rng.f32_in(-1.0, 1.0),
+            rng.f32_in(-1.0, 1.0),
+            rng.f32_in(-1.0, 1.0),
+        ];
+        let mut dst = vec![-7.0f32; s.rows * s.wo + 2 * GUARD];
+        let (x0, w0, r0) = (x.clone(), w.clone(), res.clone());
+        // SAFETY: `addrs[id]` is the finalised code of `s`, assembled for a
+        // level the host runs (checked above); `x` points at the first
+        // output's top-left tap of a block of `s`'s taps, `dst` and `res` at
+        // planes of `s.rows` rows of `s.wo`, each with guards on both sides
+        // that the contract says the code never writes; the modules outlive
+        // the call.
+        unsafe {
+            let f: WindowFn = std::mem::transmute::<usize, WindowFn>(addrs[id]);
+            f(
+                x.as_ptr().add(GUARD),
+                dst.as_mut_ptr().add(GUARD),
+                w.as_ptr().add(GUARD),
+                res.as_ptr().add(GUARD),
+                k[0],
+                k[1],
+                k[2],
+            );
+        }
+        let inner = |v: &[f32], n: usize| v[GUARD..GUARD + n].to_vec();
+        let want = plane_reference(
+            s,
+            &inner(&x, in_rows * s.w),
+            &inner(&w, 9),
+            &inner(&res, s.rows * s.wo),
+            k,
+        );
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (idx, &got) in dst.iter().enumerate() {
+            let at = idx.checked_sub(GUARD).filter(|&i| i < s.rows * s.wo);
+            match at.map(|i| (i / s.wo, i % s.wo)) {
+                Some((r, c)) if c < s.cols => {
+                    let want = want[r * s.cols + c];
+                    let e = (f64::from(got) - want).abs() / scale;
+                    assert!(e <= TOL, "{s:?}: ({r}, {c}) = {got}, want {want} ({e:.2e})");
+                }
+                _ => assert_eq!(
+                    got.to_bits(),
+                    (-7.0f32).to_bits(),
+                    "{s:?}: wrote outside the block at {idx}"
+                ),
+            }
+        }
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(
+            same(&x, &x0) && same(&w, &w0) && same(&res, &r0),
+            "{s:?}: changed an input"
+        );
+    }
+    drop(modules);
+}
+
+contract_tests!(check_plane_contract:
+    avx512_depthwise_planes_meet_the_plane_contract => TileLevel::Avx512,
+    avx2_depthwise_planes_meet_the_plane_contract => TileLevel::Avx2,
+);
+
 /// A transpose panel: System V, `fn(src, dst)`.
 type PanelFn = unsafe extern "sysv64" fn(*const f32, *mut f32, *const f32);
 

@@ -16,7 +16,9 @@
 //! - `conv_direct.rs`: direct convolutions of a few output channels (zmm).
 //! - `winograd.rs`: Winograd F(4×4, 3×3) input and output transforms (zmm).
 //! - `registry.rs`: [`Registry`], asked by drivers for a [`Spec`].
-//! - `contract.rs` (tests): one test per contract and ISA (`contract_tests!`),
+//! - `contract.rs` (tests): one test per contract and ISA (`contract_tests!`:
+//!   GEMM tiles, rows, 3×3 depthwise planes, depthwise windows, transpose
+//!   panels, direct convs, Winograd transforms),
 //!   the assembled code run on the host against the contract in f64.
 //!
 //! Activations are the IR's `fused::Act` everywhere. The GEMM tiles apply
