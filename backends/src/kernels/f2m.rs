@@ -51,7 +51,7 @@ fn f2m_scratch(b: &Bridge) -> Scratch {
 /// Whether this module has a kernel for the `fused_f2m` `f` with operand
 /// types `ops` (the caller checked the op is well typed: it has an output).
 pub(crate) fn has_kernel(f: &FusedOp, ops: &[TensorType]) -> bool {
-    let FusedOp::F2mBridge { heads, .. } = *f else {
+    let FusedOp::F2m { heads, .. } = *f else {
         return false;
     };
     let Some(b) = Bridge::of(ops, heads) else {
@@ -68,7 +68,7 @@ pub(crate) fn has_kernel(f: &FusedOp, ops: &[TensorType]) -> bool {
 /// Bytes of scratch the kernels of `f` need.
 pub(crate) fn scratch_bytes(f: &FusedOp, ops: &[TensorType]) -> usize {
     match *f {
-        FusedOp::F2mBridge { heads, .. } if has_kernel(f, ops) => {
+        FusedOp::F2m { heads, .. } if has_kernel(f, ops) => {
             Bridge::of(ops, heads).map_or(0, |b| f2m_scratch(&b).total)
         }
         _ => 0,
@@ -325,7 +325,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
 
 /// The Former→Mobile bridge: the token projections, then the per-pixel core.
 fn lower_f2m(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kernels, BackendError> {
-    let FusedOp::F2mBridge { heads, scale } = *f else {
+    let FusedOp::F2m { heads, scale } = *f else {
         return Err(cx.unsupported(format!("{} is not fused_f2m", f.name())));
     };
     let out = cx.outs[0].0;

@@ -118,13 +118,13 @@ pub(crate) fn kernel(f: &FusedOp) -> Option<&'static FusedKernel> {
         FusedOp::Conv { .. } => Some(&CONV),
         FusedOp::Linear { .. } => Some(&LINEAR),
         FusedOp::ConvChain { .. } => Some(&CONV_CHAIN),
-        FusedOp::Attention { .. } => Some(&MHA),
-        FusedOp::M2fBridge { .. } => Some(&M2F),
-        FusedOp::F2mBridge { .. } => Some(&F2M),
-        FusedOp::SepAttention { .. } => Some(&SEP_ATTN),
+        FusedOp::Mha { .. } => Some(&MHA),
+        FusedOp::M2f { .. } => Some(&M2F),
+        FusedOp::F2m { .. } => Some(&F2M),
+        FusedOp::SepAttn { .. } => Some(&SEP_ATTN),
         // XFormer's cross-feature attention has no kernel yet: it runs as
         // its expansion.
-        FusedOp::CrossFeatureAttention { .. } => None,
+        FusedOp::Xca { .. } => None,
     }
 }
 
@@ -258,25 +258,25 @@ mod tests {
                 stages: vec![],
                 residual: false,
             },
-            FusedOp::Attention {
+            FusedOp::Mha {
                 heads: 1,
                 scale: one,
                 proj_q: true,
                 proj_k: true,
                 proj_v: true,
             },
-            FusedOp::M2fBridge {
+            FusedOp::M2f {
                 heads: 1,
                 scale: one,
                 eps: one,
                 proj_q: true,
                 gate: true,
             },
-            FusedOp::F2mBridge {
+            FusedOp::F2m {
                 heads: 1,
                 scale: one,
             },
-            FusedOp::SepAttention { patch: None },
+            FusedOp::SepAttn { patch: None },
         ];
         for f in &ops {
             let k = kernel(f).unwrap_or_else(|| panic!("{} has a kernel", f.name()));
@@ -285,7 +285,7 @@ mod tests {
             assert_eq!(k.file, format!("{stem}.rs"), "{}", f.name());
         }
         assert!(
-            kernel(&FusedOp::CrossFeatureAttention {
+            kernel(&FusedOp::Xca {
                 heads: 1,
                 eps: kiln_ir::Float(1e-6)
             })

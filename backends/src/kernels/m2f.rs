@@ -50,7 +50,7 @@ fn m2f_scratch(b: &Bridge) -> Scratch {
 /// Whether this module has a kernel for the `fused_m2f` `f` with operand
 /// types `ops` (the caller checked the op is well typed: it has an output).
 pub(crate) fn has_kernel(f: &FusedOp, ops: &[TensorType]) -> bool {
-    let FusedOp::M2fBridge {
+    let FusedOp::M2f {
         heads,
         proj_q,
         gate,
@@ -80,7 +80,7 @@ pub(crate) fn has_kernel(f: &FusedOp, ops: &[TensorType]) -> bool {
 /// Bytes of scratch the kernels of `f` need.
 pub(crate) fn scratch_bytes(f: &FusedOp, ops: &[TensorType]) -> usize {
     match *f {
-        FusedOp::M2fBridge { heads, .. } if has_kernel(f, ops) => {
+        FusedOp::M2f { heads, .. } if has_kernel(f, ops) => {
             Bridge::of(ops, heads).map_or(0, |b| m2f_scratch(&b).total)
         }
         _ => 0,
@@ -299,7 +299,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
 
 /// The Mobile→Former bridge: projections, scores, the core, the output projection and its layer norm.
 fn lower_m2f(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kernels, BackendError> {
-    let FusedOp::M2fBridge {
+    let FusedOp::M2f {
         heads,
         scale,
         eps,

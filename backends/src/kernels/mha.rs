@@ -30,7 +30,7 @@ struct Mha {
 }
 
 fn mha_of(f: &FusedOp, ops: &[TensorType]) -> Option<Mha> {
-    let FusedOp::Attention {
+    let FusedOp::Mha {
         heads,
         proj_q,
         proj_k,
@@ -85,9 +85,7 @@ fn mha_scratch(a: &Mha) -> Scratch {
 /// Whether this module has a kernel for the `fused_mha` `f` with operand
 /// types `ops` (the caller checked the op is well typed: it has an output).
 pub(crate) fn has_kernel(f: &FusedOp, ops: &[TensorType]) -> bool {
-    matches!(f, FusedOp::Attention { .. })
-        && mha_of(f, ops).is_some()
-        && ops.len() == f.num_operands()
+    matches!(f, FusedOp::Mha { .. }) && mha_of(f, ops).is_some() && ops.len() == f.num_operands()
 }
 
 /// Bytes of scratch the kernels of `f` need.
@@ -217,7 +215,7 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
 
 /// Multi-head attention: the optional Q/K/V projections, then the core.
 fn lower_mha(cx: &mut NodeCx, f: &FusedOp, types: &[TensorType]) -> Result<Kernels, BackendError> {
-    let FusedOp::Attention {
+    let FusedOp::Mha {
         scale,
         proj_q,
         proj_k,

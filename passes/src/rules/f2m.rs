@@ -73,7 +73,7 @@ fn f2m(eg: &KGraph, c: Id, _n: &KNode) -> Found {
                                     if z2 != z {
                                         continue;
                                     }
-                                    let f = FusedOp::F2mBridge {
+                                    let f = FusedOp::F2m {
                                         heads: h,
                                         scale: Float(scale),
                                     };
@@ -144,7 +144,7 @@ fn f2m_single_head(eg: &KGraph, y: Id, o: Id, out: &mut Found) {
                             if z2 != z {
                                 continue;
                             }
-                            let f = FusedOp::F2mBridge {
+                            let f = FusedOp::F2m {
                                 heads: 1,
                                 scale: Float(scale),
                             };

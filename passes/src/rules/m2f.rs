@@ -152,7 +152,7 @@ fn m2f(eg: &KGraph, c: Id, n: &KNode) -> Found {
                                     args.push(bias_arg(&mut r, eg, wo, bo));
                                     args.push(R::Old(gamma));
                                     args.push(R::Old(beta));
-                                    let f = FusedOp::M2fBridge {
+                                    let f = FusedOp::M2f {
                                         heads: h,
                                         scale: Float(scale),
                                         eps,

@@ -164,7 +164,7 @@ fn emit_with(
         }
     }
     let [q, k, v] = sides;
-    let f = FusedOp::Attention {
+    let f = FusedOp::Mha {
         heads,
         scale: Float(scale),
         proj_q: pick(q).is_some(),

@@ -158,7 +158,7 @@ fn emit(eg: &KGraph, h: usize, eps: f32, q: Id, k: Id, v: Id, tau_b: Id) -> Foun
                 }
                 let mut r = Recipe::new();
                 let tau = r.reshape(R::Old(tau_b), &[h]);
-                let f = FusedOp::CrossFeatureAttention {
+                let f = FusedOp::Xca {
                     heads: h,
                     eps: Float(eps),
                 };
