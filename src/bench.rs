@@ -121,6 +121,8 @@ pub struct BenchReport {
     pub groups: usize,
     /// why a batch of several images was compiled whole
     pub whole_batch: Option<String>,
+    /// kernels run once for the whole batch after the groups (its tail)
+    pub tail_kernels: usize,
     /// times the worker pool ran kernels on the caller alone because its
     /// workers missed jobs (over the warm-up and timed runs)
     pub solo_spells: u32,
@@ -241,6 +243,7 @@ pub fn bench_model(model: &Model, opts: &BenchOptions) -> Result<BenchReport, Ki
             0.0
         },
         groups: jit.groups(),
+        tail_kernels: jit.tail_kernels(),
         solo_spells,
         whole_batch: compiled.whole_batch.clone(),
         arena_bytes: st.arena_bytes,
@@ -458,9 +461,17 @@ pub fn render_text(r: &BenchReport) -> String {
     );
     if r.groups > 1 {
         s += &format!(
-            "batch:    {} groups of {} image(s), each on one thread with its own arena\n",
+            "batch:    {} groups of {} image(s), each on one thread with its own arena{}\n",
             r.groups,
-            r.batch / r.groups
+            r.batch / r.groups,
+            if r.tail_kernels > 0 {
+                format!(
+                    ", then {} kernel(s) once for the whole batch",
+                    r.tail_kernels
+                )
+            } else {
+                String::new()
+            }
         );
     } else if let Some(why) = &r.whole_batch {
         s += &format!("batch:    compiled whole ({why})\n");
@@ -547,6 +558,7 @@ pub fn render_json(r: &BenchReport) -> String {
         "batch": r.batch,
         "images_per_s": r.images_per_s,
         "groups": r.groups,
+        "tail_kernels": r.tail_kernels,
         "solo_spells": r.solo_spells,
         "whole_batch": r.whole_batch,
         "arena_bytes": r.arena_bytes,

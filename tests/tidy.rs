@@ -149,3 +149,100 @@ fn a_missing_path_is_found() {
     assert!(exists(&all, "backends/src/"));
     assert!(!exists(&all, "DESIGN.md"));
 }
+
+/// The longest function the backend may hold, in lines from its `fn` line
+/// to its closing brace (issue 14): past it a function does several jobs
+/// that want names of their own.
+const MAX_FN_LINES: usize = 150;
+
+/// The functions of `text` longer than `max` lines, as `(lines, name)`: a
+/// function runs from the line its `fn` starts (after any visibility and
+/// qualifiers) to the first later line that is a `}` at the same indent.
+/// Declarations without a body (`fn f();`) and one-line functions are not
+/// counted.
+fn long_functions(text: &str, max: usize) -> Vec<(usize, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let indent = &l[..l.len() - l.trim_start().len()];
+        let mut rest = l.trim_start();
+        for q in [
+            "pub(crate) ",
+            "pub(super) ",
+            "pub ",
+            "const ",
+            "unsafe ",
+            "extern \"C\" ",
+        ] {
+            rest = rest.strip_prefix(q).unwrap_or(rest);
+        }
+        let Some(sig) = rest.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = sig
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        // the signature ends at the first `{` or `;` that ends a line
+        let Some(open) = (i..lines.len()).find(|&j| {
+            let t = lines[j].trim_end();
+            t.ends_with('{') || t.ends_with(';') || t.ends_with('}')
+        }) else {
+            continue;
+        };
+        if !lines[open].trim_end().ends_with('{') {
+            continue;
+        }
+        let close = format!("{indent}}}");
+        if let Some(end) = (open + 1..lines.len()).find(|&j| lines[j].trim_end() == close) {
+            let n = end - i + 1;
+            if n > max {
+                out.push((n, name));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_backend_function_is_too_long() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("backends/src");
+    let mut all = BTreeSet::new();
+    walk(&src, &src, &mut all);
+    let mut long = Vec::new();
+    let mut files = 0;
+    for f in all.iter().filter(|f| f.ends_with(".rs")) {
+        files += 1;
+        let text = fs::read_to_string(src.join(f)).unwrap();
+        for (n, name) in long_functions(&text, MAX_FN_LINES) {
+            long.push(format!("{n:5} backends/src/{f} {name}"));
+        }
+    }
+    assert!(files > 30, "only {files} files found: the scan is broken");
+    long.sort();
+    long.reverse();
+    assert!(
+        long.is_empty(),
+        "{} functions in backends/src are longer than {MAX_FN_LINES} lines \
+         (split them where their jobs part):\n{}",
+        long.len(),
+        long.join("\n")
+    );
+}
+
+#[test]
+fn a_long_function_is_found() {
+    let body = "        x += 1;\n".repeat(3);
+    let text = format!(
+        "impl A {{\n    pub(crate) fn long(\n        x: usize,\n    ) -> usize {{\n{body}    }}\n\n    \
+         fn short() {{}}\n    fn decl(&self);\n}}\n\nfn free() {{\n{body}}}\n"
+    );
+    // `long`: signature 3 lines, body 3, closing brace 1; `free`: 5
+    assert_eq!(
+        long_functions(&text, 4),
+        [(7, "long".to_string()), (5, "free".to_string())]
+    );
+    assert_eq!(long_functions(&text, 6), [(7, "long".to_string())]);
+    assert!(long_functions(&text, 7).is_empty());
+}

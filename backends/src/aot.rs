@@ -33,14 +33,15 @@ use cranelift_codegen::ir::{UserExternalName, UserFuncName};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{
-    DataDescription, FuncId, Linkage, Module, ModuleRelocTarget, default_libcall_names,
+    DataDescription, DataId, FuncId, Linkage, Module, ModuleRelocTarget, default_libcall_names,
 };
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use kiln_ir::{DType, Model, TensorType, Value};
 
 use crate::codegen::{AsmLink, ConstBase, Env, I64, POWF_NAME, PowF};
 use crate::compiled::{
-    CompileOptions, define_kernels, drop_unread_consts, entry_params, front, kernel_signature,
+    CompileOptions, Front, define_kernels, drop_unread_consts, entry_params, front,
+    kernel_signature,
 };
 use crate::error::BackendError;
 use crate::header;
@@ -301,14 +302,7 @@ fn io_type(model: &Model) -> Result<(TensorType, TensorType), BackendError> {
 /// Compiles `model` into an object file with every fact about it.
 pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, BackendError> {
     let name = &opts.name;
-    if name.is_empty()
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        || name.starts_with(|c: char| c.is_ascii_digit())
-    {
-        return Err(BackendError::Target(format!(
-            "name `{name}` must be a C identifier (letters, digits, `_`)"
-        )));
-    }
+    check_name(name)?;
     let target = Target::aot(&opts.target, &opts.cpu, opts.compile.verify_ir)?;
     let (in_ty, out_ty) = io_type(model)?;
     let mut copts = opts.compile.clone();
@@ -321,7 +315,6 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
     // object as local functions that the kernels reach through relocations.
     let mut front = front(model, &copts, target.tiles)?;
     drop_unread_consts(&mut front, target.speed.frontend_config());
-    let obj_err = |e: cranelift_module::ModuleError| BackendError::Object(e.to_string());
 
     let builder = ObjectBuilder::new(
         target.speed.clone(),
@@ -330,6 +323,98 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
     )
     .map_err(obj_err)?;
     let mut module = ObjectModule::new(builder);
+    let (blob, asm_ids) = define_consts_and_asm(&mut module, name, &front)?;
+
+    let cc = target.speed.default_call_conv();
+    let (kernel_ids, undefined) =
+        define_model_kernels(&mut module, &front, &target, &copts, name, blob, &asm_ids)?;
+    let mut fctx = FunctionBuilderContext::new();
+
+    // The entry points: header slots, then every kernel over all its units,
+    // on the calling thread or (`_run_parallel`) split through the caller's
+    // parallel-for; and the task function that runs one chunk.
+    let threads = copts.threads.unwrap_or(1);
+    let task_id = define_task(&mut module, &mut fctx, name, cc, &target)?;
+    let cfg = target.speed.frontend_config();
+    let steps = entry_steps(&kernel_ids, &front, threads);
+    let parallel_kernels = steps.iter().filter(|s| s.chunks.is_some()).count();
+    for parallel in [false, true] {
+        define_entry(
+            &mut module,
+            &mut fctx,
+            name,
+            cc,
+            cfg,
+            &steps,
+            parallel.then_some(task_id),
+        )?;
+    }
+
+    // The scratch size: the arena, rounded up to whole cache lines as the
+    // JIT allocates it.
+    let scratch_bytes = front.plan.arena_bytes.div_ceil(64).max(1) * 64;
+    define_scratch_bytes(&mut module, &mut fctx, name, cc, &target, scratch_bytes)?;
+
+    let object = module
+        .finish()
+        .emit()
+        .map_err(|e| BackendError::Object(e.to_string()))?;
+    let isa_flags: Vec<String> = crate::target::enabled_flags(&*target.speed)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let header = header::header(&header::HeaderInfo {
+        name,
+        target: &opts.target,
+        cpu: &opts.cpu,
+        input: &in_ty,
+        output: &out_ty,
+        scratch_bytes,
+        undefined: &undefined,
+        fma: target.fma,
+        isa_flags: &isa_flags,
+        tiles: front.tiles,
+        threads,
+    });
+    Ok(AotObject {
+        object,
+        header,
+        undefined,
+        scratch_bytes,
+        const_bytes: front.consts.bytes(),
+        tiles: front.tiles,
+        asm_functions: front.asm.code().len(),
+        threads,
+        parallel_kernels,
+        kernels: steps.len(),
+    })
+}
+
+/// The error of a module operation on the object.
+fn obj_err(e: cranelift_module::ModuleError) -> BackendError {
+    BackendError::Object(e.to_string())
+}
+
+/// Checks that `name` makes C identifiers of the object's symbols.
+fn check_name(name: &str) -> Result<(), BackendError> {
+    if name.is_empty()
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || name.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(BackendError::Target(format!(
+            "name `{name}` must be a C identifier (letters, digits, `_`)"
+        )));
+    }
+    Ok(())
+}
+
+/// Defines the constant blob (`kiln_<name>_consts`) and the assembled
+/// functions (`kiln_<name>_asm<i>`), all local to the object.
+fn define_consts_and_asm(
+    module: &mut ObjectModule,
+    name: &str,
+    front: &Front,
+) -> Result<(DataId, Vec<FuncId>), BackendError> {
     let blob = module
         .declare_data(&format!("kiln_{name}_consts"), Linkage::Local, false, false)
         .map_err(obj_err)?;
@@ -338,7 +423,6 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
     desc.set_align(64);
     module.define_data(blob, &desc).map_err(obj_err)?;
 
-    let cc = target.speed.default_call_conv();
     let mut asm_ids = Vec::new();
     for (i, code) in front.asm.code().iter().enumerate() {
         // The declared signature is nominal: callers use their own with
@@ -353,14 +437,30 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
             .map_err(obj_err)?;
         asm_ids.push(id);
     }
+    Ok((blob, asm_ids))
+}
+
+/// Defines one function per kernel (`kiln_<name>_k<i>`), reaching the
+/// constants and the assembled functions by relocation; returns their ids
+/// and the C library functions they call (`powf`, Cranelift's libcalls).
+fn define_model_kernels(
+    module: &mut ObjectModule,
+    front: &Front,
+    target: &Target,
+    copts: &CompileOptions,
+    name: &str,
+    blob: DataId,
+    asm_ids: &[FuncId],
+) -> Result<(Vec<FuncId>, Vec<String>), BackendError> {
+    let cc = target.speed.default_call_conv();
     let mut powf = None;
     let libcall_name = default_libcall_names();
     let mut undefined = BTreeSet::new();
     let kernel_ids = define_kernels(
-        &mut module,
-        &front,
-        &target,
-        &copts,
+        module,
+        front,
+        target,
+        copts,
         &|i| format!("kiln_{name}_k{i}"),
         &mut |module, f| {
             let env = Env {
@@ -405,15 +505,13 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
             Ok(m)
         },
     )?;
-    let mut fctx = FunctionBuilderContext::new();
+    Ok((kernel_ids, undefined.into_iter().collect()))
+}
 
-    // The entry points: header slots, then every kernel over all its units,
-    // on the calling thread or (`_run_parallel`) split through the caller's
-    // parallel-for; and the task function that runs one chunk.
-    let threads = copts.threads.unwrap_or(1);
-    let task_id = define_task(&mut module, &mut fctx, name, cc, &target)?;
-    let cfg = target.speed.frontend_config();
-    let steps: Vec<EntryStep> = kernel_ids
+/// The entry points' steps: every kernel with units, split into chunks
+/// through the parallel-for when the JIT's pool would split it.
+fn entry_steps(kernel_ids: &[FuncId], front: &Front, threads: usize) -> Vec<EntryStep> {
+    kernel_ids
         .iter()
         .zip(&front.lowered)
         .filter(|(_, (_, k))| k.units() > 0)
@@ -423,23 +521,18 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
             chunks: crate::compiled::splits(k.as_ref(), threads)
                 .then(|| crate::compiled::chunks_for(k.units(), threads)),
         })
-        .collect();
-    let parallel_kernels = steps.iter().filter(|s| s.chunks.is_some()).count();
-    for parallel in [false, true] {
-        define_entry(
-            &mut module,
-            &mut fctx,
-            name,
-            cc,
-            cfg,
-            &steps,
-            parallel.then_some(task_id),
-        )?;
-    }
+        .collect()
+}
 
-    // The scratch size: the arena, rounded up to whole cache lines as the
-    // JIT allocates it.
-    let scratch_bytes = front.plan.arena_bytes.div_ceil(64).max(1) * 64;
+/// Defines `kiln_<name>_scratch_bytes`, which returns `scratch_bytes`.
+fn define_scratch_bytes(
+    module: &mut ObjectModule,
+    fctx: &mut FunctionBuilderContext,
+    name: &str,
+    cc: CallConv,
+    target: &Target,
+    scratch_bytes: usize,
+) -> Result<(), BackendError> {
     let mut sig = Signature::new(cc);
     sig.returns.push(AbiParam::new(I64));
     let size_id = module
@@ -450,7 +543,7 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
         sig,
     );
     {
-        let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+        let mut b = FunctionBuilder::new(&mut func, fctx);
         let entry = b.create_block();
         b.switch_to_block(entry);
         b.seal_block(entry);
@@ -465,39 +558,5 @@ pub fn compile_aot(model: &Model, opts: &AotOptions) -> Result<AotObject, Backen
             node: "scratch size".into(),
             msg: e.to_string(),
         })?;
-
-    let object = module
-        .finish()
-        .emit()
-        .map_err(|e| BackendError::Object(e.to_string()))?;
-    let undefined: Vec<String> = undefined.into_iter().collect();
-    let isa_flags: Vec<String> = crate::target::enabled_flags(&*target.speed)
-        .into_iter()
-        .map(String::from)
-        .collect();
-    let header = header::header(&header::HeaderInfo {
-        name,
-        target: &opts.target,
-        cpu: &opts.cpu,
-        input: &in_ty,
-        output: &out_ty,
-        scratch_bytes,
-        undefined: &undefined,
-        fma: target.fma,
-        isa_flags: &isa_flags,
-        tiles: front.tiles,
-        threads,
-    });
-    Ok(AotObject {
-        object,
-        header,
-        undefined,
-        scratch_bytes,
-        const_bytes: front.consts.bytes(),
-        tiles: front.tiles,
-        asm_functions: front.asm.code().len(),
-        threads,
-        parallel_kernels,
-        kernels: steps.len(),
-    })
+    Ok(())
 }

@@ -99,11 +99,43 @@ pub(crate) fn plan(
     let n_in = g.inputs().len();
     let n_out = g.outputs().len();
     let header_bytes = align_up(8 * (n_in + n_out)).max(ALIGN);
+    let (root, kernels_order) = roots(g, &order);
+    let (claimed, copies) = claim_outputs(g, &root);
+    let last_use = last_uses(g, &root, &kernels_order, &copies);
+    let mut bufs = buffers(g, &root, &kernels_order, &claimed, &last_use)?;
+    let arena_end = place(&mut bufs.intervals, header_bytes, limits)?;
+    let loc = locations(g, weight_addr, &root, &claimed, &bufs, n_in)?;
+    let intervals = &bufs.intervals;
+    let scratch = bufs
+        .scratch
+        .iter()
+        .map(|&(id, i)| (id, Loc::Arena(intervals[i].offset)))
+        .collect();
+    let copies = copies
+        .into_iter()
+        .map(|(k, v)| {
+            loc.get(&v)
+                .map(|&l| (k, l))
+                .ok_or_else(|| BackendError::Jit(format!("output {k} has no location")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Plan {
+        kernels: kernels_order,
+        loc,
+        scratch,
+        inplace: bufs.inplace,
+        copies,
+        arena_bytes: align_up(arena_end),
+        unshared_bytes: bufs.unshared_bytes,
+    })
+}
 
-    // Roots through aliases.
+/// The root of every value (aliases through to their operand's), and the
+/// kernel nodes in execution order.
+fn roots(g: &Graph, order: &[NodeId]) -> (HashMap<Value, Root>, Vec<NodeId>) {
     let mut root: HashMap<Value, Root> = HashMap::new();
     let mut kernels_order = Vec::new();
-    for &id in &order {
+    for &id in order {
         let node = g.node(id);
         match node.op {
             Op::Input => {
@@ -130,9 +162,16 @@ pub(crate) fn plan(
             }
         }
     }
-    let n_steps = kernels_order.len();
+    (root, kernels_order)
+}
 
-    // Outputs claim the root they are computed in.
+/// Outputs claim the root they are computed in (written in the caller's
+/// tensor); the others (inputs, weights, a root another output claimed)
+/// are `(output index, value)` copies at the end.
+fn claim_outputs(
+    g: &Graph,
+    root: &HashMap<Value, Root>,
+) -> (HashMap<Value, usize>, Vec<(usize, Value)>) {
     let mut claimed: HashMap<Value, usize> = HashMap::new();
     let mut copies = Vec::new();
     for (k, &v) in g.outputs().iter().enumerate() {
@@ -143,8 +182,18 @@ pub(crate) fn plan(
             _ => copies.push((k, v)),
         }
     }
+    (claimed, copies)
+}
 
-    // Last use (in steps) of every computed root; copies read at the end.
+/// The last step that reads each computed root; the copies read at the
+/// end (step `kernels.len()`).
+fn last_uses(
+    g: &Graph,
+    root: &HashMap<Value, Root>,
+    kernels_order: &[NodeId],
+    copies: &[(usize, Value)],
+) -> HashMap<Value, usize> {
+    let n_steps = kernels_order.len();
     let mut last_use: HashMap<Value, usize> = HashMap::new();
     for (t, &id) in kernels_order.iter().enumerate() {
         for u in g.operands(id) {
@@ -154,13 +203,37 @@ pub(crate) fn plan(
             }
         }
     }
-    for &(_, v) in &copies {
+    for &(_, v) in copies {
         if let Root::Computed(r) = root[&v] {
             last_use.insert(r, n_steps);
         }
     }
+    last_use
+}
 
-    // Arena buffers: one per unclaimed computed root, merged for in-place kernels.
+/// The arena's buffers before placement. See [`buffers`].
+struct Buffers {
+    /// every buffer with its live range
+    intervals: Vec<Interval>,
+    /// the buffer of each unclaimed computed value
+    buffer_of: HashMap<Value, usize>,
+    /// kernels writing over an operand
+    inplace: HashSet<NodeId>,
+    /// `(kernel, buffer)` of each kernel's scratch
+    scratch: Vec<(NodeId, usize)>,
+    /// bytes of all of them, without sharing
+    unshared_bytes: usize,
+}
+
+/// The arena buffers: one per unclaimed computed value, merged with the
+/// operand's for an in-place kernel, and one per kernel's scratch.
+fn buffers(
+    g: &Graph,
+    root: &HashMap<Value, Root>,
+    kernels_order: &[NodeId],
+    claimed: &HashMap<Value, usize>,
+    last_use: &HashMap<Value, usize>,
+) -> Result<Buffers, BackendError> {
     let mut intervals: Vec<Interval> = Vec::new();
     let mut buffer_of: HashMap<Value, usize> = HashMap::new();
     let mut inplace = HashSet::new();
@@ -221,9 +294,24 @@ pub(crate) fn plan(
             });
         }
     }
+    Ok(Buffers {
+        intervals,
+        buffer_of,
+        inplace,
+        scratch: scratch_iv,
+        unshared_bytes,
+    })
+}
 
-    // First fit, largest buffers first: a simple heuristic that does well on
-    // these chain-like graphs.
+/// Gives every interval an offset after the `header_bytes` header, first
+/// fit, largest buffers first (a simple heuristic that does well on these
+/// chain-like graphs); returns the arena's end, which must fit under
+/// `limits.arena_bytes`.
+fn place(
+    intervals: &mut [Interval],
+    header_bytes: usize,
+    limits: &Limits,
+) -> Result<usize, BackendError> {
     let mut by_size: Vec<usize> = (0..intervals.len()).collect();
     by_size.sort_by(|&a, &b| {
         intervals[b]
@@ -268,11 +356,23 @@ pub(crate) fn plan(
         }
         placed.push(i);
     }
+    Ok(arena_end)
+}
 
-    // Locations of every value (aliases share their root's).
+/// The location of every value: an input or output slot of the header, the
+/// constant blob, or the arena (aliases share their root's).
+fn locations(
+    g: &Graph,
+    weight_addr: &HashMap<NodeId, usize>,
+    root: &HashMap<Value, Root>,
+    claimed: &HashMap<Value, usize>,
+    bufs: &Buffers,
+    n_in: usize,
+) -> Result<HashMap<Value, Loc>, BackendError> {
+    let (intervals, buffer_of) = (&bufs.intervals, &bufs.buffer_of);
     let out_slot = |k: usize| Loc::Io(8 * (n_in + k));
     let mut loc = HashMap::new();
-    for (&v, r) in &root {
+    for (&v, r) in root {
         let l = match *r {
             Root::Input(k) => Loc::Io(8 * k),
             Root::Weight(w) => match weight_addr.get(&w) {
@@ -291,25 +391,5 @@ pub(crate) fn plan(
         };
         loc.insert(v, l);
     }
-    let scratch = scratch_iv
-        .into_iter()
-        .map(|(id, i)| (id, Loc::Arena(intervals[i].offset)))
-        .collect();
-    let copies = copies
-        .into_iter()
-        .map(|(k, v)| {
-            loc.get(&v)
-                .map(|&l| (k, l))
-                .ok_or_else(|| BackendError::Jit(format!("output {k} has no location")))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Plan {
-        kernels: kernels_order,
-        loc,
-        scratch,
-        inplace,
-        copies,
-        arena_bytes: align_up(arena_end),
-        unshared_bytes,
-    })
+    Ok(loc)
 }

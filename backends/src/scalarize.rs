@@ -225,6 +225,27 @@ pub(crate) fn scalarize(func: &mut Function) -> Result<(), String> {
     Ok(())
 }
 
+/// A vector instruction being scalarised.
+struct VecInst {
+    opcode: Opcode,
+    data: InstructionData,
+    args: Vec<Value>,
+    results: Vec<Value>,
+}
+
+impl VecInst {
+    /// The error of an instruction without a scalar form, saying why.
+    fn fail(&self, why: &str) -> String {
+        format!("cannot scalarise `{}`: {why}", self.opcode)
+    }
+
+    /// The result's vector type and the type of its pieces.
+    fn out(&self, func: &Function) -> Result<(Type, Type), String> {
+        let ty = func.dfg.value_type(self.results[0]);
+        piece_type(ty).map(|p| (ty, p)).map_err(|e| self.fail(&e))
+    }
+}
+
 struct Scalarizer {
     map: HashMap<Value, Repr>,
     /// scalar lanes known to be all-ones/zero masks, with the `i8`
@@ -272,15 +293,52 @@ impl Scalarizer {
         if !vector {
             return self.keep(func, b, inst);
         }
-        let fail = |why: &str| format!("cannot scalarise `{opcode}`: {why}");
-        let out = |func: &Function| -> Result<(Type, Type), String> {
-            let ty = func.dfg.value_type(results[0]);
-            piece_type(ty).map(|p| (ty, p)).map_err(|e| fail(&e))
+        let i = VecInst {
+            opcode,
+            data: func.dfg.insts[inst],
+            args: func.dfg.inst_args(inst).to_vec(),
+            results,
         };
-        let args = func.dfg.inst_args(inst).to_vec();
-        let data = func.dfg.insts[inst];
         let mut cur = FuncCursor::new(func).at_bottom(b);
-        let new: Repr = match (opcode, data) {
+        let new = match opcode {
+            Opcode::Load | Opcode::Store => self.memory(&mut cur, &i)?,
+            Opcode::Splat
+            | Opcode::ScalarToVector
+            | Opcode::Vconst
+            | Opcode::Extractlane
+            | Opcode::Insertlane => Some(self.lanes(&mut cur, &i)?),
+            Opcode::Bitcast | Opcode::Shuffle => Some(self.rearrange(&mut cur, &i)?),
+            Opcode::VanyTrue | Opcode::VallTrue | Opcode::Fcmp | Opcode::Icmp => {
+                Some(self.compare(&mut cur, &i)?)
+            }
+            Opcode::Bitselect | Opcode::Select => Some(self.choose(&mut cur, &i)?),
+            op if lane_wise(op) => Some(self.lane_wise_op(&mut cur, &i)?),
+            Opcode::Jump | Opcode::Brif => return self.keep(cur.func, b, inst),
+            _ => {
+                return Err(i.fail(
+                    "no scalar form (calls, returns, widening, pairwise and \
+                     lane-crossing ops on vectors are not supported)",
+                ));
+            }
+        };
+        if let (Some(&r), Some(new)) = (i.results.first(), new) {
+            self.map.insert(r, new);
+        }
+        Ok(())
+    }
+
+    /// Loads and stores: four scalar accesses at +0/4/8/12 with the same flags
+    /// (a store has no result: `None`).
+    fn memory(&mut self, cur: &mut FuncCursor<'_>, i: &VecInst) -> Result<Option<Repr>, String> {
+        let VecInst {
+            opcode,
+            data,
+            ref args,
+            ..
+        } = *i;
+        let fail = |why: &str| i.fail(why);
+        let out = |func: &Function| i.out(func);
+        Ok(Some(match (opcode, data) {
             (Opcode::Load, InstructionData::Load { flags, offset, .. }) => {
                 let (_, pt) = out(cur.func)?;
                 let p = self.one(cur.func, args[0])?;
@@ -300,8 +358,24 @@ impl Scalarizer {
                     let off = Offset32::new(base + 4 * k as i32);
                     cur.ins().Store(Opcode::Store, pt, flags, off, xk, p);
                 }
-                return Ok(());
+                return Ok(None);
             }
+            _ => return Err(fail("unexpected instruction format")),
+        }))
+    }
+
+    /// Vectors built from scalars or constants, and single lanes read or
+    /// replaced.
+    fn lanes(&mut self, cur: &mut FuncCursor<'_>, i: &VecInst) -> Result<Repr, String> {
+        let VecInst {
+            opcode,
+            data,
+            ref args,
+            ..
+        } = *i;
+        let fail = |why: &str| i.fail(why);
+        let out = |func: &Function| i.out(func);
+        Ok(match (opcode, data) {
             (Opcode::Splat, _) => {
                 let (ty, _) = out(cur.func)?;
                 if !lanes_are_pieces(ty) {
@@ -315,7 +389,7 @@ impl Scalarizer {
                     return Err(fail(&format!("to {ty}")));
                 }
                 let x = self.one(cur.func, args[0])?;
-                let z = zero(&mut cur, pt);
+                let z = zero(cur, pt);
                 Repr::Four([x, z, z, z])
             }
             (
@@ -364,6 +438,22 @@ impl Scalarizer {
                 x[usize::from(imm) & 3] = self.one(cur.func, args[1])?;
                 Repr::Four(x)
             }
+            _ => return Err(fail("unexpected instruction format")),
+        })
+    }
+
+    /// Reinterpretations and shuffles: the same words, retyped or picked by
+    /// the constant mask.
+    fn rearrange(&mut self, cur: &mut FuncCursor<'_>, i: &VecInst) -> Result<Repr, String> {
+        let VecInst {
+            opcode,
+            data,
+            ref args,
+            ..
+        } = *i;
+        let fail = |why: &str| i.fail(why);
+        let out = |func: &Function| i.out(func);
+        Ok(match (opcode, data) {
             (Opcode::Bitcast, _) => {
                 let (ty, pt) = out(cur.func)?;
                 let from = cur.func.dfg.value_type(args[0]);
@@ -404,6 +494,21 @@ impl Scalarizer {
                 }
                 Repr::Four(r)
             }
+            _ => return Err(fail("unexpected instruction format")),
+        })
+    }
+
+    /// Comparisons (lane masks, remembered for `bitselect`) and their
+    /// reductions to one truth value.
+    fn compare(&mut self, cur: &mut FuncCursor<'_>, i: &VecInst) -> Result<Repr, String> {
+        let VecInst {
+            opcode,
+            data,
+            ref args,
+            ..
+        } = *i;
+        let fail = |why: &str| i.fail(why);
+        Ok(match (opcode, data) {
             (Opcode::VanyTrue | Opcode::VallTrue, _) => {
                 let ty = cur.func.dfg.value_type(args[0]);
                 if !lanes_are_pieces(ty) || ty.lane_type().is_float() {
@@ -456,6 +561,22 @@ impl Scalarizer {
                 }
                 Repr::Four(r)
             }
+            _ => return Err(fail("unexpected instruction format")),
+        })
+    }
+
+    /// Selections: `bitselect` lane by lane (a `select` on a known comparison,
+    /// else the bit formula), `select` on a scalar condition.
+    fn choose(&mut self, cur: &mut FuncCursor<'_>, i: &VecInst) -> Result<Repr, String> {
+        let VecInst {
+            opcode,
+            data,
+            ref args,
+            ..
+        } = *i;
+        let fail = |why: &str| i.fail(why);
+        let out = |func: &Function| i.out(func);
+        Ok(match (opcode, data) {
             (Opcode::Bitselect, _) => {
                 let (ty, pt) = out(cur.func)?;
                 if !lanes_are_pieces(ty) {
@@ -470,9 +591,9 @@ impl Scalarizer {
                         cur.ins().select(c, x[k], y[k])
                     } else {
                         // (m & x) | (y & !m), in i32
-                        let mi = as_int(&mut cur, m[k]);
-                        let xi = as_int(&mut cur, x[k]);
-                        let yi = as_int(&mut cur, y[k]);
+                        let mi = as_int(cur, m[k]);
+                        let xi = as_int(cur, x[k]);
+                        let yi = as_int(cur, y[k]);
                         let a = cur.ins().band(mi, xi);
                         let nm = cur.ins().bnot(mi);
                         let n = cur.ins().band(yi, nm);
@@ -496,6 +617,22 @@ impl Scalarizer {
                 let y = self.four(cur.func, args[2])?;
                 Repr::Four(std::array::from_fn(|k| cur.ins().select(c, x[k], y[k])))
             }
+            _ => return Err(fail("unexpected instruction format")),
+        })
+    }
+
+    /// Lane-wise arithmetic and bitwise ops: one scalar instruction per lane
+    /// (bitwise ops on floats through `i32`).
+    fn lane_wise_op(&mut self, cur: &mut FuncCursor<'_>, i: &VecInst) -> Result<Repr, String> {
+        let VecInst {
+            opcode,
+            data,
+            ref args,
+            ..
+        } = *i;
+        let fail = |why: &str| i.fail(why);
+        let out = |func: &Function| i.out(func);
+        Ok(match (opcode, data) {
             (op, _) if lane_wise(op) => {
                 let (ty, pt) = out(cur.func)?;
                 if !lanes_are_pieces(ty) {
@@ -511,7 +648,7 @@ impl Scalarizer {
                     let mut lane: Vec<Value> = ops.iter().map(|o| o[k]).collect();
                     if float_bits {
                         for v in &mut lane {
-                            *v = as_int(&mut cur, *v);
+                            *v = as_int(cur, *v);
                         }
                     }
                     let ct = if float_bits { types::I32 } else { pt };
@@ -532,18 +669,8 @@ impl Scalarizer {
                 }
                 Repr::Four(r)
             }
-            (Opcode::Jump | Opcode::Brif, _) => return self.keep(cur.func, b, inst),
-            _ => {
-                return Err(fail(
-                    "no scalar form (calls, returns, widening, pairwise and \
-                     lane-crossing ops on vectors are not supported)",
-                ));
-            }
-        };
-        if let Some(&r) = results.first() {
-            self.map.insert(r, new);
-        }
-        Ok(())
+            _ => return Err(fail("unexpected instruction format")),
+        })
     }
 
     /// Keeps a scalar instruction (or a branch): renames its operands,

@@ -50,6 +50,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Allocations made while `run` runs ten times.
+fn allocations(mut run: impl FnMut()) -> usize {
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..10 {
+        run();
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    ALLOCATIONS.load(Ordering::SeqCst)
+}
+
 #[test]
 fn run_into_does_not_allocate() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
@@ -73,14 +84,8 @@ fn run_into_does_not_allocate() {
         let m = compile(&model, &opts(threads)).unwrap();
         let mut out = poisoned(&m);
         m.run_into(&inputs, &mut out).unwrap(); // warm-up: the arena
-        ALLOCATIONS.store(0, Ordering::SeqCst);
-        COUNTING.store(true, Ordering::SeqCst);
-        for _ in 0..10 {
-            m.run_into(&inputs, &mut out).unwrap();
-        }
-        COUNTING.store(false, Ordering::SeqCst);
         assert_eq!(
-            ALLOCATIONS.load(Ordering::SeqCst),
+            allocations(|| m.run_into(&inputs, &mut out).unwrap()),
             0,
             "run_into allocated at {threads} thread(s)"
         );
@@ -123,14 +128,8 @@ fn grouped_runs_do_not_allocate() {
             .in_groups(4, &types(&ins), &types(g.outputs()))
             .unwrap();
         let mut out = poisoned(&m);
-        ALLOCATIONS.store(0, Ordering::SeqCst);
-        COUNTING.store(true, Ordering::SeqCst);
-        for _ in 0..10 {
-            m.run_into(&inputs, &mut out).unwrap();
-        }
-        COUNTING.store(false, Ordering::SeqCst);
         assert_eq!(
-            ALLOCATIONS.load(Ordering::SeqCst),
+            allocations(|| m.run_into(&inputs, &mut out).unwrap()),
             0,
             "a grouped run_into allocated at {threads} thread(s)"
         );

@@ -601,6 +601,12 @@ impl CompiledModel {
         Ok(self)
     }
 
+    /// Kernels run once per call for the whole batch after the groups
+    /// ([`CompiledModel::with_tail`]; 0 without a tail).
+    pub fn tail_kernels(&self) -> usize {
+        self.tail.as_deref().map_or(0, |t| t.model.steps.len())
+    }
+
     /// Runs of the kernels per call (1 unless [`CompiledModel::in_groups`]).
     pub fn groups(&self) -> usize {
         self.groups

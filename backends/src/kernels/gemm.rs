@@ -16,7 +16,8 @@
 //!
 //! Fused conv/linear kernels add an [`Epilogue`] (activation, then a
 //! residual laid out like C) applied to the accumulators right before the
-//! store: in the Cranelift tile on the f32x4 accumulators; in the assembled
+//! store: in the portable Cranelift tile (`ukernels/f32x4/tile.rs`) on the
+//! f32x4 accumulators; in the assembled
 //! tiles (AVX-512 shapes fitted per GEMM by [`asm_tile_for`], or AVX2
 //! 6×16, by the `Registry`'s level) as vector
 //! instructions, GELU included. The Cranelift tile sweeps its expensive
@@ -26,8 +27,8 @@
 //! Each output tile is computed by the same instruction sequence whichever
 //! unit it falls in, so results do not depend on the thread count.
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value};
-use cranelift_frontend::Variable;
 
 use super::epilogue::Epilogue;
 use super::{Kernel, Opt};
@@ -36,9 +37,10 @@ use crate::runtime::ConstStore;
 use crate::target::TileLevel;
 use crate::ukernels::avx2::tile as avx2_tile;
 use crate::ukernels::avx512::tile as avx512_tile;
+use crate::ukernels::f32x4::tile::{self as f32x4, AView, BView, Ptrs};
 use crate::ukernels::tile::{self, Bias};
 use crate::ukernels::{Registry, Spec};
-use kiln_ir::fused::Act;
+pub(crate) use f32x4::{CIn, Init};
 
 /// Where A (`M×K`, broadcast element by element) comes from.
 #[derive(Clone, Copy, Debug)]
@@ -56,30 +58,6 @@ pub(crate) enum BSrc {
     Packed { addr: usize },
     /// In place: element `(k, j)` at `base + 4·(off + k·ks + j)`.
     Strided { buf: Buf, ks: i64 },
-}
-
-/// The accumulators' starting values.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Init {
-    /// zero
-    Zero,
-    /// `bias[off + i]` for row `i` (convolution bias)
-    Row(Buf),
-    /// `bias[j]` for column `j` (a linear layer's bias)
-    Col(Buf),
-}
-
-/// `beta · Cin[i·rs + j·cs]` added to the result (gemm's `c`; `cs` is 0 or 1).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct CIn {
-    /// scale
-    pub beta: f32,
-    /// the tensor
-    pub buf: Buf,
-    /// row stride (0 when broadcast)
-    pub rs: i64,
-    /// column stride, 0 or 1
-    pub cs: i64,
 }
 
 /// Tile shape: `mr` rows × `4·nv` columns.
@@ -169,28 +147,10 @@ pub(crate) fn asm_tile_for(level: TileLevel, m: usize, n: usize, k: usize) -> Ti
 }
 
 /// [`asm_tile_for`] as (rows, columns): what conv.rs, matmul.rs and
-/// chain.rs pack the weights for.
+/// conv_chain.rs pack the weights for.
 pub(crate) fn asm_shape_for(level: TileLevel, m: usize, n: usize, k: usize) -> (usize, usize) {
     let t = asm_tile_for(level, m, n, k);
     (t.mr, 4 * t.nv)
-}
-
-/// The first `valid` (< 4) f32 lanes at `base + off`, the others those of
-/// `zero`: a vector never read past the end of a row.
-fn load_lanes(
-    e: &mut Emitter,
-    f: MemFlagsData,
-    base: Value,
-    off: i64,
-    valid: usize,
-    zero: Value,
-) -> Value {
-    let mut y = zero;
-    for l in 0..valid {
-        let s = e.load(F32, f, base, off + 4 * l as i64);
-        y = e.b.ins().insertlane(y, s, l as u8);
-    }
-    y
 }
 
 /// A batched GEMM. See the module docs.
@@ -332,15 +292,6 @@ struct TilePtrs {
     /// the run-time B panel this tile fills as it reads B in place (`b`
     /// then points at B itself): the first tile of a column panel
     panel: Option<Value>,
-}
-
-/// How a tile reads B: row stride in elements, whether rows are padded to
-/// whole vectors (packed panels), and the memory flags.
-#[derive(Clone, Copy)]
-struct BView {
-    ks: i64,
-    padded: bool,
-    flags: MemFlagsData,
 }
 
 /// Largest B panel (`K × NR` floats) packed at run time into the kernel's
@@ -609,87 +560,8 @@ impl Gemm {
         e.b.ins().call_indirect(sig, f, &args);
     }
 
-    /// Applies the activation (never the dynamic ReLU, which is always
-    /// inline) and the residual to the `mr × nt` block at `p.c`,
-    /// which the tile has just written: one row per loop iteration, f32x4
-    /// vectors and a scalar column tail, constants local to the sweep.
-    fn sweep(&self, e: &mut Emitter, p: TilePtrs, mr: usize, nt: usize) {
-        let wf = Emitter::wflags();
-        let rf = MemFlagsData::new().with_notrap();
-        let res = self.epi.residual.map(Emitter::rflags);
-        e.local_consts(|e| {
-            e.for_static(0, mr as i64, 1, |e, i| {
-                let c = e.index(p.c, i, 4 * self.c_rs);
-                let r = p.res.map(|r| e.index(r, i, 4 * self.c_rs));
-                for v in 0..nt / 4 {
-                    let x = e.load(V4, rf, c, 16 * v as i64);
-                    let mut x = self.epi.activate(e, V4, x, None);
-                    if let (Some(r), Some(f)) = (r, res) {
-                        let y = e.load(V4, f, r, 16 * v as i64);
-                        x = e.b.ins().fadd(x, y);
-                    }
-                    e.store(wf, x, c, 16 * v as i64);
-                }
-                for col in 4 * (nt / 4)..nt {
-                    let x = e.load(F32, rf, c, 4 * col as i64);
-                    let mut x = self.epi.activate(e, F32, x, None);
-                    if let (Some(r), Some(f)) = (r, res) {
-                        let y = e.load(F32, f, r, 4 * col as i64);
-                        x = e.b.ins().fadd(x, y);
-                    }
-                    e.store(wf, x, c, 4 * col as i64);
-                }
-            });
-        });
-    }
-
-    /// Emits one tile of `mr` rows and `nt` valid columns.
-    /// The accumulators of an `mr × nt` tile (`nv` vectors and `ns` scalar
-    /// columns a row), seeded with the bias at `bias` or zero.
-    fn seed(
-        &self,
-        e: &mut Emitter,
-        bias: Option<Value>,
-        mr: usize,
-        nt: usize,
-        (nv, ns): (usize, usize),
-    ) -> (Vec<Vec<Variable>>, Vec<Vec<Variable>>) {
-        let zero_v = e.kc(V4, 0.0);
-        let zero_s = e.fc(0.0);
-        let mut acc: Vec<Vec<Variable>> = Vec::with_capacity(mr);
-        let mut accs: Vec<Vec<Variable>> = Vec::with_capacity(mr);
-        for i in 0..mr {
-            let (iv, is): (Vec<Value>, Vec<Value>) = match (self.init, bias) {
-                (Init::Row(buf), Some(bp)) => {
-                    let s = e.load(F32, Emitter::rflags(buf), bp, 4 * i as i64);
-                    let v = e.b.ins().splat(V4, s);
-                    (vec![v; nv], vec![s; ns])
-                }
-                (Init::Col(buf), Some(bp)) => {
-                    let f = Emitter::rflags(buf);
-                    // vectors only where the bias has 4 valid columns
-                    let vs = (0..nv)
-                        .map(|v| {
-                            if 4 * v + 4 <= nt {
-                                e.load(V4, f, bp, 16 * v as i64)
-                            } else {
-                                load_lanes(e, f, bp, 16 * v as i64, nt - 4 * v, zero_v)
-                            }
-                        })
-                        .collect();
-                    let ss = (0..ns)
-                        .map(|s| e.load(F32, f, bp, 4 * (4 * nv + s) as i64))
-                        .collect();
-                    (vs, ss)
-                }
-                _ => (vec![zero_v; nv], vec![zero_s; ns]),
-            };
-            acc.push(iv.iter().map(|&x| e.var(V4, x)).collect());
-            accs.push(is.iter().map(|&x| e.var(F32, x)).collect());
-        }
-        (acc, accs)
-    }
-
+    /// Emits one tile of `mr` rows and `nt` valid columns: the GEMM's
+    /// assembled variant for it when it has one, else the portable tile.
     fn tile(&self, e: &mut Emitter, p: TilePtrs, bv: BView, mr: usize, nt: usize) {
         if let Some(asm) = self.asm {
             // the GEMM's tile is the assembled one (`asm_compatible`)
@@ -711,169 +583,338 @@ impl Gemm {
             };
             return self.tile(e, p, bv, mr, nt);
         }
-        let b_packed = bv.padded;
-        // vectors computed; scalar columns computed (only from unpacked B)
-        let (nv, ns) = if b_packed {
-            (nt.div_ceil(4), 0)
-        } else {
-            (nt / 4, nt % 4)
+        let p = Ptrs {
+            a: p.a,
+            b: p.b,
+            c: p.c,
+            bias: p.bias,
+            cin: p.cin,
+            res: p.res,
+            slopes: p.slopes,
         };
-        let (a_rs, a_ks, af) = match self.a {
-            ASrc::Packed { addr } => (
-                1,
-                self.tile.mr as i64,
-                Emitter::rflags(Buf::input(Loc::Const(addr))),
-            ),
-            ASrc::Strided { buf, rs, ks } => (rs, ks, Emitter::rflags(buf)),
+        self.portable(bv).emit(e, p, mr, nt);
+    }
+
+    /// The portable tile of this GEMM, reading B as `b`.
+    fn portable(&self, b: BView) -> f32x4::Tile<'_> {
+        let a = match self.a {
+            ASrc::Packed { addr } => AView {
+                rs: 1,
+                ks: self.tile.mr as i64,
+                flags: Emitter::rflags(Buf::input(Loc::Const(addr))),
+            },
+            ASrc::Strided { buf, rs, ks } => AView {
+                rs,
+                ks,
+                flags: Emitter::rflags(buf),
+            },
         };
-        let (b_ks, bf) = (bv.ks, bv.flags);
-        // accumulators
-        let zero_v = e.kc(V4, 0.0);
-        let (acc, accs) = self.seed(e, p.bias, mr, nt, (nv, ns));
-        // K loop, unrolled by U
-        const U: usize = 4;
-        let pa = e.var(I64, p.a);
-        let pb = e.var(I64, p.b);
-        let step = |e: &mut Emitter, u: usize| {
-            let a = e.b.use_var(pa);
-            let b = e.b.use_var(pb);
-            let ao = 4 * (u as i64) * a_ks;
-            let bo = 4 * (u as i64) * b_ks;
-            let bv: Vec<Value> = (0..nv)
-                .map(|v| e.load(V4, bf, b, bo + 16 * v as i64))
-                .collect();
-            let bs: Vec<Value> = (0..ns)
-                .map(|s| e.load(F32, bf, b, bo + 4 * (4 * nv + s) as i64))
-                .collect();
-            for i in 0..mr {
-                let x = e.load(F32, af, a, ao + 4 * i as i64 * a_rs);
-                if nv > 0 {
-                    let xv = e.b.ins().splat(V4, x);
-                    for (v, &bvv) in bv.iter().enumerate() {
-                        let c = e.b.use_var(acc[i][v]);
-                        let r = e.mul_add(xv, bvv, c);
-                        e.b.def_var(acc[i][v], r);
-                    }
-                }
-                for (s, &bss) in bs.iter().enumerate() {
-                    let c = e.b.use_var(accs[i][s]);
-                    let r = e.mul_add(x, bss, c);
-                    e.b.def_var(accs[i][s], r);
-                }
-            }
-        };
-        let main = self.k / U;
-        e.for_static(0, main as i64, 1, |e, _| {
-            for u in 0..U {
-                step(e, u);
-            }
-            let a = e.b.use_var(pa);
-            let a = e.off(a, 4 * (U as i64) * a_ks);
-            e.b.def_var(pa, a);
-            let b = e.b.use_var(pb);
-            let b = e.off(b, 4 * (U as i64) * b_ks);
-            e.b.def_var(pb, b);
-        });
-        for u in 0..self.k % U {
-            step(e, u);
+        f32x4::Tile {
+            k: self.k,
+            a,
+            b,
+            init: self.init,
+            alpha: self.alpha,
+            cin: self.cin,
+            c_rs: self.c_rs,
+            epi: &self.epi,
         }
-        // Epilogue. Activations with polynomials or several constants run
-        // in a sweep after the store (see `sweep`); the others inline, with
-        // their constants local to the epilogue (`Emitter::local_consts`).
-        let inline = !self.epi.swept();
-        let epilogue = |e: &mut Emitter| {
-            let wf = Emitter::wflags();
-            let alpha = (self.alpha != 1.0).then(|| (e.kc(V4, self.alpha), e.fc(self.alpha)));
-            let cin = self.cin.map(|c| (c, e.kc(V4, c.beta), e.fc(c.beta)));
-            let res = self
-                .epi
-                .residual
-                .map(Emitter::rflags)
-                .zip(p.res)
-                .filter(|_| inline);
-            for i in 0..mr {
-                let row_off = 4 * i as i64 * self.c_rs;
-                // this row's dynamic-ReLU slopes, scalar and splat
-                let sl = self
-                    .epi
+    }
+}
+
+/// The operands' base pointers (before a batch's offsets).
+#[derive(Clone, Copy)]
+struct Bases {
+    a: Value,
+    b: Value,
+    c: Value,
+    bias: Option<Value>,
+    cin: Option<Value>,
+    res: Option<Value>,
+    slopes: Option<(Value, Value)>,
+}
+
+/// One parallel unit's share: its batch's operands (Cin is never offset
+/// per batch), its row blocks `rb_lo..rb_hi` and column tiles
+/// `ct_lo..ct_hi`, and the numbers of full row blocks and column tiles.
+#[derive(Clone, Copy)]
+struct Unit {
+    at: Bases,
+    rb_lo: Value,
+    rb_hi: Value,
+    ct_lo: Value,
+    ct_hi: Value,
+    rb_full: Value,
+    ct_full: Value,
+}
+
+impl Gemm {
+    /// Loads the operands' base pointers.
+    fn bases(&self, e: &mut Emitter) -> Bases {
+        let a = match self.a {
+            ASrc::Packed { addr } => e.const_addr(addr),
+            ASrc::Strided { buf, .. } => e.base(buf),
+        };
+        let b = match self.b {
+            BSrc::Packed { addr } => e.const_addr(addr),
+            BSrc::Strided { buf, .. } => e.base(buf),
+        };
+        let c = e.base(self.c);
+        let bias = match self.init {
+            Init::Zero => None,
+            Init::Row(b) | Init::Col(b) => Some(e.base(b)),
+        };
+        let cin = self.cin.map(|c| e.base(c.buf));
+        let res = self.epi.residual.map(|r| e.base(r));
+        let slopes = self.epi.slopes.map(|s| (e.base(s.a1), e.base(s.a2)));
+        Bases {
+            a,
+            b,
+            c,
+            bias,
+            cin,
+            res,
+            slopes,
+        }
+    }
+
+    /// How the tiles read B: the run-time panel, the packed panels, or B in
+    /// place.
+    fn b_view(&self, runtime_pack: bool) -> BView {
+        let nr = self.nr();
+        match self.b {
+            _ if runtime_pack => BView {
+                ks: nr as i64,
+                padded: true,
+                flags: MemFlagsData::new().with_notrap(),
+            },
+            BSrc::Packed { addr } => BView {
+                ks: nr as i64,
+                padded: true,
+                flags: Emitter::rflags(Buf::input(Loc::Const(addr))),
+            },
+            BSrc::Strided { buf, ks } => BView {
+                ks,
+                padded: false,
+                flags: Emitter::rflags(buf),
+            },
+        }
+    }
+
+    /// The run-time B panel (`K × NR` floats) in the kernel's stack frame,
+    /// aligned to a cache line: the assembled tiles read and write it as
+    /// whole zmm vectors, and a vector straddling two lines costs two
+    /// accesses.
+    fn panel_slot(&self, e: &mut Emitter) -> Value {
+        let slot = e.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (4 * self.k * self.nr() + 64) as u32,
+            4,
+        ));
+        let addr = e.b.ins().stack_addr(I64, slot, 0);
+        let addr = e.b.ins().iadd_imm_s(addr, 63);
+        e.b.ins().band_imm_s(addr, -64)
+    }
+
+    /// Decodes unit `u` (batch, row group, column group): its batch's
+    /// operands, through the offset `table`, and its ranges of tiles.
+    fn unit(&self, e: &mut Emitter, u: Value, bases: Bases, table: Option<Value>) -> Unit {
+        let (rg, cg) = (self.row_groups(), self.col_groups());
+        let tf = Emitter::rflags(Buf::input(Loc::Const(0)));
+        let row_bias = matches!(self.init, Init::Row(_));
+        let per_batch = (rg * cg) as i64;
+        let bidx = e.b.ins().udiv_imm_u(u, per_batch);
+        let r = e.b.ins().urem_imm_u(u, per_batch);
+        let rgi = e.b.ins().udiv_imm_u(r, cg as i64);
+        let cgi = e.b.ins().urem_imm_u(r, cg as i64);
+        let mut at = bases;
+        if let Some(t) = table {
+            let row = e.index(t, bidx, 32);
+            let ao = e.load(I64, tf, row, 0);
+            let bo = e.load(I64, tf, row, 8);
+            let co = e.load(I64, tf, row, 16);
+            at.a = e.index(at.a, ao, 4);
+            at.b = e.index(at.b, bo, 4);
+            at.c = e.index(at.c, co, 4);
+            // the residual is laid out like C
+            at.res = at.res.map(|r| e.index(r, co, 4));
+            if (row_bias && at.bias.is_some()) || at.slopes.is_some() {
+                let bo = e.load(I64, tf, row, 24);
+                if row_bias && let Some(bb) = at.bias {
+                    at.bias = Some(e.index(bb, bo, 4));
+                }
+                at.slopes = at
                     .slopes
-                    .zip(p.slopes)
-                    .filter(|_| inline)
-                    .map(|(s, (p1, p2))| {
-                        let s1 = e.load(F32, Emitter::rflags(s.a1), p1, 4 * i as i64);
-                        let s2 = e.load(F32, Emitter::rflags(s.a2), p2, 4 * i as i64);
-                        (s1, s2)
-                    });
-                let slv = sl.map(|(s1, s2)| (e.b.ins().splat(V4, s1), e.b.ins().splat(V4, s2)));
-                for (v, &var) in acc[i].iter().enumerate() {
-                    let mut x = e.b.use_var(var);
-                    if let Some((av, _)) = alpha {
-                        x = e.b.ins().fmul(x, av);
-                    }
-                    let valid = (nt - 4 * v).min(4);
-                    if let (Some((c, bv, _)), Some(cp)) = (cin, p.cin) {
-                        let off = 4 * (i as i64 * c.rs) + 16 * c.cs * v as i64;
-                        let f = Emitter::rflags(c.buf);
-                        let y = if c.cs == 0 {
-                            let s = e.load(F32, f, cp, off);
-                            e.b.ins().splat(V4, s)
-                        } else if valid == 4 {
-                            e.load(V4, f, cp, off)
-                        } else {
-                            load_lanes(e, f, cp, off, valid, zero_v)
-                        };
-                        x = e.mul_add(y, bv, x);
-                    }
-                    if inline {
-                        x = self.epi.activate(e, V4, x, slv);
-                    }
-                    if let Some((f, rp)) = res {
-                        let off = row_off + 16 * v as i64;
-                        let y = if valid == 4 {
-                            e.load(V4, f, rp, off)
-                        } else {
-                            load_lanes(e, f, rp, off, valid, zero_v)
-                        };
-                        x = e.b.ins().fadd(x, y);
-                    }
-                    if valid == 4 {
-                        e.store(wf, x, p.c, row_off + 16 * v as i64);
-                    } else {
-                        for l in 0..valid {
-                            let s = e.b.ins().extractlane(x, l as u8);
-                            e.store(wf, s, p.c, row_off + 4 * (4 * v + l) as i64);
-                        }
-                    }
-                }
-                for (s, &var) in accs[i].iter().enumerate() {
-                    let mut x = e.b.use_var(var);
-                    if let Some((_, a)) = alpha {
-                        x = e.b.ins().fmul(x, a);
-                    }
-                    let col = 4 * nv + s;
-                    if let (Some((c, _, bs)), Some(cp)) = (cin, p.cin) {
-                        let off = 4 * (i as i64 * c.rs + c.cs * col as i64);
-                        let y = e.load(F32, Emitter::rflags(c.buf), cp, off);
-                        x = e.mul_add(y, bs, x);
-                    }
-                    if inline {
-                        x = self.epi.activate(e, F32, x, sl);
-                    }
-                    if let Some((f, rp)) = res {
-                        let y = e.load(F32, f, rp, row_off + 4 * col as i64);
-                        x = e.b.ins().fadd(x, y);
-                    }
-                    e.store(wf, x, p.c, row_off + 4 * col as i64);
-                }
+                    .map(|(s1, s2)| (e.index(s1, bo, 4), e.index(s2, bo, 4)));
             }
-        };
-        if inline && self.epi.act != Act::None {
-            e.local_consts(epilogue);
-        } else {
-            epilogue(e);
         }
-        if !inline {
-            self.sweep(e, p, mr, nt);
+        let rb_lo = e.b.ins().imul_imm_s(rgi, self.row_group as i64);
+        let rb_hi = e.b.ins().iadd_imm_s(rb_lo, self.row_group as i64);
+        let rb_end = e.ic(self.row_blocks() as i64);
+        let rb_hi = e.imin(rb_hi, rb_end);
+        let ct_lo = e.b.ins().imul_imm_s(cgi, self.col_group as i64);
+        let ct_hi = e.b.ins().iadd_imm_s(ct_lo, self.col_group as i64);
+        let ct_end = e.ic(self.col_tiles() as i64);
+        let ct_hi = e.imin(ct_hi, ct_end);
+        let rb_full = e.ic((self.m / self.tile.mr) as i64);
+        let ct_full = e.ic((self.n / self.nr()) as i64);
+        Unit {
+            at,
+            rb_lo,
+            rb_hi,
+            ct_lo,
+            ct_hi,
+            rb_full,
+            ct_full,
+        }
+    }
+
+    /// The pointers of tile (`rbi`, `cti`) of unit `u`, without a panel.
+    fn ptrs(&self, e: &mut Emitter, u: &Unit, rbi: Value, cti: Value) -> TilePtrs {
+        let (mr, nr) = (self.tile.mr, self.nr());
+        // per row block / column tile strides in bytes
+        let a_rb = match self.a {
+            ASrc::Packed { .. } => 4 * (mr * self.k) as i64,
+            ASrc::Strided { rs, .. } => 4 * mr as i64 * rs,
+        };
+        let b_ct = self.b_col_stride();
+        let c_rb = 4 * mr as i64 * self.c_rs;
+        let c_ct = 4 * nr as i64;
+        let at = u.at;
+        TilePtrs {
+            a: e.index(at.a, rbi, a_rb),
+            b: e.index(at.b, cti, b_ct),
+            c: {
+                let c = e.index(at.c, rbi, c_rb);
+                e.index(c, cti, c_ct)
+            },
+            bias: at.bias.map(|bb| match self.init {
+                Init::Row(_) => e.index(bb, rbi, 4 * mr as i64),
+                Init::Col(_) => e.index(bb, cti, 4 * nr as i64),
+                Init::Zero => bb,
+            }),
+            cin: self.cin.zip(at.cin).map(|(c, cb)| {
+                let x = e.index(cb, rbi, 4 * mr as i64 * c.rs);
+                e.index(x, cti, 4 * nr as i64 * c.cs)
+            }),
+            res: at.res.map(|r| {
+                let x = e.index(r, rbi, c_rb);
+                e.index(x, cti, c_ct)
+            }),
+            slopes: at.slopes.map(|(s1, s2)| {
+                (
+                    e.index(s1, rbi, 4 * mr as i64),
+                    e.index(s2, rbi, 4 * mr as i64),
+                )
+            }),
+            panel: None,
+        }
+    }
+
+    /// Bytes between consecutive column tiles of B.
+    fn b_col_stride(&self) -> i64 {
+        match self.b {
+            BSrc::Packed { .. } => 4 * (self.nr() * self.k) as i64,
+            BSrc::Strided { .. } => 4 * self.nr() as i64,
+        }
+    }
+
+    /// The unit's tiles of row block `rbi` (`mrows` rows): its full column
+    /// tiles, then the column tail if its range reaches it. Loops with no
+    /// full tile at all are not emitted: their body would be dead code, and
+    /// the biggest tile to compile.
+    fn row_of_tiles(&self, e: &mut Emitter, u: &Unit, bview: BView, rbi: Value, mrows: usize) {
+        let nr = self.nr();
+        let (ct_full, n_tail) = (self.n / nr, self.n % nr);
+        if ct_full > 0 {
+            let hi_full = e.imin(u.ct_hi, u.ct_full);
+            e.for_range(u.ct_lo, hi_full, 1, |e, cti| {
+                let p = self.ptrs(e, u, rbi, cti);
+                self.tile(e, p, bview, mrows, nr);
+            });
+        }
+        if n_tail > 0 {
+            // the tail tile belongs to the unit whose range reaches it
+            let has = e.b.ins().icmp(IntCC::SignedGreaterThan, u.ct_hi, u.ct_full);
+            e.if_then(has, |e| {
+                let p = self.ptrs(e, u, rbi, u.ct_full);
+                self.tile(e, p, bview, mrows, n_tail);
+            });
+        }
+    }
+
+    /// The unit's tiles of column tile `cti` (`ncols` columns): its full row
+    /// blocks, then the row tail. With a run-time B panel, the Cranelift
+    /// tiles have it packed first; with assembled tiles the unit's first
+    /// row block fills it while computing (a `b_pack` variant) and the
+    /// others read it.
+    fn column_of_tiles(
+        &self,
+        e: &mut Emitter,
+        u: &Unit,
+        bview: BView,
+        panel: Option<Value>,
+        cti: Value,
+        ncols: usize,
+    ) {
+        let mr = self.tile.mr;
+        let (rb_full, m_tail) = (self.m / mr, self.m % mr);
+        // tile pointers, with B redirected to the packed panel
+        let ptrs_in = |e: &mut Emitter, rbi: Value| {
+            let mut p = self.ptrs(e, u, rbi, cti);
+            if let Some(panel) = panel {
+                p.b = panel;
+            }
+            p
+        };
+        // the first tile of a column panel, which also fills the panel
+        let ptrs_fill = |e: &mut Emitter, rbi: Value| TilePtrs {
+            panel,
+            ..self.ptrs(e, u, rbi, cti)
+        };
+        if let (Some(panel), None) = (panel, self.asm) {
+            let src = e.index(u.at.b, cti, self.b_col_stride());
+            self.pack_panel(e, panel, src, ncols);
+        }
+        let fill_first = panel.is_some() && self.asm.is_some();
+        if rb_full > 0 {
+            let hi_full = e.imin(u.rb_hi, u.rb_full);
+            let mut lo = u.rb_lo;
+            if fill_first {
+                let has = e.b.ins().icmp(IntCC::SignedLessThan, u.rb_lo, hi_full);
+                e.if_then(has, |e| {
+                    let p = ptrs_fill(e, u.rb_lo);
+                    self.tile(e, p, bview, mr, ncols);
+                });
+                lo = e.b.ins().iadd_imm_s(u.rb_lo, 1);
+            }
+            e.for_range(lo, hi_full, 1, |e, rbi| {
+                let p = ptrs_in(e, rbi);
+                self.tile(e, p, bview, mr, ncols);
+            });
+        }
+        if m_tail > 0 {
+            let has = e.b.ins().icmp(IntCC::SignedGreaterThan, u.rb_hi, u.rb_full);
+            e.if_then(has, |e| {
+                if fill_first {
+                    // the panel is filled iff a full row block ran
+                    let filled = e.b.ins().icmp(IntCC::SignedLessThan, u.rb_lo, u.rb_full);
+                    e.if_then(filled, |e| {
+                        let p = ptrs_in(e, u.rb_full);
+                        self.tile(e, p, bview, m_tail, ncols);
+                    });
+                    let empty =
+                        e.b.ins()
+                            .icmp(IntCC::SignedGreaterThanOrEqual, u.rb_lo, u.rb_full);
+                    e.if_then(empty, |e| {
+                        let p = ptrs_fill(e, u.rb_full);
+                        self.tile(e, p, bview, m_tail, ncols);
+                    });
+                } else {
+                    let p = ptrs_in(e, u.rb_full);
+                    self.tile(e, p, bview, m_tail, ncols);
+                }
+            });
         }
     }
 }
@@ -927,264 +968,45 @@ impl Kernel for Gemm {
     }
 
     fn emit(&self, e: &mut Emitter, begin: Value, end: Value) {
-        let (mr, nr) = (self.tile.mr, self.nr());
-        let (rb, ct) = (self.row_blocks(), self.col_tiles());
-        let (rg, cg) = (self.row_groups(), self.col_groups());
-        let (rb_full, m_tail) = (self.m / mr, self.m % mr);
-        let (ct_full, n_tail) = (self.n / nr, self.n % nr);
-        let a_base = match self.a {
-            ASrc::Packed { addr } => e.const_addr(addr),
-            ASrc::Strided { buf, .. } => e.base(buf),
-        };
-        let b_base = match self.b {
-            BSrc::Packed { addr } => e.const_addr(addr),
-            BSrc::Strided { buf, .. } => e.base(buf),
-        };
-        let c_base = e.base(self.c);
-        let bias_base = match self.init {
-            Init::Zero => None,
-            Init::Row(b) | Init::Col(b) => Some(e.base(b)),
-        };
-        let cin_base = self.cin.map(|c| e.base(c.buf));
-        let res_base = self.epi.residual.map(|r| e.base(r));
-        let slope_base = self.epi.slopes.map(|s| (e.base(s.a1), e.base(s.a2)));
+        let bases = self.bases(e);
         let table = self.offsets.map(|t| e.const_addr(t));
-        let tf = Emitter::rflags(Buf::input(Loc::Const(0)));
-        // per row block / column tile strides in bytes
-        let (a_rb, a_pack) = match self.a {
-            ASrc::Packed { .. } => (4 * (mr * self.k) as i64, true),
-            ASrc::Strided { rs, .. } => (4 * mr as i64 * rs, false),
-        };
-        let _ = a_pack;
-        let b_ct = match self.b {
-            BSrc::Packed { .. } => 4 * (nr * self.k) as i64,
-            BSrc::Strided { .. } => 4 * nr as i64,
-        };
-        let c_rb = 4 * mr as i64 * self.c_rs;
-        let c_ct = 4 * nr as i64;
-        let row_bias = matches!(self.init, Init::Row(_));
-        let col_bias = matches!(self.init, Init::Col(_));
-        let cin = self.cin;
         let runtime_pack = self.packs_b_at_run_time();
-        let bview = match self.b {
-            _ if runtime_pack => BView {
-                ks: nr as i64,
-                padded: true,
-                flags: MemFlagsData::new().with_notrap(),
-            },
-            BSrc::Packed { addr } => BView {
-                ks: nr as i64,
-                padded: true,
-                flags: Emitter::rflags(Buf::input(Loc::Const(addr))),
-            },
-            BSrc::Strided { buf, ks } => BView {
-                ks,
-                padded: false,
-                flags: Emitter::rflags(buf),
-            },
-        };
-        let panel = runtime_pack.then(|| {
-            // 64 spare bytes to align the panel to a cache line: the
-            // assembled tiles read and write it as whole zmm vectors, and a
-            // vector straddling two lines costs two accesses
-            let slot = e.b.create_sized_stack_slot(StackSlotData::new(
-                StackSlotKind::ExplicitSlot,
-                (4 * self.k * nr + 64) as u32,
-                4,
-            ));
-            let addr = e.b.ins().stack_addr(I64, slot, 0);
-            let addr = e.b.ins().iadd_imm_s(addr, 63);
-            e.b.ins().band_imm_s(addr, -64)
-        });
+        let bview = self.b_view(runtime_pack);
+        let panel = runtime_pack.then(|| self.panel_slot(e));
         e.for_range(begin, end, 1, |e, u| {
-            // decode the unit: batch, row group, column group
-            let per_batch = (rg * cg) as i64;
-            let bidx = e.b.ins().udiv_imm_u(u, per_batch);
-            let r = e.b.ins().urem_imm_u(u, per_batch);
-            let rgi = e.b.ins().udiv_imm_u(r, cg as i64);
-            let cgi = e.b.ins().urem_imm_u(r, cg as i64);
-            let (mut a0, mut b0, mut c0, mut bias0) = (a_base, b_base, c_base, bias_base);
-            let (mut res0, mut slopes0) = (res_base, slope_base);
-            if let Some(t) = table {
-                let row = e.index(t, bidx, 32);
-                let ao = e.load(I64, tf, row, 0);
-                let bo = e.load(I64, tf, row, 8);
-                let co = e.load(I64, tf, row, 16);
-                a0 = e.index(a0, ao, 4);
-                b0 = e.index(b0, bo, 4);
-                c0 = e.index(c0, co, 4);
-                // the residual is laid out like C
-                res0 = res0.map(|r| e.index(r, co, 4));
-                if (row_bias && bias0.is_some()) || slopes0.is_some() {
-                    let bo = e.load(I64, tf, row, 24);
-                    if row_bias && let Some(bb) = bias0 {
-                        bias0 = Some(e.index(bb, bo, 4));
-                    }
-                    slopes0 = slopes0.map(|(s1, s2)| (e.index(s1, bo, 4), e.index(s2, bo, 4)));
-                }
-            }
-            let rb_lo = e.b.ins().imul_imm_s(rgi, self.row_group as i64);
-            let rb_hi = e.b.ins().iadd_imm_s(rb_lo, self.row_group as i64);
-            let rb_end = e.ic(rb as i64);
-            let rb_hi = e.imin(rb_hi, rb_end);
-            let ct_lo = e.b.ins().imul_imm_s(cgi, self.col_group as i64);
-            let ct_hi = e.b.ins().iadd_imm_s(ct_lo, self.col_group as i64);
-            let ct_end = e.ic(ct as i64);
-            let ct_hi = e.imin(ct_hi, ct_end);
-            let rb_full_v = e.ic(rb_full as i64);
-            let ct_full_v = e.ic(ct_full as i64);
-            // pointers of tile (rbi, cti)
-            let ptrs = |e: &mut Emitter, rbi: Value, cti: Value| TilePtrs {
-                a: e.index(a0, rbi, a_rb),
-                b: e.index(b0, cti, b_ct),
-                c: {
-                    let c = e.index(c0, rbi, c_rb);
-                    e.index(c, cti, c_ct)
-                },
-                bias: bias0.map(|bb| {
-                    if row_bias {
-                        e.index(bb, rbi, 4 * mr as i64)
-                    } else if col_bias {
-                        e.index(bb, cti, 4 * nr as i64)
-                    } else {
-                        bb
-                    }
-                }),
-                cin: cin.zip(cin_base).map(|(c, cb)| {
-                    let x = e.index(cb, rbi, 4 * mr as i64 * c.rs);
-                    e.index(x, cti, 4 * nr as i64 * c.cs)
-                }),
-                res: res0.map(|r| {
-                    let x = e.index(r, rbi, c_rb);
-                    e.index(x, cti, c_ct)
-                }),
-                slopes: slopes0.map(|(s1, s2)| {
-                    (
-                        e.index(s1, rbi, 4 * mr as i64),
-                        e.index(s2, rbi, 4 * mr as i64),
-                    )
-                }),
-                panel: None,
-            };
-            // all tiles of rows [lo, hi) × columns [clo, chi), full and tails
-            let rows = |e: &mut Emitter, rbi: Value, mrows: usize| {
-                // Loops with no full tile at all are not emitted: their
-                // body would be dead code, and the biggest tile to compile.
-                if ct_full > 0 {
-                    let hi_full = e.imin(ct_hi, ct_full_v);
-                    e.for_range(ct_lo, hi_full, 1, |e, cti| {
-                        let p = ptrs(e, rbi, cti);
-                        self.tile(e, p, bview, mrows, nr);
-                    });
-                }
-                if n_tail > 0 {
-                    // the tail tile belongs to the unit whose range reaches it
-                    let has = e.b.ins().icmp(
-                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
-                        ct_hi,
-                        ct_full_v,
-                    );
-                    e.if_then(has, |e| {
-                        let p = ptrs(e, rbi, ct_full_v);
-                        self.tile(e, p, bview, mrows, n_tail);
-                    });
-                }
-            };
-            // tile pointers, with B redirected to the packed panel
-            let ptrs_in = |e: &mut Emitter, rbi: Value, cti: Value| {
-                let mut p = ptrs(e, rbi, cti);
-                if let Some(panel) = panel {
-                    p.b = panel;
-                }
-                p
-            };
-            // the first tile of a column panel, which also fills the panel
-            let ptrs_fill = |e: &mut Emitter, rbi: Value, cti: Value| TilePtrs {
-                panel,
-                ..ptrs(e, rbi, cti)
-            };
-            let cols = |e: &mut Emitter, cti: Value, ncols: usize| {
-                if let (Some(panel), None) = (panel, self.asm) {
-                    let src = e.index(b0, cti, b_ct);
-                    self.pack_panel(e, panel, src, ncols);
-                }
-                // With assembled tiles the unit's first row block fills the
-                // panel while computing (a `b_pack` variant), the rest read it.
-                let fill_first = panel.is_some() && self.asm.is_some();
-                if rb_full > 0 {
-                    let hi_full = e.imin(rb_hi, rb_full_v);
-                    let mut lo = rb_lo;
-                    if fill_first {
-                        let has = e.b.ins().icmp(
-                            cranelift_codegen::ir::condcodes::IntCC::SignedLessThan,
-                            rb_lo,
-                            hi_full,
-                        );
-                        e.if_then(has, |e| {
-                            let p = ptrs_fill(e, rb_lo, cti);
-                            self.tile(e, p, bview, mr, ncols);
-                        });
-                        lo = e.b.ins().iadd_imm_s(rb_lo, 1);
-                    }
-                    e.for_range(lo, hi_full, 1, |e, rbi| {
-                        let p = ptrs_in(e, rbi, cti);
-                        self.tile(e, p, bview, mr, ncols);
-                    });
-                }
-                if m_tail > 0 {
-                    let has = e.b.ins().icmp(
-                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
-                        rb_hi,
-                        rb_full_v,
-                    );
-                    e.if_then(has, |e| {
-                        if fill_first {
-                            // the panel is filled iff a full row block ran
-                            use cranelift_codegen::ir::condcodes::IntCC;
-                            let filled = e.b.ins().icmp(IntCC::SignedLessThan, rb_lo, rb_full_v);
-                            e.if_then(filled, |e| {
-                                let p = ptrs_in(e, rb_full_v, cti);
-                                self.tile(e, p, bview, m_tail, ncols);
-                            });
-                            let empty =
-                                e.b.ins()
-                                    .icmp(IntCC::SignedGreaterThanOrEqual, rb_lo, rb_full_v);
-                            e.if_then(empty, |e| {
-                                let p = ptrs_fill(e, rb_full_v, cti);
-                                self.tile(e, p, bview, m_tail, ncols);
-                            });
-                        } else {
-                            let p = ptrs_in(e, rb_full_v, cti);
-                            self.tile(e, p, bview, m_tail, ncols);
-                        }
-                    });
-                }
-            };
+            let unit = self.unit(e, u, bases, table);
+            let (mr, nr) = (self.tile.mr, self.nr());
+            let (rb_full, m_tail) = (self.m / mr, self.m % mr);
+            let (ct_full, n_tail) = (self.n / nr, self.n % nr);
             if self.rows_outer {
                 if rb_full > 0 {
-                    let hi_full = e.imin(rb_hi, rb_full_v);
-                    e.for_range(rb_lo, hi_full, 1, |e, rbi| rows(e, rbi, mr));
+                    let hi_full = e.imin(unit.rb_hi, unit.rb_full);
+                    e.for_range(unit.rb_lo, hi_full, 1, |e, rbi| {
+                        self.row_of_tiles(e, &unit, bview, rbi, mr)
+                    });
                 }
                 if m_tail > 0 {
-                    let has = e.b.ins().icmp(
-                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
-                        rb_hi,
-                        rb_full_v,
-                    );
-                    e.if_then(has, |e| rows(e, rb_full_v, m_tail));
+                    let has =
+                        e.b.ins()
+                            .icmp(IntCC::SignedGreaterThan, unit.rb_hi, unit.rb_full);
+                    e.if_then(has, |e| {
+                        self.row_of_tiles(e, &unit, bview, unit.rb_full, m_tail)
+                    });
                 }
             } else {
                 if ct_full > 0 {
-                    let hi_full = e.imin(ct_hi, ct_full_v);
-                    e.for_range(ct_lo, hi_full, 1, |e, cti| cols(e, cti, nr));
+                    let hi_full = e.imin(unit.ct_hi, unit.ct_full);
+                    e.for_range(unit.ct_lo, hi_full, 1, |e, cti| {
+                        self.column_of_tiles(e, &unit, bview, panel, cti, nr)
+                    });
                 }
                 if n_tail > 0 {
-                    let has = e.b.ins().icmp(
-                        cranelift_codegen::ir::condcodes::IntCC::SignedGreaterThan,
-                        ct_hi,
-                        ct_full_v,
-                    );
-                    e.if_then(has, |e| cols(e, ct_full_v, n_tail));
+                    let has =
+                        e.b.ins()
+                            .icmp(IntCC::SignedGreaterThan, unit.ct_hi, unit.ct_full);
+                    e.if_then(has, |e| {
+                        self.column_of_tiles(e, &unit, bview, panel, unit.ct_full, n_tail)
+                    });
                 }
             }
         });

@@ -382,314 +382,364 @@ impl Gen {
         Some(v)
     }
 
+    /// Adds one random op on the values built so far (`None` when the
+    /// draw does not fit them). Which op is the first draw; each op's own
+    /// draws follow in its function, in the order the fuzz corpus's seeds
+    /// depend on.
     fn step(&mut self) -> Option<Value> {
-        let choice = self.rng.below(20);
-        match choice {
-            0..=3 => {
-                let x = self.pick(Some(4))?;
-                let s = self.shape(x);
+        match self.rng.below(20) {
+            0..=3 => self.conv(),
+            4..=6 => self.unary(),
+            7..=8 => self.binary(),
+            9 => self.norm(),
+            10 => self.softmax(),
+            11 => self.token_matmul(),
+            12 => self.pool(),
+            13 => self.reduce(),
+            14 => self.transpose(),
+            15 => self.concat(),
+            16 => self.slice(),
+            17 => self.pad(),
+            18 => self.linear(),
+            _ => self.clip(),
+        }
+    }
+
+    /// A convolution of a rank-4 value: dense, grouped or depthwise, any of
+    /// a few windows, strides and paddings, with or without a bias.
+    fn conv(&mut self) -> Option<Value> {
+        let x = self.pick(Some(4))?;
+        let s = self.shape(x);
+        let c = s[1];
+        let k = *self.rng.pick(&[1, 1, 3, 3, 5]);
+        let stride = *self.rng.pick(&[1, 1, 2]);
+        let depthwise = self.rng.below(3) == 0;
+        let (groups, o) = if depthwise {
+            (c, c * self.rng.range(1, 2))
+        } else if c.is_multiple_of(2) && self.rng.below(4) == 0 {
+            (2, 2 * self.rng.range(1, 6))
+        } else {
+            (1, self.rng.range(1, 20))
+        };
+        let p = k / 2;
+        let pad = if self.rng.below(4) == 0 {
+            [
+                self.rng.range(0, p),
+                self.rng.range(0, p),
+                self.rng.range(0, p),
+                self.rng.range(0, p),
+            ]
+        } else {
+            [p; 4]
+        };
+        let w = self.weight(&[o, c / groups, k, k], Fill::Range(-0.5, 0.5));
+        let mut args = vec![x, w];
+        if self.rng.coin() {
+            args.push(self.weight(&[o], Fill::Signed));
+        }
+        self.add(
+            Op::Conv2d {
+                stride: [stride, stride],
+                pad,
+                dilation: [1, 1],
+                groups,
+            },
+            &args,
+        )
+    }
+
+    /// An element-wise unary op that is finite on every input.
+    fn unary(&mut self) -> Option<Value> {
+        let x = self.pick(None)?;
+        let u = *self.rng.pick(&SAFE_UNARY);
+        self.add(Op::Unary(u), &[x])
+    }
+
+    /// A binary op: a residual with a value of the same shape, or a
+    /// broadcast of a per-channel or scalar weight.
+    fn binary(&mut self) -> Option<Value> {
+        // residual or broadcast binary
+        let x = self.pick(None)?;
+        let s = self.shape(x);
+        let op = *self.rng.pick(&[
+            BinaryOp::Add,
+            BinaryOp::Add,
+            BinaryOp::Mul,
+            BinaryOp::Sub,
+            BinaryOp::Max,
+            BinaryOp::Min,
+        ]);
+        let same: Vec<Value> = self
+            .vals
+            .iter()
+            .copied()
+            .filter(|&v| v != x && self.shape(v) == s)
+            .collect();
+        let y = if !same.is_empty() && self.rng.coin() {
+            *self.rng.pick(&same)
+        } else if s.len() == 4 && self.rng.coin() {
+            self.weight(&[1, s[1], 1, 1], Fill::Signed)
+        } else {
+            self.weight(&[], Fill::Signed)
+        };
+        self.add(Op::Binary(op), &[x, y])
+    }
+
+    /// A batch, group or layer normalisation of a rank-4 value.
+    fn norm(&mut self) -> Option<Value> {
+        let x = self.pick(Some(4))?;
+        let s = self.shape(x);
+        let eps = Float(1e-5);
+        match self.rng.below(3) {
+            0 => {
                 let c = s[1];
-                let k = *self.rng.pick(&[1, 1, 3, 3, 5]);
-                let stride = *self.rng.pick(&[1, 1, 2]);
-                let depthwise = self.rng.below(3) == 0;
-                let (groups, o) = if depthwise {
-                    (c, c * self.rng.range(1, 2))
-                } else if c.is_multiple_of(2) && self.rng.below(4) == 0 {
-                    (2, 2 * self.rng.range(1, 6))
-                } else {
-                    (1, self.rng.range(1, 20))
-                };
-                let p = k / 2;
-                let pad = if self.rng.below(4) == 0 {
-                    [
-                        self.rng.range(0, p),
-                        self.rng.range(0, p),
-                        self.rng.range(0, p),
-                        self.rng.range(0, p),
-                    ]
-                } else {
-                    [p; 4]
-                };
-                let w = self.weight(&[o, c / groups, k, k], Fill::Range(-0.5, 0.5));
-                let mut args = vec![x, w];
-                if self.rng.coin() {
-                    args.push(self.weight(&[o], Fill::Signed));
-                }
-                self.add(
-                    Op::Conv2d {
-                        stride: [stride, stride],
-                        pad,
-                        dilation: [1, 1],
-                        groups,
-                    },
-                    &args,
-                )
+                let args = [
+                    x,
+                    self.weight(&[c], Fill::Signed),
+                    self.weight(&[c], Fill::Signed),
+                    self.weight(&[c], Fill::Signed),
+                    self.weight(&[c], Fill::Range(0.5, 2.0)),
+                ];
+                self.add(Op::BatchNorm { eps }, &args)
             }
-            4..=6 => {
-                let x = self.pick(None)?;
-                let u = *self.rng.pick(&SAFE_UNARY);
-                self.add(Op::Unary(u), &[x])
-            }
-            7..=8 => {
-                // residual or broadcast binary
-                let x = self.pick(None)?;
-                let s = self.shape(x);
-                let op = *self.rng.pick(&[
-                    BinaryOp::Add,
-                    BinaryOp::Add,
-                    BinaryOp::Mul,
-                    BinaryOp::Sub,
-                    BinaryOp::Max,
-                    BinaryOp::Min,
-                ]);
-                let same: Vec<Value> = self
-                    .vals
-                    .iter()
-                    .copied()
-                    .filter(|&v| v != x && self.shape(v) == s)
-                    .collect();
-                let y = if !same.is_empty() && self.rng.coin() {
-                    *self.rng.pick(&same)
-                } else if s.len() == 4 && self.rng.coin() {
-                    self.weight(&[1, s[1], 1, 1], Fill::Signed)
-                } else {
-                    self.weight(&[], Fill::Signed)
-                };
-                self.add(Op::Binary(op), &[x, y])
-            }
-            9 => {
-                let x = self.pick(Some(4))?;
-                let s = self.shape(x);
-                let eps = Float(1e-5);
-                match self.rng.below(3) {
-                    0 => {
-                        let c = s[1];
-                        let args = [
-                            x,
-                            self.weight(&[c], Fill::Signed),
-                            self.weight(&[c], Fill::Signed),
-                            self.weight(&[c], Fill::Signed),
-                            self.weight(&[c], Fill::Range(0.5, 2.0)),
-                        ];
-                        self.add(Op::BatchNorm { eps }, &args)
-                    }
-                    1 => {
-                        let c = s[1];
-                        let groups = *self.rng.pick(&[1, c]);
-                        let args = [
-                            x,
-                            self.weight(&[c], Fill::Signed),
-                            self.weight(&[c], Fill::Signed),
-                        ];
-                        self.add(Op::GroupNorm { groups, eps }, &args)
-                    }
-                    _ => {
-                        let axis = self.rng.range(1, 3);
-                        let p = s[axis..].to_vec();
-                        let args = [
-                            x,
-                            self.weight(&p, Fill::Signed),
-                            self.weight(&p, Fill::Signed),
-                        ];
-                        self.add(Op::LayerNorm { axis, eps }, &args)
-                    }
-                }
-            }
-            10 => {
-                let x = self.pick(None)?;
-                let r = self.shape(x).len();
-                if r == 0 {
-                    return None;
-                }
-                let axis = self.rng.below(r);
-                self.add(Op::Softmax { axis }, &[x])
-            }
-            11 => {
-                // token-style matmul: [N, C, H, W] -> [N, C, HW] @ W[HW, K]
-                let x = self.pick(Some(4))?;
-                let s = self.shape(x);
-                let t = self.add(
-                    Op::Reshape {
-                        shape: vec![s[0], s[1], s[2] * s[3]],
-                    },
-                    &[x],
-                )?;
-                let k = self.rng.range(1, 12);
-                let w = self.weight(&[s[2] * s[3], k], Fill::Range(-0.5, 0.5));
-                let m = self.add(Op::MatMul, &[t, w])?;
-                // attention-like product with its own transpose
-                if self.rng.coin() {
-                    let tt = self.add(
-                        Op::Transpose {
-                            perm: vec![0, 2, 1],
-                        },
-                        &[m],
-                    )?;
-                    self.add(Op::MatMul, &[m, tt])
-                } else {
-                    Some(m)
-                }
-            }
-            12 => {
-                let x = self.pick(Some(4))?;
-                let kind = *self.rng.pick(&[PoolKind::Max, PoolKind::Avg]);
-                let k = self.rng.range(1, 3);
-                let s = self.rng.range(1, 2);
-                let p = self.rng.range(0, k - 1);
-                let count_include_pad = self.rng.coin();
-                self.add(
-                    Op::Pool2d {
-                        kind,
-                        kernel: [k, k],
-                        stride: [s, s],
-                        pad: [p; 4],
-                        count_include_pad,
-                    },
-                    &[x],
-                )
-            }
-            13 => {
-                let x = self.pick(None)?;
-                let r = self.shape(x).len();
-                if r == 0 {
-                    return None;
-                }
-                let kind = *self
-                    .rng
-                    .pick(&[ReduceKind::Mean, ReduceKind::Sum, ReduceKind::Max]);
-                let axes: Vec<usize> = (0..r).filter(|_| self.rng.coin()).collect();
-                if axes.is_empty() {
-                    return self.add(Op::GlobalAvgPool, &[x]);
-                }
-                self.add(
-                    Op::Reduce {
-                        kind,
-                        axes,
-                        keepdims: true,
-                    },
-                    &[x],
-                )
-            }
-            14 => {
-                let x = self.pick(None)?;
-                let r = self.shape(x).len();
-                let mut perm: Vec<usize> = (0..r).collect();
-                for i in (1..r).rev() {
-                    let j = self.rng.below(i + 1);
-                    perm.swap(i, j);
-                }
-                self.add(Op::Transpose { perm }, &[x])
-            }
-            15 => {
-                let x = self.pick(Some(4))?;
-                let s = self.shape(x);
-                let same: Vec<Value> = self
-                    .vals
-                    .iter()
-                    .copied()
-                    .filter(|&v| {
-                        let t = self.shape(v);
-                        t.len() == 4 && t[0] == s[0] && t[2] == s[2] && t[3] == s[3]
-                    })
-                    .collect();
-                let y = *self.rng.pick(&same);
-                let c = self.add(Op::Concat { axis: 1 }, &[x, y])?;
-                let total = self.shape(c)[1];
-                let a = self.rng.range(1, total.max(2) - 1).min(total);
-                if a < total && self.rng.coin() {
-                    let parts = self
-                        .g
-                        .add_multi(
-                            Op::Split {
-                                axis: 1,
-                                sizes: vec![a, total - a],
-                            },
-                            &[c],
-                        )
-                        .ok()?;
-                    self.vals.extend(&parts);
-                    Some(parts[self.rng.below(2)])
-                } else {
-                    Some(c)
-                }
-            }
-            16 => {
-                let x = self.pick(None)?;
-                let s = self.shape(x);
-                if s.is_empty() {
-                    return None;
-                }
-                let axis = self.rng.below(s.len());
-                let d = s[axis] as i64;
-                let (start, end, step) = if self.rng.coin() {
-                    (
-                        self.rng.below(d as usize) as i64,
-                        d + 2,
-                        self.rng.range(1, 2) as i64,
-                    )
-                } else {
-                    (d - 1, -1, -(self.rng.range(1, 2) as i64))
-                };
-                self.add(
-                    Op::Slice {
-                        axes: vec![axis],
-                        starts: vec![start],
-                        ends: vec![end],
-                        steps: vec![step],
-                    },
-                    &[x],
-                )
-            }
-            17 => {
-                let x = self.pick(None)?;
-                let r = self.shape(x).len();
-                let pads: Vec<usize> = (0..2 * r).map(|_| self.rng.range(0, 1)).collect();
-                let mode = *self.rng.pick(&[PadMode::Constant, PadMode::Edge]);
-                self.add(
-                    Op::Pad {
-                        pads,
-                        mode,
-                        value: Float(0.25),
-                    },
-                    &[x],
-                )
-            }
-            18 => {
-                // a linear layer on the last axis via gemm
-                let x = self.pick(None)?;
-                let s = self.shape(x);
-                let k = *s.last()?;
-                let m = s.iter().product::<usize>() / k.max(1);
-                let f = self.add(Op::Reshape { shape: vec![m, k] }, &[x])?;
-                let n = self.rng.range(1, 16);
-                let w = self.weight(&[n, k], Fill::Range(-0.5, 0.5));
-                let b = self.weight(&[n], Fill::Signed);
-                self.add(
-                    Op::Gemm {
-                        alpha: Float(1.0),
-                        beta: Float(1.0),
-                        trans_a: false,
-                        trans_b: true,
-                    },
-                    &[f, w, b],
-                )
+            1 => {
+                let c = s[1];
+                let groups = *self.rng.pick(&[1, c]);
+                let args = [
+                    x,
+                    self.weight(&[c], Fill::Signed),
+                    self.weight(&[c], Fill::Signed),
+                ];
+                self.add(Op::GroupNorm { groups, eps }, &args)
             }
             _ => {
-                let x = self.pick(None)?;
-                let op = if self.rng.coin() {
-                    Op::Clip {
-                        min: Float(-0.5),
-                        max: Float(0.7),
-                    }
-                } else {
-                    Op::HardSigmoid {
-                        alpha: Float(0.2),
-                        beta: Float(0.5),
-                    }
-                };
-                self.add(op, &[x])
+                let axis = self.rng.range(1, 3);
+                let p = s[axis..].to_vec();
+                let args = [
+                    x,
+                    self.weight(&p, Fill::Signed),
+                    self.weight(&p, Fill::Signed),
+                ];
+                self.add(Op::LayerNorm { axis, eps }, &args)
             }
         }
+    }
+
+    /// A softmax along one axis.
+    fn softmax(&mut self) -> Option<Value> {
+        let x = self.pick(None)?;
+        let r = self.shape(x).len();
+        if r == 0 {
+            return None;
+        }
+        let axis = self.rng.below(r);
+        self.add(Op::Softmax { axis }, &[x])
+    }
+
+    /// A token-style matmul (`[N, C, H, W] -> [N, C, HW] @ W[HW, K]`),
+    /// sometimes followed by an attention-like product with its own transpose.
+    fn token_matmul(&mut self) -> Option<Value> {
+        // token-style matmul: [N, C, H, W] -> [N, C, HW] @ W[HW, K]
+        let x = self.pick(Some(4))?;
+        let s = self.shape(x);
+        let t = self.add(
+            Op::Reshape {
+                shape: vec![s[0], s[1], s[2] * s[3]],
+            },
+            &[x],
+        )?;
+        let k = self.rng.range(1, 12);
+        let w = self.weight(&[s[2] * s[3], k], Fill::Range(-0.5, 0.5));
+        let m = self.add(Op::MatMul, &[t, w])?;
+        // attention-like product with its own transpose
+        if self.rng.coin() {
+            let tt = self.add(
+                Op::Transpose {
+                    perm: vec![0, 2, 1],
+                },
+                &[m],
+            )?;
+            self.add(Op::MatMul, &[m, tt])
+        } else {
+            Some(m)
+        }
+    }
+
+    /// A max or average pool of a rank-4 value.
+    fn pool(&mut self) -> Option<Value> {
+        let x = self.pick(Some(4))?;
+        let kind = *self.rng.pick(&[PoolKind::Max, PoolKind::Avg]);
+        let k = self.rng.range(1, 3);
+        let s = self.rng.range(1, 2);
+        let p = self.rng.range(0, k - 1);
+        let count_include_pad = self.rng.coin();
+        self.add(
+            Op::Pool2d {
+                kind,
+                kernel: [k, k],
+                stride: [s, s],
+                pad: [p; 4],
+                count_include_pad,
+            },
+            &[x],
+        )
+    }
+
+    /// A reduction over a random set of axes (a global average pool when
+    /// the set is empty).
+    fn reduce(&mut self) -> Option<Value> {
+        let x = self.pick(None)?;
+        let r = self.shape(x).len();
+        if r == 0 {
+            return None;
+        }
+        let kind = *self
+            .rng
+            .pick(&[ReduceKind::Mean, ReduceKind::Sum, ReduceKind::Max]);
+        let axes: Vec<usize> = (0..r).filter(|_| self.rng.coin()).collect();
+        if axes.is_empty() {
+            return self.add(Op::GlobalAvgPool, &[x]);
+        }
+        self.add(
+            Op::Reduce {
+                kind,
+                axes,
+                keepdims: true,
+            },
+            &[x],
+        )
+    }
+
+    /// A random permutation of the axes.
+    fn transpose(&mut self) -> Option<Value> {
+        let x = self.pick(None)?;
+        let r = self.shape(x).len();
+        let mut perm: Vec<usize> = (0..r).collect();
+        for i in (1..r).rev() {
+            let j = self.rng.below(i + 1);
+            perm.swap(i, j);
+        }
+        self.add(Op::Transpose { perm }, &[x])
+    }
+
+    /// A channel concatenation of two rank-4 values of the same batch and
+    /// plane, sometimes split again in two.
+    fn concat(&mut self) -> Option<Value> {
+        let x = self.pick(Some(4))?;
+        let s = self.shape(x);
+        let same: Vec<Value> = self
+            .vals
+            .iter()
+            .copied()
+            .filter(|&v| {
+                let t = self.shape(v);
+                t.len() == 4 && t[0] == s[0] && t[2] == s[2] && t[3] == s[3]
+            })
+            .collect();
+        let y = *self.rng.pick(&same);
+        let c = self.add(Op::Concat { axis: 1 }, &[x, y])?;
+        let total = self.shape(c)[1];
+        let a = self.rng.range(1, total.max(2) - 1).min(total);
+        if a < total && self.rng.coin() {
+            let parts = self
+                .g
+                .add_multi(
+                    Op::Split {
+                        axis: 1,
+                        sizes: vec![a, total - a],
+                    },
+                    &[c],
+                )
+                .ok()?;
+            self.vals.extend(&parts);
+            Some(parts[self.rng.below(2)])
+        } else {
+            Some(c)
+        }
+    }
+
+    /// A slice along one axis, forward or backward.
+    fn slice(&mut self) -> Option<Value> {
+        let x = self.pick(None)?;
+        let s = self.shape(x);
+        if s.is_empty() {
+            return None;
+        }
+        let axis = self.rng.below(s.len());
+        let d = s[axis] as i64;
+        let (start, end, step) = if self.rng.coin() {
+            (
+                self.rng.below(d as usize) as i64,
+                d + 2,
+                self.rng.range(1, 2) as i64,
+            )
+        } else {
+            (d - 1, -1, -(self.rng.range(1, 2) as i64))
+        };
+        self.add(
+            Op::Slice {
+                axes: vec![axis],
+                starts: vec![start],
+                ends: vec![end],
+                steps: vec![step],
+            },
+            &[x],
+        )
+    }
+
+    /// A constant or edge padding of up to one element each side.
+    fn pad(&mut self) -> Option<Value> {
+        let x = self.pick(None)?;
+        let r = self.shape(x).len();
+        let pads: Vec<usize> = (0..2 * r).map(|_| self.rng.range(0, 1)).collect();
+        let mode = *self.rng.pick(&[PadMode::Constant, PadMode::Edge]);
+        self.add(
+            Op::Pad {
+                pads,
+                mode,
+                value: Float(0.25),
+            },
+            &[x],
+        )
+    }
+
+    /// A linear layer on the last axis, as a GEMM.
+    fn linear(&mut self) -> Option<Value> {
+        // a linear layer on the last axis via gemm
+        let x = self.pick(None)?;
+        let s = self.shape(x);
+        let k = *s.last()?;
+        let m = s.iter().product::<usize>() / k.max(1);
+        let f = self.add(Op::Reshape { shape: vec![m, k] }, &[x])?;
+        let n = self.rng.range(1, 16);
+        let w = self.weight(&[n, k], Fill::Range(-0.5, 0.5));
+        let b = self.weight(&[n], Fill::Signed);
+        self.add(
+            Op::Gemm {
+                alpha: Float(1.0),
+                beta: Float(1.0),
+                trans_a: false,
+                trans_b: true,
+            },
+            &[f, w, b],
+        )
+    }
+
+    /// A clip or a hard sigmoid.
+    fn clip(&mut self) -> Option<Value> {
+        let x = self.pick(None)?;
+        let op = if self.rng.coin() {
+            Op::Clip {
+                min: Float(-0.5),
+                max: Float(0.7),
+            }
+        } else {
+            Op::HardSigmoid {
+                alpha: Float(0.2),
+                beta: Float(0.5),
+            }
+        };
+        self.add(op, &[x])
     }
 
     /// The ops added for the timm exports (issue 15: sin, cos, mod, fmod,

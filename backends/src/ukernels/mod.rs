@@ -1,11 +1,12 @@
 //! Micro-kernels assembled at compile time with iced-x86 (docs/kernels.md,
 //! "Tile levels" and "Assembled tiles"): typed specs of what each computes,
-//! one registry that assembles and caches them, and the emitters.
+//! one registry that assembles and caches them, and the emitters; and the
+//! portable Cranelift f32x4 GEMM tile, the peer of the assembled ones.
 //!
 //! - `tile.rs`: the GEMM tile contract shared by every ISA (variant,
 //!   calling convention, the K loop and activation constants both x86
-//!   emitters use); `avx512/tile.rs` and `avx2/tile.rs` its emitters. The
-//!   portable Cranelift f32x4 tile (`kernels/gemm.rs`) computes the same
+//!   emitters use); `avx512/tile.rs` and `avx2/tile.rs` its emitters, and
+//!   `f32x4/tile.rs` the portable Cranelift f32x4 tile computing the same
 //!   contract where nothing is assembled.
 //! - `vector.rs`: the width-generic vector assembler (`Gen`, zmm or ymm)
 //!   and what is built on it: transcendental rows, softmax rows, and the
@@ -18,8 +19,8 @@
 //! - `registry.rs`: [`Registry`], asked by drivers for a [`Spec`].
 //! - `contract.rs` (tests): one test per contract and ISA (`contract_tests!`:
 //!   GEMM tiles, rows, 3×3 depthwise planes, depthwise windows, transpose
-//!   panels, direct convs, Winograd transforms),
-//!   the assembled code run on the host against the contract in f64.
+//!   panels, direct convs, Winograd transforms), the assembled code (and the
+//!   portable GEMM tile) run on the host against the contract in f64.
 //!
 //! Activations are the IR's `fused::Act` everywhere. The GEMM tiles apply
 //! every one; the other emitters state which they apply
@@ -44,6 +45,11 @@ pub(crate) mod avx512 {
 
 /// Emitters for AVX2 + FMA (ymm, VEX encodings only).
 pub(crate) mod avx2 {
+    pub(crate) mod tile;
+}
+
+/// The portable path: Cranelift f32x4 IR, for every target.
+pub(crate) mod f32x4 {
     pub(crate) mod tile;
 }
 

@@ -4,8 +4,7 @@
 //! ([`signature`]), and the x86 pieces both assembled tiles share (the
 //! unrolled K loop, the red-zone constants of the activations). The ISAs'
 //! emitters are `avx512/tile.rs` and `avx2/tile.rs`; the portable Cranelift
-//! f32x4 tile computing the same contract is `kernels/gemm.rs`'s
-//! `Gemm::tile`.
+//! f32x4 tile computing the same contract is `f32x4/tile.rs`.
 
 use cranelift_codegen::ir::{AbiParam, Signature, types::I64};
 use cranelift_codegen::isa::CallConv;
@@ -70,7 +69,7 @@ pub(crate) const LANES_TAIL_COLS: usize = 4;
 /// The activations: the IR's own vocabulary, every one of which the
 /// assembled tiles apply (GELU's erf as the rational [`GELU_P`] /
 /// [`GELU_Q`]); the portable tile sweeps the polynomial ones after its
-/// store (`kernels/gemm.rs`).
+/// store (`f32x4/tile.rs`).
 pub(crate) use kiln_ir::fused::Act;
 
 /// The accumulators' starting values (pointer in rcx).
