@@ -23,8 +23,12 @@
 //! op's stem) states its name, its operand layout (an `Operands` value the
 //! backend's kernels read operands through, so the IR and a kernel cannot
 //! disagree on the order), its attributes and its expansion; this module
-//! holds the enum, the activation vocabulary, the shared expansion pieces
-//! and the dispatch.
+//! holds the enum (its variants named by stem too: `FusedOp::M2f` is
+//! `fused_m2f`), the activation vocabulary, the shared expansion pieces and
+//! the dispatch. The same stem names the op's rule file in
+//! `passes/src/rules/`, its kernel file in `backends/src/kernels/` and its
+//! snapshot data in `passes/tests/data/` (docs/ARCHITECTURE.md, "Fused
+//! ops: one stem each").
 //!
 //! Weight operands of linear maps are in *matmul layout* `[in, out]`
 //! (`y = x @ w + b`): a PyTorch-style `[out, in]` weight arrives as
