@@ -55,7 +55,7 @@ fn bridges(c: &mut Criterion) {
     let (ch, hw, m, d, heads) = (24, 56, 6, 192, 2);
     let scale = Float(1.0 / ((ch / heads) as f32).sqrt());
     let (model, inputs, bytes) = fused(
-        FusedOp::M2fBridge {
+        FusedOp::M2f {
             heads,
             scale,
             eps: Float(1e-5),
@@ -85,7 +85,7 @@ fn bridges(c: &mut Criterion) {
         &o,
     );
     let (model, inputs, bytes) = fused(
-        FusedOp::F2mBridge { heads, scale },
+        FusedOp::F2m { heads, scale },
         &[vec![1, ch, hw, hw], vec![1, m, d]],
         &[vec![d, ch], vec![ch], vec![d, ch], vec![ch]],
     );
@@ -113,7 +113,7 @@ fn separable_attention(c: &mut Criterion) {
         ("folded_64x32x32_p2", Some([2, 2]), vec![1, d, 32, 32]),
         ("unfolded_64x4x256", None, vec![1, d, 4, 256]),
     ] {
-        let (model, inputs, bytes) = fused(FusedOp::SepAttention { patch }, &[x], &ws);
+        let (model, inputs, bytes) = fused(FusedOp::SepAttn { patch }, &[x], &ws);
         bench_throughput(
             c,
             "separable_attention",

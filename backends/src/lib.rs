@@ -17,9 +17,8 @@
 //! - `scalarize`: vectors rewritten into scalars for ISAs without 128-bit
 //!   SIMD (riscv64 without V).
 //!
-//! docs/ARCHITECTURE.md ("The JIT backend") describes the design, its
-//! invariants (results never depend on the thread count) and what was
-//! measured to choose it.
+//! docs/backend.md describes the design, its invariants (results never
+//! depend on the thread count) and what was measured to choose it.
 //!
 //! Scope: every primitive op of `kiln_ir::Op` on `f32` tensors in NCHW
 //! layout. `i64` computations (shape arithmetic, which the ONNX importer

@@ -1204,7 +1204,7 @@ fn conv_chains_split_into_fused_convs() {
     }
 }
 
-/// Inverted-residual chains big enough for the banded kernel (chain.rs,
+/// Inverted-residual chains big enough for the banded kernel (conv_chain.rs,
 /// an expanded tensor over 1 MB): stride 1 and 2, 3×3 and 5×5, odd and
 /// even maps (the last band's window reaching past the image, which the
 /// kernel zero-fills), asymmetric padding, two images (two slabs each),
@@ -1472,12 +1472,7 @@ fn zoo_mobilevitv2_050_optimised() {
     let sep = opt
         .graph
         .node_ids()
-        .filter(|&id| {
-            matches!(
-                opt.graph.node(id).op,
-                Op::Fused(FusedOp::SepAttention { .. })
-            )
-        })
+        .filter(|&id| matches!(opt.graph.node(id).op, Op::Fused(FusedOp::SepAttn { .. })))
         .count();
     let cores = plain
         .iter()
@@ -1549,7 +1544,7 @@ fn m2f_bridges() {
         bridge_side(&mut args, proj_q, n, m, d, c);
         bridge_side(&mut args, gate, n, m, d, c);
         args.extend([weight(&[c, d]), weight(&[d]), weight(&[d]), weight(&[d])]);
-        let op = FusedOp::M2fBridge {
+        let op = FusedOp::M2f {
             heads,
             scale: Float(1.0 / ((c / heads) as f32).sqrt()),
             eps: Float(1e-5),
@@ -1576,7 +1571,7 @@ fn f2m_bridges() {
             weight(&[d, c]),
             weight(&[c]),
         ];
-        let op = FusedOp::F2mBridge {
+        let op = FusedOp::F2m {
             heads,
             scale: Float(1.0 / ((c / heads) as f32).sqrt()),
         };
@@ -1604,7 +1599,7 @@ fn bridges_with_many_tokens() {
             bridge_side(&mut args, true, n, m, d, c);
             bridge_side(&mut args, gate, n, m, d, c);
             args.extend([weight(&[c, d]), weight(&[d]), weight(&[d]), weight(&[d])]);
-            let op = FusedOp::M2fBridge {
+            let op = FusedOp::M2f {
                 heads,
                 scale,
                 eps: Float(1e-5),
@@ -1622,7 +1617,7 @@ fn bridges_with_many_tokens() {
             weight(&[d, c]),
             weight(&[c]),
         ];
-        let op = FusedOp::F2mBridge { heads, scale };
+        let op = FusedOp::F2m { heads, scale };
         let what = format!("f2m {n}x{c}x{h}x{w}, {m} tokens, {heads} heads");
         check_attention(&what, op, &args, 710 + i as u64, "fused_f2m attention");
     }
@@ -1641,7 +1636,7 @@ fn bridges_with_many_tokens_run_as_the_expansion() {
         weight(&[d, c]),
         weight(&[c]),
     ];
-    let op = FusedOp::F2mBridge {
+    let op = FusedOp::F2m {
         heads,
         scale: Float(0.5),
     };
@@ -1681,7 +1676,7 @@ fn token_attention() {
                 args.push(weight(&[dout]));
             }
         }
-        let op = FusedOp::Attention {
+        let op = FusedOp::Mha {
             heads,
             scale: Float(1.0 / (dh as f32).sqrt()),
             proj_q,
@@ -1747,7 +1742,7 @@ fn separable_attention() {
             w_arg(&[d, d, 1, 1]),
             weight(&[d]),
         ];
-        let op = FusedOp::SepAttention { patch };
+        let op = FusedOp::SepAttn { patch };
         let what = format!("sep_attn {n}x{d}x{h}x{w}, patch {patch:?}, case {i}");
         check_attention(&what, op, &args, 600 + i, "fused_sep_attn context");
     }

@@ -30,14 +30,18 @@ pub enum Family {
     Activations,
     /// batch-norm folding into convs and linears
     BnFold,
-    /// bias, activation and residual epilogues
-    Epilogue,
-    /// depthwise-separable / inverted-residual chains
+    /// `fused_conv`: bias, shuffle, activation and residual epilogues
+    Conv,
+    /// `fused_linear`: activation and residual epilogues
+    Linear,
+    /// `fused_conv_chain`: depthwise-separable / inverted-residual chains
     ConvChain,
-    /// multi-head attention
-    Attention,
-    /// Mobile-Former bridges
-    Bridges,
+    /// `fused_mha`: multi-head attention
+    Mha,
+    /// `fused_m2f`: Mobile-Former's Mobile→Former bridge
+    M2f,
+    /// `fused_f2m`: Mobile-Former's Former→Mobile bridge
+    F2m,
     /// MobileViTv2 separable attention
     SepAttn,
     /// spatial ops commuting with unfold/fold
@@ -48,14 +52,16 @@ pub enum Family {
 
 impl Family {
     /// Every family, in application order.
-    pub const ALL: [Family; 10] = [
+    pub const ALL: [Family; 12] = [
         Family::Canon,
         Family::Activations,
         Family::BnFold,
-        Family::Epilogue,
+        Family::Conv,
+        Family::Linear,
         Family::ConvChain,
-        Family::Attention,
-        Family::Bridges,
+        Family::Mha,
+        Family::M2f,
+        Family::F2m,
         Family::SepAttn,
         Family::Layout,
         Family::Xca,
@@ -67,10 +73,12 @@ impl Family {
             Family::Canon => rules::canon::rules(),
             Family::Activations => rules::activations::rules(),
             Family::BnFold => rules::bn_fold::rules(),
-            Family::Epilogue => rules::epilogue::rules(),
+            Family::Conv => rules::conv::rules(),
+            Family::Linear => rules::linear::rules(),
             Family::ConvChain => rules::conv_chain::rules(),
-            Family::Attention => rules::attention::rules(),
-            Family::Bridges => rules::bridges::rules(),
+            Family::Mha => rules::mha::rules(),
+            Family::M2f => rules::m2f::rules(),
+            Family::F2m => rules::f2m::rules(),
             Family::SepAttn => rules::sep_attn::rules(),
             Family::Layout => rules::layout::rules(),
             Family::Xca => rules::xca::rules(),

@@ -45,7 +45,7 @@ fn m2f_ops(m: &Model) -> Vec<kiln_ir::FusedOp> {
     m.graph
         .node_ids()
         .filter_map(|id| match &m.graph.node(id).op {
-            Op::Fused(f @ kiln_ir::FusedOp::M2fBridge { .. }) => Some(f.clone()),
+            Op::Fused(f @ kiln_ir::FusedOp::M2f { .. }) => Some(f.clone()),
             _ => None,
         })
         .collect()
@@ -82,7 +82,7 @@ fn m2f_with_a_gate_from_other_tokens_does_not_absorb_it() {
     assert_same_function(&m, &o);
     for f in m2f_ops(&o) {
         assert!(
-            matches!(f, kiln_ir::FusedOp::M2fBridge { gate: false, .. }),
+            matches!(f, kiln_ir::FusedOp::M2f { gate: false, .. }),
             "{f:?}"
         );
     }
@@ -97,7 +97,7 @@ fn m2f_with_a_gate_from_other_tokens_does_not_absorb_it() {
     assert_eq!(count(&o, "fused_m2f"), 1);
     assert!(matches!(
         m2f_ops(&o)[..],
-        [kiln_ir::FusedOp::M2fBridge {
+        [kiln_ir::FusedOp::M2f {
             gate: true,
             proj_q: true,
             ..
@@ -231,7 +231,7 @@ fn f2m_whose_attention_map_is_needed_elsewhere_is_chosen_by_cost() {
     let no_bridges = OptOptions {
         families: kiln_passes::Family::ALL
             .into_iter()
-            .filter(|f| *f != kiln_passes::Family::Bridges)
+            .filter(|f| ![kiln_passes::Family::M2f, kiln_passes::Family::F2m].contains(f))
             .collect(),
         ..OptOptions::default()
     };

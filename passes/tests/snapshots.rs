@@ -26,8 +26,8 @@ fn canon() {
 }
 
 #[test]
-fn bn_epilogue() {
-    insta::assert_snapshot!(check("bn_epilogue"));
+fn conv() {
+    insta::assert_snapshot!(check("conv"));
 }
 
 #[test]
@@ -41,13 +41,18 @@ fn activations() {
 }
 
 #[test]
-fn attention() {
-    insta::assert_snapshot!(check("attention"));
+fn mha() {
+    insta::assert_snapshot!(check("mha"));
 }
 
 #[test]
-fn bridges() {
-    insta::assert_snapshot!(check("bridges"));
+fn m2f() {
+    insta::assert_snapshot!(check("m2f"));
+}
+
+#[test]
+fn f2m() {
+    insta::assert_snapshot!(check("f2m"));
 }
 
 #[test]

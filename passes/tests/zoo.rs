@@ -121,12 +121,10 @@ fn check_counts(name: &str) -> kiln_ir::Model {
     if name.starts_with("mobilevitv2") {
         // every separable attention works on the folded map, 2x2 patches
         for id in o.graph.node_ids() {
-            if let kiln_ir::Op::Fused(f @ kiln_ir::FusedOp::SepAttention { .. }) =
-                &o.graph.node(id).op
-            {
+            if let kiln_ir::Op::Fused(f @ kiln_ir::FusedOp::SepAttn { .. }) = &o.graph.node(id).op {
                 assert_eq!(
                     *f,
-                    kiln_ir::FusedOp::SepAttention {
+                    kiln_ir::FusedOp::SepAttn {
                         patch: Some([2, 2])
                     },
                     "{name}"

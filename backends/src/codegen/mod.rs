@@ -313,7 +313,7 @@ impl<'a> Emitter<'a> {
     /// Runs `body` with the arena bytes `[from, from + len)` moved to the
     /// run-time address `to`: [`Emitter::base`] of a buffer in that window
     /// points into `to` instead. A kernel that runs another kernel's code
-    /// on per-unit scratch (`chain::ChainConv`'s slots) plans that code on
+    /// on per-unit scratch (`conv_chain::ChainConv`'s slots) plans that code on
     /// the first slot and emits it rebased to the unit's own.
     pub fn rebased<R>(
         &mut self,

@@ -97,13 +97,13 @@ fn effective_tiles(target: TileLevel, opts: &CompileOptions) -> TileLevel {
 /// primitive ops they stand for; fused conv and linear nodes stay and get
 /// epilogue kernels (kernels/fused.rs). Conv chains become one fused conv
 /// per stage first, unless `banded_chains` and the chain has a kernel of
-/// its own (`kernels/chain.rs`). `None` when `model` has nothing to
+/// its own (`kernels/conv_chain.rs`). `None` when `model` has nothing to
 /// rewrite.
 fn unfuse(model: &Model, banded_chains: bool) -> Result<Option<Model>, BackendError> {
     let g = &model.graph;
     if !g.node_ids().any(|id| match &g.node(id).op {
         kiln_ir::Op::Fused(kiln_ir::fused::FusedOp::ConvChain { .. }) => {
-            !(banded_chains && kernels::chain::has_kernel(g, id))
+            !(banded_chains && kernels::conv_chain::has_kernel(g, id))
         }
         kiln_ir::Op::Fused(_) => !kernels::fused::has_kernel(g, id),
         _ => false,
@@ -112,7 +112,7 @@ fn unfuse(model: &Model, banded_chains: bool) -> Result<Option<Model>, BackendEr
     }
     let mut m = model.clone();
     kernels::fused::split_conv_chains(&mut m.graph, |g, id| {
-        banded_chains && kernels::chain::has_kernel(g, id)
+        banded_chains && kernels::conv_chain::has_kernel(g, id)
     })?;
     kiln_ir::fused::lower_fused_where(&mut m.graph, &mut m.weights, |g, id| {
         !kernels::fused::has_kernel(g, id)

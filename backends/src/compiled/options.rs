@@ -60,7 +60,7 @@ pub struct CompileOptions {
     pub scalarize: bool,
     /// Run inverted-residual conv chains (pointwise → depthwise →
     /// pointwise with a large expanded tensor) band by band in one kernel,
-    /// the expanded tensor never in memory (`kernels/chain.rs`), instead of
+    /// the expanded tensor never in memory (`kernels/conv_chain.rs`), instead of
     /// as three convolutions. `false` by default: it shrinks the arena
     /// (mobilevitv2_050: 6.0 → 4.1 MiB) but measured 1–3 % slower here,
     /// where the split kernels are compute-bound and their intermediates

@@ -27,7 +27,7 @@ use kiln_ir::{Graph, NodeId, Op};
 use super::copy::{emit_copy_run, emit_fill_run};
 use super::epilogue::{Epilogue, Slopes};
 use super::gemm::{self, ASrc, BSrc, Gemm, Init, Tile};
-use super::{Kernel, Kernels, NodeCx, Opt, depthwise};
+use super::{Kernel, Kernels, NodeCx, Opt, depthwise, fused};
 use crate::codegen::{Buf, Emitter, F32, Loc};
 use crate::error::BackendError;
 use crate::ukernels::{Spec, transpose};
@@ -1156,6 +1156,89 @@ fn cx_err(node: &str, msg: &str) -> BackendError {
         node: node.to_string(),
         msg: format!("assembling the GEMM tile: {msg}"),
     }
+}
+
+/// A `fused_conv` runs as the convolution kernel when its geometry is one
+/// the kernel takes, its shuffle maps to row strides, and its dynamic-ReLU
+/// slopes are per channel.
+pub(crate) fn fused_supports(g: &Graph, id: NodeId) -> bool {
+    let node = g.node(id);
+    let Op::Fused(FusedOp::Conv {
+        bias,
+        act,
+        residual,
+        shuffle,
+        ..
+    }) = node.op
+    else {
+        return false;
+    };
+    let ops = fused::types(g, id);
+    let Some(out) = node.outputs.first().map(|o| &o.ty) else {
+        return false;
+    };
+    let l = fused::layout(bias, act, residual);
+    let Some(geom) = ops
+        .get(l.w)
+        .and_then(|w| Geom::of(&node.op, &ops[l.x].shape, &w.shape, &out.shape))
+    else {
+        return false;
+    };
+    // A channel shuffle (Mobile-Former-26M) is where each output row is
+    // stored: any shuffle for the depthwise kernel (one plane per unit),
+    // for a GEMM one whose blocks nest with the conv groups (a fixed C row
+    // stride per batch).
+    if shuffle != 1
+        && !geom.is_depthwise()
+        && shuffle_rows(geom.o / geom.groups, geom.o, shuffle).is_none()
+    {
+        return false;
+    }
+    match l.slopes {
+        None => true,
+        Some((i1, i2)) => {
+            let s1 = fused::slope_batch_stride(&ops[i1], &out.shape);
+            let s2 = fused::slope_batch_stride(&ops[i2], &out.shape);
+            // The GEMM's slope rows are offset per group, not per image:
+            // per-image slopes of a batch run as the expansion.
+            s1.is_some() && s1 == s2 && (geom.is_depthwise() || s1 == Some(0))
+        }
+    }
+}
+
+/// A `fused_conv`: the convolution kernel with the epilogue in its tile.
+pub(crate) fn lower_fused(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendError> {
+    let FusedOp::Conv {
+        bias,
+        act,
+        residual,
+        shuffle,
+        ..
+    } = *f
+    else {
+        return Err(cx.unsupported(format!("{} is not fused_conv", f.name())));
+    };
+    let l = fused::layout(bias, act, residual);
+    let out = cx.outs[0].1.shape.clone();
+    let slopes = match l.slopes {
+        None => None,
+        Some((i1, i2)) => {
+            let stride = fused::slope_batch_stride(&cx.ins[i1].ty, &out)
+                .ok_or_else(|| cx.unsupported("dynamic-ReLU slopes are not per channel"))?;
+            Some(Slopes {
+                a1: cx.ins[i1].buf,
+                a2: cx.ins[i2].buf,
+                batch_stride: stride,
+            })
+        }
+    };
+    let epi = Epilogue {
+        act,
+        slopes,
+        residual: l.residual.map(|i| cx.ins[i].buf),
+    };
+    let bias = l.bias.map(|i| cx.ins[i].buf);
+    lower_with(cx, bias, epi, shuffle)
 }
 
 #[cfg(test)]

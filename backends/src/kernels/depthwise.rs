@@ -647,7 +647,7 @@ pub(crate) fn lower(
 
 /// The depthwise convolution kernel of geometry `g` reading `x` and the
 /// weights `w` and writing `out` (`[x, w, out]`), one unit per output
-/// plane; [`lower`] gives it the node's operands, `chain::ChainConv` its
+/// plane; [`lower`] gives it the node's operands, `conv_chain::ChainConv` its
 /// band buffers.
 pub(crate) fn kernel(
     cx: &mut NodeCx,

@@ -1,16 +1,18 @@
-//! Kernels of the optimiser's fused ops: `fused_conv` and `fused_linear`
-//! run as one convolution / GEMM kernel whose [`Epilogue`] applies the
-//! activation and the residual to the accumulators before the store (the
-//! bias seeds them). `fused_mha`, `fused_m2f` and `fused_f2m` have kernels
-//! in `attention.rs`, `fused_sep_attn` in `sep_attn.rs`. `fused_xca`, and
-//! the few shapes these kernels do not take, are expanded into
-//! primitive ops before lowering ([`has_kernel`] decides,
-//! `compiled::front` expands). A
+//! The table of the optimiser's fused ops' kernels ([`kernel`]: supports,
+//! scratch, lower), the one place `kernels::lower`, `kernels::scratch_bytes`
+//! and `compiled::front`'s unfusing ask. Each op's kernel is in the file
+//! named by its stem, as the op is in `ir/src/fused/`:
+//! `conv.rs` and `linear.rs` (one convolution / GEMM kernel whose
+//! [`Epilogue`](super::epilogue::Epilogue) applies the activation and the residual to the
+//! accumulators before the store, the bias seeding them), `conv_chain.rs`,
+//! `mha.rs`, `m2f.rs`, `f2m.rs` and `sep_attn.rs`. `fused_xca`, and the few
+//! shapes these kernels do not take, are expanded into primitive ops before
+//! lowering ([`has_kernel`] decides, `compiled::front` expands). A
 //! `fused_conv_chain` is split into one `fused_conv` per stage
 //! ([`split_conv_chains`]), each convolution keeping its epilogue; with
 //! `CompileOptions::banded_chains`, an inverted-residual block (pointwise
 //! → depthwise → pointwise with a large expanded tensor) runs band by band
-//! in `chain.rs` instead, its expanded tensor never in memory.
+//! in `conv_chain.rs` instead, its expanded tensor never in memory.
 //!
 //! The residual is read at the index about to be written; it is never the
 //! output buffer, because fused nodes have no in-place operand
@@ -19,14 +21,12 @@
 use kiln_ir::fused::{Act, FusedOp};
 use kiln_ir::{Graph, IrError, NodeId, Op, TensorType, Value};
 
-use super::conv::{self, Geom};
-use super::epilogue::{Epilogue, Slopes};
-use super::{Kernels, NodeCx, attention, chain, matmul, sep_attn};
+use super::{Kernels, NodeCx, conv, conv_chain, f2m, linear, m2f, mha, sep_attn};
 use crate::error::BackendError;
 
 /// The operand layout of a `fused_conv` / `fused_linear`: the IR's, so a
 /// kernel reads operands where the expansion does.
-fn layout(bias: bool, act: Act, residual: bool) -> kiln_ir::fused::conv::Operands {
+pub(super) fn layout(bias: bool, act: Act, residual: bool) -> kiln_ir::fused::conv::Operands {
     kiln_ir::fused::conv::operands(bias, act, residual)
 }
 
@@ -74,27 +74,39 @@ pub(crate) struct FusedKernel {
 pub(crate) fn kernel(f: &FusedOp) -> Option<&'static FusedKernel> {
     const CONV: FusedKernel = FusedKernel {
         file: "conv.rs",
-        supports: conv_supports,
+        supports: conv::fused_supports,
         scratch: conv::scratch_bytes,
-        lower: lower_conv,
+        lower: conv::lower_fused,
     };
     const LINEAR: FusedKernel = FusedKernel {
-        file: "matmul.rs",
-        supports: linear_supports,
+        file: "linear.rs",
+        supports: linear::supports,
         scratch: |_, _| 0,
-        lower: lower_linear,
+        lower: linear::lower,
     };
-    const CHAIN: FusedKernel = FusedKernel {
-        file: "chain.rs",
-        supports: chain::has_kernel,
-        scratch: chain::scratch_bytes,
-        lower: |cx, _| chain::lower(cx),
+    const CONV_CHAIN: FusedKernel = FusedKernel {
+        file: "conv_chain.rs",
+        supports: conv_chain::has_kernel,
+        scratch: conv_chain::scratch_bytes,
+        lower: |cx, _| conv_chain::lower(cx),
     };
-    const ATTENTION: FusedKernel = FusedKernel {
-        file: "attention.rs",
-        supports: |g, id| fused_of(g, id).is_some_and(|f| attention::has_kernel(f, &types(g, id))),
-        scratch: |g, id| fused_of(g, id).map_or(0, |f| attention::scratch_bytes(f, &types(g, id))),
-        lower: attention::lower,
+    const MHA: FusedKernel = FusedKernel {
+        file: "mha.rs",
+        supports: |g, id| fused_of(g, id).is_some_and(|f| mha::has_kernel(f, &types(g, id))),
+        scratch: |g, id| fused_of(g, id).map_or(0, |f| mha::scratch_bytes(f, &types(g, id))),
+        lower: mha::lower,
+    };
+    const M2F: FusedKernel = FusedKernel {
+        file: "m2f.rs",
+        supports: |g, id| fused_of(g, id).is_some_and(|f| m2f::has_kernel(f, &types(g, id))),
+        scratch: |g, id| fused_of(g, id).map_or(0, |f| m2f::scratch_bytes(f, &types(g, id))),
+        lower: m2f::lower,
+    };
+    const F2M: FusedKernel = FusedKernel {
+        file: "f2m.rs",
+        supports: |g, id| fused_of(g, id).is_some_and(|f| f2m::has_kernel(f, &types(g, id))),
+        scratch: |g, id| fused_of(g, id).map_or(0, |f| f2m::scratch_bytes(f, &types(g, id))),
+        lower: f2m::lower,
     };
     const SEP_ATTN: FusedKernel = FusedKernel {
         file: "sep_attn.rs",
@@ -105,19 +117,19 @@ pub(crate) fn kernel(f: &FusedOp) -> Option<&'static FusedKernel> {
     match f {
         FusedOp::Conv { .. } => Some(&CONV),
         FusedOp::Linear { .. } => Some(&LINEAR),
-        FusedOp::ConvChain { .. } => Some(&CHAIN),
-        FusedOp::Attention { .. } | FusedOp::M2fBridge { .. } | FusedOp::F2mBridge { .. } => {
-            Some(&ATTENTION)
-        }
-        FusedOp::SepAttention { .. } => Some(&SEP_ATTN),
+        FusedOp::ConvChain { .. } => Some(&CONV_CHAIN),
+        FusedOp::Mha { .. } => Some(&MHA),
+        FusedOp::M2f { .. } => Some(&M2F),
+        FusedOp::F2m { .. } => Some(&F2M),
+        FusedOp::SepAttn { .. } => Some(&SEP_ATTN),
         // XFormer's cross-feature attention has no kernel yet: it runs as
         // its expansion.
-        FusedOp::CrossFeatureAttention { .. } => None,
+        FusedOp::Xca { .. } => None,
     }
 }
 
 /// The fused op of node `id`, if it is one.
-fn fused_of(g: &Graph, id: NodeId) -> Option<&FusedOp> {
+pub(super) fn fused_of(g: &Graph, id: NodeId) -> Option<&FusedOp> {
     match &g.node(id).op {
         Op::Fused(f) => Some(f),
         _ => None,
@@ -125,7 +137,7 @@ fn fused_of(g: &Graph, id: NodeId) -> Option<&FusedOp> {
 }
 
 /// The operand types of node `id`.
-fn types(g: &Graph, id: NodeId) -> Vec<TensorType> {
+pub(super) fn types(g: &Graph, id: NodeId) -> Vec<TensorType> {
     g.operands(id)
         .iter()
         .map(|&v| g.value_type(v).clone())
@@ -140,76 +152,8 @@ pub(crate) fn has_kernel(g: &Graph, id: NodeId) -> bool {
         .is_some_and(|k| (k.supports)(g, id))
 }
 
-/// A `fused_conv` runs as the convolution kernel when its geometry is one
-/// the kernel takes, its shuffle maps to row strides, and its dynamic-ReLU
-/// slopes are per channel.
-fn conv_supports(g: &Graph, id: NodeId) -> bool {
-    let node = g.node(id);
-    let Op::Fused(FusedOp::Conv {
-        bias,
-        act,
-        residual,
-        shuffle,
-        ..
-    }) = node.op
-    else {
-        return false;
-    };
-    let ops = types(g, id);
-    let Some(out) = node.outputs.first().map(|o| &o.ty) else {
-        return false;
-    };
-    let l = layout(bias, act, residual);
-    let Some(geom) = ops
-        .get(l.w)
-        .and_then(|w| Geom::of(&node.op, &ops[l.x].shape, &w.shape, &out.shape))
-    else {
-        return false;
-    };
-    // A channel shuffle (Mobile-Former-26M) is where each output row is
-    // stored: any shuffle for the depthwise kernel (one plane per unit),
-    // for a GEMM one whose blocks nest with the conv groups (a fixed C row
-    // stride per batch).
-    if shuffle != 1
-        && !geom.is_depthwise()
-        && conv::shuffle_rows(geom.o / geom.groups, geom.o, shuffle).is_none()
-    {
-        return false;
-    }
-    match l.slopes {
-        None => true,
-        Some((i1, i2)) => {
-            let s1 = slope_batch_stride(&ops[i1], &out.shape);
-            let s2 = slope_batch_stride(&ops[i2], &out.shape);
-            // The GEMM's slope rows are offset per group, not per image:
-            // per-image slopes of a batch run as the expansion.
-            s1.is_some() && s1 == s2 && (geom.is_depthwise() || s1 == Some(0))
-        }
-    }
-}
-
-/// A `fused_linear` runs as the GEMM when its weight is a matrix and its
-/// bias a vector.
-fn linear_supports(g: &Graph, id: NodeId) -> bool {
-    let Some(FusedOp::Linear {
-        bias,
-        act,
-        residual,
-        ..
-    }) = fused_of(g, id)
-    else {
-        return false;
-    };
-    let ops = types(g, id);
-    let l = layout(*bias, *act, *residual);
-    ops.len() == l.count
-        && ops[l.w].rank() == 2
-        && !ops[l.x].shape.is_empty()
-        && l.bias.is_none_or(|b| ops[b].rank() == 1)
-}
-
 /// Rewrites every `fused_conv_chain` of `g` but those to `keep` (which
-/// run as `chain.rs` kernels) into its stages, each a
+/// run as `conv_chain.rs` kernels) into its stages, each a
 /// `fused_conv` with the stage's bias and activation, the chain's residual
 /// on the last one. This is the chain's own expansion
 /// (`FusedOp::expand`: each stage is conv2d → epilogue, then the residual
@@ -283,95 +227,65 @@ pub(crate) fn lower(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendErro
     }
 }
 
-/// A `fused_conv`: the convolution kernel with the epilogue in its tile.
-fn lower_conv(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendError> {
-    let FusedOp::Conv {
-        bias,
-        act,
-        residual,
-        shuffle,
-        ..
-    } = *f
-    else {
-        return Err(cx.unsupported(format!("{} is not fused_conv", f.name())));
-    };
-    let l = layout(bias, act, residual);
-    let out = cx.outs[0].1.shape.clone();
-    let slopes = match l.slopes {
-        None => None,
-        Some((i1, i2)) => {
-            let stride = slope_batch_stride(&cx.ins[i1].ty, &out)
-                .ok_or_else(|| cx.unsupported("dynamic-ReLU slopes are not per channel"))?;
-            Some(Slopes {
-                a1: cx.ins[i1].buf,
-                a2: cx.ins[i2].buf,
-                batch_stride: stride,
-            })
-        }
-    };
-    let epi = Epilogue {
-        act,
-        slopes,
-        residual: l.residual.map(|i| cx.ins[i].buf),
-    };
-    let bias = l.bias.map(|i| cx.ins[i].buf);
-    conv::lower_with(cx, bias, epi, shuffle)
-}
-
-/// A `fused_linear`: the GEMM with the epilogue in its tile.
-fn lower_linear(cx: &mut NodeCx, f: &FusedOp) -> Result<Kernels, BackendError> {
-    let FusedOp::Linear {
-        bias,
-        act,
-        residual,
-    } = *f
-    else {
-        return Err(cx.unsupported(format!("{} is not fused_linear", f.name())));
-    };
-    if act == Act::DyRelu {
-        return Err(cx.unsupported("fused_linear takes no dynamic ReLU"));
-    }
-    let l = layout(bias, act, residual);
-    let epi = Epilogue {
-        act,
-        slopes: None,
-        residual: l.residual.map(|i| cx.ins[i].buf),
-    };
-    let bias = l.bias.map(|i| cx.ins[i].buf);
-    matmul::lower_linear(cx, bias, epi)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Every entry of the fused-kernel table names a kernel file that
-    /// exists.
+    /// exists and is named by the op's stem (`fused_<stem>` is defined in
+    /// `ir/src/fused/<stem>.rs`, its kernel is `kernels/<stem>.rs`).
     #[test]
-    fn the_table_names_real_files() {
+    fn the_table_names_each_ops_stem_file() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels");
+        let one = kiln_ir::Float(1.0);
         let ops = [
+            FusedOp::Conv {
+                stride: [1, 1],
+                pad: [0; 4],
+                dilation: [1, 1],
+                groups: 1,
+                bias: true,
+                shuffle: 1,
+                act: Act::None,
+                residual: false,
+            },
             FusedOp::Linear {
                 bias: true,
                 act: Act::None,
                 residual: false,
             },
-            FusedOp::SepAttention { patch: None },
-            FusedOp::F2mBridge {
-                heads: 1,
-                scale: kiln_ir::Float(1.0),
-            },
             FusedOp::ConvChain {
                 stages: vec![],
                 residual: false,
             },
+            FusedOp::Mha {
+                heads: 1,
+                scale: one,
+                proj_q: true,
+                proj_k: true,
+                proj_v: true,
+            },
+            FusedOp::M2f {
+                heads: 1,
+                scale: one,
+                eps: one,
+                proj_q: true,
+                gate: true,
+            },
+            FusedOp::F2m {
+                heads: 1,
+                scale: one,
+            },
+            FusedOp::SepAttn { patch: None },
         ];
         for f in &ops {
             let k = kernel(f).unwrap_or_else(|| panic!("{} has a kernel", f.name()));
             assert!(dir.join(k.file).is_file(), "{}: {}", f.name(), k.file);
+            let stem = f.name().strip_prefix("fused_").expect("fused_ prefix");
+            assert_eq!(k.file, format!("{stem}.rs"), "{}", f.name());
         }
         assert!(
-            kernel(&FusedOp::CrossFeatureAttention {
+            kernel(&FusedOp::Xca {
                 heads: 1,
                 eps: kiln_ir::Float(1e-6)
             })

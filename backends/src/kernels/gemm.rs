@@ -147,7 +147,7 @@ pub(crate) fn asm_tile_for(level: TileLevel, m: usize, n: usize, k: usize) -> Ti
 }
 
 /// [`asm_tile_for`] as (rows, columns): what conv.rs, matmul.rs and
-/// chain.rs pack the weights for.
+/// conv_chain.rs pack the weights for.
 pub(crate) fn asm_shape_for(level: TileLevel, m: usize, n: usize, k: usize) -> (usize, usize) {
     let t = asm_tile_for(level, m, n, k);
     (t.mr, 4 * t.nv)

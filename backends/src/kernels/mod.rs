@@ -16,17 +16,21 @@
 //! which order (so results are identical for every thread count), and units
 //! never write the same bytes.
 
-pub(crate) mod attention;
-pub(crate) mod chain;
+pub(crate) mod attn_parts;
 pub(crate) mod conv;
+pub(crate) mod conv_chain;
 pub(crate) mod conv_direct;
 pub(crate) mod copy;
 pub(crate) mod depthwise;
 pub(crate) mod elementwise;
 pub(crate) mod epilogue;
+pub(crate) mod f2m;
 pub(crate) mod fused;
 pub(crate) mod gemm;
+pub(crate) mod linear;
+pub(crate) mod m2f;
 pub(crate) mod matmul;
+pub(crate) mod mha;
 pub(crate) mod nest;
 pub(crate) mod norm;
 pub(crate) mod pool;

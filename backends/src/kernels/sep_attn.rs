@@ -59,7 +59,7 @@ struct Sep {
 
 impl Sep {
     fn of(f: &FusedOp, ops: &[TensorType]) -> Option<Sep> {
-        let FusedOp::SepAttention { patch } = *f else {
+        let FusedOp::SepAttn { patch } = *f else {
             return None;
         };
         let l = OPERANDS;
@@ -536,10 +536,10 @@ mod tests {
 
     #[test]
     fn shapes_with_a_kernel() {
-        let folded = FusedOp::SepAttention {
+        let folded = FusedOp::SepAttn {
             patch: Some([2, 2]),
         };
-        let unfolded = FusedOp::SepAttention { patch: None };
+        let unfolded = FusedOp::SepAttn { patch: None };
         assert!(has_kernel(&folded, &ops(&[1, 8, 4, 6], 8)));
         assert!(has_kernel(&unfolded, &ops(&[2, 3, 4, 5], 3)));
         // empty, a patch that does not divide the map, a wrong weight

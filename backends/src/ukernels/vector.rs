@@ -1106,7 +1106,7 @@ pub(crate) fn m2f_px_fits(m: usize, l: usize, c: usize) -> bool {
 /// 16 pixels per step, one accumulator per (channel, token); the last `l
 /// mod 16` pixels by zero-masked loads (nothing past a row is read). The
 /// `m` weight rows are read from L2 once per block of channels: one
-/// channel per pass left it L2-bound (the f32x4 form in `attention.rs`,
+/// channel per pass left it L2-bound (the f32x4 form in `kernels/m2f.rs`,
 /// one channel per pass, is bound by its instruction count). Each sum is
 /// reduced in a fixed order, so results do not depend on the thread.
 pub(crate) fn assemble_m2f_px(

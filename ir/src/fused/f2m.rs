@@ -1,5 +1,5 @@
 //! `fused_f2m`: Mobile-Former's Former→Mobile bridge (see
-//! [`FusedOp::F2mBridge`]).
+//! [`FusedOp::F2m`]).
 
 use super::{Emitter, FusedOp, bin, heads_first, linear, reshape, transpose, want};
 use crate::error::IrError;
@@ -39,7 +39,7 @@ pub const OPERANDS: Operands = Operands {
 };
 
 fn fields(op: &FusedOp) -> (usize, f32) {
-    let FusedOp::F2mBridge { heads, scale } = *op else {
+    let FusedOp::F2m { heads, scale } = *op else {
         unreachable!("f2m:: of {}", op.name())
     };
     (heads, scale.0)
@@ -56,7 +56,7 @@ pub(super) fn attrs(op: &FusedOp) -> Vec<(&'static str, Attr)> {
 
 /// Reads the attributes.
 pub(super) fn read(a: &mut AttrReader<'_>) -> Result<FusedOp, String> {
-    Ok(FusedOp::F2mBridge {
+    Ok(FusedOp::F2m {
         heads: a.usize("heads")?,
         scale: Float(a.float("scale")?),
     })

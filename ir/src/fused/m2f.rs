@@ -1,5 +1,5 @@
 //! `fused_m2f`: Mobile-Former's Mobile→Former bridge (see
-//! [`FusedOp::M2fBridge`]).
+//! [`FusedOp::M2f`]).
 
 use super::{
     Act, Emitter, FusedOp, bin, heads_first, heads_merge, linear, reshape, transpose, want,
@@ -70,7 +70,7 @@ pub fn operands(proj_q: bool, gate: bool) -> Operands {
 }
 
 fn fields(op: &FusedOp) -> (usize, f32, f32, bool, bool) {
-    let FusedOp::M2fBridge {
+    let FusedOp::M2f {
         heads,
         scale,
         eps,
@@ -97,7 +97,7 @@ pub(super) fn attrs(op: &FusedOp) -> Vec<(&'static str, Attr)> {
 
 /// Reads the attributes.
 pub(super) fn read(a: &mut AttrReader<'_>) -> Result<FusedOp, String> {
-    Ok(FusedOp::M2fBridge {
+    Ok(FusedOp::M2f {
         heads: a.usize("heads")?,
         scale: Float(a.float("scale")?),
         eps: Float(a.float("eps")?),

@@ -1,5 +1,5 @@
 //! `fused_mha`: multi-head scaled dot-product attention with optional
-//! q/k/v projections (see [`FusedOp::Attention`]).
+//! q/k/v projections (see [`FusedOp::Mha`]).
 
 use super::{Emitter, FusedOp, bin, heads_first, heads_merge, linear, transpose};
 use crate::error::IrError;
@@ -50,7 +50,7 @@ pub fn operands(proj_q: bool, proj_k: bool, proj_v: bool) -> Operands {
 }
 
 fn fields(op: &FusedOp) -> (usize, f32, bool, bool, bool) {
-    let FusedOp::Attention {
+    let FusedOp::Mha {
         heads,
         scale,
         proj_q,
@@ -77,7 +77,7 @@ pub(super) fn attrs(op: &FusedOp) -> Vec<(&'static str, Attr)> {
 
 /// Reads the attributes.
 pub(super) fn read(a: &mut AttrReader<'_>) -> Result<FusedOp, String> {
-    Ok(FusedOp::Attention {
+    Ok(FusedOp::Mha {
         heads: a.usize("heads")?,
         scale: Float(a.float("scale")?),
         proj_q: a.bool("proj_q")?,

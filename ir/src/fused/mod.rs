@@ -23,8 +23,12 @@
 //! op's stem) states its name, its operand layout (an `Operands` value the
 //! backend's kernels read operands through, so the IR and a kernel cannot
 //! disagree on the order), its attributes and its expansion; this module
-//! holds the enum, the activation vocabulary, the shared expansion pieces
-//! and the dispatch.
+//! holds the enum (its variants named by stem too: `FusedOp::M2f` is
+//! `fused_m2f`), the activation vocabulary, the shared expansion pieces and
+//! the dispatch. The same stem names the op's rule file in
+//! `passes/src/rules/`, its kernel file in `backends/src/kernels/` and its
+//! snapshot data in `passes/tests/data/` (docs/ARCHITECTURE.md, "Fused
+//! ops: one stem each").
 //!
 //! Weight operands of linear maps are in *matmul layout* `[in, out]`
 //! (`y = x @ w + b`): a PyTorch-style `[out, in]` weight arrives as
@@ -234,7 +238,7 @@ pub enum FusedOp {
     /// (Mobile-Former's Former: only Q is projected, K = V = tokens). Shape
     /// rule: Q, K have one width D, V width Dv', both divisible by `heads`;
     /// output `[B, Tq, Dv']`.
-    Attention {
+    Mha {
         /// number of heads
         heads: usize,
         /// logit scale, usually `1/sqrt(D/heads)`
@@ -258,7 +262,7 @@ pub enum FusedOp {
     /// constants turns the first block's `Q` and `G`, computed from the
     /// learned tokens, into weights: hence the flags.) Shape rule: output
     /// `[N,M,d]`; `C` divisible by `heads`.
-    M2fBridge {
+    M2f {
         /// number of heads
         heads: usize,
         /// logit scale (the spec's `1/sqrt(C/heads)`)
@@ -275,7 +279,7 @@ pub enum FusedOp {
     /// `bv [C]`. Every pixel's head-`j` feature slice attends over the `M`
     /// projected tokens; the result is added to `y`. Shape rule: output =
     /// `y`'s type; `C` divisible by `heads`.
-    F2mBridge {
+    F2m {
         /// number of heads
         heads: usize,
         /// logit scale (the spec's `1/sqrt(C/heads)`)
@@ -289,7 +293,7 @@ pub enum FusedOp {
     /// `[N,d,H,W]` and the tokens of one slot are the pixels with equal
     /// `(y mod ph, x mod pw)` — unfold and fold absorbed into the indexing.
     /// Shape rule: output = `u`'s type; `H`, `W` divisible by the patch.
-    SepAttention {
+    SepAttn {
         /// the folded form's patch size
         patch: Option<[usize; 2]>,
     },
@@ -300,7 +304,7 @@ pub enum FusedOp {
     /// (`max(norm, eps)`), `A = softmax(τ · Q̂ᵀK̂)` over the last axis, and
     /// the output is `V Aᵀ`. Shape rule: output `[N,T,D]`, `D` divisible by
     /// `heads`.
-    CrossFeatureAttention {
+    Xca {
         /// number of heads
         heads: usize,
         /// the L2 normalisation's lower bound
@@ -485,11 +489,11 @@ impl FusedOp {
             FusedOp::Conv { .. } => conv::NAME,
             FusedOp::Linear { .. } => linear::NAME,
             FusedOp::ConvChain { .. } => conv_chain::NAME,
-            FusedOp::Attention { .. } => mha::NAME,
-            FusedOp::M2fBridge { .. } => m2f::NAME,
-            FusedOp::F2mBridge { .. } => f2m::NAME,
-            FusedOp::SepAttention { .. } => sep_attn::NAME,
-            FusedOp::CrossFeatureAttention { .. } => xca::NAME,
+            FusedOp::Mha { .. } => mha::NAME,
+            FusedOp::M2f { .. } => m2f::NAME,
+            FusedOp::F2m { .. } => f2m::NAME,
+            FusedOp::SepAttn { .. } => sep_attn::NAME,
+            FusedOp::Xca { .. } => xca::NAME,
         }
     }
 
@@ -511,16 +515,16 @@ impl FusedOp {
             FusedOp::ConvChain { stages, residual } => {
                 conv_chain::operands(stages, *residual).count
             }
-            FusedOp::Attention {
+            FusedOp::Mha {
                 proj_q,
                 proj_k,
                 proj_v,
                 ..
             } => mha::operands(*proj_q, *proj_k, *proj_v).count,
-            FusedOp::M2fBridge { proj_q, gate, .. } => m2f::operands(*proj_q, *gate).count,
-            FusedOp::F2mBridge { .. } => f2m::OPERANDS.count,
-            FusedOp::SepAttention { .. } => sep_attn::OPERANDS.count,
-            FusedOp::CrossFeatureAttention { .. } => xca::OPERANDS.count,
+            FusedOp::M2f { proj_q, gate, .. } => m2f::operands(*proj_q, *gate).count,
+            FusedOp::F2m { .. } => f2m::OPERANDS.count,
+            FusedOp::SepAttn { .. } => sep_attn::OPERANDS.count,
+            FusedOp::Xca { .. } => xca::OPERANDS.count,
         }
     }
 
@@ -530,11 +534,11 @@ impl FusedOp {
             FusedOp::Conv { .. } => conv::attrs(self),
             FusedOp::Linear { .. } => linear::attrs(self),
             FusedOp::ConvChain { .. } => conv_chain::attrs(self),
-            FusedOp::Attention { .. } => mha::attrs(self),
-            FusedOp::M2fBridge { .. } => m2f::attrs(self),
-            FusedOp::F2mBridge { .. } => f2m::attrs(self),
-            FusedOp::SepAttention { .. } => sep_attn::attrs(self),
-            FusedOp::CrossFeatureAttention { .. } => xca::attrs(self),
+            FusedOp::Mha { .. } => mha::attrs(self),
+            FusedOp::M2f { .. } => m2f::attrs(self),
+            FusedOp::F2m { .. } => f2m::attrs(self),
+            FusedOp::SepAttn { .. } => sep_attn::attrs(self),
+            FusedOp::Xca { .. } => xca::attrs(self),
         }
     }
 
@@ -580,11 +584,11 @@ impl FusedOp {
             FusedOp::ConvChain { stages, .. } => stages
                 .iter()
                 .try_for_each(|s| pos("stage shuffle", s.shuffle)),
-            FusedOp::Attention { heads, .. }
-            | FusedOp::M2fBridge { heads, .. }
-            | FusedOp::F2mBridge { heads, .. }
-            | FusedOp::CrossFeatureAttention { heads, .. } => pos("heads", *heads),
-            FusedOp::SepAttention { patch: Some(p) } => {
+            FusedOp::Mha { heads, .. }
+            | FusedOp::M2f { heads, .. }
+            | FusedOp::F2m { heads, .. }
+            | FusedOp::Xca { heads, .. } => pos("heads", *heads),
+            FusedOp::SepAttn { patch: Some(p) } => {
                 pos("patch height", p[0])?;
                 pos("patch width", p[1])
             }
@@ -622,11 +626,11 @@ impl FusedOp {
             FusedOp::Conv { .. } => conv::expand(self, e, args),
             FusedOp::Linear { .. } => linear::expand(self, e, args),
             FusedOp::ConvChain { .. } => conv_chain::expand(self, e, args),
-            FusedOp::Attention { .. } => mha::expand(self, e, args),
-            FusedOp::M2fBridge { .. } => m2f::expand(self, e, args),
-            FusedOp::F2mBridge { .. } => f2m::expand(self, e, args),
-            FusedOp::SepAttention { .. } => sep_attn::expand(self, e, args),
-            FusedOp::CrossFeatureAttention { .. } => xca::expand(self, e, args),
+            FusedOp::Mha { .. } => mha::expand(self, e, args),
+            FusedOp::M2f { .. } => m2f::expand(self, e, args),
+            FusedOp::F2m { .. } => f2m::expand(self, e, args),
+            FusedOp::SepAttn { .. } => sep_attn::expand(self, e, args),
+            FusedOp::Xca { .. } => xca::expand(self, e, args),
         }
     }
 }
@@ -850,7 +854,7 @@ mod tests {
                 9,
             ),
             (
-                FusedOp::M2fBridge {
+                FusedOp::M2f {
                     heads: 2,
                     scale: Float(1.0),
                     eps: Float(1e-5),
@@ -860,15 +864,15 @@ mod tests {
                 9,
             ),
             (
-                FusedOp::F2mBridge {
+                FusedOp::F2m {
                     heads: 2,
                     scale: Float(1.0),
                 },
                 f2m::OPERANDS.count,
             ),
-            (FusedOp::SepAttention { patch: None }, 5),
+            (FusedOp::SepAttn { patch: None }, 5),
             (
-                FusedOp::CrossFeatureAttention {
+                FusedOp::Xca {
                     heads: 2,
                     eps: Float(1e-6),
                 },
@@ -927,29 +931,29 @@ mod tests {
                 ],
                 residual: true,
             },
-            FusedOp::Attention {
+            FusedOp::Mha {
                 heads: 4,
                 scale: Float(0.125),
                 proj_q: true,
                 proj_k: false,
                 proj_v: false,
             },
-            FusedOp::M2fBridge {
+            FusedOp::M2f {
                 heads: 2,
                 scale: Float(0.25),
                 eps: Float(1e-5),
                 proj_q: true,
                 gate: false,
             },
-            FusedOp::F2mBridge {
+            FusedOp::F2m {
                 heads: 2,
                 scale: Float(0.25),
             },
-            FusedOp::SepAttention { patch: None },
-            FusedOp::SepAttention {
+            FusedOp::SepAttn { patch: None },
+            FusedOp::SepAttn {
                 patch: Some([2, 2]),
             },
-            FusedOp::CrossFeatureAttention {
+            FusedOp::Xca {
                 heads: 4,
                 eps: Float(1e-12),
             },
@@ -1055,7 +1059,7 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(t, f(&[2, 8, 5, 5]));
-        let m2f = FusedOp::M2fBridge {
+        let m2f = FusedOp::M2f {
             heads: 2,
             scale: Float(0.5),
             eps: Float(1e-5),
@@ -1078,7 +1082,7 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(t, f(&[1, 3, d]));
-        let sep = FusedOp::SepAttention {
+        let sep = FusedOp::SepAttn {
             patch: Some([2, 2]),
         };
         let t = sep

@@ -1,6 +1,6 @@
 //! `fused_sep_attn`: MobileViTv2 separable self-attention with its output
 //! projection, on the unfolded tensor or (with `patch`) the folded map
-//! (see [`FusedOp::SepAttention`]).
+//! (see [`FusedOp::SepAttn`]).
 
 use super::{Emitter, FusedOp, bin, channel_slice, fold, unfold, want};
 use crate::error::IrError;
@@ -37,7 +37,7 @@ pub const OPERANDS: Operands = Operands {
 };
 
 fn patch(op: &FusedOp) -> Option<[usize; 2]> {
-    let FusedOp::SepAttention { patch } = *op else {
+    let FusedOp::SepAttn { patch } = *op else {
         unreachable!("sep_attn:: of {}", op.name())
     };
     patch
@@ -53,7 +53,7 @@ pub(super) fn attrs(op: &FusedOp) -> Vec<(&'static str, Attr)> {
 
 /// Reads the attributes.
 pub(super) fn read(a: &mut AttrReader<'_>) -> Result<FusedOp, String> {
-    Ok(FusedOp::SepAttention {
+    Ok(FusedOp::SepAttn {
         patch: a.opt("patch", |a, k| a.array(k))?,
     })
 }

@@ -1,5 +1,5 @@
 //! `fused_xca`: XFormer-R's cross-feature attention before its output
-//! projection (see [`FusedOp::CrossFeatureAttention`]).
+//! projection (see [`FusedOp::Xca`]).
 
 use super::{Emitter, FusedOp, bin, l2_normalize, linear, reshape, transpose, want};
 use crate::error::IrError;
@@ -36,7 +36,7 @@ pub const OPERANDS: Operands = Operands {
 };
 
 fn fields(op: &FusedOp) -> (usize, f32) {
-    let FusedOp::CrossFeatureAttention { heads, eps } = *op else {
+    let FusedOp::Xca { heads, eps } = *op else {
         unreachable!("xca:: of {}", op.name())
     };
     (heads, eps.0)
@@ -53,7 +53,7 @@ pub(super) fn attrs(op: &FusedOp) -> Vec<(&'static str, Attr)> {
 
 /// Reads the attributes.
 pub(super) fn read(a: &mut AttrReader<'_>) -> Result<FusedOp, String> {
-    Ok(FusedOp::CrossFeatureAttention {
+    Ok(FusedOp::Xca {
         heads: a.usize("heads")?,
         eps: Float(a.float("eps")?),
     })

@@ -21,9 +21,9 @@ use crate::lang::{KGraph, KNode};
 /// The conv-chain rules.
 pub fn rules() -> Vec<Rw> {
     vec![
-        rule("chain-dw-pw", is_fused_conv, dw_pw),
-        rule("chain-pw-dw-pw", is_fused_conv, pw_dw_pw),
-        rule("chain-pw-pw", is_fused_conv, pw_pw),
+        rule("conv-chain-dw-pw", is_fused_conv, dw_pw),
+        rule("conv-chain-pw-dw-pw", is_fused_conv, pw_dw_pw),
+        rule("conv-chain-pw-pw", is_fused_conv, pw_pw),
     ]
 }
 

@@ -53,7 +53,7 @@ fn spatially_uniform(op: &Op) -> bool {
             | Op::Clip { .. }
             | Op::HardSigmoid { .. }
             | Op::GroupNorm { .. }
-            | Op::Fused(FusedOp::SepAttention { patch: None })
+            | Op::Fused(FusedOp::SepAttn { patch: None })
     ) || is_pointwise_conv(op)
 }
 
@@ -222,11 +222,11 @@ fn commute(eg: &KGraph, c: Id, n: &KNode) -> Found {
             continue;
         }
         let new_op = match op {
-            Op::Fused(FusedOp::SepAttention { patch: None }) => {
+            Op::Fused(FusedOp::SepAttn { patch: None }) => {
                 let Some(p) = unfold_patch(&v, &base_shape) else {
                     continue;
                 };
-                Op::Fused(FusedOp::SepAttention { patch: Some(p) })
+                Op::Fused(FusedOp::SepAttn { patch: Some(p) })
             }
             other => other.clone(),
         };

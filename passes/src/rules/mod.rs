@@ -20,13 +20,15 @@
 //!   work is simply not chosen when it does not pay.
 
 pub mod activations;
-pub mod attention;
 pub mod bn_fold;
-pub mod bridges;
 pub mod canon;
+pub mod conv;
 pub mod conv_chain;
-pub mod epilogue;
+pub mod f2m;
 pub mod layout;
+pub mod linear;
+pub mod m2f;
+pub mod mha;
 pub mod sep_attn;
 pub mod view;
 pub mod xca;
@@ -249,10 +251,12 @@ pub fn all() -> Vec<Rw> {
     v.extend(canon::rules());
     v.extend(activations::rules());
     v.extend(bn_fold::rules());
-    v.extend(epilogue::rules());
+    v.extend(conv::rules());
+    v.extend(linear::rules());
     v.extend(conv_chain::rules());
-    v.extend(attention::rules());
-    v.extend(bridges::rules());
+    v.extend(mha::rules());
+    v.extend(m2f::rules());
+    v.extend(f2m::rules());
     v.extend(sep_attn::rules());
     v.extend(layout::rules());
     v.extend(xca::rules());

@@ -127,7 +127,7 @@ fn sep_attn(eg: &KGraph, c: Id, n: &KNode) -> Found {
                         }
                         for (u, wqkv, bqkv) in pointwise_convs(eg, qkv) {
                             let mut r = Recipe::new();
-                            let f = FusedOp::SepAttention { patch: None };
+                            let f = FusedOp::SepAttn { patch: None };
                             let yy = r.fused(f, &[u, wqkv, bqkv, wo, bo].map(R::Old));
                             out.push((r, yy));
                         }

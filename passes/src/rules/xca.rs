@@ -11,7 +11,7 @@ use egg::Id;
 use kiln_ir::FusedOp;
 use kiln_ir::op::{BinaryOp, Float, Op, ReduceKind, UnaryOp};
 
-use super::attention::{merged_from, softmax_times};
+use super::mha::{merged_from, softmax_times};
 use super::view::{DEPTH, View, views};
 use super::{
     Found, R, Recipe, Rw, bias_arg, binary, is_scalar, konst, linear_maps, ops, rule, scalar, ty,
@@ -158,7 +158,7 @@ fn emit(eg: &KGraph, h: usize, eps: f32, q: Id, k: Id, v: Id, tau_b: Id) -> Foun
                 }
                 let mut r = Recipe::new();
                 let tau = r.reshape(R::Old(tau_b), &[h]);
-                let f = FusedOp::CrossFeatureAttention {
+                let f = FusedOp::Xca {
                     heads: h,
                     eps: Float(eps),
                 };

@@ -1,4 +1,4 @@
-//! Multi-head attention recognition, Mobile-Former bridges: positive and
+//! Multi-head attention recognition (`rules/mha.rs`): positive and
 //! negative cases, each checked against the evaluator.
 
 mod common;

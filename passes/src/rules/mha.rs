@@ -11,6 +11,11 @@
 //!
 //! Not fused: a softmax over any axis but the keys', heads that differ
 //! between Q, K and V, or a merge that does not invert the split.
+//!
+//! The attention-pattern matchers here (head split and merge, softmax
+//! times values, scaled products, a map split per head) are shared with the
+//! bridge rules (`m2f.rs`, `f2m.rs`) and cross-feature attention's
+//! (`xca.rs`).
 
 use egg::Id;
 use kiln_ir::FusedOp;
@@ -20,15 +25,15 @@ use super::view::{DEPTH, View, is_view, views};
 use super::{Found, R, Recipe, Rw, bias_arg, linear_maps, ops, rule, ty, with_scale};
 use crate::lang::{KGraph, KNode};
 
-/// The attention rules.
+/// The multi-head attention rules.
 pub fn rules() -> Vec<Rw> {
     vec![
         rule(
-            "attn-mha",
+            "mha-multi-head",
             |op| matches!(op, Op::Reshape { .. } | Op::Transpose { .. }),
             mha,
         ),
-        rule("attn-single-head", |op| *op == Op::MatMul, single_head),
+        rule("mha-single-head", |op| *op == Op::MatMul, single_head),
     ]
 }
 
@@ -159,7 +164,7 @@ fn emit_with(
         }
     }
     let [q, k, v] = sides;
-    let f = FusedOp::Attention {
+    let f = FusedOp::Mha {
         heads,
         scale: Float(scale),
         proj_q: pick(q).is_some(),
@@ -247,4 +252,27 @@ pub fn is_reshape_of(eg: &KGraph, id: Id, base: Id, shape: &[usize]) -> bool {
     View::contiguous(base, &ty(eg, base).shape)
         .reshape(shape)
         .is_some_and(|w| is_view(eg, id, &w))
+}
+
+/// `x [N,C,H,W]` reshaped per head: `[N,h,C/h,H·W]` (then `perm`).
+pub fn map_heads(eg: &KGraph, x: Id, h: usize, perm: Option<&[usize]>) -> Option<View> {
+    let s = &ty(eg, x).shape;
+    if s.len() != 4 || h == 0 || !s[1].is_multiple_of(h) {
+        return None;
+    }
+    let v = View::contiguous(x, s).reshape(&[s[0], h, s[1] / h, s[2] * s[3]])?;
+    match perm {
+        Some(p) => v.transpose(p),
+        None => Some(v),
+    }
+}
+
+/// The 4-D map classes `x` (with head count) of which class `id` is the
+/// per-head reshape (then `perm`).
+pub fn map_bases(eg: &KGraph, id: Id, h: usize, perm: Option<&[usize]>) -> Vec<Id> {
+    views(eg, id, DEPTH)
+        .into_iter()
+        .map(|v| v.base)
+        .filter(|&b| map_heads(eg, b, h, perm).is_some_and(|w| is_view(eg, id, &w)))
+        .collect()
 }

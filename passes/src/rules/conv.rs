@@ -1,64 +1,46 @@
-//! Activation and residual epilogues: a convolution or linear layer absorbs
+//! Convolution epilogues: a convolution becomes `fused_conv` and absorbs
 //! its bias add, a channel shuffle of its output (Mobile-Former-26M), the
 //! activation after it (including Mobile-Former's dynamic ReLU
 //! `max(a1·y, a2·y)`) and a residual add, so the result is written once
-//! instead of three or four times.
+//! instead of three or four times. `linear.rs` does the same for linear
+//! layers with the helpers at the end of this file.
 
 use egg::Id;
 use kiln_ir::op::{BinaryOp, Op};
 use kiln_ir::{Act, FusedOp};
 
 use super::view::{DEPTH, View, views};
-use super::{Found, R, Recipe, Rw, binary, konst, linears, ops, rule, ty};
+use super::{Found, R, Recipe, Rw, binary, konst, ops, rule, ty};
 use crate::lang::{KGraph, KNode};
 
-/// The epilogue rules.
+/// The convolution rules.
 pub fn rules() -> Vec<Rw> {
     vec![
         rule(
-            "epi-conv",
+            "conv-from-conv2d",
             |op| matches!(op, Op::Conv2d { .. }),
             conv_as_fused,
         ),
         rule(
-            "epi-conv-bias-add",
+            "conv-bias-add",
             |op| *op == Op::Binary(BinaryOp::Add),
             conv_bias_add,
         ),
         rule(
-            "epi-conv-shuffle",
+            "conv-shuffle",
             |op| matches!(op, Op::Reshape { .. }),
             conv_shuffle,
         ),
+        rule("conv-act", |op| Act::from_primitive(op).is_some(), conv_act),
         rule(
-            "epi-conv-act",
-            |op| Act::from_primitive(op).is_some(),
-            conv_act,
-        ),
-        rule(
-            "epi-conv-dyrelu",
+            "conv-dyrelu",
             |op| *op == Op::Binary(BinaryOp::Max),
             conv_dyrelu,
         ),
         rule(
-            "epi-conv-residual",
+            "conv-residual",
             |op| *op == Op::Binary(BinaryOp::Add),
             conv_residual,
-        ),
-        rule(
-            "epi-linear",
-            |op| matches!(op, Op::MatMul | Op::Binary(BinaryOp::Add)),
-            linear_as_fused,
-        ),
-        rule(
-            "epi-linear-act",
-            |op| Act::from_primitive(op).is_some(),
-            linear_act,
-        ),
-        rule(
-            "epi-linear-residual",
-            |op| *op == Op::Binary(BinaryOp::Add),
-            linear_residual,
         ),
     ]
 }
@@ -191,29 +173,6 @@ fn bare_convs(eg: &KGraph, y: Id) -> Vec<(FusedOp, Vec<Id>)> {
     .collect()
 }
 
-fn with_act(f: &FusedOp, act: Act) -> FusedOp {
-    let mut f = f.clone();
-    if let FusedOp::Conv { act: a, .. } | FusedOp::Linear { act: a, .. } = &mut f {
-        *a = act;
-    }
-    f
-}
-
-fn with_residual(f: &FusedOp) -> FusedOp {
-    let mut f = f.clone();
-    if let FusedOp::Conv { residual, .. } | FusedOp::Linear { residual, .. } = &mut f {
-        *residual = true;
-    }
-    f
-}
-
-fn fused_with(f: FusedOp, args: &[Id], extra: &[Id]) -> (Recipe, R) {
-    let mut r = Recipe::new();
-    let all: Vec<R> = args.iter().chain(extra).map(|&a| R::Old(a)).collect();
-    let y = r.fused(f, &all);
-    (r, y)
-}
-
 fn conv_act(eg: &KGraph, _c: Id, n: &KNode) -> Found {
     let Some(act) = n.as_op().and_then(Act::from_primitive) else {
         return vec![];
@@ -286,59 +245,28 @@ fn conv_residual(eg: &KGraph, c: Id, _n: &KNode) -> Found {
     out
 }
 
-fn linear_as_fused(eg: &KGraph, c: Id, _n: &KNode) -> Found {
-    linears(eg, c)
-        .into_iter()
-        .map(|l| {
-            let f = FusedOp::Linear {
-                bias: l.b.is_some(),
-                act: Act::None,
-                residual: false,
-            };
-            let args: Vec<Id> = [l.x, l.w].into_iter().chain(l.b).collect();
-            fused_with(f, &args, &[])
-        })
-        .collect()
-}
-
-fn bare_linears(eg: &KGraph, y: Id, need_no_act: bool) -> Vec<(FusedOp, Vec<Id>)> {
-    ops(eg, y, |op| {
-        matches!(
-            op,
-            Op::Fused(FusedOp::Linear {
-                residual: false,
-                ..
-            })
-        )
-    })
-    .filter_map(|(op, a)| match op {
-        Op::Fused(f @ FusedOp::Linear { act, .. }) if !need_no_act || *act == Act::None => {
-            Some((f.clone(), a.to_vec()))
-        }
-        _ => None,
-    })
-    .collect()
-}
-
-fn linear_act(eg: &KGraph, _c: Id, n: &KNode) -> Found {
-    let Some(act) = n.as_op().and_then(Act::from_primitive) else {
-        return vec![];
-    };
-    bare_linears(eg, n.args[0], true)
-        .into_iter()
-        .map(|(f, a)| fused_with(with_act(&f, act), &a, &[]))
-        .collect()
-}
-
-fn linear_residual(eg: &KGraph, c: Id, _n: &KNode) -> Found {
-    let mut out = Vec::new();
-    for (y, res) in binary(eg, c, BinaryOp::Add) {
-        if ty(eg, res) != ty(eg, c) || ty(eg, y) != ty(eg, c) {
-            continue;
-        }
-        for (f, a) in bare_linears(eg, y, false) {
-            out.push(fused_with(with_residual(&f), &a, &[res]));
-        }
+/// `f` (a `fused_conv` or `fused_linear`) with activation `act`.
+pub fn with_act(f: &FusedOp, act: Act) -> FusedOp {
+    let mut f = f.clone();
+    if let FusedOp::Conv { act: a, .. } | FusedOp::Linear { act: a, .. } = &mut f {
+        *a = act;
     }
-    out
+    f
+}
+
+/// `f` (a `fused_conv` or `fused_linear`) with a residual operand.
+pub fn with_residual(f: &FusedOp) -> FusedOp {
+    let mut f = f.clone();
+    if let FusedOp::Conv { residual, .. } | FusedOp::Linear { residual, .. } = &mut f {
+        *residual = true;
+    }
+    f
+}
+
+/// A recipe of `f` over `args` then `extra`.
+pub fn fused_with(f: FusedOp, args: &[Id], extra: &[Id]) -> (Recipe, R) {
+    let mut r = Recipe::new();
+    let all: Vec<R> = args.iter().chain(extra).map(|&a| R::Old(a)).collect();
+    let y = r.fused(f, &all);
+    (r, y)
 }
