@@ -523,6 +523,13 @@ mod tests {
             for x in &o.owner {
                 x.store(0, Ordering::Relaxed);
             }
+            // every job split: this test is about the claims, not about
+            // when the caller goes alone (a worker slow to start on a
+            // loaded machine would otherwise send it alone for the rest)
+            pool.solo.set(Solo {
+                left: 0,
+                ..pool.solo.get()
+            });
             // SAFETY: `mark` reads the arena as the `Owners` it is, which
             // outlives the call and is only read through atomics.
             unsafe { pool.run(mark, (&mut o as *mut Owners).cast(), 16) };
