@@ -364,17 +364,7 @@ fn check_tile_contract(level: TileLevel, test: &str) {
     let addrs = if level == TileLevel::F32x4 {
         portable_tiles(&variants, &target, &mut modules)
     } else {
-        let mut reg = Registry::new(level);
-        let ids: Vec<usize> = variants
-            .iter()
-            .map(|v| {
-                reg.request(Spec::Tile(*v))
-                    .unwrap_or_else(|e| panic!("{v:?}: {e}"))
-            })
-            .collect();
-        let addrs =
-            crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
-        ids.into_iter().map(|id| addrs[id]).collect()
+        place(level, variants.iter().map(|v| Spec::Tile(*v)), &mut modules)
     };
     let mut rng = Rng(0xc0de_7e57);
     for (v, &addr) in variants.iter().zip(&addrs) {
@@ -600,20 +590,16 @@ fn check_row_contract(level: TileLevel, test: &str) {
         Row::Unary(Func::GeluTanh),
         Row::Softmax,
     ];
-    let mut reg = Registry::new(level);
-    let ids: Vec<usize> = rows
-        .iter()
-        .map(|&r| {
-            let spec = match r {
-                Row::Unary(f) => Spec::Unary(f, width),
-                Row::Softmax => Spec::SoftmaxRow(width),
-            };
-            reg.request(spec).unwrap_or_else(|e| panic!("{r:?}: {e}"))
-        })
-        .collect();
-    let target = Target::host(false).expect("the host target");
     let mut modules = Vec::new();
-    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let addrs = place(
+        level,
+        rows.iter().map(|&r| match r {
+            Row::Unary(f) => Spec::Unary(f, width),
+            Row::Softmax => Spec::SoftmaxRow(width),
+        }),
+        &mut modules,
+    );
+    let ids = 0..addrs.len();
     let lanes = match width {
         Width::Zmm => 16,
         Width::Ymm => 8,
@@ -676,6 +662,23 @@ fn check_row_contract(level: TileLevel, test: &str) {
         }
     }
     drop(modules);
+}
+
+/// Assembles `specs` at `level` and places the code in executable memory
+/// that `modules` keeps alive; returns each spec's address, in order.
+fn place(
+    level: TileLevel,
+    specs: impl IntoIterator<Item = Spec>,
+    modules: &mut Vec<JITModule>,
+) -> Vec<usize> {
+    let mut reg = Registry::new(level);
+    let ids: Vec<usize> = specs
+        .into_iter()
+        .map(|s| reg.request(s).unwrap_or_else(|e| panic!("{s:?}: {e}")))
+        .collect();
+    let target = Target::host(false).expect("the host target");
+    let addrs = crate::compiled::place_asm(&reg, &target, modules).expect("placing the code");
+    ids.into_iter().map(|id| addrs[id]).collect()
 }
 
 /// One test per ISA for a contract.
@@ -833,17 +836,13 @@ fn check_window_contract(level: TileLevel, test: &str) {
         return;
     }
     let specs = window_specs();
-    let mut reg = Registry::new(level);
-    let ids: Vec<usize> = specs
-        .iter()
-        .map(|s| {
-            reg.request(Spec::DwWindow(*s))
-                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        })
-        .collect();
-    let target = Target::host(false).expect("the host target");
     let mut modules = Vec::new();
-    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let addrs = place(
+        level,
+        specs.iter().map(|s| Spec::DwWindow(*s)),
+        &mut modules,
+    );
+    let ids = 0..addrs.len();
     let mut rng = Rng(0x3d_3d);
     for (s, id) in specs.iter().zip(ids) {
         let mut fill = |n: usize| -> Vec<f32> {
@@ -1051,17 +1050,9 @@ fn check_plane_contract(level: TileLevel, test: &str) {
     }
     let width = Width::of(level).expect("an assembling level");
     let specs = plane_specs(width);
-    let mut reg = Registry::new(level);
-    let ids: Vec<usize> = specs
-        .iter()
-        .map(|s| {
-            reg.request(Spec::DwPlane(*s))
-                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        })
-        .collect();
-    let target = Target::host(false).expect("the host target");
     let mut modules = Vec::new();
-    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let addrs = place(level, specs.iter().map(|s| Spec::DwPlane(*s)), &mut modules);
+    let ids = 0..addrs.len();
     let mut rng = Rng(0x91ae);
     for (s, id) in specs.iter().zip(ids) {
         let in_rows = (s.rows - 1) * s.sh + 3;
@@ -1143,17 +1134,13 @@ fn check_panel_contract(level: TileLevel, test: &str) {
             });
         }
     }
-    let mut reg = Registry::new(level);
-    let ids: Vec<usize> = specs
-        .iter()
-        .map(|s| {
-            reg.request(Spec::Transpose(*s))
-                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        })
-        .collect();
-    let target = Target::host(false).expect("the host target");
     let mut modules = Vec::new();
-    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let addrs = place(
+        level,
+        specs.iter().map(|s| Spec::Transpose(*s)),
+        &mut modules,
+    );
+    let ids = 0..addrs.len();
     let mut rng = Rng(0x7a_11e1);
     const GUARD: usize = 64;
     for (s, id) in specs.iter().zip(ids) {
@@ -1279,17 +1266,13 @@ fn check_direct_contract(level: TileLevel, test: &str) {
         assert!(spec.fits(), "{spec:?}");
         specs.push(spec);
     }
-    let mut reg = Registry::new(level);
-    let ids: Vec<usize> = specs
-        .iter()
-        .map(|s| {
-            reg.request(Spec::ConvDirect(*s))
-                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        })
-        .collect();
-    let target = Target::host(false).expect("the host target");
     let mut modules = Vec::new();
-    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let addrs = place(
+        level,
+        specs.iter().map(|s| Spec::ConvDirect(*s)),
+        &mut modules,
+    );
+    let ids = 0..addrs.len();
     let mut rng = Rng(0xd1_2ec7);
     const GUARD: usize = 64;
     for (s, id) in specs.iter().zip(ids) {
@@ -1386,24 +1369,14 @@ fn check_winograd_contract(level: TileLevel, test: &str) {
     }
     let ins = winograd_in_specs();
     let outs = winograd_out_specs();
-    let mut reg = Registry::new(level);
-    let in_ids: Vec<usize> = ins
-        .iter()
-        .map(|s| {
-            reg.request(Spec::WinoIn(*s))
-                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        })
-        .collect();
-    let out_ids: Vec<usize> = outs
-        .iter()
-        .map(|s| {
-            reg.request(Spec::WinoOut(*s))
-                .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        })
-        .collect();
-    let target = Target::host(false).expect("the host target");
     let mut modules = Vec::new();
-    let addrs = crate::compiled::place_asm(&reg, &target, &mut modules).expect("placing the code");
+    let specs = ins.iter().map(|s| Spec::WinoIn(*s));
+    let addrs = place(
+        level,
+        specs.chain(outs.iter().map(|s| Spec::WinoOut(*s))),
+        &mut modules,
+    );
+    let (in_ids, out_ids) = (0..ins.len(), ins.len()..addrs.len());
     let mut rng = Rng(0x0313_30a7);
     for (s, id) in ins.iter().zip(in_ids) {
         check_winograd_in(s, addrs[id], &mut rng);
