@@ -50,6 +50,25 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// A 3×3 conv 8 → 16 channels over `n` images of `hw`², random from `seed`.
+fn conv(n: usize, hw: usize, seed: u64) -> (kiln_ir::Model, Vec<kiln_ir::Tensor>) {
+    single(
+        Op::Conv2d {
+            stride: [1, 1],
+            pad: [1, 1, 1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        },
+        &[
+            common::input(&[n, 8, hw, hw]),
+            common::weight(&[16, 8, 3, 3]),
+            common::weight(&[16]),
+        ],
+        &mut Rng(seed),
+        Fill::Signed,
+    )
+}
+
 /// Allocations made while `run` runs ten times.
 fn allocations(mut run: impl FnMut()) -> usize {
     ALLOCATIONS.store(0, Ordering::SeqCst);
@@ -64,22 +83,7 @@ fn allocations(mut run: impl FnMut()) -> usize {
 #[test]
 fn run_into_does_not_allocate() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rng = Rng(9);
-    let (model, inputs) = single(
-        Op::Conv2d {
-            stride: [1, 1],
-            pad: [1, 1, 1, 1],
-            dilation: [1, 1],
-            groups: 1,
-        },
-        &[
-            common::input(&[1, 8, 30, 30]),
-            common::weight(&[16, 8, 3, 3]),
-            common::weight(&[16]),
-        ],
-        &mut rng,
-        Fill::Signed,
-    );
+    let (model, inputs) = conv(1, 30, 9);
     for threads in [1, 2] {
         let m = compile(&model, &opts(threads)).unwrap();
         let mut out = poisoned(&m);
@@ -98,22 +102,7 @@ fn run_into_does_not_allocate() {
 #[test]
 fn grouped_runs_do_not_allocate() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let mut rng = Rng(10);
-    let (model, inputs) = single(
-        Op::Conv2d {
-            stride: [1, 1],
-            pad: [1, 1, 1, 1],
-            dilation: [1, 1],
-            groups: 1,
-        },
-        &[
-            common::input(&[4, 8, 20, 20]),
-            common::weight(&[16, 8, 3, 3]),
-            common::weight(&[16]),
-        ],
-        &mut rng,
-        Fill::Signed,
-    );
+    let (model, inputs) = conv(4, 20, 10);
     let one = kiln_ir::batch::rebatch(&model, 1).unwrap();
     let types = |vs: &[kiln_ir::Value]| -> Vec<kiln_ir::TensorType> {
         vs.iter()

@@ -739,17 +739,21 @@ fn window_reference(
                     }
                 }
             }
-            let y = act_reference(s.act, acc, k[1], k[2]);
-            out.push(
-                y + if s.residual {
-                    f64::from(res[r * s.wo + c])
-                } else {
-                    0.0
-                },
-            );
+            out.push(epilogue_reference(
+                s.act,
+                acc,
+                k,
+                s.residual.then(|| res[r * s.wo + c]),
+            ));
         }
     }
     out
+}
+
+/// A plane kernel's epilogue in f64: `act(acc)` (with the dynamic ReLU's
+/// slopes `k[1]`, `k[2]`), plus the residual when there is one.
+fn epilogue_reference(act: Act, acc: f64, k: [f32; 3], res: Option<f32>) -> f64 {
+    act_reference(act, acc, k[1], k[2]) + res.map_or(0.0, f64::from)
 }
 
 /// The window planes a contract test covers: windows 1×1 to 11×11 and
@@ -985,14 +989,12 @@ fn plane_reference(
                         f64::from(x[(r * s.sh + i) * s.w + c * s.sw + j]) * f64::from(w[i * 3 + j]);
                 }
             }
-            let y = act_reference(s.act, acc, k[1], k[2]);
-            out.push(
-                y + if s.residual {
-                    f64::from(res[r * s.wo + c])
-                } else {
-                    0.0
-                },
-            );
+            out.push(epilogue_reference(
+                s.act,
+                acc,
+                k,
+                s.residual.then(|| res[r * s.wo + c]),
+            ));
         }
     }
     out

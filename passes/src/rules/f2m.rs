@@ -47,6 +47,34 @@ fn operands(r: &mut Recipe, eg: &KGraph, parts: &[A]) -> Vec<R> {
         .collect()
 }
 
+/// A bridge from `y` for every pair of linear maps of one token tensor `z`
+/// that give the keys `k` and the values `v` (`z Wk + bk`, `z Wv + bv`).
+fn push_bridges(eg: &KGraph, y: Id, k: Id, v: Id, heads: usize, scale: f32, out: &mut Found) {
+    for (z, wk, bk) in linear_maps(eg, k) {
+        for (z2, wv, bv) in linear_maps(eg, v) {
+            if z2 != z {
+                continue;
+            }
+            let f = FusedOp::F2m {
+                heads,
+                scale: Float(scale),
+            };
+            let mut r = Recipe::new();
+            let parts = [
+                A::V(y),
+                A::V(z),
+                A::V(wk),
+                A::B(wk, bk),
+                A::V(wv),
+                A::B(wv, bv),
+            ];
+            let args = operands(&mut r, eg, &parts);
+            let yy = r.fused(f, &args);
+            out.push((r, yy));
+        }
+    }
+}
+
 fn f2m(eg: &KGraph, c: Id, _n: &KNode) -> Found {
     if ty(eg, c).rank() != 4 {
         return vec![];
@@ -68,32 +96,7 @@ fn f2m(eg: &KGraph, c: Id, _n: &KNode) -> Found {
                             if hv != h {
                                 continue;
                             }
-                            for (z, wk, bk) in linear_maps(eg, k) {
-                                for (z2, wv, bv) in linear_maps(eg, v) {
-                                    if z2 != z {
-                                        continue;
-                                    }
-                                    let f = FusedOp::F2m {
-                                        heads: h,
-                                        scale: Float(scale),
-                                    };
-                                    let mut r = Recipe::new();
-                                    let args = operands(
-                                        &mut r,
-                                        eg,
-                                        &[
-                                            A::V(y),
-                                            A::V(z),
-                                            A::V(wk),
-                                            A::B(wk, bk),
-                                            A::V(wv),
-                                            A::B(wv, bv),
-                                        ],
-                                    );
-                                    let yy = r.fused(f, &args);
-                                    out.push((r, yy));
-                                }
-                            }
+                            push_bridges(eg, y, k, v, h, scale, &mut out);
                         }
                     }
                 }
@@ -139,32 +142,7 @@ fn f2m_single_head(eg: &KGraph, y: Id, o: Id, out: &mut Found) {
                     if ks.len() != 3 || ks[2] != ch || kwant.as_ref() != Some(&kv) {
                         continue;
                     }
-                    for (z, wk, bk) in linear_maps(eg, kv.base) {
-                        for (z2, wv, bv) in linear_maps(eg, v) {
-                            if z2 != z {
-                                continue;
-                            }
-                            let f = FusedOp::F2m {
-                                heads: 1,
-                                scale: Float(scale),
-                            };
-                            let mut r = Recipe::new();
-                            let args = operands(
-                                &mut r,
-                                eg,
-                                &[
-                                    A::V(y),
-                                    A::V(z),
-                                    A::V(wk),
-                                    A::B(wk, bk),
-                                    A::V(wv),
-                                    A::B(wv, bv),
-                                ],
-                            );
-                            let yy = r.fused(f, &args);
-                            out.push((r, yy));
-                        }
-                    }
+                    push_bridges(eg, y, kv.base, v, 1, scale, out);
                 }
             }
         }
